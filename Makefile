@@ -1,0 +1,36 @@
+# Lyss: `make run` serves the app, `make test` runs the whole suite. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test lint format deploy-check clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	touch $(INSTALLED)
+
+run: $(INSTALLED)
+	$(BIN)/lyss serve --migrate
+
+test: $(INSTALLED)
+	$(BIN)/pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Needs Debian's docker-compose (1.29); no Docker engine is needed to validate the file.
+deploy-check:
+	POSTGRES_PASSWORD=x LYSS_OWNER_PASSWORD=x LYSS_APP_PASSWORD=x LYSS_ENCRYPTION_KEYS=x LYSS_JWT_KEYS=x \
+		docker-compose -f docker-compose.yml config -q
+
+format: $(INSTALLED)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,271 @@
+"""The `lyss` command: serve, migrate, and provision tenants and their admins."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import asyncpg
+import click
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
+from app.observability.logging import configure_logging, logging_dict_config
+from app.settings import ConfigurationError, Settings, database_url, load_settings
+from app.tenants.services import (
+    DemoLogin,
+    ProvisioningError,
+    create_tenant,
+    create_user,
+    provision_demo_tenant,
+)
+from db.migrations import upgrade_to_head
+from db.session import create_engine, create_session_maker
+
+T = TypeVar("T")
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OperationalError,
+    InterfaceError,
+)
+
+
+class DependencyUnavailable(Exception):
+    """PostgreSQL or Redis cannot be reached; the message names the setting that points at it."""
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"lyss: {message}", err=True)
+    sys.exit(1)
+
+
+class _LyssGroup(click.Group):
+    """Turns the errors a user can fix into one line on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigurationError, ProvisioningError, EmbeddedServerError, DependencyUnavailable) as error:
+            _fail(str(error))
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    if settings.embedded_database and ensure_secrets_file(settings.data_dir):
+        settings = load_settings()  # pick up the keys generated just now
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _describe_postgres(url: str, variable: str) -> str:
+    parsed = make_url(url)
+    where = parsed.host or parsed.query.get("host") or "localhost"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"PostgreSQL at {where}{port}/{parsed.database} ({variable})"
+
+
+def _reason(error: BaseException) -> str:
+    cause = getattr(error, "orig", None) or error
+    return str(getattr(cause, "__cause__", None) or cause).strip().splitlines()[0] or type(cause).__name__
+
+
+async def _with_database(url: str, variable: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(session_maker)` against `url`, turning connection failures into one clear message."""
+    engine = create_engine(url, pool_size=2)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return await work(create_session_maker(engine))
+    except _CONNECTION_ERRORS as error:
+        raise DependencyUnavailable(
+            f"cannot connect to {_describe_postgres(url, variable)}: {_reason(error)}"
+        ) from None
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise DependencyUnavailable(f"lost the connection to {_describe_postgres(url, variable)}") from None
+        raise
+    finally:
+        await engine.dispose()
+
+
+async def _check_redis(url: str) -> None:
+    client = Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as error:
+        raise DependencyUnavailable(f"cannot connect to Redis (REDIS_URL): {error}") from None
+    finally:
+        await client.aclose()
+
+
+def _app_url(settings: Settings) -> str:
+    assert settings.database_url is not None
+    return database_url(settings.database_url, "DATABASE_URL").render_as_string(hide_password=False)
+
+
+def _owner_url(settings: Settings) -> str:
+    if settings.database_owner_url is None:
+        raise ConfigurationError(
+            "DATABASE_OWNER_URL is required to migrate: the owner role's URL (the app role may not change the schema)"
+        )
+    return database_url(settings.database_owner_url, "DATABASE_OWNER_URL").render_as_string(hide_password=False)
+
+
+async def _migrate(settings: Settings) -> None:
+    url = _owner_url(settings)
+
+    async def upgrade(_: Any) -> None:
+        await upgrade_to_head(url)
+
+    await _with_database(url, "DATABASE_OWNER_URL", upgrade)
+
+
+@click.group(cls=_LyssGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Lyss: a self-hosted multi-tenant AI platform.
+
+    Without DATABASE_URL and REDIS_URL, Lyss runs embedded PostgreSQL and Redis with their data
+    under LYSS_DATA_DIR (default .data). See README.md for every setting.
+    """
+
+
+@main.command()
+@click.option(
+    "--migrate/--no-migrate",
+    "apply_migrations",
+    default=None,
+    help="Apply database migrations before serving (default: only with the embedded database).",
+)
+@click.option(
+    "--demo/--no-demo",
+    default=None,
+    help="On first start, create a 'demo' tenant and admin and print the login once (default: embedded only).",
+)
+def serve(apply_migrations: bool | None, demo: bool | None) -> None:
+    """Serve the API with granian on LYSS_HOST:LYSS_PORT until Ctrl-C."""
+    settings = _settings()
+    embedded = settings.embedded_database
+    with embedded_services(settings, own_adopted=True) as resolved:
+        asyncio.run(
+            _prepare(
+                resolved,
+                migrate=embedded if apply_migrations is None else apply_migrations,
+                demo=embedded if demo is None else demo,
+            )
+        )
+        _run_granian(resolved)
+
+
+async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
+    """Everything that must hold before workers start: the schema, Redis, PostgreSQL as the app role."""
+    if migrate:
+        await _migrate(settings)
+    assert settings.redis_url is not None
+    await _check_redis(settings.redis_url)
+
+    async def first_start(session_maker: Any) -> DemoLogin | None:
+        return await provision_demo_tenant(session_maker) if demo else None
+
+    # Last, so that nothing can fail between creating the demo login and printing it.
+    login = await _with_database(_app_url(settings), "DATABASE_URL", first_start)
+    if login is not None:
+        click.echo(
+            "\n  First start: created the demo tenant. This login is shown only once:\n"
+            f"    tenant   {login.tenant_slug}\n    email    {login.email}\n    password {login.password}\n"
+        )
+
+
+def _run_granian(settings: Settings) -> None:
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    # Workers are separate processes that read their settings from the environment: hand them the
+    # resolved URLs and keys (the embedded servers belong to this process).
+    # (to_builtins applies the struct's renaming, so the keys are the variable names.)
+    environment: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=str)
+    os.environ.update({variable: str(value) for variable, value in environment.items() if value is not None})
+    click.echo(f"Lyss is serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+    Server(
+        "app.asgi:app_factory",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        factory=True,
+        log_dictconfig=logging_dict_config(settings.log_level, settings.log_format),
+    ).serve()
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations and row-level security policies as the owner role."""
+    settings = _settings()
+    with embedded_services(settings, need_redis=False) as resolved:
+        asyncio.run(_migrate(resolved))
+    click.echo("Database is at the newest revision; policies applied.")
+
+
+@main.group()
+def tenant() -> None:
+    """Manage tenants (organizations)."""
+
+
+@tenant.command("create")
+@click.option("--slug", required=True, help="Short identifier used at login, e.g. 'acme'.")
+@click.option("--name", required=True, help="Display name, e.g. 'Acme Inc.'.")
+def tenant_create(slug: str, name: str) -> None:
+    """Create a tenant."""
+    settings = _settings()
+    with embedded_services(settings, need_redis=False) as resolved:
+
+        async def work(session_maker: Any) -> Any:
+            return await create_tenant(session_maker, slug=slug, name=name, actor="cli")
+
+        organization = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+    click.echo(f"Created tenant '{organization.slug}' ({organization.id}).")
+
+
+@main.group()
+def admin() -> None:
+    """Manage tenant administrators."""
+
+
+@admin.command("create")
+@click.option("--tenant", "tenant_slug", required=True, help="Slug of the tenant the admin belongs to.")
+@click.option("--email", required=True, help="The admin's email address, used to sign in.")
+def admin_create(tenant_slug: str, email: str) -> None:
+    """Create a tenant admin. The password is prompted for, or read from stdin when it is not a terminal."""
+    password = _read_password()
+    settings = _settings()
+    with embedded_services(settings, need_redis=False) as resolved:
+
+        async def work(session_maker: Any) -> Any:
+            return await create_user(
+                session_maker,
+                tenant_slug=tenant_slug,
+                email=email,
+                password=password,
+                role="tenant_admin",
+                actor="cli",
+            )
+
+        user = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+    click.echo(f"Created tenant admin {user.email} in tenant '{tenant_slug}'.")
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline().rstrip("\r\n")

@@ -1,0 +1,37 @@
+"""Operations endpoints: liveness, readiness and version. Public: no authentication, no tenant data."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.observability.schemas import Liveness, Readiness, Version
+from app.observability.services import check_readiness
+
+PACKAGE_VERSION = version("lyss")
+
+
+class OperationsController(Controller):
+    tags = ["operations"]
+    opt = {"exclude_from_auth": True}
+
+    @get("/healthz", summary="The process is up")
+    async def healthz(self) -> Liveness:
+        return Liveness()
+
+    @get("/readyz", summary="PostgreSQL and Redis are reachable")
+    async def readyz(
+        self, db_engine: NamedDependency[AsyncEngine], redis: NamedDependency[Redis]
+    ) -> Response[Readiness]:
+        readiness = await check_readiness(db_engine, redis)
+        status_code = HTTP_200_OK if readiness.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
+        return Response(readiness, status_code=status_code)
+
+    @get("/api/version", summary="Name and version of this build")
+    async def api_version(self) -> Version:
+        return Version(name="lyss", version=PACKAGE_VERSION)

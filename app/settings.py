@@ -1,0 +1,230 @@
+"""Typed settings read from the environment (and an optional `.env`), validated once at start-up."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from dotenv import dotenv_values
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+SECRETS_FILE_NAME = "secrets.env"
+MIN_SECRET_KEY_BYTES = 32
+
+# Field name -> environment variable. The struct is renamed with this map so that msgspec's own
+# validation errors already name the variable the operator has to fix.
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    "data_dir": "LYSS_DATA_DIR",
+    "host": "LYSS_HOST",
+    "port": "LYSS_PORT",
+    "workers": "LYSS_WORKERS",
+    "database_url": "DATABASE_URL",
+    "database_owner_url": "DATABASE_OWNER_URL",
+    "database_pool_size": "DATABASE_POOL_SIZE",
+    "redis_url": "REDIS_URL",
+    "encryption_keys": "LYSS_ENCRYPTION_KEYS",
+    "jwt_keys": "LYSS_JWT_KEYS",
+    "access_token_ttl_seconds": "LYSS_ACCESS_TOKEN_TTL",
+    "max_request_body_bytes": "LYSS_MAX_REQUEST_BODY_BYTES",
+    "log_level": "LYSS_LOG_LEVEL",
+    "log_format": "LYSS_LOG_FORMAT",
+}
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or invalid; the message names the environment variable to fix."""
+
+
+class SecretKey(msgspec.Struct, frozen=True):
+    """One symmetric key with the id that is stored next to everything it protects."""
+
+    key_id: str
+    secret: bytes
+
+
+class KeyRing(msgspec.Struct, frozen=True):
+    """Keys for one purpose: the first signs or encrypts, all of them are accepted when reading."""
+
+    keys: tuple[SecretKey, ...]
+
+    @property
+    def current(self) -> SecretKey:
+        return self.keys[0]
+
+    def find(self, key_id: str) -> SecretKey | None:
+        return next((key for key in self.keys if key.key_id == key_id), None)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VARIABLES):
+    """Everything Lyss reads from its environment. Build it with `load_settings`, or directly in tests."""
+
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    database_url: str | None = None
+    database_owner_url: str | None = None
+    database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
+    redis_url: str | None = None
+    encryption_keys: str | None = None
+    jwt_keys: str | None = None
+    access_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=30, le=86400)] = 900
+    max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.data_dir / SECRETS_FILE_NAME
+
+    @property
+    def encryption_keyring(self) -> KeyRing:
+        return _require_keyring(self.encryption_keys, "encryption_keys")
+
+    @property
+    def jwt_keyring(self) -> KeyRing:
+        return _require_keyring(self.jwt_keys, "jwt_keys")
+
+
+def _require_keyring(raw: str | None, field: str) -> KeyRing:
+    variable = ENVIRONMENT_VARIABLES[field]
+    if raw is None:
+        raise ConfigurationError(f"{variable} is not set")
+    return parse_keyring(raw, variable)
+
+
+def parse_keyring(raw: str, variable: str) -> KeyRing:
+    """Parse `kid:base64key[,kid:base64key...]`; the first key is the current one."""
+    keys: list[SecretKey] = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        key_id, separator, encoded = entry.partition(":")
+        if not separator or not _KEY_ID.match(key_id):
+            raise ConfigurationError(
+                f"{variable}: each entry must look like 'key_id:base64secret' (key_id of letters, digits, '_' or '-')"
+            )
+        try:
+            secret = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(f"{variable}: the secret of key '{key_id}' is not valid base64") from None
+        if len(secret) < MIN_SECRET_KEY_BYTES:
+            raise ConfigurationError(
+                f"{variable}: the secret of key '{key_id}' must be at least {MIN_SECRET_KEY_BYTES} bytes"
+            )
+        if any(existing.key_id == key_id for existing in keys):
+            raise ConfigurationError(f"{variable}: key id '{key_id}' appears twice")
+        keys.append(SecretKey(key_id=key_id, secret=secret))
+    if not keys:
+        raise ConfigurationError(f"{variable}: no keys given")
+    return KeyRing(keys=tuple(keys))
+
+
+def new_key_entry() -> str:
+    """A fresh `kid:base64key` entry (32 random bytes) for LYSS_ENCRYPTION_KEYS or LYSS_JWT_KEYS."""
+    key_id = f"k{time.strftime('%Y%m%d')}{secrets.token_hex(2)}"
+    return f"{key_id}:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip('=')}"
+
+
+def read_environment(environ: Mapping[str, str] | None = None, dotenv_path: Path | None = None) -> dict[str, str]:
+    """The process environment over an optional `.env` file (the environment wins)."""
+    merged: dict[str, str] = {}
+    dotenv_file = dotenv_path if dotenv_path is not None else Path(".env")
+    if dotenv_file.is_file():
+        merged.update({key: value for key, value in dotenv_values(dotenv_file).items() if value is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate the environment into `Settings`, or raise `ConfigurationError` naming the bad variable.
+
+    Without `DATABASE_URL` Lyss runs embedded and takes its keys from `<data_dir>/secrets.env` when
+    they are not in the environment; with it, the keys must be given explicitly.
+    """
+    values = {
+        name: value
+        for name, value in read_environment(environ).items()
+        if name in ENVIRONMENT_VARIABLES.values() and value != ""
+    }
+    settings = _convert(values)
+    if settings.embedded_database:
+        secrets = dotenv_values(settings.secrets_file) if settings.secrets_file.is_file() else {}
+        for field in ("encryption_keys", "jwt_keys"):
+            variable = ENVIRONMENT_VARIABLES[field]
+            stored = secrets.get(variable)
+            if variable not in values and stored:
+                values[variable] = stored
+        settings = _convert(values)
+    else:
+        for field in ("encryption_keys", "jwt_keys"):
+            if getattr(settings, field) is None:
+                raise ConfigurationError(
+                    f"{ENVIRONMENT_VARIABLES[field]} is required when DATABASE_URL is set "
+                    "(only the embedded mode generates keys); see README.md, Configuration"
+                )
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(settings: Settings) -> None:
+    """Checks that need more than a type: URL shapes and key formats."""
+    if settings.database_url is not None:
+        database_url(settings.database_url, "DATABASE_URL")
+    if settings.database_owner_url is not None:
+        database_url(settings.database_owner_url, "DATABASE_OWNER_URL")
+    if settings.redis_url is not None and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError("REDIS_URL: must start with redis://, rediss:// or unix://")
+    for field in ("encryption_keys", "jwt_keys"):
+        raw = getattr(settings, field)
+        if raw is not None:
+            parse_keyring(raw, ENVIRONMENT_VARIABLES[field])
+
+
+def database_url(raw: str, variable: str) -> URL:
+    """Parse a PostgreSQL URL and point it at the asyncpg driver."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(f"{variable}: not a URL; expected postgresql://user:password@host/db") from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"{variable}: expected a postgresql:// URL, got {url.drivername}://")
+    if not url.database:
+        raise ConfigurationError(f"{variable}: the URL names no database")
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def _convert(values: Mapping[str, str]) -> Settings:
+    try:
+        return msgspec.convert(values, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as error:
+        raise ConfigurationError(_describe(error)) from None
+
+
+def _decode_path(type_: type, value: object) -> object:
+    if type_ is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+def _describe(error: msgspec.ValidationError) -> str:
+    message, _, location = str(error).partition(" - at `$.")
+    variable = location.rstrip("`")
+    return f"{variable}: {message}" if variable else message

@@ -1,0 +1,31 @@
+"""Response bodies of the tenants domain."""
+
+from __future__ import annotations
+
+import datetime
+from uuid import UUID
+
+import msgspec
+
+
+class OrganizationRead(msgspec.Struct, frozen=True):
+    id: UUID
+    name: str
+    slug: str
+    status: str
+    subscription_plan: str
+    max_users: int
+    created_at: datetime.datetime
+
+
+class UserRead(msgspec.Struct, frozen=True):
+    id: UUID
+    tenant_id: UUID
+    email: str
+    username: str | None
+    full_name: str | None
+    role: str
+    status: str
+    mfa_enabled: bool
+    created_at: datetime.datetime
+    last_login_at: datetime.datetime | None

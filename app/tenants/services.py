@@ -1,0 +1,221 @@
+"""Organizations, users and the audit trail: provisioning (CLI, first start) and per-tenant queries."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
+
+from app.auth.passwords import WeakPasswordError, hash_password
+from db.auth import User
+from db.session import tenant_session
+from db.tenant import SLUG_PATTERN, AuditEvent, Organization
+
+DEMO_TENANT_SLUG = "demo"
+DEMO_ADMIN_EMAIL = "admin@demo.example.com"
+_SLUG = re.compile(SLUG_PATTERN)
+
+
+class ProvisioningError(ValueError):
+    """Bad input or a conflict while creating tenants or users; the message says what to change."""
+
+
+class TenantRef(msgspec.Struct, frozen=True):
+    id: UUID
+    status: str
+
+
+class DemoLogin(msgspec.Struct, frozen=True):
+    tenant_slug: str
+    email: str
+    password: str
+
+
+class OrganizationService(SQLAlchemyAsyncRepositoryService[Organization]):
+    class Repository(SQLAlchemyAsyncRepository[Organization]):
+        model_type = Organization
+
+    repository_type = Repository
+
+
+class UserService(SQLAlchemyAsyncRepositoryService[User]):
+    class Repository(SQLAlchemyAsyncRepository[User]):
+        model_type = User
+
+    repository_type = Repository
+
+
+async def lookup_tenant_by_slug(session: AsyncSession, slug: str) -> TenantRef | None:
+    """Find a tenant before any tenant is set, through the SECURITY DEFINER `tenant_lookup_by_slug`."""
+    row = (
+        await session.execute(text("SELECT id, status FROM tenant_lookup_by_slug(:slug)"), {"slug": slug})
+    ).one_or_none()
+    return None if row is None else TenantRef(id=row.id, status=row.status)
+
+
+def record_audit_event(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    actor_user_id: UUID | None = None,
+    target_type: str | None = None,
+    target_id: str | UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    event = AuditEvent(
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action=action,
+        target_type=target_type,
+        target_id=None if target_id is None else str(target_id),
+        details=details or {},
+    )
+    session.add(event)
+    return event
+
+
+def normalize_email(email: str) -> str:
+    try:
+        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as error:
+        raise ProvisioningError(f"'{email}' is not a valid email address: {error}") from None
+
+
+def _validated_tenant_fields(slug: str, name: str) -> tuple[str, str]:
+    slug, name = slug.strip(), name.strip()
+    if not _SLUG.match(slug):
+        raise ProvisioningError(
+            f"'{slug}' is not a valid slug: use 1-100 lower-case letters, digits and inner hyphens, "
+            "e.g. 'acme' or 'acme-labs'"
+        )
+    if not name or len(name) > 255:
+        raise ProvisioningError("the tenant name must be 1-255 characters long")
+    return slug, name
+
+
+def _hashed_new_password(password: str) -> str:
+    try:
+        return hash_password(password)
+    except WeakPasswordError as error:
+        raise ProvisioningError(str(error)) from None
+
+
+def _violated_constraint(error: IntegrityError) -> str | None:
+    # SQLAlchemy wraps the asyncpg exception, which names the constraint.
+    return getattr(error.orig.__cause__, "constraint_name", None) if error.orig else None
+
+
+async def _add_tenant(session: AsyncSession, tenant_id: UUID, slug: str, name: str, actor: str) -> Organization:
+    if await lookup_tenant_by_slug(session, slug) is not None:
+        raise ProvisioningError(f"the slug '{slug}' is already taken; choose another")
+    organization = Organization(id=tenant_id, slug=slug, name=name)
+    session.add(organization)
+    await session.flush()
+    record_audit_event(session, actor=actor, action="tenant.created", target_type="tenant", target_id=tenant_id)
+    return organization
+
+
+async def _add_user(
+    session: AsyncSession, *, tenant_slug: str, email: str, hashed_password: str, role: str, actor: str
+) -> User:
+    if await session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise ProvisioningError(f"'{email}' already has an account in tenant '{tenant_slug}'")
+    user = User(email=email, hashed_password=hashed_password, role=role)
+    session.add(user)
+    await session.flush()
+    record_audit_event(
+        session,
+        actor=actor,
+        action="user.created",
+        target_type="user",
+        target_id=user.id,
+        details={"role": role},
+    )
+    return user
+
+
+async def _commit(session: AsyncSession, conflicts: dict[str, str]) -> None:
+    """Commit, turning a unique violation that a concurrent writer won into the caller's message."""
+    try:
+        await session.commit()
+    except IntegrityError as error:
+        message = conflicts.get(_violated_constraint(error) or "")
+        if message is None:
+            raise
+        raise ProvisioningError(message) from None
+
+
+async def create_tenant(
+    session_maker: async_sessionmaker[AsyncSession], *, slug: str, name: str, actor: str
+) -> Organization:
+    """Create a tenant and its first audit event in one transaction."""
+    slug, name = _validated_tenant_fields(slug, name)
+    tenant_id = uuid7()
+    async with tenant_session(session_maker, tenant_id) as session:
+        organization = await _add_tenant(session, tenant_id, slug, name, actor)
+        await _commit(session, {"uq_tenant_organizations_slug": f"the slug '{slug}' is already taken"})
+    return organization
+
+
+async def create_user(
+    session_maker: async_sessionmaker[AsyncSession],
+    *,
+    tenant_slug: str,
+    email: str,
+    password: str,
+    role: str,
+    actor: str,
+) -> User:
+    """Create a user with a password in the tenant named by its slug, in one transaction."""
+    email = normalize_email(email)
+    hashed_password = _hashed_new_password(password)
+    async with session_maker() as lookup_session:
+        tenant = await lookup_tenant_by_slug(lookup_session, tenant_slug)
+    if tenant is None:
+        raise ProvisioningError(f"no tenant has the slug '{tenant_slug}'; create it with 'lyss tenant create'")
+    async with tenant_session(session_maker, tenant.id) as session:
+        user = await _add_user(
+            session,
+            tenant_slug=tenant_slug,
+            email=email,
+            hashed_password=hashed_password,
+            role=role,
+            actor=actor,
+        )
+        await _commit(
+            session,
+            {"uk_auth_users_tenant_email": f"'{email}' already has an account in tenant '{tenant_slug}'"},
+        )
+    return user
+
+
+async def provision_demo_tenant(session_maker: async_sessionmaker[AsyncSession]) -> DemoLogin | None:
+    """On a first start, create the `demo` tenant and its admin together; return the login to print once."""
+    async with session_maker() as session:
+        if await lookup_tenant_by_slug(session, DEMO_TENANT_SLUG) is not None:
+            return None
+    password = secrets.token_urlsafe(12)
+    tenant_id = uuid7()
+    async with tenant_session(session_maker, tenant_id) as session:
+        await _add_tenant(session, tenant_id, DEMO_TENANT_SLUG, "Demo", "first-start")
+        await _add_user(
+            session,
+            tenant_slug=DEMO_TENANT_SLUG,
+            email=DEMO_ADMIN_EMAIL,
+            hashed_password=_hashed_new_password(password),
+            role="tenant_admin",
+            actor="first-start",
+        )
+        await session.commit()
+    return DemoLogin(tenant_slug=DEMO_TENANT_SLUG, email=DEMO_ADMIN_EMAIL, password=password)

@@ -1,0 +1,136 @@
+"""Tables of the `auth_` prefix: users, their sessions, OAuth providers and linked external accounts."""
+
+from __future__ import annotations
+
+import datetime
+from uuid import UUID
+
+from sqlalchemy import (
+    ARRAY,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import INET
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base, TenantOwned, UpdatedAt
+
+USER_ROLES = ("super_admin", "tenant_admin", "end_user")
+USER_STATUSES = ("active", "inactive", "suspended")
+
+
+class User(TenantOwned, UpdatedAt, Base):
+    """A person in one tenant. The same email may exist in several tenants, as different users."""
+
+    __tablename__ = "auth_users"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "email", name="uk_auth_users_tenant_email"),
+        UniqueConstraint("tenant_id", "username", name="uk_auth_users_tenant_username"),
+        UniqueConstraint("tenant_id", "id", name="uk_auth_users_tenant_id_id"),
+        CheckConstraint(f"role IN {USER_ROLES}", name="role"),
+        CheckConstraint(f"status IN {USER_STATUSES}", name="status"),
+        CheckConstraint("email = lower(email)", name="email_lowercase"),
+        CheckConstraint("login_attempts >= 0", name="login_attempts"),
+        Index("idx_auth_users_tenant_status", "tenant_id", "status"),
+        Index("idx_auth_users_tenant_role", "tenant_id", "role"),
+    )
+
+    email: Mapped[str] = mapped_column(String(255))
+    username: Mapped[str | None] = mapped_column(String(100))
+    # NULL for accounts that only ever sign in through OAuth.
+    hashed_password: Mapped[str | None] = mapped_column(String(255))
+    full_name: Mapped[str | None] = mapped_column(String(200))
+    avatar_url: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(20), default="end_user", server_default="end_user")
+    status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
+    email_verified: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    last_login_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    login_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    locked_until: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    mfa_enabled: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # Encrypted at rest (AES-GCM with a key id prefix), never the plain TOTP secret.
+    mfa_secret: Mapped[str | None] = mapped_column(Text)
+
+
+class UserSession(TenantOwned, UpdatedAt, Base):
+    """A login: the tokens themselves are never stored, only their SHA-256."""
+
+    __tablename__ = "auth_user_sessions"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "session_token_hash", name="uk_auth_sessions_session_token"),
+        UniqueConstraint("tenant_id", "refresh_token_hash", name="uk_auth_sessions_refresh_token"),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_auth_sessions_user",
+        ),
+        Index("idx_auth_sessions_user_id", "tenant_id", "user_id"),
+        Index("idx_auth_sessions_expires", "expires_at"),
+    )
+
+    user_id: Mapped[UUID]
+    session_token_hash: Mapped[str] = mapped_column(String(64))
+    refresh_token_hash: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+    refresh_expires_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+    ip_address: Mapped[str | None] = mapped_column(INET)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+
+
+class OAuthProvider(TenantOwned, UpdatedAt, Base):
+    __tablename__ = "auth_oauth_providers"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "provider_name", name="uk_auth_oauth_tenant_provider"),
+        UniqueConstraint("tenant_id", "id", name="uk_auth_oauth_providers_tenant_id_id"),
+    )
+
+    provider_name: Mapped[str] = mapped_column(String(50))
+    client_id: Mapped[str] = mapped_column(String(255))
+    encrypted_client_secret: Mapped[str] = mapped_column(Text)
+    redirect_uri: Mapped[str] = mapped_column(String(500))
+    scopes: Mapped[list[str]] = mapped_column(
+        ARRAY(Text),
+        default=lambda: ["openid", "profile", "email"],
+        server_default=text("ARRAY['openid', 'profile', 'email']"),
+    )
+    is_enabled: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+
+
+class OAuthConnection(TenantOwned, UpdatedAt, Base):
+    """An external account linked to a user; its provider tokens are encrypted at rest."""
+
+    __tablename__ = "auth_oauth_connections"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "provider_id", "external_id", name="uk_auth_oauth_provider_external"),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_auth_oauth_user",
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "provider_id"],
+            ["auth_oauth_providers.tenant_id", "auth_oauth_providers.id"],
+            ondelete="CASCADE",
+            name="fk_auth_oauth_provider",
+        ),
+        Index("idx_auth_oauth_connections_user", "tenant_id", "user_id"),
+    )
+
+    user_id: Mapped[UUID]
+    provider_id: Mapped[UUID]
+    external_id: Mapped[str] = mapped_column(String(255))
+    external_email: Mapped[str | None] = mapped_column(String(255))
+    external_username: Mapped[str | None] = mapped_column(String(255))
+    access_token: Mapped[str | None] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    token_expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))

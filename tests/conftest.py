@@ -1,0 +1,171 @@
+"""Session-wide real PostgreSQL and Redis, the schema built by the real migrations, tenants and clients.
+
+PostgreSQL and Redis are the embedded servers (as `make run` uses) unless TEST_DATABASE_URL (a
+superuser URL: the suite creates its own database and roles) or TEST_REDIS_URL (a disposable Redis)
+are set. Tests talk to PostgreSQL as the app role, the one the service uses, so RLS is always on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from uuid import UUID
+
+import msgspec
+import pytest
+from argon2 import PasswordHasher
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
+
+from app.auth.tokens import Principal, issue_access_token
+from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.main import create_app
+from app.settings import Settings, new_key_entry
+from db.auth import OAuthProvider, User
+from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database
+from db.migrations import upgrade_to_head
+from db.models import Base
+from db.session import create_engine, create_session_maker, tenant_session
+from db.tenant import Organization, UserGroup
+
+TEST_PASSWORD = "correct horse battery staple"
+# One real argon2id hash, computed once: hashing per fixture user would cost ~50 ms each.
+TEST_PASSWORD_HASH = PasswordHasher().hash(TEST_PASSWORD)
+
+
+class TenantRows(msgspec.Struct, frozen=True):
+    """A tenant with the rows other rows hang from: an admin, an end user, a group, an OAuth provider."""
+
+    id: UUID
+    slug: str
+    admin: User
+    user: User
+    group: UserGroup
+    oauth_provider: OAuthProvider
+
+
+@pytest.fixture(scope="session")
+def postgres_superuser_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "pgdata")
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def database(postgres_superuser_url: str) -> AsyncIterator[DatabaseUrls]:
+    name = f"lyss_test_{os.getpid()}"
+    await drop_database(postgres_superuser_url, name)
+    urls = await bootstrap_database(postgres_superuser_url, name)
+    await upgrade_to_head(urls.owner_url)
+    yield urls
+    await drop_database(postgres_superuser_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def app_engine(database: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database.app_url, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def owner_engine(database: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database.owner_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def clean_database(owner_engine: AsyncEngine) -> AsyncIterator[None]:
+    """Per-test isolation: whatever a test wrote is TRUNCATEd (as the owner) when it ends."""
+    yield
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    async with owner_engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+
+
+@pytest.fixture
+def session_maker(app_engine: AsyncEngine, clean_database: None) -> async_sessionmaker[AsyncSession]:
+    """Sessions as the app role, the one the service uses: RLS applies to everything they do."""
+    return create_session_maker(app_engine)
+
+
+@pytest.fixture
+def settings(database: DatabaseUrls, redis_url: str, tmp_path: Path, clean_database: None) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database.app_url,
+        database_owner_url=database.owner_url,
+        redis_url=redis_url,
+        encryption_keys=new_key_entry(),
+        jwt_keys=new_key_entry(),
+        database_pool_size=2,
+    )
+
+
+async def create_tenant_rows(session_maker: async_sessionmaker[AsyncSession], slug: str) -> TenantRows:
+    tenant_id = uuid7()
+    async with tenant_session(session_maker, tenant_id) as session:
+        session.add(Organization(id=tenant_id, slug=slug, name=slug.title()))
+        await session.flush()  # no relationship() tells the unit of work that users depend on it
+        admin = User(email=f"admin@{slug}.example.com", hashed_password=TEST_PASSWORD_HASH, role="tenant_admin")
+        user = User(email=f"user@{slug}.example.com", hashed_password=TEST_PASSWORD_HASH, role="end_user")
+        session.add_all([admin, user])
+        await session.flush()
+        group = UserGroup(name="engineering", created_by=admin.id)
+        provider = OAuthProvider(
+            provider_name="github",
+            client_id=f"{slug}-client",
+            encrypted_client_secret="v1:test:not-a-real-secret",
+            redirect_uri=f"https://{slug}.example.com/callback",
+        )
+        session.add_all([group, provider])
+        await session.commit()
+    return TenantRows(id=tenant_id, slug=slug, admin=admin, user=user, group=group, oauth_provider=provider)
+
+
+@pytest.fixture
+async def tenant_a(session_maker: async_sessionmaker[AsyncSession]) -> TenantRows:
+    return await create_tenant_rows(session_maker, f"alpha-{secrets.token_hex(3)}")
+
+
+@pytest.fixture
+async def tenant_b(session_maker: async_sessionmaker[AsyncSession]) -> TenantRows:
+    return await create_tenant_rows(session_maker, f"bravo-{secrets.token_hex(3)}")
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
+    """Headers that make a request act as `user` (a real access token, signed with the test keys)."""
+
+    def headers_for(user: User) -> dict[str, str]:
+        principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
+        token = issue_access_token(settings.jwt_keyring, principal, ttl_seconds=300)
+        return {"Authorization": f"Bearer {token}"}
+
+    return headers_for

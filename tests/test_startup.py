@@ -1,0 +1,147 @@
+"""`lyss serve` as a real process: first start on an empty data directory, Ctrl-C, restart, bad settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from app.settings import new_key_entry
+
+pytestmark = pytest.mark.slow
+
+LYSS = str(Path(sys.executable).parent / "lyss")
+STARTUP_TIMEOUT_SECONDS = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _environment(**overrides: str) -> dict[str, str]:
+    # Only what a shell would pass: no DATABASE_URL, no REDIS_URL, so Lyss goes embedded.
+    base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    return {**base, "LYSS_LOG_LEVEL": "warning", **overrides}
+
+
+def _processes_using(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(data_dir) in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def _serve_until_ready(environment: dict[str, str], port: int) -> subprocess.Popen[str]:
+    # A session of its own, so that "Ctrl-C" below reaches the whole group, as a terminal's would.
+    process = subprocess.Popen(
+        [LYSS, "serve"],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"lyss serve exited early: {process.communicate()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("lyss serve was not ready in time")
+
+
+def _ctrl_c(process: subprocess.Popen[str]) -> tuple[str, str]:
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    return stdout, stderr
+
+
+def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = _free_port()
+    environment = _environment(LYSS_DATA_DIR=str(data_dir), LYSS_PORT=str(port))
+
+    process = _serve_until_ready(environment, port)
+    readiness = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+    assert readiness == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+    stdout, _ = _ctrl_c(process)
+    assert "First start: created the demo tenant" in stdout
+    assert "password " in stdout
+    assert _processes_using(data_dir) == []  # PostgreSQL and Redis went with it
+    assert (data_dir / "secrets.env").stat().st_mode & 0o777 == 0o600
+
+    process = _serve_until_ready(environment, port)
+    stdout, _ = _ctrl_c(process)
+    assert "First start" not in stdout  # the login is printed once, ever
+    assert _processes_using(data_dir) == []
+
+    # The demo admin from the first start is still there: the data was reused, not recreated.
+    result = subprocess.run(
+        [LYSS, "admin", "create", "--tenant", "demo", "--email", "admin@demo.example.com"],
+        env=environment,
+        input="another long passphrase\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "lyss: 'admin@demo.example.com' already has an account in tenant 'demo'"
+    assert _processes_using(data_dir) == []  # a one-shot command stops the server it started
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"DATABASE_URL": "postgresql://lyss_app:secret-pw@127.0.0.1:1/lyss_db"},
+            "lyss: cannot connect to PostgreSQL at 127.0.0.1:1/lyss_db (DATABASE_URL): ",
+        ),
+        ({"DATABASE_URL": "mysql://root@127.0.0.1/lyss"}, "lyss: DATABASE_URL: expected a postgresql:// URL"),
+        ({"LYSS_PORT": "http"}, "lyss: LYSS_PORT: Expected `int`, got `str`"),
+    ],
+    ids=["unreachable", "wrong-scheme", "bad-port"],
+)
+def test_bad_settings_give_one_clear_line_and_a_failure_status(
+    overrides: dict[str, str], expected: str, redis_url: str, tmp_path: Path
+) -> None:
+    defaults = {
+        "LYSS_DATA_DIR": str(tmp_path),
+        "REDIS_URL": redis_url,
+        "LYSS_ENCRYPTION_KEYS": new_key_entry(),
+        "LYSS_JWT_KEYS": new_key_entry(),
+        "DATABASE_URL": "postgresql://lyss_app@127.0.0.1:1/lyss_db",
+    }
+    environment = _environment(**{**defaults, **overrides})
+    result = subprocess.run(
+        [LYSS, "serve"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(expected)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert "secret-pw" not in result.stderr
