@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint format deploy-check clean
+.PHONY: run test lint bench format deploy-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/pytest
+
+# Figures for docs/performance.md; needs wrk (apt-get install wrk). Loopback only, bounded runs.
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.foundation
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from uuid import UUID
 
@@ -35,6 +36,7 @@ class Principal(msgspec.Struct, frozen=True):
     role: str
 
 
+@functools.cache  # one key ring per process; importing the keys is a tenth of a request's CPU
 def _key_set(keyring: KeyRing) -> KeySet:
     return KeySet([OctKey.import_key(key.secret, {"kid": key.key_id}) for key in keyring.keys])
 

@@ -1,0 +1,171 @@
+"""Foundation benchmark: start-up times of `lyss serve`, and wrk against the foundation's endpoints.
+
+Run with `make bench`. Traffic goes to 127.0.0.1 only, each wrk run is bounded to a few seconds.
+Needs wrk (Debian: `apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from argon2 import PasswordHasher
+from uuid_utils.compat import uuid7
+
+from app.auth.tokens import Principal, issue_access_token
+from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.settings import new_key_entry, parse_keyring
+from db.auth import User
+from db.bootstrap import DatabaseUrls, bootstrap_database
+from db.migrations import upgrade_to_head
+from db.session import create_engine, create_session_maker, tenant_session
+from db.tenant import Organization
+
+LYSS = str(Path(sys.executable).parent / "lyss")
+WRK_SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+CONNECTIONS = (1, 16, 64)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 120) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise SystemExit("lyss serve exited before it was ready")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("lyss serve was not ready in time")
+
+
+@contextmanager
+def _serve(environment: dict[str, str], port: int) -> Iterator[float]:
+    process = subprocess.Popen(
+        [LYSS, "serve"],
+        env={**environment, "LYSS_PORT": str(port), "LYSS_LOG_LEVEL": "warning"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield _wait_ready(process, port)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def measure_startup(scratch: Path) -> tuple[float, float]:
+    """Seconds from `lyss serve` to /readyz 200: on an empty data directory, then on the same one."""
+    environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LYSS_DATA_DIR": str(scratch)}
+    port = _free_port()
+    with _serve(environment, port) as cold:
+        pass
+    with _serve(environment, port) as warm:
+        pass
+    return cold, warm
+
+
+async def _prepare_database(superuser_url: str) -> tuple[DatabaseUrls, User]:
+    urls = await bootstrap_database(superuser_url, "lyss_bench")
+    await upgrade_to_head(urls.owner_url)
+    engine = create_engine(urls.app_url, pool_size=1)
+    tenant_id = uuid7()
+    async with tenant_session(create_session_maker(engine), tenant_id) as session:
+        session.add(Organization(id=tenant_id, slug=f"bench-{os.getpid()}", name="Bench"))
+        await session.flush()
+        user = User(email="bench@bench.example.com", hashed_password=PasswordHasher().hash("x" * 16))
+        session.add(user)
+        await session.commit()
+    await engine.dispose()
+    return urls, user
+
+
+def _wrk(url: str, connections: int, headers: dict[str, str]) -> dict[str, float]:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{WRK_SECONDS}s", "--latency", url]
+    for name, value in headers.items():
+        command[1:1] = ["-H", f"{name}: {value}"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    for percentile in ("50", "90", "99"):
+        value, unit = re.search(rf"\s{percentile}%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+        figures[f"p{percentile}"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    figures["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return figures
+
+
+def measure_requests(scratch: Path) -> list[tuple[str, int, dict[str, float]]]:
+    postgres = EmbeddedPostgres(scratch / "postgres")
+    redis_server = EmbeddedRedis(scratch / "redis")
+    superuser_url = postgres.start()
+    redis_url = redis_server.start()
+    try:
+        urls, user = asyncio.run(_prepare_database(superuser_url))
+        jwt_keys = new_key_entry()
+        token = issue_access_token(
+            parse_keyring(jwt_keys, "LYSS_JWT_KEYS"),
+            Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role),
+            ttl_seconds=3600,
+        )
+        environment = {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": urls.app_url,
+            "REDIS_URL": redis_url,
+            "LYSS_ENCRYPTION_KEYS": new_key_entry(),
+            "LYSS_JWT_KEYS": jwt_keys,
+            "LYSS_WORKERS": "1",
+        }
+        port = _free_port()
+        results = []
+        with _serve(environment, port):
+            for path, headers in (("/healthz", {}), ("/api/me", {"Authorization": f"Bearer {token}"})):
+                for connections in CONNECTIONS:
+                    figures = _wrk(f"http://127.0.0.1:{port}{path}", connections, headers)
+                    if figures["non_2xx"]:
+                        raise SystemExit(f"{path} answered {figures['non_2xx']:.0f} non-2xx responses")
+                    results.append((path, connections, figures))
+        return results
+    finally:
+        redis_server.stop()
+        postgres.stop()
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench needs wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory(prefix="lyss-bench-") as scratch:
+        cold, warm = measure_startup(Path(scratch) / "startup")
+        results = measure_requests(Path(scratch) / "requests")
+    print(f"lyss serve to /readyz 200: empty data dir {cold:.2f} s, existing data dir {warm:.2f} s")
+    print(f"wrk -t1, {WRK_SECONDS} s per row, one granian worker, embedded PostgreSQL 18 and Redis")
+    print("| endpoint | connections | requests/s | p50 ms | p90 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for path, connections, figures in results:
+        print(
+            f"| {path} | {connections} | {figures['rps']:.0f} | {figures['p50']:.2f} | "
+            f"{figures['p90']:.2f} | {figures['p99']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
