@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 DEFAULT_DATABASE = "lyss_db"
 OWNER_ROLE = "lyss_owner"  # owns the tables, runs migrations; subject to RLS like everyone (FORCE)
-APP_ROLE = "lyss_app"  # what the running service logs in as: no SUPERUSER, no BYPASSRLS
+APP_ROLE = "lyss_app"  # what the running service logs in as: NOSUPERUSER, NOBYPASSRLS
 LOOKUP_ROLE = "lyss_lookup"  # NOLOGIN owner of the SECURITY DEFINER lookups in policies/
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
