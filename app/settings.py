@@ -9,6 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -33,7 +34,14 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "redis_url": "REDIS_URL",
     "encryption_keys": "LYSS_ENCRYPTION_KEYS",
     "jwt_keys": "LYSS_JWT_KEYS",
+    "public_url": "LYSS_PUBLIC_URL",
+    "trusted_proxies": "LYSS_TRUSTED_PROXIES",
     "access_token_ttl_seconds": "LYSS_ACCESS_TOKEN_TTL",
+    "refresh_token_ttl_seconds": "LYSS_REFRESH_TOKEN_TTL",
+    "portal_session_ttl_seconds": "LYSS_PORTAL_SESSION_TTL",
+    "login_max_failures": "LYSS_LOGIN_MAX_FAILURES",
+    "login_lockout_seconds": "LYSS_LOGIN_LOCKOUT_SECONDS",
+    "login_ip_limit_per_minute": "LYSS_LOGIN_IP_LIMIT_PER_MINUTE",
     "max_request_body_bytes": "LYSS_MAX_REQUEST_BODY_BYTES",
     "log_level": "LYSS_LOG_LEVEL",
     "log_format": "LYSS_LOG_FORMAT",
@@ -79,7 +87,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     redis_url: str | None = None
     encryption_keys: str | None = None
     jwt_keys: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    trusted_proxies: str = ""
     access_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=30, le=86400)] = 900
+    refresh_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=300)] = 30 * 86400
+    portal_session_ttl_seconds: Annotated[int, msgspec.Meta(ge=300)] = 12 * 3600
+    login_max_failures: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    login_lockout_seconds: Annotated[int, msgspec.Meta(ge=1)] = 900
+    login_ip_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -97,6 +112,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
         return self.data_dir / SECRETS_FILE_NAME
 
     @property
+    def cookies_secure(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return parse_networks(self.trusted_proxies, "LYSS_TRUSTED_PROXIES")
+
+    @property
     def encryption_keyring(self) -> KeyRing:
         return _require_keyring(self.encryption_keys, "encryption_keys")
 
@@ -110,6 +133,14 @@ def _require_keyring(raw: str | None, field: str) -> KeyRing:
     if raw is None:
         raise ConfigurationError(f"{variable} is not set")
     return parse_keyring(raw, variable)
+
+
+def parse_networks(raw: str, variable: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Parse a comma-separated list of addresses or CIDR networks."""
+    try:
+        return tuple(ip_network(part.strip()) for part in raw.split(",") if part.strip())
+    except ValueError as error:
+        raise ConfigurationError(f"{variable}: {error}; expected addresses or networks like 10.0.0.0/8") from None
 
 
 def parse_keyring(raw: str, variable: str) -> KeyRing:
@@ -196,6 +227,9 @@ def validate_settings(settings: Settings) -> None:
         raw = getattr(settings, field)
         if raw is not None:
             parse_keyring(raw, ENVIRONMENT_VARIABLES[field])
+    if not settings.public_url.startswith(("http://", "https://")) or settings.public_url.endswith("/"):
+        raise ConfigurationError("LYSS_PUBLIC_URL: expected the external base URL, e.g. https://lyss.example.com")
+    parse_networks(settings.trusted_proxies, "LYSS_TRUSTED_PROXIES")
 
 
 def database_url(raw: str, variable: str) -> URL:

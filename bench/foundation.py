@@ -124,7 +124,7 @@ def measure_requests(scratch: Path) -> list[tuple[str, int, dict[str, float]]]:
         jwt_keys = new_key_entry()
         token = issue_access_token(
             parse_keyring(jwt_keys, "LYSS_JWT_KEYS"),
-            Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role),
+            Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role, session_id=uuid7()),
             ttl_seconds=3600,
         )
         environment = {

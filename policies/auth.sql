@@ -13,3 +13,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_oauth_providers TO lyss_app;
 
 CALL public.isolate_by_tenant('public.auth_oauth_connections');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_oauth_connections TO lyss_app;
+
+CALL public.isolate_by_tenant('public.auth_mfa_recovery_codes');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_mfa_recovery_codes TO lyss_app;
+
+CALL public.isolate_by_tenant('public.auth_invitations');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_invitations TO lyss_app;

@@ -6,7 +6,7 @@
 -- inserted by a transaction whose app.tenant_id already holds the new id.
 CALL public.isolate_by_tenant('public.tenant_organizations', 'id');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_organizations TO lyss_app;
--- The lookup role reads organizations only from inside tenant_lookup_by_slug().
+-- The lookup role reads organizations only from inside the SECURITY DEFINER functions below.
 DROP POLICY IF EXISTS lookup_by_slug ON public.tenant_organizations;
 CREATE POLICY lookup_by_slug ON public.tenant_organizations FOR SELECT TO lyss_lookup USING (true);
 GRANT SELECT ON public.tenant_organizations TO lyss_lookup;
@@ -32,3 +32,15 @@ CREATE OR REPLACE FUNCTION public.tenant_lookup_by_slug(p_slug text)
 ALTER FUNCTION public.tenant_lookup_by_slug(text) OWNER TO lyss_lookup;
 REVOKE ALL ON FUNCTION public.tenant_lookup_by_slug(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.tenant_lookup_by_slug(text) TO lyss_app;
+
+-- Platform maintenance (`lyss keys rotate`, scheduled jobs) visits every tenant in turn: ids only.
+CREATE OR REPLACE FUNCTION public.platform_tenant_ids()
+    RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT o.id FROM public.tenant_organizations AS o ORDER BY o.id
+    $$;
+ALTER FUNCTION public.platform_tenant_ids() OWNER TO lyss_lookup;
+REVOKE ALL ON FUNCTION public.platform_tenant_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.platform_tenant_ids() TO lyss_app;

@@ -134,6 +134,7 @@ async def create_tenant_rows(session_maker: async_sessionmaker[AsyncSession], sl
         group = UserGroup(name="engineering", created_by=admin.id)
         provider = OAuthProvider(
             provider_name="github",
+            kind="github",
             client_id=f"{slug}-client",
             encrypted_client_secret="v1:test:not-a-real-secret",
             redirect_uri=f"https://{slug}.example.com/callback",
@@ -164,7 +165,7 @@ def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
     """Headers that make a request act as `user` (a real access token, signed with the test keys)."""
 
     def headers_for(user: User) -> dict[str, str]:
-        principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
+        principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role, session_id=uuid7())
         token = issue_access_token(settings.jwt_keyring, principal, ttl_seconds=300)
         return {"Authorization": f"Bearer {token}"}
 

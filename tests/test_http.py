@@ -13,6 +13,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
 from litestar.testing import AsyncTestClient
+from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
 from app.main import create_app
@@ -139,7 +140,7 @@ async def test_me_refuses_expired_and_foreign_tokens(
     settings: Settings,
     tenant_a: TenantRows,
 ) -> None:
-    principal = Principal(user_id=tenant_a.user.id, tenant_id=tenant_a.id, role="end_user")
+    principal = Principal(user_id=tenant_a.user.id, tenant_id=tenant_a.id, role="end_user", session_id=uuid7())
     key = settings.jwt_keyring.current
     expired = jwt.encode(
         {"alg": "HS256", "kid": key.key_id},
@@ -158,7 +159,7 @@ async def test_tokens_signed_with_the_previous_key_still_work_after_rotation(
 ) -> None:
     old_key = settings.jwt_keys
     assert old_key is not None
-    principal = Principal(user_id=tenant_a.user.id, tenant_id=tenant_a.id, role="end_user")
+    principal = Principal(user_id=tenant_a.user.id, tenant_id=tenant_a.id, role="end_user", session_id=uuid7())
     old_token = issue_access_token(settings.jwt_keyring, principal, ttl_seconds=300)
     rotated = msgspec.structs.replace(settings, jwt_keys=f"{new_key_entry()},{old_key}")
     async with AsyncTestClient(app=create_app(rotated)) as client:
@@ -190,7 +191,7 @@ async def test_a_user_id_from_another_tenant_is_a_404_not_its_data(
 ) -> None:
     # Even a token that (by some bug) pairs tenant B with A's user id reads nothing of A:
     # the database, not the handler, decides what B can see.
-    confused = Principal(user_id=tenant_a.admin.id, tenant_id=tenant_b.id, role="tenant_admin")
+    confused = Principal(user_id=tenant_a.admin.id, tenant_id=tenant_b.id, role="tenant_admin", session_id=uuid7())
     token = issue_access_token(settings.jwt_keyring, confused, ttl_seconds=300)
     response = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 404

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from app.tenants.services import lookup_tenant_by_slug
-from db.auth import OAuthConnection, OAuthProvider, User, UserSession
+from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
@@ -61,7 +61,8 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     "auth_user_sessions": lambda tenant_id, parents: UserSession(
         tenant_id=tenant_id,
         user_id=parents.user.id,
-        session_token_hash=secrets.token_hex(32),
+        family_id=uuid7(),
+        kind="api",
         refresh_token_hash=secrets.token_hex(32),
         expires_at=_expiry(),
         refresh_expires_at=_expiry(),
@@ -69,12 +70,24 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     "auth_oauth_providers": lambda tenant_id, parents: OAuthProvider(
         tenant_id=tenant_id,
         provider_name=_unique("oidc"),
+        discovery_url="https://idp.example.com/.well-known/openid-configuration",
         client_id="client",
         encrypted_client_secret="v1:test:x",
         redirect_uri="https://example.com/cb",
     ),
     "auth_oauth_connections": lambda tenant_id, parents: OAuthConnection(
-        tenant_id=tenant_id, user_id=parents.user.id, provider_id=parents.oauth_provider.id, external_id=_unique("ext")
+        tenant_id=tenant_id, user_id=parents.admin.id, provider_id=parents.oauth_provider.id, external_id=_unique("ext")
+    ),
+    "auth_mfa_recovery_codes": lambda tenant_id, parents: RecoveryCode(
+        tenant_id=tenant_id, user_id=parents.user.id, code_hash=secrets.token_hex(32)
+    ),
+    "auth_invitations": lambda tenant_id, parents: Invitation(
+        tenant_id=tenant_id,
+        email=f"{_unique('invitee')}@example.com",
+        role="end_user",
+        token_hash=secrets.token_hex(32),
+        invited_by=parents.admin.id,
+        expires_at=_expiry(),
     ),
     "tenant_user_groups": lambda tenant_id, parents: UserGroup(
         tenant_id=tenant_id, name=_unique("group"), created_by=parents.admin.id
@@ -90,6 +103,8 @@ APPEND_ONLY_TABLES = {"tenant_audit_events"}
 REFERENCING_TABLES = [
     "auth_user_sessions",
     "auth_oauth_connections",
+    "auth_mfa_recovery_codes",
+    "auth_invitations",
     "tenant_user_groups",
     "tenant_user_group_members",
 ]
@@ -208,7 +223,7 @@ async def test_security_definer_functions_pin_search_path_and_are_not_public(own
                 )
             )
         ).all()
-    assert {function.proname for function in functions} == {"tenant_lookup_by_slug"}
+    assert {function.proname for function in functions} == {"tenant_lookup_by_slug", "platform_tenant_ids"}
     for function in functions:
         assert any(setting.startswith("search_path=") for setting in function.proconfig or [])
         assert function.owner == LOOKUP_ROLE

@@ -1,15 +1,470 @@
-"""HTTP endpoints of the auth domain: who the caller is."""
+"""HTTP endpoints of the auth domain: sign-in, sessions, MFA, invitations, sign-up, OAuth/OIDC, and /api/me."""
 
 from __future__ import annotations
 
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
-from litestar import Controller, Request, get
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
+from advanced_alchemy.extensions.litestar.providers import create_service_provider
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import Cookie, State
+from litestar.di import NamedDependency, Provide
+from litestar.params import Parameter
+from litestar.response import Redirect
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.guards import ALLOWS_MFA_ENROLLMENT_SCOPE, requires_tenant_admin
+from app.auth.middleware import AUTH_STORE_STATE_KEY, SESSION_COOKIE
+from app.auth.oauth import DEFAULT_SCOPES, OAuthClient, OAuthFailed
+from app.auth.redis_store import AuthStore
+from app.auth.schemas import (
+    AcceptInvitationRequest,
+    InvitationRequest,
+    InvitationResponse,
+    LoginRequest,
+    LoginResponse,
+    LogoutEverywhereResponse,
+    MfaConfirmRequest,
+    MfaDisableRequest,
+    MfaEnrollmentResponse,
+    MfaLoginRequest,
+    OAuthConnectionRead,
+    OAuthLinkRequest,
+    OAuthLinkResponse,
+    OAuthProviderCreate,
+    OAuthProviderPublic,
+    OAuthProviderRead,
+    OAuthProviderUpdate,
+    PasswordChangeRequest,
+    RecoveryCodesResponse,
+    RefreshRequest,
+    SignUpRequest,
+    TokenResponse,
+)
+from app.auth.services import AuthService, LoginResult, SessionMode, new_oauth_secrets
 from app.auth.tokens import Principal
+from app.encryption import SecretBox, secret_context
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.settings import Settings
 from app.tenants.schemas import UserRead
-from app.tenants.services import UserService
+from app.tenants.services import ClientContext, UserService, lookup_tenant_by_slug
+from db.auth import OAuthConnection, OAuthProvider
+from db.session import set_session_tenant
+
+SETTINGS_STATE_KEY = "settings"
+SECRET_BOX_STATE_KEY = "secret_box"
+OAUTH_CLIENT_STATE_KEY = "oauth_client"
+OAUTH_STATE_TTL_SECONDS = 600
+CALLBACK_PATH = "/api/auth/oauth/callback"
+
+AuthRequest = Request[Principal, Any, State]
+PUBLIC = {"exclude_from_auth": True}
+
+
+def client_context(request: Request[Any, Any, State]) -> ClientContext:
+    state = request.scope.get("state", {})
+    return ClientContext(
+        ip_address=state.get("client_ip"),
+        user_agent=request.headers.get("user-agent"),
+        request_id=state.get("request_id"),
+    )
+
+
+async def provide_auth_service(db_session: AsyncSession, request: Request[Any, Any, State]) -> AuthService:
+    state = request.app.state
+    return AuthService(
+        db_session, state[AUTH_STORE_STATE_KEY], state[SETTINGS_STATE_KEY], state[SECRET_BOX_STATE_KEY],
+        client_context(request),
+    )  # fmt: skip
+
+
+def _login_response(result: LoginResult, settings: Settings) -> Response[LoginResponse]:
+    session = result.session
+    if session is None:
+        return Response(LoginResponse(status=result.status, mfa_ticket=result.mfa_ticket), status_code=HTTP_200_OK)
+    if session.session_token is not None:
+        cookie = Cookie(
+            key=SESSION_COOKIE,
+            value=session.session_token,
+            max_age=session.expires_in,
+            path="/",
+            httponly=True,
+            secure=settings.cookies_secure,
+            samesite="lax",
+        )
+        body = LoginResponse(status=result.status, expires_in=session.expires_in, csrf_token=session.csrf_token)
+        return Response(body, cookies=[cookie], status_code=HTTP_200_OK)
+    body = LoginResponse(
+        status=result.status,
+        token_type="Bearer",
+        access_token=session.access_token,
+        refresh_token=session.refresh_token,
+        expires_in=session.expires_in,
+        scope=session.scope,
+    )
+    return Response(body, status_code=HTTP_200_OK)
+
+
+def _forget_cookie(settings: Settings) -> Cookie:
+    return Cookie(
+        key=SESSION_COOKIE, value="", max_age=0, path="/", httponly=True, secure=settings.cookies_secure, samesite="lax"
+    )
+
+
+class AuthController(Controller):
+    path = "/api/auth"
+    tags = ["auth"]
+    dependencies = {"auth": Provide(provide_auth_service), "users": Provide(create_service_provider(UserService))}
+
+    @post("/login", opt=PUBLIC, status_code=HTTP_200_OK, summary="Sign in with organization, email and password")
+    async def login(
+        self, data: LoginRequest, auth: NamedDependency[AuthService], request: Request[Any, Any, State]
+    ) -> Response[LoginResponse]:
+        result = await auth.login(tenant_slug=data.tenant, email=data.email, password=data.password, mode=data.session)
+        return _login_response(result, request.app.state[SETTINGS_STATE_KEY])
+
+    @post("/login/mfa", opt=PUBLIC, status_code=HTTP_200_OK, summary="Second step: a TOTP or recovery code")
+    async def login_mfa(
+        self, data: MfaLoginRequest, auth: NamedDependency[AuthService], request: Request[Any, Any, State]
+    ) -> Response[LoginResponse]:
+        result = await auth.complete_mfa(ticket=data.mfa_ticket, code=data.code, recovery_code=data.recovery_code)
+        return _login_response(result, request.app.state[SETTINGS_STATE_KEY])
+
+    @post("/refresh", opt=PUBLIC, status_code=HTTP_200_OK, summary="Trade a refresh token for new tokens (rotation)")
+    async def refresh(self, data: RefreshRequest, auth: NamedDependency[AuthService]) -> TokenResponse:
+        issued = await auth.refresh(data.refresh_token)
+        assert issued.access_token is not None
+        assert issued.refresh_token is not None
+        return TokenResponse(
+            token_type="Bearer",
+            access_token=issued.access_token,
+            refresh_token=issued.refresh_token,
+            expires_in=issued.expires_in,
+        )
+
+    @post(
+        "/logout", status_code=HTTP_204_NO_CONTENT, opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, summary="End this session"
+    )
+    async def logout(self, request: AuthRequest, auth: NamedDependency[AuthService]) -> Response[None]:
+        await auth.logout(request.user)
+        settings = request.app.state[SETTINGS_STATE_KEY]
+        return Response(None, status_code=HTTP_204_NO_CONTENT, cookies=[_forget_cookie(settings)])
+
+    @post("/logout-all", status_code=HTTP_200_OK, summary="End every session of this user")
+    async def logout_everywhere(
+        self, request: AuthRequest, auth: NamedDependency[AuthService]
+    ) -> Response[LogoutEverywhereResponse]:
+        ended = await auth.logout_everywhere(request.user)
+        settings = request.app.state[SETTINGS_STATE_KEY]
+        return Response(LogoutEverywhereResponse(sessions_ended=ended), cookies=[_forget_cookie(settings)])
+
+    @post("/password", status_code=HTTP_204_NO_CONTENT, summary="Change the password; ends the other sessions")
+    async def change_password(
+        self, data: PasswordChangeRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+    ) -> None:
+        await auth.change_password(request.user, current_password=data.current_password, new_password=data.new_password)
+
+    @post(
+        "/mfa/enroll", opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, status_code=HTTP_200_OK, summary="Start TOTP enrolment"
+    )
+    async def enroll_mfa(self, request: AuthRequest, auth: NamedDependency[AuthService]) -> MfaEnrollmentResponse:
+        enrollment = await auth.start_mfa_enrollment(request.user)
+        return MfaEnrollmentResponse(
+            secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri, qr_svg=enrollment.qr_svg
+        )
+
+    @post("/mfa/confirm", opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, status_code=HTTP_200_OK, summary="Turn TOTP on")
+    async def confirm_mfa(
+        self, data: MfaConfirmRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+    ) -> RecoveryCodesResponse:
+        return RecoveryCodesResponse(recovery_codes=await auth.confirm_mfa(request.user, data.code))
+
+    @post("/mfa/disable", status_code=HTTP_204_NO_CONTENT, summary="Turn TOTP off (password and a current code)")
+    async def disable_mfa(
+        self, data: MfaDisableRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+    ) -> None:
+        await auth.disable_mfa(request.user, password=data.password, code=data.code)
+
+    @post("/invitations", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Invite a user")
+    async def invite(
+        self, data: InvitationRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+    ) -> InvitationResponse:
+        invitation, token = await auth.invite(request.user, email=data.email, role=data.role)
+        return InvitationResponse(
+            id=invitation.id,
+            email=invitation.email,
+            role=invitation.role,
+            expires_at=invitation.expires_at,
+            token=token,
+        )
+
+    @post("/invitations/accept", opt=PUBLIC, status_code=HTTP_201_CREATED, summary="Accept an invitation")
+    async def accept_invitation(
+        self, data: AcceptInvitationRequest, auth: NamedDependency[AuthService], users: NamedDependency[UserService]
+    ) -> UserRead:
+        user = await auth.accept_invitation(token=data.token, password=data.password, full_name=data.full_name)
+        return users.to_schema(user, schema_type=UserRead)
+
+    @post("/signup", opt=PUBLIC, status_code=HTTP_201_CREATED, summary="Sign up, where the organization allows it")
+    async def sign_up(
+        self, data: SignUpRequest, auth: NamedDependency[AuthService], users: NamedDependency[UserService]
+    ) -> UserRead:
+        user = await auth.sign_up(
+            tenant_slug=data.tenant, email=data.email, password=data.password, full_name=data.full_name
+        )
+        return users.to_schema(user, schema_type=UserRead)
+
+
+def _provider_read(provider: OAuthProvider) -> OAuthProviderRead:
+    return OAuthProviderRead(
+        id=provider.id,
+        name=provider.provider_name,
+        kind=provider.kind,
+        display_name=provider.display_name,
+        client_id=provider.client_id,
+        discovery_url=provider.discovery_url,
+        redirect_uri=provider.redirect_uri,
+        scopes=list(provider.scopes),
+        is_enabled=provider.is_enabled,
+    )
+
+
+def _client_secret_context(provider: OAuthProvider) -> str:
+    return secret_context("auth_oauth_providers", "encrypted_client_secret", provider.tenant_id)
+
+
+def _safe_return_path(return_to: str | None) -> str:
+    # Only paths on this site: anything else would make the sign-in an open redirect.
+    if return_to and return_to.startswith("/") and not return_to.startswith(("//", "/\\")):
+        return return_to
+    return "/"
+
+
+class OAuthController(Controller):
+    """Providers (admins), the authorization-code flow (public), and links between users and providers."""
+
+    path = "/api/auth"
+    tags = ["auth: OAuth/OIDC"]
+    dependencies = {"auth": Provide(provide_auth_service)}
+
+    @get("/oauth-providers", guards=[requires_tenant_admin], summary="List the organization's OAuth providers")
+    async def list_providers(self, db_session: NamedDependency[AsyncSession]) -> list[OAuthProviderRead]:
+        providers = await db_session.scalars(select(OAuthProvider).order_by(OAuthProvider.provider_name))
+        return [_provider_read(provider) for provider in providers]
+
+    @post("/oauth-providers", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Add a provider")
+    async def create_provider(
+        self, data: OAuthProviderCreate, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> OAuthProviderRead:
+        if data.kind == "oidc" and not data.discovery_url:
+            raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
+        if await db_session.scalar(select(OAuthProvider.id).where(OAuthProvider.provider_name == data.name)):
+            raise Conflict(f"A provider named '{data.name}' already exists.")
+        settings: Settings = request.app.state[SETTINGS_STATE_KEY]
+        box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
+        provider = OAuthProvider(
+            tenant_id=request.user.tenant_id,
+            provider_name=data.name,
+            kind=data.kind,
+            display_name=data.display_name,
+            discovery_url=data.discovery_url if data.kind == "oidc" else None,
+            client_id=data.client_id,
+            encrypted_client_secret="",
+            redirect_uri=settings.public_url + CALLBACK_PATH,
+            scopes=data.scopes or DEFAULT_SCOPES[data.kind],
+        )
+        provider.encrypted_client_secret = box.encrypt(data.client_secret, context=_client_secret_context(provider))
+        db_session.add(provider)
+        await db_session.flush()
+        return _provider_read(provider)
+
+    @patch("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Change a provider")
+    async def update_provider(
+        self,
+        provider_id: UUID,
+        data: OAuthProviderUpdate,
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> OAuthProviderRead:
+        provider = await db_session.get(OAuthProvider, provider_id)
+        if provider is None:
+            raise NotFound("No such provider.")
+        for field in ("client_id", "discovery_url", "display_name", "scopes", "is_enabled"):
+            value = getattr(data, field)
+            if value is not None:
+                setattr(provider, field, value)
+        if data.client_secret is not None:
+            box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
+            provider.encrypted_client_secret = box.encrypt(data.client_secret, context=_client_secret_context(provider))
+        await db_session.flush()
+        return _provider_read(provider)
+
+    @delete("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Remove a provider")
+    async def delete_provider(self, provider_id: UUID, db_session: NamedDependency[AsyncSession]) -> None:
+        provider = await db_session.get(OAuthProvider, provider_id)
+        if provider is None:
+            raise NotFound("No such provider.")
+        await db_session.delete(provider)
+
+    @get("/tenants/{tenant_slug:str}/oauth-providers", opt=PUBLIC, summary="Sign-in buttons of an organization")
+    async def public_providers(
+        self, tenant_slug: str, db_session: NamedDependency[AsyncSession]
+    ) -> list[OAuthProviderPublic]:
+        tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
+        if tenant is None:
+            raise NotFound(f"No organization is called '{tenant_slug}'.")
+        await set_session_tenant(db_session, tenant.id)
+        providers = await db_session.scalars(
+            select(OAuthProvider).where(OAuthProvider.is_enabled.is_(True)).order_by(OAuthProvider.provider_name)
+        )
+        return [
+            OAuthProviderPublic(
+                name=provider.provider_name,
+                kind=provider.kind,
+                display_name=provider.display_name,
+                authorize_path=f"/api/auth/tenants/{tenant_slug}/oauth/{provider.provider_name}/authorize",
+            )
+            for provider in providers
+        ]
+
+    @get("/tenants/{tenant_slug:str}/oauth/{provider_name:str}/authorize", opt=PUBLIC, summary="Go to the provider")
+    async def authorize(
+        self,
+        tenant_slug: str,
+        provider_name: str,
+        request: Request[Any, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        mode: Literal["api", "portal"] = "portal",
+        return_to: str | None = None,
+    ) -> Redirect:
+        tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
+        if tenant is None:
+            raise NotFound(f"No organization is called '{tenant_slug}'.")
+        await set_session_tenant(db_session, tenant.id)
+        provider = await _enabled_provider(db_session, provider_name)
+        url = await _start_authorization(request, provider, mode=mode, return_to=return_to, link_user_id=None)
+        return Redirect(url)
+
+    @post("/oauth-links", status_code=HTTP_200_OK, summary="Start linking a provider to the signed-in user")
+    async def start_link(
+        self, data: OAuthLinkRequest, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> OAuthLinkResponse:
+        provider = await _enabled_provider(db_session, data.provider)
+        url = await _start_authorization(
+            request, provider, mode="api", return_to=None, link_user_id=request.user.user_id
+        )
+        return OAuthLinkResponse(authorization_url=url)
+
+    @get("/oauth-links", summary="The providers linked to the signed-in user")
+    async def list_links(
+        self, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[OAuthConnectionRead]:
+        rows = await db_session.execute(
+            select(OAuthConnection, OAuthProvider.provider_name)
+            .join(OAuthProvider, OAuthProvider.id == OAuthConnection.provider_id)
+            .where(OAuthConnection.user_id == request.user.user_id)
+        )
+        return [
+            OAuthConnectionRead(
+                id=connection.id,
+                provider=name,
+                external_email=connection.external_email,
+                external_username=connection.external_username,
+                created_at=connection.created_at,
+                last_used_at=connection.last_used_at,
+            )
+            for connection, name in rows.all()
+        ]
+
+    @delete("/oauth-links/{connection_id:uuid}", summary="Unlink a provider from the signed-in user")
+    async def unlink(
+        self, connection_id: UUID, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> None:
+        connection = await db_session.get(OAuthConnection, connection_id)
+        if connection is None or connection.user_id != request.user.user_id:
+            raise NotFound("No such link.")
+        await db_session.delete(connection)
+
+    @get(CALLBACK_PATH.removeprefix("/api/auth"), opt=PUBLIC, summary="Where the provider sends the user back")
+    async def callback(
+        self,
+        request: Request[Any, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        auth: NamedDependency[AuthService],
+        oauth_state: Annotated[str | None, Parameter(query="state", max_length=200)] = None,
+        code: Annotated[str | None, Parameter(max_length=2048)] = None,
+        error: Annotated[str | None, Parameter(max_length=200)] = None,
+    ) -> Response[Any]:
+        store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
+        flow = await store.take_oauth_state(oauth_state) if oauth_state else None
+        if flow is None:
+            raise InvalidRequest("This sign-in link is invalid, expired or already used; start the sign-in again.")
+        if error or not code:
+            raise OAuthFailed(f"The provider did not sign you in ({error or 'no code'}).")
+        await set_session_tenant(db_session, UUID(flow["tenant_id"]))
+        provider = await db_session.get(OAuthProvider, UUID(flow["provider_id"]))
+        if provider is None or not provider.is_enabled:
+            raise NotFound("This sign-in provider is no longer available.")
+        box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
+        oauth: OAuthClient = request.app.state[OAUTH_CLIENT_STATE_KEY]
+        identity = await oauth.identity(
+            provider,
+            box.decrypt(provider.encrypted_client_secret, context=_client_secret_context(provider)),
+            redirect_uri=provider.redirect_uri,
+            code=code,
+            code_verifier=flow["code_verifier"],
+            nonce=flow["nonce"],
+        )
+        link_user_id = UUID(flow["link_user_id"]) if flow.get("link_user_id") else None
+        mode: SessionMode = "portal" if flow["mode"] == "portal" else "api"
+        result = await auth.complete_external_login(provider, identity, mode=mode, link_user_id=link_user_id)
+        if link_user_id is not None:
+            return Response({"status": "linked", "provider": provider.provider_name})
+        response = _login_response(result, request.app.state[SETTINGS_STATE_KEY])
+        if mode == "portal" and result.status == "authenticated":
+            return Redirect(_safe_return_path(flow.get("return_to")), cookies=response.cookies)
+        return response
+
+
+async def _enabled_provider(db_session: AsyncSession, name: str) -> OAuthProvider:
+    provider = await db_session.scalar(
+        select(OAuthProvider).where(OAuthProvider.provider_name == name, OAuthProvider.is_enabled.is_(True))
+    )
+    if provider is None:
+        raise NotFound(f"No sign-in provider is called '{name}' here.")
+    return provider
+
+
+async def _start_authorization(
+    request: Request[Any, Any, State],
+    provider: OAuthProvider,
+    *,
+    mode: str,
+    return_to: str | None,
+    link_user_id: UUID | None,
+) -> str:
+    state, nonce, code_verifier = new_oauth_secrets()
+    store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
+    oauth: OAuthClient = request.app.state[OAUTH_CLIENT_STATE_KEY]
+    url = await oauth.authorization_url(
+        provider, redirect_uri=provider.redirect_uri, state=state, nonce=nonce, code_verifier=code_verifier
+    )
+    await store.save_oauth_state(
+        state,
+        {
+            "tenant_id": str(provider.tenant_id),
+            "provider_id": str(provider.id),
+            "nonce": nonce,
+            "code_verifier": code_verifier,
+            "mode": mode,
+            "return_to": _safe_return_path(return_to),
+            "link_user_id": str(link_user_id) if link_user_id else None,
+        },
+        OAUTH_STATE_TTL_SECONDS,
+    )
+    return url
 
 
 class IdentityController(Controller):
@@ -17,9 +472,7 @@ class IdentityController(Controller):
     tags = ["auth"]
     dependencies = {"users": Provide(create_service_provider(UserService))}
 
-    @get("/", summary="The signed-in user")
-    async def get_current_user(
-        self, request: Request[Principal, str, State], users: NamedDependency[UserService]
-    ) -> UserRead:
+    @get("/", opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, summary="The signed-in user")
+    async def get_current_user(self, request: AuthRequest, users: NamedDependency[UserService]) -> UserRead:
         user = await users.get(request.user.user_id)
         return users.to_schema(user, schema_type=UserRead)

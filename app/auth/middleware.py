@@ -1,27 +1,67 @@
-"""Authentication middleware: a valid `Authorization: Bearer <access JWT>` becomes `request.user`."""
+"""Authentication middleware: a bearer access token or a portal session cookie becomes `request.user`."""
 
 from __future__ import annotations
 
 import structlog
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.tokens import InvalidAccessToken, verify_access_token
+from app.auth.redis_store import AuthStore
+from app.auth.services import authenticate_portal_session
+from app.auth.tokens import InvalidToken, Principal, csrf_token_matches, verify_access_token
 from app.settings import KeyRing
 
 JWT_KEYRING_STATE_KEY = "jwt_keyring"
+AUTH_STORE_STATE_KEY = "auth_store"
+SESSION_MAKER_STATE_KEY = "session_maker"
+SESSION_COOKIE = "lyss_session"
+CSRF_HEADER = "x-csrf-token"
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-class AccessTokenMiddleware(AbstractAuthenticationMiddleware):
+class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:  # type: ignore[type-arg]
-        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise NotAuthorizedException("Send 'Authorization: Bearer <access token>'.")
-        keyring: KeyRing = connection.app.state[JWT_KEYRING_STATE_KEY]
-        try:
-            principal = verify_access_token(keyring, token.strip())
-        except InvalidAccessToken:
-            raise NotAuthorizedException("The access token is invalid or expired; sign in again.") from None
+        state = connection.app.state
+        keyring: KeyRing = state[JWT_KEYRING_STATE_KEY]
+        authorization = connection.headers.get("authorization")
+        if authorization:
+            principal = await _bearer_principal(authorization, keyring, state[AUTH_STORE_STATE_KEY])
+        elif session_token := connection.cookies.get(SESSION_COOKIE):
+            principal = await _cookie_principal(connection, session_token, keyring, state[SESSION_MAKER_STATE_KEY])
+        else:
+            raise NotAuthorizedException("Sign in: send 'Authorization: Bearer <access token>' or a session cookie.")
         structlog.contextvars.bind_contextvars(tenant_id=str(principal.tenant_id))
-        return AuthenticationResult(user=principal, auth=token)
+        return AuthenticationResult(user=principal, auth=principal.session_id)
+
+
+async def _bearer_principal(authorization: str, keyring: KeyRing, store: AuthStore) -> Principal:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthorizedException("Send 'Authorization: Bearer <access token>'.")
+    try:
+        principal = verify_access_token(keyring, token.strip())
+    except InvalidToken:
+        raise NotAuthorizedException("The access token is invalid or expired; refresh it or sign in again.") from None
+    if await store.session_revoked(principal.session_id):
+        raise NotAuthorizedException("This session has ended; sign in again.")
+    return principal
+
+
+async def _cookie_principal(
+    connection: ASGIConnection,  # type: ignore[type-arg]
+    session_token: str,
+    keyring: KeyRing,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> Principal:
+    principal = await authenticate_portal_session(session_maker, session_token)
+    if principal is None:
+        raise NotAuthorizedException("This session has ended; sign in again.")
+    # The cookie rides along with any request the browser makes, including forged cross-site ones;
+    # the CSRF header proves the request came from a page that was given the token.
+    if connection.scope.get("method") not in _SAFE_METHODS and not csrf_token_matches(
+        keyring, session_token, connection.headers.get(CSRF_HEADER, "")
+    ):
+        raise PermissionDeniedException("Missing or wrong X-CSRF-Token header for this session.")
+    return principal

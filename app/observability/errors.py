@@ -13,19 +13,27 @@ from litestar import MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_409_CONFLICT, HTTP_500_INTERNAL_SERVER_ERROR
 
+from app.errors import ServiceError
 from app.observability.logging import get_logger
 
 logger = get_logger("lyss.errors")
 
 
 def _error_response(
-    request: Request[object, object, State], status_code: int, detail: str
+    request: Request[object, object, State], status_code: int, detail: str, headers: dict[str, str] | None = None
 ) -> Response[dict[str, object]]:
     return Response(
         {"status_code": status_code, "detail": detail, "request_id": request.scope.get("state", {}).get("request_id")},
         status_code=status_code,
         media_type=MediaType.JSON,
+        headers=headers,
     )
+
+
+def service_error_handler(
+    request: Request[object, object, State], exception: ServiceError
+) -> Response[dict[str, object]]:
+    return _error_response(request, exception.status_code, exception.detail, exception.headers)
 
 
 def internal_error_handler(

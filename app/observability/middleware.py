@@ -1,10 +1,11 @@
-"""Request context: a request id (accepted from `X-Request-ID` or generated, echoed back) and the access log."""
+"""Request context: request id (from `X-Request-ID` or generated, echoed back), client address, access log."""
 
 from __future__ import annotations
 
 import re
 import time
 import uuid
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 import structlog
 from litestar.enums import ScopeType
@@ -20,19 +21,25 @@ access_log = get_logger("lyss.access")
 
 
 class RequestContextMiddleware:
-    """Outermost ASGI layer, so that 404s and errors raised before routing are logged and tagged too."""
+    """Outermost ASGI layer, so that 404s and errors raised before routing are logged and tagged too.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The client address is the peer's, unless the peer is a trusted proxy: then it is the nearest
+    address in `X-Forwarded-For` that is not a trusted proxy itself.
+    """
+
+    def __init__(self, app: ASGIApp, trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()) -> None:
         self.app = app
+        self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        client_ip = self._client_ip(scope)
+        scope.setdefault("state", {}).update(request_id=request_id, client_ip=client_ip)
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id, client_ip=client_ip)
         status_code = 500
         started = time.perf_counter()
 
@@ -55,6 +62,37 @@ class RequestContextMiddleware:
                 status=status_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            parsed = ip_address(address)
+        except ValueError:
+            return False
+        return any(parsed in network for network in self.trusted_proxies)
+
+    def _client_ip(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if peer is None or not self._trusted(peer):
+            return peer
+        forwarded = [
+            hop.strip()
+            for name, value in scope["headers"]
+            if name == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+        ]
+        for hop in reversed(forwarded):
+            if not self._trusted(hop):
+                return hop if _is_address(hop) else peer
+        return peer
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _request_id(scope: Scope) -> str:

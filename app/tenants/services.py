@@ -19,7 +19,7 @@ from uuid_utils.compat import uuid7
 from app.auth.passwords import WeakPasswordError, hash_password
 from db.auth import User
 from db.session import tenant_session
-from db.tenant import SLUG_PATTERN, AuditEvent, Organization
+from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroupMember
 
 DEMO_TENANT_SLUG = "demo"
 DEMO_ADMIN_EMAIL = "admin@demo.example.com"
@@ -33,6 +33,25 @@ class ProvisioningError(ValueError):
 class TenantRef(msgspec.Struct, frozen=True):
     id: UUID
     status: str
+
+
+class ClientContext(msgspec.Struct, frozen=True):
+    """Where a request came from, for the audit trail."""
+
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+class TenantPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """A tenant's security choices, kept in `tenant_organizations.settings`."""
+
+    require_mfa_for_admins: bool = False
+    allow_self_signup: bool = False
+
+
+def tenant_policy(organization: Organization) -> TenantPolicy:
+    return msgspec.convert(organization.settings or {}, TenantPolicy)
 
 
 class DemoLogin(msgspec.Struct, frozen=True):
@@ -72,7 +91,9 @@ def record_audit_event(
     target_type: str | None = None,
     target_id: str | UUID | None = None,
     details: dict[str, Any] | None = None,
+    client: ClientContext | None = None,
 ) -> AuditEvent:
+    client = client or ClientContext()
     event = AuditEvent(
         actor=actor,
         actor_user_id=actor_user_id,
@@ -80,9 +101,18 @@ def record_audit_event(
         target_type=target_type,
         target_id=None if target_id is None else str(target_id),
         details=details or {},
+        ip_address=client.ip_address,
+        user_agent=client.user_agent[:1000] if client.user_agent else None,
+        request_id=client.request_id,
     )
     session.add(event)
     return event
+
+
+async def group_ids_of_user(session: AsyncSession, user_id: UUID) -> list[UUID]:
+    """The groups `user_id` belongs to (in the session's tenant), for domains that scope by group."""
+    rows = await session.scalars(select(UserGroupMember.group_id).where(UserGroupMember.user_id == user_id))
+    return list(rows)
 
 
 def normalize_email(email: str) -> str:
@@ -104,9 +134,9 @@ def _validated_tenant_fields(slug: str, name: str) -> tuple[str, str]:
     return slug, name
 
 
-def _hashed_new_password(password: str) -> str:
+def _hashed_new_password(password: str, email: str) -> str:
     try:
-        return hash_password(password)
+        return hash_password(password, email=email)
     except WeakPasswordError as error:
         raise ProvisioningError(str(error)) from None
 
@@ -179,7 +209,7 @@ async def create_user(
 ) -> User:
     """Create a user with a password in the tenant named by its slug, in one transaction."""
     email = normalize_email(email)
-    hashed_password = _hashed_new_password(password)
+    hashed_password = _hashed_new_password(password, email)
     async with session_maker() as lookup_session:
         tenant = await lookup_tenant_by_slug(lookup_session, tenant_slug)
     if tenant is None:
@@ -213,7 +243,7 @@ async def provision_demo_tenant(session_maker: async_sessionmaker[AsyncSession])
             session,
             tenant_slug=DEMO_TENANT_SLUG,
             email=DEMO_ADMIN_EMAIL,
-            hashed_password=_hashed_new_password(password),
+            hashed_password=_hashed_new_password(password, DEMO_ADMIN_EMAIL),
             role="tenant_admin",
             actor="first-start",
         )

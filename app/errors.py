@@ -1,0 +1,42 @@
+"""Errors a caller can act on. Services raise them; the edge turns each into its status and a JSON message."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base: `detail` is shown to the caller as is, so it says what to do and reveals nothing internal."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+
+
+class Unauthenticated(ServiceError):
+    status_code = 401
+
+
+class NotAllowed(ServiceError):
+    status_code = 403
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class RateLimited(ServiceError):
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(retry_after, 1))})
+        self.retry_after = retry_after
