@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
+from app.encryption import SecretBox, reencrypt_secrets
 from app.observability.logging import configure_logging, logging_dict_config
 from app.settings import ConfigurationError, Settings, database_url, load_settings
 from app.tenants.services import (
@@ -263,6 +264,28 @@ def admin_create(tenant_slug: str, email: str) -> None:
 
         user = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
     click.echo(f"Created tenant admin {user.email} in tenant '{tenant_slug}'.")
+
+
+@main.group()
+def keys() -> None:
+    """Manage the keys that protect secrets at rest."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret under the first key of LYSS_ENCRYPTION_KEYS.
+
+    Put the new key first and keep the old one after it, run this, then drop the old key.
+    """
+    settings = _settings()
+    box = SecretBox(settings.encryption_keyring)
+    with embedded_services(settings, need_redis=False) as resolved:
+
+        async def work(session_maker: Any) -> tuple[int, int]:
+            return await reencrypt_secrets(session_maker, box)
+
+        tenants, values = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+    click.echo(f"Re-encrypted {values} secret(s) in {tenants} tenant(s) under key '{box.current_key_id}'.")
 
 
 def _read_password() -> str:

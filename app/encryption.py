@@ -1,4 +1,4 @@
-"""Secrets at rest: AES-256-GCM under LYSS_ENCRYPTION_KEYS, each value prefixed with its key id for rotation.
+"""Secrets at rest: AES-256-GCM under LYSS_ENCRYPTION_KEYS, each value prefixed with its key id; key rotation.
 
 Stored form: `v1:<key id>:<base64url(nonce || ciphertext || tag)>`. The associated data binds a value to
 its place (`table.column` and tenant), so a ciphertext copied into another column or tenant does not
@@ -15,8 +15,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import Column, Table, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import KeyRing
+from db.session import tenant_session
 
 FORMAT_VERSION = "v1"
 _NONCE_BYTES = 12
@@ -74,3 +77,46 @@ def _split(stored: str) -> tuple[str, str, str]:
 def secret_context(table: str, column: str, tenant_id: object) -> str:
     """The associated data of a secret column's value: where it lives and whose it is."""
     return f"{table}.{column}:{tenant_id}"
+
+
+def encrypted_columns() -> list[tuple[Table, Column[str]]]:
+    """Every column marked `info={"encrypted": True}` in the models, wherever it lives."""
+    from db.models import Base  # the complete metadata, imported late to keep this module light
+
+    return [
+        (table, column)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if column.info.get("encrypted")
+    ]
+
+
+async def reencrypt_secrets(session_maker: async_sessionmaker[AsyncSession], box: SecretBox) -> tuple[int, int]:
+    """Re-encrypt every secret not yet under the current key, tenant by tenant (one transaction each).
+
+    Idempotent and resumable: values already under the current key are left alone. Returns
+    (tenants visited, values re-encrypted).
+    """
+    from app.tenants.services import all_tenant_ids
+
+    async with session_maker() as session:
+        tenant_ids = await all_tenant_ids(session)
+    changed = 0
+    for tenant_id in tenant_ids:
+        async with tenant_session(session_maker, tenant_id) as session:
+            for table, column in encrypted_columns():
+                rows = await session.execute(
+                    select(table.c.id, column).where(
+                        column.is_not(None), column != "", ~column.startswith(f"{FORMAT_VERSION}:{box.current_key_id}:")
+                    )
+                )
+                context = secret_context(table.name, column.name, tenant_id)
+                for row_id, stored in rows.all():
+                    await session.execute(
+                        update(table)
+                        .where(table.c.id == row_id)
+                        .values({column.name: box.reencrypt(stored, context=context)})
+                    )
+                    changed += 1
+            await session.commit()
+    return len(tenant_ids), changed

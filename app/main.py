@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 from advanced_alchemy.exceptions import RepositoryError
 from litestar import Litestar
 from litestar.datastructures import State
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     session_maker = create_session_maker(engine)
     redis = Redis.from_url(settings.redis_url)
-    http = httpx.AsyncClient(follow_redirects=False)
+    http = httpx2.AsyncClient(follow_redirects=False)
 
     async def close_clients() -> None:
         await redis.aclose()

@@ -15,7 +15,9 @@ from uuid import UUID
 
 import msgspec
 import pytest
+import redis
 from argon2 import PasswordHasher
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -23,6 +25,7 @@ from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.encryption import SecretBox, secret_context
 from app.main import create_app
 from app.settings import Settings, new_key_entry
 from db.auth import OAuthProvider, User
@@ -32,6 +35,7 @@ from db.models import Base
 from db.session import create_engine, create_session_maker, tenant_session
 from db.tenant import Organization, UserGroup
 
+Client = AsyncTestClient[Litestar]
 TEST_PASSWORD = "correct horse battery staple"
 # One real argon2id hash, computed once: hashing per fixture user would cost ~50 ms each.
 TEST_PASSWORD_HASH = PasswordHasher().hash(TEST_PASSWORD)
@@ -110,7 +114,18 @@ def session_maker(app_engine: AsyncEngine, clean_database: None) -> async_sessio
 
 
 @pytest.fixture
-def settings(database: DatabaseUrls, redis_url: str, tmp_path: Path, clean_database: None) -> Settings:
+def clean_redis(redis_url: str) -> Iterator[None]:
+    """Per-test isolation for Redis (rate-limit counters, revoked sessions, OAuth states)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield
+    client.close()
+
+
+@pytest.fixture
+def settings(
+    database: DatabaseUrls, redis_url: str, tmp_path: Path, clean_database: None, clean_redis: None
+) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database.app_url,
@@ -119,10 +134,16 @@ def settings(database: DatabaseUrls, redis_url: str, tmp_path: Path, clean_datab
         encryption_keys=new_key_entry(),
         jwt_keys=new_key_entry(),
         database_pool_size=2,
+        public_url="http://lyss.test",
+        login_max_failures=3,
+        login_lockout_seconds=2,
+        login_ip_limit_per_minute=1000,
     )
 
 
-async def create_tenant_rows(session_maker: async_sessionmaker[AsyncSession], slug: str) -> TenantRows:
+async def create_tenant_rows(
+    session_maker: async_sessionmaker[AsyncSession], slug: str, secret_box: SecretBox
+) -> TenantRows:
     tenant_id = uuid7()
     async with tenant_session(session_maker, tenant_id) as session:
         session.add(Organization(id=tenant_id, slug=slug, name=slug.title()))
@@ -136,7 +157,10 @@ async def create_tenant_rows(session_maker: async_sessionmaker[AsyncSession], sl
             provider_name="github",
             kind="github",
             client_id=f"{slug}-client",
-            encrypted_client_secret="v1:test:not-a-real-secret",
+            encrypted_client_secret=secret_box.encrypt(
+                "fixture-client-secret",
+                context=secret_context("auth_oauth_providers", "encrypted_client_secret", tenant_id),
+            ),
             redirect_uri=f"https://{slug}.example.com/callback",
         )
         session.add_all([group, provider])
@@ -145,17 +169,21 @@ async def create_tenant_rows(session_maker: async_sessionmaker[AsyncSession], sl
 
 
 @pytest.fixture
-async def tenant_a(session_maker: async_sessionmaker[AsyncSession]) -> TenantRows:
-    return await create_tenant_rows(session_maker, f"alpha-{secrets.token_hex(3)}")
+async def tenant_a(session_maker: async_sessionmaker[AsyncSession], settings: Settings) -> TenantRows:
+    return await create_tenant_rows(
+        session_maker, f"alpha-{secrets.token_hex(3)}", SecretBox(settings.encryption_keyring)
+    )
 
 
 @pytest.fixture
-async def tenant_b(session_maker: async_sessionmaker[AsyncSession]) -> TenantRows:
-    return await create_tenant_rows(session_maker, f"bravo-{secrets.token_hex(3)}")
+async def tenant_b(session_maker: async_sessionmaker[AsyncSession], settings: Settings) -> TenantRows:
+    return await create_tenant_rows(
+        session_maker, f"bravo-{secrets.token_hex(3)}", SecretBox(settings.encryption_keyring)
+    )
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+async def client(settings: Settings) -> AsyncIterator[Client]:
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client
 

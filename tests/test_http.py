@@ -20,17 +20,17 @@ from app.main import create_app
 from app.observability.logging import configure_logging
 from app.settings import Settings, new_key_entry, parse_keyring
 from db.auth import User
-from tests.conftest import TenantRows
+from tests.conftest import Client, TenantRows
 
 AuthHeaders = Callable[[User], dict[str, str]]
 
 
-async def test_healthz_answers_without_authentication(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_healthz_answers_without_authentication(client: Client) -> None:
     response = await client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
-async def test_readyz_reports_each_dependency(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_readyz_reports_each_dependency(client: Client) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
@@ -52,12 +52,12 @@ async def test_readyz_names_postgres_when_it_is_down(settings: Settings) -> None
     assert response.json() == {"status": "unavailable", "checks": {"postgres": "unreachable", "redis": "ok"}}
 
 
-async def test_version_is_the_installed_package_version(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_version_is_the_installed_package_version(client: Client) -> None:
     response = await client.get("/api/version")
     assert response.json() == {"name": "lyss", "version": version("lyss")}
 
 
-async def test_openapi_schema_lists_the_routes(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_openapi_schema_lists_the_routes(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     assert {"/healthz", "/readyz", "/api/version", "/api/me", "/api/tenant"} <= set(schema["paths"])
 
@@ -67,7 +67,7 @@ async def test_openapi_schema_lists_the_routes(client: AsyncTestClient) -> None:
     [("trace-42.a:b_c", True), ("x" * 129, False), ("has space", False), ("<script>", False)],
 )
 async def test_request_id_is_echoed_only_when_it_is_a_plain_token(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     sent: str,
     echoed: bool,
 ) -> None:
@@ -81,7 +81,7 @@ async def test_request_id_is_echoed_only_when_it_is_a_plain_token(
         int(returned, 16)
 
 
-async def test_every_response_carries_a_request_id_even_a_404(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+async def test_every_response_carries_a_request_id_even_a_404(client: Client) -> None:
     first = await client.get("/no/such/route")
     second = await client.get("/no/such/route")
     assert first.status_code == 404
@@ -90,7 +90,7 @@ async def test_every_response_carries_a_request_id_even_a_404(client: AsyncTestC
 
 
 async def test_access_log_is_json_with_request_and_tenant_ids(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     capsys: pytest.CaptureFixture[str],
@@ -110,7 +110,7 @@ async def test_access_log_is_json_with_request_and_tenant_ids(
 
 
 async def test_me_returns_the_caller_and_nothing_secret(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
 ) -> None:
@@ -127,7 +127,7 @@ async def test_me_returns_the_caller_and_nothing_secret(
     ["", "Bearer", "Bearer not-a-jwt", "Basic dXNlcjpwYXNz", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."],
 )
 async def test_me_refuses_missing_or_malformed_credentials(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     authorization: str,
 ) -> None:
     response = await client.get("/api/me", headers={"Authorization": authorization} if authorization else {})
@@ -136,7 +136,7 @@ async def test_me_refuses_missing_or_malformed_credentials(
 
 
 async def test_me_refuses_expired_and_foreign_tokens(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     settings: Settings,
     tenant_a: TenantRows,
 ) -> None:
@@ -172,7 +172,7 @@ async def test_tokens_signed_with_the_previous_key_still_work_after_rotation(
 
 
 async def test_each_tenant_sees_only_its_own_organization(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     tenant_a: TenantRows,
     tenant_b: TenantRows,
     auth_headers: AuthHeaders,
@@ -184,7 +184,7 @@ async def test_each_tenant_sees_only_its_own_organization(
 
 
 async def test_a_user_id_from_another_tenant_is_a_404_not_its_data(
-    client: AsyncTestClient,  # type: ignore[type-arg]
+    client: Client,
     settings: Settings,
     tenant_a: TenantRows,
     tenant_b: TenantRows,

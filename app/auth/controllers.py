@@ -47,9 +47,10 @@ from app.auth.services import AuthService, LoginResult, SessionMode, new_oauth_s
 from app.auth.tokens import Principal
 from app.encryption import SecretBox, secret_context
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.observability.middleware import client_context
 from app.settings import Settings
 from app.tenants.schemas import UserRead
-from app.tenants.services import ClientContext, UserService, lookup_tenant_by_slug
+from app.tenants.services import UserService, lookup_tenant_by_slug
 from db.auth import OAuthConnection, OAuthProvider
 from db.session import set_session_tenant
 
@@ -61,15 +62,6 @@ CALLBACK_PATH = "/api/auth/oauth/callback"
 
 AuthRequest = Request[Principal, Any, State]
 PUBLIC = {"exclude_from_auth": True}
-
-
-def client_context(request: Request[Any, Any, State]) -> ClientContext:
-    state = request.scope.get("state", {})
-    return ClientContext(
-        ip_address=state.get("client_ip"),
-        user_agent=request.headers.get("user-agent"),
-        request_id=state.get("request_id"),
-    )
 
 
 async def provide_auth_service(db_session: AsyncSession, request: Request[Any, Any, State]) -> AuthService:

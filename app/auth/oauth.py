@@ -12,7 +12,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import msgspec
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -76,7 +76,7 @@ def discovery_url_of(provider: OAuthProvider) -> str | None:
 class OAuthClient:
     """One per process: caches discovery documents and key sets for an hour."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx2.AsyncClient) -> None:
         self._http = http
         self._metadata: dict[str, tuple[float, ProviderEndpoints]] = {}
         self._key_sets: dict[str, tuple[float, KeySet]] = {}
@@ -86,7 +86,7 @@ class OAuthClient:
             response = await self._http.get(_require_secure(url, what), timeout=HTTP_TIMEOUT_SECONDS)
             response.raise_for_status()
             return response.json()
-        except (httpx.HTTPError, ValueError) as error:
+        except (httpx2.HTTPError, ValueError) as error:
             raise OAuthFailed(f"The provider's {what} could not be read ({type(error).__name__}).") from None
 
     async def endpoints(self, provider: OAuthProvider) -> ProviderEndpoints:
@@ -151,7 +151,7 @@ class OAuthClient:
                 )
             except OAuthError as error:
                 raise OAuthFailed(f"The provider refused the sign-in ({error.error}).") from None
-            except (httpx.HTTPError, ValueError) as error:
+            except (httpx2.HTTPError, ValueError) as error:
                 raise OAuthFailed(f"The provider's token endpoint failed ({type(error).__name__}).") from None
             if provider.kind == "github":
                 return await _github_identity(client)
@@ -218,7 +218,7 @@ async def _fetch_json(client: AsyncOAuth2Client, url: str) -> Any:
         response = await client.get(url, headers={"Accept": "application/json"})
         response.raise_for_status()
         return response.json()
-    except (httpx.HTTPError, ValueError) as error:
+    except (httpx2.HTTPError, ValueError) as error:
         raise OAuthFailed(f"The provider's user endpoint failed ({type(error).__name__}).") from None
 
 

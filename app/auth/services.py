@@ -6,6 +6,7 @@ Failures that must leave a trace (attempt counters, audit events) are committed 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -44,9 +45,9 @@ from app.auth.tokens import (
 )
 from app.encryption import SecretBox, secret_context
 from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound, RateLimited, Unauthenticated
+from app.observability.middleware import ClientContext
 from app.settings import Settings
 from app.tenants.services import (
-    ClientContext,
     ProvisioningError,
     lookup_tenant_by_slug,
     normalize_email,
@@ -113,7 +114,7 @@ def _hash_recovery_code(code: str) -> str:
 
 
 def _new_recovery_code() -> str:
-    raw = pyotp.random_base32(16).lower()  # 16 base32 characters: 80 random bits
+    raw = base64.b32encode(secrets.token_bytes(10)).decode().lower()  # 16 base32 characters: 80 random bits
     return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
 
 
@@ -161,9 +162,9 @@ class AuthService:
         )
 
     async def _limit_sign_in_attempts(self) -> None:
-        if self.client.ip_address is None:
+        if self.client.address is None:
             return
-        wait = await self.store.sign_in_attempt_from(self.client.ip_address, self.settings.login_ip_limit_per_minute)
+        wait = await self.store.sign_in_attempt_from(self.client.address, self.settings.login_ip_limit_per_minute)
         if wait is not None:
             raise RateLimited(f"Too many sign-in attempts from this address; try again in {wait} s.", retry_after=wait)
 

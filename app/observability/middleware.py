@@ -6,8 +6,12 @@ import re
 import time
 import uuid
 from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
 
+import msgspec
 import structlog
+from litestar import Request
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +22,29 @@ REQUEST_ID_HEADER = b"x-request-id"
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 access_log = get_logger("lyss.access")
+
+
+class ClientContext(msgspec.Struct, frozen=True):
+    """Where a request came from, for rate limits and the audit trail."""
+
+    # The client's address as the server saw it; not always an IP (a unix socket, a test transport).
+    address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+    @property
+    def ip_address(self) -> str | None:
+        """The address if it is an IP, for INET columns."""
+        return self.address if self.address and _is_address(self.address) else None
+
+
+def client_context(request: Request[Any, Any, State]) -> ClientContext:
+    state = request.scope.get("state", {})
+    return ClientContext(
+        address=state.get("client_ip"),
+        user_agent=request.headers.get("user-agent"),
+        request_id=state.get("request_id"),
+    )
 
 
 class RequestContextMiddleware:

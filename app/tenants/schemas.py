@@ -29,3 +29,15 @@ class UserRead(msgspec.Struct, frozen=True):
     mfa_enabled: bool
     created_at: datetime.datetime
     last_login_at: datetime.datetime | None
+
+
+class TenantPolicyRead(msgspec.Struct, frozen=True):
+    require_mfa_for_admins: bool
+    allow_self_signup: bool
+
+
+class TenantPolicyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Fields left out keep their value."""
+
+    require_mfa_for_admins: bool | None = None
+    allow_self_signup: bool | None = None

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from app.auth.passwords import WeakPasswordError, hash_password
+from app.observability.middleware import ClientContext
 from db.auth import User
 from db.session import tenant_session
 from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroupMember
@@ -33,14 +34,6 @@ class ProvisioningError(ValueError):
 class TenantRef(msgspec.Struct, frozen=True):
     id: UUID
     status: str
-
-
-class ClientContext(msgspec.Struct, frozen=True):
-    """Where a request came from, for the audit trail."""
-
-    ip_address: str | None = None
-    user_agent: str | None = None
-    request_id: str | None = None
 
 
 class TenantPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -107,6 +100,11 @@ def record_audit_event(
     )
     session.add(event)
     return event
+
+
+async def all_tenant_ids(session: AsyncSession) -> list[UUID]:
+    """Every tenant's id, through the SECURITY DEFINER `platform_tenant_ids` (platform maintenance only)."""
+    return list(await session.scalars(text("SELECT * FROM platform_tenant_ids()")))
 
 
 async def group_ids_of_user(session: AsyncSession, user_id: UUID) -> list[UUID]:
