@@ -7,6 +7,7 @@ Needs wrk (Debian: `apt-get install wrk`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,10 @@ from db.tenant import Organization
 LYSS = str(Path(sys.executable).parent / "lyss")
 WRK_SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNECTIONS = (1, 16, 64)
+LOGIN_CONNECTIONS = (1, 4)
+BENCH_TENANT = "bench"
+BENCH_EMAIL = "bench@bench.example.com"
+BENCH_PASSWORD = "a bench passphrase"
 
 
 def _free_port() -> int:
@@ -91,19 +96,25 @@ async def _prepare_database(superuser_url: str) -> tuple[DatabaseUrls, User]:
     engine = create_engine(urls.app_url, pool_size=1)
     tenant_id = uuid7()
     async with tenant_session(create_session_maker(engine), tenant_id) as session:
-        session.add(Organization(id=tenant_id, slug=f"bench-{os.getpid()}", name="Bench"))
+        session.add(Organization(id=tenant_id, slug=BENCH_TENANT, name="Bench"))
         await session.flush()
-        user = User(email="bench@bench.example.com", hashed_password=PasswordHasher().hash("x" * 16))
+        user = User(email=BENCH_EMAIL, hashed_password=PasswordHasher().hash(BENCH_PASSWORD))
         session.add(user)
         await session.commit()
     await engine.dispose()
     return urls, user
 
 
-def _wrk(url: str, connections: int, headers: dict[str, str]) -> dict[str, float]:
+def _wrk(url: str, connections: int, headers: dict[str, str], post_json: str | None = None) -> dict[str, float]:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{WRK_SECONDS}s", "--latency", url]
     for name, value in headers.items():
         command[1:1] = ["-H", f"{name}: {value}"]
+    if post_json is not None:
+        script = Path(tempfile.mkstemp(suffix=".lua")[1])
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = [[{post_json}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
+        command[1:1] = ["-s", str(script)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
     for percentile in ("50", "90", "99"):
@@ -134,6 +145,7 @@ def measure_requests(scratch: Path) -> list[tuple[str, int, dict[str, float]]]:
             "LYSS_ENCRYPTION_KEYS": new_key_entry(),
             "LYSS_JWT_KEYS": jwt_keys,
             "LYSS_WORKERS": "1",
+            "LYSS_LOGIN_IP_LIMIT_PER_MINUTE": "1000000",
         }
         port = _free_port()
         results = []
@@ -144,6 +156,12 @@ def measure_requests(scratch: Path) -> list[tuple[str, int, dict[str, float]]]:
                     if figures["non_2xx"]:
                         raise SystemExit(f"{path} answered {figures['non_2xx']:.0f} non-2xx responses")
                     results.append((path, connections, figures))
+            login = json.dumps({"tenant": BENCH_TENANT, "email": BENCH_EMAIL, "password": BENCH_PASSWORD})
+            for connections in LOGIN_CONNECTIONS:
+                figures = _wrk(f"http://127.0.0.1:{port}/api/auth/login", connections, {}, post_json=login)
+                if figures["non_2xx"]:
+                    raise SystemExit(f"login answered {figures['non_2xx']:.0f} non-2xx responses")
+                results.append(("POST /api/auth/login", connections, figures))
         return results
     finally:
         redis_server.stop()

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
-from app.tenants.services import lookup_tenant_by_slug
+from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
@@ -383,3 +383,15 @@ async def test_unique_keys_are_per_tenant(
         session.add(User(email=tenant_a.admin.email, hashed_password=TEST_PASSWORD_HASH))
         await session.commit()
         assert await _count(session, "auth_users") == 3
+
+
+async def test_group_membership_is_available_to_other_domains_within_the_tenant(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        session.add(UserGroupMember(group_id=tenant_a.group.id, user_id=tenant_a.user.id))
+        await session.commit()
+        assert await group_ids_of_user(session, tenant_a.user.id) == [tenant_a.group.id]
+        assert await group_ids_of_user(session, tenant_a.admin.id) == []
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        assert await group_ids_of_user(session, tenant_a.user.id) == []  # A's memberships are not B's to read

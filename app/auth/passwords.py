@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 from pathlib import Path
@@ -44,16 +45,30 @@ def check_new_password(password: str, *, email: str | None = None) -> None:
         raise WeakPasswordError("the password must not be the email address")
 
 
-def hash_password(password: str, *, email: str | None = None) -> str:
+# argon2id is meant to take a tenth of a second of CPU: it runs in a worker thread (argon2-cffi releases
+# the GIL), so the event loop keeps serving other requests meanwhile.
+
+
+async def hash_password(password: str, *, email: str | None = None) -> str:
+    """Hash a new password, after checking it against the rules."""
     check_new_password(password, email=email)
-    return password_hasher.hash(password)
+    return await asyncio.to_thread(password_hasher.hash, password)
 
 
-def verify_password(hashed: str, password: str) -> bool:
+async def rehash_password(password: str) -> str:
+    """Hash an existing, just verified password under the current parameters (no rule check: it is in use)."""
+    return await asyncio.to_thread(password_hasher.hash, password)
+
+
+def _verify(hashed: str, password: str) -> bool:
     try:
         return password_hasher.verify(hashed, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def verify_password(hashed: str, password: str) -> bool:
+    return await asyncio.to_thread(_verify, hashed, password)
 
 
 def needs_rehash(hashed: str) -> bool:
@@ -65,6 +80,6 @@ def _decoy_hash() -> str:
     return password_hasher.hash(secrets.token_urlsafe(24))
 
 
-def spend_verification_time(password: str) -> None:
+async def spend_verification_time(password: str) -> None:
     """Verify against a decoy hash, so that an unknown account costs as much time as a wrong password."""
-    verify_password(_decoy_hash(), password)
+    await asyncio.to_thread(_verify, _decoy_hash(), password)

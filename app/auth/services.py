@@ -25,7 +25,7 @@ from app.auth.passwords import (
     WeakPasswordError,
     hash_password,
     needs_rehash,
-    password_hasher,
+    rehash_password,
     spend_verification_time,
     verify_password,
 )
@@ -171,7 +171,7 @@ class AuthService:
     async def _enter_tenant(self, tenant_slug: str) -> Organization:
         tenant = await lookup_tenant_by_slug(self.session, tenant_slug.strip().lower())
         if tenant is None:
-            spend_verification_time("")  # an unknown organization answers as slowly as a wrong password
+            await spend_verification_time("")  # an unknown organization answers as slowly as a wrong password
             raise Unauthenticated(INVALID_CREDENTIALS)
         await set_session_tenant(self.session, tenant.id)
         organization = await self.session.get_one(Organization, tenant.id)
@@ -309,22 +309,22 @@ class AuthService:
             wait = await self.store.unknown_account_lock(organization.id, email, self.settings.login_max_failures)
             if wait is not None:
                 raise RateLimited(f"Too many failed sign-in attempts; try again in {wait} s.", retry_after=wait)
-            spend_verification_time(password)
+            await spend_verification_time(password)
             await self.store.unknown_account_failed(organization.id, email, self.settings.login_lockout_seconds)
             self._audit("login.failed", actor=email[:255], reason="unknown_email")
             await self.session.commit()
             raise Unauthenticated(INVALID_CREDENTIALS)
         await self._refuse_if_locked(user, now)
-        if user.hashed_password is None or not verify_password(user.hashed_password, password):
+        if user.hashed_password is None or not await verify_password(user.hashed_password, password):
             if user.hashed_password is None:
-                spend_verification_time(password)
+                await spend_verification_time(password)
             await self._count_failure(user, now, "wrong_password")
             raise Unauthenticated(INVALID_CREDENTIALS)
         if user.status != "active":
             await self._count_failure(user, now, f"user_{user.status}")
             raise Unauthenticated(INVALID_CREDENTIALS)
         if needs_rehash(user.hashed_password):
-            user.hashed_password = password_hasher.hash(password)
+            user.hashed_password = await rehash_password(password)
         return await self._after_primary_authentication(user, organization, mode, "password")
 
     async def complete_mfa(self, *, ticket: str, code: str | None, recovery_code: str | None) -> LoginResult:
@@ -451,11 +451,11 @@ class AuthService:
             raise Unauthenticated("Sign in again.")
         now = utc_now()
         await self._refuse_if_locked(user, now)
-        if user.hashed_password is None or not verify_password(user.hashed_password, current_password):
+        if user.hashed_password is None or not await verify_password(user.hashed_password, current_password):
             await self._count_failure(user, now, "wrong_current_password")
             raise NotAllowed("The current password is wrong.")
         try:
-            user.hashed_password = hash_password(new_password, email=user.email)
+            user.hashed_password = await hash_password(new_password, email=user.email)
         except WeakPasswordError as error:
             raise InvalidRequest(f"The new password is not acceptable: {error}.") from None
         user.password_changed_at = now
@@ -519,7 +519,7 @@ class AuthService:
             raise NotAllowed("Your organization requires two-factor authentication for admins.")
         now = utc_now()
         await self._refuse_if_locked(user, now)
-        password_ok = user.hashed_password is not None and verify_password(user.hashed_password, password)
+        password_ok = user.hashed_password is not None and await verify_password(user.hashed_password, password)
         if not (password_ok and self._accept_totp(user, code, now)):
             await self._count_failure(user, now, "wrong_mfa_disable_credentials")
             raise NotAllowed("The password or the code is wrong.")
@@ -588,7 +588,7 @@ class AuthService:
         hashed = None
         if password is not None:
             try:
-                hashed = hash_password(password, email=email)
+                hashed = await hash_password(password, email=email)
             except WeakPasswordError as error:
                 raise InvalidRequest(f"The password is not acceptable: {error}.") from None
         user = User(email=email, hashed_password=hashed, role=role, full_name=name)

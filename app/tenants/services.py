@@ -132,9 +132,9 @@ def _validated_tenant_fields(slug: str, name: str) -> tuple[str, str]:
     return slug, name
 
 
-def _hashed_new_password(password: str, email: str) -> str:
+async def _hashed_new_password(password: str, email: str) -> str:
     try:
-        return hash_password(password, email=email)
+        return await hash_password(password, email=email)
     except WeakPasswordError as error:
         raise ProvisioningError(str(error)) from None
 
@@ -207,7 +207,7 @@ async def create_user(
 ) -> User:
     """Create a user with a password in the tenant named by its slug, in one transaction."""
     email = normalize_email(email)
-    hashed_password = _hashed_new_password(password, email)
+    hashed_password = await _hashed_new_password(password, email)
     async with session_maker() as lookup_session:
         tenant = await lookup_tenant_by_slug(lookup_session, tenant_slug)
     if tenant is None:
@@ -241,7 +241,7 @@ async def provision_demo_tenant(session_maker: async_sessionmaker[AsyncSession])
             session,
             tenant_slug=DEMO_TENANT_SLUG,
             email=DEMO_ADMIN_EMAIL,
-            hashed_password=_hashed_new_password(password, DEMO_ADMIN_EMAIL),
+            hashed_password=await _hashed_new_password(password, DEMO_ADMIN_EMAIL),
             role="tenant_admin",
             actor="first-start",
         )
