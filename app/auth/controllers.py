@@ -9,7 +9,7 @@ from advanced_alchemy.extensions.litestar.providers import create_service_provid
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie, State
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from sqlalchemy import select
@@ -64,7 +64,9 @@ AuthRequest = Request[Principal, Any, State]
 PUBLIC = {"exclude_from_auth": True}
 
 
-async def provide_auth_service(db_session: AsyncSession, request: Request[Any, Any, State]) -> AuthService:
+async def provide_auth_service(
+    db_session: NamedDependency[AsyncSession], request: Request[Any, Any, State]
+) -> AuthService:
     state = request.app.state
     return AuthService(
         db_session, state[AUTH_STORE_STATE_KEY], state[SETTINGS_STATE_KEY], state[SECRET_BOX_STATE_KEY],
@@ -112,20 +114,20 @@ class AuthController(Controller):
 
     @post("/login", opt=PUBLIC, status_code=HTTP_200_OK, summary="Sign in with organization, email and password")
     async def login(
-        self, data: LoginRequest, auth: NamedDependency[AuthService], request: Request[Any, Any, State]
+        self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], request: Request[Any, Any, State]
     ) -> Response[LoginResponse]:
         result = await auth.login(tenant_slug=data.tenant, email=data.email, password=data.password, mode=data.session)
         return _login_response(result, request.app.state[SETTINGS_STATE_KEY])
 
     @post("/login/mfa", opt=PUBLIC, status_code=HTTP_200_OK, summary="Second step: a TOTP or recovery code")
     async def login_mfa(
-        self, data: MfaLoginRequest, auth: NamedDependency[AuthService], request: Request[Any, Any, State]
+        self, data: JSONBody[MfaLoginRequest], auth: NamedDependency[AuthService], request: Request[Any, Any, State]
     ) -> Response[LoginResponse]:
         result = await auth.complete_mfa(ticket=data.mfa_ticket, code=data.code, recovery_code=data.recovery_code)
         return _login_response(result, request.app.state[SETTINGS_STATE_KEY])
 
     @post("/refresh", opt=PUBLIC, status_code=HTTP_200_OK, summary="Trade a refresh token for new tokens (rotation)")
-    async def refresh(self, data: RefreshRequest, auth: NamedDependency[AuthService]) -> TokenResponse:
+    async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
         issued = await auth.refresh(data.refresh_token)
         assert issued.access_token is not None
         assert issued.refresh_token is not None
@@ -154,7 +156,7 @@ class AuthController(Controller):
 
     @post("/password", status_code=HTTP_204_NO_CONTENT, summary="Change the password; ends the other sessions")
     async def change_password(
-        self, data: PasswordChangeRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+        self, data: JSONBody[PasswordChangeRequest], request: AuthRequest, auth: NamedDependency[AuthService]
     ) -> None:
         await auth.change_password(request.user, current_password=data.current_password, new_password=data.new_password)
 
@@ -169,19 +171,19 @@ class AuthController(Controller):
 
     @post("/mfa/confirm", opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, status_code=HTTP_200_OK, summary="Turn TOTP on")
     async def confirm_mfa(
-        self, data: MfaConfirmRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+        self, data: JSONBody[MfaConfirmRequest], request: AuthRequest, auth: NamedDependency[AuthService]
     ) -> RecoveryCodesResponse:
         return RecoveryCodesResponse(recovery_codes=await auth.confirm_mfa(request.user, data.code))
 
     @post("/mfa/disable", status_code=HTTP_204_NO_CONTENT, summary="Turn TOTP off (password and a current code)")
     async def disable_mfa(
-        self, data: MfaDisableRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+        self, data: JSONBody[MfaDisableRequest], request: AuthRequest, auth: NamedDependency[AuthService]
     ) -> None:
         await auth.disable_mfa(request.user, password=data.password, code=data.code)
 
     @post("/invitations", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Invite a user")
     async def invite(
-        self, data: InvitationRequest, request: AuthRequest, auth: NamedDependency[AuthService]
+        self, data: JSONBody[InvitationRequest], request: AuthRequest, auth: NamedDependency[AuthService]
     ) -> InvitationResponse:
         invitation, token = await auth.invite(request.user, email=data.email, role=data.role)
         return InvitationResponse(
@@ -194,14 +196,17 @@ class AuthController(Controller):
 
     @post("/invitations/accept", opt=PUBLIC, status_code=HTTP_201_CREATED, summary="Accept an invitation")
     async def accept_invitation(
-        self, data: AcceptInvitationRequest, auth: NamedDependency[AuthService], users: NamedDependency[UserService]
+        self,
+        data: JSONBody[AcceptInvitationRequest],
+        auth: NamedDependency[AuthService],
+        users: NamedDependency[UserService],
     ) -> UserRead:
         user = await auth.accept_invitation(token=data.token, password=data.password, full_name=data.full_name)
         return users.to_schema(user, schema_type=UserRead)
 
     @post("/signup", opt=PUBLIC, status_code=HTTP_201_CREATED, summary="Sign up, where the organization allows it")
     async def sign_up(
-        self, data: SignUpRequest, auth: NamedDependency[AuthService], users: NamedDependency[UserService]
+        self, data: JSONBody[SignUpRequest], auth: NamedDependency[AuthService], users: NamedDependency[UserService]
     ) -> UserRead:
         user = await auth.sign_up(
             tenant_slug=data.tenant, email=data.email, password=data.password, full_name=data.full_name
@@ -248,7 +253,7 @@ class OAuthController(Controller):
 
     @post("/oauth-providers", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Add a provider")
     async def create_provider(
-        self, data: OAuthProviderCreate, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self, data: JSONBody[OAuthProviderCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> OAuthProviderRead:
         if data.kind == "oidc" and not data.discovery_url:
             raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
@@ -275,8 +280,8 @@ class OAuthController(Controller):
     @patch("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Change a provider")
     async def update_provider(
         self,
-        provider_id: UUID,
-        data: OAuthProviderUpdate,
+        provider_id: FromPath[UUID],
+        data: JSONBody[OAuthProviderUpdate],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> OAuthProviderRead:
@@ -294,7 +299,7 @@ class OAuthController(Controller):
         return _provider_read(provider)
 
     @delete("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Remove a provider")
-    async def delete_provider(self, provider_id: UUID, db_session: NamedDependency[AsyncSession]) -> None:
+    async def delete_provider(self, provider_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> None:
         provider = await db_session.get(OAuthProvider, provider_id)
         if provider is None:
             raise NotFound("No such provider.")
@@ -302,7 +307,7 @@ class OAuthController(Controller):
 
     @get("/tenants/{tenant_slug:str}/oauth-providers", opt=PUBLIC, summary="Sign-in buttons of an organization")
     async def public_providers(
-        self, tenant_slug: str, db_session: NamedDependency[AsyncSession]
+        self, tenant_slug: FromPath[str], db_session: NamedDependency[AsyncSession]
     ) -> list[OAuthProviderPublic]:
         tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
         if tenant is None:
@@ -324,12 +329,12 @@ class OAuthController(Controller):
     @get("/tenants/{tenant_slug:str}/oauth/{provider_name:str}/authorize", opt=PUBLIC, summary="Go to the provider")
     async def authorize(
         self,
-        tenant_slug: str,
-        provider_name: str,
+        tenant_slug: FromPath[str],
+        provider_name: FromPath[str],
         request: Request[Any, Any, State],
         db_session: NamedDependency[AsyncSession],
-        mode: Literal["api", "portal"] = "portal",
-        return_to: str | None = None,
+        mode: FromQuery[Literal["api", "portal"]] = "portal",
+        return_to: Annotated[str | None, QueryParameter(max_length=500)] = None,
     ) -> Redirect:
         tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
         if tenant is None:
@@ -341,7 +346,7 @@ class OAuthController(Controller):
 
     @post("/oauth-links", status_code=HTTP_200_OK, summary="Start linking a provider to the signed-in user")
     async def start_link(
-        self, data: OAuthLinkRequest, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self, data: JSONBody[OAuthLinkRequest], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> OAuthLinkResponse:
         provider = await _enabled_provider(db_session, data.provider)
         url = await _start_authorization(
@@ -372,7 +377,7 @@ class OAuthController(Controller):
 
     @delete("/oauth-links/{connection_id:uuid}", summary="Unlink a provider from the signed-in user")
     async def unlink(
-        self, connection_id: UUID, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self, connection_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> None:
         connection = await db_session.get(OAuthConnection, connection_id)
         if connection is None or connection.user_id != request.user.user_id:
@@ -385,9 +390,9 @@ class OAuthController(Controller):
         request: Request[Any, Any, State],
         db_session: NamedDependency[AsyncSession],
         auth: NamedDependency[AuthService],
-        oauth_state: Annotated[str | None, Parameter(query="state", max_length=200)] = None,
-        code: Annotated[str | None, Parameter(max_length=2048)] = None,
-        error: Annotated[str | None, Parameter(max_length=200)] = None,
+        oauth_state: Annotated[str | None, QueryParameter(name="state", max_length=200)] = None,
+        code: Annotated[str | None, QueryParameter(max_length=2048)] = None,
+        error: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
         store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
         flow = await store.take_oauth_state(oauth_state) if oauth_state else None

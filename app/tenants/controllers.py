@@ -9,6 +9,7 @@ from advanced_alchemy.extensions.litestar.providers import create_service_provid
 from litestar import Controller, Request, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 
 from app.auth.guards import requires_tenant_admin
 from app.auth.tokens import Principal
@@ -40,7 +41,7 @@ class TenantController(Controller):
     @patch("/policy", guards=[requires_tenant_admin], summary="Change the security policy")
     async def update_policy(
         self,
-        data: TenantPolicyUpdate,
+        data: JSONBody[TenantPolicyUpdate],
         request: Request[Principal, Any, State],
         organizations: NamedDependency[OrganizationService],
     ) -> TenantPolicyRead:
