@@ -158,6 +158,8 @@ def serve(apply_migrations: bool | None, demo: bool | None) -> None:
     """Serve the API with granian on LYSS_HOST:LYSS_PORT until Ctrl-C."""
     settings = _settings()
     embedded = settings.embedded_database
+    # Decided now, while "embedded" still means something: workers see a concrete DATABASE_URL.
+    settings = msgspec.structs.replace(settings, echo_provider=settings.echo_provider_enabled)
     with embedded_services(settings, own_adopted=True) as resolved:
         asyncio.run(
             _prepare(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx2
 from advanced_alchemy.exceptions import RepositoryError
 from litestar import Litestar
@@ -33,6 +35,20 @@ from app.database import create_database_plugin
 from app.edge import require_json_body
 from app.encryption import SecretBox
 from app.errors import ServiceError
+from app.gateway.catalog import GatewayCatalog
+from app.gateway.controllers import (
+    GATEWAY_STATE_KEY,
+    AnthropicMessagesController,
+    ChannelController,
+    OpenAIController,
+    PriceController,
+    ProviderTypeController,
+    TokenController,
+    UsageController,
+)
+from app.gateway.limits import GatewayLimits
+from app.gateway.proxy import Gateway
+from app.gateway.usage import UsageFlusher
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
 from app.observability.middleware import RequestContextMiddleware
@@ -54,8 +70,24 @@ def create_app(settings: Settings) -> Litestar:
     session_maker = create_session_maker(engine)
     redis = Redis.from_url(settings.redis_url)
     http = httpx2.AsyncClient(follow_redirects=False)
+    secret_box = SecretBox(settings.encryption_keyring)
+    catalog = GatewayCatalog(
+        session_maker, secret_box, settings.gateway_cache_seconds, echo_enabled=settings.echo_provider_enabled
+    )
+    gateway = Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
+    flusher = UsageFlusher(redis, session_maker)
+    background: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
 
-    async def close_clients() -> None:
+    async def start_background_work() -> None:
+        background.append(asyncio.create_task(catalog.listen_for_changes(redis, stop)))
+        background.append(asyncio.create_task(flusher.run(stop)))
+
+    async def stop_background_work() -> None:
+        stop.set()  # both loops notice within half a second and end on their own
+        await asyncio.gather(*background, return_exceptions=True)
+        await flusher.drain()  # nothing settled stays behind in Redis when this worker goes
+        await gateway.close()
         await redis.aclose()
         await http.aclose()
 
@@ -63,9 +95,22 @@ def create_app(settings: Settings) -> Litestar:
         return redis
 
     app = Litestar(
-        route_handlers=[OperationsController, IdentityController, AuthController, OAuthController, TenantController],
+        route_handlers=[
+            OperationsController,
+            IdentityController,
+            AuthController,
+            OAuthController,
+            TenantController,
+            OpenAIController,
+            AnthropicMessagesController,
+            ChannelController,
+            TokenController,
+            PriceController,
+            UsageController,
+            ProviderTypeController,
+        ],
         plugins=[create_database_plugin(engine, session_maker)],
-        middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema"])],
+        middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/"])],
         guards=[full_session_only],
         before_request=require_json_body,
         dependencies={"redis": Provide(provide_redis, sync_to_thread=False)},
@@ -78,13 +123,15 @@ def create_app(settings: Settings) -> Litestar:
             {
                 SETTINGS_STATE_KEY: settings,
                 JWT_KEYRING_STATE_KEY: settings.jwt_keyring,
-                SECRET_BOX_STATE_KEY: SecretBox(settings.encryption_keyring),
+                SECRET_BOX_STATE_KEY: secret_box,
                 AUTH_STORE_STATE_KEY: AuthStore(redis),
                 SESSION_MAKER_STATE_KEY: session_maker,
                 OAUTH_CLIENT_STATE_KEY: OAuthClient(http),
+                GATEWAY_STATE_KEY: gateway,
             }
         ),
-        on_shutdown=[close_clients],
+        on_startup=[start_background_work],
+        on_shutdown=[stop_background_work],
         openapi_config=OpenAPIConfig(title="Lyss", version=PACKAGE_VERSION, path="/schema"),
         request_max_body_size=settings.max_request_body_bytes,
         logging_config=None,  # app.observability.logging owns the root logger

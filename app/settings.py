@@ -43,6 +43,13 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "login_lockout_seconds": "LYSS_LOGIN_LOCKOUT_SECONDS",
     "login_ip_limit_per_minute": "LYSS_LOGIN_IP_LIMIT_PER_MINUTE",
     "max_request_body_bytes": "LYSS_MAX_REQUEST_BODY_BYTES",
+    "echo_provider": "LYSS_ECHO_PROVIDER",
+    "gateway_max_attempts": "LYSS_GATEWAY_MAX_ATTEMPTS",
+    "gateway_default_max_tokens": "LYSS_GATEWAY_DEFAULT_MAX_TOKENS",
+    "upstream_connect_timeout_seconds": "LYSS_UPSTREAM_CONNECT_TIMEOUT",
+    "upstream_read_timeout_seconds": "LYSS_UPSTREAM_READ_TIMEOUT",
+    "channel_cooldown_seconds": "LYSS_CHANNEL_COOLDOWN_SECONDS",
+    "gateway_cache_seconds": "LYSS_GATEWAY_CACHE_SECONDS",
     "log_level": "LYSS_LOG_LEVEL",
     "log_format": "LYSS_LOG_FORMAT",
 }
@@ -96,6 +103,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     login_lockout_seconds: Annotated[int, msgspec.Meta(ge=1)] = 900
     login_ip_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
+    # None: on with the embedded database (a laptop trying Lyss out), off otherwise.
+    echo_provider: bool | None = None
+    gateway_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    gateway_default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    upstream_connect_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    upstream_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    channel_cooldown_seconds: Annotated[int, msgspec.Meta(ge=1)] = 30
+    gateway_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -110,6 +125,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     @property
     def secrets_file(self) -> Path:
         return self.data_dir / SECRETS_FILE_NAME
+
+    @property
+    def echo_provider_enabled(self) -> bool:
+        return self.embedded_database if self.echo_provider is None else self.echo_provider
 
     @property
     def cookies_secure(self) -> bool:

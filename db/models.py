@@ -2,16 +2,22 @@
 
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
+from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
 from db.tenant import AuditEvent, Organization, UserGroup, UserGroupMember
 
 __all__ = [
+    "ApiToken",
     "AuditEvent",
     "Base",
+    "Channel",
     "Invitation",
+    "ModelPrice",
     "OAuthConnection",
     "OAuthProvider",
     "Organization",
+    "ProviderType",
     "RecoveryCode",
+    "UsageLog",
     "User",
     "UserGroup",
     "UserGroupMember",

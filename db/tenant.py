@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKeyConstraint, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +33,9 @@ class Organization(UpdatedAt, Base):
     subscription_plan: Mapped[str] = mapped_column(String(50), default="basic", server_default="basic")
     max_users: Mapped[int] = mapped_column(default=10, server_default="10")
     settings: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    # The tenant's gateway budget in credits (micro-units of currency); -1: no limit.
+    quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
+    used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class UserGroup(TenantOwned, UpdatedAt, Base):

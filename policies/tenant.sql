@@ -9,7 +9,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_organizations TO lyss_app;
 -- The lookup role reads organizations only from inside the SECURITY DEFINER functions below.
 DROP POLICY IF EXISTS lookup_by_slug ON public.tenant_organizations;
 CREATE POLICY lookup_by_slug ON public.tenant_organizations FOR SELECT TO lyss_lookup USING (true);
-GRANT SELECT ON public.tenant_organizations TO lyss_lookup;
+REVOKE ALL ON public.tenant_organizations FROM lyss_lookup;
+GRANT SELECT (id, slug, status, quota) ON public.tenant_organizations TO lyss_lookup;
 
 CALL public.isolate_by_tenant('public.tenant_user_groups');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_user_groups TO lyss_app;

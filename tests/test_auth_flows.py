@@ -10,16 +10,14 @@ from typing import Any
 import msgspec
 import pyotp
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.main import create_app
 from app.settings import Settings
 from db.auth import Invitation, User, UserSession
 from db.session import tenant_session
 from db.tenant import AuditEvent, Organization
-from tests.conftest import TEST_PASSWORD, Client, TenantRows
+from tests.conftest import TEST_PASSWORD, Client, TenantRows, app_client
 
 NEW_PASSWORD = "a brand new passphrase 42"
 
@@ -191,7 +189,7 @@ async def test_an_unknown_email_locks_out_exactly_like_a_real_one(client: Client
 
 async def test_per_address_limit(settings: Settings, tenant_a: TenantRows) -> None:
     strict = msgspec.structs.replace(settings, login_ip_limit_per_minute=3, login_max_failures=50)
-    async with AsyncTestClient(app=create_app(strict)) as client:
+    async with app_client(strict) as client:
         statuses = [(await login(client, tenant_a, f"x{n}@alpha.example.com", "nope")).status_code for n in range(5)]
     assert statuses == [401, 401, 401, 429, 429]
 
@@ -307,7 +305,7 @@ async def test_a_stolen_cookie_is_dead_after_logout(client: Client, settings: Se
     cookie = client.cookies.get("lyss_session")
     csrf = response.json()["csrf_token"]
     await client.post("/api/auth/logout", headers={"X-CSRF-Token": csrf})
-    async with AsyncTestClient(app=create_app(settings)) as thief:
+    async with app_client(settings) as thief:
         thief.cookies.set("lyss_session", cookie or "")
         assert (await thief.get("/api/me")).status_code == 401
 

@@ -6,11 +6,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 
-from app.main import create_app
 from app.settings import Settings
-from tests.conftest import Client, TenantRows
+from tests.conftest import Client, TenantRows, app_client
 
 
 def assert_clean_error(response: Any, status: int, *mentions: str) -> None:
@@ -54,7 +52,7 @@ async def test_a_body_that_is_not_json_is_refused(client: Client, content_type: 
 
 async def test_an_oversized_body_is_refused(settings: Settings) -> None:
     small = msgspec.structs.replace(settings, max_request_body_bytes=2048)
-    async with AsyncTestClient(app=create_app(small)) as client:
+    async with app_client(small) as client:
         response = await client.post(
             "/api/auth/login",
             content=b'{"tenant": "a", "email": "a@b.example.com", "password": "' + b"x" * 4096 + b'"}',

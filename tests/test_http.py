@@ -12,15 +12,13 @@ import msgspec
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
-from litestar.testing import AsyncTestClient
 from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
-from app.main import create_app
 from app.observability.logging import configure_logging
 from app.settings import Settings, new_key_entry, parse_keyring
 from db.auth import User
-from tests.conftest import Client, TenantRows
+from tests.conftest import Client, TenantRows, app_client
 
 AuthHeaders = Callable[[User], dict[str, str]]
 
@@ -38,7 +36,7 @@ async def test_readyz_reports_each_dependency(client: Client) -> None:
 
 async def test_readyz_names_redis_when_it_is_down(settings: Settings, tmp_path: Path) -> None:
     broken = msgspec.structs.replace(settings, redis_url=f"unix://{tmp_path}/no-redis-here.sock")
-    async with AsyncTestClient(app=create_app(broken)) as client:
+    async with app_client(broken) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "checks": {"postgres": "ok", "redis": "unreachable"}}
@@ -46,7 +44,7 @@ async def test_readyz_names_redis_when_it_is_down(settings: Settings, tmp_path: 
 
 async def test_readyz_names_postgres_when_it_is_down(settings: Settings) -> None:
     broken = msgspec.structs.replace(settings, database_url="postgresql://lyss_app@127.0.0.1:1/lyss_db")
-    async with AsyncTestClient(app=create_app(broken)) as client:
+    async with app_client(broken) as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "checks": {"postgres": "unreachable", "redis": "ok"}}
@@ -162,7 +160,7 @@ async def test_tokens_signed_with_the_previous_key_still_work_after_rotation(
     principal = Principal(user_id=tenant_a.user.id, tenant_id=tenant_a.id, role="end_user", session_id=uuid7())
     old_token = issue_access_token(settings.jwt_keyring, principal, ttl_seconds=300)
     rotated = msgspec.structs.replace(settings, jwt_keys=f"{new_key_entry()},{old_key}")
-    async with AsyncTestClient(app=create_app(rotated)) as client:
+    async with app_client(rotated) as client:
         response = await client.get("/api/me", headers={"Authorization": f"Bearer {old_token}"})
     assert response.status_code == 200
     assert response.json()["id"] == str(tenant_a.user.id)
@@ -202,7 +200,7 @@ async def test_an_unexpected_failure_is_a_500_that_reveals_nothing(
     settings: Settings, tenant_a: TenantRows, auth_headers: AuthHeaders
 ) -> None:
     broken = msgspec.structs.replace(settings, database_url="postgresql://lyss_app:s3cret@127.0.0.1:1/lyss_db")
-    async with AsyncTestClient(app=create_app(broken)) as client:
+    async with app_client(broken) as client:
         response = await client.get("/api/me", headers={**auth_headers(tenant_a.user), "X-Request-ID": "boom-1"})
     assert response.status_code == 500
     assert response.json() == {

@@ -8,17 +8,15 @@ from collections.abc import Callable
 import msgspec
 import pytest
 from click.testing import CliRunner
-from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cli import main
 from app.encryption import DecryptionError, SecretBox, encrypted_columns, secret_context
-from app.main import create_app
 from app.settings import Settings, new_key_entry
 from db.auth import User
 from db.session import tenant_session
-from tests.conftest import Client, TenantRows
+from tests.conftest import Client, TenantRows, app_client
 from tests.oidc_provider import MockOidcProvider
 from tests.test_auth_flows import bearer, enrol, login
 from tests.test_cli import _environment
@@ -38,6 +36,7 @@ def test_every_secret_column_is_declared_encrypted() -> None:
     assert {f"{table.name}.{column.name}" for table, column in encrypted_columns()} == {
         "auth_users.mfa_secret",
         "auth_oauth_providers.encrypted_client_secret",
+        "provider_channels.encrypted_keys",
     }
 
 
@@ -125,7 +124,7 @@ async def test_rotation_re_encrypts_and_the_old_key_can_then_go(
 
         # With only the new key left, the stored client secret still works for a real sign-in.
         only_new = msgspec.structs.replace(settings, encryption_keys=new_key)
-        async with AsyncTestClient(app=create_app(only_new)) as fresh:
+        async with app_client(only_new) as fresh:
             response = await through_provider(fresh, await start(fresh, tenant_a))
             assert response.status_code == 200, response.text
             assert (await fresh.get("/api/me", headers=bearer(response.json()["access_token"]))).status_code == 200

@@ -17,12 +17,13 @@ from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
+from db.provider import ApiToken, Channel, ModelPrice, UsageLog
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
 from db.tenant import AuditEvent, Organization, UserGroup, UserGroupMember
 from tests.conftest import TEST_PASSWORD_HASH, TenantRows
 
 # Tables that have no tenant_id on purpose; docs/architecture.md lists them. Any other table must.
-TABLES_WITHOUT_TENANT_ID = {"tenant_organizations", "alembic_version"}
+TABLES_WITHOUT_TENANT_ID = {"tenant_organizations", "alembic_version", "provider_types"}
 
 _TENANT_TABLES_SQL = text(
     """
@@ -96,9 +97,28 @@ ROW_FACTORIES: dict[str, RowFactory] = {
         tenant_id=tenant_id, group_id=parents.group.id, user_id=parents.user.id
     ),
     "tenant_audit_events": lambda tenant_id, parents: AuditEvent(tenant_id=tenant_id, actor="test", action="test"),
+    "provider_channels": lambda tenant_id, parents: Channel(
+        tenant_id=tenant_id,
+        name=_unique("channel"),
+        type_id=1,
+        encrypted_keys="v1:test:x",
+        config_scope="personal",
+        owner_id=parents.user.id,
+    ),
+    "provider_tokens": lambda tenant_id, parents: ApiToken(
+        tenant_id=tenant_id,
+        user_id=parents.user.id,
+        name=_unique("token"),
+        key_hash=secrets.token_hex(32),
+        key_prefix="sk-lyss-test",
+    ),
+    "provider_model_prices": lambda tenant_id, parents: ModelPrice(
+        tenant_id=tenant_id, model=_unique("model"), prompt_price=1, completion_price=2
+    ),
+    "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
 }
 # The app role may only INSERT and SELECT these: nothing to move, nothing to erase.
-APPEND_ONLY_TABLES = {"tenant_audit_events"}
+APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs"}
 # Tables whose rows point at other tenant rows: a row of B must not be able to point at A's rows.
 REFERENCING_TABLES = [
     "auth_user_sessions",
@@ -107,6 +127,8 @@ REFERENCING_TABLES = [
     "auth_invitations",
     "tenant_user_groups",
     "tenant_user_group_members",
+    "provider_channels",
+    "provider_tokens",
 ]
 
 
@@ -223,7 +245,11 @@ async def test_security_definer_functions_pin_search_path_and_are_not_public(own
                 )
             )
         ).all()
-    assert {function.proname for function in functions} == {"tenant_lookup_by_slug", "platform_tenant_ids"}
+    assert {function.proname for function in functions} == {
+        "tenant_lookup_by_slug",
+        "platform_tenant_ids",
+        "gateway_token_lookup",
+    }
     for function in functions:
         assert any(setting.startswith("search_path=") for setting in function.proconfig or [])
         assert function.owner == LOOKUP_ROLE

@@ -34,6 +34,7 @@ async def _run_check(name: str, check: Coroutine[Any, Any, None]) -> str:
         logger.warning("readiness check timed out", dependency=name)
         return "timeout"
     except Exception as error:
+        # Whatever the failure, the dependency is not ready; the reason goes to the log, not the client.
         logger.warning("readiness check failed", dependency=name, error=f"{type(error).__name__}: {error}")
         return "unreachable"
     return "ok"

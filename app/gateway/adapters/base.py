@@ -1,0 +1,138 @@
+"""What every adapter provides, and the shapes that pass between the proxy and the adapters.
+
+The proxy speaks one dialect, OpenAI's: requests and responses are OpenAI-format dicts, stream chunks
+are OpenAI-format `chat.completion.chunk` JSON. Each adapter translates that to and from its provider.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Target(msgspec.Struct, frozen=True):
+    """The channel a call goes to, with the key picked for it and the model name the provider knows."""
+
+    channel_id: str
+    base_url: str
+    api_key: str
+    upstream_model: str
+    api_version: str | None = None
+
+
+class Timeouts(msgspec.Struct, frozen=True):
+    connect: float
+    read: float
+
+
+class Completion(msgspec.Struct):
+    """A whole (non-streamed) answer, already in OpenAI format."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+
+
+class Chunk(msgspec.Struct):
+    """One OpenAI-format stream chunk (`raw` JSON), with what the proxy needs to bill it."""
+
+    raw: bytes
+    # How many completion tokens this chunk carries, as far as can be told without the upstream's count.
+    tokens: int = 0
+    usage: Usage | None = None
+    # The final chunk that only reports usage (`choices: []`): shown only to clients that asked for it.
+    usage_only: bool = False
+
+
+class UpstreamError(Exception):
+    """The provider failed. `retryable`: another channel may succeed. `disables_channel`: bad key or billing."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = True,
+        disables_channel: bool = False,
+        timed_out: bool = False,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.disables_channel = disables_channel
+        self.timed_out = timed_out
+        self.retry_after = retry_after
+
+
+def classify_http_error(status: int, body: bytes, retry_after: str | None = None) -> UpstreamError:
+    """Turn a provider's error status into what the router should do about it."""
+    text = body[:500].decode("utf-8", "replace")
+    billing = b"insufficient_quota" in body or b"billing" in body or status == 402
+    if status in (401, 403) or billing:
+        return UpstreamError(
+            f"the provider refused the channel's credentials or billing ({status}): {text}",
+            status=status,
+            disables_channel=True,
+        )
+    if status == 429:
+        wait = int(retry_after) if retry_after and retry_after.isdigit() else None
+        return UpstreamError(f"the provider is rate limiting this channel: {text}", status=429, retry_after=wait)
+    if status in (400, 422):
+        # The request itself is at fault: another channel would refuse it too.
+        return UpstreamError(f"the provider rejected the request: {text}", status=status, retryable=False)
+    return UpstreamError(f"the provider failed ({status}): {text}", status=status)
+
+
+def network_error(error: BaseException) -> UpstreamError:
+    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamError("the provider did not answer in time", timed_out=True)
+    return UpstreamError(f"could not reach the provider ({type(error).__name__})")
+
+
+async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a server-sent-events body, one per event, whatever the chunking."""
+    buffer = b""
+    async for piece in response.content.iter_any():
+        buffer += piece
+        while True:
+            line_end = buffer.find(b"\n")
+            if line_end < 0:
+                break
+            line = buffer[:line_end].rstrip(b"\r")
+            buffer = buffer[line_end + 1 :]
+            if line.startswith(b"data:"):
+                yield line[5:].lstrip()
+    if buffer.startswith(b"data:"):
+        yield buffer[5:].strip()
+
+
+class Adapter(abc.ABC):
+    """One provider wire format. Adding a provider means adding one module with one subclass."""
+
+    supports_embeddings = True
+
+    @abc.abstractmethod
+    async def complete(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> Completion: ...
+
+    @abc.abstractmethod
+    def stream(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[Chunk]:
+        """Chunks in order; raises UpstreamError if the provider refuses before the first one."""
+
+    async def embed(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> Completion:
+        raise UpstreamError("this provider has no embeddings API", retryable=False, status=400)

@@ -1,0 +1,183 @@
+"""OpenAI and every OpenAI-compatible provider (DeepSeek, Zhipu, vLLM, any base URL): the format Lyss speaks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from app.gateway.adapters.base import (
+    Adapter,
+    Chunk,
+    Completion,
+    Target,
+    Timeouts,
+    UpstreamError,
+    Usage,
+    classify_http_error,
+    network_error,
+    sse_data,
+)
+
+
+class _UsageProbe(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _ToolCallFunction(msgspec.Struct):
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    function: _ToolCallFunction | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _ChunkProbe(msgspec.Struct):
+    """Just what billing needs from a chunk; everything else passes through untouched."""
+
+    choices: list[_Choice] = []
+    usage: _UsageProbe | None = None
+
+
+_probe = msgspec.json.Decoder(_ChunkProbe)
+
+
+def estimated_tokens(text_length: int) -> int:
+    """Tokens in a piece of text when the provider does not say: about four characters a token."""
+    return math.ceil(text_length / 4)
+
+
+def probe_chunk(raw: bytes) -> Chunk:
+    try:
+        probe = _probe.decode(raw)
+    except msgspec.DecodeError:
+        raise UpstreamError("the provider sent a stream chunk that is not JSON") from None
+    usage = Usage(probe.usage.prompt_tokens, probe.usage.completion_tokens) if probe.usage else None
+    length = 0
+    for choice in probe.choices:
+        if choice.delta is not None:
+            length += len(choice.delta.content or "")
+            for call in choice.delta.tool_calls or []:
+                length += len(call.function.arguments or "") if call.function else 0
+    tokens = max(1, estimated_tokens(length)) if length else 0
+    return Chunk(raw=raw, tokens=tokens, usage=usage, usage_only=usage is not None and not probe.choices)
+
+
+def parse_usage(body: dict[str, Any]) -> Usage | None:
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+async def post_json(
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    timeouts: Timeouts,
+) -> dict[str, Any]:
+    """POST and decode a JSON answer; any failure becomes an UpstreamError the router understands."""
+    try:
+        async with http.post(
+            url,
+            data=msgspec.json.encode(body),
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
+        ) as response:
+            raw = await response.read()
+            if response.status >= 400:
+                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise network_error(error) from None
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise UpstreamError("the provider answered something that is not JSON", status=502) from None
+    if not isinstance(decoded, dict):
+        raise UpstreamError("the provider answered JSON that is not an object", status=502)
+    return decoded
+
+
+async def open_stream(
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    timeouts: Timeouts,
+) -> aiohttp.ClientResponse:
+    try:
+        response = await http.post(
+            url,
+            data=msgspec.json.encode(body),
+            headers={**headers, "Content-Type": "application/json", "Accept": "text/event-stream"},
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
+        )
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise network_error(error) from None
+    if response.status >= 400:
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raw = b""
+        response.release()
+        raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
+    return response
+
+
+async def openai_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+    try:
+        async for data in sse_data(response):
+            if data == b"[DONE]":
+                return
+            yield probe_chunk(data)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise network_error(error) from None
+    finally:
+        response.release()
+
+
+class OpenAIAdapter(Adapter):
+    def _headers(self, target: Target) -> dict[str, str]:
+        return {"Authorization": f"Bearer {target.api_key}"}
+
+    def _url(self, target: Target, path: str) -> str:
+        return f"{target.base_url.rstrip('/')}{path}"
+
+    async def complete(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> Completion:
+        answer = await post_json(http, self._url(target, "/chat/completions"), self._headers(target), body, timeouts)
+        if not isinstance(answer.get("choices"), list):
+            raise UpstreamError("the provider's answer has no choices", status=502)
+        return Completion(body=answer, usage=parse_usage(answer))
+
+    async def stream(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[Chunk]:
+        response = await open_stream(
+            http, self._url(target, "/chat/completions"), self._headers(target), body, timeouts
+        )
+        async for chunk in openai_chunks(response):
+            yield chunk
+
+    async def embed(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> Completion:
+        answer = await post_json(http, self._url(target, "/embeddings"), self._headers(target), body, timeouts)
+        if not isinstance(answer.get("data"), list):
+            raise UpstreamError("the provider's answer has no embeddings", status=502)
+        return Completion(body=answer, usage=parse_usage(answer))

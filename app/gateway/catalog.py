@@ -1,0 +1,224 @@
+"""What the hot path reads, cached in process: tokens by key hash, a tenant's channels, prices, user groups.
+
+Entries live `LYSS_GATEWAY_CACHE_SECONDS`; a change made through the API is announced on a Redis channel
+so every worker drops its copy at once (a revoked token stops working everywhere, not in 30 s).
+Concurrent misses for one key share a single load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+from uuid import UUID
+
+import msgspec
+from cachetools import TTLCache
+from redis.asyncio import Redis
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.encryption import SecretBox, secret_context
+from app.observability.logging import get_logger
+from app.tenants.services import group_ids_of_user
+from db.provider import Channel, ModelPrice, ProviderType
+from db.session import tenant_session
+
+INVALIDATION_CHANNEL = "lyss:gw:invalidate"
+T = TypeVar("T")
+logger = get_logger("lyss.gateway")
+
+
+class TokenInfo(msgspec.Struct, frozen=True):
+    id: UUID
+    tenant_id: UUID
+    user_id: UUID
+    usable: bool
+    expires_at: datetime.datetime | None
+    quota: int
+    rpm_limit: int
+    tpm_limit: int
+    allowed_models: frozenset[str]
+    allowed_channels: frozenset[UUID]
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    tenant_quota: int
+
+
+class ChannelInfo(msgspec.Struct, frozen=True):
+    id: UUID
+    name: str
+    api_format: str
+    base_url: str
+    api_version: str | None
+    keys: tuple[str, ...]
+    priority: int
+    weight: int
+    models: frozenset[str]
+    model_mapping: dict[str, str]
+    scope: str
+    owner_id: UUID | None
+    group_id: UUID | None
+    rate_limit: int
+    quota: int
+
+
+def channel_keys_context(tenant_id: UUID) -> str:
+    return secret_context("provider_channels", "encrypted_keys", tenant_id)
+
+
+class GatewayCatalog:
+    def __init__(
+        self,
+        session_maker: async_sessionmaker[AsyncSession],
+        secret_box: SecretBox,
+        ttl_seconds: float,
+        echo_enabled: bool,
+    ) -> None:
+        self.session_maker = session_maker
+        self.secret_box = secret_box
+        self.echo_enabled = echo_enabled
+        size = 10_000
+        self._tokens: TTLCache[str, TokenInfo | None] = TTLCache(size, ttl_seconds)
+        self._channels: TTLCache[UUID, list[ChannelInfo]] = TTLCache(size, ttl_seconds)
+        self._prices: TTLCache[UUID, dict[str, tuple[int, int]]] = TTLCache(size, ttl_seconds)
+        self._groups: TTLCache[tuple[UUID, UUID], frozenset[UUID]] = TTLCache(size, ttl_seconds)
+        self._loading: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def _cached(self, cache: TTLCache[Any, T], key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        if key in cache:
+            return cache[key]
+        pending = self._loading.get((id(cache), key))
+        if pending is not None:
+            return await pending  # type: ignore[no-any-return]
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._loading[(id(cache), key)] = future
+        try:
+            value = await load()
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
+        else:
+            cache[key] = value
+            future.set_result(value)
+            return value
+        finally:
+            del self._loading[(id(cache), key)]
+
+    async def token(self, key_hash: str) -> TokenInfo | None:
+        return await self._cached(self._tokens, key_hash, lambda: self._load_token(key_hash))
+
+    async def _load_token(self, key_hash: str) -> TokenInfo | None:
+        async with self.session_maker() as session:
+            row = (
+                await session.execute(text("SELECT * FROM gateway_token_lookup(:hash)"), {"hash": key_hash})
+            ).one_or_none()
+        if row is None:
+            return None
+        return TokenInfo(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
+            usable=row.status == "active" and row.user_active and row.tenant_active,
+            expires_at=row.expires_at,
+            quota=row.quota,
+            rpm_limit=row.rpm_limit,
+            tpm_limit=row.tpm_limit,
+            allowed_models=frozenset(row.allowed_models or []),
+            allowed_channels=frozenset(UUID(value) for value in row.allowed_channels or []),
+            allowed_networks=tuple(ipaddress.ip_network(value, strict=False) for value in row.allowed_ips or []),
+            tenant_quota=row.tenant_quota,
+        )
+
+    async def channels(self, tenant_id: UUID) -> list[ChannelInfo]:
+        return await self._cached(self._channels, tenant_id, lambda: self._load_channels(tenant_id))
+
+    async def _load_channels(self, tenant_id: UUID) -> list[ChannelInfo]:
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            rows = (
+                await session.execute(
+                    select(Channel, ProviderType.api_format, ProviderType.base_url)
+                    .join(ProviderType, ProviderType.id == Channel.type_id)
+                    .where(Channel.status == "enabled")
+                )
+            ).all()
+        channels = []
+        for channel, api_format, default_base_url in rows:
+            if api_format == "echo" and not self.echo_enabled:
+                continue
+            keys = msgspec.json.decode(
+                self.secret_box.decrypt(channel.encrypted_keys, context=channel_keys_context(tenant_id))
+            )
+            channels.append(
+                ChannelInfo(
+                    id=channel.id,
+                    name=channel.name,
+                    api_format=api_format,
+                    base_url=channel.base_url or default_base_url or "",
+                    api_version=channel.api_version,
+                    keys=tuple(keys) or ("",),
+                    priority=channel.priority,
+                    weight=channel.weight,
+                    models=frozenset(channel.models),
+                    model_mapping=dict(channel.model_mapping),
+                    scope=channel.config_scope,
+                    owner_id=channel.owner_id,
+                    group_id=channel.group_id,
+                    rate_limit=channel.rate_limit,
+                    quota=channel.quota,
+                )
+            )
+        return channels
+
+    async def prices(self, tenant_id: UUID) -> dict[str, tuple[int, int]]:
+        return await self._cached(self._prices, tenant_id, lambda: self._load_prices(tenant_id))
+
+    async def _load_prices(self, tenant_id: UUID) -> dict[str, tuple[int, int]]:
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            rows = (await session.scalars(select(ModelPrice))).all()
+        return {row.model: (row.prompt_price, row.completion_price) for row in rows}
+
+    async def groups(self, tenant_id: UUID, user_id: UUID) -> frozenset[UUID]:
+        async def load() -> frozenset[UUID]:
+            async with tenant_session(self.session_maker, tenant_id) as session:
+                return frozenset(await group_ids_of_user(session, user_id))
+
+        return await self._cached(self._groups, (tenant_id, user_id), load)
+
+    def forget(self, message: str) -> None:
+        kind, _, value = message.partition(":")
+        if kind == "token":
+            self._tokens.pop(value, None)
+        elif kind == "tenant":
+            tenant_id = UUID(value)
+            self._channels.pop(tenant_id, None)
+            self._prices.pop(tenant_id, None)
+            for key in [key for key in self._groups if key[0] == tenant_id]:
+                self._groups.pop(key, None)
+
+    async def listen_for_changes(self, redis: Redis, stop: asyncio.Event) -> None:
+        """Drop cached entries as other workers announce changes, until `stop` is set."""
+        while not stop.is_set():
+            try:
+                async with redis.pubsub() as pubsub:
+                    await pubsub.subscribe(INVALIDATION_CHANNEL)
+                    while not stop.is_set():
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                        if message is not None and message.get("type") == "message":
+                            data = message["data"]
+                            self.forget(data.decode() if isinstance(data, bytes) else str(data))
+            except Exception as error:
+                # A lost connection must not end invalidation for good: reconnect.
+                logger.warning("cache invalidation listener reconnecting", error=str(error))
+                # While disconnected, announcements are missed: start from empty caches.
+                for cache in (self._tokens, self._channels, self._prices, self._groups):
+                    cache.clear()
+                await asyncio.sleep(1)
+
+
+async def announce_change(redis: Redis, catalog: GatewayCatalog, message: str) -> None:
+    """Forget here at once, and tell every other worker."""
+    catalog.forget(message)
+    await redis.publish(INVALIDATION_CHANNEL, message)

@@ -1,0 +1,512 @@
+"""HTTP endpoints of the gateway: the OpenAI- and Anthropic-compatible /v1 API, and its management API."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Controller, MediaType, Request, Response, delete, get, patch, post, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.types import ASGIApp, Receive, Send
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.controllers import SECRET_BOX_STATE_KEY, SETTINGS_STATE_KEY
+from app.auth.guards import requires_tenant_admin
+from app.auth.services import ADMIN_ROLES
+from app.auth.tokens import Principal
+from app.encryption import SecretBox
+from app.errors import InvalidRequest, NotFound
+from app.gateway import errors, services
+from app.gateway.catalog import TokenInfo, announce_change
+from app.gateway.errors import GatewayError
+from app.gateway.messages_api import to_openai_request
+from app.gateway.proxy import Answer, Gateway, key_from_headers
+from app.gateway.schemas import (
+    ChannelCreate,
+    ChannelRead,
+    ChannelTestResult,
+    ChannelUpdate,
+    DailyUsage,
+    PriceRead,
+    PriceWrite,
+    ProviderTypeRead,
+    TokenCreate,
+    TokenCreated,
+    TokenRead,
+    TokenUpdate,
+    UsagePage,
+)
+from app.observability.errors import internal_error_handler
+from app.settings import Settings
+from db.provider import ApiToken, Channel, ModelPrice, ProviderType
+
+GATEWAY_STATE_KEY = "gateway"
+AuthRequest = Request[Principal, Any, State]
+_JSON_TYPES = ("application/json",)
+
+
+class MeteredStreamingResponse(ASGIStreamingResponse):
+    """A streaming response that always closes its iterator, even when the client hangs up mid-stream.
+
+    Litestar cancels the sending task on disconnect; the relay generator may then sit suspended with its
+    accounting undone. Closing it here runs its `finally`, which bills what was delivered.
+    """
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await super().send_body(send, receive)
+        finally:
+            with anyio.CancelScope(shield=True):
+                close = getattr(self.iterator, "aclose", None)
+                if close is not None:
+                    await close()
+
+
+def _as_gateway_error(request: Request[Any, Any, State], error: Exception) -> GatewayError:
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, HTTPException):
+        kind = "invalid_request_error" if error.status_code < 500 else "server_error"
+        code = "request_too_large" if error.status_code == 413 else None
+        return GatewayError(error.status_code, str(error.detail), error_type=kind, code=code)
+    internal_error_handler(request, error)  # logs the stack trace under the request id
+    return GatewayError(
+        500, "Internal error; quote the x-request-id header when reporting it.", error_type="server_error"
+    )
+
+
+def _openai_error(request: Request[Any, Any, State], error: Exception) -> Response[bytes]:
+    failure = _as_gateway_error(request, error)
+    return Response(
+        failure.encoded(), status_code=failure.status_code, media_type=MediaType.JSON, headers=failure.headers
+    )
+
+
+def _anthropic_error(request: Request[Any, Any, State], error: Exception) -> Response[bytes]:
+    failure = _as_gateway_error(request, error)
+    body = msgspec.json.encode(failure.anthropic_body())
+    return Response(body, status_code=failure.status_code, media_type=MediaType.JSON, headers=failure.headers)
+
+
+async def _require_json(request: Request[Any, Any, State]) -> None:
+    if request.method == "POST" and request.content_type[0] not in _JSON_TYPES:
+        raise errors.invalid_request("Send the body as JSON with 'Content-Type: application/json'.")
+
+
+async def _caller(request: Request[Any, Any, State]) -> tuple[Gateway, TokenInfo]:
+    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
+    key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    token = await gateway.authenticate(key, request.scope.get("state", {}).get("client_ip"))
+    return gateway, token
+
+
+async def _json_body(request: Request[Any, Any, State]) -> tuple[dict[str, Any], int]:
+    raw = await request.body()
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise errors.invalid_request("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise errors.invalid_request("The JSON body must be an object.")
+    return body, len(raw)
+
+
+def _respond(answer: Answer | Any) -> ASGIApp:
+    if isinstance(answer, Answer):
+        return ASGIResponse(body=answer.body, media_type=MediaType.JSON, headers=answer.headers)
+    headers = {**answer.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return MeteredStreamingResponse(iterator=answer.chunks, media_type="text/event-stream", headers=headers)
+
+
+class OpenAIController(Controller):
+    """OpenAI-compatible: point any OpenAI SDK at <lyss>/v1 with an sk-... key."""
+
+    path = "/v1"
+    tags = ["gateway"]
+    opt = {"exclude_from_auth": True}
+    before_request = staticmethod(_require_json)
+    exception_handlers = {Exception: _openai_error}
+
+    @post("/chat/completions", summary="Chat completion (OpenAI format, streaming or not)")
+    async def chat_completions(self, request: Request[Any, Any, State]) -> ASGIApp:
+        gateway, token = await _caller(request)
+        body, size = await _json_body(request)
+        request_id = request.scope.get("state", {}).get("request_id")
+        return _respond(await gateway.chat(token, body, raw_size=size, dialect="openai", request_id=request_id))
+
+    @post("/embeddings", summary="Embeddings (OpenAI format)")
+    async def embeddings(self, request: Request[Any, Any, State]) -> ASGIApp:
+        gateway, token = await _caller(request)
+        body, size = await _json_body(request)
+        request_id = request.scope.get("state", {}).get("request_id")
+        return _respond(await gateway.embeddings(token, body, raw_size=size, request_id=request_id))
+
+    @get("/models", summary="The models this key may use")
+    async def models(self, request: Request[Any, Any, State]) -> ASGIApp:
+        gateway, token = await _caller(request)
+        return ASGIResponse(body=msgspec.json.encode(await gateway.models(token)), media_type=MediaType.JSON)
+
+
+class AnthropicMessagesController(Controller):
+    """Anthropic-compatible: point the Anthropic SDK at <lyss> (it adds /v1/messages) with an sk-... key."""
+
+    path = "/v1/messages"
+    tags = ["gateway"]
+    opt = {"exclude_from_auth": True}
+    before_request = staticmethod(_require_json)
+    exception_handlers = {Exception: _anthropic_error}
+
+    @post("/", summary="Messages (Anthropic format, streaming or not), routed to any channel")
+    async def messages(self, request: Request[Any, Any, State]) -> ASGIApp:
+        gateway, token = await _caller(request)
+        body, size = await _json_body(request)
+        if not isinstance(body.get("max_tokens"), int):
+            raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
+        request_id = request.scope.get("state", {}).get("request_id")
+        answer = await gateway.chat(
+            token, to_openai_request(body), raw_size=size, dialect="anthropic", request_id=request_id
+        )
+        return _respond(answer)
+
+
+# --- management ---------------------------------------------------------------------------------
+
+
+def _settings(request: Request[Any, Any, State]) -> Settings:
+    return request.app.state[SETTINGS_STATE_KEY]  # type: ignore[no-any-return]
+
+
+def _box(request: Request[Any, Any, State]) -> SecretBox:
+    return request.app.state[SECRET_BOX_STATE_KEY]  # type: ignore[no-any-return]
+
+
+async def _announce(request: Request[Any, Any, State], redis: Redis, message: str) -> None:
+    await announce_change(redis, request.app.state[GATEWAY_STATE_KEY].catalog, message)
+
+
+async def _channel_with_type(db_session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:
+    row = (
+        await db_session.execute(select(Channel, ProviderType.name).join(ProviderType).where(Channel.id == channel_id))
+    ).one_or_none()
+    if row is None:
+        raise NotFound("No such channel.")
+    return row[0], row[1]
+
+
+class ChannelController(Controller):
+    path = "/api/channels"
+    tags = ["gateway: channels"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The organization's channels")
+    async def list_channels(self, request: AuthRequest, db_session: NamedDependency[AsyncSession]) -> list[ChannelRead]:
+        rows = await db_session.execute(
+            select(Channel, ProviderType.name).join(ProviderType).order_by(Channel.priority.desc(), Channel.name)
+        )
+        return [services.channel_read(channel, type_name, _box(request)) for channel, type_name in rows.all()]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Add a channel")
+    async def create_channel(
+        self,
+        data: JSONBody[ChannelCreate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> ChannelRead:
+        channel = await services.create_channel(
+            db_session,
+            request.user.tenant_id,
+            data,
+            _box(request),
+            echo_enabled=_settings(request).echo_provider_enabled,
+        )
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, data.type, _box(request))
+
+    @get("/{channel_id:uuid}", summary="One channel")
+    async def get_channel(
+        self, channel_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> ChannelRead:
+        channel, type_name = await _channel_with_type(db_session, channel_id)
+        return services.channel_read(channel, type_name, _box(request))
+
+    @patch("/{channel_id:uuid}", summary="Change a channel")
+    async def update_channel(
+        self,
+        channel_id: FromPath[UUID],
+        data: JSONBody[ChannelUpdate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> ChannelRead:
+        channel, type_name = await _channel_with_type(db_session, channel_id)
+        await services.update_channel(db_session, channel, data, _box(request))
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, type_name, _box(request))
+
+    @delete("/{channel_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a channel")
+    async def delete_channel(
+        self,
+        channel_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> None:
+        channel, _ = await _channel_with_type(db_session, channel_id)
+        await db_session.delete(channel)
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+
+    @post("/{channel_id:uuid}/enable", summary="Enable a channel (also one that was auto-disabled)")
+    async def enable_channel(
+        self,
+        channel_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> ChannelRead:
+        return await self._set_status(channel_id, "enabled", request, db_session, redis)
+
+    @post("/{channel_id:uuid}/disable", summary="Disable a channel")
+    async def disable_channel(
+        self,
+        channel_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> ChannelRead:
+        return await self._set_status(channel_id, "disabled", request, db_session, redis)
+
+    async def _set_status(
+        self, channel_id: UUID, status: str, request: AuthRequest, db_session: AsyncSession, redis: Redis
+    ) -> ChannelRead:
+        channel, type_name = await _channel_with_type(db_session, channel_id)
+        channel.status = status
+        channel.status_reason = None
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, type_name, _box(request))
+
+    @post("/{channel_id:uuid}/test", summary="Call the channel once with its test model; report latency and error")
+    async def test_channel(
+        self,
+        channel_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> ChannelTestResult:
+        channel, _ = await _channel_with_type(db_session, channel_id)
+        gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
+        result = await services.test_channel(db_session, channel, _box(request), gateway.http)
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return result
+
+
+async def _visible_token(db_session: AsyncSession, principal: Principal, token_id: UUID) -> ApiToken:
+    token = await db_session.get(ApiToken, token_id)
+    if token is None or (principal.role not in ADMIN_ROLES and token.user_id != principal.user_id):
+        raise NotFound("No such API key.")
+    return token
+
+
+class TokenController(Controller):
+    """API keys: users manage their own; admins every key of the organization."""
+
+    path = "/api/tokens"
+    tags = ["gateway: API keys"]
+
+    @get("/", summary="API keys (yours; every key for admins)")
+    async def list_tokens(self, request: AuthRequest, db_session: NamedDependency[AsyncSession]) -> list[TokenRead]:
+        statement = select(ApiToken).order_by(ApiToken.created_at.desc())
+        if request.user.role not in ADMIN_ROLES:
+            statement = statement.where(ApiToken.user_id == request.user.user_id)
+        return [services.token_read(token) for token in await db_session.scalars(statement)]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Issue an API key; the key is shown once")
+    async def create_token(
+        self, data: JSONBody[TokenCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> TokenCreated:
+        owner = data.user_id or request.user.user_id
+        if owner != request.user.user_id and request.user.role not in ADMIN_ROLES:
+            raise NotFound("No such user in this organization.")
+        token, key = await services.create_token(db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data)
+        return TokenCreated(token=services.token_read(token), key=key)
+
+    @get("/{token_id:uuid}", summary="One API key")
+    async def get_token(
+        self, token_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> TokenRead:
+        return services.token_read(await _visible_token(db_session, request.user, token_id))
+
+    @patch("/{token_id:uuid}", summary="Change an API key (limits, status)")
+    async def update_token(
+        self,
+        token_id: FromPath[UUID],
+        data: JSONBody[TokenUpdate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> TokenRead:
+        token = await _visible_token(db_session, request.user, token_id)
+        await services.update_token(db_session, token, data)
+        await db_session.commit()
+        await _announce(request, redis, f"token:{token.key_hash}")
+        return services.token_read(token)
+
+    @delete("/{token_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke an API key")
+    async def delete_token(
+        self,
+        token_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> None:
+        token = await _visible_token(db_session, request.user, token_id)
+        await db_session.delete(token)
+        await db_session.commit()
+        await _announce(request, redis, f"token:{token.key_hash}")
+
+
+class PriceController(Controller):
+    path = "/api/model-prices"
+    tags = ["gateway: prices"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="Model prices (credits per million tokens; '*' prices every other model)")
+    async def list_prices(self, db_session: NamedDependency[AsyncSession]) -> list[PriceRead]:
+        rows = await db_session.scalars(select(ModelPrice).order_by(ModelPrice.model))
+        return [
+            PriceRead(model=row.model, prompt_price=row.prompt_price, completion_price=row.completion_price)
+            for row in rows
+        ]
+
+    @put("/{model:str}", summary="Set a model's price")
+    async def set_price(
+        self,
+        model: FromPath[str],
+        data: JSONBody[PriceWrite],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> PriceRead:
+        if not 0 < len(model) <= 100:
+            raise InvalidRequest("The model name must be 1-100 characters long.")
+        price = await db_session.scalar(select(ModelPrice).where(ModelPrice.model == model))
+        if price is None:
+            price = ModelPrice(tenant_id=request.user.tenant_id, model=model, prompt_price=0, completion_price=0)
+            db_session.add(price)
+        price.prompt_price = data.prompt_price
+        price.completion_price = data.completion_price
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
+
+    @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model's price")
+    async def delete_price(
+        self,
+        model: FromPath[str],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+    ) -> None:
+        price = await db_session.scalar(select(ModelPrice).where(ModelPrice.model == model))
+        if price is None:
+            raise NotFound("No price for this model.")
+        await db_session.delete(price)
+        await db_session.commit()
+        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+
+
+def _usage_filter(request: AuthRequest, **values: Any) -> services.UsageFilter:
+    # Users see their own usage; admins the organization's, optionally narrowed to a user.
+    if request.user.role not in ADMIN_ROLES:
+        values["user_id"] = request.user.user_id
+    return services.UsageFilter(**values)
+
+
+class UsageController(Controller):
+    path = "/api/usage"
+    tags = ["gateway: usage"]
+
+    @get("/", summary="Usage log, newest first, keyset-paginated")
+    async def list_usage(
+        self,
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
+        user_id: UUID | None = None,
+        token_id: UUID | None = None,
+        channel_id: UUID | None = None,
+        model: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        outcome: Annotated[str | None, QueryParameter(max_length=30)] = None,
+        status_code: int | None = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> UsagePage:
+        filters = _usage_filter(
+            request,
+            since=since,
+            until=until,
+            user_id=user_id,
+            token_id=token_id,
+            channel_id=channel_id,
+            model=model,
+            outcome=outcome,
+            status_code=status_code,
+        )
+        return await services.usage_page(db_session, filters, cursor=cursor, limit=limit)
+
+    @get("/daily", summary="Usage per day: requests, errors, tokens, cost")
+    async def daily_usage(
+        self,
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
+        user_id: UUID | None = None,
+        token_id: UUID | None = None,
+        model: Annotated[str | None, QueryParameter(max_length=100)] = None,
+    ) -> list[DailyUsage]:
+        filters = _usage_filter(
+            request,
+            since=since,
+            until=until,
+            user_id=user_id,
+            token_id=token_id,
+            model=model,
+        )
+        return await services.usage_by_day(db_session, filters)
+
+
+class ProviderTypeController(Controller):
+    path = "/api/provider-types"
+    tags = ["gateway: channels"]
+
+    @get("/", summary="The kinds of channel this installation offers")
+    async def list_types(
+        self, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[ProviderTypeRead]:
+        echo = _settings(request).echo_provider_enabled
+        rows = await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
+        return [
+            ProviderTypeRead(
+                name=row.name, display_name=row.display_name, base_url=row.base_url, api_format=row.api_format
+            )
+            for row in rows
+            if row.api_format != "echo" or echo
+        ]

@@ -1,0 +1,201 @@
+"""Quotas and rate limits in Redis: one script reserves, one settles; nothing can overspend.
+
+Every key a script touches carries the tenant as a hash tag (`lyss:gw:{<tenant>}:...`), so each script
+stays on one slot and also runs on Redis Cluster.
+
+- reserve: checks the token's RPM and TPM, the token's and the tenant's remaining credit, and which
+  candidate channels are usable (not cooling down, under their rate limit and quota); then takes the
+  worst-case cost from both balances. All or nothing, in one round trip.
+- settle: replaces the reservation with the real cost (never more than reserved) and appends the usage
+  record to the tenant's usage stream in the same step, so counters and the log cannot disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from redis.asyncio import Redis
+
+USAGE_TENANTS_KEY = "lyss:gw:usage-tenants"
+MINUTE_KEY_TTL_SECONDS = 120
+
+_RESERVE = """
+local token_used = redis.call('GET', KEYS[1])
+local tenant_used = redis.call('GET', KEYS[2])
+if not token_used or not tenant_used then return {-1, 'missing'} end
+token_used = tonumber(token_used)
+tenant_used = tonumber(tenant_used)
+local token_quota, tenant_quota, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rpm_limit, tpm_limit, estimate = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if rpm_limit > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + 1 > rpm_limit then return {0, 'rpm'} end
+if tpm_limit > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') + estimate > tpm_limit then return {0, 'tpm'} end
+if token_quota >= 0 and token_used + cost > token_quota then return {0, 'token_quota'} end
+if tenant_quota >= 0 and tenant_used + cost > tenant_quota then return {0, 'tenant_quota'} end
+local channels = tonumber(ARGV[7])
+local result = {1, 'ok'}
+local usable = 0
+for i = 0, channels - 1 do
+    local ok = redis.call('EXISTS', KEYS[5 + i * 3]) == 0
+    local rate_limit, quota = tonumber(ARGV[8 + i * 2]), tonumber(ARGV[9 + i * 2])
+    if ok and rate_limit > 0 and tonumber(redis.call('GET', KEYS[6 + i * 3]) or '0') >= rate_limit then ok = false end
+    if ok and quota >= 0 and tonumber(redis.call('GET', KEYS[7 + i * 3]) or '0') >= quota then ok = false end
+    if ok then usable = usable + 1 end
+    result[3 + i] = ok and 1 or 0
+end
+if usable == 0 then return {0, 'no_channel'} end
+redis.call('INCRBY', KEYS[1], cost)
+redis.call('INCRBY', KEYS[2], cost)
+if rpm_limit > 0 then
+    redis.call('INCR', KEYS[3])
+    redis.call('EXPIRE', KEYS[3], ARGV[#ARGV])
+end
+if tpm_limit > 0 then
+    redis.call('INCRBY', KEYS[4], estimate)
+    redis.call('EXPIRE', KEYS[4], ARGV[#ARGV])
+end
+return result
+"""
+
+_SETTLE = """
+local refund = tonumber(ARGV[1]) - tonumber(ARGV[2])
+if refund ~= 0 then
+    redis.call('DECRBY', KEYS[1], refund)
+    redis.call('DECRBY', KEYS[2], refund)
+end
+local tokens_delta = tonumber(ARGV[3])
+if tokens_delta ~= 0 and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('INCRBY', KEYS[3], tokens_delta) end
+if ARGV[4] == '1' then
+    redis.call('INCRBY', KEYS[4], tonumber(ARGV[2]))
+    redis.call('INCR', KEYS[5])
+    redis.call('EXPIRE', KEYS[5], ARGV[6])
+end
+redis.call('XADD', KEYS[6], '*', 'record', ARGV[5])
+return 1
+"""
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    reason: str  # rpm, tpm, token_quota, tenant_quota, no_channel
+    retry_after: int
+
+
+class Reservation(msgspec.Struct, frozen=True):
+    cost: int
+    tokens: int
+    minute: int
+    usable: tuple[bool, ...]
+
+
+def _prefix(tenant_id: UUID) -> str:
+    return f"lyss:gw:{{{tenant_id.hex}}}"
+
+
+def usage_stream_key(tenant_id: UUID) -> str:
+    return f"{_prefix(tenant_id)}:usage"
+
+
+class GatewayLimits:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+
+    @staticmethod
+    def token_used_key(tenant_id: UUID, token_id: UUID) -> str:
+        return f"{_prefix(tenant_id)}:token:{token_id}:used"
+
+    @staticmethod
+    def tenant_used_key(tenant_id: UUID) -> str:
+        return f"{_prefix(tenant_id)}:tenant:used"
+
+    @staticmethod
+    def channel_used_key(tenant_id: UUID, channel_id: UUID) -> str:
+        return f"{_prefix(tenant_id)}:channel:{channel_id}:used"
+
+    async def reserve(
+        self,
+        *,
+        tenant_id: UUID,
+        token_id: UUID,
+        token_quota: int,
+        tenant_quota: int,
+        cost: int,
+        rpm_limit: int,
+        tpm_limit: int,
+        tokens: int,
+        channels: list[tuple[UUID, int, int]],
+    ) -> Reservation | Refusal | None:
+        """Reserve, or say why not. None: the balances are not in Redis yet (load them, then retry)."""
+        minute = int(time.time() // 60)
+        prefix = _prefix(tenant_id)
+        keys = [
+            self.token_used_key(tenant_id, token_id),
+            self.tenant_used_key(tenant_id),
+            f"{prefix}:token:{token_id}:rpm:{minute}",
+            f"{prefix}:token:{token_id}:tpm:{minute}",
+        ]
+        args: list[Any] = [token_quota, tenant_quota, cost, rpm_limit, tpm_limit, tokens, len(channels)]
+        for channel_id, rate_limit, quota in channels:
+            keys += [
+                f"{prefix}:channel:{channel_id}:cool",
+                f"{prefix}:channel:{channel_id}:rpm:{minute}",
+                self.channel_used_key(tenant_id, channel_id),
+            ]
+            args += [rate_limit, quota]
+        args.append(MINUTE_KEY_TTL_SECONDS)
+        result = await self._reserve(keys=keys, args=args)
+        status, reason = int(result[0]), result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        if status == -1:
+            return None
+        if status == 0:
+            retry_after = 60 - int(time.time()) % 60 if reason in ("rpm", "tpm") else 0
+            return Refusal(reason=reason, retry_after=retry_after)
+        return Reservation(cost=cost, tokens=tokens, minute=minute, usable=tuple(bool(flag) for flag in result[2:]))
+
+    async def load_balances(self, tenant_id: UUID, token_id: UUID, token_used: int, tenant_used: int) -> None:
+        """Seed the counters from PostgreSQL (the source of truth) when Redis has none, e.g. after a restart."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.token_used_key(tenant_id, token_id), token_used, nx=True)
+            pipe.set(self.tenant_used_key(tenant_id), tenant_used, nx=True)
+            await pipe.execute()
+
+    async def settle(
+        self,
+        *,
+        tenant_id: UUID,
+        token_id: UUID,
+        reservation: Reservation,
+        cost: int,
+        tokens: int,
+        channel_id: UUID | None,
+        record: bytes,
+    ) -> None:
+        prefix = _prefix(tenant_id)
+        channel_key = channel_id or UUID(int=0)
+        keys = [
+            self.token_used_key(tenant_id, token_id),
+            self.tenant_used_key(tenant_id),
+            f"{prefix}:token:{token_id}:tpm:{reservation.minute}",
+            self.channel_used_key(tenant_id, channel_key),
+            f"{prefix}:channel:{channel_key}:rpm:{int(time.time() // 60)}",
+            usage_stream_key(tenant_id),
+        ]
+        args = [
+            reservation.cost,
+            cost,
+            tokens - reservation.tokens,
+            "1" if channel_id else "0",
+            record,
+            MINUTE_KEY_TTL_SECONDS,
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._settle(keys=keys, args=args, client=pipe)  # queued; sent with the pipeline
+            # Outside the script (another slot): where the flusher looks for streams with work.
+            pipe.sadd(USAGE_TENANTS_KEY, tenant_id.hex)
+            await pipe.execute()
+
+    async def cool_down(self, tenant_id: UUID, channel_id: UUID, seconds: int) -> None:
+        await self.redis.set(f"{_prefix(tenant_id)}:channel:{channel_id}:cool", 1, ex=max(seconds, 1))

@@ -1,0 +1,600 @@
+"""The /v1 hot path: authenticate the key, reserve, route with failover, call the adapter, settle, record.
+
+One call costs, beyond the provider's own time: a cached token lookup (SECURITY DEFINER query on a
+miss), one Redis round trip to reserve, and one to settle (which also queues the usage record).
+Nothing here touches PostgreSQL per request once the caches are warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import ipaddress
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal, cast
+from uuid import UUID
+
+import aiohttp
+import anyio
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
+
+from app.gateway import errors
+from app.gateway.adapters import ADAPTERS
+from app.gateway.adapters.base import Chunk, Target, Timeouts, UpstreamError, Usage
+from app.gateway.adapters.openai import estimated_tokens
+from app.gateway.catalog import ChannelInfo, GatewayCatalog, TokenInfo, announce_change
+from app.gateway.limits import GatewayLimits, Refusal, Reservation
+from app.gateway.messages_api import AnthropicStreamWriter, to_anthropic_response
+from app.gateway.routing import attempt_order, candidate_channels
+from app.observability.logging import get_logger
+from app.settings import Settings
+from app.tenants.services import record_audit_event
+from db.provider import ApiToken, Channel
+from db.session import tenant_session
+from db.tenant import Organization
+
+Dialect = Literal["openai", "anthropic"]
+Endpoint = Literal["chat", "embeddings", "messages"]
+# Special tokens a provider adds around each message: the prompt bound counts them on top of the bytes.
+TOKENS_PER_MESSAGE = 8
+MAX_ATTEMPTS_CAP = 10
+
+logger = get_logger("lyss.gateway")
+
+
+class UsageRecord(msgspec.Struct):
+    """One line of the usage log, as queued in Redis and written to `provider_usage_logs` by the flusher."""
+
+    id: str
+    tenant_id: str
+    user_id: str
+    token_id: str
+    channel_id: str | None
+    request_id: str | None
+    endpoint: str
+    model: str
+    upstream_model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+    latency_ms: int
+    upstream_latency_ms: int | None
+    status_code: int
+    outcome: str
+    stream: bool
+    created_at: str
+    details: dict[str, Any] = {}
+
+
+class Answer(msgspec.Struct):
+    body: bytes
+    headers: dict[str, str]
+
+
+class StreamAnswer(msgspec.Struct):
+    chunks: AsyncIterator[bytes]
+    headers: dict[str, str]
+
+
+class CallCost(msgspec.Struct, frozen=True):
+    prompt_price: int
+    completion_price: int
+
+    def of(self, prompt_tokens: int, completion_tokens: int) -> int:
+        # Prices are credits per million tokens; round up so that many small calls never cost nothing.
+        return math.ceil(prompt_tokens * self.prompt_price / 1_000_000) + math.ceil(
+            completion_tokens * self.completion_price / 1_000_000
+        )
+
+
+class CallContext(msgspec.Struct, frozen=True):
+    """What settling a call needs to know about it, whichever way it ends."""
+
+    token: TokenInfo
+    reservation: Reservation
+    cost: CallCost
+    endpoint: str
+    model: str
+    started: float
+    stream: bool
+    request_id: str | None
+
+
+def key_from_headers(authorization: str | None, api_key: str | None) -> str | None:
+    """`Authorization: Bearer sk-...` (OpenAI SDKs) or `x-api-key: sk-...` (Anthropic SDKs)."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return api_key.strip() if api_key else None
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def _text_length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_length(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_text_length(item) for key, item in value.items() if key in ("text", "content", "arguments"))
+    return 0
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: GatewayCatalog,
+        limits: GatewayLimits,
+        session_maker: async_sessionmaker[AsyncSession],
+        redis: Redis,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.limits = limits
+        self.session_maker = session_maker
+        self.redis = redis
+        self.timeouts = Timeouts(
+            connect=settings.upstream_connect_timeout_seconds, read=settings.upstream_read_timeout_seconds
+        )
+        self.max_attempts = min(settings.gateway_max_attempts, MAX_ATTEMPTS_CAP)
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            # One pooled session per worker: connections to providers are reused across calls.
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300, keepalive_timeout=60),
+                auto_decompress=True,
+            )
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    # --- who is calling ---------------------------------------------------------------------------
+
+    async def authenticate(self, key: str | None, client_address: str | None) -> TokenInfo:
+        if not key or not key.startswith("sk-"):
+            raise errors.invalid_api_key("Send your Lyss API key: 'Authorization: Bearer sk-...'.")
+        token = await self.catalog.token(hashlib.sha256(key.encode()).hexdigest())
+        if token is None:
+            raise errors.invalid_api_key()
+        if not token.usable:
+            raise errors.invalid_api_key("This API key is disabled or revoked.")
+        if token.expires_at is not None and token.expires_at <= datetime.datetime.now(datetime.UTC):
+            raise errors.invalid_api_key("This API key has expired.")
+        if token.allowed_networks:
+            try:
+                address = ipaddress.ip_address(client_address or "")
+            except ValueError:
+                address = None
+            if address is None or not any(address in network for network in token.allowed_networks):
+                raise errors.permission_denied("This API key may not be used from this address.", code="ip_not_allowed")
+        return token
+
+    async def models(self, token: TokenInfo) -> dict[str, Any]:
+        """The models this key can reach: served by a channel it may use, and allowed to it."""
+        groups = await self.catalog.groups(token.tenant_id, token.user_id)
+        channels = await self.catalog.channels(token.tenant_id)
+        served = {
+            model
+            for channel in channels
+            for model in channel.models
+            if candidate_channels([channel], model=model, token=token, user_groups=groups)
+        }
+        if token.allowed_models:
+            served &= token.allowed_models
+        return {
+            "object": "list",
+            "data": [{"id": model, "object": "model", "created": 0, "owned_by": "lyss"} for model in sorted(served)],
+        }
+
+    # --- the call ---------------------------------------------------------------------------------
+
+    def _check_model(self, token: TokenInfo, body: dict[str, Any]) -> str:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.invalid_request("Missing required parameter: 'model'.", param="model")
+        if token.allowed_models and model not in token.allowed_models:
+            raise errors.permission_denied(f"This API key may not use the model '{model}'.", code="model_not_allowed")
+        return model
+
+    async def _plan(self, token: TokenInfo, model: str, *, embeddings: bool) -> tuple[list[ChannelInfo], CallCost]:
+        groups = await self.catalog.groups(token.tenant_id, token.user_id)
+        channels = candidate_channels(
+            await self.catalog.channels(token.tenant_id),
+            model=model,
+            token=token,
+            user_groups=groups,
+            needs_embeddings=embeddings,
+        )
+        if not channels:
+            raise errors.model_not_found(model)
+        prices = await self.catalog.prices(token.tenant_id)
+        prompt_price, completion_price = prices.get(model) or prices.get("*") or (0, 0)
+        return channels, CallCost(prompt_price, completion_price)
+
+    async def _reserve(self, token: TokenInfo, channels: list[ChannelInfo], cost: int, tokens: int) -> Reservation:
+        arguments: dict[str, Any] = {
+            "tenant_id": token.tenant_id,
+            "token_id": token.id,
+            "token_quota": token.quota,
+            "tenant_quota": token.tenant_quota,
+            "cost": cost,
+            "rpm_limit": token.rpm_limit,
+            "tpm_limit": token.tpm_limit,
+            "tokens": tokens,
+            "channels": [(channel.id, channel.rate_limit, channel.quota) for channel in channels],
+        }
+        outcome = await self.limits.reserve(**arguments)
+        if outcome is None:
+            await self._load_balances(token)
+            outcome = await self.limits.reserve(**arguments)
+        if isinstance(outcome, Reservation):
+            return outcome
+        raise self._refusal_error(outcome or Refusal("token_quota", 0))
+
+    async def _load_balances(self, token: TokenInfo) -> None:
+        async with tenant_session(self.session_maker, token.tenant_id) as session:
+            token_used = await session.scalar(select(ApiToken.used_quota).where(ApiToken.id == token.id)) or 0
+            tenant_used = await session.scalar(select(Organization.used_quota)) or 0
+        await self.limits.load_balances(token.tenant_id, token.id, token_used, tenant_used)
+
+    @staticmethod
+    def _refusal_error(refusal: Refusal) -> errors.GatewayError:
+        if refusal.reason == "rpm":
+            return errors.rate_limited(
+                "Rate limit reached: requests per minute for this API key.",
+                code="rate_limit_exceeded",
+                retry_after=refusal.retry_after,
+            )
+        if refusal.reason == "tpm":
+            return errors.rate_limited(
+                "Rate limit reached: tokens per minute for this API key.",
+                code="rate_limit_exceeded",
+                retry_after=refusal.retry_after,
+            )
+        if refusal.reason == "tenant_quota":
+            return errors.quota_exhausted("Your organization's credit is used up; ask an administrator.")
+        if refusal.reason == "no_channel":
+            return errors.GatewayError(
+                503,
+                "Every channel for this model is cooling down or at its limit; retry shortly.",
+                error_type="service_unavailable",
+                code="no_channel_available",
+                headers={"Retry-After": "5"},
+            )
+        return errors.quota_exhausted("This API key's credit is used up (or too low for this request).")
+
+    def _target(self, channel: ChannelInfo, model: str) -> Target:
+        return Target(
+            channel_id=str(channel.id),
+            base_url=channel.base_url,
+            api_key=random.choice(channel.keys),  # noqa: S311 - spreading load over keys, not a secret
+            upstream_model=channel.model_mapping.get(model, model),
+            api_version=channel.api_version,
+        )
+
+    async def _upstream_failed(self, token: TokenInfo, channel: ChannelInfo, error: UpstreamError) -> None:
+        logger.warning("upstream failed", channel=channel.name, status=error.status, error=error.message[:300])
+        if error.disables_channel:
+            await self._auto_disable(token.tenant_id, channel, error.message)
+        elif error.retryable:
+            await self.limits.cool_down(
+                token.tenant_id, channel.id, error.retry_after or self.settings.channel_cooldown_seconds
+            )
+
+    async def _auto_disable(self, tenant_id: UUID, channel: ChannelInfo, reason: str) -> None:
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            await session.execute(
+                update(Channel)
+                .where(Channel.id == channel.id, Channel.status == "enabled")
+                .values(status="auto_disabled", status_reason=reason[:1000])
+            )
+            record_audit_event(
+                session,
+                actor="gateway",
+                action="channel.auto_disabled",
+                target_type="channel",
+                target_id=channel.id,
+                details={"reason": reason[:500]},
+            )
+            await session.commit()
+        await announce_change(self.redis, self.catalog, f"tenant:{tenant_id}")
+
+    @staticmethod
+    def _final_error(error: UpstreamError | None) -> errors.GatewayError:
+        if error is None:
+            return errors.GatewayError(
+                503, "No channel could take this call.", error_type="service_unavailable", code="no_channel_available"
+            )
+        if not error.retryable and error.status in (400, 422):
+            return errors.invalid_request(f"The provider rejected the request: {error.message}")
+        if error.timed_out:
+            return errors.upstream_failed(504, "The provider did not answer in time.")
+        if error.status == 429:
+            return errors.upstream_failed(503, "Every provider channel for this model is rate limited; retry shortly.")
+        return errors.upstream_failed(502, "The provider failed to answer; the call was not billed.")
+
+    async def _settle(
+        self,
+        call: CallContext,
+        *,
+        usage: Usage,
+        channel: ChannelInfo | None,
+        upstream_model: str | None,
+        upstream_ms: int | None,
+        status_code: int,
+        outcome: str,
+    ) -> int:
+        token, reservation = call.token, call.reservation
+        real_cost = call.cost.of(usage.prompt_tokens, usage.completion_tokens)
+        billed = min(real_cost, reservation.cost)
+        details = {} if billed == real_cost else {"unbilled": real_cost - billed}
+        record = UsageRecord(
+            id=str(uuid7()),
+            tenant_id=str(token.tenant_id),
+            user_id=str(token.user_id),
+            token_id=str(token.id),
+            channel_id=str(channel.id) if channel else None,
+            request_id=call.request_id,
+            endpoint=call.endpoint,
+            model=call.model,
+            upstream_model=upstream_model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=billed,
+            latency_ms=int((time.perf_counter() - call.started) * 1000),
+            upstream_latency_ms=upstream_ms,
+            status_code=status_code,
+            outcome=outcome,
+            stream=call.stream,
+            created_at=_now_iso(),
+            details=details,
+        )
+        await self.limits.settle(
+            tenant_id=token.tenant_id,
+            token_id=token.id,
+            reservation=reservation,
+            cost=billed,
+            tokens=usage.prompt_tokens + usage.completion_tokens,
+            channel_id=channel.id if channel else None,
+            record=msgspec.json.encode(record),
+        )
+        return billed
+
+    def _headers(self, channel: ChannelInfo, started: float, upstream_ms: int) -> dict[str, str]:
+        overhead = max(int((time.perf_counter() - started) * 1000) - upstream_ms, 0)
+        return {
+            "x-lyss-channel": channel.name,
+            "x-lyss-channel-id": str(channel.id),
+            "x-lyss-overhead-ms": str(overhead),
+        }
+
+    async def chat(
+        self, token: TokenInfo, body: dict[str, Any], *, raw_size: int, dialect: Dialect, request_id: str | None
+    ) -> Answer | StreamAnswer:
+        started = time.perf_counter()
+        model = self._check_model(token, body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise errors.invalid_request("Missing required parameter: 'messages' (a non-empty list).", param="messages")
+        channels, cost = await self._plan(token, model, embeddings=False)
+        endpoint: Endpoint = "messages" if dialect == "anthropic" else "chat"
+        stream = bool(body.get("stream"))
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens <= 0:
+            # Without a cap the worst case is unbounded: the default cap makes the reservation a real bound.
+            max_tokens = self.settings.gateway_default_max_tokens
+            body["max_tokens"] = max_tokens
+        # Upper bounds: a token is at least one byte of the request, plus the special tokens per message.
+        prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(messages)
+        prompt_estimate = estimated_tokens(_text_length(messages))
+        reservation = await self._reserve(
+            token, channels, cost.of(prompt_bound, max_tokens), prompt_estimate + max_tokens
+        )
+        usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        settle = CallContext(token, reservation, cost, endpoint, model, started, stream, request_id)
+        last_error: UpstreamError | None = None
+        for channel in attempt_order(usable)[: self.max_attempts]:
+            adapter = ADAPTERS[channel.api_format]
+            target = self._target(channel, model)
+            upstream_body = {**body, "model": target.upstream_model}
+            call_started = time.perf_counter()
+            try:
+                if stream:
+                    chunks = adapter.stream(self.http, target, upstream_body, self.timeouts)
+                    first = await anext(chunks)
+                else:
+                    completion = await adapter.complete(self.http, target, upstream_body, self.timeouts)
+            except StopAsyncIteration:
+                last_error = UpstreamError("the provider closed the stream without a chunk", status=502)
+                await self._upstream_failed(token, channel, last_error)
+                continue
+            except UpstreamError as error:
+                last_error = error
+                await self._upstream_failed(token, channel, error)
+                if not error.retryable:
+                    break
+                continue
+            upstream_ms = int((time.perf_counter() - call_started) * 1000)
+            if stream:
+                stream_chunks = self._relay(
+                    first,
+                    cast(AsyncGenerator[Chunk, None], chunks),
+                    channel=channel,
+                    target=target,
+                    dialect=dialect,
+                    client_wants_usage=client_wants_usage,
+                    prompt_estimate=prompt_estimate,
+                    call_started=call_started,
+                    settle=settle,
+                )
+                return StreamAnswer(chunks=stream_chunks, headers=self._headers(channel, started, upstream_ms))
+            usage = completion.usage or Usage(
+                prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
+            )
+            await self._settle(
+                settle,
+                usage=usage,
+                channel=channel,
+                upstream_model=target.upstream_model,
+                upstream_ms=upstream_ms,
+                status_code=200,
+                outcome="ok",
+            )
+            answer = completion.body if dialect == "openai" else to_anthropic_response(completion.body, model, usage)
+            return Answer(body=msgspec.json.encode(answer), headers=self._headers(channel, started, upstream_ms))
+        failure = self._final_error(last_error)
+        await self._settle(
+            settle,
+            usage=Usage(),
+            channel=None,
+            upstream_model=None,
+            upstream_ms=None,
+            status_code=failure.status_code,
+            outcome="upstream_error",
+        )
+        raise failure
+
+    async def _relay(
+        self,
+        first: Chunk,
+        rest: AsyncGenerator[Chunk, None],
+        *,
+        channel: ChannelInfo,
+        target: Target,
+        dialect: Dialect,
+        client_wants_usage: bool,
+        prompt_estimate: int,
+        call_started: float,
+        settle: CallContext,
+    ) -> AsyncIterator[bytes]:
+        """Pass the stream on; whatever ends it (done, provider cut, client gone), bill what was delivered."""
+        writer = AnthropicStreamWriter(settle.model) if dialect == "anthropic" else None
+        delivered = 0
+        usage: Usage | None = None
+        outcome = "ok"
+
+        pending: Chunk | None = first
+        try:
+            while True:
+                if pending is not None:
+                    chunk, pending = pending, None
+                else:
+                    try:
+                        chunk = await anext(rest)
+                    except StopAsyncIteration:
+                        break
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if writer is not None:
+                    payload = writer.write(chunk.raw) if not chunk.usage_only else b""
+                elif chunk.usage_only and not client_wants_usage:
+                    payload = b""  # asked for on the client's behalf, for billing only
+                else:
+                    payload = b"data: " + chunk.raw + b"\n\n"
+                if payload:
+                    yield payload
+                delivered += chunk.tokens
+            yield writer.finish_events(usage) if writer is not None else b"data: [DONE]\n\n"
+        except UpstreamError as error:
+            outcome = "upstream_cut"
+            logger.warning("upstream stream cut", channel=channel.name, error=error.message[:300])
+            message = "The provider's stream broke off; what was received has been delivered."
+            if writer is not None:
+                yield writer.error_event(message)
+            else:
+                yield b"data: " + errors.upstream_failed(502, message).encoded() + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "client_disconnected"
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await rest.aclose()
+                if outcome == "ok" and usage is not None:
+                    billed_usage = usage
+                else:
+                    # Cut short: bill the prompt and what actually reached the client, not what was planned.
+                    prompt = usage.prompt_tokens if usage is not None else prompt_estimate
+                    billed_usage = Usage(prompt, delivered)
+                await self._settle(
+                    settle,
+                    usage=billed_usage,
+                    channel=channel,
+                    upstream_model=target.upstream_model,
+                    upstream_ms=int((time.perf_counter() - call_started) * 1000),
+                    status_code=200,
+                    outcome=outcome,
+                )
+
+    async def embeddings(
+        self, token: TokenInfo, body: dict[str, Any], *, raw_size: int, request_id: str | None
+    ) -> Answer:
+        started = time.perf_counter()
+        model = self._check_model(token, body)
+        inputs = body.get("input")
+        if not inputs or not isinstance(inputs, str | list):
+            raise errors.invalid_request("Missing required parameter: 'input'.", param="input")
+        channels, cost = await self._plan(token, model, embeddings=True)
+        prompt_bound = raw_size
+        reservation = await self._reserve(
+            token, channels, cost.of(prompt_bound, 0), estimated_tokens(_text_length(inputs))
+        )
+        usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
+        settle = CallContext(token, reservation, cost, "embeddings", model, started, False, request_id)
+        last_error: UpstreamError | None = None
+        for channel in attempt_order(usable)[: self.max_attempts]:
+            target = self._target(channel, model)
+            call_started = time.perf_counter()
+            try:
+                completion = await ADAPTERS[channel.api_format].embed(
+                    self.http, target, {**body, "model": target.upstream_model}, self.timeouts
+                )
+            except UpstreamError as error:
+                last_error = error
+                await self._upstream_failed(token, channel, error)
+                if not error.retryable:
+                    break
+                continue
+            upstream_ms = int((time.perf_counter() - call_started) * 1000)
+            usage = completion.usage or Usage(estimated_tokens(_text_length(inputs)), 0)
+            await self._settle(
+                settle,
+                usage=Usage(usage.prompt_tokens, 0),
+                channel=channel,
+                upstream_model=target.upstream_model,
+                upstream_ms=upstream_ms,
+                status_code=200,
+                outcome="ok",
+            )
+            return Answer(
+                body=msgspec.json.encode(completion.body), headers=self._headers(channel, started, upstream_ms)
+            )
+        failure = self._final_error(last_error)
+        await self._settle(
+            settle,
+            usage=Usage(),
+            channel=None,
+            upstream_model=None,
+            upstream_ms=None,
+            status_code=failure.status_code,
+            outcome="upstream_error",
+        )
+        raise failure

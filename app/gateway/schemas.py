@@ -1,0 +1,195 @@
+"""Request and response bodies of the gateway's management API (channels, tokens, prices, usage)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Url = Annotated[str, msgspec.Meta(max_length=500, pattern=r"^https?://")]
+ApiKey = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Credits = Annotated[int, msgspec.Meta(ge=-1)]
+Scope = Literal["tenant", "group", "personal"]
+
+
+class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    type: Annotated[str, msgspec.Meta(max_length=50)]
+    models: Annotated[list[ModelName], msgspec.Meta(min_length=1, max_length=500)]
+    keys: Annotated[list[ApiKey], msgspec.Meta(max_length=50)] = []
+    base_url: Url | None = None
+    api_version: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 1
+    model_mapping: dict[ModelName, ModelName] = {}
+    scope: Scope = "tenant"
+    owner_id: UUID | None = None
+    group_id: UUID | None = None
+    quota: Credits = -1
+    rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    test_model: ModelName | None = None
+
+
+class ChannelUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Fields left out keep their value; `keys`, when given, replaces all keys."""
+
+    name: Name | None = None
+    models: Annotated[list[ModelName], msgspec.Meta(min_length=1, max_length=500)] | None = None
+    keys: Annotated[list[ApiKey], msgspec.Meta(max_length=50)] | None = None
+    base_url: Url | None = None
+    api_version: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] | None = None
+    weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
+    model_mapping: dict[ModelName, ModelName] | None = None
+    quota: Credits | None = None
+    rate_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    test_model: ModelName | None = None
+
+
+class ChannelRead(msgspec.Struct):
+    """A channel as admins see it: how many keys it has, never the keys."""
+
+    id: UUID
+    name: str
+    type: str
+    base_url: str | None
+    api_version: str | None
+    key_count: int
+    priority: int
+    weight: int
+    status: str
+    status_reason: str | None
+    models: list[str]
+    model_mapping: dict[str, str]
+    scope: str
+    owner_id: UUID | None
+    group_id: UUID | None
+    quota: int
+    used_quota: int
+    rate_limit: int
+    test_model: str | None
+    last_test_at: datetime.datetime | None
+    last_test_latency_ms: int | None
+    last_test_error: str | None
+    created_at: datetime.datetime
+
+
+class ChannelTestResult(msgspec.Struct):
+    ok: bool
+    model: str
+    latency_ms: int
+    error: str | None
+    status: str
+
+
+class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    quota: Credits = -1
+    rpm_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tpm_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] = []
+    allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] = []
+    allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] = []
+    expires_at: datetime.datetime | None = None
+    budget_period: Literal["none", "daily", "monthly"] = "none"
+    # Admins may issue a key for another user of the tenant; a user's key is always their own.
+    user_id: UUID | None = None
+
+
+class TokenUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name | None = None
+    status: Literal["active", "disabled"] | None = None
+    quota: Credits | None = None
+    rpm_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tpm_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] | None = None
+    allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] | None = None
+    allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] | None = (
+        None
+    )
+    expires_at: datetime.datetime | None = None
+
+
+class TokenRead(msgspec.Struct):
+    id: UUID
+    name: str
+    key_prefix: str
+    user_id: UUID
+    status: str
+    quota: int
+    used_quota: int
+    budget_period: str
+    rpm_limit: int
+    tpm_limit: int
+    allowed_models: list[str]
+    allowed_channels: list[str]
+    allowed_ips: list[str]
+    expires_at: datetime.datetime | None
+    last_used_at: datetime.datetime | None
+    created_at: datetime.datetime
+
+
+class TokenCreated(msgspec.Struct):
+    """`key` is shown this once; Lyss keeps only its hash."""
+
+    token: TokenRead
+    key: str
+
+
+class PriceWrite(msgspec.Struct, forbid_unknown_fields=True):
+    """Credits per million tokens (a credit is a millionth of the currency unit)."""
+
+    prompt_price: Annotated[int, msgspec.Meta(ge=0)]
+    completion_price: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class PriceRead(msgspec.Struct):
+    model: str
+    prompt_price: int
+    completion_price: int
+
+
+class UsageRead(msgspec.Struct):
+    id: UUID
+    created_at: datetime.datetime
+    user_id: UUID | None
+    token_id: UUID | None
+    channel_id: UUID | None
+    request_id: str | None
+    endpoint: str
+    model: str
+    upstream_model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+    latency_ms: int
+    upstream_latency_ms: int | None
+    status_code: int
+    outcome: str
+    stream: bool
+
+
+class UsagePage(msgspec.Struct):
+    items: list[UsageRead]
+    # Pass back as `cursor` for the next (older) page; absent on the last page.
+    next_cursor: str | None
+
+
+class DailyUsage(msgspec.Struct):
+    day: datetime.date
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+
+
+class ProviderTypeRead(msgspec.Struct):
+    name: str
+    display_name: str
+    base_url: str | None
+    api_format: str

@@ -1,0 +1,351 @@
+"""Managing the gateway: channels (keys encrypted), API tokens (hashed), prices, usage queries, channel tests."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import secrets
+import time
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import msgspec
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import Date, and_, cast, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.encryption import SecretBox
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.gateway.adapters import ADAPTERS
+from app.gateway.adapters.base import Target, Timeouts, UpstreamError
+from app.gateway.catalog import channel_keys_context
+from app.gateway.schemas import (
+    ChannelCreate,
+    ChannelRead,
+    ChannelTestResult,
+    ChannelUpdate,
+    DailyUsage,
+    TokenCreate,
+    TokenRead,
+    TokenUpdate,
+    UsagePage,
+    UsageRead,
+)
+from db.auth import User
+from db.provider import ApiToken, Channel, ProviderType, UsageLog
+from db.tenant import UserGroup
+
+TOKEN_PREFIX = "sk-lyss-"  # noqa: S105 - the visible prefix of every key, not a secret
+HEALTH_CHECK_TIMEOUTS = Timeouts(connect=10.0, read=30.0)
+
+
+class ChannelService(SQLAlchemyAsyncRepositoryService[Channel]):
+    class Repository(SQLAlchemyAsyncRepository[Channel]):
+        model_type = Channel
+
+    repository_type = Repository
+
+
+class TokenService(SQLAlchemyAsyncRepositoryService[ApiToken]):
+    class Repository(SQLAlchemyAsyncRepository[ApiToken]):
+        model_type = ApiToken
+
+    repository_type = Repository
+
+
+def new_api_key() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def api_key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def provider_type(session: AsyncSession, name: str, *, echo_enabled: bool) -> ProviderType:
+    found = await session.scalar(select(ProviderType).where(ProviderType.name == name))
+    if found is None or (found.api_format == "echo" and not echo_enabled):
+        names = (await session.scalars(select(ProviderType.name).order_by(ProviderType.id))).all()
+        usable = [n for n in names if n != "echo" or echo_enabled]
+        raise InvalidRequest(f"Unknown channel type '{name}'; use one of: {', '.join(usable)}.")
+    return found
+
+
+def encrypt_keys(box: SecretBox, tenant_id: UUID, keys: list[str]) -> str:
+    return box.encrypt(msgspec.json.encode(keys).decode(), context=channel_keys_context(tenant_id))
+
+
+def _check_base_url(kind: ProviderType, base_url: str | None) -> None:
+    if base_url is None and kind.base_url is None and kind.api_format != "echo":
+        raise InvalidRequest(f"A '{kind.name}' channel needs its base_url (the API root, e.g. https://host/v1).")
+
+
+async def _check_scope(session: AsyncSession, scope: str, owner_id: UUID | None, group_id: UUID | None) -> None:
+    # Under RLS, a user or group of another tenant is simply not found here.
+    if scope == "personal" and (owner_id is None or await session.get(User, owner_id) is None):
+        raise InvalidRequest("A personal channel needs the owner_id of a user of this organization.")
+    if scope == "group" and (group_id is None or await session.get(UserGroup, group_id) is None):
+        raise InvalidRequest("A group channel needs the group_id of a group of this organization.")
+
+
+async def create_channel(
+    session: AsyncSession, tenant_id: UUID, data: ChannelCreate, box: SecretBox, *, echo_enabled: bool
+) -> Channel:
+    kind = await provider_type(session, data.type, echo_enabled=echo_enabled)
+    _check_base_url(kind, data.base_url)
+    if not data.keys and kind.api_format != "echo":
+        raise InvalidRequest("A channel needs at least one API key in `keys`.")
+    await _check_scope(session, data.scope, data.owner_id, data.group_id)
+    if await session.scalar(select(Channel.id).where(Channel.name == data.name)) is not None:
+        raise Conflict(f"A channel named '{data.name}' already exists.")
+    channel = Channel(
+        tenant_id=tenant_id,
+        name=data.name,
+        type_id=kind.id,
+        base_url=data.base_url,
+        api_version=data.api_version,
+        encrypted_keys=encrypt_keys(box, tenant_id, data.keys),
+        priority=data.priority,
+        weight=data.weight,
+        models=data.models,
+        model_mapping=data.model_mapping,
+        config_scope=data.scope,
+        owner_id=data.owner_id if data.scope == "personal" else None,
+        group_id=data.group_id if data.scope == "group" else None,
+        quota=data.quota,
+        rate_limit=data.rate_limit,
+        test_model=data.test_model,
+    )
+    session.add(channel)
+    await session.flush()
+    return channel
+
+
+async def update_channel(session: AsyncSession, channel: Channel, data: ChannelUpdate, box: SecretBox) -> Channel:
+    changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
+    keys = changes.pop("keys", None)
+    renamed = "name" in changes and changes["name"] != channel.name
+    if renamed and await session.scalar(select(Channel.id).where(Channel.name == changes["name"])) is not None:
+        raise Conflict(f"A channel named '{changes['name']}' already exists.")
+    for field, value in changes.items():
+        setattr(channel, field, value)
+    if keys is not None:
+        channel.encrypted_keys = encrypt_keys(box, channel.tenant_id, keys)
+    await session.flush()
+    return channel
+
+
+def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRead:
+    keys = msgspec.json.decode(box.decrypt(channel.encrypted_keys, context=channel_keys_context(channel.tenant_id)))
+    return ChannelRead(
+        id=channel.id,
+        name=channel.name,
+        type=type_name,
+        base_url=channel.base_url,
+        api_version=channel.api_version,
+        key_count=len(keys),
+        priority=channel.priority,
+        weight=channel.weight,
+        status=channel.status,
+        status_reason=channel.status_reason,
+        models=list(channel.models),
+        model_mapping=dict(channel.model_mapping),
+        scope=channel.config_scope,
+        owner_id=channel.owner_id,
+        group_id=channel.group_id,
+        quota=channel.quota,
+        used_quota=channel.used_quota,
+        rate_limit=channel.rate_limit,
+        test_model=channel.test_model,
+        last_test_at=channel.last_test_at,
+        last_test_latency_ms=channel.last_test_latency_ms,
+        last_test_error=channel.last_test_error,
+        created_at=channel.created_at,
+    )
+
+
+async def test_channel(
+    session: AsyncSession, channel: Channel, box: SecretBox, http: aiohttp.ClientSession
+) -> ChannelTestResult:
+    """Make a real, minimal call through the channel; an auto-disabled channel that passes is enabled again.
+
+    This is also the periodic health check's probe.
+    """
+    kind = await session.get_one(ProviderType, channel.type_id)
+    keys = msgspec.json.decode(box.decrypt(channel.encrypted_keys, context=channel_keys_context(channel.tenant_id)))
+    model = channel.test_model or channel.models[0]
+    target = Target(
+        channel_id=str(channel.id),
+        base_url=channel.base_url or kind.base_url or "",
+        api_key=keys[0] if keys else "",
+        upstream_model=channel.model_mapping.get(model, model),
+        api_version=channel.api_version,
+    )
+    body: dict[str, Any] = {
+        "model": target.upstream_model,
+        "messages": [{"role": "user", "content": "ping"}],
+        "max_tokens": 1,
+    }
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        await ADAPTERS[kind.api_format].complete(http, target, body, HEALTH_CHECK_TIMEOUTS)
+    except UpstreamError as failure:
+        error = failure.message[:1000]
+    latency_ms = int((time.perf_counter() - started) * 1000)
+    channel.last_test_at = datetime.datetime.now(datetime.UTC)
+    channel.last_test_latency_ms = latency_ms
+    channel.last_test_error = error
+    if error is None and channel.status == "auto_disabled":
+        channel.status = "enabled"
+        channel.status_reason = None
+    await session.flush()
+    return ChannelTestResult(ok=error is None, model=model, latency_ms=latency_ms, error=error, status=channel.status)
+
+
+def _valid_networks(values: list[str]) -> list[str]:
+    try:
+        return [str(ipaddress.ip_network(value.strip(), strict=False)) for value in values]
+    except ValueError as error:
+        raise InvalidRequest(f"allowed_ips: {error}; use addresses or networks like 203.0.113.0/24.") from None
+
+
+async def create_token(
+    session: AsyncSession, *, tenant_id: UUID, user_id: UUID, data: TokenCreate
+) -> tuple[ApiToken, str]:
+    if await session.get(User, user_id) is None:
+        raise NotFound("No such user in this organization.")
+    if await session.scalar(select(ApiToken.id).where(ApiToken.user_id == user_id, ApiToken.name == data.name)):
+        raise Conflict(f"This user already has a key named '{data.name}'.")
+    if data.expires_at is not None and data.expires_at <= datetime.datetime.now(datetime.UTC):
+        raise InvalidRequest("expires_at is in the past.")
+    key = new_api_key()
+    token = ApiToken(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        name=data.name,
+        key_hash=api_key_hash(key),
+        key_prefix=key[:14],
+        quota=data.quota,
+        rpm_limit=data.rpm_limit,
+        tpm_limit=data.tpm_limit,
+        allowed_models=data.allowed_models,
+        allowed_channels=[str(channel) for channel in data.allowed_channels],
+        allowed_ips=_valid_networks(data.allowed_ips),
+        expires_at=data.expires_at,
+        budget_period=data.budget_period,
+    )
+    session.add(token)
+    await session.flush()
+    return token, key
+
+
+async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate) -> ApiToken:
+    changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
+    if "allowed_ips" in changes:
+        changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
+    if "allowed_channels" in changes:
+        changes["allowed_channels"] = [str(channel) for channel in changes["allowed_channels"]]
+    for field, value in changes.items():
+        setattr(token, field, value)
+    await session.flush()
+    return token
+
+
+def token_read(token: ApiToken) -> TokenRead:
+    return TokenRead(
+        id=token.id,
+        name=token.name,
+        key_prefix=token.key_prefix,
+        user_id=token.user_id,
+        status=token.status,
+        quota=token.quota,
+        used_quota=token.used_quota,
+        budget_period=token.budget_period,
+        rpm_limit=token.rpm_limit,
+        tpm_limit=token.tpm_limit,
+        allowed_models=list(token.allowed_models),
+        allowed_channels=list(token.allowed_channels),
+        allowed_ips=list(token.allowed_ips),
+        expires_at=token.expires_at,
+        last_used_at=token.last_used_at,
+        created_at=token.created_at,
+    )
+
+
+class UsageFilter(msgspec.Struct, frozen=True):
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    user_id: UUID | None = None
+    token_id: UUID | None = None
+    channel_id: UUID | None = None
+    model: str | None = None
+    outcome: str | None = None
+    status_code: int | None = None
+
+    def conditions(self) -> list[Any]:
+        columns = {
+            "user_id": UsageLog.user_id,
+            "token_id": UsageLog.token_id,
+            "channel_id": UsageLog.channel_id,
+            "model": UsageLog.model,
+            "outcome": UsageLog.outcome,
+            "status_code": UsageLog.status_code,
+        }
+        found: list[Any] = [
+            column == getattr(self, name) for name, column in columns.items() if getattr(self, name) is not None
+        ]
+        if self.since is not None:
+            found.append(UsageLog.created_at >= self.since)
+        if self.until is not None:
+            found.append(UsageLog.created_at < self.until)
+        return found
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime.datetime, UUID]:
+    try:
+        moment, _, row_id = cursor.partition("|")
+        return datetime.datetime.fromisoformat(moment), UUID(row_id)
+    except ValueError:
+        raise InvalidRequest("Invalid cursor; pass back the next_cursor of the previous page.") from None
+
+
+async def usage_page(session: AsyncSession, filters: UsageFilter, *, cursor: str | None, limit: int) -> UsagePage:
+    """Newest first, keyset-paginated on (created_at, id): page 1,000 costs what page 1 costs."""
+    statement = select(UsageLog).where(*filters.conditions())
+    if cursor:
+        moment, row_id = _parse_cursor(cursor)
+        statement = statement.where(
+            or_(UsageLog.created_at < moment, and_(UsageLog.created_at == moment, UsageLog.id < row_id))
+        )
+    rows = (
+        await session.scalars(statement.order_by(UsageLog.created_at.desc(), UsageLog.id.desc()).limit(limit + 1))
+    ).all()
+    items = [msgspec.convert(row, UsageRead, from_attributes=True) for row in rows[:limit]]
+    next_cursor = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(rows) > limit else None
+    return UsagePage(items=items, next_cursor=next_cursor)
+
+
+async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[DailyUsage]:
+    day = cast(func.date_trunc("day", UsageLog.created_at), Date).label("day")
+    rows = await session.execute(
+        select(
+            day,
+            func.count(),
+            func.count().filter(UsageLog.status_code >= 400),
+            func.coalesce(func.sum(UsageLog.prompt_tokens), 0),
+            func.coalesce(func.sum(UsageLog.completion_tokens), 0),
+            func.coalesce(func.sum(UsageLog.cost), 0),
+        )
+        .where(*filters.conditions())
+        .group_by(day)
+        .order_by(day)
+    )
+    return [
+        DailyUsage(
+            day=row[0], requests=row[1], errors=row[2], prompt_tokens=row[3], completion_tokens=row[4], cost=row[5]
+        )
+        for row in rows.all()
+    ]

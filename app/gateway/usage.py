@@ -1,0 +1,167 @@
+"""The usage log's way from Redis to PostgreSQL: per-tenant streams, read in batches, written idempotently.
+
+The settle script appends each record to its tenant's stream in the same step that moves the counters, so
+a crashed worker loses nothing: what was settled is in Redis (append-only file) until a flusher has
+written it. The flusher reads with a consumer group, writes a batch and the used-quota totals in one
+transaction per tenant (a record already written is skipped by its id), then acknowledges it.
+Records a dead worker had read but not acknowledged are claimed after a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import socket
+from collections import Counter
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
+from app.gateway.proxy import UsageRecord
+from app.observability.logging import get_logger
+from db.provider import ApiToken, Channel, UsageLog
+from db.session import tenant_session
+from db.tenant import Organization
+
+GROUP = "flushers"
+BATCH_SIZE = 500
+CLAIM_IDLE_MS = 60_000
+logger = get_logger("lyss.gateway.usage")
+_decode_record = msgspec.json.Decoder(UsageRecord)
+
+
+class UsageFlusher:
+    def __init__(self, redis: Redis, session_maker: async_sessionmaker[AsyncSession]) -> None:
+        self.redis = redis
+        self.session_maker = session_maker
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._groups_ready: set[str] = set()
+
+    async def _ensure_group(self, key: str) -> None:
+        if key in self._groups_ready:
+            return
+        try:
+            await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._groups_ready.add(key)
+
+    async def flush_once(self) -> int:
+        """Write what is waiting, for every tenant with records; returns how many records were written."""
+        written = 0
+        for member in await self.redis.smembers(USAGE_TENANTS_KEY):
+            tenant_id = UUID(hex=member.decode() if isinstance(member, bytes) else str(member))
+            written += await self._flush_tenant(tenant_id)
+        return written
+
+    async def _flush_tenant(self, tenant_id: UUID) -> int:
+        key = usage_stream_key(tenant_id)
+        await self._ensure_group(key)
+        written = 0
+        while True:
+            claim: Any = await self.redis.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=BATCH_SIZE)
+            fresh: Any = await self.redis.xreadgroup(GROUP, self.consumer, {key: ">"}, count=BATCH_SIZE)
+            entries = list(claim[1]) + [entry for _, stream_entries in fresh or [] for entry in stream_entries]
+            if not entries:
+                break
+            await self._write(tenant_id, [_decode_record.decode(fields[b"record"]) for _, fields in entries])
+            ids = [entry_id for entry_id, _ in entries]
+            await self.redis.xack(key, GROUP, *ids)
+            await self.redis.xdel(key, *ids)
+            written += len(entries)
+        if await self.redis.xlen(key) == 0:
+            await self.redis.srem(USAGE_TENANTS_KEY, tenant_id.hex)
+            if await self.redis.xlen(key) > 0:  # a record arrived meanwhile: keep the tenant listed
+                await self.redis.sadd(USAGE_TENANTS_KEY, tenant_id.hex)
+        return written
+
+    async def _write(self, tenant_id: UUID, records: list[UsageRecord]) -> None:
+        rows = [
+            {
+                "id": UUID(record.id),
+                "tenant_id": tenant_id,
+                "user_id": UUID(record.user_id),
+                "token_id": UUID(record.token_id),
+                "channel_id": UUID(record.channel_id) if record.channel_id else None,
+                "request_id": record.request_id,
+                "endpoint": record.endpoint,
+                "model": record.model,
+                "upstream_model": record.upstream_model,
+                "prompt_tokens": record.prompt_tokens,
+                "completion_tokens": record.completion_tokens,
+                "cost": record.cost,
+                "latency_ms": record.latency_ms,
+                "upstream_latency_ms": record.upstream_latency_ms,
+                "status_code": record.status_code,
+                "outcome": record.outcome,
+                "stream": record.stream,
+                "details": record.details,
+                "created_at": datetime.datetime.fromisoformat(record.created_at),
+            }
+            for record in records
+        ]
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            inserted = (
+                await session.execute(
+                    insert(UsageLog)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                    .returning(UsageLog.token_id, UsageLog.channel_id, UsageLog.cost)
+                )
+            ).all()
+            # Only the rows written now count: a record seen twice (redelivery) is skipped above.
+            by_token: Counter[UUID] = Counter()
+            by_channel: Counter[UUID] = Counter()
+            for token_id, channel_id, cost in inserted:
+                if token_id is not None:
+                    by_token[token_id] += cost
+                if channel_id is not None:
+                    by_channel[channel_id] += cost
+            now = datetime.datetime.now(datetime.UTC)
+            for token_id, cost in by_token.items():
+                await session.execute(
+                    update(ApiToken)
+                    .where(ApiToken.id == token_id)
+                    .values(used_quota=ApiToken.used_quota + cost, last_used_at=now)
+                )
+            for channel_id, cost in by_channel.items():
+                await session.execute(
+                    update(Channel).where(Channel.id == channel_id).values(used_quota=Channel.used_quota + cost)
+                )
+            total = sum(by_token.values())
+            if total:
+                await session.execute(update(Organization).values(used_quota=Organization.used_quota + total))
+            await session.commit()
+
+    async def run(self, stop: asyncio.Event, interval_seconds: float = 0.5) -> None:
+        """Flush continuously until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.flush_once()
+            except Exception as error:
+                # A failed batch stays in Redis, unacknowledged, and is retried: never lost, never fatal.
+                logger.warning("usage flush failed; will retry", error=f"{type(error).__name__}: {error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_seconds)
+
+    async def drain(self, timeout_seconds: float = 10.0) -> None:
+        """On shutdown: write everything still waiting, within a bound."""
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                if await self.flush_once() == 0:
+                    return
+            except Exception as error:
+                # Redis or PostgreSQL is gone: the records stay in Redis for the next worker to write.
+                logger.warning("usage not drained at shutdown", error=f"{type(error).__name__}: {error}")
+                return

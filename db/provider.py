@@ -1,0 +1,188 @@
+"""Tables of the `provider_` prefix: provider types (platform-wide), channels, API tokens, prices, usage logs."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.base import DefaultBase
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.auth import ENCRYPTED
+from db.base import Base, TenantOwned, UpdatedAt
+
+API_FORMATS = ("openai", "azure", "anthropic", "echo")
+CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
+CHANNEL_SCOPES = ("tenant", "group", "personal")
+TOKEN_STATUSES = ("active", "disabled")
+BUDGET_PERIODS = ("none", "daily", "monthly")
+
+
+class ProviderType(DefaultBase):
+    """A kind of provider (platform-wide catalogue, read-only to the service): its wire format and default URL."""
+
+    __tablename__ = "provider_types"
+    __table_args__ = (CheckConstraint(f"api_format IN {API_FORMATS}", name="api_format"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    # The API root, version included (".../v1"); NULL where every channel brings its own (Azure, custom).
+    base_url: Mapped[str | None] = mapped_column(Text)
+    api_format: Mapped[str] = mapped_column(String(20))
+    supported_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
+
+
+class Channel(TenantOwned, UpdatedAt, Base):
+    """One upstream account: where to call, with which keys, for which models, in which order."""
+
+    __tablename__ = "provider_channels"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uk_provider_channels_tenant_name"),
+        UniqueConstraint("tenant_id", "id", name="uk_provider_channels_tenant_id_id"),
+        CheckConstraint(f"status IN {CHANNEL_STATUSES}", name="status"),
+        CheckConstraint(f"config_scope IN {CHANNEL_SCOPES}", name="config_scope"),
+        CheckConstraint("priority BETWEEN 0 AND 1000", name="priority"),
+        CheckConstraint("weight BETWEEN 1 AND 10000", name="weight"),
+        CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
+        CheckConstraint("config_scope <> 'personal' OR owner_id IS NOT NULL", name="personal_owner"),
+        CheckConstraint("config_scope <> 'group' OR group_id IS NOT NULL", name="group_set"),
+        ForeignKeyConstraint(
+            ["tenant_id", "owner_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_provider_channels_owner",
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "group_id"],
+            ["tenant_user_groups.tenant_id", "tenant_user_groups.id"],
+            ondelete="CASCADE",
+            name="fk_provider_channels_group",
+        ),
+        Index("idx_channels_tenant_scope", "tenant_id", "config_scope"),
+        Index("idx_channels_tenant_status", "tenant_id", "status"),
+    )
+
+    name: Mapped[str] = mapped_column(String(100))
+    type_id: Mapped[int] = mapped_column(ForeignKey("provider_types.id"))
+    base_url: Mapped[str | None] = mapped_column(Text)
+    # Azure OpenAI's `api-version`; unused by the other formats.
+    api_version: Mapped[str | None] = mapped_column(String(40))
+    # A JSON list of API keys, encrypted as one value; calls rotate between them.
+    encrypted_keys: Mapped[str] = mapped_column(Text, info=ENCRYPTED)
+    priority: Mapped[int] = mapped_column(default=1, server_default="1")
+    weight: Mapped[int] = mapped_column(default=1, server_default="1")
+    status: Mapped[str] = mapped_column(String(20), default="enabled", server_default="enabled")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    # Credits (micro-units of currency); -1: no limit.
+    quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
+    used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Requests per minute this channel may take; 0: no limit.
+    rate_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    config_scope: Mapped[str] = mapped_column(String(20), default="tenant", server_default="tenant")
+    owner_id: Mapped[UUID | None]
+    group_id: Mapped[UUID | None]
+    models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    model_mapping: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    test_model: Mapped[str | None] = mapped_column(String(100))
+    last_test_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_test_latency_ms: Mapped[int | None]
+    last_test_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiToken(TenantOwned, UpdatedAt, Base):
+    """An `sk-...` key for the /v1 API, stored as its SHA-256; the key itself is shown once."""
+
+    __tablename__ = "provider_tokens"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key_hash", name="uk_provider_tokens_tenant_key_hash"),
+        UniqueConstraint("tenant_id", "user_id", "name", name="uk_provider_tokens_user_name"),
+        CheckConstraint(f"status IN {TOKEN_STATUSES}", name="status"),
+        CheckConstraint(f"budget_period IN {BUDGET_PERIODS}", name="budget_period"),
+        CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
+        CheckConstraint("rpm_limit >= 0 AND tpm_limit >= 0", name="limits"),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_provider_tokens_user",
+        ),
+        # The gateway finds a token by its hash before it knows the tenant (SECURITY DEFINER lookup).
+        Index("idx_provider_tokens_key_hash", "key_hash"),
+        Index("idx_provider_tokens_tenant_user", "tenant_id", "user_id"),
+    )
+
+    user_id: Mapped[UUID]
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    key_prefix: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
+    quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
+    used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    budget_period: Mapped[str] = mapped_column(String(10), default="none", server_default="none")
+    rpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    tpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    allowed_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    allowed_channels: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    allowed_ips: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelPrice(TenantOwned, UpdatedAt, Base):
+    """What a model costs this tenant, in credits per million tokens. Model "*" prices every other model."""
+
+    __tablename__ = "provider_model_prices"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "model", name="uk_provider_model_prices_model"),
+        CheckConstraint("prompt_price >= 0 AND completion_price >= 0", name="prices"),
+    )
+
+    model: Mapped[str] = mapped_column(String(100))
+    prompt_price: Mapped[int] = mapped_column(BigInteger)
+    completion_price: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageLog(TenantOwned, Base):
+    """One served (or refused upstream) call. No foreign keys: the record outlives its token and channel."""
+
+    __tablename__ = "provider_usage_logs"
+    __table_args__ = (
+        Index("idx_usage_logs_tenant_created", "tenant_id", text("created_at DESC")),
+        Index("idx_usage_logs_tenant_token_created", "tenant_id", "token_id", text("created_at DESC")),
+    )
+
+    user_id: Mapped[UUID | None]
+    token_id: Mapped[UUID | None]
+    channel_id: Mapped[UUID | None]
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(30))
+    model: Mapped[str] = mapped_column(String(100))
+    upstream_model: Mapped[str | None] = mapped_column(String(100))
+    prompt_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    latency_ms: Mapped[int] = mapped_column(default=0, server_default="0")
+    upstream_latency_ms: Mapped[int | None]
+    status_code: Mapped[int] = mapped_column(default=200, server_default="200")
+    # ok, client_disconnected, upstream_cut, upstream_error, ...
+    outcome: Mapped[str] = mapped_column(String(30), default="ok", server_default="ok")
+    stream: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))

@@ -1,0 +1,53 @@
+-- Row-level security, grants and the token lookup for the provider_ tables.
+--
+-- Applied after every `lyss migrate` (see db/policies.py); every statement here must be idempotent.
+
+-- The catalogue of provider kinds is platform-wide: readable by the service, changed only by migrations.
+GRANT SELECT ON public.provider_types TO lyss_app;
+
+CALL public.isolate_by_tenant('public.provider_channels');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_channels TO lyss_app;
+
+CALL public.isolate_by_tenant('public.provider_tokens');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_tokens TO lyss_app;
+
+CALL public.isolate_by_tenant('public.provider_model_prices');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_prices TO lyss_app;
+
+-- Usage is appended by the flusher and read by reports; never rewritten.
+CALL public.isolate_by_tenant('public.provider_usage_logs');
+GRANT SELECT, INSERT ON public.provider_usage_logs TO lyss_app;
+
+-- The gateway knows a call's tenant only from its API key. The lookup role reads just the columns
+-- this function returns.
+DROP POLICY IF EXISTS lookup_token ON public.provider_tokens;
+CREATE POLICY lookup_token ON public.provider_tokens FOR SELECT TO lyss_lookup USING (true);
+REVOKE ALL ON public.provider_tokens FROM lyss_lookup;
+GRANT SELECT (id, tenant_id, user_id, key_hash, status, expires_at, quota, rpm_limit, tpm_limit,
+              allowed_models, allowed_channels, allowed_ips)
+    ON public.provider_tokens TO lyss_lookup;
+DROP POLICY IF EXISTS lookup_token_owner ON public.auth_users;
+CREATE POLICY lookup_token_owner ON public.auth_users FOR SELECT TO lyss_lookup USING (true);
+REVOKE ALL ON public.auth_users FROM lyss_lookup;
+GRANT SELECT (id, tenant_id, status) ON public.auth_users TO lyss_lookup;
+
+CREATE OR REPLACE FUNCTION public.gateway_token_lookup(p_key_hash text)
+    RETURNS TABLE (
+        id uuid, tenant_id uuid, user_id uuid, status text, expires_at timestamptz, quota bigint,
+        rpm_limit integer, tpm_limit integer, allowed_models jsonb, allowed_channels jsonb, allowed_ips jsonb,
+        user_active boolean, tenant_active boolean, tenant_quota bigint
+    )
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT t.id, t.tenant_id, t.user_id, t.status::text, t.expires_at, t.quota, t.rpm_limit, t.tpm_limit,
+               t.allowed_models, t.allowed_channels, t.allowed_ips,
+               u.status = 'active', o.status = 'active', o.quota
+        FROM public.provider_tokens AS t
+        JOIN public.auth_users AS u ON u.tenant_id = t.tenant_id AND u.id = t.user_id
+        JOIN public.tenant_organizations AS o ON o.id = t.tenant_id
+        WHERE t.key_hash = p_key_hash
+    $$;
+ALTER FUNCTION public.gateway_token_lookup(text) OWNER TO lyss_lookup;
+REVOKE ALL ON FUNCTION public.gateway_token_lookup(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.gateway_token_lookup(text) TO lyss_app;
