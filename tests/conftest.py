@@ -36,6 +36,7 @@ from db.migrations import upgrade_to_head
 from db.models import Base
 from db.session import create_engine, create_session_maker, tenant_session
 from db.tenant import Organization, UserGroup
+from tests.mock_upstream import MockUpstream
 
 Client = httpx.AsyncClient
 TEST_PASSWORD = "correct horse battery staple"
@@ -145,6 +146,10 @@ def settings(
         login_max_failures=3,
         login_lockout_seconds=2,
         login_ip_limit_per_minute=1000,
+        echo_provider=True,
+        gateway_cache_seconds=0.0,
+        upstream_read_timeout_seconds=2.0,
+        channel_cooldown_seconds=2,
     )
 
 
@@ -204,6 +209,24 @@ async def app_client(settings: Settings) -> AsyncIterator[Client]:
 async def client(settings: Settings) -> AsyncIterator[Client]:
     async with app_client(settings) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def _upstream_server() -> Iterator[MockUpstream]:
+    server = MockUpstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(_upstream_server: MockUpstream) -> MockUpstream:
+    """The loopback mock provider, with this test's scripts and counters only."""
+    _upstream_server.behaviors.clear()
+    _upstream_server.calls.clear()
+    _upstream_server.bodies.clear()
+    _upstream_server.headers_seen.clear()
+    return _upstream_server
 
 
 @pytest.fixture

@@ -66,6 +66,16 @@ class UsageFlusher:
 
     async def _flush_tenant(self, tenant_id: UUID) -> int:
         key = usage_stream_key(tenant_id)
+        try:
+            return await self._flush_stream(tenant_id, key)
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            # The stream was deleted (e.g. Redis flushed) since the group was made: make it again.
+            self._groups_ready.discard(key)
+            return await self._flush_stream(tenant_id, key)
+
+    async def _flush_stream(self, tenant_id: UUID, key: str) -> int:
         await self._ensure_group(key)
         written = 0
         while True:

@@ -1,0 +1,261 @@
+"""A mock LLM provider on loopback: OpenAI and Anthropic protocols, streaming included, scriptable to misbehave.
+
+Each path prefix is an independent upstream account (`http://127.0.0.1:<port>/<name>/v1`), so tests give
+every channel its own prefix and script it: fail with a status, hang, send garbage, cut a stream after N
+chunks, pace chunks. It runs in its own thread and event loop, so it serves whatever loop the tests use,
+and it is a real HTTP server (aiohttp), so the gateway's client, pooling and timeouts are exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Behavior:
+    status: int = 200
+    hang_seconds: float = 0.0
+    words: int = 5
+    cut_after_chunks: int | None = None
+    chunk_delay_seconds: float = 0.0
+    garbage: bool = False
+    report_usage: bool = True
+    error_code: str = "server_error"
+
+
+@dataclass
+class MockUpstream:
+    behaviors: dict[str, Behavior] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    bodies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    headers_seen: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def base_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}/v1"
+
+    def behave(self, name: str, **settings: Any) -> None:
+        self.behaviors[name] = Behavior(**settings)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/{name}/v1/chat/completions", self._chat)
+        app.router.add_post("/{name}/v1/embeddings", self._embeddings)
+        app.router.add_post("/{name}/v1/messages", self._messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    # --- shared ---------------------------------------------------------------------------------
+
+    async def _prologue(self, request: web.Request) -> tuple[str, Behavior, dict[str, Any], web.Response | None]:
+        name = request.match_info["name"]
+        behavior = self.behaviors.get(name, Behavior())
+        body = await request.json()
+        self.calls[name] += 1
+        self.bodies.append((name, body))
+        self.headers_seen.append(dict(request.headers))
+        if behavior.hang_seconds:
+            await asyncio.sleep(behavior.hang_seconds)
+        if behavior.status != 200:
+            error = {
+                "error": {
+                    "message": f"scripted failure of {name}",
+                    "type": behavior.error_code,
+                    "code": behavior.error_code,
+                }
+            }
+            return name, behavior, body, web.json_response(error, status=behavior.status)
+        if behavior.garbage:
+            return name, behavior, body, web.Response(body=b"<html>502 proxy error</html>", content_type="text/html")
+        return name, behavior, body, None
+
+    @staticmethod
+    def _reply_words(name: str, behavior: Behavior, body: dict[str, Any]) -> list[str]:
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or behavior.words
+        return [f"w{index}" for index in range(min(behavior.words, int(limit)))] or [name]
+
+    @staticmethod
+    def _prompt_tokens(body: dict[str, Any]) -> int:
+        return sum(len(str(message.get("content", "")).split()) for message in body.get("messages", [])) or 1
+
+    async def _write_event(self, response: web.StreamResponse, payload: bytes, event: str | None = None) -> None:
+        prefix = f"event: {event}\n".encode() if event else b""
+        await response.write(prefix + b"data: " + payload + b"\n\n")
+
+    # --- OpenAI ---------------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        name, behavior, body, failure = await self._prologue(request)
+        if failure is not None:
+            return failure
+        words = self._reply_words(name, behavior, body)
+        usage = {
+            "prompt_tokens": self._prompt_tokens(body),
+            "completion_tokens": len(words),
+            "total_tokens": self._prompt_tokens(body) + len(words),
+        }
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            answer = {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}
+                ],
+            }
+            if behavior.report_usage:
+                answer["usage"] = usage
+            return web.json_response(answer)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index, word in enumerate(words):
+            if behavior.cut_after_chunks is not None and index >= behavior.cut_after_chunks:
+                request.transport.close()  # type: ignore[union-attr]  # the provider vanishes mid-stream
+                return response
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+            }
+            await self._write_event(response, json.dumps(chunk).encode())
+            if behavior.chunk_delay_seconds:
+                await asyncio.sleep(behavior.chunk_delay_seconds)
+        finish = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        await self._write_event(response, json.dumps(finish).encode())
+        if behavior.report_usage and (body.get("stream_options") or {}).get("include_usage"):
+            await self._write_event(
+                response,
+                json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}).encode(),
+            )
+        await self._write_event(response, b"[DONE]")
+        await response.write_eof()
+        return response
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        _, _, body, failure = await self._prologue(request)
+        if failure is not None:
+            return failure
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": index, "embedding": [0.1, 0.2, 0.3]} for index, _ in enumerate(inputs)]
+        tokens = sum(len(str(text).split()) for text in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    # --- Anthropic ------------------------------------------------------------------------------
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        name, behavior, body, failure = await self._prologue(request)
+        if failure is not None:
+            return failure
+        words = self._reply_words(name, behavior, body)
+        prompt = sum(len(str(message.get("content", "")).split()) for message in body.get("messages", [])) or 1
+        tool = (body.get("tools") or [None])[0]
+        message_id = f"msg_{uuid.uuid4().hex[:12]}"
+        if not body.get("stream"):
+            content: list[dict[str, Any]] = [{"type": "text", "text": " ".join(words)}]
+            stop = "end_turn"
+            if tool is not None:
+                content.append({"type": "tool_use", "id": "toolu_1", "name": tool["name"], "input": {"city": "Paris"}})
+                stop = "tool_use"
+            return web.json_response(
+                {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": content,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": prompt, "output_tokens": len(words)},
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def event(kind: str, payload: dict[str, Any]) -> None:
+            await self._write_event(response, json.dumps({"type": kind, **payload}).encode(), event=kind)
+
+        await event(
+            "message_start",
+            {
+                "message": {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                }
+            },
+        )
+        await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for index, word in enumerate(words):
+            if behavior.cut_after_chunks is not None and index >= behavior.cut_after_chunks:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": word + " "}})
+        await event("content_block_stop", {"index": 0})
+        stop = "end_turn"
+        if tool is not None:
+            await event(
+                "content_block_start",
+                {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": tool["name"], "input": {}}},
+            )
+            await event(
+                "content_block_delta",
+                {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'}},
+            )
+            await event("content_block_stop", {"index": 1})
+            stop = "tool_use"
+        await event(
+            "message_delta",
+            {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": len(words)}},
+        )
+        await event("message_stop", {})
+        await response.write_eof()
+        return response
