@@ -12,7 +12,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from app.auth.controllers import (
     OAUTH_CLIENT_STATE_KEY,
@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> Litestar:
         pool_size=settings.database_pool_size,
     )
     session_maker = create_session_maker(engine)
-    redis = Redis.from_url(settings.redis_url)
+    # Blocking pool: under a burst, a call waits for a free connection instead of failing.
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=200, timeout=10))
     http = httpx2.AsyncClient(follow_redirects=False)
     secret_box = SecretBox(settings.encryption_keyring)
     catalog = GatewayCatalog(
