@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
 from app.encryption import SecretBox, reencrypt_secrets
+from app.gateway.services import add_demo_gateway
 from app.observability.logging import configure_logging, logging_dict_config
 from app.settings import ConfigurationError, Settings, database_url, load_settings
 from app.tenants.services import (
@@ -178,8 +179,13 @@ async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
     assert settings.redis_url is not None
     await _check_redis(settings.redis_url)
 
+    box = SecretBox(settings.encryption_keyring)
+
+    async def add_gateway(session: Any, tenant_id: Any, admin: Any) -> str | None:
+        return await add_demo_gateway(session, tenant_id, admin, box) if settings.echo_provider_enabled else None
+
     async def first_start(session_maker: Any) -> DemoLogin | None:
-        return await provision_demo_tenant(session_maker) if demo else None
+        return await provision_demo_tenant(session_maker, add_gateway) if demo else None
 
     # Last, so that nothing can fail between creating the demo login and printing it.
     login = await _with_database(_app_url(settings), "DATABASE_URL", first_start)
@@ -188,6 +194,22 @@ async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
             "\n  First start: created the demo tenant. This login is shown only once:\n"
             f"    tenant   {login.tenant_slug}\n    email    {login.email}\n    password {login.password}\n"
         )
+        if login.extra:
+            click.echo(_first_call_snippet(settings, login.extra))
+
+
+def _first_call_snippet(settings: Settings, api_key: str) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    body = '{"model": "echo", "messages": [{"role": "user", "content": "Hello"}]}'
+    return (
+        f"  Your API key (shown only once): {api_key}\n"
+        "  Try the gateway now; the built-in 'echo' model answers without any provider key:\n\n"
+        f"    curl {base}/v1/chat/completions -H 'Authorization: Bearer {api_key}' \\\n"
+        f"      -H 'Content-Type: application/json' -d '{body}'\n\n"
+        f'    python -c \'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="{api_key}"); '
+        'print(c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "Hello"}])'
+        ".choices[0].message.content)'\n"
+    )
 
 
 def _run_granian(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,7 +43,8 @@ def _processes_using(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def _serve_until_ready(environment: dict[str, str], port: int) -> subprocess.Popen[str]:
+def _serve_until_ready(environment: dict[str, str], port: int) -> tuple[subprocess.Popen[str], str]:
+    """Start `lyss serve`; return it once /readyz answers 200, with what it printed before serving."""
     # A session of its own, so that "Ctrl-C" below reaches the whole group, as a terminal's would.
     process = subprocess.Popen(
         [LYSS, "serve"],
@@ -53,13 +55,20 @@ def _serve_until_ready(environment: dict[str, str], port: int) -> subprocess.Pop
         text=True,
         start_new_session=True,
     )
+    assert process.stdout is not None
+    printed: list[str] = []
+    while not printed or not printed[-1].startswith("Lyss is serving"):
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"lyss serve exited early: {process.communicate()}")
+        printed.append(line)
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"lyss serve exited early: {process.communicate()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return process
+                return process, "".join(printed)
         except httpx.TransportError:
             pass
         time.sleep(0.2)
@@ -67,11 +76,10 @@ def _serve_until_ready(environment: dict[str, str], port: int) -> subprocess.Pop
     raise AssertionError("lyss serve was not ready in time")
 
 
-def _ctrl_c(process: subprocess.Popen[str]) -> tuple[str, str]:
+def _ctrl_c(process: subprocess.Popen[str]) -> None:
     os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    return stdout, stderr
 
 
 def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
@@ -79,18 +87,28 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
     port = _free_port()
     environment = _environment(LYSS_DATA_DIR=str(data_dir), LYSS_PORT=str(port))
 
-    process = _serve_until_ready(environment, port)
+    process, printed = _serve_until_ready(environment, port)
     readiness = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
     assert readiness == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
-    stdout, _ = _ctrl_c(process)
-    assert "First start: created the demo tenant" in stdout
-    assert "password " in stdout
+    assert "First start: created the demo tenant" in printed
+    assert "password " in printed
+    # The printed snippet works as printed: the demo key reaches the built-in echo model at once.
+    api_key = re.search(r"Your API key \(shown only once\): (sk-\S+)", printed)
+    assert api_key is not None
+    assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in printed
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {api_key.group(1)}"},
+        json={"model": "echo", "messages": [{"role": "user", "content": "Hello"}]},
+    )
+    assert answer.json()["choices"][0]["message"]["content"] == "echo: Hello"
+    _ctrl_c(process)
     assert _processes_using(data_dir) == []  # PostgreSQL and Redis went with it
     assert (data_dir / "secrets.env").stat().st_mode & 0o777 == 0o600
 
-    process = _serve_until_ready(environment, port)
-    stdout, _ = _ctrl_c(process)
-    assert "First start" not in stdout  # the login is printed once, ever
+    process, printed = _serve_until_ready(environment, port)
+    _ctrl_c(process)
+    assert "First start" not in printed  # the login is printed once, ever
     assert _processes_using(data_dir) == []
 
     # The demo admin from the first start is still there: the data was reused, not recreated.

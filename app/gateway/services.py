@@ -349,3 +349,20 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
         )
         for row in rows.all()
     ]
+
+
+async def add_demo_gateway(session: AsyncSession, tenant_id: UUID, admin: User, box: SecretBox) -> str:
+    """An `echo` channel and an API key for the demo admin, so that a first call works with no provider key."""
+    kind = await provider_type(session, "echo", echo_enabled=True)
+    session.add(
+        Channel(
+            tenant_id=tenant_id,
+            name="echo",
+            type_id=kind.id,
+            encrypted_keys=encrypt_keys(box, tenant_id, []),
+            models=["echo"],
+            test_model="echo",
+        )
+    )
+    _, key = await create_token(session, tenant_id=tenant_id, user_id=admin.id, data=TokenCreate(name="demo"))
+    return key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -51,6 +52,8 @@ class DemoLogin(msgspec.Struct, frozen=True):
     tenant_slug: str
     email: str
     password: str
+    # Whatever the caller's `extend` step returned (the CLI: an API key for the echo channel).
+    extra: Any = None
 
 
 class OrganizationService(SQLAlchemyAsyncRepositoryService[Organization]):
@@ -228,8 +231,14 @@ async def create_user(
     return user
 
 
-async def provision_demo_tenant(session_maker: async_sessionmaker[AsyncSession]) -> DemoLogin | None:
-    """On a first start, create the `demo` tenant and its admin together; return the login to print once."""
+async def provision_demo_tenant(
+    session_maker: async_sessionmaker[AsyncSession],
+    extend: Callable[[AsyncSession, UUID, User], Awaitable[Any]] | None = None,
+) -> DemoLogin | None:
+    """On a first start, create the `demo` tenant and its admin together; return the login to print once.
+
+    `extend` adds more to the tenant in the same transaction (other domains' demo data).
+    """
     async with session_maker() as session:
         if await lookup_tenant_by_slug(session, DEMO_TENANT_SLUG) is not None:
             return None
@@ -237,7 +246,7 @@ async def provision_demo_tenant(session_maker: async_sessionmaker[AsyncSession])
     tenant_id = uuid7()
     async with tenant_session(session_maker, tenant_id) as session:
         await _add_tenant(session, tenant_id, DEMO_TENANT_SLUG, "Demo", "first-start")
-        await _add_user(
+        admin = await _add_user(
             session,
             tenant_slug=DEMO_TENANT_SLUG,
             email=DEMO_ADMIN_EMAIL,
@@ -245,5 +254,6 @@ async def provision_demo_tenant(session_maker: async_sessionmaker[AsyncSession])
             role="tenant_admin",
             actor="first-start",
         )
+        extra = await extend(session, tenant_id, admin) if extend is not None else None
         await session.commit()
-    return DemoLogin(tenant_slug=DEMO_TENANT_SLUG, email=DEMO_ADMIN_EMAIL, password=password)
+    return DemoLogin(tenant_slug=DEMO_TENANT_SLUG, email=DEMO_ADMIN_EMAIL, password=password, extra=extra)
