@@ -21,6 +21,7 @@ test: $(INSTALLED)
 # Figures for docs/performance.md; needs wrk (apt-get install wrk). Loopback only, bounded runs.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.foundation
+	$(BIN)/python -m bench.gateway
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -259,3 +259,15 @@ class MockUpstream:
         await event("message_stop", {})
         await response.write_eof()
         return response
+
+
+def main() -> None:
+    """Serve standalone (for `make bench`): prints the port, runs until killed."""
+    server = MockUpstream()
+    server.start()
+    print(server.port, flush=True)  # noqa: T201 - the benchmark reads the port from here
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -73,7 +73,7 @@ if ARGV[4] == '1' then
     redis.call('EXPIRE', KEYS[5], ARGV[6])
 end
 redis.call('XADD', KEYS[6], '*', 'record', ARGV[5])
-return 1
+return redis.call('XLEN', KEYS[6])
 """
 
 
@@ -191,11 +191,11 @@ class GatewayLimits:
             record,
             MINUTE_KEY_TTL_SECONDS,
         ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._settle(keys=keys, args=args, client=pipe)  # queued; sent with the pipeline
-            # Outside the script (another slot): where the flusher looks for streams with work.
-            pipe.sadd(USAGE_TENANTS_KEY, tenant_id.hex)
-            await pipe.execute()
+        waiting = await self._settle(keys=keys, args=args)
+        if int(waiting) == 1:
+            # The stream was empty, so the flusher may have struck the tenant off its list: put it back.
+            # (A separate command: the list is not in the tenant's hash slot.)
+            await self.redis.sadd(USAGE_TENANTS_KEY, tenant_id.hex)
 
     async def cool_down(self, tenant_id: UUID, channel_id: UUID, seconds: int) -> None:
         await self.redis.set(f"{_prefix(tenant_id)}:channel:{channel_id}:cool", 1, ex=max(seconds, 1))

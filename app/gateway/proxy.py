@@ -376,12 +376,12 @@ class Gateway:
         )
         return billed
 
-    def _headers(self, channel: ChannelInfo, started: float, upstream_ms: int) -> dict[str, str]:
-        overhead = max(int((time.perf_counter() - started) * 1000) - upstream_ms, 0)
+    def _headers(self, channel: ChannelInfo, started: float, upstream_ms: float) -> dict[str, str]:
+        overhead = max((time.perf_counter() - started) * 1000 - upstream_ms, 0.0)
         return {
             "x-lyss-channel": channel.name,
             "x-lyss-channel-id": str(channel.id),
-            "x-lyss-overhead-ms": str(overhead),
+            "x-lyss-overhead-ms": f"{overhead:.2f}",
         }
 
     async def chat(
@@ -433,7 +433,8 @@ class Gateway:
                 if not error.retryable:
                     break
                 continue
-            upstream_ms = int((time.perf_counter() - call_started) * 1000)
+            upstream_elapsed_ms = (time.perf_counter() - call_started) * 1000
+            upstream_ms = int(upstream_elapsed_ms)
             if stream:
                 stream_chunks = self._relay(
                     first,
@@ -446,7 +447,7 @@ class Gateway:
                     call_started=call_started,
                     settle=settle,
                 )
-                return StreamAnswer(chunks=stream_chunks, headers=self._headers(channel, started, upstream_ms))
+                return StreamAnswer(chunks=stream_chunks, headers=self._headers(channel, started, upstream_elapsed_ms))
             usage = completion.usage or Usage(
                 prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
             )
@@ -460,7 +461,9 @@ class Gateway:
                 outcome="ok",
             )
             answer = completion.body if dialect == "openai" else to_anthropic_response(completion.body, model, usage)
-            return Answer(body=msgspec.json.encode(answer), headers=self._headers(channel, started, upstream_ms))
+            return Answer(
+                body=msgspec.json.encode(answer), headers=self._headers(channel, started, upstream_elapsed_ms)
+            )
         failure = self._final_error(last_error)
         await self._settle(
             settle,
@@ -573,7 +576,8 @@ class Gateway:
                 if not error.retryable:
                     break
                 continue
-            upstream_ms = int((time.perf_counter() - call_started) * 1000)
+            upstream_elapsed_ms = (time.perf_counter() - call_started) * 1000
+            upstream_ms = int(upstream_elapsed_ms)
             usage = completion.usage or Usage(estimated_tokens(_text_length(inputs)), 0)
             await self._settle(
                 settle,
@@ -585,7 +589,7 @@ class Gateway:
                 outcome="ok",
             )
             return Answer(
-                body=msgspec.json.encode(completion.body), headers=self._headers(channel, started, upstream_ms)
+                body=msgspec.json.encode(completion.body), headers=self._headers(channel, started, upstream_elapsed_ms)
             )
         failure = self._final_error(last_error)
         await self._settle(
