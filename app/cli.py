@@ -28,6 +28,7 @@ from app.tenants.services import (
     create_tenant,
     create_user,
     provision_demo_tenant,
+    set_tenant_quota,
 )
 from db.migrations import upgrade_to_head
 from db.session import create_engine, create_session_maker
@@ -260,6 +261,28 @@ def tenant_create(slug: str, name: str) -> None:
 
         organization = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
     click.echo(f"Created tenant '{organization.slug}' ({organization.id}).")
+
+
+@tenant.command("quota")
+@click.option("--slug", required=True, help="The tenant's slug.")
+@click.option(
+    "--credits",
+    "credits",
+    required=True,
+    type=click.IntRange(min=-1),
+    help="The organization's gateway budget in credits (a millionth of the currency unit); -1: none.",
+)
+def tenant_quota(slug: str, credits: int) -> None:
+    """Set a tenant's gateway budget (what all its API keys together may spend)."""
+    settings = _settings()
+    with embedded_services(settings, need_redis=False) as resolved:
+
+        async def work(session_maker: Any) -> int:
+            return await set_tenant_quota(session_maker, slug=slug, quota=credits, actor="cli")
+
+        used = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+    limit = "no limit" if credits < 0 else f"{credits} credits"
+    click.echo(f"Tenant '{slug}' may now spend {limit} ({used} used so far).")
 
 
 @main.group()

@@ -47,15 +47,20 @@ async def _audit_events(session_maker: async_sessionmaker[AsyncSession], slug: s
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["migrate"], ["tenant", "create"], ["admin", "create"]], ids=" ".join
+    "command",
+    [[], ["serve"], ["migrate"], ["tenant", "create"], ["tenant", "quota"], ["admin", "create"], ["keys", "rotate"]],
+    ids=" ".join,
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage: main" in result.output or "Usage: lyss" in result.output
-    for option in {"tenant": ["--slug", "--name"], "admin": ["--tenant", "--email"]}.get(
-        command[0] if command else "", []
-    ):
+    options = {
+        "tenant create": ["--slug", "--name"],
+        "tenant quota": ["--slug", "--credits"],
+        "admin create": ["--tenant", "--email"],
+    }
+    for option in options.get(" ".join(command), []):
         assert option in result.output
 
 
@@ -184,3 +189,21 @@ async def test_migrate_needs_the_owner_url(settings: Settings) -> None:
     result = await asyncio.to_thread(CliRunner().invoke, main, ["migrate"], env=environment)
     assert result.exit_code == 1
     assert result.output.startswith("lyss: DATABASE_OWNER_URL is required to migrate")
+
+
+async def test_tenant_quota_sets_the_organization_budget(
+    settings: Settings, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await lyss(settings, "tenant", "create", "--slug", "acme", "--name", "Acme")
+    result = await lyss(settings, "tenant", "quota", "--slug", "acme", "--credits", "5000")
+    assert result.exit_code == 0, result.output
+    assert "may now spend 5000 credits (0 used so far)" in result.output
+    async with session_maker() as session:
+        tenant = await lookup_tenant_by_slug(session, "acme")
+    assert tenant is not None
+    async with tenant_session(session_maker, tenant.id) as session:
+        assert (await session.get_one(Organization, tenant.id)).quota == 5000
+    assert await _audit_events(session_maker, "acme") == ["tenant.created", "tenant.quota_changed"]
+    unknown = await lyss(settings, "tenant", "quota", "--slug", "nobody", "--credits", "1")
+    assert unknown.exit_code == 1
+    assert unknown.output.startswith("lyss: no tenant has the slug 'nobody'")

@@ -18,7 +18,7 @@ from app.gateway.limits import GatewayLimits
 from app.settings import Settings
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
-from db.tenant import AuditEvent
+from db.tenant import AuditEvent, Organization
 from tests.conftest import Client, TenantRows, app_client
 from tests.gateway_helpers import AuthHeaders, add_channel, bearer, chat_body, issue_key, set_price
 from tests.mock_upstream import MockUpstream
@@ -285,6 +285,29 @@ async def test_quota_refuses_what_the_balance_cannot_cover(
     assert refused.status_code == 429
     assert error_of(refused)["code"] == "insufficient_quota"
     assert await redis_used(settings, tenant_a, token) == 15  # nothing reserved for a refused call
+
+
+async def test_the_organization_budget_caps_all_its_keys_together(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    await add_channel(client, admin, upstream, "primary")
+    await set_price(client, admin, "gpt-test", 0, 1_000_000)
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        (await session.get_one(Organization, tenant_a.id)).quota = 15
+        await session.commit()
+    first, _ = await issue_key(client, auth_headers(tenant_a.user), name="first")
+    second, _ = await issue_key(client, admin, name="second")
+    assert (
+        await client.post("/v1/chat/completions", json=chat_body(max_tokens=10), headers=bearer(first))
+    ).status_code == 200
+    refused = await client.post("/v1/chat/completions", json=chat_body(max_tokens=11), headers=bearer(second))
+    assert refused.status_code == 429
+    assert "organization" in error_of(refused)["message"]
 
 
 async def test_counters_are_rebuilt_from_postgres_when_redis_is_emptied(

@@ -257,3 +257,29 @@ async def provision_demo_tenant(
         extra = await extend(session, tenant_id, admin) if extend is not None else None
         await session.commit()
     return DemoLogin(tenant_slug=DEMO_TENANT_SLUG, email=DEMO_ADMIN_EMAIL, password=password, extra=extra)
+
+
+async def set_tenant_quota(
+    session_maker: async_sessionmaker[AsyncSession], *, slug: str, quota: int, actor: str
+) -> int:
+    """Set the organization's gateway budget (credits, -1 for none); returns what it has used so far.
+
+    The gateway reads the budget with each key (at most LYSS_GATEWAY_CACHE_SECONDS later).
+    """
+    async with session_maker() as lookup_session:
+        tenant = await lookup_tenant_by_slug(lookup_session, slug)
+    if tenant is None:
+        raise ProvisioningError(f"no tenant has the slug '{slug}'")
+    async with tenant_session(session_maker, tenant.id) as session:
+        organization = await session.get_one(Organization, tenant.id)
+        organization.quota = quota
+        record_audit_event(
+            session,
+            actor=actor,
+            action="tenant.quota_changed",
+            target_type="tenant",
+            target_id=tenant.id,
+            details={"quota": quota},
+        )
+        await session.commit()
+        return organization.used_quota
