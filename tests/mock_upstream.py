@@ -71,6 +71,8 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/messages", self._messages)
+        # Azure OpenAI: the deployment in the path, the version in the query.
+        app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
@@ -87,7 +89,7 @@ class MockUpstream:
         body = await request.json()
         self.calls[name] += 1
         self.bodies.append((name, body))
-        self.headers_seen.append(dict(request.headers))
+        self.headers_seen.append({**request.headers, "path_qs": request.path_qs})
         if behavior.hang_seconds:
             await asyncio.sleep(behavior.hang_seconds)
         if behavior.status != 200:

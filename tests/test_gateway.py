@@ -579,3 +579,25 @@ async def test_a_revoked_key_stops_at_once_in_every_worker_despite_caching(
                 break
             await asyncio.sleep(0.05)
         assert status == 401
+
+
+async def test_azure_channels_call_the_deployment_url_with_an_api_key_header(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    await add_channel(
+        client,
+        auth_headers(tenant_a.admin),
+        upstream,
+        "azure",
+        kind="azure-openai",
+        base_url=upstream.base_url("azure").removesuffix("/v1"),
+        model_mapping={"gpt-test": "my-deployment"},
+        api_version="2024-10-21",
+    )
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    response = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))
+    assert response.status_code == 200, response.text
+    seen = upstream.headers_seen[0]
+    assert seen["path_qs"] == "/azure/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    assert seen["api-key"] == "key-of-azure"
+    assert "Authorization" not in seen

@@ -14,8 +14,8 @@ import ipaddress
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Literal, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar, cast
 from uuid import UUID
 
 import aiohttp
@@ -28,7 +28,7 @@ from uuid_utils.compat import uuid7
 
 from app.gateway import errors
 from app.gateway.adapters import ADAPTERS
-from app.gateway.adapters.base import Chunk, Target, Timeouts, UpstreamError, Usage
+from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage
 from app.gateway.adapters.openai import estimated_tokens
 from app.gateway.catalog import ChannelInfo, GatewayCatalog, TokenInfo, announce_change
 from app.gateway.limits import GatewayLimits, Refusal, Reservation
@@ -47,6 +47,7 @@ Endpoint = Literal["chat", "embeddings", "messages"]
 TOKENS_PER_MESSAGE = 8
 MAX_ATTEMPTS_CAP = 10
 
+T = TypeVar("T")
 logger = get_logger("lyss.gateway")
 
 
@@ -410,63 +411,82 @@ class Gateway:
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        settle = CallContext(token, reservation, cost, endpoint, model, started, stream, request_id)
+        call = CallContext(token, reservation, cost, endpoint, model, started, stream, request_id)
+
+        if stream:
+
+            async def open_stream(channel: ChannelInfo, target: Target) -> tuple[Chunk, AsyncGenerator[Chunk, None]]:
+                upstream_body = {**body, "model": target.upstream_model}
+                chunks = cast(
+                    AsyncGenerator[Chunk, None],
+                    ADAPTERS[channel.api_format].stream(self.http, target, upstream_body, self.timeouts),
+                )
+                try:
+                    return await anext(chunks), chunks
+                except StopAsyncIteration:
+                    raise UpstreamError("the provider closed the stream without a chunk", status=502) from None
+
+            channel, target, (first, chunks), upstream_elapsed_ms = await self._call_with_failover(
+                call, usable, open_stream
+            )
+            relay = self._relay(
+                first,
+                chunks,
+                channel=channel,
+                target=target,
+                dialect=dialect,
+                client_wants_usage=client_wants_usage,
+                prompt_estimate=prompt_estimate,
+                call_started=time.perf_counter() - upstream_elapsed_ms / 1000,
+                settle=call,
+            )
+            return StreamAnswer(chunks=relay, headers=self._headers(channel, started, upstream_elapsed_ms))
+
+        async def complete(channel: ChannelInfo, target: Target) -> Completion:
+            return await ADAPTERS[channel.api_format].complete(
+                self.http, target, {**body, "model": target.upstream_model}, self.timeouts
+            )
+
+        channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, complete)
+        usage = completion.usage or Usage(
+            prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
+        )
+        await self._settle(
+            call,
+            usage=usage,
+            channel=channel,
+            upstream_model=target.upstream_model,
+            upstream_ms=int(upstream_elapsed_ms),
+            status_code=200,
+            outcome="ok",
+        )
+        answer = completion.body if dialect == "openai" else to_anthropic_response(completion.body, model, usage)
+        return Answer(body=msgspec.json.encode(answer), headers=self._headers(channel, started, upstream_elapsed_ms))
+
+    async def _call_with_failover(
+        self, call: CallContext, usable: list[ChannelInfo], attempt: Callable[[ChannelInfo, Target], Awaitable[T]]
+    ) -> tuple[ChannelInfo, Target, T, float]:
+        """Try the channels in routing order until one answers: (channel, target, answer, its milliseconds).
+
+        If none does, the reservation is released (settled at zero, logged as an upstream error) and the
+        client gets the error that fits the last failure.
+        """
         last_error: UpstreamError | None = None
         for channel in attempt_order(usable)[: self.max_attempts]:
-            adapter = ADAPTERS[channel.api_format]
-            target = self._target(channel, model)
-            upstream_body = {**body, "model": target.upstream_model}
-            call_started = time.perf_counter()
+            target = self._target(channel, call.model)
+            attempt_started = time.perf_counter()
             try:
-                if stream:
-                    chunks = adapter.stream(self.http, target, upstream_body, self.timeouts)
-                    first = await anext(chunks)
-                else:
-                    completion = await adapter.complete(self.http, target, upstream_body, self.timeouts)
-            except StopAsyncIteration:
-                last_error = UpstreamError("the provider closed the stream without a chunk", status=502)
-                await self._upstream_failed(token, channel, last_error)
-                continue
+                answer = await attempt(channel, target)
             except UpstreamError as error:
                 last_error = error
-                await self._upstream_failed(token, channel, error)
+                await self._upstream_failed(call.token, channel, error)
                 if not error.retryable:
                     break
                 continue
-            upstream_elapsed_ms = (time.perf_counter() - call_started) * 1000
-            upstream_ms = int(upstream_elapsed_ms)
-            if stream:
-                stream_chunks = self._relay(
-                    first,
-                    cast(AsyncGenerator[Chunk, None], chunks),
-                    channel=channel,
-                    target=target,
-                    dialect=dialect,
-                    client_wants_usage=client_wants_usage,
-                    prompt_estimate=prompt_estimate,
-                    call_started=call_started,
-                    settle=settle,
-                )
-                return StreamAnswer(chunks=stream_chunks, headers=self._headers(channel, started, upstream_elapsed_ms))
-            usage = completion.usage or Usage(
-                prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
-            )
-            await self._settle(
-                settle,
-                usage=usage,
-                channel=channel,
-                upstream_model=target.upstream_model,
-                upstream_ms=upstream_ms,
-                status_code=200,
-                outcome="ok",
-            )
-            answer = completion.body if dialect == "openai" else to_anthropic_response(completion.body, model, usage)
-            return Answer(
-                body=msgspec.json.encode(answer), headers=self._headers(channel, started, upstream_elapsed_ms)
-            )
+            return channel, target, answer, (time.perf_counter() - attempt_started) * 1000
         failure = self._final_error(last_error)
         await self._settle(
-            settle,
+            call,
             usage=Usage(),
             channel=None,
             upstream_model=None,
@@ -561,44 +581,24 @@ class Gateway:
             token, channels, cost.of(prompt_bound, 0), estimated_tokens(_text_length(inputs))
         )
         usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
-        settle = CallContext(token, reservation, cost, "embeddings", model, started, False, request_id)
-        last_error: UpstreamError | None = None
-        for channel in attempt_order(usable)[: self.max_attempts]:
-            target = self._target(channel, model)
-            call_started = time.perf_counter()
-            try:
-                completion = await ADAPTERS[channel.api_format].embed(
-                    self.http, target, {**body, "model": target.upstream_model}, self.timeouts
-                )
-            except UpstreamError as error:
-                last_error = error
-                await self._upstream_failed(token, channel, error)
-                if not error.retryable:
-                    break
-                continue
-            upstream_elapsed_ms = (time.perf_counter() - call_started) * 1000
-            upstream_ms = int(upstream_elapsed_ms)
-            usage = completion.usage or Usage(estimated_tokens(_text_length(inputs)), 0)
-            await self._settle(
-                settle,
-                usage=Usage(usage.prompt_tokens, 0),
-                channel=channel,
-                upstream_model=target.upstream_model,
-                upstream_ms=upstream_ms,
-                status_code=200,
-                outcome="ok",
+        call = CallContext(token, reservation, cost, "embeddings", model, started, False, request_id)
+
+        async def embed(channel: ChannelInfo, target: Target) -> Completion:
+            return await ADAPTERS[channel.api_format].embed(
+                self.http, target, {**body, "model": target.upstream_model}, self.timeouts
             )
-            return Answer(
-                body=msgspec.json.encode(completion.body), headers=self._headers(channel, started, upstream_elapsed_ms)
-            )
-        failure = self._final_error(last_error)
+
+        channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, embed)
+        usage = completion.usage or Usage(estimated_tokens(_text_length(inputs)), 0)
         await self._settle(
-            settle,
-            usage=Usage(),
-            channel=None,
-            upstream_model=None,
-            upstream_ms=None,
-            status_code=failure.status_code,
-            outcome="upstream_error",
+            call,
+            usage=Usage(usage.prompt_tokens, 0),
+            channel=channel,
+            upstream_model=target.upstream_model,
+            upstream_ms=int(upstream_elapsed_ms),
+            status_code=200,
+            outcome="ok",
         )
-        raise failure
+        return Answer(
+            body=msgspec.json.encode(completion.body), headers=self._headers(channel, started, upstream_elapsed_ms)
+        )
