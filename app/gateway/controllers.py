@@ -12,7 +12,7 @@ from litestar import Controller, MediaType, Request, Response, delete, get, patc
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -447,14 +447,14 @@ class UsageController(Controller):
         self,
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        since: datetime.datetime | None = None,
-        until: datetime.datetime | None = None,
-        user_id: UUID | None = None,
-        token_id: UUID | None = None,
-        channel_id: UUID | None = None,
+        since: FromQuery[datetime.datetime | None] = None,
+        until: FromQuery[datetime.datetime | None] = None,
+        user_id: FromQuery[UUID | None] = None,
+        token_id: FromQuery[UUID | None] = None,
+        channel_id: FromQuery[UUID | None] = None,
         model: Annotated[str | None, QueryParameter(max_length=100)] = None,
         outcome: Annotated[str | None, QueryParameter(max_length=30)] = None,
-        status_code: int | None = None,
+        status_code: FromQuery[int | None] = None,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> UsagePage:
@@ -476,10 +476,10 @@ class UsageController(Controller):
         self,
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        since: datetime.datetime | None = None,
-        until: datetime.datetime | None = None,
-        user_id: UUID | None = None,
-        token_id: UUID | None = None,
+        since: FromQuery[datetime.datetime | None] = None,
+        until: FromQuery[datetime.datetime | None] = None,
+        user_id: FromQuery[UUID | None] = None,
+        token_id: FromQuery[UUID | None] = None,
         model: Annotated[str | None, QueryParameter(max_length=100)] = None,
     ) -> list[DailyUsage]:
         filters = _usage_filter(
