@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -20,8 +22,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
 from app.encryption import SecretBox, reencrypt_secrets
 from app.gateway.services import add_demo_gateway
+from app.jobs.worker import create_worker
 from app.observability.logging import configure_logging, logging_dict_config
-from app.settings import ConfigurationError, Settings, database_url, load_settings
+from app.settings import ConfigurationError, Settings, database_url, load_settings, settings_environment
 from app.tenants.services import (
     DemoLogin,
     ProvisioningError,
@@ -170,7 +173,12 @@ def serve(apply_migrations: bool | None, demo: bool | None) -> None:
                 demo=embedded if demo is None else demo,
             )
         )
-        _run_granian(resolved)
+        worker = _start_embedded_worker(resolved) if resolved.embedded_worker_enabled else None
+        try:
+            _run_granian(resolved)
+        finally:
+            if worker is not None:
+                _stop_embedded_worker(worker, resolved)
 
 
 async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
@@ -213,15 +221,33 @@ def _first_call_snippet(settings: Settings, api_key: str) -> str:
     )
 
 
+def _start_embedded_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    # A process of its own rather than a thread here: granian forks its workers from this process, and a
+    # fork taken while another thread holds a lock (logging, the event loop) can hang the child.
+    click.echo(f"Lyss job worker started ({settings.worker_concurrency} concurrent jobs)")
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env={**os.environ, **settings_environment(settings), "LYSS_EMBEDDED_WORKER": "false"},
+    )
+
+
+def _stop_embedded_worker(worker: subprocess.Popen[bytes], settings: Settings) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)  # finishes or re-queues what it runs, then exits
+    try:
+        worker.wait(timeout=settings.worker_shutdown_grace_seconds + 10)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
 def _run_granian(settings: Settings) -> None:
     from granian.constants import Interfaces
     from granian.server import Server
 
     # Workers are separate processes that read their settings from the environment: hand them the
     # resolved URLs and keys (the embedded servers belong to this process).
-    # (to_builtins applies the struct's renaming, so the keys are the variable names.)
-    environment: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=str)
-    os.environ.update({variable: str(value) for variable, value in environment.items() if value is not None})
+    os.environ.update(settings_environment(settings))
     click.echo(f"Lyss is serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
     Server(
         "app.asgi:app_factory",
@@ -232,6 +258,31 @@ def _run_granian(settings: Settings) -> None:
         factory=True,
         log_dictconfig=logging_dict_config(settings.log_level, settings.log_format),
     ).serve()
+
+
+@main.command()
+def worker() -> None:
+    """Run background jobs and scheduled maintenance until Ctrl-C or SIGTERM.
+
+    On a stop request, running jobs get LYSS_WORKER_SHUTDOWN_GRACE_SECONDS to finish; the rest are
+    put back in the queue and run again on another worker.
+    """
+    settings = _settings()
+    with embedded_services(settings) as resolved:
+        asyncio.run(_run_worker(resolved))
+
+
+async def _run_worker(settings: Settings) -> None:
+    assert settings.redis_url is not None
+    await _check_redis(settings.redis_url)
+
+    async def reachable(_: Any) -> None:
+        return None
+
+    await _with_database(_app_url(settings), "DATABASE_URL", reachable)
+    job_worker = create_worker(settings)
+    click.echo(f"Lyss worker: up to {settings.worker_concurrency} jobs at once (Ctrl-C to stop)")
+    await job_worker.start()
 
 
 @main.command()
@@ -339,3 +390,7 @@ def _read_password() -> str:
     if sys.stdin.isatty():
         return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
     return sys.stdin.readline().rstrip("\r\n")
+
+
+if __name__ == "__main__":
+    main()

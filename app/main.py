@@ -49,6 +49,8 @@ from app.gateway.controllers import (
 from app.gateway.limits import GatewayLimits
 from app.gateway.proxy import Gateway
 from app.gateway.usage import UsageFlusher
+from app.jobs.controllers import JOB_QUEUE_STATE_KEY, JobController
+from app.jobs.services import create_queue, load_job_modules
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
 from app.observability.middleware import RequestContextMiddleware
@@ -77,10 +79,14 @@ def create_app(settings: Settings) -> Litestar:
     )
     gateway = Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
     flusher = UsageFlusher(redis, session_maker)
+    # The API checks submitted kinds and payloads against the same registry the workers run.
+    load_job_modules(settings)
+    job_queue = create_queue(redis)
     background: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
 
     async def start_background_work() -> None:
+        await job_queue.connect()
         background.append(asyncio.create_task(catalog.listen_for_changes(redis, stop)))
         background.append(asyncio.create_task(flusher.run(stop)))
 
@@ -109,6 +115,7 @@ def create_app(settings: Settings) -> Litestar:
             PriceController,
             UsageController,
             ProviderTypeController,
+            JobController,
         ],
         plugins=[create_database_plugin(engine, session_maker)],
         middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/"])],
@@ -129,6 +136,7 @@ def create_app(settings: Settings) -> Litestar:
                 SESSION_MAKER_STATE_KEY: session_maker,
                 OAUTH_CLIENT_STATE_KEY: OAuthClient(http),
                 GATEWAY_STATE_KEY: gateway,
+                JOB_QUEUE_STATE_KEY: job_queue,
             }
         ),
         on_startup=[start_background_work],

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from dotenv import dotenv_values
@@ -50,6 +50,15 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "upstream_read_timeout_seconds": "LYSS_UPSTREAM_READ_TIMEOUT",
     "channel_cooldown_seconds": "LYSS_CHANNEL_COOLDOWN_SECONDS",
     "gateway_cache_seconds": "LYSS_GATEWAY_CACHE_SECONDS",
+    "worker_concurrency": "LYSS_WORKER_CONCURRENCY",
+    "job_max_attempts": "LYSS_JOB_MAX_ATTEMPTS",
+    "job_retry_delay_seconds": "LYSS_JOB_RETRY_DELAY_SECONDS",
+    "job_retry_max_delay_seconds": "LYSS_JOB_RETRY_MAX_DELAY_SECONDS",
+    "job_heartbeat_seconds": "LYSS_JOB_HEARTBEAT_SECONDS",
+    "worker_shutdown_grace_seconds": "LYSS_WORKER_SHUTDOWN_GRACE_SECONDS",
+    "embedded_worker": "LYSS_EMBEDDED_WORKER",
+    "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
+    "job_modules": "LYSS_JOB_MODULES",
     "log_level": "LYSS_LOG_LEVEL",
     "log_format": "LYSS_LOG_FORMAT",
 }
@@ -111,6 +120,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     upstream_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     channel_cooldown_seconds: Annotated[int, msgspec.Meta(ge=1)] = 30
     gateway_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    job_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    job_retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    job_retry_max_delay_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    job_heartbeat_seconds: Annotated[int, msgspec.Meta(ge=1)] = 30
+    worker_shutdown_grace_seconds: Annotated[int, msgspec.Meta(ge=0)] = 10
+    # `lyss serve` also runs a job worker in its own process; on by default with the embedded servers.
+    embedded_worker: bool | None = None
+    job_sweep_seconds: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # Extra modules whose job handlers the worker registers (comma-separated), for extensions.
+    job_modules: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -129,6 +149,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     @property
     def echo_provider_enabled(self) -> bool:
         return self.embedded_database if self.echo_provider is None else self.echo_provider
+
+    @property
+    def embedded_worker_enabled(self) -> bool:
+        return self.embedded_database if self.embedded_worker is None else self.embedded_worker
 
     @property
     def cookies_secure(self) -> bool:
@@ -281,3 +305,10 @@ def _describe(error: msgspec.ValidationError) -> str:
     message, _, location = str(error).partition(" - at `$.")
     variable = location.rstrip("`")
     return f"{variable}: {message}" if variable else message
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Resolved settings as environment variables, for child processes (workers) to load the same."""
+    # (to_builtins applies the struct's renaming, so the keys are the variable names.)
+    environment: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=str)
+    return {variable: str(value) for variable, value in environment.items() if value is not None}

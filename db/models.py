@@ -3,7 +3,7 @@
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
-from db.tenant import AuditEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
 
 __all__ = [
     "ApiToken",
@@ -11,6 +11,8 @@ __all__ = [
     "Base",
     "Channel",
     "Invitation",
+    "Job",
+    "JobEvent",
     "ModelPrice",
     "OAuthConnection",
     "OAuthProvider",

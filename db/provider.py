@@ -137,6 +137,10 @@ class ApiToken(TenantOwned, UpdatedAt, Base):
     quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
     used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     budget_period: Mapped[str] = mapped_column(String(10), default="none", server_default="none")
+    # When used_quota last went back to zero for a daily or monthly budget (the quota-reset job).
+    budget_reset_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), default=lambda: datetime.datetime.now(datetime.UTC), server_default=text("now()")
+    )
     rpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
     tpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
     allowed_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))

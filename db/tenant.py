@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKeyConstraint, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -98,3 +109,67 @@ class AuditEvent(TenantOwned, Base):
     user_agent: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(128))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "dead")
+JOB_TERMINAL_STATUSES = ("succeeded", "failed", "canceled", "dead")
+
+
+class Job(TenantOwned, UpdatedAt, Base):
+    """A unit of background work, durable: PostgreSQL says what happened; SAQ only carries it to a worker."""
+
+    __tablename__ = "tenant_jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "kind", "idempotency_key", name="uk_tenant_jobs_idempotency"),
+        UniqueConstraint("tenant_id", "id", name="uk_tenant_jobs_tenant_id_id"),
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
+        CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
+        CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
+        ForeignKeyConstraint(
+            ["tenant_id", "created_by"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="SET NULL (created_by)",
+            name="fk_tenant_jobs_created_by",
+        ),
+        Index("idx_tenant_jobs_tenant_created", "tenant_id", text("created_at DESC")),
+        Index("idx_tenant_jobs_status", "status", "updated_at"),
+    )
+
+    kind: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="queued", server_default="queued")
+    progress: Mapped[int] = mapped_column(default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(default=3, server_default="3")
+    timeout_seconds: Mapped[int] = mapped_column(default=600, server_default="600")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[UUID | None]
+    # The SAQ job carrying the current attempt series (a retry gets a new one).
+    queue_key: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by a cancel request; a running job stops at its next checkpoint.
+    cancel_requested_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobEvent(TenantOwned, Base):
+    """What happened to a job, in order: queued, started, progress, retrying, failed, canceled, ... (append-only)."""
+
+    __tablename__ = "tenant_job_events"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "job_id"],
+            ["tenant_jobs.tenant_id", "tenant_jobs.id"],
+            ondelete="CASCADE",
+            name="fk_tenant_job_events_job",
+        ),
+        Index("idx_tenant_job_events_job", "tenant_id", "job_id", "created_at"),
+    )
+
+    job_id: Mapped[UUID]
+    event: Mapped[str] = mapped_column(String(30))
+    attempt: Mapped[int] = mapped_column(default=0, server_default="0")
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))

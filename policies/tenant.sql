@@ -45,3 +45,38 @@ CREATE OR REPLACE FUNCTION public.platform_tenant_ids()
 ALTER FUNCTION public.platform_tenant_ids() OWNER TO lyss_lookup;
 REVOKE ALL ON FUNCTION public.platform_tenant_ids() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.platform_tenant_ids() TO lyss_app;
+
+CALL public.isolate_by_tenant('public.tenant_jobs');
+GRANT SELECT, INSERT, UPDATE ON public.tenant_jobs TO lyss_app;
+
+-- A job's history is append-only for the service.
+CALL public.isolate_by_tenant('public.tenant_job_events');
+GRANT SELECT, INSERT ON public.tenant_job_events TO lyss_app;
+
+-- /metrics counts jobs across tenants: per kind and status, how many are stuck (running past their
+-- timeout) and how long recent ones took. Aggregates only, no row.
+DROP POLICY IF EXISTS lookup_job_stats ON public.tenant_jobs;
+CREATE POLICY lookup_job_stats ON public.tenant_jobs FOR SELECT TO lyss_lookup USING (true);
+REVOKE ALL ON public.tenant_jobs FROM lyss_lookup;
+GRANT SELECT (kind, status, started_at, finished_at, timeout_seconds, updated_at)
+    ON public.tenant_jobs TO lyss_lookup;
+
+CREATE OR REPLACE FUNCTION public.platform_job_stats()
+    RETURNS TABLE (kind text, status text, jobs bigint, stuck bigint, p50_seconds double precision,
+                   p95_seconds double precision)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT j.kind::text, j.status::text, count(*),
+               count(*) FILTER (WHERE j.status = 'running'
+                                AND j.started_at < now() - make_interval(secs => j.timeout_seconds)),
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.started_at))
+                   FILTER (WHERE j.finished_at > now() - interval '1 hour'),
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.started_at))
+                   FILTER (WHERE j.finished_at > now() - interval '1 hour')
+        FROM public.tenant_jobs AS j
+        GROUP BY j.kind, j.status
+    $$;
+ALTER FUNCTION public.platform_job_stats() OWNER TO lyss_lookup;
+REVOKE ALL ON FUNCTION public.platform_job_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.platform_job_stats() TO lyss_app;

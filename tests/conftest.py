@@ -35,7 +35,7 @@ from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database
 from db.migrations import upgrade_to_head
 from db.models import Base
 from db.session import create_engine, create_session_maker, tenant_session
-from db.tenant import Organization, UserGroup
+from db.tenant import Job, Organization, UserGroup
 from tests.mock_upstream import MockUpstream
 
 Client = httpx.AsyncClient
@@ -53,6 +53,7 @@ class TenantRows(msgspec.Struct, frozen=True):
     user: User
     group: UserGroup
     oauth_provider: OAuthProvider
+    job: Job
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +151,13 @@ def settings(
         gateway_cache_seconds=0.0,
         upstream_read_timeout_seconds=2.0,
         channel_cooldown_seconds=2,
+        job_modules="tests.job_handlers",
+        job_retry_delay_seconds=0.05,
+        job_retry_max_delay_seconds=0.5,
+        job_heartbeat_seconds=2,
+        job_sweep_seconds=1,
+        worker_shutdown_grace_seconds=0,
+        embedded_worker=False,
     )
 
 
@@ -175,9 +183,10 @@ async def create_tenant_rows(
             ),
             redirect_uri=f"https://{slug}.example.com/callback",
         )
-        session.add_all([group, provider])
+        job = Job(kind="fixture.finished", status="succeeded", progress=100)
+        session.add_all([group, provider, job])
         await session.commit()
-    return TenantRows(id=tenant_id, slug=slug, admin=admin, user=user, group=group, oauth_provider=provider)
+    return TenantRows(id=tenant_id, slug=slug, admin=admin, user=user, group=group, oauth_provider=provider, job=job)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from db.base import Base
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
 from db.provider import ApiToken, Channel, ModelPrice, UsageLog
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
-from db.tenant import AuditEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
 from tests.conftest import TEST_PASSWORD_HASH, TenantRows
 
 # Tables that have no tenant_id on purpose; docs/architecture.md lists them. Any other table must.
@@ -116,9 +116,13 @@ ROW_FACTORIES: dict[str, RowFactory] = {
         tenant_id=tenant_id, model=_unique("model"), prompt_price=1, completion_price=2
     ),
     "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
+    "tenant_jobs": lambda tenant_id, parents: Job(
+        tenant_id=tenant_id, kind="test.kind", idempotency_key=_unique("key"), created_by=parents.user.id
+    ),
+    "tenant_job_events": lambda tenant_id, parents: JobEvent(tenant_id=tenant_id, job_id=parents.job.id, event="log"),
 }
 # The app role may only INSERT and SELECT these: nothing to move, nothing to erase.
-APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs"}
+APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs", "tenant_job_events"}
 # Tables whose rows point at other tenant rows: a row of B must not be able to point at A's rows.
 REFERENCING_TABLES = [
     "auth_user_sessions",
@@ -129,6 +133,8 @@ REFERENCING_TABLES = [
     "tenant_user_group_members",
     "provider_channels",
     "provider_tokens",
+    "tenant_jobs",
+    "tenant_job_events",
 ]
 
 
@@ -249,6 +255,7 @@ async def test_security_definer_functions_pin_search_path_and_are_not_public(own
         "tenant_lookup_by_slug",
         "platform_tenant_ids",
         "gateway_token_lookup",
+        "platform_job_stats",
     }
     for function in functions:
         assert any(setting.startswith("search_path=") for setting in function.proconfig or [])

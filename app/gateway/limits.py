@@ -8,6 +8,9 @@ stays on one slot and also runs on Redis Cluster.
   worst-case cost from both balances. All or nothing, in one round trip.
 - settle: replaces the reservation with the real cost (never more than reserved) and appends the usage
   record to the tenant's usage stream in the same step, so counters and the log cannot disagree.
+
+A balance in Redis is PostgreSQL's `used_quota` plus what is settled but not yet flushed plus what is
+reserved by calls in flight: never less than PostgreSQL's. The scheduled budget task keeps it so.
 """
 
 from __future__ import annotations
@@ -89,6 +92,31 @@ class Reservation(msgspec.Struct, frozen=True):
     usable: tuple[bool, ...]
 
 
+# A budget period ends: take what PostgreSQL counted in it off the balance; what was settled or reserved
+# since stays. Without a balance, start one at zero so that a stale load from PostgreSQL cannot win.
+_RESET_USED = """
+local current = redis.call('GET', KEYS[1])
+if not current then redis.call('SET', KEYS[1], 0) return 0 end
+local remaining = tonumber(current) - tonumber(ARGV[1])
+if remaining < 0 then remaining = 0 end
+redis.call('SET', KEYS[1], remaining)
+return remaining
+"""
+
+# A balance lower than PostgreSQL's count (Redis lost writes) is raised to it; never lowered here.
+_RAISE_TO = """
+local raised = 0
+for i, key in ipairs(KEYS) do
+    local current = redis.call('GET', key)
+    if current and tonumber(current) < tonumber(ARGV[i]) then
+        redis.call('SET', key, ARGV[i])
+        raised = raised + 1
+    end
+end
+return raised
+"""
+
+
 def _prefix(tenant_id: UUID) -> str:
     return f"lyss:gw:{{{tenant_id.hex}}}"
 
@@ -102,6 +130,8 @@ class GatewayLimits:
         self.redis = redis
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._reset_used = redis.register_script(_RESET_USED)
+        self._raise_to = redis.register_script(_RAISE_TO)
 
     @staticmethod
     def token_used_key(tenant_id: UUID, token_id: UUID) -> str:
@@ -199,3 +229,13 @@ class GatewayLimits:
 
     async def cool_down(self, tenant_id: UUID, channel_id: UUID, seconds: int) -> None:
         await self.redis.set(f"{_prefix(tenant_id)}:channel:{channel_id}:cool", 1, ex=max(seconds, 1))
+
+    async def end_budget_period(self, tenant_id: UUID, token_id: UUID, counted: int) -> None:
+        """The token's period is over: `counted` (PostgreSQL's used_quota, now being zeroed) leaves its balance."""
+        await self._reset_used(keys=[self.token_used_key(tenant_id, token_id)], args=[counted])
+
+    async def raise_balances(self, balances: dict[str, int]) -> int:
+        """Raise each balance (one tenant's keys) to at least PostgreSQL's count; returns how many were low."""
+        if not balances:
+            return 0
+        return int(await self._raise_to(keys=list(balances), args=list(balances.values())))

@@ -1,15 +1,19 @@
-"""Operations endpoints: liveness, readiness and version. Public: no authentication, no tenant data."""
+"""Operations endpoints: liveness, readiness, version and metrics. No authentication, no tenant data."""
 
 from __future__ import annotations
 
 from importlib.metadata import version
+from typing import Any
 
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.jobs.controllers import JOB_QUEUE_STATE_KEY
+from app.observability.metrics import CONTENT_TYPE, render_metrics
 from app.observability.schemas import Liveness, Readiness, Version
 from app.observability.services import check_readiness
 
@@ -31,6 +35,13 @@ class OperationsController(Controller):
         readiness = await check_readiness(db_engine, redis)
         status_code = HTTP_200_OK if readiness.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
         return Response(readiness, status_code=status_code)
+
+    @get("/metrics", summary="Prometheus metrics (scrape from inside the network; the proxy does not expose it)")
+    async def metrics(
+        self, request: Request[Any, Any, State], db_engine: NamedDependency[AsyncEngine]
+    ) -> Response[bytes]:
+        body = await render_metrics(db_engine, request.app.state[JOB_QUEUE_STATE_KEY])
+        return Response(body, media_type=CONTENT_TYPE)
 
     @get("/api/version", summary="Name and version of this build")
     async def api_version(self) -> Version:

@@ -1,0 +1,165 @@
+"""The gateway's background work: channel tests and health checks, budget periods, usage reconciliation."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.gateway.catalog import INVALIDATION_CHANNEL
+from app.gateway.limits import GatewayLimits
+from app.gateway.services import test_channel
+from app.gateway.usage import UsageFlusher
+from app.jobs.registry import JobContext, WorkerServices, job_kind, scheduled
+from app.tenants.services import all_tenant_ids, record_audit_event
+from db.provider import ApiToken, Channel
+from db.session import tenant_session
+from db.tenant import Organization
+
+
+class ChannelTestPayload(msgspec.Struct, forbid_unknown_fields=True):
+    # None: every channel of the organization.
+    channel_ids: list[UUID] | None = None
+
+
+@job_kind("gateway.test_channels", startable_by="admin", payload_type=ChannelTestPayload, timeout_seconds=900)
+async def test_channels(job: JobContext) -> dict[str, Any]:
+    """Call each channel once with its test model; an auto-disabled channel that passes is enabled again."""
+    payload = msgspec.convert(job.payload, ChannelTestPayload)
+    statement = select(Channel).order_by(Channel.priority.desc(), Channel.name)
+    if payload.channel_ids is not None:
+        statement = statement.where(Channel.id.in_(payload.channel_ids))
+    channels = list(await job.session.scalars(statement))
+    results = []
+    reenabled = 0
+    for done, channel in enumerate(channels):
+        await job.checkpoint()
+        was_disabled = channel.status == "auto_disabled"
+        outcome = await test_channel(job.session, channel, job.services.secret_box, job.services.http)
+        results.append({"channel_id": str(channel.id), "name": channel.name, **msgspec.to_builtins(outcome)})
+        if was_disabled and outcome.status == "enabled":
+            reenabled += 1
+            record_audit_event(
+                job.session,
+                actor="job",
+                action="channel.reenabled",
+                target_type="channel",
+                target_id=channel.id,
+                actor_user_id=job.actor_user_id,
+                details={"job_id": str(job.job_id)},
+            )
+        await job.progress((done + 1) * 100 // len(channels), f"Tested {channel.name}.")
+    if reenabled:
+        tenant_id = job.tenant_id
+        job.after_success(lambda: _announce_tenant(job.services, tenant_id))
+    return {"channels": results, "passed": sum(1 for result in results if result["ok"]), "reenabled": reenabled}
+
+
+async def _announce_tenant(services: WorkerServices, tenant_id: UUID) -> None:
+    await services.redis.publish(INVALIDATION_CHANNEL, f"tenant:{tenant_id}")
+
+
+@scheduled("gateway.health_check", cron="*/5 * * * *")
+async def health_check(services: WorkerServices) -> dict[str, Any]:
+    """Probe every auto-disabled channel of every tenant; enable the ones that answer again."""
+    tested = reenabled = 0
+    for tenant_id in await _tenants(services):
+        async with tenant_session(services.session_maker, tenant_id) as session:
+            channel_ids = list(await session.scalars(select(Channel.id).where(Channel.status == "auto_disabled")))
+        changed = False
+        for channel_id in channel_ids:
+            # One transaction per channel: a slow or failing probe holds no lock on the others.
+            async with tenant_session(services.session_maker, tenant_id) as session:
+                channel = await session.get(Channel, channel_id)
+                if channel is None or channel.status != "auto_disabled":
+                    continue
+                outcome = await test_channel(session, channel, services.secret_box, services.http)
+                tested += 1
+                if outcome.status == "enabled":
+                    record_audit_event(
+                        session,
+                        actor="scheduler",
+                        action="channel.reenabled",
+                        target_type="channel",
+                        target_id=channel.id,
+                        details={"latency_ms": outcome.latency_ms},
+                    )
+                    reenabled += 1
+                    changed = True
+                await session.commit()
+        if changed:
+            await _announce_tenant(services, tenant_id)
+    return {"tested": tested, "reenabled": reenabled}
+
+
+@scheduled("gateway.budgets", cron="* * * * *")
+async def settle_budgets(services: WorkerServices) -> dict[str, Any]:
+    """Write waiting usage, start new daily and monthly budget periods, and check Redis against PostgreSQL.
+
+    One task, in this order, so that a reset and a reconciliation never interleave: a reconciliation that
+    read a balance from before a reset could otherwise raise the Redis balance back to the old count.
+    """
+    flushed = await UsageFlusher(services.redis, services.session_maker).flush_once()
+    limits = GatewayLimits(services.redis)
+    reset = raised = 0
+    now = datetime.datetime.now(datetime.UTC)
+    for tenant_id in await _tenants(services):
+        async with tenant_session(services.session_maker, tenant_id) as session:
+            reset += await reset_budget_periods(session, limits, tenant_id, now)
+        async with tenant_session(services.session_maker, tenant_id) as session:
+            raised += await reconcile_balances(session, limits, tenant_id)
+    return {"flushed": flushed, "reset": reset, "raised": raised}
+
+
+async def reset_budget_periods(
+    session: AsyncSession, limits: GatewayLimits, tenant_id: UUID, now: datetime.datetime
+) -> int:
+    """Zero the used quota of every key whose daily or monthly period began after its last reset (UTC)."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    due = (
+        await session.execute(
+            select(ApiToken.id, ApiToken.used_quota)
+            .where(
+                or_(
+                    and_(ApiToken.budget_period == "daily", ApiToken.budget_reset_at < day),
+                    and_(ApiToken.budget_period == "monthly", ApiToken.budget_reset_at < month),
+                )
+            )
+            # Locked until the commit: the usage flusher's additions wait, so `used_quota` is exact.
+            .with_for_update()
+        )
+    ).all()
+    for token_id, used in due:
+        await limits.end_budget_period(tenant_id, token_id, used)
+    if due:
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.id.in_([token_id for token_id, _ in due]))
+            .values(used_quota=0, budget_reset_at=now)
+        )
+    await session.commit()
+    return len(due)
+
+
+async def reconcile_balances(session: AsyncSession, limits: GatewayLimits, tenant_id: UUID) -> int:
+    """Raise Redis balances that fell below PostgreSQL's counts (lost Redis writes); returns how many."""
+    counts: dict[str, int] = {}
+    for token_id, used in await session.execute(select(ApiToken.id, ApiToken.used_quota)):
+        counts[limits.token_used_key(tenant_id, token_id)] = used
+    for channel_id, used in await session.execute(select(Channel.id, Channel.used_quota)):
+        counts[limits.channel_used_key(tenant_id, channel_id)] = used
+    tenant_used = await session.scalar(select(Organization.used_quota))
+    if tenant_used is not None:
+        counts[limits.tenant_used_key(tenant_id)] = tenant_used
+    await session.rollback()
+    return await limits.raise_balances(counts)
+
+
+async def _tenants(services: WorkerServices) -> list[UUID]:
+    async with services.session_maker() as session:
+        return await all_tenant_ids(session)

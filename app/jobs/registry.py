@@ -1,0 +1,125 @@
+"""Job kinds: each domain registers its handlers here (in its `tasks.py`); the worker runs them by kind."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+import aiohttp
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.encryption import SecretBox
+from app.settings import Settings
+
+
+class JobCanceled(Exception):
+    """Raised at a checkpoint once the job was asked to stop."""
+
+
+class JobFailed(Exception):
+    """A failure that another attempt would not fix (bad input, missing data): no automatic retry."""
+
+
+@dataclass(frozen=True)
+class WorkerServices:
+    """What a worker process shares between its jobs and scheduled tasks."""
+
+    settings: Settings
+    session_maker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    secret_box: SecretBox
+    http: aiohttp.ClientSession
+
+
+class JobContext(Protocol):
+    """What a handler gets: its job's identity and payload, a session scoped to its tenant, and controls.
+
+    Effects written through `session` are committed together with the job's success, so a job that is
+    retried after a crash never applies them twice.
+    """
+
+    job_id: UUID
+    tenant_id: UUID
+    actor_user_id: UUID | None
+    payload: dict[str, Any]
+    attempt: int
+    session: AsyncSession
+    services: WorkerServices
+
+    async def checkpoint(self) -> None:
+        """Stop here (JobCanceled) if the job was canceled; also tells the queue the job is alive."""
+
+    async def progress(self, percent: int, message: str | None = None) -> None: ...
+
+    async def log(self, message: str, **data: Any) -> None: ...
+
+    def after_success(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` once the job's success (and its effects) is committed, e.g. to notify other processes."""
+
+
+Handler = Callable[[JobContext], Awaitable[dict[str, Any] | None]]
+
+
+class JobKind(msgspec.Struct, frozen=True):
+    name: str
+    handler: Handler
+    # Who may start it through the API: None (only Lyss itself), "user" or "admin".
+    startable_by: str | None = None
+    # The payload a caller may give, checked at submission (a msgspec Struct); None: no payload.
+    payload_type: type[msgspec.Struct] | None = None
+    timeout_seconds: int = 600
+    max_attempts: int | None = None
+
+
+JOB_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(
+    name: str,
+    *,
+    startable_by: str | None = None,
+    payload_type: type[msgspec.Struct] | None = None,
+    timeout_seconds: int = 600,
+    max_attempts: int | None = None,
+) -> Callable[[Handler], Handler]:
+    """Register a handler for a job kind (a decorator)."""
+
+    def register(handler: Handler) -> Handler:
+        JOB_KINDS[name] = JobKind(
+            name=name,
+            handler=handler,
+            startable_by=startable_by,
+            payload_type=payload_type,
+            timeout_seconds=timeout_seconds,
+            max_attempts=max_attempts,
+        )
+        return handler
+
+    return register
+
+
+ScheduledFunction = Callable[[WorkerServices], Awaitable[dict[str, Any]]]
+
+
+class ScheduledTask(msgspec.Struct, frozen=True):
+    name: str
+    function: ScheduledFunction
+    cron: str
+    timeout_seconds: int = 300
+
+
+SCHEDULED_TASKS: dict[str, ScheduledTask] = {}
+
+
+def scheduled(name: str, *, cron: str, timeout_seconds: int = 300) -> Callable[[ScheduledFunction], ScheduledFunction]:
+    """Register platform maintenance that the worker runs on a cron schedule (once per schedule, cluster-wide)."""
+
+    def register(function: ScheduledFunction) -> ScheduledFunction:
+        SCHEDULED_TASKS[name] = ScheduledTask(name=name, function=function, cron=cron, timeout_seconds=timeout_seconds)
+        return function
+
+    return register

@@ -1,0 +1,73 @@
+"""Request and response bodies of the jobs API."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+
+from db.tenant import Job, JobEvent
+
+
+class JobSubmit(msgspec.Struct, forbid_unknown_fields=True):
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    payload: dict[str, Any] = {}
+    # Letters, digits, '.', '_', ':' and '-' (checked by the service, which names the rule in its error).
+    idempotency_key: str | None = None
+
+
+class JobRead(msgspec.Struct):
+    id: UUID
+    kind: str
+    status: str
+    progress: int
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    last_error: str | None
+    created_by: UUID | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    cancel_requested_at: datetime.datetime | None
+
+
+class JobEventRead(msgspec.Struct):
+    id: UUID
+    event: str
+    attempt: int
+    message: str | None
+    data: dict[str, Any]
+    created_at: datetime.datetime
+
+
+class JobDetail(JobRead):
+    events: list[JobEventRead] = []
+
+
+def job_read(job: Job) -> JobRead:
+    return JobRead(**_job_fields(job))
+
+
+def job_detail(job: Job, events: list[JobEvent]) -> JobDetail:
+    return JobDetail(**_job_fields(job), events=[event_read(event) for event in events])
+
+
+def event_read(event: JobEvent) -> JobEventRead:
+    return JobEventRead(
+        id=event.id,
+        event=event.event,
+        attempt=event.attempt,
+        message=event.message,
+        data=dict(event.data),
+        created_at=event.created_at,
+    )
+
+
+def _job_fields(job: Job) -> dict[str, Any]:
+    return {field: getattr(job, field) for field in JobRead.__struct_fields__}
