@@ -22,6 +22,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.foundation
 	$(BIN)/python -m bench.gateway
+	$(BIN)/python -m bench.jobs
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

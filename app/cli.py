@@ -164,7 +164,9 @@ def serve(apply_migrations: bool | None, demo: bool | None) -> None:
     settings = _settings()
     embedded = settings.embedded_database
     # Decided now, while "embedded" still means something: workers see a concrete DATABASE_URL.
-    settings = msgspec.structs.replace(settings, echo_provider=settings.echo_provider_enabled)
+    settings = msgspec.structs.replace(
+        settings, echo_provider=settings.echo_provider_enabled, embedded_worker=settings.embedded_worker_enabled
+    )
     with embedded_services(settings, own_adopted=True) as resolved:
         asyncio.run(
             _prepare(

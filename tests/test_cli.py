@@ -48,7 +48,16 @@ async def _audit_events(session_maker: async_sessionmaker[AsyncSession], slug: s
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["serve"], ["migrate"], ["tenant", "create"], ["tenant", "quota"], ["admin", "create"], ["keys", "rotate"]],
+    [
+        [],
+        ["serve"],
+        ["worker"],
+        ["migrate"],
+        ["tenant", "create"],
+        ["tenant", "quota"],
+        ["admin", "create"],
+        ["keys", "rotate"],
+    ],
     ids=" ".join,
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -102,6 +102,24 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
         json={"model": "echo", "messages": [{"role": "user", "content": "Hello"}]},
     )
     assert answer.json()["choices"][0]["message"]["content"] == "echo: Hello"
+    # The embedded job worker runs jobs: the demo admin tests the demo's channels in the background.
+    assert "Lyss job worker started" in printed
+    password = re.search(r"password (\S+)", printed)
+    assert password is not None
+    login = httpx.post(
+        f"http://127.0.0.1:{port}/api/auth/login",
+        json={"tenant": "demo", "email": "admin@demo.example.com", "password": password.group(1)},
+    )
+    admin = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    job = httpx.post(f"http://127.0.0.1:{port}/api/jobs", json={"kind": "gateway.test_channels"}, headers=admin)
+    assert job.status_code == 201, job.text
+    deadline = time.monotonic() + 60
+    while (status := httpx.get(f"http://127.0.0.1:{port}/api/jobs/{job.json()['id']}", headers=admin).json())[
+        "status"
+    ] in ("queued", "running"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert (status["status"], status["result"]["passed"]) == ("succeeded", 1)
     _ctrl_c(process)
     assert _processes_using(data_dir) == []  # PostgreSQL and Redis went with it
     assert (data_dir / "secrets.env").stat().st_mode & 0o777 == 0o600
