@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.jobs.registry import JobContext, JobFailed, job_kind
 from db.auth import User
@@ -38,6 +38,12 @@ async def record_effect(job: JobContext) -> dict[str, Any]:
 @job_kind("test.always_fails", startable_by="user")
 async def always_fail(job: JobContext) -> dict[str, Any]:
     raise RuntimeError(f"upstream exploded on attempt {job.attempt}")
+
+
+@job_kind("test.database_error", startable_by="user", max_attempts=1)
+async def database_error(job: JobContext) -> dict[str, Any]:
+    await job.session.execute(text("SELECT secret_column FROM no_such_table WHERE token = 'sk-do-not-show'"))
+    return {}
 
 
 @job_kind("test.fails_first", startable_by="user")

@@ -211,6 +211,20 @@ async def test_a_job_that_always_fails_ends_dead_with_every_error_in_its_events(
     assert [row["id"] for row in listed.json()] == [job["id"]]
 
 
+async def test_a_database_error_reaches_the_job_owner_without_its_statement(
+    client: Client, settings: Settings, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    headers = auth_headers(tenant_a.user)
+    job = await submit(client, headers, "test.database_error")
+    assert job["max_attempts"] == 1  # the kind's own limit wins over LYSS_JOB_MAX_ATTEMPTS
+    async with running_worker(settings):
+        done = await wait_for_status(client, headers, job["id"], {"dead", "failed", "succeeded"})
+    assert (done["status"], done["attempts"]) == ("dead", 1)
+    assert done["last_error"] == "ProgrammingError: a database error (details in the worker's log)"
+    assert "sk-do-not-show" not in str(done)
+    assert "no_such_table" not in str(done)
+
+
 async def test_a_failed_job_is_not_retried_automatically_but_can_be_retried_by_hand(
     client: Client, settings: Settings, tenant_a: TenantRows, auth_headers: AuthHeaders
 ) -> None:

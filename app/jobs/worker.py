@@ -25,6 +25,7 @@ from saq import Worker
 from saq.job import CronJob
 from saq.types import PartialTimersDict
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.encryption import SecretBox
@@ -40,11 +41,18 @@ logger = get_logger("lyss.jobs.worker")
 
 
 def describe_error(error: BaseException) -> str:
-    """What a job's owner is told about a failure: its type and message, never a traceback."""
+    """What a job's owner is told about a failure: its type and first line, never a traceback.
+
+    Database errors carry the statement and its parameters: their owner gets the type only (the worker's
+    log has the rest).
+    """
+    name = type(error).__name__
+    if isinstance(error, SQLAlchemyError):
+        return f"{name}: a database error (details in the worker's log)"
     if isinstance(error, TimeoutError) and not str(error):
         return "TimeoutError: the job ran longer than its timeout"
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text[:ERROR_TEXT_LIMIT]
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (f"{name}: {first_line}" if first_line else name)[:ERROR_TEXT_LIMIT]
 
 
 @dataclass
