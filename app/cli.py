@@ -37,6 +37,7 @@ from db.migrations import upgrade_to_head
 from db.session import create_engine, create_session_maker
 
 T = TypeVar("T")
+API_WORKER_SHUTDOWN_SECONDS = 30
 
 _CONNECTION_ERRORS = (
     OSError,
@@ -259,6 +260,8 @@ def _run_granian(settings: Settings) -> None:
         workers=settings.workers,
         factory=True,
         log_dictconfig=logging_dict_config(settings.log_level, settings.log_format),
+        # Ctrl-C must end the service even if a worker's shutdown hangs (a stuck client, a dead socket).
+        workers_kill_timeout=API_WORKER_SHUTDOWN_SECONDS,
     ).serve()
 
 

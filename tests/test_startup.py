@@ -78,7 +78,17 @@ def _serve_until_ready(environment: dict[str, str], port: int) -> tuple[subproce
 
 def _ctrl_c(process: subprocess.Popen[str]) -> None:
     os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Name the process that did not stop before the evidence goes with the kill.
+        remaining = [
+            f"{child.pid} {child.status()} {' '.join(child.cmdline())[:200]}"
+            for child in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        ]
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        raise AssertionError(f"lyss serve did not stop on Ctrl-C; still running: {remaining}; {stderr}") from None
     assert process.returncode == 0, stderr
 
 
