@@ -2,6 +2,8 @@
 
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
+from db.chat import Conversation, Message, Summary
+from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
 from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
 
@@ -10,15 +12,21 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Channel",
+    "Conversation",
     "Invitation",
     "Job",
     "JobEvent",
+    "Memory",
+    "MemoryAssociation",
+    "MemoryHistory",
+    "Message",
     "ModelPrice",
     "OAuthConnection",
     "OAuthProvider",
     "Organization",
     "ProviderType",
     "RecoveryCode",
+    "Summary",
     "UsageLog",
     "User",
     "UserGroup",

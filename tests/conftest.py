@@ -32,6 +32,8 @@ from app.main import create_app
 from app.settings import Settings, new_key_entry
 from db.auth import OAuthProvider, User
 from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database
+from db.chat import Conversation
+from db.memory import Memory
 from db.migrations import upgrade_to_head
 from db.models import Base
 from db.session import create_engine, create_session_maker, tenant_session
@@ -54,6 +56,9 @@ class TenantRows(msgspec.Struct, frozen=True):
     group: UserGroup
     oauth_provider: OAuthProvider
     job: Job
+    conversation: Conversation
+    memory: Memory
+    related_memory: Memory
 
 
 @pytest.fixture(scope="session")
@@ -184,9 +189,23 @@ async def create_tenant_rows(
             redirect_uri=f"https://{slug}.example.com/callback",
         )
         job = Job(kind="fixture.finished", status="succeeded", progress=100)
-        session.add_all([group, provider, job])
+        conversation = Conversation(user_id=user.id, title="Fixture", model="fixture-model")
+        memory = Memory(user_id=user.id, memory_text="Likes tea", memory_hash=secrets.token_hex(32))
+        related_memory = Memory(user_id=user.id, memory_text="Likes green tea", memory_hash=secrets.token_hex(32))
+        session.add_all([group, provider, job, conversation, memory, related_memory])
         await session.commit()
-    return TenantRows(id=tenant_id, slug=slug, admin=admin, user=user, group=group, oauth_provider=provider, job=job)
+    return TenantRows(
+        id=tenant_id,
+        slug=slug,
+        admin=admin,
+        user=user,
+        group=group,
+        oauth_provider=provider,
+        job=job,
+        conversation=conversation,
+        memory=memory,
+        related_memory=related_memory,
+    )
 
 
 @pytest.fixture

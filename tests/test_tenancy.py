@@ -17,6 +17,8 @@ from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
+from db.chat import Conversation, Message, Summary
+from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, UsageLog
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
 from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
@@ -120,9 +122,31 @@ ROW_FACTORIES: dict[str, RowFactory] = {
         tenant_id=tenant_id, kind="test.kind", idempotency_key=_unique("key"), created_by=parents.user.id
     ),
     "tenant_job_events": lambda tenant_id, parents: JobEvent(tenant_id=tenant_id, job_id=parents.job.id, event="log"),
+    "chat_conversations": lambda tenant_id, parents: Conversation(
+        tenant_id=tenant_id, user_id=parents.user.id, title="T", model="m"
+    ),
+    "chat_messages": lambda tenant_id, parents: Message(
+        tenant_id=tenant_id, conversation_id=parents.conversation.id, role="user", content="hi"
+    ),
+    "chat_summaries": lambda tenant_id, parents: Summary(
+        tenant_id=tenant_id,
+        conversation_id=parents.conversation.id,
+        summary_text="s",
+        covers_until=_expiry(),
+        message_count=1,
+    ),
+    "memory_user_memories": lambda tenant_id, parents: Memory(
+        tenant_id=tenant_id, user_id=parents.user.id, memory_text="m", memory_hash=secrets.token_hex(32)
+    ),
+    "memory_associations": lambda tenant_id, parents: MemoryAssociation(
+        tenant_id=tenant_id, memory_id=parents.memory.id, related_memory_id=parents.related_memory.id, strength=0.9
+    ),
+    "memory_history": lambda tenant_id, parents: MemoryHistory(
+        tenant_id=tenant_id, memory_id=parents.memory.id, event="ADD", new_text="m", actor="user"
+    ),
 }
 # The app role may only INSERT and SELECT these: nothing to move, nothing to erase.
-APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs", "tenant_job_events"}
+APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs", "tenant_job_events", "memory_history"}
 # Tables whose rows point at other tenant rows: a row of B must not be able to point at A's rows.
 REFERENCING_TABLES = [
     "auth_user_sessions",
@@ -135,6 +159,12 @@ REFERENCING_TABLES = [
     "provider_tokens",
     "tenant_jobs",
     "tenant_job_events",
+    "chat_conversations",
+    "chat_messages",
+    "chat_summaries",
+    "memory_user_memories",
+    "memory_associations",
+    "memory_history",
 ]
 
 
