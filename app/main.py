@@ -31,11 +31,11 @@ from app.auth.middleware import (
 )
 from app.auth.oauth import OAuthClient
 from app.auth.redis_store import AuthStore
+from app.chat.controllers import ConversationController
 from app.database import create_database_plugin
 from app.edge import require_json_body
 from app.encryption import SecretBox
 from app.errors import ServiceError
-from app.gateway.catalog import GatewayCatalog
 from app.gateway.controllers import (
     GATEWAY_STATE_KEY,
     AnthropicMessagesController,
@@ -46,11 +46,11 @@ from app.gateway.controllers import (
     TokenController,
     UsageController,
 )
-from app.gateway.limits import GatewayLimits
-from app.gateway.proxy import Gateway
+from app.gateway.proxy import create_gateway
 from app.gateway.usage import UsageFlusher
 from app.jobs.controllers import JOB_QUEUE_STATE_KEY, JobController
 from app.jobs.services import create_queue, load_job_modules
+from app.memory.controllers import MemoryController
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
 from app.observability.middleware import RequestContextMiddleware
@@ -74,10 +74,8 @@ def create_app(settings: Settings) -> Litestar:
     redis = Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=200, timeout=10))
     http = httpx2.AsyncClient(follow_redirects=False)
     secret_box = SecretBox(settings.encryption_keyring)
-    catalog = GatewayCatalog(
-        session_maker, secret_box, settings.gateway_cache_seconds, echo_enabled=settings.echo_provider_enabled
-    )
-    gateway = Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
+    gateway = create_gateway(settings, session_maker, redis, secret_box)
+    catalog = gateway.catalog
     flusher = UsageFlusher(redis, session_maker)
     # The API checks submitted kinds and payloads against the same registry the workers run.
     load_job_modules(settings)
@@ -116,6 +114,8 @@ def create_app(settings: Settings) -> Litestar:
             UsageController,
             ProviderTypeController,
             JobController,
+            ConversationController,
+            MemoryController,
         ],
         plugins=[create_database_plugin(engine, session_maker)],
         middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/"])],

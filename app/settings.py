@@ -58,6 +58,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "worker_shutdown_grace_seconds": "LYSS_WORKER_SHUTDOWN_GRACE_SECONDS",
     "embedded_worker": "LYSS_EMBEDDED_WORKER",
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
+    "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
     "job_modules": "LYSS_JOB_MODULES",
     "log_level": "LYSS_LOG_LEVEL",
     "log_format": "LYSS_LOG_FORMAT",
@@ -129,6 +130,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # `lyss serve` also runs a job worker in its own process; on by default with the embedded servers.
     embedded_worker: bool | None = None
     job_sweep_seconds: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # A conversation is summarised each time this many messages followed its last summary.
+    chat_summary_every_messages: Annotated[int, msgspec.Meta(ge=4)] = 40
     # Extra modules whose job handlers the worker registers (comma-separated), for extensions.
     job_modules: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

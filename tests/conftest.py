@@ -161,6 +161,7 @@ def settings(
         job_retry_max_delay_seconds=0.5,
         job_heartbeat_seconds=2,
         job_sweep_seconds=1,
+        chat_summary_every_messages=6,
         worker_shutdown_grace_seconds=0,
         embedded_worker=False,
     )

@@ -9,7 +9,10 @@ and it is a real HTTP server (aiohttp), so the gateway's client, pooling and tim
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import re
 import threading
 import time
 import uuid
@@ -18,6 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+
+def word_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic embedding: each word (lower-cased, punctuation stripped) adds a signed unit in a
+    hashed position; normalised. Texts sharing words are close, texts sharing none are orthogonal-ish."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        position = int.from_bytes(digest[:4], "big") % dimensions
+        vector[position] += 1.0 if digest[4] % 2 else -1.0
+    norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+    return [value / norm for value in vector]
 
 
 @dataclass
@@ -30,6 +45,10 @@ class Behavior:
     garbage: bool = False
     report_usage: bool = True
     error_code: str = "server_error"
+    # Scripted answers, one per chat call in order (then the usual `w0 w1 ...`).
+    replies: list[str] = field(default_factory=list)
+    # With a size, embeddings are real bag-of-words vectors (`word_vector`); without, a constant.
+    dimensions: int | None = None
 
 
 @dataclass
@@ -107,6 +126,9 @@ class MockUpstream:
 
     @staticmethod
     def _reply_words(name: str, behavior: Behavior, body: dict[str, Any]) -> list[str]:
+        if behavior.replies:
+            # Streamed word by word with the spaces kept, so that the text arrives exactly as scripted.
+            return behavior.replies.pop(0).split(" ")
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or behavior.words
         return [f"w{index}" for index in range(min(behavior.words, int(limit)))] or [name]
 
@@ -124,7 +146,11 @@ class MockUpstream:
         name, behavior, body, failure = await self._prologue(request)
         if failure is not None:
             return failure
-        words = self._reply_words(name, behavior, body)
+        scripted = behavior.replies.pop(0) if behavior.replies else None
+        words = scripted.split() if scripted is not None else self._reply_words(name, behavior, body)
+        # Streamed piece by piece with their spaces, so that the text arrives exactly as it would whole.
+        pieces = re.findall(r"\S+\s*", scripted) if scripted is not None else [word + " " for word in words]
+        content = scripted if scripted is not None else " ".join(words)
         usage = {
             "prompt_tokens": self._prompt_tokens(body),
             "completion_tokens": len(words),
@@ -136,7 +162,7 @@ class MockUpstream:
                 **base,
                 "object": "chat.completion",
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 ],
             }
             if behavior.report_usage:
@@ -144,14 +170,14 @@ class MockUpstream:
             return web.json_response(answer)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for index, word in enumerate(words):
+        for index, piece in enumerate(pieces):
             if behavior.cut_after_chunks is not None and index >= behavior.cut_after_chunks:
                 request.transport.close()  # type: ignore[union-attr]  # the provider vanishes mid-stream
                 return response
             chunk = {
                 **base,
                 "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
             }
             await self._write_event(response, json.dumps(chunk).encode())
             if behavior.chunk_delay_seconds:
@@ -176,7 +202,15 @@ class MockUpstream:
         if failure is not None:
             return failure
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": index, "embedding": [0.1, 0.2, 0.3]} for index, _ in enumerate(inputs)]
+        behavior = self.behaviors.get(request.match_info["name"], Behavior())
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": word_vector(str(text), behavior.dimensions) if behavior.dimensions else [0.1, 0.2, 0.3],
+            }
+            for index, text in enumerate(inputs)
+        ]
         tokens = sum(len(str(text).split()) for text in inputs)
         return web.json_response(
             {

@@ -16,6 +16,7 @@ from uuid_utils.compat import uuid7
 from app.auth.tasks import remove_expired
 from app.encryption import SecretBox
 from app.gateway.limits import GatewayLimits
+from app.gateway.proxy import create_gateway
 from app.gateway.tasks import health_check, settle_budgets
 from app.jobs.registry import WorkerServices
 from app.jobs.tasks import recover_jobs
@@ -39,13 +40,12 @@ async def services(
 ) -> AsyncIterator[WorkerServices]:
     redis = Redis.from_url(settings.redis_url or "")
     http = aiohttp.ClientSession()
+    secret_box = SecretBox(settings.encryption_keyring)
+    gateway = create_gateway(settings, session_maker, redis, secret_box)
     yield WorkerServices(
-        settings=settings,
-        session_maker=session_maker,
-        redis=redis,
-        secret_box=SecretBox(settings.encryption_keyring),
-        http=http,
+        settings=settings, session_maker=session_maker, redis=redis, secret_box=secret_box, http=http, gateway=gateway
     )
+    await gateway.close()
     await http.close()
     await redis.aclose()
 

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
+from app.encryption import SecretBox
 from app.gateway import errors
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage
@@ -129,6 +130,15 @@ def _text_length(value: Any) -> int:
     if isinstance(value, dict):
         return sum(_text_length(item) for key, item in value.items() if key in ("text", "content", "arguments"))
     return 0
+
+
+def create_gateway(
+    settings: Settings, session_maker: async_sessionmaker[AsyncSession], redis: Redis, secret_box: SecretBox
+) -> Gateway:
+    catalog = GatewayCatalog(
+        session_maker, secret_box, settings.gateway_cache_seconds, echo_enabled=settings.echo_provider_enabled
+    )
+    return Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
 
 
 class Gateway:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import aiohttp
@@ -14,6 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import SecretBox
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.gateway.proxy import Gateway
 
 
 class JobCanceled(Exception):
@@ -33,6 +36,8 @@ class WorkerServices:
     redis: Redis
     secret_box: SecretBox
     http: aiohttp.ClientSession
+    # Calls to models on a user's behalf (memory extraction, summaries), routed and billed like /v1.
+    gateway: Gateway
 
 
 class JobContext(Protocol):

@@ -25,7 +25,7 @@ from db.tenant import Job, JobEvent
 QUEUE_NAME = "lyss"
 RUN_JOB = "run_job"
 # Domains whose `tasks.py` registers job kinds and scheduled work.
-BUILTIN_JOB_MODULES = ("app.gateway.tasks", "app.auth.tasks", "app.jobs.tasks")
+BUILTIN_JOB_MODULES = ("app.gateway.tasks", "app.auth.tasks", "app.jobs.tasks", "app.memory.tasks", "app.chat.tasks")
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 # SAQ's own timeout is a backstop behind the runner's: the runner's expiry is an ordinary, retried error.
 QUEUE_TIMEOUT_MARGIN_SECONDS = 30

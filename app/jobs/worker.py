@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.encryption import SecretBox
+from app.gateway.proxy import create_gateway
 from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, JobFailed, ScheduledTask, WorkerServices
 from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, create_queue, load_job_modules
 from app.observability.logging import get_logger
@@ -302,24 +303,36 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
         pool_size=max(settings.database_pool_size, settings.worker_concurrency + 2),
     )
 
+    stop_listening = asyncio.Event()
+
     async def startup(ctx: dict[str, Any]) -> None:
         await queue.connect()
         # SAQ sweeps as it starts, while its first dequeues run: a message caught between leaving the queue
         # and being marked active would be taken for abandoned and delivered twice (harmless, the record
         # fences attempts, but wasted). Holding the sweep lock for one interval defers that first sweep.
         await redis.set(queue.namespace("sweep"), 1, ex=settings.job_sweep_seconds, nx=True)
+        session_maker = create_session_maker(engine)
+        secret_box = SecretBox(settings.encryption_keyring)
+        gateway = create_gateway(settings, session_maker, redis, secret_box)
         ctx["services"] = WorkerServices(
             settings=settings,
-            session_maker=create_session_maker(engine),
+            session_maker=session_maker,
             redis=redis,
-            secret_box=SecretBox(settings.encryption_keyring),
+            secret_box=secret_box,
             http=aiohttp.ClientSession(),
+            gateway=gateway,
         )
+        # Channel and price changes made through the API reach this worker's gateway cache at once.
+        ctx["cache_listener"] = asyncio.create_task(gateway.catalog.listen_for_changes(redis, stop_listening))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        stop_listening.set()
+        if "cache_listener" in ctx:
+            await ctx["cache_listener"]
         services: WorkerServices | None = ctx.get("services")
         if services is not None:
             await services.http.close()
+            await services.gateway.close()
         await engine.dispose()
         await queue.disconnect()
 

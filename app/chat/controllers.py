@@ -1,0 +1,220 @@
+"""HTTP endpoints of chat: conversations of the caller, and a turn answered whole or streamed (SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import anyio
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import HTTP_201_CREATED
+from saq.queue.redis import RedisQueue
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.controllers import SETTINGS_STATE_KEY
+from app.auth.middleware import SESSION_MAKER_STATE_KEY
+from app.auth.tokens import Principal
+from app.chat import services
+from app.chat.schemas import (
+    ConversationCreate,
+    ConversationDetail,
+    ConversationRead,
+    ConversationUpdate,
+    MessagePost,
+    TurnRead,
+)
+from app.errors import ServiceError
+from app.gateway.controllers import GATEWAY_STATE_KEY
+from app.gateway.internal import complete, stream
+from app.gateway.proxy import Gateway
+from app.jobs.controllers import JOB_QUEUE_STATE_KEY
+from app.observability.logging import get_logger
+from app.settings import Settings
+from db.session import tenant_session
+
+AuthRequest = Request[Principal, Any, State]
+logger = get_logger("lyss.chat")
+
+
+class ConversationController(Controller):
+    """Each user sees and talks in their own conversations only."""
+
+    path = "/api/conversations"
+    tags = ["chat"]
+
+    @post("/", summary="Start a conversation with a model")
+    async def create(
+        self, data: JSONBody[ConversationCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> Response[ConversationRead]:
+        conversation = await services.create_conversation(db_session, request.user.user_id, data)
+        await db_session.commit()
+        return Response(services.conversation_read(conversation), status_code=HTTP_201_CREATED)
+
+    @get("/", summary="Your conversations, most recently active first")
+    async def list_conversations(
+        self,
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        status: Annotated[Literal["active", "archived"], QueryParameter()] = "active",
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> list[ConversationRead]:
+        conversations = await services.list_conversations(db_session, request.user.user_id, status=status, limit=limit)
+        return [services.conversation_read(conversation) for conversation in conversations]
+
+    @get("/{conversation_id:uuid}", summary="A conversation with its messages (since its latest summary)")
+    async def read(
+        self, conversation_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> ConversationDetail:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        summary = await services.latest_summary(db_session, conversation.id)
+        messages = await services.messages_after(db_session, conversation.id, None)
+        return ConversationDetail(
+            conversation=services.conversation_read(conversation),
+            messages=[services.message_read(message) for message in messages],
+            summary=summary.summary_text if summary else None,
+        )
+
+    @patch("/{conversation_id:uuid}", summary="Rename, archive or change the settings of a conversation")
+    async def update(
+        self,
+        conversation_id: FromPath[UUID],
+        data: JSONBody[ConversationUpdate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> ConversationRead:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        await services.update_conversation(db_session, conversation, data)
+        await db_session.commit()
+        await db_session.refresh(conversation)
+        return services.conversation_read(conversation)
+
+    @delete("/{conversation_id:uuid}", summary="Delete a conversation and its messages", status_code=204)
+    async def delete_conversation(
+        self, conversation_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> None:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        await db_session.delete(conversation)
+        await db_session.commit()
+
+    @post(
+        "/{conversation_id:uuid}/messages",
+        summary="Send a message; the answer comes whole, or as server-sent events with stream=true",
+        status_code=200,
+    )
+    async def send(
+        self,
+        conversation_id: FromPath[UUID],
+        data: JSONBody[MessagePost],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> TurnRead | ServerSentEvent:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        gateway = _gateway(request)
+        turn = await services.begin_turn(db_session, gateway, conversation, data.content)
+        request_id = request.scope.get("state", {}).get("request_id")
+        if data.stream:
+            chunks = await stream(gateway, turn.token, turn.body, request_id)
+            return ServerSentEvent(_stream_turn(request, conversation.id, turn, chunks))
+        answer = await complete(gateway, turn.token, turn.body, request_id)
+        choice = (answer.get("choices") or [{}])[0]
+        message = await services.finish_turn(
+            db_session,
+            conversation,
+            turn,
+            content=str((choice.get("message") or {}).get("content") or ""),
+            usage=answer.get("usage"),
+            status="complete",
+            model=answer.get("model") or conversation.model,
+        )
+        memory_job = await services.after_turn(
+            db_session, _queue(request), _settings(request), conversation, turn, message
+        )
+        return TurnRead(
+            user_message=services.message_read(turn.user_message),
+            assistant_message=services.message_read(message),
+            memory_job_id=memory_job,
+        )
+
+
+async def _stream_turn(
+    request: AuthRequest, conversation_id: UUID, turn: services.Turn, chunks: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Relay the answer as `delta` events, then store it and send `done` (or `error`, if it broke off).
+
+    Whatever ends the stream, including the client going away, what arrived is stored.
+    """
+    received: list[str] = []
+    usage: dict[str, Any] | None = None
+    status = "incomplete"
+    error: str | None = None
+    try:
+        async for delta, chunk_usage, chunk_error in services.text_of(chunks):
+            if chunk_error is not None:
+                error = chunk_error
+                break
+            if chunk_usage is not None:
+                usage = chunk_usage
+            if delta:
+                received.append(delta)
+                yield ServerSentEventMessage(event="delta", data=msgspec.json.encode({"content": delta}).decode())
+        else:
+            status = "complete"
+    finally:
+        with anyio.CancelScope(shield=True):
+            stored = await _store_streamed(request, conversation_id, turn, "".join(received), usage, status)
+    if error is not None or stored is None:
+        message = error or "The answer could not be stored."
+        yield ServerSentEventMessage(event="error", data=msgspec.json.encode({"message": message}).decode())
+    else:
+        yield ServerSentEventMessage(event="done", data=msgspec.json.encode(stored).decode())
+
+
+async def _store_streamed(
+    request: AuthRequest,
+    conversation_id: UUID,
+    turn: services.Turn,
+    content: str,
+    usage: dict[str, Any] | None,
+    status: str,
+) -> TurnRead | None:
+    session_maker: async_sessionmaker[AsyncSession] = request.app.state[SESSION_MAKER_STATE_KEY]
+    try:
+        async with tenant_session(session_maker, request.user.tenant_id) as session:
+            conversation = await services.own_conversation(session, conversation_id, request.user.user_id)
+            message = await services.finish_turn(
+                session, conversation, turn, content=content, usage=usage, status=status, model=conversation.model
+            )
+            memory_job = (
+                await services.after_turn(session, _queue(request), _settings(request), conversation, turn, message)
+                if status == "complete"
+                else None
+            )
+            return TurnRead(
+                user_message=services.message_read(turn.user_message),
+                assistant_message=services.message_read(message),
+                memory_job_id=memory_job,
+            )
+    except ServiceError as failure:  # e.g. the conversation was deleted while it streamed
+        logger.warning("streamed answer not stored", error=failure.detail)
+        return None
+
+
+def _queue(request: AuthRequest) -> RedisQueue:
+    queue: RedisQueue = request.app.state[JOB_QUEUE_STATE_KEY]
+    return queue
+
+
+def _settings(request: AuthRequest) -> Settings:
+    settings: Settings = request.app.state[SETTINGS_STATE_KEY]
+    return settings
+
+
+def _gateway(request: AuthRequest) -> Gateway:
+    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
+    return gateway

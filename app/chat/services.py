@@ -1,0 +1,253 @@
+"""Conversations of one user: their records, the context sent with each turn, and what follows a turn."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from saq.queue.redis import RedisQueue
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.chat.schemas import ConversationCreate, ConversationRead, ConversationUpdate, MessageRead
+from app.errors import InvalidRequest, NotFound, ServiceError
+from app.gateway.catalog import TokenInfo
+from app.gateway.internal import chat_token, embed
+from app.gateway.proxy import Gateway
+from app.jobs.services import submit_job
+from app.memory import services as memory
+from app.memory.schemas import MemoryHit
+from app.observability.logging import get_logger
+from app.settings import Settings
+from db.chat import Conversation, Message, Summary
+
+# The turns sent with each message after the latest summary (older ones are in the summary).
+CONTEXT_MESSAGES = 40
+# The newest messages stay verbatim when a conversation is summarised.
+KEEP_RECENT_MESSAGES = 6
+logger = get_logger("lyss.chat")
+
+
+def conversation_read(conversation: Conversation) -> ConversationRead:
+    return msgspec.convert(conversation, ConversationRead, from_attributes=True)
+
+
+def message_read(message: Message) -> MessageRead:
+    return msgspec.convert(message, MessageRead, from_attributes=True)
+
+
+async def create_conversation(session: AsyncSession, user_id: UUID, data: ConversationCreate) -> Conversation:
+    conversation = Conversation(user_id=user_id, **msgspec.structs.asdict(data))
+    session.add(conversation)
+    await session.flush()
+    return conversation
+
+
+async def own_conversation(session: AsyncSession, conversation_id: UUID, user_id: UUID) -> Conversation:
+    """The caller's conversation; another user's (or tenant's) is simply not found."""
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or conversation.user_id != user_id:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+async def list_conversations(session: AsyncSession, user_id: UUID, *, status: str, limit: int) -> list[Conversation]:
+    return list(
+        await session.scalars(
+            select(Conversation)
+            .where(Conversation.user_id == user_id, Conversation.status == status)
+            .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+async def update_conversation(session: AsyncSession, conversation: Conversation, data: ConversationUpdate) -> None:
+    for field, value in msgspec.structs.asdict(data).items():
+        if value is not None:
+            setattr(conversation, field, value)
+    await session.flush()
+
+
+async def latest_summary(session: AsyncSession, conversation_id: UUID) -> Summary | None:
+    return await session.scalar(
+        select(Summary).where(Summary.conversation_id == conversation_id).order_by(Summary.covers_until.desc()).limit(1)
+    )
+
+
+async def messages_after(
+    session: AsyncSession, conversation_id: UUID, summary: Summary | None, limit: int | None = None
+) -> list[Message]:
+    statement = select(Message).where(Message.conversation_id == conversation_id, Message.status != "failed")
+    if summary is not None:
+        statement = statement.where(Message.created_at > summary.covers_until)
+    statement = statement.order_by(Message.created_at.desc(), Message.id.desc())
+    if limit is not None:
+        statement = statement.limit(limit)
+    return list(reversed(list(await session.scalars(statement))))
+
+
+class Turn(msgspec.Struct):
+    """What a turn needs after the user's message is stored: the call's body and the memories it used."""
+
+    user_message: Message
+    token: TokenInfo
+    body: dict[str, Any]
+    memory_ids: list[str]
+    started: float
+
+
+async def _relevant_memories(
+    session: AsyncSession, gateway: Gateway, token: TokenInfo, user_id: UUID, text: str
+) -> list[MemoryHit]:
+    settings = await memory.memory_settings(session)
+    if not settings.enabled or settings.chat_memories == 0:
+        return []
+    try:
+        embedding = None
+        if settings.embedding_model is not None:
+            vector = (await embed(gateway, token, settings.embedding_model, [text]))[0]
+            embedding = memory.Embedding(model=settings.embedding_model, vector=vector)
+        return await memory.search(
+            session, user_id=user_id, query=text, embedding=embedding, limit=settings.chat_memories
+        )
+    except ServiceError as error:
+        # Memory makes answers better; its failure must not stop the conversation.
+        logger.warning("memories left out of a chat turn", error=error.detail)
+        return []
+
+
+async def begin_turn(session: AsyncSession, gateway: Gateway, conversation: Conversation, content: str) -> Turn:
+    """Store the user's message (committed: never lost, whatever happens to the call) and build the call."""
+    if not content.strip():
+        raise InvalidRequest("The message is empty.")
+    if conversation.status != "active":
+        raise InvalidRequest("This conversation is archived; unarchive it to continue.")
+    user_message = Message(conversation_id=conversation.id, role="user", content=content)
+    session.add(user_message)
+    conversation.message_count += 1
+    token = await chat_token(session, conversation.user_id)
+    await session.commit()
+    started = time.perf_counter()
+    memories = (
+        await _relevant_memories(session, gateway, token, conversation.user_id, content)
+        if conversation.use_memory
+        else []
+    )
+    system_parts = [conversation.system_prompt] if conversation.system_prompt else []
+    if memories:
+        remembered = "\n".join(f"- {hit.memory.text}" for hit in memories)
+        system_parts.append(f"What you remember about the user (use it when relevant):\n{remembered}")
+    summary = await latest_summary(session, conversation.id)
+    if summary is not None:
+        system_parts.append(f"Summary of the earlier conversation:\n{summary.summary_text}")
+    history = await messages_after(session, conversation.id, summary, CONTEXT_MESSAGES)
+    messages = [{"role": "system", "content": "\n\n".join(system_parts)}] if system_parts else []
+    messages += [{"role": message.role, "content": message.content} for message in history]
+    body = {
+        "model": conversation.model,
+        "messages": messages,
+        "temperature": conversation.temperature,
+        "max_tokens": conversation.max_tokens,
+    }
+    return Turn(
+        user_message=user_message,
+        token=token,
+        body=body,
+        memory_ids=[str(hit.memory.id) for hit in memories],
+        started=started,
+    )
+
+
+async def finish_turn(
+    session: AsyncSession,
+    conversation: Conversation,
+    turn: Turn,
+    *,
+    content: str,
+    usage: dict[str, Any] | None,
+    status: str,
+    model: str | None,
+) -> Message:
+    """Store the answer (what arrived of it, if it broke off) and its usage on the conversation."""
+    prompt_tokens = int((usage or {}).get("prompt_tokens") or 0)
+    completion_tokens = int((usage or {}).get("completion_tokens") or 0)
+    answer = Message(
+        conversation_id=conversation.id,
+        role="assistant",
+        content=content,
+        status=status,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        response_time_ms=int((time.perf_counter() - turn.started) * 1000),
+        details={"memories": turn.memory_ids},
+    )
+    session.add(answer)
+    conversation.message_count += 1
+    conversation.token_usage += prompt_tokens + completion_tokens
+    await session.commit()
+    return answer
+
+
+async def after_turn(
+    session: AsyncSession,
+    queue: RedisQueue,
+    settings: Settings,
+    conversation: Conversation,
+    turn: Turn,
+    answer: Message,
+) -> UUID | None:
+    """Start memory extraction for the turn, and a summary when enough messages followed the last one."""
+    memory_job: UUID | None = None
+    memory_settings = await memory.memory_settings(session)
+    if conversation.use_memory and memory_settings.enabled and memory_settings.llm_model and answer.content:
+        job, _ = await submit_job(
+            session,
+            queue,
+            settings,
+            tenant_id=conversation.tenant_id,
+            kind="memory.extract",
+            payload={
+                "user_id": str(conversation.user_id),
+                "messages": [
+                    {"role": "user", "content": turn.user_message.content},
+                    {"role": "assistant", "content": answer.content},
+                ],
+                "source_type": "chat",
+                "source_id": str(conversation.id),
+                "source_message_id": str(turn.user_message.id),
+            },
+            idempotency_key=f"chat-turn:{answer.id}",
+            created_by=conversation.user_id,
+        )
+        memory_job = job.id
+    summary = await latest_summary(session, conversation.id)
+    unsummarised = conversation.message_count - (summary.message_count if summary else 0) - KEEP_RECENT_MESSAGES
+    if unsummarised >= settings.chat_summary_every_messages:
+        await submit_job(
+            session,
+            queue,
+            settings,
+            tenant_id=conversation.tenant_id,
+            kind="chat.summarize",
+            payload={"conversation_id": str(conversation.id)},
+            idempotency_key=f"chat-summary:{conversation.id}:{conversation.message_count}",
+            created_by=conversation.user_id,
+        )
+    return memory_job
+
+
+async def text_of(
+    chunks: AsyncIterator[dict[str, Any]],
+) -> AsyncIterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """(text delta, usage, error message) per chunk of a chat stream."""
+    async for chunk in chunks:
+        if "error" in chunk:
+            yield "", None, str((chunk["error"] or {}).get("message") or "The provider's stream broke off.")
+            continue
+        delta = "".join(str((choice.get("delta") or {}).get("content") or "") for choice in chunk.get("choices") or [])
+        yield delta, chunk.get("usage"), None

@@ -1,0 +1,275 @@
+"""HTTP endpoints of memory: add, search, list, read, correct, erase, history; the tenant's memory settings."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+from saq.queue.redis import RedisQueue
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.controllers import SETTINGS_STATE_KEY
+from app.auth.services import ADMIN_ROLES
+from app.auth.tokens import Principal
+from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
+from app.gateway.controllers import GATEWAY_STATE_KEY
+from app.gateway.internal import chat_token, embed
+from app.gateway.proxy import Gateway
+from app.jobs.controllers import JOB_QUEUE_STATE_KEY
+from app.jobs.schemas import JobRead, job_read
+from app.jobs.services import submit_job
+from app.memory import services
+from app.memory.schemas import (
+    HistoryRead,
+    MemoryAdd,
+    MemoryFilters,
+    MemoryHit,
+    MemoryRead,
+    MemorySearch,
+    MemorySettings,
+    MemoryType,
+    MemoryUpdate,
+)
+from app.settings import Settings
+from app.tenants.services import record_audit_event
+from db.auth import User
+
+AuthRequest = Request[Principal, Any, State]
+
+
+def _is_admin(principal: Principal) -> bool:
+    return principal.role in ADMIN_ROLES
+
+
+async def _subject(session: AsyncSession, principal: Principal, user_id: UUID | None) -> UUID:
+    """Whose memories: the caller's own, or (admins only) another user's of the tenant."""
+    if user_id is None or user_id == principal.user_id:
+        return principal.user_id
+    if not _is_admin(principal):
+        raise NotAllowed("You can only see and manage your own memories.")
+    if await session.get(User, user_id) is None:
+        raise NotFound("No such user in this organization.")
+    return user_id
+
+
+async def query_embedding(
+    session: AsyncSession, gateway: Gateway, principal: Principal, settings: MemorySettings, text: str
+) -> services.Embedding | None:
+    """The text's vector with the tenant's embedding model, billed to the caller's chat key; None without a model."""
+    if settings.embedding_model is None:
+        return None
+    token = await chat_token(session, principal.user_id)
+    await session.commit()
+    vector = (await embed(gateway, token, settings.embedding_model, [text]))[0]
+    return services.Embedding(model=settings.embedding_model, vector=vector)
+
+
+class MemoryController(Controller):
+    """A user manages their own memories; a tenant admin can also read and erase any user's."""
+
+    path = "/api/memories"
+    tags = ["memory"]
+
+    @get("/settings", summary="The organization's memory settings")
+    async def read_settings(self, db_session: NamedDependency[AsyncSession]) -> MemorySettings:
+        return await services.memory_settings(db_session)
+
+    @put("/settings", summary="Change the organization's memory settings (admins)")
+    async def write_settings(
+        self, data: JSONBody[MemorySettings], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> MemorySettings:
+        if not _is_admin(request.user):
+            raise NotAllowed("Only an administrator can change the memory settings.")
+        saved = await services.save_memory_settings(db_session, data)
+        record_audit_event(
+            db_session,
+            actor=str(request.user.user_id),
+            actor_user_id=request.user.user_id,
+            action="memory.settings_changed",
+            target_type="organization",
+            target_id=request.user.tenant_id,
+            details={"llm_model": data.llm_model, "embedding_model": data.embedding_model, "enabled": data.enabled},
+        )
+        await db_session.commit()
+        return saved
+
+    @post("/", summary="Remember: extract facts from messages (a job), or store a text as is (infer=false)")
+    async def add(
+        self, data: JSONBody[MemoryAdd], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> Response[MemoryRead | JobRead]:
+        if (data.messages is None) == (data.text is None):
+            raise InvalidRequest("Send either `messages` (a conversation) or `text` (one memory), not both.")
+        settings = await services.memory_settings(db_session)
+        if not settings.enabled:
+            raise Conflict("Memory is turned off for this organization.")
+        if data.infer:
+            turns = data.messages or [{"role": "user", "content": data.text}]  # type: ignore[list-item]
+            job, _ = await submit_job(
+                db_session,
+                _queue(request),
+                _settings(request),
+                tenant_id=request.user.tenant_id,
+                kind="memory.extract",
+                payload={"user_id": str(request.user.user_id), "messages": turns, "metadata": data.metadata},
+                created_by=request.user.user_id,
+            )
+            return Response(job_read(job), status_code=HTTP_202_ACCEPTED)
+        if data.text is None:
+            raise InvalidRequest("With infer=false, send `text`: the memory to store as is.")
+        if await services.find_duplicate(db_session, request.user.user_id, data.text) is not None:
+            raise Conflict("You already have this memory.")
+        embedding = await query_embedding(db_session, _gateway(request), request.user, settings, data.text)
+        memory = await services.add_memory(
+            db_session,
+            user_id=request.user.user_id,
+            text_value=data.text,
+            embedding=embedding,
+            actor=services.Actor(kind="user", user_id=request.user.user_id),
+            memory_type=data.memory_type,
+            importance=data.importance,
+            metadata=data.metadata,
+        )
+        await services.link_similar(db_session, memory, threshold=settings.association_threshold)
+        await db_session.commit()
+        return Response(services.memory_read(memory), status_code=HTTP_201_CREATED)
+
+    @get("/", summary="Memories, newest first (your own; admins may name a user)")
+    async def list_memories(
+        self,
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        user_id: Annotated[UUID | None, QueryParameter()] = None,
+        memory_type: Annotated[MemoryType | None, QueryParameter()] = None,
+        include_invalidated: Annotated[bool, QueryParameter()] = False,
+        before: Annotated[datetime.datetime | None, QueryParameter(description="Only memories created earlier")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    ) -> list[MemoryRead]:
+        subject = await _subject(db_session, request.user, user_id)
+        memories = await services.list_memories(
+            db_session,
+            user_id=subject,
+            include_invalidated=include_invalidated,
+            filters=MemoryFilters(memory_type=memory_type),
+            limit=limit,
+            before=before,
+        )
+        return [services.memory_read(memory) for memory in memories]
+
+    @post("/search", summary="Search by meaning and by words; score is a cosine similarity, higher is closer")
+    async def search(
+        self, data: JSONBody[MemorySearch], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[MemoryHit]:
+        subject = await _subject(db_session, request.user, data.user_id)
+        settings = await services.memory_settings(db_session)
+        embedding = await query_embedding(db_session, _gateway(request), request.user, settings, data.query)
+        return await services.search(
+            db_session, user_id=subject, query=data.query, embedding=embedding, limit=data.limit, filters=data.filters
+        )
+
+    @delete("/", summary="Erase every memory of a user (your own; admins may name a user)", status_code=200)
+    async def erase_all(
+        self,
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        user_id: Annotated[UUID | None, QueryParameter()] = None,
+    ) -> dict[str, int]:
+        subject = await _subject(db_session, request.user, user_id)
+        erased = await services.erase_memories(db_session, user_id=subject)
+        _audit_erasure(db_session, request.user, subject, erased, None)
+        await db_session.commit()
+        return {"erased": erased}
+
+    @get("/{memory_id:uuid}", summary="One memory and the memories associated with it")
+    async def read(
+        self, memory_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> dict[str, Any]:
+        memory = await services.visible_memory(
+            db_session, memory_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+        )
+        linked = await services.associations(db_session, memory)
+        return {
+            "memory": services.memory_read(memory),
+            "associations": [{"memory_id": other, "strength": strength} for other, strength in linked],
+        }
+
+    @patch("/{memory_id:uuid}", summary="Correct one of your memories (the old text stays in its history)")
+    async def correct(
+        self,
+        memory_id: FromPath[UUID],
+        data: JSONBody[MemoryUpdate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> MemoryRead:
+        memory = await services.visible_memory(
+            db_session, memory_id, user_id=request.user.user_id, is_admin=False, for_change=True
+        )
+        settings = await services.memory_settings(db_session)
+        embedding = await query_embedding(db_session, _gateway(request), request.user, settings, data.text)
+        await services.change_memory(
+            db_session,
+            memory,
+            text_value=data.text,
+            embedding=embedding,
+            actor=services.Actor(kind="user", user_id=request.user.user_id),
+            reason="Corrected by the user.",
+        )
+        await db_session.commit()
+        await db_session.refresh(memory)
+        return services.memory_read(memory)
+
+    @delete("/{memory_id:uuid}", summary="Erase a memory with its history (your own; admins any)", status_code=204)
+    async def erase(
+        self, memory_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> None:
+        memory = await services.visible_memory(
+            db_session, memory_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+        )
+        owner = memory.user_id
+        await services.erase_memories(db_session, user_id=owner, memory_id=memory_id)
+        _audit_erasure(db_session, request.user, owner, 1, memory_id)
+        await db_session.commit()
+
+    @get("/{memory_id:uuid}/history", summary="Every change to a memory, oldest first")
+    async def history(
+        self, memory_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[HistoryRead]:
+        memory = await services.visible_memory(
+            db_session, memory_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+        )
+        return [services.history_read(row) for row in await services.memory_history(db_session, memory)]
+
+
+def _audit_erasure(
+    session: AsyncSession, principal: Principal, owner: UUID, count: int, memory_id: UUID | None
+) -> None:
+    # The trail says that memories went, never what they said.
+    record_audit_event(
+        session,
+        actor=str(principal.user_id),
+        actor_user_id=principal.user_id,
+        action="memory.erased",
+        target_type="user",
+        target_id=owner,
+        details={"count": count, "memory_id": str(memory_id) if memory_id else None},
+    )
+
+
+def _queue(request: AuthRequest) -> RedisQueue:
+    queue: RedisQueue = request.app.state[JOB_QUEUE_STATE_KEY]
+    return queue
+
+
+def _settings(request: AuthRequest) -> Settings:
+    settings: Settings = request.app.state[SETTINGS_STATE_KEY]
+    return settings
+
+
+def _gateway(request: AuthRequest) -> Gateway:
+    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
+    return gateway

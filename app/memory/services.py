@@ -1,0 +1,424 @@
+"""Memories: store, deduplicate, search (pgvector + full text, fused), change with history, link, erase.
+
+Every function works in the caller's tenant session (RLS) and takes the user explicitly: a memory is
+only ever read or changed together with its `user_id`, so one user's memories never reach another's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from sqlalchemy import Select, Text, cast, delete, func, select, text
+from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.memory.schemas import HistoryRead, MemoryFilters, MemoryHit, MemoryRead, MemorySettings
+from db.memory import HALFVEC_INDEXED_DIMENSIONS, INDEXED_DIMENSIONS, Memory, MemoryAssociation, MemoryHistory
+from db.tenant import Organization
+
+# Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the very first ranks.
+RRF_K = 60
+# Each ranking contributes this many candidates per requested result before fusion.
+CANDIDATES_PER_RESULT = 4
+MIN_CANDIDATES = 20
+
+
+class DimensionConflict(Conflict):
+    """An embedding whose size differs from the stored vectors of the same model."""
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """Who changes a memory, for its history."""
+
+    kind: str  # "user", "admin" or "job"
+    user_id: UUID | None = None
+    job_id: UUID | None = None
+    source_message_id: UUID | None = None
+
+
+class Embedding(msgspec.Struct, frozen=True):
+    model: str
+    vector: list[float]
+
+
+def normalize(text_value: str) -> str:
+    return " ".join(text_value.split())
+
+
+def memory_hash(text_value: str) -> str:
+    """Two texts that differ only in spacing or case are the same memory."""
+    return hashlib.sha256(normalize(text_value).casefold().encode()).hexdigest()
+
+
+def memory_read(memory: Memory) -> MemoryRead:
+    return MemoryRead(
+        id=memory.id,
+        user_id=memory.user_id,
+        text=memory.memory_text,
+        memory_type=memory.memory_type,
+        category=memory.category,
+        importance=memory.importance_score,
+        metadata=dict(memory.attributes),
+        status=memory.status,
+        invalidated_at=memory.invalidated_at,
+        invalidation_reason=memory.invalidation_reason,
+        source_type=memory.source_type,
+        source_id=memory.source_id,
+        embedding_model=memory.embedding_model,
+        embedding_dim=memory.embedding_dim,
+        created_at=memory.created_at,
+        updated_at=memory.updated_at,
+    )
+
+
+def history_read(row: MemoryHistory) -> HistoryRead:
+    return msgspec.convert(row, HistoryRead, from_attributes=True)
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+async def memory_settings(session: AsyncSession) -> MemorySettings:
+    organization = await session.scalar(select(Organization))
+    stored = (organization.settings if organization else {}).get("memory") or {}
+    return msgspec.convert(stored, MemorySettings)
+
+
+async def save_memory_settings(session: AsyncSession, data: MemorySettings) -> MemorySettings:
+    organization = await session.scalar(select(Organization).with_for_update())
+    if organization is None:
+        raise NotFound("No such organization.")
+    organization.settings = {**organization.settings, "memory": msgspec.to_builtins(data)}
+    await session.flush()
+    return data
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+async def visible_memory(
+    session: AsyncSession, memory_id: UUID, *, user_id: UUID, is_admin: bool, for_change: bool = False
+) -> Memory:
+    """A memory the caller may see (their own; any of the tenant for an admin) or change (their own only)."""
+    memory = await session.get(Memory, memory_id)
+    may = memory is not None and (memory.user_id == user_id or (is_admin and not for_change))
+    if memory is None or not may:
+        raise NotFound("No such memory.")
+    return memory
+
+
+async def list_memories(
+    session: AsyncSession,
+    *,
+    user_id: UUID,
+    include_invalidated: bool,
+    filters: MemoryFilters,
+    limit: int,
+    before: datetime.datetime | None,
+) -> list[Memory]:
+    statement = _filtered(select(Memory).where(Memory.user_id == user_id), filters)
+    if not include_invalidated:
+        statement = statement.where(Memory.status == "active")
+    if before is not None:
+        statement = statement.where(Memory.created_at < before)
+    return list(await session.scalars(statement.order_by(Memory.created_at.desc(), Memory.id.desc()).limit(limit)))
+
+
+async def memory_history(session: AsyncSession, memory: Memory) -> list[MemoryHistory]:
+    return list(
+        await session.scalars(
+            select(MemoryHistory)
+            .where(MemoryHistory.memory_id == memory.id)
+            .order_by(MemoryHistory.created_at, MemoryHistory.id)
+        )
+    )
+
+
+async def find_duplicate(session: AsyncSession, user_id: UUID, text_value: str) -> Memory | None:
+    return await session.scalar(
+        select(Memory).where(
+            Memory.user_id == user_id, Memory.memory_hash == memory_hash(text_value), Memory.status == "active"
+        )
+    )
+
+
+async def check_dimension(session: AsyncSession, embedding: Embedding) -> None:
+    """A model's vectors all have one size: a differently sized answer would make the memories unsearchable."""
+    stored = await session.scalar(
+        select(Memory.embedding_dim).where(Memory.embedding_model == embedding.model).limit(1)
+    )
+    if stored is not None and stored != len(embedding.vector):
+        raise DimensionConflict(
+            f"The embedding model '{embedding.model}' returned {len(embedding.vector)} dimensions, but this "
+            f"organization's memories embedded with it have {stored}; nothing was stored."
+        )
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def _filtered(statement: Select[Any], filters: MemoryFilters | None) -> Select[Any]:
+    if filters is None:
+        return statement
+    if filters.memory_type is not None:
+        statement = statement.where(Memory.memory_type == filters.memory_type)
+    if filters.category is not None:
+        statement = statement.where(Memory.category == filters.category)
+    if filters.metadata:
+        statement = statement.where(Memory.attributes.contains(filters.metadata))
+    return statement
+
+
+def _distance(embedding: Embedding, *, exact: bool) -> Any:
+    """Cosine distance to the query, written so that the HNSW index of this size can serve it."""
+    dimension = len(embedding.vector)
+    vector = "[" + ",".join(repr(float(value)) for value in embedding.vector) + "]"
+    if not exact and dimension in INDEXED_DIMENSIONS:
+        sql = f"(embedding::vector({dimension}) <=> CAST(:query_vector AS vector({dimension})))"
+    elif not exact and dimension in HALFVEC_INDEXED_DIMENSIONS:
+        sql = f"(embedding::halfvec({dimension}) <=> CAST(:query_vector AS halfvec({dimension})))"
+    else:
+        sql = "(embedding <=> CAST(:query_vector AS vector))"
+    return text(sql).bindparams(query_vector=vector)
+
+
+async def nearest(
+    session: AsyncSession,
+    *,
+    user_id: UUID,
+    embedding: Embedding,
+    limit: int,
+    filters: MemoryFilters | None = None,
+    exact: bool = False,
+) -> list[tuple[UUID, float]]:
+    """The user's active memories closest to `embedding` (same model): (id, cosine similarity), best first."""
+    dimension = len(embedding.vector)
+    distance = _distance(embedding, exact=exact)
+    # pgvector filters after the index scan; iterative scanning keeps going until enough rows pass the
+    # tenant, user and status filters (without it a small user in a big tenant gets too few results).
+    await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    await session.execute(text(f"SET LOCAL hnsw.ef_search = {max(40, 2 * limit)}"))
+    statement = _filtered(
+        select(Memory.id, distance.label("distance")).where(
+            Memory.user_id == user_id,
+            Memory.status == "active",
+            Memory.embedding_model == embedding.model,
+            Memory.embedding_dim == dimension,
+        ),
+        filters,
+    )
+    rows = (await session.execute(statement.order_by(distance).limit(limit))).all()
+    # relaxed_order may return a slightly unordered list: order it exactly here.
+    return sorted(((row.id, 1.0 - float(row.distance)) for row in rows), key=lambda item: -item[1])
+
+
+async def _full_text(
+    session: AsyncSession, *, user_id: UUID, query: str, limit: int, filters: MemoryFilters | None
+) -> list[UUID]:
+    # Any of the query's words may match (OR), ranked by cover density; 'simple' keeps every language.
+    tsquery = cast(func.replace(cast(func.plainto_tsquery("simple", query), Text), "&", "|"), TSQUERY)
+    rank = func.ts_rank_cd(Memory.search_vector, tsquery)
+    statement = _filtered(
+        select(Memory.id).where(
+            Memory.user_id == user_id, Memory.status == "active", Memory.search_vector.op("@@")(tsquery)
+        ),
+        filters,
+    )
+    return list(await session.scalars(statement.order_by(rank.desc(), Memory.id).limit(limit)))
+
+
+async def search(
+    session: AsyncSession,
+    *,
+    user_id: UUID,
+    query: str,
+    embedding: Embedding | None,
+    limit: int,
+    filters: MemoryFilters | None = None,
+    exact: bool = False,
+) -> list[MemoryHit]:
+    """Hybrid search: vector and full-text rankings fused by reciprocal rank; best first."""
+    candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
+    similarity: dict[UUID, float] = {}
+    fused: dict[UUID, float] = {}
+    if embedding is not None:
+        for rank, (memory_id, score) in enumerate(
+            await nearest(session, user_id=user_id, embedding=embedding, limit=candidates, filters=filters, exact=exact)
+        ):
+            similarity[memory_id] = score
+            fused[memory_id] = fused.get(memory_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    for rank, memory_id in enumerate(
+        await _full_text(session, user_id=user_id, query=query, limit=candidates, filters=filters)
+    ):
+        fused[memory_id] = fused.get(memory_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    best = sorted(fused, key=lambda memory_id: (-fused[memory_id], -similarity.get(memory_id, -1.0)))[:limit]
+    if not best:
+        return []
+    memories = {memory.id: memory for memory in await session.scalars(select(Memory).where(Memory.id.in_(best)))}
+    missing = [memory_id for memory_id in best if memory_id not in similarity]
+    if embedding is not None and missing:
+        # Found by words only: still report how close in meaning they are, when comparable.
+        distance = _distance(embedding, exact=True)
+        for row in await session.execute(
+            select(Memory.id, distance.label("distance")).where(
+                Memory.id.in_(missing),
+                Memory.embedding_model == embedding.model,
+                Memory.embedding_dim == len(embedding.vector),
+            )
+        ):
+            similarity[row.id] = 1.0 - float(row.distance)
+    return [
+        MemoryHit(
+            memory=memory_read(memories[memory_id]), score=similarity.get(memory_id), fused_score=fused[memory_id]
+        )
+        for memory_id in best
+        if memory_id in memories
+    ]
+
+
+# --- changing ------------------------------------------------------------------------------------
+
+
+def _history(
+    memory: Memory, event: str, actor: Actor, *, old: str | None, new: str | None, reason: str | None
+) -> MemoryHistory:
+    return MemoryHistory(
+        tenant_id=memory.tenant_id,
+        memory_id=memory.id,
+        event=event,
+        old_text=old,
+        new_text=new,
+        reason=reason,
+        actor=actor.kind,
+        actor_user_id=actor.user_id,
+        job_id=actor.job_id,
+        source_message_id=actor.source_message_id,
+    )
+
+
+async def add_memory(
+    session: AsyncSession,
+    *,
+    user_id: UUID,
+    text_value: str,
+    embedding: Embedding | None,
+    actor: Actor,
+    memory_type: str = "fact",
+    importance: int = 50,
+    metadata: dict[str, Any] | None = None,
+    source_type: str = "api",
+    source_id: UUID | None = None,
+) -> Memory:
+    """A new active memory and its ADD history row. The caller has checked for an exact duplicate."""
+    if embedding is not None:
+        await check_dimension(session, embedding)
+    memory = Memory(
+        user_id=user_id,
+        memory_text=normalize(text_value),
+        memory_hash=memory_hash(text_value),
+        memory_type=memory_type,
+        importance_score=importance,
+        attributes=metadata or {},
+        source_type=source_type,
+        source_id=source_id,
+        embedding=embedding.vector if embedding else None,
+        embedding_model=embedding.model if embedding else None,
+        embedding_dim=len(embedding.vector) if embedding else None,
+    )
+    session.add(memory)
+    await session.flush()
+    session.add(_history(memory, "ADD", actor, old=None, new=memory.memory_text, reason=None))
+    return memory
+
+
+async def change_memory(
+    session: AsyncSession,
+    memory: Memory,
+    *,
+    text_value: str,
+    embedding: Embedding | None,
+    actor: Actor,
+    reason: str | None = None,
+) -> Memory:
+    """New text (and vector) for a memory, with the old text kept in its history."""
+    if memory.status != "active":
+        raise InvalidRequest("This memory was invalidated; add the fact again instead of changing it.")
+    new_text = normalize(text_value)
+    if memory_hash(new_text) != memory.memory_hash:
+        duplicate = await find_duplicate(session, memory.user_id, new_text)
+        if duplicate is not None and duplicate.id != memory.id:
+            raise InvalidRequest("Another of your memories already says this.")
+    if embedding is not None:
+        await check_dimension(session, embedding)
+    old_text = memory.memory_text
+    memory.memory_text = new_text
+    memory.memory_hash = memory_hash(new_text)
+    if embedding is not None:
+        memory.embedding = embedding.vector
+        memory.embedding_model = embedding.model
+        memory.embedding_dim = len(embedding.vector)
+    session.add(_history(memory, "UPDATE", actor, old=old_text, new=new_text, reason=reason))
+    await session.flush()
+    return memory
+
+
+async def invalidate_memory(session: AsyncSession, memory: Memory, *, reason: str, actor: Actor) -> Memory:
+    """Contradicted: kept, with when and why, but no longer searched or put into chat context."""
+    memory.status = "invalidated"
+    memory.invalidated_at = datetime.datetime.now(datetime.UTC)
+    memory.invalidation_reason = reason
+    session.add(_history(memory, "INVALIDATE", actor, old=memory.memory_text, new=None, reason=reason))
+    await session.flush()
+    return memory
+
+
+async def link_similar(session: AsyncSession, memory: Memory, *, threshold: float, limit: int = 5) -> int:
+    """Associate a memory with the user's memories at least `threshold` similar to it (both directions)."""
+    if memory.embedding is None or memory.embedding_model is None:
+        return 0
+    embedding = Embedding(model=memory.embedding_model, vector=[float(value) for value in memory.embedding])
+    linked = 0
+    for other_id, similarity in await nearest(session, user_id=memory.user_id, embedding=embedding, limit=limit + 1):
+        if other_id == memory.id or similarity < threshold:
+            continue
+        for first, second in ((memory.id, other_id), (other_id, memory.id)):
+            exists = await session.scalar(
+                select(MemoryAssociation.id).where(
+                    MemoryAssociation.memory_id == first, MemoryAssociation.related_memory_id == second
+                )
+            )
+            if exists is None:
+                session.add(
+                    MemoryAssociation(
+                        tenant_id=memory.tenant_id,
+                        memory_id=first,
+                        related_memory_id=second,
+                        strength=min(max(similarity, 0.0), 1.0),
+                    )
+                )
+        linked += 1
+    await session.flush()
+    return linked
+
+
+async def associations(session: AsyncSession, memory: Memory) -> list[tuple[UUID, float]]:
+    rows = await session.execute(
+        select(MemoryAssociation.related_memory_id, MemoryAssociation.strength)
+        .where(MemoryAssociation.memory_id == memory.id)
+        .order_by(MemoryAssociation.strength.desc())
+    )
+    return [(row[0], float(row[1])) for row in rows]
+
+
+async def erase_memories(session: AsyncSession, *, user_id: UUID, memory_id: UUID | None = None) -> int:
+    """Erase one memory, or all of a user's, with their history and associations (the right to erasure)."""
+    statement = delete(Memory).where(Memory.user_id == user_id)
+    if memory_id is not None:
+        statement = statement.where(Memory.id == memory_id)
+    result = await session.execute(statement)
+    return int(result.rowcount)  # type: ignore[attr-defined]
