@@ -191,8 +191,8 @@ async def create_tenant_rows(
         )
         job = Job(kind="fixture.finished", status="succeeded", progress=100)
         conversation = Conversation(user_id=user.id, title="Fixture", model="fixture-model")
-        memory = Memory(user_id=user.id, memory_text="Likes tea", memory_hash=secrets.token_hex(32))
-        related_memory = Memory(user_id=user.id, memory_text="Likes green tea", memory_hash=secrets.token_hex(32))
+        memory = Memory(user_id=admin.id, memory_text="Likes tea", memory_hash=secrets.token_hex(32))
+        related_memory = Memory(user_id=admin.id, memory_text="Likes green tea", memory_hash=secrets.token_hex(32))
         session.add_all([group, provider, job, conversation, memory, related_memory])
         await session.commit()
     return TenantRows(

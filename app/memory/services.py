@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import Select, Text, cast, delete, func, select, text
 from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -177,14 +178,11 @@ def _filtered(statement: Select[Any], filters: MemoryFilters | None) -> Select[A
 def _distance(embedding: Embedding, *, exact: bool) -> Any:
     """Cosine distance to the query, written so that the HNSW index of this size can serve it."""
     dimension = len(embedding.vector)
-    vector = "[" + ",".join(repr(float(value)) for value in embedding.vector) + "]"
     if not exact and dimension in INDEXED_DIMENSIONS:
-        sql = f"(embedding::vector({dimension}) <=> CAST(:query_vector AS vector({dimension})))"
-    elif not exact and dimension in HALFVEC_INDEXED_DIMENSIONS:
-        sql = f"(embedding::halfvec({dimension}) <=> CAST(:query_vector AS halfvec({dimension})))"
-    else:
-        sql = "(embedding <=> CAST(:query_vector AS vector))"
-    return text(sql).bindparams(query_vector=vector)
+        return cast(Memory.embedding, Vector(dimension)).cosine_distance(embedding.vector)
+    if not exact and dimension in HALFVEC_INDEXED_DIMENSIONS:
+        return cast(Memory.embedding, HALFVEC(dimension)).cosine_distance(embedding.vector)
+    return Memory.embedding.cosine_distance(embedding.vector)
 
 
 async def nearest(

@@ -1,0 +1,237 @@
+"""Memory end to end: extraction decisions scripted on the mock upstream, hybrid search, isolation, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.settings import Settings
+from db.memory import Memory
+from db.session import tenant_session
+from tests.conftest import Client, TenantRows
+from tests.gateway_helpers import AuthHeaders, add_channel
+from tests.mock_upstream import MockUpstream
+from tests.test_jobs import events_of, running_worker, wait_for_status
+
+
+async def configure_memory(
+    client: Client, admin: dict[str, str], upstream: MockUpstream, dimensions: int = 256
+) -> None:
+    await add_channel(client, admin, upstream, "mem-llm", models=["memory-llm"])
+    await add_channel(client, admin, upstream, "mem-embed", models=["embed-test"])
+    upstream.behave("mem-embed", dimensions=dimensions)
+    response = await client.put(
+        "/api/memories/settings",
+        json={"llm_model": "memory-llm", "embedding_model": "embed-test"},
+        headers=admin,
+    )
+    assert response.status_code == 200, response.text
+
+
+def facts(*texts: str, kind: str = "fact") -> str:
+    return json.dumps({"facts": [{"text": text, "type": kind} for text in texts]})
+
+
+def decisions(*items: dict[str, Any]) -> str:
+    return json.dumps({"memory": list(items)})
+
+
+async def remember(client: Client, headers: dict[str, str], settings: Settings, content: str) -> dict[str, Any]:
+    """Submit an extraction job for one message and run it to its end on a real worker."""
+    response = await client.post(
+        "/api/memories", json={"messages": [{"role": "user", "content": content}]}, headers=headers
+    )
+    assert response.status_code == 202, response.text
+    async with running_worker(settings):
+        return await wait_for_status(client, headers, response.json()["id"], {"succeeded", "failed", "dead"})
+
+
+async def active_texts(client: Client, headers: dict[str, str]) -> list[str]:
+    return sorted(memory["text"] for memory in (await client.get("/api/memories", headers=headers)).json())
+
+
+async def test_memory_decisions_add_update_invalidate_ignore_and_reject_invented_ids(
+    client: Client, upstream: MockUpstream, settings: Settings, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+
+    upstream.behave("mem-llm", replies=[facts("Prefers tea over coffee", kind="preference")])
+    first = await remember(client, user, settings, "I really prefer tea to coffee")
+    assert (first["status"], first["result"]["added"]) == ("succeeded", 1), first
+    assert await active_texts(client, user) == ["Prefers tea over coffee"]
+
+    # A changed preference: the model names the existing memory by the alias it was shown ("0").
+    upstream.behave(
+        "mem-llm",
+        replies=[
+            facts("Prefers coffee over tea", kind="preference"),
+            decisions({"id": "0", "event": "UPDATE", "text": "Prefers coffee over tea", "reason": "taste changed"}),
+        ],
+    )
+    second = await remember(client, user, settings, "These days I prefer coffee")
+    assert second["result"]["updated"] == 1, second
+    shown = json.loads(upstream.bodies[-1][1]["messages"][1]["content"])
+    assert shown["existing_memories"] == [{"id": "0", "text": "Prefers tea over coffee"}]
+    assert await active_texts(client, user) == ["Prefers coffee over tea"]
+    memory = (await client.get("/api/memories", headers=user)).json()[0]
+    history = (await client.get(f"/api/memories/{memory['id']}/history", headers=user)).json()
+    assert [(row["event"], row["old_text"], row["new_text"]) for row in history] == [
+        ("ADD", None, "Prefers tea over coffee"),
+        ("UPDATE", "Prefers tea over coffee", "Prefers coffee over tea"),
+    ]
+    assert history[1]["job_id"] == second["id"]
+
+    # An invented id is rejected and logged; the rest of the answer is applied.
+    upstream.behave(
+        "mem-llm",
+        replies=[
+            facts("Lives in Berlin"),
+            decisions({"id": "new", "event": "ADD", "text": "Lives in Berlin"}, {"id": "7", "event": "DELETE"}),
+        ],
+    )
+    third = await remember(client, user, settings, "I live in Berlin")
+    assert (third["result"]["added"], third["result"]["rejected"], third["result"]["invalidated"]) == (1, 1, 0)
+    assert any("'7'" in (event["message"] or "") for event in events_of(third, "log"))
+    assert await active_texts(client, user) == ["Lives in Berlin", "Prefers coffee over tea"]
+
+    # A contradiction invalidates (keeps, with the reason) instead of erasing.
+    upstream.behave(
+        "mem-llm",
+        replies=[
+            facts("Lives in Munich"),
+            decisions(
+                {"id": "0", "event": "DELETE", "reason": "moved to Munich"},
+                {"id": "1", "event": "ADD", "text": "Lives in Munich"},
+            ),
+        ],
+    )
+    fourth = await remember(client, user, settings, "I moved to Munich")
+    assert (fourth["result"]["invalidated"], fourth["result"]["added"]) == (1, 1), fourth
+    assert await active_texts(client, user) == ["Lives in Munich", "Prefers coffee over tea"]
+    everything = (await client.get("/api/memories", params={"include_invalidated": True}, headers=user)).json()
+    berlin = next(memory for memory in everything if memory["text"] == "Lives in Berlin")
+    assert (berlin["status"], berlin["invalidation_reason"]) == ("invalidated", "moved to Munich")
+
+    # An exact repeat stops at the hash: no decision is asked for. A known fact gets NONE.
+    upstream.behave(
+        "mem-llm",
+        replies=[facts("lives in  munich"), facts("Resides in Munich"), decisions({"id": "0", "event": "NONE"})],
+    )
+    calls_before = upstream.calls["mem-llm"]
+    repeat = await remember(client, user, settings, "Munich is where I live")
+    assert (repeat["result"]["duplicates"], upstream.calls["mem-llm"] - calls_before) == (1, 1)
+    known = await remember(client, user, settings, "I reside in Munich")
+    assert (known["result"]["unchanged"], known["result"]["added"]) == (1, 0), known
+    assert await active_texts(client, user) == ["Lives in Munich", "Prefers coffee over tea"]
+
+
+async def test_malformed_json_is_asked_again_once_then_fails_visibly_with_nothing_stored(
+    client: Client, upstream: MockUpstream, settings: Settings, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    upstream.behave("mem-llm", replies=["Sure! The user likes jazz.", facts("Likes jazz")])
+    recovered = await remember(client, user, settings, "I like jazz")
+    assert (recovered["status"], recovered["result"]["added"]) == ("succeeded", 1)
+
+    upstream.behave("mem-llm", replies=["Here you go: facts are jazz", '{"facts": "jazz"}'])
+    failed = await remember(client, user, settings, "I also like blues")
+    assert failed["status"] == "failed", failed
+    assert "twice" in failed["last_error"]
+    answers = [event["data"].get("answer") for event in events_of(failed, "log")]
+    assert answers == ["Here you go: facts are jazz", '{"facts": "jazz"}']
+    assert await active_texts(client, user) == ["Likes jazz"]
+
+
+async def test_search_ranks_by_meaning_and_words_and_scores_are_similarities(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, tenant_b: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    for text in ("Allergic to peanuts and cashews", "Plays the violin on weekends", "Works as a nurse in Lyon"):
+        stored = await client.post("/api/memories", json={"text": text, "infer": False}, headers=user)
+        assert stored.status_code == 201, stored.text
+        assert stored.json()["embedding_dim"] == 256
+    # The admin's own memory and another tenant's say the same thing: neither may ever come back.
+    assert (
+        await client.post("/api/memories", json={"text": "Allergic to peanuts", "infer": False}, headers=admin)
+    ).status_code == 201
+    other_admin = auth_headers(tenant_b.admin)
+    await configure_memory(client, other_admin, upstream)
+    assert (
+        await client.post("/api/memories", json={"text": "Allergic to peanuts", "infer": False}, headers=other_admin)
+    ).status_code == 201
+
+    hits = (
+        await client.post("/api/memories/search", json={"query": "peanuts allergy", "limit": 5}, headers=user)
+    ).json()
+    assert hits[0]["memory"]["text"] == "Allergic to peanuts and cashews"
+    assert {hit["memory"]["user_id"] for hit in hits} == {str(tenant_a.user.id)}
+    scores = [hit["score"] for hit in hits]
+    assert 0 < scores[0] <= 1
+    assert scores[0] == max(scores)  # higher is closer: not a distance
+    # The admin may search the user's memories, and only gets the user's.
+    as_admin = await client.post(
+        "/api/memories/search", json={"query": "peanuts", "user_id": str(tenant_a.user.id)}, headers=admin
+    )
+    assert {hit["memory"]["user_id"] for hit in as_admin.json()} == {str(tenant_a.user.id)}
+    # A user may not name another user.
+    refused = await client.post(
+        "/api/memories/search", json={"query": "peanuts", "user_id": str(tenant_a.admin.id)}, headers=user
+    )
+    assert refused.status_code == 403
+
+
+async def test_memory_bad_input_and_other_users_memories(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    assert (await client.post("/api/memories", json={"text": "", "infer": False}, headers=user)).status_code == 400
+    both = await client.post(
+        "/api/memories", json={"text": "x", "messages": [{"role": "user", "content": "y"}]}, headers=user
+    )
+    assert both.status_code == 400
+    stored = (
+        await client.post("/api/memories", json={"text": "Owns a red bicycle", "infer": False}, headers=user)
+    ).json()
+    duplicate = await client.post("/api/memories", json={"text": "owns a  RED bicycle", "infer": False}, headers=user)
+    assert duplicate.status_code == 409
+
+    # The embedding model starts answering with another size: refused, nothing stored.
+    upstream.behave("mem-embed", dimensions=128)
+    resized = await client.post("/api/memories", json={"text": "Owns a blue car", "infer": False}, headers=user)
+    assert resized.status_code == 409
+    assert "128" in resized.json()["detail"]
+    upstream.behave("mem-embed", dimensions=256)
+
+    path = f"/api/memories/{stored['id']}"
+    outsider = auth_headers(tenant_b.admin)
+    for route in (path, f"{path}/history"):
+        assert (await client.get(route, headers=outsider)).status_code == 404
+    assert (await client.patch(path, json={"text": "stolen"}, headers=outsider)).status_code == 404
+    assert (await client.delete(path, headers=outsider)).status_code == 404
+    # The tenant's admin reads and may erase it, but cannot rewrite the user's memory.
+    assert (await client.get(path, headers=admin)).status_code == 200
+    assert (await client.patch(path, json={"text": "changed by admin"}, headers=admin)).status_code == 404
+    assert (
+        await client.get("/api/memories", params={"user_id": str(tenant_a.admin.id)}, headers=user)
+    ).status_code == 403
+
+    corrected = await client.patch(path, json={"text": "Owns a green bicycle"}, headers=user)
+    assert corrected.json()["text"] == "Owns a green bicycle"
+    assert (await client.delete(path, headers=admin)).status_code == 204
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert list(await session.scalars(select(Memory).where(Memory.user_id == tenant_a.user.id))) == []
+    assert (await client.get(path, headers=user)).status_code == 404
+    erased = await client.delete("/api/memories", headers=user)
+    assert erased.json() == {"erased": 0}
