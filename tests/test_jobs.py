@@ -311,15 +311,17 @@ async def test_a_job_survives_its_worker_being_killed_and_its_effect_lands_once(
         # worker had already queued the minute's `jobs.recover`, recovery sends it again first.
         done = await wait_for_status(client, headers, job["id"], {"succeeded", "dead", "failed"}, within=60)
     await redis.aclose()
-    assert (done["status"], done["attempts"]) == ("succeeded", 2)
+    # Both may act (then the later attempt fences the earlier one out): two or three attempts, one effect.
+    assert done["status"] == "succeeded"
+    assert done["attempts"] in (2, 3), done["events"]
     started = events_of(done, "started")
-    assert [event["attempt"] for event in started] == [1, 2]
-    # Either way the record says why a second attempt ran.
-    swept = started[1]["message"] == "The previous attempt's worker was lost; starting again."
-    recovered = [event["message"] for event in events_of(done, "requeued")] == [
-        "The queue had lost this job; it was sent again."
-    ]
-    assert swept != recovered, done["events"]
+    assert [event["attempt"] for event in started] == list(range(1, done["attempts"] + 1))
+    # The record says why another attempt ran.
+    swept = any(event["message"] == "The previous attempt's worker was lost; starting again." for event in started)
+    recovered = any(
+        event["message"] == "The queue had lost this job; it was sent again." for event in events_of(done, "requeued")
+    )
+    assert swept or recovered, done["events"]
     assert await effect_count(session_maker, tenant_a.id, "crash") == 1
 
 
