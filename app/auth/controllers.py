@@ -55,6 +55,13 @@ from db.auth import OAuthConnection, OAuthProvider
 from db.session import set_session_tenant
 
 SETTINGS_STATE_KEY = "settings"
+
+
+def app_settings(request: Request[Any, Any, State]) -> Settings:
+    settings: Settings = request.app.state[SETTINGS_STATE_KEY]
+    return settings
+
+
 SECRET_BOX_STATE_KEY = "secret_box"
 OAUTH_CLIENT_STATE_KEY = "oauth_client"
 OAUTH_STATE_TTL_SECONDS = 600
@@ -117,14 +124,14 @@ class AuthController(Controller):
         self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], request: Request[Any, Any, State]
     ) -> Response[LoginResponse]:
         result = await auth.login(tenant_slug=data.tenant, email=data.email, password=data.password, mode=data.session)
-        return _login_response(result, request.app.state[SETTINGS_STATE_KEY])
+        return _login_response(result, app_settings(request))
 
     @post("/login/mfa", opt=PUBLIC, status_code=HTTP_200_OK, summary="Second step: a TOTP or recovery code")
     async def login_mfa(
         self, data: JSONBody[MfaLoginRequest], auth: NamedDependency[AuthService], request: Request[Any, Any, State]
     ) -> Response[LoginResponse]:
         result = await auth.complete_mfa(ticket=data.mfa_ticket, code=data.code, recovery_code=data.recovery_code)
-        return _login_response(result, request.app.state[SETTINGS_STATE_KEY])
+        return _login_response(result, app_settings(request))
 
     @post("/refresh", opt=PUBLIC, status_code=HTTP_200_OK, summary="Trade a refresh token for new tokens (rotation)")
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
@@ -143,7 +150,7 @@ class AuthController(Controller):
     )
     async def logout(self, request: AuthRequest, auth: NamedDependency[AuthService]) -> Response[None]:
         await auth.logout(request.user)
-        settings = request.app.state[SETTINGS_STATE_KEY]
+        settings = app_settings(request)
         return Response(None, status_code=HTTP_204_NO_CONTENT, cookies=[_forget_cookie(settings)])
 
     @post("/logout-all", status_code=HTTP_200_OK, summary="End every session of this user")
@@ -151,7 +158,7 @@ class AuthController(Controller):
         self, request: AuthRequest, auth: NamedDependency[AuthService]
     ) -> Response[LogoutEverywhereResponse]:
         ended = await auth.logout_everywhere(request.user)
-        settings = request.app.state[SETTINGS_STATE_KEY]
+        settings = app_settings(request)
         return Response(LogoutEverywhereResponse(sessions_ended=ended), cookies=[_forget_cookie(settings)])
 
     @post("/password", status_code=HTTP_204_NO_CONTENT, summary="Change the password; ends the other sessions")
@@ -259,7 +266,7 @@ class OAuthController(Controller):
             raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
         if await db_session.scalar(select(OAuthProvider.id).where(OAuthProvider.provider_name == data.name)):
             raise Conflict(f"A provider named '{data.name}' already exists.")
-        settings: Settings = request.app.state[SETTINGS_STATE_KEY]
+        settings = app_settings(request)
         box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
         provider = OAuthProvider(
             tenant_id=request.user.tenant_id,
@@ -419,7 +426,7 @@ class OAuthController(Controller):
         result = await auth.complete_external_login(provider, identity, mode=mode, link_user_id=link_user_id)
         if link_user_id is not None:
             return Response({"status": "linked", "provider": provider.provider_name})
-        response = _login_response(result, request.app.state[SETTINGS_STATE_KEY])
+        response = _login_response(result, app_settings(request))
         if mode == "portal" and result.status == "authenticated":
             return Redirect(_safe_return_path(flow.get("return_to")), cookies=response.cookies)
         return response

@@ -61,6 +61,12 @@ from db.tenant import Organization
 
 SessionMode = Literal["api", "portal"]
 ADMIN_ROLES = ("tenant_admin", "super_admin")
+
+
+def is_admin(principal: Principal) -> bool:
+    return principal.role in ADMIN_ROLES
+
+
 REFRESH_TOKEN_KIND = "lrt"
 PORTAL_SESSION_KIND = "lss"
 INVITATION_KIND = "linv"

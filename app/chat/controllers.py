@@ -14,10 +14,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED
-from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.controllers import SETTINGS_STATE_KEY
+from app.auth.controllers import app_settings
 from app.auth.middleware import SESSION_MAKER_STATE_KEY
 from app.auth.tokens import Principal
 from app.chat import services
@@ -30,12 +29,10 @@ from app.chat.schemas import (
     TurnRead,
 )
 from app.errors import ServiceError
-from app.gateway.controllers import GATEWAY_STATE_KEY
+from app.gateway.controllers import gateway_of
 from app.gateway.internal import complete, stream
-from app.gateway.proxy import Gateway
-from app.jobs.controllers import JOB_QUEUE_STATE_KEY
+from app.jobs.controllers import job_queue
 from app.observability.logging import get_logger
-from app.settings import Settings
 from db.session import tenant_session
 
 AuthRequest = Request[Principal, Any, State]
@@ -115,7 +112,7 @@ class ConversationController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> TurnRead | ServerSentEvent:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
-        gateway = _gateway(request)
+        gateway = gateway_of(request)
         turn = await services.begin_turn(db_session, gateway, conversation, data.content)
         request_id = request.scope.get("state", {}).get("request_id")
         if data.stream:
@@ -133,7 +130,7 @@ class ConversationController(Controller):
             model=answer.get("model") or conversation.model,
         )
         memory_job = await services.after_turn(
-            db_session, _queue(request), _settings(request), conversation, turn, message
+            db_session, job_queue(request), app_settings(request), conversation, turn, message
         )
         return TurnRead(
             user_message=services.message_read(turn.user_message),
@@ -191,7 +188,9 @@ async def _store_streamed(
                 session, conversation, turn, content=content, usage=usage, status=status, model=conversation.model
             )
             memory_job = (
-                await services.after_turn(session, _queue(request), _settings(request), conversation, turn, message)
+                await services.after_turn(
+                    session, job_queue(request), app_settings(request), conversation, turn, message
+                )
                 if status == "complete"
                 else None
             )
@@ -203,18 +202,3 @@ async def _store_streamed(
     except ServiceError as failure:  # e.g. the conversation was deleted while it streamed
         logger.warning("streamed answer not stored", error=failure.detail)
         return None
-
-
-def _queue(request: AuthRequest) -> RedisQueue:
-    queue: RedisQueue = request.app.state[JOB_QUEUE_STATE_KEY]
-    return queue
-
-
-def _settings(request: AuthRequest) -> Settings:
-    settings: Settings = request.app.state[SETTINGS_STATE_KEY]
-    return settings
-
-
-def _gateway(request: AuthRequest) -> Gateway:
-    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
-    return gateway

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import SECRET_BOX_STATE_KEY, SETTINGS_STATE_KEY
+from app.auth.controllers import SECRET_BOX_STATE_KEY, app_settings
 from app.auth.guards import requires_tenant_admin
 from app.auth.services import ADMIN_ROLES
 from app.auth.tokens import Principal
@@ -48,7 +48,6 @@ from app.gateway.schemas import (
     UsagePage,
 )
 from app.observability.errors import internal_error_handler
-from app.settings import Settings
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType
 
 GATEWAY_STATE_KEY = "gateway"
@@ -183,8 +182,9 @@ class AnthropicMessagesController(Controller):
 # --- management ---------------------------------------------------------------------------------
 
 
-def _settings(request: Request[Any, Any, State]) -> Settings:
-    return request.app.state[SETTINGS_STATE_KEY]  # type: ignore[no-any-return]
+def gateway_of(request: Request[Any, Any, State]) -> Gateway:
+    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
+    return gateway
 
 
 def _box(request: Request[Any, Any, State]) -> SecretBox:
@@ -229,7 +229,7 @@ class ChannelController(Controller):
             request.user.tenant_id,
             data,
             _box(request),
-            echo_enabled=_settings(request).echo_provider_enabled,
+            echo_enabled=app_settings(request).echo_provider_enabled,
         )
         await db_session.commit()
         await _announce(request, redis, f"tenant:{request.user.tenant_id}")
@@ -309,7 +309,7 @@ class ChannelController(Controller):
         redis: NamedDependency[Redis],
     ) -> ChannelTestResult:
         channel, _ = await _channel_with_type(db_session, channel_id)
-        gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
+        gateway = gateway_of(request)
         result = await services.test_channel(db_session, channel, _box(request), gateway.http)
         await db_session.commit()
         await _announce(request, redis, f"tenant:{request.user.tenant_id}")
@@ -501,7 +501,7 @@ class ProviderTypeController(Controller):
     async def list_types(
         self, request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> list[ProviderTypeRead]:
-        echo = _settings(request).echo_provider_enabled
+        echo = app_settings(request).echo_provider_enabled
         rows = await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
         return [
             ProviderTypeRead(

@@ -19,14 +19,13 @@ from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.controllers import SETTINGS_STATE_KEY
+from app.auth.controllers import app_settings
 from app.auth.middleware import SESSION_MAKER_STATE_KEY
-from app.auth.services import ADMIN_ROLES
+from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.errors import Conflict, NotAllowed
 from app.jobs import services
 from app.jobs.schemas import JobDetail, JobRead, JobSubmit, event_read, job_detail, job_read
-from app.settings import Settings
 from db.session import tenant_session
 from db.tenant import JOB_TERMINAL_STATUSES, Job
 
@@ -40,13 +39,9 @@ SSE_OVERLAP = datetime.timedelta(seconds=5)
 SSE_MAX_SECONDS = 3600
 
 
-def _queue(request: AuthRequest) -> RedisQueue:
+def job_queue(request: Request[Any, Any, State]) -> RedisQueue:
     queue: RedisQueue = request.app.state[JOB_QUEUE_STATE_KEY]
     return queue
-
-
-def _is_admin(principal: Principal) -> bool:
-    return principal.role in ADMIN_ROLES
 
 
 class JobController(Controller):
@@ -60,12 +55,12 @@ class JobController(Controller):
         self, data: JSONBody[JobSubmit], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> Response[JobRead]:
         kind = services.kind_for(data.kind)
-        if kind.startable_by is None or (kind.startable_by == "admin" and not _is_admin(request.user)):
+        if kind.startable_by is None or (kind.startable_by == "admin" and not is_admin(request.user)):
             raise NotAllowed(f"Jobs of the kind '{kind.name}' cannot be started by you.")
-        settings: Settings = request.app.state[SETTINGS_STATE_KEY]
+        settings = app_settings(request)
         job, created = await services.submit_job(
             db_session,
-            _queue(request),
+            job_queue(request),
             settings,
             tenant_id=request.user.tenant_id,
             kind=data.kind,
@@ -73,7 +68,7 @@ class JobController(Controller):
             idempotency_key=data.idempotency_key,
             created_by=request.user.user_id,
         )
-        if not created and not _is_admin(request.user) and job.created_by != request.user.user_id:
+        if not created and not is_admin(request.user) and job.created_by != request.user.user_id:
             # Someone else's job under this key: say no more than that the key is taken.
             raise Conflict("This idempotency key is already used by another user's job of this kind.")
         return Response(job_read(job), status_code=HTTP_201_CREATED if created else HTTP_200_OK)
@@ -91,7 +86,7 @@ class JobController(Controller):
         jobs = await services.list_jobs(
             db_session,
             user_id=request.user.user_id,
-            is_admin=_is_admin(request.user),
+            is_admin=is_admin(request.user),
             status=status,
             kind=kind,
             limit=limit,
@@ -115,7 +110,7 @@ class JobController(Controller):
         redis: NamedDependency[Redis],
     ) -> JobRead:
         job = await self._visible(db_session, request, job_id)
-        job = await services.cancel_job(db_session, _queue(request), redis, job, actor=request.user.user_id)
+        job = await services.cancel_job(db_session, job_queue(request), redis, job, actor=request.user.user_id)
         return job_read(job)
 
     @post("/{job_id:uuid}/retry", status_code=HTTP_202_ACCEPTED, summary="Run a failed, canceled or dead job again")
@@ -127,8 +122,8 @@ class JobController(Controller):
         redis: NamedDependency[Redis],
     ) -> JobRead:
         job = await self._visible(db_session, request, job_id)
-        settings: Settings = request.app.state[SETTINGS_STATE_KEY]
-        job = await services.retry_job(db_session, _queue(request), redis, settings, job, actor=request.user.user_id)
+        settings = app_settings(request)
+        job = await services.retry_job(db_session, job_queue(request), redis, settings, job, actor=request.user.user_id)
         return job_read(job)
 
     @get("/{job_id:uuid}/events", summary="Follow a job's events (server-sent events) until it finishes")
@@ -143,7 +138,7 @@ class JobController(Controller):
     @staticmethod
     async def _visible(db_session: AsyncSession, request: AuthRequest, job_id: UUID) -> Job:
         return await services.visible_job(
-            db_session, job_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+            db_session, job_id, user_id=request.user.user_id, is_admin=is_admin(request.user)
         )
 
 

@@ -11,17 +11,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
-from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import SETTINGS_STATE_KEY
-from app.auth.services import ADMIN_ROLES
+from app.auth.controllers import app_settings
+from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
-from app.gateway.controllers import GATEWAY_STATE_KEY
+from app.gateway.controllers import gateway_of
 from app.gateway.internal import chat_token, embed
 from app.gateway.proxy import Gateway
-from app.jobs.controllers import JOB_QUEUE_STATE_KEY
+from app.jobs.controllers import job_queue
 from app.jobs.schemas import JobRead, job_read
 from app.jobs.services import submit_job
 from app.memory import services
@@ -36,22 +35,17 @@ from app.memory.schemas import (
     MemoryType,
     MemoryUpdate,
 )
-from app.settings import Settings
 from app.tenants.services import record_audit_event
 from db.auth import User
 
 AuthRequest = Request[Principal, Any, State]
 
 
-def _is_admin(principal: Principal) -> bool:
-    return principal.role in ADMIN_ROLES
-
-
 async def _subject(session: AsyncSession, principal: Principal, user_id: UUID | None) -> UUID:
     """Whose memories: the caller's own, or (admins only) another user's of the tenant."""
     if user_id is None or user_id == principal.user_id:
         return principal.user_id
-    if not _is_admin(principal):
+    if not is_admin(principal):
         raise NotAllowed("You can only see and manage your own memories.")
     if await session.get(User, user_id) is None:
         raise NotFound("No such user in this organization.")
@@ -84,7 +78,7 @@ class MemoryController(Controller):
     async def write_settings(
         self, data: JSONBody[MemorySettings], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> MemorySettings:
-        if not _is_admin(request.user):
+        if not is_admin(request.user):
             raise NotAllowed("Only an administrator can change the memory settings.")
         saved = await services.save_memory_settings(db_session, data)
         record_audit_event(
@@ -112,8 +106,8 @@ class MemoryController(Controller):
             turns = data.messages or [{"role": "user", "content": data.text}]  # type: ignore[list-item]
             job, _ = await submit_job(
                 db_session,
-                _queue(request),
-                _settings(request),
+                job_queue(request),
+                app_settings(request),
                 tenant_id=request.user.tenant_id,
                 kind="memory.extract",
                 payload={"user_id": str(request.user.user_id), "messages": turns, "metadata": data.metadata},
@@ -124,7 +118,7 @@ class MemoryController(Controller):
             raise InvalidRequest("With infer=false, send `text`: the memory to store as is.")
         if await services.find_duplicate(db_session, request.user.user_id, data.text) is not None:
             raise Conflict("You already have this memory.")
-        embedding = await query_embedding(db_session, _gateway(request), request.user, settings, data.text)
+        embedding = await query_embedding(db_session, gateway_of(request), request.user, settings, data.text)
         memory = await services.add_memory(
             db_session,
             user_id=request.user.user_id,
@@ -167,7 +161,7 @@ class MemoryController(Controller):
     ) -> list[MemoryHit]:
         subject = await _subject(db_session, request.user, data.user_id)
         settings = await services.memory_settings(db_session)
-        embedding = await query_embedding(db_session, _gateway(request), request.user, settings, data.query)
+        embedding = await query_embedding(db_session, gateway_of(request), request.user, settings, data.query)
         return await services.search(
             db_session, user_id=subject, query=data.query, embedding=embedding, limit=data.limit, filters=data.filters
         )
@@ -190,7 +184,7 @@ class MemoryController(Controller):
         self, memory_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> dict[str, Any]:
         memory = await services.visible_memory(
-            db_session, memory_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+            db_session, memory_id, user_id=request.user.user_id, is_admin=is_admin(request.user)
         )
         linked = await services.associations(db_session, memory)
         return {
@@ -210,7 +204,7 @@ class MemoryController(Controller):
             db_session, memory_id, user_id=request.user.user_id, is_admin=False, for_change=True
         )
         settings = await services.memory_settings(db_session)
-        embedding = await query_embedding(db_session, _gateway(request), request.user, settings, data.text)
+        embedding = await query_embedding(db_session, gateway_of(request), request.user, settings, data.text)
         await services.change_memory(
             db_session,
             memory,
@@ -228,7 +222,7 @@ class MemoryController(Controller):
         self, memory_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> None:
         memory = await services.visible_memory(
-            db_session, memory_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+            db_session, memory_id, user_id=request.user.user_id, is_admin=is_admin(request.user)
         )
         owner = memory.user_id
         await services.erase_memories(db_session, user_id=owner, memory_id=memory_id)
@@ -240,7 +234,7 @@ class MemoryController(Controller):
         self, memory_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> list[HistoryRead]:
         memory = await services.visible_memory(
-            db_session, memory_id, user_id=request.user.user_id, is_admin=_is_admin(request.user)
+            db_session, memory_id, user_id=request.user.user_id, is_admin=is_admin(request.user)
         )
         return [services.history_read(row) for row in await services.memory_history(db_session, memory)]
 
@@ -258,18 +252,3 @@ def _audit_erasure(
         target_id=owner,
         details={"count": count, "memory_id": str(memory_id) if memory_id else None},
     )
-
-
-def _queue(request: AuthRequest) -> RedisQueue:
-    queue: RedisQueue = request.app.state[JOB_QUEUE_STATE_KEY]
-    return queue
-
-
-def _settings(request: AuthRequest) -> Settings:
-    settings: Settings = request.app.state[SETTINGS_STATE_KEY]
-    return settings
-
-
-def _gateway(request: AuthRequest) -> Gateway:
-    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
-    return gateway

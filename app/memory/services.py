@@ -15,6 +15,7 @@ import msgspec
 from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import Select, Text, cast, delete, func, select, text
 from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidRequest, NotFound
@@ -384,23 +385,23 @@ async def link_similar(session: AsyncSession, memory: Memory, *, threshold: floa
     for other_id, similarity in await nearest(session, user_id=memory.user_id, embedding=embedding, limit=limit + 1):
         if other_id == memory.id or similarity < threshold:
             continue
-        for first, second in ((memory.id, other_id), (other_id, memory.id)):
-            exists = await session.scalar(
-                select(MemoryAssociation.id).where(
-                    MemoryAssociation.memory_id == first, MemoryAssociation.related_memory_id == second
-                )
+        strength = min(max(similarity, 0.0), 1.0)
+        await session.execute(
+            pg_insert(MemoryAssociation)
+            .values(
+                [
+                    {
+                        "tenant_id": memory.tenant_id,
+                        "memory_id": first,
+                        "related_memory_id": second,
+                        "strength": strength,
+                    }
+                    for first, second in ((memory.id, other_id), (other_id, memory.id))
+                ]
             )
-            if exists is None:
-                session.add(
-                    MemoryAssociation(
-                        tenant_id=memory.tenant_id,
-                        memory_id=first,
-                        related_memory_id=second,
-                        strength=min(max(similarity, 0.0), 1.0),
-                    )
-                )
+            .on_conflict_do_nothing(constraint="uk_memory_associations_pair")
+        )
         linked += 1
-    await session.flush()
     return linked
 
 

@@ -51,10 +51,6 @@ class ExtractPayload(msgspec.Struct, forbid_unknown_fields=True):
     source_message_id: UUID | None = None
 
 
-class ReembedPayload(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
 def parse_answer(content: str, answer_type: type[T]) -> T:
     """Strict: the whole answer must be the JSON object (a surrounding code fence is the one thing forgiven)."""
     stripped = content.strip()
@@ -339,7 +335,7 @@ def _problem(decision: Decision, by_alias: dict[str, UUID]) -> str | None:
     return None
 
 
-@job_kind("memory.reembed", startable_by="admin", payload_type=ReembedPayload, timeout_seconds=3600)
+@job_kind("memory.reembed", startable_by="admin", timeout_seconds=3600)
 async def reembed_memories(job: JobContext) -> dict[str, Any]:
     """Embed again, with the organization's current embedding model, every memory embedded with another."""
     session = job.session
