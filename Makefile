@@ -23,6 +23,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.foundation
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.jobs
+	$(BIN)/python -m bench.memory
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -47,7 +47,8 @@ def role_url(server_url: str, role: str, database: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _plain_url(server_url: str, database: str) -> str:
+def plain_url(server_url: str, database: str) -> str:
+    """`server_url` pointed at `database`, in the form asyncpg itself accepts."""
     return make_url(server_url).set(drivername="postgresql", database=database).render_as_string(hide_password=False)
 
 
@@ -59,7 +60,7 @@ async def bootstrap_database(superuser_url: str, database: str = DEFAULT_DATABAS
     """
     if not _IDENTIFIER.match(database):
         raise ValueError(f"database name {database!r} must be a lower-case SQL identifier")
-    server = await asyncpg.connect(_plain_url(superuser_url, "postgres"))
+    server = await asyncpg.connect(plain_url(superuser_url, "postgres"))
     try:
         await server.execute(_ROLES_SQL)
         if not await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
@@ -67,7 +68,7 @@ async def bootstrap_database(superuser_url: str, database: str = DEFAULT_DATABAS
     finally:
         await server.close()
 
-    connection = await asyncpg.connect(_plain_url(superuser_url, database))
+    connection = await asyncpg.connect(plain_url(superuser_url, database))
     try:
         await connection.execute(
             f"""
@@ -91,7 +92,7 @@ async def bootstrap_database(superuser_url: str, database: str = DEFAULT_DATABAS
 async def drop_database(superuser_url: str, database: str) -> None:
     if not _IDENTIFIER.match(database):
         raise ValueError(f"database name {database!r} must be a lower-case SQL identifier")
-    server = await asyncpg.connect(_plain_url(superuser_url, "postgres"))
+    server = await asyncpg.connect(plain_url(superuser_url, "postgres"))
     try:
         await server.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     finally:

@@ -77,7 +77,8 @@ class Memory(TenantOwned, UpdatedAt, Base):
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
     invalidated_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     invalidation_reason: Mapped[str | None] = mapped_column(Text)
-    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True)
+    # Deferred: a vector is kilobytes to fetch and parse, and only SQL ever reads it.
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)
     embedding_model: Mapped[str | None] = mapped_column(String(100))
     embedding_dim: Mapped[int | None]
     search_vector: Mapped[Any] = mapped_column(

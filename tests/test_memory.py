@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import Settings
@@ -13,7 +13,7 @@ from db.memory import Memory
 from db.session import tenant_session
 from tests.conftest import Client, TenantRows
 from tests.gateway_helpers import AuthHeaders, add_channel
-from tests.mock_upstream import MockUpstream
+from tests.mock_upstream import MockUpstream, word_vector
 from tests.test_jobs import events_of, running_worker, wait_for_status
 
 
@@ -235,3 +235,100 @@ async def test_memory_bad_input_and_other_users_memories(
     assert (await client.get(path, headers=user)).status_code == 404
     erased = await client.delete("/api/memories", headers=user)
     assert erased.json() == {"erased": 0}
+
+
+def cosine(left: list[float], right: list[float]) -> float:
+    return sum(a * b for a, b in zip(left, right, strict=True))  # word_vector's vectors are unit length
+
+
+async def test_a_new_embedding_model_reembeds_every_memory_by_a_job_and_models_are_never_compared(
+    client: Client,
+    upstream: MockUpstream,
+    settings: Settings,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    # Turning embeddings on embeds the memories stored before: the fixture's two of the admin's.
+    (first,) = (await client.get("/api/jobs", params={"kind": "memory.reembed"}, headers=admin)).json()
+    async with running_worker(settings):
+        first = await wait_for_status(client, admin, first["id"], {"succeeded", "failed", "dead"})
+    assert first["result"] == {"reembedded": 2, "model": "embed-test"}
+    for text in ("Prefers green tea in the morning", "Owns a red bicycle", "Works as a nurse in Leeds"):
+        assert (
+            await client.post("/api/memories", json={"text": text, "infer": False}, headers=user)
+        ).status_code == 201
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        active = await session.scalar(select(func.count()).where(Memory.status == "active"))
+
+    await add_channel(client, admin, upstream, "mem-embed-new", models=["embed-new"])
+    upstream.behave("mem-embed-new", dimensions=384)
+    changed = await client.put(
+        "/api/memories/settings", json={"llm_model": "memory-llm", "embedding_model": "embed-new"}, headers=admin
+    )
+    assert changed.status_code == 200, changed.text
+    jobs = (await client.get("/api/jobs", params={"kind": "memory.reembed"}, headers=admin)).json()
+    assert [job["status"] for job in jobs] == ["queued", "succeeded"]  # newest first
+
+    # Until the job has run, the query (embedded by the new model) is not compared with old vectors:
+    # the memory is found by its words, with no similarity to report.
+    before = (await client.post("/api/memories/search", json={"query": "red bicycle"}, headers=user)).json()
+    assert [(hit["memory"]["text"], hit["score"]) for hit in before] == [("Owns a red bicycle", None)]
+
+    async with running_worker(settings):
+        job = await wait_for_status(client, admin, jobs[0]["id"], {"succeeded", "failed", "dead"})
+    assert (job["status"], job["result"]) == ("succeeded", {"reembedded": active, "model": "embed-new"})
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = (await session.execute(select(Memory.memory_text, Memory.embedding_model, Memory.embedding))).all()
+    assert {(row.embedding_model, len(row.embedding)) for row in rows} == {("embed-new", 384)}
+    for row in rows:
+        assert cosine([float(value) for value in row.embedding], word_vector(row.memory_text, 384)) > 0.9999
+
+    after = (await client.post("/api/memories/search", json={"query": "red bicycle"}, headers=user)).json()
+    assert after[0]["memory"]["text"] == "Owns a red bicycle"
+    expected = cosine(word_vector("red bicycle", 384), word_vector("Owns a red bicycle", 384))
+    assert abs(after[0]["score"] - expected) < 1e-5
+
+    # Saving the same model again has nothing to re-embed: no second job.
+    again = await client.put(
+        "/api/memories/settings", json={"llm_model": "memory-llm", "embedding_model": "embed-new"}, headers=admin
+    )
+    assert again.status_code == 200
+    assert len((await client.get("/api/jobs", params={"kind": "memory.reembed"}, headers=admin)).json()) == 2
+
+
+async def test_similar_memories_of_one_user_are_associated_both_ways_above_the_threshold(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    assert (
+        await client.put(
+            "/api/memories/settings",
+            json={"llm_model": "memory-llm", "embedding_model": "embed-test", "association_threshold": 0.8},
+            headers=admin,
+        )
+    ).status_code == 200
+    morning, evening, bicycle = "Likes green tea in the morning", "Likes green tea in the evening", "Owns a red bicycle"
+    strength = cosine(word_vector(morning, 256), word_vector(evening, 256))
+    assert strength >= 0.8 > cosine(word_vector(morning, 256), word_vector(bicycle, 256))  # the data's premise
+
+    async def add(text: str, headers: dict[str, str]) -> str:
+        response = await client.post("/api/memories", json={"text": text, "infer": False}, headers=headers)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def linked(memory_id: str) -> list[tuple[str, float]]:
+        body = (await client.get(f"/api/memories/{memory_id}", headers=user)).json()
+        return [(link["memory_id"], round(link["strength"], 5)) for link in body["associations"]]
+
+    morning_id, evening_id, bicycle_id = await add(morning, user), await add(evening, user), await add(bicycle, user)
+    assert await linked(evening_id) == [(morning_id, round(strength, 5))]
+    assert await linked(morning_id) == [(evening_id, round(strength, 5))]
+    assert await linked(bicycle_id) == []
+    # The same words in another user's memory are never linked to this user's.
+    admins_morning = await add(morning, admin)
+    body = (await client.get(f"/api/memories/{admins_morning}", headers=admin)).json()
+    assert body["associations"] == []

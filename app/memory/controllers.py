@@ -80,6 +80,7 @@ class MemoryController(Controller):
     ) -> MemorySettings:
         if not is_admin(request.user):
             raise NotAllowed("Only an administrator can change the memory settings.")
+        previous = await services.memory_settings(db_session)
         saved = await services.save_memory_settings(db_session, data)
         record_audit_event(
             db_session,
@@ -90,7 +91,24 @@ class MemoryController(Controller):
             target_id=request.user.tenant_id,
             details={"llm_model": data.llm_model, "embedding_model": data.embedding_model, "enabled": data.enabled},
         )
-        await db_session.commit()
+        model = saved.embedding_model
+        if (
+            model is not None
+            and model != previous.embedding_model
+            and await db_session.scalar(services.stale_memories(model).exists().select())
+        ):
+            # Vectors of the old model are never compared with the new one's: until this job has embedded
+            # them again, those memories are found by their words only. Submitting commits the settings too.
+            await submit_job(
+                db_session,
+                job_queue(request),
+                app_settings(request),
+                tenant_id=request.user.tenant_id,
+                kind="memory.reembed",
+                created_by=request.user.user_id,
+            )
+        else:
+            await db_session.commit()
         return saved
 
     @post("/", summary="Remember: extract facts from messages (a job), or store a text as is (infer=false)")
@@ -129,7 +147,7 @@ class MemoryController(Controller):
             importance=data.importance,
             metadata=data.metadata,
         )
-        await services.link_similar(db_session, memory, threshold=settings.association_threshold)
+        await services.link_similar(db_session, memory, embedding, threshold=settings.association_threshold)
         await db_session.commit()
         return Response(services.memory_read(memory), status_code=HTTP_201_CREATED)
 

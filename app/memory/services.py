@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 from pgvector.sqlalchemy import HALFVEC, Vector
-from sqlalchemy import Select, Text, cast, delete, func, select, text
+from sqlalchemy import Select, Text, cast, delete, func, select
 from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -141,6 +141,14 @@ async def memory_history(session: AsyncSession, memory: Memory) -> list[MemoryHi
     )
 
 
+def stale_memories(embedding_model: str) -> Select[Memory]:
+    """Active memories without a vector of `embedding_model`: what `memory.reembed` embeds again."""
+    return select(Memory).where(
+        Memory.status == "active",
+        Memory.embedding_model.is_(None) | (Memory.embedding_model != embedding_model),
+    )
+
+
 async def find_duplicate(session: AsyncSession, user_id: UUID, text_value: str) -> Memory | None:
     return await session.scalar(
         select(Memory).where(
@@ -186,6 +194,21 @@ def _distance(embedding: Embedding, *, exact: bool) -> Any:
     return Memory.embedding.cosine_distance(embedding.vector)
 
 
+async def _tune_for_search(session: AsyncSession, limit: int) -> None:
+    await session.execute(
+        select(
+            # The best plan depends on the user (a hundred memories: b-tree and sort; tens of thousands: the
+            # HNSW index) and on the query's words; a cached generic plan would also evaluate the tsquery
+            # expression once per row. Measured in bench/memory.py.
+            func.set_config("plan_cache_mode", "force_custom_plan", True),
+            # pgvector filters after the index scan; iterative scanning keeps going until enough rows pass
+            # the tenant, user and status filters (without it a small user in a big tenant gets too few).
+            func.set_config("hnsw.iterative_scan", "relaxed_order", True),
+            func.set_config("hnsw.ef_search", str(max(40, 2 * limit)), True),
+        )
+    )
+
+
 async def nearest(
     session: AsyncSession,
     *,
@@ -198,10 +221,7 @@ async def nearest(
     """The user's active memories closest to `embedding` (same model): (id, cosine similarity), best first."""
     dimension = len(embedding.vector)
     distance = _distance(embedding, exact=exact)
-    # pgvector filters after the index scan; iterative scanning keeps going until enough rows pass the
-    # tenant, user and status filters (without it a small user in a big tenant gets too few results).
-    await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-    await session.execute(text(f"SET LOCAL hnsw.ef_search = {max(40, 2 * limit)}"))
+    await _tune_for_search(session, limit)
     statement = _filtered(
         select(Memory.id, distance.label("distance")).where(
             Memory.user_id == user_id,
@@ -245,7 +265,9 @@ async def search(
     candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     similarity: dict[UUID, float] = {}
     fused: dict[UUID, float] = {}
-    if embedding is not None:
+    if embedding is None:
+        await _tune_for_search(session, candidates)
+    else:
         for rank, (memory_id, score) in enumerate(
             await nearest(session, user_id=user_id, embedding=embedding, limit=candidates, filters=filters, exact=exact)
         ):
@@ -376,11 +398,13 @@ async def invalidate_memory(session: AsyncSession, memory: Memory, *, reason: st
     return memory
 
 
-async def link_similar(session: AsyncSession, memory: Memory, *, threshold: float, limit: int = 5) -> int:
-    """Associate a memory with the user's memories at least `threshold` similar to it (both directions)."""
-    if memory.embedding is None or memory.embedding_model is None:
+async def link_similar(
+    session: AsyncSession, memory: Memory, embedding: Embedding | None, *, threshold: float, limit: int = 5
+) -> int:
+    """Associate a memory (just given `embedding`) with the user's memories at least `threshold` similar to
+    it, both directions."""
+    if embedding is None:
         return 0
-    embedding = Embedding(model=memory.embedding_model, vector=[float(value) for value in memory.embedding])
     linked = 0
     for other_id, similarity in await nearest(session, user_id=memory.user_id, embedding=embedding, limit=limit + 1):
         if other_id == memory.id or similarity < threshold:

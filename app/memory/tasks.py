@@ -273,7 +273,7 @@ async def _apply(
     for text_value, embedding in zip(to_embed, await _embeddings(job, token, settings, to_embed), strict=True):
         if embedding is not None:
             known[services.memory_hash(text_value)] = embedding
-    changed: list[Memory] = []
+    changed: list[tuple[Memory, services.Embedding | None]] = []
     for decision in usable:
         embedding = known.get(services.memory_hash(decision.text)) if decision.text else None
         if decision.event == "ADD":
@@ -281,20 +281,19 @@ async def _apply(
                 outcome.duplicates += 1
                 continue
             fact = fact_by_hash.get(services.memory_hash(decision.text))
-            changed.append(
-                await services.add_memory(
-                    session,
-                    user_id=payload.user_id,
-                    text_value=decision.text,
-                    embedding=embedding,
-                    actor=actor,
-                    memory_type=fact.type if fact else "fact",
-                    importance=fact.importance if fact else 50,
-                    metadata=payload.metadata,
-                    source_type=payload.source_type,
-                    source_id=payload.source_id,
-                )
+            added = await services.add_memory(
+                session,
+                user_id=payload.user_id,
+                text_value=decision.text,
+                embedding=embedding,
+                actor=actor,
+                memory_type=fact.type if fact else "fact",
+                importance=fact.importance if fact else 50,
+                metadata=payload.metadata,
+                source_type=payload.source_type,
+                source_id=payload.source_id,
             )
+            changed.append((added, embedding))
             outcome.added += 1
             continue
         memory = await session.get(Memory, by_alias[decision.id])
@@ -308,11 +307,10 @@ async def _apply(
             if await services.find_duplicate(session, payload.user_id, decision.text) is not None:
                 outcome.duplicates += 1
                 continue
-            changed.append(
-                await services.change_memory(
-                    session, memory, text_value=decision.text, embedding=embedding, actor=actor, reason=decision.reason
-                )
+            await services.change_memory(
+                session, memory, text_value=decision.text, embedding=embedding, actor=actor, reason=decision.reason
             )
+            changed.append((memory, embedding))
             outcome.updated += 1
         elif decision.event == "DELETE":
             await services.invalidate_memory(
@@ -321,8 +319,10 @@ async def _apply(
             outcome.invalidated += 1
         else:
             outcome.unchanged += 1
-    for memory in changed:
-        outcome.associations += await services.link_similar(session, memory, threshold=settings.association_threshold)
+    for memory, embedding in changed:
+        outcome.associations += await services.link_similar(
+            session, memory, embedding, threshold=settings.association_threshold
+        )
 
 
 def _problem(decision: Decision, by_alias: dict[str, UUID]) -> str | None:
@@ -342,10 +342,7 @@ async def reembed_memories(job: JobContext) -> dict[str, Any]:
     settings = await services.memory_settings(session)
     if settings.embedding_model is None:
         raise JobFailed("No embedding model is configured; an administrator sets one in the memory settings.")
-    stale = select(Memory).where(
-        Memory.status == "active",
-        (Memory.embedding_model.is_(None)) | (Memory.embedding_model != settings.embedding_model),
-    )
+    stale = services.stale_memories(settings.embedding_model)
     total = await session.scalar(select(func.count()).select_from(stale.subquery())) or 0
     done = 0
     while memories := list(await session.scalars(stale.order_by(Memory.id).limit(REEMBED_BATCH))):
