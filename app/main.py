@@ -54,6 +54,7 @@ from app.memory.controllers import MemoryController
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
 from app.observability.middleware import RequestContextMiddleware
+from app.portal.router import create_portal_router, home, portal_template_config
 from app.settings import ConfigurationError, Settings, database_url
 from app.tenants.controllers import TenantController
 from db.session import create_engine, create_session_maker
@@ -116,9 +117,11 @@ def create_app(settings: Settings) -> Litestar:
             JobController,
             ConversationController,
             MemoryController,
+            create_portal_router(),
+            home,
         ],
         plugins=[create_database_plugin(engine, session_maker)],
-        middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/"])],
+        middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/", "^/portal"])],
         guards=[full_session_only],
         before_request=require_json_body,
         dependencies={"redis": Provide(provide_redis, sync_to_thread=False)},
@@ -139,6 +142,7 @@ def create_app(settings: Settings) -> Litestar:
                 JOB_QUEUE_STATE_KEY: job_queue,
             }
         ),
+        template_config=portal_template_config(),
         on_startup=[start_background_work],
         on_shutdown=[stop_background_work],
         openapi_config=OpenAPIConfig(title="Lyss", version=PACKAGE_VERSION, path="/schema"),

@@ -187,21 +187,12 @@ def gateway_of(request: Request[Any, Any, State]) -> Gateway:
     return gateway
 
 
-def _box(request: Request[Any, Any, State]) -> SecretBox:
+def secret_box_of(request: Request[Any, Any, State]) -> SecretBox:
     return request.app.state[SECRET_BOX_STATE_KEY]  # type: ignore[no-any-return]
 
 
-async def _announce(request: Request[Any, Any, State], redis: Redis, message: str) -> None:
+async def announce(request: Request[Any, Any, State], redis: Redis, message: str) -> None:
     await announce_change(redis, request.app.state[GATEWAY_STATE_KEY].catalog, message)
-
-
-async def _channel_with_type(db_session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:
-    row = (
-        await db_session.execute(select(Channel, ProviderType.name).join(ProviderType).where(Channel.id == channel_id))
-    ).one_or_none()
-    if row is None:
-        raise NotFound("No such channel.")
-    return row[0], row[1]
 
 
 class ChannelController(Controller):
@@ -214,7 +205,7 @@ class ChannelController(Controller):
         rows = await db_session.execute(
             select(Channel, ProviderType.name).join(ProviderType).order_by(Channel.priority.desc(), Channel.name)
         )
-        return [services.channel_read(channel, type_name, _box(request)) for channel, type_name in rows.all()]
+        return [services.channel_read(channel, type_name, secret_box_of(request)) for channel, type_name in rows.all()]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Add a channel")
     async def create_channel(
@@ -228,19 +219,19 @@ class ChannelController(Controller):
             db_session,
             request.user.tenant_id,
             data,
-            _box(request),
+            secret_box_of(request),
             echo_enabled=app_settings(request).echo_provider_enabled,
         )
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, data.type, _box(request))
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, data.type, secret_box_of(request))
 
     @get("/{channel_id:uuid}", summary="One channel")
     async def get_channel(
         self, channel_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> ChannelRead:
-        channel, type_name = await _channel_with_type(db_session, channel_id)
-        return services.channel_read(channel, type_name, _box(request))
+        channel, type_name = await services.channel_with_type(db_session, channel_id)
+        return services.channel_read(channel, type_name, secret_box_of(request))
 
     @patch("/{channel_id:uuid}", summary="Change a channel")
     async def update_channel(
@@ -251,11 +242,11 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        channel, type_name = await _channel_with_type(db_session, channel_id)
-        await services.update_channel(db_session, channel, data, _box(request))
+        channel, type_name = await services.channel_with_type(db_session, channel_id)
+        await services.update_channel(db_session, channel, data, secret_box_of(request))
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, type_name, _box(request))
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, type_name, secret_box_of(request))
 
     @delete("/{channel_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a channel")
     async def delete_channel(
@@ -265,10 +256,10 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
-        channel, _ = await _channel_with_type(db_session, channel_id)
+        channel, _ = await services.channel_with_type(db_session, channel_id)
         await db_session.delete(channel)
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
 
     @post("/{channel_id:uuid}/enable", summary="Enable a channel (also one that was auto-disabled)")
     async def enable_channel(
@@ -293,12 +284,12 @@ class ChannelController(Controller):
     async def _set_status(
         self, channel_id: UUID, status: str, request: AuthRequest, db_session: AsyncSession, redis: Redis
     ) -> ChannelRead:
-        channel, type_name = await _channel_with_type(db_session, channel_id)
+        channel, type_name = await services.channel_with_type(db_session, channel_id)
         channel.status = status
         channel.status_reason = None
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, type_name, _box(request))
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, type_name, secret_box_of(request))
 
     @post("/{channel_id:uuid}/test", summary="Call the channel once with its test model; report latency and error")
     async def test_channel(
@@ -308,19 +299,12 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelTestResult:
-        channel, _ = await _channel_with_type(db_session, channel_id)
+        channel, _ = await services.channel_with_type(db_session, channel_id)
         gateway = gateway_of(request)
-        result = await services.test_channel(db_session, channel, _box(request), gateway.http)
+        result = await services.test_channel(db_session, channel, secret_box_of(request), gateway.http)
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
         return result
-
-
-async def _visible_token(db_session: AsyncSession, principal: Principal, token_id: UUID) -> ApiToken:
-    token = await db_session.get(ApiToken, token_id)
-    if token is None or (principal.role not in ADMIN_ROLES and token.user_id != principal.user_id):
-        raise NotFound("No such API key.")
-    return token
 
 
 class TokenController(Controller):
@@ -350,7 +334,7 @@ class TokenController(Controller):
     async def get_token(
         self, token_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> TokenRead:
-        return services.token_read(await _visible_token(db_session, request.user, token_id))
+        return services.token_read(await services.visible_token(db_session, request.user, token_id))
 
     @patch("/{token_id:uuid}", summary="Change an API key (limits, status)")
     async def update_token(
@@ -361,10 +345,10 @@ class TokenController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> TokenRead:
-        token = await _visible_token(db_session, request.user, token_id)
+        token = await services.visible_token(db_session, request.user, token_id)
         await services.update_token(db_session, token, data)
         await db_session.commit()
-        await _announce(request, redis, f"token:{token.key_hash}")
+        await announce(request, redis, f"token:{token.key_hash}")
         return services.token_read(token)
 
     @delete("/{token_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke an API key")
@@ -375,10 +359,10 @@ class TokenController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
-        token = await _visible_token(db_session, request.user, token_id)
+        token = await services.visible_token(db_session, request.user, token_id)
         await db_session.delete(token)
         await db_session.commit()
-        await _announce(request, redis, f"token:{token.key_hash}")
+        await announce(request, redis, f"token:{token.key_hash}")
 
 
 class PriceController(Controller):
@@ -412,7 +396,7 @@ class PriceController(Controller):
         price.prompt_price = data.prompt_price
         price.completion_price = data.completion_price
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
         return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
 
     @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model's price")
@@ -428,7 +412,7 @@ class PriceController(Controller):
             raise NotFound("No price for this model.")
         await db_session.delete(price)
         await db_session.commit()
-        await _announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce(request, redis, f"tenant:{request.user.tenant_id}")
 
 
 def _usage_filter(request: AuthRequest, **values: Any) -> services.UsageFilter:

@@ -17,6 +17,8 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import Date, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.services import ADMIN_ROLES
+from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.gateway.adapters import ADAPTERS
@@ -137,6 +139,16 @@ async def update_channel(session: AsyncSession, channel: Channel, data: ChannelU
     return channel
 
 
+async def channel_with_type(session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:
+    """A channel of the caller's organization (RLS) and its provider type's name; 404 otherwise."""
+    row = (
+        await session.execute(select(Channel, ProviderType.name).join(ProviderType).where(Channel.id == channel_id))
+    ).one_or_none()
+    if row is None:
+        raise NotFound("No such channel.")
+    return row[0], row[1]
+
+
 def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRead:
     keys = msgspec.json.decode(box.decrypt(channel.encrypted_keys, context=channel_keys_context(channel.tenant_id)))
     return ChannelRead(
@@ -251,6 +263,14 @@ async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate
     for field, value in changes.items():
         setattr(token, field, value)
     await session.flush()
+    return token
+
+
+async def visible_token(session: AsyncSession, principal: Principal, token_id: UUID) -> ApiToken:
+    """An API key the caller may see: any of the organization's for admins, their own for everyone else."""
+    token = await session.get(ApiToken, token_id)
+    if token is None or (principal.role not in ADMIN_ROLES and token.user_id != principal.user_id):
+        raise NotFound("No such API key.")
     return token
 
 

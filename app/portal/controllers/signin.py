@@ -1,0 +1,280 @@
+"""Portal sign-in: password, the TOTP or recovery-code step, MFA enrolment, signing out here or everywhere."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie, State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, QueryParameter
+from litestar.response import Response, Template
+from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
+from markupsafe import Markup
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.controllers import app_settings, provide_auth_service
+from app.auth.middleware import SESSION_COOKIE
+from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
+from app.errors import ServiceError
+from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.tenants.services import lookup_tenant_by_slug
+from db.auth import OAuthProvider
+from db.session import set_session_tenant
+
+MFA_TICKET_COOKIE = "lyss_mfa_ticket"
+LOGIN_CSRF_COOKIE = "lyss_login_csrf"
+PUBLIC = {PUBLIC_PAGE: True}
+
+
+def _next_path(value: str | None) -> str:
+    # Only portal paths: anything else would make sign-in an open redirect.
+    if value and value.startswith(f"{PORTAL}/") and not value.startswith(("//", "/\\")):
+        return value
+    return f"{PORTAL}/"
+
+
+def _cookie(request: Request[Any, Any, State], key: str, value: str, max_age: int, path: str = PORTAL) -> Cookie:
+    return Cookie(
+        key=key,
+        value=value,
+        max_age=max_age,
+        path=path,
+        httponly=True,
+        secure=app_settings(request).cookies_secure,
+        samesite="strict" if key != SESSION_COOKIE else "lax",
+    )
+
+
+def _login_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
+    # Before there is a session, a form token in a cookie and in the form (double submit) stops a
+    # forged cross-site sign-in into the attacker's account.
+    value = secrets.token_urlsafe(24)
+    return value, _cookie(request, LOGIN_CSRF_COOKIE, value, 3600, path=f"{PORTAL}/login")
+
+
+def _login_form_valid(request: Request[Any, Any, State], form: dict[str, Any]) -> bool:
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE) or ""
+    return bool(expected) and secrets.compare_digest(expected, str(form.get("form_token") or ""))
+
+
+async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> list[dict[str, str]]:
+    if not tenant_slug:
+        return []
+    tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
+    if tenant is None:
+        return []
+    await set_session_tenant(db_session, tenant.id)
+    providers = await db_session.scalars(
+        select(OAuthProvider).where(OAuthProvider.is_enabled.is_(True)).order_by(OAuthProvider.provider_name)
+    )
+    return [
+        {
+            "label": provider.display_name or provider.provider_name,
+            "href": f"/api/auth/tenants/{tenant_slug}/oauth/{provider.provider_name}/authorize"
+            f"?mode=portal&return_to={PORTAL}/",
+        }
+        for provider in providers
+    ]
+
+
+class SignInController(Controller):
+    path = "/"
+    dependencies = {"auth": Provide(provide_auth_service)}
+
+    async def _login_page(
+        self,
+        request: Request[Any, Any, State],
+        db_session: AsyncSession,
+        values: dict[str, Any],
+        errors: dict[str, str] | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        token, cookie = _login_form_cookie(request)
+        template = page(
+            None,
+            "login.html",
+            status_code=status_code,
+            values=values,
+            errors=errors or {},
+            form_token=token,
+            oauth=await _oauth_buttons(db_session, values.get("tenant")),
+        )
+        template.cookies.append(cookie)
+        return template
+
+    @get("/login", opt=PUBLIC, summary="Sign-in page")
+    async def login_page(
+        self,
+        request: Request[Any, Any, State],
+        db_session: NamedDependency[AsyncSession],
+        tenant: FromQuery[str | None] = None,
+        next_path: Annotated[str | None, QueryParameter(name="next")] = None,
+    ) -> Template:
+        return await self._login_page(request, db_session, {"tenant": tenant or "", "next": _next_path(next_path)})
+
+    @post("/login", opt=PUBLIC, summary="Sign in")
+    async def login(
+        self,
+        request: Request[Any, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        values = {"tenant": str(form.get("tenant", "")).strip(), "email": str(form.get("email", "")).strip()}
+        values["next"] = _next_path(str(form.get("next") or ""))
+        if not _login_form_valid(request, form):
+            errors = {"form": "This sign-in form expired; it has been reloaded, try again."}
+            return await self._login_page(request, db_session, values, errors, HTTP_400_BAD_REQUEST)
+        errors = {
+            name: "This field is required."
+            for name in ("tenant", "email", "password")
+            if not str(form.get(name) or "").strip()
+        }
+        if errors:
+            return await self._login_page(request, db_session, values, errors, HTTP_400_BAD_REQUEST)
+        try:
+            result = await auth.login(
+                tenant_slug=values["tenant"], email=values["email"], password=str(form["password"]), mode="portal"
+            )
+        except ServiceError as error:
+            await db_session.commit()  # the failed attempt is counted and audited
+            return await self._login_page(request, db_session, values, {"form": error.detail}, error.status_code)
+        await db_session.commit()
+        return _signed_in(request, result, values["next"])
+
+    @get("/login/mfa", opt=PUBLIC, summary="Second sign-in step")
+    async def mfa_page(
+        self,
+        request: Request[Any, Any, State],
+        next_path: Annotated[str | None, QueryParameter(name="next")] = None,
+    ) -> Template | Response[None]:
+        if not request.cookies.get(MFA_TICKET_COOKIE):
+            return see_other(f"{PORTAL}/login")
+        token, cookie = _login_form_cookie(request)
+        template = page(None, "login_mfa.html", values={"next": _next_path(next_path)}, errors={}, form_token=token)
+        template.cookies.append(cookie)
+        return template
+
+    @post("/login/mfa", opt=PUBLIC, summary="Finish signing in with a code")
+    async def mfa(
+        self,
+        request: Request[Any, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        next_path = _next_path(str(form.get("next") or ""))
+        ticket = request.cookies.get(MFA_TICKET_COOKIE)
+        if not ticket:
+            return see_other(f"{PORTAL}/login")
+        code = str(form.get("code") or "").strip() or None
+        recovery_code = str(form.get("recovery_code") or "").strip() or None
+        error: str | None = None
+        if not _login_form_valid(request, form):
+            error = "This form expired; it has been reloaded, try again."
+        elif (code is None) == (recovery_code is None):
+            error = "Enter the 6-digit code from your authenticator app, or one recovery code."
+        else:
+            try:
+                result = await auth.complete_mfa(ticket=ticket, code=code, recovery_code=recovery_code)
+            except ServiceError as refused:
+                await db_session.commit()
+                error = refused.detail
+            else:
+                await db_session.commit()
+                response = _signed_in(request, result, next_path)
+                response.cookies.append(_cookie(request, MFA_TICKET_COOKIE, "", 0, path=f"{PORTAL}/login"))
+                return response
+        token, cookie = _login_form_cookie(request)
+        field = "recovery_code" if recovery_code and not code else "code"
+        template = page(
+            None,
+            "login_mfa.html",
+            status_code=HTTP_400_BAD_REQUEST,
+            values={"next": next_path},
+            errors={field: error},
+            form_token=token,
+        )
+        template.cookies.append(cookie)
+        return template
+
+    @post("/logout", summary="Sign out of this browser")
+    async def logout(
+        self, request: PortalRequest, auth: NamedDependency[AuthService], db_session: NamedDependency[AsyncSession]
+    ) -> Response[None]:
+        await auth.logout(request.user)
+        await db_session.commit()
+        response = see_other(f"{PORTAL}/login")
+        response.cookies.append(_cookie(request, SESSION_COOKIE, "", 0, path="/"))
+        return response
+
+    @post("/logout-all", summary="Sign out everywhere")
+    async def logout_everywhere(
+        self, request: PortalRequest, auth: NamedDependency[AuthService], db_session: NamedDependency[AsyncSession]
+    ) -> Response[None]:
+        await auth.logout_everywhere(request.user)
+        await db_session.commit()
+        response = see_other(f"{PORTAL}/login")
+        response.cookies.append(_cookie(request, SESSION_COOKIE, "", 0, path="/"))
+        return response
+
+    @get("/account", dependencies={"viewer": Provide(provide_viewer)}, summary="Your account")
+    async def account(self, viewer: NamedDependency[Viewer]) -> Template:
+        return page(viewer, "account.html")
+
+    @post("/account/mfa", dependencies={"viewer": Provide(provide_viewer)}, summary="Start two-factor enrolment")
+    async def start_mfa(
+        self,
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template:
+        enrollment = await auth.start_mfa_enrollment(viewer.principal)
+        await db_session.commit()
+        # segno writes this SVG from the otpauth URI; nothing in it comes from the user as markup.
+        return page(viewer, "mfa_enroll.html", secret=enrollment.secret, qr=Markup(enrollment.qr_svg), errors={})  # noqa: S704
+
+    @post("/account/mfa/confirm", dependencies={"viewer": Provide(provide_viewer)}, summary="Turn two-factor on")
+    async def confirm_mfa(
+        self,
+        request: PortalRequest,
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template:
+        code = str((await request.form()).get("code") or "").strip()
+        try:
+            codes = await auth.confirm_mfa(viewer.principal, code)
+        except ServiceError as error:
+            await db_session.rollback()
+            return page(
+                viewer,
+                "mfa_enroll.html",
+                status_code=HTTP_400_BAD_REQUEST,
+                secret=None,
+                qr=None,
+                errors={"code": error.detail},
+            )
+        await db_session.commit()
+        return page(viewer, "recovery_codes.html", codes=codes)
+
+
+def _signed_in(request: Request[Any, Any, State], result: LoginResult, next_path: str) -> Response[None]:
+    response = see_other(next_path)
+    if result.status == "mfa_required" and result.mfa_ticket:
+        response = see_other(f"{PORTAL}/login/mfa?next={next_path}")
+        response.cookies.append(
+            _cookie(request, MFA_TICKET_COOKIE, result.mfa_ticket, MFA_TICKET_TTL_SECONDS, path=f"{PORTAL}/login")
+        )
+        return response
+    session = result.session
+    if result.status != "authenticated" or session is None or session.session_token is None:
+        # The organization requires MFA of admins who have not enrolled: the API hands out an
+        # enrolment-only token; the portal asks them to enrol from an authenticator-enabled session.
+        return see_other(f"{PORTAL}/login?enrol=required")
+    response.cookies.append(_cookie(request, SESSION_COOKIE, session.session_token, session.expires_in, path="/"))
+    response.status_code = HTTP_303_SEE_OTHER
+    return response

@@ -1,0 +1,190 @@
+"""Portal pages for API keys: list with usage, issue (the key shown once), change limits, revoke."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from litestar.response import Response, Template
+from litestar.status_codes import HTTP_400_BAD_REQUEST
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Conflict, ServiceError
+from app.gateway import services
+from app.gateway.controllers import announce
+from app.gateway.schemas import TokenCreate, TokenUpdate
+from app.portal.forms import FormInvalid, lines, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from db.auth import User
+from db.provider import ApiToken
+
+BUDGET_PERIODS = [("none", "Total (never resets)"), ("daily", "Per day"), ("monthly", "Per month")]
+
+
+def _expiry(value: str) -> str:
+    """The form's `datetime-local` value (labelled UTC) as an ISO timestamp; empty stays empty."""
+    if not value:
+        return ""
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return value  # left for the parser to refuse next to the field
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.isoformat()
+
+
+def _shaped(form: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        name: str(form.get(name) or "").strip() for name in ("name", "quota", "rpm_limit", "tpm_limit", "budget_period")
+    }
+    data["allowed_models"] = lines(form.get("allowed_models"))
+    data["allowed_ips"] = lines(form.get("allowed_ips"))
+    data["expires_at"] = _expiry(str(form.get("expires_at") or "").strip())
+    if form.get("user_id"):
+        data["user_id"] = str(form["user_id"])
+    return data
+
+
+def _field_of(error: ServiceError) -> str:
+    if isinstance(error, Conflict):
+        return "name"
+    for field in ("expires_at", "allowed_ips", "user"):
+        if field in error.detail or (field == "allowed_ips" and "network" in error.detail):
+            return "user_id" if field == "user" else field
+    return "form"
+
+
+class TokenPages(Controller):
+    path = "/tokens"
+    dependencies = {"viewer": Provide(provide_viewer)}
+
+    @get("/", summary="API keys")
+    async def list_tokens(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
+        statement = (
+            select(ApiToken, User.email).join(User, User.id == ApiToken.user_id).order_by(ApiToken.created_at.desc())
+        )
+        if not viewer.is_admin:
+            statement = statement.where(ApiToken.user_id == viewer.user.id)
+        return page(viewer, "tokens/list.html", tokens=(await db_session.execute(statement)).all())
+
+    async def _form_page(
+        self,
+        viewer: Viewer,
+        db_session: AsyncSession,
+        *,
+        token: ApiToken | None,
+        values: dict[str, Any],
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+    ) -> Template:
+        users = []
+        if viewer.is_admin and token is None:
+            users = [(str(user.id), user.email) for user in await db_session.scalars(select(User).order_by(User.email))]
+        return page(
+            viewer,
+            "tokens/form.html",
+            status_code=status_code if errors else 200,
+            token=token,
+            users=users,
+            periods=BUDGET_PERIODS,
+            values=values,
+            errors=errors or {},
+        )
+
+    @get("/new", summary="Issue an API key")
+    async def new_token(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
+        defaults = {"quota": "-1", "rpm_limit": "0", "tpm_limit": "0", "budget_period": "none"}
+        return await self._form_page(viewer, db_session, token=None, values=defaults | {"user_id": str(viewer.user.id)})
+
+    @post("/new", summary="Issue an API key")
+    async def create_token(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template:
+        form = dict(await request.form())
+        values = {name: str(value) for name, value in form.items()}
+        try:
+            data = parse(TokenCreate, _shaped(form))
+            owner = data.user_id or viewer.user.id
+            if owner != viewer.user.id and not viewer.is_admin:
+                raise FormInvalid({"user_id": "You can only issue keys for yourself."})
+            token, key = await services.create_token(
+                db_session, tenant_id=viewer.principal.tenant_id, user_id=owner, data=data
+            )
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._form_page(viewer, db_session, token=None, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            errors = {_field_of(error): error.detail}
+            return await self._form_page(
+                viewer, db_session, token=None, values=values, errors=errors, status_code=error.status_code
+            )
+        await db_session.commit()
+        # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
+        return page(viewer, "tokens/created.html", token=token, key=key)
+
+    @get("/{token_id:uuid}", summary="Change an API key")
+    async def edit_token(
+        self, token_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        token = await services.visible_token(db_session, viewer.principal, token_id)
+        values = {
+            "name": token.name,
+            "quota": str(token.quota),
+            "rpm_limit": str(token.rpm_limit),
+            "tpm_limit": str(token.tpm_limit),
+            "budget_period": token.budget_period,
+            "allowed_models": "\n".join(token.allowed_models),
+            "allowed_ips": "\n".join(token.allowed_ips),
+            "expires_at": token.expires_at.strftime("%Y-%m-%dT%H:%M") if token.expires_at else "",
+        }
+        return await self._form_page(viewer, db_session, token=token, values=values)
+
+    @post("/{token_id:uuid}", summary="Change an API key")
+    async def update_token(
+        self,
+        token_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        token = await services.visible_token(db_session, viewer.principal, token_id)
+        form = dict(await request.form())
+        values = {name: str(value) for name, value in form.items()}
+        try:
+            await services.update_token(db_session, token, parse(TokenUpdate, _shaped(form)))
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._form_page(viewer, db_session, token=token, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            errors = {_field_of(error): error.detail}
+            return await self._form_page(
+                viewer, db_session, token=token, values=values, errors=errors, status_code=error.status_code
+            )
+        await db_session.commit()
+        await announce(request, redis, f"token:{token.key_hash}")
+        return see_other(f"{PORTAL}/tokens")
+
+    @post("/{token_id:uuid}/revoke", summary="Revoke an API key")
+    async def revoke_token(
+        self,
+        token_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Response[None]:
+        token = await services.visible_token(db_session, viewer.principal, token_id)
+        await db_session.delete(token)
+        await db_session.commit()
+        await announce(request, redis, f"token:{token.key_hash}")
+        return see_other(f"{PORTAL}/tokens")

@@ -1,0 +1,108 @@
+"""HTML forms into the API's own request structs, with every field's error kept for the page to show."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from app.errors import ServiceError
+
+T = TypeVar("T", bound=msgspec.Struct)
+_AT_PATH = re.compile(r" - at `\$[^`]*`$")
+_FRIENDLY = [
+    (re.compile(r"Expected `(?:str|string)` of length >= 1.*"), "This field is required."),
+    (re.compile(r"Expected `(?:str|string)` of length <= (\d+).*"), r"At most \1 characters."),
+    (re.compile(r"Expected `int` >= (-?\d+).*"), r"At least \1."),
+    (re.compile(r"Expected `int` <= (-?\d+).*"), r"At most \1."),
+    (re.compile(r"Expected `array` of length >= 1.*"), "Enter at least one."),
+    (re.compile(r"Expected `int`.*"), "Enter a whole number."),
+    (re.compile(r"Expected `float`.*"), "Enter a number."),
+    (re.compile(r"Expected `array` of length <= (\d+).*"), r"At most \1 entries."),
+    (re.compile(r"Invalid enum value '(.*)'"), r"'\1' is not one of the choices."),
+    (re.compile(r"Invalid RFC3339 encoded datetime.*"), "Enter a date and time."),
+    (re.compile(r"Invalid UUID.*"), "Choose one of the listed options."),
+    (re.compile(r"Object missing required field.*"), "This field is required."),
+]
+
+
+class FormInvalid(Exception):
+    """Field errors for a form, to be shown next to each field."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__(", ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+def friendly(message: str) -> str:
+    message = _AT_PATH.sub("", message)
+    for pattern, replacement in _FRIENDLY:
+        if pattern.fullmatch(message):
+            return pattern.sub(replacement, message)
+    return message
+
+
+@functools.cache
+def _one_field(struct_type: type[msgspec.Struct], name: str) -> type[msgspec.Struct]:
+    field = next(field for field in msgspec.structs.fields(struct_type) if field.name == name)
+    return msgspec.defstruct(f"{struct_type.__name__}_{name}", [(name, field.type)])
+
+
+def parse(struct_type: type[T], data: Mapping[str, Any]) -> T:
+    """`data` (form values already shaped: lists split, empty optional fields left out) as `struct_type`.
+
+    Each field is checked on its own first, so that every wrong field gets its message, not only the first.
+    """
+    known = {field.name: field for field in msgspec.structs.fields(struct_type)}
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        field = known.get(name)
+        if field is None:
+            continue
+        if value == "" and not field.required:
+            continue
+        if value == "" and field.required:
+            errors[name] = "This field is required."
+            continue
+        try:
+            msgspec.convert({name: value}, _one_field(struct_type, name), strict=False)
+        except msgspec.ValidationError as error:
+            errors[name] = friendly(str(error))
+            continue
+        values[name] = value
+    for name, field in known.items():
+        if field.required and name not in data and name not in errors:
+            errors[name] = "This field is required."
+    if errors:
+        raise FormInvalid(errors)
+    try:
+        return msgspec.convert(values, struct_type, strict=False)
+    except msgspec.ValidationError as error:
+        raise FormInvalid({"form": friendly(str(error))}) from None
+
+
+def lines(value: str | None) -> list[str]:
+    """A textarea or comma list: one entry per line or comma, blanks dropped."""
+    return [item.strip() for item in re.split(r"[\n,]", value or "") if item.strip()]
+
+
+def pairs(value: str | None) -> dict[str, str]:
+    """`a=b` per line, for mappings such as model aliases; a line without `=` is an error."""
+    result: dict[str, str] = {}
+    for line in (value or "").splitlines():
+        if not line.strip():
+            continue
+        left, equals, right = line.partition("=")
+        if not equals or not left.strip() or not right.strip():
+            raise FormInvalid({"model_mapping": f"Write each mapping as name=upstream name (got '{line.strip()}')."})
+        result[left.strip()] = right.strip()
+    return result
+
+
+def as_field_error(error: ServiceError, field: str) -> FormInvalid:
+    """A refusal from a service (e.g. a duplicate name), shown next to the field it is about."""
+    return FormInvalid({field: error.detail})

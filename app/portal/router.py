@@ -1,0 +1,84 @@
+"""The portal mounted under /portal: its pages, static files, templates, middleware and error pages."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Router, get
+from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app.edge import ACCEPTS_FORM
+from app.errors import ServiceError
+from app.portal.controllers.channels import ChannelPages
+from app.portal.controllers.signin import SignInController
+from app.portal.controllers.tokens import TokenPages
+from app.portal.controllers.usage import UsagePages
+from app.portal.web import (
+    NAV,
+    PORTAL,
+    PUBLIC_PAGE,
+    STATIC,
+    TEMPLATES,
+    PortalMiddleware,
+    http_error_page,
+    internal_error_page,
+    service_error_page,
+)
+
+
+def _when(value: datetime.datetime | None, empty: str = "—") -> str:
+    if value is None:
+        return empty
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _number(value: int | float) -> str:
+    return f"{value:,}"
+
+
+def _credits(value: int) -> str:
+    # A credit is a millionth of the currency unit; whole credits read better than 0.000001s.
+    return f"{value:,}"
+
+
+def _query_string(values: dict[str, Any]) -> str:
+    return urlencode({name: value for name, value in values.items() if value not in (None, "")})
+
+
+def _configure(engine: JinjaTemplateEngine) -> None:
+    environment = engine.engine
+    environment.filters.update(when=_when, number=_number, credits=_credits, query_string=_query_string)
+    environment.globals.update(NAV=NAV)
+
+
+def portal_template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_configure)
+
+
+@get("/", opt={"exclude_from_auth": True}, include_in_schema=False)
+async def home() -> Redirect:
+    return Redirect(f"{PORTAL}/")
+
+
+def create_portal_router() -> Router:
+    static = create_static_files_router(
+        path="/static", directories=[STATIC], opt={PUBLIC_PAGE: True}, include_in_schema=False
+    )
+    return Router(
+        path=PORTAL,
+        route_handlers=[SignInController, UsagePages, ChannelPages, TokenPages, static],
+        middleware=[PortalMiddleware()],
+        opt={ACCEPTS_FORM: True},
+        include_in_schema=False,
+        exception_handlers={
+            ServiceError: service_error_page,
+            HTTPException: http_error_page,
+            Exception: internal_error_page,
+        },
+    )

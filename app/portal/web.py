@@ -1,0 +1,222 @@
+"""The portal's plumbing: session-cookie sign-in, CSRF on every form, security headers, pages and HTML errors."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.middleware import ASGIMiddleware
+from litestar.response import Template
+from litestar.response.redirect import ASGIRedirectResponse
+from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_403_FORBIDDEN
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.middleware import JWT_KEYRING_STATE_KEY, SESSION_COOKIE, SESSION_MAKER_STATE_KEY
+from app.auth.services import ADMIN_ROLES, authenticate_portal_session
+from app.auth.tokens import Principal, csrf_token, csrf_token_matches
+from app.errors import ServiceError
+from db.auth import User
+from db.tenant import Organization
+
+PORTAL = "/portal"
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+# A page anyone may open (sign-in, static files) carries this in its `opt`.
+PUBLIC_PAGE = "portal_public"
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+# No inline script or style anywhere: every script and stylesheet is a file Lyss serves itself.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+_PRIVATE_CACHE = (b"cache-control", b"no-store")
+
+logger = structlog.get_logger(__name__)
+
+
+class PortalMiddleware(ASGIMiddleware):
+    """Every portal response gets the security headers; a page needs a live session cookie (else the
+    sign-in page) and every form post the session's CSRF token (else 403)."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        public = bool(scope["route_handler"].opt.get(PUBLIC_PAGE))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers.extend(header for header in SECURITY_HEADERS if header[0] not in names)
+                if not public:
+                    headers.append(_PRIVATE_CACHE)
+                message["headers"] = headers
+            await send(message)
+
+        if public:
+            await next_app(scope, receive, send_with_headers)
+            return
+        request: Request[Any, Any, State] = Request(scope, receive)
+        session_token = request.cookies.get(SESSION_COOKIE)
+        state = request.app.state
+        principal = (
+            await authenticate_portal_session(state[SESSION_MAKER_STATE_KEY], session_token) if session_token else None
+        )
+        if principal is None or session_token is None:
+            target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope.get("query_string") else "")
+            redirect = ASGIRedirectResponse(
+                path=f"{PORTAL}/login?next={quote(target, safe='')}", status_code=HTTP_303_SEE_OTHER
+            )
+            await redirect(scope, receive, send_with_headers)
+            return
+        if request.method not in _SAFE_METHODS:
+            presented = request.headers.get(CSRF_HEADER) or ""
+            if not presented and request.content_type[0] in {
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+            }:
+                # Litestar caches the parsed form in the scope: the handler reads it again for free.
+                presented = str((await request.form()).get(CSRF_FIELD) or "")
+            if not csrf_token_matches(state[JWT_KEYRING_STATE_KEY], session_token, presented):
+                logger.warning("portal form without a valid CSRF token", path=scope["path"])
+                forbidden = Response(
+                    "This form has expired or did not come from Lyss. Go back, reload the page and try again.",
+                    status_code=HTTP_403_FORBIDDEN,
+                    media_type="text/plain",
+                )
+                await forbidden.to_asgi_response(None, request)(scope, receive, send_with_headers)
+                return
+        structlog.contextvars.bind_contextvars(tenant_id=str(principal.tenant_id))
+        scope["user"] = principal
+        scope["auth"] = session_token
+        await next_app(scope, receive, send_with_headers)
+
+
+class NavItem(msgspec.Struct, frozen=True):
+    path: str
+    label: str
+    admin_only: bool = False
+
+
+# The layout's navigation, in order; end users see the entries not marked admin-only.
+NAV = (
+    NavItem(f"{PORTAL}/", "Dashboard"),
+    NavItem(f"{PORTAL}/channels", "Channels", admin_only=True),
+    NavItem(f"{PORTAL}/tokens", "API keys"),
+    NavItem(f"{PORTAL}/usage", "Usage"),
+    NavItem(f"{PORTAL}/account", "Account"),
+)
+
+
+class ViewerAccount(msgspec.Struct, frozen=True):
+    id: UUID
+    email: str
+    role: str
+    mfa_enabled: bool
+    last_login_at: datetime.datetime | None
+
+
+class ViewerOrganization(msgspec.Struct, frozen=True):
+    id: UUID
+    name: str
+    slug: str
+
+
+class Viewer(msgspec.Struct, frozen=True):
+    """Who is looking at a page: their account, organization and the CSRF token forms carry.
+
+    Plain values, not ORM rows: a page re-rendered after a rollback must not lazy-load them again.
+    """
+
+    principal: Principal
+    user: ViewerAccount
+    organization: ViewerOrganization
+    csrf_token: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.principal.role in ADMIN_ROLES
+
+
+PortalRequest = Request[Principal, str, State]
+
+
+async def provide_viewer(request: PortalRequest, db_session: NamedDependency[AsyncSession]) -> Viewer:
+    row = (
+        await db_session.execute(
+            select(User, Organization)
+            .join(Organization, Organization.id == User.tenant_id)
+            .where(User.id == request.user.user_id)
+        )
+    ).one()
+    user, organization = row
+    return Viewer(
+        principal=request.user,
+        user=msgspec.convert(user, ViewerAccount, from_attributes=True),
+        organization=msgspec.convert(organization, ViewerOrganization, from_attributes=True),
+        csrf_token=csrf_token(request.app.state[JWT_KEYRING_STATE_KEY], request.auth),
+    )
+
+
+def page(viewer: Viewer | None, template: str, *, status_code: int = 200, **context: Any) -> Template:
+    """A full page: the layout's navigation follows the viewer's role."""
+    return Template(template_name=template, context={"viewer": viewer, **context}, status_code=status_code)
+
+
+def see_other(path: str) -> Response[None]:
+    """After a successful form post: the browser loads `path` with GET (no re-post on reload)."""
+    return Response(None, status_code=HTTP_303_SEE_OTHER, headers={"location": path})
+
+
+def require_admin(viewer: Viewer) -> None:
+    if not viewer.is_admin:
+        raise PermissionDeniedException("This page is for the organization's administrators.")
+
+
+def _error_page(request: Request[Any, Any, State], status_code: int, message: str) -> Template:
+    signed_in = isinstance(request.scope.get("user"), Principal)
+    return page(None, "error.html", status_code=status_code, message=message, status=status_code, signed_in=signed_in)
+
+
+def service_error_page(request: Request[Any, Any, State], error: ServiceError) -> Template:
+    return _error_page(request, error.status_code, error.detail)
+
+
+def http_error_page(request: Request[Any, Any, State], error: HTTPException) -> Template | Response[None]:
+    if isinstance(error, NotAuthorizedException):
+        return see_other(f"{PORTAL}/login")
+    if error.status_code >= 500:
+        return internal_error_page(request, error)
+    return _error_page(request, error.status_code, str(error.detail))
+
+
+def internal_error_page(request: Request[Any, Any, State], error: Exception) -> Template:
+    # The stack is in the log under the request id; the page shows only that id.
+    logger.error("portal page failed", path=request.url.path, exc_info=error)
+    request_id = request.scope.get("state", {}).get("request_id")
+    return _error_page(
+        request, 500, f"Something went wrong on our side. Try again; if it persists, quote request id {request_id}."
+    )
