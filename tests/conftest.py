@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -268,3 +273,62 @@ def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
         return {"Authorization": f"Bearer {token}"}
 
     return headers_for
+
+
+LYSS = str(Path(sys.executable).parent / "lyss")
+
+
+class RunningLyss(msgspec.Struct):
+    url: str
+    settings: Settings
+
+    def headers_for(self, user: User) -> dict[str, str]:
+        principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role, session_id=uuid7())
+        return {"Authorization": f"Bearer {issue_access_token(self.settings.jwt_keyring, principal, 300)}"}
+
+
+@pytest.fixture(scope="module")
+def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLyss]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        database_url=database.app_url,
+        redis_url=redis_url,
+        encryption_keys=new_key_entry(),
+        jwt_keys=new_key_entry(),
+        port=port,
+    )
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "DATABASE_URL": database.app_url,
+        "REDIS_URL": redis_url,
+        "LYSS_ENCRYPTION_KEYS": settings.encryption_keys or "",
+        "LYSS_JWT_KEYS": settings.jwt_keys or "",
+        "LYSS_PORT": str(port),
+        "LYSS_ECHO_PROVIDER": "true",
+        "LYSS_GATEWAY_CACHE_SECONDS": "0",
+        "LYSS_UPSTREAM_READ_TIMEOUT": "5",
+        "LYSS_LOG_LEVEL": "warning",
+        "LYSS_DATABASE_POOL_SIZE": "10",
+    }
+    log = (tmp_path_factory.mktemp("lyss") / "server.log").open("w")
+    process = subprocess.Popen(
+        [LYSS, "serve", "--no-migrate", "--no-demo"], env=environment, start_new_session=True,
+        stdout=log, stderr=log, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"lyss serve exited; see {log.name}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield RunningLyss(url=url, settings=settings)
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=30)
+    log.close()
