@@ -59,6 +59,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "embedded_worker": "LYSS_EMBEDDED_WORKER",
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
     "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
+    "export_dir": "LYSS_EXPORT_DIR",
+    "export_ttl_hours": "LYSS_EXPORT_TTL_HOURS",
     "job_modules": "LYSS_JOB_MODULES",
     "log_level": "LYSS_LOG_LEVEL",
     "log_format": "LYSS_LOG_FORMAT",
@@ -132,6 +134,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     job_sweep_seconds: Annotated[int, msgspec.Meta(ge=1)] = 10
     # A conversation is summarised each time this many messages followed its last summary.
     chat_summary_every_messages: Annotated[int, msgspec.Meta(ge=4)] = 40
+    # Where export jobs write their files (shared by the API and the workers); default <data dir>/exports.
+    export_dir: Path | None = None
+    export_ttl_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
     # Extra modules whose job handlers the worker registers (comma-separated), for extensions.
     job_modules: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -144,6 +149,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     @property
     def embedded_redis(self) -> bool:
         return self.redis_url is None
+
+    @property
+    def exports_path(self) -> Path:
+        return self.export_dir or self.data_dir / "exports"
 
     @property
     def secrets_file(self) -> Path:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 
+import pyotp
 import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
@@ -12,10 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.main import create_app
 from app.settings import Settings
-from db.provider import ApiToken, Channel
+from db.auth import User
+from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
+from db.tenant import Organization
 from tests.conftest import TEST_PASSWORD, Client, TenantRows
+from tests.gateway_helpers import AuthHeaders
 from tests.mock_upstream import MockUpstream
+from tests.test_jobs import running_worker, wait_for_status
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
@@ -56,6 +63,7 @@ async def test_pages_need_a_session_and_carry_strict_security_headers(client: Cl
     assert "frame-ancestors 'none'" in policy
     assert login.headers["x-frame-options"] == "DENY"
     assert login.headers["x-content-type-options"] == "nosniff"
+    assert 'autocomplete="username"' in login.text  # field attributes are markup, not escaped text
     # Nothing inline for the policy to allow: every script is a file.
     assert "<script>" not in login.text
     assert " style=" not in login.text
@@ -182,3 +190,110 @@ async def test_key_is_shown_once_and_users_see_only_their_own_keys(
     await sign_in(client, tenant_a, tenant_a.user.email)
     own = (await client.get("/portal/tokens")).text
     assert "admin key" not in own
+
+
+async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_formulas(
+    client: Client,
+    settings: Settings,
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    session_maker: async_sessionmaker[AsyncSession],
+    auth_headers: AuthHeaders,
+) -> None:
+    for tenant, model in ((tenant_a, "gpt-a"), (tenant_b, "gpt-b")):
+        async with tenant_session(session_maker, tenant.id) as session:
+            session.add_all(
+                [
+                    UsageLog(user_id=tenant.admin.id, endpoint="chat", model=model, prompt_tokens=3, cost=7),
+                    UsageLog(user_id=tenant.user.id, endpoint="chat", model='=HYPERLINK("http://x")', cost=1),
+                ]
+            )
+            await session.commit()
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    started = await client.post("/portal/usage/export", data={"csrf_token": token, "model": ""})
+    assert started.status_code == 303
+    job_id = started.headers["location"].rsplit("export=", 1)[1]
+    pending = await client.get(f"/portal/usage/exports/{job_id}")
+    assert pending.status_code == 409  # not finished yet
+    async with running_worker(settings):
+        job = await wait_for_status(client, auth_headers(tenant_a.admin), job_id, {"succeeded", "failed"})
+    assert job["result"]["rows"] == 2, job
+    assert "download the CSV" in (await client.get(started.headers["location"])).text
+    download = await client.get(f"/portal/usage/exports/{job_id}")
+    assert download.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(download.text)))
+    assert rows[0][:3] == ["created_at", "request_id", "user_id"]
+    models = sorted(row[6] for row in rows[1:])
+    assert models == ['\'=HYPERLINK("http://x")', "gpt-a"]  # a formula is written as text; no tenant B row
+    # The same file through the API; tenant B's admin cannot fetch it.
+    api = await client.get(f"/api/usage/exports/{job_id}", headers=auth_headers(tenant_a.admin))
+    assert api.text == download.text
+    other = await client.get(f"/api/usage/exports/{job_id}", headers=auth_headers(tenant_b.admin))
+    assert other.status_code == 404
+
+    # An end user's export holds their own calls only, whatever they filter on; the admin's is not theirs.
+    await client.post("/portal/logout", data={"csrf_token": token})
+    user_token = await sign_in(client, tenant_a, tenant_a.user.email)
+    assert (await client.get(f"/portal/usage/exports/{job_id}")).status_code == 404
+    own = await client.post("/portal/usage/export", data={"csrf_token": user_token, "user_id": str(tenant_a.admin.id)})
+    own_id = own.headers["location"].rsplit("export=", 1)[1]
+    async with running_worker(settings):
+        await wait_for_status(client, auth_headers(tenant_a.user), own_id, {"succeeded", "failed"})
+    own_rows = list(csv.reader(io.StringIO((await client.get(f"/portal/usage/exports/{own_id}")).text)))
+    assert [row[2] for row in own_rows[1:]] == [str(tenant_a.user.id)]
+    # Expired: the file is gone, the page says so.
+    settings.exports_path.joinpath(str(tenant_a.id), f"{own_id}.csv").unlink()
+    assert (await client.get(f"/portal/usage/exports/{own_id}")).status_code == 404
+
+
+async def test_an_admin_the_policy_requires_to_enrol_does_so_before_reaching_any_page(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        organization = await session.get_one(Organization, tenant_a.id)
+        organization.settings = {**organization.settings, "require_mfa_for_admins": True}
+        await session.commit()
+    form_token = FORM_TOKEN.search((await client.get("/portal/login")).text)
+    assert form_token
+    signed = await client.post(
+        "/portal/login",
+        data={
+            "tenant": tenant_a.slug,
+            "email": tenant_a.admin.email,
+            "password": TEST_PASSWORD,
+            "form_token": form_token[1],
+        },
+    )
+    assert signed.headers["location"] == "/portal/enrol"
+    assert (await client.get("/portal/")).status_code == 303  # no portal session yet
+    enrol = await client.get("/portal/enrol")
+    secret = re.search(r'id="mfa-secret">([A-Z2-7]+)<', enrol.text)
+    enrol_token = FORM_TOKEN.search(enrol.text)
+    assert secret
+    assert enrol_token
+    wrong = await client.post("/portal/enrol", data={"code": "000000", "form_token": enrol_token[1]})
+    assert wrong.status_code == 400
+    assert field_error(wrong.text, "code")
+    retry_token = FORM_TOKEN.search(wrong.text)
+    assert retry_token
+    done = await client.post("/portal/enrol", data={"code": pyotp.TOTP(secret[1]).now(), "form_token": retry_token[1]})
+    assert done.status_code == 200
+    assert (
+        len(re.findall(r"^[0-9a-z-]{8,}$", done.text.split('id="recovery-codes">')[1].split("</pre>")[0], re.M)) == 10
+    )
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        admin = await session.get_one(User, tenant_a.admin.id)
+        assert admin.mfa_enabled
+    # From now on the password leads to the code step.
+    form_token = FORM_TOKEN.search((await client.get("/portal/login")).text)
+    assert form_token
+    again = await client.post(
+        "/portal/login",
+        data={
+            "tenant": tenant_a.slug,
+            "email": tenant_a.admin.email,
+            "password": TEST_PASSWORD,
+            "form_token": form_token[1],
+        },
+    )
+    assert again.headers["location"].startswith("/portal/login/mfa")

@@ -154,10 +154,24 @@ async def test_admin_runs_the_organization_from_the_portal(
     await expect(page.locator("section", has_text="Channel health")).to_contain_text("Mock provider")
     await shoot(page, "dashboard")
 
+    # Every other page of the menu opens, fits 1280 px and is saved for the docs.
+    for name in ("users", "groups", "jobs", "memories", "conversations", "audit", "settings"):
+        response = await page.goto(f"{lyss.url}/portal/{name}")
+        assert response is not None
+        assert response.status == 200, name
+        await expect(page.locator("main h1").first).to_be_visible()
+        await shoot(page, name)
+
     # The same pages on a phone: the menu folds, nothing overflows.
     phone = await browser.new_context(viewport=PHONE, storage_state=await context.storage_state())
     small = await phone.new_page()
-    for name, path in (("dashboard", "/portal/"), ("channels", "/portal/channels"), ("usage", "/portal/usage")):
+    for name, path in (
+        ("dashboard", "/portal/"),
+        ("channels", "/portal/channels"),
+        ("usage", "/portal/usage"),
+        ("users", "/portal/users"),
+        ("settings", "/portal/settings"),
+    ):
         await small.goto(f"{lyss.url}{path}")
         await shoot(small, f"{name}-phone")
     await expect(small.locator("nav[aria-label=Main]")).to_be_hidden()

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import ALLOWS_MFA_ENROLLMENT_SCOPE, requires_tenant_admin
 from app.auth.middleware import AUTH_STORE_STATE_KEY, SESSION_COOKIE
-from app.auth.oauth import DEFAULT_SCOPES, OAuthClient, OAuthFailed
+from app.auth.oauth import OAuthClient, OAuthFailed
 from app.auth.redis_store import AuthStore
 from app.auth.schemas import (
     AcceptInvitationRequest,
@@ -43,10 +43,19 @@ from app.auth.schemas import (
     SignUpRequest,
     TokenResponse,
 )
-from app.auth.services import AuthService, LoginResult, SessionMode, new_oauth_secrets
+from app.auth.services import (
+    AuthService,
+    LoginResult,
+    SessionMode,
+    create_oauth_provider,
+    existing_oauth_provider,
+    new_oauth_secrets,
+    oauth_client_secret_context,
+    update_oauth_provider,
+)
 from app.auth.tokens import Principal
-from app.encryption import SecretBox, secret_context
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.encryption import SecretBox
+from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import client_context
 from app.settings import Settings
 from app.tenants.schemas import UserRead
@@ -66,6 +75,12 @@ SECRET_BOX_STATE_KEY = "secret_box"
 OAUTH_CLIENT_STATE_KEY = "oauth_client"
 OAUTH_STATE_TTL_SECONDS = 600
 CALLBACK_PATH = "/api/auth/oauth/callback"
+
+
+def oauth_redirect_uri(request: Request[Any, Any, State]) -> str:
+    """Where providers send users back: what an admin registers at the provider."""
+    return app_settings(request).public_url + CALLBACK_PATH
+
 
 AuthRequest = Request[Principal, Any, State]
 PUBLIC = {"exclude_from_auth": True}
@@ -235,10 +250,6 @@ def _provider_read(provider: OAuthProvider) -> OAuthProviderRead:
     )
 
 
-def _client_secret_context(provider: OAuthProvider) -> str:
-    return secret_context("auth_oauth_providers", "encrypted_client_secret", provider.tenant_id)
-
-
 def _safe_return_path(return_to: str | None) -> str:
     # Only paths on this site: anything else would make the sign-in an open redirect.
     if return_to and return_to.startswith("/") and not return_to.startswith(("//", "/\\")):
@@ -262,26 +273,10 @@ class OAuthController(Controller):
     async def create_provider(
         self, data: JSONBody[OAuthProviderCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> OAuthProviderRead:
-        if data.kind == "oidc" and not data.discovery_url:
-            raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
-        if await db_session.scalar(select(OAuthProvider.id).where(OAuthProvider.provider_name == data.name)):
-            raise Conflict(f"A provider named '{data.name}' already exists.")
-        settings = app_settings(request)
         box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
-        provider = OAuthProvider(
-            tenant_id=request.user.tenant_id,
-            provider_name=data.name,
-            kind=data.kind,
-            display_name=data.display_name,
-            discovery_url=data.discovery_url if data.kind == "oidc" else None,
-            client_id=data.client_id,
-            encrypted_client_secret="",
-            redirect_uri=settings.public_url + CALLBACK_PATH,
-            scopes=data.scopes or DEFAULT_SCOPES[data.kind],
+        provider = await create_oauth_provider(
+            db_session, request.user.tenant_id, data, box, redirect_uri=oauth_redirect_uri(request)
         )
-        provider.encrypted_client_secret = box.encrypt(data.client_secret, context=_client_secret_context(provider))
-        db_session.add(provider)
-        await db_session.flush()
         return _provider_read(provider)
 
     @patch("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Change a provider")
@@ -292,25 +287,14 @@ class OAuthController(Controller):
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> OAuthProviderRead:
-        provider = await db_session.get(OAuthProvider, provider_id)
-        if provider is None:
-            raise NotFound("No such provider.")
-        for field in ("client_id", "discovery_url", "display_name", "scopes", "is_enabled"):
-            value = getattr(data, field)
-            if value is not None:
-                setattr(provider, field, value)
-        if data.client_secret is not None:
-            box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
-            provider.encrypted_client_secret = box.encrypt(data.client_secret, context=_client_secret_context(provider))
-        await db_session.flush()
+        provider = await existing_oauth_provider(db_session, provider_id)
+        box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
+        await update_oauth_provider(db_session, provider, data, box)
         return _provider_read(provider)
 
     @delete("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Remove a provider")
     async def delete_provider(self, provider_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> None:
-        provider = await db_session.get(OAuthProvider, provider_id)
-        if provider is None:
-            raise NotFound("No such provider.")
-        await db_session.delete(provider)
+        await db_session.delete(await existing_oauth_provider(db_session, provider_id))
 
     @get("/tenants/{tenant_slug:str}/oauth-providers", opt=PUBLIC, summary="Sign-in buttons of an organization")
     async def public_providers(
@@ -415,7 +399,7 @@ class OAuthController(Controller):
         oauth: OAuthClient = request.app.state[OAUTH_CLIENT_STATE_KEY]
         identity = await oauth.identity(
             provider,
-            box.decrypt(provider.encrypted_client_secret, context=_client_secret_context(provider)),
+            box.decrypt(provider.encrypted_client_secret, context=oauth_client_secret_context(provider)),
             redirect_uri=provider.redirect_uri,
             code=code,
             code_verifier=flow["code_verifier"],

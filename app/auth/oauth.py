@@ -20,16 +20,11 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from app.auth.services import ExternalIdentity
+from app.auth.services import DEFAULT_SCOPES, ExternalIdentity
 from app.errors import Unauthenticated
 from db.auth import OAuthProvider
 
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
-DEFAULT_SCOPES = {
-    "oidc": ["openid", "profile", "email"],
-    "google": ["openid", "profile", "email"],
-    "github": ["read:user", "user:email"],
-}
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 METADATA_TTL_SECONDS = 3600
 HTTP_TIMEOUT_SECONDS = 10.0

@@ -30,6 +30,7 @@ from app.auth.passwords import (
     verify_password,
 )
 from app.auth.redis_store import AuthStore
+from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.auth.tokens import (
     SCOPE_FULL,
     SCOPE_MFA_ENROLLMENT,
@@ -529,11 +530,93 @@ class AuthService:
         if not (password_ok and self._accept_totp(user, code, now)):
             await self._count_failure(user, now, "wrong_mfa_disable_credentials")
             raise NotAllowed("The password or the code is wrong.")
+        await self._clear_mfa(user)
+        self._audit("mfa.disabled", user=user)
+
+    async def _clear_mfa(self, user: User) -> int:
+        """MFA off, its secret and recovery codes gone; returns how many recovery codes were deleted."""
         user.mfa_enabled = False
         user.mfa_secret = None
         user.mfa_last_used_step = None
-        await self.session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-        self._audit("mfa.disabled", user=user)
+        deleted = await self.session.execute(
+            delete(RecoveryCode).where(RecoveryCode.user_id == user.id).returning(RecoveryCode.id)
+        )
+        return len(deleted.all())
+
+    # --- administering other accounts (tenant admins) ------------------------------------------------
+
+    async def _account_to_manage(self, principal: Principal, user_id: UUID) -> tuple[User, User]:
+        """The acting admin and the user they act on, locked; another tenant's user is not found (RLS)."""
+        user = await self._user_for_update(user_id)
+        if user is None:
+            raise NotFound("No such user in this organization.")
+        if user.role == "super_admin" and principal.role != "super_admin":
+            raise NotAllowed("Only a platform super admin can change a super admin's account.")
+        return await self.session.get_one(User, principal.user_id), user
+
+    def _audit_account_change(self, admin: User, action: str, user: User, **details: object) -> None:
+        record_audit_event(
+            self.session,
+            actor=admin.email,
+            actor_user_id=admin.id,
+            action=action,
+            target_type="user",
+            target_id=user.id,
+            details={"email": user.email, **details},
+            client=self.client,
+        )
+
+    async def change_role(self, principal: Principal, user_id: UUID, role: str) -> User:
+        """Give a user another role; a demoted admin's sessions end, since access tokens carry the role."""
+        if user_id == principal.user_id and role not in ADMIN_ROLES:
+            raise NotAllowed("You cannot remove your own administrator role; ask another administrator.")
+        if role == "super_admin" and principal.role != "super_admin":
+            raise NotAllowed("Only a platform super admin can make someone a super admin.")
+        admin, user = await self._account_to_manage(principal, user_id)
+        previous = user.role
+        if previous == role:
+            return user
+        user.role = role
+        ended: list[UUID] = []
+        if previous in ADMIN_ROLES and role not in ADMIN_ROLES:
+            ended = await self._end_sessions("role_changed", user_id=user.id)
+        self._audit_account_change(
+            admin, "user.role_changed", user, old_role=previous, role=role, sessions_ended=len(ended)
+        )
+        return user
+
+    async def deactivate_user(self, principal: Principal, user_id: UUID) -> User:
+        """Stop a user signing in and end their sessions now; the gateway refuses their API keys once the
+        caller announces them (it caches each key with whether its owner is active)."""
+        if user_id == principal.user_id:
+            raise NotAllowed("You cannot deactivate your own account; ask another administrator.")
+        admin, user = await self._account_to_manage(principal, user_id)
+        if user.status == "inactive":
+            raise Conflict(f"{user.email} is already deactivated.")
+        user.status = "inactive"
+        ended = await self._end_sessions("user_deactivated", user_id=user.id)
+        self._audit_account_change(admin, "user.deactivated", user, sessions_ended=len(ended))
+        return user
+
+    async def reactivate_user(self, principal: Principal, user_id: UUID) -> User:
+        """Let a user sign in again; the sessions ended at deactivation stay ended."""
+        admin, user = await self._account_to_manage(principal, user_id)
+        if user.status == "active":
+            raise Conflict(f"{user.email} is already active.")
+        user.status = "active"
+        self._audit_account_change(admin, "user.reactivated", user)
+        return user
+
+    async def reset_mfa(self, principal: Principal, user_id: UUID) -> User:
+        """For a user who lost their device: MFA off, secret and recovery codes deleted; they enrol again."""
+        if user_id == principal.user_id:
+            raise NotAllowed("You cannot reset your own two-factor authentication; ask another administrator.")
+        admin, user = await self._account_to_manage(principal, user_id)
+        if not user.mfa_enabled and user.mfa_secret is None:
+            raise Conflict(f"{user.email} has no two-factor authentication to reset.")
+        deleted = await self._clear_mfa(user)
+        self._audit_account_change(admin, "mfa.reset", user, recovery_codes_deleted=deleted)
+        return user
 
     # --- getting an account -------------------------------------------------------------------------
 
@@ -725,3 +808,64 @@ async def authenticate_portal_session(
 def new_oauth_secrets() -> tuple[str, str, str]:
     """state, nonce and PKCE code verifier for one authorization request."""
     return secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
+
+
+# --- OAuth providers (tenant admins) --------------------------------------------------------------
+
+DEFAULT_SCOPES = {
+    "oidc": ["openid", "profile", "email"],
+    "google": ["openid", "profile", "email"],
+    "github": ["read:user", "user:email"],
+}
+
+
+def oauth_client_secret_context(provider: OAuthProvider) -> str:
+    return secret_context("auth_oauth_providers", "encrypted_client_secret", provider.tenant_id)
+
+
+async def create_oauth_provider(
+    session: AsyncSession, tenant_id: UUID, data: OAuthProviderCreate, box: SecretBox, *, redirect_uri: str
+) -> OAuthProvider:
+    """Add a sign-in provider; its client secret is stored encrypted and never shown again."""
+    if data.kind == "oidc" and not data.discovery_url:
+        raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
+    if await session.scalar(select(OAuthProvider.id).where(OAuthProvider.provider_name == data.name)):
+        raise Conflict(f"A provider named '{data.name}' already exists.")
+    provider = OAuthProvider(
+        tenant_id=tenant_id,
+        provider_name=data.name,
+        kind=data.kind,
+        display_name=data.display_name,
+        discovery_url=data.discovery_url if data.kind == "oidc" else None,
+        client_id=data.client_id,
+        encrypted_client_secret="",
+        redirect_uri=redirect_uri,
+        scopes=data.scopes or DEFAULT_SCOPES[data.kind],
+    )
+    provider.encrypted_client_secret = box.encrypt(data.client_secret, context=oauth_client_secret_context(provider))
+    session.add(provider)
+    await session.flush()
+    return provider
+
+
+async def existing_oauth_provider(session: AsyncSession, provider_id: UUID) -> OAuthProvider:
+    provider = await session.get(OAuthProvider, provider_id)
+    if provider is None:
+        raise NotFound("No such provider.")
+    return provider
+
+
+async def update_oauth_provider(
+    session: AsyncSession, provider: OAuthProvider, data: OAuthProviderUpdate, box: SecretBox
+) -> OAuthProvider:
+    """Change the fields given; a new client secret replaces the stored one, none keeps it."""
+    for field in ("client_id", "discovery_url", "display_name", "scopes", "is_enabled"):
+        value = getattr(data, field)
+        if value is not None:
+            setattr(provider, field, value)
+    if data.client_secret is not None:
+        provider.encrypted_client_secret = box.encrypt(
+            data.client_secret, context=oauth_client_secret_context(provider)
+        )
+    await session.flush()
+    return provider

@@ -16,12 +16,19 @@ SystemPrompt = Annotated[str, msgspec.Meta(max_length=20000)]
 
 
 class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True):
-    model: ModelName
+    # Left out: the organization's default chat model.
+    model: ModelName | None = None
     title: Title = "New conversation"
     system_prompt: SystemPrompt | None = None
     temperature: Temperature = 0.7
     max_tokens: MaxTokens = 1024
     use_memory: bool = True
+
+
+class ChatDefaults(msgspec.Struct, forbid_unknown_fields=True):
+    """Per tenant (admins): what a conversation started without a model uses."""
+
+    default_model: ModelName | None = None
 
 
 class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):

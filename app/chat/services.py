@@ -12,7 +12,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.chat.schemas import ConversationCreate, ConversationRead, ConversationUpdate, MessageRead
+from app.chat.schemas import ChatDefaults, ConversationCreate, ConversationRead, ConversationUpdate, MessageRead
 from app.errors import InvalidRequest, NotFound, ServiceError
 from app.gateway.catalog import TokenInfo
 from app.gateway.internal import chat_token, embed
@@ -22,7 +22,9 @@ from app.memory import services as memory
 from app.memory.schemas import MemoryHit
 from app.observability.logging import get_logger
 from app.settings import Settings
+from app.tenants.services import record_audit_event
 from db.chat import Conversation, Message, Summary
+from db.tenant import Organization
 
 # The turns sent with each message after the latest summary (older ones are in the summary).
 CONTEXT_MESSAGES = 40
@@ -39,8 +41,40 @@ def message_read(message: Message) -> MessageRead:
     return msgspec.convert(message, MessageRead, from_attributes=True)
 
 
+async def chat_defaults(session: AsyncSession) -> ChatDefaults:
+    organization = await session.scalar(select(Organization))
+    stored = (organization.settings if organization else {}).get("chat") or {}
+    return msgspec.convert(stored, ChatDefaults)
+
+
+async def save_chat_defaults(session: AsyncSession, data: ChatDefaults, *, actor_user_id: UUID) -> ChatDefaults:
+    """Kept in the organization's settings next to the memory settings; audited."""
+    organization = await session.scalar(select(Organization).with_for_update())
+    if organization is None:
+        raise NotFound("No such organization.")
+    organization.settings = {**organization.settings, "chat": msgspec.to_builtins(data)}
+    record_audit_event(
+        session,
+        actor=str(actor_user_id),
+        actor_user_id=actor_user_id,
+        action="chat.defaults_changed",
+        target_type="organization",
+        target_id=organization.id,
+        details=msgspec.to_builtins(data),
+    )
+    await session.flush()
+    return data
+
+
 async def create_conversation(session: AsyncSession, user_id: UUID, data: ConversationCreate) -> Conversation:
-    conversation = Conversation(user_id=user_id, **msgspec.structs.asdict(data))
+    fields = msgspec.structs.asdict(data)
+    if data.model is None:
+        fields["model"] = (await chat_defaults(session)).default_model
+        if fields["model"] is None:
+            raise InvalidRequest(
+                "Name the `model`: this organization has no default chat model (an administrator sets it in Settings)."
+            )
+    conversation = Conversation(user_id=user_id, **fields)
     session.add(conversation)
     await session.flush()
     return conversation

@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import File
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -26,7 +27,7 @@ from app.auth.guards import requires_tenant_admin
 from app.auth.services import ADMIN_ROLES
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
-from app.errors import InvalidRequest, NotFound
+from app.errors import NotFound
 from app.gateway import errors, services
 from app.gateway.catalog import TokenInfo, announce_change
 from app.gateway.errors import GatewayError
@@ -387,14 +388,7 @@ class PriceController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> PriceRead:
-        if not 0 < len(model) <= 100:
-            raise InvalidRequest("The model name must be 1-100 characters long.")
-        price = await db_session.scalar(select(ModelPrice).where(ModelPrice.model == model))
-        if price is None:
-            price = ModelPrice(tenant_id=request.user.tenant_id, model=model, prompt_price=0, completion_price=0)
-            db_session.add(price)
-        price.prompt_price = data.prompt_price
-        price.completion_price = data.completion_price
+        price = await services.set_model_price(db_session, request.user.tenant_id, model, data)
         await db_session.commit()
         await announce(request, redis, f"tenant:{request.user.tenant_id}")
         return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
@@ -407,10 +401,7 @@ class PriceController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
-        price = await db_session.scalar(select(ModelPrice).where(ModelPrice.model == model))
-        if price is None:
-            raise NotFound("No price for this model.")
-        await db_session.delete(price)
+        await services.remove_model_price(db_session, model)
         await db_session.commit()
         await announce(request, redis, f"tenant:{request.user.tenant_id}")
 
@@ -475,6 +466,13 @@ class UsageController(Controller):
             model=model,
         )
         return await services.usage_by_day(db_session, filters)
+
+    @get("/exports/{job_id:uuid}", summary="Download a finished usage export (a `usage.export` job) as CSV")
+    async def download_export(
+        self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> File:
+        path = await services.finished_export(db_session, app_settings(request), request.user, job_id)
+        return File(path, filename=f"lyss-usage-{job_id}.csv", media_type="text/csv; charset=utf-8")
 
 
 class ProviderTypeController(Controller):

@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -30,14 +31,17 @@ from app.gateway.schemas import (
     ChannelTestResult,
     ChannelUpdate,
     DailyUsage,
+    PriceWrite,
     TokenCreate,
     TokenRead,
     TokenUpdate,
     UsagePage,
     UsageRead,
 )
+from app.jobs.services import visible_job
+from app.settings import Settings
 from db.auth import User
-from db.provider import ApiToken, Channel, ProviderType, UsageLog
+from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
 from db.tenant import UserGroup
 
 TOKEN_PREFIX = "sk-lyss-"  # noqa: S105 - the visible prefix of every key, not a secret
@@ -295,6 +299,35 @@ def token_read(token: ApiToken) -> TokenRead:
     )
 
 
+async def set_model_price(session: AsyncSession, tenant_id: UUID, model: str, data: PriceWrite) -> ModelPrice:
+    """Price `model` (credits per million tokens; `*` prices every model without its own price)."""
+    if not 0 < len(model) <= 100:
+        raise InvalidRequest("The model name must be 1-100 characters long.")
+    price = await session.scalar(select(ModelPrice).where(ModelPrice.model == model))
+    if price is None:
+        price = ModelPrice(tenant_id=tenant_id, model=model, prompt_price=0, completion_price=0)
+        session.add(price)
+    price.prompt_price = data.prompt_price
+    price.completion_price = data.completion_price
+    await session.flush()
+    return price
+
+
+async def remove_model_price(session: AsyncSession, model: str) -> None:
+    price = await session.scalar(select(ModelPrice).where(ModelPrice.model == model))
+    if price is None:
+        raise NotFound("No price for this model.")
+    await session.delete(price)
+
+
+async def served_models(session: AsyncSession) -> list[str]:
+    """The models the organization-wide enabled channels serve, sorted: what tenant defaults may name."""
+    rows = await session.scalars(
+        select(Channel.models).where(Channel.status == "enabled", Channel.config_scope == "tenant")
+    )
+    return sorted({model for models in rows for model in models})
+
+
 class UsageFilter(msgspec.Struct, frozen=True):
     since: datetime.datetime | None = None
     until: datetime.datetime | None = None
@@ -369,6 +402,37 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
         )
         for row in rows.all()
     ]
+
+
+USAGE_EXPORT_KIND = "usage.export"
+USAGE_EXPORT_COLUMNS = (
+    "created_at", "request_id", "user_id", "token_id", "channel_id", "endpoint", "model", "upstream_model",
+    "prompt_tokens", "completion_tokens", "cost", "latency_ms", "upstream_latency_ms", "status_code", "outcome",
+    "stream",
+)  # fmt: skip
+
+
+def export_path(settings: Settings, tenant_id: UUID, job_id: UUID) -> Path:
+    return settings.exports_path / str(tenant_id) / f"{job_id}.csv"
+
+
+def csv_cell(value: object) -> str:
+    """A value as a spreadsheet shows it, never as a formula: model names and request ids come from callers."""
+    text = "" if value is None else str(value)
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+async def finished_export(session: AsyncSession, settings: Settings, principal: Principal, job_id: UUID) -> Path:
+    """The file of a usage export the caller may download (their own, or any of the tenant's for admins)."""
+    job = await visible_job(session, job_id, user_id=principal.user_id, is_admin=principal.role in ADMIN_ROLES)
+    if job.kind != USAGE_EXPORT_KIND:
+        raise NotFound("No such export.")
+    if job.status != "succeeded":
+        raise Conflict(f"This export is {job.status}; download it once it has succeeded.")
+    path = export_path(settings, job.tenant_id, job.id)
+    if not path.exists():
+        raise NotFound("This export has expired; start a new one.")
+    return path
 
 
 async def add_demo_gateway(session: AsyncSession, tenant_id: UUID, admin: User, box: SecretBox) -> str:

@@ -1,22 +1,33 @@
-"""The gateway's background work: channel tests and health checks, budget periods, usage reconciliation."""
+"""The gateway's background work: channel tests and health checks, budget periods, usage reconciliation and exports."""
 
 from __future__ import annotations
 
+import csv
 import datetime
 from typing import Any
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.services import ADMIN_ROLES
 from app.gateway.catalog import INVALIDATION_CHANNEL
 from app.gateway.limits import GatewayLimits
-from app.gateway.services import test_channel
+from app.gateway.services import (
+    USAGE_EXPORT_COLUMNS,
+    USAGE_EXPORT_KIND,
+    UsageFilter,
+    csv_cell,
+    export_path,
+    test_channel,
+    usage_page,
+)
 from app.gateway.usage import UsageFlusher
-from app.jobs.registry import JobContext, WorkerServices, job_kind, scheduled
+from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
 from app.tenants.services import all_tenant_ids, record_audit_event
-from db.provider import ApiToken, Channel
+from db.auth import User
+from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
 from db.tenant import Organization
 
@@ -163,3 +174,51 @@ async def reconcile_balances(session: AsyncSession, limits: GatewayLimits, tenan
 async def _tenants(services: WorkerServices) -> list[UUID]:
     async with services.session_maker() as session:
         return await all_tenant_ids(session)
+
+
+EXPORT_BATCH_ROWS = 5000
+
+
+@job_kind(USAGE_EXPORT_KIND, startable_by="user", payload_type=UsageFilter, timeout_seconds=3600)
+async def export_usage(job: JobContext) -> dict[str, Any]:
+    """The usage log, as filtered, into a CSV file: a user's own calls, or the organization's for admins."""
+    filters = msgspec.convert(job.payload, UsageFilter)
+    actor = await job.session.get(User, job.actor_user_id) if job.actor_user_id else None
+    if actor is None:
+        raise JobFailed("An export is started by a user; this job has none.")
+    if actor.role not in ADMIN_ROLES:
+        filters = msgspec.structs.replace(filters, user_id=actor.id)
+    total = await job.session.scalar(select(func.count()).select_from(UsageLog).where(*filters.conditions())) or 0
+    path = export_path(job.services.settings, job.tenant_id, job.job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed when complete: a download never sees half a file.
+    partial = path.with_suffix(".partial")
+    written = 0
+    cursor: str | None = None
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(USAGE_EXPORT_COLUMNS)
+        while True:
+            await job.checkpoint()
+            page = await usage_page(job.session, filters, cursor=cursor, limit=EXPORT_BATCH_ROWS)
+            for row in page.items:
+                writer.writerow([csv_cell(getattr(row, column)) for column in USAGE_EXPORT_COLUMNS])
+            written += len(page.items)
+            await job.progress(min(99, written * 100 // max(total, 1)), f"{written} of {total} rows")
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    partial.replace(path)
+    return {"rows": written, "bytes": path.stat().st_size}
+
+
+@scheduled("usage.prune_exports", cron="17 * * * *")
+async def prune_exports(services: WorkerServices) -> dict[str, Any]:
+    """Delete export files older than LYSS_EXPORT_TTL_HOURS (and leftovers of interrupted exports)."""
+    cutoff = datetime.datetime.now(datetime.UTC).timestamp() - services.settings.export_ttl_hours * 3600
+    removed = 0
+    for file in services.settings.exports_path.glob("*/*"):
+        if file.suffix in (".csv", ".partial") and file.stat().st_mtime < cutoff:
+            file.unlink(missing_ok=True)
+            removed += 1
+    return {"removed": removed}

@@ -12,7 +12,7 @@ import msgspec
 from redis.asyncio import Redis
 from saq import Job as QueueJob
 from saq.queue.redis import RedisQueue
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -170,7 +170,9 @@ async def list_jobs(
     kind: str | None,
     limit: int,
     before: Any = None,
+    before_id: UUID | None = None,
 ) -> list[Job]:
+    """Newest first; with `before` (and `before_id`, the last row's id) the page after that row."""
     statement = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if not is_admin:
         statement = statement.where(Job.created_by == user_id)
@@ -178,7 +180,10 @@ async def list_jobs(
         statement = statement.where(Job.status == status)
     if kind is not None:
         statement = statement.where(Job.kind == kind)
-    if before is not None:
+    if before is not None and before_id is not None:
+        # `<=` alone is what the (tenant_id, created_at) index can range over; the id breaks ties.
+        statement = statement.where(Job.created_at <= before, or_(Job.created_at < before, Job.id < before_id))
+    elif before is not None:
         statement = statement.where(Job.created_at < before)
     return list(await session.scalars(statement))
 

@@ -16,10 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.controllers import app_settings
 from app.auth.services import is_admin
 from app.auth.tokens import Principal
-from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
+from app.errors import Conflict, InvalidRequest, NotAllowed
 from app.gateway.controllers import gateway_of
-from app.gateway.internal import chat_token, embed
-from app.gateway.proxy import Gateway
 from app.jobs.controllers import job_queue
 from app.jobs.schemas import JobRead, job_read
 from app.jobs.services import submit_job
@@ -35,33 +33,14 @@ from app.memory.schemas import (
     MemoryType,
     MemoryUpdate,
 )
-from app.tenants.services import record_audit_event
-from db.auth import User
 
 AuthRequest = Request[Principal, Any, State]
 
 
 async def _subject(session: AsyncSession, principal: Principal, user_id: UUID | None) -> UUID:
-    """Whose memories: the caller's own, or (admins only) another user's of the tenant."""
-    if user_id is None or user_id == principal.user_id:
-        return principal.user_id
-    if not is_admin(principal):
-        raise NotAllowed("You can only see and manage your own memories.")
-    if await session.get(User, user_id) is None:
-        raise NotFound("No such user in this organization.")
-    return user_id
-
-
-async def query_embedding(
-    session: AsyncSession, gateway: Gateway, principal: Principal, settings: MemorySettings, text: str
-) -> services.Embedding | None:
-    """The text's vector with the tenant's embedding model, billed to the caller's chat key; None without a model."""
-    if settings.embedding_model is None:
-        return None
-    token = await chat_token(session, principal.user_id)
-    await session.commit()
-    vector = (await embed(gateway, token, settings.embedding_model, [text]))[0]
-    return services.Embedding(model=settings.embedding_model, vector=vector)
+    return await services.memory_owner(
+        session, caller_id=principal.user_id, is_admin=is_admin(principal), requested=user_id
+    )
 
 
 class MemoryController(Controller):
@@ -80,35 +59,14 @@ class MemoryController(Controller):
     ) -> MemorySettings:
         if not is_admin(request.user):
             raise NotAllowed("Only an administrator can change the memory settings.")
-        previous = await services.memory_settings(db_session)
-        saved = await services.save_memory_settings(db_session, data)
-        record_audit_event(
+        saved, _ = await services.change_memory_settings(
             db_session,
-            actor=str(request.user.user_id),
+            job_queue(request),
+            app_settings(request),
+            tenant_id=request.user.tenant_id,
             actor_user_id=request.user.user_id,
-            action="memory.settings_changed",
-            target_type="organization",
-            target_id=request.user.tenant_id,
-            details={"llm_model": data.llm_model, "embedding_model": data.embedding_model, "enabled": data.enabled},
+            data=data,
         )
-        model = saved.embedding_model
-        if (
-            model is not None
-            and model != previous.embedding_model
-            and await db_session.scalar(services.stale_memories(model).exists().select())
-        ):
-            # Vectors of the old model are never compared with the new one's: until this job has embedded
-            # them again, those memories are found by their words only. Submitting commits the settings too.
-            await submit_job(
-                db_session,
-                job_queue(request),
-                app_settings(request),
-                tenant_id=request.user.tenant_id,
-                kind="memory.reembed",
-                created_by=request.user.user_id,
-            )
-        else:
-            await db_session.commit()
         return saved
 
     @post("/", summary="Remember: extract facts from messages (a job), or store a text as is (infer=false)")
@@ -136,7 +94,9 @@ class MemoryController(Controller):
             raise InvalidRequest("With infer=false, send `text`: the memory to store as is.")
         if await services.find_duplicate(db_session, request.user.user_id, data.text) is not None:
             raise Conflict("You already have this memory.")
-        embedding = await query_embedding(db_session, gateway_of(request), request.user, settings, data.text)
+        embedding = await services.query_embedding(
+            db_session, gateway_of(request), request.user.user_id, settings, data.text
+        )
         memory = await services.add_memory(
             db_session,
             user_id=request.user.user_id,
@@ -179,7 +139,9 @@ class MemoryController(Controller):
     ) -> list[MemoryHit]:
         subject = await _subject(db_session, request.user, data.user_id)
         settings = await services.memory_settings(db_session)
-        embedding = await query_embedding(db_session, gateway_of(request), request.user, settings, data.query)
+        embedding = await services.query_embedding(
+            db_session, gateway_of(request), request.user.user_id, settings, data.query
+        )
         return await services.search(
             db_session, user_id=subject, query=data.query, embedding=embedding, limit=data.limit, filters=data.filters
         )
@@ -192,8 +154,7 @@ class MemoryController(Controller):
         user_id: Annotated[UUID | None, QueryParameter()] = None,
     ) -> dict[str, int]:
         subject = await _subject(db_session, request.user, user_id)
-        erased = await services.erase_memories(db_session, user_id=subject)
-        _audit_erasure(db_session, request.user, subject, erased, None)
+        erased = await services.erase_and_record(db_session, actor_user_id=request.user.user_id, owner=subject)
         await db_session.commit()
         return {"erased": erased}
 
@@ -222,7 +183,9 @@ class MemoryController(Controller):
             db_session, memory_id, user_id=request.user.user_id, is_admin=False, for_change=True
         )
         settings = await services.memory_settings(db_session)
-        embedding = await query_embedding(db_session, gateway_of(request), request.user, settings, data.text)
+        embedding = await services.query_embedding(
+            db_session, gateway_of(request), request.user.user_id, settings, data.text
+        )
         await services.change_memory(
             db_session,
             memory,
@@ -242,9 +205,9 @@ class MemoryController(Controller):
         memory = await services.visible_memory(
             db_session, memory_id, user_id=request.user.user_id, is_admin=is_admin(request.user)
         )
-        owner = memory.user_id
-        await services.erase_memories(db_session, user_id=owner, memory_id=memory_id)
-        _audit_erasure(db_session, request.user, owner, 1, memory_id)
+        await services.erase_and_record(
+            db_session, actor_user_id=request.user.user_id, owner=memory.user_id, memory_id=memory_id
+        )
         await db_session.commit()
 
     @get("/{memory_id:uuid}/history", summary="Every change to a memory, oldest first")
@@ -255,18 +218,3 @@ class MemoryController(Controller):
             db_session, memory_id, user_id=request.user.user_id, is_admin=is_admin(request.user)
         )
         return [services.history_read(row) for row in await services.memory_history(db_session, memory)]
-
-
-def _audit_erasure(
-    session: AsyncSession, principal: Principal, owner: UUID, count: int, memory_id: UUID | None
-) -> None:
-    # The trail says that memories went, never what they said.
-    record_audit_event(
-        session,
-        actor=str(principal.user_id),
-        actor_user_id=principal.user_id,
-        action="memory.erased",
-        target_type="user",
-        target_id=owner,
-        details={"count": count, "memory_id": str(memory_id) if memory_id else None},
-    )

@@ -13,15 +13,22 @@ from uuid import UUID
 
 import msgspec
 from pgvector.sqlalchemy import HALFVEC, Vector
-from sqlalchemy import Select, Text, cast, delete, func, select
+from saq.queue.redis import RedisQueue
+from sqlalchemy import Select, Text, cast, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
+from app.gateway.internal import chat_token, embed
+from app.gateway.proxy import Gateway
+from app.jobs.services import submit_job
 from app.memory.schemas import HistoryRead, MemoryFilters, MemoryHit, MemoryRead, MemorySettings
+from app.settings import Settings
+from app.tenants.services import record_audit_event
+from db.auth import User
 from db.memory import HALFVEC_INDEXED_DIMENSIONS, INDEXED_DIMENSIONS, Memory, MemoryAssociation, MemoryHistory
-from db.tenant import Organization
+from db.tenant import Job, Organization
 
 # Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the very first ranks.
 RRF_K = 60
@@ -100,7 +107,58 @@ async def save_memory_settings(session: AsyncSession, data: MemorySettings) -> M
     return data
 
 
+async def change_memory_settings(
+    session: AsyncSession,
+    queue: RedisQueue,
+    settings: Settings,
+    *,
+    tenant_id: UUID,
+    actor_user_id: UUID,
+    data: MemorySettings,
+) -> tuple[MemorySettings, Job | None]:
+    """Save the settings with an audit event and commit; returns them and the `memory.reembed` job, if one started.
+
+    A new embedding model with memories stored under another one starts that job: vectors of different models
+    are never compared, so until it has run those memories are found by their words only.
+    """
+    previous = await memory_settings(session)
+    saved = await save_memory_settings(session, data)
+    record_audit_event(
+        session,
+        actor=str(actor_user_id),
+        actor_user_id=actor_user_id,
+        action="memory.settings_changed",
+        target_type="organization",
+        target_id=tenant_id,
+        details={"llm_model": data.llm_model, "embedding_model": data.embedding_model, "enabled": data.enabled},
+    )
+    model = saved.embedding_model
+    if (
+        model is not None
+        and model != previous.embedding_model
+        and await session.scalar(stale_memories(model).exists().select())
+    ):
+        # Submitting commits the settings too.
+        job, _ = await submit_job(
+            session, queue, settings, tenant_id=tenant_id, kind="memory.reembed", created_by=actor_user_id
+        )
+        return saved, job
+    await session.commit()
+    return saved, None
+
+
 # --- reading -------------------------------------------------------------------------------------
+
+
+async def memory_owner(session: AsyncSession, *, caller_id: UUID, is_admin: bool, requested: UUID | None) -> UUID:
+    """Whose memories: the caller's own, or (admins only) another user's of the tenant."""
+    if requested is None or requested == caller_id:
+        return caller_id
+    if not is_admin:
+        raise NotAllowed("You can only see and manage your own memories.")
+    if await session.get(User, requested) is None:
+        raise NotFound("No such user in this organization.")
+    return requested
 
 
 async def visible_memory(
@@ -122,11 +180,15 @@ async def list_memories(
     filters: MemoryFilters,
     limit: int,
     before: datetime.datetime | None,
+    before_id: UUID | None = None,
 ) -> list[Memory]:
+    """Newest first; with `before` (and `before_id`, the last row's id) the page after that row."""
     statement = _filtered(select(Memory).where(Memory.user_id == user_id), filters)
     if not include_invalidated:
         statement = statement.where(Memory.status == "active")
-    if before is not None:
+    if before is not None and before_id is not None:
+        statement = statement.where(Memory.created_at <= before, or_(Memory.created_at < before, Memory.id < before_id))
+    elif before is not None:
         statement = statement.where(Memory.created_at < before)
     return list(await session.scalars(statement.order_by(Memory.created_at.desc(), Memory.id.desc()).limit(limit)))
 
@@ -170,6 +232,18 @@ async def check_dimension(session: AsyncSession, embedding: Embedding) -> None:
 
 
 # --- search --------------------------------------------------------------------------------------
+
+
+async def query_embedding(
+    session: AsyncSession, gateway: Gateway, user_id: UUID, settings: MemorySettings, text_value: str
+) -> Embedding | None:
+    """The text's vector with the tenant's embedding model, billed to the user's chat key; None without a model."""
+    if settings.embedding_model is None:
+        return None
+    token = await chat_token(session, user_id)
+    await session.commit()
+    vector = (await embed(gateway, token, settings.embedding_model, [text_value]))[0]
+    return Embedding(model=settings.embedding_model, vector=vector)
 
 
 def _filtered(statement: Select[Any], filters: MemoryFilters | None) -> Select[Any]:
@@ -445,3 +519,20 @@ async def erase_memories(session: AsyncSession, *, user_id: UUID, memory_id: UUI
         statement = statement.where(Memory.id == memory_id)
     result = await session.execute(statement)
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def erase_and_record(
+    session: AsyncSession, *, actor_user_id: UUID, owner: UUID, memory_id: UUID | None = None
+) -> int:
+    """`erase_memories`, with an audit event that says that memories went (never what they said)."""
+    erased = await erase_memories(session, user_id=owner, memory_id=memory_id)
+    record_audit_event(
+        session,
+        actor=str(actor_user_id),
+        actor_user_id=actor_user_id,
+        action="memory.erased",
+        target_type="user",
+        target_id=owner,
+        details={"count": erased, "memory_id": str(memory_id) if memory_id else None},
+    )
+    return erased

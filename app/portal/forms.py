@@ -16,9 +16,10 @@ _AT_PATH = re.compile(r" - at `\$[^`]*`$")
 _FRIENDLY = [
     (re.compile(r"Expected `(?:str|string)` of length >= 1.*"), "This field is required."),
     (re.compile(r"Expected `(?:str|string)` of length <= (\d+).*"), r"At most \1 characters."),
-    (re.compile(r"Expected `int` >= (-?\d+).*"), r"At least \1."),
-    (re.compile(r"Expected `int` <= (-?\d+).*"), r"At most \1."),
     (re.compile(r"Expected `array` of length >= 1.*"), "Enter at least one."),
+    (re.compile(r"Expected `(?:int|float)` >= (-?[\d.]+).*"), r"At least \1."),
+    (re.compile(r"Expected `(?:int|float)` <= (-?[\d.]+).*"), r"At most \1."),
+    (re.compile(r"Expected `str` matching regex .*"), "Use only the characters this field allows."),
     (re.compile(r"Expected `int`.*"), "Enter a whole number."),
     (re.compile(r"Expected `float`.*"), "Enter a number."),
     (re.compile(r"Expected `array` of length <= (\d+).*"), r"At most \1 entries."),

@@ -15,10 +15,15 @@ from litestar.template.config import TemplateConfig
 
 from app.edge import ACCEPTS_FORM
 from app.errors import ServiceError
+from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
+from app.portal.controllers.conversations import ConversationPages
+from app.portal.controllers.memories import MemoryPages
+from app.portal.controllers.settings import SettingsPages
 from app.portal.controllers.signin import SignInController
 from app.portal.controllers.tokens import TokenPages
 from app.portal.controllers.usage import UsagePages
+from app.portal.controllers.users import GroupPages, UserPages
 from app.portal.web import (
     NAV,
     PORTAL,
@@ -72,7 +77,20 @@ def create_portal_router() -> Router:
     )
     return Router(
         path=PORTAL,
-        route_handlers=[SignInController, UsagePages, ChannelPages, TokenPages, static],
+        route_handlers=[
+            SignInController,
+            UsagePages,
+            ChannelPages,
+            TokenPages,
+            UserPages,
+            GroupPages,
+            AuditPages,
+            JobPages,
+            MemoryPages,
+            ConversationPages,
+            SettingsPages,
+            static,
+        ],
         middleware=[PortalMiddleware()],
         opt={ACCEPTS_FORM: True},
         include_in_schema=False,

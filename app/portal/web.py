@@ -127,6 +127,13 @@ NAV = (
     NavItem(f"{PORTAL}/channels", "Channels", admin_only=True),
     NavItem(f"{PORTAL}/tokens", "API keys"),
     NavItem(f"{PORTAL}/usage", "Usage"),
+    NavItem(f"{PORTAL}/conversations", "Conversations"),
+    NavItem(f"{PORTAL}/jobs", "Jobs"),
+    NavItem(f"{PORTAL}/memories", "Memories"),
+    NavItem(f"{PORTAL}/users", "Users", admin_only=True),
+    NavItem(f"{PORTAL}/groups", "Groups", admin_only=True),
+    NavItem(f"{PORTAL}/audit", "Audit log", admin_only=True),
+    NavItem(f"{PORTAL}/settings", "Settings", admin_only=True),
     NavItem(f"{PORTAL}/account", "Account"),
 )
 

@@ -15,7 +15,7 @@ from app.auth.guards import requires_tenant_admin
 from app.auth.tokens import Principal
 from app.observability.middleware import client_context
 from app.tenants.schemas import OrganizationRead, TenantPolicyRead, TenantPolicyUpdate
-from app.tenants.services import OrganizationService, record_audit_event, tenant_policy
+from app.tenants.services import OrganizationService, change_tenant_policy, tenant_policy
 from db.auth import User
 
 
@@ -46,18 +46,13 @@ class TenantController(Controller):
         organizations: NamedDependency[OrganizationService],
     ) -> TenantPolicyRead:
         organization = await organizations.get(request.user.tenant_id)
-        changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
-        organization.settings = {**(organization.settings or {}), **changes}
         admin = await organizations.repository.session.get_one(User, request.user.user_id)
-        record_audit_event(
+        policy = await change_tenant_policy(
             organizations.repository.session,
+            organization,
+            data,
             actor=admin.email,
             actor_user_id=request.user.user_id,
-            action="tenant.policy_changed",
-            target_type="tenant",
-            target_id=organization.id,
-            details=changes,
             client=client_context(request),
         )
-        await organizations.repository.session.flush()
-        return TenantPolicyRead(**msgspec.structs.asdict(tenant_policy(organization)))
+        return TenantPolicyRead(**msgspec.structs.asdict(policy))

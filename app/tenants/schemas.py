@@ -1,8 +1,9 @@
-"""Response bodies of the tenants domain."""
+"""Request and response bodies of the tenants domain."""
 
 from __future__ import annotations
 
 import datetime
+from typing import Annotated
 from uuid import UUID
 
 import msgspec
@@ -41,3 +42,7 @@ class TenantPolicyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     require_mfa_for_admins: bool | None = None
     allow_self_signup: bool | None = None
+
+
+class OrganizationRename(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]

@@ -1,4 +1,4 @@
-"""Organizations, users and the audit trail: provisioning (CLI, first start) and per-tenant queries."""
+"""Organizations, users, groups and the audit trail: provisioning (CLI, first start) and per-tenant changes."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from app.auth.passwords import WeakPasswordError, hash_password
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
+from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
 from db.auth import User
+from db.provider import Channel
 from db.session import tenant_session
-from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroupMember
+from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroup, UserGroupMember
 
 DEMO_TENANT_SLUG = "demo"
 DEMO_ADMIN_EMAIL = "admin@demo.example.com"
@@ -103,6 +106,61 @@ def record_audit_event(
     )
     session.add(event)
     return event
+
+
+async def change_tenant_policy(
+    session: AsyncSession,
+    organization: Organization,
+    data: TenantPolicyUpdate,
+    *,
+    actor: str,
+    actor_user_id: UUID,
+    client: ClientContext | None = None,
+) -> TenantPolicy:
+    """Set the policy fields given (the others keep their value), with an audit event."""
+    changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
+    organization.settings = {**(organization.settings or {}), **changes}
+    record_audit_event(
+        session,
+        actor=actor,
+        actor_user_id=actor_user_id,
+        action="tenant.policy_changed",
+        target_type="tenant",
+        target_id=organization.id,
+        details=changes,
+        client=client,
+    )
+    await session.flush()
+    return tenant_policy(organization)
+
+
+async def rename_organization(
+    session: AsyncSession,
+    organization: Organization,
+    data: OrganizationRename,
+    *,
+    actor: str,
+    actor_user_id: UUID,
+    client: ClientContext | None = None,
+) -> Organization:
+    """A new display name, audited when it differs; the slug people sign in with stays."""
+    name = data.name.strip()
+    if not name:
+        raise InvalidRequest("The organization needs a name.")
+    if name != organization.name:
+        record_audit_event(
+            session,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            action="tenant.renamed",
+            target_type="tenant",
+            target_id=organization.id,
+            details={"from": organization.name, "to": name},
+            client=client,
+        )
+        organization.name = name
+    await session.flush()
+    return organization
 
 
 async def all_tenant_ids(session: AsyncSession) -> list[UUID]:
@@ -283,3 +341,108 @@ async def set_tenant_quota(
         )
         await session.commit()
         return organization.used_quota
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """Who makes a change, as the audit trail names them."""
+
+    name: str
+    user_id: UUID | None = None
+    client: ClientContext | None = None
+
+
+def _audit_change(
+    session: AsyncSession, actor: Actor, action: str, target_type: str, target_id: UUID, **details: Any
+) -> None:
+    record_audit_event(
+        session,
+        actor=actor.name,
+        actor_user_id=actor.user_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+        client=actor.client,
+    )
+
+
+async def organization_user(session: AsyncSession, user_id: UUID) -> User:
+    """A user of the session's tenant; another tenant's user is as unknown as an invented id."""
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user in this organization.")
+    return user
+
+
+async def user_group(session: AsyncSession, group_id: UUID) -> UserGroup:
+    group = await session.get(UserGroup, group_id)
+    if group is None:
+        raise NotFound("No such group in this organization.")
+    return group
+
+
+async def _flush_group(session: AsyncSession, name: str) -> None:
+    # The unique key decides, so that two admins naming groups at once cannot both win.
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        if _violated_constraint(error) == "uk_tenant_user_groups_tenant_name":
+            raise Conflict(f"A group named '{name}' already exists; choose another name.") from None
+        raise
+
+
+async def create_group(session: AsyncSession, actor: Actor, *, name: str, description: str | None) -> UserGroup:
+    group = UserGroup(name=name, description=description, created_by=actor.user_id)
+    session.add(group)
+    await _flush_group(session, name)
+    _audit_change(session, actor, "group.created", "group", group.id, name=name)
+    return group
+
+
+async def update_group(
+    session: AsyncSession, actor: Actor, group: UserGroup, *, name: str, description: str | None
+) -> None:
+    """Rename a group or change its description."""
+    old_name = group.name
+    group.name = name
+    group.description = description
+    await _flush_group(session, name)
+    _audit_change(session, actor, "group.updated", "group", group.id, old_name=old_name, name=name)
+
+
+async def delete_group(session: AsyncSession, actor: Actor, group: UserGroup) -> None:
+    """Delete a group and its memberships; refused while channels serve only this group."""
+    # The foreign key would delete those channels with the group: make the admin choose what happens to them.
+    names = await session.scalars(select(Channel.name).where(Channel.group_id == group.id).order_by(Channel.name))
+    channels = list(names)
+    if channels:
+        raise Conflict(
+            f"The channels {', '.join(channels)} serve only this group; give them another scope or remove them first."
+        )
+    await session.delete(group)
+    await session.flush()
+    _audit_change(session, actor, "group.deleted", "group", group.id, name=group.name)
+
+
+async def add_group_member(session: AsyncSession, actor: Actor, group: UserGroup, user_id: UUID) -> User:
+    user = await organization_user(session, user_id)
+    member = await session.scalar(
+        select(UserGroupMember.id).where(UserGroupMember.group_id == group.id, UserGroupMember.user_id == user.id)
+    )
+    if member is not None:
+        raise Conflict(f"{user.email} is already a member of {group.name}.")
+    session.add(UserGroupMember(group_id=group.id, user_id=user.id))
+    await session.flush()
+    _audit_change(session, actor, "group.member_added", "group", group.id, user_id=str(user.id), email=user.email)
+    return user
+
+
+async def remove_group_member(session: AsyncSession, actor: Actor, group: UserGroup, user_id: UUID) -> None:
+    removed = await session.execute(
+        delete(UserGroupMember)
+        .where(UserGroupMember.group_id == group.id, UserGroupMember.user_id == user_id)
+        .returning(UserGroupMember.id)
+    )
+    if removed.first() is None:
+        raise NotFound("That user is not a member of this group.")
+    _audit_change(session, actor, "group.member_removed", "group", group.id, user_id=str(user_id))

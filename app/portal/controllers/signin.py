@@ -16,8 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.controllers import app_settings, provide_auth_service
-from app.auth.middleware import SESSION_COOKIE
+from app.auth.middleware import AUTH_STORE_STATE_KEY, JWT_KEYRING_STATE_KEY, SESSION_COOKIE
+from app.auth.redis_store import AuthStore
 from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
+from app.auth.tokens import SCOPE_MFA_ENROLLMENT, InvalidToken, Principal, verify_access_token
 from app.errors import ServiceError
 from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.tenants.services import lookup_tenant_by_slug
@@ -26,6 +28,8 @@ from db.session import set_session_tenant
 
 MFA_TICKET_COOKIE = "lyss_mfa_ticket"
 LOGIN_CSRF_COOKIE = "lyss_login_csrf"
+ENROLMENT_COOKIE = "lyss_enrolment"
+ENROLMENT_FORM_COOKIE = "lyss_enrolment_form"
 PUBLIC = {PUBLIC_PAGE: True}
 
 
@@ -53,6 +57,11 @@ def _login_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
     # forged cross-site sign-in into the attacker's account.
     value = secrets.token_urlsafe(24)
     return value, _cookie(request, LOGIN_CSRF_COOKIE, value, 3600, path=f"{PORTAL}/login")
+
+
+def _enrolment_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
+    value = secrets.token_urlsafe(24)
+    return value, _cookie(request, ENROLMENT_FORM_COOKIE, value, 3600, path=f"{PORTAL}/enrol")
 
 
 def _login_form_valid(request: Request[Any, Any, State], form: dict[str, Any]) -> bool:
@@ -201,6 +210,88 @@ class SignInController(Controller):
         template.cookies.append(cookie)
         return template
 
+    async def _enrolling(self, request: Request[Any, Any, State], db_session: AsyncSession) -> Principal | None:
+        """The enrolment-only sign-in this browser holds, with the session scoped to its tenant; or None."""
+        token = request.cookies.get(ENROLMENT_COOKIE)
+        if not token:
+            return None
+        try:
+            principal = verify_access_token(request.app.state[JWT_KEYRING_STATE_KEY], token)
+        except InvalidToken:
+            return None
+        store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
+        if principal.scope != SCOPE_MFA_ENROLLMENT or await store.session_revoked(principal.session_id):
+            return None
+        await set_session_tenant(db_session, principal.tenant_id)
+        return principal
+
+    @get("/enrol", opt=PUBLIC, summary="Two-factor enrolment the organization requires before signing in")
+    async def enrolment_page(
+        self,
+        request: Request[Any, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        principal = await self._enrolling(request, db_session)
+        if principal is None:
+            return see_other(f"{PORTAL}/login")
+        enrollment = await auth.start_mfa_enrollment(principal)
+        await db_session.commit()
+        token, cookie = _enrolment_form_cookie(request)
+        template = page(
+            None,
+            "mfa_enroll.html",
+            secret=enrollment.secret,
+            qr=Markup(enrollment.qr_svg),  # noqa: S704 -- segno's SVG of the otpauth URI, no user markup
+            errors={},
+            action=f"{PORTAL}/enrol",
+            form_token=token,
+            required=True,
+        )
+        template.cookies.append(cookie)
+        return template
+
+    @post("/enrol", opt=PUBLIC, summary="Finish the required enrolment")
+    async def enrol(
+        self,
+        request: Request[Any, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        principal = await self._enrolling(request, db_session)
+        if principal is None:
+            return see_other(f"{PORTAL}/login")
+        form = dict(await request.form())
+        expected = request.cookies.get(ENROLMENT_FORM_COOKIE) or ""
+        error: str | None = None
+        if not expected or not secrets.compare_digest(expected, str(form.get("form_token") or "")):
+            error = "This form expired; reload the page and try again."
+        else:
+            try:
+                codes = await auth.confirm_mfa(principal, str(form.get("code") or "").strip())
+            except ServiceError as refused:
+                await db_session.rollback()
+                error = refused.detail
+            else:
+                await db_session.commit()
+                done = page(None, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/login", done_label="Sign in")
+                done.cookies.append(_cookie(request, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
+                return done
+        token, cookie = _enrolment_form_cookie(request)
+        template = page(
+            None,
+            "mfa_enroll.html",
+            status_code=HTTP_400_BAD_REQUEST,
+            secret=None,
+            qr=None,
+            errors={"code": error},
+            action=f"{PORTAL}/enrol",
+            form_token=token,
+            required=True,
+        )
+        template.cookies.append(cookie)
+        return template
+
     @post("/logout", summary="Sign out of this browser")
     async def logout(
         self, request: PortalRequest, auth: NamedDependency[AuthService], db_session: NamedDependency[AsyncSession]
@@ -259,7 +350,7 @@ class SignInController(Controller):
                 errors={"code": error.detail},
             )
         await db_session.commit()
-        return page(viewer, "recovery_codes.html", codes=codes)
+        return page(viewer, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/account", done_label="Done")
 
 
 def _signed_in(request: Request[Any, Any, State], result: LoginResult, next_path: str) -> Response[None]:
@@ -271,10 +362,16 @@ def _signed_in(request: Request[Any, Any, State], result: LoginResult, next_path
         )
         return response
     session = result.session
+    if result.status == "mfa_enrollment_required" and session is not None and session.access_token:
+        # The organization requires MFA of admins: this sign-in may only enrol. The enrolment-only token
+        # lives in a cookie that only the enrolment page receives.
+        response = see_other(f"{PORTAL}/enrol")
+        response.cookies.append(
+            _cookie(request, ENROLMENT_COOKIE, session.access_token, session.expires_in, path=f"{PORTAL}/enrol")
+        )
+        return response
     if result.status != "authenticated" or session is None or session.session_token is None:
-        # The organization requires MFA of admins who have not enrolled: the API hands out an
-        # enrolment-only token; the portal asks them to enrol from an authenticator-enabled session.
-        return see_other(f"{PORTAL}/login?enrol=required")
+        return see_other(f"{PORTAL}/login")
     response.cookies.append(_cookie(request, SESSION_COOKIE, session.session_token, session.expires_in, path="/"))
     response.status_code = HTTP_303_SEE_OTHER
     return response

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import datetime
 from typing import Any
+from urllib.parse import urlencode
+from uuid import UUID
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery
-from litestar.response import Template
+from litestar.params import FromPath, FromQuery
+from litestar.response import File, Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InvalidRequest
-from app.gateway.services import UsageFilter, usage_page
+from app.auth.controllers import app_settings
+from app.errors import InvalidRequest, NotFound
+from app.gateway.services import USAGE_EXPORT_KIND, UsageFilter, finished_export, usage_page
+from app.jobs.controllers import job_queue
+from app.jobs.services import submit_job, visible_job
 from app.portal import services
 from app.portal.charts import bar_chart
 from app.portal.forms import FormInvalid, parse
-from app.portal.web import PortalRequest, Viewer, page, provide_viewer
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from db.auth import User
 from db.provider import ApiToken, Channel
 
@@ -71,19 +76,15 @@ class UsagePages(Controller):
     ) -> Template:
         query = request.query_params
         values: dict[str, Any] = {name: query.get(name, "") for name in FILTERS}
-        raw = {name: value for name, value in values.items() if value}
-        for name in ("since", "until"):
-            if name in raw:  # a date input: the whole day, in UTC
-                raw[name] = f"{raw[name]}T00:00:00+00:00"
-        errors: dict[str, str] = {}
-        try:
-            filters = parse(UsageFilter, raw)
-        except FormInvalid as invalid:
-            errors, filters = invalid.errors, UsageFilter()
-        if filters.until is not None:
-            filters = msgspec.structs.replace(filters, until=filters.until + datetime.timedelta(days=1))
-        if not viewer.is_admin:
-            filters = msgspec.structs.replace(filters, user_id=viewer.user.id)
+        filters, errors = _filters(values, viewer)
+        export = None
+        if export_id := query.get("export"):
+            try:
+                export = await visible_job(
+                    db_session, UUID(export_id), user_id=viewer.user.id, is_admin=viewer.is_admin
+                )
+            except (ValueError, NotFound):
+                errors["form"] = "No such export."
         try:
             result = await usage_page(db_session, filters, cursor=query.get("cursor") or None, limit=PAGE_SIZE)
         except InvalidRequest as error:
@@ -114,4 +115,58 @@ class UsagePages(Controller):
             channels=channels,
             next_query=next_query,
             first_page=not query.get("cursor"),
+            export=export,
         )
+
+    @post("/usage/export", summary="Export the usage log as CSV (a job)")
+    async def export_usage(
+        self,
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Response[None]:
+        form = await request.form()
+        values = {name: str(form.get(name) or "") for name in FILTERS}
+        filters, errors = _filters(values, viewer)
+        if errors:
+            raise InvalidRequest("Fix the filters before exporting: " + "; ".join(errors.values()))
+        job, _ = await submit_job(
+            db_session,
+            job_queue(request),
+            app_settings(request),
+            tenant_id=viewer.principal.tenant_id,
+            kind=USAGE_EXPORT_KIND,
+            payload=msgspec.to_builtins(filters),
+            created_by=viewer.user.id,
+        )
+        shown = {name: value for name, value in values.items() if value} | {"export": str(job.id)}
+        return see_other(f"{PORTAL}/usage?{urlencode(shown)}")
+
+    @get("/usage/exports/{job_id:uuid}", summary="Download a usage export")
+    async def download_export(
+        self,
+        job_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> File:
+        path = await finished_export(db_session, app_settings(request), viewer.principal, job_id)
+        return File(path, filename=f"lyss-usage-{job_id}.csv", media_type="text/csv; charset=utf-8")
+
+
+def _filters(values: dict[str, Any], viewer: Viewer) -> tuple[UsageFilter, dict[str, str]]:
+    """The usage filters of the page's form (dates as whole UTC days); users are held to their own calls."""
+    raw = {name: value for name, value in values.items() if value}
+    for name in ("since", "until"):
+        if name in raw:
+            raw[name] = f"{raw[name]}T00:00:00+00:00"
+    errors: dict[str, str] = {}
+    try:
+        filters = parse(UsageFilter, raw)
+    except FormInvalid as invalid:
+        errors, filters = invalid.errors, UsageFilter()
+    if filters.until is not None:
+        filters = msgspec.structs.replace(filters, until=filters.until + datetime.timedelta(days=1))
+    if not viewer.is_admin:
+        filters = msgspec.structs.replace(filters, user_id=viewer.user.id)
+    return filters, errors

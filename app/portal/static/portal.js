@@ -28,7 +28,7 @@ if (menu && window.matchMedia("(min-width: 641px)").matches) {
 const live = document.querySelector("[data-refresh]");
 if (live) {
   const seconds = Number(live.dataset.refresh) || 3;
-  setInterval(async () => {
+  const timer = setInterval(async () => {
     if (document.hidden) return;
     const response = await fetch(window.location.href);
     if (!response.ok) return;
@@ -36,6 +36,8 @@ if (live) {
     const fresh = page.getElementById(live.id);
     const current = document.getElementById(live.id);
     if (fresh && current) current.replaceWith(fresh);
+    // Finished (the fresh copy no longer asks to be refreshed): stop polling.
+    if (!fresh || !fresh.dataset.refresh) clearInterval(timer);
   }, seconds * 1000);
 }
 

@@ -1,0 +1,318 @@
+"""Portal pages for what happened: the audit log (admins) and background jobs with their events, cancel and retry."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from litestar.response import Response, Template
+from redis.asyncio import Redis
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.controllers import app_settings
+from app.errors import Conflict, InvalidRequest
+from app.jobs import services as jobs
+from app.jobs.controllers import JobStatus, job_queue
+from app.jobs.registry import JOB_KINDS
+from app.portal.controllers.channels import provide_admin_viewer
+from app.portal.forms import FormInvalid, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from db.auth import User
+from db.memory import Memory
+from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, AuditEvent, Job
+
+PAGE_SIZE = 50
+REFRESH_SECONDS = 3
+CANCELABLE_STATUSES = ("queued", "running")
+DATE_MESSAGE = "Enter a date as YYYY-MM-DD."
+FilterStruct = TypeVar("FilterStruct", bound=msgspec.Struct)
+
+
+class Keyset(msgspec.Struct, frozen=True):
+    """Where a page ended: its last row's (created_at, id). The next page starts just after it."""
+
+    created_at: datetime.datetime
+    id: UUID
+
+    @classmethod
+    def of(cls, row: AuditEvent | Job | Memory) -> Keyset:
+        return cls(created_at=row.created_at, id=row.id)
+
+    @classmethod
+    def parse(cls, cursor: str) -> Keyset:
+        try:
+            moment, _, row_id = cursor.partition("|")
+            created_at = datetime.datetime.fromisoformat(moment)
+            return cls(created_at=created_at.replace(tzinfo=created_at.tzinfo or datetime.UTC), id=UUID(row_id))
+        except ValueError:
+            raise InvalidRequest("This page link is broken; showing the newest entries instead.") from None
+
+    def cursor(self) -> str:
+        return f"{self.created_at.isoformat()}|{self.id}"
+
+
+def filters_from(
+    query: Mapping[str, str], names: tuple[str, ...], struct_type: type[FilterStruct]
+) -> tuple[FilterStruct, dict[str, str]]:
+    """A filter form's query values as `struct_type`; a wrong field is reported and left out, the rest apply."""
+    raw = {name: query.get(name, "").strip() for name in names}
+    given = {name: value for name, value in raw.items() if value}
+    # PostgreSQL text cannot hold a NUL character: refused here rather than by the database.
+    errors = {name: "Remove the control characters." for name, value in given.items() if "\x00" in value}
+    try:
+        return parse(struct_type, {name: value for name, value in given.items() if name not in errors}), errors
+    except FormInvalid as invalid:
+        errors |= invalid.errors
+    valid = {name: value for name, value in given.items() if name not in errors}
+    try:
+        return parse(struct_type, valid), errors
+    except FormInvalid:
+        return struct_type(), errors
+
+
+def page_cursor(query: Mapping[str, str], errors: dict[str, str]) -> Keyset | None:
+    cursor = query.get("cursor")
+    if not cursor:
+        return None
+    try:
+        return Keyset.parse(cursor)
+    except InvalidRequest as error:
+        errors["form"] = error.detail
+        return None
+
+
+def next_page_query(values: Mapping[str, str], last: Keyset | None) -> dict[str, str] | None:
+    return None if last is None else {**values, "cursor": last.cursor()}
+
+
+async def user_emails(session: AsyncSession) -> dict[UUID, str]:
+    return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
+
+
+# --- audit log -----------------------------------------------------------------------------------
+
+
+AUDIT_FILTERS = ("since", "until", "action", "user_id", "actor", "target_type")
+
+
+class AuditFilter(msgspec.Struct, frozen=True):
+    since: datetime.date | None = None
+    until: datetime.date | None = None
+    # "login" finds every login.* event, "login.failed" only those.
+    action: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    user_id: UUID | None = None
+    # The actor as recorded: an email (also of failed sign-ins with an unknown address), "system", a job.
+    actor: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    target_type: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+
+    def conditions(self) -> list[Any]:
+        found: list[Any] = []
+        if self.since is not None:
+            found.append(AuditEvent.created_at >= _start_of(self.since))
+        if self.until is not None and self.until < datetime.date.max:  # the whole day, in UTC
+            found.append(AuditEvent.created_at < _start_of(self.until + datetime.timedelta(days=1)))
+        if self.action is not None:
+            found.append(
+                or_(AuditEvent.action == self.action, AuditEvent.action.startswith(f"{self.action}.", autoescape=True))
+            )
+        if self.user_id is not None:
+            found.append(AuditEvent.actor_user_id == self.user_id)
+        if self.actor is not None:
+            found.append(AuditEvent.actor == self.actor)
+        if self.target_type is not None:
+            found.append(AuditEvent.target_type == self.target_type)
+        return found
+
+
+def _start_of(day: datetime.date) -> datetime.datetime:
+    return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+
+
+async def audit_page(
+    session: AsyncSession, filters: AuditFilter, *, after: Keyset | None, limit: int
+) -> tuple[list[AuditEvent], Keyset | None]:
+    """Newest first, keyset-paginated on (created_at, id): any page costs what the first one costs."""
+    statement = select(AuditEvent).where(*filters.conditions())
+    if after is not None:
+        # `<=` alone is what the (tenant_id, created_at) index can range over; the id breaks ties.
+        statement = statement.where(
+            AuditEvent.created_at <= after.created_at,
+            or_(AuditEvent.created_at < after.created_at, AuditEvent.id < after.id),
+        )
+    statement = statement.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
+    rows = list(await session.scalars(statement))
+    return rows[:limit], Keyset.of(rows[limit - 1]) if len(rows) > limit else None
+
+
+class AuditPages(Controller):
+    path = "/audit"
+    dependencies = {"viewer": Provide(provide_admin_viewer)}
+
+    @get("/", summary="Audit log")
+    async def audit_log(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template:
+        query = request.query_params
+        filters, errors = filters_from(query, AUDIT_FILTERS, AuditFilter)
+        errors.update({name: DATE_MESSAGE for name in ("since", "until") if name in errors})
+        after = page_cursor(query, errors)
+        events, last = await audit_page(db_session, filters, after=after, limit=PAGE_SIZE)
+        values = {name: query.get(name, "") for name in AUDIT_FILTERS}
+        return page(
+            viewer,
+            "audit/list.html",
+            status_code=400 if errors else 200,
+            events=events,
+            # Keyed by text: the trail's target ids are text, whatever they name.
+            users={str(user_id): email for user_id, email in (await user_emails(db_session)).items()},
+            values=values,
+            errors=errors,
+            next_query=next_page_query(values, last),
+            first_page=after is None,
+        )
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+JOB_FILTERS = ("status", "kind")
+
+
+class JobFilter(msgspec.Struct, frozen=True):
+    status: JobStatus | None = None
+    kind: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _back_to(form: Mapping[str, Any], job_id: UUID) -> str:
+    """Where a cancel or retry returns: the page it was made from, if that is a jobs page."""
+    back = str(form.get("next") or "")
+    return back if back.startswith(f"{PORTAL}/jobs") and "//" not in back else f"{PORTAL}/jobs/{job_id}"
+
+
+class JobPages(Controller):
+    """Users see and control the jobs they started; tenant admins every job of the organization."""
+
+    path = "/jobs"
+    dependencies = {"viewer": Provide(provide_viewer)}
+
+    @get("/", summary="Jobs")
+    async def list_jobs(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template:
+        query = request.query_params
+        filters, errors = filters_from(query, JOB_FILTERS, JobFilter)
+        after = page_cursor(query, errors)
+        rows = await jobs.list_jobs(
+            db_session,
+            user_id=viewer.user.id,
+            is_admin=viewer.is_admin,
+            status=filters.status,
+            kind=filters.kind,
+            limit=PAGE_SIZE + 1,
+            before=after.created_at if after else None,
+            before_id=after.id if after else None,
+        )
+        values = {name: query.get(name, "") for name in JOB_FILTERS}
+        return page(
+            viewer,
+            "jobs/list.html",
+            status_code=400 if errors else 200,
+            jobs=rows[:PAGE_SIZE],
+            users=await user_emails(db_session) if viewer.is_admin else {},
+            statuses=JOB_STATUSES,
+            kinds=sorted(JOB_KINDS),
+            values=values,
+            errors=errors,
+            next_query=next_page_query(values, Keyset.of(rows[PAGE_SIZE - 1]) if len(rows) > PAGE_SIZE else None),
+            first_page=after is None,
+            here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            refresh_seconds=REFRESH_SECONDS,
+            cancelable=CANCELABLE_STATUSES,
+            retryable=jobs.RETRYABLE_STATUSES,
+        )
+
+    async def _detail_page(
+        self,
+        viewer: Viewer,
+        db_session: AsyncSession,
+        job: Job,
+        *,
+        notices: list[tuple[str, str]] | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        events = await jobs.job_events(db_session, job.id)
+        creator = await db_session.get(User, job.created_by) if job.created_by else None
+        return page(
+            viewer,
+            "jobs/detail.html",
+            status_code=status_code,
+            job=job,
+            events=events,
+            creator=creator.email if creator else None,
+            payload=_pretty(job.payload),
+            result=None if job.result is None else _pretty(job.result),
+            live=job.status not in JOB_TERMINAL_STATUSES,
+            refresh_seconds=REFRESH_SECONDS,
+            cancelable=CANCELABLE_STATUSES,
+            retryable=jobs.RETRYABLE_STATUSES,
+            notices=notices or [],
+        )
+
+    @get("/{job_id:uuid}", summary="A job and its events")
+    async def job_detail(
+        self, job_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
+        return await self._detail_page(viewer, db_session, job)
+
+    @post("/{job_id:uuid}/cancel", summary="Cancel a queued or running job")
+    async def cancel_job(
+        self,
+        job_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
+        try:
+            await jobs.cancel_job(db_session, job_queue(request), redis, job, actor=viewer.user.id)
+        except Conflict as refusal:
+            await db_session.refresh(job)
+            return await self._detail_page(
+                viewer, db_session, job, notices=[("error", refusal.detail)], status_code=refusal.status_code
+            )
+        return see_other(_back_to(await request.form(), job_id))
+
+    @post("/{job_id:uuid}/retry", summary="Run a failed, canceled or dead job again")
+    async def retry_job(
+        self,
+        job_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
+        try:
+            await jobs.retry_job(
+                db_session, job_queue(request), redis, app_settings(request), job, actor=viewer.user.id
+            )
+        except Conflict as refusal:
+            await db_session.refresh(job)
+            return await self._detail_page(
+                viewer, db_session, job, notices=[("error", refusal.detail)], status_code=refusal.status_code
+            )
+        return see_other(_back_to(await request.form(), job_id))

@@ -1,0 +1,174 @@
+"""Portal pages for memories: browse and search a user's memories, read one with its history, erase them."""
+
+from __future__ import annotations
+
+from typing import Annotated, get_args
+from urllib.parse import urlencode
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from litestar.response import Response, Template
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import InvalidRequest, ServiceError
+from app.gateway.controllers import gateway_of
+from app.memory import services
+from app.memory.schemas import MemoryFilters, MemoryHit, MemoryType
+from app.portal.controllers.activity import PAGE_SIZE, Keyset, filters_from, next_page_query, page_cursor, user_emails
+from app.portal.forms import FormInvalid, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from db.memory import Memory
+
+SEARCH_LIMIT = 20
+MEMORY_FILTERS = ("user_id", "q", "memory_type", "include_invalidated")
+MEMORY_TYPES = get_args(MemoryType)
+
+
+class MemoryBrowse(msgspec.Struct, frozen=True):
+    """The list page's filters: whose memories (admins may pick a user), a search, a type."""
+
+    user_id: UUID | None = None
+    q: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    memory_type: MemoryType | None = None
+    include_invalidated: bool = False
+
+
+class EraseAll(msgspec.Struct, frozen=True):
+    user_id: UUID
+
+
+def _list_path(viewer: Viewer, owner: UUID, **query: str) -> str:
+    """The list of `owner`'s memories; the viewer's own list needs no user in its address."""
+    if owner != viewer.user.id:
+        query = {"user_id": str(owner), **query}
+    return f"{PORTAL}/memories" + (f"?{urlencode(query)}" if query else "")
+
+
+def _erased_notice(value: str | None) -> list[tuple[str, str]]:
+    if value is None or not value.isdigit():
+        return []
+    count = int(value)
+    return [("ok", f"Erased {count} {'memory' if count == 1 else 'memories'}.")]
+
+
+class MemoryPages(Controller):
+    """A user sees and erases their own memories; a tenant admin can pick any user of the organization."""
+
+    path = "/memories"
+    dependencies = {"viewer": Provide(provide_viewer)}
+
+    @get("/", summary="Memories")
+    async def list_memories(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template:
+        query = request.query_params
+        browse, errors = filters_from(query, MEMORY_FILTERS, MemoryBrowse)
+        owner = await services.memory_owner(
+            db_session, caller_id=viewer.user.id, is_admin=viewer.is_admin, requested=browse.user_id
+        )
+        filters = MemoryFilters(memory_type=browse.memory_type)
+        notices = _erased_notice(query.get("erased"))
+        hits: list[MemoryHit] = []
+        memories: list[Memory] = []
+        last: Keyset | None = None
+        after = None if browse.q else page_cursor(query, errors)
+        if browse.q:
+            settings = await services.memory_settings(db_session)
+            try:
+                embedding = await services.query_embedding(
+                    db_session, gateway_of(request), viewer.user.id, settings, browse.q
+                )
+            except ServiceError as refusal:
+                # Words still find memories; say why meaning did not.
+                notices.append(("error", f"Matched by words only: the embedding model failed ({refusal.detail})"))
+                embedding = None
+            hits = await services.search(
+                db_session, user_id=owner, query=browse.q, embedding=embedding, limit=SEARCH_LIMIT, filters=filters
+            )
+        else:
+            rows = await services.list_memories(
+                db_session,
+                user_id=owner,
+                include_invalidated=browse.include_invalidated,
+                filters=filters,
+                limit=PAGE_SIZE + 1,
+                before=after.created_at if after else None,
+                before_id=after.id if after else None,
+            )
+            memories = rows[:PAGE_SIZE]
+            last = Keyset.of(rows[PAGE_SIZE - 1]) if len(rows) > PAGE_SIZE else None
+        users = await user_emails(db_session) if viewer.is_admin else {viewer.user.id: viewer.user.email}
+        values = {name: query.get(name, "") for name in MEMORY_FILTERS} | {"user_id": str(owner)}
+        return page(
+            viewer,
+            "memories/list.html",
+            status_code=400 if errors else 200,
+            owner=owner,
+            owner_email=users.get(owner, ""),
+            users=users,
+            memory_types=MEMORY_TYPES,
+            searched=bool(browse.q),
+            hits=hits,
+            memories=memories,
+            values=values,
+            errors=errors,
+            notices=notices,
+            next_query=next_page_query(values, last),
+            first_page=after is None,
+        )
+
+    @get("/{memory_id:uuid}", summary="A memory and its history")
+    async def memory_detail(
+        self, memory_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        memory = await services.visible_memory(db_session, memory_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
+        linked = await services.associations(db_session, memory)
+        related = {
+            row.id: row.memory_text
+            for row in await db_session.execute(
+                select(Memory.id, Memory.memory_text).where(Memory.id.in_([other for other, _ in linked]))
+            )
+        }
+        users = await user_emails(db_session) if viewer.is_admin else {viewer.user.id: viewer.user.email}
+        return page(
+            viewer,
+            "memories/detail.html",
+            memory=memory,
+            owner_email=users.get(memory.user_id, ""),
+            history=await services.memory_history(db_session, memory),
+            associations=[(other, related[other], strength) for other, strength in linked if other in related],
+            users=users,
+            list_path=_list_path(viewer, memory.user_id),
+        )
+
+    @post("/{memory_id:uuid}/delete", summary="Erase a memory with its history")
+    async def erase_memory(
+        self, memory_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Response[None]:
+        memory = await services.visible_memory(db_session, memory_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
+        owner = memory.user_id
+        erased = await services.erase_and_record(
+            db_session, actor_user_id=viewer.user.id, owner=owner, memory_id=memory_id
+        )
+        await db_session.commit()
+        return see_other(_list_path(viewer, owner, erased=str(erased)))
+
+    @post("/erase", summary="Erase every memory of a user")
+    async def erase_all(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Response[None]:
+        form = await request.form()
+        try:
+            data = parse(EraseAll, {"user_id": str(form.get("user_id") or "")})
+        except FormInvalid:
+            raise InvalidRequest("Choose whose memories to erase from the memories page.") from None
+        owner = await services.memory_owner(
+            db_session, caller_id=viewer.user.id, is_admin=viewer.is_admin, requested=data.user_id
+        )
+        erased = await services.erase_and_record(db_session, actor_user_id=viewer.user.id, owner=owner)
+        await db_session.commit()
+        return see_other(_list_path(viewer, owner, erased=str(erased)))

@@ -1,0 +1,433 @@
+"""Portal settings (admins): organization name, security policy, OAuth providers, model prices, memory and chat."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+from litestar.response import Response, Template
+from litestar.status_codes import HTTP_400_BAD_REQUEST
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.controllers import app_settings, oauth_redirect_uri
+from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
+from app.auth.services import create_oauth_provider, existing_oauth_provider, update_oauth_provider
+from app.chat import services as chat_services
+from app.chat.schemas import ChatDefaults
+from app.errors import Conflict, ServiceError
+from app.gateway import services as gateway_services
+from app.gateway.controllers import announce, secret_box_of
+from app.gateway.schemas import PriceWrite
+from app.jobs.controllers import job_queue
+from app.memory import services as memory_services
+from app.memory.schemas import MemorySettings
+from app.observability.middleware import client_context
+from app.portal.controllers.channels import provide_admin_viewer
+from app.portal.forms import FormInvalid, lines, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other
+from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
+from app.tenants.services import change_tenant_policy, rename_organization, tenant_policy
+from db.auth import OAuthProvider
+from db.provider import ModelPrice
+from db.tenant import Job, Organization
+
+SETTINGS = f"{PORTAL}/settings"
+OAUTH_KINDS = [("oidc", "OpenID Connect (discovery URL)"), ("google", "Google"), ("github", "GitHub")]
+# The selects of models, and what choosing none means for each.
+MODEL_FIELDS = {
+    "llm_model": "None: no facts are extracted",
+    "embedding_model": "None: memories are searched by their words only",
+    "default_model": "None: every new conversation names its model",
+}
+UNSERVED = "Choose a model that one of your enabled channels serves."
+SAVED = {
+    "organization": "The organization's name is saved.",
+    "policy": "The security policy is saved.",
+    "oauth": "The OAuth provider is saved.",
+    "oauth_removed": "The OAuth provider is removed; its users sign in with a password again.",
+    "prices": "The price is saved.",
+    "price_removed": "The price is removed; the model now costs what '*' says, or nothing.",
+    "defaults": "The memory and chat defaults are saved.",
+}
+
+
+class ProviderHeading(msgspec.Struct, frozen=True):
+    """What the provider form shows of the stored row: plain values, still readable after a rollback."""
+
+    id: UUID
+    provider_name: str
+    kind: str
+    redirect_uri: str
+
+
+def _model_choices(served: list[str], stored: str, none_label: str) -> list[tuple[str, str]]:
+    """The served models, plus the saved one even if no channel serves it any more (saving must not drop it)."""
+    choices = [("", none_label)] + [(model, model) for model in served]
+    if stored and stored not in served:
+        choices.append((stored, f"{stored} (no enabled channel serves it)"))
+    return choices
+
+
+def _stored_defaults(memory: MemorySettings, chat: ChatDefaults) -> dict[str, Any]:
+    return {
+        "enabled": memory.enabled,
+        "llm_model": memory.llm_model or "",
+        "embedding_model": memory.embedding_model or "",
+        "association_threshold": str(memory.association_threshold),
+        "chat_memories": str(memory.chat_memories),
+        "default_model": chat.default_model or "",
+    }
+
+
+def _parsed_defaults(values: dict[str, Any]) -> tuple[MemorySettings, ChatDefaults]:
+    """Both structs from one form, every wrong field reported at once."""
+    # Left out, these would silently take their defaults: on a form, empty is a mistake.
+    errors = {
+        name: "This field is required." for name in ("association_threshold", "chat_memories") if not values[name]
+    }
+    memory = MemorySettings()
+    chat = ChatDefaults()
+    try:
+        memory = parse(MemorySettings, values)
+    except FormInvalid as invalid:
+        errors |= invalid.errors
+    try:
+        chat = parse(ChatDefaults, values)
+    except FormInvalid as invalid:
+        errors |= invalid.errors
+    if errors:
+        raise FormInvalid(errors)
+    return memory, chat
+
+
+def _provider_values(form: dict[str, Any]) -> dict[str, Any]:
+    """What the provider form shows again after an error: everything but the client secret."""
+    values: dict[str, Any] = {
+        name: str(form.get(name) or "").strip()
+        for name in ("name", "kind", "client_id", "discovery_url", "display_name", "scopes")
+    }
+    values["is_enabled"] = "is_enabled" in form
+    return values
+
+
+def _provider_data(form: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    values = _provider_values(form)
+    data: dict[str, Any] = {name: values[name] for name in ("client_id", "discovery_url", "display_name")}
+    data["scopes"] = lines(values["scopes"])
+    secret = str(form.get("client_secret") or "").strip()
+    if creating:
+        data |= {"name": values["name"], "kind": values["kind"], "client_secret": secret}
+    else:
+        data["is_enabled"] = values["is_enabled"]
+        if secret:
+            data["client_secret"] = secret  # left empty on edit: the stored secret stays
+    return data
+
+
+def _provider_field(error: ServiceError) -> str:
+    if isinstance(error, Conflict):
+        return "name"
+    return "discovery_url" if "discovery_url" in error.detail else "form"
+
+
+class SettingsPages(Controller):
+    path = "/settings"
+    dependencies = {"viewer": Provide(provide_admin_viewer)}
+
+    async def _settings_page(
+        self,
+        viewer: Viewer,
+        db_session: AsyncSession,
+        *,
+        values: dict[str, Any] | None = None,
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+        notices: list[tuple[str, str]] | None = None,
+    ) -> Template:
+        organization = await db_session.get_one(Organization, viewer.organization.id)
+        policy = tenant_policy(organization)
+        stored = _stored_defaults(
+            await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
+        )
+        served = await gateway_services.served_models(db_session)
+        return page(
+            viewer,
+            "settings/page.html",
+            status_code=status_code if errors else 200,
+            values={
+                "name": organization.name,
+                "require_mfa_for_admins": policy.require_mfa_for_admins,
+                "allow_self_signup": policy.allow_self_signup,
+                **stored,
+                **(values or {}),
+            },
+            errors=errors or {},
+            notices=notices or [],
+            model_choices={
+                field: _model_choices(served, stored[field], none_label) for field, none_label in MODEL_FIELDS.items()
+            },
+            providers=list(await db_session.scalars(select(OAuthProvider).order_by(OAuthProvider.provider_name))),
+            prices=list(await db_session.scalars(select(ModelPrice).order_by(ModelPrice.model))),
+        )
+
+    @get("/", summary="Settings")
+    async def show_settings(
+        self,
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        saved: FromQuery[str | None] = None,
+        reembed: FromQuery[UUID | None] = None,
+    ) -> Template:
+        notices = [("ok", SAVED[saved])] if saved and saved in SAVED else []
+        job = await db_session.get(Job, reembed) if reembed else None
+        if job is not None and job.kind == "memory.reembed":
+            notices.append(
+                (
+                    "info",
+                    f"The embedding model changed, so a re-embedding job was started ({job.status}). "
+                    "Until it has finished, memories stored before are found by their words only.",
+                )
+            )
+        return await self._settings_page(viewer, db_session, notices=notices)
+
+    @post("/organization", summary="Rename the organization")
+    async def rename(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        values = {"name": str(form.get("name") or "").strip()}
+        try:
+            organization = await db_session.get_one(Organization, viewer.organization.id)
+            await rename_organization(
+                db_session,
+                organization,
+                parse(OrganizationRename, values),
+                actor=viewer.user.email,
+                actor_user_id=viewer.user.id,
+                client=client_context(request),
+            )
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._settings_page(
+                viewer, db_session, values=values, errors={"name": error.detail}, status_code=error.status_code
+            )
+        await db_session.commit()
+        return see_other(f"{SETTINGS}?saved=organization#organization")
+
+    @post("/policy", summary="Change the security policy")
+    async def change_policy(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Response[None]:
+        form = await request.form()
+        # An unticked checkbox is not sent at all: absent means off.
+        data = TenantPolicyUpdate(
+            require_mfa_for_admins="require_mfa_for_admins" in form, allow_self_signup="allow_self_signup" in form
+        )
+        organization = await db_session.get_one(Organization, viewer.organization.id)
+        await change_tenant_policy(
+            db_session,
+            organization,
+            data,
+            actor=viewer.user.email,
+            actor_user_id=viewer.user.id,
+            client=client_context(request),
+        )
+        await db_session.commit()
+        return see_other(f"{SETTINGS}?saved=policy#policy")
+
+    @post("/prices", summary="Set a model's price")
+    async def set_price(
+        self,
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        values = {name: str(form.get(name) or "").strip() for name in ("model", "prompt_price", "completion_price")}
+        try:
+            errors = {} if values["model"] else {"model": "This field is required."}
+            try:
+                data = parse(PriceWrite, values)
+            except FormInvalid as invalid:
+                raise FormInvalid(errors | invalid.errors) from None
+            if errors:
+                raise FormInvalid(errors)
+            await gateway_services.set_model_price(db_session, viewer.principal.tenant_id, values["model"], data)
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._settings_page(
+                viewer, db_session, values=values, errors={"model": error.detail}, status_code=error.status_code
+            )
+        await db_session.commit()
+        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        return see_other(f"{SETTINGS}?saved=prices#prices")
+
+    @post("/prices/delete", summary="Remove a model's price")
+    async def remove_price(
+        self,
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Response[None]:
+        form = await request.form()
+        await gateway_services.remove_model_price(db_session, str(form.get("model") or ""))
+        await db_session.commit()
+        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        return see_other(f"{SETTINGS}?saved=price_removed#prices")
+
+    @post("/defaults", summary="Change the memory and chat defaults")
+    async def change_defaults(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        values: dict[str, Any] = {
+            name: str(form.get(name) or "").strip()
+            for name in ("association_threshold", "chat_memories", *MODEL_FIELDS)
+        }
+        values["enabled"] = "enabled" in form
+        try:
+            memory, chat = _parsed_defaults(values)
+            stored = _stored_defaults(
+                await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
+            )
+            served = await gateway_services.served_models(db_session)
+            unserved = {
+                field: UNSERVED
+                for field in MODEL_FIELDS
+                if values[field] and values[field] not in served and values[field] != stored[field]
+            }
+            if unserved:
+                raise FormInvalid(unserved)
+            await chat_services.save_chat_defaults(db_session, chat, actor_user_id=viewer.user.id)
+            _, reembed_job = await memory_services.change_memory_settings(
+                db_session,
+                job_queue(request),
+                app_settings(request),
+                tenant_id=viewer.principal.tenant_id,
+                actor_user_id=viewer.user.id,
+                data=memory,
+            )
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
+        reembed = f"&reembed={reembed_job.id}" if reembed_job else ""
+        return see_other(f"{SETTINGS}?saved=defaults{reembed}#defaults")
+
+    async def _provider_page(
+        self,
+        viewer: Viewer,
+        request: PortalRequest,
+        *,
+        provider: ProviderHeading | None,
+        values: dict[str, Any],
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+    ) -> Template:
+        return page(
+            viewer,
+            "settings/oauth_form.html",
+            status_code=status_code if errors else 200,
+            provider=provider,
+            kinds=OAUTH_KINDS,
+            redirect_uri=provider.redirect_uri if provider else oauth_redirect_uri(request),
+            values=values,
+            errors=errors or {},
+        )
+
+    @get("/oauth/new", summary="Add an OAuth provider")
+    async def new_provider(self, viewer: NamedDependency[Viewer], request: PortalRequest) -> Template:
+        return await self._provider_page(viewer, request, provider=None, values={"kind": "oidc"})
+
+    @post("/oauth/new", summary="Add an OAuth provider")
+    async def create_provider(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        values = _provider_values(form)
+        try:
+            await create_oauth_provider(
+                db_session,
+                viewer.principal.tenant_id,
+                parse(OAuthProviderCreate, _provider_data(form, creating=True)),
+                secret_box_of(request),
+                redirect_uri=oauth_redirect_uri(request),
+            )
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._provider_page(viewer, request, provider=None, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            errors = {_provider_field(error): error.detail}
+            return await self._provider_page(
+                viewer, request, provider=None, values=values, errors=errors, status_code=error.status_code
+            )
+        await db_session.commit()
+        return see_other(f"{SETTINGS}?saved=oauth#oauth")
+
+    @get("/oauth/{provider_id:uuid}", summary="Edit an OAuth provider")
+    async def edit_provider(
+        self,
+        provider_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template:
+        provider = await existing_oauth_provider(db_session, provider_id)
+        heading = msgspec.convert(provider, ProviderHeading, from_attributes=True)
+        values = {
+            "client_id": provider.client_id,
+            "discovery_url": provider.discovery_url or "",
+            "display_name": provider.display_name or "",
+            "scopes": "\n".join(provider.scopes),
+            "is_enabled": provider.is_enabled,
+        }
+        return await self._provider_page(viewer, request, provider=heading, values=values)
+
+    @post("/oauth/{provider_id:uuid}", summary="Save an OAuth provider")
+    async def update_provider(
+        self,
+        provider_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        provider = await existing_oauth_provider(db_session, provider_id)
+        heading = msgspec.convert(provider, ProviderHeading, from_attributes=True)
+        form = dict(await request.form())
+        values = _provider_values(form)
+        try:
+            data = parse(OAuthProviderUpdate, _provider_data(form, creating=False))
+            await update_oauth_provider(db_session, provider, data, secret_box_of(request))
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._provider_page(viewer, request, provider=heading, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            errors = {_provider_field(error): error.detail}
+            return await self._provider_page(
+                viewer, request, provider=heading, values=values, errors=errors, status_code=error.status_code
+            )
+        await db_session.commit()
+        return see_other(f"{SETTINGS}?saved=oauth#oauth")
+
+    @post("/oauth/{provider_id:uuid}/delete", summary="Remove an OAuth provider")
+    async def remove_provider(
+        self, provider_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Response[None]:
+        await db_session.delete(await existing_oauth_provider(db_session, provider_id))
+        await db_session.commit()
+        return see_other(f"{SETTINGS}?saved=oauth_removed#oauth")

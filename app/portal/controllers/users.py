@@ -1,0 +1,497 @@
+"""Portal pages for people (admins): users and their usage, invitations, roles, deactivation, MFA reset; groups."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Awaitable
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from litestar.response import Response, Template
+from litestar.status_codes import HTTP_400_BAD_REQUEST
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.controllers import provide_auth_service
+from app.auth.schemas import Email
+from app.auth.services import INVITATION_TTL, AuthService
+from app.errors import ServiceError
+from app.gateway.controllers import announce
+from app.gateway.services import UsageFilter
+from app.observability.middleware import client_context
+from app.portal.controllers.channels import provide_admin_viewer
+from app.portal.forms import FormInvalid, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other
+from app.tenants.services import (
+    Actor,
+    add_group_member,
+    create_group,
+    delete_group,
+    organization_user,
+    remove_group_member,
+    update_group,
+    user_group,
+)
+from db.auth import Invitation, User
+from db.provider import ApiToken, UsageLog
+from db.tenant import UserGroup, UserGroupMember
+
+# Super admins are made by the platform operator, not from a tenant's portal.
+PortalRole = Literal["end_user", "tenant_admin"]
+ROLES = [("end_user", "End user"), ("tenant_admin", "Administrator")]
+ROLE_LABELS = dict(ROLES) | {"super_admin": "Super admin"}
+
+
+class InviteForm(msgspec.Struct, frozen=True):
+    email: Email
+    role: PortalRole
+
+
+class RoleForm(msgspec.Struct, frozen=True):
+    role: PortalRole
+
+
+class GroupForm(msgspec.Struct, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class MemberForm(msgspec.Struct, frozen=True):
+    user_id: UUID
+
+
+class MonthlyUsage(msgspec.Struct, frozen=True):
+    requests: int = 0
+    cost: int = 0
+
+
+def _start_of_month(now: datetime.datetime) -> datetime.datetime:
+    return now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def usage_this_month(
+    session: AsyncSession, now: datetime.datetime, *, user_id: UUID | None = None
+) -> dict[UUID, MonthlyUsage]:
+    """Requests and cost per user since the first of this month (UTC), in one grouped query."""
+    rows = await session.execute(
+        select(UsageLog.user_id, func.count(), func.coalesce(func.sum(UsageLog.cost), 0))
+        .where(*UsageFilter(since=_start_of_month(now), user_id=user_id).conditions())
+        .group_by(UsageLog.user_id)
+    )
+    return {
+        owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
+    }
+
+
+def _actor(viewer: Viewer, request: PortalRequest) -> Actor:
+    return Actor(name=viewer.user.email, user_id=viewer.user.id, client=client_context(request))
+
+
+async def _key_hashes_of(db_session: AsyncSession, user_id: UUID) -> list[str]:
+    return list(await db_session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
+
+
+async def _announce_keys(request: PortalRequest, redis: Redis, key_hashes: list[str]) -> None:
+    # The gateway caches each key with whether its owner is active: every worker must drop these now.
+    for key_hash in key_hashes:
+        await announce(request, redis, f"token:{key_hash}")
+
+
+class UserPages(Controller):
+    path = "/users"
+    dependencies = {"viewer": Provide(provide_admin_viewer), "auth": Provide(provide_auth_service)}
+
+    @get("/", summary="Users")
+    async def list_users(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
+        now = datetime.datetime.now(datetime.UTC)
+        users = (await db_session.scalars(select(User).order_by(User.email))).all()
+        invitations = (
+            await db_session.scalars(
+                select(Invitation)
+                .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
+                .order_by(Invitation.expires_at)
+            )
+        ).all()
+        return page(
+            viewer,
+            "users/list.html",
+            users=users,
+            usage=await usage_this_month(db_session, now),
+            invitations=invitations,
+            month=now.strftime("%B"),
+            role_labels=ROLE_LABELS,
+        )
+
+    def _invite_page(
+        self,
+        viewer: Viewer,
+        values: dict[str, str],
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+    ) -> Template:
+        return page(
+            viewer,
+            "users/invite.html",
+            status_code=status_code if errors else 200,
+            roles=ROLES,
+            valid_days=INVITATION_TTL.days,
+            values=values,
+            errors=errors or {},
+        )
+
+    @get("/invite", summary="Invite a user")
+    async def new_invitation(self, viewer: NamedDependency[Viewer]) -> Template:
+        return self._invite_page(viewer, {"role": "end_user"})
+
+    @post("/invite", summary="Invite a user")
+    async def invite(
+        self,
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template:
+        form = await request.form()
+        values = {name: str(form.get(name) or "").strip() for name in ("email", "role")}
+        try:
+            data = parse(InviteForm, values)
+            invitation, token = await auth.invite(viewer.principal, email=data.email, role=data.role)
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return self._invite_page(viewer, values, invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return self._invite_page(viewer, values, {"email": error.detail}, error.status_code)
+        await db_session.commit()
+        # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
+        return page(viewer, "users/invited.html", invitation=invitation, token=token, role_labels=ROLE_LABELS)
+
+    async def _user_page(
+        self,
+        viewer: Viewer,
+        db_session: AsyncSession,
+        user_id: UUID,
+        *,
+        values: dict[str, str] | None = None,
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+    ) -> Template:
+        user = await organization_user(db_session, user_id)
+        groups = (
+            await db_session.execute(
+                select(UserGroup.id, UserGroup.name)
+                .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
+                .where(UserGroupMember.user_id == user.id)
+                .order_by(UserGroup.name)
+            )
+        ).all()
+        usage = await usage_this_month(db_session, datetime.datetime.now(datetime.UTC), user_id=user.id)
+        return page(
+            viewer,
+            "users/detail.html",
+            status_code=status_code if errors else 200,
+            user=user,
+            is_self=user.id == viewer.user.id,
+            groups=groups,
+            usage=usage.get(user.id, MonthlyUsage()),
+            roles=ROLES,
+            role_labels=ROLE_LABELS,
+            values={"role": user.role} | (values or {}),
+            errors=errors or {},
+        )
+
+    @get("/{user_id:uuid}", summary="A user")
+    async def show_user(
+        self, user_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        return await self._user_page(viewer, db_session, user_id)
+
+    @post("/{user_id:uuid}/role", summary="Change a user's role")
+    async def change_role(
+        self,
+        user_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        values = {"role": str((await request.form()).get("role") or "").strip()}
+        try:
+            await auth.change_role(viewer.principal, user_id, parse(RoleForm, values).role)
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._user_page(viewer, db_session, user_id, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._user_page(
+                viewer, db_session, user_id, values=values, errors={"role": error.detail}, status_code=error.status_code
+            )
+        await db_session.commit()
+        return see_other(f"{PORTAL}/users/{user_id}")
+
+    async def _apply_account_change(
+        self, viewer: Viewer, db_session: AsyncSession, user_id: UUID, change: Awaitable[User]
+    ) -> Template | None:
+        """Make an account change; if a service refuses it, the user's page with the reason (nothing saved)."""
+        try:
+            await change
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._user_page(
+                viewer, db_session, user_id, errors={"form": error.detail}, status_code=error.status_code
+            )
+        return None
+
+    @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
+    async def deactivate(
+        self,
+        user_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        key_hashes = await _key_hashes_of(db_session, user_id)
+        refused = await self._apply_account_change(
+            viewer, db_session, user_id, auth.deactivate_user(viewer.principal, user_id)
+        )
+        if refused is not None:
+            return refused
+        await db_session.commit()
+        await _announce_keys(request, redis, key_hashes)
+        return see_other(f"{PORTAL}/users/{user_id}")
+
+    @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
+    async def reactivate(
+        self,
+        user_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        key_hashes = await _key_hashes_of(db_session, user_id)
+        refused = await self._apply_account_change(
+            viewer, db_session, user_id, auth.reactivate_user(viewer.principal, user_id)
+        )
+        if refused is not None:
+            return refused
+        await db_session.commit()
+        await _announce_keys(request, redis, key_hashes)
+        return see_other(f"{PORTAL}/users/{user_id}")
+
+    @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
+    async def reset_mfa(
+        self,
+        user_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        refused = await self._apply_account_change(
+            viewer, db_session, user_id, auth.reset_mfa(viewer.principal, user_id)
+        )
+        if refused is not None:
+            return refused
+        await db_session.commit()
+        return see_other(f"{PORTAL}/users/{user_id}")
+
+
+def _group_values(form: Any) -> dict[str, str]:
+    return {name: str(form.get(name) or "").strip() for name in ("name", "description")}
+
+
+class GroupPages(Controller):
+    path = "/groups"
+    dependencies = {"viewer": Provide(provide_admin_viewer)}
+
+    @get("/", summary="Groups")
+    async def list_groups(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
+        rows = await db_session.execute(
+            select(UserGroup, func.count(UserGroupMember.id))
+            .outerjoin(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
+            .group_by(UserGroup.id)
+            .order_by(UserGroup.name)
+        )
+        return page(viewer, "groups/list.html", groups=rows.all())
+
+    def _new_page(
+        self,
+        viewer: Viewer,
+        values: dict[str, str],
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+    ) -> Template:
+        return page(
+            viewer, "groups/new.html", status_code=status_code if errors else 200, values=values, errors=errors or {}
+        )
+
+    @get("/new", summary="Create a group")
+    async def new_group(self, viewer: NamedDependency[Viewer]) -> Template:
+        return self._new_page(viewer, {})
+
+    @post("/new", summary="Create a group")
+    async def create(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template | Response[None]:
+        values = _group_values(await request.form())
+        try:
+            data = parse(GroupForm, values)
+            group = await create_group(
+                db_session, _actor(viewer, request), name=data.name, description=data.description
+            )
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return self._new_page(viewer, values, invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return self._new_page(viewer, values, {"name": error.detail}, error.status_code)
+        await db_session.commit()
+        return see_other(f"{PORTAL}/groups/{group.id}")
+
+    async def _group_page(
+        self,
+        viewer: Viewer,
+        db_session: AsyncSession,
+        group_id: UUID,
+        *,
+        values: dict[str, str] | None = None,
+        errors: dict[str, str] | None = None,
+        status_code: int = HTTP_400_BAD_REQUEST,
+    ) -> Template:
+        group = await user_group(db_session, group_id)
+        members = (
+            await db_session.scalars(
+                select(User)
+                .join(UserGroupMember, UserGroupMember.user_id == User.id)
+                .where(UserGroupMember.group_id == group.id)
+                .order_by(User.email)
+            )
+        ).all()
+        member_ids = {member.id for member in members}
+        candidates = [
+            (str(user.id), user.email)
+            for user in await db_session.scalars(select(User).order_by(User.email))
+            if user.id not in member_ids
+        ]
+        return page(
+            viewer,
+            "groups/detail.html",
+            status_code=status_code if errors else 200,
+            group=group,
+            members=members,
+            candidates=candidates,
+            values={"name": group.name, "description": group.description or ""} | (values or {}),
+            errors=errors or {},
+        )
+
+    @get("/{group_id:uuid}", summary="A group and its members")
+    async def show_group(
+        self, group_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        return await self._group_page(viewer, db_session, group_id)
+
+    @post("/{group_id:uuid}", summary="Rename a group")
+    async def update(
+        self,
+        group_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        group = await user_group(db_session, group_id)
+        values = _group_values(await request.form())
+        try:
+            data = parse(GroupForm, values)
+            await update_group(db_session, _actor(viewer, request), group, name=data.name, description=data.description)
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._group_page(
+                viewer,
+                db_session,
+                group_id,
+                values=values,
+                errors={"name": error.detail},
+                status_code=error.status_code,
+            )
+        await db_session.commit()
+        return see_other(f"{PORTAL}/groups/{group_id}")
+
+    @post("/{group_id:uuid}/delete", summary="Delete a group")
+    async def delete(
+        self,
+        group_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        group = await user_group(db_session, group_id)
+        try:
+            await delete_group(db_session, _actor(viewer, request), group)
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._group_page(
+                viewer, db_session, group_id, errors={"form": error.detail}, status_code=error.status_code
+            )
+        await db_session.commit()
+        # The gateway caches each user's groups, which decide the group-scoped channels they reach.
+        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        return see_other(f"{PORTAL}/groups")
+
+    @post("/{group_id:uuid}/members", summary="Add a member")
+    async def add_member(
+        self,
+        group_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Template | Response[None]:
+        group = await user_group(db_session, group_id)
+        values = {"user_id": str((await request.form()).get("user_id") or "").strip()}
+        try:
+            data = parse(MemberForm, values)
+            await add_group_member(db_session, _actor(viewer, request), group, data.user_id)
+        except FormInvalid as invalid:
+            await db_session.rollback()
+            return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
+        except ServiceError as error:
+            await db_session.rollback()
+            return await self._group_page(
+                viewer,
+                db_session,
+                group_id,
+                values=values,
+                errors={"user_id": error.detail},
+                status_code=error.status_code,
+            )
+        await db_session.commit()
+        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        return see_other(f"{PORTAL}/groups/{group_id}")
+
+    @post("/{group_id:uuid}/members/{user_id:uuid}/remove", summary="Remove a member")
+    async def remove_member(
+        self,
+        group_id: FromPath[UUID],
+        user_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+        redis: NamedDependency[Redis],
+    ) -> Response[None]:
+        group = await user_group(db_session, group_id)
+        await remove_group_member(db_session, _actor(viewer, request), group, user_id)
+        await db_session.commit()
+        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        return see_other(f"{PORTAL}/groups/{group_id}")
