@@ -23,6 +23,7 @@ from app.encryption import SecretBox
 from app.gateway.schemas import TokenCreate
 from app.gateway.services import create_token, encrypt_keys, provider_type
 from app.settings import new_key_entry, parse_keyring
+from app.tenants.services import Actor
 from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk
 from db.auth import User
 from db.bootstrap import bootstrap_database
@@ -61,7 +62,11 @@ async def _prepare(superuser_url: str, upstream_base: str, encryption_keys: str)
         await session.flush()
         # A quota far above what the run can spend: the reservation and settlement run, and never refuse.
         _, key = await create_token(
-            session, tenant_id=tenant_id, user_id=user.id, data=TokenCreate(name="bench", quota=10**15)
+            session,
+            tenant_id=tenant_id,
+            user_id=user.id,
+            data=TokenCreate(name="bench", quota=10**15),
+            actor=Actor(name="bench"),
         )
         await session.commit()
     await engine.dispose()

@@ -18,7 +18,7 @@ from app.settings import Settings
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
-from db.tenant import Organization
+from db.tenant import AuditEvent, Organization
 from tests.conftest import TEST_PASSWORD, Client, TenantRows
 from tests.gateway_helpers import AuthHeaders
 from tests.mock_upstream import MockUpstream
@@ -244,6 +244,20 @@ async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_f
     # Expired: the file is gone, the page says so.
     settings.exports_path.joinpath(str(tenant_a.id), f"{own_id}.csv").unlink()
     assert (await client.get(f"/portal/usage/exports/{own_id}")).status_code == 404
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        exported = [
+            (event.action, event.actor_user_id)
+            for event in await session.scalars(
+                select(AuditEvent).where(AuditEvent.action.like("usage.export%")).order_by(AuditEvent.created_at)
+            )
+        ]
+    assert exported == [
+        ("usage.exported", tenant_a.admin.id),
+        ("usage.export_downloaded", tenant_a.admin.id),
+        ("usage.export_downloaded", tenant_a.admin.id),
+        ("usage.exported", tenant_a.user.id),
+        ("usage.export_downloaded", tenant_a.user.id),
+    ]
 
 
 async def test_an_admin_the_policy_requires_to_enrol_does_so_before_reaching_any_page(
@@ -297,3 +311,46 @@ async def test_an_admin_the_policy_requires_to_enrol_does_so_before_reaching_any
         },
     )
     assert again.headers["location"].startswith("/portal/login/mfa")
+
+
+async def test_channel_and_key_changes_are_audited_with_who_and_what_but_never_secrets(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    form = {"csrf_token": token, "type": "openai-compatible", "base_url": upstream.base_url("audit")}
+    created = await client.post("/portal/channels/new", data=form | {"name": "audited", "models": "m", "keys": "sk-x1"})
+    assert created.status_code == 303
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        channel_id = await session.scalar(select(Channel.id).where(Channel.name == "audited"))
+    edit = form | {"name": "audited", "models": "m\nn", "keys": "sk-secret-2", "priority": "5", "weight": "1"}
+    assert (await client.post(f"/portal/channels/{channel_id}", data=edit)).status_code == 303
+    assert (await client.post(f"/portal/channels/{channel_id}/disable", data={"csrf_token": token})).status_code == 303
+    assert (await client.post(f"/portal/channels/{channel_id}/delete", data={"csrf_token": token})).status_code == 303
+    issued = await client.post("/portal/tokens/new", data={"csrf_token": token, "name": "audited key", "quota": "-1"})
+    key = re.search(r'id="new-key">(sk-lyss-[^<]+)<', issued.text)
+    assert key
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        key_id = await session.scalar(select(ApiToken.id).where(ApiToken.name == "audited key"))
+    assert (await client.post(f"/portal/tokens/{key_id}/revoke", data={"csrf_token": token})).status_code == 303
+
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        events = list(
+            await session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.target_type.in_(["channel", "api_token"]))
+                .order_by(AuditEvent.created_at, AuditEvent.id)
+            )
+        )
+    assert [(event.action, event.target_id) for event in events] == [
+        ("channel.created", str(channel_id)),
+        ("channel.updated", str(channel_id)),
+        ("channel.disabled", str(channel_id)),
+        ("channel.deleted", str(channel_id)),
+        ("token.created", str(key_id)),
+        ("token.revoked", str(key_id)),
+    ]
+    assert {event.actor_user_id for event in events} == {tenant_a.admin.id}
+    assert events[1].details["fields"] == ["keys", "models", "priority"]  # what changed, not what was sent
+    written = str([(event.details, event.actor) for event in events])
+    for secret in ("sk-x1", "sk-secret-2", key[1]):
+        assert secret not in written

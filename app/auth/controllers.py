@@ -59,7 +59,7 @@ from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import client_context
 from app.settings import Settings
 from app.tenants.schemas import UserRead
-from app.tenants.services import UserService, lookup_tenant_by_slug
+from app.tenants.services import Actor, UserService, lookup_tenant_by_slug
 from db.auth import OAuthConnection, OAuthProvider
 from db.session import set_session_tenant
 
@@ -69,6 +69,11 @@ SETTINGS_STATE_KEY = "settings"
 def app_settings(request: Request[Any, Any, State]) -> Settings:
     settings: Settings = request.app.state[SETTINGS_STATE_KEY]
     return settings
+
+
+def request_actor(request: Request[Principal, Any, State]) -> Actor:
+    """The signed-in caller as the audit trail names them, with the request's address and agent."""
+    return Actor(name=str(request.user.user_id), user_id=request.user.user_id, client=client_context(request))
 
 
 SECRET_BOX_STATE_KEY = "secret_box"

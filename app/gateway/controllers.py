@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import SECRET_BOX_STATE_KEY, app_settings
+from app.auth.controllers import SECRET_BOX_STATE_KEY, app_settings, request_actor
 from app.auth.guards import requires_tenant_admin
 from app.auth.services import ADMIN_ROLES
 from app.auth.tokens import Principal
@@ -222,6 +222,7 @@ class ChannelController(Controller):
             data,
             secret_box_of(request),
             echo_enabled=app_settings(request).echo_provider_enabled,
+            actor=request_actor(request),
         )
         await db_session.commit()
         await announce(request, redis, f"tenant:{request.user.tenant_id}")
@@ -244,7 +245,7 @@ class ChannelController(Controller):
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
         channel, type_name = await services.channel_with_type(db_session, channel_id)
-        await services.update_channel(db_session, channel, data, secret_box_of(request))
+        await services.update_channel(db_session, channel, data, secret_box_of(request), actor=request_actor(request))
         await db_session.commit()
         await announce(request, redis, f"tenant:{request.user.tenant_id}")
         return services.channel_read(channel, type_name, secret_box_of(request))
@@ -258,7 +259,7 @@ class ChannelController(Controller):
         redis: NamedDependency[Redis],
     ) -> None:
         channel, _ = await services.channel_with_type(db_session, channel_id)
-        await db_session.delete(channel)
+        await services.remove_channel(db_session, channel, actor=request_actor(request))
         await db_session.commit()
         await announce(request, redis, f"tenant:{request.user.tenant_id}")
 
@@ -286,8 +287,7 @@ class ChannelController(Controller):
         self, channel_id: UUID, status: str, request: AuthRequest, db_session: AsyncSession, redis: Redis
     ) -> ChannelRead:
         channel, type_name = await services.channel_with_type(db_session, channel_id)
-        channel.status = status
-        channel.status_reason = None
+        await services.set_channel_status(db_session, channel, status, actor=request_actor(request))
         await db_session.commit()
         await announce(request, redis, f"tenant:{request.user.tenant_id}")
         return services.channel_read(channel, type_name, secret_box_of(request))
@@ -328,7 +328,9 @@ class TokenController(Controller):
         owner = data.user_id or request.user.user_id
         if owner != request.user.user_id and request.user.role not in ADMIN_ROLES:
             raise NotFound("No such user in this organization.")
-        token, key = await services.create_token(db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data)
+        token, key = await services.create_token(
+            db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data, actor=request_actor(request)
+        )
         return TokenCreated(token=services.token_read(token), key=key)
 
     @get("/{token_id:uuid}", summary="One API key")
@@ -347,7 +349,7 @@ class TokenController(Controller):
         redis: NamedDependency[Redis],
     ) -> TokenRead:
         token = await services.visible_token(db_session, request.user, token_id)
-        await services.update_token(db_session, token, data)
+        await services.update_token(db_session, token, data, actor=request_actor(request))
         await db_session.commit()
         await announce(request, redis, f"token:{token.key_hash}")
         return services.token_read(token)
@@ -361,7 +363,7 @@ class TokenController(Controller):
         redis: NamedDependency[Redis],
     ) -> None:
         token = await services.visible_token(db_session, request.user, token_id)
-        await db_session.delete(token)
+        await services.revoke_token(db_session, token, actor=request_actor(request))
         await db_session.commit()
         await announce(request, redis, f"token:{token.key_hash}")
 
@@ -471,7 +473,9 @@ class UsageController(Controller):
     async def download_export(
         self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> File:
-        path = await services.finished_export(db_session, app_settings(request), request.user, job_id)
+        path = await services.finished_export(
+            db_session, app_settings(request), request.user, job_id, actor=request_actor(request)
+        )
         return File(path, filename=f"lyss-usage-{job_id}.csv", media_type="text/csv; charset=utf-8")
 
 

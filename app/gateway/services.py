@@ -40,6 +40,7 @@ from app.gateway.schemas import (
 )
 from app.jobs.services import visible_job
 from app.settings import Settings
+from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
 from db.tenant import UserGroup
@@ -97,7 +98,7 @@ async def _check_scope(session: AsyncSession, scope: str, owner_id: UUID | None,
 
 
 async def create_channel(
-    session: AsyncSession, tenant_id: UUID, data: ChannelCreate, box: SecretBox, *, echo_enabled: bool
+    session: AsyncSession, tenant_id: UUID, data: ChannelCreate, box: SecretBox, *, echo_enabled: bool, actor: Actor
 ) -> Channel:
     kind = await provider_type(session, data.type, echo_enabled=echo_enabled)
     _check_base_url(kind, data.base_url)
@@ -126,21 +127,43 @@ async def create_channel(
     )
     session.add(channel)
     await session.flush()
+    audit_change(session, actor, "channel.created", "channel", channel.id, name=channel.name, type=data.type)
     return channel
 
 
-async def update_channel(session: AsyncSession, channel: Channel, data: ChannelUpdate, box: SecretBox) -> Channel:
+async def update_channel(
+    session: AsyncSession, channel: Channel, data: ChannelUpdate, box: SecretBox, *, actor: Actor
+) -> Channel:
     changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
     keys = changes.pop("keys", None)
     renamed = "name" in changes and changes["name"] != channel.name
     if renamed and await session.scalar(select(Channel.id).where(Channel.name == changes["name"])) is not None:
         raise Conflict(f"A channel named '{changes['name']}' already exists.")
+    # Which fields changed, never their values: keys are secrets and the rest is on the channel itself.
+    changed = sorted([field for field, value in changes.items() if getattr(channel, field) != value])
     for field, value in changes.items():
         setattr(channel, field, value)
     if keys is not None:
         channel.encrypted_keys = encrypt_keys(box, channel.tenant_id, keys)
+        changed = sorted([*changed, "keys"])
     await session.flush()
+    audit_change(session, actor, "channel.updated", "channel", channel.id, name=channel.name, fields=changed)
     return channel
+
+
+async def set_channel_status(session: AsyncSession, channel: Channel, status: str, *, actor: Actor) -> Channel:
+    """Enable (also clearing an automatic disable) or disable a channel."""
+    channel.status = status
+    channel.status_reason = None
+    await session.flush()
+    audit_change(session, actor, f"channel.{status}", "channel", channel.id, name=channel.name)
+    return channel
+
+
+async def remove_channel(session: AsyncSession, channel: Channel, *, actor: Actor) -> None:
+    audit_change(session, actor, "channel.deleted", "channel", channel.id, name=channel.name)
+    await session.delete(channel)
+    await session.flush()
 
 
 async def channel_with_type(session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:
@@ -229,7 +252,7 @@ def _valid_networks(values: list[str]) -> list[str]:
 
 
 async def create_token(
-    session: AsyncSession, *, tenant_id: UUID, user_id: UUID, data: TokenCreate
+    session: AsyncSession, *, tenant_id: UUID, user_id: UUID, data: TokenCreate, actor: Actor
 ) -> tuple[ApiToken, str]:
     if await session.get(User, user_id) is None:
         raise NotFound("No such user in this organization.")
@@ -255,19 +278,37 @@ async def create_token(
     )
     session.add(token)
     await session.flush()
+    audit_change(
+        session,
+        actor,
+        "token.created",
+        "api_token",
+        token.id,
+        name=token.name,
+        owner=str(user_id),
+        prefix=token.key_prefix,
+    )
     return token, key
 
 
-async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate) -> ApiToken:
+async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate, *, actor: Actor) -> ApiToken:
     changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
     if "allowed_ips" in changes:
         changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
     if "allowed_channels" in changes:
         changes["allowed_channels"] = [str(channel) for channel in changes["allowed_channels"]]
+    changed = sorted(field for field, value in changes.items() if getattr(token, field) != value)
     for field, value in changes.items():
         setattr(token, field, value)
     await session.flush()
+    audit_change(session, actor, "token.updated", "api_token", token.id, name=token.name, fields=changed)
     return token
+
+
+async def revoke_token(session: AsyncSession, token: ApiToken, *, actor: Actor) -> None:
+    audit_change(session, actor, "token.revoked", "api_token", token.id, name=token.name, prefix=token.key_prefix)
+    await session.delete(token)
+    await session.flush()
 
 
 async def visible_token(session: AsyncSession, principal: Principal, token_id: UUID) -> ApiToken:
@@ -422,7 +463,9 @@ def csv_cell(value: object) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-async def finished_export(session: AsyncSession, settings: Settings, principal: Principal, job_id: UUID) -> Path:
+async def finished_export(
+    session: AsyncSession, settings: Settings, principal: Principal, job_id: UUID, *, actor: Actor
+) -> Path:
     """The file of a usage export the caller may download (their own, or any of the tenant's for admins)."""
     job = await visible_job(session, job_id, user_id=principal.user_id, is_admin=principal.role in ADMIN_ROLES)
     if job.kind != USAGE_EXPORT_KIND:
@@ -432,6 +475,7 @@ async def finished_export(session: AsyncSession, settings: Settings, principal: 
     path = export_path(settings, job.tenant_id, job.id)
     if not path.exists():
         raise NotFound("This export has expired; start a new one.")
+    audit_change(session, actor, "usage.export_downloaded", "job", job.id)
     return path
 
 
@@ -448,5 +492,7 @@ async def add_demo_gateway(session: AsyncSession, tenant_id: UUID, admin: User, 
             test_model="echo",
         )
     )
-    _, key = await create_token(session, tenant_id=tenant_id, user_id=admin.id, data=TokenCreate(name="demo"))
+    _, key = await create_token(
+        session, tenant_id=tenant_id, user_id=admin.id, data=TokenCreate(name="demo"), actor=Actor(name="lyss")
+    )
     return key

@@ -25,7 +25,7 @@ from app.gateway.services import (
 )
 from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
-from app.tenants.services import all_tenant_ids, record_audit_event
+from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
@@ -209,6 +209,15 @@ async def export_usage(job: JobContext) -> dict[str, Any]:
                 break
             cursor = page.next_cursor
     partial.replace(path)
+    audit_change(
+        job.session,
+        Actor(name=actor.email, user_id=actor.id),
+        "usage.exported",
+        "job",
+        job.job_id,
+        rows=written,
+        filters=msgspec.to_builtins(filters),
+    )
     return {"rows": written, "bytes": path.stat().st_size}
 
 

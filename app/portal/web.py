@@ -27,6 +27,8 @@ from app.auth.middleware import JWT_KEYRING_STATE_KEY, SESSION_COOKIE, SESSION_M
 from app.auth.services import ADMIN_ROLES, authenticate_portal_session
 from app.auth.tokens import Principal, csrf_token, csrf_token_matches
 from app.errors import ServiceError
+from app.observability.middleware import client_context
+from app.tenants.services import Actor
 from db.auth import User
 from db.tenant import Organization
 
@@ -186,6 +188,11 @@ async def provide_viewer(request: PortalRequest, db_session: NamedDependency[Asy
         organization=msgspec.convert(organization, ViewerOrganization, from_attributes=True),
         csrf_token=csrf_token(request.app.state[JWT_KEYRING_STATE_KEY], request.auth),
     )
+
+
+def viewer_actor(viewer: Viewer, request: PortalRequest) -> Actor:
+    """The viewer as the audit trail names them, with the request's address and agent."""
+    return Actor(name=viewer.user.email, user_id=viewer.user.id, client=client_context(request))
 
 
 def page(viewer: Viewer | None, template: str, *, status_code: int = 200, **context: Any) -> Template:

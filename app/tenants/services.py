@@ -351,9 +351,10 @@ class Actor(msgspec.Struct, frozen=True):
     client: ClientContext | None = None
 
 
-def _audit_change(
+def audit_change(
     session: AsyncSession, actor: Actor, action: str, target_type: str, target_id: UUID, **details: Any
 ) -> None:
+    """An audit event for a change `actor` made to one target, with the request's address and agent."""
     record_audit_event(
         session,
         actor=actor.name,
@@ -395,7 +396,7 @@ async def create_group(session: AsyncSession, actor: Actor, *, name: str, descri
     group = UserGroup(name=name, description=description, created_by=actor.user_id)
     session.add(group)
     await _flush_group(session, name)
-    _audit_change(session, actor, "group.created", "group", group.id, name=name)
+    audit_change(session, actor, "group.created", "group", group.id, name=name)
     return group
 
 
@@ -407,7 +408,7 @@ async def update_group(
     group.name = name
     group.description = description
     await _flush_group(session, name)
-    _audit_change(session, actor, "group.updated", "group", group.id, old_name=old_name, name=name)
+    audit_change(session, actor, "group.updated", "group", group.id, old_name=old_name, name=name)
 
 
 async def delete_group(session: AsyncSession, actor: Actor, group: UserGroup) -> None:
@@ -421,7 +422,7 @@ async def delete_group(session: AsyncSession, actor: Actor, group: UserGroup) ->
         )
     await session.delete(group)
     await session.flush()
-    _audit_change(session, actor, "group.deleted", "group", group.id, name=group.name)
+    audit_change(session, actor, "group.deleted", "group", group.id, name=group.name)
 
 
 async def add_group_member(session: AsyncSession, actor: Actor, group: UserGroup, user_id: UUID) -> User:
@@ -433,7 +434,7 @@ async def add_group_member(session: AsyncSession, actor: Actor, group: UserGroup
         raise Conflict(f"{user.email} is already a member of {group.name}.")
     session.add(UserGroupMember(group_id=group.id, user_id=user.id))
     await session.flush()
-    _audit_change(session, actor, "group.member_added", "group", group.id, user_id=str(user.id), email=user.email)
+    audit_change(session, actor, "group.member_added", "group", group.id, user_id=str(user.id), email=user.email)
     return user
 
 
@@ -445,4 +446,4 @@ async def remove_group_member(session: AsyncSession, actor: Actor, group: UserGr
     )
     if removed.first() is None:
         raise NotFound("That user is not a member of this group.")
-    _audit_change(session, actor, "group.member_removed", "group", group.id, user_id=str(user_id))
+    audit_change(session, actor, "group.member_removed", "group", group.id, user_id=str(user_id))

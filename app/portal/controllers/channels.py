@@ -20,7 +20,7 @@ from app.gateway import services
 from app.gateway.controllers import announce, gateway_of, secret_box_of
 from app.gateway.schemas import ChannelCreate, ChannelUpdate
 from app.portal.forms import FormInvalid, lines, pairs, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, require_admin, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, require_admin, see_other, viewer_actor
 from db.provider import Channel, ProviderType
 
 FIELDS_IN_MESSAGES = ("keys", "base_url", "models", "model_mapping", "test_model", "type")
@@ -123,6 +123,7 @@ class ChannelPages(Controller):
                 data,
                 secret_box_of(request),
                 echo_enabled=app_settings(request).echo_provider_enabled,
+                actor=viewer_actor(viewer, request),
             )
         except FormInvalid as invalid:
             return await self._form_page(
@@ -176,7 +177,9 @@ class ChannelPages(Controller):
         values = {name: str(value) for name, value in form.items() if name != "keys"} | {"type": type_name}
         try:
             data = parse(ChannelUpdate, _shaped(form, creating=False))
-            await services.update_channel(db_session, channel, data, secret_box_of(request))
+            await services.update_channel(
+                db_session, channel, data, secret_box_of(request), actor=viewer_actor(viewer, request)
+            )
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._form_page(
@@ -225,10 +228,9 @@ class ChannelPages(Controller):
     ) -> Response[None]:
         channel, _ = await services.channel_with_type(db_session, channel_id)
         if action == "delete":
-            await db_session.delete(channel)
+            await services.remove_channel(db_session, channel, actor=viewer_actor(viewer, request))
         elif action in ("enable", "disable"):
-            channel.status = f"{action}d"
-            channel.status_reason = None
+            await services.set_channel_status(db_session, channel, f"{action}d", actor=viewer_actor(viewer, request))
         else:
             raise NotFound("No such page.")
         await db_session.commit()

@@ -20,7 +20,7 @@ from app.gateway import services
 from app.gateway.controllers import announce
 from app.gateway.schemas import TokenCreate, TokenUpdate
 from app.portal.forms import FormInvalid, lines, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
 from db.auth import User
 from db.provider import ApiToken
 
@@ -115,7 +115,11 @@ class TokenPages(Controller):
             if owner != viewer.user.id and not viewer.is_admin:
                 raise FormInvalid({"user_id": "You can only issue keys for yourself."})
             token, key = await services.create_token(
-                db_session, tenant_id=viewer.principal.tenant_id, user_id=owner, data=data
+                db_session,
+                tenant_id=viewer.principal.tenant_id,
+                user_id=owner,
+                data=data,
+                actor=viewer_actor(viewer, request),
             )
         except FormInvalid as invalid:
             await db_session.rollback()
@@ -160,7 +164,9 @@ class TokenPages(Controller):
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items()}
         try:
-            await services.update_token(db_session, token, parse(TokenUpdate, _shaped(form)))
+            await services.update_token(
+                db_session, token, parse(TokenUpdate, _shaped(form)), actor=viewer_actor(viewer, request)
+            )
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._form_page(viewer, db_session, token=token, values=values, errors=invalid.errors)
@@ -184,7 +190,7 @@ class TokenPages(Controller):
         redis: NamedDependency[Redis],
     ) -> Response[None]:
         token = await services.visible_token(db_session, viewer.principal, token_id)
-        await db_session.delete(token)
+        await services.revoke_token(db_session, token, actor=viewer_actor(viewer, request))
         await db_session.commit()
         await announce(request, redis, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")

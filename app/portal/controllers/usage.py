@@ -23,7 +23,7 @@ from app.jobs.services import submit_job, visible_job
 from app.portal import services
 from app.portal.charts import bar_chart
 from app.portal.forms import FormInvalid, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
 from db.auth import User
 from db.provider import ApiToken, Channel
 
@@ -150,7 +150,9 @@ class UsagePages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> File:
-        path = await finished_export(db_session, app_settings(request), viewer.principal, job_id)
+        path = await finished_export(
+            db_session, app_settings(request), viewer.principal, job_id, actor=viewer_actor(viewer, request)
+        )
         return File(path, filename=f"lyss-usage-{job_id}.csv", media_type="text/csv; charset=utf-8")
 
 

@@ -23,12 +23,10 @@ from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
 from app.gateway.controllers import announce
 from app.gateway.services import UsageFilter
-from app.observability.middleware import client_context
 from app.portal.controllers.channels import provide_admin_viewer
 from app.portal.forms import FormInvalid, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other, viewer_actor
 from app.tenants.services import (
-    Actor,
     add_group_member,
     create_group,
     delete_group,
@@ -86,10 +84,6 @@ async def usage_this_month(
     return {
         owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
     }
-
-
-def _actor(viewer: Viewer, request: PortalRequest) -> Actor:
-    return Actor(name=viewer.user.email, user_id=viewer.user.id, client=client_context(request))
 
 
 async def _key_hashes_of(db_session: AsyncSession, user_id: UUID) -> list[str]:
@@ -345,7 +339,7 @@ class GroupPages(Controller):
         try:
             data = parse(GroupForm, values)
             group = await create_group(
-                db_session, _actor(viewer, request), name=data.name, description=data.description
+                db_session, viewer_actor(viewer, request), name=data.name, description=data.description
             )
         except FormInvalid as invalid:
             await db_session.rollback()
@@ -410,7 +404,9 @@ class GroupPages(Controller):
         values = _group_values(await request.form())
         try:
             data = parse(GroupForm, values)
-            await update_group(db_session, _actor(viewer, request), group, name=data.name, description=data.description)
+            await update_group(
+                db_session, viewer_actor(viewer, request), group, name=data.name, description=data.description
+            )
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
@@ -438,7 +434,7 @@ class GroupPages(Controller):
     ) -> Template | Response[None]:
         group = await user_group(db_session, group_id)
         try:
-            await delete_group(db_session, _actor(viewer, request), group)
+            await delete_group(db_session, viewer_actor(viewer, request), group)
         except ServiceError as error:
             await db_session.rollback()
             return await self._group_page(
@@ -462,7 +458,7 @@ class GroupPages(Controller):
         values = {"user_id": str((await request.form()).get("user_id") or "").strip()}
         try:
             data = parse(MemberForm, values)
-            await add_group_member(db_session, _actor(viewer, request), group, data.user_id)
+            await add_group_member(db_session, viewer_actor(viewer, request), group, data.user_id)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
@@ -491,7 +487,7 @@ class GroupPages(Controller):
         redis: NamedDependency[Redis],
     ) -> Response[None]:
         group = await user_group(db_session, group_id)
-        await remove_group_member(db_session, _actor(viewer, request), group, user_id)
+        await remove_group_member(db_session, viewer_actor(viewer, request), group, user_id)
         await db_session.commit()
         await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups/{group_id}")
