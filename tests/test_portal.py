@@ -19,7 +19,7 @@ from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
 from db.tenant import AuditEvent, Organization
-from tests.conftest import TEST_PASSWORD, Client, TenantRows
+from tests.conftest import TEST_PASSWORD, Client, TenantRows, app_client
 from tests.gateway_helpers import AuthHeaders
 from tests.mock_upstream import MockUpstream
 from tests.test_jobs import running_worker, wait_for_status
@@ -354,3 +354,66 @@ async def test_channel_and_key_changes_are_audited_with_who_and_what_but_never_s
     written = str([(event.details, event.actor) for event in events])
     for secret in ("sk-x1", "sk-secret-2", key[1]):
         assert secret not in written
+
+
+async def test_recovery_code_sign_in_oauth_buttons_and_sign_out_everywhere(
+    client: Client, settings: Settings, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    # The organization's OAuth providers appear once the organization is known.
+    buttons = (await client.get(f"/portal/login?tenant={tenant_a.slug}")).text
+    assert (
+        f'href="/api/auth/tenants/{tenant_a.slug}/oauth/github/authorize?mode=portal&amp;return_to=/portal/"' in buttons
+    )
+    assert "oauth/github" not in (await client.get("/portal/login?tenant=no-such-org")).text
+
+    # Enrol through the account page, keep one recovery code, sign out.
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    enrolment = await client.post("/portal/account/mfa", data={"csrf_token": token})
+    secret = re.search(r'id="mfa-secret">([A-Z2-7]+)<', enrolment.text)
+    assert secret
+    confirmed = await client.post(
+        "/portal/account/mfa/confirm", data={"csrf_token": token, "code": pyotp.TOTP(secret[1]).now()}
+    )
+    codes = confirmed.text.split('id="recovery-codes">')[1].split("</pre>")[0].split()
+    assert len(codes) == 10
+    await client.post("/portal/logout", data={"csrf_token": token})
+
+    # Password, then a recovery code instead of the app's code; the same code never works twice.
+    async def password_step(browser: Client) -> None:
+        form_token = FORM_TOKEN.search((await browser.get("/portal/login")).text)
+        assert form_token
+        response = await browser.post(
+            "/portal/login",
+            data={
+                "tenant": tenant_a.slug,
+                "email": tenant_a.admin.email,
+                "password": TEST_PASSWORD,
+                "form_token": form_token[1],
+            },
+        )
+        assert response.headers["location"].startswith("/portal/login/mfa")
+
+    async def recovery_step(browser: Client, code: str) -> int:
+        form_token = FORM_TOKEN.search((await browser.get("/portal/login/mfa")).text)
+        assert form_token
+        response = await browser.post("/portal/login/mfa", data={"recovery_code": code, "form_token": form_token[1]})
+        if response.status_code != 303:
+            assert field_error(response.text, "recovery_code"), response.text  # said next to the field
+        return response.status_code
+
+    await password_step(client)
+    assert await recovery_step(client, codes[0]) == 303
+    assert (await client.get("/portal/")).status_code == 200
+
+    # A second browser signs in too; "sign out everywhere" from the first ends both at once.
+    async with app_client(settings) as other:
+        await password_step(other)
+        assert await recovery_step(other, codes[0]) == 400  # spent
+        assert await recovery_step(other, codes[1]) == 303
+        assert (await other.get("/portal/")).status_code == 200
+        first_token = CSRF.search((await client.get("/portal/account")).text)
+        assert first_token
+        ended = await client.post("/portal/logout-all", data={"csrf_token": first_token[1]})
+        assert ended.headers["location"] == "/portal/login"
+        assert (await other.get("/portal/")).status_code == 303
+        assert (await client.get("/portal/")).status_code == 303
