@@ -33,6 +33,7 @@ lint: $(INSTALLED)
 # Needs Debian's docker-compose (1.29); no Docker engine is needed to validate the file.
 deploy-check:
 	POSTGRES_PASSWORD=x LYSS_OWNER_PASSWORD=x LYSS_APP_PASSWORD=x LYSS_ENCRYPTION_KEYS=x LYSS_JWT_KEYS=x \
+		LYSS_S3_ACCESS_KEY_ID=x LYSS_S3_SECRET_ACCESS_KEY=x \
 		docker-compose -f docker-compose.yml config -q
 
 format: $(INSTALLED)

@@ -23,6 +23,7 @@ from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_
 from app.encryption import SecretBox, reencrypt_secrets
 from app.gateway.services import add_demo_gateway
 from app.jobs.worker import create_worker
+from app.observability.doctor import probe, review
 from app.observability.logging import configure_logging, logging_dict_config
 from app.settings import ConfigurationError, Settings, database_url, load_settings, settings_environment
 from app.tenants.services import (
@@ -288,6 +289,20 @@ async def _run_worker(settings: Settings) -> None:
     job_worker = create_worker(settings)
     click.echo(f"Lyss worker: up to {settings.worker_concurrency} jobs at once (Ctrl-C to stop)")
     await job_worker.start()
+
+
+@main.command()
+def doctor() -> None:
+    """Check the configuration for production: what is set, what is missing, what is unsafe (exit 1 if any)."""
+    settings = load_settings()
+    findings = review(settings)
+    if not settings.embedded_database:
+        findings += asyncio.run(probe(settings))
+    for finding in findings:
+        click.echo(f"{finding.level:<8} {finding.topic:<9} {finding.message}")
+    unsafe = sum(finding.level == "unsafe" for finding in findings)
+    if unsafe:
+        raise click.ClickException(f"{unsafe} unsafe setting(s) above")
 
 
 @main.command()

@@ -56,6 +56,8 @@ from app.observability.errors import internal_error_handler, repository_error_ha
 from app.observability.middleware import RequestContextMiddleware
 from app.portal.router import create_portal_router, home, portal_template_config
 from app.settings import ConfigurationError, Settings, database_url
+from app.storage import create_object_store
+from app.storage.controllers import OBJECT_STORE_STATE_KEY, ObjectController
 from app.tenants.controllers import TenantController
 from db.session import create_engine, create_session_maker
 
@@ -117,6 +119,7 @@ def create_app(settings: Settings) -> Litestar:
             JobController,
             ConversationController,
             MemoryController,
+            ObjectController,
             create_portal_router(),
             home,
         ],
@@ -140,6 +143,7 @@ def create_app(settings: Settings) -> Litestar:
                 OAUTH_CLIENT_STATE_KEY: OAuthClient(http),
                 GATEWAY_STATE_KEY: gateway,
                 JOB_QUEUE_STATE_KEY: job_queue,
+                OBJECT_STORE_STATE_KEY: create_object_store(settings),
             }
         ),
         template_config=portal_template_config(),

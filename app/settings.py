@@ -59,8 +59,15 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "embedded_worker": "LYSS_EMBEDDED_WORKER",
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
     "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
-    "export_dir": "LYSS_EXPORT_DIR",
     "export_ttl_hours": "LYSS_EXPORT_TTL_HOURS",
+    "storage_backend": "LYSS_STORAGE_BACKEND",
+    "storage_dir": "LYSS_STORAGE_DIR",
+    "storage_url_ttl_seconds": "LYSS_STORAGE_URL_TTL_SECONDS",
+    "s3_bucket": "LYSS_S3_BUCKET",
+    "s3_endpoint_url": "LYSS_S3_ENDPOINT_URL",
+    "s3_region": "LYSS_S3_REGION",
+    "s3_access_key_id": "LYSS_S3_ACCESS_KEY_ID",
+    "s3_secret_access_key": "LYSS_S3_SECRET_ACCESS_KEY",
     "job_modules": "LYSS_JOB_MODULES",
     "log_level": "LYSS_LOG_LEVEL",
     "log_format": "LYSS_LOG_FORMAT",
@@ -134,9 +141,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     job_sweep_seconds: Annotated[int, msgspec.Meta(ge=1)] = 10
     # A conversation is summarised each time this many messages followed its last summary.
     chat_summary_every_messages: Annotated[int, msgspec.Meta(ge=4)] = 40
-    # Where export jobs write their files (shared by the API and the workers); default <data dir>/exports.
-    export_dir: Path | None = None
     export_ttl_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
+    # Files that outlive a request (exports): a directory every API replica and worker sees, or S3.
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = None
+    storage_url_ttl_seconds: Annotated[int, msgspec.Meta(ge=10, le=86400)] = 300
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
     # Extra modules whose job handlers the worker registers (comma-separated), for extensions.
     job_modules: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -151,8 +165,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
         return self.redis_url is None
 
     @property
-    def exports_path(self) -> Path:
-        return self.export_dir or self.data_dir / "exports"
+    def storage_path(self) -> Path:
+        return self.storage_dir or self.data_dir / "objects"
 
     @property
     def secrets_file(self) -> Path:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+from uuid import UUID
 
+import httpx
 import pyotp
 import pytest
 from litestar import Litestar
@@ -13,8 +15,10 @@ from litestar.routes import HTTPRoute
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gateway.services import export_name
 from app.main import create_app
 from app.settings import Settings
+from app.storage import create_object_store
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
@@ -192,6 +196,13 @@ async def test_key_is_shown_once_and_users_see_only_their_own_keys(
     assert "admin key" not in own
 
 
+async def fetch_export(client: Client, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """An export as a browser gets it: the 303 to a short-lived link, then the file (no credentials needed)."""
+    redirect = await client.get(path, headers=headers)
+    assert redirect.status_code == 303, redirect.text
+    return await client.get(redirect.headers["location"])
+
+
 async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_formulas(
     client: Client,
     settings: Settings,
@@ -219,15 +230,20 @@ async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_f
         job = await wait_for_status(client, auth_headers(tenant_a.admin), job_id, {"succeeded", "failed"})
     assert job["result"]["rows"] == 2, job
     assert "download the CSV" in (await client.get(started.headers["location"])).text
-    download = await client.get(f"/portal/usage/exports/{job_id}")
+    download = await fetch_export(client, f"/portal/usage/exports/{job_id}")
     assert download.headers["content-type"].startswith("text/csv")
+    assert 'attachment; filename="lyss-usage-' in download.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(download.text)))
     assert rows[0][:3] == ["created_at", "request_id", "user_id"]
     models = sorted(row[6] for row in rows[1:])
     assert models == ['\'=HYPERLINK("http://x")', "gpt-a"]  # a formula is written as text; no tenant B row
     # The same file through the API; tenant B's admin cannot fetch it.
-    api = await client.get(f"/api/usage/exports/{job_id}", headers=auth_headers(tenant_a.admin))
+    api = await fetch_export(client, f"/api/usage/exports/{job_id}", auth_headers(tenant_a.admin))
     assert api.text == download.text
+    # The download link alone is the credential: short-lived, and useless once altered.
+    link = (await client.get(f"/api/usage/exports/{job_id}", headers=auth_headers(tenant_a.admin))).headers["location"]
+    assert link.startswith("/api/objects/")
+    assert (await client.get(link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB"))).status_code == 404
     other = await client.get(f"/api/usage/exports/{job_id}", headers=auth_headers(tenant_b.admin))
     assert other.status_code == 404
 
@@ -239,10 +255,10 @@ async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_f
     own_id = own.headers["location"].rsplit("export=", 1)[1]
     async with running_worker(settings):
         await wait_for_status(client, auth_headers(tenant_a.user), own_id, {"succeeded", "failed"})
-    own_rows = list(csv.reader(io.StringIO((await client.get(f"/portal/usage/exports/{own_id}")).text)))
+    own_rows = list(csv.reader(io.StringIO((await fetch_export(client, f"/portal/usage/exports/{own_id}")).text)))
     assert [row[2] for row in own_rows[1:]] == [str(tenant_a.user.id)]
     # Expired: the file is gone, the page says so.
-    settings.exports_path.joinpath(str(tenant_a.id), f"{own_id}.csv").unlink()
+    await create_object_store(settings).delete(tenant_a.id, export_name(UUID(own_id)))
     assert (await client.get(f"/portal/usage/exports/{own_id}")).status_code == 404
     async with tenant_session(session_maker, tenant_a.id) as session:
         exported = [
@@ -253,6 +269,7 @@ async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_f
         ]
     assert exported == [
         ("usage.exported", tenant_a.admin.id),
+        ("usage.export_downloaded", tenant_a.admin.id),
         ("usage.export_downloaded", tenant_a.admin.id),
         ("usage.export_downloaded", tenant_a.admin.id),
         ("usage.exported", tenant_a.user.id),

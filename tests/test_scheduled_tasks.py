@@ -21,6 +21,7 @@ from app.gateway.tasks import health_check, settle_budgets
 from app.jobs.registry import WorkerServices
 from app.jobs.tasks import recover_jobs
 from app.settings import Settings
+from app.storage import create_object_store
 from db.auth import Invitation, User, UserSession
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
@@ -43,7 +44,13 @@ async def services(
     secret_box = SecretBox(settings.encryption_keyring)
     gateway = create_gateway(settings, session_maker, redis, secret_box)
     yield WorkerServices(
-        settings=settings, session_maker=session_maker, redis=redis, secret_box=secret_box, http=http, gateway=gateway
+        settings=settings,
+        session_maker=session_maker,
+        redis=redis,
+        secret_box=secret_box,
+        http=http,
+        gateway=gateway,
+        objects=create_object_store(settings),
     )
     await gateway.close()
     await http.close()

@@ -13,10 +13,10 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from litestar.response import File
+from litestar.response import Redirect
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_303_SEE_OTHER
 from litestar.types import ASGIApp, Receive, Send
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -49,6 +49,7 @@ from app.gateway.schemas import (
     UsagePage,
 )
 from app.observability.errors import internal_error_handler
+from app.storage.controllers import object_store_of
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType
 
 GATEWAY_STATE_KEY = "gateway"
@@ -469,14 +470,18 @@ class UsageController(Controller):
         )
         return await services.usage_by_day(db_session, filters)
 
-    @get("/exports/{job_id:uuid}", summary="Download a finished usage export (a `usage.export` job) as CSV")
+    @get(
+        "/exports/{job_id:uuid}",
+        summary="A finished usage export (`usage.export` job): 303 to a short-lived download URL",
+    )
     async def download_export(
         self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
-    ) -> File:
-        path = await services.finished_export(
-            db_session, app_settings(request), request.user, job_id, actor=request_actor(request)
+    ) -> Redirect:
+        url = await services.export_download_url(
+            db_session, object_store_of(request), request.user, job_id, actor=request_actor(request)
         )
-        return File(path, filename=f"lyss-usage-{job_id}.csv", media_type="text/csv; charset=utf-8")
+        await db_session.commit()  # the download is audited; a redirect is not auto-committed
+        return Redirect(url, status_code=HTTP_303_SEE_OTHER)
 
 
 class ProviderTypeController(Controller):

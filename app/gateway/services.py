@@ -7,7 +7,6 @@ import hashlib
 import ipaddress
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -39,7 +38,7 @@ from app.gateway.schemas import (
     UsageRead,
 )
 from app.jobs.services import visible_job
-from app.settings import Settings
+from app.storage.base import ObjectStore
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
@@ -453,8 +452,9 @@ USAGE_EXPORT_COLUMNS = (
 )  # fmt: skip
 
 
-def export_path(settings: Settings, tenant_id: UUID, job_id: UUID) -> Path:
-    return settings.exports_path / str(tenant_id) / f"{job_id}.csv"
+def export_name(job_id: UUID) -> str:
+    """The object name of a usage export, in its tenant's space of the object store."""
+    return f"exports/usage-{job_id}.csv"
 
 
 def csv_cell(value: object) -> str:
@@ -463,20 +463,20 @@ def csv_cell(value: object) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-async def finished_export(
-    session: AsyncSession, settings: Settings, principal: Principal, job_id: UUID, *, actor: Actor
-) -> Path:
-    """The file of a usage export the caller may download (their own, or any of the tenant's for admins)."""
+async def export_download_url(
+    session: AsyncSession, store: ObjectStore, principal: Principal, job_id: UUID, *, actor: Actor
+) -> str:
+    """A short-lived URL of a usage export the caller may download (theirs, or any of the tenant's for admins)."""
     job = await visible_job(session, job_id, user_id=principal.user_id, is_admin=principal.role in ADMIN_ROLES)
     if job.kind != USAGE_EXPORT_KIND:
         raise NotFound("No such export.")
     if job.status != "succeeded":
         raise Conflict(f"This export is {job.status}; download it once it has succeeded.")
-    path = export_path(settings, job.tenant_id, job.id)
-    if not path.exists():
+    name = export_name(job.id)
+    if not await store.exists(job.tenant_id, name):
         raise NotFound("This export has expired; start a new one.")
     audit_change(session, actor, "usage.export_downloaded", "job", job.id)
-    return path
+    return await store.download_url(job.tenant_id, name, filename=f"lyss-usage-{job.id}.csv")
 
 
 async def add_demo_gateway(session: AsyncSession, tenant_id: UUID, admin: User, box: SecretBox) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import datetime
+import tempfile
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -19,12 +21,13 @@ from app.gateway.services import (
     USAGE_EXPORT_KIND,
     UsageFilter,
     csv_cell,
-    export_path,
+    export_name,
     test_channel,
     usage_page,
 )
 from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
+from app.storage.base import StorageError
 from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
@@ -189,26 +192,29 @@ async def export_usage(job: JobContext) -> dict[str, Any]:
     if actor.role not in ADMIN_ROLES:
         filters = msgspec.structs.replace(filters, user_id=actor.id)
     total = await job.session.scalar(select(func.count()).select_from(UsageLog).where(*filters.conditions())) or 0
-    path = export_path(job.services.settings, job.tenant_id, job.job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside and renamed when complete: a download never sees half a file.
-    partial = path.with_suffix(".partial")
     written = 0
     cursor: str | None = None
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(USAGE_EXPORT_COLUMNS)
-        while True:
-            await job.checkpoint()
-            page = await usage_page(job.session, filters, cursor=cursor, limit=EXPORT_BATCH_ROWS)
-            for row in page.items:
-                writer.writerow([csv_cell(getattr(row, column)) for column in USAGE_EXPORT_COLUMNS])
-            written += len(page.items)
-            await job.progress(min(99, written * 100 // max(total, 1)), f"{written} of {total} rows")
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-    partial.replace(path)
+    with tempfile.TemporaryDirectory(prefix="lyss-export-") as scratch:
+        path = Path(scratch) / "usage.csv"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(USAGE_EXPORT_COLUMNS)
+            while True:
+                await job.checkpoint()
+                page = await usage_page(job.session, filters, cursor=cursor, limit=EXPORT_BATCH_ROWS)
+                for row in page.items:
+                    writer.writerow([csv_cell(getattr(row, column)) for column in USAGE_EXPORT_COLUMNS])
+                written += len(page.items)
+                await job.progress(min(99, written * 100 // max(total, 1)), f"{written} of {total} rows")
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        try:
+            size = await job.services.objects.put(
+                job.tenant_id, export_name(job.job_id), path, content_type="text/csv; charset=utf-8"
+            )
+        except StorageError as error:
+            raise JobFailed(error.detail) from None
     audit_change(
         job.session,
         Actor(name=actor.email, user_id=actor.id),
@@ -218,16 +224,11 @@ async def export_usage(job: JobContext) -> dict[str, Any]:
         rows=written,
         filters=msgspec.to_builtins(filters),
     )
-    return {"rows": written, "bytes": path.stat().st_size}
+    return {"rows": written, "bytes": size}
 
 
 @scheduled("usage.prune_exports", cron="17 * * * *")
 async def prune_exports(services: WorkerServices) -> dict[str, Any]:
-    """Delete export files older than LYSS_EXPORT_TTL_HOURS (and leftovers of interrupted exports)."""
-    cutoff = datetime.datetime.now(datetime.UTC).timestamp() - services.settings.export_ttl_hours * 3600
-    removed = 0
-    for file in services.settings.exports_path.glob("*/*"):
-        if file.suffix in (".csv", ".partial") and file.stat().st_mtime < cutoff:
-            file.unlink(missing_ok=True)
-            removed += 1
-    return {"removed": removed}
+    """Delete exports older than LYSS_EXPORT_TTL_HOURS from the object store."""
+    cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=services.settings.export_ttl_hours)
+    return {"removed": await services.objects.delete_older_than(cutoff, name_prefix="exports/")}

@@ -17,6 +17,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.gateway.proxy import Gateway
+    from app.storage.base import ObjectStore
 
 
 class JobCanceled(Exception):
@@ -38,6 +39,8 @@ class WorkerServices:
     http: aiohttp.ClientSession
     # Calls to models on a user's behalf (memory extraction, summaries), routed and billed like /v1.
     gateway: Gateway
+    # Files that outlive a job (exports), where the API can hand them out.
+    objects: ObjectStore
 
 
 class JobContext(Protocol):

@@ -34,6 +34,7 @@ from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, 
 from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, create_queue, load_job_modules
 from app.observability.logging import get_logger
 from app.settings import ConfigurationError, Settings, database_url
+from app.storage import create_object_store
 from db.session import create_engine, create_session_maker, tenant_session
 from db.tenant import JOB_TERMINAL_STATUSES, Job
 
@@ -321,6 +322,7 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
             secret_box=secret_box,
             http=aiohttp.ClientSession(),
             gateway=gateway,
+            objects=create_object_store(settings),
         )
         # Channel and price changes made through the API reach this worker's gateway cache at once.
         ctx["cache_listener"] = asyncio.create_task(gateway.catalog.listen_for_changes(redis, stop_listening))

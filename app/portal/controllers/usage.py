@@ -11,19 +11,20 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
-from litestar.response import File, Response, Template
+from litestar.response import Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.controllers import app_settings
 from app.errors import InvalidRequest, NotFound
-from app.gateway.services import USAGE_EXPORT_KIND, UsageFilter, finished_export, usage_page
+from app.gateway.services import USAGE_EXPORT_KIND, UsageFilter, export_download_url, usage_page
 from app.jobs.controllers import job_queue
 from app.jobs.services import submit_job, visible_job
 from app.portal import services
 from app.portal.charts import bar_chart
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
+from app.storage.controllers import object_store_of
 from db.auth import User
 from db.provider import ApiToken, Channel
 
@@ -149,11 +150,12 @@ class UsagePages(Controller):
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-    ) -> File:
-        path = await finished_export(
-            db_session, app_settings(request), viewer.principal, job_id, actor=viewer_actor(viewer, request)
+    ) -> Response[None]:
+        url = await export_download_url(
+            db_session, object_store_of(request), viewer.principal, job_id, actor=viewer_actor(viewer, request)
         )
-        return File(path, filename=f"lyss-usage-{job_id}.csv", media_type="text/csv; charset=utf-8")
+        await db_session.commit()  # the download is audited
+        return see_other(url)
 
 
 def _filters(values: dict[str, Any], viewer: Viewer) -> tuple[UsageFilter, dict[str, str]]:
