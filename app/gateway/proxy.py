@@ -36,6 +36,7 @@ from app.gateway.limits import GatewayLimits, Refusal, Reservation
 from app.gateway.messages_api import AnthropicStreamWriter, to_anthropic_response
 from app.gateway.routing import attempt_order, candidate_channels
 from app.observability.logging import get_logger
+from app.observability.metrics import GATEWAY_OVERHEAD, GATEWAY_REJECTIONS, UPSTREAM_DURATION
 from app.settings import Settings
 from app.tenants.services import record_audit_event
 from db.provider import ApiToken, Channel
@@ -266,6 +267,7 @@ class Gateway:
 
     @staticmethod
     def _refusal_error(refusal: Refusal) -> errors.GatewayError:
+        GATEWAY_REJECTIONS.labels(refusal.reason).inc()
         if refusal.reason == "rpm":
             return errors.rate_limited(
                 "Rate limit reached: requests per minute for this API key.",
@@ -355,6 +357,10 @@ class Gateway:
         real_cost = call.cost.of(usage.prompt_tokens, usage.completion_tokens)
         billed = min(real_cost, reservation.cost)
         details = {} if billed == real_cost else {"unbilled": real_cost - billed}
+        latency_ms = int((time.perf_counter() - call.started) * 1000)
+        GATEWAY_OVERHEAD.labels(call.endpoint).observe(max(latency_ms - (upstream_ms or 0), 0) / 1000)
+        if channel is not None and upstream_ms is not None:
+            UPSTREAM_DURATION.labels(str(channel.id), outcome).observe(upstream_ms / 1000)
         record = UsageRecord(
             id=str(uuid7()),
             tenant_id=str(token.tenant_id),
@@ -368,7 +374,7 @@ class Gateway:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             cost=billed,
-            latency_ms=int((time.perf_counter() - call.started) * 1000),
+            latency_ms=latency_ms,
             upstream_latency_ms=upstream_ms,
             status_code=status_code,
             outcome=outcome,

@@ -1,10 +1,11 @@
-"""Prometheus metrics, gathered when scraped: the job queue's depth and the jobs' states and durations."""
+"""Prometheus metrics: HTTP and gateway timings counted as they happen; queue, jobs and pool read when scraped."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from saq.queue.redis import RedisQueue
@@ -12,6 +13,33 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds; the gateway's own overhead is milliseconds, provider calls up to minutes.
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+HTTP_DURATION = Histogram(
+    "lyss_http_request_duration_seconds",
+    "Time to answer an HTTP request (to the end of the body), by route template",
+    ["method", "route", "status"],
+    buckets=_FAST_BUCKETS + _SLOW_BUCKETS[4:],
+)
+GATEWAY_OVERHEAD = Histogram(
+    "lyss_gateway_overhead_seconds",
+    "Time Lyss adds to a gateway call: the whole call minus the provider's part",
+    ["endpoint"],
+    buckets=_FAST_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "lyss_upstream_duration_seconds",
+    "Provider time of gateway calls, by channel and outcome",
+    ["channel_id", "outcome"],
+    buckets=_SLOW_BUCKETS,
+)
+GATEWAY_REJECTIONS = Counter(
+    "lyss_gateway_rejections_total",
+    "Gateway calls refused before reaching a provider, by reason (rpm, tpm, token_quota, tenant_quota, no_channel)",
+    ["reason"],
+)
 
 
 class _Snapshot(Collector):
@@ -22,6 +50,27 @@ class _Snapshot(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self.metrics
+
+
+def _pool_usage(engine: AsyncEngine) -> GaugeMetricFamily:
+    pool = engine.sync_engine.pool
+    usage = GaugeMetricFamily(
+        "lyss_db_pool_connections", "This process's database connections, by state", labels=["state"]
+    )
+    usage.add_metric(["checked_out"], pool.checkedout())  # type: ignore[attr-defined]
+    usage.add_metric(["idle"], pool.checkedin())  # type: ignore[attr-defined]
+    usage.add_metric(["overflow"], max(pool.overflow(), 0))  # type: ignore[attr-defined]
+    return usage
+
+
+def _counted() -> bytes:
+    """The metrics counted as requests happen. With several granian workers (processes), set
+    PROMETHEUS_MULTIPROC_DIR so that every process's counts are summed, not just the scraped one's."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
 
 
 async def render_metrics(engine: AsyncEngine, queue: RedisQueue) -> bytes:
@@ -47,5 +96,5 @@ async def render_metrics(engine: AsyncEngine, queue: RedisQueue) -> bytes:
     for kind, count in stuck_by_kind.items():
         stuck.add_metric([kind], count)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot([depth, jobs, stuck, duration]))
-    return generate_latest(registry)
+    registry.register(_Snapshot([depth, jobs, stuck, duration, _pool_usage(engine)]))
+    return _counted() + generate_latest(registry)

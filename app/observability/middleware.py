@@ -16,6 +16,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.logging import get_logger
+from app.observability.metrics import HTTP_DURATION
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Ids from clients end up in logs and headers: accept only short, plain tokens.
@@ -82,12 +83,16 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
+            elapsed = time.perf_counter() - started
+            # The route's template (/api/jobs/{job_id:uuid}), never the raw path: one series per route.
+            route = scope.get("path_template") or "unmatched"
+            HTTP_DURATION.labels(scope["method"], route, str(status_code)).observe(elapsed)
             access_log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status_code,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
             )
 
     def _trusted(self, address: str) -> bool:
