@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import asyncpg
@@ -19,6 +20,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.backup import BackupError
+from app.backup import backup as backup_database
+from app.backup import restore as restore_database
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
 from app.encryption import SecretBox, reencrypt_secrets
 from app.gateway.services import add_demo_gateway
@@ -26,6 +30,7 @@ from app.jobs.worker import create_worker
 from app.observability.doctor import probe, review
 from app.observability.logging import configure_logging, logging_dict_config
 from app.settings import ConfigurationError, Settings, database_url, load_settings, settings_environment
+from app.storage import create_object_store
 from app.tenants.services import (
     DemoLogin,
     ProvisioningError,
@@ -65,7 +70,13 @@ class _LyssGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConfigurationError, ProvisioningError, EmbeddedServerError, DependencyUnavailable) as error:
+        except (
+            ConfigurationError,
+            ProvisioningError,
+            EmbeddedServerError,
+            DependencyUnavailable,
+            BackupError,
+        ) as error:
             _fail(str(error))
 
 
@@ -289,6 +300,32 @@ async def _run_worker(settings: Settings) -> None:
     job_worker = create_worker(settings)
     click.echo(f"Lyss worker: up to {settings.worker_concurrency} jobs at once (Ctrl-C to stop)")
     await job_worker.start()
+
+
+@main.command()
+@click.option(
+    "--database-url",
+    envvar="LYSS_BACKUP_DATABASE_URL",
+    required=True,
+    help="A role that bypasses row-level security (superuser, or BYPASSRLS with pg_read_all_data) "
+    "[env LYSS_BACKUP_DATABASE_URL].",
+)
+def backup(database_url: str) -> None:
+    """Dump the whole database (pg_dump custom format) into the object store; print the archive's name."""
+    settings = _settings()
+    name = asyncio.run(backup_database(create_object_store(settings), database_url))
+    click.echo(name)
+
+
+@main.command()
+@click.argument("archive")
+@click.option("--database-url", required=True, help="A superuser URL of the new, empty database to restore into.")
+def restore(archive: str, database_url: str) -> None:
+    """Restore ARCHIVE (a name `lyss backup` printed, or a file) into an empty database, all or nothing."""
+    settings = _settings()
+    source: str | Path = Path(archive) if Path(archive).is_file() else archive
+    asyncio.run(restore_database(create_object_store(settings), source, database_url))
+    click.echo(f"Restored {archive}. Point DATABASE_URL and DATABASE_OWNER_URL at it and start Lyss.")
 
 
 @main.command()

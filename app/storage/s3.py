@@ -68,7 +68,7 @@ class S3Store:
             return StorageError(f"Object storage at {where} refused to {action} (bucket '{self.bucket}'): {code}.")
         return StorageError(f"Object storage at {where} could not be reached to {action}: {type(error).__name__}.")
 
-    async def put(self, tenant_id: UUID, name: str, source: Path, *, content_type: str) -> int:
+    async def put(self, tenant_id: UUID | None, name: str, source: Path, *, content_type: str) -> int:
         key = object_key(tenant_id, name)
         size = (await asyncio.to_thread(source.stat)).st_size
         try:
@@ -78,7 +78,7 @@ class S3Store:
             raise self._failure("store an object", error) from None
         return size
 
-    async def exists(self, tenant_id: UUID, name: str) -> bool:
+    async def exists(self, tenant_id: UUID | None, name: str) -> bool:
         key = object_key(tenant_id, name)
         try:
             async with self._client() as client:
@@ -91,7 +91,14 @@ class S3Store:
             raise self._failure("look up an object", error) from None
         return True
 
-    async def read(self, tenant_id: UUID, name: str) -> bytes:
+    async def fetch(self, tenant_id: UUID | None, name: str, target: Path) -> None:
+        try:
+            async with self._client() as client:
+                await client.download_file(self.bucket, object_key(tenant_id, name), str(target))
+        except (ClientError, BotoCoreError) as error:
+            raise self._failure("read an object", error) from None
+
+    async def read(self, tenant_id: UUID | None, name: str) -> bytes:
         key = object_key(tenant_id, name)
         try:
             async with self._client() as client:
@@ -102,7 +109,7 @@ class S3Store:
             raise self._failure("read an object", error) from None
         return data
 
-    async def download_url(self, tenant_id: UUID, name: str, *, filename: str) -> str:
+    async def download_url(self, tenant_id: UUID | None, name: str, *, filename: str) -> str:
         key = object_key(tenant_id, name)
         try:
             async with self._client() as client:
@@ -119,7 +126,7 @@ class S3Store:
             raise self._failure("sign a download", error) from None
         return url
 
-    async def delete(self, tenant_id: UUID, name: str) -> None:
+    async def delete(self, tenant_id: UUID | None, name: str) -> None:
         try:
             async with self._client() as client:
                 await client.delete_object(Bucket=self.bucket, Key=object_key(tenant_id, name))
