@@ -9,8 +9,11 @@ import msgspec
 from sqlalchemy import select, text
 
 from app.jobs.registry import JobContext, JobFailed, job_kind
+from app.observability.logging import get_logger
 from db.auth import User
 from db.tenant import AuditEvent, Job
+
+logger = get_logger("tests.job_handlers")
 
 
 def checkpoint_counter_key(marker: str) -> str:
@@ -32,6 +35,7 @@ async def record_effect(job: JobContext) -> dict[str, Any]:
         await job.services.redis.incr(checkpoint_counter_key(payload.marker))
         await asyncio.sleep(payload.pause_seconds)
     job.session.add(AuditEvent(actor="job", action="test.effect", target_id=payload.marker))
+    logger.info("effect recorded", marker=payload.marker)
     return {"marker": payload.marker, "attempt": job.attempt}
 
 

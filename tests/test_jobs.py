@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.jobs.worker import create_worker
+from app.observability.logging import configure_logging
 from app.settings import Settings, settings_environment
 from db.auth import User
 from db.session import tenant_session
@@ -528,3 +530,20 @@ async def test_metrics_report_queue_depth_jobs_by_status_and_stuck_jobs(
     assert 'lyss_jobs{kind="fixture.finished",status="succeeded"} 1.0' in lines
     assert 'lyss_jobs_stuck{kind="test.always_fails"} 1.0' in lines
     assert 'lyss_jobs_stuck{kind="test.effect"} 0.0' in lines
+
+
+async def test_a_handlers_log_lines_name_the_job_and_its_tenant(
+    client: Client,
+    settings: Settings,
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", "json")
+    headers = auth_headers(tenant_a.user)
+    job = await submit(client, headers, "test.effect", payload={"marker": "logged"})
+    async with running_worker(settings):
+        await wait_for_status(client, headers, job["id"], {"succeeded", "failed", "dead"})
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    (recorded,) = [line for line in lines if line.get("event") == "effect recorded"]
+    assert (recorded["job_id"], recorded["tenant_id"], recorded["marker"]) == (job["id"], str(tenant_a.id), "logged")

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import aiohttp
 import msgspec
+import structlog
 from redis.asyncio import Redis
 from saq import Job as QueueJob
 from saq import Worker
@@ -275,7 +276,10 @@ async def _discard(session: AsyncSession) -> None:
 
 async def run_job(ctx: dict[str, Any], *, job_id: str, tenant_id: str) -> dict[str, Any] | None:
     """The one SAQ function: every job kind travels through it."""
-    return await JobAttempt(ctx["services"], ctx["job"], UUID(job_id), UUID(tenant_id)).run()
+    # Every log line of the attempt, the handler's own included, names the job and its tenant (SAQ runs each
+    # job in its own task, so the binding ends with it).
+    with structlog.contextvars.bound_contextvars(job_id=job_id, tenant_id=tenant_id):
+        return await JobAttempt(ctx["services"], ctx["job"], UUID(job_id), UUID(tenant_id)).run()
 
 
 def _scheduled_function(task: ScheduledTask) -> Any:
