@@ -54,6 +54,7 @@ from app.memory.controllers import MemoryController
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
 from app.observability.middleware import RequestContextMiddleware
+from app.observability.tracing import tracing_plugin
 from app.portal.router import create_portal_router, home, portal_template_config
 from app.settings import ConfigurationError, Settings, database_url
 from app.storage import create_object_store
@@ -123,7 +124,9 @@ def create_app(settings: Settings) -> Litestar:
             create_portal_router(),
             home,
         ],
-        plugins=[create_database_plugin(engine, session_maker)],
+        plugins=[
+            plugin for plugin in (create_database_plugin(engine, session_maker), tracing_plugin(settings)) if plugin
+        ],
         middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/", "^/portal"])],
         guards=[full_session_only],
         before_request=require_json_body,

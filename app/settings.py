@@ -60,6 +60,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
     "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
     "export_ttl_hours": "LYSS_EXPORT_TTL_HOURS",
+    "otel_enabled": "LYSS_OTEL_ENABLED",
     "storage_backend": "LYSS_STORAGE_BACKEND",
     "storage_dir": "LYSS_STORAGE_DIR",
     "storage_url_ttl_seconds": "LYSS_STORAGE_URL_TTL_SECONDS",
@@ -142,6 +143,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # A conversation is summarised each time this many messages followed its last summary.
     chat_summary_every_messages: Annotated[int, msgspec.Meta(ge=4)] = 40
     export_ttl_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
+    # Traces over OTLP/HTTP, configured by the standard OTEL_* variables (endpoint, headers, service name).
+    otel_enabled: bool = False
     # Files that outlive a request (exports): a directory every API replica and worker sees, or S3.
     storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path | None = None
