@@ -40,3 +40,9 @@ class RateLimited(ServiceError):
     def __init__(self, detail: str, *, retry_after: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(retry_after, 1))})
         self.retry_after = retry_after
+
+
+class ServiceUnavailable(ServiceError):
+    """A dependency (object storage, say) refused or could not be reached; trying later may work."""
+
+    status_code = 503

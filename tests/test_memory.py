@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -332,3 +333,70 @@ async def test_similar_memories_of_one_user_are_associated_both_ways_above_the_t
     admins_morning = await add(morning, admin)
     body = (await client.get(f"/api/memories/{admins_morning}", headers=admin)).json()
     assert body["associations"] == []
+
+
+async def download(client: Client, path: str, headers: dict[str, str]) -> httpx.Response:
+    redirect = await client.get(path, headers=headers)
+    assert redirect.status_code == 303, redirect.text
+    return await client.get(redirect.headers["location"])
+
+
+async def test_memories_export_to_an_archive_and_import_back_without_duplicates(
+    client: Client,
+    upstream: MockUpstream,
+    settings: Settings,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    for text in ("Prefers green tea", "Owns a red bicycle"):
+        assert (
+            await client.post("/api/memories", json={"text": text, "infer": False}, headers=user)
+        ).status_code == 201
+    started = await client.post("/api/jobs", json={"kind": "memory.export"}, headers=user)
+    assert started.status_code == 201, started.text
+    async with running_worker(settings):
+        job = await wait_for_status(client, user, started.json()["id"], {"succeeded", "failed", "dead"})
+    assert (job["status"], job["result"]["memories"]) == ("succeeded", 2), job
+    archive = (await download(client, f"/api/memories/exports/{job['id']}", user)).json()
+    assert archive["format"] == "lyss.memories.v1"
+    assert sorted(item["text"] for item in archive["memories"]) == ["Owns a red bicycle", "Prefers green tea"]
+    assert (
+        await client.get(f"/api/memories/exports/{job['id']}", headers=auth_headers(tenant_b.admin))
+    ).status_code == 404
+
+    # Imported into the admin's own memories: all new, embedded with the tenant's model. Then again (the two
+    # jobs run at once; the per-user lock orders them): all known.
+    archive["memories"].append({"text": "Lives in Lyon", "memory_type": "fact", "importance": 70})
+    imported = await client.post("/api/memories/imports", json=archive, headers=admin)
+    assert imported.status_code == 202, imported.text
+    again = await client.post("/api/memories/imports", json=archive, headers=admin)
+    async with running_worker(settings):
+        first = await wait_for_status(client, admin, imported.json()["id"], {"succeeded", "failed", "dead"})
+        second = await wait_for_status(client, admin, again.json()["id"], {"succeeded", "failed", "dead"})
+    results = sorted((job["result"]["imported"], job["result"]["duplicates"]) for job in (first, second))
+    assert results == [(0, 3), (3, 0)]  # whichever ran first imported all three; the other found them all
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = (
+            await session.execute(
+                select(Memory.memory_text, Memory.embedding_dim, Memory.source_type, Memory.importance_score).where(
+                    Memory.user_id == tenant_a.admin.id, Memory.source_type == "import"
+                )
+            )
+        ).all()
+    assert sorted(rows) == [
+        ("Lives in Lyon", 256, "import", 70),
+        ("Owns a red bicycle", 256, "import", 50),
+        ("Prefers green tea", 256, "import", 50),
+    ]
+
+    # A malformed archive is refused at the door; a user cannot import into someone else.
+    bad = await client.post("/api/memories/imports", json={"format": "other", "memories": []}, headers=user)
+    assert bad.status_code == 400
+    foreign = await client.post(
+        "/api/memories/imports", params={"user_id": str(tenant_a.admin.id)}, json=archive, headers=user
+    )
+    assert foreign.status_code == 403

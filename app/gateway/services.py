@@ -37,8 +37,8 @@ from app.gateway.schemas import (
     UsagePage,
     UsageRead,
 )
-from app.jobs.services import visible_job
 from app.storage.base import ObjectStore
+from app.storage.services import job_file_url
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
@@ -467,16 +467,16 @@ async def export_download_url(
     session: AsyncSession, store: ObjectStore, principal: Principal, job_id: UUID, *, actor: Actor
 ) -> str:
     """A short-lived URL of a usage export the caller may download (theirs, or any of the tenant's for admins)."""
-    job = await visible_job(session, job_id, user_id=principal.user_id, is_admin=principal.role in ADMIN_ROLES)
-    if job.kind != USAGE_EXPORT_KIND:
-        raise NotFound("No such export.")
-    if job.status != "succeeded":
-        raise Conflict(f"This export is {job.status}; download it once it has succeeded.")
-    name = export_name(job.id)
-    if not await store.exists(job.tenant_id, name):
-        raise NotFound("This export has expired; start a new one.")
-    audit_change(session, actor, "usage.export_downloaded", "job", job.id)
-    return await store.download_url(job.tenant_id, name, filename=f"lyss-usage-{job.id}.csv")
+    return await job_file_url(
+        session,
+        store,
+        principal,
+        job_id,
+        kind=USAGE_EXPORT_KIND,
+        name=export_name(job_id),
+        filename=f"lyss-usage-{job_id}.csv",
+        actor=actor,
+    )
 
 
 async def add_demo_gateway(session: AsyncSession, tenant_id: UUID, admin: User, box: SecretBox) -> str:

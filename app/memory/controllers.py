@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+from litestar.response import Redirect
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_303_SEE_OTHER
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
 
-from app.auth.controllers import app_settings
+from app.auth.controllers import app_settings, request_actor
 from app.auth.services import is_admin
 from app.auth.tokens import Principal
-from app.errors import Conflict, InvalidRequest, NotAllowed
+from app.errors import Conflict, InvalidRequest, NotAllowed, ServiceUnavailable
 from app.gateway.controllers import gateway_of
 from app.jobs.controllers import job_queue
 from app.jobs.schemas import JobRead, job_read
@@ -25,6 +31,7 @@ from app.memory import services
 from app.memory.schemas import (
     HistoryRead,
     MemoryAdd,
+    MemoryArchive,
     MemoryFilters,
     MemoryHit,
     MemoryRead,
@@ -33,6 +40,10 @@ from app.memory.schemas import (
     MemoryType,
     MemoryUpdate,
 )
+from app.memory.tasks import archive_name
+from app.storage.base import StorageError
+from app.storage.controllers import object_store_of
+from app.storage.services import job_file_url
 
 AuthRequest = Request[Principal, Any, State]
 
@@ -132,6 +143,54 @@ class MemoryController(Controller):
             before=before,
         )
         return [services.memory_read(memory) for memory in memories]
+
+    @post(
+        "/imports",
+        summary="Import a memory archive (as `memory.export` writes it) for yourself or, as an admin, a user: 202",
+    )
+    async def import_archive(
+        self,
+        data: JSONBody[MemoryArchive],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        user_id: Annotated[UUID | None, QueryParameter()] = None,
+    ) -> Response[JobRead]:
+        owner = await _subject(db_session, request.user, user_id)
+        name = f"imports/memories-{uuid7()}.json"
+        with tempfile.TemporaryDirectory(prefix="lyss-memories-") as scratch:
+            path = Path(scratch) / "memories.json"
+            await asyncio.to_thread(path.write_bytes, msgspec.json.encode(data))
+            try:
+                await object_store_of(request).put(request.user.tenant_id, name, path, content_type="application/json")
+            except StorageError as error:
+                raise ServiceUnavailable(error.detail) from None
+        job, _ = await submit_job(
+            db_session,
+            job_queue(request),
+            app_settings(request),
+            tenant_id=request.user.tenant_id,
+            kind="memory.import",
+            payload={"user_id": str(owner), "object_name": name},
+            created_by=request.user.user_id,
+        )
+        return Response(job_read(job), status_code=HTTP_202_ACCEPTED)
+
+    @get("/exports/{job_id:uuid}", summary="A finished `memory.export` archive: 303 to a short-lived download URL")
+    async def download_archive(
+        self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> Redirect:
+        url = await job_file_url(
+            db_session,
+            object_store_of(request),
+            request.user,
+            job_id,
+            kind="memory.export",
+            name=archive_name(job_id),
+            filename=f"lyss-memories-{job_id}.json",
+            actor=request_actor(request),
+        )
+        await db_session.commit()  # the download is audited; a redirect is not auto-committed
+        return Redirect(url, status_code=HTTP_303_SEE_OTHER)
 
     @post("/search", summary="Search by meaning and by words; score is a cosine similarity, higher is closer")
     async def search(

@@ -13,6 +13,36 @@ MemoryText = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 Importance = Annotated[int, msgspec.Meta(ge=1, le=100)]
 
 
+MEMORY_ARCHIVE_FORMAT: Literal["lyss.memories.v1"] = "lyss.memories.v1"
+
+
+class ArchivedMemory(msgspec.Struct, forbid_unknown_fields=True):
+    text: MemoryText
+    memory_type: MemoryType = "fact"
+    importance: Importance = 50
+    category: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+    metadata: dict[str, Any] = {}
+    created_at: datetime.datetime | None = None
+
+
+class MemoryArchive(msgspec.Struct, forbid_unknown_fields=True):
+    """A user's active memories as `memory.export` writes them and `POST /api/memories/imports` reads them."""
+
+    format: Literal["lyss.memories.v1"]
+    memories: Annotated[list[ArchivedMemory], msgspec.Meta(max_length=10000)]
+    exported_at: datetime.datetime | None = None
+
+
+class MemoryExportPayload(msgspec.Struct, forbid_unknown_fields=True):
+    # Admins may export any user's memories; everyone else exports their own.
+    user_id: UUID | None = None
+
+
+class MemoryImportPayload(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: UUID
+    object_name: str
+
+
 class ChatTurn(msgspec.Struct, forbid_unknown_fields=True):
     role: Literal["user", "assistant"]
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]

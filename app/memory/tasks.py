@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import datetime
+import tempfile
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.services import ADMIN_ROLES
+from app.errors import ServiceError
 from app.gateway.catalog import TokenInfo
 from app.gateway.internal import EmbeddingRejected, GatewayRefused, chat_token, complete, embed
 from app.jobs.registry import JobContext, JobFailed, job_kind
 from app.memory import services
-from app.memory.schemas import ChatTurn, Decision, Decisions, ExtractedFact, Extraction, MemorySettings
+from app.memory.schemas import (
+    MEMORY_ARCHIVE_FORMAT,
+    ArchivedMemory,
+    ChatTurn,
+    Decision,
+    Decisions,
+    ExtractedFact,
+    Extraction,
+    MemoryArchive,
+    MemoryExportPayload,
+    MemoryImportPayload,
+    MemorySettings,
+)
+from app.storage.base import StorageError
+from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.memory import Memory
 from db.session import tenant_session
@@ -21,6 +41,8 @@ T = TypeVar("T", Extraction, Decisions)
 ANSWER_LOG_LIMIT = 2000
 NEIGHBOURS_PER_FACT = 5
 REEMBED_BATCH = 64
+# Memories embedded per gateway call when importing an archive.
+IMPORT_BATCH = 64
 
 EXTRACTION_PROMPT = """You extract lasting facts about the user from a conversation.
 Keep what will still matter later: identity, preferences, plans, relationships, circumstances.
@@ -150,9 +172,7 @@ async def extract_memories(job: JobContext) -> dict[str, Any]:
     if user is None:
         raise JobFailed("The user of these messages no longer exists.")
     # One extraction at a time per user: two jobs deciding on the same memories would overwrite each other.
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"memory:{payload.user_id}"}
-    )
+    await _lock_user_memories(session, payload.user_id)
     async with tenant_session(job.services.session_maker, job.tenant_id) as token_session:
         token = await chat_token(token_session, payload.user_id)
         await token_session.commit()
@@ -366,3 +386,124 @@ async def reembed_memories(job: JobContext) -> dict[str, Any]:
         done += len(memories)
         await job.progress(int(done * 100 / max(total, 1)))
     return {"reembedded": done, "model": settings.embedding_model}
+
+
+async def _lock_user_memories(session: AsyncSession, user_id: UUID) -> None:
+    """Until this transaction ends, no other extraction or import changes this user's memories."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"memory:{user_id}"})
+
+
+def archive_name(job_id: UUID) -> str:
+    return f"exports/memories-{job_id}.json"
+
+
+@job_kind("memory.export", startable_by="user", payload_type=MemoryExportPayload, timeout_seconds=900)
+async def export_memories(job: JobContext) -> dict[str, Any]:
+    """A user's active memories as a JSON archive in the object store (`GET /api/memories/exports/{job}`)."""
+    payload = msgspec.convert(job.payload, MemoryExportPayload)
+    actor = await job.session.get(User, job.actor_user_id) if job.actor_user_id else None
+    if actor is None:
+        raise JobFailed("An export is started by a user; this job has none.")
+    try:
+        owner = await services.memory_owner(
+            job.session, caller_id=actor.id, is_admin=actor.role in ADMIN_ROLES, requested=payload.user_id
+        )
+    except ServiceError as refused:
+        raise JobFailed(refused.detail) from None
+    memories = await job.session.scalars(
+        select(Memory).where(Memory.user_id == owner, Memory.status == "active").order_by(Memory.created_at)
+    )
+    archive = MemoryArchive(
+        format=MEMORY_ARCHIVE_FORMAT,
+        exported_at=datetime.datetime.now(datetime.UTC),
+        memories=[
+            ArchivedMemory(
+                text=memory.memory_text,
+                memory_type=memory.memory_type,  # type: ignore[arg-type]
+                importance=memory.importance_score,
+                category=memory.category,
+                metadata=memory.attributes,
+                created_at=memory.created_at,
+            )
+            for memory in memories
+        ],
+    )
+    with tempfile.TemporaryDirectory(prefix="lyss-memories-") as scratch:
+        path = Path(scratch) / "memories.json"
+        path.write_bytes(msgspec.json.encode(archive))
+        try:
+            size = await job.services.objects.put(
+                job.tenant_id, archive_name(job.job_id), path, content_type="application/json"
+            )
+        except StorageError as error:
+            raise JobFailed(error.detail) from None
+    audit_change(
+        job.session,
+        Actor(name=actor.email, user_id=actor.id),
+        "memory.exported",
+        "user",
+        owner,
+        memories=len(archive.memories),
+    )
+    return {"memories": len(archive.memories), "bytes": size}
+
+
+@job_kind("memory.import", payload_type=MemoryImportPayload, timeout_seconds=1800)
+async def import_memories(job: JobContext) -> dict[str, Any]:
+    """Add an archive's memories to a user (exact duplicates skipped), embedded with the current model.
+
+    All or nothing: the memories are written in the job's transaction, so a failure leaves none behind.
+    """
+    payload = msgspec.convert(job.payload, MemoryImportPayload)
+    store = job.services.objects
+    with tempfile.TemporaryDirectory(prefix="lyss-memories-") as scratch:
+        path = Path(scratch) / "memories.json"
+        try:
+            await store.fetch(job.tenant_id, payload.object_name, path)
+        except StorageError as error:
+            raise JobFailed(error.detail) from None
+        try:
+            archive = msgspec.json.decode(path.read_bytes(), type=MemoryArchive)
+        except msgspec.DecodeError as error:
+            raise JobFailed(f"The archive is not a {MEMORY_ARCHIVE_FORMAT} file: {error}") from None
+    session = job.session
+    await _lock_user_memories(session, payload.user_id)  # duplicates are judged against settled memories
+    settings = await services.memory_settings(session)
+    actor = services.Actor(kind="job", job_id=job.job_id)
+    fresh: dict[str, ArchivedMemory] = {}
+    duplicates = 0
+    for item in archive.memories:
+        key = services.memory_hash(item.text)
+        if key in fresh or await services.find_duplicate(session, payload.user_id, item.text) is not None:
+            duplicates += 1
+        else:
+            fresh[key] = item
+    items = list(fresh.values())
+    if settings.embedding_model is not None and items:
+        async with tenant_session(job.services.session_maker, job.tenant_id) as token_session:
+            token = await chat_token(token_session, payload.user_id)
+            await token_session.commit()
+    for start in range(0, len(items), IMPORT_BATCH):
+        await job.checkpoint()
+        batch = items[start : start + IMPORT_BATCH]
+        embeddings: list[services.Embedding | None] = [None] * len(batch)
+        if settings.embedding_model is not None:
+            embeddings = await _embeddings(job, token, settings, [item.text for item in batch])
+            if embeddings and embeddings[0] is not None:
+                await _checked_dimension(session, embeddings[0])
+        for item, embedding in zip(batch, embeddings, strict=True):
+            await services.add_memory(
+                session,
+                user_id=payload.user_id,
+                text_value=item.text,
+                embedding=embedding,
+                actor=actor,
+                memory_type=item.memory_type,
+                importance=item.importance,
+                metadata=item.metadata,
+                source_type="import",
+            )
+        await job.progress(min(99, (start + len(batch)) * 100 // len(items)))
+    tenant_id, name = job.tenant_id, payload.object_name
+    job.after_success(lambda: store.delete(tenant_id, name))
+    return {"imported": len(items), "duplicates": duplicates}
