@@ -95,3 +95,26 @@ class Summary(TenantOwned, Base):
     summary_type: Mapped[str] = mapped_column(String(20), default="auto", server_default="auto")
     covers_until: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
     message_count: Mapped[int]
+
+
+class Attachment(TenantOwned, Base):
+    """A file a user attached to a conversation; the bytes are in the object store under `object_name`."""
+
+    __tablename__ = "chat_attachments"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "id", name="uk_chat_attachments_tenant_id_id"),
+        CheckConstraint("size_bytes >= 0", name="size"),
+        ForeignKeyConstraint(
+            ["tenant_id", "conversation_id"],
+            ["chat_conversations.tenant_id", "chat_conversations.id"],
+            ondelete="CASCADE",
+            name="fk_chat_attachments_conversation",
+        ),
+        Index("idx_chat_attachments_conversation", "tenant_id", "conversation_id", "created_at"),
+    )
+
+    conversation_id: Mapped[UUID]
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int]
+    object_name: Mapped[str] = mapped_column(String(300))

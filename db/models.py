@@ -2,13 +2,14 @@
 
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
-from db.chat import Conversation, Message, Summary
+from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
 from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
 
 __all__ = [
     "ApiToken",
+    "Attachment",
     "AuditEvent",
     "Base",
     "Channel",

@@ -11,3 +11,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_messages TO lyss_app;
 
 CALL public.isolate_by_tenant('public.chat_summaries');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_summaries TO lyss_app;
+
+CALL public.isolate_by_tenant('public.chat_attachments');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_attachments TO lyss_app;

@@ -209,3 +209,72 @@ async def test_a_long_conversation_is_summarised_and_the_summary_replaces_old_tu
     assert [m["content"] for m in sent[1:]] == [
         "question 3", "answer 3", "question 4", "answer 4", "question 5", "answer 5", "question 6",
     ]  # fmt: skip
+
+
+async def test_an_attached_file_goes_to_the_model_with_its_message_and_stays_private(
+    client: Client,
+    upstream: MockUpstream,
+    settings: Settings,
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await add_channel(client, admin, upstream, "attach-up")
+    conversation = await start_conversation(client, user)
+    base = f"/api/conversations/{conversation['id']}/attachments"
+    uploaded = await client.post(
+        base, files={"file": ("notes.txt", b"The launch code word is PELICAN.", "text/plain")}, headers=user
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    attachment = uploaded.json()
+    assert (attachment["filename"], attachment["size_bytes"]) == ("notes.txt", 32)
+    assert [item["id"] for item in (await client.get(base, headers=user)).json()] == [attachment["id"]]
+
+    # The file's text reaches the provider with this message; the stored message is what the user typed.
+    turn = await client.post(
+        f"/api/conversations/{conversation['id']}/messages",
+        json={"content": "What is the code word?", "attachment_ids": [attachment["id"]]},
+        headers=user,
+    )
+    assert turn.status_code == 200, turn.text
+    sent = upstream.bodies[-1][1]["messages"][-1]["content"]
+    assert sent.startswith("What is the code word?")
+    assert "--- Attached file: notes.txt ---\nThe launch code word is PELICAN." in sent
+    assert turn.json()["user_message"]["content"] == "What is the code word?"
+
+    # Downloaded through a short-lived link; bytes unchanged.
+    link = await client.get(f"{base}/{attachment['id']}", headers=user)
+    assert link.status_code == 303
+    assert (await client.get(link.headers["location"])).content == b"The launch code word is PELICAN."
+
+    # Bad files are refused and nothing is kept.
+    for name, content, kind in (
+        ("photo.png", b"\x89PNG...", "image/png"),
+        ("empty.txt", b"", "text/plain"),
+        ("latin1.txt", "caf\u00e9".encode("latin-1"), "text/plain"),
+        ("big.txt", b"x" * (512 * 1024 + 1), "text/plain"),
+    ):
+        refused = await client.post(base, files={"file": (name, content, kind)}, headers=user)
+        assert refused.status_code == 400, (name, refused.text)
+    assert len((await client.get(base, headers=user)).json()) == 1
+
+    # Another user, or another tenant, sees nothing of it; an attachment of another conversation is refused.
+    for outsider in (admin, auth_headers(tenant_b.admin)):
+        assert (await client.get(base, headers=outsider)).status_code == 404
+        assert (await client.get(f"{base}/{attachment['id']}", headers=outsider)).status_code == 404
+    other = await start_conversation(client, user)
+    borrowed = await client.post(
+        f"/api/conversations/{other['id']}/messages",
+        json={"content": "and here?", "attachment_ids": [attachment["id"]]},
+        headers=user,
+    )
+    assert borrowed.status_code == 404
+
+    # Deleting the conversation removes the file from the object store too.
+    stored = (
+        settings.storage_path / "tenants" / str(tenant_a.id) / "attachments" / conversation["id"] / attachment["id"]
+    )
+    assert stored.is_file()
+    assert (await client.delete(f"/api/conversations/{conversation['id']}", headers=user)).status_code == 204
+    assert not stored.exists()

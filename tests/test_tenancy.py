@@ -17,7 +17,7 @@ from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
-from db.chat import Conversation, Message, Summary
+from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, UsageLog
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
@@ -128,6 +128,14 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     "chat_messages": lambda tenant_id, parents: Message(
         tenant_id=tenant_id, conversation_id=parents.conversation.id, role="user", content="hi"
     ),
+    "chat_attachments": lambda tenant_id, parents: Attachment(
+        tenant_id=tenant_id,
+        conversation_id=parents.conversation.id,
+        filename="notes.txt",
+        content_type="text/plain",
+        size_bytes=1,
+        object_name="attachments/x",
+    ),
     "chat_summaries": lambda tenant_id, parents: Summary(
         tenant_id=tenant_id,
         conversation_id=parents.conversation.id,
@@ -162,6 +170,7 @@ REFERENCING_TABLES = [
     "chat_conversations",
     "chat_messages",
     "chat_summaries",
+    "chat_attachments",
     "memory_user_memories",
     "memory_associations",
     "memory_history",

@@ -9,11 +9,12 @@ from uuid import UUID
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
+from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, JSONBody, QueryParameter
+from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import HTTP_201_CREATED, HTTP_303_SEE_OTHER
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.controllers import app_settings
@@ -21,6 +22,7 @@ from app.auth.middleware import SESSION_MAKER_STATE_KEY
 from app.auth.tokens import Principal
 from app.chat import services
 from app.chat.schemas import (
+    AttachmentRead,
     ConversationCreate,
     ConversationDetail,
     ConversationRead,
@@ -28,11 +30,13 @@ from app.chat.schemas import (
     MessagePost,
     TurnRead,
 )
-from app.errors import ServiceError
+from app.edge import ACCEPTS_FORM
+from app.errors import InvalidRequest, ServiceError
 from app.gateway.controllers import gateway_of
 from app.gateway.internal import complete, stream
 from app.jobs.controllers import job_queue
 from app.observability.logging import get_logger
+from app.storage.controllers import object_store_of
 from db.session import tenant_session
 
 AuthRequest = Request[Principal, Any, State]
@@ -96,7 +100,81 @@ class ConversationController(Controller):
         self, conversation_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> None:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
-        await db_session.delete(conversation)
+        await services.delete_conversation(db_session, object_store_of(request), conversation)
+        await db_session.commit()
+
+    @post(
+        "/{conversation_id:uuid}/attachments",
+        opt={ACCEPTS_FORM: True},
+        status_code=HTTP_201_CREATED,
+        summary="Attach a text file (multipart field `file`; UTF-8, up to 512 KiB) to send with a later message",
+    )
+    async def attach(
+        self,
+        conversation_id: FromPath[UUID],
+        data: Annotated[dict[str, UploadFile], Body(media_type=RequestEncodingType.MULTI_PART)],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> AttachmentRead:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        upload = data.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("Send the file as the multipart field `file`.")
+        content = await upload.read(services.ATTACHMENT_MAX_BYTES + 1)
+        attachment = await services.add_attachment(
+            db_session,
+            object_store_of(request),
+            conversation,
+            filename=upload.filename or "attachment",
+            content_type=upload.content_type or "",
+            data=content,
+        )
+        await db_session.commit()
+        return services.attachment_read(attachment)
+
+    @get("/{conversation_id:uuid}/attachments", summary="The files attached to a conversation")
+    async def list_attachments(
+        self, conversation_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[AttachmentRead]:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        return [
+            services.attachment_read(attachment)
+            for attachment in await services.conversation_attachments(db_session, conversation)
+        ]
+
+    @get(
+        "/{conversation_id:uuid}/attachments/{attachment_id:uuid}",
+        summary="Download an attachment: 303 to a short-lived link",
+    )
+    async def download_attachment(
+        self,
+        conversation_id: FromPath[UUID],
+        attachment_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> Redirect:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        attachment = await services.own_attachment(db_session, conversation, attachment_id)
+        url = await object_store_of(request).download_url(
+            attachment.tenant_id, attachment.object_name, filename=attachment.filename
+        )
+        return Redirect(url, status_code=HTTP_303_SEE_OTHER)
+
+    @delete(
+        "/{conversation_id:uuid}/attachments/{attachment_id:uuid}",
+        status_code=204,
+        summary="Remove an attachment (the file too)",
+    )
+    async def remove_attachment(
+        self,
+        conversation_id: FromPath[UUID],
+        attachment_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> None:
+        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        attachment = await services.own_attachment(db_session, conversation, attachment_id)
+        await services.remove_attachment(db_session, object_store_of(request), attachment)
         await db_session.commit()
 
     @post(
@@ -113,7 +191,10 @@ class ConversationController(Controller):
     ) -> TurnRead | ServerSentEvent:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
         gateway = gateway_of(request)
-        turn = await services.begin_turn(db_session, gateway, conversation, data.content)
+        attached = await services.attached_texts(
+            db_session, object_store_of(request), conversation, data.attachment_ids
+        )
+        turn = await services.begin_turn(db_session, gateway, conversation, data.content, attached=attached)
         request_id = request.scope.get("state", {}).get("request_id")
         if data.stream:
             chunks = await stream(gateway, turn.token, turn.body, request_id)

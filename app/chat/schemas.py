@@ -78,6 +78,16 @@ class ConversationDetail(msgspec.Struct):
 class MessagePost(msgspec.Struct, forbid_unknown_fields=True):
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
     stream: bool = False
+    # Files uploaded to this conversation whose text goes with this message (read once, for this turn).
+    attachment_ids: Annotated[list[UUID], msgspec.Meta(max_length=5)] = []
+
+
+class AttachmentRead(msgspec.Struct):
+    id: UUID
+    filename: str
+    content_type: str
+    size_bytes: int
+    created_at: datetime.datetime
 
 
 class TurnRead(msgspec.Struct):

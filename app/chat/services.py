@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -12,8 +16,15 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.chat.schemas import ChatDefaults, ConversationCreate, ConversationRead, ConversationUpdate, MessageRead
-from app.errors import InvalidRequest, NotFound, ServiceError
+from app.chat.schemas import (
+    AttachmentRead,
+    ChatDefaults,
+    ConversationCreate,
+    ConversationRead,
+    ConversationUpdate,
+    MessageRead,
+)
+from app.errors import InvalidRequest, NotFound, ServiceError, ServiceUnavailable
 from app.gateway.catalog import TokenInfo
 from app.gateway.internal import chat_token, embed
 from app.gateway.proxy import Gateway
@@ -22,8 +33,9 @@ from app.memory import services as memory
 from app.memory.schemas import MemoryHit
 from app.observability.logging import get_logger
 from app.settings import Settings
+from app.storage.base import ObjectStore, StorageError
 from app.tenants.services import record_audit_event
-from db.chat import Conversation, Message, Summary
+from db.chat import Attachment, Conversation, Message, Summary
 from db.tenant import Organization
 
 # The turns sent with each message after the latest summary (older ones are in the summary).
@@ -154,13 +166,29 @@ async def _relevant_memories(
         return []
 
 
-async def begin_turn(session: AsyncSession, gateway: Gateway, conversation: Conversation, content: str) -> Turn:
-    """Store the user's message (committed: never lost, whatever happens to the call) and build the call."""
+async def begin_turn(
+    session: AsyncSession,
+    gateway: Gateway,
+    conversation: Conversation,
+    content: str,
+    *,
+    attached: list[tuple[Attachment, str]] | None = None,
+) -> Turn:
+    """Store the user's message (committed: never lost, whatever happens to the call) and build the call.
+
+    `attached` files (with their text) go with this message to the model; the message records which.
+    """
     if not content.strip():
         raise InvalidRequest("The message is empty.")
     if conversation.status != "active":
         raise InvalidRequest("This conversation is archived; unarchive it to continue.")
-    user_message = Message(conversation_id=conversation.id, role="user", content=content)
+    attached = attached or []
+    user_message = Message(
+        conversation_id=conversation.id,
+        role="user",
+        content=content,
+        details={"attachments": [str(attachment.id) for attachment, _ in attached]} if attached else {},
+    )
     session.add(user_message)
     conversation.message_count += 1
     token = await chat_token(session, conversation.user_id)
@@ -181,6 +209,9 @@ async def begin_turn(session: AsyncSession, gateway: Gateway, conversation: Conv
     history = await messages_after(session, conversation.id, summary, CONTEXT_MESSAGES)
     messages = [{"role": "system", "content": "\n\n".join(system_parts)}] if system_parts else []
     messages += [{"role": message.role, "content": message.content} for message in history]
+    if attached:
+        files = "".join(f"\n\n--- Attached file: {attachment.filename} ---\n{text}" for attachment, text in attached)
+        messages[-1] = {"role": "user", "content": f"{content}{files}"}
     body = {
         "model": conversation.model,
         "messages": messages,
@@ -285,3 +316,101 @@ async def text_of(
             continue
         delta = "".join(str((choice.get("delta") or {}).get("content") or "") for choice in chunk.get("choices") or [])
         yield delta, chunk.get("usage"), None
+
+
+# --- attachments ---------------------------------------------------------------------------------
+
+ATTACHMENT_TYPES = ("text/plain", "text/markdown", "text/csv", "application/json")
+ATTACHMENT_MAX_BYTES = 512 * 1024
+_UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def attachment_read(attachment: Attachment) -> AttachmentRead:
+    return msgspec.convert(attachment, AttachmentRead, from_attributes=True)
+
+
+async def add_attachment(
+    session: AsyncSession,
+    store: ObjectStore,
+    conversation: Conversation,
+    *,
+    filename: str,
+    content_type: str,
+    data: bytes,
+) -> Attachment:
+    """A text file for this conversation: checked (type, size, UTF-8), stored, recorded."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type not in ATTACHMENT_TYPES:
+        raise InvalidRequest(f"Attach text files ({', '.join(ATTACHMENT_TYPES)}); got '{media_type or 'none'}'.")
+    if not data:
+        raise InvalidRequest("The file is empty.")
+    if len(data) > ATTACHMENT_MAX_BYTES:
+        raise InvalidRequest(f"The file is larger than {ATTACHMENT_MAX_BYTES // 1024} KiB.")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The file is not UTF-8 text.") from None
+    name = _UNSAFE_FILENAME.sub("_", filename.rsplit("/", 1)[-1]).strip()[:255] or "attachment"
+    attachment = Attachment(
+        conversation_id=conversation.id, filename=name, content_type=media_type, size_bytes=len(data), object_name=""
+    )
+    session.add(attachment)
+    await session.flush()
+    attachment.object_name = f"attachments/{conversation.id}/{attachment.id}"
+    with tempfile.TemporaryDirectory(prefix="lyss-attachment-") as scratch:
+        path = Path(scratch) / "file"
+        await asyncio.to_thread(path.write_bytes, data)
+        try:
+            await store.put(conversation.tenant_id, attachment.object_name, path, content_type=media_type)
+        except StorageError as error:
+            raise ServiceUnavailable(error.detail) from None
+    await session.flush()
+    return attachment
+
+
+async def conversation_attachments(session: AsyncSession, conversation: Conversation) -> list[Attachment]:
+    return list(
+        await session.scalars(
+            select(Attachment).where(Attachment.conversation_id == conversation.id).order_by(Attachment.created_at)
+        )
+    )
+
+
+async def own_attachment(session: AsyncSession, conversation: Conversation, attachment_id: UUID) -> Attachment:
+    attachment = await session.get(Attachment, attachment_id)
+    if attachment is None or attachment.conversation_id != conversation.id:
+        raise NotFound("No such attachment in this conversation.")
+    return attachment
+
+
+async def attached_texts(
+    session: AsyncSession, store: ObjectStore, conversation: Conversation, attachment_ids: list[UUID]
+) -> list[tuple[Attachment, str]]:
+    """The named attachments of this conversation with their text, in the order given."""
+    found = []
+    for attachment_id in dict.fromkeys(attachment_ids):
+        attachment = await own_attachment(session, conversation, attachment_id)
+        try:
+            data = await store.read(conversation.tenant_id, attachment.object_name)
+        except StorageError as error:
+            raise ServiceUnavailable(error.detail) from None
+        found.append((attachment, data.decode("utf-8")))
+    return found
+
+
+async def remove_attachment(session: AsyncSession, store: ObjectStore, attachment: Attachment) -> None:
+    await session.delete(attachment)
+    await session.flush()
+    await store.delete(attachment.tenant_id, attachment.object_name)
+
+
+async def delete_conversation(session: AsyncSession, store: ObjectStore, conversation: Conversation) -> None:
+    """The conversation with its messages, summaries and attachments (rows and stored files)."""
+    files = [
+        (attachment.tenant_id, attachment.object_name)
+        for attachment in await conversation_attachments(session, conversation)
+    ]
+    await session.delete(conversation)
+    await session.flush()
+    for tenant_id, name in files:
+        await store.delete(tenant_id, name)

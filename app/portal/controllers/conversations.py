@@ -16,6 +16,7 @@ from app.chat import services
 from app.chat.schemas import ConversationUpdate
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.storage.controllers import object_store_of
 
 CONVERSATIONS = f"{PORTAL}/conversations"
 # As many as the API lists at once; older ones stay reachable through the API's pages.
@@ -126,8 +127,9 @@ class ConversationPages(Controller):
         conversation_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Response[None]:
         conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id)
-        await db_session.delete(conversation)
+        await services.delete_conversation(db_session, object_store_of(request), conversation)
         await db_session.commit()
         return see_other(CONVERSATIONS)
