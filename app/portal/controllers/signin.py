@@ -52,21 +52,48 @@ def _cookie(request: Request[Any, Any, State], key: str, value: str, max_age: in
     )
 
 
-def _login_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
+def _form_cookie(request: Request[Any, Any, State], key: str, path: str) -> tuple[str, Cookie]:
     # Before there is a session, a form token in a cookie and in the form (double submit) stops a
-    # forged cross-site sign-in into the attacker's account.
+    # forged cross-site sign-in (into the attacker's account) or enrolment.
     value = secrets.token_urlsafe(24)
-    return value, _cookie(request, LOGIN_CSRF_COOKIE, value, 3600, path=f"{PORTAL}/login")
+    return value, _cookie(request, key, value, 3600, path=path)
+
+
+def _login_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
+    return _form_cookie(request, LOGIN_CSRF_COOKIE, f"{PORTAL}/login")
 
 
 def _enrolment_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
-    value = secrets.token_urlsafe(24)
-    return value, _cookie(request, ENROLMENT_FORM_COOKIE, value, 3600, path=f"{PORTAL}/enrol")
+    return _form_cookie(request, ENROLMENT_FORM_COOKIE, f"{PORTAL}/enrol")
 
 
-def _login_form_valid(request: Request[Any, Any, State], form: dict[str, Any]) -> bool:
-    expected = request.cookies.get(LOGIN_CSRF_COOKIE) or ""
+def _form_token_valid(request: Request[Any, Any, State], form: dict[str, Any], key: str) -> bool:
+    expected = request.cookies.get(key) or ""
     return bool(expected) and secrets.compare_digest(expected, str(form.get("form_token") or ""))
+
+
+def _enrolment_page(
+    request: Request[Any, Any, State],
+    *,
+    secret: str | None,
+    qr: Markup | None,
+    errors: dict[str, Any],
+    status_code: int,
+) -> Template:
+    token, cookie = _enrolment_form_cookie(request)
+    template = page(
+        None,
+        "mfa_enroll.html",
+        status_code=status_code,
+        secret=secret,
+        qr=qr,
+        errors=errors,
+        action=f"{PORTAL}/enrol",
+        form_token=token,
+        required=True,
+    )
+    template.cookies.append(cookie)
+    return template
 
 
 async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> list[dict[str, str]]:
@@ -134,7 +161,7 @@ class SignInController(Controller):
         form = dict(await request.form())
         values = {"tenant": str(form.get("tenant", "")).strip(), "email": str(form.get("email", "")).strip()}
         values["next"] = _next_path(str(form.get("next") or ""))
-        if not _login_form_valid(request, form):
+        if not _form_token_valid(request, form, LOGIN_CSRF_COOKIE):
             errors = {"form": "This sign-in form expired; it has been reloaded, try again."}
             return await self._login_page(request, db_session, values, errors, HTTP_400_BAD_REQUEST)
         errors = {
@@ -182,7 +209,7 @@ class SignInController(Controller):
         code = str(form.get("code") or "").strip() or None
         recovery_code = str(form.get("recovery_code") or "").strip() or None
         error: str | None = None
-        if not _login_form_valid(request, form):
+        if not _form_token_valid(request, form, LOGIN_CSRF_COOKIE):
             error = "This form expired; it has been reloaded, try again."
         elif (code is None) == (recovery_code is None):
             error = "Enter the 6-digit code from your authenticator app, or one recovery code."
@@ -237,19 +264,9 @@ class SignInController(Controller):
             return see_other(f"{PORTAL}/login")
         enrollment = await auth.start_mfa_enrollment(principal)
         await db_session.commit()
-        token, cookie = _enrolment_form_cookie(request)
-        template = page(
-            None,
-            "mfa_enroll.html",
-            secret=enrollment.secret,
-            qr=Markup(enrollment.qr_svg),  # noqa: S704 -- segno's SVG of the otpauth URI, no user markup
-            errors={},
-            action=f"{PORTAL}/enrol",
-            form_token=token,
-            required=True,
-        )
-        template.cookies.append(cookie)
-        return template
+        # segno's SVG of the otpauth URI: no user markup in it.
+        qr = Markup(enrollment.qr_svg)  # noqa: S704
+        return _enrolment_page(request, secret=enrollment.secret, qr=qr, errors={}, status_code=200)
 
     @post("/enrol", opt=PUBLIC, summary="Finish the required enrolment")
     async def enrol(
@@ -262,9 +279,8 @@ class SignInController(Controller):
         if principal is None:
             return see_other(f"{PORTAL}/login")
         form = dict(await request.form())
-        expected = request.cookies.get(ENROLMENT_FORM_COOKIE) or ""
         error: str | None = None
-        if not expected or not secrets.compare_digest(expected, str(form.get("form_token") or "")):
+        if not _form_token_valid(request, form, ENROLMENT_FORM_COOKIE):
             error = "This form expired; reload the page and try again."
         else:
             try:
@@ -277,20 +293,7 @@ class SignInController(Controller):
                 done = page(None, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/login", done_label="Sign in")
                 done.cookies.append(_cookie(request, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
                 return done
-        token, cookie = _enrolment_form_cookie(request)
-        template = page(
-            None,
-            "mfa_enroll.html",
-            status_code=HTTP_400_BAD_REQUEST,
-            secret=None,
-            qr=None,
-            errors={"code": error},
-            action=f"{PORTAL}/enrol",
-            form_token=token,
-            required=True,
-        )
-        template.cookies.append(cookie)
-        return template
+        return _enrolment_page(request, secret=None, qr=None, errors={"code": error}, status_code=HTTP_400_BAD_REQUEST)
 
     @post("/logout", summary="Sign out of this browser")
     async def logout(
