@@ -40,7 +40,6 @@ from app.memory.schemas import (
     MemoryType,
     MemoryUpdate,
 )
-from app.memory.tasks import archive_name
 from app.storage.base import StorageError
 from app.storage.controllers import object_store_of
 from app.storage.services import job_file_url
@@ -185,7 +184,7 @@ class MemoryController(Controller):
             request.user,
             job_id,
             kind="memory.export",
-            name=archive_name(job_id),
+            name=services.archive_name(job_id),
             filename=f"lyss-memories-{job_id}.json",
             actor=request_actor(request),
         )

@@ -55,6 +55,11 @@ class Embedding(msgspec.Struct, frozen=True):
     vector: list[float]
 
 
+def archive_name(job_id: UUID) -> str:
+    """The object name of a `memory.export` archive, in its tenant's space of the object store."""
+    return f"exports/memories-{job_id}.json"
+
+
 def normalize(text_value: str) -> str:
     return " ".join(text_value.split())
 

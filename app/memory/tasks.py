@@ -393,10 +393,6 @@ async def _lock_user_memories(session: AsyncSession, user_id: UUID) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"memory:{user_id}"})
 
 
-def archive_name(job_id: UUID) -> str:
-    return f"exports/memories-{job_id}.json"
-
-
 @job_kind("memory.export", startable_by="user", payload_type=MemoryExportPayload, timeout_seconds=900)
 async def export_memories(job: JobContext) -> dict[str, Any]:
     """A user's active memories as a JSON archive in the object store (`GET /api/memories/exports/{job}`)."""
@@ -433,7 +429,7 @@ async def export_memories(job: JobContext) -> dict[str, Any]:
         path.write_bytes(msgspec.json.encode(archive))
         try:
             size = await job.services.objects.put(
-                job.tenant_id, archive_name(job.job_id), path, content_type="application/json"
+                job.tenant_id, services.archive_name(job.job_id), path, content_type="application/json"
             )
         except StorageError as error:
             raise JobFailed(error.detail) from None
