@@ -18,12 +18,14 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/pytest
 
-# Figures for docs/performance.md; needs wrk (apt-get install wrk). Loopback only, bounded runs.
+# Figures for docs/performance.md; needs wrk (apt-get install wrk) and, once, PyPI for LiteLLM (installed
+# under .bench/ for the comparison). Loopback only, bounded runs.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.foundation
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.litellm
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
