@@ -9,6 +9,7 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import Client, TenantRows, app_client
+from tests.gateway_helpers import AuthHeaders
 
 
 def assert_clean_error(response: Any, status: int, *mentions: str) -> None:
@@ -59,6 +60,23 @@ async def test_an_oversized_body_is_refused(settings: Settings) -> None:
             headers={"Content-Type": "application/json"},
         )
     assert_clean_error(response, 413)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/tokens", {"name": "k", "tpm_limit": 10**12}, "tpm_limit"),
+        ("/api/tokens", {"name": "k", "rpm_limit": 2**31}, "rpm_limit"),
+        ("/api/tokens", {"name": "k", "quota": 2**63}, "quota"),
+        ("/api/model-prices/big", {"prompt_price": 2**63, "completion_price": 1}, "prompt_price"),
+    ],
+)
+async def test_numbers_beyond_their_columns_are_a_400_not_a_database_error(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, path: str, body: dict[str, Any], field: str
+) -> None:
+    method = client.put if path.startswith("/api/model-prices") else client.post
+    response = await method(path, json=body, headers=auth_headers(tenant_a.admin))
+    assert_clean_error(response, 400, field)
 
 
 async def test_overlong_fields_are_refused_before_any_work(client: Client, tenant_a: TenantRows) -> None:

@@ -12,7 +12,10 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Url = Annotated[str, msgspec.Meta(max_length=500, pattern=r"^https?://")]
 ApiKey = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
-Credits = Annotated[int, msgspec.Meta(ge=-1)]
+# Bounded by the columns they are stored in (BIGINT, INTEGER): a larger number is a 400, not a database error.
+Credits = Annotated[int, msgspec.Meta(ge=-1, le=2**63 - 1)]
+Price = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+PerMinute = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Scope = Literal["tenant", "group", "personal"]
 
 
@@ -30,7 +33,7 @@ class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
     owner_id: UUID | None = None
     group_id: UUID | None = None
     quota: Credits = -1
-    rate_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rate_limit: PerMinute = 0
     test_model: ModelName | None = None
 
 
@@ -46,7 +49,7 @@ class ChannelUpdate(msgspec.Struct, forbid_unknown_fields=True):
     weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
     model_mapping: dict[ModelName, ModelName] | None = None
     quota: Credits | None = None
-    rate_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    rate_limit: PerMinute | None = None
     test_model: ModelName | None = None
 
 
@@ -89,8 +92,8 @@ class ChannelTestResult(msgspec.Struct):
 class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     quota: Credits = -1
-    rpm_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
-    tpm_limit: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rpm_limit: PerMinute = 0
+    tpm_limit: PerMinute = 0
     allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] = []
     allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] = []
     allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] = []
@@ -104,8 +107,8 @@ class TokenUpdate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name | None = None
     status: Literal["active", "disabled"] | None = None
     quota: Credits | None = None
-    rpm_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    tpm_limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    rpm_limit: PerMinute | None = None
+    tpm_limit: PerMinute | None = None
     allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] | None = None
     allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] | None = None
     allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] | None = (
@@ -143,8 +146,8 @@ class TokenCreated(msgspec.Struct):
 class PriceWrite(msgspec.Struct, forbid_unknown_fields=True):
     """Credits per million tokens (a credit is a millionth of the currency unit)."""
 
-    prompt_price: Annotated[int, msgspec.Meta(ge=0)]
-    completion_price: Annotated[int, msgspec.Meta(ge=0)]
+    prompt_price: Price
+    completion_price: Price
 
 
 class PriceRead(msgspec.Struct):
