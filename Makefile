@@ -25,7 +25,6 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.memory
-	$(BIN)/python -m bench.litellm
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

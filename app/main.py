@@ -36,11 +36,10 @@ from app.database import create_database_plugin
 from app.edge import require_json_body
 from app.encryption import SecretBox
 from app.errors import ServiceError
+from app.gateway.asgi import GatewayApi, route_gateway
 from app.gateway.controllers import (
     GATEWAY_STATE_KEY,
-    AnthropicMessagesController,
     ChannelController,
-    OpenAIController,
     PriceController,
     ProviderTypeController,
     TokenController,
@@ -54,7 +53,7 @@ from app.memory.controllers import MemoryController
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
 from app.observability.middleware import RequestContextMiddleware
-from app.observability.tracing import tracing_plugin
+from app.observability.tracing import traced, tracing_plugin
 from app.portal.router import create_portal_router, home, portal_template_config
 from app.settings import ConfigurationError, Settings, database_url
 from app.storage import create_object_store
@@ -110,8 +109,6 @@ def create_app(settings: Settings) -> Litestar:
             AuthController,
             OAuthController,
             TenantController,
-            OpenAIController,
-            AnthropicMessagesController,
             ChannelController,
             TokenController,
             PriceController,
@@ -157,5 +154,9 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,  # app.observability.logging owns the root logger
     )
     # Outermost, around Litestar's own exception handling, so that every response carries a request id.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, settings.trusted_proxy_networks)
+    # The /v1 API goes around Litestar (see app/gateway/asgi.py), still inside the request context.
+    gateway_api = GatewayApi(gateway, settings.max_request_body_bytes)
+    app.asgi_handler = RequestContextMiddleware(
+        route_gateway(gateway_api, traced(gateway_api, settings), app.asgi_handler), settings.trusted_proxy_networks
+    )
     return app

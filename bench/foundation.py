@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 from argon2 import PasswordHasher
@@ -63,8 +64,13 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 12
     raise SystemExit("lyss serve was not ready in time")
 
 
+class Served(NamedTuple):
+    ready_seconds: float
+    pid: int
+
+
 @contextmanager
-def _serve(environment: dict[str, str], port: int) -> Iterator[float]:
+def _serve(environment: dict[str, str], port: int) -> Iterator[Served]:
     process = subprocess.Popen(
         [LYSS, "serve"],
         env={**environment, "LYSS_PORT": str(port), "LYSS_LOG_LEVEL": "warning"},
@@ -73,7 +79,7 @@ def _serve(environment: dict[str, str], port: int) -> Iterator[float]:
         start_new_session=True,
     )
     try:
-        yield _wait_ready(process, port)
+        yield Served(_wait_ready(process, port), process.pid)
     finally:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
@@ -87,7 +93,7 @@ def measure_startup(scratch: Path) -> tuple[float, float]:
         pass
     with _serve(environment, port) as warm:
         pass
-    return cold, warm
+    return cold.ready_seconds, warm.ready_seconds
 
 
 async def _prepare_database(superuser_url: str) -> tuple[DatabaseUrls, User]:
@@ -105,18 +111,52 @@ async def _prepare_database(superuser_url: str) -> tuple[DatabaseUrls, User]:
     return urls, user
 
 
-def _wrk(url: str, connections: int, headers: dict[str, str], post_json: str | None = None) -> dict[str, float]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{WRK_SECONDS}s", "--latency", url]
+# wrk's `delay()` hook, called before each request after a connection's first: spaces the requests of all
+# connections `interval` ms apart on a monotonic clock (LuaJIT's ffi), so the offered load is a fixed rate.
+_PACING = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } lyss_timespec;
+int clock_gettime(int clock, lyss_timespec *now);
+]]
+local now = ffi.new("lyss_timespec")
+local interval = %f
+local next_at = nil
+function delay()
+    ffi.C.clock_gettime(1, now)
+    local at = tonumber(now.tv_sec) * 1000 + tonumber(now.tv_nsec) / 1e6
+    if next_at == nil or next_at < at then next_at = at end
+    local wait = next_at - at
+    next_at = next_at + interval
+    return wait
+end
+"""
+
+
+def _wrk(
+    url: str,
+    connections: int,
+    headers: dict[str, str],
+    post_json: str | None = None,
+    rate: int | None = None,
+    seconds: int = WRK_SECONDS,
+) -> dict[str, float]:
+    """One bounded wrk run: requests/s, p50/p90/p99 ms, completed requests, non-2xx; `rate` paces it."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for name, value in headers.items():
         command[1:1] = ["-H", f"{name}: {value}"]
+    script = ""
     if post_json is not None:
-        script = Path(tempfile.mkstemp(suffix=".lua")[1])
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = [[{post_json}]]\nwrk.headers["Content-Type"] = "application/json"\n'
-        )
-        command[1:1] = ["-s", str(script)]
+        script += f'wrk.method = "POST"\nwrk.body = [[{post_json}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+    if rate is not None:
+        script += _PACING % (1000 / rate)
+    if script:
+        path = Path(tempfile.mkstemp(suffix=".lua")[1])
+        path.write_text(script)
+        command[1:1] = ["-s", str(path)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    figures["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     for percentile in ("50", "90", "99"):
         value, unit = re.search(rf"\s{percentile}%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
         figures[f"p{percentile}"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]

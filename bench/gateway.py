@@ -1,21 +1,37 @@
-"""Gateway benchmark: the latency Lyss adds to a provider call, and its throughput, against a loopback mock.
+"""Gateway benchmark: Lyss, the provider alone and the LiteLLM proxy under the same load, in one run.
 
-Run with `make bench`. Traffic goes to 127.0.0.1 only; every wrk run is bounded in time. The same wrk
-load is sent straight to the mock provider and through Lyss: the difference is Lyss's added latency.
+Run with `make bench` (or `python -m bench.gateway`). Traffic goes to 127.0.0.1 only; every wrk run is
+bounded in time. The provider is `bench.upstream` (a separate, fast process). Lyss runs with one granian
+worker, embedded PostgreSQL and Redis, and everything on: key authentication, rate limits, quota
+reservation and settlement, routing, usage logging. For each target: the highest requests/s at 16 and 64
+connections, latency at a fixed 200 requests/s, CPU per request and resident memory of the serving
+process tree; for streams, the time to the first event. After the Lyss runs the usage log must hold
+exactly one row per request Lyss served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
+import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+import asyncpg
 import httpx
+import psutil
+from sqlalchemy import make_url
 from uuid_utils.compat import uuid7
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -25,6 +41,7 @@ from app.gateway.services import create_token, encrypt_keys, provider_type
 from app.settings import new_key_entry, parse_keyring
 from app.tenants.services import Actor
 from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk
+from bench.litellm import LITELLM_VERSION, MASTER_KEY, litellm_proxy
 from db.auth import User
 from db.bootstrap import bootstrap_database
 from db.migrations import upgrade_to_head
@@ -32,12 +49,29 @@ from db.provider import Channel, ModelPrice
 from db.session import create_engine, create_session_maker, tenant_session
 from db.tenant import Organization
 
-CONNECTIONS = (1, 16, 64)
-BODY = json.dumps({"model": "gpt-bench", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16})
+DATABASE = "lyss_gateway_bench"
+PEAK_CONNECTIONS = (16, 64)
+PACED_RATE = 200
+PACED_CONNECTIONS = 8
+WARM_UP_SECONDS = 2
+FIRST_EVENT_SAMPLES = 300
+_MESSAGES = [{"role": "user", "content": "Say hello"}]
+BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16})
+STREAM_BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16, "stream": True})
+SERVED_METRIC = 'lyss_http_request_duration_seconds_count{method="POST",route="/v1/chat/completions",status="200"}'
+
+
+@dataclass
+class Row:
+    target: str
+    peak: dict[int, float]
+    paced: dict[str, float]
+    cpu_ms: float | None
+    resident_mb: float | None
 
 
 async def _prepare(superuser_url: str, upstream_base: str, encryption_keys: str) -> tuple[str, str]:
-    urls = await bootstrap_database(superuser_url, "lyss_gateway_bench")
+    urls = await bootstrap_database(superuser_url, DATABASE)
     await upgrade_to_head(urls.owner_url)
     engine = create_engine(urls.app_url, pool_size=1)
     box = SecretBox(parse_keyring(encryption_keys, "LYSS_ENCRYPTION_KEYS"))
@@ -51,26 +85,93 @@ async def _prepare(superuser_url: str, upstream_base: str, encryption_keys: str)
         session.add(
             Channel(
                 tenant_id=tenant_id,
-                name="mock",
+                name="bench",
                 type_id=kind.id,
                 base_url=upstream_base,
-                encrypted_keys=encrypt_keys(box, tenant_id, ["mock-key"]),
+                encrypted_keys=encrypt_keys(box, tenant_id, ["bench-key"]),
                 models=["gpt-bench"],
             )
         )
         session.add(ModelPrice(tenant_id=tenant_id, model="gpt-bench", prompt_price=150_000, completion_price=600_000))
         await session.flush()
-        # A quota far above what the run can spend: the reservation and settlement run, and never refuse.
+        # A quota far above what the run can spend, and rate limits far above its rate: the reservation,
+        # the limit checks and the settlement all run, and never refuse.
         _, key = await create_token(
             session,
             tenant_id=tenant_id,
             user_id=user.id,
-            data=TokenCreate(name="bench", quota=10**15),
+            data=TokenCreate(name="bench", quota=10**15, rpm_limit=10**9, tpm_limit=2 * 10**9),
             actor=Actor(name="bench"),
         )
         await session.commit()
     await engine.dispose()
     return urls.app_url, key
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    process = psutil.Process(pid)
+    return [process, *process.children(recursive=True)]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (granian's workers, uvicorn's)."""
+    return sum(item.cpu_times().user + item.cpu_times().system for item in _tree(pid))
+
+
+def _resident_mb(pid: int) -> float:
+    return sum(item.memory_info().rss for item in _tree(pid)) / 2**20
+
+
+def _measure(target: str, url: str, headers: dict[str, str], body: str, pid: int | None) -> Row:
+    """Peak throughput at each connection count, then latency at a fixed rate; CPU over the peak runs."""
+    _wrk(url, PEAK_CONNECTIONS[0], headers, post_json=body, seconds=WARM_UP_SECONDS)
+    peak: dict[int, float] = {}
+    served = cpu = 0.0
+    for connections in PEAK_CONNECTIONS:
+        before = _cpu_seconds(pid) if pid else 0.0
+        figures = _wrk(url, connections, headers, post_json=body)
+        if figures["non_2xx"]:
+            raise SystemExit(f"{target}: {figures['non_2xx']:.0f} answers were not 2xx")
+        cpu += (_cpu_seconds(pid) - before) if pid else 0.0
+        served += figures["requests"]
+        peak[connections] = figures["rps"]
+    paced = _wrk(url, PACED_CONNECTIONS, headers, post_json=body, rate=PACED_RATE)
+    if paced["non_2xx"]:
+        raise SystemExit(f"{target}: {paced['non_2xx']:.0f} answers were not 2xx")
+    return Row(
+        target,
+        peak,
+        paced,
+        cpu * 1000 / served if pid else None,
+        _resident_mb(pid) if pid else None,
+    )
+
+
+def _first_event_ms(url: str, headers: dict[str, str]) -> list[float]:
+    """Milliseconds from sending a streamed request to the first `data:` bytes, over fresh connections."""
+    host, _, rest = url.removeprefix("http://").partition("/")
+    address, port = host.split(":")
+    body = STREAM_BODY.encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = (
+        f"POST /{rest} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{head}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    samples = []
+    for _ in range(FIRST_EVENT_SAMPLES):
+        with socket.create_connection((address, int(port))) as connection:
+            started = time.perf_counter()
+            connection.sendall(request)
+            received = b""
+            while b"data:" not in received:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    raise SystemExit(f"{url}: the stream ended before its first event: {received[:200]!r}")
+                received += chunk
+            samples.append((time.perf_counter() - started) * 1000)
+            while connection.recv(65536):
+                pass
+    return samples
 
 
 def _self_reported_overhead(url: str, key: str, samples: int = 300) -> tuple[float, float]:
@@ -82,63 +183,155 @@ def _self_reported_overhead(url: str, key: str, samples: int = 300) -> tuple[flo
                 url, content=BODY, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
             )
             values.append(float(response.headers["x-lyss-overhead-ms"]))
-    cuts = statistics.quantiles(values, n=100)
-    return statistics.median(values), cuts[98]
+    return statistics.median(values), statistics.quantiles(values, n=100)[98]
+
+
+def _served(base_url: str) -> int:
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(SERVED_METRIC):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+async def _usage_rows(superuser_url: str, expected: int, timeout_seconds: float = 30) -> int:
+    """Rows in the usage log once the flusher has caught up (or the timeout passed)."""
+    url = make_url(superuser_url).set(drivername="postgresql", database=DATABASE)
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            rows = int(await connection.fetchval("SELECT count(*) FROM provider_usage_logs"))
+            if rows >= expected or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def _upstream() -> Iterator[str]:
+    process = subprocess.Popen([sys.executable, "-m", "bench.upstream"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        deadline = time.monotonic() + 30
+        while True:  # the port is printed before granian listens on it
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("the benchmark's provider did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/bench/v1"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _quantile(samples: list[float], percent: int) -> float:
+    return statistics.quantiles(samples, n=100)[percent - 1]
 
 
 def main() -> None:
-    mock = subprocess.Popen([sys.executable, "-m", "tests.mock_upstream"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert mock.stdout is not None
-        upstream_port = int(mock.stdout.readline())
-        direct_url = f"http://127.0.0.1:{upstream_port}/bench/v1/chat/completions"
-        with tempfile.TemporaryDirectory(prefix="lyss-gateway-bench-") as scratch:
-            postgres = EmbeddedPostgres(Path(scratch) / "postgres")
-            redis_server = EmbeddedRedis(Path(scratch) / "redis")
-            superuser_url = postgres.start()
-            redis_url = redis_server.start()
-            try:
-                encryption_keys = new_key_entry()
-                app_url, key = asyncio.run(
-                    _prepare(superuser_url, f"http://127.0.0.1:{upstream_port}/bench/v1", encryption_keys)
-                )
-                environment = {
-                    "PATH": os.environ["PATH"],
-                    "DATABASE_URL": app_url,
-                    "REDIS_URL": redis_url,
-                    "LYSS_ENCRYPTION_KEYS": encryption_keys,
-                    "LYSS_JWT_KEYS": new_key_entry(),
-                    "LYSS_WORKERS": "1",
-                }
-                port = _free_port()
-                lyss_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                rows = []
-                with _serve(environment, port):
-                    overhead = _self_reported_overhead(lyss_url, key)
-                    for connections in CONNECTIONS:
-                        direct = _wrk(direct_url, connections, {}, post_json=BODY)
-                        through = _wrk(lyss_url, connections, {"Authorization": f"Bearer {key}"}, post_json=BODY)
-                        if through["non_2xx"]:
-                            raise SystemExit(f"Lyss answered {through['non_2xx']:.0f} non-2xx responses")
-                        rows.append((connections, direct, through))
-            finally:
-                redis_server.stop()
-                postgres.stop()
-    finally:
-        mock.kill()
-    print(f"wrk -t1, {WRK_SECONDS} s per run, POST /v1/chat/completions (non-streamed), one granian worker")
-    print(f"x-lyss-overhead-ms over 300 sequential calls: p50 {overhead[0]:.2f} ms, p99 {overhead[1]:.2f} ms")
+    rows: list[Row] = []
+    first_event: dict[str, list[float]] = {}
+    with _upstream() as upstream_base, tempfile.TemporaryDirectory(prefix="lyss-gateway-bench-") as scratch:
+        upstream_url = f"{upstream_base}/chat/completions"
+        rows.append(_measure("provider alone", upstream_url, {}, BODY, None))
+        rows.append(_measure("provider alone, streamed", upstream_url, {}, STREAM_BODY, None))
+        first_event["provider alone"] = _first_event_ms(upstream_url, {})
+
+        postgres = EmbeddedPostgres(Path(scratch) / "postgres")
+        redis_server = EmbeddedRedis(Path(scratch) / "redis")
+        superuser_url = postgres.start()
+        redis_url = redis_server.start()
+        try:
+            encryption_keys = new_key_entry()
+            app_url, key = asyncio.run(_prepare(superuser_url, upstream_base, encryption_keys))
+            environment = {
+                "PATH": os.environ["PATH"],
+                "DATABASE_URL": app_url,
+                "REDIS_URL": redis_url,
+                "LYSS_ENCRYPTION_KEYS": encryption_keys,
+                "LYSS_JWT_KEYS": new_key_entry(),
+                "LYSS_WORKERS": "1",
+            }
+            port = _free_port()
+            base_url = f"http://127.0.0.1:{port}"
+            lyss_url = f"{base_url}/v1/chat/completions"
+            auth = {"Authorization": f"Bearer {key}"}
+            with _serve(environment, port) as served:
+                overhead = _self_reported_overhead(lyss_url, key)
+                rows.append(_measure("Lyss", lyss_url, auth, BODY, served.pid))
+                rows.append(_measure("Lyss, streamed", lyss_url, auth, STREAM_BODY, served.pid))
+                first_event["Lyss"] = _first_event_ms(lyss_url, auth)
+                requests_served = _served(base_url)
+            usage_rows = asyncio.run(_usage_rows(superuser_url, requests_served))
+        finally:
+            redis_server.stop()
+            postgres.stop()
+        if usage_rows != requests_served:
+            raise SystemExit(f"the usage log holds {usage_rows} rows for {requests_served} requests served")
+
+        with litellm_proxy(upstream_base) as (litellm_url, proxy):
+            litellm_headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+            litellm_chat = f"{litellm_url}/v1/chat/completions"
+            rows.append(_measure("LiteLLM", litellm_chat, litellm_headers, BODY, proxy.pid))
+            rows.append(_measure("LiteLLM, streamed", litellm_chat, litellm_headers, STREAM_BODY, proxy.pid))
+            first_event["LiteLLM"] = _first_event_ms(litellm_chat, litellm_headers)
+
+    _report(rows, first_event, overhead, usage_rows, requests_served)
+
+
+def _report(
+    rows: list[Row],
+    first_event: dict[str, list[float]],
+    overhead: tuple[float, float],
+    usage_rows: int,
+    requests_served: int,
+) -> None:
+    by_target = {row.target: row for row in rows}
+    cpu_lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpu_lines if line.startswith("model name")), "")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(
-        "| connections | upstream alone req/s | p50 ms | p99 ms | through Lyss req/s | p50 ms | p99 ms "
-        "| added p50 ms | added p99 ms |"
+        f"{datetime.date.today()} · {os.cpu_count()} CPUs ({cpu}) · Python {platform.python_version()} · "
+        f"Lyss {commit} (granian {version('granian')}, one worker) · LiteLLM {LITELLM_VERSION} (one worker) · "
+        f"wrk -t1, {WRK_SECONDS} s per run, {PACED_RATE} req/s paced over {PACED_CONNECTIONS} connections"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for connections, direct, through in rows:
-        print(
-            f"| {connections} | {direct['rps']:.0f} | {direct['p50']:.2f} | {direct['p99']:.2f} | {through['rps']:.0f} "
-            f"| {through['p50']:.2f} | {through['p99']:.2f} | {through['p50'] - direct['p50']:.2f} "
-            f"| {through['p99'] - direct['p99']:.2f} |"
+    print(
+        "| target | req/s, 16 conns | req/s, 64 conns | at 200 req/s: served | p50 ms | p90 ms | p99 ms "
+        "| added p50 ms | added p99 ms | CPU ms per request | resident MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        floor = by_target["provider alone, streamed" if "streamed" in row.target else "provider alone"]
+        added = (
+            ("—", "—")
+            if row is floor
+            else (f"{row.paced['p50'] - floor.paced['p50']:.2f}", f"{row.paced['p99'] - floor.paced['p99']:.2f}")
         )
+        print(
+            f"| {row.target} | {row.peak[16]:.0f} | {row.peak[64]:.0f} | {row.paced['rps']:.0f} "
+            f"| {row.paced['p50']:.2f} | {row.paced['p90']:.2f} | {row.paced['p99']:.2f} | {added[0]} | {added[1]} "
+            f"| {'—' if row.cpu_ms is None else f'{row.cpu_ms:.2f}'} "
+            f"| {'—' if row.resident_mb is None else f'{row.resident_mb:.0f}'} |"
+        )
+    for connections in PEAK_CONNECTIONS:
+        for suffix in ("", ", streamed"):
+            ratio = by_target[f"Lyss{suffix}"].peak[connections] / by_target[f"LiteLLM{suffix}"].peak[connections]
+            print(f"Lyss{suffix} / LiteLLM{suffix} at {connections} connections: {ratio:.1f}x")
+    first_floor = statistics.median(first_event["provider alone"])
+    for target in ("Lyss", "LiteLLM"):
+        p50, p99 = statistics.median(first_event[target]), _quantile(first_event[target], 99)
+        print(
+            f"time to first streamed event, {target}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"(added p50 {p50 - first_floor:.2f}"
+            f" ms; provider alone p50 {first_floor:.2f} ms), {FIRST_EVENT_SAMPLES} sequential requests"
+        )
+    print(f"x-lyss-overhead-ms over 300 sequential calls: p50 {overhead[0]:.2f} ms, p99 {overhead[1]:.2f} ms")
+    print(f"usage log: {usage_rows} rows for {requests_served} requests Lyss served (checked equal)")
 
 
 if __name__ == "__main__":

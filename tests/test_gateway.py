@@ -393,6 +393,19 @@ async def test_body_size_content_type_and_keys(
     assert upstream.calls["primary"] == 0
 
 
+async def test_wrong_methods_and_unknown_paths_under_v1(client: Client, tenant_a: TenantRows) -> None:
+    wrong = await client.get("/v1/chat/completions")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert error_of(wrong)["type"] == "invalid_request_error"
+    anthropic = await client.get("/v1/messages")
+    assert anthropic.status_code == 405
+    assert anthropic.json()["type"] == "error"  # Anthropic's shape on its endpoint
+    unknown = await client.post("/v1/completions-of-another-kind", json={})
+    assert unknown.status_code == 404
+    assert "x-request-id" in unknown.headers
+
+
 async def test_expired_revoked_and_disabled_keys_and_ip_allow_list(
     client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
 ) -> None:

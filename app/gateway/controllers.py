@@ -1,4 +1,4 @@
-"""HTTP endpoints of the gateway: the OpenAI- and Anthropic-compatible /v1 API, and its management API."""
+"""HTTP endpoints of the gateway's management API: channels, keys, prices, usage (the /v1 API is `asgi.py`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,12 @@ import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
-import msgspec
-from litestar import Controller, MediaType, Request, Response, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Redirect
-from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_303_SEE_OTHER
-from litestar.types import ASGIApp, Receive, Send
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,11 +22,9 @@ from app.auth.services import ADMIN_ROLES
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import NotFound
-from app.gateway import errors, services
-from app.gateway.catalog import TokenInfo, announce_change
-from app.gateway.errors import GatewayError
-from app.gateway.messages_api import to_openai_request
-from app.gateway.proxy import Answer, Gateway, key_from_headers
+from app.gateway import services
+from app.gateway.catalog import announce_change
+from app.gateway.proxy import Gateway
 from app.gateway.schemas import (
     ChannelCreate,
     ChannelRead,
@@ -48,137 +40,11 @@ from app.gateway.schemas import (
     TokenUpdate,
     UsagePage,
 )
-from app.observability.errors import internal_error_handler
 from app.storage.controllers import object_store_of
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType
 
 GATEWAY_STATE_KEY = "gateway"
 AuthRequest = Request[Principal, Any, State]
-_JSON_TYPES = ("application/json",)
-
-
-class MeteredStreamingResponse(ASGIStreamingResponse):
-    """A streaming response that always closes its iterator, even when the client hangs up mid-stream.
-
-    Litestar cancels the sending task on disconnect; the relay generator may then sit suspended with its
-    accounting undone. Closing it here runs its `finally`, which bills what was delivered.
-    """
-
-    async def send_body(self, send: Send, receive: Receive) -> None:
-        try:
-            await super().send_body(send, receive)
-        finally:
-            with anyio.CancelScope(shield=True):
-                close = getattr(self.iterator, "aclose", None)
-                if close is not None:
-                    await close()
-
-
-def _as_gateway_error(request: Request[Any, Any, State], error: Exception) -> GatewayError:
-    if isinstance(error, GatewayError):
-        return error
-    if isinstance(error, HTTPException):
-        kind = "invalid_request_error" if error.status_code < 500 else "server_error"
-        code = "request_too_large" if error.status_code == 413 else None
-        return GatewayError(error.status_code, str(error.detail), error_type=kind, code=code)
-    internal_error_handler(request, error)  # logs the stack trace under the request id
-    return GatewayError(
-        500, "Internal error; quote the x-request-id header when reporting it.", error_type="server_error"
-    )
-
-
-def _openai_error(request: Request[Any, Any, State], error: Exception) -> Response[bytes]:
-    failure = _as_gateway_error(request, error)
-    return Response(
-        failure.encoded(), status_code=failure.status_code, media_type=MediaType.JSON, headers=failure.headers
-    )
-
-
-def _anthropic_error(request: Request[Any, Any, State], error: Exception) -> Response[bytes]:
-    failure = _as_gateway_error(request, error)
-    body = msgspec.json.encode(failure.anthropic_body())
-    return Response(body, status_code=failure.status_code, media_type=MediaType.JSON, headers=failure.headers)
-
-
-async def _require_json(request: Request[Any, Any, State]) -> None:
-    if request.method == "POST" and request.content_type[0] not in _JSON_TYPES:
-        raise errors.invalid_request("Send the body as JSON with 'Content-Type: application/json'.")
-
-
-async def _caller(request: Request[Any, Any, State]) -> tuple[Gateway, TokenInfo]:
-    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
-    key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    token = await gateway.authenticate(key, request.scope.get("state", {}).get("client_ip"))
-    return gateway, token
-
-
-async def _json_body(request: Request[Any, Any, State]) -> tuple[dict[str, Any], int]:
-    raw = await request.body()
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise errors.invalid_request("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise errors.invalid_request("The JSON body must be an object.")
-    return body, len(raw)
-
-
-def _respond(answer: Answer | Any) -> ASGIApp:
-    if isinstance(answer, Answer):
-        return ASGIResponse(body=answer.body, media_type=MediaType.JSON, headers=answer.headers)
-    headers = {**answer.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return MeteredStreamingResponse(iterator=answer.chunks, media_type="text/event-stream", headers=headers)
-
-
-class OpenAIController(Controller):
-    """OpenAI-compatible: point any OpenAI SDK at <lyss>/v1 with an sk-... key."""
-
-    path = "/v1"
-    tags = ["gateway"]
-    opt = {"exclude_from_auth": True}
-    before_request = staticmethod(_require_json)
-    exception_handlers = {Exception: _openai_error}
-
-    @post("/chat/completions", summary="Chat completion (OpenAI format, streaming or not)")
-    async def chat_completions(self, request: Request[Any, Any, State]) -> ASGIApp:
-        gateway, token = await _caller(request)
-        body, size = await _json_body(request)
-        request_id = request.scope.get("state", {}).get("request_id")
-        return _respond(await gateway.chat(token, body, raw_size=size, dialect="openai", request_id=request_id))
-
-    @post("/embeddings", summary="Embeddings (OpenAI format)")
-    async def embeddings(self, request: Request[Any, Any, State]) -> ASGIApp:
-        gateway, token = await _caller(request)
-        body, size = await _json_body(request)
-        request_id = request.scope.get("state", {}).get("request_id")
-        return _respond(await gateway.embeddings(token, body, raw_size=size, request_id=request_id))
-
-    @get("/models", summary="The models this key may use")
-    async def models(self, request: Request[Any, Any, State]) -> ASGIApp:
-        gateway, token = await _caller(request)
-        return ASGIResponse(body=msgspec.json.encode(await gateway.models(token)), media_type=MediaType.JSON)
-
-
-class AnthropicMessagesController(Controller):
-    """Anthropic-compatible: point the Anthropic SDK at <lyss> (it adds /v1/messages) with an sk-... key."""
-
-    path = "/v1/messages"
-    tags = ["gateway"]
-    opt = {"exclude_from_auth": True}
-    before_request = staticmethod(_require_json)
-    exception_handlers = {Exception: _anthropic_error}
-
-    @post("/", summary="Messages (Anthropic format, streaming or not), routed to any channel")
-    async def messages(self, request: Request[Any, Any, State]) -> ASGIApp:
-        gateway, token = await _caller(request)
-        body, size = await _json_body(request)
-        if not isinstance(body.get("max_tokens"), int):
-            raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
-        request_id = request.scope.get("state", {}).get("request_id")
-        answer = await gateway.chat(
-            token, to_openai_request(body), raw_size=size, dialect="anthropic", request_id=request_id
-        )
-        return _respond(answer)
 
 
 # --- management ---------------------------------------------------------------------------------

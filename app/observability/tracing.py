@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -15,14 +18,27 @@ from app.settings import Settings
 UNTRACED_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$", "^/portal/static/"]
 
 
-def tracing_plugin(settings: Settings) -> OpenTelemetryPlugin | None:
-    """None unless LYSS_OTEL_ENABLED. Uses the process's tracer provider if one was installed (e.g. by
-    `opentelemetry-instrument`), else one exporting to OTEL_EXPORTER_OTLP_ENDPOINT (standard OTEL_* variables)."""
-    if not settings.otel_enabled:
-        return None
+def _tracer_provider() -> TracerProvider:
+    """The process's tracer provider if one was installed (e.g. by `opentelemetry-instrument`), else one
+    exporting to OTEL_EXPORTER_OTLP_ENDPOINT (standard OTEL_* variables)."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider(resource=Resource.create({"service.name": "lyss"}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
-    return OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider, exclude=UNTRACED_PATHS))
+    return provider
+
+
+def tracing_plugin(settings: Settings) -> OpenTelemetryPlugin | None:
+    """Spans for what Litestar serves; None unless LYSS_OTEL_ENABLED."""
+    if not settings.otel_enabled:
+        return None
+    return OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=_tracer_provider(), exclude=UNTRACED_PATHS))
+
+
+def traced(app: Any, settings: Settings) -> Any:
+    """Spans for an ASGI app outside Litestar (the /v1 API), named `POST /v1/chat/completions`; the app
+    itself unless LYSS_OTEL_ENABLED."""
+    if not settings.otel_enabled:
+        return app
+    return OpenTelemetryMiddleware(app, tracer_provider=_tracer_provider())

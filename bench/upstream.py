@@ -1,0 +1,94 @@
+"""The benchmark's provider: a fast OpenAI-compatible chat endpoint on loopback (granian, RSGI, one worker).
+
+Run with `python -m bench.upstream`: it prints its port on the first line, then serves until killed.
+Answers `POST …/chat/completions` with a fixed completion (with usage), or, when the body asks for
+`"stream": true`, with five content chunks, a usage chunk and `[DONE]`. It does nearly nothing per call
+so that what the gateway benchmark measures is the gateway. The test suite's scriptable mock
+(`tests.mock_upstream`) is the one to use for behaviour; this one is for speed.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+import msgspec
+
+COMPLETION = msgspec.json.encode(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-bench",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "w0 w1 w2 w3 w4"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+    }
+)
+
+
+def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "gpt-bench",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+_STREAM_EVENTS = [
+    _chunk({"role": "assistant", "content": "w0"}),
+    *(_chunk({"content": f" w{index}"}) for index in range(1, 5)),
+    _chunk({}, "stop"),
+    {**_chunk({}), "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}},
+]
+STREAM = b"".join(b"data: " + msgspec.json.encode(event) + b"\n\n" for event in _STREAM_EVENTS) + b"data: [DONE]\n\n"
+JSON_HEADERS = [("content-type", "application/json")]
+SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+
+
+class _StreamFlag(msgspec.Struct):
+    stream: bool = False
+
+
+_decode_flag = msgspec.json.Decoder(_StreamFlag)
+
+
+async def app(scope: Any, protocol: Any) -> None:
+    """RSGI: the whole stream goes in one write, as a provider with the answer ready would send it."""
+    body = await protocol()
+    if scope.method != "POST" or not scope.path.endswith("/chat/completions"):
+        protocol.response_bytes(404, JSON_HEADERS, b'{"error": {"message": "not found"}}')
+        return
+    if _decode_flag.decode(body).stream:
+        transport = protocol.response_stream(200, SSE_HEADERS)
+        await transport.send_bytes(STREAM)
+        return
+    protocol.response_bytes(200, JSON_HEADERS, COMPLETION)
+
+
+def main() -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    print(port, flush=True)
+    sys.stdout.close()
+    Server(
+        "bench.upstream:app",
+        address="127.0.0.1",
+        port=port,
+        interface=Interfaces.RSGI,
+        workers=1,
+        loop=Loops.uvloop,
+        log_enabled=False,
+    ).serve()
+
+
+if __name__ == "__main__":
+    main()
