@@ -13,8 +13,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
 
-from app.gateway.limits import GatewayLimits
+from app.gateway.limits import USAGE_TENANTS_KEY, GatewayLimits, usage_stream_key
+from app.gateway.proxy import UsageRecord
+from app.gateway.usage import UsageFlusher
 from app.settings import Settings
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
@@ -83,6 +86,45 @@ async def test_chat_completion_routes_bills_and_logs(
         stored = await session.get_one(ApiToken, token_id_of(token))
         assert stored.used_quota == 12
         assert (await session.get_one(Channel, row.channel_id)).used_quota == 12
+
+
+async def test_a_redelivered_usage_record_is_written_and_counted_once(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+) -> None:
+    """A flusher that died after writing but before acknowledging leaves its records to be read again."""
+    admin = auth_headers(tenant_a.admin)
+    await add_channel(client, admin, upstream, "primary")
+    await set_price(client, admin, "gpt-test", 1_000_000, 1_000_000)
+    key, token = await issue_key(client, auth_headers(tenant_a.user))
+    assert (await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))).status_code == 200
+    [row] = await usage_rows(session_maker, tenant_a, 1)
+    await asyncio.sleep(0.6)  # the pass that wrote the row has committed the token's total with it
+    record = UsageRecord(
+        id=str(row.id), tenant_id=str(tenant_a.id), user_id=str(row.user_id), token_id=str(row.token_id),
+        channel_id=str(row.channel_id), request_id=row.request_id, endpoint=row.endpoint, model=row.model,
+        upstream_model=row.upstream_model, prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens, cost=row.cost, latency_ms=row.latency_ms,
+        upstream_latency_ms=row.upstream_latency_ms, status_code=row.status_code, outcome=row.outcome,
+        stream=row.stream, created_at=row.created_at,
+    )  # fmt: skip
+    fresh = msgspec.structs.replace(record, id=str(uuid7()), cost=5)
+    redis = Redis.from_url(redis_url)
+    try:
+        for queued in (record, fresh):
+            await redis.xadd(usage_stream_key(tenant_a.id), {"record": msgspec.json.encode(queued)})
+        await redis.sadd(USAGE_TENANTS_KEY, tenant_a.id.hex)
+        await UsageFlusher(redis, session_maker).flush_once()
+    finally:
+        await redis.aclose()
+    rows = await usage_rows(session_maker, tenant_a, 2)
+    assert sorted(str(item.id) for item in rows) == sorted([record.id, fresh.id])
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert (await session.get_one(ApiToken, token_id_of(token))).used_quota == row.cost + 5
 
 
 def token_id_of(token: dict[str, Any]) -> UUID:

@@ -22,13 +22,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import bindparam, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
 from app.gateway.proxy import UsageRecord
 from app.observability.logging import get_logger
-from db.provider import ApiToken, Channel, UsageLog
+from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import Organization
 
@@ -37,12 +36,26 @@ BATCH_SIZE = 500
 CLAIM_IDLE_MS = 60_000
 logger = get_logger("lyss.gateway.usage")
 _decode_record = msgspec.json.Decoder(UsageRecord)
-_usage_logs = UsageLog.metadata.tables[UsageLog.__tablename__]
-_INSERT_USAGE = (
-    insert(_usage_logs)
-    .on_conflict_do_nothing(index_elements=["id"])
-    .returning(_usage_logs.c.token_id, _usage_logs.c.channel_id, _usage_logs.c.cost)
-)
+_encode_details = msgspec.json.Encoder().encode
+_STAGING = "usage_staging"
+_CREATE_STAGING = "CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging (LIKE provider_usage_logs) ON COMMIT DELETE ROWS"
+_INSERT_FROM_STAGING = """
+INSERT INTO provider_usage_logs (id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model,
+    upstream_model, prompt_tokens, completion_tokens, cost, latency_ms, upstream_latency_ms, status_code,
+    outcome, stream, details, created_at)
+SELECT id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model,
+    upstream_model, prompt_tokens, completion_tokens, cost, latency_ms, upstream_latency_ms, status_code,
+    outcome, stream, details, created_at
+FROM usage_staging
+ON CONFLICT (id) DO NOTHING
+RETURNING token_id, channel_id, cost
+"""
+# The order of the values in each row `_write` copies.
+_COLUMNS = [
+    "id", "tenant_id", "user_id", "token_id", "channel_id", "request_id", "endpoint", "model", "upstream_model",
+    "prompt_tokens", "completion_tokens", "cost", "latency_ms", "upstream_latency_ms", "status_code", "outcome",
+    "stream", "details", "created_at",
+]  # fmt: skip
 _tokens = ApiToken.metadata.tables[ApiToken.__tablename__]
 _ADD_TO_TOKENS = (
     update(_tokens)
@@ -115,33 +128,39 @@ class UsageFlusher:
 
     async def _write(self, tenant_id: UUID, records: list[UsageRecord]) -> None:
         rows = [
-            {
-                "id": UUID(record.id),
-                "tenant_id": tenant_id,
-                "user_id": UUID(record.user_id),
-                "token_id": UUID(record.token_id),
-                "channel_id": UUID(record.channel_id) if record.channel_id else None,
-                "request_id": record.request_id,
-                "endpoint": record.endpoint,
-                "model": record.model,
-                "upstream_model": record.upstream_model,
-                "prompt_tokens": record.prompt_tokens,
-                "completion_tokens": record.completion_tokens,
-                "cost": record.cost,
-                "latency_ms": record.latency_ms,
-                "upstream_latency_ms": record.upstream_latency_ms,
-                "status_code": record.status_code,
-                "outcome": record.outcome,
-                "stream": record.stream,
-                "details": record.details,
-                "created_at": datetime.datetime.fromisoformat(record.created_at),
-            }
+            (
+                record.id,
+                tenant_id,
+                record.user_id,
+                record.token_id,
+                record.channel_id,
+                record.request_id,
+                record.endpoint,
+                record.model,
+                record.upstream_model,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.cost,
+                record.latency_ms,
+                record.upstream_latency_ms,
+                record.status_code,
+                record.outcome,
+                record.stream,
+                _encode_details(record.details).decode(),
+                record.created_at,
+            )
             for record in records
         ]
         async with tenant_session(self.session_maker, tenant_id) as session:
-            # executemany: one statement compiled once and cached, whatever the batch size.
-            inserted = (await session.execute(_INSERT_USAGE, rows)).all()
-            # Only the rows written now count: a record seen twice (redelivery) is skipped above.
+            connection = await (await session.connection()).get_raw_connection()
+            driver = connection.driver_connection
+            assert driver is not None
+            # COPY into a per-connection scratch table, then one INSERT … ON CONFLICT: a record already
+            # written (redelivered after a crash) is skipped, and RLS checks every row as it goes in.
+            await driver.execute(_CREATE_STAGING)
+            await driver.copy_records_to_table(_STAGING, records=rows, columns=_COLUMNS)
+            inserted = await driver.fetch(_INSERT_FROM_STAGING)
+            # Only the rows written now count: a record seen twice is skipped above.
             by_token: Counter[UUID] = Counter()
             by_channel: Counter[UUID] = Counter()
             for token_id, channel_id, cost in inserted:
