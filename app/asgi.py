@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from litestar import Litestar
 
 from app.main import create_app
@@ -12,4 +14,8 @@ from app.settings import load_settings
 def app_factory() -> Litestar:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    # Everything built so far lives as long as the worker: keep it out of the collector's full passes,
+    # which otherwise walk all of it every few thousand requests (a p99 spike under load).
+    gc.freeze()
+    return app

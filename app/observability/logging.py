@@ -49,7 +49,13 @@ def logging_dict_config(level: str = "info", log_format: str = "json") -> dict[s
 
 def configure_logging(level: str = "info", log_format: str = "json") -> None:
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A record below the level is dropped before any processor runs: the access log line of every
+        # gateway call is nearly free when LYSS_LOG_LEVEL is warning (profile in docs/performance.md).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
