@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -210,7 +211,9 @@ async def _usage_rows(superuser_url: str, expected: int, timeout_seconds: float 
 
 @contextmanager
 def _upstream() -> Iterator[str]:
-    process = subprocess.Popen([sys.executable, "-m", "bench.upstream"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
@@ -225,7 +228,7 @@ def _upstream() -> Iterator[str]:
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}/bench/v1"
     finally:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)  # granian's worker process too
         process.wait()
 
 

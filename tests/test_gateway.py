@@ -127,6 +127,30 @@ async def test_a_redelivered_usage_record_is_written_and_counted_once(
         assert (await session.get_one(ApiToken, token_id_of(token))).used_quota == row.cost + 5
 
 
+async def test_calls_go_on_when_redis_drops_its_connections_and_forgets_its_scripts(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+) -> None:
+    """What a Redis restart looks like to a running worker: its idle connections closed, no scripts cached."""
+    await add_channel(client, auth_headers(tenant_a.admin), upstream, "primary")
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    assert (await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))).status_code == 200
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.script_flush()
+        assert await redis.client_kill_filter(_type="normal", skipme=True) >= 1
+    finally:
+        await redis.aclose()
+    for _ in range(3):
+        response = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))
+        assert response.status_code == 200, response.text
+    assert len(await usage_rows(session_maker, tenant_a, 4)) == 4
+
+
 def token_id_of(token: dict[str, Any]) -> UUID:
     return UUID(token["id"])
 

@@ -21,7 +21,7 @@ from uuid import UUID
 import aiohttp
 import anyio
 import msgspec
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
@@ -135,12 +135,7 @@ def create_gateway(
     catalog = GatewayCatalog(
         session_maker, secret_box, settings.gateway_cache_seconds, echo_enabled=settings.echo_provider_enabled
     )
-    # Every call's two scripts take a connection from a pool of their own, one that never waits on a
-    # condition: redis-py's blocking pool cost ~20 µs more per command (profile in docs/performance.md).
-    # It holds at most one connection per call in flight; same server and options as `redis`.
-    pool = redis.connection_pool
-    hot_path = Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs))
-    return Gateway(settings, catalog, GatewayLimits(hot_path), session_maker, redis)
+    return Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
 
 
 class Gateway:
@@ -176,8 +171,7 @@ class Gateway:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
-        if self.limits.redis is not self.redis:
-            await self.limits.redis.aclose()
+        await self.limits.close()
 
     # --- who is calling ---------------------------------------------------------------------------
 
