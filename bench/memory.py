@@ -151,6 +151,8 @@ class Figures:
     latencies_ms: list[float] = field(default_factory=list)
     # The memory each query paraphrases, found in the top LIMIT.
     found: int = 0
+    # Each query's top LIMIT, to compare with exact search's.
+    top: list[set[UUID]] = field(default_factory=list)
 
 
 def _percentile(values: list[float], percent: int) -> float:
@@ -181,6 +183,7 @@ async def _run_queries(
         if number >= WARM_UP_QUERIES:
             figures.latencies_ms.append(elapsed)
             figures.found += answer in [hit.memory.text for hit in hits]
+            figures.top.append({hit.memory.id for hit in hits})
     return figures
 
 
@@ -296,15 +299,21 @@ async def _measure(superuser_url: str, app_url: str, database: str) -> list[str]
     try:
         for title, tenant, users in scenarios:
             queries = _queries(tenant, users, rng)
+            plans = {}
+            by_mode = {}
             for mode in MODES:
-                plan = "exact scan" if mode.exact else await _plan(session_maker, tenant, users[0], mode)
-                figures = await _run_queries(session_maker, tenant, queries, mode=mode)
+                plans[mode] = "exact scan" if mode.exact else await _plan(session_maker, tenant, users[0], mode)
+                by_mode[mode] = await _run_queries(session_maker, tenant, queries, mode=mode)
+            exact_top = next(figures.top for mode, figures in by_mode.items() if mode.exact)
+            for mode, figures in by_mode.items():
                 line = (
-                    f"  {title}, {mode.name} [{plan}]: p50 {statistics.median(figures.latencies_ms):.1f} ms, "
+                    f"  {title}, {mode.name} [{plans[mode]}]: p50 {statistics.median(figures.latencies_ms):.1f} ms, "
                     f"p95 {_percentile(figures.latencies_ms, 95):.1f} ms; paraphrased memory in top {LIMIT}: "
                     f"{100 * figures.found / QUERIES:.0f}%"
                 )
                 if not mode.exact:
+                    shared = sum(len(served & exact) for served, exact in zip(figures.top, exact_top, strict=True))
+                    line += f"; recall@{LIMIT} against exact search: {shared / sum(map(len, exact_top)):.3f}"
                     overlap = await _vector_overlap(session_maker, tenant, queries, mode)
                     line += f"; vector candidates = exact nearest {CANDIDATES}: {100 * overlap:.1f}%"
                 lines.append(line)

@@ -101,7 +101,14 @@ class GatewayApi:
             if isinstance(answer, StreamAnswer):
                 await _send_stream(answer, send_tracked, receive)
             else:
-                await _send_json(200, answer.body, answer.headers, send_tracked)
+                try:
+                    await _send_json(200, answer.body, answer.headers, send_tracked)
+                finally:
+                    if answer.settle is not None:
+                        # Settled once the answer is sent: the client does not wait for the second Redis
+                        # round trip. Shielded: a client gone mid-send is billed all the same.
+                        with anyio.CancelScope(shield=True):
+                            await answer.settle()
         except Exception as error:
             if started:
                 # The answer is on its way: nothing else can be said on this connection.
@@ -138,11 +145,15 @@ class GatewayApi:
 
     async def _chat_completions(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
-        return await self.gateway.chat(token, body, raw_size=size, dialect="openai", request_id=request.request_id)
+        return await self.gateway.chat(
+            token, body, raw_size=size, dialect="openai", request_id=request.request_id, defer_settlement=True
+        )
 
     async def _embeddings(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         body, size = await self._body(request, receive)
-        return await self.gateway.embeddings(token, body, raw_size=size, request_id=request.request_id)
+        return await self.gateway.embeddings(
+            token, body, raw_size=size, request_id=request.request_id, defer_settlement=True
+        )
 
     async def _models(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         return Answer(body=msgspec.json.encode(await self.gateway.models(token)), headers={})
@@ -152,7 +163,12 @@ class GatewayApi:
         if not isinstance(body.get("max_tokens"), int):
             raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
         return await self.gateway.chat(
-            token, to_openai_request(body), raw_size=size, dialect="anthropic", request_id=request.request_id
+            token,
+            to_openai_request(body),
+            raw_size=size,
+            dialect="anthropic",
+            request_id=request.request_id,
+            defer_settlement=True,
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import ipaddress
 import math
@@ -80,6 +81,8 @@ class UsageRecord(msgspec.Struct):
 class Answer(msgspec.Struct):
     body: bytes
     headers: dict[str, str]
+    # With `defer_settlement`: the settlement still to run, once the answer is on its way.
+    settle: Callable[[], Awaitable[int]] | None = None
 
 
 class StreamAnswer(msgspec.Struct):
@@ -399,8 +402,17 @@ class Gateway:
         }
 
     async def chat(
-        self, token: TokenInfo, body: dict[str, Any], *, raw_size: int, dialect: Dialect, request_id: str | None
+        self,
+        token: TokenInfo,
+        body: dict[str, Any],
+        *,
+        raw_size: int,
+        dialect: Dialect,
+        request_id: str | None,
+        defer_settlement: bool = False,
     ) -> Answer | StreamAnswer:
+        """A chat call, whole or streamed. `defer_settlement`: a whole answer comes back with its settlement
+        still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it."""
         started = time.perf_counter()
         model = self._check_model(token, body)
         messages = body.get("messages")
@@ -464,7 +476,8 @@ class Gateway:
         usage = completion.usage or Usage(
             prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
         )
-        await self._settle(
+        settle = functools.partial(
+            self._settle,
             call,
             usage=usage,
             channel=channel,
@@ -474,7 +487,18 @@ class Gateway:
             outcome="ok",
         )
         answer = completion.body if dialect == "openai" else to_anthropic_response(completion.body, model, usage)
-        return Answer(body=msgspec.json.encode(answer), headers=self._headers(channel, started, upstream_elapsed_ms))
+        headers = self._headers(channel, started, upstream_elapsed_ms)
+        return await self._answer(answer, headers, settle, defer_settlement)
+
+    @staticmethod
+    async def _answer(
+        body: dict[str, Any], headers: dict[str, str], settle: Callable[[], Awaitable[int]], defer_settlement: bool
+    ) -> Answer:
+        encoded = msgspec.json.encode(body)
+        if defer_settlement:
+            return Answer(body=encoded, headers=headers, settle=settle)
+        await settle()
+        return Answer(body=encoded, headers=headers)
 
     async def _call_with_failover(
         self, call: CallContext, usable: list[ChannelInfo], attempt: Callable[[ChannelInfo, Target], Awaitable[T]]
@@ -581,7 +605,13 @@ class Gateway:
                 )
 
     async def embeddings(
-        self, token: TokenInfo, body: dict[str, Any], *, raw_size: int, request_id: str | None
+        self,
+        token: TokenInfo,
+        body: dict[str, Any],
+        *,
+        raw_size: int,
+        request_id: str | None,
+        defer_settlement: bool = False,
     ) -> Answer:
         started = time.perf_counter()
         model = self._check_model(token, body)
@@ -603,7 +633,8 @@ class Gateway:
 
         channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, embed)
         usage = completion.usage or Usage(estimated_tokens(_text_length(inputs)), 0)
-        await self._settle(
+        settle = functools.partial(
+            self._settle,
             call,
             usage=Usage(usage.prompt_tokens, 0),
             channel=channel,
@@ -612,6 +643,5 @@ class Gateway:
             status_code=200,
             outcome="ok",
         )
-        return Answer(
-            body=msgspec.json.encode(completion.body), headers=self._headers(channel, started, upstream_elapsed_ms)
-        )
+        headers = self._headers(channel, started, upstream_elapsed_ms)
+        return await self._answer(completion.body, headers, settle, defer_settlement)
