@@ -151,6 +151,24 @@ async def test_calls_go_on_when_redis_drops_its_connections_and_forgets_its_scri
     assert len(await usage_rows(session_maker, tenant_a, 4)) == 4
 
 
+async def test_an_answer_reaches_the_client_even_when_its_settlement_fails(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders, redis_url: str
+) -> None:
+    """Settlement runs after the answer is sent: a Redis failure there is logged, not turned into a 500."""
+    await add_channel(client, auth_headers(tenant_a.admin), upstream, "primary")
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.set(usage_stream_key(tenant_a.id), "not a stream")  # the settle script's XADD fails
+        response = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "w0 w1 w2 w3 w4"
+        assert await redis.type(usage_stream_key(tenant_a.id)) == b"string"  # nothing was appended
+    finally:
+        await redis.delete(usage_stream_key(tenant_a.id))
+        await redis.aclose()
+
+
 def token_id_of(token: dict[str, Any]) -> UUID:
     return UUID(token["id"])
 

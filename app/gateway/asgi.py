@@ -105,10 +105,7 @@ class GatewayApi:
                     await _send_json(200, answer.body, answer.headers, send_tracked)
                 finally:
                     if answer.settle is not None:
-                        # Settled once the answer is sent: the client does not wait for the second Redis
-                        # round trip. Shielded: a client gone mid-send is billed all the same.
-                        with anyio.CancelScope(shield=True):
-                            await answer.settle()
+                        await _settle_after_answer(answer.settle, path)
         except Exception as error:
             if started:
                 # The answer is on its way: nothing else can be said on this connection.
@@ -116,7 +113,7 @@ class GatewayApi:
                 return
             failure = _as_gateway_error(error, path)
             body = msgspec.json.encode(failure.anthropic_body()) if dialect == "anthropic" else failure.encoded()
-            await _send_json(failure.status_code, body, failure.headers or {}, send)
+            await _send_json(failure.status_code, body, failure.headers, send)
 
     async def _body(self, request: _Request, receive: Receive) -> tuple[dict[str, Any], int]:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
@@ -182,6 +179,17 @@ def route_gateway(gateway_api: GatewayApi, handle_gateway: ASGIApp, everything_e
             await everything_else(scope, receive, send)
 
     return dispatch
+
+
+async def _settle_after_answer(settle: Callable[[], Awaitable[int]], path: str) -> None:
+    """Settle once the answer is sent: the client does not wait for the second Redis round trip. Shielded,
+    so a client gone mid-send is billed all the same; a failure here can no longer reach the client."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await settle()
+        except Exception as error:
+            # The reservation stays taken (the safe side); the call has no usage record.
+            logger.error("settlement failed after the answer was sent", path=path, exc_info=error)
 
 
 def _too_large(limit: int) -> GatewayError:
