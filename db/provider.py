@@ -183,6 +183,9 @@ class UsageLog(TenantOwned, Base):
     prompt_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Credits the provider's reported usage cost beyond the reservation: not charged (the key never pays
+    # more than it reserved), recorded so that the difference is never silently lost.
+    overshoot: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     latency_ms: Mapped[int] = mapped_column(default=0, server_default="0")
     upstream_latency_ms: Mapped[int | None]
     status_code: Mapped[int] = mapped_column(default=200, server_default="200")

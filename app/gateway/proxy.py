@@ -76,6 +76,8 @@ class UsageRecord(msgspec.Struct):
     stream: bool
     created_at: datetime.datetime
     details: dict[str, Any] = {}
+    # Credits of reported usage beyond the reservation, which the key was not charged.
+    overshoot: int = 0
 
 
 class Answer(msgspec.Struct):
@@ -356,7 +358,6 @@ class Gateway:
         token, reservation = call.token, call.reservation
         real_cost = call.cost.of(usage.prompt_tokens, usage.completion_tokens)
         billed = min(real_cost, reservation.cost)
-        details = {} if billed == real_cost else {"unbilled": real_cost - billed}
         latency_ms = int((time.perf_counter() - call.started) * 1000)
         GATEWAY_OVERHEAD.labels(call.endpoint).observe(max(latency_ms - (upstream_ms or 0), 0) / 1000)
         if channel is not None and upstream_ms is not None:
@@ -380,7 +381,7 @@ class Gateway:
             outcome=outcome,
             stream=call.stream,
             created_at=datetime.datetime.now(datetime.UTC),
-            details=details,
+            overshoot=real_cost - billed,
         )
         await self.limits.settle(
             tenant_id=token.tenant_id,

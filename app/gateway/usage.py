@@ -41,11 +41,11 @@ _STAGING = "usage_staging"
 _CREATE_STAGING = "CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging (LIKE provider_usage_logs) ON COMMIT DELETE ROWS"
 _INSERT_FROM_STAGING = """
 INSERT INTO provider_usage_logs (id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model,
-    upstream_model, prompt_tokens, completion_tokens, cost, latency_ms, upstream_latency_ms, status_code,
-    outcome, stream, details, created_at)
+    upstream_model, prompt_tokens, completion_tokens, cost, overshoot, latency_ms, upstream_latency_ms,
+    status_code, outcome, stream, details, created_at)
 SELECT id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model,
-    upstream_model, prompt_tokens, completion_tokens, cost, latency_ms, upstream_latency_ms, status_code,
-    outcome, stream, details, created_at
+    upstream_model, prompt_tokens, completion_tokens, cost, overshoot, latency_ms, upstream_latency_ms,
+    status_code, outcome, stream, details, created_at
 FROM usage_staging
 ON CONFLICT (id) DO NOTHING
 RETURNING token_id, channel_id, cost
@@ -53,8 +53,8 @@ RETURNING token_id, channel_id, cost
 # The order of the values in each row `_write` copies.
 _COLUMNS = [
     "id", "tenant_id", "user_id", "token_id", "channel_id", "request_id", "endpoint", "model", "upstream_model",
-    "prompt_tokens", "completion_tokens", "cost", "latency_ms", "upstream_latency_ms", "status_code", "outcome",
-    "stream", "details", "created_at",
+    "prompt_tokens", "completion_tokens", "cost", "overshoot", "latency_ms", "upstream_latency_ms", "status_code",
+    "outcome", "stream", "details", "created_at",
 ]  # fmt: skip
 _tokens = ApiToken.metadata.tables[ApiToken.__tablename__]
 _ADD_TO_TOKENS = (
@@ -141,6 +141,7 @@ class UsageFlusher:
                 record.prompt_tokens,
                 record.completion_tokens,
                 record.cost,
+                record.overshoot,
                 record.latency_ms,
                 record.upstream_latency_ms,
                 record.status_code,
