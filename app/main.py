@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx2
-from advanced_alchemy.exceptions import RepositoryError
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -33,7 +32,7 @@ from app.auth.oauth import OAuthClient
 from app.auth.redis_store import AuthStore
 from app.chat.controllers import ConversationController
 from app.database import create_database_plugin
-from app.edge import require_json_body
+from app.edge import check_request
 from app.encryption import SecretBox
 from app.errors import ServiceError
 from app.gateway.asgi import GatewayApi, route_gateway
@@ -51,7 +50,12 @@ from app.jobs.controllers import JOB_QUEUE_STATE_KEY, JobController
 from app.jobs.services import create_queue, load_job_modules
 from app.memory.controllers import MemoryController
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
-from app.observability.errors import internal_error_handler, repository_error_handler, service_error_handler
+from app.observability.errors import (
+    DATABASE_ERRORS,
+    database_error_handler,
+    internal_error_handler,
+    service_error_handler,
+)
 from app.observability.middleware import RequestContextMiddleware
 from app.observability.tracing import traced, tracing_plugin
 from app.portal.router import create_portal_router, home, portal_template_config
@@ -126,11 +130,11 @@ def create_app(settings: Settings) -> Litestar:
         ],
         middleware=[DefineMiddleware(AuthenticationMiddleware, exclude=["^/schema", "^/v1/", "^/portal"])],
         guards=[full_session_only],
-        before_request=require_json_body,
+        before_request=check_request,
         dependencies={"redis": Provide(provide_redis, sync_to_thread=False)},
         exception_handlers={
             ServiceError: service_error_handler,
-            RepositoryError: repository_error_handler,
+            **dict.fromkeys(DATABASE_ERRORS, database_error_handler),
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error_handler,
         },
         state=State(

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import Settings
+from db.chat import Conversation
+from db.chat import Message as ChatMessage
+from db.memory import Memory
+from db.models import Base
+from db.provider import ApiToken, Channel, ModelPrice
+from db.session import tenant_session
+from db.tenant import Job
 from tests.conftest import Client, TenantRows, app_client
 from tests.gateway_helpers import AuthHeaders
+from tests.test_portal import field_error, sign_in
 
 
 def assert_clean_error(response: Any, status: int, *mentions: str) -> None:
@@ -105,3 +117,201 @@ async def test_a_failed_invitation_acceptance_leaves_nothing_behind(client: Clie
         "/api/auth/invitations/accept", json={"token": "linv_" + "0" * 32 + "_forged-token", "password": "x" * 20}
     )
     assert_clean_error(response, 404, "invitation")
+
+
+# --- NUL characters, refused once at the edge -----------------------------------------------------
+
+NUL = "\u0000"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/api/auth/login", {"tenant": f"de{NUL}mo", "email": "a@b.example.com", "password": "x"}, "tenant"),
+        ("POST", "/api/auth/login", {"tenant": "demo", "email": f"a{NUL}@b.example.com", "password": "x"}, "email"),
+        ("POST", "/api/auth/signup", {"tenant": f"de{NUL}mo", "email": "a@b.example.com", "password": "x"}, "tenant"),
+        ("GET", "/api/auth/tenants/de%00mo/oauth-providers", None, "tenant_slug"),
+    ],
+)
+async def test_nul_characters_are_refused_before_sign_in(
+    client: Client, method: str, path: str, body: dict[str, Any] | None, field: str
+) -> None:
+    response = await client.request(method, path, json=body)
+    assert_clean_error(response, 400, f"`{field}`", "NUL")
+
+
+A_CHANNEL = {"name": "c", "type": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "table"),
+    [
+        ("GET", "/api/usage?model=a%00b", None, "model", None),
+        ("GET", "/api/usage/daily?model=a%00b", None, "model", None),
+        ("GET", "/api/jobs?kind=a%00b", None, "kind", None),
+        ("POST", "/api/memories", {"text": f"likes{NUL}tea", "infer": False}, "text", Memory),
+        ("POST", "/api/memories", {"text": "t", "infer": False, "metadata": {"a": [NUL]}}, "metadata.a[0]", Memory),
+        ("POST", "/api/memories", {"messages": [{"role": "user", "content": NUL}]}, "messages[0].content", Memory),
+        ("POST", "/api/jobs", {"kind": "test.effect", "payload": {"marker": f"a{NUL}"}}, "payload.marker", Job),
+        ("POST", "/api/jobs", {"kind": "test.effect", "payload": {f"k{NUL}": 1}}, "payload", Job),
+        ("POST", "/api/conversations", {"model": "gpt-test", "title": f"a{NUL}b"}, "title", Conversation),
+        ("POST", "/api/channels", {**A_CHANNEL, "models": [f"m{NUL}"]}, "models[0]", Channel),
+        ("POST", "/api/tokens", {"name": "k", "allowed_models": [f"m{NUL}"]}, "allowed_models[0]", ApiToken),
+        ("PUT", "/api/model-prices/a%00b", {"prompt_price": 1, "completion_price": 1}, "model", ModelPrice),
+    ],
+)  # fmt: skip
+async def test_nul_characters_are_refused_at_the_edge_naming_the_field_and_nothing_is_written(
+    client: Client,
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    field: str,
+    table: type[Base] | None,
+) -> None:
+    async def rows() -> int:
+        if table is None:
+            return 0
+        async with tenant_session(session_maker, tenant_a.id) as session:
+            return int(await session.scalar(select(func.count()).select_from(table)) or 0)
+
+    before = await rows()
+    response = await client.request(method, path, json=body, headers=auth_headers(tenant_a.admin))
+    assert_clean_error(response, 400, f"`{field}`", "NUL")
+    assert await rows() == before
+
+
+async def test_a_nul_in_a_message_stores_no_turn(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    response = await client.post(
+        f"/api/conversations/{tenant_a.conversation.id}/messages",
+        json={"content": f"hello{NUL}"},
+        headers=auth_headers(tenant_a.user),
+    )
+    assert_clean_error(response, 400, "`content`", "NUL")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await session.scalar(select(func.count()).select_from(ChatMessage)) == 0
+
+
+async def test_a_portal_form_with_a_nul_names_the_field_on_an_html_page(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    csrf = await sign_in(client, tenant_a, tenant_a.admin.email)
+    response = await client.post(
+        "/portal/channels/new", data={"csrf_token": csrf, **A_CHANNEL, "name": f"c{NUL}", "models": "m"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "`name` contains a NUL character" in response.text
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await session.scalar(select(func.count()).select_from(Channel)) == 0
+
+
+# --- numbers and dates in query strings ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/usage?status_code=9999999999999", "status_code"),
+        ("/api/usage?status_code=-2720044104", "status_code"),
+        ("/api/usage?status_code=42", "status_code"),
+        ("/api/jobs?before=0.5", "before"),
+        ("/api/usage/daily?until=0.5", "until"),
+        ("/api/usage?since=1700000000", "since"),
+        ("/api/memories?before=1e3", "before"),
+    ],
+)
+async def test_query_numbers_are_bounded_and_timestamps_are_dates(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, path: str, field: str
+) -> None:
+    response = await client.get(path, headers=auth_headers(tenant_a.admin))
+    assert 400 <= response.status_code < 500, response.text
+    assert field in response.text
+    assert "Traceback" not in response.text
+
+
+async def test_dates_in_query_strings_still_filter(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    headers = auth_headers(tenant_a.admin)
+    assert (await client.get("/api/jobs?before=2000-01-01T00:00:00Z", headers=headers)).json() == []
+    later = await client.get("/api/jobs?before=2999-01-01T00:00:00Z", headers=headers)
+    assert [job["id"] for job in later.json()] == [str(tenant_a.job.id)]
+
+
+async def test_the_portal_usage_page_bounds_its_status_filter(client: Client, tenant_a: TenantRows) -> None:
+    await sign_in(client, tenant_a, tenant_a.admin.email)
+    response = await client.get("/portal/usage?status_code=99999999999")
+    assert response.status_code == 400, response.text
+    assert field_error(response.text, "status_code")
+
+
+# --- JSON bodies are typed strictly ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 1, "true", "false", "yes", None])
+async def test_a_boolean_must_be_a_json_boolean(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, value: object
+) -> None:
+    headers = auth_headers(tenant_a.admin)
+    response = await client.patch("/api/tenant/policy", json={"allow_self_signup": value}, headers=headers)
+    if value is None:  # "leave as it is"
+        assert response.status_code == 200, response.text
+        assert response.json()["allow_self_signup"] is False
+        return
+    assert response.status_code == 400, response.text
+    assert response.json()["extra"][0]["key"] == "allow_self_signup"
+    assert (await client.get("/api/tenant/policy", headers=headers)).json()["allow_self_signup"] is False
+
+
+async def test_numbers_in_strings_are_not_numbers(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    response = await client.post(
+        "/api/tokens", json={"name": "k", "rpm_limit": "5"}, headers=auth_headers(tenant_a.admin)
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["extra"][0]["key"] == "rpm_limit"
+
+
+async def test_json_nested_too_deep_is_refused(client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders) -> None:
+    headers = {**auth_headers(tenant_a.admin), "Content-Type": "application/json"}
+
+    def memory(depth: int) -> bytes:
+        return b'{"text": "tea", "infer": false, "metadata": {"x": ' + b"[" * depth + b"1" + b"]" * depth + b"}}"
+
+    for depth in (64, 5000):
+        response = await client.post("/api/memories", content=memory(depth), headers=headers)
+        assert_clean_error(response, 400, "nested more than 64 levels")
+    stored = await client.post("/api/memories", content=memory(60), headers=headers)
+    assert stored.status_code == 201, stored.text
+
+
+# --- a row deleted while it is being changed -------------------------------------------------------
+
+
+async def test_a_change_racing_a_deletion_is_a_404_never_a_500(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    headers = auth_headers(tenant_a.user)
+    outcomes: Counter[tuple[int, int]] = Counter()
+    for round_number in range(20):
+        created = await client.post(
+            "/api/conversations", json={"model": "gpt-test", "title": f"r{round_number}"}, headers=headers
+        )
+        assert created.status_code == 201, created.text
+        path = f"/api/conversations/{created.json()['id']}"
+        changed, deleted = await asyncio.gather(
+            client.patch(path, json={"title": "renamed"}, headers=headers), client.delete(path, headers=headers)
+        )
+        outcomes[(changed.status_code, deleted.status_code)] += 1
+        assert changed.status_code in (200, 404), changed.text
+        assert deleted.status_code == 204, deleted.text
+        if changed.status_code == 200:
+            assert changed.json()["title"] == "renamed"
+        assert (await client.get(path, headers=headers)).status_code == 404
+    assert set(outcomes) <= {(200, 204), (404, 204)}

@@ -89,17 +89,20 @@ class ConversationController(Controller):
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> ConversationRead:
-        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        conversation = await services.own_conversation(
+            db_session, conversation_id, request.user.user_id, for_change=True
+        )
         await services.update_conversation(db_session, conversation, data)
         await db_session.commit()
-        await db_session.refresh(conversation)
         return services.conversation_read(conversation)
 
     @delete("/{conversation_id:uuid}", summary="Delete a conversation and its messages", status_code=204)
     async def delete_conversation(
         self, conversation_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> None:
-        conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
+        conversation = await services.own_conversation(
+            db_session, conversation_id, request.user.user_id, for_change=True
+        )
         await services.delete_conversation(db_session, object_store_of(request), conversation)
         await db_session.commit()
 

@@ -92,9 +92,15 @@ async def create_conversation(session: AsyncSession, user_id: UUID, data: Conver
     return conversation
 
 
-async def own_conversation(session: AsyncSession, conversation_id: UUID, user_id: UUID) -> Conversation:
-    """The caller's conversation; another user's (or tenant's) is simply not found."""
-    conversation = await session.get(Conversation, conversation_id)
+async def own_conversation(
+    session: AsyncSession, conversation_id: UUID, user_id: UUID, *, for_change: bool = False
+) -> Conversation:
+    """The caller's conversation; another user's (or tenant's) is simply not found.
+
+    `for_change` locks the row until the transaction ends, so that a change and a deletion racing for it
+    take turns: the later one finds it changed, or finds nothing (404).
+    """
+    conversation = await session.get(Conversation, conversation_id, with_for_update=for_change)
     if conversation is None or conversation.user_id != user_id:
         raise NotFound("No such conversation.")
     return conversation
@@ -116,6 +122,8 @@ async def update_conversation(session: AsyncSession, conversation: Conversation,
         if value is not None:
             setattr(conversation, field, value)
     await session.flush()
+    # Reloaded (updated_at) while the row is still this transaction's: after the commit it may be gone.
+    await session.refresh(conversation)
 
 
 async def latest_summary(session: AsyncSession, conversation_id: UUID) -> Summary | None:

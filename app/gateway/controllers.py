@@ -9,7 +9,7 @@ from uuid import UUID
 from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_303_SEE_OTHER
 from redis.asyncio import Redis
@@ -251,7 +251,7 @@ class PriceController(Controller):
     @put("/{model:str}", summary="Set a model's price")
     async def set_price(
         self,
-        model: FromPath[str],
+        model: Annotated[str, PathParameter(min_length=1, max_length=100)],
         data: JSONBody[PriceWrite],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
@@ -265,7 +265,7 @@ class PriceController(Controller):
     @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model's price")
     async def delete_price(
         self,
-        model: FromPath[str],
+        model: Annotated[str, PathParameter(min_length=1, max_length=100)],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
@@ -298,7 +298,7 @@ class UsageController(Controller):
         channel_id: FromQuery[UUID | None] = None,
         model: Annotated[str | None, QueryParameter(max_length=100)] = None,
         outcome: Annotated[str | None, QueryParameter(max_length=30)] = None,
-        status_code: FromQuery[int | None] = None,
+        status_code: Annotated[int | None, QueryParameter(ge=100, le=599)] = None,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> UsagePage:

@@ -16,6 +16,7 @@ ApiKey = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 Credits = Annotated[int, msgspec.Meta(ge=-1, le=2**63 - 1)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 PerMinute = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 Scope = Literal["tenant", "group", "personal"]
 
 

@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 import secrets
 import time
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import aiohttp
@@ -30,6 +30,8 @@ from app.gateway.schemas import (
     ChannelTestResult,
     ChannelUpdate,
     DailyUsage,
+    HttpStatus,
+    ModelName,
     PriceWrite,
     TokenCreate,
     TokenRead,
@@ -374,9 +376,9 @@ class UsageFilter(msgspec.Struct, frozen=True):
     user_id: UUID | None = None
     token_id: UUID | None = None
     channel_id: UUID | None = None
-    model: str | None = None
-    outcome: str | None = None
-    status_code: int | None = None
+    model: ModelName | None = None
+    outcome: Annotated[str, msgspec.Meta(max_length=30)] | None = None
+    status_code: HttpStatus | None = None
 
     def conditions(self) -> list[Any]:
         columns = {

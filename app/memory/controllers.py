@@ -252,8 +252,9 @@ class MemoryController(Controller):
             actor=services.Actor(kind="user", user_id=request.user.user_id),
             reason="Corrected by the user.",
         )
-        await db_session.commit()
+        # Reloaded while the row is locked by this transaction: after the commit it may be erased.
         await db_session.refresh(memory)
+        await db_session.commit()
         return services.memory_read(memory)
 
     @delete("/{memory_id:uuid}", summary="Erase a memory with its history (your own; admins any)", status_code=204)

@@ -15,6 +15,7 @@ from litestar.template.config import TemplateConfig
 
 from app.edge import ACCEPTS_FORM
 from app.errors import ServiceError
+from app.observability.errors import DATABASE_ERRORS
 from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
 from app.portal.controllers.conversations import ConversationPages
@@ -97,6 +98,8 @@ def create_portal_router() -> Router:
         exception_handlers={
             ServiceError: service_error_page,
             HTTPException: http_error_page,
+            # The app answers these in JSON; a page answers them in HTML (a refusal with its status, or a 500).
+            **dict.fromkeys(DATABASE_ERRORS, internal_error_page),
             Exception: internal_error_page,
         },
     )

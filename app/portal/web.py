@@ -27,6 +27,7 @@ from app.auth.middleware import JWT_KEYRING_STATE_KEY, SESSION_COOKIE, SESSION_M
 from app.auth.services import ADMIN_ROLES, authenticate_portal_session
 from app.auth.tokens import Principal, csrf_token, csrf_token_matches
 from app.errors import ServiceError
+from app.observability.errors import database_refusal
 from app.observability.middleware import client_context
 from app.tenants.services import Actor
 from db.auth import User
@@ -228,6 +229,8 @@ def http_error_page(request: Request[Any, Any, State], error: HTTPException) -> 
 
 
 def internal_error_page(request: Request[Any, Any, State], error: Exception) -> Template:
+    if (refusal := database_refusal(error)) is not None:
+        return _error_page(request, *refusal)
     # The stack is in the log under the request id; the page shows only that id.
     logger.error("portal page failed", path=request.url.path, exc_info=error)
     request_id = request.scope.get("state", {}).get("request_id")

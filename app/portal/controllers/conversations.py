@@ -82,7 +82,7 @@ class ConversationPages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
-        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id)
+        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         values = {"title": str((await request.form()).get("title") or "").strip()}
         try:
             # The API's update leaves out an empty field; renaming to nothing is a mistake here.
@@ -104,7 +104,7 @@ class ConversationPages(Controller):
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
-        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id)
+        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         await services.update_conversation(db_session, conversation, ConversationUpdate(status="archived"))
         await db_session.commit()
         return see_other(f"{CONVERSATIONS}/{conversation_id}")
@@ -116,7 +116,7 @@ class ConversationPages(Controller):
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
-        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id)
+        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         await services.update_conversation(db_session, conversation, ConversationUpdate(status="active"))
         await db_session.commit()
         return see_other(f"{CONVERSATIONS}/{conversation_id}")
@@ -129,7 +129,7 @@ class ConversationPages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Response[None]:
-        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id)
+        conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         await services.delete_conversation(db_session, object_store_of(request), conversation)
         await db_session.commit()
         return see_other(CONVERSATIONS)
