@@ -32,13 +32,17 @@ CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
 CHANNEL_SCOPES = ("tenant", "group", "personal")
 TOKEN_STATUSES = ("active", "disabled")
 BUDGET_PERIODS = ("none", "daily", "monthly")
+OUTPUT_LIMIT_PARAMETERS = ("max_tokens", "max_completion_tokens")
 
 
 class ProviderType(DefaultBase):
     """A kind of provider (platform-wide catalogue, read-only to the service): its wire format and default URL."""
 
     __tablename__ = "provider_types"
-    __table_args__ = (CheckConstraint(f"api_format IN {API_FORMATS}", name="api_format"),)
+    __table_args__ = (
+        CheckConstraint(f"api_format IN {API_FORMATS}", name="api_format"),
+        CheckConstraint(f"output_limit_parameter IN {OUTPUT_LIMIT_PARAMETERS}", name="output_limit_parameter"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
@@ -46,6 +50,9 @@ class ProviderType(DefaultBase):
     # The API root, version included (".../v1"); NULL where every channel brings its own (Azure, custom).
     base_url: Mapped[str | None] = mapped_column(Text)
     api_format: Mapped[str] = mapped_column(String(20))
+    # The request parameter that bounds a completion at this provider: OpenAI's reasoning models refuse
+    # `max_tokens`; most compatible servers know only it.
+    output_limit_parameter: Mapped[str] = mapped_column(String(30), default="max_tokens", server_default="max_tokens")
     supported_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
 

@@ -17,11 +17,12 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, HTTPScope, Message, Receive, Scope, Send
 
+from app.edge import JsonTooDeep, decode_json, json_problem
 from app.gateway import errors
 from app.gateway.catalog import TokenInfo
 from app.gateway.errors import GatewayError
-from app.gateway.messages_api import to_openai_request
-from app.gateway.proxy import Answer, Dialect, Gateway, StreamAnswer, key_from_headers
+from app.gateway.messages_api import count_tokens_request, messages_request, to_openai_request
+from app.gateway.proxy import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.observability.logging import get_logger
 
 _JSON = [(b"content-type", b"application/json")]
@@ -30,18 +31,23 @@ _EVENT_STREAM = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+MODELS_PREFIX = "/v1/models/"
 logger = get_logger("lyss.gateway")
 
 
 class _Request(msgspec.Struct):
     """What a gateway call reads from the ASGI scope: the headers it needs, its origin and id."""
 
+    path: str = ""
     authorization: str | None = None
     api_key: str | None = None
     content_type: bytes = b""
     content_length: int | None = None
     client_ip: str | None = None
     request_id: str | None = None
+
+
+Handler = Callable[[TokenInfo, _Request, Receive], Awaitable[Any]]
 
 
 def _read_scope(scope: Scope) -> _Request:
@@ -61,25 +67,36 @@ def _read_scope(scope: Scope) -> _Request:
 
 
 class GatewayApi:
-    """`POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models` and `POST /v1/messages`."""
+    """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`,
+    `GET /v1/models/{model}`, `POST /v1/messages` and `POST /v1/messages/count_tokens`; any other is a 404
+    in the OpenAI error format (in Anthropic's under /v1/messages)."""
 
     def __init__(self, gateway: Gateway, max_body_bytes: int) -> None:
         self.gateway = gateway
         self.max_body_bytes = max_body_bytes
-        self.routes: dict[str, tuple[str, Dialect, Callable[[TokenInfo, _Request, Receive], Awaitable[Any]]]] = {
+        self.routes: dict[str, tuple[str, Dialect, Handler]] = {
             "/v1/chat/completions": ("POST", "openai", self._chat_completions),
             "/v1/embeddings": ("POST", "openai", self._embeddings),
             "/v1/models": ("GET", "openai", self._models),
             "/v1/messages": ("POST", "anthropic", self._messages),
+            "/v1/messages/count_tokens": ("POST", "anthropic", self._count_tokens),
         }
 
     def serves(self, scope: Scope) -> bool:
-        return scope["type"] == ScopeType.HTTP and scope["path"].rstrip("/") in self.routes
+        return scope["type"] == ScopeType.HTTP and (scope["path"] == "/v1" or scope["path"].startswith("/v1/"))
+
+    def _route(self, path: str) -> tuple[str, str, Dialect, Handler | None]:
+        """(route template, method, dialect, handler) of a path under /v1; no handler for an unknown path."""
+        if path in self.routes:
+            return (path, *self.routes[path])
+        if path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+            return (f"{MODELS_PREFIX}{{model}}", "GET", "openai", self._model)
+        return ("unmatched", "", "anthropic" if path.startswith("/v1/messages/") else "openai", None)
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         path = scope["path"].rstrip("/")
-        method, dialect, handler = self.routes[path]
-        scope["path_template"] = path  # the request histogram's route label
+        template, method, dialect, handler = self._route(path)
+        scope["path_template"] = template  # the request histogram's route label
         started = False
 
         async def send_tracked(message: Message) -> None:
@@ -88,11 +105,19 @@ class GatewayApi:
             await send(message)
 
         try:
+            if handler is None:
+                raise GatewayError(
+                    404,
+                    f"Unknown path: {scope['method']} {errors.shown(path)}.",
+                    error_type="invalid_request_error",
+                    code="unknown_url",
+                )
             if scope["method"] != method:
                 raise GatewayError(
                     405, f"Use {method} for {path}.", error_type="invalid_request_error", headers={"Allow": method}
                 )
             request = _read_scope(scope)
+            request.path = path
             if method == "POST" and request.content_type != b"application/json":
                 raise errors.invalid_request("Send the body as JSON with 'Content-Type: application/json'.")
             key = key_from_headers(request.authorization, request.api_key)
@@ -133,11 +158,15 @@ class GatewayApi:
                 break
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            body = msgspec.json.decode(raw)
+            body = decode_json(raw)
+        except JsonTooDeep as too_deep:
+            raise errors.invalid_request(too_deep.problem.described()) from None
         except msgspec.DecodeError:
             raise errors.invalid_request("We could not parse the JSON body of your request.") from None
         if not isinstance(body, dict):
             raise errors.invalid_request("The JSON body must be an object.")
+        if (problem := json_problem(raw, body)) is not None:
+            raise errors.invalid_request(problem.described(), param=problem.path or None)
         return body, size
 
     async def _chat_completions(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
@@ -155,18 +184,26 @@ class GatewayApi:
     async def _models(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         return Answer(body=msgspec.json.encode(await self.gateway.models(token)), headers={})
 
+    async def _model(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        model = await self.gateway.model(token, request.path[len(MODELS_PREFIX) :])
+        return Answer(body=msgspec.json.encode(model), headers={})
+
     async def _messages(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
-        if not isinstance(body.get("max_tokens"), int):
-            raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
+        messages = messages_request(body)
         return await self.gateway.chat(
             token,
-            to_openai_request(body),
+            to_openai_request(messages),
             raw_size=size,
             dialect="anthropic",
             request_id=request.request_id,
             defer_settlement=True,
+            native=NativeRequest(api_format="anthropic", body=body, media=messages.media),
         )
+
+    async def _count_tokens(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        body, size = await self._body(request, receive)
+        return await self.gateway.count_tokens(token, body, count_tokens_request(body), size)
 
 
 def route_gateway(gateway_api: GatewayApi, handle_gateway: ASGIApp, everything_else: ASGIApp) -> ASGIApp:

@@ -50,6 +50,8 @@ class ChannelInfo(msgspec.Struct, frozen=True):
     id: UUID
     name: str
     api_format: str
+    # `max_tokens` or `max_completion_tokens`: where the provider takes the reserved output limit.
+    output_limit_parameter: str
     base_url: str
     api_version: str | None
     keys: tuple[str, ...]
@@ -139,13 +141,13 @@ class GatewayCatalog:
         async with tenant_session(self.session_maker, tenant_id) as session:
             rows = (
                 await session.execute(
-                    select(Channel, ProviderType.api_format, ProviderType.base_url)
+                    select(Channel, ProviderType.api_format, ProviderType.output_limit_parameter, ProviderType.base_url)
                     .join(ProviderType, ProviderType.id == Channel.type_id)
                     .where(Channel.status == "enabled")
                 )
             ).all()
         channels = []
-        for channel, api_format, default_base_url in rows:
+        for channel, api_format, output_limit_parameter, default_base_url in rows:
             if api_format == "echo" and not self.echo_enabled:
                 continue
             keys = msgspec.json.decode(
@@ -156,6 +158,7 @@ class GatewayCatalog:
                     id=channel.id,
                     name=channel.name,
                     api_format=api_format,
+                    output_limit_parameter=output_limit_parameter,
                     base_url=channel.base_url or default_base_url or "",
                     api_version=channel.api_version,
                     keys=tuple(keys) or ("",),

@@ -59,10 +59,15 @@ def permission_denied(message: str, *, code: str) -> GatewayError:
     return GatewayError(403, message, error_type="permission_error", code=code)
 
 
+def shown(value: str, limit: int = 100) -> str:
+    """A client's value as an error message quotes it: cut, so that a megabyte of it is not sent back."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
+
+
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(
         404,
-        f"The model '{model}' does not exist or no channel of your organization serves it.",
+        f"The model '{shown(model)}' does not exist or no channel of your organization serves it.",
         error_type="invalid_request_error",
         param="model",
         code="model_not_found",

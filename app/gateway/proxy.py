@@ -30,14 +30,28 @@ from uuid_utils.compat import uuid7
 from app.encryption import SecretBox
 from app.gateway import errors
 from app.gateway.adapters import ADAPTERS
+from app.gateway.adapters.anthropic import AnthropicAdapter
 from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage
 from app.gateway.adapters.openai import estimated_tokens
 from app.gateway.catalog import ChannelInfo, GatewayCatalog, TokenInfo, announce_change
 from app.gateway.limits import GatewayLimits, Refusal, Reservation
-from app.gateway.messages_api import AnthropicStreamWriter, to_anthropic_response
+from app.gateway.messages_api import (
+    COUNTED_BY_HEADER,
+    AnthropicStreamWriter,
+    CountTokensRequest,
+    estimated_input_tokens,
+    to_anthropic_response,
+)
+from app.gateway.openai_api import LIMIT_PARAMETERS, chat_request, embeddings_request
 from app.gateway.routing import attempt_order, candidate_channels
 from app.observability.logging import get_logger
-from app.observability.metrics import GATEWAY_OVERHEAD, GATEWAY_REJECTIONS, UPSTREAM_DURATION
+from app.observability.metrics import (
+    GATEWAY_OVERHEAD,
+    GATEWAY_OVERSHOOT,
+    GATEWAY_OVERSHOT_CALLS,
+    GATEWAY_REJECTIONS,
+    UPSTREAM_DURATION,
+)
 from app.settings import Settings
 from app.tenants.services import record_audit_event
 from db.provider import ApiToken, Channel
@@ -48,6 +62,11 @@ Dialect = Literal["openai", "anthropic"]
 Endpoint = Literal["chat", "embeddings", "messages"]
 # Special tokens a provider adds around each message: the prompt bound counts them on top of the bytes.
 TOKENS_PER_MESSAGE = 8
+# An image or document given by reference is a few bytes but many input tokens (gpt-4o-mini counts up to
+# ~48,000 for one high-detail image): the prompt bound counts this many for each.
+MEDIA_PROMPT_TOKENS = 50_000
+# Redis scripts do their arithmetic in doubles, exact up to 2**53: no reservation may be larger.
+MAX_RESERVATION = 2**53 - 1
 MAX_ATTEMPTS_CAP = 10
 
 T = TypeVar("T")
@@ -103,6 +122,16 @@ class CallCost(msgspec.Struct, frozen=True):
         )
 
 
+class NativeRequest(msgspec.Struct, frozen=True):
+    """A client's request in a provider's own format (an Anthropic Messages request), beside its OpenAI
+    translation: a channel of that format is sent this instead, so that nothing is lost in translation."""
+
+    api_format: str
+    body: dict[str, Any]
+    # Images and documents in it (the translation may drop some, the provider still counts them).
+    media: int
+
+
 class CallContext(msgspec.Struct, frozen=True):
     """What settling a call needs to know about it, whichever way it ends."""
 
@@ -132,6 +161,16 @@ def _text_length(value: Any) -> int:
     if isinstance(value, dict):
         return sum(_text_length(item) for key, item in value.items() if key in ("text", "content", "arguments"))
     return 0
+
+
+def _embeddings_estimate(inputs: str | list[Any]) -> int:
+    """Input tokens of an embeddings call: text at about four characters a token, token ids as they are."""
+    if isinstance(inputs, str):
+        return estimated_tokens(len(inputs))
+    return sum(
+        estimated_tokens(len(item)) if isinstance(item, str) else len(item) if isinstance(item, list) else 1
+        for item in inputs
+    )
 
 
 def create_gateway(
@@ -218,13 +257,31 @@ class Gateway:
 
     # --- the call ---------------------------------------------------------------------------------
 
-    def _check_model(self, token: TokenInfo, body: dict[str, Any]) -> str:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise errors.invalid_request("Missing required parameter: 'model'.", param="model")
+    async def model(self, token: TokenInfo, model: str) -> dict[str, Any]:
+        """One model of `models` (the SDKs' `models.retrieve`), or 404 if this key cannot reach it."""
+        for entry in (await self.models(token))["data"]:
+            if entry["id"] == model:
+                return dict(entry)
+        raise errors.model_not_found(model)
+
+    @staticmethod
+    def _check_model(token: TokenInfo, model: str) -> str:
         if token.allowed_models and model not in token.allowed_models:
-            raise errors.permission_denied(f"This API key may not use the model '{model}'.", code="model_not_allowed")
+            raise errors.permission_denied(
+                f"This API key may not use the model '{errors.shown(model)}'.", code="model_not_allowed"
+            )
         return model
+
+    @staticmethod
+    def _worst_case(cost: CallCost, prompt_bound: int, completion_bound: int, limit_parameter: str) -> int:
+        worst = cost.of(prompt_bound, completion_bound)
+        if worst > MAX_RESERVATION:
+            raise errors.invalid_request(
+                "This request could cost more than can be reserved at this model's price; lower its output limit "
+                "or its size.",
+                param=limit_parameter,
+            )
+        return worst
 
     async def _plan(self, token: TokenInfo, model: str, *, embeddings: bool) -> tuple[list[ChannelInfo], CallCost]:
         groups = await self.catalog.groups(token.tenant_id, token.user_id)
@@ -358,6 +415,11 @@ class Gateway:
         token, reservation = call.token, call.reservation
         real_cost = call.cost.of(usage.prompt_tokens, usage.completion_tokens)
         billed = min(real_cost, reservation.cost)
+        if real_cost > billed:
+            # The provider reported more than the request allowed it to generate: the key pays what it
+            # reserved, the rest is on the record (usage row, metric), never silently lost.
+            GATEWAY_OVERSHOOT.labels(call.endpoint).inc(real_cost - billed)
+            GATEWAY_OVERSHOT_CALLS.labels(call.endpoint).inc()
         latency_ms = int((time.perf_counter() - call.started) * 1000)
         GATEWAY_OVERHEAD.labels(call.endpoint).observe(max(latency_ms - (upstream_ms or 0), 0) / 1000)
         if channel is not None and upstream_ms is not None:
@@ -411,41 +473,48 @@ class Gateway:
         dialect: Dialect,
         request_id: str | None,
         defer_settlement: bool = False,
+        native: NativeRequest | None = None,
     ) -> Answer | StreamAnswer:
         """A chat call, whole or streamed. `defer_settlement`: a whole answer comes back with its settlement
-        still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it."""
+        still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it.
+
+        The output limit is the largest the request names (or the default): it is what the reservation
+        covers, times `n`, and exactly what the provider is sent, in the parameter its type takes.
+        """
         started = time.perf_counter()
-        model = self._check_model(token, body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise errors.invalid_request("Missing required parameter: 'messages' (a non-empty list).", param="messages")
+        request = chat_request(body)
+        model = self._check_model(token, request.model)
         channels, cost = await self._plan(token, model, embeddings=False)
         endpoint: Endpoint = "messages" if dialect == "anthropic" else "chat"
-        stream = bool(body.get("stream"))
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        if not isinstance(max_tokens, int) or max_tokens <= 0:
-            # Without a cap the worst case is unbounded: the default cap makes the reservation a real bound.
-            max_tokens = self.settings.gateway_default_max_tokens
-            body["max_tokens"] = max_tokens
+        stream = bool(request.stream)
+        limit = request.requested_limit or self.settings.gateway_default_max_tokens
+        completion_bound = limit * request.choices
         # Upper bounds: a token is at least one byte of the request, plus the special tokens per message.
-        prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(messages)
-        prompt_estimate = estimated_tokens(_text_length(messages))
-        reservation = await self._reserve(
-            token, channels, cost.of(prompt_bound, max_tokens), prompt_estimate + max_tokens
-        )
+        media = max(request.images, native.media if native is not None else 0)
+        prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(request.messages) + MEDIA_PROMPT_TOKENS * media
+        prompt_estimate = estimated_tokens(_text_length(body["messages"]))
+        worst_case = self._worst_case(cost, prompt_bound, completion_bound, "max_tokens")
+        reservation = await self._reserve(token, channels, worst_case, prompt_estimate + completion_bound)
         usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
-        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+        unlimited = {name: value for name, value in body.items() if name not in LIMIT_PARAMETERS}
         if stream:
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            unlimited["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         call = CallContext(token, reservation, cost, endpoint, model, started, stream, request_id)
+
+        def upstream(channel: ChannelInfo, target: Target) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            """The request for this channel, and the client's own if the channel speaks its format."""
+            sent = {**unlimited, "model": target.upstream_model, channel.output_limit_parameter: limit}
+            same_format = native is not None and native.api_format == channel.api_format
+            return sent, native.body if same_format and native is not None else None
 
         if stream:
 
             async def open_stream(channel: ChannelInfo, target: Target) -> tuple[Chunk, AsyncGenerator[Chunk, None]]:
-                upstream_body = {**body, "model": target.upstream_model}
+                sent, own = upstream(channel, target)
                 chunks = cast(
                     AsyncGenerator[Chunk, None],
-                    ADAPTERS[channel.api_format].stream(self.http, target, upstream_body, self.timeouts),
+                    ADAPTERS[channel.api_format].stream(self.http, target, sent, self.timeouts, own),
                 )
                 try:
                     return await anext(chunks), chunks
@@ -469,9 +538,8 @@ class Gateway:
             return StreamAnswer(chunks=relay, headers=self._headers(channel, started, upstream_elapsed_ms))
 
         async def complete(channel: ChannelInfo, target: Target) -> Completion:
-            return await ADAPTERS[channel.api_format].complete(
-                self.http, target, {**body, "model": target.upstream_model}, self.timeouts
-            )
+            sent, own = upstream(channel, target)
+            return await ADAPTERS[channel.api_format].complete(self.http, target, sent, self.timeouts, own)
 
         channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, complete)
         usage = completion.usage or Usage(
@@ -487,7 +555,10 @@ class Gateway:
             status_code=200,
             outcome="ok",
         )
-        answer = completion.body if dialect == "openai" else to_anthropic_response(completion.body, model, usage)
+        if dialect == "openai":
+            answer = completion.body
+        else:
+            answer = completion.native or to_anthropic_response(completion.body, model, usage)
         headers = self._headers(channel, started, upstream_elapsed_ms)
         return await self._answer(answer, headers, settle, defer_settlement)
 
@@ -548,10 +619,12 @@ class Gateway:
         settle: CallContext,
     ) -> AsyncIterator[bytes]:
         """Pass the stream on; whatever ends it (done, provider cut, client gone), bill what was delivered."""
-        writer = AnthropicStreamWriter(settle.model) if dialect == "anthropic" else None
+        writer = AnthropicStreamWriter(settle.model, prompt_estimate) if dialect == "anthropic" else None
         delivered = 0
         usage: Usage | None = None
         outcome = "ok"
+        # The provider's own events went through as they were: it sent its own closing events too.
+        passed_through = False
 
         pending: Chunk | None = first
         try:
@@ -565,7 +638,9 @@ class Gateway:
                         break
                 if chunk.usage is not None:
                     usage = chunk.usage
-                if writer is not None:
+                if chunk.native is not None:
+                    payload, passed_through = chunk.native, True
+                elif writer is not None:
                     payload = writer.write(chunk.raw) if not chunk.usage_only else b""
                 elif chunk.usage_only and not client_wants_usage:
                     payload = b""  # asked for on the client's behalf, for billing only
@@ -574,7 +649,10 @@ class Gateway:
                 if payload:
                     yield payload
                 delivered += chunk.tokens
-            yield writer.finish_events(usage) if writer is not None else b"data: [DONE]\n\n"
+            if writer is None:
+                yield b"data: [DONE]\n\n"
+            elif not passed_through:
+                yield writer.finish_events(usage)
         except UpstreamError as error:
             outcome = "upstream_cut"
             logger.warning("upstream stream cut", channel=channel.name, error=error.message[:300])
@@ -605,6 +683,32 @@ class Gateway:
                     outcome=outcome,
                 )
 
+    async def count_tokens(
+        self, token: TokenInfo, body: dict[str, Any], request: CountTokensRequest, raw_size: int
+    ) -> Answer:
+        """`/v1/messages/count_tokens`: counted by an Anthropic channel serving the model, else estimated.
+
+        Free, as at Anthropic: nothing is reserved or billed. The `x-lyss-token-count` header says which.
+        """
+        model = self._check_model(token, request.model)
+        channels, _ = await self._plan(token, model, embeddings=False)
+        counters = [channel for channel in channels if channel.api_format == "anthropic"]
+        for channel in attempt_order(counters)[: self.max_attempts]:
+            adapter = ADAPTERS[channel.api_format]
+            assert isinstance(adapter, AnthropicAdapter)
+            target = self._target(channel, model)
+            try:
+                counted = await adapter.count_tokens(self.http, target, body, self.timeouts)
+            except UpstreamError as error:
+                await self._upstream_failed(token, channel, error)
+                if not error.retryable:
+                    raise self._final_error(error) from None
+                continue
+            headers = {COUNTED_BY_HEADER: "provider", "x-lyss-channel": channel.name}
+            return Answer(body=msgspec.json.encode(counted), headers=headers)
+        estimate = {"input_tokens": estimated_input_tokens(request, raw_size)}
+        return Answer(body=msgspec.json.encode(estimate), headers={COUNTED_BY_HEADER: "estimate"})
+
     async def embeddings(
         self,
         token: TokenInfo,
@@ -615,15 +719,14 @@ class Gateway:
         defer_settlement: bool = False,
     ) -> Answer:
         started = time.perf_counter()
-        model = self._check_model(token, body)
-        inputs = body.get("input")
-        if not inputs or not isinstance(inputs, str | list):
-            raise errors.invalid_request("Missing required parameter: 'input'.", param="input")
+        request = embeddings_request(body)
+        model = self._check_model(token, request.model)
+        inputs = request.input
         channels, cost = await self._plan(token, model, embeddings=True)
-        prompt_bound = raw_size
-        reservation = await self._reserve(
-            token, channels, cost.of(prompt_bound, 0), estimated_tokens(_text_length(inputs))
-        )
+        # Every token is at least one byte of the request (a token id at least two: digits and a comma).
+        prompt_estimate = _embeddings_estimate(inputs)
+        worst_case = self._worst_case(cost, raw_size, 0, "input")
+        reservation = await self._reserve(token, channels, worst_case, prompt_estimate)
         usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
         call = CallContext(token, reservation, cost, "embeddings", model, started, False, request_id)
 
@@ -633,7 +736,7 @@ class Gateway:
             )
 
         channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, embed)
-        usage = completion.usage or Usage(estimated_tokens(_text_length(inputs)), 0)
+        usage = completion.usage or Usage(prompt_estimate, 0)
         settle = functools.partial(
             self._settle,
             call,

@@ -40,6 +40,16 @@ GATEWAY_REJECTIONS = Counter(
     "Gateway calls refused before reaching a provider, by reason (rpm, tpm, token_quota, tenant_quota, no_channel)",
     ["reason"],
 )
+GATEWAY_OVERSHOOT = Counter(
+    "lyss_gateway_overshoot_credits_total",
+    "Credits of provider-reported usage beyond a call's reservation: recorded in the usage log, not charged",
+    ["endpoint"],
+)
+GATEWAY_OVERSHOT_CALLS = Counter(
+    "lyss_gateway_overshot_calls_total",
+    "Calls whose provider-reported usage cost more than their reservation",
+    ["endpoint"],
+)
 
 
 class _Snapshot(Collector):

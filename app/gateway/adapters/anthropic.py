@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 
 from app.gateway.adapters.base import (
+    MAX_REPORTED_TOKENS,
     Adapter,
     Chunk,
     Completion,
@@ -18,12 +19,12 @@ from app.gateway.adapters.base import (
     UpstreamError,
     Usage,
     network_error,
+    reported_count,
     sse_data,
 )
 from app.gateway.adapters.openai import estimated_tokens, open_stream, post_json
 
 ANTHROPIC_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
@@ -61,6 +62,16 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         return {"type": "tool", "name": choice["function"].get("name")}
     return None
+
+
+def output_limit(body: dict[str, Any]) -> Any:
+    """The limit the gateway reserved for (set in `max_tokens`, the parameter Anthropic takes)."""
+    return body.get("max_tokens") or body.get("max_completion_tokens")
+
+
+def native_request(native: dict[str, Any], body: dict[str, Any], model: str) -> dict[str, Any]:
+    """The client's own Anthropic request, with the channel's model name and the reserved limit."""
+    return {**native, "model": model, "max_tokens": output_limit(body)}
 
 
 def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -104,7 +115,7 @@ def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     request: dict[str, Any] = {
         "model": model,
         "messages": messages,
-        "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS,
+        "max_tokens": output_limit(body),
     }
     if system_parts:
         request["system"] = "\n\n".join(system_parts)
@@ -130,10 +141,14 @@ def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _usage(usage: Any) -> Usage:
-    usage = usage or {}
-    prompt = int(usage.get("input_tokens") or 0) + int(usage.get("cache_read_input_tokens") or 0)
-    prompt += int(usage.get("cache_creation_input_tokens") or 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=int(usage.get("output_tokens") or 0))
+    """Anthropic's counts (cache reads and writes are input too); a figure that is not a count counts 0."""
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(name: str) -> int:
+        return reported_count(usage.get(name) or 0) or 0
+
+    prompt = count("input_tokens") + count("cache_read_input_tokens") + count("cache_creation_input_tokens")
+    return Usage(prompt_tokens=min(prompt, MAX_REPORTED_TOKENS), completion_tokens=count("output_tokens"))
 
 
 def to_openai_response(answer: dict[str, Any]) -> Completion:
@@ -246,29 +261,52 @@ class _StreamTranslator:
         return []
 
 
+def _event(kind: str, data: bytes) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
 class AnthropicAdapter(Adapter):
     supports_embeddings = False
 
     def _headers(self, target: Target) -> dict[str, str]:
         return {"x-api-key": target.api_key, "anthropic-version": ANTHROPIC_VERSION}
 
-    def _url(self, target: Target) -> str:
-        return f"{target.base_url.rstrip('/')}/messages"
+    def _url(self, target: Target, path: str = "/messages") -> str:
+        return f"{target.base_url.rstrip('/')}{path}"
 
     async def complete(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> Completion:
-        request = to_anthropic_request(body, target.upstream_model)
+        if native is not None:
+            request = native_request(native, body, target.upstream_model)
+        else:
+            request = to_anthropic_request(body, target.upstream_model)
         request.pop("stream", None)
         answer = await post_json(http, self._url(target), self._headers(target), request, timeouts)
         if answer.get("type") != "message":
             raise UpstreamError("the provider's answer is not a message", status=502)
-        return to_openai_response(answer)
+        completion = to_openai_response(answer)
+        if native is not None:
+            completion.native = answer
+        return completion
 
     async def stream(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> AsyncIterator[Chunk]:
-        request = {**to_anthropic_request(body, target.upstream_model), "stream": True}
+        if native is not None:
+            request = {**native_request(native, body, target.upstream_model), "stream": True}
+        else:
+            request = {**to_anthropic_request(body, target.upstream_model), "stream": True}
         response = await open_stream(http, self._url(target), self._headers(target), request, timeouts)
         translator = _StreamTranslator()
         try:
@@ -277,9 +315,33 @@ class AnthropicAdapter(Adapter):
                     event = msgspec.json.decode(data)
                 except msgspec.DecodeError:
                     raise UpstreamError("the provider sent a stream event that is not JSON", status=502) from None
-                for chunk in translator.translate(event):
-                    yield chunk
+                if not isinstance(event, dict):
+                    raise UpstreamError("the provider sent a stream event that is not an object", status=502)
+                chunks = translator.translate(event)
+                if native is None:
+                    for chunk in chunks:
+                        yield chunk
+                    continue
+                # Each event as it came, with what billing needs from its translation.
+                yield Chunk(
+                    raw=b"",
+                    native=_event(str(event.get("type") or "message"), data),
+                    tokens=sum(chunk.tokens for chunk in chunks),
+                    usage=next((chunk.usage for chunk in chunks if chunk.usage is not None), None),
+                )
         except (aiohttp.ClientError, TimeoutError) as error:
             raise network_error(error) from None
         finally:
             response.release()
+
+    async def count_tokens(
+        self, http: aiohttp.ClientSession, target: Target, native: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        """Anthropic's own count of a Messages request's input tokens (`/v1/messages/count_tokens`)."""
+        request = {**native, "model": target.upstream_model}
+        answer = await post_json(
+            http, self._url(target, "/messages/count_tokens"), self._headers(target), request, timeouts
+        )
+        if reported_count(answer.get("input_tokens")) is None:
+            raise UpstreamError("the provider's token count is not a count", status=502)
+        return answer

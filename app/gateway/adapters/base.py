@@ -7,16 +7,30 @@ are OpenAI-format `chat.completion.chunk` JSON. Each adapter translates that to 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import msgspec
 
+# Token counts a provider reports are stored in INTEGER columns; more than this is not a real count.
+MAX_REPORTED_TOKENS = 2**31 - 1
+
 
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+def reported_count(value: Any) -> int | None:
+    """A token count as a provider reported it, if it is one: a whole number, never negative (a negative
+    count would lower the bill), capped at what the usage log can hold. Anything else is no count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return min(max(int(value), 0), MAX_REPORTED_TOKENS)
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -39,6 +53,8 @@ class Completion(msgspec.Struct):
 
     body: dict[str, Any]
     usage: Usage | None
+    # The provider's own answer, when the request was sent in the provider's own format (`native`).
+    native: dict[str, Any] | None = None
 
 
 class Chunk(msgspec.Struct):
@@ -50,6 +66,8 @@ class Chunk(msgspec.Struct):
     usage: Usage | None = None
     # The final chunk that only reports usage (`choices: []`): shown only to clients that asked for it.
     usage_only: bool = False
+    # The provider's own event, when the request was sent in the provider's own format (`native`).
+    native: bytes | None = None
 
 
 class UpstreamError(Exception):
@@ -64,9 +82,12 @@ class UpstreamError(Exception):
         disables_channel: bool = False,
         timed_out: bool = False,
         retry_after: int | None = None,
+        body: bytes = b"",
     ) -> None:
         super().__init__(message)
         self.message = message
+        # What the provider answered, for an adapter that can correct its request and try again.
+        self.body = body
         self.status = status
         self.retryable = retryable
         self.disables_channel = disables_channel
@@ -89,7 +110,9 @@ def classify_http_error(status: int, body: bytes, retry_after: str | None = None
         return UpstreamError(f"the provider is rate limiting this channel: {text}", status=429, retry_after=wait)
     if status in (400, 422):
         # The request itself is at fault: another channel would refuse it too.
-        return UpstreamError(f"the provider rejected the request: {text}", status=status, retryable=False)
+        return UpstreamError(
+            f"the provider rejected the request: {text}", status=status, retryable=False, body=body[:4096]
+        )
     return UpstreamError(f"the provider failed ({status}): {text}", status=status)
 
 
@@ -117,18 +140,34 @@ async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 
 
 class Adapter(abc.ABC):
-    """One provider wire format. Adding a provider means adding one module with one subclass."""
+    """One provider wire format. Adding a provider means adding one module with one subclass.
+
+    `body` is an OpenAI-format request whose output limit is already set, in the parameter the channel's
+    provider type takes. `native`, when given, is the client's own request in this adapter's wire format:
+    an adapter that speaks that format sends it instead of a translation, so that nothing is lost, and
+    hands back the provider's own answer (`Completion.native`, `Chunk.native`) beside the translation.
+    """
 
     supports_embeddings = True
 
     @abc.abstractmethod
     async def complete(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> Completion: ...
 
     @abc.abstractmethod
     def stream(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> AsyncIterator[Chunk]:
         """Chunks in order; raises UpstreamError if the provider refuses before the first one."""
 

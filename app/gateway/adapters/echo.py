@@ -41,7 +41,12 @@ def _prompt_words(body: dict[str, Any]) -> tuple[list[str], int]:
 
 class EchoAdapter(Adapter):
     async def complete(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> Completion:
         reply, prompt_tokens = _prompt_words(body)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(reply))
@@ -58,7 +63,12 @@ class EchoAdapter(Adapter):
         return Completion(body=answer, usage=usage)
 
     async def stream(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> AsyncIterator[Chunk]:
         reply, prompt_tokens = _prompt_words(body)
         base = {

@@ -19,13 +19,14 @@ from app.gateway.adapters.base import (
     Usage,
     classify_http_error,
     network_error,
+    reported_count,
     sse_data,
 )
 
 
 class _UsageProbe(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
 
 
 class _ToolCallFunction(msgspec.Struct):
@@ -65,7 +66,7 @@ def probe_chunk(raw: bytes) -> Chunk:
         probe = _probe.decode(raw)
     except msgspec.DecodeError:
         raise UpstreamError("the provider sent a stream chunk that is not JSON") from None
-    usage = Usage(probe.usage.prompt_tokens, probe.usage.completion_tokens) if probe.usage else None
+    usage = _usage(probe.usage.prompt_tokens, probe.usage.completion_tokens) if probe.usage else None
     length = 0
     for choice in probe.choices:
         if choice.delta is not None:
@@ -76,11 +77,45 @@ def probe_chunk(raw: bytes) -> Chunk:
     return Chunk(raw=raw, tokens=tokens, usage=usage, usage_only=usage is not None and not probe.choices)
 
 
+def _usage(prompt: Any, completion: Any) -> Usage | None:
+    """The provider's counts, or None (Lyss estimates) when they are not counts: the bill never rests on
+    a negative, fractional or non-numeric figure."""
+    prompt_tokens, completion_tokens = reported_count(prompt or 0), reported_count(completion or 0)
+    if prompt_tokens is None or completion_tokens is None:
+        return None
+    return Usage(prompt_tokens, completion_tokens)
+
+
 def parse_usage(body: dict[str, Any]) -> Usage | None:
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return _usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+def with_other_limit_parameter(body: dict[str, Any], refusal: UpstreamError) -> dict[str, Any] | None:
+    """The request with its output limit under the other parameter name, if the provider refused the name.
+
+    OpenAI's reasoning models refuse `max_tokens` ("Unsupported parameter: 'max_tokens' ... use
+    'max_completion_tokens' instead"); older Azure API versions and some compatible servers refuse
+    `max_completion_tokens`. The limit itself (what was reserved) stays the same.
+    """
+    if refusal.status not in (400, 422):
+        return None
+    text = refusal.body.decode("utf-8", "replace").lower()
+    for sent, other in (("max_tokens", "max_completion_tokens"), ("max_completion_tokens", "max_tokens")):
+        if sent in body and other not in body and _names_refused_parameter(text, sent):
+            changed = {name: value for name, value in body.items() if name != sent}
+            changed[other] = body[sent]
+            return changed
+    return None
+
+
+def _names_refused_parameter(text: str, name: str) -> bool:
+    quoted = (f"'{name}'", f'"{name}"', f"`{name}`", f": {name}")
+    if not any(form in text for form in quoted):
+        return False
+    return any(word in text for word in ("unsupported", "not supported", "unrecognized", "unknown", "not permitted"))
 
 
 async def post_json(
@@ -158,19 +193,39 @@ class OpenAIAdapter(Adapter):
         return f"{target.base_url.rstrip('/')}{path}"
 
     async def complete(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> Completion:
-        answer = await post_json(http, self._url(target, "/chat/completions"), self._headers(target), body, timeouts)
+        url, headers = self._url(target, "/chat/completions"), self._headers(target)
+        try:
+            answer = await post_json(http, url, headers, body, timeouts)
+        except UpstreamError as refusal:
+            if (corrected := with_other_limit_parameter(body, refusal)) is None:
+                raise
+            answer = await post_json(http, url, headers, corrected, timeouts)
         if not isinstance(answer.get("choices"), list):
             raise UpstreamError("the provider's answer has no choices", status=502)
         return Completion(body=answer, usage=parse_usage(answer))
 
     async def stream(
-        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any] | None = None,
     ) -> AsyncIterator[Chunk]:
-        response = await open_stream(
-            http, self._url(target, "/chat/completions"), self._headers(target), body, timeouts
-        )
+        url, headers = self._url(target, "/chat/completions"), self._headers(target)
+        try:
+            response = await open_stream(http, url, headers, body, timeouts)
+        except UpstreamError as refusal:
+            if (corrected := with_other_limit_parameter(body, refusal)) is None:
+                raise
+            response = await open_stream(http, url, headers, corrected, timeouts)
         async for chunk in openai_chunks(response):
             yield chunk
 
