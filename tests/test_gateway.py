@@ -11,7 +11,7 @@ from uuid import UUID
 import msgspec
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -532,10 +532,21 @@ async def test_a_key_of_tenant_a_never_reaches_a_channel_of_tenant_b(
     tenant_b: TenantRows,
     upstream: MockUpstream,
     auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
     b_channel = await add_channel(client, auth_headers(tenant_b.admin), upstream, "b-only", models=["shared-model"])
-    # A forces B's channel id into its key's allowed channels: it is not A's to allow.
-    key, _ = await issue_key(client, auth_headers(tenant_a.user), allowed_channels=[b_channel["id"]])
+    # A names B's channel id in its key's allowed channels: it is not A's to allow.
+    refused = await client.post(
+        "/api/tokens", json={"name": "x", "allowed_channels": [b_channel["id"]]}, headers=auth_headers(tenant_a.user)
+    )
+    assert refused.status_code == 400
+    # A key whose row names it anyway (written before keys were checked) still never reaches it.
+    key, token = await issue_key(client, auth_headers(tenant_a.user))
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(
+            update(ApiToken).where(ApiToken.id == UUID(token["id"])).values(allowed_channels=[b_channel["id"]])
+        )
+        await session.commit()
     response = await client.post("/v1/chat/completions", json=chat_body("shared-model"), headers=bearer(key))
     assert response.status_code == 404
     assert upstream.calls["b-only"] == 0
@@ -543,6 +554,37 @@ async def test_a_key_of_tenant_a_never_reaches_a_channel_of_tenant_b(
     assert seen_by_a.status_code == 404
     tested_by_a = await client.post(f"/api/channels/{b_channel['id']}/test", headers=auth_headers(tenant_a.admin))
     assert tested_by_a.status_code == 404
+
+
+async def test_a_key_may_allow_only_channels_of_its_own_organization(
+    client: Client,
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    own = await add_channel(client, admin, upstream, "own")
+    foreign = await add_channel(client, auth_headers(tenant_b.admin), upstream, "foreign")
+    for stranger in (foreign["id"], str(uuid7())):
+        body = {"name": "fenced", "allowed_channels": [own["id"], stranger]}
+        refused = await client.post("/api/tokens", json=body, headers=admin)
+        assert refused.status_code == 400, refused.text
+        detail = refused.json()["detail"]
+        assert "allowed_channels" in detail
+        assert stranger in detail
+        assert own["id"] not in detail
+    _, token = await issue_key(client, admin, name="fenced", allowed_channels=[own["id"]])
+    assert token["allowed_channels"] == [own["id"]]
+    changed = await client.patch(
+        f"/api/tokens/{token['id']}", json={"allowed_channels": [foreign["id"]]}, headers=admin
+    )
+    assert changed.status_code == 400, changed.text
+    assert foreign["id"] in changed.json()["detail"]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = (await session.execute(select(ApiToken.name, ApiToken.allowed_channels))).all()
+    assert rows == [("fenced", [own["id"]])]
 
 
 async def test_personal_and_group_channels(

@@ -250,6 +250,19 @@ def _valid_networks(values: list[str]) -> list[str]:
         raise InvalidRequest(f"allowed_ips: {error}; use addresses or networks like 203.0.113.0/24.") from None
 
 
+async def _known_channels(session: AsyncSession, channel_ids: list[UUID]) -> list[str]:
+    """`allowed_channels` as stored, once every id is a channel of the caller's organization (RLS hides the rest)."""
+    found = set(await session.scalars(select(Channel.id).where(Channel.id.in_(channel_ids)))) if channel_ids else set()
+    unknown = [str(channel_id) for channel_id in channel_ids if channel_id not in found]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise InvalidRequest(
+            f"allowed_channels: no channel of this organization has the id {shown}; "
+            "name only this organization's channels (as GET /api/channels lists them)."
+        )
+    return [str(channel_id) for channel_id in channel_ids]
+
+
 async def create_token(
     session: AsyncSession, *, tenant_id: UUID, user_id: UUID, data: TokenCreate, actor: Actor
 ) -> tuple[ApiToken, str]:
@@ -270,7 +283,7 @@ async def create_token(
         rpm_limit=data.rpm_limit,
         tpm_limit=data.tpm_limit,
         allowed_models=data.allowed_models,
-        allowed_channels=[str(channel) for channel in data.allowed_channels],
+        allowed_channels=await _known_channels(session, data.allowed_channels),
         allowed_ips=_valid_networks(data.allowed_ips),
         expires_at=data.expires_at,
         budget_period=data.budget_period,
@@ -295,7 +308,7 @@ async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate
     if "allowed_ips" in changes:
         changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
     if "allowed_channels" in changes:
-        changes["allowed_channels"] = [str(channel) for channel in changes["allowed_channels"]]
+        changes["allowed_channels"] = await _known_channels(session, changes["allowed_channels"])
     changed = sorted(field for field, value in changes.items() if getattr(token, field) != value)
     for field, value in changes.items():
         setattr(token, field, value)
