@@ -169,9 +169,9 @@ async def test_search_ranks_by_meaning_and_words_and_scores_are_similarities(
         await client.post("/api/memories", json={"text": "Allergic to peanuts", "infer": False}, headers=other_admin)
     ).status_code == 201
 
-    hits = (
-        await client.post("/api/memories/search", json={"query": "peanuts allergy", "limit": 5}, headers=user)
-    ).json()
+    found = await client.post("/api/memories/search", json={"query": "peanuts allergy", "limit": 5}, headers=user)
+    assert found.status_code == 200  # a search creates nothing
+    hits = found.json()
     assert hits[0]["memory"]["text"] == "Allergic to peanuts and cashews"
     assert {hit["memory"]["user_id"] for hit in hits} == {str(tenant_a.user.id)}
     scores = [hit["score"] for hit in hits]
@@ -187,6 +187,24 @@ async def test_search_ranks_by_meaning_and_words_and_scores_are_similarities(
         "/api/memories/search", json={"query": "peanuts", "user_id": str(tenant_a.admin.id)}, headers=user
     )
     assert refused.status_code == 403
+
+
+async def test_the_openapi_entries_of_adding_and_searching_memories_list_what_they_answer(client: Client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    paths = schema["paths"]
+    added = paths["/api/memories"]["post"]["responses"]
+    assert {"201", "202", "400", "409"} <= set(added)
+    bodies = {
+        status: added[status]["content"]["application/json"]["schema"]["$ref"] for status in ("201", "202", "409")
+    }
+    assert bodies == {
+        "201": "#/components/schemas/MemoryRead",
+        "202": "#/components/schemas/JobRead",
+        "409": "#/components/schemas/ErrorBody",
+    }
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"status_code", "detail", "request_id"}
+    assert {"200", "400"} <= set(paths["/api/memories/search"]["post"]["responses"])
+    assert "201" not in paths["/api/memories/search"]["post"]["responses"]
 
 
 async def test_memory_bad_input_and_other_users_memories(
