@@ -82,6 +82,9 @@ class ChannelPages(Controller):
         errors: dict[str, str] | None = None,
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
+        if errors and channel is not None:
+            # Errors follow a rollback, which expired the channel: load it again before the page reads it.
+            await db_session.refresh(channel)
         echo = app_settings(request).echo_provider_enabled
         types = [
             kind
