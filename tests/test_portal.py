@@ -197,6 +197,31 @@ async def test_edit_forms_show_their_errors_next_to_the_fields_and_change_nothin
     assert keys == ["key"]
 
 
+async def test_the_channel_form_sets_the_test_call_and_refuses_embeddings_where_there_are_none(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    form = {"csrf_token": token, "keys": "k", "test_kind": "embeddings"}
+    vectors = form | {"name": "vectors", "type": "openai-compatible", "base_url": upstream.base_url("v"), "models": "e"}
+    assert (await client.post("/portal/channels/new", data=vectors)).status_code == 303
+    claude = form | {"name": "claude", "type": "anthropic", "models": "claude-test"}
+    refused = await client.post("/portal/channels/new", data=claude)
+    assert refused.status_code == 400
+    assert "no embeddings API" in (field_error(refused.text, "test_kind") or "")
+    assert (await client.post("/portal/channels/new", data=claude | {"test_kind": "chat"})).status_code == 303
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = dict((await session.execute(select(Channel.name, Channel.test_kind))).all())
+        claude_id = await session.scalar(select(Channel.id).where(Channel.name == "claude"))
+    assert rows == {"vectors": "embeddings", "claude": "chat"}
+    edit = await client.get(f"/portal/channels/{claude_id}")
+    assert '<option value="chat" selected>' in edit.text
+    changed = await client.post(f"/portal/channels/{claude_id}", data=claude)
+    assert changed.status_code == 400
+    assert "no embeddings API" in (field_error(changed.text, "test_kind") or "")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await session.scalar(select(Channel.test_kind).where(Channel.id == claude_id)) == "chat"
+
+
 @pytest.mark.parametrize("path", ["/portal/channels", "/portal/channels/new"])
 async def test_an_end_user_cannot_open_admin_pages(client: Client, tenant_a: TenantRows, path: str) -> None:
     await sign_in(client, tenant_a, tenant_a.user.email)

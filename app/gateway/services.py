@@ -88,6 +88,12 @@ def _check_base_url(kind: ProviderType, base_url: str | None) -> None:
         raise InvalidRequest(f"A '{kind.name}' channel needs its base_url (the API root, e.g. https://host/v1).")
 
 
+def _check_test_kind(kind: ProviderType, test_kind: str) -> None:
+    # Every embeddings probe of such a channel would fail, and an auto-disabled one would never come back.
+    if test_kind == "embeddings" and not ADAPTERS[kind.api_format].supports_embeddings:
+        raise InvalidRequest(f"test_kind: channels of type '{kind.name}' have no embeddings API; test them with chat.")
+
+
 async def _check_scope(session: AsyncSession, scope: str, owner_id: UUID | None, group_id: UUID | None) -> None:
     # Under RLS, a user or group of another tenant is simply not found here.
     if scope == "personal" and (owner_id is None or await session.get(User, owner_id) is None):
@@ -101,6 +107,7 @@ async def create_channel(
 ) -> Channel:
     kind = await provider_type(session, data.type, echo_enabled=echo_enabled)
     _check_base_url(kind, data.base_url)
+    _check_test_kind(kind, data.test_kind)
     if not data.keys and kind.api_format != "echo":
         raise InvalidRequest("A channel needs at least one API key in `keys`.")
     await _check_scope(session, data.scope, data.owner_id, data.group_id)
@@ -123,6 +130,7 @@ async def create_channel(
         quota=data.quota,
         rate_limit=data.rate_limit,
         test_model=data.test_model,
+        test_kind=data.test_kind,
     )
     session.add(channel)
     await session.flush()
@@ -135,6 +143,8 @@ async def update_channel(
 ) -> Channel:
     changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
     keys = changes.pop("keys", None)
+    if "test_kind" in changes:
+        _check_test_kind(await session.get_one(ProviderType, channel.type_id), changes["test_kind"])
     renamed = "name" in changes and changes["name"] != channel.name
     if renamed and await session.scalar(select(Channel.id).where(Channel.name == changes["name"])) is not None:
         raise Conflict(f"A channel named '{changes['name']}' already exists.")
@@ -197,6 +207,7 @@ def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRea
         used_quota=channel.used_quota,
         rate_limit=channel.rate_limit,
         test_model=channel.test_model,
+        test_kind=channel.test_kind,
         last_test_at=channel.last_test_at,
         last_test_latency_ms=channel.last_test_latency_ms,
         last_test_error=channel.last_test_error,
@@ -207,7 +218,7 @@ def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRea
 async def test_channel(
     session: AsyncSession, channel: Channel, box: SecretBox, http: aiohttp.ClientSession
 ) -> ChannelTestResult:
-    """Make a real, minimal call through the channel; an auto-disabled channel that passes is enabled again.
+    """Make a real, minimal call of the channel's test kind; an auto-disabled channel that passes is enabled again.
 
     This is also the periodic health check's probe.
     """
@@ -221,15 +232,20 @@ async def test_channel(
         upstream_model=channel.model_mapping.get(model, model),
         api_version=channel.api_version,
     )
-    body: dict[str, Any] = {
-        "model": target.upstream_model,
-        "messages": [{"role": "user", "content": "ping"}],
-        "max_tokens": 1,
-    }
+    adapter = ADAPTERS[kind.api_format]
     started = time.perf_counter()
     error: str | None = None
     try:
-        await ADAPTERS[kind.api_format].complete(http, target, body, HEALTH_CHECK_TIMEOUTS)
+        if channel.test_kind == "embeddings":
+            probe = {"model": target.upstream_model, "input": "ping"}
+            await adapter.embed(http, target, probe, HEALTH_CHECK_TIMEOUTS)
+        else:
+            body: dict[str, Any] = {
+                "model": target.upstream_model,
+                "messages": [{"role": "user", "content": "ping"}],
+                "max_tokens": 1,
+            }
+            await adapter.complete(http, target, body, HEALTH_CHECK_TIMEOUTS)
     except UpstreamError as failure:
         error = failure.message[:1000]
     latency_ms = int((time.perf_counter() - started) * 1000)
@@ -240,7 +256,14 @@ async def test_channel(
         channel.status = "enabled"
         channel.status_reason = None
     await session.flush()
-    return ChannelTestResult(ok=error is None, model=model, latency_ms=latency_ms, error=error, status=channel.status)
+    return ChannelTestResult(
+        ok=error is None,
+        model=model,
+        kind=channel.test_kind,
+        latency_ms=latency_ms,
+        error=error,
+        status=channel.status,
+    )
 
 
 def _valid_networks(values: list[str]) -> list[str]:
