@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
+
+
+class ErrorBody(msgspec.Struct):
+    """What every error answer carries (declared in the OpenAPI schema; the edge writes it)."""
+
+    status_code: int
+    detail: str
+    request_id: str | None
+
 
 class ServiceError(Exception):
     """Base: `detail` is shown to the caller as is, so it says what to do and reveals nothing internal."""

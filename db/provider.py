@@ -30,6 +30,7 @@ from db.base import Base, TenantOwned, UpdatedAt
 API_FORMATS = ("openai", "azure", "anthropic", "echo")
 CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
 CHANNEL_SCOPES = ("tenant", "group", "personal")
+CHANNEL_TEST_KINDS = ("chat", "embeddings")
 TOKEN_STATUSES = ("active", "disabled")
 BUDGET_PERIODS = ("none", "daily", "monthly")
 OUTPUT_LIMIT_PARAMETERS = ("max_tokens", "max_completion_tokens")
@@ -66,6 +67,7 @@ class Channel(TenantOwned, UpdatedAt, Base):
         UniqueConstraint("tenant_id", "id", name="uk_provider_channels_tenant_id_id"),
         CheckConstraint(f"status IN {CHANNEL_STATUSES}", name="status"),
         CheckConstraint(f"config_scope IN {CHANNEL_SCOPES}", name="config_scope"),
+        CheckConstraint(f"test_kind IN {CHANNEL_TEST_KINDS}", name="test_kind"),
         CheckConstraint("priority BETWEEN 0 AND 1000", name="priority"),
         CheckConstraint("weight BETWEEN 1 AND 10000", name="weight"),
         CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
@@ -109,6 +111,9 @@ class Channel(TenantOwned, UpdatedAt, Base):
     models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     model_mapping: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
     test_model: Mapped[str | None] = mapped_column(String(100))
+    # The call a test or health check makes: a chat completion, or an embeddings call for a channel whose
+    # models only embed (a chat call to those always fails, so the channel would never come back).
+    test_kind: Mapped[str] = mapped_column(String(20), default="chat", server_default="chat")
     last_test_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     last_test_latency_ms: Mapped[int | None]
     last_test_error: Mapped[str | None] = mapped_column(Text)

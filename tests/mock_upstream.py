@@ -49,6 +49,8 @@ class Behavior:
     replies: list[str] = field(default_factory=list)
     # With a size, embeddings are real bag-of-words vectors (`word_vector`); without, a constant.
     dimensions: int | None = None
+    # An account that only serves embedding models: chat calls answer 404, as OpenAI does for them.
+    embeddings_only: bool = False
 
 
 @dataclass
@@ -146,6 +148,9 @@ class MockUpstream:
         name, behavior, body, failure = await self._prologue(request)
         if failure is not None:
             return failure
+        if behavior.embeddings_only:
+            error = {"message": f"{body['model']} is not a chat model", "type": "invalid_request_error"}
+            return web.json_response({"error": {**error, "code": "model_not_found"}}, status=404)
         scripted = behavior.replies.pop(0) if behavior.replies else None
         words = scripted.split() if scripted is not None else self._reply_words(name, behavior, body)
         # Streamed piece by piece with their spaces, so that the text arrives exactly as it would whole.

@@ -11,7 +11,7 @@ from uuid import UUID
 import msgspec
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -319,6 +319,65 @@ async def test_bad_credentials_upstream_disable_the_channel_and_a_passing_test_e
     assert response.headers["x-lyss-channel"] == "revoked"
 
 
+async def test_an_embeddings_only_channel_is_tested_with_an_embeddings_call_and_comes_back(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    channel = await add_channel(client, admin, upstream, "vectors", models=["embed-test"])
+    assert channel["test_kind"] == "chat"
+    upstream.behave("vectors", status=401, error_code="invalid_api_key")
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    body = {"model": "embed-test", "input": "a b"}
+    await client.post("/v1/embeddings", json=body, headers=bearer(key))
+    assert (await client.get(f"/api/channels/{channel['id']}", headers=admin)).json()["status"] == "auto_disabled"
+
+    upstream.behave("vectors", embeddings_only=True)  # the key was fixed; the account still serves no chat
+    chat_probe = (await client.post(f"/api/channels/{channel['id']}/test", headers=admin)).json()
+    assert (chat_probe["ok"], chat_probe["kind"], chat_probe["status"]) == (False, "chat", "auto_disabled")
+    assert "404" in chat_probe["error"]
+
+    changed = await client.patch(f"/api/channels/{channel['id']}", json={"test_kind": "embeddings"}, headers=admin)
+    assert (changed.status_code, changed.json()["test_kind"]) == (200, "embeddings")
+    upstream.bodies.clear()
+    passing = (await client.post(f"/api/channels/{channel['id']}/test", headers=admin)).json()
+    assert (passing["ok"], passing["kind"], passing["model"], passing["status"]) == (
+        True, "embeddings", "embed-test", "enabled"
+    )  # fmt: skip
+    assert upstream.bodies == [("vectors", {"model": "embed-test", "input": "ping"})]  # one short input
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        stored = await session.get_one(Channel, UUID(channel["id"]))
+    assert (stored.status, stored.status_reason, stored.last_test_error, stored.test_kind) == (
+        "enabled", None, None, "embeddings"
+    )  # fmt: skip
+    assert (await client.post("/v1/embeddings", json=body, headers=bearer(key))).status_code == 200
+
+
+async def test_a_channel_whose_provider_has_no_embeddings_api_is_never_tested_with_embeddings(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    body = {"name": "claude", "type": "anthropic", "models": ["claude-test"], "keys": ["k"], "test_kind": "embeddings"}
+    refused = await client.post("/api/channels", json=body, headers=admin)
+    assert refused.status_code == 400, refused.text
+    assert "test_kind" in refused.json()["detail"]
+    assert "anthropic" in refused.json()["detail"]
+    channel = await add_channel(client, admin, upstream, "claude", kind="anthropic", models=["claude-test"])
+    changed = await client.patch(f"/api/channels/{channel['id']}", json={"test_kind": "embeddings"}, headers=admin)
+    assert changed.status_code == 400, changed.text
+    assert "test_kind" in changed.json()["detail"]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = (await session.execute(select(Channel.name, Channel.test_kind))).all()
+    assert rows == [("claude", "chat")]
+
+
 async def test_a_non_retryable_upstream_rejection_is_passed_on(
     client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
 ) -> None:
@@ -532,10 +591,21 @@ async def test_a_key_of_tenant_a_never_reaches_a_channel_of_tenant_b(
     tenant_b: TenantRows,
     upstream: MockUpstream,
     auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
     b_channel = await add_channel(client, auth_headers(tenant_b.admin), upstream, "b-only", models=["shared-model"])
-    # A forces B's channel id into its key's allowed channels: it is not A's to allow.
-    key, _ = await issue_key(client, auth_headers(tenant_a.user), allowed_channels=[b_channel["id"]])
+    # A names B's channel id in its key's allowed channels: it is not A's to allow.
+    refused = await client.post(
+        "/api/tokens", json={"name": "x", "allowed_channels": [b_channel["id"]]}, headers=auth_headers(tenant_a.user)
+    )
+    assert refused.status_code == 400
+    # A key whose row names it anyway (written before keys were checked) still never reaches it.
+    key, token = await issue_key(client, auth_headers(tenant_a.user))
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(
+            update(ApiToken).where(ApiToken.id == UUID(token["id"])).values(allowed_channels=[b_channel["id"]])
+        )
+        await session.commit()
     response = await client.post("/v1/chat/completions", json=chat_body("shared-model"), headers=bearer(key))
     assert response.status_code == 404
     assert upstream.calls["b-only"] == 0
@@ -543,6 +613,37 @@ async def test_a_key_of_tenant_a_never_reaches_a_channel_of_tenant_b(
     assert seen_by_a.status_code == 404
     tested_by_a = await client.post(f"/api/channels/{b_channel['id']}/test", headers=auth_headers(tenant_a.admin))
     assert tested_by_a.status_code == 404
+
+
+async def test_a_key_may_allow_only_channels_of_its_own_organization(
+    client: Client,
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    own = await add_channel(client, admin, upstream, "own")
+    foreign = await add_channel(client, auth_headers(tenant_b.admin), upstream, "foreign")
+    for stranger in (foreign["id"], str(uuid7())):
+        body = {"name": "fenced", "allowed_channels": [own["id"], stranger]}
+        refused = await client.post("/api/tokens", json=body, headers=admin)
+        assert refused.status_code == 400, refused.text
+        detail = refused.json()["detail"]
+        assert "allowed_channels" in detail
+        assert stranger in detail
+        assert own["id"] not in detail
+    _, token = await issue_key(client, admin, name="fenced", allowed_channels=[own["id"]])
+    assert token["allowed_channels"] == [own["id"]]
+    changed = await client.patch(
+        f"/api/tokens/{token['id']}", json={"allowed_channels": [foreign["id"]]}, headers=admin
+    )
+    assert changed.status_code == 400, changed.text
+    assert foreign["id"] in changed.json()["detail"]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = (await session.execute(select(ApiToken.name, ApiToken.allowed_channels))).all()
+    assert rows == [("fenced", [own["id"]])]
 
 
 async def test_personal_and_group_channels(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import uuid4
 
 import httpx
 from sqlalchemy import func, select
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.settings import Settings
 from db.memory import Memory
 from db.session import tenant_session
+from db.tenant import Job
 from tests.conftest import Client, TenantRows
 from tests.gateway_helpers import AuthHeaders, add_channel
 from tests.mock_upstream import MockUpstream, word_vector
@@ -167,9 +169,9 @@ async def test_search_ranks_by_meaning_and_words_and_scores_are_similarities(
         await client.post("/api/memories", json={"text": "Allergic to peanuts", "infer": False}, headers=other_admin)
     ).status_code == 201
 
-    hits = (
-        await client.post("/api/memories/search", json={"query": "peanuts allergy", "limit": 5}, headers=user)
-    ).json()
+    found = await client.post("/api/memories/search", json={"query": "peanuts allergy", "limit": 5}, headers=user)
+    assert found.status_code == 200  # a search creates nothing
+    hits = found.json()
     assert hits[0]["memory"]["text"] == "Allergic to peanuts and cashews"
     assert {hit["memory"]["user_id"] for hit in hits} == {str(tenant_a.user.id)}
     scores = [hit["score"] for hit in hits]
@@ -185,6 +187,24 @@ async def test_search_ranks_by_meaning_and_words_and_scores_are_similarities(
         "/api/memories/search", json={"query": "peanuts", "user_id": str(tenant_a.admin.id)}, headers=user
     )
     assert refused.status_code == 403
+
+
+async def test_the_openapi_entries_of_adding_and_searching_memories_list_what_they_answer(client: Client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    paths = schema["paths"]
+    added = paths["/api/memories"]["post"]["responses"]
+    assert {"201", "202", "400", "409"} <= set(added)
+    bodies = {
+        status: added[status]["content"]["application/json"]["schema"]["$ref"] for status in ("201", "202", "409")
+    }
+    assert bodies == {
+        "201": "#/components/schemas/MemoryRead",
+        "202": "#/components/schemas/JobRead",
+        "409": "#/components/schemas/ErrorBody",
+    }
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"status_code", "detail", "request_id"}
+    assert {"200", "400"} <= set(paths["/api/memories/search"]["post"]["responses"])
+    assert "201" not in paths["/api/memories/search"]["post"]["responses"]
 
 
 async def test_memory_bad_input_and_other_users_memories(
@@ -400,3 +420,30 @@ async def test_memories_export_to_an_archive_and_import_back_without_duplicates(
         "/api/memories/imports", params={"user_id": str(tenant_a.admin.id)}, json=archive, headers=user
     )
     assert foreign.status_code == 403
+
+
+async def test_an_export_of_someone_the_caller_may_not_export_is_refused_at_submission_like_an_import(
+    client: Client,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    archive = {"format": "lyss.memories.v1", "memories": []}
+    cases = [(admin, tenant_b.user.id, 404), (admin, uuid4(), 404), (user, tenant_a.admin.id, 403)]
+    for headers, stranger, status in cases:
+        export = {"kind": "memory.export", "payload": {"user_id": str(stranger)}}
+        refused = await client.post("/api/jobs", json=export, headers=headers)
+        imported = await client.post(
+            "/api/memories/imports", params={"user_id": str(stranger)}, json=archive, headers=headers
+        )
+        assert (refused.status_code, imported.status_code) == (status, status), refused.text
+        assert refused.json()["detail"] == imported.json()["detail"]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        kinds = list(await session.scalars(select(Job.kind)))
+    assert kinds == ["fixture.finished"]  # nothing was queued to fail later
+    accepted = await client.post(
+        "/api/jobs", json={"kind": "memory.export", "payload": {"user_id": str(tenant_a.user.id)}}, headers=admin
+    )
+    assert accepted.status_code == 201, accepted.text

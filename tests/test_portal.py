@@ -160,6 +160,68 @@ async def test_channel_form_errors_sit_next_to_their_fields_and_nothing_is_saved
     assert [(channel.name, channel.models) for channel in channels] == [("primary", ["gpt-test", "other"])]
 
 
+async def test_edit_forms_show_their_errors_next_to_the_fields_and_change_nothing(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    base = {"csrf_token": token, "type": "openai-compatible", "base_url": upstream.base_url("p"), "keys": "k"}
+    for name in ("first", "second"):
+        assert (await client.post("/portal/channels/new", data=base | {"name": name, "models": "m"})).status_code == 303
+    assert (await client.post("/portal/tokens/new", data={"csrf_token": token, "name": "key"})).status_code == 200
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        second = await session.scalar(select(Channel.id).where(Channel.name == "second"))
+        key_id = await session.scalar(select(ApiToken.id))
+
+    unparsable = await client.post(
+        f"/portal/channels/{second}", data=base | {"name": "second", "models": "x", "priority": "high"}
+    )
+    assert unparsable.status_code == 400
+    assert field_error(unparsable.text, "priority") == "Enter a whole number."
+    taken = await client.post(f"/portal/channels/{second}", data=base | {"name": "first", "models": "x"})
+    assert taken.status_code == 409
+    assert "already exists" in (field_error(taken.text, "name") or "")
+    assert "Edit channel second" in taken.text
+    bad_network = await client.post(
+        f"/portal/tokens/{key_id}", data={"csrf_token": token, "name": "renamed", "allowed_ips": "nowhere"}
+    )
+    assert bad_network.status_code == 400
+    assert "allowed_ips" in (field_error(bad_network.text, "allowed_ips") or "")
+    bad_quota = await client.post(
+        f"/portal/tokens/{key_id}", data={"csrf_token": token, "name": "renamed", "quota": "lots"}
+    )
+    assert (bad_quota.status_code, field_error(bad_quota.text, "quota")) == (400, "Enter a whole number.")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        channels = dict((await session.execute(select(Channel.name, Channel.models))).all())
+        keys = list(await session.scalars(select(ApiToken.name)))
+    assert channels == {"first": ["m"], "second": ["m"]}
+    assert keys == ["key"]
+
+
+async def test_the_channel_form_sets_the_test_call_and_refuses_embeddings_where_there_are_none(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    form = {"csrf_token": token, "keys": "k", "test_kind": "embeddings"}
+    vectors = form | {"name": "vectors", "type": "openai-compatible", "base_url": upstream.base_url("v"), "models": "e"}
+    assert (await client.post("/portal/channels/new", data=vectors)).status_code == 303
+    claude = form | {"name": "claude", "type": "anthropic", "models": "claude-test"}
+    refused = await client.post("/portal/channels/new", data=claude)
+    assert refused.status_code == 400
+    assert "no embeddings API" in (field_error(refused.text, "test_kind") or "")
+    assert (await client.post("/portal/channels/new", data=claude | {"test_kind": "chat"})).status_code == 303
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        rows = dict((await session.execute(select(Channel.name, Channel.test_kind))).all())
+        claude_id = await session.scalar(select(Channel.id).where(Channel.name == "claude"))
+    assert rows == {"vectors": "embeddings", "claude": "chat"}
+    edit = await client.get(f"/portal/channels/{claude_id}")
+    assert '<option value="chat" selected>' in edit.text
+    changed = await client.post(f"/portal/channels/{claude_id}", data=claude)
+    assert changed.status_code == 400
+    assert "no embeddings API" in (field_error(changed.text, "test_kind") or "")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await session.scalar(select(Channel.test_kind).where(Channel.id == claude_id)) == "chat"
+
+
 @pytest.mark.parametrize("path", ["/portal/channels", "/portal/channels/new"])
 async def test_an_end_user_cannot_open_admin_pages(client: Client, tenant_a: TenantRows, path: str) -> None:
     await sign_in(client, tenant_a, tenant_a.user.email)

@@ -102,6 +102,29 @@ async def test_health_check_enables_auto_disabled_channels_that_answer_and_leave
         assert await session.scalar(select(Channel.status)) == "disabled"
 
 
+async def test_the_health_check_brings_back_an_embeddings_only_channel_with_an_embeddings_call(
+    client: Client,
+    services: WorkerServices,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    channel = await add_channel(
+        client, auth_headers(tenant_a.admin), upstream, "vectors", models=["embed-test"], test_kind="embeddings"
+    )
+    upstream.behave("vectors", embeddings_only=True)
+    await _set_channel_status(session_maker, tenant_a.id, channel["id"], "auto_disabled")
+
+    outcome = await health_check(services)
+
+    assert outcome == {"tested": 1, "reenabled": 1}
+    assert upstream.bodies == [("vectors", {"model": "embed-test", "input": "ping"})]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        stored = await session.get_one(Channel, UUID(channel["id"]))
+    assert (stored.status, stored.last_test_error) == ("enabled", None)
+
+
 async def test_the_channel_test_job_tests_every_channel_and_reports_each(
     client: Client,
     settings: Settings,

@@ -18,6 +18,8 @@ Price = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 PerMinute = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 Scope = Literal["tenant", "group", "personal"]
+# The call that tests a channel: a one-token chat completion, or one short embeddings input.
+TestKind = Literal["chat", "embeddings"]
 
 
 class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,6 +38,7 @@ class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
     quota: Credits = -1
     rate_limit: PerMinute = 0
     test_model: ModelName | None = None
+    test_kind: TestKind = "chat"
 
 
 class ChannelUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,6 +55,7 @@ class ChannelUpdate(msgspec.Struct, forbid_unknown_fields=True):
     quota: Credits | None = None
     rate_limit: PerMinute | None = None
     test_model: ModelName | None = None
+    test_kind: TestKind | None = None
 
 
 class ChannelRead(msgspec.Struct):
@@ -76,6 +80,7 @@ class ChannelRead(msgspec.Struct):
     used_quota: int
     rate_limit: int
     test_model: str | None
+    test_kind: str
     last_test_at: datetime.datetime | None
     last_test_latency_ms: int | None
     last_test_error: str | None
@@ -85,6 +90,7 @@ class ChannelRead(msgspec.Struct):
 class ChannelTestResult(msgspec.Struct):
     ok: bool
     model: str
+    kind: str
     latency_ms: int
     error: str | None
     status: str

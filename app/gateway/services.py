@@ -90,6 +90,12 @@ def _check_base_url(kind: ProviderType, base_url: str | None) -> None:
         raise InvalidRequest(f"A '{kind.name}' channel needs its base_url (the API root, e.g. https://host/v1).")
 
 
+def _check_test_kind(kind: ProviderType, test_kind: str) -> None:
+    # Every embeddings probe of such a channel would fail, and an auto-disabled one would never come back.
+    if test_kind == "embeddings" and not ADAPTERS[kind.api_format].supports_embeddings:
+        raise InvalidRequest(f"test_kind: channels of type '{kind.name}' have no embeddings API; test them with chat.")
+
+
 async def _check_scope(session: AsyncSession, scope: str, owner_id: UUID | None, group_id: UUID | None) -> None:
     # Under RLS, a user or group of another tenant is simply not found here.
     if scope == "personal" and (owner_id is None or await session.get(User, owner_id) is None):
@@ -103,6 +109,7 @@ async def create_channel(
 ) -> Channel:
     kind = await provider_type(session, data.type, echo_enabled=echo_enabled)
     _check_base_url(kind, data.base_url)
+    _check_test_kind(kind, data.test_kind)
     if not data.keys and kind.api_format != "echo":
         raise InvalidRequest("A channel needs at least one API key in `keys`.")
     await _check_scope(session, data.scope, data.owner_id, data.group_id)
@@ -125,6 +132,7 @@ async def create_channel(
         quota=data.quota,
         rate_limit=data.rate_limit,
         test_model=data.test_model,
+        test_kind=data.test_kind,
     )
     session.add(channel)
     await session.flush()
@@ -137,6 +145,8 @@ async def update_channel(
 ) -> Channel:
     changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
     keys = changes.pop("keys", None)
+    if "test_kind" in changes:
+        _check_test_kind(await session.get_one(ProviderType, channel.type_id), changes["test_kind"])
     renamed = "name" in changes and changes["name"] != channel.name
     if renamed and await session.scalar(select(Channel.id).where(Channel.name == changes["name"])) is not None:
         raise Conflict(f"A channel named '{changes['name']}' already exists.")
@@ -199,6 +209,7 @@ def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRea
         used_quota=channel.used_quota,
         rate_limit=channel.rate_limit,
         test_model=channel.test_model,
+        test_kind=channel.test_kind,
         last_test_at=channel.last_test_at,
         last_test_latency_ms=channel.last_test_latency_ms,
         last_test_error=channel.last_test_error,
@@ -209,7 +220,7 @@ def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRea
 async def test_channel(
     session: AsyncSession, channel: Channel, box: SecretBox, http: aiohttp.ClientSession
 ) -> ChannelTestResult:
-    """Make a real, minimal call through the channel; an auto-disabled channel that passes is enabled again.
+    """Make a real, minimal call of the channel's test kind; an auto-disabled channel that passes is enabled again.
 
     This is also the periodic health check's probe.
     """
@@ -223,15 +234,20 @@ async def test_channel(
         upstream_model=channel.model_mapping.get(model, model),
         api_version=channel.api_version,
     )
-    body: dict[str, Any] = {
-        "model": target.upstream_model,
-        "messages": [{"role": "user", "content": "ping"}],
-        "max_tokens": 1,
-    }
+    adapter = ADAPTERS[kind.api_format]
     started = time.perf_counter()
     error: str | None = None
     try:
-        await ADAPTERS[kind.api_format].complete(http, target, body, HEALTH_CHECK_TIMEOUTS)
+        if channel.test_kind == "embeddings":
+            probe = {"model": target.upstream_model, "input": "ping"}
+            await adapter.embed(http, target, probe, HEALTH_CHECK_TIMEOUTS)
+        else:
+            body: dict[str, Any] = {
+                "model": target.upstream_model,
+                "messages": [{"role": "user", "content": "ping"}],
+                "max_tokens": 1,
+            }
+            await adapter.complete(http, target, body, HEALTH_CHECK_TIMEOUTS)
     except UpstreamError as failure:
         error = failure.message[:1000]
     latency_ms = int((time.perf_counter() - started) * 1000)
@@ -242,7 +258,14 @@ async def test_channel(
         channel.status = "enabled"
         channel.status_reason = None
     await session.flush()
-    return ChannelTestResult(ok=error is None, model=model, latency_ms=latency_ms, error=error, status=channel.status)
+    return ChannelTestResult(
+        ok=error is None,
+        model=model,
+        kind=channel.test_kind,
+        latency_ms=latency_ms,
+        error=error,
+        status=channel.status,
+    )
 
 
 def _valid_networks(values: list[str]) -> list[str]:
@@ -250,6 +273,19 @@ def _valid_networks(values: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(value.strip(), strict=False)) for value in values]
     except ValueError as error:
         raise InvalidRequest(f"allowed_ips: {error}; use addresses or networks like 203.0.113.0/24.") from None
+
+
+async def _known_channels(session: AsyncSession, channel_ids: list[UUID]) -> list[str]:
+    """`allowed_channels` as stored, once every id is a channel of the caller's organization (RLS hides the rest)."""
+    found = set(await session.scalars(select(Channel.id).where(Channel.id.in_(channel_ids)))) if channel_ids else set()
+    unknown = [str(channel_id) for channel_id in channel_ids if channel_id not in found]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise InvalidRequest(
+            f"allowed_channels: no channel of this organization has the id {shown}; "
+            "name only this organization's channels (as GET /api/channels lists them)."
+        )
+    return [str(channel_id) for channel_id in channel_ids]
 
 
 async def create_token(
@@ -272,7 +308,7 @@ async def create_token(
         rpm_limit=data.rpm_limit,
         tpm_limit=data.tpm_limit,
         allowed_models=data.allowed_models,
-        allowed_channels=[str(channel) for channel in data.allowed_channels],
+        allowed_channels=await _known_channels(session, data.allowed_channels),
         allowed_ips=_valid_networks(data.allowed_ips),
         expires_at=data.expires_at,
         budget_period=data.budget_period,
@@ -297,7 +333,7 @@ async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate
     if "allowed_ips" in changes:
         changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
     if "allowed_channels" in changes:
-        changes["allowed_channels"] = [str(channel) for channel in changes["allowed_channels"]]
+        changes["allowed_channels"] = await _known_channels(session, changes["allowed_channels"])
     changed = sorted(field for field, value in changes.items() if getattr(token, field) != value)
     for field, value in changes.items():
         setattr(token, field, value)

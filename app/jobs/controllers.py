@@ -57,6 +57,8 @@ class JobController(Controller):
         kind = services.kind_for(data.kind)
         if kind.startable_by is None or (kind.startable_by == "admin" and not is_admin(request.user)):
             raise NotAllowed(f"Jobs of the kind '{kind.name}' cannot be started by you.")
+        if kind.admit is not None:
+            await kind.admit(db_session, request.user, services.checked_payload(kind, data.payload))
         settings = app_settings(request)
         job, created = await services.submit_job(
             db_session,

@@ -16,6 +16,7 @@ from app.encryption import SecretBox
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.auth.tokens import Principal
     from app.gateway.proxy import Gateway
     from app.storage.base import ObjectStore
 
@@ -70,6 +71,9 @@ class JobContext(Protocol):
 
 
 Handler = Callable[[JobContext], Awaitable[dict[str, Any] | None]]
+# Checks a submission against its caller before anything is recorded (e.g. that a user named in the payload
+# is one the caller may act on), so that what the job would refuse is refused at once, as a ServiceError.
+Admission = Callable[[AsyncSession, "Principal", dict[str, Any]], Awaitable[None]]
 
 
 class JobKind(msgspec.Struct, frozen=True):
@@ -81,6 +85,7 @@ class JobKind(msgspec.Struct, frozen=True):
     payload_type: type[msgspec.Struct] | None = None
     timeout_seconds: int = 600
     max_attempts: int | None = None
+    admit: Admission | None = None
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -93,6 +98,7 @@ def job_kind(
     payload_type: type[msgspec.Struct] | None = None,
     timeout_seconds: int = 600,
     max_attempts: int | None = None,
+    admit: Admission | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register a handler for a job kind (a decorator)."""
 
@@ -104,6 +110,7 @@ def job_kind(
             payload_type=payload_type,
             timeout_seconds=timeout_seconds,
             max_attempts=max_attempts,
+            admit=admit,
         )
         return handler
 

@@ -13,16 +13,23 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Redirect
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_303_SEE_OTHER
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_303_SEE_OTHER,
+    HTTP_409_CONFLICT,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from app.auth.controllers import app_settings, request_actor
 from app.auth.services import is_admin
 from app.auth.tokens import Principal
-from app.errors import Conflict, InvalidRequest, NotAllowed, ServiceUnavailable
+from app.errors import Conflict, ErrorBody, InvalidRequest, NotAllowed, ServiceUnavailable
 from app.gateway.controllers import gateway_of
 from app.jobs.controllers import job_queue
 from app.jobs.schemas import JobRead, job_read
@@ -79,7 +86,23 @@ class MemoryController(Controller):
         )
         return saved
 
-    @post("/", summary="Remember: extract facts from messages (a job), or store a text as is (infer=false)")
+    @post(
+        "/",
+        summary="Remember: extract facts from messages (a job), or store a text as is (infer=false)",
+        responses={
+            HTTP_201_CREATED: ResponseSpec(
+                MemoryRead, description="infer=false: the memory, stored as is", generate_examples=False
+            ),
+            HTTP_202_ACCEPTED: ResponseSpec(
+                JobRead, description="The `memory.extract` job that will extract the facts", generate_examples=False
+            ),
+            HTTP_409_CONFLICT: ResponseSpec(
+                ErrorBody,
+                description="Memory is turned off for the organization, or you already have this memory",
+                generate_examples=False,
+            ),
+        },
+    )
     async def add(
         self, data: JSONBody[MemoryAdd], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> Response[MemoryRead | JobRead]:
@@ -191,7 +214,11 @@ class MemoryController(Controller):
         await db_session.commit()  # the download is audited; a redirect is not auto-committed
         return Redirect(url, status_code=HTTP_303_SEE_OTHER)
 
-    @post("/search", summary="Search by meaning and by words; score is a cosine similarity, higher is closer")
+    @post(
+        "/search",
+        status_code=HTTP_200_OK,
+        summary="Search by meaning and by words; score is a cosine similarity, higher is closer",
+    )
     async def search(
         self, data: JSONBody[MemorySearch], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> list[MemoryHit]:

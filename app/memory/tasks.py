@@ -12,7 +12,8 @@ import msgspec
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.services import ADMIN_ROLES
+from app.auth.services import ADMIN_ROLES, is_admin
+from app.auth.tokens import Principal
 from app.errors import ServiceError
 from app.gateway.catalog import TokenInfo
 from app.gateway.internal import EmbeddingRejected, GatewayRefused, chat_token, complete, embed
@@ -393,7 +394,19 @@ async def _lock_user_memories(session: AsyncSession, user_id: UUID) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"memory:{user_id}"})
 
 
-@job_kind("memory.export", startable_by="user", payload_type=MemoryExportPayload, timeout_seconds=900)
+async def _admit_export(session: AsyncSession, caller: Principal, payload: dict[str, Any]) -> None:
+    """Whose memories, decided at submission as for imports: someone the caller may not export is refused now."""
+    requested = msgspec.convert(payload, MemoryExportPayload).user_id
+    await services.memory_owner(session, caller_id=caller.user_id, is_admin=is_admin(caller), requested=requested)
+
+
+@job_kind(
+    "memory.export",
+    startable_by="user",
+    payload_type=MemoryExportPayload,
+    timeout_seconds=900,
+    admit=_admit_export,
+)
 async def export_memories(job: JobContext) -> dict[str, Any]:
     """A user's active memories as a JSON archive in the object store (`GET /api/memories/exports/{job}`)."""
     payload = msgspec.convert(job.payload, MemoryExportPayload)

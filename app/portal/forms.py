@@ -20,8 +20,9 @@ _FRIENDLY = [
     (re.compile(r"Expected `(?:int|float)` >= (-?[\d.]+).*"), r"At least \1."),
     (re.compile(r"Expected `(?:int|float)` <= (-?[\d.]+).*"), r"At most \1."),
     (re.compile(r"Expected `str` matching regex .*"), "Use only the characters this field allows."),
-    (re.compile(r"Expected `int`.*"), "Enter a whole number."),
-    (re.compile(r"Expected `float`.*"), "Enter a number."),
+    # `| null`: an optional field, as the edit forms' structs have them.
+    (re.compile(r"Expected `int(?: \| null)?`.*"), "Enter a whole number."),
+    (re.compile(r"Expected `float(?: \| null)?`.*"), "Enter a number."),
     (re.compile(r"Expected `array` of length <= (\d+).*"), r"At most \1 entries."),
     (re.compile(r"Invalid enum value '(.*)'"), r"'\1' is not one of the choices."),
     (re.compile(r"Invalid RFC3339 encoded datetime.*"), "Enter a date and time."),

@@ -23,7 +23,20 @@ from app.portal.forms import FormInvalid, lines, pairs, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, require_admin, see_other, viewer_actor
 from db.provider import Channel, ProviderType
 
-FIELDS_IN_MESSAGES = ("keys", "base_url", "models", "model_mapping", "test_model", "type")
+FIELDS_IN_MESSAGES = ("keys", "base_url", "models", "model_mapping", "test_model", "test_kind", "type")
+TEST_KINDS = [("chat", "Chat completion (one token)"), ("embeddings", "Embeddings (one short input)")]
+# The fields a form sends as they are, one string each.
+TEXT_FIELDS = (
+    "name",
+    "base_url",
+    "api_version",
+    "priority",
+    "weight",
+    "quota",
+    "rate_limit",
+    "test_model",
+    "test_kind",
+)
 
 
 async def provide_admin_viewer(request: PortalRequest, db_session: NamedDependency[AsyncSession]) -> Viewer:
@@ -41,10 +54,7 @@ def field_of(error: ServiceError, default: str = "form") -> str:
 
 def _shaped(form: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     """The form's strings in the API's shapes: lists from lines, mappings from `a=b` lines."""
-    data: dict[str, Any] = {
-        name: str(form.get(name) or "").strip()
-        for name in ("name", "base_url", "api_version", "priority", "weight", "quota", "rate_limit", "test_model")
-    }
+    data: dict[str, Any] = {name: str(form.get(name) or "").strip() for name in TEXT_FIELDS}
     data["models"] = lines(form.get("models"))
     data["model_mapping"] = pairs(form.get("model_mapping"))
     keys = lines(form.get("keys"))
@@ -82,6 +92,9 @@ class ChannelPages(Controller):
         errors: dict[str, str] | None = None,
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
+        if errors and channel is not None:
+            # Errors follow a rollback, which expired the channel: load it again before the page reads it.
+            await db_session.refresh(channel)
         echo = app_settings(request).echo_provider_enabled
         types = [
             kind
@@ -94,6 +107,7 @@ class ChannelPages(Controller):
             status_code=status_code if errors else 200,
             channel=channel,
             types=types,
+            test_kinds=TEST_KINDS,
             values=values,
             errors=errors or {},
         )
@@ -160,6 +174,7 @@ class ChannelPages(Controller):
             "quota": str(channel.quota),
             "rate_limit": str(channel.rate_limit),
             "test_model": channel.test_model or "",
+            "test_kind": channel.test_kind,
         }
         return await self._form_page(viewer, db_session, request, channel=channel, values=values)
 

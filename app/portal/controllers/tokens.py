@@ -84,6 +84,9 @@ class TokenPages(Controller):
         errors: dict[str, str] | None = None,
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
+        if errors and token is not None:
+            # Errors follow a rollback, which expired the key: load it again before the page reads it.
+            await db_session.refresh(token)
         users = []
         if viewer.is_admin and token is None:
             users = [(str(user.id), user.email) for user in await db_session.scalars(select(User).order_by(User.email))]
