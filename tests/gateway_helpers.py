@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+import httpx2
+
 from db.auth import User
 from tests.conftest import Client, TenantRows
 from tests.mock_upstream import MockUpstream
@@ -39,6 +42,13 @@ async def issue_key(client: Client, headers: dict[str, str], **fields: Any) -> t
     response = await client.post("/api/tokens", json={"name": "test key", **fields}, headers=headers)
     assert response.status_code == 201, response.text
     return response.json()["key"], dict(response.json()["token"])
+
+
+def sdk_http(client: Client) -> httpx2.AsyncClient:
+    """A client for the official SDKs (built on httpx2) on the same in-process app as `client`."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=transport.app), base_url=str(client.base_url))
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -51,6 +51,10 @@ class Behavior:
     dimensions: int | None = None
     # An account that only serves embedding models: chat calls answer 404, as OpenAI does for them.
     embeddings_only: bool = False
+    # A model that refuses this request parameter as OpenAI's reasoning models refuse `max_tokens` (400).
+    refused_parameter: str | None = None
+    # The `usage` object to report instead of the true counts (an overshooting or confused provider).
+    reported_usage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -92,6 +96,7 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/messages", self._messages)
+        app.router.add_post("/{name}/v1/messages/count_tokens", self._count_tokens)
         # Azure OpenAI: the deployment in the path, the version in the query.
         app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -151,6 +156,11 @@ class MockUpstream:
         if behavior.embeddings_only:
             error = {"message": f"{body['model']} is not a chat model", "type": "invalid_request_error"}
             return web.json_response({"error": {**error, "code": "model_not_found"}}, status=404)
+        if behavior.refused_parameter is not None and behavior.refused_parameter in body:
+            refused = behavior.refused_parameter
+            message = f"Unsupported parameter: '{refused}' is not supported with this model."
+            error = {"message": message, "type": "invalid_request_error", "param": refused}
+            return web.json_response({"error": {**error, "code": "unsupported_parameter"}}, status=400)
         scripted = behavior.replies.pop(0) if behavior.replies else None
         words = scripted.split() if scripted is not None else self._reply_words(name, behavior, body)
         # Streamed piece by piece with their spaces, so that the text arrives exactly as it would whole.
@@ -161,6 +171,8 @@ class MockUpstream:
             "completion_tokens": len(words),
             "total_tokens": self._prompt_tokens(body) + len(words),
         }
+        if behavior.reported_usage is not None:
+            usage = behavior.reported_usage
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             answer = {
@@ -300,6 +312,16 @@ class MockUpstream:
         await event("message_stop", {})
         await response.write_eof()
         return response
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        _, _, body, failure = await self._prologue(request)
+        if failure is not None:
+            return failure
+        system = body.get("system") or ""
+        words = len(str(system).split()) + sum(
+            len(str(message.get("content", "")).split()) for message in body["messages"]
+        )
+        return web.json_response({"input_tokens": words})
 
 
 def main() -> None:
