@@ -176,6 +176,8 @@ class UsageRead(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     cost: int
+    # Credits of the reported usage beyond what the call reserved: not charged to the key, on the record.
+    overshoot: int
     latency_ms: int
     upstream_latency_ms: int | None
     status_code: int

@@ -485,8 +485,8 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
 USAGE_EXPORT_KIND = "usage.export"
 USAGE_EXPORT_COLUMNS = (
     "created_at", "request_id", "user_id", "token_id", "channel_id", "endpoint", "model", "upstream_model",
-    "prompt_tokens", "completion_tokens", "cost", "latency_ms", "upstream_latency_ms", "status_code", "outcome",
-    "stream",
+    "prompt_tokens", "completion_tokens", "cost", "overshoot", "latency_ms", "upstream_latency_ms", "status_code",
+    "outcome", "stream",
 )  # fmt: skip
 
 

@@ -24,13 +24,13 @@ class Usage(msgspec.Struct, frozen=True):
 
 
 def reported_count(value: Any) -> int | None:
-    """A token count as a provider reported it, if it is one: a whole number, never negative (a negative
-    count would lower the bill), capped at what the usage log can hold. Anything else is no count."""
+    """A token count as a provider reported it, if it is one: a whole, non-negative number (a negative one
+    would lower the bill), capped at what the usage log can hold. Anything else is no count (None)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         return None
-    return min(max(int(value), 0), MAX_REPORTED_TOKENS)
+    return min(int(value), MAX_REPORTED_TOKENS) if value >= 0 else None
 
 
 class Target(msgspec.Struct, frozen=True):
