@@ -362,7 +362,11 @@ class ProviderTypeController(Controller):
         rows = await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
         return [
             ProviderTypeRead(
-                name=row.name, display_name=row.display_name, base_url=row.base_url, api_format=row.api_format
+                name=row.name,
+                display_name=row.display_name,
+                base_url=row.base_url,
+                api_format=row.api_format,
+                output_limit_parameter=row.output_limit_parameter,
             )
             for row in rows
             if row.api_format != "echo" or echo

@@ -205,3 +205,5 @@ class ProviderTypeRead(msgspec.Struct):
     display_name: str
     base_url: str | None
     api_format: str
+    # The parameter a completion's output limit is sent in: `max_tokens` or `max_completion_tokens`.
+    output_limit_parameter: str
