@@ -9,8 +9,8 @@ applies the same JSON rules to its own bodies (`json_problem`).
 from __future__ import annotations
 
 import datetime
-import functools
 import re
+import weakref
 from typing import Any
 
 import msgspec
@@ -101,9 +101,14 @@ def _refuse_nul_in_parameters(request: Request[Any, Any, State]) -> None:
             raise InvalidRequest(f"The path parameter `{name}` contains a NUL character.")
 
 
-@functools.cache
+# Weak: a handler keeps its app (and the app its database pool) alive; the cache must not.
+_TIMESTAMP_PARAMETERS: weakref.WeakKeyDictionary[BaseRouteHandler, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
 def _timestamp_parameters(handler: BaseRouteHandler) -> frozenset[str]:
     """The query parameters a handler declares as datetimes or dates (by the name the client sends)."""
+    if (known := _TIMESTAMP_PARAMETERS.get(handler)) is not None:
+        return known
     names = set()
     for field in handler.parsed_fn_signature.parameters.values():
         types = [inner.annotation for inner in field.inner_types] if field.is_optional else [field.annotation]
@@ -114,7 +119,8 @@ def _timestamp_parameters(handler: BaseRouteHandler) -> frozenset[str]:
             names.add(field.name)  # a plain parameter is a query parameter
         elif isinstance(kwarg, ParameterKwarg) and kwarg.param_type == ParamType.QUERY:
             names.add(kwarg.name or field.name)
-    return frozenset(names)
+    _TIMESTAMP_PARAMETERS[handler] = frozenset(names)
+    return _TIMESTAMP_PARAMETERS[handler]
 
 
 def _refuse_numeric_timestamps(request: Request[Any, Any, State]) -> None:

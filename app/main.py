@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> Litestar:
         await gateway.close()
         await redis.aclose()
         await http.aclose()
+        await engine.dispose()
 
     def provide_redis() -> Redis:
         return redis

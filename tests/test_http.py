@@ -12,6 +12,8 @@ import msgspec
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
@@ -210,3 +212,26 @@ async def test_an_unexpected_failure_is_a_500_that_reveals_nothing(
     }
     assert "127.0.0.1" not in response.text
     assert "s3cret" not in response.text
+
+
+async def test_an_app_closes_its_database_connections_when_it_stops(
+    settings: Settings, tenant_a: TenantRows, auth_headers: Callable[[User], dict[str, str]], owner_engine: AsyncEngine
+) -> None:
+    """A stopped app must not keep its pool open (nor let anything keep the app alive): test runs and
+    restarted workers would otherwise run the server out of connections."""
+
+    async def app_role_connections() -> int:
+        async with owner_engine.connect() as connection:
+            statement = text("SELECT count(*) FROM pg_stat_activity WHERE usename = :role")
+            return int(
+                (
+                    await connection.execute(statement, {"role": make_url(settings.database_url or "").username})
+                ).scalar_one()
+            )
+
+    before = await app_role_connections()
+    for _ in range(3):
+        async with app_client(settings) as client:
+            response = await client.get("/api/jobs?before=2999-01-01T00:00:00Z", headers=auth_headers(tenant_a.admin))
+            assert response.status_code == 200, response.text
+    assert await app_role_connections() == before
