@@ -1,10 +1,11 @@
-# Lyss: `make run` serves the app, `make test` runs the whole suite. Both set everything up first.
+# Lyss: `make run` serves the app, `make test` runs the whole suite, `make fuzz` the schema-driven fuzzing.
+# All set everything up first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint bench format deploy-check clean
+.PHONY: run test fuzz lint bench format deploy-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,11 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/pytest
+
+# Schemathesis over the whole OpenAPI schema of a running server, as an admin, an end user and anonymously;
+# fixed seed, bounded examples: about 3 minutes on 2 cores. Left out of `make test` (the `fuzz` marker).
+fuzz: $(INSTALLED)
+	$(BIN)/pytest -m fuzz
 
 # Figures for docs/performance.md; needs wrk (apt-get install wrk) and, once, PyPI for LiteLLM (installed
 # under .bench/ for the comparison). Loopback only, bounded runs.

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -276,19 +276,25 @@ def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
 
 
 LYSS = str(Path(sys.executable).parent / "lyss")
+# The child imports `app` from this checkout, not from wherever the virtualenv's editable install points.
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunningLyss(msgspec.Struct):
     url: str
     settings: Settings
+    log: Path
 
     def headers_for(self, user: User) -> dict[str, str]:
         principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role, session_id=uuid7())
         return {"Authorization": f"Bearer {issue_access_token(self.settings.jwt_keyring, principal, 300)}"}
 
 
-@pytest.fixture(scope="module")
-def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLyss]:
+@contextmanager
+def serve_lyss(
+    database: DatabaseUrls, redis_url: str, log_dir: Path, **environment_overrides: str
+) -> Iterator[RunningLyss]:
+    """`lyss serve` on a free loopback port until the block ends; its output goes to `log_dir/server.log`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -302,6 +308,7 @@ def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPa
     environment = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
+        "PYTHONPATH": str(REPOSITORY_ROOT),
         "DATABASE_URL": database.app_url,
         "REDIS_URL": redis_url,
         "LYSS_ENCRYPTION_KEYS": settings.encryption_keys or "",
@@ -312,23 +319,36 @@ def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPa
         "LYSS_UPSTREAM_READ_TIMEOUT": "5",
         "LYSS_LOG_LEVEL": "warning",
         "LYSS_DATABASE_POOL_SIZE": "10",
+        **environment_overrides,
     }
-    log = (tmp_path_factory.mktemp("lyss") / "server.log").open("w")
+    log_path = log_dir / "server.log"
+    log = log_path.open("w")
     process = subprocess.Popen(
         [LYSS, "serve", "--no-migrate", "--no-demo"], env=environment, start_new_session=True,
         stdout=log, stderr=log, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"lyss serve exited; see {log.name}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield RunningLyss(url=url, settings=settings)
-    os.killpg(process.pid, signal.SIGINT)
-    process.wait(timeout=30)
-    log.close()
+    try:
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"lyss serve exited; see {log_path}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lyss serve was not ready within 60 s; see {log_path}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield RunningLyss(url=url, settings=settings, log=log_path)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLyss]:
+    with serve_lyss(database, redis_url, tmp_path_factory.mktemp("lyss")) as running:
+        yield running

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 
 def word_vector(text: str, dimensions: int) -> list[float]:
@@ -55,6 +56,8 @@ class Behavior:
     refused_parameter: str | None = None
     # The `usage` object to report instead of the true counts (an overshooting or confused provider).
     reported_usage: dict[str, Any] | None = None
+    # A body this mock cannot read gets a 400, as from a real provider, instead of crashing into a 500.
+    refuse_unreadable: bool = False
 
 
 @dataclass
@@ -92,7 +95,7 @@ class MockUpstream:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        app = web.Application()
+        app = web.Application(middlewares=[self._refuse_unreadable])
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/messages", self._messages)
@@ -108,6 +111,17 @@ class MockUpstream:
         self._loop.run_forever()
 
     # --- shared ---------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _refuse_unreadable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+            if not self.behaviors.get(request.match_info.get("name", ""), Behavior()).refuse_unreadable:
+                raise
+            message = f"The mock provider cannot read this request ({type(error).__name__})."
+            error_body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+            return web.json_response(error_body, status=400)
 
     async def _prologue(self, request: web.Request) -> tuple[str, Behavior, dict[str, Any], web.Response | None]:
         name = request.match_info["name"]
