@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import re
-import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -101,13 +101,14 @@ def _refuse_nul_in_parameters(request: Request[Any, Any, State]) -> None:
             raise InvalidRequest(f"The path parameter `{name}` contains a NUL character.")
 
 
-# Weak: a handler keeps its app (and the app its database pool) alive; the cache must not.
-_TIMESTAMP_PARAMETERS: weakref.WeakKeyDictionary[BaseRouteHandler, frozenset[str]] = weakref.WeakKeyDictionary()
+# Keyed by the handler's function, not the handler: a handler keeps its app (and the app its database
+# pool) alive, and a module-level cache must not.
+_TIMESTAMP_PARAMETERS: dict[Callable[..., Any], frozenset[str]] = {}
 
 
 def _timestamp_parameters(handler: BaseRouteHandler) -> frozenset[str]:
     """The query parameters a handler declares as datetimes or dates (by the name the client sends)."""
-    if (known := _TIMESTAMP_PARAMETERS.get(handler)) is not None:
+    if (known := _TIMESTAMP_PARAMETERS.get(handler.fn)) is not None:
         return known
     names = set()
     for field in handler.parsed_fn_signature.parameters.values():
@@ -119,8 +120,8 @@ def _timestamp_parameters(handler: BaseRouteHandler) -> frozenset[str]:
             names.add(field.name)  # a plain parameter is a query parameter
         elif isinstance(kwarg, ParameterKwarg) and kwarg.param_type == ParamType.QUERY:
             names.add(kwarg.name or field.name)
-    _TIMESTAMP_PARAMETERS[handler] = frozenset(names)
-    return _TIMESTAMP_PARAMETERS[handler]
+    _TIMESTAMP_PARAMETERS[handler.fn] = frozenset(names)
+    return _TIMESTAMP_PARAMETERS[handler.fn]
 
 
 def _refuse_numeric_timestamps(request: Request[Any, Any, State]) -> None:

@@ -315,3 +315,14 @@ async def test_a_change_racing_a_deletion_is_a_404_never_a_500(
             assert changed.json()["title"] == "renamed"
         assert (await client.get(path, headers=headers)).status_code == 404
     assert set(outcomes) <= {(200, 204), (404, 204)}
+
+
+async def test_renaming_a_key_to_a_name_its_user_already_has_is_a_409(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    headers = auth_headers(tenant_a.user)
+    first = (await client.post("/api/tokens", json={"name": "one"}, headers=headers)).json()["token"]
+    assert (await client.post("/api/tokens", json={"name": "two"}, headers=headers)).status_code == 201
+    response = await client.patch(f"/api/tokens/{first['id']}", json={"name": "two"}, headers=headers)
+    assert_clean_error(response, 409, "already has a key named 'two'")
+    assert (await client.get(f"/api/tokens/{first['id']}", headers=headers)).json()["name"] == "one"

@@ -126,9 +126,15 @@ def invalid_parameter(error: msgspec.ValidationError) -> errors.GatewayError:
 
 def chat_request(body: dict[str, Any]) -> ChatRequest:
     try:
-        return msgspec.convert(body, ChatRequest, strict=True)
+        request = msgspec.convert(body, ChatRequest, strict=True)
     except msgspec.ValidationError as error:
         raise invalid_parameter(error) from None
+    for position, message in enumerate(request.messages):
+        # Only an assistant turn (one that calls tools) may come without content, as OpenAI has it.
+        if message.content is None and message.role != "assistant":
+            path = f"messages[{position}].content"
+            raise errors.invalid_request(f"Missing required parameter: '{path}'.", param=path)
+    return request
 
 
 def embeddings_request(body: dict[str, Any]) -> EmbeddingsRequest:

@@ -334,6 +334,10 @@ async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate
         changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
     if "allowed_channels" in changes:
         changes["allowed_channels"] = await _known_channels(session, changes["allowed_channels"])
+    if "name" in changes and changes["name"] != token.name:
+        same_name = select(ApiToken.id).where(ApiToken.user_id == token.user_id, ApiToken.name == changes["name"])
+        if await session.scalar(same_name):
+            raise Conflict(f"This user already has a key named '{changes['name']}'.")
     changed = sorted(field for field, value in changes.items() if getattr(token, field) != value)
     for field, value in changes.items():
         setattr(token, field, value)

@@ -13,6 +13,7 @@ from litestar import MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from app.errors import ServiceError
@@ -38,14 +39,15 @@ def database_refusal(exception: Exception) -> tuple[int, str] | None:
     """The client-facing status and message of a database error the client can cause, or None (a bug: 500).
 
     A row hidden by row-level security is indistinguishable from a missing one, and one deleted by another
-    request between this one's read and write is gone too: all are a 404. A value PostgreSQL refuses is
-    the net under the edge's validation, so that such input is a 400 (the transaction rolls back).
+    request between this one's read and write is gone too: all are a 404. A unique or foreign key a
+    service did not check first (or that a concurrent request took) is a 409. A value PostgreSQL refuses
+    is the net under the edge's validation, so that such input is a 400 (the transaction rolls back).
     """
     if isinstance(exception, NotFoundError):
         return 404, "Not found."
     if isinstance(exception, StaleDataError | ObjectDeletedError):
         return 404, "Not found (it was deleted meanwhile)."
-    if isinstance(exception, DuplicateKeyError | IntegrityError | ForeignKeyError):
+    if isinstance(exception, DuplicateKeyError | IntegrityError | ForeignKeyError | DatabaseIntegrityError):
         return 409, "This conflicts with an existing resource."
     if _is_data_exception(exception):
         return 400, "A value in the request is not one the database can store (out of range or malformed)."
