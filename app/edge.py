@@ -67,17 +67,40 @@ def _child(path: str, key: str | int) -> str:
 def json_problem(raw: bytes, document: Any) -> JsonProblem | None:
     """The first NUL character or level too deep in `document` (decoded from `raw`), or None.
 
-    The raw bytes decide whether to look at all: JSON can only carry NUL as the escape `\\u0000`, and a
-    document with no more brackets than the depth limit cannot exceed it, so the usual body costs two
-    byte scans and no walk.
+    The raw bytes decide what to look for: JSON carries NUL only as the escape `\\u0000`, and a document
+    with no more brackets than the depth limit cannot exceed it. So the usual body costs three byte scans;
+    a large one (many messages, tools) a walk of its containers by level, without paths; the paths are
+    worked out only for a document that has a problem.
     """
-    if b"\\u0000" not in raw and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return None
+    if b"\\u0000" in raw:
+        problem = _first_problem(document, nul=True)
+        if problem is not None:
+            return problem
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than_limit(document):
+        return _first_problem(document, nul=False)
+    return None
+
+
+def _deeper_than_limit(document: Any) -> bool:
+    level = [document]
+    for _ in range(MAX_JSON_DEPTH):
+        below: list[Any] = []
+        for container in level:
+            values = container.values() if type(container) is dict else container
+            below.extend(value for value in values if type(value) is dict or type(value) is list)
+        if not below:
+            return False
+        level = below
+    return True
+
+
+def _first_problem(document: Any, *, nul: bool) -> JsonProblem | None:
+    """The first NUL (when `nul`) or level beyond the limit, depth first, with its path."""
     pending: list[tuple[Any, str, int]] = [(document, "", 0)]
     while pending:
         value, path, depth = pending.pop()
         if isinstance(value, str):
-            if "\x00" in value:
+            if nul and "\x00" in value:
                 return JsonProblem(path, "contains a NUL character (\\u0000), which is not accepted")
             continue
         if not isinstance(value, dict | list):
@@ -86,7 +109,7 @@ def json_problem(raw: bytes, document: Any) -> JsonProblem | None:
             return JsonProblem(path, f"is nested more than {MAX_JSON_DEPTH} levels deep")
         items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
         for key, item in reversed(items):
-            if isinstance(key, str) and "\x00" in key:
+            if nul and isinstance(key, str) and "\x00" in key:
                 return JsonProblem(path, "has a key with a NUL character (\\u0000), which is not accepted")
             pending.append((item, _child(path, key), depth + 1))
     return None

@@ -90,6 +90,13 @@ class ChatRequest(msgspec.Struct):
         return max(limits) if limits else None
 
     @property
+    def limit_parameter(self) -> str:
+        """The parameter that names the largest limit (`max_tokens` when neither does), for error messages."""
+        if self.max_completion_tokens is not None and self.max_completion_tokens == self.requested_limit:
+            return "max_completion_tokens"
+        return "max_tokens"
+
+    @property
     def choices(self) -> int:
         return self.n or 1
 

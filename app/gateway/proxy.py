@@ -493,7 +493,7 @@ class Gateway:
         media = max(request.images, native.media if native is not None else 0)
         prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(request.messages) + MEDIA_PROMPT_TOKENS * media
         prompt_estimate = estimated_tokens(_text_length(body["messages"]))
-        worst_case = self._worst_case(cost, prompt_bound, completion_bound, "max_tokens")
+        worst_case = self._worst_case(cost, prompt_bound, completion_bound, request.limit_parameter)
         reservation = await self._reserve(token, channels, worst_case, prompt_estimate + completion_bound)
         usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
         client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
