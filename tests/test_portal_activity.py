@@ -105,10 +105,11 @@ async def test_audit_log_lists_security_events_newest_first_and_filters_narrow_t
     assert field_error(bad.text, "since") == "Enter a date as YYYY-MM-DD."
     assert set(EVENT_ROW.findall(bad.text)) == failed
     assert 'value="2024-13-45"' in bad.text
+    # A NUL character is refused once, at the edge, for every page: a 400 naming the field, no rows.
     odd = await client.get("/portal/audit", params={"actor": "nul\x00byte", "until": "9999-12-31"})
     assert odd.status_code == 400
-    assert field_error(odd.text, "actor") == "Remove the control characters."
-    assert len(EVENT_ROW.findall(odd.text)) == 3
+    assert "The query parameter `actor` contains a NUL character." in odd.text
+    assert EVENT_ROW.findall(odd.text) == []
 
     # Another tenant's admin sees its own trail only.
     await sign_out(client, token)

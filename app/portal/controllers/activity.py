@@ -65,10 +65,9 @@ def filters_from(
     """A filter form's query values as `struct_type`; a wrong field is reported and left out, the rest apply."""
     raw = {name: query.get(name, "").strip() for name in names}
     given = {name: value for name, value in raw.items() if value}
-    # PostgreSQL text cannot hold a NUL character: refused here rather than by the database.
-    errors = {name: "Remove the control characters." for name, value in given.items() if "\x00" in value}
+    errors: dict[str, str] = {}
     try:
-        return parse(struct_type, {name: value for name, value in given.items() if name not in errors}), errors
+        return parse(struct_type, given), errors
     except FormInvalid as invalid:
         errors |= invalid.errors
     valid = {name: value for name, value in given.items() if name not in errors}
