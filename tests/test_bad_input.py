@@ -124,63 +124,59 @@ async def test_a_failed_invitation_acceptance_leaves_nothing_behind(client: Clie
 NUL = "\u0000"
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "field"),
-    [
-        ("POST", "/api/auth/login", {"tenant": f"de{NUL}mo", "email": "a@b.example.com", "password": "x"}, "tenant"),
-        ("POST", "/api/auth/login", {"tenant": "demo", "email": f"a{NUL}@b.example.com", "password": "x"}, "email"),
-        ("POST", "/api/auth/signup", {"tenant": f"de{NUL}mo", "email": "a@b.example.com", "password": "x"}, "tenant"),
-        ("GET", "/api/auth/tenants/de%00mo/oauth-providers", None, "tenant_slug"),
-    ],
-)
-async def test_nul_characters_are_refused_before_sign_in(
-    client: Client, method: str, path: str, body: dict[str, Any] | None, field: str
-) -> None:
-    response = await client.request(method, path, json=body)
-    assert_clean_error(response, 400, f"`{field}`", "NUL")
+BEFORE_SIGN_IN: list[tuple[str, str, dict[str, Any] | None, str]] = [
+    ("POST", "/api/auth/login", {"tenant": f"de{NUL}mo", "email": "a@b.example.com", "password": "x"}, "tenant"),
+    ("POST", "/api/auth/login", {"tenant": "demo", "email": f"a{NUL}@b.example.com", "password": "x"}, "email"),
+    ("POST", "/api/auth/signup", {"tenant": f"de{NUL}mo", "email": "a@b.example.com", "password": "x"}, "tenant"),
+    ("GET", "/api/auth/tenants/de%00mo/oauth-providers", None, "tenant_slug"),
+]
+
+
+async def test_nul_characters_are_refused_before_sign_in(client: Client, subtests: pytest.Subtests) -> None:
+    for method, path, body, field in BEFORE_SIGN_IN:
+        with subtests.test(msg=f"{method} {path} {field}"):
+            response = await client.request(method, path, json=body)
+            assert_clean_error(response, 400, f"`{field}`", "NUL")
 
 
 A_CHANNEL = {"name": "c", "type": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "field", "table"),
-    [
-        ("GET", "/api/usage?model=a%00b", None, "model", None),
-        ("GET", "/api/usage/daily?model=a%00b", None, "model", None),
-        ("GET", "/api/jobs?kind=a%00b", None, "kind", None),
-        ("POST", "/api/memories", {"text": f"likes{NUL}tea", "infer": False}, "text", Memory),
-        ("POST", "/api/memories", {"text": "t", "infer": False, "metadata": {"a": [NUL]}}, "metadata.a[0]", Memory),
-        ("POST", "/api/memories", {"messages": [{"role": "user", "content": NUL}]}, "messages[0].content", Memory),
-        ("POST", "/api/jobs", {"kind": "test.effect", "payload": {"marker": f"a{NUL}"}}, "payload.marker", Job),
-        ("POST", "/api/jobs", {"kind": "test.effect", "payload": {f"k{NUL}": 1}}, "payload", Job),
-        ("POST", "/api/conversations", {"model": "gpt-test", "title": f"a{NUL}b"}, "title", Conversation),
-        ("POST", "/api/channels", {**A_CHANNEL, "models": [f"m{NUL}"]}, "models[0]", Channel),
-        ("POST", "/api/tokens", {"name": "k", "allowed_models": [f"m{NUL}"]}, "allowed_models[0]", ApiToken),
-        ("PUT", "/api/model-prices/a%00b", {"prompt_price": 1, "completion_price": 1}, "model", ModelPrice),
-    ],
-)  # fmt: skip
+SIGNED_IN: list[tuple[str, str, dict[str, Any] | None, str, type[Base] | None]] = [
+    ("GET", "/api/usage?model=a%00b", None, "model", None),
+    ("GET", "/api/usage/daily?model=a%00b", None, "model", None),
+    ("GET", "/api/jobs?kind=a%00b", None, "kind", None),
+    ("POST", "/api/memories", {"text": f"likes{NUL}tea", "infer": False}, "text", Memory),
+    ("POST", "/api/memories", {"text": "t", "infer": False, "metadata": {"a": [NUL]}}, "metadata.a[0]", Memory),
+    ("POST", "/api/memories", {"messages": [{"role": "user", "content": NUL}]}, "messages[0].content", Memory),
+    ("POST", "/api/jobs", {"kind": "test.effect", "payload": {"marker": f"a{NUL}"}}, "payload.marker", Job),
+    ("POST", "/api/jobs", {"kind": "test.effect", "payload": {f"k{NUL}": 1}}, "payload", Job),
+    ("POST", "/api/conversations", {"model": "gpt-test", "title": f"a{NUL}b"}, "title", Conversation),
+    ("POST", "/api/channels", {**A_CHANNEL, "models": [f"m{NUL}"]}, "models[0]", Channel),
+    ("POST", "/api/tokens", {"name": "k", "allowed_models": [f"m{NUL}"]}, "allowed_models[0]", ApiToken),
+    ("PUT", "/api/model-prices/a%00b", {"prompt_price": 1, "completion_price": 1}, "model", ModelPrice),
+]  # fmt: skip
+
+
 async def test_nul_characters_are_refused_at_the_edge_naming_the_field_and_nothing_is_written(
     client: Client,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     session_maker: async_sessionmaker[AsyncSession],
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
-    field: str,
-    table: type[Base] | None,
+    subtests: pytest.Subtests,
 ) -> None:
-    async def rows() -> int:
+    async def rows(table: type[Base] | None) -> int:
         if table is None:
             return 0
         async with tenant_session(session_maker, tenant_a.id) as session:
             return int(await session.scalar(select(func.count()).select_from(table)) or 0)
 
-    before = await rows()
-    response = await client.request(method, path, json=body, headers=auth_headers(tenant_a.admin))
-    assert_clean_error(response, 400, f"`{field}`", "NUL")
-    assert await rows() == before
+    for method, path, body, field, table in SIGNED_IN:
+        with subtests.test(msg=f"{method} {path} {field}"):
+            before = await rows(table)
+            response = await client.request(method, path, json=body, headers=auth_headers(tenant_a.admin))
+            assert_clean_error(response, 400, f"`{field}`", "NUL")
+            assert await rows(table) == before
 
 
 async def test_a_nul_in_a_message_stores_no_turn(
@@ -213,25 +209,26 @@ async def test_a_portal_form_with_a_nul_names_the_field_on_an_html_page(
 # --- numbers and dates in query strings ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("path", "field"),
-    [
-        ("/api/usage?status_code=9999999999999", "status_code"),
-        ("/api/usage?status_code=-2720044104", "status_code"),
-        ("/api/usage?status_code=42", "status_code"),
-        ("/api/jobs?before=0.5", "before"),
-        ("/api/usage/daily?until=0.5", "until"),
-        ("/api/usage?since=1700000000", "since"),
-        ("/api/memories?before=1e3", "before"),
-    ],
-)
+QUERY_MISTAKES = [
+    ("/api/usage?status_code=9999999999999", "status_code"),
+    ("/api/usage?status_code=-2720044104", "status_code"),
+    ("/api/usage?status_code=42", "status_code"),
+    ("/api/jobs?before=0.5", "before"),
+    ("/api/usage/daily?until=0.5", "until"),
+    ("/api/usage?since=1700000000", "since"),
+    ("/api/memories?before=1e3", "before"),
+]
+
+
 async def test_query_numbers_are_bounded_and_timestamps_are_dates(
-    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, path: str, field: str
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, subtests: pytest.Subtests
 ) -> None:
-    response = await client.get(path, headers=auth_headers(tenant_a.admin))
-    assert 400 <= response.status_code < 500, response.text
-    assert field in response.text
-    assert "Traceback" not in response.text
+    for path, field in QUERY_MISTAKES:
+        with subtests.test(msg=path):
+            response = await client.get(path, headers=auth_headers(tenant_a.admin))
+            assert response.status_code == 400, response.text
+            assert field in response.text
+            assert "Traceback" not in response.text
 
 
 async def test_dates_in_query_strings_still_filter(
@@ -253,19 +250,20 @@ async def test_the_portal_usage_page_bounds_its_status_filter(client: Client, te
 # --- JSON bodies are typed strictly ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [0, 1, "true", "false", "yes", None])
 async def test_a_boolean_must_be_a_json_boolean(
-    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, value: object
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, subtests: pytest.Subtests
 ) -> None:
     headers = auth_headers(tenant_a.admin)
-    response = await client.patch("/api/tenant/policy", json={"allow_self_signup": value}, headers=headers)
-    if value is None:  # "leave as it is"
-        assert response.status_code == 200, response.text
-        assert response.json()["allow_self_signup"] is False
-        return
-    assert response.status_code == 400, response.text
-    assert response.json()["extra"][0]["key"] == "allow_self_signup"
+    for value in (0, 1, "true", "false", "yes"):
+        with subtests.test(msg=repr(value)):
+            response = await client.patch("/api/tenant/policy", json={"allow_self_signup": value}, headers=headers)
+            assert response.status_code == 400, response.text
+            assert response.json()["extra"][0]["key"] == "allow_self_signup"
     assert (await client.get("/api/tenant/policy", headers=headers)).json()["allow_self_signup"] is False
+    kept = await client.patch("/api/tenant/policy", json={"allow_self_signup": None}, headers=headers)  # as it is
+    assert kept.json()["allow_self_signup"] is False
+    turned_on = await client.patch("/api/tenant/policy", json={"allow_self_signup": True}, headers=headers)
+    assert turned_on.json()["allow_self_signup"] is True
 
 
 async def test_numbers_in_strings_are_not_numbers(

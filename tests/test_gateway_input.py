@@ -75,39 +75,24 @@ CHAT_MISTAKES: list[tuple[dict[str, Any], str]] = [
     ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
     ({"stop": 5}, "stop"),
 ]
+EMBEDDING_INPUTS: list[Any] = [5, [], [1, "a"], [[1], "a"], [[1], [-2]], [True]]
 
 
-@pytest.mark.parametrize(("change", "param"), CHAT_MISTAKES, ids=[param for _, param in CHAT_MISTAKES])
-async def test_a_malformed_chat_request_is_a_400_naming_the_parameter(
-    client: Client,
-    tenant_a: TenantRows,
-    upstream: MockUpstream,
-    auth_headers: AuthHeaders,
-    change: dict[str, Any],
-    param: str,
+async def test_a_malformed_chat_or_embeddings_request_is_a_400_naming_the_parameter(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders, subtests: pytest.Subtests
 ) -> None:
     key = await gateway_key(client, tenant_a, upstream, auth_headers)
-    body = msgspec.json.encode({**chat_body(), **change})  # 10**400 has no float form: raw JSON digits
-    response = await client.post("/v1/chat/completions", content=body, headers={**bearer(key), **JSON})
-    assert response.status_code == 400, response.text
-    error = openai_error(response)
-    assert error["type"] == "invalid_request_error"
-    assert param in (error["param"] or ""), error
-    assert param in error["message"]
-    assert sum(upstream.calls.values()) == 0
-
-
-EMBEDDING_MISTAKES: list[tuple[Any, str]] = [(5, "input"), ([], "input"), ([1, "a"], "input"), ([[1], "a"], "input")]
-
-
-@pytest.mark.parametrize(("value", "param"), EMBEDDING_MISTAKES)
-async def test_a_malformed_embeddings_input_is_a_400(
-    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders, value: Any, param: str
-) -> None:
-    key = await gateway_key(client, tenant_a, upstream, auth_headers)
-    response = await client.post("/v1/embeddings", json={"model": "embed-test", "input": value}, headers=bearer(key))
-    assert response.status_code == 400, response.text
-    assert openai_error(response)["param"] == param
+    cases = [("/v1/chat/completions", {**chat_body(), **change}, param) for change, param in CHAT_MISTAKES]
+    cases += [("/v1/embeddings", {"model": "embed-test", "input": value}, "input") for value in EMBEDDING_INPUTS]
+    for path, body, param in cases:
+        with subtests.test(msg=f"{path} {param}"):
+            # 10**400 has no float form: it goes as raw JSON digits.
+            response = await client.post(path, content=msgspec.json.encode(body), headers={**bearer(key), **JSON})
+            assert response.status_code == 400, response.text
+            error = openai_error(response)
+            assert error["type"] == "invalid_request_error"
+            assert param in (error["param"] or ""), error
+            assert param in error["message"]
     assert sum(upstream.calls.values()) == 0
 
 
@@ -200,21 +185,17 @@ MESSAGES_MISTAKES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), MESSAGES_MISTAKES, ids=[field for _, field in MESSAGES_MISTAKES])
 async def test_a_malformed_messages_request_is_an_anthropic_400_naming_the_field(
-    client: Client,
-    tenant_a: TenantRows,
-    upstream: MockUpstream,
-    auth_headers: AuthHeaders,
-    change: dict[str, Any],
-    field: str,
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders, subtests: pytest.Subtests
 ) -> None:
     key = await gateway_key(client, tenant_a, upstream, auth_headers)
-    response = await client.post("/v1/messages", json=claude_body(**change), headers={"x-api-key": key})
-    assert response.status_code == 400, response.text
-    error = anthropic_error(response)
-    assert error["type"] == "invalid_request_error"
-    assert f"'{field}'" in error["message"], error
+    for change, field in MESSAGES_MISTAKES:
+        with subtests.test(msg=field):
+            response = await client.post("/v1/messages", json=claude_body(**change), headers={"x-api-key": key})
+            assert response.status_code == 400, response.text
+            error = anthropic_error(response)
+            assert error["type"] == "invalid_request_error"
+            assert f"'{field}'" in error["message"], error
     assert sum(upstream.calls.values()) == 0
 
 
