@@ -20,6 +20,7 @@ from tests.conftest import Client, TenantRows
 from tests.gateway_helpers import AuthHeaders, add_channel, bearer, chat_body, issue_key, set_price
 from tests.mock_upstream import MockUpstream
 from tests.test_gateway import token_id_of, usage_rows
+from tests.test_portal import sign_in
 
 PROMPT_PRICE, COMPLETION_PRICE = 1_000_000, 2_000_000  # one and two credits a token
 
@@ -77,6 +78,8 @@ async def test_a_provider_reporting_more_than_it_may_generate_leaves_an_overshoo
     assert row.cost >= price(2, 1)  # the key pays at least for what it allowed
     listed = (await client.get("/api/usage", headers=auth_headers(tenant_a.admin))).json()["items"]
     assert listed[0]["overshoot"] == row.overshoot
+    await sign_in(client, tenant_a, tenant_a.admin.email)
+    assert f"+{row.overshoot:,} over" in (await client.get("/portal/usage")).text
     after = REGISTRY.get_sample_value("lyss_gateway_overshot_calls_total", {"endpoint": "chat"})
     assert after == before + 1
     async with tenant_session(session_maker, tenant_a.id) as session:
