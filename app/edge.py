@@ -161,6 +161,8 @@ def _validation_error(request: Request[Any, Any, State], error: msgspec.Validati
     """The error in the shape Litestar's own validation uses: the message and the field's path as its key."""
     match = _AT_PATH.match(str(error))
     message, key = (match["message"], match["path"].lstrip(".")) if match else (str(error), "")
+    if len(message) > 200:  # it may quote the client's value: cut, never a megabyte sent back
+        message = f"{message[:200]}… ({len(message)} characters)"
     return ValidationException(
         detail=f"Validation failed for {request.method} {request.url.path}",
         extra=[{"message": message, "key": key, "source": "body"}],

@@ -302,3 +302,21 @@ async def test_models_retrieve_and_count_tokens_through_the_sdks(
     )
     assert refused.status_code == 400
     assert "'messages'" in anthropic_error(refused)["message"]
+
+
+async def test_a_refusal_never_sends_a_long_value_back(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    key = await gateway_key(client, tenant_a, upstream, auth_headers)
+    block = {"type": "x" * 100_000}
+    response = await client.post(
+        "/v1/messages", json=claude_body(messages=[{"role": "user", "content": [block]}]), headers={"x-api-key": key}
+    )
+    assert response.status_code == 400
+    assert len(response.content) < 1000
+    assert "'messages[0].content[0].type'" in anthropic_error(response)["message"]
+    api = await client.post(
+        "/api/tokens", json={"name": "k", "budget_period": "y" * 100_000}, headers=auth_headers(tenant_a.admin)
+    )
+    assert api.status_code == 400
+    assert len(api.content) < 1000

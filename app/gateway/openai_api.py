@@ -121,7 +121,8 @@ def invalid_parameter(error: msgspec.ValidationError) -> errors.GatewayError:
     """A typed-decoding error as OpenAI's 400, with the parameter's path (`messages[0].content`) as `param`."""
     match = _AT_PATH.match(str(error))
     assert match is not None  # the pattern matches any message
-    path, message = match["path"] or "", match["message"]
+    # The message may quote the client's value (an unknown `type`): cut, never a megabyte sent back.
+    path, message = match["path"] or "", errors.shown(match["message"], 200)
     if not path and not message.startswith("Object missing required field"):
         return errors.invalid_request(f"Invalid request body: {message}.")
     if message.startswith("Object missing required field"):
