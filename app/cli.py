@@ -27,9 +27,16 @@ from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_
 from app.encryption import SecretBox, reencrypt_secrets
 from app.gateway.services import add_demo_gateway
 from app.jobs.worker import create_worker
-from app.observability.doctor import probe, review
-from app.observability.logging import configure_logging, logging_dict_config
-from app.settings import ConfigurationError, Settings, database_url, load_settings, settings_environment
+from app.observability.doctor import Finding, probe, review
+from app.observability.logging import configure_logging, get_logger, logging_dict_config
+from app.settings import (
+    ConfigurationError,
+    Settings,
+    database_url,
+    load_settings,
+    settings_environment,
+    unknown_variables,
+)
 from app.storage import create_object_store
 from app.tenants.services import (
     DemoLogin,
@@ -41,6 +48,8 @@ from app.tenants.services import (
 )
 from db.migrations import upgrade_to_head
 from db.session import create_engine, create_session_maker
+
+logger = get_logger("lyss.cli")
 
 T = TypeVar("T")
 API_WORKER_SHUTDOWN_SECONDS = 30
@@ -85,6 +94,8 @@ def _settings() -> Settings:
     if settings.embedded_database and ensure_secrets_file(settings.data_dir):
         settings = load_settings()  # pick up the keys generated just now
     configure_logging(settings.log_level, settings.log_format)
+    for problem in unknown_variables():
+        logger.warning("unknown setting", problem=problem)
     return settings
 
 
@@ -332,7 +343,7 @@ def restore(archive: str, database_url: str) -> None:
 def doctor() -> None:
     """Check the configuration for production: what is set, what is missing, what is unsafe (exit 1 if any)."""
     settings = load_settings()
-    findings = review(settings)
+    findings = review(settings) + [Finding("unsafe", "settings", problem) for problem in unknown_variables()]
     if not settings.embedded_database:
         findings += asyncio.run(probe(settings))
     for finding in findings:

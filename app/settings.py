@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import os
 import re
 import secrets
@@ -254,6 +255,26 @@ def read_environment(environ: Mapping[str, str] | None = None, dotenv_path: Path
         merged.update({key: value for key, value in dotenv_values(dotenv_file).items() if value is not None})
     merged.update(os.environ if environ is None else environ)
     return merged
+
+
+# Read by docker-compose and the database's init script (deploy/), never by Lyss: a shared `.env` holds them.
+DEPLOYMENT_VARIABLES = frozenset({"LYSS_OWNER_PASSWORD", "LYSS_APP_PASSWORD", "LYSS_HTTP_PORT", "LYSS_S3_PORT"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """What is wrong with each `LYSS_*` variable that is set but that Lyss does not read, naming the closest
+    variable it does read: a misspelt setting would otherwise be ignored without a word."""
+    known = set(ENVIRONMENT_VARIABLES.values())
+    # Compared without the prefix, which every name shares and which would make any two look alike.
+    by_stem = {name.removeprefix("LYSS_"): name for name in known}
+    problems = []
+    for name in sorted(read_environment(environ)):
+        if not name.startswith("LYSS_") or name in known or name in DEPLOYMENT_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name.removeprefix("LYSS_"), list(by_stem), n=1, cutoff=0.75)
+        hint = f"; did you mean {by_stem[close[0]]}?" if close else "; see README.md, Configuration"
+        problems.append(f"{name} is not a setting Lyss reads{hint}")
+    return problems
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -318,7 +318,7 @@ def serve_lyss(
         "LYSS_GATEWAY_CACHE_SECONDS": "0",
         "LYSS_UPSTREAM_READ_TIMEOUT": "5",
         "LYSS_LOG_LEVEL": "warning",
-        "LYSS_DATABASE_POOL_SIZE": "10",
+        "DATABASE_POOL_SIZE": "10",
         **environment_overrides,
     }
     log_path = log_dir / "server.log"

@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from app.cli import main
+from app.settings import unknown_variables
 
 ROOT = Path(__file__).parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -87,3 +88,21 @@ def test_the_image_is_multi_stage_and_runs_unprivileged() -> None:
     # Every variable compose takes from the environment is documented in .env.example.
     for variable in set(re.findall(r"\$\{([A-Z0-9_]+)", compose)):
         assert re.search(rf"^{variable}=", env_example, re.M), f"{variable} is missing from .env.example"
+
+
+def test_every_variable_the_deployment_gives_lyss_is_one_lyss_reads() -> None:
+    """A misspelt setting in a manifest is ignored in silence by the service: here it fails instead."""
+    given: dict[str, str] = {}
+    for document in k8s_documents():
+        if document["kind"] in ("ConfigMap", "Secret"):
+            given |= {
+                name: str(value) for name, value in (document.get("data") or document.get("stringData") or {}).items()
+            }
+        for container in (container for document in [document] for container in containers(document)):
+            given |= {variable["name"]: "x" for variable in container.get("env", [])}
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in compose["services"].values():
+        if service.get("image") == "lyss:latest":
+            given |= {name: str(value) for name, value in (service.get("environment") or {}).items()}
+    assert "LYSS_PUBLIC_URL" in given  # the manifests were read
+    assert unknown_variables(given) == []

@@ -64,3 +64,14 @@ def test_unsafe_settings_are_each_named_and_fail_the_check(
         assert any(expected in line for line in unsafe), expected
     assert "5 unsafe setting(s)" in output
     assert "do-not-print-me" not in output
+
+
+def test_a_setting_lyss_does_not_read_fails_the_check_naming_the_one_it_does(
+    database: DatabaseUrls, redis_url: str, tmp_path: Path
+) -> None:
+    code, output = doctor(production(database, redis_url, tmp_path) | {"LYSS_DATABASE_POOL_SIZE": "10"})
+    assert code == 1
+    unsafe = [line for line in output.splitlines() if line.startswith("unsafe")]
+    assert unsafe == [
+        "unsafe   settings  LYSS_DATABASE_POOL_SIZE is not a setting Lyss reads; did you mean DATABASE_POOL_SIZE?"
+    ]

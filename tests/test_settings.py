@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from app.embedded import ensure_secrets_file
-from app.settings import ConfigurationError, load_settings, new_key_entry, parse_keyring, read_environment
+from app.settings import (
+    ConfigurationError,
+    load_settings,
+    new_key_entry,
+    parse_keyring,
+    read_environment,
+    unknown_variables,
+)
 
 KEYS = {"LYSS_ENCRYPTION_KEYS": new_key_entry(), "LYSS_JWT_KEYS": new_key_entry()}
 EXTERNAL = {"DATABASE_URL": "postgresql://lyss_app:pw@db.internal:5432/lyss_db", **KEYS}
@@ -97,3 +104,21 @@ def test_a_keyring_keeps_order_and_finds_previous_keys() -> None:
     assert ring.find("unknown") is None
     with pytest.raises(ConfigurationError, match="appears twice"):
         parse_keyring(f"{current},{current}", "LYSS_JWT_KEYS")
+
+
+def test_an_unknown_lyss_variable_is_named_with_the_closest_known_one() -> None:
+    problems = unknown_variables(
+        {
+            "LYSS_DATABASE_POOL_SIZE": "10",  # the setting is DATABASE_POOL_SIZE
+            "LYSS_LOG_LEVL": "debug",
+            "LYSS_NOTHING_OF_THE_SORT": "1",
+            "LYSS_PORT": "9000",  # known
+            "LYSS_APP_PASSWORD": "x",  # the deployment's, not Lyss's
+            "PATH": "/usr/bin",
+        }
+    )
+    assert problems == [
+        "LYSS_DATABASE_POOL_SIZE is not a setting Lyss reads; did you mean DATABASE_POOL_SIZE?",
+        "LYSS_LOG_LEVL is not a setting Lyss reads; did you mean LYSS_LOG_LEVEL?",
+        "LYSS_NOTHING_OF_THE_SORT is not a setting Lyss reads; see README.md, Configuration",
+    ]
