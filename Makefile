@@ -16,8 +16,10 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/lyss serve --migrate
 
+# One worker process per core (at most four), each with its own PostgreSQL and Redis; a file's tests stay
+# together, so a module's server fixtures start once.
 test: $(INSTALLED)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses=4 --dist loadfile
 
 # Schemathesis over the whole OpenAPI schema of a running server, as an admin, an end user and anonymously;
 # fixed seed, bounded examples: about 3 minutes on 2 cores. Left out of `make test` (the `fuzz` marker).
