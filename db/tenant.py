@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 from sqlalchemy import (
@@ -111,7 +111,8 @@ class AuditEvent(TenantOwned, Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
 
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "dead")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "dead"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 JOB_TERMINAL_STATUSES = ("succeeded", "failed", "canceled", "dead")
 
 

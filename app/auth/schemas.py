@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from app.schemas import Input
+
 # Bounds on every free-text field: enough for real values, small enough that nothing is a payload.
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=255)]
 Password = Annotated[str, msgspec.Meta(max_length=1024)]
@@ -17,7 +19,7 @@ Token = Annotated[str, msgspec.Meta(min_length=10, max_length=2048)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
-class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
+class LoginRequest(Input):
     tenant: Slug
     email: Email
     password: Password
@@ -25,13 +27,13 @@ class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
     session: Literal["api", "portal"] = "api"
 
 
-class MfaLoginRequest(msgspec.Struct, forbid_unknown_fields=True):
+class MfaLoginRequest(Input):
     mfa_ticket: Token
     code: Code | None = None
     recovery_code: Code | None = None
 
 
-class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
+class RefreshRequest(Input):
     refresh_token: Token
 
 
@@ -59,7 +61,7 @@ class LogoutEverywhereResponse(msgspec.Struct):
     sessions_ended: int
 
 
-class PasswordChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
+class PasswordChangeRequest(Input):
     current_password: Password
     new_password: Password
 
@@ -70,7 +72,7 @@ class MfaEnrollmentResponse(msgspec.Struct):
     qr_svg: str
 
 
-class MfaConfirmRequest(msgspec.Struct, forbid_unknown_fields=True):
+class MfaConfirmRequest(Input):
     code: Code
 
 
@@ -78,12 +80,12 @@ class RecoveryCodesResponse(msgspec.Struct):
     recovery_codes: list[str]
 
 
-class MfaDisableRequest(msgspec.Struct, forbid_unknown_fields=True):
+class MfaDisableRequest(Input):
     password: Password
     code: Code
 
 
-class InvitationRequest(msgspec.Struct, forbid_unknown_fields=True):
+class InvitationRequest(Input):
     email: Email
     role: Literal["end_user", "tenant_admin", "super_admin"] = "end_user"
 
@@ -98,20 +100,20 @@ class InvitationResponse(msgspec.Struct):
     token: str
 
 
-class AcceptInvitationRequest(msgspec.Struct, forbid_unknown_fields=True):
+class AcceptInvitationRequest(Input):
     token: Token
     password: Password
     full_name: Name | None = None
 
 
-class SignUpRequest(msgspec.Struct, forbid_unknown_fields=True):
+class SignUpRequest(Input):
     tenant: Slug
     email: Email
     password: Password
     full_name: Name | None = None
 
 
-class OAuthProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
+class OAuthProviderCreate(Input):
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,48}$")]
     kind: Literal["oidc", "github", "google"]
     client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
@@ -121,7 +123,7 @@ class OAuthProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
     scopes: list[Annotated[str, msgspec.Meta(max_length=100)]] | None = None
 
 
-class OAuthProviderUpdate(msgspec.Struct, forbid_unknown_fields=True):
+class OAuthProviderUpdate(Input):
     client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     client_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
     discovery_url: Annotated[str, msgspec.Meta(max_length=500)] | None = None
@@ -153,7 +155,7 @@ class OAuthProviderPublic(msgspec.Struct):
     authorize_path: str
 
 
-class OAuthLinkRequest(msgspec.Struct, forbid_unknown_fields=True):
+class OAuthLinkRequest(Input):
     provider: Annotated[str, msgspec.Meta(max_length=50)]
 
 

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from app.schemas import Input
+
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
@@ -15,7 +17,7 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=32000)]
 SystemPrompt = Annotated[str, msgspec.Meta(max_length=20000)]
 
 
-class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True):
+class ConversationCreate(Input):
     # Left out: the organization's default chat model.
     model: ModelName | None = None
     title: Title = "New conversation"
@@ -25,13 +27,13 @@ class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True):
     use_memory: bool = True
 
 
-class ChatDefaults(msgspec.Struct, forbid_unknown_fields=True):
+class ChatDefaults(Input):
     """Per tenant (admins): what a conversation started without a model uses."""
 
     default_model: ModelName | None = None
 
 
-class ConversationUpdate(msgspec.Struct, forbid_unknown_fields=True):
+class ConversationUpdate(Input):
     title: Title | None = None
     model: ModelName | None = None
     system_prompt: SystemPrompt | None = None
@@ -75,7 +77,7 @@ class ConversationDetail(msgspec.Struct):
     summary: str | None
 
 
-class MessagePost(msgspec.Struct, forbid_unknown_fields=True):
+class MessagePost(Input):
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
     stream: bool = False
     # Files uploaded to this conversation whose text goes with this message (read once, for this turn).

@@ -10,6 +10,7 @@ import msgspec
 from app.chat import services
 from app.gateway.internal import GatewayRefused, chat_token, complete
 from app.jobs.registry import JobContext, JobFailed, job_kind
+from app.schemas import Input
 from db.chat import Conversation, Summary
 from db.session import tenant_session
 
@@ -18,7 +19,7 @@ facts given, open questions. Be concise; keep names, numbers and commitments exa
 only."""
 
 
-class SummarizePayload(msgspec.Struct, forbid_unknown_fields=True):
+class SummarizePayload(Input):
     conversation_id: UUID
 
 

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from app.schemas import Input
+
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Url = Annotated[str, msgspec.Meta(max_length=500, pattern=r"^https?://")]
@@ -22,7 +24,7 @@ Scope = Literal["tenant", "group", "personal"]
 TestKind = Literal["chat", "embeddings"]
 
 
-class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
+class ChannelCreate(Input):
     name: Name
     type: Annotated[str, msgspec.Meta(max_length=50)]
     models: Annotated[list[ModelName], msgspec.Meta(min_length=1, max_length=500)]
@@ -41,7 +43,7 @@ class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
     test_kind: TestKind = "chat"
 
 
-class ChannelUpdate(msgspec.Struct, forbid_unknown_fields=True):
+class ChannelUpdate(Input):
     """Fields left out keep their value; `keys`, when given, replaces all keys."""
 
     name: Name | None = None
@@ -96,7 +98,7 @@ class ChannelTestResult(msgspec.Struct):
     status: str
 
 
-class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
+class TokenCreate(Input):
     name: Name
     quota: Credits = -1
     rpm_limit: PerMinute = 0
@@ -110,7 +112,7 @@ class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
     user_id: UUID | None = None
 
 
-class TokenUpdate(msgspec.Struct, forbid_unknown_fields=True):
+class TokenUpdate(Input):
     name: Name | None = None
     status: Literal["active", "disabled"] | None = None
     quota: Credits | None = None
@@ -150,7 +152,7 @@ class TokenCreated(msgspec.Struct):
     key: str
 
 
-class PriceWrite(msgspec.Struct, forbid_unknown_fields=True):
+class PriceWrite(Input):
     """Credits per million tokens (a credit is a millionth of the currency unit)."""
 
     prompt_price: Price

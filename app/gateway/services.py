@@ -12,8 +12,6 @@ from uuid import UUID
 
 import aiohttp
 import msgspec
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import Date, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,20 +46,6 @@ from db.tenant import UserGroup
 
 TOKEN_PREFIX = "sk-lyss-"  # noqa: S105 - the visible prefix of every key, not a secret
 HEALTH_CHECK_TIMEOUTS = Timeouts(connect=10.0, read=30.0)
-
-
-class ChannelService(SQLAlchemyAsyncRepositoryService[Channel]):
-    class Repository(SQLAlchemyAsyncRepository[Channel]):
-        model_type = Channel
-
-    repository_type = Repository
-
-
-class TokenService(SQLAlchemyAsyncRepositoryService[ApiToken]):
-    class Repository(SQLAlchemyAsyncRepository[ApiToken]):
-        model_type = ApiToken
-
-    repository_type = Repository
 
 
 def new_api_key() -> str:

@@ -27,6 +27,7 @@ from app.gateway.services import (
 )
 from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
+from app.schemas import Input
 from app.storage.base import StorageError
 from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event
 from db.auth import User
@@ -35,7 +36,7 @@ from db.session import tenant_session
 from db.tenant import Organization
 
 
-class ChannelTestPayload(msgspec.Struct, forbid_unknown_fields=True):
+class ChannelTestPayload(Input):
     # None: every channel of the organization.
     channel_ids: list[UUID] | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -27,11 +27,10 @@ from app.errors import Conflict, NotAllowed
 from app.jobs import services
 from app.jobs.schemas import JobDetail, JobRead, JobSubmit, event_read, job_detail, job_read
 from db.session import tenant_session
-from db.tenant import JOB_TERMINAL_STATUSES, Job
+from db.tenant import JOB_TERMINAL_STATUSES, Job, JobStatus
 
 JOB_QUEUE_STATE_KEY = "job_queue"
 AuthRequest = Request[Principal, Any, State]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "dead"]
 # A follower polls PostgreSQL (the truth) at this pace, and re-reads this far back: events are stamped at
 # their transaction's start, so one may become visible a little after a later-stamped one.
 SSE_POLL_SECONDS = 0.5

@@ -8,10 +8,11 @@ from uuid import UUID
 
 import msgspec
 
+from app.schemas import Input
 from db.tenant import Job, JobEvent
 
 
-class JobSubmit(msgspec.Struct, forbid_unknown_fields=True):
+class JobSubmit(Input):
     kind: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     payload: dict[str, Any] = {}
     # Letters, digits, '.', '_', ':' and '-' (checked by the service, which names the rule in its error).

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from app.schemas import Input
+
 MemoryType = Literal["fact", "preference", "episodic"]
 MemoryText = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 Importance = Annotated[int, msgspec.Meta(ge=1, le=100)]
@@ -16,7 +18,7 @@ Importance = Annotated[int, msgspec.Meta(ge=1, le=100)]
 MEMORY_ARCHIVE_FORMAT: Literal["lyss.memories.v1"] = "lyss.memories.v1"
 
 
-class ArchivedMemory(msgspec.Struct, forbid_unknown_fields=True):
+class ArchivedMemory(Input):
     text: MemoryText
     memory_type: MemoryType = "fact"
     importance: Importance = 50
@@ -25,7 +27,7 @@ class ArchivedMemory(msgspec.Struct, forbid_unknown_fields=True):
     created_at: datetime.datetime | None = None
 
 
-class MemoryArchive(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryArchive(Input):
     """A user's active memories as `memory.export` writes them and `POST /api/memories/imports` reads them."""
 
     format: Literal["lyss.memories.v1"]
@@ -33,22 +35,22 @@ class MemoryArchive(msgspec.Struct, forbid_unknown_fields=True):
     exported_at: datetime.datetime | None = None
 
 
-class MemoryExportPayload(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryExportPayload(Input):
     # Admins may export any user's memories; everyone else exports their own.
     user_id: UUID | None = None
 
 
-class MemoryImportPayload(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryImportPayload(Input):
     user_id: UUID
     object_name: str
 
 
-class ChatTurn(msgspec.Struct, forbid_unknown_fields=True):
+class ChatTurn(Input):
     role: Literal["user", "assistant"]
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
 
 
-class MemoryAdd(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryAdd(Input):
     """Either `messages` (facts are extracted by the memory model) or `text` (stored as is with infer=false)."""
 
     messages: Annotated[list[ChatTurn], msgspec.Meta(max_length=100)] | None = None
@@ -59,18 +61,18 @@ class MemoryAdd(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, Any] = {}
 
 
-class MemoryUpdate(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryUpdate(Input):
     text: MemoryText
 
 
-class MemoryFilters(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryFilters(Input):
     memory_type: MemoryType | None = None
     category: str | None = None
     # Every key/value here must be in the memory's metadata (JSON containment).
     metadata: dict[str, Any] | None = None
 
 
-class MemorySearch(msgspec.Struct, forbid_unknown_fields=True):
+class MemorySearch(Input):
     query: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     filters: MemoryFilters | None = None
@@ -119,7 +121,7 @@ class HistoryRead(msgspec.Struct):
     created_at: datetime.datetime
 
 
-class MemorySettings(msgspec.Struct, forbid_unknown_fields=True):
+class MemorySettings(Input):
     """Per tenant (admins): which models extract and embed memories."""
 
     enabled: bool = True

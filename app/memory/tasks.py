@@ -32,6 +32,7 @@ from app.memory.schemas import (
     MemoryImportPayload,
     MemorySettings,
 )
+from app.schemas import Input
 from app.storage.base import StorageError
 from app.tenants.services import Actor, audit_change
 from db.auth import User
@@ -65,7 +66,7 @@ Use only the ids you were given. Answer with only a JSON object, no prose and no
 "reason": "<why>"}]}"""
 
 
-class ExtractPayload(msgspec.Struct, forbid_unknown_fields=True):
+class ExtractPayload(Input):
     user_id: UUID
     messages: list[ChatTurn]
     metadata: dict[str, Any] = {}

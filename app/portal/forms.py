@@ -9,8 +9,6 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from app.errors import ServiceError
-
 T = TypeVar("T", bound=msgspec.Struct)
 _AT_PATH = re.compile(r" - at `\$[^`]*`$")
 _FRIENDLY = [
@@ -103,8 +101,3 @@ def pairs(value: str | None) -> dict[str, str]:
             raise FormInvalid({"model_mapping": f"Write each mapping as name=upstream name (got '{line.strip()}')."})
         result[left.strip()] = right.strip()
     return result
-
-
-def as_field_error(error: ServiceError, field: str) -> FormInvalid:
-    """A refusal from a service (e.g. a duplicate name), shown next to the field it is about."""
-    return FormInvalid({field: error.detail})

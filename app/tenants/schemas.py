@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from app.schemas import Input
+
 
 class OrganizationRead(msgspec.Struct, frozen=True):
     id: UUID
@@ -37,12 +39,12 @@ class TenantPolicyRead(msgspec.Struct, frozen=True):
     allow_self_signup: bool
 
 
-class TenantPolicyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class TenantPolicyUpdate(Input):
     """Fields left out keep their value."""
 
     require_mfa_for_admins: bool | None = None
     allow_self_signup: bool | None = None
 
 
-class OrganizationRename(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class OrganizationRename(Input):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]

@@ -20,14 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.controllers import app_settings
 from app.errors import Conflict, InvalidRequest
 from app.jobs import services as jobs
-from app.jobs.controllers import JobStatus, job_queue
+from app.jobs.controllers import job_queue
 from app.jobs.registry import JOB_KINDS
 from app.portal.controllers.channels import provide_admin_viewer
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from db.auth import User
 from db.memory import Memory
-from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, AuditEvent, Job
+from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, AuditEvent, Job, JobStatus
 
 PAGE_SIZE = 50
 REFRESH_SECONDS = 3
