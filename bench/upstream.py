@@ -4,7 +4,7 @@ Run with `python -m bench.upstream`: it prints its port on the first line, then 
 Answers `POST …/chat/completions` with a fixed completion (with usage), or, when the body asks for
 `"stream": true`, with five content chunks, a usage chunk and `[DONE]`. It does nearly nothing per call
 so that what the gateway benchmark measures is the gateway. The test suite's scriptable mock
-(`tests.mock_upstream`) is the one to use for behaviour; this one is for speed.
+(`tests.support.mock_upstream`) is the one to use for behaviour; this one is for speed.
 """
 
 from __future__ import annotations

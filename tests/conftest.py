@@ -9,61 +9,25 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
-import httpx
-import msgspec
 import pytest
 import redis
-from argon2 import PasswordHasher
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from uuid_utils.compat import uuid7
 
-from app.auth.tokens import Principal, issue_access_token
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
-from app.encryption import SecretBox, secret_context
-from app.main import create_app
+from app.encryption import SecretBox
 from app.settings import Settings, new_key_entry
-from db.auth import OAuthProvider, User
 from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database
-from db.chat import Conversation
-from db.memory import Memory
 from db.migrations import upgrade_to_head
 from db.models import Base
-from db.session import create_engine, create_session_maker, tenant_session
-from db.tenant import Job, Organization, UserGroup
-from tests.mock_upstream import MockUpstream
-
-Client = httpx.AsyncClient
-TEST_PASSWORD = "correct horse battery staple"
-# One real argon2id hash, computed once: hashing per fixture user would cost ~50 ms each.
-TEST_PASSWORD_HASH = PasswordHasher().hash(TEST_PASSWORD)
-
-
-class TenantRows(msgspec.Struct, frozen=True):
-    """A tenant with the rows other rows hang from: an admin, an end user, a group, an OAuth provider."""
-
-    id: UUID
-    slug: str
-    admin: User
-    user: User
-    group: UserGroup
-    oauth_provider: OAuthProvider
-    job: Job
-    conversation: Conversation
-    memory: Memory
-    related_memory: Memory
+from db.session import create_engine, create_session_maker
+from tests.support.clients import AuthHeaders, Client, access_headers, app_client
+from tests.support.commands import RunningLyss, serve_lyss
+from tests.support.mock_upstream import MockUpstream
+from tests.support.tenants import TenantRows, create_tenant_rows
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +125,7 @@ def settings(
         gateway_cache_seconds=0.0,
         upstream_read_timeout_seconds=2.0,
         channel_cooldown_seconds=2,
-        job_modules="tests.job_handlers",
+        job_modules="tests.support.job_handlers",
         job_retry_delay_seconds=0.05,
         job_retry_max_delay_seconds=0.5,
         job_heartbeat_seconds=2,
@@ -169,48 +133,6 @@ def settings(
         chat_summary_every_messages=6,
         worker_shutdown_grace_seconds=0,
         embedded_worker=False,
-    )
-
-
-async def create_tenant_rows(
-    session_maker: async_sessionmaker[AsyncSession], slug: str, secret_box: SecretBox
-) -> TenantRows:
-    tenant_id = uuid7()
-    async with tenant_session(session_maker, tenant_id) as session:
-        session.add(Organization(id=tenant_id, slug=slug, name=slug.title()))
-        await session.flush()  # no relationship() tells the unit of work that users depend on it
-        admin = User(email=f"admin@{slug}.example.com", hashed_password=TEST_PASSWORD_HASH, role="tenant_admin")
-        user = User(email=f"user@{slug}.example.com", hashed_password=TEST_PASSWORD_HASH, role="end_user")
-        session.add_all([admin, user])
-        await session.flush()
-        group = UserGroup(name="engineering", created_by=admin.id)
-        provider = OAuthProvider(
-            provider_name="github",
-            kind="github",
-            client_id=f"{slug}-client",
-            encrypted_client_secret=secret_box.encrypt(
-                "fixture-client-secret",
-                context=secret_context("auth_oauth_providers", "encrypted_client_secret", tenant_id),
-            ),
-            redirect_uri=f"https://{slug}.example.com/callback",
-        )
-        job = Job(kind="fixture.finished", status="succeeded", progress=100)
-        conversation = Conversation(user_id=user.id, title="Fixture", model="fixture-model")
-        memory = Memory(user_id=admin.id, memory_text="Likes tea", memory_hash=secrets.token_hex(32))
-        related_memory = Memory(user_id=admin.id, memory_text="Likes green tea", memory_hash=secrets.token_hex(32))
-        session.add_all([group, provider, job, conversation, memory, related_memory])
-        await session.commit()
-    return TenantRows(
-        id=tenant_id,
-        slug=slug,
-        admin=admin,
-        user=user,
-        group=group,
-        oauth_provider=provider,
-        job=job,
-        conversation=conversation,
-        memory=memory,
-        related_memory=related_memory,
     )
 
 
@@ -226,17 +148,6 @@ async def tenant_b(session_maker: async_sessionmaker[AsyncSession], settings: Se
     return await create_tenant_rows(
         session_maker, f"bravo-{secrets.token_hex(3)}", SecretBox(settings.encryption_keyring)
     )
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[Client]:
-    """The app in this event loop, lifespan included (its background tasks share the loop with requests)."""
-    app: Any = create_app(settings)  # an ASGI app; Litestar's precise scope types do not match httpx's alias
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as test_client,
-    ):
-        yield test_client
 
 
 @pytest.fixture
@@ -264,88 +175,9 @@ def upstream(_upstream_server: MockUpstream) -> MockUpstream:
 
 
 @pytest.fixture
-def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
+def auth_headers(settings: Settings) -> AuthHeaders:
     """Headers that make a request act as `user` (a real access token, signed with the test keys)."""
-
-    def headers_for(user: User) -> dict[str, str]:
-        principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role, session_id=uuid7())
-        token = issue_access_token(settings.jwt_keyring, principal, ttl_seconds=300)
-        return {"Authorization": f"Bearer {token}"}
-
-    return headers_for
-
-
-LYSS = str(Path(sys.executable).parent / "lyss")
-# The child imports `app` from this checkout, not from wherever the virtualenv's editable install points.
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-
-
-class RunningLyss(msgspec.Struct):
-    url: str
-    settings: Settings
-    log: Path
-
-    def headers_for(self, user: User) -> dict[str, str]:
-        principal = Principal(user_id=user.id, tenant_id=user.tenant_id, role=user.role, session_id=uuid7())
-        return {"Authorization": f"Bearer {issue_access_token(self.settings.jwt_keyring, principal, 300)}"}
-
-
-@contextmanager
-def serve_lyss(
-    database: DatabaseUrls, redis_url: str, log_dir: Path, **environment_overrides: str
-) -> Iterator[RunningLyss]:
-    """`lyss serve` on a free loopback port until the block ends; its output goes to `log_dir/server.log`."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    settings = Settings(
-        database_url=database.app_url,
-        redis_url=redis_url,
-        encryption_keys=new_key_entry(),
-        jwt_keys=new_key_entry(),
-        port=port,
-    )
-    environment = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/root"),
-        "PYTHONPATH": str(REPOSITORY_ROOT),
-        "DATABASE_URL": database.app_url,
-        "REDIS_URL": redis_url,
-        "LYSS_ENCRYPTION_KEYS": settings.encryption_keys or "",
-        "LYSS_JWT_KEYS": settings.jwt_keys or "",
-        "LYSS_PORT": str(port),
-        "LYSS_ECHO_PROVIDER": "true",
-        "LYSS_GATEWAY_CACHE_SECONDS": "0",
-        "LYSS_UPSTREAM_READ_TIMEOUT": "5",
-        "LYSS_LOG_LEVEL": "warning",
-        "DATABASE_POOL_SIZE": "10",
-        **environment_overrides,
-    }
-    log_path = log_dir / "server.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [LYSS, "serve", "--no-migrate", "--no-demo"], env=environment, start_new_session=True,
-        stdout=log, stderr=log, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"lyss serve exited; see {log_path}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"lyss serve was not ready within 60 s; see {log_path}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield RunningLyss(url=url, settings=settings, log=log_path)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            process.wait(timeout=30)
-        log.close()
+    return lambda user: access_headers(settings.jwt_keyring, user)
 
 
 @pytest.fixture(scope="module")

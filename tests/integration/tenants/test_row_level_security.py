@@ -1,0 +1,469 @@
+"""Row-level security, proven against the real schema as the app role: catalog, isolation matrix, pooling."""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from collections.abc import Callable
+from uuid import UUID
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
+
+from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
+from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
+from db.base import Base
+from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
+from db.chat import Attachment, Conversation, Message, Summary
+from db.memory import Memory, MemoryAssociation, MemoryHistory
+from db.provider import ApiToken, Channel, ModelPrice, UsageLog
+from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
+from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
+from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
+
+# Tables that have no tenant_id on purpose; docs/architecture.md lists them. Any other table must.
+TABLES_WITHOUT_TENANT_ID = {"tenant_organizations", "alembic_version", "provider_types"}
+
+_TENANT_TABLES_SQL = text(
+    """
+    SELECT c.relname AS name, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced,
+           array_remove(array_agg(pg_get_expr(p.polqual, p.polrelid)), NULL) AS using_clauses,
+           array_remove(array_agg(pg_get_expr(p.polwithcheck, p.polrelid)), NULL) AS check_clauses
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_policy p ON p.polrelid = c.oid AND p.polname = 'tenant_isolation'
+    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+      AND (c.relname = 'tenant_organizations' OR EXISTS (
+            SELECT 1 FROM pg_attribute a
+            WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))
+    GROUP BY c.relname, c.relrowsecurity, c.relforcerowsecurity
+    """
+)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def _expiry() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+
+
+# One factory per tenant table: a new row for tenant `tenant_id` whose references point at `parents`.
+# Normally both are the same tenant; the tests mix them to attempt cross-tenant writes.
+RowFactory = Callable[[UUID, TenantRows], Base]
+ROW_FACTORIES: dict[str, RowFactory] = {
+    # The organization row *is* the tenant: "a row of tenant X" is a new organization that is not X.
+    "tenant_organizations": lambda tenant_id, parents: Organization(id=uuid7(), slug=_unique("org"), name="Org"),
+    "auth_users": lambda tenant_id, parents: User(
+        tenant_id=tenant_id, email=f"{_unique('u')}@example.com", hashed_password=TEST_PASSWORD_HASH
+    ),
+    "auth_user_sessions": lambda tenant_id, parents: UserSession(
+        tenant_id=tenant_id,
+        user_id=parents.user.id,
+        family_id=uuid7(),
+        kind="api",
+        refresh_token_hash=secrets.token_hex(32),
+        expires_at=_expiry(),
+        refresh_expires_at=_expiry(),
+    ),
+    "auth_oauth_providers": lambda tenant_id, parents: OAuthProvider(
+        tenant_id=tenant_id,
+        provider_name=_unique("oidc"),
+        discovery_url="https://idp.example.com/.well-known/openid-configuration",
+        client_id="client",
+        encrypted_client_secret="v1:test:x",
+        redirect_uri="https://example.com/cb",
+    ),
+    "auth_oauth_connections": lambda tenant_id, parents: OAuthConnection(
+        tenant_id=tenant_id, user_id=parents.admin.id, provider_id=parents.oauth_provider.id, external_id=_unique("ext")
+    ),
+    "auth_mfa_recovery_codes": lambda tenant_id, parents: RecoveryCode(
+        tenant_id=tenant_id, user_id=parents.user.id, code_hash=secrets.token_hex(32)
+    ),
+    "auth_invitations": lambda tenant_id, parents: Invitation(
+        tenant_id=tenant_id,
+        email=f"{_unique('invitee')}@example.com",
+        role="end_user",
+        token_hash=secrets.token_hex(32),
+        invited_by=parents.admin.id,
+        expires_at=_expiry(),
+    ),
+    "tenant_user_groups": lambda tenant_id, parents: UserGroup(
+        tenant_id=tenant_id, name=_unique("group"), created_by=parents.admin.id
+    ),
+    "tenant_user_group_members": lambda tenant_id, parents: UserGroupMember(
+        tenant_id=tenant_id, group_id=parents.group.id, user_id=parents.user.id
+    ),
+    "tenant_audit_events": lambda tenant_id, parents: AuditEvent(tenant_id=tenant_id, actor="test", action="test"),
+    "provider_channels": lambda tenant_id, parents: Channel(
+        tenant_id=tenant_id,
+        name=_unique("channel"),
+        type_id=1,
+        encrypted_keys="v1:test:x",
+        config_scope="personal",
+        owner_id=parents.user.id,
+    ),
+    "provider_tokens": lambda tenant_id, parents: ApiToken(
+        tenant_id=tenant_id,
+        user_id=parents.user.id,
+        name=_unique("token"),
+        key_hash=secrets.token_hex(32),
+        key_prefix="sk-lyss-test",
+    ),
+    "provider_model_prices": lambda tenant_id, parents: ModelPrice(
+        tenant_id=tenant_id, model=_unique("model"), prompt_price=1, completion_price=2
+    ),
+    "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
+    "tenant_jobs": lambda tenant_id, parents: Job(
+        tenant_id=tenant_id, kind="test.kind", idempotency_key=_unique("key"), created_by=parents.user.id
+    ),
+    "tenant_job_events": lambda tenant_id, parents: JobEvent(tenant_id=tenant_id, job_id=parents.job.id, event="log"),
+    "chat_conversations": lambda tenant_id, parents: Conversation(
+        tenant_id=tenant_id, user_id=parents.user.id, title="T", model="m"
+    ),
+    "chat_messages": lambda tenant_id, parents: Message(
+        tenant_id=tenant_id, conversation_id=parents.conversation.id, role="user", content="hi"
+    ),
+    "chat_attachments": lambda tenant_id, parents: Attachment(
+        tenant_id=tenant_id,
+        conversation_id=parents.conversation.id,
+        filename="notes.txt",
+        content_type="text/plain",
+        size_bytes=1,
+        object_name="attachments/x",
+    ),
+    "chat_summaries": lambda tenant_id, parents: Summary(
+        tenant_id=tenant_id,
+        conversation_id=parents.conversation.id,
+        summary_text="s",
+        covers_until=_expiry(),
+        message_count=1,
+    ),
+    "memory_user_memories": lambda tenant_id, parents: Memory(
+        tenant_id=tenant_id, user_id=parents.user.id, memory_text="m", memory_hash=secrets.token_hex(32)
+    ),
+    "memory_associations": lambda tenant_id, parents: MemoryAssociation(
+        tenant_id=tenant_id, memory_id=parents.memory.id, related_memory_id=parents.related_memory.id, strength=0.9
+    ),
+    "memory_history": lambda tenant_id, parents: MemoryHistory(
+        tenant_id=tenant_id, memory_id=parents.memory.id, event="ADD", new_text="m", actor="user"
+    ),
+}
+# The app role may only INSERT and SELECT these: nothing to move, nothing to erase.
+APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs", "tenant_job_events", "memory_history"}
+# Tables whose rows point at other tenant rows: a row of B must not be able to point at A's rows.
+REFERENCING_TABLES = [
+    "auth_user_sessions",
+    "auth_oauth_connections",
+    "auth_mfa_recovery_codes",
+    "auth_invitations",
+    "tenant_user_groups",
+    "tenant_user_group_members",
+    "provider_channels",
+    "provider_tokens",
+    "tenant_jobs",
+    "tenant_job_events",
+    "chat_conversations",
+    "chat_messages",
+    "chat_summaries",
+    "chat_attachments",
+    "memory_user_memories",
+    "memory_associations",
+    "memory_history",
+]
+
+
+async def _catalog_rows(owner_engine: AsyncEngine) -> dict[str, dict[str, object]]:
+    async with owner_engine.connect() as connection:
+        rows = (await connection.execute(_TENANT_TABLES_SQL)).mappings().all()
+    return {row["name"]: dict(row) for row in rows}
+
+
+async def _insert_row(session: AsyncSession, table: str, tenant_id: UUID, parents: TenantRows) -> UUID:
+    row = ROW_FACTORIES[table](tenant_id, parents)
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
+async def _count(session: AsyncSession, table: str, row_id: UUID | None = None) -> int:
+    if row_id is None:
+        return int(await session.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+    return int(await session.scalar(text(f"SELECT count(*) FROM {table} WHERE id = :id"), {"id": row_id}) or 0)
+
+
+async def _app_may(session: AsyncSession, table: str, privilege: str) -> bool:
+    return bool(await session.scalar(text(f"SELECT has_table_privilege('{APP_ROLE}', '{table}', '{privilege}')")))
+
+
+# --- the catalog: every tenant table is covered, including tables added later ---------------------
+
+
+async def test_every_tenant_table_forces_row_level_security_with_a_tenant_policy(owner_engine: AsyncEngine) -> None:
+    catalog = await _catalog_rows(owner_engine)
+    assert "auth_users" in catalog  # guards against a query that silently matches nothing
+    problems = []
+    for name, row in sorted(catalog.items()):
+        key = "id" if name == "tenant_organizations" else "tenant_id"
+        expected = f"({key} = current_tenant())"
+        if not row["rls"]:
+            problems.append(f"{name}: ROW LEVEL SECURITY not enabled")
+        if not row["forced"]:
+            problems.append(f"{name}: ROW LEVEL SECURITY not FORCEd (the owner would bypass it)")
+        if expected not in row["using_clauses"]:  # type: ignore[operator]
+            problems.append(f"{name}: no tenant_isolation policy USING {expected}")
+        if expected not in row["check_clauses"]:  # type: ignore[operator]
+            problems.append(f"{name}: no tenant_isolation policy WITH CHECK {expected}")
+    assert problems == []
+
+
+async def test_only_listed_platform_tables_lack_tenant_id(owner_engine: AsyncEngine) -> None:
+    async with owner_engine.connect() as connection:
+        tables = set(
+            (
+                await connection.execute(
+                    text(
+                        """
+                        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT EXISTS (
+                            SELECT 1 FROM pg_attribute a
+                            WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+                        """
+                    )
+                )
+            ).scalars()
+        )
+    assert tables == TABLES_WITHOUT_TENANT_ID
+
+
+async def test_isolation_matrix_covers_every_tenant_table(owner_engine: AsyncEngine) -> None:
+    assert set(ROW_FACTORIES) == set(await _catalog_rows(owner_engine))
+
+
+async def test_append_only_tables_refuse_update_and_delete_to_the_app_role(
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with session_maker() as session:
+        for table in APPEND_ONLY_TABLES:
+            assert [await _app_may(session, table, p) for p in ("INSERT", "SELECT", "UPDATE", "DELETE")] == [
+                True,
+                True,
+                False,
+                False,
+            ]
+
+
+async def test_roles_cannot_bypass_row_level_security(owner_engine: AsyncEngine) -> None:
+    async with owner_engine.connect() as connection:
+        roles = (
+            await connection.execute(
+                text(
+                    "SELECT rolname, rolsuper, rolbypassrls, rolcanlogin FROM pg_roles "
+                    "WHERE rolname IN ('lyss_owner', 'lyss_app', 'lyss_lookup') ORDER BY rolname"
+                )
+            )
+        ).all()
+    assert [(name, superuser, bypass) for name, superuser, bypass, _ in roles] == [
+        ("lyss_app", False, False),
+        ("lyss_lookup", False, False),
+        ("lyss_owner", False, False),
+    ]
+    assert {name: can_login for name, _, _, can_login in roles}["lyss_lookup"] is False
+
+
+async def test_security_definer_functions_pin_search_path_and_are_not_public(owner_engine: AsyncEngine) -> None:
+    async with owner_engine.connect() as connection:
+        functions = (
+            await connection.execute(
+                text(
+                    """
+                    SELECT p.proname, p.proconfig, r.rolname AS owner,
+                           has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
+                    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                    JOIN pg_roles r ON r.oid = p.proowner
+                    WHERE n.nspname = 'public' AND p.prosecdef
+                    """
+                )
+            )
+        ).all()
+    assert {function.proname for function in functions} == {
+        "tenant_lookup_by_slug",
+        "platform_tenant_ids",
+        "gateway_token_lookup",
+        "platform_job_stats",
+    }
+    for function in functions:
+        assert any(setting.startswith("search_path=") for setting in function.proconfig or [])
+        assert function.owner == LOOKUP_ROLE
+        assert function.public_execute is False
+
+
+# --- the isolation matrix: tenant B against tenant A's rows, for every tenant table ---------------
+
+
+@pytest.mark.parametrize("table", sorted(ROW_FACTORIES))
+async def test_tenant_b_cannot_see_change_or_delete_tenant_a_rows(
+    table: str, session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        a_row = (
+            tenant_a.id if table == "tenant_organizations" else await _insert_row(session, table, tenant_a.id, tenant_a)
+        )
+        await session.commit()
+        assert await _count(session, table, a_row) == 1  # positive control: A sees its own row
+
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        assert (await session.scalar(text("SELECT current_user"))) == APP_ROLE
+        assert await _count(session, table, a_row) == 0
+        for statement, privilege in (
+            (f"UPDATE {table} SET created_at = created_at WHERE id = :id", "UPDATE"),
+            (f"DELETE FROM {table} WHERE id = :id", "DELETE"),
+        ):
+            if await _app_may(session, table, privilege):
+                result = await session.execute(text(statement), {"id": a_row})
+                assert result.rowcount == 0, statement  # type: ignore[attr-defined]
+            else:  # e.g. the append-only audit log: refused outright, which is stronger still
+                with pytest.raises(DBAPIError, match="permission denied"):
+                    await session.execute(text(statement), {"id": a_row})
+                await session.rollback()
+        await session.commit()
+
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await _count(session, table, a_row) == 1  # still there, unchanged by B
+
+
+@pytest.mark.parametrize("table", sorted(ROW_FACTORIES))
+async def test_tenant_b_cannot_insert_rows_for_tenant_a(
+    table: str, session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        with pytest.raises(DBAPIError, match="row-level security"):
+            await _insert_row(session, table, tenant_a.id, tenant_a)
+
+
+@pytest.mark.parametrize("table", sorted(set(ROW_FACTORIES) - {"tenant_organizations"} - APPEND_ONLY_TABLES))
+async def test_tenant_b_cannot_move_its_rows_into_tenant_a(
+    table: str, session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        b_row = await _insert_row(session, table, tenant_b.id, tenant_b)
+        with pytest.raises(DBAPIError, match=r"row-level security|foreign key"):
+            await session.execute(
+                text(f"UPDATE {table} SET tenant_id = :a WHERE id = :id"), {"a": tenant_a.id, "id": b_row}
+            )
+
+
+@pytest.mark.parametrize("table", REFERENCING_TABLES)
+async def test_tenant_b_rows_cannot_reference_tenant_a_rows(
+    table: str, session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    # Foreign keys are checked without RLS, so a plain key on `user_id` would accept A's user here;
+    # the composite (tenant_id, id) keys are what refuse it.
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        with pytest.raises(IntegrityError, match="foreign key"):
+            await _insert_row(session, table, tenant_b.id, tenant_a)
+
+
+async def test_without_a_tenant_every_table_is_empty(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        for table in ROW_FACTORIES:
+            if table != "tenant_organizations":
+                await _insert_row(session, table, tenant_a.id, tenant_a)
+        await session.commit()
+        assert all([await _count(session, table) >= 1 for table in ROW_FACTORIES])
+
+    async with session_maker() as session:
+        assert {table: await _count(session, table) for table in ROW_FACTORIES} == dict.fromkeys(ROW_FACTORIES, 0)
+        session.add(AuditEvent(actor="test", action="test"))
+        with pytest.raises(DBAPIError, match="row-level security"):  # and no tenant means no inserts either
+            await session.flush()
+
+
+# --- the session mechanics ----------------------------------------------------------------------
+
+
+async def test_a_pooled_connection_does_not_carry_a_tenant_into_the_next_transaction(
+    database: DatabaseUrls, tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    engine = create_engine(database.app_url, pool_size=1)
+    engine.pool._max_overflow = 0  # type: ignore[attr-defined]  # one connection: reuse is certain
+    maker = create_session_maker(engine)
+    try:
+        async with tenant_session(maker, tenant_a.id) as session:
+            first_backend = await session.scalar(text("SELECT pg_backend_pid()"))
+            assert await _count(session, "auth_users") == 2
+            await session.commit()
+
+        async with maker() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) == first_backend
+            assert await session.scalar(text("SELECT current_setting('app.tenant_id', true)")) == ""
+            assert await _count(session, "auth_users") == 0
+            assert await _count(session, "tenant_organizations") == 0
+
+            await set_session_tenant(session, tenant_b.id)  # mid-transaction: applies at once
+            emails = set((await session.execute(text("SELECT email FROM auth_users"))).scalars())
+            assert emails == {tenant_b.admin.email, tenant_b.user.email}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_session_keeps_its_tenant_across_commits(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await _count(session, "auth_users") == 2
+        await session.commit()  # a service committing mid-request
+        assert await _count(session, "auth_users") == 2
+        await session.rollback()
+        assert await _count(session, "auth_users") == 2
+
+
+async def test_tenant_id_is_filled_from_the_session_on_insert(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        event = AuditEvent(actor="test", action="filled")
+        session.add(event)
+        await session.commit()
+    assert event.tenant_id == tenant_a.id
+
+
+async def test_tenant_lookup_by_slug_works_before_any_tenant_is_set(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows
+) -> None:
+    async with session_maker() as session:
+        found = await lookup_tenant_by_slug(session, tenant_a.slug)
+        missing = await lookup_tenant_by_slug(session, "no-such-tenant")
+        assert await _count(session, "tenant_organizations") == 0  # the lookup opened nothing else
+    assert found is not None
+    assert (found.id, found.status) == (tenant_a.id, "active")
+    assert missing is None
+
+
+async def test_unique_keys_are_per_tenant(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    # The same email in two tenants is two users; a unique key without tenant_id would refuse B's
+    # row and, by refusing it, reveal that A has such a user.
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        session.add(User(email=tenant_a.admin.email, hashed_password=TEST_PASSWORD_HASH))
+        await session.commit()
+        assert await _count(session, "auth_users") == 3
+
+
+async def test_group_membership_is_available_to_other_domains_within_the_tenant(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows, tenant_b: TenantRows
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        session.add(UserGroupMember(group_id=tenant_a.group.id, user_id=tenant_a.user.id))
+        await session.commit()
+        assert await group_ids_of_user(session, tenant_a.user.id) == [tenant_a.group.id]
+        assert await group_ids_of_user(session, tenant_a.admin.id) == []
+    async with tenant_session(session_maker, tenant_b.id) as session:
+        assert await group_ids_of_user(session, tenant_a.user.id) == []  # A's memberships are not B's to read
