@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import datetime
-import secrets
-from collections.abc import Callable
 from uuid import UUID
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from uuid_utils.compat import uuid7
 
 from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
-from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
-from db.base import Base
+from db.auth import User
 from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
-from db.chat import Attachment, Conversation, Message, Summary
-from db.memory import Memory, MemoryAssociation, MemoryHistory
-from db.provider import ApiToken, Channel, ModelPrice, UsageLog
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
-from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import AuditEvent, UserGroupMember
+from tests.support.rows import ROW_FACTORIES
 from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
 
 # Tables that have no tenant_id on purpose; docs/architecture.md lists them. Any other table must.
@@ -44,115 +37,6 @@ _TENANT_TABLES_SQL = text(
 )
 
 
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def _expiry() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
-
-
-# One factory per tenant table: a new row for tenant `tenant_id` whose references point at `parents`.
-# Normally both are the same tenant; the tests mix them to attempt cross-tenant writes.
-RowFactory = Callable[[UUID, TenantRows], Base]
-ROW_FACTORIES: dict[str, RowFactory] = {
-    # The organization row *is* the tenant: "a row of tenant X" is a new organization that is not X.
-    "tenant_organizations": lambda tenant_id, parents: Organization(id=uuid7(), slug=_unique("org"), name="Org"),
-    "auth_users": lambda tenant_id, parents: User(
-        tenant_id=tenant_id, email=f"{_unique('u')}@example.com", hashed_password=TEST_PASSWORD_HASH
-    ),
-    "auth_user_sessions": lambda tenant_id, parents: UserSession(
-        tenant_id=tenant_id,
-        user_id=parents.user.id,
-        family_id=uuid7(),
-        kind="api",
-        refresh_token_hash=secrets.token_hex(32),
-        expires_at=_expiry(),
-        refresh_expires_at=_expiry(),
-    ),
-    "auth_oauth_providers": lambda tenant_id, parents: OAuthProvider(
-        tenant_id=tenant_id,
-        provider_name=_unique("oidc"),
-        discovery_url="https://idp.example.com/.well-known/openid-configuration",
-        client_id="client",
-        encrypted_client_secret="v1:test:x",
-        redirect_uri="https://example.com/cb",
-    ),
-    "auth_oauth_connections": lambda tenant_id, parents: OAuthConnection(
-        tenant_id=tenant_id, user_id=parents.admin.id, provider_id=parents.oauth_provider.id, external_id=_unique("ext")
-    ),
-    "auth_mfa_recovery_codes": lambda tenant_id, parents: RecoveryCode(
-        tenant_id=tenant_id, user_id=parents.user.id, code_hash=secrets.token_hex(32)
-    ),
-    "auth_invitations": lambda tenant_id, parents: Invitation(
-        tenant_id=tenant_id,
-        email=f"{_unique('invitee')}@example.com",
-        role="end_user",
-        token_hash=secrets.token_hex(32),
-        invited_by=parents.admin.id,
-        expires_at=_expiry(),
-    ),
-    "tenant_user_groups": lambda tenant_id, parents: UserGroup(
-        tenant_id=tenant_id, name=_unique("group"), created_by=parents.admin.id
-    ),
-    "tenant_user_group_members": lambda tenant_id, parents: UserGroupMember(
-        tenant_id=tenant_id, group_id=parents.group.id, user_id=parents.user.id
-    ),
-    "tenant_audit_events": lambda tenant_id, parents: AuditEvent(tenant_id=tenant_id, actor="test", action="test"),
-    "provider_channels": lambda tenant_id, parents: Channel(
-        tenant_id=tenant_id,
-        name=_unique("channel"),
-        type_id=1,
-        encrypted_keys="v1:test:x",
-        config_scope="personal",
-        owner_id=parents.user.id,
-    ),
-    "provider_tokens": lambda tenant_id, parents: ApiToken(
-        tenant_id=tenant_id,
-        user_id=parents.user.id,
-        name=_unique("token"),
-        key_hash=secrets.token_hex(32),
-        key_prefix="sk-lyss-test",
-    ),
-    "provider_model_prices": lambda tenant_id, parents: ModelPrice(
-        tenant_id=tenant_id, model=_unique("model"), prompt_price=1, completion_price=2
-    ),
-    "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
-    "tenant_jobs": lambda tenant_id, parents: Job(
-        tenant_id=tenant_id, kind="test.kind", idempotency_key=_unique("key"), created_by=parents.user.id
-    ),
-    "tenant_job_events": lambda tenant_id, parents: JobEvent(tenant_id=tenant_id, job_id=parents.job.id, event="log"),
-    "chat_conversations": lambda tenant_id, parents: Conversation(
-        tenant_id=tenant_id, user_id=parents.user.id, title="T", model="m"
-    ),
-    "chat_messages": lambda tenant_id, parents: Message(
-        tenant_id=tenant_id, conversation_id=parents.conversation.id, role="user", content="hi"
-    ),
-    "chat_attachments": lambda tenant_id, parents: Attachment(
-        tenant_id=tenant_id,
-        conversation_id=parents.conversation.id,
-        filename="notes.txt",
-        content_type="text/plain",
-        size_bytes=1,
-        object_name="attachments/x",
-    ),
-    "chat_summaries": lambda tenant_id, parents: Summary(
-        tenant_id=tenant_id,
-        conversation_id=parents.conversation.id,
-        summary_text="s",
-        covers_until=_expiry(),
-        message_count=1,
-    ),
-    "memory_user_memories": lambda tenant_id, parents: Memory(
-        tenant_id=tenant_id, user_id=parents.user.id, memory_text="m", memory_hash=secrets.token_hex(32)
-    ),
-    "memory_associations": lambda tenant_id, parents: MemoryAssociation(
-        tenant_id=tenant_id, memory_id=parents.memory.id, related_memory_id=parents.related_memory.id, strength=0.9
-    ),
-    "memory_history": lambda tenant_id, parents: MemoryHistory(
-        tenant_id=tenant_id, memory_id=parents.memory.id, event="ADD", new_text="m", actor="user"
-    ),
-}
 # The app role may only INSERT and SELECT these: nothing to move, nothing to erase.
 APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs", "tenant_job_events", "memory_history"}
 # Tables whose rows point at other tenant rows: a row of B must not be able to point at A's rows.
