@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test fuzz lint bench format deploy-check clean
+.PHONY: run test test-fast fuzz lint bench format deploy-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(INSTALLED)
 # together, so a module's server fixtures start once.
 test: $(INSTALLED)
 	$(BIN)/pytest -n auto --maxprocesses=4 --dist loadfile
+
+# The inner loop: the same, without the browser, the slow tests (whole processes, thousands of calls) and fuzzing.
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -n auto --maxprocesses=4 --dist loadfile -m "not slow and not browser and not fuzz"
 
 # Schemathesis over the whole OpenAPI schema of a running server, as an admin, an end user and anonymously;
 # fixed seed, bounded examples: about 3 minutes on 2 cores. Left out of `make test` (the `fuzz` marker).

@@ -1,8 +1,10 @@
-"""Session-wide real PostgreSQL and Redis, the schema built by the real migrations, tenants and clients.
+"""Session-wide real PostgreSQL and Redis, the schema built by the real migrations, one app, tenants and clients.
 
 PostgreSQL and Redis are the embedded servers (as `make run` uses) unless TEST_DATABASE_URL (a
 superuser URL: the suite creates its own database and roles) or TEST_REDIS_URL (a disposable Redis)
 are set. Tests talk to PostgreSQL as the app role, the one the service uses, so RLS is always on.
+Each test process builds the app once; every test gets its own client, an emptied Redis, and the
+tenant rows it wrote deleted when it ends.
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 import redis
-from sqlalchemy import text
+from asgi_lifespan import LifespanManager
+from litestar import Litestar
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.encryption import SecretBox
+from app.main import create_app
 from app.settings import Settings, new_key_entry
-from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database
+from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database, plain_url
 from db.migrations import upgrade_to_head
-from db.models import Base
 from db.session import create_engine, create_session_maker
-from tests.support.clients import AuthHeaders, Client, access_headers, app_client
+from tests.support.clients import AuthHeaders, Client, access_headers, client_of
 from tests.support.commands import RunningLyss, serve_lyss
+from tests.support.database import delete_tenant_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows, create_tenant_rows
 
@@ -76,18 +82,19 @@ async def owner_engine(database: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture(scope="session")
+async def superuser_connection(postgres_superuser_url: str, database: DatabaseUrls) -> AsyncIterator[Any]:
+    """For the clean-up between tests only: a superuser sees, and so deletes, every tenant's rows."""
+    connection = await asyncpg.connect(plain_url(postgres_superuser_url, make_url(database.app_url).database or ""))
+    yield connection
+    await connection.close()
+
+
 @pytest.fixture
-async def clean_database(owner_engine: AsyncEngine) -> AsyncIterator[None]:
-    """Per-test isolation: whatever a test wrote is TRUNCATEd (as the owner) when it ends."""
+async def clean_database(superuser_connection: Any) -> AsyncIterator[None]:
+    """Per-test isolation: whatever a test wrote is deleted when it ends."""
     yield
-    # Tenant data only: platform tables (provider_types) hold the migrations' seed rows.
-    tables = ", ".join(
-        table.name
-        for table in Base.metadata.sorted_tables
-        if "tenant_id" in table.c or table.name == "tenant_organizations"
-    )
-    async with owner_engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    await delete_tenant_rows(superuser_connection)
 
 
 @pytest.fixture
@@ -105,12 +112,11 @@ def clean_redis(redis_url: str) -> Iterator[None]:
     client.close()
 
 
-@pytest.fixture
-def settings(
-    database: DatabaseUrls, redis_url: str, tmp_path: Path, clean_database: None, clean_redis: None
-) -> Settings:
+@pytest.fixture(scope="session")
+def session_settings(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The settings of this test process's app, and of the workers and commands its tests start."""
     return Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path_factory.mktemp("lyss") / "data",
         database_url=database.app_url,
         database_owner_url=database.owner_url,
         redis_url=redis_url,
@@ -137,6 +143,21 @@ def settings(
 
 
 @pytest.fixture
+def settings(session_settings: Settings, clean_database: None, clean_redis: None) -> Settings:
+    """The app's settings, for a test that starts a worker, a command or an app of its own, on a clean slate."""
+    return session_settings
+
+
+@pytest.fixture(scope="session")
+async def app(session_settings: Settings) -> AsyncIterator[Litestar]:
+    """One app per test process, started once: building one (routes, lifespan) costs more than most tests."""
+    application = create_app(session_settings)
+    asgi: Any = application  # Litestar's precise scope types do not match asgi-lifespan's
+    async with LifespanManager(asgi):
+        yield application
+
+
+@pytest.fixture
 async def tenant_a(session_maker: async_sessionmaker[AsyncSession], settings: Settings) -> TenantRows:
     return await create_tenant_rows(
         session_maker, f"alpha-{secrets.token_hex(3)}", SecretBox(settings.encryption_keyring)
@@ -151,8 +172,9 @@ async def tenant_b(session_maker: async_sessionmaker[AsyncSession], settings: Se
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    async with app_client(settings) as test_client:
+async def client(app: Litestar, clean_database: None, clean_redis: None) -> AsyncIterator[Client]:
+    """A client of its own (cookies) on the shared app, with Redis emptied and the test's rows deleted after."""
+    async with client_of(app) as test_client:
         yield test_client
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
+from litestar import Litestar
 from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
@@ -21,14 +22,20 @@ AuthHeaders = Callable[[User], dict[str, str]]
 
 
 @asynccontextmanager
+async def client_of(app: Litestar) -> AsyncIterator[Client]:
+    """A client on an app already started: a browser of its own (its own cookies), in this event loop."""
+    asgi: Any = app  # Litestar's precise scope types do not match httpx's alias
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://testserver.local") as client:
+        yield client
+
+
+@asynccontextmanager
 async def app_client(settings: Settings) -> AsyncIterator[Client]:
-    """The app in this event loop, lifespan included (its background tasks share the loop with requests)."""
-    app: Any = create_app(settings)  # an ASGI app; Litestar's precise scope types do not match httpx's alias
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as test_client,
-    ):
-        yield test_client
+    """A client on an app of its own, lifespan included (its background tasks share the loop with requests)."""
+    app = create_app(settings)
+    asgi: Any = app
+    async with LifespanManager(asgi), client_of(app) as client:
+        yield client
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -253,6 +253,7 @@ async def redis_used(settings: Settings, tenant: TenantRows, token: dict[str, An
     return int(value or 0)
 
 
+@pytest.mark.slow  # two thousand routed calls: a share within five points needs that many
 async def test_weights_split_traffic_within_five_points(
     client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
 ) -> None:

@@ -26,6 +26,8 @@ from tests.support.gateway import chat_body, set_price, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
 
+pytestmark = pytest.mark.slow
+
 
 async def setup_calls(
     lyss: RunningLyss, tenant: TenantRows, upstream: MockUpstream, *channels: dict[str, Any], **key_fields: Any

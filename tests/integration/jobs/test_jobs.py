@@ -228,6 +228,7 @@ async def test_a_canceled_job_runs_again_when_retried(
     assert await effect_count(session_maker, tenant_a.id, "second-chance") == 1
 
 
+@pytest.mark.slow  # a `lyss worker` process, started and killed
 async def test_a_job_survives_its_worker_being_killed_and_its_effect_lands_once(
     client: Client,
     settings: Settings,

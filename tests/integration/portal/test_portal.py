@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.gateway.services import export_name
-from app.main import create_app
 from app.settings import Settings
 from app.storage import create_object_store
 from db.auth import User
@@ -89,10 +88,10 @@ def _portal_form_routes(app: Litestar) -> list[str]:
 
 
 async def test_every_signed_in_form_refuses_a_post_without_the_csrf_token(
-    client: Client, settings: Settings, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+    client: Client, app: Litestar, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     token = await sign_in(client, tenant_a, tenant_a.admin.email)
-    paths = _portal_form_routes(create_app(settings))
+    paths = _portal_form_routes(app)
     assert {"/portal/channels/new", "/portal/tokens/new", "/portal/logout"} <= set(paths)
     example_id = "00000000-0000-0000-0000-000000000000"
     for path in paths:

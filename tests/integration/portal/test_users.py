@@ -8,11 +8,11 @@ import re
 from typing import Any
 
 import msgspec
+from litestar import Litestar
 from litestar.routes import HTTPRoute
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.main import create_app
 from app.settings import Settings
 from db.auth import Invitation, RecoveryCode, User, UserSession
 from db.provider import UsageLog
@@ -264,11 +264,11 @@ async def test_admin_resets_the_mfa_of_a_user_who_lost_their_device(
     assert "no two-factor authentication to reset" in form_error(again.text)
 
 
-def _people_routes(settings: Settings) -> list[tuple[str, str]]:
+def _people_routes(app: Litestar) -> list[tuple[str, str]]:
     """(method, path) of every Users and Groups page, so that a page added later is checked too."""
     return sorted(
         (method, route.path)
-        for route in create_app(settings).routes
+        for route in app.routes
         if isinstance(route, HTTPRoute) and route.path.startswith(("/portal/users", "/portal/groups"))
         for handler in route.route_handlers
         for method in handler.http_methods
@@ -281,10 +281,10 @@ def _concrete(path: str, tenant: TenantRows) -> str:
 
 
 async def test_every_users_and_groups_page_opens_for_an_admin_with_nothing_inline(
-    client: Client, settings: Settings, tenant_a: TenantRows
+    client: Client, app: Litestar, tenant_a: TenantRows
 ) -> None:
     await sign_in(client, tenant_a, tenant_a.admin.email)
-    pages = [path for method, path in _people_routes(settings) if method == "GET"]
+    pages = [path for method, path in _people_routes(app) if method == "GET"]
     assert len(pages) >= 6
     for path in pages:
         response = await client.get(_concrete(path, tenant_a))
@@ -297,10 +297,10 @@ async def test_every_users_and_groups_page_opens_for_an_admin_with_nothing_inlin
 
 
 async def test_an_end_user_gets_403_on_every_users_and_groups_page_and_post(
-    client: Client, settings: Settings, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+    client: Client, app: Litestar, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     token = await sign_in(client, tenant_a, tenant_a.user.email)
-    routes = _people_routes(settings)
+    routes = _people_routes(app)
     assert len(routes) >= 16
     for method, path in routes:
         url = _concrete(path, tenant_a)
@@ -322,13 +322,13 @@ async def test_an_end_user_gets_403_on_every_users_and_groups_page_and_post(
 
 async def test_another_tenants_admin_gets_404_for_these_users_and_groups(
     client: Client,
-    settings: Settings,
+    app: Litestar,
     tenant_a: TenantRows,
     tenant_b: TenantRows,
     session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
     token = await sign_in(client, tenant_b, tenant_b.admin.email)
-    for method, path in _people_routes(settings):
+    for method, path in _people_routes(app):
         if "{" not in path:
             continue
         url = _concrete(path, tenant_a)

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
-from app.main import create_app
 from app.settings import Settings
 from db.auth import OAuthConnection, OAuthProvider, User
 from db.chat import Attachment, Conversation
@@ -22,7 +21,7 @@ from db.memory import Memory
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import Job, UserGroup
-from tests.support.clients import AuthHeaders, Client, app_client
+from tests.support.clients import AuthHeaders, Client, client_of
 from tests.support.gateway import add_channel, issue_key, token_id_of
 from tests.support.jobs import submit
 from tests.support.mock_upstream import MockUpstream
@@ -244,8 +243,7 @@ async def stored(
     return found
 
 
-def test_every_id_in_a_route_is_known(settings: Settings) -> None:
-    app = create_app(settings)
+def test_every_id_in_a_route_is_known(app: Litestar) -> None:
     routes = [route for prefix in ("/api/", "/portal/") for route in id_routes(app, prefix)]
     assert {"channel_id", "conversation_id", "job_id"} <= {name for route in routes for name in route.ids}
     unknown = {
@@ -260,7 +258,7 @@ def test_every_id_in_a_route_is_known(settings: Settings) -> None:
 
 async def test_another_tenants_admin_gets_404_from_every_api_route_with_an_id(
     client: Client,
-    settings: Settings,
+    app: Litestar,
     tenant_a: TenantRows,
     tenant_b: TenantRows,
     rows_of_a: dict[str, UUID],
@@ -268,7 +266,7 @@ async def test_another_tenants_admin_gets_404_from_every_api_route_with_an_id(
     auth_headers: AuthHeaders,
     session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
-    routes = id_routes(create_app(settings), "/api/")
+    routes = id_routes(app, "/api/")
     assert len(routes) >= 30
     before = await stored(session_maker, tenant_a, rows_of_a)
     assert before.keys() == rows_of_a.keys()  # each row is A's, and A's own session reads it
@@ -293,14 +291,14 @@ async def test_another_tenants_admin_gets_404_from_every_api_route_with_an_id(
 
 async def test_another_tenants_admin_gets_404_from_every_portal_page_and_form_with_an_id(
     client: Client,
-    settings: Settings,
+    app: Litestar,
     tenant_a: TenantRows,
     tenant_b: TenantRows,
     rows_of_a: dict[str, UUID],
     rows_of_b: dict[str, UUID],
     session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
-    routes = id_routes(create_app(settings), "/portal/")
+    routes = id_routes(app, "/portal/")
     assert len(routes) >= 30
     before = await stored(session_maker, tenant_a, rows_of_a)
     token = await sign_in(client, tenant_b, tenant_b.admin.email)
@@ -312,7 +310,7 @@ async def test_another_tenants_admin_gets_404_from_every_portal_page_and_form_wi
                 response = await client.post(url, data={"csrf_token": token, **FORM_FIELDS})
             assert response.status_code == 404, (route.method, url, response.status_code)
     assert await stored(session_maker, tenant_a, rows_of_a) == before
-    async with app_client(settings) as owner:
+    async with client_of(app) as owner:
         await sign_in(owner, tenant_a, tenant_a.admin.email)
         for route in routes:
             if route.method == "GET":
