@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -14,86 +14,23 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
 from redis.asyncio import Redis
+from saq.queue.redis import RedisQueue
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import app_settings
-from app.errors import Conflict, InvalidRequest
+from app.errors import Conflict
 from app.jobs import services as jobs
-from app.jobs.controllers import job_queue
 from app.jobs.registry import JOB_KINDS
-from app.portal.controllers.channels import provide_admin_viewer
-from app.portal.forms import FormInvalid, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.portal.lists import PAGE_SIZE, Keyset, filters_from, next_page_query, page_cursor
+from app.portal.services import user_emails
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
+from app.settings import Settings
 from db.auth import User
-from db.memory import Memory
 from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, AuditEvent, Job, JobStatus
 
-PAGE_SIZE = 50
 REFRESH_SECONDS = 3
 CANCELABLE_STATUSES = ("queued", "running")
 DATE_MESSAGE = "Enter a date as YYYY-MM-DD."
-FilterStruct = TypeVar("FilterStruct", bound=msgspec.Struct)
-
-
-class Keyset(msgspec.Struct, frozen=True):
-    """Where a page ended: its last row's (created_at, id). The next page starts just after it."""
-
-    created_at: datetime.datetime
-    id: UUID
-
-    @classmethod
-    def of(cls, row: AuditEvent | Job | Memory) -> Keyset:
-        return cls(created_at=row.created_at, id=row.id)
-
-    @classmethod
-    def parse(cls, cursor: str) -> Keyset:
-        try:
-            moment, _, row_id = cursor.partition("|")
-            created_at = datetime.datetime.fromisoformat(moment)
-            return cls(created_at=created_at.replace(tzinfo=created_at.tzinfo or datetime.UTC), id=UUID(row_id))
-        except ValueError:
-            raise InvalidRequest("This page link is broken; showing the newest entries instead.") from None
-
-    def cursor(self) -> str:
-        return f"{self.created_at.isoformat()}|{self.id}"
-
-
-def filters_from(
-    query: Mapping[str, str], names: tuple[str, ...], struct_type: type[FilterStruct]
-) -> tuple[FilterStruct, dict[str, str]]:
-    """A filter form's query values as `struct_type`; a wrong field is reported and left out, the rest apply."""
-    raw = {name: query.get(name, "").strip() for name in names}
-    given = {name: value for name, value in raw.items() if value}
-    errors: dict[str, str] = {}
-    try:
-        return parse(struct_type, given), errors
-    except FormInvalid as invalid:
-        errors |= invalid.errors
-    valid = {name: value for name, value in given.items() if name not in errors}
-    try:
-        return parse(struct_type, valid), errors
-    except FormInvalid:
-        return struct_type(), errors
-
-
-def page_cursor(query: Mapping[str, str], errors: dict[str, str]) -> Keyset | None:
-    cursor = query.get("cursor")
-    if not cursor:
-        return None
-    try:
-        return Keyset.parse(cursor)
-    except InvalidRequest as error:
-        errors["form"] = error.detail
-        return None
-
-
-def next_page_query(values: Mapping[str, str], last: Keyset | None) -> dict[str, str] | None:
-    return None if last is None else {**values, "cursor": last.cursor()}
-
-
-async def user_emails(session: AsyncSession) -> dict[UUID, str]:
-    return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
 
 
 # --- audit log -----------------------------------------------------------------------------------
@@ -279,6 +216,7 @@ class JobPages(Controller):
     @post("/{job_id:uuid}/cancel", summary="Cancel a queued or running job")
     async def cancel_job(
         self,
+        job_queue: NamedDependency[RedisQueue],
         job_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -287,7 +225,7 @@ class JobPages(Controller):
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         try:
-            await jobs.cancel_job(db_session, job_queue(request), redis, job, actor=viewer.user.id)
+            await jobs.cancel_job(db_session, job_queue, redis, job, actor=viewer.user.id)
         except Conflict as refusal:
             await db_session.refresh(job)
             return await self._detail_page(
@@ -298,6 +236,8 @@ class JobPages(Controller):
     @post("/{job_id:uuid}/retry", summary="Run a failed, canceled or dead job again")
     async def retry_job(
         self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
         job_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -306,9 +246,7 @@ class JobPages(Controller):
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         try:
-            await jobs.retry_job(
-                db_session, job_queue(request), redis, app_settings(request), job, actor=viewer.user.id
-            )
+            await jobs.retry_job(db_session, job_queue, redis, settings, job, actor=viewer.user.id)
         except Conflict as refusal:
             await db_session.refresh(job)
             return await self._detail_page(

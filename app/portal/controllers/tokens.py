@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, ServiceError
 from app.gateway import services
-from app.gateway.controllers import announce
+from app.gateway.catalog import announce_change
+from app.gateway.proxy import Gateway
 from app.gateway.schemas import TokenCreate, TokenUpdate
 from app.portal.forms import FormInvalid, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
@@ -157,6 +158,7 @@ class TokenPages(Controller):
     @post("/{token_id:uuid}", summary="Change an API key")
     async def update_token(
         self,
+        gateway: NamedDependency[Gateway],
         token_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -180,12 +182,13 @@ class TokenPages(Controller):
                 viewer, db_session, token=token, values=values, errors=errors, status_code=error.status_code
             )
         await db_session.commit()
-        await announce(request, redis, f"token:{token.key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")
 
     @post("/{token_id:uuid}/revoke", summary="Revoke an API key")
     async def revoke_token(
         self,
+        gateway: NamedDependency[Gateway],
         token_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -195,5 +198,5 @@ class TokenPages(Controller):
         token = await services.visible_token(db_session, viewer.principal, token_id)
         await services.revoke_token(db_session, token, actor=viewer_actor(viewer, request))
         await db_session.commit()
-        await announce(request, redis, f"token:{token.key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")

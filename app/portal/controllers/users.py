@@ -17,15 +17,14 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import provide_auth_service
 from app.auth.schemas import Email
 from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
-from app.gateway.controllers import announce
+from app.gateway.catalog import announce_change
+from app.gateway.proxy import Gateway
 from app.gateway.services import UsageFilter
-from app.portal.controllers.channels import provide_admin_viewer
 from app.portal.forms import FormInvalid, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other, viewer_actor
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.tenants.services import (
     add_group_member,
     create_group,
@@ -90,15 +89,15 @@ async def _key_hashes_of(db_session: AsyncSession, user_id: UUID) -> list[str]:
     return list(await db_session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
 
 
-async def _announce_keys(request: PortalRequest, redis: Redis, key_hashes: list[str]) -> None:
+async def _announce_keys(redis: Redis, gateway: Gateway, key_hashes: list[str]) -> None:
     # The gateway caches each key with whether its owner is active: every worker must drop these now.
     for key_hash in key_hashes:
-        await announce(request, redis, f"token:{key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{key_hash}")
 
 
 class UserPages(Controller):
     path = "/users"
-    dependencies = {"viewer": Provide(provide_admin_viewer), "auth": Provide(provide_auth_service)}
+    dependencies = {"viewer": Provide(provide_admin_viewer)}
 
     @get("/", summary="Users")
     async def list_users(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
@@ -244,6 +243,7 @@ class UserPages(Controller):
     @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
     async def deactivate(
         self,
+        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         auth: NamedDependency[AuthService],
@@ -258,12 +258,13 @@ class UserPages(Controller):
         if refused is not None:
             return refused
         await db_session.commit()
-        await _announce_keys(request, redis, key_hashes)
+        await _announce_keys(redis, gateway, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
     async def reactivate(
         self,
+        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         auth: NamedDependency[AuthService],
@@ -278,7 +279,7 @@ class UserPages(Controller):
         if refused is not None:
             return refused
         await db_session.commit()
-        await _announce_keys(request, redis, key_hashes)
+        await _announce_keys(redis, gateway, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
@@ -426,6 +427,7 @@ class GroupPages(Controller):
     @post("/{group_id:uuid}/delete", summary="Delete a group")
     async def delete(
         self,
+        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -442,12 +444,13 @@ class GroupPages(Controller):
             )
         await db_session.commit()
         # The gateway caches each user's groups, which decide the group-scoped channels they reach.
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups")
 
     @post("/{group_id:uuid}/members", summary="Add a member")
     async def add_member(
         self,
+        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -473,12 +476,13 @@ class GroupPages(Controller):
                 status_code=error.status_code,
             )
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups/{group_id}")
 
     @post("/{group_id:uuid}/members/{user_id:uuid}/remove", summary="Remove a member")
     async def remove_member(
         self,
+        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
@@ -489,5 +493,5 @@ class GroupPages(Controller):
         group = await user_group(db_session, group_id)
         await remove_group_member(db_session, viewer_actor(viewer, request), group, user_id)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups/{group_id}")
