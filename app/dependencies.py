@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.oauth import OAuthClient
@@ -18,11 +19,14 @@ from app.observability.middleware import client_context
 from app.resources import Resources
 from app.settings import Settings
 from app.tenants.services import Actor
+from db.auth import User
 
 
-def provide_actor(request: Request[Principal, Any, State]) -> Actor:
-    """The signed-in caller as the audit trail names them, with the request's address and agent."""
-    return Actor(name=str(request.user.user_id), user_id=request.user.user_id, client=client_context(request))
+async def provide_actor(request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]) -> Actor:
+    """The signed-in caller as the audit trail names them (by email, as the portal and sign-in do), with the
+    request's address and agent."""
+    email = await db_session.scalar(select(User.email).where(User.id == request.user.user_id))
+    return Actor(name=email or str(request.user.user_id), user_id=request.user.user_id, client=client_context(request))
 
 
 async def provide_auth_service(
@@ -54,6 +58,6 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "job_queue": _constant(resources.job_queue),
         "auth_store": _constant(auth_store),
         "oauth_client": _constant(oauth_client),
-        "actor": Provide(provide_actor, sync_to_thread=False),
+        "actor": Provide(provide_actor),
         "auth": Provide(provide_auth_service),
     }

@@ -45,7 +45,7 @@ from app.portal.router import create_portal_router, home, portal_template_config
 from app.resources import Resources
 from app.settings import Settings
 from app.storage.controllers import ObjectController
-from app.tenants.controllers import TenantController
+from app.tenants.controllers import AuditController, GroupController, TenantController, UserAdminController
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -79,6 +79,9 @@ def create_app(settings: Settings) -> Litestar:
             AuthController,
             OAuthController,
             TenantController,
+            UserAdminController,
+            GroupController,
+            AuditController,
             ChannelController,
             TokenController,
             PriceController,

@@ -1,44 +1,18 @@
-"""The portal's lists: keyset pages (newest first) and filter forms whose wrong fields are named, not fatal."""
+"""The portal's lists: filter forms whose wrong fields are named, not fatal, and links to the next page."""
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from typing import TypeVar
-from uuid import UUID
 
 import msgspec
 
 from app.errors import InvalidRequest
+from app.keyset import Keyset
 from app.portal.forms import FormInvalid, parse
-from db.memory import Memory
-from db.tenant import AuditEvent, Job
 
 PAGE_SIZE = 50
 FilterStruct = TypeVar("FilterStruct", bound=msgspec.Struct)
-
-
-class Keyset(msgspec.Struct, frozen=True):
-    """Where a page ended: its last row's (created_at, id). The next page starts just after it."""
-
-    created_at: datetime.datetime
-    id: UUID
-
-    @classmethod
-    def of(cls, row: AuditEvent | Job | Memory) -> Keyset:
-        return cls(created_at=row.created_at, id=row.id)
-
-    @classmethod
-    def parse(cls, cursor: str) -> Keyset:
-        try:
-            moment, _, row_id = cursor.partition("|")
-            created_at = datetime.datetime.fromisoformat(moment)
-            return cls(created_at=created_at.replace(tzinfo=created_at.tzinfo or datetime.UTC), id=UUID(row_id))
-        except ValueError:
-            raise InvalidRequest("This page link is broken; showing the newest entries instead.") from None
-
-    def cursor(self) -> str:
-        return f"{self.created_at.isoformat()}|{self.id}"
 
 
 def filters_from(

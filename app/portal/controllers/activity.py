@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -15,18 +14,19 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
-from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict
 from app.jobs import services as jobs
 from app.jobs.registry import JOB_KINDS
-from app.portal.lists import PAGE_SIZE, Keyset, filters_from, next_page_query, page_cursor
+from app.keyset import Keyset
+from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.services import user_emails
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
 from app.settings import Settings
+from app.tenants.audit import AuditFilter, audit_page
 from db.auth import User
-from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, AuditEvent, Job, JobStatus
+from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStatus
 
 REFRESH_SECONDS = 3
 CANCELABLE_STATUSES = ("queued", "running")
@@ -37,55 +37,6 @@ DATE_MESSAGE = "Enter a date as YYYY-MM-DD."
 
 
 AUDIT_FILTERS = ("since", "until", "action", "user_id", "actor", "target_type")
-
-
-class AuditFilter(msgspec.Struct, frozen=True):
-    since: datetime.date | None = None
-    until: datetime.date | None = None
-    # "login" finds every login.* event, "login.failed" only those.
-    action: Annotated[str, msgspec.Meta(max_length=100)] | None = None
-    user_id: UUID | None = None
-    # The actor as recorded: an email (also of failed sign-ins with an unknown address), "system", a job.
-    actor: Annotated[str, msgspec.Meta(max_length=255)] | None = None
-    target_type: Annotated[str, msgspec.Meta(max_length=50)] | None = None
-
-    def conditions(self) -> list[Any]:
-        found: list[Any] = []
-        if self.since is not None:
-            found.append(AuditEvent.created_at >= _start_of(self.since))
-        if self.until is not None and self.until < datetime.date.max:  # the whole day, in UTC
-            found.append(AuditEvent.created_at < _start_of(self.until + datetime.timedelta(days=1)))
-        if self.action is not None:
-            found.append(
-                or_(AuditEvent.action == self.action, AuditEvent.action.startswith(f"{self.action}.", autoescape=True))
-            )
-        if self.user_id is not None:
-            found.append(AuditEvent.actor_user_id == self.user_id)
-        if self.actor is not None:
-            found.append(AuditEvent.actor == self.actor)
-        if self.target_type is not None:
-            found.append(AuditEvent.target_type == self.target_type)
-        return found
-
-
-def _start_of(day: datetime.date) -> datetime.datetime:
-    return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
-
-
-async def audit_page(
-    session: AsyncSession, filters: AuditFilter, *, after: Keyset | None, limit: int
-) -> tuple[list[AuditEvent], Keyset | None]:
-    """Newest first, keyset-paginated on (created_at, id): any page costs what the first one costs."""
-    statement = select(AuditEvent).where(*filters.conditions())
-    if after is not None:
-        # `<=` alone is what the (tenant_id, created_at) index can range over; the id breaks ties.
-        statement = statement.where(
-            AuditEvent.created_at <= after.created_at,
-            or_(AuditEvent.created_at < after.created_at, AuditEvent.id < after.id),
-        )
-    statement = statement.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
-    rows = list(await session.scalars(statement))
-    return rows[:limit], Keyset.of(rows[limit - 1]) if len(rows) > limit else None
 
 
 class AuditPages(Controller):

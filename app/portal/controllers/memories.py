@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest, ServiceError
 from app.gateway.proxy import Gateway
+from app.keyset import Keyset
 from app.memory import services
 from app.memory.schemas import MemoryFilters, MemoryHit, MemoryType
 from app.portal.forms import FormInvalid, parse
-from app.portal.lists import PAGE_SIZE, Keyset, filters_from, next_page_query, page_cursor
+from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.services import user_emails
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from db.memory import Memory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -20,46 +20,35 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.schemas import Email
 from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
-from app.gateway.catalog import announce_change
+from app.gateway.catalog import announce_change, announce_keys
 from app.gateway.proxy import Gateway
 from app.gateway.services import UsageFilter
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
     add_group_member,
     create_group,
     delete_group,
+    group_members,
+    groups_with_member_counts,
     organization_user,
     remove_group_member,
     update_group,
     user_group,
+    user_key_hashes,
 )
 from db.auth import Invitation, User
-from db.provider import ApiToken, UsageLog
+from db.provider import UsageLog
 from db.tenant import UserGroup, UserGroupMember
 
-# Super admins are made by the platform operator, not from a tenant's portal.
-PortalRole = Literal["end_user", "tenant_admin"]
 ROLES = [("end_user", "End user"), ("tenant_admin", "Administrator")]
 ROLE_LABELS = dict(ROLES) | {"super_admin": "Super admin"}
 
 
 class InviteForm(msgspec.Struct, frozen=True):
     email: Email
-    role: PortalRole
-
-
-class RoleForm(msgspec.Struct, frozen=True):
-    role: PortalRole
-
-
-class GroupForm(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
-
-
-class MemberForm(msgspec.Struct, frozen=True):
-    user_id: UUID
+    role: TenantRole
 
 
 class MonthlyUsage(msgspec.Struct, frozen=True):
@@ -83,16 +72,6 @@ async def usage_this_month(
     return {
         owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
     }
-
-
-async def _key_hashes_of(db_session: AsyncSession, user_id: UUID) -> list[str]:
-    return list(await db_session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
-
-
-async def _announce_keys(redis: Redis, gateway: Gateway, key_hashes: list[str]) -> None:
-    # The gateway caches each key with whether its owner is active: every worker must drop these now.
-    for key_hash in key_hashes:
-        await announce_change(redis, gateway.catalog, f"token:{key_hash}")
 
 
 class UserPages(Controller):
@@ -215,7 +194,7 @@ class UserPages(Controller):
     ) -> Template | Response[None]:
         values = {"role": str((await request.form()).get("role") or "").strip()}
         try:
-            await auth.change_role(viewer.principal, user_id, parse(RoleForm, values).role)
+            await auth.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._user_page(viewer, db_session, user_id, values=values, errors=invalid.errors)
@@ -251,14 +230,14 @@ class UserPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await _key_hashes_of(db_session, user_id)
+        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
             viewer, db_session, user_id, auth.deactivate_user(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
         await db_session.commit()
-        await _announce_keys(redis, gateway, key_hashes)
+        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
@@ -272,14 +251,14 @@ class UserPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await _key_hashes_of(db_session, user_id)
+        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
             viewer, db_session, user_id, auth.reactivate_user(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
         await db_session.commit()
-        await _announce_keys(redis, gateway, key_hashes)
+        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
@@ -309,13 +288,7 @@ class GroupPages(Controller):
 
     @get("/", summary="Groups")
     async def list_groups(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
-        rows = await db_session.execute(
-            select(UserGroup, func.count(UserGroupMember.id))
-            .outerjoin(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-            .group_by(UserGroup.id)
-            .order_by(UserGroup.name)
-        )
-        return page(viewer, "groups/list.html", groups=rows.all())
+        return page(viewer, "groups/list.html", groups=await groups_with_member_counts(db_session))
 
     def _new_page(
         self,
@@ -338,7 +311,7 @@ class GroupPages(Controller):
     ) -> Template | Response[None]:
         values = _group_values(await request.form())
         try:
-            data = parse(GroupForm, values)
+            data = parse(GroupCreate, values)
             group = await create_group(
                 db_session, viewer_actor(viewer, request), name=data.name, description=data.description
             )
@@ -362,14 +335,7 @@ class GroupPages(Controller):
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
         group = await user_group(db_session, group_id)
-        members = (
-            await db_session.scalars(
-                select(User)
-                .join(UserGroupMember, UserGroupMember.user_id == User.id)
-                .where(UserGroupMember.group_id == group.id)
-                .order_by(User.email)
-            )
-        ).all()
+        members = await group_members(db_session, group)
         member_ids = {member.id for member in members}
         candidates = [
             (str(user.id), user.email)
@@ -404,7 +370,7 @@ class GroupPages(Controller):
         group = await user_group(db_session, group_id)
         values = _group_values(await request.form())
         try:
-            data = parse(GroupForm, values)
+            data = parse(GroupCreate, values)
             await update_group(
                 db_session, viewer_actor(viewer, request), group, name=data.name, description=data.description
             )
@@ -460,7 +426,7 @@ class GroupPages(Controller):
         group = await user_group(db_session, group_id)
         values = {"user_id": str((await request.form()).get("user_id") or "").strip()}
         try:
-            data = parse(MemberForm, values)
+            data = parse(MemberAdd, values)
             await add_group_member(db_session, viewer_actor(viewer, request), group, data.user_id)
         except FormInvalid as invalid:
             await db_session.rollback()
