@@ -51,6 +51,7 @@ from app.auth.services import (
     existing_oauth_provider,
     new_oauth_secrets,
     oauth_client_secret_context,
+    oauth_providers,
     update_oauth_provider,
 )
 from app.auth.tokens import Principal
@@ -246,8 +247,7 @@ class OAuthController(Controller):
 
     @get("/oauth-providers", guards=[requires_tenant_admin], summary="List the organization's OAuth providers")
     async def list_providers(self, db_session: NamedDependency[AsyncSession]) -> list[OAuthProviderRead]:
-        providers = await db_session.scalars(select(OAuthProvider).order_by(OAuthProvider.provider_name))
-        return [_provider_read(provider) for provider in providers]
+        return [_provider_read(provider) for provider in await oauth_providers(db_session)]
 
     @post("/oauth-providers", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Add a provider")
     async def create_provider(
@@ -288,9 +288,7 @@ class OAuthController(Controller):
         if tenant is None:
             raise NotFound(f"No organization is called '{tenant_slug}'.")
         await set_session_tenant(db_session, tenant.id)
-        providers = await db_session.scalars(
-            select(OAuthProvider).where(OAuthProvider.is_enabled.is_(True)).order_by(OAuthProvider.provider_name)
-        )
+        providers = await oauth_providers(db_session, enabled_only=True)
         return [
             OAuthProviderPublic(
                 name=provider.provider_name,

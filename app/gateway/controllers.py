@@ -42,7 +42,7 @@ from app.gateway.schemas import (
 from app.settings import Settings
 from app.storage.base import ObjectStore
 from app.tenants.services import Actor
-from db.provider import ApiToken, Channel, ModelPrice, ProviderType
+from db.provider import ApiToken, Channel, ProviderType
 
 AuthRequest = Request[Principal, Any, State]
 
@@ -264,10 +264,9 @@ class PriceController(Controller):
 
     @get("/", summary="Model prices (credits per million tokens; '*' prices every other model)")
     async def list_prices(self, db_session: NamedDependency[AsyncSession]) -> list[PriceRead]:
-        rows = await db_session.scalars(select(ModelPrice).order_by(ModelPrice.model))
         return [
             PriceRead(model=row.model, prompt_price=row.prompt_price, completion_price=row.completion_price)
-            for row in rows
+            for row in await services.model_prices(db_session)
         ]
 
     @put("/{model:str}", summary="Set a model's price")
@@ -385,8 +384,6 @@ class ProviderTypeController(Controller):
     async def list_types(
         self, settings: NamedDependency[Settings], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> list[ProviderTypeRead]:
-        echo = settings.echo_provider_enabled
-        rows = await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
         return [
             ProviderTypeRead(
                 name=row.name,
@@ -395,6 +392,5 @@ class ProviderTypeController(Controller):
                 api_format=row.api_format,
                 output_limit_parameter=row.output_limit_parameter,
             )
-            for row in rows
-            if row.api_format != "echo" or echo
+            for row in await services.provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
         ]

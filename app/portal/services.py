@@ -142,7 +142,3 @@ async def dashboard(
         top_users=top_users,
         channels=channels,
     )
-
-
-async def user_emails(session: AsyncSession) -> dict[UUID, str]:
-    return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}

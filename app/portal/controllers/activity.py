@@ -21,10 +21,10 @@ from app.jobs import services as jobs
 from app.jobs.registry import JOB_KINDS
 from app.keyset import Keyset
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
-from app.portal.services import user_emails
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
 from app.settings import Settings
 from app.tenants.audit import AuditFilter, audit_page
+from app.tenants.services import user_emails
 from db.auth import User
 from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStatus
 

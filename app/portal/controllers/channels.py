@@ -11,7 +11,6 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.encryption import SecretBox
@@ -20,10 +19,11 @@ from app.gateway import services
 from app.gateway.catalog import announce_change
 from app.gateway.proxy import Gateway
 from app.gateway.schemas import ChannelCreate, ChannelUpdate
+from app.gateway.services import channels_with_type_names, provider_types
 from app.portal.forms import FormInvalid, lines, pairs, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.settings import Settings
-from db.provider import Channel, ProviderType
+from db.provider import Channel
 
 FIELDS_IN_MESSAGES = ("keys", "base_url", "models", "model_mapping", "test_model", "test_kind", "type")
 TEST_KINDS = [("chat", "Chat completion (one token)"), ("embeddings", "Embeddings (one short input)")]
@@ -70,12 +70,7 @@ class ChannelPages(Controller):
     async def list_channels(
         self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
     ) -> Template:
-        rows = await db_session.execute(
-            select(Channel, ProviderType.display_name)
-            .join(ProviderType)
-            .order_by(Channel.priority.desc(), Channel.name)
-        )
-        return page(viewer, "channels/list.html", channels=rows.all())
+        return page(viewer, "channels/list.html", channels=await channels_with_type_names(db_session))
 
     async def _form_page(
         self,
@@ -91,12 +86,7 @@ class ChannelPages(Controller):
         if errors and channel is not None:
             # Errors follow a rollback, which expired the channel: load it again before the page reads it.
             await db_session.refresh(channel)
-        echo = settings.echo_provider_enabled
-        types = [
-            kind
-            for kind in await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
-            if kind.api_format != "echo" or echo
-        ]
+        types = await provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
         return page(
             viewer,
             "channels/form.html",

@@ -21,8 +21,8 @@ from app.memory import services
 from app.memory.schemas import MemoryFilters, MemoryHit, MemoryType
 from app.portal.forms import FormInvalid, parse
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
-from app.portal.services import user_emails
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.tenants.services import user_emails
 from db.memory import Memory
 
 SEARCH_LIMIT = 20

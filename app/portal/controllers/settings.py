@@ -13,12 +13,11 @@ from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.oauth import oauth_redirect_uri
 from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
-from app.auth.services import create_oauth_provider, existing_oauth_provider, update_oauth_provider
+from app.auth.services import create_oauth_provider, existing_oauth_provider, oauth_providers, update_oauth_provider
 from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
 from app.encryption import SecretBox
@@ -27,6 +26,7 @@ from app.gateway import services as gateway_services
 from app.gateway.catalog import announce_change
 from app.gateway.proxy import Gateway
 from app.gateway.schemas import PriceWrite
+from app.gateway.services import model_prices
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
@@ -35,8 +35,6 @@ from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_vi
 from app.settings import Settings
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
 from app.tenants.services import change_tenant_policy, rename_organization, tenant_policy
-from db.auth import OAuthProvider
-from db.provider import ModelPrice
 from db.tenant import Job, Organization
 
 SETTINGS = f"{PORTAL}/settings"
@@ -174,8 +172,8 @@ class SettingsPages(Controller):
             model_choices={
                 field: _model_choices(served, stored[field], none_label) for field, none_label in MODEL_FIELDS.items()
             },
-            providers=list(await db_session.scalars(select(OAuthProvider).order_by(OAuthProvider.provider_name))),
-            prices=list(await db_session.scalars(select(ModelPrice).order_by(ModelPrice.model))),
+            providers=await oauth_providers(db_session),
+            prices=await model_prices(db_session),
         )
 
     @get("/", summary="Settings")

@@ -12,18 +12,16 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
 from markupsafe import Markup
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.middleware import SESSION_COOKIE
 from app.auth.redis_store import AuthStore
-from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
+from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult, oauth_providers
 from app.auth.tokens import SCOPE_MFA_ENROLLMENT, InvalidToken, Principal, verify_access_token
 from app.errors import ServiceError
 from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.settings import Settings
 from app.tenants.services import lookup_tenant_by_slug
-from db.auth import OAuthProvider
 from db.session import set_session_tenant
 
 MFA_TICKET_COOKIE = "lyss_mfa_ticket"
@@ -103,9 +101,7 @@ async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> l
     if tenant is None:
         return []
     await set_session_tenant(db_session, tenant.id)
-    providers = await db_session.scalars(
-        select(OAuthProvider).where(OAuthProvider.is_enabled.is_(True)).order_by(OAuthProvider.provider_name)
-    )
+    providers = await oauth_providers(db_session, enabled_only=True)
     return [
         {
             "label": provider.display_name or provider.provider_name,

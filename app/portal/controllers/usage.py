@@ -13,11 +13,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 from saq.queue.redis import RedisQueue
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest, NotFound
-from app.gateway.services import USAGE_EXPORT_KIND, UsageFilter, export_download_url, usage_page
+from app.gateway.services import (
+    USAGE_EXPORT_KIND,
+    UsageFilter,
+    channel_names,
+    export_download_url,
+    key_names,
+    usage_page,
+)
 from app.jobs.services import submit_job, visible_job
 from app.portal import services
 from app.portal.charts import bar_chart
@@ -25,8 +31,7 @@ from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
 from app.settings import Settings
 from app.storage.base import ObjectStore
-from db.auth import User
-from db.provider import ApiToken, Channel
+from app.tenants.services import user_emails
 
 PAGE_SIZE = 50
 FILTERS = ("since", "until", "user_id", "token_id", "channel_id", "model", "status_code")
@@ -91,16 +96,9 @@ class UsagePages(Controller):
         except InvalidRequest as error:
             errors["form"] = error.detail
             result = await usage_page(db_session, filters, cursor=None, limit=PAGE_SIZE)
-        users = {row.id: row.email for row in await db_session.execute(select(User.id, User.email))}
-        tokens_query = select(ApiToken.id, ApiToken.name)
-        if not viewer.is_admin:
-            tokens_query = tokens_query.where(ApiToken.user_id == viewer.user.id)
-        tokens = {row.id: row.name for row in await db_session.execute(tokens_query)}
-        channels = (
-            {row.id: row.name for row in await db_session.execute(select(Channel.id, Channel.name))}
-            if viewer.is_admin
-            else {}
-        )
+        users = await user_emails(db_session)
+        tokens = await key_names(db_session, None if viewer.is_admin else viewer.user.id)
+        channels = await channel_names(db_session) if viewer.is_admin else {}
         next_query = None
         if result.next_cursor:
             next_query = {name: value for name, value in values.items() if value} | {"cursor": result.next_cursor}

@@ -14,7 +14,6 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
@@ -22,7 +21,7 @@ from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
 from app.gateway.catalog import announce_change, announce_keys
 from app.gateway.proxy import Gateway
-from app.gateway.services import UsageFilter
+from app.gateway.services import MonthlyUsage, usage_this_month
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
@@ -31,16 +30,17 @@ from app.tenants.services import (
     create_group,
     delete_group,
     group_members,
+    group_names_of_user,
     groups_with_member_counts,
     organization_user,
+    organization_users,
+    pending_invitations,
     remove_group_member,
     update_group,
     user_group,
     user_key_hashes,
 )
-from db.auth import Invitation, User
-from db.provider import UsageLog
-from db.tenant import UserGroup, UserGroupMember
+from db.auth import User
 
 ROLES = [("end_user", "End user"), ("tenant_admin", "Administrator")]
 ROLE_LABELS = dict(ROLES) | {"super_admin": "Super admin"}
@@ -51,29 +51,6 @@ class InviteForm(msgspec.Struct, frozen=True):
     role: TenantRole
 
 
-class MonthlyUsage(msgspec.Struct, frozen=True):
-    requests: int = 0
-    cost: int = 0
-
-
-def _start_of_month(now: datetime.datetime) -> datetime.datetime:
-    return now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-async def usage_this_month(
-    session: AsyncSession, now: datetime.datetime, *, user_id: UUID | None = None
-) -> dict[UUID, MonthlyUsage]:
-    """Requests and cost per user since the first of this month (UTC), in one grouped query."""
-    rows = await session.execute(
-        select(UsageLog.user_id, func.count(), func.coalesce(func.sum(UsageLog.cost), 0))
-        .where(*UsageFilter(since=_start_of_month(now), user_id=user_id).conditions())
-        .group_by(UsageLog.user_id)
-    )
-    return {
-        owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
-    }
-
-
 class UserPages(Controller):
     path = "/users"
     dependencies = {"viewer": Provide(provide_admin_viewer)}
@@ -81,14 +58,8 @@ class UserPages(Controller):
     @get("/", summary="Users")
     async def list_users(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
         now = datetime.datetime.now(datetime.UTC)
-        users = (await db_session.scalars(select(User).order_by(User.email))).all()
-        invitations = (
-            await db_session.scalars(
-                select(Invitation)
-                .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
-                .order_by(Invitation.expires_at)
-            )
-        ).all()
+        users = await organization_users(db_session)
+        invitations = await pending_invitations(db_session, now)
         return page(
             viewer,
             "users/list.html",
@@ -154,14 +125,7 @@ class UserPages(Controller):
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
         user = await organization_user(db_session, user_id)
-        groups = (
-            await db_session.execute(
-                select(UserGroup.id, UserGroup.name)
-                .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-                .where(UserGroupMember.user_id == user.id)
-                .order_by(UserGroup.name)
-            )
-        ).all()
+        groups = await group_names_of_user(db_session, user.id)
         usage = await usage_this_month(db_session, datetime.datetime.now(datetime.UTC), user_id=user.id)
         return page(
             viewer,
@@ -338,9 +302,7 @@ class GroupPages(Controller):
         members = await group_members(db_session, group)
         member_ids = {member.id for member in members}
         candidates = [
-            (str(user.id), user.email)
-            for user in await db_session.scalars(select(User).order_by(User.email))
-            if user.id not in member_ids
+            (str(user.id), user.email) for user in await organization_users(db_session) if user.id not in member_ids
         ]
         return page(
             viewer,
