@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Awaitable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -109,6 +110,17 @@ async def _visible_user(db_session: AsyncSession, user_id: UUID) -> UserDetail:
     )
 
 
+async def _change_activity(
+    db_session: AsyncSession, redis: Redis, gateway: Gateway, user_id: UUID, change: Awaitable[User]
+) -> UserDetail:
+    """(De)activate a user, then have every worker's gateway forget their keys (cached with the owner's status)."""
+    key_hashes = await user_key_hashes(db_session, user_id)
+    await change
+    await db_session.commit()
+    await announce_keys(redis, gateway.catalog, key_hashes)
+    return await _visible_user(db_session, user_id)
+
+
 class UserAdminController(Controller):
     """The organization's accounts, for its administrators: the API twin of the portal's Users pages.
 
@@ -151,11 +163,7 @@ class UserAdminController(Controller):
         redis: NamedDependency[Redis],
         gateway: NamedDependency[Gateway],
     ) -> UserDetail:
-        key_hashes = await user_key_hashes(db_session, user_id)
-        await auth.deactivate_user(request.user, user_id)
-        await db_session.commit()
-        await announce_keys(redis, gateway.catalog, key_hashes)
-        return await _visible_user(db_session, user_id)
+        return await _change_activity(db_session, redis, gateway, user_id, auth.deactivate_user(request.user, user_id))
 
     @post("/{user_id:uuid}/reactivate", status_code=HTTP_200_OK, summary="Reactivate a user")
     async def reactivate(
@@ -167,11 +175,7 @@ class UserAdminController(Controller):
         redis: NamedDependency[Redis],
         gateway: NamedDependency[Gateway],
     ) -> UserDetail:
-        key_hashes = await user_key_hashes(db_session, user_id)
-        await auth.reactivate_user(request.user, user_id)
-        await db_session.commit()
-        await announce_keys(redis, gateway.catalog, key_hashes)
-        return await _visible_user(db_session, user_id)
+        return await _change_activity(db_session, redis, gateway, user_id, auth.reactivate_user(request.user, user_id))
 
     @post("/{user_id:uuid}/reset-mfa", status_code=HTTP_200_OK, summary="Turn off a user's two-factor sign-in")
     async def reset_mfa(
