@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import ALLOWS_MFA_ENROLLMENT_SCOPE, requires_tenant_admin
-from app.auth.middleware import AUTH_STORE_STATE_KEY, SESSION_COOKIE
-from app.auth.oauth import OAuthClient, OAuthFailed
+from app.auth.middleware import SESSION_COOKIE
+from app.auth.oauth import CALLBACK_PATH, OAuthClient, OAuthFailed, oauth_redirect_uri
 from app.auth.redis_store import AuthStore
 from app.auth.schemas import (
     AcceptInvitationRequest,
@@ -51,54 +51,23 @@ from app.auth.services import (
     existing_oauth_provider,
     new_oauth_secrets,
     oauth_client_secret_context,
+    oauth_providers,
     update_oauth_provider,
 )
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import InvalidRequest, NotFound
-from app.observability.middleware import client_context
 from app.settings import Settings
 from app.tenants.schemas import UserRead
-from app.tenants.services import Actor, UserService, lookup_tenant_by_slug
+from app.tenants.services import UserService, lookup_tenant_by_slug
 from db.auth import OAuthConnection, OAuthProvider
 from db.session import set_session_tenant
 
-SETTINGS_STATE_KEY = "settings"
-
-
-def app_settings(request: Request[Any, Any, State]) -> Settings:
-    settings: Settings = request.app.state[SETTINGS_STATE_KEY]
-    return settings
-
-
-def request_actor(request: Request[Principal, Any, State]) -> Actor:
-    """The signed-in caller as the audit trail names them, with the request's address and agent."""
-    return Actor(name=str(request.user.user_id), user_id=request.user.user_id, client=client_context(request))
-
-
-SECRET_BOX_STATE_KEY = "secret_box"
-OAUTH_CLIENT_STATE_KEY = "oauth_client"
 OAUTH_STATE_TTL_SECONDS = 600
-CALLBACK_PATH = "/api/auth/oauth/callback"
-
-
-def oauth_redirect_uri(request: Request[Any, Any, State]) -> str:
-    """Where providers send users back: what an admin registers at the provider."""
-    return app_settings(request).public_url + CALLBACK_PATH
 
 
 AuthRequest = Request[Principal, Any, State]
 PUBLIC = {"exclude_from_auth": True}
-
-
-async def provide_auth_service(
-    db_session: NamedDependency[AsyncSession], request: Request[Any, Any, State]
-) -> AuthService:
-    state = request.app.state
-    return AuthService(
-        db_session, state[AUTH_STORE_STATE_KEY], state[SETTINGS_STATE_KEY], state[SECRET_BOX_STATE_KEY],
-        client_context(request),
-    )  # fmt: skip
 
 
 def _login_response(result: LoginResult, settings: Settings) -> Response[LoginResponse]:
@@ -137,21 +106,29 @@ def _forget_cookie(settings: Settings) -> Cookie:
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
-    dependencies = {"auth": Provide(provide_auth_service), "users": Provide(create_service_provider(UserService))}
+    dependencies = {"users": Provide(create_service_provider(UserService))}
 
     @post("/login", opt=PUBLIC, status_code=HTTP_200_OK, summary="Sign in with organization, email and password")
     async def login(
-        self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], request: Request[Any, Any, State]
+        self,
+        settings: NamedDependency[Settings],
+        data: JSONBody[LoginRequest],
+        auth: NamedDependency[AuthService],
+        request: Request[Any, Any, State],
     ) -> Response[LoginResponse]:
         result = await auth.login(tenant_slug=data.tenant, email=data.email, password=data.password, mode=data.session)
-        return _login_response(result, app_settings(request))
+        return _login_response(result, settings)
 
     @post("/login/mfa", opt=PUBLIC, status_code=HTTP_200_OK, summary="Second step: a TOTP or recovery code")
     async def login_mfa(
-        self, data: JSONBody[MfaLoginRequest], auth: NamedDependency[AuthService], request: Request[Any, Any, State]
+        self,
+        settings: NamedDependency[Settings],
+        data: JSONBody[MfaLoginRequest],
+        auth: NamedDependency[AuthService],
+        request: Request[Any, Any, State],
     ) -> Response[LoginResponse]:
         result = await auth.complete_mfa(ticket=data.mfa_ticket, code=data.code, recovery_code=data.recovery_code)
-        return _login_response(result, app_settings(request))
+        return _login_response(result, settings)
 
     @post("/refresh", opt=PUBLIC, status_code=HTTP_200_OK, summary="Trade a refresh token for new tokens (rotation)")
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenResponse:
@@ -168,17 +145,17 @@ class AuthController(Controller):
     @post(
         "/logout", status_code=HTTP_204_NO_CONTENT, opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, summary="End this session"
     )
-    async def logout(self, request: AuthRequest, auth: NamedDependency[AuthService]) -> Response[None]:
+    async def logout(
+        self, settings: NamedDependency[Settings], request: AuthRequest, auth: NamedDependency[AuthService]
+    ) -> Response[None]:
         await auth.logout(request.user)
-        settings = app_settings(request)
         return Response(None, status_code=HTTP_204_NO_CONTENT, cookies=[_forget_cookie(settings)])
 
     @post("/logout-all", status_code=HTTP_200_OK, summary="End every session of this user")
     async def logout_everywhere(
-        self, request: AuthRequest, auth: NamedDependency[AuthService]
+        self, settings: NamedDependency[Settings], request: AuthRequest, auth: NamedDependency[AuthService]
     ) -> Response[LogoutEverywhereResponse]:
         ended = await auth.logout_everywhere(request.user)
-        settings = app_settings(request)
         return Response(LogoutEverywhereResponse(sessions_ended=ended), cookies=[_forget_cookie(settings)])
 
     @post("/password", status_code=HTTP_204_NO_CONTENT, summary="Change the password; ends the other sessions")
@@ -267,34 +244,36 @@ class OAuthController(Controller):
 
     path = "/api/auth"
     tags = ["auth: OAuth/OIDC"]
-    dependencies = {"auth": Provide(provide_auth_service)}
 
     @get("/oauth-providers", guards=[requires_tenant_admin], summary="List the organization's OAuth providers")
     async def list_providers(self, db_session: NamedDependency[AsyncSession]) -> list[OAuthProviderRead]:
-        providers = await db_session.scalars(select(OAuthProvider).order_by(OAuthProvider.provider_name))
-        return [_provider_read(provider) for provider in providers]
+        return [_provider_read(provider) for provider in await oauth_providers(db_session)]
 
     @post("/oauth-providers", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Add a provider")
     async def create_provider(
-        self, data: JSONBody[OAuthProviderCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
+        data: JSONBody[OAuthProviderCreate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> OAuthProviderRead:
-        box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
         provider = await create_oauth_provider(
-            db_session, request.user.tenant_id, data, box, redirect_uri=oauth_redirect_uri(request)
+            db_session, request.user.tenant_id, data, secret_box, redirect_uri=oauth_redirect_uri(settings)
         )
         return _provider_read(provider)
 
     @patch("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Change a provider")
     async def update_provider(
         self,
+        secret_box: NamedDependency[SecretBox],
         provider_id: FromPath[UUID],
         data: JSONBody[OAuthProviderUpdate],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> OAuthProviderRead:
         provider = await existing_oauth_provider(db_session, provider_id)
-        box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
-        await update_oauth_provider(db_session, provider, data, box)
+        await update_oauth_provider(db_session, provider, data, secret_box)
         return _provider_read(provider)
 
     @delete("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Remove a provider")
@@ -309,9 +288,7 @@ class OAuthController(Controller):
         if tenant is None:
             raise NotFound(f"No organization is called '{tenant_slug}'.")
         await set_session_tenant(db_session, tenant.id)
-        providers = await db_session.scalars(
-            select(OAuthProvider).where(OAuthProvider.is_enabled.is_(True)).order_by(OAuthProvider.provider_name)
-        )
+        providers = await oauth_providers(db_session, enabled_only=True)
         return [
             OAuthProviderPublic(
                 name=provider.provider_name,
@@ -327,8 +304,9 @@ class OAuthController(Controller):
         self,
         tenant_slug: FromPath[str],
         provider_name: FromPath[str],
-        request: Request[Any, Any, State],
         db_session: NamedDependency[AsyncSession],
+        auth_store: NamedDependency[AuthStore],
+        oauth_client: NamedDependency[OAuthClient],
         mode: FromQuery[Literal["api", "portal"]] = "portal",
         return_to: Annotated[str | None, QueryParameter(max_length=500)] = None,
     ) -> Redirect:
@@ -337,16 +315,23 @@ class OAuthController(Controller):
             raise NotFound(f"No organization is called '{tenant_slug}'.")
         await set_session_tenant(db_session, tenant.id)
         provider = await _enabled_provider(db_session, provider_name)
-        url = await _start_authorization(request, provider, mode=mode, return_to=return_to, link_user_id=None)
+        url = await _start_authorization(
+            auth_store, oauth_client, provider, mode=mode, return_to=return_to, link_user_id=None
+        )
         return Redirect(url)
 
     @post("/oauth-links", status_code=HTTP_200_OK, summary="Start linking a provider to the signed-in user")
     async def start_link(
-        self, data: JSONBody[OAuthLinkRequest], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        data: JSONBody[OAuthLinkRequest],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+        auth_store: NamedDependency[AuthStore],
+        oauth_client: NamedDependency[OAuthClient],
     ) -> OAuthLinkResponse:
         provider = await _enabled_provider(db_session, data.provider)
         url = await _start_authorization(
-            request, provider, mode="api", return_to=None, link_user_id=request.user.user_id
+            auth_store, oauth_client, provider, mode="api", return_to=None, link_user_id=request.user.user_id
         )
         return OAuthLinkResponse(authorization_url=url)
 
@@ -383,6 +368,10 @@ class OAuthController(Controller):
     @get(CALLBACK_PATH.removeprefix("/api/auth"), opt=PUBLIC, summary="Where the provider sends the user back")
     async def callback(
         self,
+        auth_store: NamedDependency[AuthStore],
+        oauth_client: NamedDependency[OAuthClient],
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
         request: Request[Any, Any, State],
         db_session: NamedDependency[AsyncSession],
         auth: NamedDependency[AuthService],
@@ -390,8 +379,7 @@ class OAuthController(Controller):
         code: Annotated[str | None, QueryParameter(max_length=2048)] = None,
         error: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
-        store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
-        flow = await store.take_oauth_state(oauth_state) if oauth_state else None
+        flow = await auth_store.take_oauth_state(oauth_state) if oauth_state else None
         if flow is None:
             raise InvalidRequest("This sign-in link is invalid, expired or already used; start the sign-in again.")
         if error or not code:
@@ -400,11 +388,9 @@ class OAuthController(Controller):
         provider = await db_session.get(OAuthProvider, UUID(flow["provider_id"]))
         if provider is None or not provider.is_enabled:
             raise NotFound("This sign-in provider is no longer available.")
-        box: SecretBox = request.app.state[SECRET_BOX_STATE_KEY]
-        oauth: OAuthClient = request.app.state[OAUTH_CLIENT_STATE_KEY]
-        identity = await oauth.identity(
+        identity = await oauth_client.identity(
             provider,
-            box.decrypt(provider.encrypted_client_secret, context=oauth_client_secret_context(provider)),
+            secret_box.decrypt(provider.encrypted_client_secret, context=oauth_client_secret_context(provider)),
             redirect_uri=provider.redirect_uri,
             code=code,
             code_verifier=flow["code_verifier"],
@@ -415,7 +401,7 @@ class OAuthController(Controller):
         result = await auth.complete_external_login(provider, identity, mode=mode, link_user_id=link_user_id)
         if link_user_id is not None:
             return Response({"status": "linked", "provider": provider.provider_name})
-        response = _login_response(result, app_settings(request))
+        response = _login_response(result, settings)
         if mode == "portal" and result.status == "authenticated":
             return Redirect(_safe_return_path(flow.get("return_to")), cookies=response.cookies)
         return response
@@ -431,7 +417,8 @@ async def _enabled_provider(db_session: AsyncSession, name: str) -> OAuthProvide
 
 
 async def _start_authorization(
-    request: Request[Any, Any, State],
+    store: AuthStore,
+    oauth: OAuthClient,
     provider: OAuthProvider,
     *,
     mode: str,
@@ -439,8 +426,6 @@ async def _start_authorization(
     link_user_id: UUID | None,
 ) -> str:
     state, nonce, code_verifier = new_oauth_secrets()
-    store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
-    oauth: OAuthClient = request.app.state[OAUTH_CLIENT_STATE_KEY]
     url = await oauth.authorization_url(
         provider, redirect_uri=provider.redirect_uri, state=state, nonce=nonce, code_verifier=code_verifier
     )

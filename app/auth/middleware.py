@@ -6,6 +6,7 @@ import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import ASGIApp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.redis_store import AuthStore
@@ -13,23 +14,34 @@ from app.auth.services import authenticate_portal_session
 from app.auth.tokens import InvalidToken, Principal, csrf_token_matches, verify_access_token
 from app.settings import KeyRing
 
-JWT_KEYRING_STATE_KEY = "jwt_keyring"
-AUTH_STORE_STATE_KEY = "auth_store"
-SESSION_MAKER_STATE_KEY = "session_maker"
 SESSION_COOKIE = "lyss_session"
 CSRF_HEADER = "x-csrf-token"
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
+    """Given the JWT key ring, the session-revocation store and the sessions it checks cookies against."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keyring: KeyRing,
+        auth_store: AuthStore,
+        session_maker: async_sessionmaker[AsyncSession],
+        exclude: str | list[str] | None = None,
+    ) -> None:
+        super().__init__(app, exclude=exclude)
+        self.keyring = keyring
+        self.auth_store = auth_store
+        self.session_maker = session_maker
+
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:  # type: ignore[type-arg]
-        state = connection.app.state
-        keyring: KeyRing = state[JWT_KEYRING_STATE_KEY]
         authorization = connection.headers.get("authorization")
         if authorization:
-            principal = await _bearer_principal(authorization, keyring, state[AUTH_STORE_STATE_KEY])
+            principal = await _bearer_principal(authorization, self.keyring, self.auth_store)
         elif session_token := connection.cookies.get(SESSION_COOKIE):
-            principal = await _cookie_principal(connection, session_token, keyring, state[SESSION_MAKER_STATE_KEY])
+            principal = await _cookie_principal(connection, session_token, self.keyring, self.session_maker)
         else:
             raise NotAuthorizedException("Sign in: send 'Authorization: Bearer <access token>' or a session cookie.")
         structlog.contextvars.bind_contextvars(tenant_id=str(principal.tenant_id))

@@ -22,8 +22,11 @@ from joserfc.jwk import KeySet
 
 from app.auth.services import DEFAULT_SCOPES, ExternalIdentity
 from app.errors import Unauthenticated
+from app.settings import Settings
 from db.auth import OAuthProvider
 
+# Where providers send users back (the callback route is mounted at this path).
+CALLBACK_PATH = "/api/auth/oauth/callback"
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 METADATA_TTL_SECONDS = 3600
@@ -228,3 +231,8 @@ async def _github_identity(client: AsyncOAuth2Client) -> ExternalIdentity:
         username=user.get("login"),
         name=user.get("name"),
     )
+
+
+def oauth_redirect_uri(settings: Settings) -> str:
+    """Where providers send users back: what an admin registers at the provider."""
+    return settings.public_url + CALLBACK_PATH

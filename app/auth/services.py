@@ -869,3 +869,11 @@ async def update_oauth_provider(
         )
     await session.flush()
     return provider
+
+
+async def oauth_providers(session: AsyncSession, *, enabled_only: bool = False) -> list[OAuthProvider]:
+    """The session's organization's sign-in providers, by name."""
+    statement = select(OAuthProvider).order_by(OAuthProvider.provider_name)
+    if enabled_only:
+        statement = statement.where(OAuthProvider.is_enabled.is_(True))
+    return list(await session.scalars(statement))

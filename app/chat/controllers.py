@@ -15,10 +15,9 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_303_SEE_OTHER
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.controllers import app_settings
-from app.auth.middleware import SESSION_MAKER_STATE_KEY
 from app.auth.tokens import Principal
 from app.chat import services
 from app.chat.schemas import (
@@ -32,11 +31,11 @@ from app.chat.schemas import (
 )
 from app.edge import ACCEPTS_FORM
 from app.errors import InvalidRequest, ServiceError
-from app.gateway.controllers import gateway_of
 from app.gateway.internal import complete, stream
-from app.jobs.controllers import job_queue
+from app.gateway.proxy import Gateway
 from app.observability.logging import get_logger
-from app.storage.controllers import object_store_of
+from app.settings import Settings
+from app.storage.base import ObjectStore
 from db.session import tenant_session
 
 AuthRequest = Request[Principal, Any, State]
@@ -98,12 +97,16 @@ class ConversationController(Controller):
 
     @delete("/{conversation_id:uuid}", summary="Delete a conversation and its messages", status_code=204)
     async def delete_conversation(
-        self, conversation_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        object_store: NamedDependency[ObjectStore],
+        conversation_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> None:
         conversation = await services.own_conversation(
             db_session, conversation_id, request.user.user_id, for_change=True
         )
-        await services.delete_conversation(db_session, object_store_of(request), conversation)
+        await services.delete_conversation(db_session, object_store, conversation)
         await db_session.commit()
 
     @post(
@@ -114,6 +117,7 @@ class ConversationController(Controller):
     )
     async def attach(
         self,
+        object_store: NamedDependency[ObjectStore],
         conversation_id: FromPath[UUID],
         data: Annotated[dict[str, UploadFile], Body(media_type=RequestEncodingType.MULTI_PART)],
         request: AuthRequest,
@@ -126,7 +130,7 @@ class ConversationController(Controller):
         content = await upload.read(services.ATTACHMENT_MAX_BYTES + 1)
         attachment = await services.add_attachment(
             db_session,
-            object_store_of(request),
+            object_store,
             conversation,
             filename=upload.filename or "attachment",
             content_type=upload.content_type or "",
@@ -151,6 +155,7 @@ class ConversationController(Controller):
     )
     async def download_attachment(
         self,
+        object_store: NamedDependency[ObjectStore],
         conversation_id: FromPath[UUID],
         attachment_id: FromPath[UUID],
         request: AuthRequest,
@@ -158,7 +163,7 @@ class ConversationController(Controller):
     ) -> Redirect:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
         attachment = await services.own_attachment(db_session, conversation, attachment_id)
-        url = await object_store_of(request).download_url(
+        url = await object_store.download_url(
             attachment.tenant_id, attachment.object_name, filename=attachment.filename
         )
         return Redirect(url, status_code=HTTP_303_SEE_OTHER)
@@ -170,6 +175,7 @@ class ConversationController(Controller):
     )
     async def remove_attachment(
         self,
+        object_store: NamedDependency[ObjectStore],
         conversation_id: FromPath[UUID],
         attachment_id: FromPath[UUID],
         request: AuthRequest,
@@ -177,7 +183,7 @@ class ConversationController(Controller):
     ) -> None:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
         attachment = await services.own_attachment(db_session, conversation, attachment_id)
-        await services.remove_attachment(db_session, object_store_of(request), attachment)
+        await services.remove_attachment(db_session, object_store, attachment)
         await db_session.commit()
 
     @post(
@@ -187,21 +193,24 @@ class ConversationController(Controller):
     )
     async def send(
         self,
+        gateway: NamedDependency[Gateway],
+        job_queue: NamedDependency[RedisQueue],
+        object_store: NamedDependency[ObjectStore],
+        settings: NamedDependency[Settings],
+        session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
         conversation_id: FromPath[UUID],
         data: JSONBody[MessagePost],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> TurnRead | ServerSentEvent:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
-        gateway = gateway_of(request)
-        attached = await services.attached_texts(
-            db_session, object_store_of(request), conversation, data.attachment_ids
-        )
+        attached = await services.attached_texts(db_session, object_store, conversation, data.attachment_ids)
         turn = await services.begin_turn(db_session, gateway, conversation, data.content, attached=attached)
         request_id = request.scope.get("state", {}).get("request_id")
         if data.stream:
             chunks = await stream(gateway, turn.token, turn.body, request_id)
-            return ServerSentEvent(_stream_turn(request, conversation.id, turn, chunks))
+            store = _TurnStore(session_maker, job_queue, settings, request.user, conversation.id, turn)
+            return ServerSentEvent(_stream_turn(store, chunks))
         answer = await complete(gateway, turn.token, turn.body, request_id)
         choice = (answer.get("choices") or [{}])[0]
         message = await services.finish_turn(
@@ -213,9 +222,7 @@ class ConversationController(Controller):
             status="complete",
             model=answer.get("model") or conversation.model,
         )
-        memory_job = await services.after_turn(
-            db_session, job_queue(request), app_settings(request), conversation, turn, message
-        )
+        memory_job = await services.after_turn(db_session, job_queue, settings, conversation, turn, message)
         return TurnRead(
             user_message=services.message_read(turn.user_message),
             assistant_message=services.message_read(message),
@@ -224,7 +231,7 @@ class ConversationController(Controller):
 
 
 async def _stream_turn(
-    request: AuthRequest, conversation_id: UUID, turn: services.Turn, chunks: AsyncIterator[dict[str, Any]]
+    store: _TurnStore, chunks: AsyncIterator[dict[str, Any]]
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Relay the answer as `delta` events, then store it and send `done` (or `error`, if it broke off).
 
@@ -248,7 +255,7 @@ async def _stream_turn(
             status = "complete"
     finally:
         with anyio.CancelScope(shield=True):
-            stored = await _store_streamed(request, conversation_id, turn, "".join(received), usage, status)
+            stored = await store.finish("".join(received), usage, status)
     if error is not None or stored is None:
         message = error or "The answer could not be stored."
         yield ServerSentEventMessage(event="error", data=msgspec.json.encode({"message": message}).decode())
@@ -256,33 +263,39 @@ async def _stream_turn(
         yield ServerSentEventMessage(event="done", data=msgspec.json.encode(stored).decode())
 
 
-async def _store_streamed(
-    request: AuthRequest,
-    conversation_id: UUID,
-    turn: services.Turn,
-    content: str,
-    usage: dict[str, Any] | None,
-    status: str,
-) -> TurnRead | None:
-    session_maker: async_sessionmaker[AsyncSession] = request.app.state[SESSION_MAKER_STATE_KEY]
-    try:
-        async with tenant_session(session_maker, request.user.tenant_id) as session:
-            conversation = await services.own_conversation(session, conversation_id, request.user.user_id)
-            message = await services.finish_turn(
-                session, conversation, turn, content=content, usage=usage, status=status, model=conversation.model
-            )
-            memory_job = (
-                await services.after_turn(
-                    session, job_queue(request), app_settings(request), conversation, turn, message
+class _TurnStore(msgspec.Struct, frozen=True):
+    """Where a streamed answer is stored once it ends: a session of its own (the request's is gone by then)."""
+
+    session_maker: async_sessionmaker[AsyncSession]
+    job_queue: RedisQueue
+    settings: Settings
+    principal: Principal
+    conversation_id: UUID
+    turn: services.Turn
+
+    async def finish(self, content: str, usage: dict[str, Any] | None, status: str) -> TurnRead | None:
+        try:
+            async with tenant_session(self.session_maker, self.principal.tenant_id) as session:
+                conversation = await services.own_conversation(session, self.conversation_id, self.principal.user_id)
+                message = await services.finish_turn(
+                    session,
+                    conversation,
+                    self.turn,
+                    content=content,
+                    usage=usage,
+                    status=status,
+                    model=conversation.model,
                 )
-                if status == "complete"
-                else None
-            )
-            return TurnRead(
-                user_message=services.message_read(turn.user_message),
-                assistant_message=services.message_read(message),
-                memory_job_id=memory_job,
-            )
-    except ServiceError as failure:  # e.g. the conversation was deleted while it streamed
-        logger.warning("streamed answer not stored", error=failure.detail)
-        return None
+                memory_job = (
+                    await services.after_turn(session, self.job_queue, self.settings, conversation, self.turn, message)
+                    if status == "complete"
+                    else None
+                )
+                return TurnRead(
+                    user_message=services.message_read(self.turn.user_message),
+                    assistant_message=services.message_read(message),
+                    memory_job_id=memory_job,
+                )
+        except ServiceError as failure:  # e.g. the conversation was deleted while it streamed
+            logger.warning("streamed answer not stored", error=failure.detail)
+            return None

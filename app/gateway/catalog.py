@@ -225,3 +225,9 @@ async def announce_change(redis: Redis, catalog: GatewayCatalog, message: str) -
     """Forget here at once, and tell every other worker."""
     catalog.forget(message)
     await redis.publish(INVALIDATION_CHANNEL, message)
+
+
+async def announce_keys(redis: Redis, catalog: GatewayCatalog, key_hashes: list[str]) -> None:
+    """Keys whose owner changed (deactivated, reactivated): every worker drops them from its cache now."""
+    for key_hash in key_hashes:
+        await announce_change(redis, catalog, f"token:{key_hash}")

@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import SECRET_BOX_STATE_KEY, app_settings, request_actor
 from app.auth.guards import requires_tenant_admin
 from app.auth.services import ADMIN_ROLES
 from app.auth.tokens import Principal
@@ -40,27 +39,15 @@ from app.gateway.schemas import (
     TokenUpdate,
     UsagePage,
 )
-from app.storage.controllers import object_store_of
-from db.provider import ApiToken, Channel, ModelPrice, ProviderType
+from app.settings import Settings
+from app.storage.base import ObjectStore
+from app.tenants.services import Actor
+from db.provider import ApiToken, Channel, ProviderType
 
-GATEWAY_STATE_KEY = "gateway"
 AuthRequest = Request[Principal, Any, State]
 
 
 # --- management ---------------------------------------------------------------------------------
-
-
-def gateway_of(request: Request[Any, Any, State]) -> Gateway:
-    gateway: Gateway = request.app.state[GATEWAY_STATE_KEY]
-    return gateway
-
-
-def secret_box_of(request: Request[Any, Any, State]) -> SecretBox:
-    return request.app.state[SECRET_BOX_STATE_KEY]  # type: ignore[no-any-return]
-
-
-async def announce(request: Request[Any, Any, State], redis: Redis, message: str) -> None:
-    await announce_change(redis, request.app.state[GATEWAY_STATE_KEY].catalog, message)
 
 
 class ChannelController(Controller):
@@ -69,15 +56,21 @@ class ChannelController(Controller):
     guards = [requires_tenant_admin]
 
     @get("/", summary="The organization's channels")
-    async def list_channels(self, request: AuthRequest, db_session: NamedDependency[AsyncSession]) -> list[ChannelRead]:
+    async def list_channels(
+        self, secret_box: NamedDependency[SecretBox], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[ChannelRead]:
         rows = await db_session.execute(
             select(Channel, ProviderType.name).join(ProviderType).order_by(Channel.priority.desc(), Channel.name)
         )
-        return [services.channel_read(channel, type_name, secret_box_of(request)) for channel, type_name in rows.all()]
+        return [services.channel_read(channel, type_name, secret_box) for channel, type_name in rows.all()]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Add a channel")
     async def create_channel(
         self,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
         data: JSONBody[ChannelCreate],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
@@ -87,24 +80,31 @@ class ChannelController(Controller):
             db_session,
             request.user.tenant_id,
             data,
-            secret_box_of(request),
-            echo_enabled=app_settings(request).echo_provider_enabled,
-            actor=request_actor(request),
+            secret_box,
+            echo_enabled=settings.echo_provider_enabled,
+            actor=actor,
         )
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, data.type, secret_box_of(request))
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, data.type, secret_box)
 
     @get("/{channel_id:uuid}", summary="One channel")
     async def get_channel(
-        self, channel_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        secret_box: NamedDependency[SecretBox],
+        channel_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> ChannelRead:
         channel, type_name = await services.channel_with_type(db_session, channel_id)
-        return services.channel_read(channel, type_name, secret_box_of(request))
+        return services.channel_read(channel, type_name, secret_box)
 
     @patch("/{channel_id:uuid}", summary="Change a channel")
     async def update_channel(
         self,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
         channel_id: FromPath[UUID],
         data: JSONBody[ChannelUpdate],
         request: AuthRequest,
@@ -112,66 +112,80 @@ class ChannelController(Controller):
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
         channel, type_name = await services.channel_with_type(db_session, channel_id)
-        await services.update_channel(db_session, channel, data, secret_box_of(request), actor=request_actor(request))
+        await services.update_channel(db_session, channel, data, secret_box, actor=actor)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, type_name, secret_box_of(request))
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        return services.channel_read(channel, type_name, secret_box)
 
     @delete("/{channel_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a channel")
     async def delete_channel(
         self,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
         channel_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
         channel, _ = await services.channel_with_type(db_session, channel_id)
-        await services.remove_channel(db_session, channel, actor=request_actor(request))
+        await services.remove_channel(db_session, channel, actor=actor)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
 
     @post("/{channel_id:uuid}/enable", summary="Enable a channel (also one that was auto-disabled)")
     async def enable_channel(
         self,
         channel_id: FromPath[UUID],
-        request: AuthRequest,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        return await self._set_status(channel_id, "enabled", request, db_session, redis)
+        return await self._set_status(channel_id, "enabled", actor, db_session, redis, gateway, secret_box)
 
     @post("/{channel_id:uuid}/disable", summary="Disable a channel")
     async def disable_channel(
         self,
         channel_id: FromPath[UUID],
-        request: AuthRequest,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        return await self._set_status(channel_id, "disabled", request, db_session, redis)
+        return await self._set_status(channel_id, "disabled", actor, db_session, redis, gateway, secret_box)
 
     async def _set_status(
-        self, channel_id: UUID, status: str, request: AuthRequest, db_session: AsyncSession, redis: Redis
+        self,
+        channel_id: UUID,
+        status: str,
+        actor: Actor,
+        db_session: AsyncSession,
+        redis: Redis,
+        gateway: Gateway,
+        secret_box: SecretBox,
     ) -> ChannelRead:
         channel, type_name = await services.channel_with_type(db_session, channel_id)
-        await services.set_channel_status(db_session, channel, status, actor=request_actor(request))
+        await services.set_channel_status(db_session, channel, status, actor=actor)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, type_name, secret_box_of(request))
+        await announce_change(redis, gateway.catalog, f"tenant:{channel.tenant_id}")
+        return services.channel_read(channel, type_name, secret_box)
 
     @post("/{channel_id:uuid}/test", summary="Call the channel once with its test model; report latency and error")
     async def test_channel(
         self,
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
         channel_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelTestResult:
         channel, _ = await services.channel_with_type(db_session, channel_id)
-        gateway = gateway_of(request)
-        result = await services.test_channel(db_session, channel, secret_box_of(request), gateway.http)
+        result = await services.test_channel(db_session, channel, secret_box, gateway.http)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
         return result
 
 
@@ -190,13 +204,17 @@ class TokenController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED, summary="Issue an API key; the key is shown once")
     async def create_token(
-        self, data: JSONBody[TokenCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        actor: NamedDependency[Actor],
+        data: JSONBody[TokenCreate],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> TokenCreated:
         owner = data.user_id or request.user.user_id
         if owner != request.user.user_id and request.user.role not in ADMIN_ROLES:
             raise NotFound("No such user in this organization.")
         token, key = await services.create_token(
-            db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data, actor=request_actor(request)
+            db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data, actor=actor
         )
         return TokenCreated(token=services.token_read(token), key=key)
 
@@ -209,6 +227,8 @@ class TokenController(Controller):
     @patch("/{token_id:uuid}", summary="Change an API key (limits, status)")
     async def update_token(
         self,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
         token_id: FromPath[UUID],
         data: JSONBody[TokenUpdate],
         request: AuthRequest,
@@ -216,23 +236,25 @@ class TokenController(Controller):
         redis: NamedDependency[Redis],
     ) -> TokenRead:
         token = await services.visible_token(db_session, request.user, token_id)
-        await services.update_token(db_session, token, data, actor=request_actor(request))
+        await services.update_token(db_session, token, data, actor=actor)
         await db_session.commit()
-        await announce(request, redis, f"token:{token.key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return services.token_read(token)
 
     @delete("/{token_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke an API key")
     async def delete_token(
         self,
+        actor: NamedDependency[Actor],
+        gateway: NamedDependency[Gateway],
         token_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
         token = await services.visible_token(db_session, request.user, token_id)
-        await services.revoke_token(db_session, token, actor=request_actor(request))
+        await services.revoke_token(db_session, token, actor=actor)
         await db_session.commit()
-        await announce(request, redis, f"token:{token.key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
 
 
 class PriceController(Controller):
@@ -242,15 +264,15 @@ class PriceController(Controller):
 
     @get("/", summary="Model prices (credits per million tokens; '*' prices every other model)")
     async def list_prices(self, db_session: NamedDependency[AsyncSession]) -> list[PriceRead]:
-        rows = await db_session.scalars(select(ModelPrice).order_by(ModelPrice.model))
         return [
             PriceRead(model=row.model, prompt_price=row.prompt_price, completion_price=row.completion_price)
-            for row in rows
+            for row in await services.model_prices(db_session)
         ]
 
     @put("/{model:str}", summary="Set a model's price")
     async def set_price(
         self,
+        gateway: NamedDependency[Gateway],
         model: Annotated[str, PathParameter(min_length=1, max_length=100)],
         data: JSONBody[PriceWrite],
         request: AuthRequest,
@@ -259,12 +281,13 @@ class PriceController(Controller):
     ) -> PriceRead:
         price = await services.set_model_price(db_session, request.user.tenant_id, model, data)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
         return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
 
     @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model's price")
     async def delete_price(
         self,
+        gateway: NamedDependency[Gateway],
         model: Annotated[str, PathParameter(min_length=1, max_length=100)],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
@@ -272,7 +295,7 @@ class PriceController(Controller):
     ) -> None:
         await services.remove_model_price(db_session, model)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{request.user.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
 
 
 def _usage_filter(request: AuthRequest, **values: Any) -> services.UsageFilter:
@@ -341,11 +364,14 @@ class UsageController(Controller):
         summary="A finished usage export (`usage.export` job): 303 to a short-lived download URL",
     )
     async def download_export(
-        self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        actor: NamedDependency[Actor],
+        object_store: NamedDependency[ObjectStore],
+        job_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> Redirect:
-        url = await services.export_download_url(
-            db_session, object_store_of(request), request.user, job_id, actor=request_actor(request)
-        )
+        url = await services.export_download_url(db_session, object_store, request.user, job_id, actor=actor)
         await db_session.commit()  # the download is audited; a redirect is not auto-committed
         return Redirect(url, status_code=HTTP_303_SEE_OTHER)
 
@@ -356,10 +382,8 @@ class ProviderTypeController(Controller):
 
     @get("/", summary="The kinds of channel this installation offers")
     async def list_types(
-        self, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self, settings: NamedDependency[Settings], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> list[ProviderTypeRead]:
-        echo = app_settings(request).echo_provider_enabled
-        rows = await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
         return [
             ProviderTypeRead(
                 name=row.name,
@@ -368,6 +392,5 @@ class ProviderTypeController(Controller):
                 api_format=row.api_format,
                 output_limit_parameter=row.output_limit_parameter,
             )
-            for row in rows
-            if row.api_format != "echo" or echo
+            for row in await services.provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
         ]

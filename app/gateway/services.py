@@ -522,3 +522,62 @@ async def add_demo_gateway(session: AsyncSession, tenant_id: UUID, admin: User, 
         session, tenant_id=tenant_id, user_id=admin.id, data=TokenCreate(name="demo"), actor=Actor(name="lyss")
     )
     return key
+
+
+class MonthlyUsage(msgspec.Struct, frozen=True):
+    requests: int = 0
+    cost: int = 0
+
+
+async def usage_this_month(
+    session: AsyncSession, now: datetime.datetime, *, user_id: UUID | None = None
+) -> dict[UUID, MonthlyUsage]:
+    """Requests and cost per user since the first of this month (UTC), in one grouped query."""
+    month = now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    rows = await session.execute(
+        select(UsageLog.user_id, func.count(), func.coalesce(func.sum(UsageLog.cost), 0))
+        .where(*UsageFilter(since=month, user_id=user_id).conditions())
+        .group_by(UsageLog.user_id)
+    )
+    return {
+        owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
+    }
+
+
+async def keys_with_owner_emails(session: AsyncSession, user_id: UUID | None) -> list[tuple[ApiToken, str]]:
+    """API keys, newest first, with their owners' emails: a user's own only, or (None) the organization's."""
+    statement = (
+        select(ApiToken, User.email).join(User, User.id == ApiToken.user_id).order_by(ApiToken.created_at.desc())
+    )
+    if user_id is not None:
+        statement = statement.where(ApiToken.user_id == user_id)
+    return [(token, email) for token, email in (await session.execute(statement)).all()]
+
+
+async def key_names(session: AsyncSession, user_id: UUID | None) -> dict[UUID, str]:
+    statement = select(ApiToken.id, ApiToken.name)
+    if user_id is not None:
+        statement = statement.where(ApiToken.user_id == user_id)
+    return {row.id: row.name for row in await session.execute(statement)}
+
+
+async def channel_names(session: AsyncSession) -> dict[UUID, str]:
+    return {row.id: row.name for row in await session.execute(select(Channel.id, Channel.name))}
+
+
+async def channels_with_type_names(session: AsyncSession) -> list[tuple[Channel, str]]:
+    """The organization's channels, highest priority first, with their provider type's display name."""
+    rows = await session.execute(
+        select(Channel, ProviderType.display_name).join(ProviderType).order_by(Channel.priority.desc(), Channel.name)
+    )
+    return [(channel, name) for channel, name in rows.all()]
+
+
+async def provider_types(session: AsyncSession, *, echo_enabled: bool) -> list[ProviderType]:
+    """The kinds of channel this installation offers (the local echo only where it is enabled)."""
+    kinds = await session.scalars(select(ProviderType).order_by(ProviderType.id))
+    return [kind for kind in kinds if kind.api_format != "echo" or echo_enabled]
+
+
+async def model_prices(session: AsyncSession) -> list[ModelPrice]:
+    return list(await session.scalars(select(ModelPrice).order_by(ModelPrice.model)))

@@ -19,28 +19,21 @@ from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.controllers import app_settings
-from app.auth.middleware import SESSION_MAKER_STATE_KEY
 from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.errors import Conflict, NotAllowed
 from app.jobs import services
 from app.jobs.schemas import JobDetail, JobRead, JobSubmit, event_read, job_detail, job_read
+from app.settings import Settings
 from db.session import tenant_session
 from db.tenant import JOB_TERMINAL_STATUSES, Job, JobStatus
 
-JOB_QUEUE_STATE_KEY = "job_queue"
 AuthRequest = Request[Principal, Any, State]
 # A follower polls PostgreSQL (the truth) at this pace, and re-reads this far back: events are stamped at
 # their transaction's start, so one may become visible a little after a later-stamped one.
 SSE_POLL_SECONDS = 0.5
 SSE_OVERLAP = datetime.timedelta(seconds=5)
 SSE_MAX_SECONDS = 3600
-
-
-def job_queue(request: Request[Any, Any, State]) -> RedisQueue:
-    queue: RedisQueue = request.app.state[JOB_QUEUE_STATE_KEY]
-    return queue
 
 
 class JobController(Controller):
@@ -51,17 +44,21 @@ class JobController(Controller):
 
     @post("/", summary="Start a job; with an idempotency key already used for this kind, get that job back")
     async def submit(
-        self, data: JSONBody[JobSubmit], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
+        data: JSONBody[JobSubmit],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> Response[JobRead]:
         kind = services.kind_for(data.kind)
         if kind.startable_by is None or (kind.startable_by == "admin" and not is_admin(request.user)):
             raise NotAllowed(f"Jobs of the kind '{kind.name}' cannot be started by you.")
         if kind.admit is not None:
             await kind.admit(db_session, request.user, services.checked_payload(kind, data.payload))
-        settings = app_settings(request)
         job, created = await services.submit_job(
             db_session,
-            job_queue(request),
+            job_queue,
             settings,
             tenant_id=request.user.tenant_id,
             kind=data.kind,
@@ -105,35 +102,40 @@ class JobController(Controller):
     @post("/{job_id:uuid}/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel a queued or running job")
     async def cancel(
         self,
+        job_queue: NamedDependency[RedisQueue],
         job_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> JobRead:
         job = await self._visible(db_session, request, job_id)
-        job = await services.cancel_job(db_session, job_queue(request), redis, job, actor=request.user.user_id)
+        job = await services.cancel_job(db_session, job_queue, redis, job, actor=request.user.user_id)
         return job_read(job)
 
     @post("/{job_id:uuid}/retry", status_code=HTTP_202_ACCEPTED, summary="Run a failed, canceled or dead job again")
     async def retry(
         self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
         job_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> JobRead:
         job = await self._visible(db_session, request, job_id)
-        settings = app_settings(request)
-        job = await services.retry_job(db_session, job_queue(request), redis, settings, job, actor=request.user.user_id)
+        job = await services.retry_job(db_session, job_queue, redis, settings, job, actor=request.user.user_id)
         return job_read(job)
 
     @get("/{job_id:uuid}/events", summary="Follow a job's events (server-sent events) until it finishes")
     async def follow(
-        self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
+        job_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> ServerSentEvent:
         await self._visible(db_session, request, job_id)
         await db_session.rollback()  # the stream below reads in short transactions of its own
-        session_maker: async_sessionmaker[AsyncSession] = request.app.state[SESSION_MAKER_STATE_KEY]
         return ServerSentEvent(_event_stream(session_maker, request.user.tenant_id, job_id))
 
     @staticmethod

@@ -20,7 +20,6 @@ from uuid import UUID
 import aiohttp
 import msgspec
 import structlog
-from redis.asyncio import Redis
 from saq import Job as QueueJob
 from saq import Worker
 from saq.job import CronJob
@@ -29,14 +28,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.encryption import SecretBox
-from app.gateway.proxy import create_gateway
 from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, JobFailed, ScheduledTask, WorkerServices
-from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, create_queue, load_job_modules
+from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, load_job_modules
 from app.observability.logging import get_logger
-from app.settings import ConfigurationError, Settings, database_url
-from app.storage import create_object_store
-from db.session import create_engine, create_session_maker, tenant_session
+from app.resources import Resources
+from app.settings import Settings
+from db.session import tenant_session
 from db.tenant import JOB_TERMINAL_STATUSES, Job
 
 ERROR_TEXT_LIMIT = 2000
@@ -298,15 +295,9 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
 
     `with_schedule=False` leaves the cron tasks out (tests run them by hand, at a time of their choosing).
     """
-    if settings.database_url is None or settings.redis_url is None:
-        raise ConfigurationError("the worker needs DATABASE_URL and REDIS_URL; `lyss worker` starts embedded ones")
     load_job_modules(settings)
-    redis = Redis.from_url(settings.redis_url)
-    queue = create_queue(redis)
-    engine = create_engine(
-        database_url(settings.database_url, "DATABASE_URL").render_as_string(hide_password=False),
-        pool_size=max(settings.database_pool_size, settings.worker_concurrency + 2),
-    )
+    resources = Resources.build(settings, pool_size=max(settings.database_pool_size, settings.worker_concurrency + 2))
+    redis, queue, gateway = resources.redis, resources.job_queue, resources.gateway
 
     stop_listening = asyncio.Event()
 
@@ -316,17 +307,14 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
         # and being marked active would be taken for abandoned and delivered twice (harmless, the record
         # fences attempts, but wasted). Holding the sweep lock for one interval defers that first sweep.
         await redis.set(queue.namespace("sweep"), 1, ex=settings.job_sweep_seconds, nx=True)
-        session_maker = create_session_maker(engine)
-        secret_box = SecretBox(settings.encryption_keyring)
-        gateway = create_gateway(settings, session_maker, redis, secret_box)
         ctx["services"] = WorkerServices(
             settings=settings,
-            session_maker=session_maker,
+            session_maker=resources.session_maker,
             redis=redis,
-            secret_box=secret_box,
+            secret_box=resources.secret_box,
             http=aiohttp.ClientSession(),
             gateway=gateway,
-            objects=create_object_store(settings),
+            objects=resources.object_store,
         )
         # Channel and price changes made through the API reach this worker's gateway cache at once.
         ctx["cache_listener"] = asyncio.create_task(gateway.catalog.listen_for_changes(redis, stop_listening))
@@ -338,9 +326,7 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
         services: WorkerServices | None = ctx.get("services")
         if services is not None:
             await services.http.close()
-            await services.gateway.close()
-        await engine.dispose()
-        await queue.disconnect()
+        await resources.close()
 
     tasks = list(SCHEDULED_TASKS.values())
     # Every worker can run every scheduled task (another worker may have queued it); only the ones

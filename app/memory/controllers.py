@@ -23,15 +23,14 @@ from litestar.status_codes import (
     HTTP_303_SEE_OTHER,
     HTTP_409_CONFLICT,
 )
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
-from app.auth.controllers import app_settings, request_actor
 from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.errors import Conflict, ErrorBody, InvalidRequest, NotAllowed, ServiceUnavailable
-from app.gateway.controllers import gateway_of
-from app.jobs.controllers import job_queue
+from app.gateway.proxy import Gateway
 from app.jobs.schemas import JobRead, job_read
 from app.jobs.services import submit_job
 from app.memory import services
@@ -47,9 +46,10 @@ from app.memory.schemas import (
     MemoryType,
     MemoryUpdate,
 )
-from app.storage.base import StorageError
-from app.storage.controllers import object_store_of
+from app.settings import Settings
+from app.storage.base import ObjectStore, StorageError
 from app.storage.services import job_file_url
+from app.tenants.services import Actor
 
 AuthRequest = Request[Principal, Any, State]
 
@@ -72,14 +72,19 @@ class MemoryController(Controller):
 
     @put("/settings", summary="Change the organization's memory settings (admins)")
     async def write_settings(
-        self, data: JSONBody[MemorySettings], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
+        data: JSONBody[MemorySettings],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> MemorySettings:
         if not is_admin(request.user):
             raise NotAllowed("Only an administrator can change the memory settings.")
         saved, _ = await services.change_memory_settings(
             db_session,
-            job_queue(request),
-            app_settings(request),
+            job_queue,
+            settings,
             tenant_id=request.user.tenant_id,
             actor_user_id=request.user.user_id,
             data=data,
@@ -104,19 +109,25 @@ class MemoryController(Controller):
         },
     )
     async def add(
-        self, data: JSONBody[MemoryAdd], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        gateway: NamedDependency[Gateway],
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
+        data: JSONBody[MemoryAdd],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> Response[MemoryRead | JobRead]:
         if (data.messages is None) == (data.text is None):
             raise InvalidRequest("Send either `messages` (a conversation) or `text` (one memory), not both.")
-        settings = await services.memory_settings(db_session)
-        if not settings.enabled:
+        memory_settings = await services.memory_settings(db_session)
+        if not memory_settings.enabled:
             raise Conflict("Memory is turned off for this organization.")
         if data.infer:
             turns = data.messages or [{"role": "user", "content": data.text}]  # type: ignore[list-item]
             job, _ = await submit_job(
                 db_session,
-                job_queue(request),
-                app_settings(request),
+                job_queue,
+                settings,
                 tenant_id=request.user.tenant_id,
                 kind="memory.extract",
                 payload={"user_id": str(request.user.user_id), "messages": turns, "metadata": data.metadata},
@@ -128,7 +139,7 @@ class MemoryController(Controller):
         if await services.find_duplicate(db_session, request.user.user_id, data.text) is not None:
             raise Conflict("You already have this memory.")
         embedding = await services.query_embedding(
-            db_session, gateway_of(request), request.user.user_id, settings, data.text
+            db_session, gateway, request.user.user_id, memory_settings, data.text
         )
         memory = await services.add_memory(
             db_session,
@@ -140,7 +151,7 @@ class MemoryController(Controller):
             importance=data.importance,
             metadata=data.metadata,
         )
-        await services.link_similar(db_session, memory, embedding, threshold=settings.association_threshold)
+        await services.link_similar(db_session, memory, embedding, threshold=memory_settings.association_threshold)
         await db_session.commit()
         return Response(services.memory_read(memory), status_code=HTTP_201_CREATED)
 
@@ -172,6 +183,9 @@ class MemoryController(Controller):
     )
     async def import_archive(
         self,
+        job_queue: NamedDependency[RedisQueue],
+        object_store: NamedDependency[ObjectStore],
+        settings: NamedDependency[Settings],
         data: JSONBody[MemoryArchive],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
@@ -183,13 +197,13 @@ class MemoryController(Controller):
             path = Path(scratch) / "memories.json"
             await asyncio.to_thread(path.write_bytes, msgspec.json.encode(data))
             try:
-                await object_store_of(request).put(request.user.tenant_id, name, path, content_type="application/json")
+                await object_store.put(request.user.tenant_id, name, path, content_type="application/json")
             except StorageError as error:
                 raise ServiceUnavailable(error.detail) from None
         job, _ = await submit_job(
             db_session,
-            job_queue(request),
-            app_settings(request),
+            job_queue,
+            settings,
             tenant_id=request.user.tenant_id,
             kind="memory.import",
             payload={"user_id": str(owner), "object_name": name},
@@ -199,17 +213,22 @@ class MemoryController(Controller):
 
     @get("/exports/{job_id:uuid}", summary="A finished `memory.export` archive: 303 to a short-lived download URL")
     async def download_archive(
-        self, job_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        actor: NamedDependency[Actor],
+        object_store: NamedDependency[ObjectStore],
+        job_id: FromPath[UUID],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> Redirect:
         url = await job_file_url(
             db_session,
-            object_store_of(request),
+            object_store,
             request.user,
             job_id,
             kind="memory.export",
             name=services.archive_name(job_id),
             filename=f"lyss-memories-{job_id}.json",
-            actor=request_actor(request),
+            actor=actor,
         )
         await db_session.commit()  # the download is audited; a redirect is not auto-committed
         return Redirect(url, status_code=HTTP_303_SEE_OTHER)
@@ -220,13 +239,15 @@ class MemoryController(Controller):
         summary="Search by meaning and by words; score is a cosine similarity, higher is closer",
     )
     async def search(
-        self, data: JSONBody[MemorySearch], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+        self,
+        gateway: NamedDependency[Gateway],
+        data: JSONBody[MemorySearch],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
     ) -> list[MemoryHit]:
         subject = await _subject(db_session, request.user, data.user_id)
         settings = await services.memory_settings(db_session)
-        embedding = await services.query_embedding(
-            db_session, gateway_of(request), request.user.user_id, settings, data.query
-        )
+        embedding = await services.query_embedding(db_session, gateway, request.user.user_id, settings, data.query)
         return await services.search(
             db_session, user_id=subject, query=data.query, embedding=embedding, limit=data.limit, filters=data.filters
         )
@@ -259,6 +280,7 @@ class MemoryController(Controller):
     @patch("/{memory_id:uuid}", summary="Correct one of your memories (the old text stays in its history)")
     async def correct(
         self,
+        gateway: NamedDependency[Gateway],
         memory_id: FromPath[UUID],
         data: JSONBody[MemoryUpdate],
         request: AuthRequest,
@@ -268,9 +290,7 @@ class MemoryController(Controller):
             db_session, memory_id, user_id=request.user.user_id, is_admin=False, for_change=True
         )
         settings = await services.memory_settings(db_session)
-        embedding = await services.query_embedding(
-            db_session, gateway_of(request), request.user.user_id, settings, data.text
-        )
+        embedding = await services.query_embedding(db_session, gateway, request.user.user_id, settings, data.text)
         await services.change_memory(
             db_session,
             memory,

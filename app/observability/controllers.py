@@ -10,9 +10,9 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from redis.asyncio import Redis
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.jobs.controllers import JOB_QUEUE_STATE_KEY
 from app.observability.metrics import CONTENT_TYPE, render_metrics
 from app.observability.schemas import Liveness, Readiness, Version
 from app.observability.services import check_readiness
@@ -38,9 +38,12 @@ class OperationsController(Controller):
 
     @get("/metrics", summary="Prometheus metrics (scrape from inside the network; the proxy does not expose it)")
     async def metrics(
-        self, request: Request[Any, Any, State], db_engine: NamedDependency[AsyncEngine]
+        self,
+        job_queue: NamedDependency[RedisQueue],
+        request: Request[Any, Any, State],
+        db_engine: NamedDependency[AsyncEngine],
     ) -> Response[bytes]:
-        body = await render_metrics(db_engine, request.app.state[JOB_QUEUE_STATE_KEY])
+        body = await render_metrics(db_engine, job_queue)
         return Response(body, media_type=CONTENT_TYPE)
 
     @get("/api/version", summary="Name and version of this build")

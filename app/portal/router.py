@@ -12,6 +12,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.edge import ACCEPTS_FORM
 from app.errors import ServiceError
@@ -36,6 +37,7 @@ from app.portal.web import (
     internal_error_page,
     service_error_page,
 )
+from app.settings import KeyRing
 
 
 def _when(value: datetime.datetime | None, empty: str = "—") -> str:
@@ -72,7 +74,8 @@ async def home() -> Redirect:
     return Redirect(f"{PORTAL}/")
 
 
-def create_portal_router() -> Router:
+def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[AsyncSession]) -> Router:
+    """The portal's pages; its middleware checks session cookies and CSRF tokens with these."""
     static = create_static_files_router(
         path="/static", directories=[STATIC], opt={PUBLIC_PAGE: True}, include_in_schema=False
     )
@@ -92,7 +95,7 @@ def create_portal_router() -> Router:
             SettingsPages,
             static,
         ],
-        middleware=[PortalMiddleware()],
+        middleware=[PortalMiddleware(keyring, session_maker)],
         opt={ACCEPTS_FORM: True},
         include_in_schema=False,
         exception_handlers={

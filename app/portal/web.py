@@ -21,14 +21,15 @@ from litestar.response.redirect import ASGIRedirectResponse
 from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_403_FORBIDDEN
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.middleware import JWT_KEYRING_STATE_KEY, SESSION_COOKIE, SESSION_MAKER_STATE_KEY
+from app.auth.middleware import SESSION_COOKIE
 from app.auth.services import ADMIN_ROLES, authenticate_portal_session
 from app.auth.tokens import Principal, csrf_token, csrf_token_matches
 from app.errors import ServiceError
 from app.observability.errors import database_refusal
 from app.observability.middleware import client_context
+from app.settings import KeyRing, Settings
 from app.tenants.services import Actor
 from db.auth import User
 from db.tenant import Organization
@@ -66,6 +67,14 @@ class PortalMiddleware(ASGIMiddleware):
 
     scopes = (ScopeType.HTTP,)
 
+    def __init__(self, keyring: KeyRing, session_maker: async_sessionmaker[AsyncSession]) -> None:
+        self.keyring = keyring
+        self.session_maker = session_maker
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PortalMiddleware:
+        # Litestar copies a router as it registers it; the key ring and the sessions are the process's own.
+        return self
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         public = bool(scope["route_handler"].opt.get(PUBLIC_PAGE))
 
@@ -84,10 +93,7 @@ class PortalMiddleware(ASGIMiddleware):
             return
         request: Request[Any, Any, State] = Request(scope, receive)
         session_token = request.cookies.get(SESSION_COOKIE)
-        state = request.app.state
-        principal = (
-            await authenticate_portal_session(state[SESSION_MAKER_STATE_KEY], session_token) if session_token else None
-        )
+        principal = await authenticate_portal_session(self.session_maker, session_token) if session_token else None
         if principal is None or session_token is None:
             target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope.get("query_string") else "")
             redirect = ASGIRedirectResponse(
@@ -103,7 +109,7 @@ class PortalMiddleware(ASGIMiddleware):
             }:
                 # Litestar caches the parsed form in the scope: the handler reads it again for free.
                 presented = str((await request.form()).get(CSRF_FIELD) or "")
-            if not csrf_token_matches(state[JWT_KEYRING_STATE_KEY], session_token, presented):
+            if not csrf_token_matches(self.keyring, session_token, presented):
                 logger.warning("portal form without a valid CSRF token", path=scope["path"])
                 forbidden = Response(
                     "This form has expired or did not come from Lyss. Go back, reload the page and try again.",
@@ -174,7 +180,9 @@ class Viewer(msgspec.Struct, frozen=True):
 PortalRequest = Request[Principal, str, State]
 
 
-async def provide_viewer(request: PortalRequest, db_session: NamedDependency[AsyncSession]) -> Viewer:
+async def provide_viewer(
+    request: PortalRequest, db_session: NamedDependency[AsyncSession], settings: NamedDependency[Settings]
+) -> Viewer:
     row = (
         await db_session.execute(
             select(User, Organization)
@@ -187,8 +195,17 @@ async def provide_viewer(request: PortalRequest, db_session: NamedDependency[Asy
         principal=request.user,
         user=msgspec.convert(user, ViewerAccount, from_attributes=True),
         organization=msgspec.convert(organization, ViewerOrganization, from_attributes=True),
-        csrf_token=csrf_token(request.app.state[JWT_KEYRING_STATE_KEY], request.auth),
+        csrf_token=csrf_token(settings.jwt_keyring, request.auth),
     )
+
+
+async def provide_admin_viewer(
+    request: PortalRequest, db_session: NamedDependency[AsyncSession], settings: NamedDependency[Settings]
+) -> Viewer:
+    """The viewer of an administrators' page (403 for anyone else)."""
+    viewer = await provide_viewer(request, db_session, settings)
+    require_admin(viewer)
+    return viewer
 
 
 def viewer_actor(viewer: Viewer, request: PortalRequest) -> Actor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 TENANTS_PREFIX = "tenants"
@@ -31,6 +31,8 @@ def object_key(tenant_id: UUID | None, name: str) -> str:
     return f"{PLATFORM_PREFIX}/{name}" if tenant_id is None else f"{TENANTS_PREFIX}/{tenant_id}/{name}"
 
 
+# Checkable at run time: handlers receive it as a dependency, which Litestar checks by type.
+@runtime_checkable
 class ObjectStore(Protocol):
     """Files that outlive a request and that every API replica and worker can reach."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Request, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import File
 
@@ -14,22 +15,16 @@ from app.errors import NotFound
 from app.storage.base import ObjectStore
 from app.storage.local import DOWNLOAD_PATH, LocalStore
 
-OBJECT_STORE_STATE_KEY = "object_store"
-
-
-def object_store_of(request: Request[Any, Any, State]) -> ObjectStore:
-    store: ObjectStore = request.app.state[OBJECT_STORE_STATE_KEY]
-    return store
-
 
 class ObjectController(Controller):
     path = DOWNLOAD_PATH
     tags = ["storage"]
 
     @get("/{token:str}", opt={"exclude_from_auth": True}, summary="Download an object through a signed URL")
-    async def download(self, token: FromPath[str], request: Request[Any, Any, State]) -> File:
-        store = object_store_of(request)
-        granted = store.granted_file(token) if isinstance(store, LocalStore) else None
+    async def download(
+        self, object_store: NamedDependency[ObjectStore], token: FromPath[str], request: Request[Any, Any, State]
+    ) -> File:
+        granted = object_store.granted_file(token) if isinstance(object_store, LocalStore) else None
         if granted is None:
             raise NotFound("This download link is invalid or has expired; ask for a new one.")
         path, filename = granted

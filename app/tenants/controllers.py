@@ -1,22 +1,66 @@
-"""HTTP endpoints of the tenants domain: the caller's own organization and its security policy."""
+"""HTTP endpoints of the tenants domain: the organization, its policy, users, groups and audit trail."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime
+from collections.abc import Awaitable
+from typing import Annotated, Any
+from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
-from litestar import Controller, Request, get, patch
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires_tenant_admin
+from app.auth.services import AuthService
 from app.auth.tokens import Principal
+from app.errors import InvalidRequest
+from app.gateway.catalog import announce_change, announce_keys
+from app.gateway.proxy import Gateway
+from app.keyset import Keyset
 from app.observability.middleware import client_context
-from app.tenants.schemas import OrganizationRead, TenantPolicyRead, TenantPolicyUpdate
-from app.tenants.services import OrganizationService, change_tenant_policy, tenant_policy
+from app.tenants.audit import AuditFilter, audit_event_read, audit_page
+from app.tenants.schemas import (
+    AuditPage,
+    GroupCreate,
+    GroupDetail,
+    GroupMemberRead,
+    GroupRead,
+    GroupUpdate,
+    MemberAdd,
+    OrganizationRead,
+    RoleChange,
+    TenantPolicyRead,
+    TenantPolicyUpdate,
+    UserDetail,
+    UserRead,
+)
+from app.tenants.services import (
+    Actor,
+    OrganizationService,
+    add_group_member,
+    change_tenant_policy,
+    create_group,
+    delete_group,
+    group_ids_of_user,
+    group_members,
+    groups_with_member_counts,
+    organization_user,
+    remove_group_member,
+    tenant_policy,
+    update_group,
+    user_group,
+    user_key_hashes,
+)
 from db.auth import User
+from db.tenant import UserGroup
 
 
 class TenantController(Controller):
@@ -56,3 +100,232 @@ class TenantController(Controller):
             client=client_context(request),
         )
         return TenantPolicyRead(**msgspec.structs.asdict(policy))
+
+
+async def _visible_user(db_session: AsyncSession, user_id: UUID) -> UserDetail:
+    user = await organization_user(db_session, user_id)
+    return UserDetail(
+        user=msgspec.convert(user, UserRead, from_attributes=True),
+        group_ids=await group_ids_of_user(db_session, user.id),
+    )
+
+
+async def _change_activity(
+    db_session: AsyncSession, redis: Redis, gateway: Gateway, user_id: UUID, change: Awaitable[User]
+) -> UserDetail:
+    """(De)activate a user, then have every worker's gateway forget their keys (cached with the owner's status)."""
+    key_hashes = await user_key_hashes(db_session, user_id)
+    await change
+    await db_session.commit()
+    await announce_keys(redis, gateway.catalog, key_hashes)
+    return await _visible_user(db_session, user_id)
+
+
+class UserAdminController(Controller):
+    """The organization's accounts, for its administrators: the API twin of the portal's Users pages.
+
+    Inviting is `POST /api/auth/invitations`; an invitee becomes a user by accepting.
+    """
+
+    path = "/api/users"
+    tags = ["tenants: users"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The organization's users")
+    async def list_users(self, db_session: NamedDependency[AsyncSession]) -> list[UserRead]:
+        users = await db_session.scalars(select(User).order_by(User.email))
+        return [msgspec.convert(user, UserRead, from_attributes=True) for user in users]
+
+    @get("/{user_id:uuid}", summary="A user and the groups they belong to")
+    async def get_user(self, user_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> UserDetail:
+        return await _visible_user(db_session, user_id)
+
+    @put("/{user_id:uuid}/role", summary="Change a user's role (an administrator cannot demote themself)")
+    async def change_role(
+        self,
+        user_id: FromPath[UUID],
+        data: JSONBody[RoleChange],
+        request: Request[Principal, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> UserDetail:
+        await auth.change_role(request.user, user_id, data.role)
+        await db_session.commit()
+        return await _visible_user(db_session, user_id)
+
+    @post("/{user_id:uuid}/deactivate", status_code=HTTP_200_OK, summary="Deactivate a user: signed out at once")
+    async def deactivate(
+        self,
+        user_id: FromPath[UUID],
+        request: Request[Principal, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+        gateway: NamedDependency[Gateway],
+    ) -> UserDetail:
+        return await _change_activity(db_session, redis, gateway, user_id, auth.deactivate_user(request.user, user_id))
+
+    @post("/{user_id:uuid}/reactivate", status_code=HTTP_200_OK, summary="Reactivate a user")
+    async def reactivate(
+        self,
+        user_id: FromPath[UUID],
+        request: Request[Principal, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+        gateway: NamedDependency[Gateway],
+    ) -> UserDetail:
+        return await _change_activity(db_session, redis, gateway, user_id, auth.reactivate_user(request.user, user_id))
+
+    @post("/{user_id:uuid}/reset-mfa", status_code=HTTP_200_OK, summary="Turn off a user's two-factor sign-in")
+    async def reset_mfa(
+        self,
+        user_id: FromPath[UUID],
+        request: Request[Principal, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> UserDetail:
+        await auth.reset_mfa(request.user, user_id)
+        await db_session.commit()
+        return await _visible_user(db_session, user_id)
+
+
+def _group_read(group: UserGroup, member_count: int) -> GroupRead:
+    return GroupRead(
+        id=group.id,
+        name=group.name,
+        description=group.description,
+        member_count=member_count,
+        created_at=group.created_at,
+    )
+
+
+async def _group_detail(db_session: AsyncSession, group: UserGroup) -> GroupDetail:
+    members = await group_members(db_session, group)
+    return GroupDetail(
+        group=_group_read(group, len(members)),
+        members=[
+            GroupMemberRead(user_id=user.id, email=user.email, role=user.role, status=user.status) for user in members
+        ],
+    )
+
+
+class GroupController(Controller):
+    """Groups of users (channels can be scoped to one): the API twin of the portal's Groups pages."""
+
+    path = "/api/groups"
+    tags = ["tenants: groups"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The organization's groups with their member counts")
+    async def list_groups(self, db_session: NamedDependency[AsyncSession]) -> list[GroupRead]:
+        return [_group_read(group, count) for group, count in await groups_with_member_counts(db_session)]
+
+    @post("/", summary="Create a group")
+    async def create(
+        self, data: JSONBody[GroupCreate], actor: NamedDependency[Actor], db_session: NamedDependency[AsyncSession]
+    ) -> GroupDetail:
+        group = await create_group(db_session, actor, name=data.name, description=data.description)
+        await db_session.commit()
+        return await _group_detail(db_session, group)
+
+    @get("/{group_id:uuid}", summary="A group and its members")
+    async def get_group(self, group_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> GroupDetail:
+        return await _group_detail(db_session, await user_group(db_session, group_id))
+
+    @patch("/{group_id:uuid}", summary="Rename a group or change its description")
+    async def update(
+        self,
+        group_id: FromPath[UUID],
+        data: JSONBody[GroupUpdate],
+        actor: NamedDependency[Actor],
+        db_session: NamedDependency[AsyncSession],
+    ) -> GroupDetail:
+        group = await user_group(db_session, group_id)
+        description = data.description if data.description is not None else group.description
+        await update_group(db_session, actor, group, name=data.name or group.name, description=description)
+        await db_session.commit()
+        return await _group_detail(db_session, group)
+
+    @delete("/{group_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Delete a group (not while channels serve it)")
+    async def remove(
+        self,
+        group_id: FromPath[UUID],
+        actor: NamedDependency[Actor],
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+        gateway: NamedDependency[Gateway],
+        request: Request[Principal, Any, State],
+    ) -> None:
+        await delete_group(db_session, actor, await user_group(db_session, group_id))
+        await db_session.commit()
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+
+    @post("/{group_id:uuid}/members", summary="Add a user to a group")
+    async def add_member(
+        self,
+        group_id: FromPath[UUID],
+        data: JSONBody[MemberAdd],
+        actor: NamedDependency[Actor],
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+        gateway: NamedDependency[Gateway],
+        request: Request[Principal, Any, State],
+    ) -> GroupDetail:
+        group = await user_group(db_session, group_id)
+        await add_group_member(db_session, actor, group, data.user_id)
+        await db_session.commit()
+        # Group channels are routed by membership, which the gateway caches.
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        return await _group_detail(db_session, group)
+
+    @delete(
+        "/{group_id:uuid}/members/{user_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a user from a group"
+    )
+    async def remove_member(
+        self,
+        group_id: FromPath[UUID],
+        user_id: FromPath[UUID],
+        actor: NamedDependency[Actor],
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+        gateway: NamedDependency[Gateway],
+        request: Request[Principal, Any, State],
+    ) -> None:
+        await remove_group_member(db_session, actor, await user_group(db_session, group_id), user_id)
+        await db_session.commit()
+        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+
+
+class AuditController(Controller):
+    """The organization's audit trail, for its administrators: the API twin of the portal's Audit log."""
+
+    path = "/api/audit"
+    tags = ["tenants: audit"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="Audit events, newest first, keyset-paginated")
+    async def list_events(
+        self,
+        db_session: NamedDependency[AsyncSession],
+        since: FromQuery[datetime.date | None] = None,
+        until: FromQuery[datetime.date | None] = None,
+        action: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        user_id: FromQuery[UUID | None] = None,
+        # Named apart from the `actor` dependency (the caller); the query parameter is `actor`.
+        recorded_actor: Annotated[str | None, QueryParameter(name="actor", max_length=255)] = None,
+        target_type: Annotated[str | None, QueryParameter(max_length=50)] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> AuditPage:
+        filters = AuditFilter(
+            since=since, until=until, action=action, user_id=user_id, actor=recorded_actor, target_type=target_type
+        )
+        try:
+            after = Keyset.parse(cursor) if cursor else None
+        except InvalidRequest:
+            raise InvalidRequest("cursor: pass back a next_cursor this API gave out.") from None
+        events, last = await audit_page(db_session, filters, after=after, limit=limit)
+        return AuditPage(
+            items=[audit_event_read(event) for event in events], next_cursor=last.cursor() if last else None
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -48,3 +48,76 @@ class TenantPolicyUpdate(Input):
 
 class OrganizationRename(Input):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+# Super admins are made by the platform operator, never by a tenant's administrators.
+TenantRole = Literal["end_user", "tenant_admin"]
+GroupName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")]
+GroupDescription = Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class RoleChange(Input):
+    role: TenantRole
+
+
+class GroupCreate(Input):
+    name: GroupName
+    description: GroupDescription | None = None
+
+
+class GroupUpdate(Input):
+    """Fields left out keep their value."""
+
+    name: GroupName | None = None
+    description: GroupDescription | None = None
+
+
+class MemberAdd(Input):
+    user_id: UUID
+
+
+class GroupRead(msgspec.Struct, frozen=True):
+    id: UUID
+    name: str
+    description: str | None
+    member_count: int
+    created_at: datetime.datetime
+
+
+class GroupMemberRead(msgspec.Struct, frozen=True):
+    user_id: UUID
+    email: str
+    role: str
+    status: str
+
+
+class GroupDetail(msgspec.Struct, frozen=True):
+    group: GroupRead
+    members: list[GroupMemberRead]
+
+
+class UserDetail(msgspec.Struct, frozen=True):
+    """A user as the organization's administrators see them, with the groups they belong to."""
+
+    user: UserRead
+    group_ids: list[UUID]
+
+
+class AuditEventRead(msgspec.Struct, frozen=True):
+    id: UUID
+    created_at: datetime.datetime
+    actor: str
+    actor_user_id: UUID | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    ip_address: str | None
+    user_agent: str | None
+    request_id: str | None
+    details: dict[str, Any]
+
+
+class AuditPage(msgspec.Struct, frozen=True):
+    items: list[AuditEventRead]
+    # Pass back as `cursor` for the next (older) page; absent on the last page.
+    next_cursor: str | None

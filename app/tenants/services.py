@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
@@ -21,8 +22,8 @@ from app.auth.passwords import WeakPasswordError, hash_password
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
-from db.auth import User
-from db.provider import Channel
+from db.auth import Invitation, User
+from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroup, UserGroupMember
 
@@ -447,3 +448,58 @@ async def remove_group_member(session: AsyncSession, actor: Actor, group: UserGr
     if removed.first() is None:
         raise NotFound("That user is not a member of this group.")
     audit_change(session, actor, "group.member_removed", "group", group.id, user_id=str(user_id))
+
+
+async def groups_with_member_counts(session: AsyncSession) -> list[tuple[UserGroup, int]]:
+    rows = await session.execute(
+        select(UserGroup, func.count(UserGroupMember.id))
+        .outerjoin(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
+        .group_by(UserGroup.id)
+        .order_by(UserGroup.name)
+    )
+    return [(group, count) for group, count in rows.all()]
+
+
+async def group_members(session: AsyncSession, group: UserGroup) -> list[User]:
+    return list(
+        await session.scalars(
+            select(User)
+            .join(UserGroupMember, UserGroupMember.user_id == User.id)
+            .where(UserGroupMember.group_id == group.id)
+            .order_by(User.email)
+        )
+    )
+
+
+async def user_key_hashes(session: AsyncSession, user_id: UUID) -> list[str]:
+    """The hashes of a user's API keys: the gateway caches each with whether its owner is active."""
+    return list(await session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
+
+
+async def organization_users(session: AsyncSession) -> list[User]:
+    return list(await session.scalars(select(User).order_by(User.email)))
+
+
+async def user_emails(session: AsyncSession) -> dict[UUID, str]:
+    return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
+
+
+async def pending_invitations(session: AsyncSession, now: datetime.datetime) -> list[Invitation]:
+    """Invitations not yet accepted and not expired, the soonest to expire first."""
+    return list(
+        await session.scalars(
+            select(Invitation)
+            .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
+            .order_by(Invitation.expires_at)
+        )
+    )
+
+
+async def group_names_of_user(session: AsyncSession, user_id: UUID) -> list[tuple[UUID, str]]:
+    rows = await session.execute(
+        select(UserGroup.id, UserGroup.name)
+        .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
+        .where(UserGroupMember.user_id == user_id)
+        .order_by(UserGroup.name)
+    )
+    return [(group_id, name) for group_id, name in rows.all()]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -22,6 +22,8 @@ from app.gateway.adapters.base import (
     reported_count,
     sse_data,
 )
+
+T = TypeVar("T")
 
 
 class _UsageProbe(msgspec.Struct):
@@ -109,6 +111,16 @@ def with_other_limit_parameter(body: dict[str, Any], refusal: UpstreamError) -> 
             changed[other] = body[sent]
             return changed
     return None
+
+
+async def _with_limit_fallback(body: dict[str, Any], send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
+    """`send(body)`; if the provider refuses the limit's parameter name, once more under the other name."""
+    try:
+        return await send(body)
+    except UpstreamError as refusal:
+        if (corrected := with_other_limit_parameter(body, refusal)) is None:
+            raise
+        return await send(corrected)
 
 
 def _names_refused_parameter(text: str, name: str) -> bool:
@@ -201,12 +213,7 @@ class OpenAIAdapter(Adapter):
         native: dict[str, Any] | None = None,
     ) -> Completion:
         url, headers = self._url(target, "/chat/completions"), self._headers(target)
-        try:
-            answer = await post_json(http, url, headers, body, timeouts)
-        except UpstreamError as refusal:
-            if (corrected := with_other_limit_parameter(body, refusal)) is None:
-                raise
-            answer = await post_json(http, url, headers, corrected, timeouts)
+        answer = await _with_limit_fallback(body, lambda sent: post_json(http, url, headers, sent, timeouts))
         if not isinstance(answer.get("choices"), list):
             raise UpstreamError("the provider's answer has no choices", status=502)
         return Completion(body=answer, usage=parse_usage(answer))
@@ -220,12 +227,7 @@ class OpenAIAdapter(Adapter):
         native: dict[str, Any] | None = None,
     ) -> AsyncIterator[Chunk]:
         url, headers = self._url(target, "/chat/completions"), self._headers(target)
-        try:
-            response = await open_stream(http, url, headers, body, timeouts)
-        except UpstreamError as refusal:
-            if (corrected := with_other_limit_parameter(body, refusal)) is None:
-                raise
-            response = await open_stream(http, url, headers, corrected, timeouts)
+        response = await _with_limit_fallback(body, lambda sent: open_stream(http, url, headers, sent, timeouts))
         async for chunk in openai_chunks(response):
             yield chunk
 

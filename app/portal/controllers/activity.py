@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -14,141 +13,30 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
 from redis.asyncio import Redis
-from sqlalchemy import or_, select
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import app_settings
-from app.errors import Conflict, InvalidRequest
+from app.errors import Conflict
 from app.jobs import services as jobs
-from app.jobs.controllers import job_queue
 from app.jobs.registry import JOB_KINDS
-from app.portal.controllers.channels import provide_admin_viewer
-from app.portal.forms import FormInvalid, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.keyset import Keyset
+from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
+from app.settings import Settings
+from app.tenants.audit import AuditFilter, audit_page
+from app.tenants.services import user_emails
 from db.auth import User
-from db.memory import Memory
-from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, AuditEvent, Job, JobStatus
+from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStatus
 
-PAGE_SIZE = 50
 REFRESH_SECONDS = 3
 CANCELABLE_STATUSES = ("queued", "running")
 DATE_MESSAGE = "Enter a date as YYYY-MM-DD."
-FilterStruct = TypeVar("FilterStruct", bound=msgspec.Struct)
-
-
-class Keyset(msgspec.Struct, frozen=True):
-    """Where a page ended: its last row's (created_at, id). The next page starts just after it."""
-
-    created_at: datetime.datetime
-    id: UUID
-
-    @classmethod
-    def of(cls, row: AuditEvent | Job | Memory) -> Keyset:
-        return cls(created_at=row.created_at, id=row.id)
-
-    @classmethod
-    def parse(cls, cursor: str) -> Keyset:
-        try:
-            moment, _, row_id = cursor.partition("|")
-            created_at = datetime.datetime.fromisoformat(moment)
-            return cls(created_at=created_at.replace(tzinfo=created_at.tzinfo or datetime.UTC), id=UUID(row_id))
-        except ValueError:
-            raise InvalidRequest("This page link is broken; showing the newest entries instead.") from None
-
-    def cursor(self) -> str:
-        return f"{self.created_at.isoformat()}|{self.id}"
-
-
-def filters_from(
-    query: Mapping[str, str], names: tuple[str, ...], struct_type: type[FilterStruct]
-) -> tuple[FilterStruct, dict[str, str]]:
-    """A filter form's query values as `struct_type`; a wrong field is reported and left out, the rest apply."""
-    raw = {name: query.get(name, "").strip() for name in names}
-    given = {name: value for name, value in raw.items() if value}
-    errors: dict[str, str] = {}
-    try:
-        return parse(struct_type, given), errors
-    except FormInvalid as invalid:
-        errors |= invalid.errors
-    valid = {name: value for name, value in given.items() if name not in errors}
-    try:
-        return parse(struct_type, valid), errors
-    except FormInvalid:
-        return struct_type(), errors
-
-
-def page_cursor(query: Mapping[str, str], errors: dict[str, str]) -> Keyset | None:
-    cursor = query.get("cursor")
-    if not cursor:
-        return None
-    try:
-        return Keyset.parse(cursor)
-    except InvalidRequest as error:
-        errors["form"] = error.detail
-        return None
-
-
-def next_page_query(values: Mapping[str, str], last: Keyset | None) -> dict[str, str] | None:
-    return None if last is None else {**values, "cursor": last.cursor()}
-
-
-async def user_emails(session: AsyncSession) -> dict[UUID, str]:
-    return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
 
 
 # --- audit log -----------------------------------------------------------------------------------
 
 
 AUDIT_FILTERS = ("since", "until", "action", "user_id", "actor", "target_type")
-
-
-class AuditFilter(msgspec.Struct, frozen=True):
-    since: datetime.date | None = None
-    until: datetime.date | None = None
-    # "login" finds every login.* event, "login.failed" only those.
-    action: Annotated[str, msgspec.Meta(max_length=100)] | None = None
-    user_id: UUID | None = None
-    # The actor as recorded: an email (also of failed sign-ins with an unknown address), "system", a job.
-    actor: Annotated[str, msgspec.Meta(max_length=255)] | None = None
-    target_type: Annotated[str, msgspec.Meta(max_length=50)] | None = None
-
-    def conditions(self) -> list[Any]:
-        found: list[Any] = []
-        if self.since is not None:
-            found.append(AuditEvent.created_at >= _start_of(self.since))
-        if self.until is not None and self.until < datetime.date.max:  # the whole day, in UTC
-            found.append(AuditEvent.created_at < _start_of(self.until + datetime.timedelta(days=1)))
-        if self.action is not None:
-            found.append(
-                or_(AuditEvent.action == self.action, AuditEvent.action.startswith(f"{self.action}.", autoescape=True))
-            )
-        if self.user_id is not None:
-            found.append(AuditEvent.actor_user_id == self.user_id)
-        if self.actor is not None:
-            found.append(AuditEvent.actor == self.actor)
-        if self.target_type is not None:
-            found.append(AuditEvent.target_type == self.target_type)
-        return found
-
-
-def _start_of(day: datetime.date) -> datetime.datetime:
-    return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
-
-
-async def audit_page(
-    session: AsyncSession, filters: AuditFilter, *, after: Keyset | None, limit: int
-) -> tuple[list[AuditEvent], Keyset | None]:
-    """Newest first, keyset-paginated on (created_at, id): any page costs what the first one costs."""
-    statement = select(AuditEvent).where(*filters.conditions())
-    if after is not None:
-        # `<=` alone is what the (tenant_id, created_at) index can range over; the id breaks ties.
-        statement = statement.where(
-            AuditEvent.created_at <= after.created_at,
-            or_(AuditEvent.created_at < after.created_at, AuditEvent.id < after.id),
-        )
-    statement = statement.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
-    rows = list(await session.scalars(statement))
-    return rows[:limit], Keyset.of(rows[limit - 1]) if len(rows) > limit else None
 
 
 class AuditPages(Controller):
@@ -279,6 +167,7 @@ class JobPages(Controller):
     @post("/{job_id:uuid}/cancel", summary="Cancel a queued or running job")
     async def cancel_job(
         self,
+        job_queue: NamedDependency[RedisQueue],
         job_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -287,7 +176,7 @@ class JobPages(Controller):
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         try:
-            await jobs.cancel_job(db_session, job_queue(request), redis, job, actor=viewer.user.id)
+            await jobs.cancel_job(db_session, job_queue, redis, job, actor=viewer.user.id)
         except Conflict as refusal:
             await db_session.refresh(job)
             return await self._detail_page(
@@ -298,6 +187,8 @@ class JobPages(Controller):
     @post("/{job_id:uuid}/retry", summary="Run a failed, canceled or dead job again")
     async def retry_job(
         self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
         job_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -306,9 +197,7 @@ class JobPages(Controller):
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         try:
-            await jobs.retry_job(
-                db_session, job_queue(request), redis, app_settings(request), job, actor=viewer.user.id
-            )
+            await jobs.retry_job(db_session, job_queue, redis, settings, job, actor=viewer.user.id)
         except Conflict as refusal:
             await db_session.refresh(job)
             return await self._detail_page(

@@ -11,17 +11,19 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import app_settings
+from app.encryption import SecretBox
 from app.errors import Conflict, NotFound, ServiceError
 from app.gateway import services
-from app.gateway.controllers import announce, gateway_of, secret_box_of
+from app.gateway.catalog import announce_change
+from app.gateway.proxy import Gateway
 from app.gateway.schemas import ChannelCreate, ChannelUpdate
+from app.gateway.services import channels_with_type_names, provider_types
 from app.portal.forms import FormInvalid, lines, pairs, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, require_admin, see_other, viewer_actor
-from db.provider import Channel, ProviderType
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.settings import Settings
+from db.provider import Channel
 
 FIELDS_IN_MESSAGES = ("keys", "base_url", "models", "model_mapping", "test_model", "test_kind", "type")
 TEST_KINDS = [("chat", "Chat completion (one token)"), ("embeddings", "Embeddings (one short input)")]
@@ -37,12 +39,6 @@ TEXT_FIELDS = (
     "test_model",
     "test_kind",
 )
-
-
-async def provide_admin_viewer(request: PortalRequest, db_session: NamedDependency[AsyncSession]) -> Viewer:
-    viewer = await provide_viewer(request, db_session)
-    require_admin(viewer)
-    return viewer
 
 
 def field_of(error: ServiceError, default: str = "form") -> str:
@@ -74,18 +70,13 @@ class ChannelPages(Controller):
     async def list_channels(
         self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
     ) -> Template:
-        rows = await db_session.execute(
-            select(Channel, ProviderType.display_name)
-            .join(ProviderType)
-            .order_by(Channel.priority.desc(), Channel.name)
-        )
-        return page(viewer, "channels/list.html", channels=rows.all())
+        return page(viewer, "channels/list.html", channels=await channels_with_type_names(db_session))
 
     async def _form_page(
         self,
         viewer: Viewer,
         db_session: AsyncSession,
-        request: PortalRequest,
+        settings: Settings,
         *,
         channel: Channel | None,
         values: dict[str, Any],
@@ -95,12 +86,7 @@ class ChannelPages(Controller):
         if errors and channel is not None:
             # Errors follow a rollback, which expired the channel: load it again before the page reads it.
             await db_session.refresh(channel)
-        echo = app_settings(request).echo_provider_enabled
-        types = [
-            kind
-            for kind in await db_session.scalars(select(ProviderType).order_by(ProviderType.id))
-            if kind.api_format != "echo" or echo
-        ]
+        types = await provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
         return page(
             viewer,
             "channels/form.html",
@@ -114,14 +100,21 @@ class ChannelPages(Controller):
 
     @get("/new", summary="Add a channel")
     async def new_channel(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        settings: NamedDependency[Settings],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template:
         defaults = {"priority": "1", "weight": "1", "quota": "-1", "rate_limit": "0", "type": "openai"}
-        return await self._form_page(viewer, db_session, request, channel=None, values=defaults)
+        return await self._form_page(viewer, db_session, settings, channel=None, values=defaults)
 
     @post("/new", summary="Add a channel")
     async def create_channel(
         self,
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
@@ -135,27 +128,28 @@ class ChannelPages(Controller):
                 db_session,
                 viewer.principal.tenant_id,
                 data,
-                secret_box_of(request),
-                echo_enabled=app_settings(request).echo_provider_enabled,
+                secret_box,
+                echo_enabled=settings.echo_provider_enabled,
                 actor=viewer_actor(viewer, request),
             )
         except FormInvalid as invalid:
             return await self._form_page(
-                viewer, db_session, request, channel=None, values=values, errors=invalid.errors
+                viewer, db_session, settings, channel=None, values=values, errors=invalid.errors
             )
         except ServiceError as error:
             await db_session.rollback()
             errors = {field_of(error): error.detail}
             return await self._form_page(
-                viewer, db_session, request, channel=None, values=values, errors=errors, status_code=error.status_code
+                viewer, db_session, settings, channel=None, values=values, errors=errors, status_code=error.status_code
             )
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels")
 
     @get("/{channel_id:uuid}", summary="Edit a channel")
     async def edit_channel(
         self,
+        settings: NamedDependency[Settings],
         channel_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -176,11 +170,14 @@ class ChannelPages(Controller):
             "test_model": channel.test_model or "",
             "test_kind": channel.test_kind,
         }
-        return await self._form_page(viewer, db_session, request, channel=channel, values=values)
+        return await self._form_page(viewer, db_session, settings, channel=channel, values=values)
 
     @post("/{channel_id:uuid}", summary="Save a channel")
     async def update_channel(
         self,
+        settings: NamedDependency[Settings],
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
         channel_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -192,13 +189,11 @@ class ChannelPages(Controller):
         values = {name: str(value) for name, value in form.items() if name != "keys"} | {"type": type_name}
         try:
             data = parse(ChannelUpdate, _shaped(form, creating=False))
-            await services.update_channel(
-                db_session, channel, data, secret_box_of(request), actor=viewer_actor(viewer, request)
-            )
+            await services.update_channel(db_session, channel, data, secret_box, actor=viewer_actor(viewer, request))
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._form_page(
-                viewer, db_session, request, channel=channel, values=values, errors=invalid.errors
+                viewer, db_session, settings, channel=channel, values=values, errors=invalid.errors
             )
         except ServiceError as error:
             await db_session.rollback()
@@ -206,19 +201,21 @@ class ChannelPages(Controller):
             return await self._form_page(
                 viewer,
                 db_session,
-                request,
+                settings,
                 channel=channel,
                 values=values,
                 errors=errors,
                 status_code=error.status_code,
             )
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels")
 
     @post("/{channel_id:uuid}/test", summary="Test a channel")
     async def test_channel(
         self,
+        gateway: NamedDependency[Gateway],
+        secret_box: NamedDependency[SecretBox],
         channel_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -226,14 +223,15 @@ class ChannelPages(Controller):
         redis: NamedDependency[Redis],
     ) -> Response[None]:
         channel, _ = await services.channel_with_type(db_session, channel_id)
-        await services.test_channel(db_session, channel, secret_box_of(request), gateway_of(request).http)
+        await services.test_channel(db_session, channel, secret_box, gateway.http)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels#channel-{channel_id}")
 
     @post("/{channel_id:uuid}/{action:str}", summary="Enable, disable or remove a channel")
     async def change_channel(
         self,
+        gateway: NamedDependency[Gateway],
         channel_id: FromPath[UUID],
         action: FromPath[str],
         viewer: NamedDependency[Viewer],
@@ -249,5 +247,5 @@ class ChannelPages(Controller):
         else:
             raise NotFound("No such page.")
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels")

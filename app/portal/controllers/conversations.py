@@ -16,7 +16,7 @@ from app.chat import services
 from app.chat.schemas import ConversationUpdate
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
-from app.storage.controllers import object_store_of
+from app.storage.base import ObjectStore
 
 CONVERSATIONS = f"{PORTAL}/conversations"
 # As many as the API lists at once; older ones stay reachable through the API's pages.
@@ -124,12 +124,13 @@ class ConversationPages(Controller):
     @post("/{conversation_id:uuid}/delete", summary="Delete a conversation")
     async def delete_conversation(
         self,
+        object_store: NamedDependency[ObjectStore],
         conversation_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Response[None]:
         conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
-        await services.delete_conversation(db_session, object_store_of(request), conversation)
+        await services.delete_conversation(db_session, object_store, conversation)
         await db_session.commit()
         return see_other(CONVERSATIONS)

@@ -15,12 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest, ServiceError
-from app.gateway.controllers import gateway_of
+from app.gateway.proxy import Gateway
+from app.keyset import Keyset
 from app.memory import services
 from app.memory.schemas import MemoryFilters, MemoryHit, MemoryType
-from app.portal.controllers.activity import PAGE_SIZE, Keyset, filters_from, next_page_query, page_cursor, user_emails
 from app.portal.forms import FormInvalid, parse
+from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.tenants.services import user_emails
 from db.memory import Memory
 
 SEARCH_LIMIT = 20
@@ -63,7 +65,11 @@ class MemoryPages(Controller):
 
     @get("/", summary="Memories")
     async def list_memories(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        gateway: NamedDependency[Gateway],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template:
         query = request.query_params
         browse, errors = filters_from(query, MEMORY_FILTERS, MemoryBrowse)
@@ -79,9 +85,7 @@ class MemoryPages(Controller):
         if browse.q:
             settings = await services.memory_settings(db_session)
             try:
-                embedding = await services.query_embedding(
-                    db_session, gateway_of(request), viewer.user.id, settings, browse.q
-                )
+                embedding = await services.query_embedding(db_session, gateway, viewer.user.id, settings, browse.q)
             except ServiceError as refusal:
                 # Words still find memories; say why meaning did not.
                 notices.append(("error", f"Matched by words only: the embedding model failed ({refusal.detail})"))

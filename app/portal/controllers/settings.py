@@ -12,29 +12,29 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
-from sqlalchemy import select
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import app_settings, oauth_redirect_uri
+from app.auth.oauth import oauth_redirect_uri
 from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
-from app.auth.services import create_oauth_provider, existing_oauth_provider, update_oauth_provider
+from app.auth.services import create_oauth_provider, existing_oauth_provider, oauth_providers, update_oauth_provider
 from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
+from app.encryption import SecretBox
 from app.errors import Conflict, ServiceError
 from app.gateway import services as gateway_services
-from app.gateway.controllers import announce, secret_box_of
+from app.gateway.catalog import announce_change
+from app.gateway.proxy import Gateway
 from app.gateway.schemas import PriceWrite
-from app.jobs.controllers import job_queue
+from app.gateway.services import model_prices
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
-from app.portal.controllers.channels import provide_admin_viewer
 from app.portal.forms import FormInvalid, lines, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
+from app.settings import Settings
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
 from app.tenants.services import change_tenant_policy, rename_organization, tenant_policy
-from db.auth import OAuthProvider
-from db.provider import ModelPrice
 from db.tenant import Job, Organization
 
 SETTINGS = f"{PORTAL}/settings"
@@ -172,8 +172,8 @@ class SettingsPages(Controller):
             model_choices={
                 field: _model_choices(served, stored[field], none_label) for field, none_label in MODEL_FIELDS.items()
             },
-            providers=list(await db_session.scalars(select(OAuthProvider).order_by(OAuthProvider.provider_name))),
-            prices=list(await db_session.scalars(select(ModelPrice).order_by(ModelPrice.model))),
+            providers=await oauth_providers(db_session),
+            prices=await model_prices(db_session),
         )
 
     @get("/", summary="Settings")
@@ -247,6 +247,7 @@ class SettingsPages(Controller):
     @post("/prices", summary="Set a model's price")
     async def set_price(
         self,
+        gateway: NamedDependency[Gateway],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
@@ -272,12 +273,13 @@ class SettingsPages(Controller):
                 viewer, db_session, values=values, errors={"model": error.detail}, status_code=error.status_code
             )
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{SETTINGS}?saved=prices#prices")
 
     @post("/prices/delete", summary="Remove a model's price")
     async def remove_price(
         self,
+        gateway: NamedDependency[Gateway],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
@@ -286,12 +288,17 @@ class SettingsPages(Controller):
         form = await request.form()
         await gateway_services.remove_model_price(db_session, str(form.get("model") or ""))
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{SETTINGS}?saved=price_removed#prices")
 
     @post("/defaults", summary="Change the memory and chat defaults")
     async def change_defaults(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values: dict[str, Any] = {
@@ -315,8 +322,8 @@ class SettingsPages(Controller):
             await chat_services.save_chat_defaults(db_session, chat, actor_user_id=viewer.user.id)
             _, reembed_job = await memory_services.change_memory_settings(
                 db_session,
-                job_queue(request),
-                app_settings(request),
+                job_queue,
+                settings,
                 tenant_id=viewer.principal.tenant_id,
                 actor_user_id=viewer.user.id,
                 data=memory,
@@ -330,7 +337,7 @@ class SettingsPages(Controller):
     async def _provider_page(
         self,
         viewer: Viewer,
-        request: PortalRequest,
+        settings: Settings,
         *,
         provider: ProviderHeading | None,
         values: dict[str, Any],
@@ -343,18 +350,25 @@ class SettingsPages(Controller):
             status_code=status_code if errors else 200,
             provider=provider,
             kinds=OAUTH_KINDS,
-            redirect_uri=provider.redirect_uri if provider else oauth_redirect_uri(request),
+            redirect_uri=provider.redirect_uri if provider else oauth_redirect_uri(settings),
             values=values,
             errors=errors or {},
         )
 
     @get("/oauth/new", summary="Add an OAuth provider")
-    async def new_provider(self, viewer: NamedDependency[Viewer], request: PortalRequest) -> Template:
-        return await self._provider_page(viewer, request, provider=None, values={"kind": "oidc"})
+    async def new_provider(
+        self, settings: NamedDependency[Settings], viewer: NamedDependency[Viewer], request: PortalRequest
+    ) -> Template:
+        return await self._provider_page(viewer, settings, provider=None, values={"kind": "oidc"})
 
     @post("/oauth/new", summary="Add an OAuth provider")
     async def create_provider(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = _provider_values(form)
@@ -363,17 +377,17 @@ class SettingsPages(Controller):
                 db_session,
                 viewer.principal.tenant_id,
                 parse(OAuthProviderCreate, _provider_data(form, creating=True)),
-                secret_box_of(request),
-                redirect_uri=oauth_redirect_uri(request),
+                secret_box,
+                redirect_uri=oauth_redirect_uri(settings),
             )
         except FormInvalid as invalid:
             await db_session.rollback()
-            return await self._provider_page(viewer, request, provider=None, values=values, errors=invalid.errors)
+            return await self._provider_page(viewer, settings, provider=None, values=values, errors=invalid.errors)
         except ServiceError as error:
             await db_session.rollback()
             errors = {_provider_field(error): error.detail}
             return await self._provider_page(
-                viewer, request, provider=None, values=values, errors=errors, status_code=error.status_code
+                viewer, settings, provider=None, values=values, errors=errors, status_code=error.status_code
             )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=oauth#oauth")
@@ -381,6 +395,7 @@ class SettingsPages(Controller):
     @get("/oauth/{provider_id:uuid}", summary="Edit an OAuth provider")
     async def edit_provider(
         self,
+        settings: NamedDependency[Settings],
         provider_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -395,11 +410,13 @@ class SettingsPages(Controller):
             "scopes": "\n".join(provider.scopes),
             "is_enabled": provider.is_enabled,
         }
-        return await self._provider_page(viewer, request, provider=heading, values=values)
+        return await self._provider_page(viewer, settings, provider=heading, values=values)
 
     @post("/oauth/{provider_id:uuid}", summary="Save an OAuth provider")
     async def update_provider(
         self,
+        settings: NamedDependency[Settings],
+        secret_box: NamedDependency[SecretBox],
         provider_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -411,15 +428,15 @@ class SettingsPages(Controller):
         values = _provider_values(form)
         try:
             data = parse(OAuthProviderUpdate, _provider_data(form, creating=False))
-            await update_oauth_provider(db_session, provider, data, secret_box_of(request))
+            await update_oauth_provider(db_session, provider, data, secret_box)
         except FormInvalid as invalid:
             await db_session.rollback()
-            return await self._provider_page(viewer, request, provider=heading, values=values, errors=invalid.errors)
+            return await self._provider_page(viewer, settings, provider=heading, values=values, errors=invalid.errors)
         except ServiceError as error:
             await db_session.rollback()
             errors = {_provider_field(error): error.detail}
             return await self._provider_page(
-                viewer, request, provider=heading, values=values, errors=errors, status_code=error.status_code
+                viewer, settings, provider=heading, values=values, errors=errors, status_code=error.status_code
             )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=oauth#oauth")

@@ -12,18 +12,16 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
 from markupsafe import Markup
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import app_settings, provide_auth_service
-from app.auth.middleware import AUTH_STORE_STATE_KEY, JWT_KEYRING_STATE_KEY, SESSION_COOKIE
+from app.auth.middleware import SESSION_COOKIE
 from app.auth.redis_store import AuthStore
-from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
+from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult, oauth_providers
 from app.auth.tokens import SCOPE_MFA_ENROLLMENT, InvalidToken, Principal, verify_access_token
 from app.errors import ServiceError
 from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.settings import Settings
 from app.tenants.services import lookup_tenant_by_slug
-from db.auth import OAuthProvider
 from db.session import set_session_tenant
 
 MFA_TICKET_COOKIE = "lyss_mfa_ticket"
@@ -40,31 +38,31 @@ def _next_path(value: str | None) -> str:
     return f"{PORTAL}/"
 
 
-def _cookie(request: Request[Any, Any, State], key: str, value: str, max_age: int, path: str = PORTAL) -> Cookie:
+def _cookie(settings: Settings, key: str, value: str, max_age: int, path: str = PORTAL) -> Cookie:
     return Cookie(
         key=key,
         value=value,
         max_age=max_age,
         path=path,
         httponly=True,
-        secure=app_settings(request).cookies_secure,
+        secure=settings.cookies_secure,
         samesite="strict" if key != SESSION_COOKIE else "lax",
     )
 
 
-def _form_cookie(request: Request[Any, Any, State], key: str, path: str) -> tuple[str, Cookie]:
+def _form_cookie(settings: Settings, key: str, path: str) -> tuple[str, Cookie]:
     # Before there is a session, a form token in a cookie and in the form (double submit) stops a
     # forged cross-site sign-in (into the attacker's account) or enrolment.
     value = secrets.token_urlsafe(24)
-    return value, _cookie(request, key, value, 3600, path=path)
+    return value, _cookie(settings, key, value, 3600, path=path)
 
 
-def _login_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
-    return _form_cookie(request, LOGIN_CSRF_COOKIE, f"{PORTAL}/login")
+def _login_form_cookie(settings: Settings) -> tuple[str, Cookie]:
+    return _form_cookie(settings, LOGIN_CSRF_COOKIE, f"{PORTAL}/login")
 
 
-def _enrolment_form_cookie(request: Request[Any, Any, State]) -> tuple[str, Cookie]:
-    return _form_cookie(request, ENROLMENT_FORM_COOKIE, f"{PORTAL}/enrol")
+def _enrolment_form_cookie(settings: Settings) -> tuple[str, Cookie]:
+    return _form_cookie(settings, ENROLMENT_FORM_COOKIE, f"{PORTAL}/enrol")
 
 
 def _form_token_valid(request: Request[Any, Any, State], form: dict[str, Any], key: str) -> bool:
@@ -73,14 +71,14 @@ def _form_token_valid(request: Request[Any, Any, State], form: dict[str, Any], k
 
 
 def _enrolment_page(
-    request: Request[Any, Any, State],
+    settings: Settings,
     *,
     secret: str | None,
     qr: Markup | None,
     errors: dict[str, Any],
     status_code: int,
 ) -> Template:
-    token, cookie = _enrolment_form_cookie(request)
+    token, cookie = _enrolment_form_cookie(settings)
     template = page(
         None,
         "mfa_enroll.html",
@@ -103,9 +101,7 @@ async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> l
     if tenant is None:
         return []
     await set_session_tenant(db_session, tenant.id)
-    providers = await db_session.scalars(
-        select(OAuthProvider).where(OAuthProvider.is_enabled.is_(True)).order_by(OAuthProvider.provider_name)
-    )
+    providers = await oauth_providers(db_session, enabled_only=True)
     return [
         {
             "label": provider.display_name or provider.provider_name,
@@ -118,17 +114,16 @@ async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> l
 
 class SignInController(Controller):
     path = "/"
-    dependencies = {"auth": Provide(provide_auth_service)}
 
     async def _login_page(
         self,
-        request: Request[Any, Any, State],
+        settings: Settings,
         db_session: AsyncSession,
         values: dict[str, Any],
         errors: dict[str, str] | None = None,
         status_code: int = 200,
     ) -> Template:
-        token, cookie = _login_form_cookie(request)
+        token, cookie = _login_form_cookie(settings)
         template = page(
             None,
             "login.html",
@@ -144,16 +139,18 @@ class SignInController(Controller):
     @get("/login", opt=PUBLIC, summary="Sign-in page")
     async def login_page(
         self,
+        settings: NamedDependency[Settings],
         request: Request[Any, Any, State],
         db_session: NamedDependency[AsyncSession],
         tenant: FromQuery[str | None] = None,
         next_path: Annotated[str | None, QueryParameter(name="next")] = None,
     ) -> Template:
-        return await self._login_page(request, db_session, {"tenant": tenant or "", "next": _next_path(next_path)})
+        return await self._login_page(settings, db_session, {"tenant": tenant or "", "next": _next_path(next_path)})
 
     @post("/login", opt=PUBLIC, summary="Sign in")
     async def login(
         self,
+        settings: NamedDependency[Settings],
         request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         db_session: NamedDependency[AsyncSession],
@@ -163,33 +160,34 @@ class SignInController(Controller):
         values["next"] = _next_path(str(form.get("next") or ""))
         if not _form_token_valid(request, form, LOGIN_CSRF_COOKIE):
             errors = {"form": "This sign-in form expired; it has been reloaded, try again."}
-            return await self._login_page(request, db_session, values, errors, HTTP_400_BAD_REQUEST)
+            return await self._login_page(settings, db_session, values, errors, HTTP_400_BAD_REQUEST)
         errors = {
             name: "This field is required."
             for name in ("tenant", "email", "password")
             if not str(form.get(name) or "").strip()
         }
         if errors:
-            return await self._login_page(request, db_session, values, errors, HTTP_400_BAD_REQUEST)
+            return await self._login_page(settings, db_session, values, errors, HTTP_400_BAD_REQUEST)
         try:
             result = await auth.login(
                 tenant_slug=values["tenant"], email=values["email"], password=str(form["password"]), mode="portal"
             )
         except ServiceError as error:
             await db_session.commit()  # the failed attempt is counted and audited
-            return await self._login_page(request, db_session, values, {"form": error.detail}, error.status_code)
+            return await self._login_page(settings, db_session, values, {"form": error.detail}, error.status_code)
         await db_session.commit()
-        return _signed_in(request, result, values["next"])
+        return _signed_in(settings, result, values["next"])
 
     @get("/login/mfa", opt=PUBLIC, summary="Second sign-in step")
     async def mfa_page(
         self,
+        settings: NamedDependency[Settings],
         request: Request[Any, Any, State],
         next_path: Annotated[str | None, QueryParameter(name="next")] = None,
     ) -> Template | Response[None]:
         if not request.cookies.get(MFA_TICKET_COOKIE):
             return see_other(f"{PORTAL}/login")
-        token, cookie = _login_form_cookie(request)
+        token, cookie = _login_form_cookie(settings)
         template = page(None, "login_mfa.html", values={"next": _next_path(next_path)}, errors={}, form_token=token)
         template.cookies.append(cookie)
         return template
@@ -197,6 +195,7 @@ class SignInController(Controller):
     @post("/login/mfa", opt=PUBLIC, summary="Finish signing in with a code")
     async def mfa(
         self,
+        settings: NamedDependency[Settings],
         request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         db_session: NamedDependency[AsyncSession],
@@ -221,10 +220,10 @@ class SignInController(Controller):
                 error = refused.detail
             else:
                 await db_session.commit()
-                response = _signed_in(request, result, next_path)
-                response.cookies.append(_cookie(request, MFA_TICKET_COOKIE, "", 0, path=f"{PORTAL}/login"))
+                response = _signed_in(settings, result, next_path)
+                response.cookies.append(_cookie(settings, MFA_TICKET_COOKIE, "", 0, path=f"{PORTAL}/login"))
                 return response
-        token, cookie = _login_form_cookie(request)
+        token, cookie = _login_form_cookie(settings)
         field = "recovery_code" if recovery_code and not code else "code"
         template = page(
             None,
@@ -237,17 +236,18 @@ class SignInController(Controller):
         template.cookies.append(cookie)
         return template
 
-    async def _enrolling(self, request: Request[Any, Any, State], db_session: AsyncSession) -> Principal | None:
+    async def _enrolling(
+        self, request: Request[Any, Any, State], db_session: AsyncSession, settings: Settings, auth_store: AuthStore
+    ) -> Principal | None:
         """The enrolment-only sign-in this browser holds, with the session scoped to its tenant; or None."""
         token = request.cookies.get(ENROLMENT_COOKIE)
         if not token:
             return None
         try:
-            principal = verify_access_token(request.app.state[JWT_KEYRING_STATE_KEY], token)
+            principal = verify_access_token(settings.jwt_keyring, token)
         except InvalidToken:
             return None
-        store: AuthStore = request.app.state[AUTH_STORE_STATE_KEY]
-        if principal.scope != SCOPE_MFA_ENROLLMENT or await store.session_revoked(principal.session_id):
+        if principal.scope != SCOPE_MFA_ENROLLMENT or await auth_store.session_revoked(principal.session_id):
             return None
         await set_session_tenant(db_session, principal.tenant_id)
         return principal
@@ -255,27 +255,31 @@ class SignInController(Controller):
     @get("/enrol", opt=PUBLIC, summary="Two-factor enrolment the organization requires before signing in")
     async def enrolment_page(
         self,
+        settings: NamedDependency[Settings],
+        auth_store: NamedDependency[AuthStore],
         request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        principal = await self._enrolling(request, db_session)
+        principal = await self._enrolling(request, db_session, settings, auth_store)
         if principal is None:
             return see_other(f"{PORTAL}/login")
         enrollment = await auth.start_mfa_enrollment(principal)
         await db_session.commit()
         # segno's SVG of the otpauth URI: no user markup in it.
         qr = Markup(enrollment.qr_svg)  # noqa: S704
-        return _enrolment_page(request, secret=enrollment.secret, qr=qr, errors={}, status_code=200)
+        return _enrolment_page(settings, secret=enrollment.secret, qr=qr, errors={}, status_code=200)
 
     @post("/enrol", opt=PUBLIC, summary="Finish the required enrolment")
     async def enrol(
         self,
+        settings: NamedDependency[Settings],
+        auth_store: NamedDependency[AuthStore],
         request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        principal = await self._enrolling(request, db_session)
+        principal = await self._enrolling(request, db_session, settings, auth_store)
         if principal is None:
             return see_other(f"{PORTAL}/login")
         form = dict(await request.form())
@@ -291,28 +295,36 @@ class SignInController(Controller):
             else:
                 await db_session.commit()
                 done = page(None, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/login", done_label="Sign in")
-                done.cookies.append(_cookie(request, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
+                done.cookies.append(_cookie(settings, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
                 return done
-        return _enrolment_page(request, secret=None, qr=None, errors={"code": error}, status_code=HTTP_400_BAD_REQUEST)
+        return _enrolment_page(settings, secret=None, qr=None, errors={"code": error}, status_code=HTTP_400_BAD_REQUEST)
 
     @post("/logout", summary="Sign out of this browser")
     async def logout(
-        self, request: PortalRequest, auth: NamedDependency[AuthService], db_session: NamedDependency[AsyncSession]
+        self,
+        settings: NamedDependency[Settings],
+        request: PortalRequest,
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         await auth.logout(request.user)
         await db_session.commit()
         response = see_other(f"{PORTAL}/login")
-        response.cookies.append(_cookie(request, SESSION_COOKIE, "", 0, path="/"))
+        response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
 
     @post("/logout-all", summary="Sign out everywhere")
     async def logout_everywhere(
-        self, request: PortalRequest, auth: NamedDependency[AuthService], db_session: NamedDependency[AsyncSession]
+        self,
+        settings: NamedDependency[Settings],
+        request: PortalRequest,
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         await auth.logout_everywhere(request.user)
         await db_session.commit()
         response = see_other(f"{PORTAL}/login")
-        response.cookies.append(_cookie(request, SESSION_COOKIE, "", 0, path="/"))
+        response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
 
     @get("/account", dependencies={"viewer": Provide(provide_viewer)}, summary="Your account")
@@ -356,12 +368,12 @@ class SignInController(Controller):
         return page(viewer, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/account", done_label="Done")
 
 
-def _signed_in(request: Request[Any, Any, State], result: LoginResult, next_path: str) -> Response[None]:
+def _signed_in(settings: Settings, result: LoginResult, next_path: str) -> Response[None]:
     response = see_other(next_path)
     if result.status == "mfa_required" and result.mfa_ticket:
         response = see_other(f"{PORTAL}/login/mfa?next={next_path}")
         response.cookies.append(
-            _cookie(request, MFA_TICKET_COOKIE, result.mfa_ticket, MFA_TICKET_TTL_SECONDS, path=f"{PORTAL}/login")
+            _cookie(settings, MFA_TICKET_COOKIE, result.mfa_ticket, MFA_TICKET_TTL_SECONDS, path=f"{PORTAL}/login")
         )
         return response
     session = result.session
@@ -370,11 +382,11 @@ def _signed_in(request: Request[Any, Any, State], result: LoginResult, next_path
         # lives in a cookie that only the enrolment page receives.
         response = see_other(f"{PORTAL}/enrol")
         response.cookies.append(
-            _cookie(request, ENROLMENT_COOKIE, session.access_token, session.expires_in, path=f"{PORTAL}/enrol")
+            _cookie(settings, ENROLMENT_COOKIE, session.access_token, session.expires_in, path=f"{PORTAL}/enrol")
         )
         return response
     if result.status != "authenticated" or session is None or session.session_token is None:
         return see_other(f"{PORTAL}/login")
-    response.cookies.append(_cookie(request, SESSION_COOKIE, session.session_token, session.expires_in, path="/"))
+    response.cookies.append(_cookie(settings, SESSION_COOKIE, session.session_token, session.expires_in, path="/"))
     response.status_code = HTTP_303_SEE_OTHER
     return response

@@ -12,16 +12,17 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, ServiceError
 from app.gateway import services
-from app.gateway.controllers import announce
+from app.gateway.catalog import announce_change
+from app.gateway.proxy import Gateway
 from app.gateway.schemas import TokenCreate, TokenUpdate
+from app.gateway.services import keys_with_owner_emails
 from app.portal.forms import FormInvalid, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
-from db.auth import User
+from app.tenants.services import organization_users
 from db.provider import ApiToken
 
 BUDGET_PERIODS = [("none", "Total (never resets)"), ("daily", "Per day"), ("monthly", "Per month")]
@@ -67,12 +68,8 @@ class TokenPages(Controller):
 
     @get("/", summary="API keys")
     async def list_tokens(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
-        statement = (
-            select(ApiToken, User.email).join(User, User.id == ApiToken.user_id).order_by(ApiToken.created_at.desc())
-        )
-        if not viewer.is_admin:
-            statement = statement.where(ApiToken.user_id == viewer.user.id)
-        return page(viewer, "tokens/list.html", tokens=(await db_session.execute(statement)).all())
+        tokens = await keys_with_owner_emails(db_session, None if viewer.is_admin else viewer.user.id)
+        return page(viewer, "tokens/list.html", tokens=tokens)
 
     async def _form_page(
         self,
@@ -89,7 +86,7 @@ class TokenPages(Controller):
             await db_session.refresh(token)
         users = []
         if viewer.is_admin and token is None:
-            users = [(str(user.id), user.email) for user in await db_session.scalars(select(User).order_by(User.email))]
+            users = [(str(user.id), user.email) for user in await organization_users(db_session)]
         return page(
             viewer,
             "tokens/form.html",
@@ -157,6 +154,7 @@ class TokenPages(Controller):
     @post("/{token_id:uuid}", summary="Change an API key")
     async def update_token(
         self,
+        gateway: NamedDependency[Gateway],
         token_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -180,12 +178,13 @@ class TokenPages(Controller):
                 viewer, db_session, token=token, values=values, errors=errors, status_code=error.status_code
             )
         await db_session.commit()
-        await announce(request, redis, f"token:{token.key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")
 
     @post("/{token_id:uuid}/revoke", summary="Revoke an API key")
     async def revoke_token(
         self,
+        gateway: NamedDependency[Gateway],
         token_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -195,5 +194,5 @@ class TokenPages(Controller):
         token = await services.visible_token(db_session, viewer.principal, token_id)
         await services.revoke_token(db_session, token, actor=viewer_actor(viewer, request))
         await db_session.commit()
-        await announce(request, redis, f"token:{token.key_hash}")
+        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")

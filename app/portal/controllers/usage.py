@@ -12,21 +12,26 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
-from sqlalchemy import select
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import app_settings
 from app.errors import InvalidRequest, NotFound
-from app.gateway.services import USAGE_EXPORT_KIND, UsageFilter, export_download_url, usage_page
-from app.jobs.controllers import job_queue
+from app.gateway.services import (
+    USAGE_EXPORT_KIND,
+    UsageFilter,
+    channel_names,
+    export_download_url,
+    key_names,
+    usage_page,
+)
 from app.jobs.services import submit_job, visible_job
 from app.portal import services
 from app.portal.charts import bar_chart
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
-from app.storage.controllers import object_store_of
-from db.auth import User
-from db.provider import ApiToken, Channel
+from app.settings import Settings
+from app.storage.base import ObjectStore
+from app.tenants.services import user_emails
 
 PAGE_SIZE = 50
 FILTERS = ("since", "until", "user_id", "token_id", "channel_id", "model", "status_code")
@@ -91,16 +96,9 @@ class UsagePages(Controller):
         except InvalidRequest as error:
             errors["form"] = error.detail
             result = await usage_page(db_session, filters, cursor=None, limit=PAGE_SIZE)
-        users = {row.id: row.email for row in await db_session.execute(select(User.id, User.email))}
-        tokens_query = select(ApiToken.id, ApiToken.name)
-        if not viewer.is_admin:
-            tokens_query = tokens_query.where(ApiToken.user_id == viewer.user.id)
-        tokens = {row.id: row.name for row in await db_session.execute(tokens_query)}
-        channels = (
-            {row.id: row.name for row in await db_session.execute(select(Channel.id, Channel.name))}
-            if viewer.is_admin
-            else {}
-        )
+        users = await user_emails(db_session)
+        tokens = await key_names(db_session, None if viewer.is_admin else viewer.user.id)
+        channels = await channel_names(db_session) if viewer.is_admin else {}
         next_query = None
         if result.next_cursor:
             next_query = {name: value for name, value in values.items() if value} | {"cursor": result.next_cursor}
@@ -122,6 +120,8 @@ class UsagePages(Controller):
     @post("/usage/export", summary="Export the usage log as CSV (a job)")
     async def export_usage(
         self,
+        job_queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
@@ -133,8 +133,8 @@ class UsagePages(Controller):
             raise InvalidRequest("Fix the filters before exporting: " + "; ".join(errors.values()))
         job, _ = await submit_job(
             db_session,
-            job_queue(request),
-            app_settings(request),
+            job_queue,
+            settings,
             tenant_id=viewer.principal.tenant_id,
             kind=USAGE_EXPORT_KIND,
             payload=msgspec.to_builtins(filters),
@@ -146,13 +146,14 @@ class UsagePages(Controller):
     @get("/usage/exports/{job_id:uuid}", summary="Download a usage export")
     async def download_export(
         self,
+        object_store: NamedDependency[ObjectStore],
         job_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Response[None]:
         url = await export_download_url(
-            db_session, object_store_of(request), viewer.principal, job_id, actor=viewer_actor(viewer, request)
+            db_session, object_store, viewer.principal, job_id, actor=viewer_actor(viewer, request)
         )
         await db_session.commit()  # the download is audited
         return see_other(url)

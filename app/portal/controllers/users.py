@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -14,103 +14,52 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from redis.asyncio import Redis
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.controllers import provide_auth_service
 from app.auth.schemas import Email
 from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
-from app.gateway.controllers import announce
-from app.gateway.services import UsageFilter
-from app.portal.controllers.channels import provide_admin_viewer
+from app.gateway.catalog import announce_change, announce_keys
+from app.gateway.proxy import Gateway
+from app.gateway.services import MonthlyUsage, usage_this_month
 from app.portal.forms import FormInvalid, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, see_other, viewer_actor
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
     add_group_member,
     create_group,
     delete_group,
+    group_members,
+    group_names_of_user,
+    groups_with_member_counts,
     organization_user,
+    organization_users,
+    pending_invitations,
     remove_group_member,
     update_group,
     user_group,
+    user_key_hashes,
 )
-from db.auth import Invitation, User
-from db.provider import ApiToken, UsageLog
-from db.tenant import UserGroup, UserGroupMember
+from db.auth import User
 
-# Super admins are made by the platform operator, not from a tenant's portal.
-PortalRole = Literal["end_user", "tenant_admin"]
 ROLES = [("end_user", "End user"), ("tenant_admin", "Administrator")]
 ROLE_LABELS = dict(ROLES) | {"super_admin": "Super admin"}
 
 
 class InviteForm(msgspec.Struct, frozen=True):
     email: Email
-    role: PortalRole
-
-
-class RoleForm(msgspec.Struct, frozen=True):
-    role: PortalRole
-
-
-class GroupForm(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
-
-
-class MemberForm(msgspec.Struct, frozen=True):
-    user_id: UUID
-
-
-class MonthlyUsage(msgspec.Struct, frozen=True):
-    requests: int = 0
-    cost: int = 0
-
-
-def _start_of_month(now: datetime.datetime) -> datetime.datetime:
-    return now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-async def usage_this_month(
-    session: AsyncSession, now: datetime.datetime, *, user_id: UUID | None = None
-) -> dict[UUID, MonthlyUsage]:
-    """Requests and cost per user since the first of this month (UTC), in one grouped query."""
-    rows = await session.execute(
-        select(UsageLog.user_id, func.count(), func.coalesce(func.sum(UsageLog.cost), 0))
-        .where(*UsageFilter(since=_start_of_month(now), user_id=user_id).conditions())
-        .group_by(UsageLog.user_id)
-    )
-    return {
-        owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
-    }
-
-
-async def _key_hashes_of(db_session: AsyncSession, user_id: UUID) -> list[str]:
-    return list(await db_session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
-
-
-async def _announce_keys(request: PortalRequest, redis: Redis, key_hashes: list[str]) -> None:
-    # The gateway caches each key with whether its owner is active: every worker must drop these now.
-    for key_hash in key_hashes:
-        await announce(request, redis, f"token:{key_hash}")
+    role: TenantRole
 
 
 class UserPages(Controller):
     path = "/users"
-    dependencies = {"viewer": Provide(provide_admin_viewer), "auth": Provide(provide_auth_service)}
+    dependencies = {"viewer": Provide(provide_admin_viewer)}
 
     @get("/", summary="Users")
     async def list_users(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
         now = datetime.datetime.now(datetime.UTC)
-        users = (await db_session.scalars(select(User).order_by(User.email))).all()
-        invitations = (
-            await db_session.scalars(
-                select(Invitation)
-                .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
-                .order_by(Invitation.expires_at)
-            )
-        ).all()
+        users = await organization_users(db_session)
+        invitations = await pending_invitations(db_session, now)
         return page(
             viewer,
             "users/list.html",
@@ -176,14 +125,7 @@ class UserPages(Controller):
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
         user = await organization_user(db_session, user_id)
-        groups = (
-            await db_session.execute(
-                select(UserGroup.id, UserGroup.name)
-                .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-                .where(UserGroupMember.user_id == user.id)
-                .order_by(UserGroup.name)
-            )
-        ).all()
+        groups = await group_names_of_user(db_session, user.id)
         usage = await usage_this_month(db_session, datetime.datetime.now(datetime.UTC), user_id=user.id)
         return page(
             viewer,
@@ -216,7 +158,7 @@ class UserPages(Controller):
     ) -> Template | Response[None]:
         values = {"role": str((await request.form()).get("role") or "").strip()}
         try:
-            await auth.change_role(viewer.principal, user_id, parse(RoleForm, values).role)
+            await auth.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._user_page(viewer, db_session, user_id, values=values, errors=invalid.errors)
@@ -244,6 +186,7 @@ class UserPages(Controller):
     @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
     async def deactivate(
         self,
+        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         auth: NamedDependency[AuthService],
@@ -251,19 +194,20 @@ class UserPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await _key_hashes_of(db_session, user_id)
+        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
             viewer, db_session, user_id, auth.deactivate_user(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
         await db_session.commit()
-        await _announce_keys(request, redis, key_hashes)
+        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
     async def reactivate(
         self,
+        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         auth: NamedDependency[AuthService],
@@ -271,14 +215,14 @@ class UserPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await _key_hashes_of(db_session, user_id)
+        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
             viewer, db_session, user_id, auth.reactivate_user(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
         await db_session.commit()
-        await _announce_keys(request, redis, key_hashes)
+        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
@@ -308,13 +252,7 @@ class GroupPages(Controller):
 
     @get("/", summary="Groups")
     async def list_groups(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
-        rows = await db_session.execute(
-            select(UserGroup, func.count(UserGroupMember.id))
-            .outerjoin(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-            .group_by(UserGroup.id)
-            .order_by(UserGroup.name)
-        )
-        return page(viewer, "groups/list.html", groups=rows.all())
+        return page(viewer, "groups/list.html", groups=await groups_with_member_counts(db_session))
 
     def _new_page(
         self,
@@ -337,7 +275,7 @@ class GroupPages(Controller):
     ) -> Template | Response[None]:
         values = _group_values(await request.form())
         try:
-            data = parse(GroupForm, values)
+            data = parse(GroupCreate, values)
             group = await create_group(
                 db_session, viewer_actor(viewer, request), name=data.name, description=data.description
             )
@@ -361,19 +299,10 @@ class GroupPages(Controller):
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
         group = await user_group(db_session, group_id)
-        members = (
-            await db_session.scalars(
-                select(User)
-                .join(UserGroupMember, UserGroupMember.user_id == User.id)
-                .where(UserGroupMember.group_id == group.id)
-                .order_by(User.email)
-            )
-        ).all()
+        members = await group_members(db_session, group)
         member_ids = {member.id for member in members}
         candidates = [
-            (str(user.id), user.email)
-            for user in await db_session.scalars(select(User).order_by(User.email))
-            if user.id not in member_ids
+            (str(user.id), user.email) for user in await organization_users(db_session) if user.id not in member_ids
         ]
         return page(
             viewer,
@@ -403,7 +332,7 @@ class GroupPages(Controller):
         group = await user_group(db_session, group_id)
         values = _group_values(await request.form())
         try:
-            data = parse(GroupForm, values)
+            data = parse(GroupCreate, values)
             await update_group(
                 db_session, viewer_actor(viewer, request), group, name=data.name, description=data.description
             )
@@ -426,6 +355,7 @@ class GroupPages(Controller):
     @post("/{group_id:uuid}/delete", summary="Delete a group")
     async def delete(
         self,
+        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -442,12 +372,13 @@ class GroupPages(Controller):
             )
         await db_session.commit()
         # The gateway caches each user's groups, which decide the group-scoped channels they reach.
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups")
 
     @post("/{group_id:uuid}/members", summary="Add a member")
     async def add_member(
         self,
+        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -457,7 +388,7 @@ class GroupPages(Controller):
         group = await user_group(db_session, group_id)
         values = {"user_id": str((await request.form()).get("user_id") or "").strip()}
         try:
-            data = parse(MemberForm, values)
+            data = parse(MemberAdd, values)
             await add_group_member(db_session, viewer_actor(viewer, request), group, data.user_id)
         except FormInvalid as invalid:
             await db_session.rollback()
@@ -473,12 +404,13 @@ class GroupPages(Controller):
                 status_code=error.status_code,
             )
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups/{group_id}")
 
     @post("/{group_id:uuid}/members/{user_id:uuid}/remove", summary="Remove a member")
     async def remove_member(
         self,
+        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
@@ -489,5 +421,5 @@ class GroupPages(Controller):
         group = await user_group(db_session, group_id)
         await remove_group_member(db_session, viewer_actor(viewer, request), group, user_id)
         await db_session.commit()
-        await announce(request, redis, f"tenant:{viewer.principal.tenant_id}")
+        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups/{group_id}")

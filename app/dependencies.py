@@ -1,0 +1,63 @@
+"""What any handler may ask for by parameter name, provided app-wide from the process's `Resources`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.oauth import OAuthClient
+from app.auth.redis_store import AuthStore
+from app.auth.services import AuthService
+from app.auth.tokens import Principal
+from app.encryption import SecretBox
+from app.observability.middleware import client_context
+from app.resources import Resources
+from app.settings import Settings
+from app.tenants.services import Actor
+from db.auth import User
+
+
+async def provide_actor(request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]) -> Actor:
+    """The signed-in caller as the audit trail names them (by email, as the portal and sign-in do), with the
+    request's address and agent."""
+    email = await db_session.scalar(select(User.email).where(User.id == request.user.user_id))
+    return Actor(name=email or str(request.user.user_id), user_id=request.user.user_id, client=client_context(request))
+
+
+async def provide_auth_service(
+    db_session: NamedDependency[AsyncSession],
+    auth_store: NamedDependency[AuthStore],
+    settings: NamedDependency[Settings],
+    secret_box: NamedDependency[SecretBox],
+    request: Request[Any, Any, State],
+) -> AuthService:
+    return AuthService(db_session, auth_store, settings, secret_box, client_context(request))
+
+
+def _constant(value: object) -> Provide:
+    def provide() -> object:
+        return value
+
+    return Provide(provide, sync_to_thread=False, use_cache=True)
+
+
+def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: OAuthClient) -> dict[str, Provide]:
+    """Each shared object under the name handlers use for it (`db_session` comes from the database plugin)."""
+    return {
+        "settings": _constant(resources.settings),
+        "session_maker": _constant(resources.session_maker),
+        "redis": _constant(resources.redis),
+        "secret_box": _constant(resources.secret_box),
+        "gateway": _constant(resources.gateway),
+        "object_store": _constant(resources.object_store),
+        "job_queue": _constant(resources.job_queue),
+        "auth_store": _constant(auth_store),
+        "oauth_client": _constant(oauth_client),
+        "actor": Provide(provide_actor),
+        "auth": Provide(provide_auth_service),
+    }
