@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tests.conftest import Client, TenantRows
-from tests.gateway_helpers import AuthHeaders, add_channel, bearer, chat_body, issue_key
-from tests.mock_upstream import MockUpstream
+from tests.support.clients import AuthHeaders, Client, bearer
+from tests.support.gateway import add_channel, chat_body, issue_key
+from tests.support.mock_upstream import MockUpstream
+from tests.support.tenants import TenantRows
 
 
 async def test_an_admin_manages_accounts_through_the_api_with_the_portals_effects(
