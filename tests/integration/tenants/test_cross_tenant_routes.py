@@ -95,9 +95,12 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/auth/oauth-providers/{provider_id:uuid}"): {"is_enabled": False},
     ("PATCH", "/api/channels/{channel_id:uuid}"): {"name": "taken over", "priority": 99},
     ("PATCH", "/api/conversations/{conversation_id:uuid}"): {"title": "taken over"},
+    ("PATCH", "/api/groups/{group_id:uuid}"): {"name": "taken over"},
+    ("POST", "/api/groups/{group_id:uuid}/members"): {"user_id": "00000000-0000-0000-0000-000000000000"},
     ("POST", "/api/conversations/{conversation_id:uuid}/messages"): {"content": "taken over"},
     ("PATCH", "/api/memories/{memory_id:uuid}"): {"text": "taken over"},
     ("PATCH", "/api/tokens/{token_id:uuid}"): {"name": "taken over", "status": "disabled"},
+    ("PUT", "/api/users/{user_id:uuid}/role"): {"role": "end_user"},
 }
 UPLOADS = {("POST", "/api/conversations/{conversation_id:uuid}/attachments")}
 # A portal form's fields: enough to get past the form to the lookup.
