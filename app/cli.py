@@ -25,7 +25,7 @@ from app.backup import backup as backup_database
 from app.backup import restore as restore_database
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
 from app.encryption import SecretBox, reencrypt_secrets
-from app.gateway.services import add_demo_gateway
+from app.gateway.admin import add_demo_gateway
 from app.jobs.worker import create_worker
 from app.observability.doctor import Finding, probe, review
 from app.observability.logging import configure_logging, get_logger, logging_dict_config

@@ -20,7 +20,6 @@ from app.database import create_database_plugin
 from app.dependencies import app_dependencies
 from app.edge import check_request
 from app.errors import ServiceError
-from app.gateway.asgi import GatewayApi, route_gateway
 from app.gateway.controllers import (
     ChannelController,
     PriceController,
@@ -29,6 +28,7 @@ from app.gateway.controllers import (
     UsageController,
 )
 from app.gateway.usage import UsageFlusher
+from app.gateway.v1 import GatewayApi, route_gateway
 from app.jobs.controllers import JobController
 from app.jobs.services import load_job_modules
 from app.memory.controllers import MemoryController
@@ -127,7 +127,7 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=None,  # app.observability.logging owns the root logger
     )
     # Outermost, around Litestar's own exception handling, so that every response carries a request id.
-    # The /v1 API goes around Litestar (see app/gateway/asgi.py), still inside the request context.
+    # The /v1 API goes around Litestar (see app/gateway/v1.py), still inside the request context.
     gateway_api = GatewayApi(resources.gateway, settings.max_request_body_bytes)
     app.asgi_handler = RequestContextMiddleware(
         route_gateway(gateway_api, traced(gateway_api, settings), app.asgi_handler), settings.trusted_proxy_networks

@@ -9,7 +9,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.encryption import SecretBox
-from app.gateway.proxy import Gateway, create_gateway
+from app.gateway.engine import Gateway, create_gateway
 from app.jobs.services import create_queue
 from app.settings import ConfigurationError, Settings, database_url
 from app.storage import create_object_store

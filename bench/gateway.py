@@ -37,8 +37,8 @@ from uuid_utils.compat import uuid7
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.encryption import SecretBox
+from app.gateway.admin import create_token, encrypt_keys, provider_type
 from app.gateway.schemas import TokenCreate
-from app.gateway.services import create_token, encrypt_keys, provider_type
 from app.settings import new_key_entry, parse_keyring
 from app.tenants.services import Actor
 from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk

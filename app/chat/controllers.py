@@ -31,8 +31,8 @@ from app.chat.schemas import (
 )
 from app.edge import ACCEPTS_FORM
 from app.errors import InvalidRequest, ServiceError
-from app.gateway.internal import complete, stream
-from app.gateway.proxy import Gateway
+from app.gateway.client import complete, stream
+from app.gateway.engine import Gateway
 from app.observability.logging import get_logger
 from app.settings import Settings
 from app.storage.base import ObjectStore

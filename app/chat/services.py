@@ -25,9 +25,9 @@ from app.chat.schemas import (
     MessageRead,
 )
 from app.errors import InvalidRequest, NotFound, ServiceError, ServiceUnavailable
-from app.gateway.catalog import TokenInfo
-from app.gateway.internal import chat_token, embed
-from app.gateway.proxy import Gateway
+from app.gateway.caches import TokenInfo
+from app.gateway.client import chat_token, embed
+from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
 from app.memory import services as memory
 from app.memory.schemas import MemoryHit

@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 
 from app.chat import services
-from app.gateway.internal import GatewayRefused, chat_token, complete
+from app.gateway.client import GatewayRefused, chat_token, complete
 from app.jobs.registry import JobContext, JobFailed, job_kind
 from app.schemas import Input
 from db.chat import Conversation, Summary

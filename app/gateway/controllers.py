@@ -1,4 +1,4 @@
-"""HTTP endpoints of the gateway's management API: channels, keys, prices, usage (the /v1 API is `asgi.py`)."""
+"""HTTP endpoints of the gateway's management API: channels, keys, prices, usage (the /v1 API is `v1.py`)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from app.auth.services import ADMIN_ROLES
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import NotFound
-from app.gateway import services
-from app.gateway.catalog import announce_change
-from app.gateway.proxy import Gateway
+from app.gateway import admin
+from app.gateway.caches import announce_change
+from app.gateway.engine import Gateway
 from app.gateway.schemas import (
     ChannelCreate,
     ChannelRead,
@@ -62,7 +62,7 @@ class ChannelController(Controller):
         rows = await db_session.execute(
             select(Channel, ProviderType.name).join(ProviderType).order_by(Channel.priority.desc(), Channel.name)
         )
-        return [services.channel_read(channel, type_name, secret_box) for channel, type_name in rows.all()]
+        return [admin.channel_read(channel, type_name, secret_box) for channel, type_name in rows.all()]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Add a channel")
     async def create_channel(
@@ -76,7 +76,7 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        channel = await services.create_channel(
+        channel = await admin.create_channel(
             db_session,
             request.user.tenant_id,
             data,
@@ -86,7 +86,7 @@ class ChannelController(Controller):
         )
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, data.type, secret_box)
+        return admin.channel_read(channel, data.type, secret_box)
 
     @get("/{channel_id:uuid}", summary="One channel")
     async def get_channel(
@@ -96,8 +96,8 @@ class ChannelController(Controller):
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> ChannelRead:
-        channel, type_name = await services.channel_with_type(db_session, channel_id)
-        return services.channel_read(channel, type_name, secret_box)
+        channel, type_name = await admin.channel_with_type(db_session, channel_id)
+        return admin.channel_read(channel, type_name, secret_box)
 
     @patch("/{channel_id:uuid}", summary="Change a channel")
     async def update_channel(
@@ -111,11 +111,11 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        channel, type_name = await services.channel_with_type(db_session, channel_id)
-        await services.update_channel(db_session, channel, data, secret_box, actor=actor)
+        channel, type_name = await admin.channel_with_type(db_session, channel_id)
+        await admin.update_channel(db_session, channel, data, secret_box, actor=actor)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
-        return services.channel_read(channel, type_name, secret_box)
+        return admin.channel_read(channel, type_name, secret_box)
 
     @delete("/{channel_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a channel")
     async def delete_channel(
@@ -127,8 +127,8 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
-        channel, _ = await services.channel_with_type(db_session, channel_id)
-        await services.remove_channel(db_session, channel, actor=actor)
+        channel, _ = await admin.channel_with_type(db_session, channel_id)
+        await admin.remove_channel(db_session, channel, actor=actor)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
 
@@ -166,11 +166,11 @@ class ChannelController(Controller):
         gateway: Gateway,
         secret_box: SecretBox,
     ) -> ChannelRead:
-        channel, type_name = await services.channel_with_type(db_session, channel_id)
-        await services.set_channel_status(db_session, channel, status, actor=actor)
+        channel, type_name = await admin.channel_with_type(db_session, channel_id)
+        await admin.set_channel_status(db_session, channel, status, actor=actor)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{channel.tenant_id}")
-        return services.channel_read(channel, type_name, secret_box)
+        return admin.channel_read(channel, type_name, secret_box)
 
     @post("/{channel_id:uuid}/test", summary="Call the channel once with its test model; report latency and error")
     async def test_channel(
@@ -182,8 +182,8 @@ class ChannelController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> ChannelTestResult:
-        channel, _ = await services.channel_with_type(db_session, channel_id)
-        result = await services.test_channel(db_session, channel, secret_box, gateway.http)
+        channel, _ = await admin.channel_with_type(db_session, channel_id)
+        result = await admin.test_channel(db_session, channel, secret_box, gateway.http)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
         return result
@@ -200,7 +200,7 @@ class TokenController(Controller):
         statement = select(ApiToken).order_by(ApiToken.created_at.desc())
         if request.user.role not in ADMIN_ROLES:
             statement = statement.where(ApiToken.user_id == request.user.user_id)
-        return [services.token_read(token) for token in await db_session.scalars(statement)]
+        return [admin.token_read(token) for token in await db_session.scalars(statement)]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Issue an API key; the key is shown once")
     async def create_token(
@@ -213,16 +213,16 @@ class TokenController(Controller):
         owner = data.user_id or request.user.user_id
         if owner != request.user.user_id and request.user.role not in ADMIN_ROLES:
             raise NotFound("No such user in this organization.")
-        token, key = await services.create_token(
+        token, key = await admin.create_token(
             db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data, actor=actor
         )
-        return TokenCreated(token=services.token_read(token), key=key)
+        return TokenCreated(token=admin.token_read(token), key=key)
 
     @get("/{token_id:uuid}", summary="One API key")
     async def get_token(
         self, token_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> TokenRead:
-        return services.token_read(await services.visible_token(db_session, request.user, token_id))
+        return admin.token_read(await admin.visible_token(db_session, request.user, token_id))
 
     @patch("/{token_id:uuid}", summary="Change an API key (limits, status)")
     async def update_token(
@@ -235,11 +235,11 @@ class TokenController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> TokenRead:
-        token = await services.visible_token(db_session, request.user, token_id)
-        await services.update_token(db_session, token, data, actor=actor)
+        token = await admin.visible_token(db_session, request.user, token_id)
+        await admin.update_token(db_session, token, data, actor=actor)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
-        return services.token_read(token)
+        return admin.token_read(token)
 
     @delete("/{token_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke an API key")
     async def delete_token(
@@ -251,8 +251,8 @@ class TokenController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
-        token = await services.visible_token(db_session, request.user, token_id)
-        await services.revoke_token(db_session, token, actor=actor)
+        token = await admin.visible_token(db_session, request.user, token_id)
+        await admin.revoke_token(db_session, token, actor=actor)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
 
@@ -266,7 +266,7 @@ class PriceController(Controller):
     async def list_prices(self, db_session: NamedDependency[AsyncSession]) -> list[PriceRead]:
         return [
             PriceRead(model=row.model, prompt_price=row.prompt_price, completion_price=row.completion_price)
-            for row in await services.model_prices(db_session)
+            for row in await admin.model_prices(db_session)
         ]
 
     @put("/{model:str}", summary="Set a model's price")
@@ -279,7 +279,7 @@ class PriceController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> PriceRead:
-        price = await services.set_model_price(db_session, request.user.tenant_id, model, data)
+        price = await admin.set_model_price(db_session, request.user.tenant_id, model, data)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
         return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
@@ -293,16 +293,16 @@ class PriceController(Controller):
         db_session: NamedDependency[AsyncSession],
         redis: NamedDependency[Redis],
     ) -> None:
-        await services.remove_model_price(db_session, model)
+        await admin.remove_model_price(db_session, model)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
 
 
-def _usage_filter(request: AuthRequest, **values: Any) -> services.UsageFilter:
+def _usage_filter(request: AuthRequest, **values: Any) -> admin.UsageFilter:
     # Users see their own usage; admins the organization's, optionally narrowed to a user.
     if request.user.role not in ADMIN_ROLES:
         values["user_id"] = request.user.user_id
-    return services.UsageFilter(**values)
+    return admin.UsageFilter(**values)
 
 
 class UsageController(Controller):
@@ -336,7 +336,7 @@ class UsageController(Controller):
             outcome=outcome,
             status_code=status_code,
         )
-        return await services.usage_page(db_session, filters, cursor=cursor, limit=limit)
+        return await admin.usage_page(db_session, filters, cursor=cursor, limit=limit)
 
     @get("/daily", summary="Usage per day: requests, errors, tokens, cost")
     async def daily_usage(
@@ -357,7 +357,7 @@ class UsageController(Controller):
             token_id=token_id,
             model=model,
         )
-        return await services.usage_by_day(db_session, filters)
+        return await admin.usage_by_day(db_session, filters)
 
     @get(
         "/exports/{job_id:uuid}",
@@ -371,7 +371,7 @@ class UsageController(Controller):
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> Redirect:
-        url = await services.export_download_url(db_session, object_store, request.user, job_id, actor=actor)
+        url = await admin.export_download_url(db_session, object_store, request.user, job_id, actor=actor)
         await db_session.commit()  # the download is audited; a redirect is not auto-committed
         return Redirect(url, status_code=HTTP_303_SEE_OTHER)
 
@@ -392,5 +392,5 @@ class ProviderTypeController(Controller):
                 api_format=row.api_format,
                 output_limit_parameter=row.output_limit_parameter,
             )
-            for row in await services.provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
+            for row in await admin.provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
         ]

@@ -7,7 +7,7 @@ from itertools import groupby
 from uuid import UUID
 
 from app.gateway.adapters import ADAPTERS
-from app.gateway.catalog import ChannelInfo, TokenInfo
+from app.gateway.caches import ChannelInfo, TokenInfo
 
 
 def candidate_channels(

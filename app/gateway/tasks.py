@@ -14,9 +14,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
-from app.gateway.catalog import INVALIDATION_CHANNEL
-from app.gateway.limits import GatewayLimits
-from app.gateway.services import (
+from app.gateway.admin import (
     USAGE_EXPORT_COLUMNS,
     USAGE_EXPORT_KIND,
     UsageFilter,
@@ -25,6 +23,8 @@ from app.gateway.services import (
     test_channel,
     usage_page,
 )
+from app.gateway.caches import INVALIDATION_CHANNEL
+from app.gateway.limits import GatewayLimits
 from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
 from app.schemas import Input

@@ -24,8 +24,8 @@ from redis.exceptions import ResponseError
 from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gateway.engine import UsageRecord
 from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
-from app.gateway.proxy import UsageRecord
 from app.observability.logging import get_logger
 from db.provider import ApiToken, Channel
 from db.session import tenant_session

@@ -17,7 +17,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.auth.tokens import Principal
-    from app.gateway.proxy import Gateway
+    from app.gateway.engine import Gateway
     from app.storage.base import ObjectStore
 
 

@@ -30,7 +30,7 @@ from uuid_utils.compat import uuid7
 from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.errors import Conflict, ErrorBody, InvalidRequest, NotAllowed, ServiceUnavailable
-from app.gateway.proxy import Gateway
+from app.gateway.engine import Gateway
 from app.jobs.schemas import JobRead, job_read
 from app.jobs.services import submit_job
 from app.memory import services
@@ -146,7 +146,7 @@ class MemoryController(Controller):
             user_id=request.user.user_id,
             text_value=data.text,
             embedding=embedding,
-            actor=services.Actor(kind="user", user_id=request.user.user_id),
+            actor=services.MemoryAuthor(kind="user", user_id=request.user.user_id),
             memory_type=data.memory_type,
             importance=data.importance,
             metadata=data.metadata,
@@ -296,7 +296,7 @@ class MemoryController(Controller):
             memory,
             text_value=data.text,
             embedding=embedding,
-            actor=services.Actor(kind="user", user_id=request.user.user_id),
+            actor=services.MemoryAuthor(kind="user", user_id=request.user.user_id),
             reason="Corrected by the user.",
         )
         # Reloaded while the row is locked by this transaction: after the commit it may be erased.

@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
-from app.gateway.internal import chat_token, embed
-from app.gateway.proxy import Gateway
+from app.gateway.client import chat_token, embed
+from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
 from app.memory.schemas import HistoryRead, MemoryFilters, MemoryHit, MemoryRead, MemorySettings
 from app.settings import Settings
@@ -41,7 +41,7 @@ class DimensionConflict(Conflict):
     """An embedding whose size differs from the stored vectors of the same model."""
 
 
-class Actor(msgspec.Struct, frozen=True):
+class MemoryAuthor(msgspec.Struct, frozen=True):
     """Who changes a memory, for its history."""
 
     kind: str  # "user", "admin" or "job"
@@ -385,7 +385,7 @@ async def search(
 
 
 def _history(
-    memory: Memory, event: str, actor: Actor, *, old: str | None, new: str | None, reason: str | None
+    memory: Memory, event: str, actor: MemoryAuthor, *, old: str | None, new: str | None, reason: str | None
 ) -> MemoryHistory:
     return MemoryHistory(
         tenant_id=memory.tenant_id,
@@ -407,7 +407,7 @@ async def add_memory(
     user_id: UUID,
     text_value: str,
     embedding: Embedding | None,
-    actor: Actor,
+    actor: MemoryAuthor,
     memory_type: str = "fact",
     importance: int = 50,
     metadata: dict[str, Any] | None = None,
@@ -442,7 +442,7 @@ async def change_memory(
     *,
     text_value: str,
     embedding: Embedding | None,
-    actor: Actor,
+    actor: MemoryAuthor,
     reason: str | None = None,
 ) -> Memory:
     """New text (and vector) for a memory, with the old text kept in its history."""
@@ -467,7 +467,7 @@ async def change_memory(
     return memory
 
 
-async def invalidate_memory(session: AsyncSession, memory: Memory, *, reason: str, actor: Actor) -> Memory:
+async def invalidate_memory(session: AsyncSession, memory: Memory, *, reason: str, actor: MemoryAuthor) -> Memory:
     """Contradicted: kept, with when and why, but no longer searched or put into chat context."""
     memory.status = "invalidated"
     memory.invalidated_at = datetime.datetime.now(datetime.UTC)

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.services import ADMIN_ROLES, is_admin
 from app.auth.tokens import Principal
 from app.errors import ServiceError
-from app.gateway.catalog import TokenInfo
-from app.gateway.internal import EmbeddingRejected, GatewayRefused, chat_token, complete, embed
+from app.gateway.caches import TokenInfo
+from app.gateway.client import EmbeddingRejected, GatewayRefused, chat_token, complete, embed
 from app.jobs.registry import JobContext, JobFailed, job_kind
 from app.memory import services
 from app.memory.schemas import (
@@ -270,7 +270,7 @@ async def _apply(
     outcome: _Outcome,
 ) -> None:
     session = job.session
-    actor = services.Actor(
+    actor = services.MemoryAuthor(
         kind="job", user_id=payload.user_id, job_id=job.job_id, source_message_id=payload.source_message_id
     )
     fact_by_hash = {services.memory_hash(fact.text): fact for fact in facts}
@@ -479,7 +479,7 @@ async def import_memories(job: JobContext) -> dict[str, Any]:
     session = job.session
     await _lock_user_memories(session, payload.user_id)  # duplicates are judged against settled memories
     settings = await services.memory_settings(session)
-    actor = services.Actor(kind="job", job_id=job.job_id)
+    actor = services.MemoryAuthor(kind="job", job_id=job.job_id)
     fresh: dict[str, ArchivedMemory] = {}
     duplicates = 0
     for item in archive.memories:

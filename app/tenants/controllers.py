@@ -22,8 +22,8 @@ from app.auth.guards import requires_tenant_admin
 from app.auth.services import AuthService
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
-from app.gateway.catalog import announce_change, announce_keys
-from app.gateway.proxy import Gateway
+from app.gateway.caches import announce_change, announce_keys
+from app.gateway.engine import Gateway
 from app.keyset import Keyset
 from app.observability.middleware import client_context
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page

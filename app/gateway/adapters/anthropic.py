@@ -18,11 +18,12 @@ from app.gateway.adapters.base import (
     Timeouts,
     UpstreamError,
     Usage,
+    estimated_tokens,
     network_error,
     reported_count,
     sse_data,
 )
-from app.gateway.adapters.openai import estimated_tokens, open_stream, post_json
+from app.gateway.adapters.openai import open_stream, post_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}

@@ -1,6 +1,6 @@
-"""What every adapter provides, and the shapes that pass between the proxy and the adapters.
+"""What every adapter provides, and the shapes that pass between the engine and the adapters.
 
-The proxy speaks one dialect, OpenAI's: requests and responses are OpenAI-format dicts, stream chunks
+The engine speaks one dialect, OpenAI's: requests and responses are OpenAI-format dicts, stream chunks
 are OpenAI-format `chat.completion.chunk` JSON. Each adapter translates that to and from its provider.
 """
 
@@ -16,6 +16,11 @@ import msgspec
 
 # Token counts a provider reports are stored in INTEGER columns; more than this is not a real count.
 MAX_REPORTED_TOKENS = 2**31 - 1
+
+
+def estimated_tokens(text_length: int) -> int:
+    """Tokens in a piece of text when the provider does not say: about four characters a token."""
+    return math.ceil(text_length / 4)
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -58,7 +63,7 @@ class Completion(msgspec.Struct):
 
 
 class Chunk(msgspec.Struct):
-    """One OpenAI-format stream chunk (`raw` JSON), with what the proxy needs to bill it."""
+    """One OpenAI-format stream chunk (`raw` JSON), with what the engine needs to bill it."""
 
     raw: bytes
     # How many completion tokens this chunk carries, as far as can be told without the upstream's count.

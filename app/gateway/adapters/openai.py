@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from app.gateway.adapters.base import (
     UpstreamError,
     Usage,
     classify_http_error,
+    estimated_tokens,
     network_error,
     reported_count,
     sse_data,
@@ -56,11 +56,6 @@ class _ChunkProbe(msgspec.Struct):
 
 
 _probe = msgspec.json.Decoder(_ChunkProbe)
-
-
-def estimated_tokens(text_length: int) -> int:
-    """Tokens in a piece of text when the provider does not say: about four characters a token."""
-    return math.ceil(text_length / 4)
 
 
 def probe_chunk(raw: bytes) -> Chunk:

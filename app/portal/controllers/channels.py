@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.encryption import SecretBox
 from app.errors import Conflict, NotFound, ServiceError
-from app.gateway import services
-from app.gateway.catalog import announce_change
-from app.gateway.proxy import Gateway
+from app.gateway import admin
+from app.gateway.admin import channels_with_type_names, provider_types
+from app.gateway.caches import announce_change
+from app.gateway.engine import Gateway
 from app.gateway.schemas import ChannelCreate, ChannelUpdate
-from app.gateway.services import channels_with_type_names, provider_types
 from app.portal.forms import FormInvalid, lines, pairs, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.settings import Settings
@@ -124,7 +124,7 @@ class ChannelPages(Controller):
         values = {name: str(value) for name, value in form.items() if name != "keys"}
         try:
             data = parse(ChannelCreate, _shaped(form, creating=True))
-            await services.create_channel(
+            await admin.create_channel(
                 db_session,
                 viewer.principal.tenant_id,
                 data,
@@ -155,7 +155,7 @@ class ChannelPages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template:
-        channel, type_name = await services.channel_with_type(db_session, channel_id)
+        channel, type_name = await admin.channel_with_type(db_session, channel_id)
         values = {
             "name": channel.name,
             "type": type_name,
@@ -184,12 +184,12 @@ class ChannelPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        channel, type_name = await services.channel_with_type(db_session, channel_id)
+        channel, type_name = await admin.channel_with_type(db_session, channel_id)
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items() if name != "keys"} | {"type": type_name}
         try:
             data = parse(ChannelUpdate, _shaped(form, creating=False))
-            await services.update_channel(db_session, channel, data, secret_box, actor=viewer_actor(viewer, request))
+            await admin.update_channel(db_session, channel, data, secret_box, actor=viewer_actor(viewer, request))
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._form_page(
@@ -222,8 +222,8 @@ class ChannelPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Response[None]:
-        channel, _ = await services.channel_with_type(db_session, channel_id)
-        await services.test_channel(db_session, channel, secret_box, gateway.http)
+        channel, _ = await admin.channel_with_type(db_session, channel_id)
+        await admin.test_channel(db_session, channel, secret_box, gateway.http)
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels#channel-{channel_id}")
@@ -239,11 +239,11 @@ class ChannelPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Response[None]:
-        channel, _ = await services.channel_with_type(db_session, channel_id)
+        channel, _ = await admin.channel_with_type(db_session, channel_id)
         if action == "delete":
-            await services.remove_channel(db_session, channel, actor=viewer_actor(viewer, request))
+            await admin.remove_channel(db_session, channel, actor=viewer_actor(viewer, request))
         elif action in ("enable", "disable"):
-            await services.set_channel_status(db_session, channel, f"{action}d", actor=viewer_actor(viewer, request))
+            await admin.set_channel_status(db_session, channel, f"{action}d", actor=viewer_actor(viewer, request))
         else:
             raise NotFound("No such page.")
         await db_session.commit()

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest, ServiceError
-from app.gateway.proxy import Gateway
+from app.gateway.engine import Gateway
 from app.keyset import Keyset
 from app.memory import services
 from app.memory.schemas import MemoryFilters, MemoryHit, MemoryType

@@ -22,11 +22,11 @@ from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
 from app.encryption import SecretBox
 from app.errors import Conflict, ServiceError
-from app.gateway import services as gateway_services
-from app.gateway.catalog import announce_change
-from app.gateway.proxy import Gateway
+from app.gateway import admin as gateway_admin
+from app.gateway.admin import model_prices
+from app.gateway.caches import announce_change
+from app.gateway.engine import Gateway
 from app.gateway.schemas import PriceWrite
-from app.gateway.services import model_prices
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
@@ -155,7 +155,7 @@ class SettingsPages(Controller):
         stored = _stored_defaults(
             await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
         )
-        served = await gateway_services.served_models(db_session)
+        served = await gateway_admin.served_models(db_session)
         return page(
             viewer,
             "settings/page.html",
@@ -263,7 +263,7 @@ class SettingsPages(Controller):
                 raise FormInvalid(errors | invalid.errors) from None
             if errors:
                 raise FormInvalid(errors)
-            await gateway_services.set_model_price(db_session, viewer.principal.tenant_id, values["model"], data)
+            await gateway_admin.set_model_price(db_session, viewer.principal.tenant_id, values["model"], data)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
@@ -286,7 +286,7 @@ class SettingsPages(Controller):
         redis: NamedDependency[Redis],
     ) -> Response[None]:
         form = await request.form()
-        await gateway_services.remove_model_price(db_session, str(form.get("model") or ""))
+        await gateway_admin.remove_model_price(db_session, str(form.get("model") or ""))
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{SETTINGS}?saved=price_removed#prices")
@@ -311,7 +311,7 @@ class SettingsPages(Controller):
             stored = _stored_defaults(
                 await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
             )
-            served = await gateway_services.served_models(db_session)
+            served = await gateway_admin.served_models(db_session)
             unserved = {
                 field: UNSERVED
                 for field in MODEL_FIELDS

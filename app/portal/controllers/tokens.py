@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, ServiceError
-from app.gateway import services
-from app.gateway.catalog import announce_change
-from app.gateway.proxy import Gateway
+from app.gateway import admin
+from app.gateway.admin import keys_with_owner_emails
+from app.gateway.caches import announce_change
+from app.gateway.engine import Gateway
 from app.gateway.schemas import TokenCreate, TokenUpdate
-from app.gateway.services import keys_with_owner_emails
 from app.portal.forms import FormInvalid, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
 from app.tenants.services import organization_users
@@ -114,7 +114,7 @@ class TokenPages(Controller):
             owner = data.user_id or viewer.user.id
             if owner != viewer.user.id and not viewer.is_admin:
                 raise FormInvalid({"user_id": "You can only issue keys for yourself."})
-            token, key = await services.create_token(
+            token, key = await admin.create_token(
                 db_session,
                 tenant_id=viewer.principal.tenant_id,
                 user_id=owner,
@@ -138,7 +138,7 @@ class TokenPages(Controller):
     async def edit_token(
         self, token_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
     ) -> Template:
-        token = await services.visible_token(db_session, viewer.principal, token_id)
+        token = await admin.visible_token(db_session, viewer.principal, token_id)
         values = {
             "name": token.name,
             "quota": str(token.quota),
@@ -161,11 +161,11 @@ class TokenPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        token = await services.visible_token(db_session, viewer.principal, token_id)
+        token = await admin.visible_token(db_session, viewer.principal, token_id)
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items()}
         try:
-            await services.update_token(
+            await admin.update_token(
                 db_session, token, parse(TokenUpdate, _shaped(form)), actor=viewer_actor(viewer, request)
             )
         except FormInvalid as invalid:
@@ -191,8 +191,8 @@ class TokenPages(Controller):
         request: PortalRequest,
         redis: NamedDependency[Redis],
     ) -> Response[None]:
-        token = await services.visible_token(db_session, viewer.principal, token_id)
-        await services.revoke_token(db_session, token, actor=viewer_actor(viewer, request))
+        token = await admin.visible_token(db_session, viewer.principal, token_id)
+        await admin.revoke_token(db_session, token, actor=viewer_actor(viewer, request))
         await db_session.commit()
         await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")

@@ -16,7 +16,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest, NotFound
-from app.gateway.services import (
+from app.gateway.admin import (
     USAGE_EXPORT_KIND,
     UsageFilter,
     channel_names,

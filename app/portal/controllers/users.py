@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.schemas import Email
 from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
-from app.gateway.catalog import announce_change, announce_keys
-from app.gateway.proxy import Gateway
-from app.gateway.services import MonthlyUsage, usage_this_month
+from app.gateway.admin import MonthlyUsage, usage_this_month
+from app.gateway.caches import announce_change, announce_keys
+from app.gateway.engine import Gateway
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole

@@ -9,7 +9,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.gateway.internal import CHAT_TOKEN_NAME
+from app.gateway.client import CHAT_TOKEN_NAME
 from app.settings import Settings
 from db.chat import Summary
 from db.provider import ApiToken

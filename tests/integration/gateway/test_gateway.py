@@ -15,8 +15,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
+from app.gateway.engine import UsageRecord
 from app.gateway.limits import USAGE_TENANTS_KEY, GatewayLimits, usage_stream_key
-from app.gateway.proxy import UsageRecord
 from app.gateway.usage import UsageFlusher
 from app.settings import Settings
 from db.provider import ApiToken, Channel

@@ -15,8 +15,8 @@ from uuid_utils.compat import uuid7
 
 from app.auth.tasks import remove_expired
 from app.encryption import SecretBox
+from app.gateway.engine import create_gateway
 from app.gateway.limits import GatewayLimits
-from app.gateway.proxy import create_gateway
 from app.gateway.tasks import health_check, settle_budgets
 from app.jobs.registry import WorkerServices
 from app.jobs.tasks import recover_jobs

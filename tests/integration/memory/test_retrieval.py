@@ -123,7 +123,7 @@ async def load(
                     user_id=user.id,
                     text_value=memory_text,
                     embedding=services.Embedding(model=MODEL, vector=vector),
-                    actor=services.Actor(kind="user", user_id=user.id),
+                    actor=services.MemoryAuthor(kind="user", user_id=user.id),
                 )
         await session.commit()
     return users

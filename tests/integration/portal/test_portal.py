@@ -15,7 +15,7 @@ from litestar.routes import HTTPRoute
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.gateway.services import export_name
+from app.gateway.admin import export_name
 from app.settings import Settings
 from app.storage import create_object_store
 from db.auth import User

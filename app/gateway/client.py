@@ -16,10 +16,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ServiceError
-from app.gateway.catalog import TokenInfo
+from app.gateway.admin import TOKEN_PREFIX, api_key_hash
+from app.gateway.caches import TokenInfo
+from app.gateway.engine import Answer, Gateway, StreamAnswer
 from app.gateway.errors import GatewayError
-from app.gateway.proxy import Answer, Gateway, StreamAnswer
-from app.gateway.services import TOKEN_PREFIX, api_key_hash
 from db.provider import ApiToken
 from db.tenant import Organization
 

@@ -21,7 +21,7 @@ from app.encryption import SecretBox
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
-from app.gateway.catalog import channel_keys_context
+from app.gateway.caches import channel_keys_context
 from app.gateway.schemas import (
     ChannelCreate,
     ChannelRead,

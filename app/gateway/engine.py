@@ -31,18 +31,17 @@ from app.encryption import SecretBox
 from app.gateway import errors
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.anthropic import AnthropicAdapter
-from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage
-from app.gateway.adapters.openai import estimated_tokens
-from app.gateway.catalog import ChannelInfo, GatewayCatalog, TokenInfo, announce_change
-from app.gateway.limits import GatewayLimits, Refusal, Reservation
-from app.gateway.messages_api import (
+from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage, estimated_tokens
+from app.gateway.caches import ChannelInfo, GatewayCatalog, TokenInfo, announce_change
+from app.gateway.dialects.anthropic import (
     COUNTED_BY_HEADER,
     AnthropicStreamWriter,
     CountTokensRequest,
     estimated_input_tokens,
     to_anthropic_response,
 )
-from app.gateway.openai_api import LIMIT_PARAMETERS, chat_request, embeddings_request
+from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
+from app.gateway.limits import GatewayLimits, Refusal, Reservation
 from app.gateway.routing import attempt_order, candidate_channels
 from app.observability.logging import get_logger
 from app.observability.metrics import (

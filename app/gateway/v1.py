@@ -19,10 +19,10 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, HTTPScope, Message, 
 
 from app.edge import JsonTooDeep, decode_json, json_problem
 from app.gateway import errors
-from app.gateway.catalog import TokenInfo
+from app.gateway.caches import TokenInfo
+from app.gateway.dialects.anthropic import count_tokens_request, messages_request, to_openai_request
+from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
-from app.gateway.messages_api import count_tokens_request, messages_request, to_openai_request
-from app.gateway.proxy import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.observability.logging import get_logger
 
 _JSON = [(b"content-type", b"application/json")]

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.gateway.adapters.base import Usage
-from app.gateway.openai_api import NonEmpty, TokenLimit, invalid_parameter
+from app.gateway.dialects.openai import NonEmpty, TokenLimit, invalid_parameter
 
 FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "end_turn"}
 # Says whether `/v1/messages/count_tokens` was answered by an Anthropic channel or estimated by Lyss.
