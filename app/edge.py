@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 from litestar import Request
 from litestar.datastructures import State, UploadFile
-from litestar.enums import ParamType
+from litestar.enums import ParamType, RequestEncodingType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler
-from litestar.params import ParameterKwarg
+from litestar.params import BodyKwarg, ParameterKwarg
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 from app.errors import InvalidRequest
@@ -169,9 +169,22 @@ def _validation_error(request: Request[Any, Any, State], error: msgspec.Validati
     )
 
 
+def _refuse_missing_body(request: Request[Any, Any, State]) -> None:
+    # Litestar's own answer names only its parameter (`'data'`), which tells a client nothing.
+    data_field = request.route_handler.parsed_data_field
+    if data_field is None or data_field.is_optional or data_field.has_default:
+        return
+    body = data_field.kwarg_definition
+    media_type = str(RequestEncodingType(body.media_type).value if isinstance(body, BodyKwarg) else "")
+    if media_type in ("", RequestEncodingType.JSON.value):
+        raise InvalidRequest("This request needs a JSON body (send it with 'Content-Type: application/json').")
+    raise InvalidRequest(f"This request needs a body of type '{media_type}'.")
+
+
 async def _check_json_body(request: Request[Any, Any, State]) -> None:
     raw = await request.body()
     if not raw:
+        _refuse_missing_body(request)
         return
     try:
         document = decode_json(raw)
@@ -210,6 +223,7 @@ async def check_request(request: Request[Any, Any, State]) -> None:
         return
     has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
     if not has_body:
+        _refuse_missing_body(request)
         return
     media_type = request.content_type[0]
     if media_type == "application/json" or media_type.endswith("+json"):

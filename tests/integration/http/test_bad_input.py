@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from typing import Any
 
 import msgspec
 import pytest
+from litestar import Litestar
+from litestar.routes import HTTPRoute
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
 
 from app.settings import Settings
 from db.chat import Conversation
@@ -324,3 +328,31 @@ async def test_renaming_a_key_to_a_name_its_user_already_has_is_a_409(
     response = await client.patch(f"/api/tokens/{first['id']}", json={"name": "two"}, headers=headers)
     assert_clean_error(response, 409, "already has a key named 'two'")
     assert (await client.get(f"/api/tokens/{first['id']}", headers=headers)).json()["name"] == "one"
+
+
+async def test_every_route_that_reads_a_body_says_so_when_it_gets_none(
+    client: Client, app: Litestar, tenant_a: TenantRows, auth_headers: AuthHeaders, subtests: pytest.Subtests
+) -> None:
+    # Generated from the route table, so that a route added later is covered too.
+    routes = [
+        (method, route.path, handler)
+        for route in app.routes
+        if isinstance(route, HTTPRoute) and route.path.startswith("/api/")
+        for handler in route.route_handlers
+        for method in handler.http_methods & {"POST", "PUT", "PATCH"}
+        if handler.parsed_data_field is not None and not handler.parsed_data_field.is_optional
+    ]
+    assert len(routes) >= 25
+    headers = auth_headers(tenant_a.admin)
+    for method, path, handler in routes:
+        url = re.sub(r"\{[^}:]+:uuid\}", str(uuid7()), re.sub(r"\{[^}:]+:str\}", "x", path))
+        with subtests.test(method=method, path=path):
+            for extra in ({}, {"Content-Type": "application/json", "Content-Length": "0"}):
+                response = await client.request(method, url, headers=headers | extra)
+                assert response.status_code == 400, (method, url, response.text)
+                detail = response.json()["detail"]
+                assert detail.startswith("This request needs a"), detail
+                multipart = "files" in str(handler.parsed_data_field.annotation) or "UploadFile" in str(
+                    handler.parsed_data_field.annotation
+                )
+                assert ("multipart/form-data" in detail) == multipart, detail
