@@ -32,6 +32,7 @@ from app.jobs.services import submit_job
 from app.memory import services as memory
 from app.memory.schemas import MemoryHit
 from app.observability.logging import get_logger
+from app.schemas import read_as
 from app.settings import Settings
 from app.storage.base import ObjectStore, StorageError
 from app.tenants.services import record_audit_event
@@ -46,11 +47,11 @@ logger = get_logger("lyss.chat")
 
 
 def conversation_read(conversation: Conversation) -> ConversationRead:
-    return msgspec.convert(conversation, ConversationRead, from_attributes=True)
+    return read_as(ConversationRead, conversation)
 
 
 def message_read(message: Message) -> MessageRead:
-    return msgspec.convert(message, MessageRead, from_attributes=True)
+    return read_as(MessageRead, message)
 
 
 async def chat_defaults(session: AsyncSession) -> ChatDefaults:
@@ -334,7 +335,7 @@ _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def attachment_read(attachment: Attachment) -> AttachmentRead:
-    return msgspec.convert(attachment, AttachmentRead, from_attributes=True)
+    return read_as(AttachmentRead, attachment)
 
 
 async def add_attachment(

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import msgspec
 
-from app.schemas import Input
+from app.schemas import Input, read_as
 from db.tenant import Job, JobEvent
 
 
@@ -52,23 +52,12 @@ class JobDetail(JobRead):
 
 
 def job_read(job: Job) -> JobRead:
-    return JobRead(**_job_fields(job))
+    return read_as(JobRead, job)
 
 
 def job_detail(job: Job, events: list[JobEvent]) -> JobDetail:
-    return JobDetail(**_job_fields(job), events=[event_read(event) for event in events])
+    return read_as(JobDetail, job, events=[event_read(event) for event in events])
 
 
 def event_read(event: JobEvent) -> JobEventRead:
-    return JobEventRead(
-        id=event.id,
-        event=event.event,
-        attempt=event.attempt,
-        message=event.message,
-        data=dict(event.data),
-        created_at=event.created_at,
-    )
-
-
-def _job_fields(job: Job) -> dict[str, Any]:
-    return {field: getattr(job, field) for field in JobRead.__struct_fields__}
+    return read_as(JobEventRead, event)

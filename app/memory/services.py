@@ -24,6 +24,7 @@ from app.gateway.client import chat_token, embed
 from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
 from app.memory.schemas import HistoryRead, MemoryFilters, MemoryHit, MemoryRead, MemorySettings
+from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.services import record_audit_event
 from db.auth import User
@@ -70,28 +71,17 @@ def memory_hash(text_value: str) -> str:
 
 
 def memory_read(memory: Memory) -> MemoryRead:
-    return MemoryRead(
-        id=memory.id,
-        user_id=memory.user_id,
+    return read_as(
+        MemoryRead,
+        memory,
         text=memory.memory_text,
-        memory_type=memory.memory_type,
-        category=memory.category,
         importance=memory.importance_score,
         metadata=dict(memory.attributes),
-        status=memory.status,
-        invalidated_at=memory.invalidated_at,
-        invalidation_reason=memory.invalidation_reason,
-        source_type=memory.source_type,
-        source_id=memory.source_id,
-        embedding_model=memory.embedding_model,
-        embedding_dim=memory.embedding_dim,
-        created_at=memory.created_at,
-        updated_at=memory.updated_at,
     )
 
 
 def history_read(row: MemoryHistory) -> HistoryRead:
-    return msgspec.convert(row, HistoryRead, from_attributes=True)
+    return read_as(HistoryRead, row)
 
 
 # --- settings ------------------------------------------------------------------------------------
