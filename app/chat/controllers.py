@@ -53,7 +53,6 @@ class ConversationController(Controller):
         self, data: JSONBody[ConversationCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> Response[ConversationRead]:
         conversation = await services.create_conversation(db_session, request.user.user_id, data)
-        await db_session.commit()
         return Response(services.conversation_read(conversation), status_code=HTTP_201_CREATED)
 
     @get("/", summary="Your conversations, most recently active first")
@@ -92,7 +91,6 @@ class ConversationController(Controller):
             db_session, conversation_id, request.user.user_id, for_change=True
         )
         await services.update_conversation(db_session, conversation, data)
-        await db_session.commit()
         return services.conversation_read(conversation)
 
     @delete("/{conversation_id:uuid}", summary="Delete a conversation and its messages", status_code=204)
@@ -107,7 +105,6 @@ class ConversationController(Controller):
             db_session, conversation_id, request.user.user_id, for_change=True
         )
         await services.delete_conversation(db_session, object_store, conversation)
-        await db_session.commit()
 
     @post(
         "/{conversation_id:uuid}/attachments",
@@ -136,7 +133,6 @@ class ConversationController(Controller):
             content_type=upload.content_type or "",
             data=content,
         )
-        await db_session.commit()
         return services.attachment_read(attachment)
 
     @get("/{conversation_id:uuid}/attachments", summary="The files attached to a conversation")
@@ -184,7 +180,6 @@ class ConversationController(Controller):
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
         attachment = await services.own_attachment(db_session, conversation, attachment_id)
         await services.remove_attachment(db_session, object_store, attachment)
-        await db_session.commit()
 
     @post(
         "/{conversation_id:uuid}/messages",

@@ -408,9 +408,11 @@ async def attached_texts(
 
 
 async def remove_attachment(session: AsyncSession, store: ObjectStore, attachment: Attachment) -> None:
+    """The attachment's row, then its file: the deletion is committed first, so no row outlives its file."""
+    tenant_id, name = attachment.tenant_id, attachment.object_name
     await session.delete(attachment)
-    await session.flush()
-    await store.delete(attachment.tenant_id, attachment.object_name)
+    await session.commit()
+    await store.delete(tenant_id, name)
 
 
 async def delete_conversation(session: AsyncSession, store: ObjectStore, conversation: Conversation) -> None:
@@ -420,6 +422,7 @@ async def delete_conversation(session: AsyncSession, store: ObjectStore, convers
         for attachment in await conversation_attachments(session, conversation)
     ]
     await session.delete(conversation)
-    await session.flush()
+    # Committed before the files go, so that a failed commit never leaves rows whose files are gone.
+    await session.commit()
     for tenant_id, name in files:
         await store.delete(tenant_id, name)

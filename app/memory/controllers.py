@@ -152,7 +152,6 @@ class MemoryController(Controller):
             metadata=data.metadata,
         )
         await services.link_similar(db_session, memory, embedding, threshold=memory_settings.association_threshold)
-        await db_session.commit()
         return Response(services.memory_read(memory), status_code=HTTP_201_CREATED)
 
     @get("/", summary="Memories, newest first (your own; admins may name a user)")
@@ -261,7 +260,6 @@ class MemoryController(Controller):
     ) -> dict[str, int]:
         subject = await _subject(db_session, request.user, user_id)
         erased = await services.erase_and_record(db_session, actor_user_id=request.user.user_id, owner=subject)
-        await db_session.commit()
         return {"erased": erased}
 
     @get("/{memory_id:uuid}", summary="One memory and the memories associated with it")
@@ -301,7 +299,6 @@ class MemoryController(Controller):
         )
         # Reloaded while the row is locked by this transaction: after the commit it may be erased.
         await db_session.refresh(memory)
-        await db_session.commit()
         return services.memory_read(memory)
 
     @delete("/{memory_id:uuid}", summary="Erase a memory with its history (your own; admins any)", status_code=204)
@@ -314,7 +311,6 @@ class MemoryController(Controller):
         await services.erase_and_record(
             db_session, actor_user_id=request.user.user_id, owner=memory.user_id, memory_id=memory_id
         )
-        await db_session.commit()
 
     @get("/{memory_id:uuid}/history", summary="Every change to a memory, oldest first")
     async def history(
