@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -22,8 +21,8 @@ from app.auth.passwords import WeakPasswordError, hash_password
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
-from db.auth import Invitation, User
-from db.provider import ApiToken, Channel
+from db.auth import User
+from db.provider import Channel
 from db.session import tenant_session
 from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroup, UserGroupMember
 
@@ -471,28 +470,12 @@ async def group_members(session: AsyncSession, group: UserGroup) -> list[User]:
     )
 
 
-async def user_key_hashes(session: AsyncSession, user_id: UUID) -> list[str]:
-    """The hashes of a user's API keys: the gateway caches each with whether its owner is active."""
-    return list(await session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
-
-
 async def organization_users(session: AsyncSession) -> list[User]:
     return list(await session.scalars(select(User).order_by(User.email)))
 
 
 async def user_emails(session: AsyncSession) -> dict[UUID, str]:
     return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
-
-
-async def pending_invitations(session: AsyncSession, now: datetime.datetime) -> list[Invitation]:
-    """Invitations not yet accepted and not expired, the soonest to expire first."""
-    return list(
-        await session.scalars(
-            select(Invitation)
-            .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
-            .order_by(Invitation.expires_at)
-        )
-    )
 
 
 async def group_names_of_user(session: AsyncSession, user_id: UUID) -> list[tuple[UUID, str]]:

@@ -17,13 +17,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
-from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
 from app.gateway.admin import MonthlyUsage, usage_this_month
-from app.gateway.caches import announce_change, announce_keys
+from app.gateway.caches import announce_change
 from app.gateway.engine import Gateway
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.tenants.accounts import INVITATION_TTL, AccountService, pending_invitations
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
     add_group_member,
@@ -34,11 +34,9 @@ from app.tenants.services import (
     groups_with_member_counts,
     organization_user,
     organization_users,
-    pending_invitations,
     remove_group_member,
     update_group,
     user_group,
-    user_key_hashes,
 )
 from db.auth import User
 
@@ -95,7 +93,7 @@ class UserPages(Controller):
     async def invite(
         self,
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template:
@@ -103,14 +101,13 @@ class UserPages(Controller):
         values = {name: str(form.get(name) or "").strip() for name in ("email", "role")}
         try:
             data = parse(InviteForm, values)
-            invitation, token = await auth.invite(viewer.principal, email=data.email, role=data.role)
+            invitation, token = await accounts.invite(viewer.principal, email=data.email, role=data.role)
         except FormInvalid as invalid:
             await db_session.rollback()
             return self._invite_page(viewer, values, invalid.errors)
         except ServiceError as error:
             await db_session.rollback()
             return self._invite_page(viewer, values, {"email": error.detail}, error.status_code)
-        await db_session.commit()
         # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
         return page(viewer, "users/invited.html", invitation=invitation, token=token, role_labels=ROLE_LABELS)
 
@@ -152,13 +149,13 @@ class UserPages(Controller):
         self,
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
         values = {"role": str((await request.form()).get("role") or "").strip()}
         try:
-            await auth.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
+            await accounts.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._user_page(viewer, db_session, user_id, values=values, errors=invalid.errors)
@@ -167,7 +164,6 @@ class UserPages(Controller):
             return await self._user_page(
                 viewer, db_session, user_id, values=values, errors={"role": error.detail}, status_code=error.status_code
             )
-        await db_session.commit()
         return see_other(f"{PORTAL}/users/{user_id}")
 
     async def _apply_account_change(
@@ -186,43 +182,31 @@ class UserPages(Controller):
     @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
     async def deactivate(
         self,
-        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
-            viewer, db_session, user_id, auth.deactivate_user(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.deactivate(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
-        await db_session.commit()
-        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
     async def reactivate(
         self,
-        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
-            viewer, db_session, user_id, auth.reactivate_user(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.reactivate(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
-        await db_session.commit()
-        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
@@ -230,15 +214,14 @@ class UserPages(Controller):
         self,
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
         refused = await self._apply_account_change(
-            viewer, db_session, user_id, auth.reset_mfa(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.reset_mfa(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
-        await db_session.commit()
         return see_other(f"{PORTAL}/users/{user_id}")
 
 
