@@ -22,6 +22,7 @@ from app.observability.middleware import client_context
 from app.resources import Resources
 from app.settings import Settings
 from app.tenants.accounts import AccountService
+from app.tenants.groups import GroupService
 from app.tenants.services import Actor
 from db.auth import User
 
@@ -54,6 +55,12 @@ async def provide_account_service(
     return AccountService(db_session, auth_store, settings, redis, gateway.catalog, client_context(request))
 
 
+async def provide_group_service(
+    db_session: NamedDependency[AsyncSession], redis: NamedDependency[Redis], gateway: NamedDependency[Gateway]
+) -> GroupService:
+    return GroupService(db_session, redis, gateway.catalog)
+
+
 async def provide_oauth_provider_service(
     db_session: NamedDependency[AsyncSession],
     secret_box: NamedDependency[SecretBox],
@@ -84,5 +91,6 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "actor": Provide(provide_actor),
         "auth": Provide(provide_auth_service),
         "accounts": Provide(provide_account_service),
+        "groups": Provide(provide_group_service),
         "oauth_providers": Provide(provide_oauth_provider_service),
     }

@@ -13,18 +13,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires_tenant_admin
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
-from app.gateway.caches import announce_change
-from app.gateway.engine import Gateway
 from app.keyset import Keyset
 from app.observability.middleware import client_context
 from app.tenants.accounts import AccountService
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page
+from app.tenants.groups import GroupService
 from app.tenants.schemas import (
     AuditPage,
     GroupCreate,
@@ -43,18 +41,13 @@ from app.tenants.schemas import (
 from app.tenants.services import (
     Actor,
     OrganizationService,
-    add_group_member,
     change_tenant_policy,
-    create_group,
-    delete_group,
     group_ids_of_user,
     group_members,
     groups_with_member_counts,
     organization_user,
     organization_users,
-    remove_group_member,
     tenant_policy,
-    update_group,
     user_group,
 )
 from db.auth import User
@@ -205,10 +198,13 @@ class GroupController(Controller):
 
     @post("/", summary="Create a group")
     async def create(
-        self, data: JSONBody[GroupCreate], actor: NamedDependency[Actor], db_session: NamedDependency[AsyncSession]
+        self,
+        data: JSONBody[GroupCreate],
+        actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
+        db_session: NamedDependency[AsyncSession],
     ) -> GroupDetail:
-        group = await create_group(db_session, actor, name=data.name, description=data.description)
-        await db_session.commit()
+        group = await groups.create(actor, name=data.name, description=data.description)
         return await _group_detail(db_session, group)
 
     @get("/{group_id:uuid}", summary="A group and its members")
@@ -221,12 +217,12 @@ class GroupController(Controller):
         group_id: FromPath[UUID],
         data: JSONBody[GroupUpdate],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
     ) -> GroupDetail:
         group = await user_group(db_session, group_id)
         description = data.description if data.description is not None else group.description
-        await update_group(db_session, actor, group, name=data.name or group.name, description=description)
-        await db_session.commit()
+        await groups.update(actor, group, name=data.name or group.name, description=description)
         return await _group_detail(db_session, group)
 
     @delete("/{group_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Delete a group (not while channels serve it)")
@@ -234,14 +230,10 @@ class GroupController(Controller):
         self,
         group_id: FromPath[UUID],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
-        request: Request[Principal, Any, State],
     ) -> None:
-        await delete_group(db_session, actor, await user_group(db_session, group_id))
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await groups.delete(actor, await user_group(db_session, group_id))
 
     @post("/{group_id:uuid}/members", summary="Add a user to a group")
     async def add_member(
@@ -249,16 +241,11 @@ class GroupController(Controller):
         group_id: FromPath[UUID],
         data: JSONBody[MemberAdd],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
-        request: Request[Principal, Any, State],
     ) -> GroupDetail:
         group = await user_group(db_session, group_id)
-        await add_group_member(db_session, actor, group, data.user_id)
-        await db_session.commit()
-        # Group channels are routed by membership, which the gateway caches.
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await groups.add_member(actor, group, data.user_id)
         return await _group_detail(db_session, group)
 
     @delete(
@@ -269,14 +256,10 @@ class GroupController(Controller):
         group_id: FromPath[UUID],
         user_id: FromPath[UUID],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
-        request: Request[Principal, Any, State],
     ) -> None:
-        await remove_group_member(db_session, actor, await user_group(db_session, group_id), user_id)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await groups.remove_member(actor, await user_group(db_session, group_id), user_id)
 
 
 class AuditController(Controller):
