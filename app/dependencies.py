@@ -7,17 +7,22 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.oauth import OAuthClient
+from app.auth.oauth import OAuthClient, oauth_redirect_uri
+from app.auth.oauth_providers import OAuthProviderService
 from app.auth.redis_store import AuthStore
 from app.auth.services import AuthService
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
+from app.gateway.engine import Gateway
 from app.observability.middleware import client_context
 from app.resources import Resources
 from app.settings import Settings
+from app.tenants.accounts import AccountService
+from app.tenants.groups import GroupService
 from app.tenants.services import Actor
 from db.auth import User
 
@@ -37,6 +42,31 @@ async def provide_auth_service(
     request: Request[Any, Any, State],
 ) -> AuthService:
     return AuthService(db_session, auth_store, settings, secret_box, client_context(request))
+
+
+async def provide_account_service(
+    db_session: NamedDependency[AsyncSession],
+    auth_store: NamedDependency[AuthStore],
+    settings: NamedDependency[Settings],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+    request: Request[Any, Any, State],
+) -> AccountService:
+    return AccountService(db_session, auth_store, settings, redis, gateway.catalog, client_context(request))
+
+
+async def provide_group_service(
+    db_session: NamedDependency[AsyncSession], redis: NamedDependency[Redis], gateway: NamedDependency[Gateway]
+) -> GroupService:
+    return GroupService(db_session, redis, gateway.catalog)
+
+
+async def provide_oauth_provider_service(
+    db_session: NamedDependency[AsyncSession],
+    secret_box: NamedDependency[SecretBox],
+    settings: NamedDependency[Settings],
+) -> OAuthProviderService:
+    return OAuthProviderService(db_session, secret_box, oauth_redirect_uri(settings))
 
 
 def _constant(value: object) -> Provide:
@@ -60,4 +90,7 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "oauth_client": _constant(oauth_client),
         "actor": Provide(provide_actor),
         "auth": Provide(provide_auth_service),
+        "accounts": Provide(provide_account_service),
+        "groups": Provide(provide_group_service),
+        "oauth_providers": Provide(provide_oauth_provider_service),
     }

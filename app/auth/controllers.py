@@ -17,7 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import ALLOWS_MFA_ENROLLMENT_SCOPE, requires_tenant_admin
 from app.auth.middleware import SESSION_COOKIE
-from app.auth.oauth import CALLBACK_PATH, OAuthClient, OAuthFailed, oauth_redirect_uri
+from app.auth.oauth import CALLBACK_PATH, OAuthClient, OAuthFailed
+from app.auth.oauth_providers import (
+    OAuthProviderService,
+    list_oauth_providers,
+    oauth_client_secret_context,
+)
 from app.auth.redis_store import AuthStore
 from app.auth.schemas import (
     AcceptInvitationRequest,
@@ -43,21 +48,12 @@ from app.auth.schemas import (
     SignUpRequest,
     TokenResponse,
 )
-from app.auth.services import (
-    AuthService,
-    LoginResult,
-    SessionMode,
-    create_oauth_provider,
-    existing_oauth_provider,
-    new_oauth_secrets,
-    oauth_client_secret_context,
-    oauth_providers,
-    update_oauth_provider,
-)
+from app.auth.services import AuthService, LoginResult, SessionMode, new_oauth_secrets
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import InvalidRequest, NotFound
 from app.settings import Settings
+from app.tenants.accounts import AccountService
 from app.tenants.schemas import UserRead
 from app.tenants.services import UserService, lookup_tenant_by_slug
 from db.auth import OAuthConnection, OAuthProvider
@@ -187,9 +183,9 @@ class AuthController(Controller):
 
     @post("/invitations", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Invite a user")
     async def invite(
-        self, data: JSONBody[InvitationRequest], request: AuthRequest, auth: NamedDependency[AuthService]
+        self, data: JSONBody[InvitationRequest], request: AuthRequest, accounts: NamedDependency[AccountService]
     ) -> InvitationResponse:
-        invitation, token = await auth.invite(request.user, email=data.email, role=data.role)
+        invitation, token = await accounts.invite(request.user, email=data.email, role=data.role)
         return InvitationResponse(
             id=invitation.id,
             email=invitation.email,
@@ -247,38 +243,31 @@ class OAuthController(Controller):
 
     @get("/oauth-providers", guards=[requires_tenant_admin], summary="List the organization's OAuth providers")
     async def list_providers(self, db_session: NamedDependency[AsyncSession]) -> list[OAuthProviderRead]:
-        return [_provider_read(provider) for provider in await oauth_providers(db_session)]
+        return [_provider_read(provider) for provider in await list_oauth_providers(db_session)]
 
     @post("/oauth-providers", guards=[requires_tenant_admin], status_code=HTTP_201_CREATED, summary="Add a provider")
     async def create_provider(
         self,
-        secret_box: NamedDependency[SecretBox],
-        settings: NamedDependency[Settings],
         data: JSONBody[OAuthProviderCreate],
         request: AuthRequest,
-        db_session: NamedDependency[AsyncSession],
+        oauth_providers: NamedDependency[OAuthProviderService],
     ) -> OAuthProviderRead:
-        provider = await create_oauth_provider(
-            db_session, request.user.tenant_id, data, secret_box, redirect_uri=oauth_redirect_uri(settings)
-        )
-        return _provider_read(provider)
+        return _provider_read(await oauth_providers.create(request.user.tenant_id, data))
 
     @patch("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Change a provider")
     async def update_provider(
         self,
-        secret_box: NamedDependency[SecretBox],
         provider_id: FromPath[UUID],
         data: JSONBody[OAuthProviderUpdate],
-        request: AuthRequest,
-        db_session: NamedDependency[AsyncSession],
+        oauth_providers: NamedDependency[OAuthProviderService],
     ) -> OAuthProviderRead:
-        provider = await existing_oauth_provider(db_session, provider_id)
-        await update_oauth_provider(db_session, provider, data, secret_box)
-        return _provider_read(provider)
+        return _provider_read(await oauth_providers.update(provider_id, data))
 
     @delete("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Remove a provider")
-    async def delete_provider(self, provider_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> None:
-        await db_session.delete(await existing_oauth_provider(db_session, provider_id))
+    async def delete_provider(
+        self, provider_id: FromPath[UUID], oauth_providers: NamedDependency[OAuthProviderService]
+    ) -> None:
+        await oauth_providers.delete(provider_id)
 
     @get("/tenants/{tenant_slug:str}/oauth-providers", opt=PUBLIC, summary="Sign-in buttons of an organization")
     async def public_providers(
@@ -288,7 +277,7 @@ class OAuthController(Controller):
         if tenant is None:
             raise NotFound(f"No organization is called '{tenant_slug}'.")
         await set_session_tenant(db_session, tenant.id)
-        providers = await oauth_providers(db_session, enabled_only=True)
+        providers = await list_oauth_providers(db_session, enabled_only=True)
         return [
             OAuthProviderPublic(
                 name=provider.provider_name,

@@ -20,7 +20,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from app.auth.services import DEFAULT_SCOPES, ExternalIdentity
+from app.auth.oauth_providers import DEFAULT_SCOPES
+from app.auth.services import ExternalIdentity
 from app.errors import Unauthenticated
 from app.settings import Settings
 from db.auth import OAuthProvider

@@ -1,7 +1,10 @@
-"""Signing in and everything around it: lock-out, sessions and their rotation, TOTP MFA, invitations, sign-up.
+"""Signing in and everything around it: lock-out, sessions and their rotation, TOTP MFA, accepting an
+invitation, sign-up, password changes.
 
-All of it runs in the request's session, scoped (after the tenant is known) to that tenant by RLS.
-Failures that must leave a trace (attempt counters, audit events) are committed before the error is raised.
+All of it runs in the request's session, scoped (after the tenant is known) to that tenant by RLS. Each
+method commits what it changed, so the API and the portal keep the same; failures that must leave a trace
+(attempt counters, audit events) are committed before the error is raised, any other failure leaves its
+changes to the caller's rollback.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from app.auth.passwords import (
     verify_password,
 )
 from app.auth.redis_store import AuthStore
-from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.auth.tokens import (
     SCOPE_FULL,
     SCOPE_MFA_ENROLLMENT,
@@ -74,7 +76,6 @@ INVITATION_KIND = "linv"
 MFA_TICKET_TTL_SECONDS = 300
 MAX_CODE_FAILURES_PER_TICKET = 5
 RECOVERY_CODE_COUNT = 10
-INVITATION_TTL = datetime.timedelta(days=7)
 TOTP_ISSUER = "Lyss"
 
 INVALID_CREDENTIALS = "Invalid organization, email or password."
@@ -261,19 +262,7 @@ class AuthService:
         )
 
     async def _end_sessions(self, reason: str, *, user_id: UUID, family_id: UUID | None = None) -> list[UUID]:
-        """End the live rows of one family (or of all the user's families); their access tokens die too."""
-        statement = update(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
-        if family_id is not None:
-            statement = statement.where(UserSession.family_id == family_id)
-        ended = await self.session.execute(
-            statement.values(ended_at=utc_now(), ended_reason=reason).returning(UserSession.family_id)
-        )
-        families = set(ended.scalars())
-        if family_id is not None:
-            families.add(family_id)
-        for family in families:
-            await self.store.revoke_session(family, self.settings.access_token_ttl_seconds + 60)
-        return sorted(families)
+        return await end_sessions(self.session, self.store, self.settings, reason, user_id=user_id, family_id=family_id)
 
     async def _after_primary_authentication(
         self, user: User, organization: Organization, mode: SessionMode, method: str
@@ -366,11 +355,11 @@ class AuthService:
         if recovery_code is not None:
             remaining = await self._remaining_recovery_codes(user.id)
             self._audit("mfa.recovery_code_used", user=user, remaining=remaining)
-        self._mark_signed_in(user, now, "password+totp" if code is not None else "password+recovery_code")
         organization = await self.session.get_one(Organization, user.tenant_id)
-        mode: SessionMode = "portal" if claims.mode == "portal" else "api"
         if organization.status != "active":
             raise NotAllowed("This organization is not active; contact its administrator.")
+        self._mark_signed_in(user, now, "password+totp" if code is not None else "password+recovery_code")
+        mode: SessionMode = "portal" if claims.mode == "portal" else "api"
         return LoginResult(status="authenticated", user_id=user.id, session=await self._open_session(user, mode))
 
     def _accept_totp(self, user: User, code: str, now: datetime.datetime) -> bool:
@@ -444,12 +433,14 @@ class AuthService:
         await self._end_sessions("logout", user_id=principal.user_id, family_id=principal.session_id)
         user = await self.session.get(User, principal.user_id)
         self._audit("session.revoked", user=user, scope="this_session")
+        await self.session.commit()
 
     async def logout_everywhere(self, principal: Principal) -> int:
         families = await self._end_sessions("logout_all", user_id=principal.user_id)
         await self.store.revoke_session(principal.session_id, self.settings.access_token_ttl_seconds + 60)
         user = await self.session.get(User, principal.user_id)
         self._audit("session.revoked", user=user, scope="all_sessions", sessions=len(families))
+        await self.session.commit()
         return len(families)
 
     async def change_password(self, principal: Principal, *, current_password: str, new_password: str) -> None:
@@ -477,6 +468,7 @@ class AuthService:
         for family in set(ended.scalars()):
             await self.store.revoke_session(family, self.settings.access_token_ttl_seconds + 60)
         self._audit("user.password_changed", user=user)
+        await self.session.commit()
 
     # --- TOTP MFA ---------------------------------------------------------------------------------
 
@@ -492,6 +484,7 @@ class AuthService:
         user.mfa_last_used_step = None
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=f"{TOTP_ISSUER} ({organization.slug})")
         self._audit("mfa.enrollment_started", user=user)
+        await self.session.commit()
         return MfaEnrollment(secret=secret, otpauth_uri=uri, qr_svg=segno.make(uri, error="m").svg_inline(scale=4))
 
     async def confirm_mfa(self, principal: Principal, code: str) -> list[str]:
@@ -507,6 +500,7 @@ class AuthService:
         user.mfa_enabled = True
         codes = await self._replace_recovery_codes(user)
         self._audit("mfa.enabled", user=user)
+        await self.session.commit()
         return codes
 
     async def _replace_recovery_codes(self, user: User) -> list[str]:
@@ -530,115 +524,11 @@ class AuthService:
         if not (password_ok and self._accept_totp(user, code, now)):
             await self._count_failure(user, now, "wrong_mfa_disable_credentials")
             raise NotAllowed("The password or the code is wrong.")
-        await self._clear_mfa(user)
+        await clear_mfa(self.session, user)
         self._audit("mfa.disabled", user=user)
-
-    async def _clear_mfa(self, user: User) -> int:
-        """MFA off, its secret and recovery codes gone; returns how many recovery codes were deleted."""
-        user.mfa_enabled = False
-        user.mfa_secret = None
-        user.mfa_last_used_step = None
-        deleted = await self.session.execute(
-            delete(RecoveryCode).where(RecoveryCode.user_id == user.id).returning(RecoveryCode.id)
-        )
-        return len(deleted.all())
-
-    # --- administering other accounts (tenant admins) ------------------------------------------------
-
-    async def _account_to_manage(self, principal: Principal, user_id: UUID) -> tuple[User, User]:
-        """The acting admin and the user they act on, locked; another tenant's user is not found (RLS)."""
-        user = await self._user_for_update(user_id)
-        if user is None:
-            raise NotFound("No such user in this organization.")
-        if user.role == "super_admin" and principal.role != "super_admin":
-            raise NotAllowed("Only a platform super admin can change a super admin's account.")
-        return await self.session.get_one(User, principal.user_id), user
-
-    def _audit_account_change(self, admin: User, action: str, user: User, **details: object) -> None:
-        record_audit_event(
-            self.session,
-            actor=admin.email,
-            actor_user_id=admin.id,
-            action=action,
-            target_type="user",
-            target_id=user.id,
-            details={"email": user.email, **details},
-            client=self.client,
-        )
-
-    async def change_role(self, principal: Principal, user_id: UUID, role: str) -> User:
-        """Give a user another role; a demoted admin's sessions end, since access tokens carry the role."""
-        if user_id == principal.user_id and role not in ADMIN_ROLES:
-            raise NotAllowed("You cannot remove your own administrator role; ask another administrator.")
-        if role == "super_admin" and principal.role != "super_admin":
-            raise NotAllowed("Only a platform super admin can make someone a super admin.")
-        admin, user = await self._account_to_manage(principal, user_id)
-        previous = user.role
-        if previous == role:
-            return user
-        user.role = role
-        ended: list[UUID] = []
-        if previous in ADMIN_ROLES and role not in ADMIN_ROLES:
-            ended = await self._end_sessions("role_changed", user_id=user.id)
-        self._audit_account_change(
-            admin, "user.role_changed", user, old_role=previous, role=role, sessions_ended=len(ended)
-        )
-        return user
-
-    async def deactivate_user(self, principal: Principal, user_id: UUID) -> User:
-        """Stop a user signing in and end their sessions now; the gateway refuses their API keys once the
-        caller announces them (it caches each key with whether its owner is active)."""
-        if user_id == principal.user_id:
-            raise NotAllowed("You cannot deactivate your own account; ask another administrator.")
-        admin, user = await self._account_to_manage(principal, user_id)
-        if user.status == "inactive":
-            raise Conflict(f"{user.email} is already deactivated.")
-        user.status = "inactive"
-        ended = await self._end_sessions("user_deactivated", user_id=user.id)
-        self._audit_account_change(admin, "user.deactivated", user, sessions_ended=len(ended))
-        return user
-
-    async def reactivate_user(self, principal: Principal, user_id: UUID) -> User:
-        """Let a user sign in again; the sessions ended at deactivation stay ended."""
-        admin, user = await self._account_to_manage(principal, user_id)
-        if user.status == "active":
-            raise Conflict(f"{user.email} is already active.")
-        user.status = "active"
-        self._audit_account_change(admin, "user.reactivated", user)
-        return user
-
-    async def reset_mfa(self, principal: Principal, user_id: UUID) -> User:
-        """For a user who lost their device: MFA off, secret and recovery codes deleted; they enrol again."""
-        if user_id == principal.user_id:
-            raise NotAllowed("You cannot reset your own two-factor authentication; ask another administrator.")
-        admin, user = await self._account_to_manage(principal, user_id)
-        if not user.mfa_enabled and user.mfa_secret is None:
-            raise Conflict(f"{user.email} has no two-factor authentication to reset.")
-        deleted = await self._clear_mfa(user)
-        self._audit_account_change(admin, "mfa.reset", user, recovery_codes_deleted=deleted)
-        return user
+        await self.session.commit()
 
     # --- getting an account -------------------------------------------------------------------------
-
-    async def invite(self, principal: Principal, *, email: str, role: str) -> tuple[Invitation, str]:
-        if role == "super_admin" and principal.role != "super_admin":
-            raise NotAllowed("Only a platform super admin can invite a super admin.")
-        email = _valid_email(email)
-        if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
-            raise Conflict(f"{email} already has an account in this organization.")
-        token = new_opaque_token(INVITATION_KIND, principal.tenant_id)
-        invitation = Invitation(
-            email=email,
-            role=role,
-            token_hash=token_hash(token),
-            invited_by=principal.user_id,
-            expires_at=utc_now() + INVITATION_TTL,
-        )
-        self.session.add(invitation)
-        await self.session.flush()
-        inviter = await self.session.get(User, principal.user_id)
-        self._audit("user.invited", user=inviter, email=email, role=role, invitation_id=str(invitation.id))
-        return invitation, token
 
     async def accept_invitation(self, *, token: str, password: str, full_name: str | None) -> User:
         await self._limit_sign_in_attempts()
@@ -656,6 +546,7 @@ class AuthService:
         user = await self._create_user(email=invitation.email, password=password, role=invitation.role, name=full_name)
         invitation.accepted_at = utc_now()
         self._audit("user.invitation_accepted", user=user, invitation_id=str(invitation.id))
+        await self.session.commit()
         return user
 
     async def sign_up(self, *, tenant_slug: str, email: str, password: str, full_name: str | None) -> User:
@@ -667,8 +558,9 @@ class AuthService:
         organization = await self.session.get_one(Organization, tenant.id)
         if organization.status != "active" or not tenant_policy(organization).allow_self_signup:
             raise NotAllowed("This organization does not allow sign-up; ask an administrator for an invitation.")
-        user = await self._create_user(email=_valid_email(email), password=password, role="end_user", name=full_name)
+        user = await self._create_user(email=valid_email(email), password=password, role="end_user", name=full_name)
         self._audit("user.signed_up", user=user, method="password")
+        await self.session.commit()
         return user
 
     async def _create_user(self, *, email: str, password: str | None, role: str, name: str | None) -> User:
@@ -763,11 +655,46 @@ class AuthService:
         return connection
 
 
-def _valid_email(email: str) -> str:
+def valid_email(email: str) -> str:
     try:
         return normalize_email(email)
     except ProvisioningError as error:
         raise InvalidRequest(str(error)) from None
+
+
+async def end_sessions(
+    session: AsyncSession,
+    store: AuthStore,
+    settings: Settings,
+    reason: str,
+    *,
+    user_id: UUID,
+    family_id: UUID | None = None,
+) -> list[UUID]:
+    """End the live rows of one family (or of all the user's families); their access tokens die too."""
+    statement = update(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+    if family_id is not None:
+        statement = statement.where(UserSession.family_id == family_id)
+    ended = await session.execute(
+        statement.values(ended_at=utc_now(), ended_reason=reason).returning(UserSession.family_id)
+    )
+    families = set(ended.scalars())
+    if family_id is not None:
+        families.add(family_id)
+    for family in families:
+        await store.revoke_session(family, settings.access_token_ttl_seconds + 60)
+    return sorted(families)
+
+
+async def clear_mfa(session: AsyncSession, user: User) -> int:
+    """MFA off, its secret and recovery codes gone; returns how many recovery codes were deleted."""
+    user.mfa_enabled = False
+    user.mfa_secret = None
+    user.mfa_last_used_step = None
+    deleted = await session.execute(
+        delete(RecoveryCode).where(RecoveryCode.user_id == user.id).returning(RecoveryCode.id)
+    )
+    return len(deleted.all())
 
 
 def _mfa_secret_context(user: User) -> str:
@@ -808,72 +735,3 @@ async def authenticate_portal_session(
 def new_oauth_secrets() -> tuple[str, str, str]:
     """state, nonce and PKCE code verifier for one authorization request."""
     return secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
-
-
-# --- OAuth providers (tenant admins) --------------------------------------------------------------
-
-DEFAULT_SCOPES = {
-    "oidc": ["openid", "profile", "email"],
-    "google": ["openid", "profile", "email"],
-    "github": ["read:user", "user:email"],
-}
-
-
-def oauth_client_secret_context(provider: OAuthProvider) -> str:
-    return secret_context("auth_oauth_providers", "encrypted_client_secret", provider.tenant_id)
-
-
-async def create_oauth_provider(
-    session: AsyncSession, tenant_id: UUID, data: OAuthProviderCreate, box: SecretBox, *, redirect_uri: str
-) -> OAuthProvider:
-    """Add a sign-in provider; its client secret is stored encrypted and never shown again."""
-    if data.kind == "oidc" and not data.discovery_url:
-        raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
-    if await session.scalar(select(OAuthProvider.id).where(OAuthProvider.provider_name == data.name)):
-        raise Conflict(f"A provider named '{data.name}' already exists.")
-    provider = OAuthProvider(
-        tenant_id=tenant_id,
-        provider_name=data.name,
-        kind=data.kind,
-        display_name=data.display_name,
-        discovery_url=data.discovery_url if data.kind == "oidc" else None,
-        client_id=data.client_id,
-        encrypted_client_secret="",
-        redirect_uri=redirect_uri,
-        scopes=data.scopes or DEFAULT_SCOPES[data.kind],
-    )
-    provider.encrypted_client_secret = box.encrypt(data.client_secret, context=oauth_client_secret_context(provider))
-    session.add(provider)
-    await session.flush()
-    return provider
-
-
-async def existing_oauth_provider(session: AsyncSession, provider_id: UUID) -> OAuthProvider:
-    provider = await session.get(OAuthProvider, provider_id)
-    if provider is None:
-        raise NotFound("No such provider.")
-    return provider
-
-
-async def update_oauth_provider(
-    session: AsyncSession, provider: OAuthProvider, data: OAuthProviderUpdate, box: SecretBox
-) -> OAuthProvider:
-    """Change the fields given; a new client secret replaces the stored one, none keeps it."""
-    for field in ("client_id", "discovery_url", "display_name", "scopes", "is_enabled"):
-        value = getattr(data, field)
-        if value is not None:
-            setattr(provider, field, value)
-    if data.client_secret is not None:
-        provider.encrypted_client_secret = box.encrypt(
-            data.client_secret, context=oauth_client_secret_context(provider)
-        )
-    await session.flush()
-    return provider
-
-
-async def oauth_providers(session: AsyncSession, *, enabled_only: bool = False) -> list[OAuthProvider]:
-    """The session's organization's sign-in providers, by name."""
-    statement = select(OAuthProvider).order_by(OAuthProvider.provider_name)
-    if enabled_only:
-        statement = statement.where(OAuthProvider.is_enabled.is_(True))
-    return list(await session.scalars(statement))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,19 +13,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
-from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires_tenant_admin
-from app.auth.services import AuthService
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
-from app.gateway.caches import announce_change, announce_keys
-from app.gateway.engine import Gateway
 from app.keyset import Keyset
 from app.observability.middleware import client_context
+from app.tenants.accounts import AccountService
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page
+from app.tenants.groups import GroupService
 from app.tenants.schemas import (
     AuditPage,
     GroupCreate,
@@ -45,19 +41,14 @@ from app.tenants.schemas import (
 from app.tenants.services import (
     Actor,
     OrganizationService,
-    add_group_member,
     change_tenant_policy,
-    create_group,
-    delete_group,
     group_ids_of_user,
     group_members,
     groups_with_member_counts,
     organization_user,
-    remove_group_member,
+    organization_users,
     tenant_policy,
-    update_group,
     user_group,
-    user_key_hashes,
 )
 from db.auth import User
 from db.tenant import UserGroup
@@ -110,17 +101,6 @@ async def _visible_user(db_session: AsyncSession, user_id: UUID) -> UserDetail:
     )
 
 
-async def _change_activity(
-    db_session: AsyncSession, redis: Redis, gateway: Gateway, user_id: UUID, change: Awaitable[User]
-) -> UserDetail:
-    """(De)activate a user, then have every worker's gateway forget their keys (cached with the owner's status)."""
-    key_hashes = await user_key_hashes(db_session, user_id)
-    await change
-    await db_session.commit()
-    await announce_keys(redis, gateway.catalog, key_hashes)
-    return await _visible_user(db_session, user_id)
-
-
 class UserAdminController(Controller):
     """The organization's accounts, for its administrators: the API twin of the portal's Users pages.
 
@@ -133,8 +113,7 @@ class UserAdminController(Controller):
 
     @get("/", summary="The organization's users")
     async def list_users(self, db_session: NamedDependency[AsyncSession]) -> list[UserRead]:
-        users = await db_session.scalars(select(User).order_by(User.email))
-        return [msgspec.convert(user, UserRead, from_attributes=True) for user in users]
+        return [msgspec.convert(user, UserRead, from_attributes=True) for user in await organization_users(db_session)]
 
     @get("/{user_id:uuid}", summary="A user and the groups they belong to")
     async def get_user(self, user_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> UserDetail:
@@ -146,11 +125,10 @@ class UserAdminController(Controller):
         user_id: FromPath[UUID],
         data: JSONBody[RoleChange],
         request: Request[Principal, Any, State],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> UserDetail:
-        await auth.change_role(request.user, user_id, data.role)
-        await db_session.commit()
+        await accounts.change_role(request.user, user_id, data.role)
         return await _visible_user(db_session, user_id)
 
     @post("/{user_id:uuid}/deactivate", status_code=HTTP_200_OK, summary="Deactivate a user: signed out at once")
@@ -158,35 +136,32 @@ class UserAdminController(Controller):
         self,
         user_id: FromPath[UUID],
         request: Request[Principal, Any, State],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
     ) -> UserDetail:
-        return await _change_activity(db_session, redis, gateway, user_id, auth.deactivate_user(request.user, user_id))
+        await accounts.deactivate(request.user, user_id)
+        return await _visible_user(db_session, user_id)
 
     @post("/{user_id:uuid}/reactivate", status_code=HTTP_200_OK, summary="Reactivate a user")
     async def reactivate(
         self,
         user_id: FromPath[UUID],
         request: Request[Principal, Any, State],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
     ) -> UserDetail:
-        return await _change_activity(db_session, redis, gateway, user_id, auth.reactivate_user(request.user, user_id))
+        await accounts.reactivate(request.user, user_id)
+        return await _visible_user(db_session, user_id)
 
     @post("/{user_id:uuid}/reset-mfa", status_code=HTTP_200_OK, summary="Turn off a user's two-factor sign-in")
     async def reset_mfa(
         self,
         user_id: FromPath[UUID],
         request: Request[Principal, Any, State],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> UserDetail:
-        await auth.reset_mfa(request.user, user_id)
-        await db_session.commit()
+        await accounts.reset_mfa(request.user, user_id)
         return await _visible_user(db_session, user_id)
 
 
@@ -223,10 +198,13 @@ class GroupController(Controller):
 
     @post("/", summary="Create a group")
     async def create(
-        self, data: JSONBody[GroupCreate], actor: NamedDependency[Actor], db_session: NamedDependency[AsyncSession]
+        self,
+        data: JSONBody[GroupCreate],
+        actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
+        db_session: NamedDependency[AsyncSession],
     ) -> GroupDetail:
-        group = await create_group(db_session, actor, name=data.name, description=data.description)
-        await db_session.commit()
+        group = await groups.create(actor, name=data.name, description=data.description)
         return await _group_detail(db_session, group)
 
     @get("/{group_id:uuid}", summary="A group and its members")
@@ -239,12 +217,12 @@ class GroupController(Controller):
         group_id: FromPath[UUID],
         data: JSONBody[GroupUpdate],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
     ) -> GroupDetail:
         group = await user_group(db_session, group_id)
         description = data.description if data.description is not None else group.description
-        await update_group(db_session, actor, group, name=data.name or group.name, description=description)
-        await db_session.commit()
+        await groups.update(actor, group, name=data.name or group.name, description=description)
         return await _group_detail(db_session, group)
 
     @delete("/{group_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Delete a group (not while channels serve it)")
@@ -252,14 +230,10 @@ class GroupController(Controller):
         self,
         group_id: FromPath[UUID],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
-        request: Request[Principal, Any, State],
     ) -> None:
-        await delete_group(db_session, actor, await user_group(db_session, group_id))
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await groups.delete(actor, await user_group(db_session, group_id))
 
     @post("/{group_id:uuid}/members", summary="Add a user to a group")
     async def add_member(
@@ -267,16 +241,11 @@ class GroupController(Controller):
         group_id: FromPath[UUID],
         data: JSONBody[MemberAdd],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
-        request: Request[Principal, Any, State],
     ) -> GroupDetail:
         group = await user_group(db_session, group_id)
-        await add_group_member(db_session, actor, group, data.user_id)
-        await db_session.commit()
-        # Group channels are routed by membership, which the gateway caches.
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await groups.add_member(actor, group, data.user_id)
         return await _group_detail(db_session, group)
 
     @delete(
@@ -287,14 +256,10 @@ class GroupController(Controller):
         group_id: FromPath[UUID],
         user_id: FromPath[UUID],
         actor: NamedDependency[Actor],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
-        gateway: NamedDependency[Gateway],
-        request: Request[Principal, Any, State],
     ) -> None:
-        await remove_group_member(db_session, actor, await user_group(db_session, group_id), user_id)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await groups.remove_member(actor, await user_group(db_session, group_id), user_id)
 
 
 class AuditController(Controller):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -13,17 +12,16 @@ import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from app.auth.passwords import WeakPasswordError, hash_password
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
-from db.auth import Invitation, User
-from db.provider import ApiToken, Channel
+from db.auth import User
 from db.session import tenant_session
 from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroup, UserGroupMember
 
@@ -201,7 +199,7 @@ async def _hashed_new_password(password: str, email: str) -> str:
         raise ProvisioningError(str(error)) from None
 
 
-def _violated_constraint(error: IntegrityError) -> str | None:
+def violated_constraint(error: IntegrityError) -> str | None:
     # SQLAlchemy wraps the asyncpg exception, which names the constraint.
     return getattr(error.orig.__cause__, "constraint_name", None) if error.orig else None
 
@@ -240,7 +238,7 @@ async def _commit(session: AsyncSession, conflicts: dict[str, str]) -> None:
     try:
         await session.commit()
     except IntegrityError as error:
-        message = conflicts.get(_violated_constraint(error) or "")
+        message = conflicts.get(violated_constraint(error) or "")
         if message is None:
             raise
         raise ProvisioningError(message) from None
@@ -383,73 +381,6 @@ async def user_group(session: AsyncSession, group_id: UUID) -> UserGroup:
     return group
 
 
-async def _flush_group(session: AsyncSession, name: str) -> None:
-    # The unique key decides, so that two admins naming groups at once cannot both win.
-    try:
-        await session.flush()
-    except IntegrityError as error:
-        if _violated_constraint(error) == "uk_tenant_user_groups_tenant_name":
-            raise Conflict(f"A group named '{name}' already exists; choose another name.") from None
-        raise
-
-
-async def create_group(session: AsyncSession, actor: Actor, *, name: str, description: str | None) -> UserGroup:
-    group = UserGroup(name=name, description=description, created_by=actor.user_id)
-    session.add(group)
-    await _flush_group(session, name)
-    audit_change(session, actor, "group.created", "group", group.id, name=name)
-    return group
-
-
-async def update_group(
-    session: AsyncSession, actor: Actor, group: UserGroup, *, name: str, description: str | None
-) -> None:
-    """Rename a group or change its description."""
-    old_name = group.name
-    group.name = name
-    group.description = description
-    await _flush_group(session, name)
-    audit_change(session, actor, "group.updated", "group", group.id, old_name=old_name, name=name)
-
-
-async def delete_group(session: AsyncSession, actor: Actor, group: UserGroup) -> None:
-    """Delete a group and its memberships; refused while channels serve only this group."""
-    # The foreign key would delete those channels with the group: make the admin choose what happens to them.
-    names = await session.scalars(select(Channel.name).where(Channel.group_id == group.id).order_by(Channel.name))
-    channels = list(names)
-    if channels:
-        raise Conflict(
-            f"The channels {', '.join(channels)} serve only this group; give them another scope or remove them first."
-        )
-    await session.delete(group)
-    await session.flush()
-    audit_change(session, actor, "group.deleted", "group", group.id, name=group.name)
-
-
-async def add_group_member(session: AsyncSession, actor: Actor, group: UserGroup, user_id: UUID) -> User:
-    user = await organization_user(session, user_id)
-    member = await session.scalar(
-        select(UserGroupMember.id).where(UserGroupMember.group_id == group.id, UserGroupMember.user_id == user.id)
-    )
-    if member is not None:
-        raise Conflict(f"{user.email} is already a member of {group.name}.")
-    session.add(UserGroupMember(group_id=group.id, user_id=user.id))
-    await session.flush()
-    audit_change(session, actor, "group.member_added", "group", group.id, user_id=str(user.id), email=user.email)
-    return user
-
-
-async def remove_group_member(session: AsyncSession, actor: Actor, group: UserGroup, user_id: UUID) -> None:
-    removed = await session.execute(
-        delete(UserGroupMember)
-        .where(UserGroupMember.group_id == group.id, UserGroupMember.user_id == user_id)
-        .returning(UserGroupMember.id)
-    )
-    if removed.first() is None:
-        raise NotFound("That user is not a member of this group.")
-    audit_change(session, actor, "group.member_removed", "group", group.id, user_id=str(user_id))
-
-
 async def groups_with_member_counts(session: AsyncSession) -> list[tuple[UserGroup, int]]:
     rows = await session.execute(
         select(UserGroup, func.count(UserGroupMember.id))
@@ -471,28 +402,12 @@ async def group_members(session: AsyncSession, group: UserGroup) -> list[User]:
     )
 
 
-async def user_key_hashes(session: AsyncSession, user_id: UUID) -> list[str]:
-    """The hashes of a user's API keys: the gateway caches each with whether its owner is active."""
-    return list(await session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user_id)))
-
-
 async def organization_users(session: AsyncSession) -> list[User]:
     return list(await session.scalars(select(User).order_by(User.email)))
 
 
 async def user_emails(session: AsyncSession) -> dict[UUID, str]:
     return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
-
-
-async def pending_invitations(session: AsyncSession, now: datetime.datetime) -> list[Invitation]:
-    """Invitations not yet accepted and not expired, the soonest to expire first."""
-    return list(
-        await session.scalars(
-            select(Invitation)
-            .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
-            .order_by(Invitation.expires_at)
-        )
-    )
 
 
 async def group_names_of_user(session: AsyncSession, user_id: UUID) -> list[tuple[UUID, str]]:

@@ -16,11 +16,10 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.oauth import oauth_redirect_uri
+from app.auth.oauth_providers import OAuthProviderService, existing_oauth_provider, list_oauth_providers
 from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
-from app.auth.services import create_oauth_provider, existing_oauth_provider, oauth_providers, update_oauth_provider
 from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
-from app.encryption import SecretBox
 from app.errors import Conflict, ServiceError
 from app.gateway import admin as gateway_admin
 from app.gateway.admin import model_prices
@@ -172,7 +171,7 @@ class SettingsPages(Controller):
             model_choices={
                 field: _model_choices(served, stored[field], none_label) for field, none_label in MODEL_FIELDS.items()
             },
-            providers=await oauth_providers(db_session),
+            providers=await list_oauth_providers(db_session),
             prices=await model_prices(db_session),
         )
 
@@ -364,7 +363,7 @@ class SettingsPages(Controller):
     @post("/oauth/new", summary="Add an OAuth provider")
     async def create_provider(
         self,
-        secret_box: NamedDependency[SecretBox],
+        oauth_providers: NamedDependency[OAuthProviderService],
         settings: NamedDependency[Settings],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -373,12 +372,8 @@ class SettingsPages(Controller):
         form = dict(await request.form())
         values = _provider_values(form)
         try:
-            await create_oauth_provider(
-                db_session,
-                viewer.principal.tenant_id,
-                parse(OAuthProviderCreate, _provider_data(form, creating=True)),
-                secret_box,
-                redirect_uri=oauth_redirect_uri(settings),
+            await oauth_providers.create(
+                viewer.principal.tenant_id, parse(OAuthProviderCreate, _provider_data(form, creating=True))
             )
         except FormInvalid as invalid:
             await db_session.rollback()
@@ -389,7 +384,6 @@ class SettingsPages(Controller):
             return await self._provider_page(
                 viewer, settings, provider=None, values=values, errors=errors, status_code=error.status_code
             )
-        await db_session.commit()
         return see_other(f"{SETTINGS}?saved=oauth#oauth")
 
     @get("/oauth/{provider_id:uuid}", summary="Edit an OAuth provider")
@@ -416,7 +410,7 @@ class SettingsPages(Controller):
     async def update_provider(
         self,
         settings: NamedDependency[Settings],
-        secret_box: NamedDependency[SecretBox],
+        oauth_providers: NamedDependency[OAuthProviderService],
         provider_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
@@ -428,7 +422,7 @@ class SettingsPages(Controller):
         values = _provider_values(form)
         try:
             data = parse(OAuthProviderUpdate, _provider_data(form, creating=False))
-            await update_oauth_provider(db_session, provider, data, secret_box)
+            await oauth_providers.update(provider.id, data)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._provider_page(viewer, settings, provider=heading, values=values, errors=invalid.errors)
@@ -438,13 +432,14 @@ class SettingsPages(Controller):
             return await self._provider_page(
                 viewer, settings, provider=heading, values=values, errors=errors, status_code=error.status_code
             )
-        await db_session.commit()
         return see_other(f"{SETTINGS}?saved=oauth#oauth")
 
     @post("/oauth/{provider_id:uuid}/delete", summary="Remove an OAuth provider")
     async def remove_provider(
-        self, provider_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+        self,
+        provider_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        oauth_providers: NamedDependency[OAuthProviderService],
     ) -> Response[None]:
-        await db_session.delete(await existing_oauth_provider(db_session, provider_id))
-        await db_session.commit()
+        await oauth_providers.delete(provider_id)
         return see_other(f"{SETTINGS}?saved=oauth_removed#oauth")

@@ -15,8 +15,9 @@ from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.middleware import SESSION_COOKIE
+from app.auth.oauth_providers import list_oauth_providers
 from app.auth.redis_store import AuthStore
-from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult, oauth_providers
+from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
 from app.auth.tokens import SCOPE_MFA_ENROLLMENT, InvalidToken, Principal, verify_access_token
 from app.errors import ServiceError
 from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
@@ -101,7 +102,7 @@ async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> l
     if tenant is None:
         return []
     await set_session_tenant(db_session, tenant.id)
-    providers = await oauth_providers(db_session, enabled_only=True)
+    providers = await list_oauth_providers(db_session, enabled_only=True)
     return [
         {
             "label": provider.display_name or provider.provider_name,
@@ -173,9 +174,7 @@ class SignInController(Controller):
                 tenant_slug=values["tenant"], email=values["email"], password=str(form["password"]), mode="portal"
             )
         except ServiceError as error:
-            await db_session.commit()  # the failed attempt is counted and audited
             return await self._login_page(settings, db_session, values, {"form": error.detail}, error.status_code)
-        await db_session.commit()
         return _signed_in(settings, result, values["next"])
 
     @get("/login/mfa", opt=PUBLIC, summary="Second sign-in step")
@@ -216,10 +215,8 @@ class SignInController(Controller):
             try:
                 result = await auth.complete_mfa(ticket=ticket, code=code, recovery_code=recovery_code)
             except ServiceError as refused:
-                await db_session.commit()
                 error = refused.detail
             else:
-                await db_session.commit()
                 response = _signed_in(settings, result, next_path)
                 response.cookies.append(_cookie(settings, MFA_TICKET_COOKIE, "", 0, path=f"{PORTAL}/login"))
                 return response
@@ -265,7 +262,6 @@ class SignInController(Controller):
         if principal is None:
             return see_other(f"{PORTAL}/login")
         enrollment = await auth.start_mfa_enrollment(principal)
-        await db_session.commit()
         # segno's SVG of the otpauth URI: no user markup in it.
         qr = Markup(enrollment.qr_svg)  # noqa: S704
         return _enrolment_page(settings, secret=enrollment.secret, qr=qr, errors={}, status_code=200)
@@ -293,7 +289,6 @@ class SignInController(Controller):
                 await db_session.rollback()
                 error = refused.detail
             else:
-                await db_session.commit()
                 done = page(None, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/login", done_label="Sign in")
                 done.cookies.append(_cookie(settings, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
                 return done
@@ -308,7 +303,6 @@ class SignInController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         await auth.logout(request.user)
-        await db_session.commit()
         response = see_other(f"{PORTAL}/login")
         response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
@@ -322,7 +316,6 @@ class SignInController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         await auth.logout_everywhere(request.user)
-        await db_session.commit()
         response = see_other(f"{PORTAL}/login")
         response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
@@ -339,7 +332,6 @@ class SignInController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Template:
         enrollment = await auth.start_mfa_enrollment(viewer.principal)
-        await db_session.commit()
         # segno writes this SVG from the otpauth URI; nothing in it comes from the user as markup.
         return page(viewer, "mfa_enroll.html", secret=enrollment.secret, qr=Markup(enrollment.qr_svg), errors={})  # noqa: S704
 
@@ -364,7 +356,6 @@ class SignInController(Controller):
                 qr=None,
                 errors={"code": error.detail},
             )
-        await db_session.commit()
         return page(viewer, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/account", done_label="Done")
 
 

@@ -13,32 +13,23 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
-from app.auth.services import INVITATION_TTL, AuthService
 from app.errors import ServiceError
 from app.gateway.admin import MonthlyUsage, usage_this_month
-from app.gateway.caches import announce_change, announce_keys
-from app.gateway.engine import Gateway
 from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.tenants.accounts import INVITATION_TTL, AccountService, pending_invitations
+from app.tenants.groups import GroupService
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
-    add_group_member,
-    create_group,
-    delete_group,
     group_members,
     group_names_of_user,
     groups_with_member_counts,
     organization_user,
     organization_users,
-    pending_invitations,
-    remove_group_member,
-    update_group,
     user_group,
-    user_key_hashes,
 )
 from db.auth import User
 
@@ -95,7 +86,7 @@ class UserPages(Controller):
     async def invite(
         self,
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template:
@@ -103,14 +94,13 @@ class UserPages(Controller):
         values = {name: str(form.get(name) or "").strip() for name in ("email", "role")}
         try:
             data = parse(InviteForm, values)
-            invitation, token = await auth.invite(viewer.principal, email=data.email, role=data.role)
+            invitation, token = await accounts.invite(viewer.principal, email=data.email, role=data.role)
         except FormInvalid as invalid:
             await db_session.rollback()
             return self._invite_page(viewer, values, invalid.errors)
         except ServiceError as error:
             await db_session.rollback()
             return self._invite_page(viewer, values, {"email": error.detail}, error.status_code)
-        await db_session.commit()
         # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
         return page(viewer, "users/invited.html", invitation=invitation, token=token, role_labels=ROLE_LABELS)
 
@@ -152,13 +142,13 @@ class UserPages(Controller):
         self,
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
         values = {"role": str((await request.form()).get("role") or "").strip()}
         try:
-            await auth.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
+            await accounts.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._user_page(viewer, db_session, user_id, values=values, errors=invalid.errors)
@@ -167,7 +157,6 @@ class UserPages(Controller):
             return await self._user_page(
                 viewer, db_session, user_id, values=values, errors={"role": error.detail}, status_code=error.status_code
             )
-        await db_session.commit()
         return see_other(f"{PORTAL}/users/{user_id}")
 
     async def _apply_account_change(
@@ -186,43 +175,31 @@ class UserPages(Controller):
     @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
     async def deactivate(
         self,
-        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
-            viewer, db_session, user_id, auth.deactivate_user(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.deactivate(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
-        await db_session.commit()
-        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
     async def reactivate(
         self,
-        gateway: NamedDependency[Gateway],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
-        key_hashes = await user_key_hashes(db_session, user_id)
         refused = await self._apply_account_change(
-            viewer, db_session, user_id, auth.reactivate_user(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.reactivate(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
-        await db_session.commit()
-        await announce_keys(redis, gateway.catalog, key_hashes)
         return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
@@ -230,15 +207,14 @@ class UserPages(Controller):
         self,
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
+        accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
         refused = await self._apply_account_change(
-            viewer, db_session, user_id, auth.reset_mfa(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.reset_mfa(viewer.principal, user_id)
         )
         if refused is not None:
             return refused
-        await db_session.commit()
         return see_other(f"{PORTAL}/users/{user_id}")
 
 
@@ -271,21 +247,22 @@ class GroupPages(Controller):
 
     @post("/new", summary="Create a group")
     async def create(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        viewer: NamedDependency[Viewer],
+        groups: NamedDependency[GroupService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template | Response[None]:
         values = _group_values(await request.form())
         try:
             data = parse(GroupCreate, values)
-            group = await create_group(
-                db_session, viewer_actor(viewer, request), name=data.name, description=data.description
-            )
+            group = await groups.create(viewer_actor(viewer, request), name=data.name, description=data.description)
         except FormInvalid as invalid:
             await db_session.rollback()
             return self._new_page(viewer, values, invalid.errors)
         except ServiceError as error:
             await db_session.rollback()
             return self._new_page(viewer, values, {"name": error.detail}, error.status_code)
-        await db_session.commit()
         return see_other(f"{PORTAL}/groups/{group.id}")
 
     async def _group_page(
@@ -326,6 +303,7 @@ class GroupPages(Controller):
         self,
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
@@ -333,9 +311,7 @@ class GroupPages(Controller):
         values = _group_values(await request.form())
         try:
             data = parse(GroupCreate, values)
-            await update_group(
-                db_session, viewer_actor(viewer, request), group, name=data.name, description=data.description
-            )
+            await groups.update(viewer_actor(viewer, request), group, name=data.name, description=data.description)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
@@ -349,47 +325,41 @@ class GroupPages(Controller):
                 errors={"name": error.detail},
                 status_code=error.status_code,
             )
-        await db_session.commit()
         return see_other(f"{PORTAL}/groups/{group_id}")
 
     @post("/{group_id:uuid}/delete", summary="Delete a group")
     async def delete(
         self,
-        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         group = await user_group(db_session, group_id)
         try:
-            await delete_group(db_session, viewer_actor(viewer, request), group)
+            await groups.delete(viewer_actor(viewer, request), group)
         except ServiceError as error:
             await db_session.rollback()
             return await self._group_page(
                 viewer, db_session, group_id, errors={"form": error.detail}, status_code=error.status_code
             )
-        await db_session.commit()
-        # The gateway caches each user's groups, which decide the group-scoped channels they reach.
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups")
 
     @post("/{group_id:uuid}/members", summary="Add a member")
     async def add_member(
         self,
-        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         group = await user_group(db_session, group_id)
         values = {"user_id": str((await request.form()).get("user_id") or "").strip()}
         try:
             data = parse(MemberAdd, values)
-            await add_group_member(db_session, viewer_actor(viewer, request), group, data.user_id)
+            await groups.add_member(viewer_actor(viewer, request), group, data.user_id)
         except FormInvalid as invalid:
             await db_session.rollback()
             return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
@@ -403,23 +373,18 @@ class GroupPages(Controller):
                 errors={"user_id": error.detail},
                 status_code=error.status_code,
             )
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/groups/{group_id}")
 
     @post("/{group_id:uuid}/members/{user_id:uuid}/remove", summary="Remove a member")
     async def remove_member(
         self,
-        gateway: NamedDependency[Gateway],
         group_id: FromPath[UUID],
         user_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
+        groups: NamedDependency[GroupService],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Response[None]:
         group = await user_group(db_session, group_id)
-        await remove_group_member(db_session, viewer_actor(viewer, request), group, user_id)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
+        await groups.remove_member(viewer_actor(viewer, request), group, user_id)
         return see_other(f"{PORTAL}/groups/{group_id}")

@@ -22,11 +22,12 @@ from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
 from db.tenant import AuditEvent, Organization
+from tests.support.auth import code_of_next_step, enrol, login
 from tests.support.clients import AuthHeaders, Client, app_client
 from tests.support.jobs import running_worker, wait_for_status
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import CSRF, FORM_TOKEN, field_error, sign_in
-from tests.support.tenants import TEST_PASSWORD, TenantRows
+from tests.support.tenants import TEST_PASSWORD, TenantRows, audit_actions
 
 
 async def test_pages_need_a_session_and_carry_strict_security_headers(client: Client) -> None:
@@ -470,3 +471,40 @@ async def test_recovery_code_sign_in_oauth_buttons_and_sign_out_everywhere(
         assert ended.headers["location"] == "/portal/login"
         assert (await other.get("/portal/")).status_code == 303
         assert (await client.get("/portal/")).status_code == 303
+
+
+async def test_a_code_step_refused_because_the_organization_was_suspended_keeps_no_sign_in(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    # The portal keeps of a refused sign-in what the API keeps: no "login.succeeded", no last sign-in time.
+    tokens = (await login(client, tenant_a, tenant_a.user.email)).json()
+    totp, _ = await enrol(client, tokens)
+    form_token = FORM_TOKEN.search((await client.get("/portal/login")).text)
+    assert form_token
+    password_step = await client.post(
+        "/portal/login",
+        data={
+            "tenant": tenant_a.slug,
+            "email": tenant_a.user.email,
+            "password": TEST_PASSWORD,
+            "form_token": form_token[1],
+        },
+    )
+    assert password_step.headers["location"].startswith("/portal/login/mfa")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        last_login_at = (await session.get_one(User, tenant_a.user.id)).last_login_at
+        (await session.get_one(Organization, tenant_a.id)).status = "suspended"
+        await session.commit()
+    signed_in_before = (await audit_actions(session_maker, tenant_a.id)).count("login.succeeded")
+
+    form_token = FORM_TOKEN.search((await client.get("/portal/login/mfa")).text)
+    assert form_token
+    refused = await client.post(
+        "/portal/login/mfa", data={"code": code_of_next_step(totp), "form_token": form_token[1]}
+    )
+
+    assert refused.status_code == 400
+    assert "not active" in (field_error(refused.text, "code") or "")
+    assert (await audit_actions(session_maker, tenant_a.id)).count("login.succeeded") == signed_in_before
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert (await session.get_one(User, tenant_a.user.id)).last_login_at == last_login_at

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.services import oauth_client_secret_context
+from app.auth.oauth_providers import oauth_client_secret_context
 from app.encryption import SecretBox
 from app.settings import Settings
 from db.auth import OAuthProvider

@@ -1,0 +1,170 @@
+"""The organization's accounts as its administrators manage them: invitations, roles, (de)activation, MFA reset."""
+
+from __future__ import annotations
+
+import datetime
+from uuid import UUID
+
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.redis_store import AuthStore
+from app.auth.services import ADMIN_ROLES, INVITATION_KIND, clear_mfa, end_sessions, valid_email
+from app.auth.tokens import Principal, new_opaque_token, token_hash
+from app.errors import Conflict, NotAllowed, NotFound
+from app.gateway.caches import GatewayCatalog, announce_keys
+from app.observability.middleware import ClientContext
+from app.settings import Settings
+from app.tenants.services import record_audit_event
+from db.auth import Invitation, User
+from db.base import utc_now
+from db.provider import ApiToken
+
+INVITATION_TTL = datetime.timedelta(days=7)
+
+
+async def pending_invitations(session: AsyncSession, now: datetime.datetime) -> list[Invitation]:
+    """Invitations not yet accepted and not expired, the soonest to expire first."""
+    return list(
+        await session.scalars(
+            select(Invitation)
+            .where(Invitation.accepted_at.is_(None), Invitation.expires_at > now)
+            .order_by(Invitation.expires_at)
+        )
+    )
+
+
+class AccountService:
+    """Each change is audited, committed and, where the gateway caches what it changed, announced here, so the
+    API and the portal make it alike. The caller is a tenant admin (the routes' guards see to it)."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        auth_store: AuthStore,
+        settings: Settings,
+        redis: Redis,
+        catalog: GatewayCatalog,
+        client: ClientContext,
+    ) -> None:
+        self.session = session
+        self.auth_store = auth_store
+        self.settings = settings
+        self.redis = redis
+        self.catalog = catalog
+        self.client = client
+
+    async def invite(self, principal: Principal, *, email: str, role: str) -> tuple[Invitation, str]:
+        """A pending invitation and its token, which only its hash is kept of: show the token once."""
+        if role == "super_admin" and principal.role != "super_admin":
+            raise NotAllowed("Only a platform super admin can invite a super admin.")
+        email = valid_email(email)
+        if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
+            raise Conflict(f"{email} already has an account in this organization.")
+        token = new_opaque_token(INVITATION_KIND, principal.tenant_id)
+        invitation = Invitation(
+            email=email,
+            role=role,
+            token_hash=token_hash(token),
+            invited_by=principal.user_id,
+            expires_at=utc_now() + INVITATION_TTL,
+        )
+        self.session.add(invitation)
+        await self.session.flush()
+        inviter = await self.session.get_one(User, principal.user_id)
+        record_audit_event(
+            self.session,
+            actor=inviter.email,
+            actor_user_id=inviter.id,
+            action="user.invited",
+            target_type="user",
+            target_id=inviter.id,
+            details={"email": email, "role": role, "invitation_id": str(invitation.id)},
+            client=self.client,
+        )
+        await self.session.commit()
+        return invitation, token
+
+    async def change_role(self, principal: Principal, user_id: UUID, role: str) -> User:
+        """Give a user another role; a demoted admin's sessions end, since access tokens carry the role."""
+        if user_id == principal.user_id and role not in ADMIN_ROLES:
+            raise NotAllowed("You cannot remove your own administrator role; ask another administrator.")
+        if role == "super_admin" and principal.role != "super_admin":
+            raise NotAllowed("Only a platform super admin can make someone a super admin.")
+        admin, user = await self._account_to_manage(principal, user_id)
+        previous = user.role
+        if previous == role:
+            return user
+        user.role = role
+        ended: list[UUID] = []
+        if previous in ADMIN_ROLES and role not in ADMIN_ROLES:
+            ended = await self._end_sessions(user, "role_changed")
+        self._audit(admin, "user.role_changed", user, old_role=previous, role=role, sessions_ended=len(ended))
+        await self.session.commit()
+        return user
+
+    async def deactivate(self, principal: Principal, user_id: UUID) -> User:
+        """Stop a user signing in, end their sessions now, and have the gateway refuse their API keys."""
+        if user_id == principal.user_id:
+            raise NotAllowed("You cannot deactivate your own account; ask another administrator.")
+        admin, user = await self._account_to_manage(principal, user_id)
+        if user.status == "inactive":
+            raise Conflict(f"{user.email} is already deactivated.")
+        user.status = "inactive"
+        ended = await self._end_sessions(user, "user_deactivated")
+        self._audit(admin, "user.deactivated", user, sessions_ended=len(ended))
+        await self._commit_and_forget_keys(user)
+        return user
+
+    async def reactivate(self, principal: Principal, user_id: UUID) -> User:
+        """Let a user sign in and use their API keys again; the sessions ended at deactivation stay ended."""
+        admin, user = await self._account_to_manage(principal, user_id)
+        if user.status == "active":
+            raise Conflict(f"{user.email} is already active.")
+        user.status = "active"
+        self._audit(admin, "user.reactivated", user)
+        await self._commit_and_forget_keys(user)
+        return user
+
+    async def reset_mfa(self, principal: Principal, user_id: UUID) -> User:
+        """For a user who lost their device: MFA off, secret and recovery codes deleted; they enrol again."""
+        if user_id == principal.user_id:
+            raise NotAllowed("You cannot reset your own two-factor authentication; ask another administrator.")
+        admin, user = await self._account_to_manage(principal, user_id)
+        if not user.mfa_enabled and user.mfa_secret is None:
+            raise Conflict(f"{user.email} has no two-factor authentication to reset.")
+        deleted = await clear_mfa(self.session, user)
+        self._audit(admin, "mfa.reset", user, recovery_codes_deleted=deleted)
+        await self.session.commit()
+        return user
+
+    async def _account_to_manage(self, principal: Principal, user_id: UUID) -> tuple[User, User]:
+        """The acting admin and the user they act on, locked; another tenant's user is not found (RLS)."""
+        user = await self.session.scalar(select(User).where(User.id == user_id).with_for_update())
+        if user is None:
+            raise NotFound("No such user in this organization.")
+        if user.role == "super_admin" and principal.role != "super_admin":
+            raise NotAllowed("Only a platform super admin can change a super admin's account.")
+        return await self.session.get_one(User, principal.user_id), user
+
+    async def _end_sessions(self, user: User, reason: str) -> list[UUID]:
+        return await end_sessions(self.session, self.auth_store, self.settings, reason, user_id=user.id)
+
+    async def _commit_and_forget_keys(self, user: User) -> None:
+        # The gateway caches each key with whether its owner is active: every worker must drop this user's.
+        key_hashes = list(await self.session.scalars(select(ApiToken.key_hash).where(ApiToken.user_id == user.id)))
+        await self.session.commit()
+        await announce_keys(self.redis, self.catalog, key_hashes)
+
+    def _audit(self, admin: User, action: str, user: User, **details: object) -> None:
+        record_audit_event(
+            self.session,
+            actor=admin.email,
+            actor_user_id=admin.id,
+            action=action,
+            target_type="user",
+            target_id=user.id,
+            details={"email": user.email, **details},
+            client=self.client,
+        )
