@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie, State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -52,10 +51,11 @@ from app.auth.services import AuthService, LoginResult, SessionMode, new_oauth_s
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import InvalidRequest, NotFound
+from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.accounts import AccountService
 from app.tenants.schemas import UserRead
-from app.tenants.services import UserService, lookup_tenant_by_slug
+from app.tenants.services import lookup_tenant_by_slug, organization_user
 from db.auth import OAuthConnection, OAuthProvider
 from db.session import set_session_tenant
 
@@ -102,7 +102,6 @@ def _forget_cookie(settings: Settings) -> Cookie:
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
-    dependencies = {"users": Provide(create_service_provider(UserService))}
 
     @post("/login", opt=PUBLIC, status_code=HTTP_200_OK, summary="Sign in with organization, email and password")
     async def login(
@@ -199,33 +198,20 @@ class AuthController(Controller):
         self,
         data: JSONBody[AcceptInvitationRequest],
         auth: NamedDependency[AuthService],
-        users: NamedDependency[UserService],
     ) -> UserRead:
         user = await auth.accept_invitation(token=data.token, password=data.password, full_name=data.full_name)
-        return users.to_schema(user, schema_type=UserRead)
+        return read_as(UserRead, user)
 
     @post("/signup", opt=PUBLIC, status_code=HTTP_201_CREATED, summary="Sign up, where the organization allows it")
-    async def sign_up(
-        self, data: JSONBody[SignUpRequest], auth: NamedDependency[AuthService], users: NamedDependency[UserService]
-    ) -> UserRead:
+    async def sign_up(self, data: JSONBody[SignUpRequest], auth: NamedDependency[AuthService]) -> UserRead:
         user = await auth.sign_up(
             tenant_slug=data.tenant, email=data.email, password=data.password, full_name=data.full_name
         )
-        return users.to_schema(user, schema_type=UserRead)
+        return read_as(UserRead, user)
 
 
 def _provider_read(provider: OAuthProvider) -> OAuthProviderRead:
-    return OAuthProviderRead(
-        id=provider.id,
-        name=provider.provider_name,
-        kind=provider.kind,
-        display_name=provider.display_name,
-        client_id=provider.client_id,
-        discovery_url=provider.discovery_url,
-        redirect_uri=provider.redirect_uri,
-        scopes=list(provider.scopes),
-        is_enabled=provider.is_enabled,
-    )
+    return read_as(OAuthProviderRead, provider, name=provider.provider_name)
 
 
 def _safe_return_path(return_to: str | None) -> str:
@@ -437,9 +423,7 @@ async def _start_authorization(
 class IdentityController(Controller):
     path = "/api/me"
     tags = ["auth"]
-    dependencies = {"users": Provide(create_service_provider(UserService))}
 
     @get("/", opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, summary="The signed-in user")
-    async def get_current_user(self, request: AuthRequest, users: NamedDependency[UserService]) -> UserRead:
-        user = await users.get(request.user.user_id)
-        return users.to_schema(user, schema_type=UserRead)
+    async def get_current_user(self, request: AuthRequest, db_session: NamedDependency[AsyncSession]) -> UserRead:
+        return read_as(UserRead, await organization_user(db_session, request.user.user_id))

@@ -11,6 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.keyset import Keyset
+from app.schemas import read_as
 from app.tenants.schemas import AuditEventRead
 from db.tenant import AuditEvent
 
@@ -65,16 +66,5 @@ async def audit_page(
 
 
 def audit_event_read(event: AuditEvent) -> AuditEventRead:
-    return AuditEventRead(
-        id=event.id,
-        created_at=event.created_at,
-        actor=event.actor,
-        actor_user_id=event.actor_user_id,
-        action=event.action,
-        target_type=event.target_type,
-        target_id=event.target_id,
-        ip_address=str(event.ip_address) if event.ip_address is not None else None,
-        user_agent=event.user_agent,
-        request_id=event.request_id,
-        details=event.details,
-    )
+    ip_address = str(event.ip_address) if event.ip_address is not None else None
+    return read_as(AuditEventRead, event, ip_address=ip_address)

@@ -7,10 +7,9 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +18,7 @@ from app.auth.guards import requires_tenant_admin
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
 from app.keyset import Keyset
-from app.observability.middleware import client_context
+from app.schemas import read_as
 from app.tenants.accounts import AccountService
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page
 from app.tenants.groups import GroupService
@@ -40,37 +39,34 @@ from app.tenants.schemas import (
 )
 from app.tenants.services import (
     Actor,
-    OrganizationService,
     change_tenant_policy,
     group_ids_of_user,
     group_members,
     groups_with_member_counts,
     organization_user,
     organization_users,
+    own_organization,
     tenant_policy,
     user_group,
 )
-from db.auth import User
 from db.tenant import UserGroup
 
 
 class TenantController(Controller):
     path = "/api/tenant"
     tags = ["tenants"]
-    dependencies = {"organizations": Provide(create_service_provider(OrganizationService))}
 
     @get("/", summary="The caller's organization")
     async def get_own_tenant(
-        self, request: Request[Principal, Any, State], organizations: NamedDependency[OrganizationService]
+        self, request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]
     ) -> OrganizationRead:
-        organization = await organizations.get(request.user.tenant_id)
-        return organizations.to_schema(organization, schema_type=OrganizationRead)
+        return read_as(OrganizationRead, await own_organization(db_session, request.user.tenant_id))
 
     @get("/policy", guards=[requires_tenant_admin], summary="The organization's security policy")
     async def get_policy(
-        self, request: Request[Principal, Any, State], organizations: NamedDependency[OrganizationService]
+        self, request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]
     ) -> TenantPolicyRead:
-        policy = tenant_policy(await organizations.get(request.user.tenant_id))
+        policy = tenant_policy(await own_organization(db_session, request.user.tenant_id))
         return TenantPolicyRead(**msgspec.structs.asdict(policy))
 
     @patch("/policy", guards=[requires_tenant_admin], summary="Change the security policy")
@@ -78,17 +74,17 @@ class TenantController(Controller):
         self,
         data: JSONBody[TenantPolicyUpdate],
         request: Request[Principal, Any, State],
-        organizations: NamedDependency[OrganizationService],
+        actor: NamedDependency[Actor],
+        db_session: NamedDependency[AsyncSession],
     ) -> TenantPolicyRead:
-        organization = await organizations.get(request.user.tenant_id)
-        admin = await organizations.repository.session.get_one(User, request.user.user_id)
+        organization = await own_organization(db_session, request.user.tenant_id)
         policy = await change_tenant_policy(
-            organizations.repository.session,
+            db_session,
             organization,
             data,
-            actor=admin.email,
+            actor=actor.name,
             actor_user_id=request.user.user_id,
-            client=client_context(request),
+            client=actor.client,
         )
         return TenantPolicyRead(**msgspec.structs.asdict(policy))
 
@@ -96,7 +92,7 @@ class TenantController(Controller):
 async def _visible_user(db_session: AsyncSession, user_id: UUID) -> UserDetail:
     user = await organization_user(db_session, user_id)
     return UserDetail(
-        user=msgspec.convert(user, UserRead, from_attributes=True),
+        user=read_as(UserRead, user),
         group_ids=await group_ids_of_user(db_session, user.id),
     )
 
@@ -113,7 +109,7 @@ class UserAdminController(Controller):
 
     @get("/", summary="The organization's users")
     async def list_users(self, db_session: NamedDependency[AsyncSession]) -> list[UserRead]:
-        return [msgspec.convert(user, UserRead, from_attributes=True) for user in await organization_users(db_session)]
+        return [read_as(UserRead, user) for user in await organization_users(db_session)]
 
     @get("/{user_id:uuid}", summary="A user and the groups they belong to")
     async def get_user(self, user_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> UserDetail:

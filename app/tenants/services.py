@@ -9,8 +9,6 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -58,18 +56,9 @@ class DemoLogin(msgspec.Struct, frozen=True):
     extra: Any = None
 
 
-class OrganizationService(SQLAlchemyAsyncRepositoryService[Organization]):
-    class Repository(SQLAlchemyAsyncRepository[Organization]):
-        model_type = Organization
-
-    repository_type = Repository
-
-
-class UserService(SQLAlchemyAsyncRepositoryService[User]):
-    class Repository(SQLAlchemyAsyncRepository[User]):
-        model_type = User
-
-    repository_type = Repository
+async def own_organization(session: AsyncSession, tenant_id: UUID) -> Organization:
+    """The caller's organization: the session's tenant, the one row of `tenant_organizations` it may see."""
+    return await session.get_one(Organization, tenant_id)
 
 
 async def lookup_tenant_by_slug(session: AsyncSession, slug: str) -> TenantRef | None:
