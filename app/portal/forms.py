@@ -58,20 +58,18 @@ class FormSubmission:
                                          status_code=submission.status_code)
         return see_other(...)
 
-    To adopt it in a handler that has `try: ... except FormInvalid ... except ServiceError: rollback()` with a
-    field guessed from the message: move the `try` body under the `async with`, render the page from
-    `submission.errors` and `submission.status_code`, and give the service's `raise` the `field=` it is about.
-    A page that re-reads an ORM row after the rollback refreshes it first (the rollback expired it).
+    To adopt it in a handler that catches `FormInvalid` and `ServiceError` itself, rolls back and guesses the
+    field from the message: move the `try` body under the `async with`, drop the handlers, render the page from
+    `submission.errors` and `submission.status_code`, and give each `raise` in the service the `field=` it is
+    about (a refusal without one is shown above the form). A page that reads an ORM row again after the
+    rollback refreshes it first (the rollback expired it).
     """
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self.refused = False
         self.errors: dict[str, str] = {}
         self.status_code = HTTP_200_OK
-
-    @property
-    def refused(self) -> bool:
-        return bool(self.errors)
 
     async def __aenter__(self) -> FormSubmission:
         return self
@@ -86,6 +84,7 @@ class FormSubmission:
         else:
             return False
         await self.session.rollback()
+        self.refused = True
         return True
 
 
