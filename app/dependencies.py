@@ -17,6 +17,7 @@ from app.auth.redis_store import AuthStore
 from app.auth.services import AuthService
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
+from app.gateway.admin import ChannelAdmin, PriceAdmin, TokenAdmin
 from app.gateway.engine import Gateway
 from app.observability.middleware import client_context
 from app.resources import Resources
@@ -69,6 +70,46 @@ async def provide_oauth_provider_service(
     return OAuthProviderService(db_session, secret_box, oauth_redirect_uri(settings))
 
 
+async def provide_channel_admin(
+    request: Request[Principal, Any, State],
+    db_session: NamedDependency[AsyncSession],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+    actor: NamedDependency[Actor],
+    secret_box: NamedDependency[SecretBox],
+    settings: NamedDependency[Settings],
+) -> ChannelAdmin:
+    return ChannelAdmin(
+        db_session,
+        tenant_id=request.user.tenant_id,
+        redis=redis,
+        catalog=gateway.catalog,
+        actor=actor,
+        secret_box=secret_box,
+        http=gateway.http,
+        echo_enabled=settings.echo_provider_enabled,
+    )
+
+
+async def provide_token_admin(
+    request: Request[Principal, Any, State],
+    db_session: NamedDependency[AsyncSession],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+    actor: NamedDependency[Actor],
+) -> TokenAdmin:
+    return TokenAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog, actor=actor)
+
+
+async def provide_price_admin(
+    request: Request[Principal, Any, State],
+    db_session: NamedDependency[AsyncSession],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+) -> PriceAdmin:
+    return PriceAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
+
+
 def _constant(value: object) -> Provide:
     def provide() -> object:
         return value
@@ -93,4 +134,7 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "accounts": Provide(provide_account_service),
         "groups": Provide(provide_group_service),
         "oauth_providers": Provide(provide_oauth_provider_service),
+        "channel_admin": Provide(provide_channel_admin),
+        "token_admin": Provide(provide_token_admin),
+        "price_admin": Provide(provide_price_admin),
     }

@@ -14,13 +14,18 @@ class ErrorBody(msgspec.Struct):
 
 
 class ServiceError(Exception):
-    """Base: `detail` is shown to the caller as is, so it says what to do and reveals nothing internal."""
+    """Base: `detail` is shown to the caller as is, so it says what to do and reveals nothing internal.
+
+    `field` names the request field the refusal is about, where there is one: a portal form shows the message
+    next to that field (the whole-form message otherwise).
+    """
 
     status_code = 400
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.field = field
         self.headers = headers or {}
 
 

@@ -1,4 +1,7 @@
-"""Managing the gateway: channels (keys encrypted), API tokens (hashed), prices, usage queries, channel tests."""
+"""Managing the gateway: channels (keys encrypted), API tokens (hashed), prices, usage queries, channel tests.
+
+Changes go through `ChannelAdmin`, `TokenAdmin` and `PriceAdmin`, which commit and then tell every worker's cache.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from uuid import UUID
 
 import aiohttp
 import msgspec
+from redis.asyncio import Redis
 from sqlalchemy import Date, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +25,7 @@ from app.encryption import SecretBox
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
-from app.gateway.caches import channel_keys_context
+from app.gateway.caches import GatewayCatalog, announce_change, channel_keys_context
 from app.gateway.schemas import (
     ChannelCreate,
     ChannelRead,
@@ -61,7 +65,7 @@ async def provider_type(session: AsyncSession, name: str, *, echo_enabled: bool)
     if found is None or (found.api_format == "echo" and not echo_enabled):
         names = (await session.scalars(select(ProviderType.name).order_by(ProviderType.id))).all()
         usable = [n for n in names if n != "echo" or echo_enabled]
-        raise InvalidRequest(f"Unknown channel type '{name}'; use one of: {', '.join(usable)}.")
+        raise InvalidRequest(f"Unknown channel type '{name}'; use one of: {', '.join(usable)}.", field="type")
     return found
 
 
@@ -71,94 +75,143 @@ def encrypt_keys(box: SecretBox, tenant_id: UUID, keys: list[str]) -> str:
 
 def _check_base_url(kind: ProviderType, base_url: str | None) -> None:
     if base_url is None and kind.base_url is None and kind.api_format != "echo":
-        raise InvalidRequest(f"A '{kind.name}' channel needs its base_url (the API root, e.g. https://host/v1).")
+        raise InvalidRequest(
+            f"A '{kind.name}' channel needs its base_url (the API root, e.g. https://host/v1).", field="base_url"
+        )
 
 
 def _check_test_kind(kind: ProviderType, test_kind: str) -> None:
     # Every embeddings probe of such a channel would fail, and an auto-disabled one would never come back.
     if test_kind == "embeddings" and not ADAPTERS[kind.api_format].supports_embeddings:
-        raise InvalidRequest(f"test_kind: channels of type '{kind.name}' have no embeddings API; test them with chat.")
+        raise InvalidRequest(
+            f"test_kind: channels of type '{kind.name}' have no embeddings API; test them with chat.", field="test_kind"
+        )
 
 
 async def _check_scope(session: AsyncSession, scope: str, owner_id: UUID | None, group_id: UUID | None) -> None:
     # Under RLS, a user or group of another tenant is simply not found here.
     if scope == "personal" and (owner_id is None or await session.get(User, owner_id) is None):
-        raise InvalidRequest("A personal channel needs the owner_id of a user of this organization.")
+        raise InvalidRequest("A personal channel needs the owner_id of a user of this organization.", field="owner_id")
     if scope == "group" and (group_id is None or await session.get(UserGroup, group_id) is None):
-        raise InvalidRequest("A group channel needs the group_id of a group of this organization.")
+        raise InvalidRequest("A group channel needs the group_id of a group of this organization.", field="group_id")
 
 
-async def create_channel(
-    session: AsyncSession, tenant_id: UUID, data: ChannelCreate, box: SecretBox, *, echo_enabled: bool, actor: Actor
-) -> Channel:
-    kind = await provider_type(session, data.type, echo_enabled=echo_enabled)
-    _check_base_url(kind, data.base_url)
-    _check_test_kind(kind, data.test_kind)
-    if not data.keys and kind.api_format != "echo":
-        raise InvalidRequest("A channel needs at least one API key in `keys`.")
-    await _check_scope(session, data.scope, data.owner_id, data.group_id)
-    if await session.scalar(select(Channel.id).where(Channel.name == data.name)) is not None:
-        raise Conflict(f"A channel named '{data.name}' already exists.")
-    channel = Channel(
-        tenant_id=tenant_id,
-        name=data.name,
-        type_id=kind.id,
-        base_url=data.base_url,
-        api_version=data.api_version,
-        encrypted_keys=encrypt_keys(box, tenant_id, data.keys),
-        priority=data.priority,
-        weight=data.weight,
-        models=data.models,
-        model_mapping=data.model_mapping,
-        config_scope=data.scope,
-        owner_id=data.owner_id if data.scope == "personal" else None,
-        group_id=data.group_id if data.scope == "group" else None,
-        quota=data.quota,
-        rate_limit=data.rate_limit,
-        test_model=data.test_model,
-        test_kind=data.test_kind,
-    )
-    session.add(channel)
-    await session.flush()
-    audit_change(session, actor, "channel.created", "channel", channel.id, name=channel.name, type=data.type)
-    return channel
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"A channel named '{name}' already exists.", field="name")
 
 
-async def update_channel(
-    session: AsyncSession, channel: Channel, data: ChannelUpdate, box: SecretBox, *, actor: Actor
-) -> Channel:
-    changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
-    keys = changes.pop("keys", None)
-    if "test_kind" in changes:
-        _check_test_kind(await session.get_one(ProviderType, channel.type_id), changes["test_kind"])
-    renamed = "name" in changes and changes["name"] != channel.name
-    if renamed and await session.scalar(select(Channel.id).where(Channel.name == changes["name"])) is not None:
-        raise Conflict(f"A channel named '{changes['name']}' already exists.")
-    # Which fields changed, never their values: keys are secrets and the rest is on the channel itself.
-    changed = sorted([field for field, value in changes.items() if getattr(channel, field) != value])
-    for field, value in changes.items():
-        setattr(channel, field, value)
-    if keys is not None:
-        channel.encrypted_keys = encrypt_keys(box, channel.tenant_id, keys)
-        changed = sorted([*changed, "keys"])
-    await session.flush()
-    audit_change(session, actor, "channel.updated", "channel", channel.id, name=channel.name, fields=changed)
-    return channel
+class _ManagementService:
+    """What every service of the management plane shares: the caller's session, and the announcement that
+    makes every worker's catalog drop what a committed change made stale."""
+
+    def __init__(self, session: AsyncSession, *, tenant_id: UUID, redis: Redis, catalog: GatewayCatalog) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.redis = redis
+        self.catalog = catalog
+
+    async def _commit_and_announce(self, message: str) -> None:
+        await self.session.commit()
+        # Only after the commit: the workers that hear it reload from the database at once.
+        await announce_change(self.redis, self.catalog, message)
 
 
-async def set_channel_status(session: AsyncSession, channel: Channel, status: str, *, actor: Actor) -> Channel:
-    """Enable (also clearing an automatic disable) or disable a channel."""
-    channel.status = status
-    channel.status_reason = None
-    await session.flush()
-    audit_change(session, actor, f"channel.{status}", "channel", channel.id, name=channel.name)
-    return channel
+class ChannelAdmin(_ManagementService):
+    """The organization's channels as an admin changes them: each change is audited, committed and announced."""
 
+    def __init__(
+        self,
+        session: AsyncSession,
+        *,
+        tenant_id: UUID,
+        redis: Redis,
+        catalog: GatewayCatalog,
+        actor: Actor,
+        secret_box: SecretBox,
+        http: aiohttp.ClientSession,
+        echo_enabled: bool,
+    ) -> None:
+        super().__init__(session, tenant_id=tenant_id, redis=redis, catalog=catalog)
+        self.actor = actor
+        self.secret_box = secret_box
+        self.http = http
+        self.echo_enabled = echo_enabled
 
-async def remove_channel(session: AsyncSession, channel: Channel, *, actor: Actor) -> None:
-    audit_change(session, actor, "channel.deleted", "channel", channel.id, name=channel.name)
-    await session.delete(channel)
-    await session.flush()
+    async def create(self, data: ChannelCreate) -> Channel:
+        session = self.session
+        kind = await provider_type(session, data.type, echo_enabled=self.echo_enabled)
+        _check_base_url(kind, data.base_url)
+        _check_test_kind(kind, data.test_kind)
+        if not data.keys and kind.api_format != "echo":
+            raise InvalidRequest("A channel needs at least one API key in `keys`.", field="keys")
+        await _check_scope(session, data.scope, data.owner_id, data.group_id)
+        if await session.scalar(select(Channel.id).where(Channel.name == data.name)) is not None:
+            raise _name_taken(data.name)
+        channel = Channel(
+            tenant_id=self.tenant_id,
+            name=data.name,
+            type_id=kind.id,
+            base_url=data.base_url,
+            api_version=data.api_version,
+            encrypted_keys=encrypt_keys(self.secret_box, self.tenant_id, data.keys),
+            priority=data.priority,
+            weight=data.weight,
+            models=data.models,
+            model_mapping=data.model_mapping,
+            config_scope=data.scope,
+            owner_id=data.owner_id if data.scope == "personal" else None,
+            group_id=data.group_id if data.scope == "group" else None,
+            quota=data.quota,
+            rate_limit=data.rate_limit,
+            test_model=data.test_model,
+            test_kind=data.test_kind,
+        )
+        session.add(channel)
+        await session.flush()
+        audit_change(session, self.actor, "channel.created", "channel", channel.id, name=channel.name, type=data.type)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return channel
+
+    async def update(self, channel: Channel, data: ChannelUpdate) -> Channel:
+        session = self.session
+        changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
+        keys = changes.pop("keys", None)
+        if "test_kind" in changes:
+            _check_test_kind(await session.get_one(ProviderType, channel.type_id), changes["test_kind"])
+        renamed = "name" in changes and changes["name"] != channel.name
+        if renamed and await session.scalar(select(Channel.id).where(Channel.name == changes["name"])) is not None:
+            raise _name_taken(changes["name"])
+        # Which fields changed, never their values: keys are secrets and the rest is on the channel itself.
+        changed = sorted([field for field, value in changes.items() if getattr(channel, field) != value])
+        for field, value in changes.items():
+            setattr(channel, field, value)
+        if keys is not None:
+            channel.encrypted_keys = encrypt_keys(self.secret_box, channel.tenant_id, keys)
+            changed = sorted([*changed, "keys"])
+        await session.flush()
+        audit_change(session, self.actor, "channel.updated", "channel", channel.id, name=channel.name, fields=changed)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return channel
+
+    async def set_status(self, channel: Channel, status: str) -> Channel:
+        """Enable (also clearing an automatic disable) or disable a channel."""
+        channel.status = status
+        channel.status_reason = None
+        await self.session.flush()
+        audit_change(self.session, self.actor, f"channel.{status}", "channel", channel.id, name=channel.name)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return channel
+
+    async def remove(self, channel: Channel) -> None:
+        audit_change(self.session, self.actor, "channel.deleted", "channel", channel.id, name=channel.name)
+        await self.session.delete(channel)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+
+    async def test(self, channel: Channel) -> ChannelTestResult:
+        """`test_channel`, committed: its outcome (and a channel it enabled again) is what the workers reload."""
+        result = await test_channel(self.session, channel, self.secret_box, self.http)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return result
 
 
 async def channel_with_type(session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:
@@ -256,7 +309,9 @@ def _valid_networks(values: list[str]) -> list[str]:
     try:
         return [str(ipaddress.ip_network(value.strip(), strict=False)) for value in values]
     except ValueError as error:
-        raise InvalidRequest(f"allowed_ips: {error}; use addresses or networks like 203.0.113.0/24.") from None
+        raise InvalidRequest(
+            f"allowed_ips: {error}; use addresses or networks like 203.0.113.0/24.", field="allowed_ips"
+        ) from None
 
 
 async def _known_channels(session: AsyncSession, channel_ids: list[UUID]) -> list[str]:
@@ -267,7 +322,8 @@ async def _known_channels(session: AsyncSession, channel_ids: list[UUID]) -> lis
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise InvalidRequest(
             f"allowed_channels: no channel of this organization has the id {shown}; "
-            "name only this organization's channels (as GET /api/channels lists them)."
+            "name only this organization's channels (as GET /api/channels lists them).",
+            field="allowed_channels",
         )
     return [str(channel_id) for channel_id in channel_ids]
 
@@ -275,12 +331,14 @@ async def _known_channels(session: AsyncSession, channel_ids: list[UUID]) -> lis
 async def create_token(
     session: AsyncSession, *, tenant_id: UUID, user_id: UUID, data: TokenCreate, actor: Actor
 ) -> tuple[ApiToken, str]:
+    """A new key, flushed but not committed (`TokenAdmin.create` commits; a new organization's demo key is
+    committed with the organization); the key itself is returned this once."""
     if await session.get(User, user_id) is None:
-        raise NotFound("No such user in this organization.")
+        raise NotFound("No such user in this organization.", field="user_id")
     if await session.scalar(select(ApiToken.id).where(ApiToken.user_id == user_id, ApiToken.name == data.name)):
-        raise Conflict(f"This user already has a key named '{data.name}'.")
+        raise _key_name_taken(data.name)
     if data.expires_at is not None and data.expires_at <= datetime.datetime.now(datetime.UTC):
-        raise InvalidRequest("expires_at is in the past.")
+        raise InvalidRequest("expires_at is in the past.", field="expires_at")
     key = new_api_key()
     token = ApiToken(
         tenant_id=tenant_id,
@@ -312,28 +370,53 @@ async def create_token(
     return token, key
 
 
-async def update_token(session: AsyncSession, token: ApiToken, data: TokenUpdate, *, actor: Actor) -> ApiToken:
-    changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
-    if "allowed_ips" in changes:
-        changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
-    if "allowed_channels" in changes:
-        changes["allowed_channels"] = await _known_channels(session, changes["allowed_channels"])
-    if "name" in changes and changes["name"] != token.name:
-        same_name = select(ApiToken.id).where(ApiToken.user_id == token.user_id, ApiToken.name == changes["name"])
-        if await session.scalar(same_name):
-            raise Conflict(f"This user already has a key named '{changes['name']}'.")
-    changed = sorted(field for field, value in changes.items() if getattr(token, field) != value)
-    for field, value in changes.items():
-        setattr(token, field, value)
-    await session.flush()
-    audit_change(session, actor, "token.updated", "api_token", token.id, name=token.name, fields=changed)
-    return token
+def _key_name_taken(name: str) -> Conflict:
+    return Conflict(f"This user already has a key named '{name}'.", field="name")
 
 
-async def revoke_token(session: AsyncSession, token: ApiToken, *, actor: Actor) -> None:
-    audit_change(session, actor, "token.revoked", "api_token", token.id, name=token.name, prefix=token.key_prefix)
-    await session.delete(token)
-    await session.flush()
+class TokenAdmin(_ManagementService):
+    """API keys as their owner or an admin changes them: each change is audited, committed and announced."""
+
+    def __init__(
+        self, session: AsyncSession, *, tenant_id: UUID, redis: Redis, catalog: GatewayCatalog, actor: Actor
+    ) -> None:
+        super().__init__(session, tenant_id=tenant_id, redis=redis, catalog=catalog)
+        self.actor = actor
+
+    async def create(self, user_id: UUID, data: TokenCreate) -> tuple[ApiToken, str]:
+        """A new key for `user_id`, and the key itself (shown once; only its hash is kept)."""
+        token, key = await create_token(
+            self.session, tenant_id=self.tenant_id, user_id=user_id, data=data, actor=self.actor
+        )
+        # No worker can have cached a key that did not exist yet: nothing to announce.
+        await self.session.commit()
+        return token, key
+
+    async def update(self, token: ApiToken, data: TokenUpdate) -> ApiToken:
+        session = self.session
+        changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
+        if "allowed_ips" in changes:
+            changes["allowed_ips"] = _valid_networks(changes["allowed_ips"])
+        if "allowed_channels" in changes:
+            changes["allowed_channels"] = await _known_channels(session, changes["allowed_channels"])
+        if "name" in changes and changes["name"] != token.name:
+            same_name = select(ApiToken.id).where(ApiToken.user_id == token.user_id, ApiToken.name == changes["name"])
+            if await session.scalar(same_name):
+                raise _key_name_taken(changes["name"])
+        changed = sorted(field for field, value in changes.items() if getattr(token, field) != value)
+        for field, value in changes.items():
+            setattr(token, field, value)
+        await session.flush()
+        audit_change(session, self.actor, "token.updated", "api_token", token.id, name=token.name, fields=changed)
+        await self._commit_and_announce(f"token:{token.key_hash}")
+        return token
+
+    async def revoke(self, token: ApiToken) -> None:
+        audit_change(
+            self.session, self.actor, "token.revoked", "api_token", token.id, name=token.name, prefix=token.key_prefix
+        )
+        await self.session.delete(token)
+        await self._commit_and_announce(f"token:{token.key_hash}")
 
 
 async def visible_token(session: AsyncSession, principal: Principal, token_id: UUID) -> ApiToken:
@@ -365,25 +448,28 @@ def token_read(token: ApiToken) -> TokenRead:
     )
 
 
-async def set_model_price(session: AsyncSession, tenant_id: UUID, model: str, data: PriceWrite) -> ModelPrice:
-    """Price `model` (credits per million tokens; `*` prices every model without its own price)."""
-    if not 0 < len(model) <= 100:
-        raise InvalidRequest("The model name must be 1-100 characters long.")
-    price = await session.scalar(select(ModelPrice).where(ModelPrice.model == model))
-    if price is None:
-        price = ModelPrice(tenant_id=tenant_id, model=model, prompt_price=0, completion_price=0)
-        session.add(price)
-    price.prompt_price = data.prompt_price
-    price.completion_price = data.completion_price
-    await session.flush()
-    return price
+class PriceAdmin(_ManagementService):
+    """Model prices (credits per million tokens; `*` prices every model without its own price): each change is
+    committed and announced."""
 
+    async def set(self, model: str, data: PriceWrite) -> ModelPrice:
+        if not 0 < len(model) <= 100:
+            raise InvalidRequest("The model name must be 1-100 characters long.", field="model")
+        price = await self.session.scalar(select(ModelPrice).where(ModelPrice.model == model))
+        if price is None:
+            price = ModelPrice(tenant_id=self.tenant_id, model=model, prompt_price=0, completion_price=0)
+            self.session.add(price)
+        price.prompt_price = data.prompt_price
+        price.completion_price = data.completion_price
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return price
 
-async def remove_model_price(session: AsyncSession, model: str) -> None:
-    price = await session.scalar(select(ModelPrice).where(ModelPrice.model == model))
-    if price is None:
-        raise NotFound("No price for this model.")
-    await session.delete(price)
+    async def remove(self, model: str) -> None:
+        price = await self.session.scalar(select(ModelPrice).where(ModelPrice.model == model))
+        if price is None:
+            raise NotFound("No price for this model.")
+        await self.session.delete(price)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
 
 
 async def served_models(session: AsyncSession) -> list[str]:

@@ -12,7 +12,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_303_SEE_OTHER
-from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,8 +21,7 @@ from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import NotFound
 from app.gateway import admin
-from app.gateway.caches import announce_change
-from app.gateway.engine import Gateway
+from app.gateway.admin import ChannelAdmin, PriceAdmin, TokenAdmin
 from app.gateway.schemas import (
     ChannelCreate,
     ChannelRead,
@@ -67,25 +65,11 @@ class ChannelController(Controller):
     @post("/", status_code=HTTP_201_CREATED, summary="Add a channel")
     async def create_channel(
         self,
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        channel_admin: NamedDependency[ChannelAdmin],
         secret_box: NamedDependency[SecretBox],
-        settings: NamedDependency[Settings],
         data: JSONBody[ChannelCreate],
-        request: AuthRequest,
-        db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        channel = await admin.create_channel(
-            db_session,
-            request.user.tenant_id,
-            data,
-            secret_box,
-            echo_enabled=settings.echo_provider_enabled,
-            actor=actor,
-        )
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        channel = await channel_admin.create(data)
         return admin.channel_read(channel, data.type, secret_box)
 
     @get("/{channel_id:uuid}", summary="One channel")
@@ -102,91 +86,67 @@ class ChannelController(Controller):
     @patch("/{channel_id:uuid}", summary="Change a channel")
     async def update_channel(
         self,
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        channel_admin: NamedDependency[ChannelAdmin],
         secret_box: NamedDependency[SecretBox],
         channel_id: FromPath[UUID],
         data: JSONBody[ChannelUpdate],
-        request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> ChannelRead:
         channel, type_name = await admin.channel_with_type(db_session, channel_id)
-        await admin.update_channel(db_session, channel, data, secret_box, actor=actor)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await channel_admin.update(channel, data)
         return admin.channel_read(channel, type_name, secret_box)
 
     @delete("/{channel_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove a channel")
     async def delete_channel(
         self,
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        channel_admin: NamedDependency[ChannelAdmin],
         channel_id: FromPath[UUID],
-        request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> None:
         channel, _ = await admin.channel_with_type(db_session, channel_id)
-        await admin.remove_channel(db_session, channel, actor=actor)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await channel_admin.remove(channel)
 
     @post("/{channel_id:uuid}/enable", summary="Enable a channel (also one that was auto-disabled)")
     async def enable_channel(
         self,
         channel_id: FromPath[UUID],
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        channel_admin: NamedDependency[ChannelAdmin],
         secret_box: NamedDependency[SecretBox],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        return await self._set_status(channel_id, "enabled", actor, db_session, redis, gateway, secret_box)
+        return await self._set_status(channel_id, "enabled", channel_admin, db_session, secret_box)
 
     @post("/{channel_id:uuid}/disable", summary="Disable a channel")
     async def disable_channel(
         self,
         channel_id: FromPath[UUID],
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        channel_admin: NamedDependency[ChannelAdmin],
         secret_box: NamedDependency[SecretBox],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> ChannelRead:
-        return await self._set_status(channel_id, "disabled", actor, db_session, redis, gateway, secret_box)
+        return await self._set_status(channel_id, "disabled", channel_admin, db_session, secret_box)
 
     async def _set_status(
         self,
         channel_id: UUID,
         status: str,
-        actor: Actor,
+        channel_admin: ChannelAdmin,
         db_session: AsyncSession,
-        redis: Redis,
-        gateway: Gateway,
         secret_box: SecretBox,
     ) -> ChannelRead:
         channel, type_name = await admin.channel_with_type(db_session, channel_id)
-        await admin.set_channel_status(db_session, channel, status, actor=actor)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{channel.tenant_id}")
+        await channel_admin.set_status(channel, status)
         return admin.channel_read(channel, type_name, secret_box)
 
     @post("/{channel_id:uuid}/test", summary="Call the channel once with its test model; report latency and error")
     async def test_channel(
         self,
-        gateway: NamedDependency[Gateway],
-        secret_box: NamedDependency[SecretBox],
+        channel_admin: NamedDependency[ChannelAdmin],
         channel_id: FromPath[UUID],
-        request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> ChannelTestResult:
         channel, _ = await admin.channel_with_type(db_session, channel_id)
-        result = await admin.test_channel(db_session, channel, secret_box, gateway.http)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
-        return result
+        return await channel_admin.test(channel)
 
 
 class TokenController(Controller):
@@ -204,18 +164,12 @@ class TokenController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED, summary="Issue an API key; the key is shown once")
     async def create_token(
-        self,
-        actor: NamedDependency[Actor],
-        data: JSONBody[TokenCreate],
-        request: AuthRequest,
-        db_session: NamedDependency[AsyncSession],
+        self, token_admin: NamedDependency[TokenAdmin], data: JSONBody[TokenCreate], request: AuthRequest
     ) -> TokenCreated:
         owner = data.user_id or request.user.user_id
         if owner != request.user.user_id and request.user.role not in ADMIN_ROLES:
-            raise NotFound("No such user in this organization.")
-        token, key = await admin.create_token(
-            db_session, tenant_id=request.user.tenant_id, user_id=owner, data=data, actor=actor
-        )
+            raise NotFound("No such user in this organization.", field="user_id")
+        token, key = await token_admin.create(owner, data)
         return TokenCreated(token=admin.token_read(token), key=key)
 
     @get("/{token_id:uuid}", summary="One API key")
@@ -227,34 +181,25 @@ class TokenController(Controller):
     @patch("/{token_id:uuid}", summary="Change an API key (limits, status)")
     async def update_token(
         self,
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        token_admin: NamedDependency[TokenAdmin],
         token_id: FromPath[UUID],
         data: JSONBody[TokenUpdate],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> TokenRead:
         token = await admin.visible_token(db_session, request.user, token_id)
-        await admin.update_token(db_session, token, data, actor=actor)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
+        await token_admin.update(token, data)
         return admin.token_read(token)
 
     @delete("/{token_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke an API key")
     async def delete_token(
         self,
-        actor: NamedDependency[Actor],
-        gateway: NamedDependency[Gateway],
+        token_admin: NamedDependency[TokenAdmin],
         token_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> None:
-        token = await admin.visible_token(db_session, request.user, token_id)
-        await admin.revoke_token(db_session, token, actor=actor)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
+        await token_admin.revoke(await admin.visible_token(db_session, request.user, token_id))
 
 
 class PriceController(Controller):
@@ -272,30 +217,20 @@ class PriceController(Controller):
     @put("/{model:str}", summary="Set a model's price")
     async def set_price(
         self,
-        gateway: NamedDependency[Gateway],
+        price_admin: NamedDependency[PriceAdmin],
         model: Annotated[str, PathParameter(min_length=1, max_length=100)],
         data: JSONBody[PriceWrite],
-        request: AuthRequest,
-        db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> PriceRead:
-        price = await admin.set_model_price(db_session, request.user.tenant_id, model, data)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        price = await price_admin.set(model, data)
         return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
 
     @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model's price")
     async def delete_price(
         self,
-        gateway: NamedDependency[Gateway],
+        price_admin: NamedDependency[PriceAdmin],
         model: Annotated[str, PathParameter(min_length=1, max_length=100)],
-        request: AuthRequest,
-        db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
     ) -> None:
-        await admin.remove_model_price(db_session, model)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{request.user.tenant_id}")
+        await price_admin.remove(model)
 
 
 def _usage_filter(request: AuthRequest, **values: Any) -> admin.UsageFilter:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any, TypeVar
 
 import msgspec
+from litestar.status_codes import HTTP_200_OK, HTTP_400_BAD_REQUEST
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import ServiceError
 
 T = TypeVar("T", bound=msgspec.Struct)
+# The key of the message about the form as a whole (templates show it above the fields).
+FORM_WIDE = "form"
 _AT_PATH = re.compile(r" - at `\$[^`]*`$")
 _FRIENDLY = [
     (re.compile(r"Expected `(?:str|string)` of length >= 1.*"), "This field is required."),
@@ -35,6 +42,50 @@ class FormInvalid(Exception):
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(", ".join(f"{field}: {message}" for field, message in errors.items()))
         self.errors = errors
+
+
+class FormSubmission:
+    """The one way a portal form handler meets a refusal: the form's own (`FormInvalid`, 400) or a service's
+    (`ServiceError`, its status, its message under the field it names, else under `form`, the whole-form
+    message at the top of the page). Either rolls the transaction back and is kept here for the page; anything
+    else propagates to the error pages.
+
+        async with FormSubmission(db_session) as submission:
+            data = parse(SomeRequest, shaped(form))
+            await some_service.change(data)
+        if submission.refused:
+            return await self._form_page(..., values=values, errors=submission.errors,
+                                         status_code=submission.status_code)
+        return see_other(...)
+
+    To adopt it in a handler that catches `FormInvalid` and `ServiceError` itself, rolls back and guesses the
+    field from the message: move the `try` body under the `async with`, drop the handlers, render the page from
+    `submission.errors` and `submission.status_code`, and give each `raise` in the service the `field=` it is
+    about (a refusal without one is shown above the form). A page that reads an ORM row again after the
+    rollback refreshes it first (the rollback expired it).
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.refused = False
+        self.errors: dict[str, str] = {}
+        self.status_code = HTTP_200_OK
+
+    async def __aenter__(self) -> FormSubmission:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        if isinstance(error, FormInvalid):
+            self.errors, self.status_code = error.errors, HTTP_400_BAD_REQUEST
+        elif isinstance(error, ServiceError):
+            self.errors, self.status_code = {error.field or FORM_WIDE: error.detail}, error.status_code
+        else:
+            return False
+        await self.session.rollback()
+        self.refused = True
+        return True
 
 
 def friendly(message: str) -> str:
@@ -82,7 +133,7 @@ def parse(struct_type: type[T], data: Mapping[str, Any]) -> T:
     try:
         return msgspec.convert(values, struct_type, strict=False)
     except msgspec.ValidationError as error:
-        raise FormInvalid({"form": friendly(str(error))}) from None
+        raise FormInvalid({FORM_WIDE: friendly(str(error))}) from None
 
 
 def lines(value: str | None) -> list[str]:

@@ -213,6 +213,15 @@ def viewer_actor(viewer: Viewer, request: PortalRequest) -> Actor:
     return Actor(name=viewer.user.email, user_id=viewer.user.id, client=client_context(request))
 
 
+async def provide_viewer_actor(viewer: NamedDependency[Viewer], request: PortalRequest) -> Actor:
+    """The portal's `actor` (given to the services that audit): the viewer, already read.
+
+    A page that asks for a service built with the app-wide `actor` would otherwise read the caller's email in
+    parallel with the viewer, and a session serves one query at a time.
+    """
+    return viewer_actor(viewer, request)
+
+
 def page(viewer: Viewer | None, template: str, *, status_code: int = 200, **context: Any) -> Template:
     """A full page: the layout's navigation follows the viewer's role."""
     return Template(template_name=template, context={"viewer": viewer, **context}, status_code=status_code)

@@ -16,10 +16,10 @@ from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict
 from app.jobs import services as jobs
 from app.jobs.registry import JOB_KINDS
 from app.keyset import Keyset
+from app.portal.forms import FormSubmission
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
 from app.settings import Settings
@@ -175,13 +175,12 @@ class JobPages(Controller):
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
-        try:
+        async with FormSubmission(db_session) as submission:
             await jobs.cancel_job(db_session, job_queue, redis, job, actor=viewer.user.id)
-        except Conflict as refusal:
+        if submission.refused:
             await db_session.refresh(job)
-            return await self._detail_page(
-                viewer, db_session, job, notices=[("error", refusal.detail)], status_code=refusal.status_code
-            )
+            notices = [("error", message) for message in submission.errors.values()]
+            return await self._detail_page(viewer, db_session, job, notices=notices, status_code=submission.status_code)
         return see_other(_back_to(await request.form(), job_id))
 
     @post("/{job_id:uuid}/retry", summary="Run a failed, canceled or dead job again")
@@ -196,11 +195,10 @@ class JobPages(Controller):
         redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
-        try:
+        async with FormSubmission(db_session) as submission:
             await jobs.retry_job(db_session, job_queue, redis, settings, job, actor=viewer.user.id)
-        except Conflict as refusal:
+        if submission.refused:
             await db_session.refresh(job)
-            return await self._detail_page(
-                viewer, db_session, job, notices=[("error", refusal.detail)], status_code=refusal.status_code
-            )
+            notices = [("error", message) for message in submission.errors.values()]
+            return await self._detail_page(viewer, db_session, job, notices=notices, status_code=submission.status_code)
         return see_other(_back_to(await request.form(), job_id))

@@ -10,22 +10,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.encryption import SecretBox
-from app.errors import Conflict, NotFound, ServiceError
+from app.errors import NotFound
 from app.gateway import admin
-from app.gateway.admin import channels_with_type_names, provider_types
-from app.gateway.caches import announce_change
-from app.gateway.engine import Gateway
+from app.gateway.admin import ChannelAdmin, channels_with_type_names, provider_types
 from app.gateway.schemas import ChannelCreate, ChannelUpdate
-from app.portal.forms import FormInvalid, lines, pairs, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.portal.forms import FormSubmission, lines, pairs, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer_actor, see_other
 from app.settings import Settings
 from db.provider import Channel
 
-FIELDS_IN_MESSAGES = ("keys", "base_url", "models", "model_mapping", "test_model", "test_kind", "type")
 TEST_KINDS = [("chat", "Chat completion (one token)"), ("embeddings", "Embeddings (one short input)")]
 # The fields a form sends as they are, one string each.
 TEXT_FIELDS = (
@@ -39,13 +34,6 @@ TEXT_FIELDS = (
     "test_model",
     "test_kind",
 )
-
-
-def field_of(error: ServiceError, default: str = "form") -> str:
-    """The form field a service's refusal is about, when its message names one."""
-    if isinstance(error, Conflict):
-        return "name"
-    return next((field for field in FIELDS_IN_MESSAGES if field in error.detail), default)
 
 
 def _shaped(form: dict[str, Any], *, creating: bool) -> dict[str, Any]:
@@ -64,7 +52,7 @@ def _shaped(form: dict[str, Any], *, creating: bool) -> dict[str, Any]:
 
 class ChannelPages(Controller):
     path = "/channels"
-    dependencies = {"viewer": Provide(provide_admin_viewer)}
+    dependencies = {"viewer": Provide(provide_admin_viewer), "actor": Provide(provide_viewer_actor)}
 
     @get("/", summary="Channels")
     async def list_channels(
@@ -112,38 +100,26 @@ class ChannelPages(Controller):
     @post("/new", summary="Add a channel")
     async def create_channel(
         self,
-        gateway: NamedDependency[Gateway],
-        secret_box: NamedDependency[SecretBox],
+        channel_admin: NamedDependency[ChannelAdmin],
         settings: NamedDependency[Settings],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items() if name != "keys"}
-        try:
-            data = parse(ChannelCreate, _shaped(form, creating=True))
-            await admin.create_channel(
+        async with FormSubmission(db_session) as submission:
+            await channel_admin.create(parse(ChannelCreate, _shaped(form, creating=True)))
+        if submission.refused:
+            return await self._form_page(
+                viewer,
                 db_session,
-                viewer.principal.tenant_id,
-                data,
-                secret_box,
-                echo_enabled=settings.echo_provider_enabled,
-                actor=viewer_actor(viewer, request),
+                settings,
+                channel=None,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
-        except FormInvalid as invalid:
-            return await self._form_page(
-                viewer, db_session, settings, channel=None, values=values, errors=invalid.errors
-            )
-        except ServiceError as error:
-            await db_session.rollback()
-            errors = {field_of(error): error.detail}
-            return await self._form_page(
-                viewer, db_session, settings, channel=None, values=values, errors=errors, status_code=error.status_code
-            )
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels")
 
     @get("/{channel_id:uuid}", summary="Edit a channel")
@@ -175,77 +151,56 @@ class ChannelPages(Controller):
     @post("/{channel_id:uuid}", summary="Save a channel")
     async def update_channel(
         self,
+        channel_admin: NamedDependency[ChannelAdmin],
         settings: NamedDependency[Settings],
-        gateway: NamedDependency[Gateway],
-        secret_box: NamedDependency[SecretBox],
         channel_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         channel, type_name = await admin.channel_with_type(db_session, channel_id)
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items() if name != "keys"} | {"type": type_name}
-        try:
-            data = parse(ChannelUpdate, _shaped(form, creating=False))
-            await admin.update_channel(db_session, channel, data, secret_box, actor=viewer_actor(viewer, request))
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._form_page(
-                viewer, db_session, settings, channel=channel, values=values, errors=invalid.errors
-            )
-        except ServiceError as error:
-            await db_session.rollback()
-            errors = {field_of(error): error.detail}
+        async with FormSubmission(db_session) as submission:
+            await channel_admin.update(channel, parse(ChannelUpdate, _shaped(form, creating=False)))
+        if submission.refused:
             return await self._form_page(
                 viewer,
                 db_session,
                 settings,
                 channel=channel,
                 values=values,
-                errors=errors,
-                status_code=error.status_code,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels")
 
     @post("/{channel_id:uuid}/test", summary="Test a channel")
     async def test_channel(
         self,
-        gateway: NamedDependency[Gateway],
-        secret_box: NamedDependency[SecretBox],
+        channel_admin: NamedDependency[ChannelAdmin],
         channel_id: FromPath[UUID],
-        viewer: NamedDependency[Viewer],
+        viewer: NamedDependency[Viewer],  # asked for so that the administrators-only check runs
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Response[None]:
         channel, _ = await admin.channel_with_type(db_session, channel_id)
-        await admin.test_channel(db_session, channel, secret_box, gateway.http)
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
+        await channel_admin.test(channel)
         return see_other(f"{PORTAL}/channels#channel-{channel_id}")
 
     @post("/{channel_id:uuid}/{action:str}", summary="Enable, disable or remove a channel")
     async def change_channel(
         self,
-        gateway: NamedDependency[Gateway],
+        channel_admin: NamedDependency[ChannelAdmin],
         channel_id: FromPath[UUID],
         action: FromPath[str],
-        viewer: NamedDependency[Viewer],
+        viewer: NamedDependency[Viewer],  # asked for so that the administrators-only check runs
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Response[None]:
         channel, _ = await admin.channel_with_type(db_session, channel_id)
         if action == "delete":
-            await admin.remove_channel(db_session, channel, actor=viewer_actor(viewer, request))
+            await channel_admin.remove(channel)
         elif action in ("enable", "disable"):
-            await admin.set_channel_status(db_session, channel, f"{action}d", actor=viewer_actor(viewer, request))
+            await channel_admin.set_status(channel, f"{action}d")
         else:
             raise NotFound("No such page.")
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{PORTAL}/channels")

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.chat import services
 from app.chat.schemas import ConversationUpdate
-from app.portal.forms import FormInvalid, parse
+from app.portal.forms import FormInvalid, FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.storage.base import ObjectStore
 
@@ -84,15 +84,19 @@ class ConversationPages(Controller):
     ) -> Template | Response[None]:
         conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         values = {"title": str((await request.form()).get("title") or "").strip()}
-        try:
+        async with FormSubmission(db_session) as submission:
             # The API's update leaves out an empty field; renaming to nothing is a mistake here.
             if not values["title"]:
                 raise FormInvalid({"title": "This field is required."})
             await services.update_conversation(db_session, conversation, parse(ConversationUpdate, values))
-        except FormInvalid as invalid:
-            await db_session.rollback()
+        if submission.refused:
             return await self._conversation_page(
-                viewer, db_session, conversation_id, values=values, errors=invalid.errors
+                viewer,
+                db_session,
+                conversation_id,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
         await db_session.commit()
         return see_other(f"{CONVERSATIONS}/{conversation_id}")

@@ -11,7 +11,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,14 +21,12 @@ from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
 from app.errors import Conflict, ServiceError
 from app.gateway import admin as gateway_admin
-from app.gateway.admin import model_prices
-from app.gateway.caches import announce_change
-from app.gateway.engine import Gateway
+from app.gateway.admin import PriceAdmin, model_prices
 from app.gateway.schemas import PriceWrite
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
-from app.portal.forms import FormInvalid, lines, parse
+from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
 from app.settings import Settings
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
@@ -71,6 +68,12 @@ def _model_choices(served: list[str], stored: str, none_label: str) -> list[tupl
     if stored and stored not in served:
         choices.append((stored, f"{stored} (no enabled channel serves it)"))
     return choices
+
+
+class PriceForm(PriceWrite):
+    """The price form: the API's body and the model, which the API takes from its path."""
+
+    model: str
 
 
 def _stored_defaults(memory: MemorySettings, chat: ChatDefaults) -> dict[str, Any]:
@@ -201,7 +204,7 @@ class SettingsPages(Controller):
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = {"name": str(form.get("name") or "").strip()}
-        try:
+        async with FormSubmission(db_session) as submission:
             organization = await db_session.get_one(Organization, viewer.organization.id)
             await rename_organization(
                 db_session,
@@ -211,13 +214,9 @@ class SettingsPages(Controller):
                 actor_user_id=viewer.user.id,
                 client=client_context(request),
             )
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
+        if submission.refused:
             return await self._settings_page(
-                viewer, db_session, values=values, errors={"name": error.detail}, status_code=error.status_code
+                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
             )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=organization#organization")
@@ -246,48 +245,31 @@ class SettingsPages(Controller):
     @post("/prices", summary="Set a model's price")
     async def set_price(
         self,
-        gateway: NamedDependency[Gateway],
+        price_admin: NamedDependency[PriceAdmin],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = {name: str(form.get(name) or "").strip() for name in ("model", "prompt_price", "completion_price")}
-        try:
-            errors = {} if values["model"] else {"model": "This field is required."}
-            try:
-                data = parse(PriceWrite, values)
-            except FormInvalid as invalid:
-                raise FormInvalid(errors | invalid.errors) from None
-            if errors:
-                raise FormInvalid(errors)
-            await gateway_admin.set_model_price(db_session, viewer.principal.tenant_id, values["model"], data)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
+        async with FormSubmission(db_session) as submission:
+            price = parse(PriceForm, values)
+            await price_admin.set(price.model, price)
+        if submission.refused:
             return await self._settings_page(
-                viewer, db_session, values=values, errors={"model": error.detail}, status_code=error.status_code
+                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
             )
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
         return see_other(f"{SETTINGS}?saved=prices#prices")
 
     @post("/prices/delete", summary="Remove a model's price")
     async def remove_price(
         self,
-        gateway: NamedDependency[Gateway],
-        viewer: NamedDependency[Viewer],
-        db_session: NamedDependency[AsyncSession],
+        price_admin: NamedDependency[PriceAdmin],
+        viewer: NamedDependency[Viewer],  # asked for so that the administrators-only check runs
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Response[None]:
         form = await request.form()
-        await gateway_admin.remove_model_price(db_session, str(form.get("model") or ""))
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"tenant:{viewer.principal.tenant_id}")
+        await price_admin.remove(str(form.get("model") or ""))
         return see_other(f"{SETTINGS}?saved=price_removed#prices")
 
     @post("/defaults", summary="Change the memory and chat defaults")
@@ -305,7 +287,7 @@ class SettingsPages(Controller):
             for name in ("association_threshold", "chat_memories", *MODEL_FIELDS)
         }
         values["enabled"] = "enabled" in form
-        try:
+        async with FormSubmission(db_session) as submission:
             memory, chat = _parsed_defaults(values)
             stored = _stored_defaults(
                 await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
@@ -327,9 +309,10 @@ class SettingsPages(Controller):
                 actor_user_id=viewer.user.id,
                 data=memory,
             )
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._settings_page(viewer, db_session, values=values, errors=invalid.errors)
+        if submission.refused:
+            return await self._settings_page(
+                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
+            )
         reembed = f"&reembed={reembed_job.id}" if reembed_job else ""
         return see_other(f"{SETTINGS}?saved=defaults{reembed}#defaults")
 

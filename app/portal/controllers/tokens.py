@@ -11,17 +11,13 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, ServiceError
 from app.gateway import admin
-from app.gateway.admin import keys_with_owner_emails
-from app.gateway.caches import announce_change
-from app.gateway.engine import Gateway
+from app.gateway.admin import TokenAdmin, keys_with_owner_emails
 from app.gateway.schemas import TokenCreate, TokenUpdate
-from app.portal.forms import FormInvalid, lines, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
+from app.portal.forms import FormInvalid, FormSubmission, lines, parse
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, provide_viewer_actor, see_other
 from app.tenants.services import organization_users
 from db.provider import ApiToken
 
@@ -53,18 +49,9 @@ def _shaped(form: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _field_of(error: ServiceError) -> str:
-    if isinstance(error, Conflict):
-        return "name"
-    for field in ("expires_at", "allowed_ips", "user"):
-        if field in error.detail or (field == "allowed_ips" and "network" in error.detail):
-            return "user_id" if field == "user" else field
-    return "form"
-
-
 class TokenPages(Controller):
     path = "/tokens"
-    dependencies = {"viewer": Provide(provide_viewer)}
+    dependencies = {"viewer": Provide(provide_viewer), "actor": Provide(provide_viewer_actor)}
 
     @get("/", summary="API keys")
     async def list_tokens(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
@@ -105,32 +92,29 @@ class TokenPages(Controller):
 
     @post("/new", summary="Issue an API key")
     async def create_token(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        token_admin: NamedDependency[TokenAdmin],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template:
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items()}
-        try:
+        async with FormSubmission(db_session) as submission:
             data = parse(TokenCreate, _shaped(form))
             owner = data.user_id or viewer.user.id
             if owner != viewer.user.id and not viewer.is_admin:
                 raise FormInvalid({"user_id": "You can only issue keys for yourself."})
-            token, key = await admin.create_token(
-                db_session,
-                tenant_id=viewer.principal.tenant_id,
-                user_id=owner,
-                data=data,
-                actor=viewer_actor(viewer, request),
-            )
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._form_page(viewer, db_session, token=None, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
-            errors = {_field_of(error): error.detail}
+            token, key = await token_admin.create(owner, data)
+        if submission.refused:
             return await self._form_page(
-                viewer, db_session, token=None, values=values, errors=errors, status_code=error.status_code
+                viewer,
+                db_session,
+                token=None,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
-        await db_session.commit()
         # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
         return page(viewer, "tokens/created.html", token=token, key=key)
 
@@ -154,45 +138,35 @@ class TokenPages(Controller):
     @post("/{token_id:uuid}", summary="Change an API key")
     async def update_token(
         self,
-        gateway: NamedDependency[Gateway],
+        token_admin: NamedDependency[TokenAdmin],
         token_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Template | Response[None]:
         token = await admin.visible_token(db_session, viewer.principal, token_id)
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items()}
-        try:
-            await admin.update_token(
-                db_session, token, parse(TokenUpdate, _shaped(form)), actor=viewer_actor(viewer, request)
-            )
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._form_page(viewer, db_session, token=token, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
-            errors = {_field_of(error): error.detail}
+        async with FormSubmission(db_session) as submission:
+            await token_admin.update(token, parse(TokenUpdate, _shaped(form)))
+        if submission.refused:
             return await self._form_page(
-                viewer, db_session, token=token, values=values, errors=errors, status_code=error.status_code
+                viewer,
+                db_session,
+                token=token,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
         return see_other(f"{PORTAL}/tokens")
 
     @post("/{token_id:uuid}/revoke", summary="Revoke an API key")
     async def revoke_token(
         self,
-        gateway: NamedDependency[Gateway],
+        token_admin: NamedDependency[TokenAdmin],
         token_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-        redis: NamedDependency[Redis],
     ) -> Response[None]:
-        token = await admin.visible_token(db_session, viewer.principal, token_id)
-        await admin.revoke_token(db_session, token, actor=viewer_actor(viewer, request))
-        await db_session.commit()
-        await announce_change(redis, gateway.catalog, f"token:{token.key_hash}")
+        await token_admin.revoke(await admin.visible_token(db_session, viewer.principal, token_id))
         return see_other(f"{PORTAL}/tokens")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import html
 import io
 import re
 from uuid import UUID
 
 import httpx
+import msgspec
 import pyotp
 import pytest
 from litestar import Litestar
@@ -23,7 +26,8 @@ from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
 from db.tenant import AuditEvent, Organization
 from tests.support.auth import code_of_next_step, enrol, login
-from tests.support.clients import AuthHeaders, Client, app_client
+from tests.support.clients import AuthHeaders, Client, app_client, bearer
+from tests.support.gateway import add_channel, chat_body, issue_key
 from tests.support.jobs import running_worker, wait_for_status
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import CSRF, FORM_TOKEN, field_error, sign_in
@@ -195,6 +199,80 @@ async def test_the_channel_form_sets_the_test_call_and_refuses_embeddings_where_
     assert "no embeddings API" in (field_error(changed.text, "test_kind") or "")
     async with tenant_session(session_maker, tenant_a.id) as session:
         assert await session.scalar(select(Channel.test_kind).where(Channel.id == claude_id)) == "chat"
+
+
+async def test_a_service_refusal_sits_next_to_the_field_it_names_whatever_the_input_says(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    channel = {"csrf_token": token, "name": "c", "models": "m", "type": "openai-compatible"}
+    no_base_url = await client.post("/portal/channels/new", data=channel | {"keys": "k"})
+    assert no_base_url.status_code == 400
+    assert "needs its base_url" in (field_error(no_base_url.text, "base_url") or "")
+    no_keys = await client.post("/portal/channels/new", data=channel | {"base_url": upstream.base_url("c")})
+    assert no_keys.status_code == 400
+    assert "at least one API key" in (field_error(no_keys.text, "keys") or "")
+    # A value that spells another field's name once steered the message to that field.
+    odd_type = await client.post("/portal/channels/new", data=channel | {"type": "keys", "keys": "k"})
+    assert odd_type.status_code == 400
+    assert "Unknown channel type 'keys'" in html.unescape(field_error(odd_type.text, "type") or "")
+    assert field_error(odd_type.text, "keys") is None
+    key = {"csrf_token": token, "name": "key"}
+    past = await client.post("/portal/tokens/new", data=key | {"expires_at": "2020-01-01T00:00"})
+    assert past.status_code == 400
+    assert field_error(past.text, "expires_at") == "expires_at is in the past."
+    odd_network = await client.post("/portal/tokens/new", data=key | {"allowed_ips": "expires_at"})
+    assert odd_network.status_code == 400
+    assert "does not appear to be" in html.unescape(field_error(odd_network.text, "allowed_ips") or "")
+    assert field_error(odd_network.text, "expires_at") is None
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await session.scalar(select(func.count()).select_from(Channel)) == 0
+        assert await session.scalar(select(func.count()).select_from(ApiToken)) == 0
+
+
+async def test_portal_changes_reach_every_workers_cache_at_once(
+    settings: Settings, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    cached = msgspec.structs.replace(settings, gateway_cache_seconds=300.0)
+    async with app_client(cached) as portal, app_client(cached) as other:
+        channel = await add_channel(portal, auth_headers(tenant_a.admin), upstream, "primary")
+        revoked, revoked_token = await issue_key(portal, auth_headers(tenant_a.user))
+        kept, _ = await issue_key(portal, auth_headers(tenant_a.user), name="kept")
+        for key in (revoked, kept):  # the other worker now holds both keys and the channel in its caches
+            assert (await other.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))).status_code == 200
+        token = await sign_in(portal, tenant_a, tenant_a.admin.email)
+        revoke = await portal.post(f"/portal/tokens/{revoked_token['id']}/revoke", data={"csrf_token": token})
+        assert revoke.status_code == 303
+        disable = await portal.post(f"/portal/channels/{channel['id']}/disable", data={"csrf_token": token})
+        assert disable.status_code == 303
+        statuses: tuple[int, int] = (200, 200)
+        for _ in range(40):  # the other worker hears of both over Redis pub/sub within its half-second poll
+            statuses = (
+                (await other.post("/v1/chat/completions", json=chat_body(), headers=bearer(revoked))).status_code,
+                (await other.post("/v1/chat/completions", json=chat_body(), headers=bearer(kept))).status_code,
+            )
+            if statuses[0] == 401 and statuses[1] != 200:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[0] == 401
+        assert statuses[1] != 200  # no enabled channel serves the model any more
+
+
+async def test_an_end_user_cannot_change_channels_through_the_portal(
+    client: Client,
+    upstream: MockUpstream,
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    channel = await add_channel(client, auth_headers(tenant_a.admin), upstream, "primary")
+    token = await sign_in(client, tenant_a, tenant_a.user.email)
+    for action in ("disable", "test", "delete"):
+        response = await client.post(f"/portal/channels/{channel['id']}/{action}", data={"csrf_token": token})
+        assert response.status_code == 403, action
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        stored = await session.get_one(Channel, UUID(channel["id"]))
+        assert (stored.status, stored.last_test_at) == ("enabled", None)
 
 
 @pytest.mark.parametrize("path", ["/portal/channels", "/portal/channels/new"])
