@@ -19,16 +19,18 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.backup import BackupError
 from app.backup import backup as backup_database
 from app.backup import restore as restore_database
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
-from app.encryption import SecretBox, reencrypt_secrets
+from app.encryption import reencrypt_secrets
 from app.gateway.admin import add_demo_gateway
 from app.jobs.worker import create_worker
 from app.observability.doctor import Finding, probe, review
 from app.observability.logging import configure_logging, get_logger, logging_dict_config
+from app.resources import Resources
 from app.settings import (
     ConfigurationError,
     Settings,
@@ -47,7 +49,7 @@ from app.tenants.services import (
     set_tenant_quota,
 )
 from db.migrations import upgrade_to_head
-from db.session import create_engine, create_session_maker
+from db.session import create_engine
 
 logger = get_logger("lyss.cli")
 
@@ -111,23 +113,28 @@ def _reason(error: BaseException) -> str:
     return str(getattr(cause, "__cause__", None) or cause).strip().splitlines()[0] or type(cause).__name__
 
 
-async def _with_database(url: str, variable: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `work(session_maker)` against `url`, turning connection failures into one clear message."""
-    engine = create_engine(url, pool_size=2)
+async def _checked(engine: AsyncEngine, what: str, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()` once `engine` answers; a connection failure becomes one clear message naming `what`."""
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-        return await work(create_session_maker(engine))
+        return await work()
     except _CONNECTION_ERRORS as error:
-        raise DependencyUnavailable(
-            f"cannot connect to {_describe_postgres(url, variable)}: {_reason(error)}"
-        ) from None
+        raise DependencyUnavailable(f"cannot connect to {what}: {_reason(error)}") from None
     except DBAPIError as error:
         if error.connection_invalidated:
-            raise DependencyUnavailable(f"lost the connection to {_describe_postgres(url, variable)}") from None
+            raise DependencyUnavailable(f"lost the connection to {what}") from None
         raise
+
+
+async def _with_resources(settings: Settings, work: Callable[[Resources], Awaitable[T]]) -> T:
+    """`work(resources)` with what the API and the worker build from the same settings, then released."""
+    resources = Resources.build(settings, pool_size=2)
+    try:
+        where = _describe_postgres(_app_url(settings), "DATABASE_URL")
+        return await _checked(resources.engine, where, lambda: work(resources))
     finally:
-        await engine.dispose()
+        await resources.close()
 
 
 async def _check_redis(url: str) -> None:
@@ -154,12 +161,13 @@ def _owner_url(settings: Settings) -> str:
 
 
 async def _migrate(settings: Settings) -> None:
+    # As the owner role, the one that may change the schema: not the app role the Resources connect as.
     url = _owner_url(settings)
-
-    async def upgrade(_: Any) -> None:
-        await upgrade_to_head(url)
-
-    await _with_database(url, "DATABASE_OWNER_URL", upgrade)
+    engine = create_engine(url, pool_size=1)
+    try:
+        await _checked(engine, _describe_postgres(url, "DATABASE_OWNER_URL"), lambda: upgrade_to_head(url))
+    finally:
+        await engine.dispose()
 
 
 @click.group(cls=_LyssGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -214,16 +222,16 @@ async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
     assert settings.redis_url is not None
     await _check_redis(settings.redis_url)
 
-    box = SecretBox(settings.encryption_keyring)
+    async def first_start(resources: Resources) -> DemoLogin | None:
+        async def add_gateway(session: Any, tenant_id: Any, admin: Any) -> str | None:
+            if not settings.echo_provider_enabled:
+                return None
+            return await add_demo_gateway(session, tenant_id, admin, resources.secret_box)
 
-    async def add_gateway(session: Any, tenant_id: Any, admin: Any) -> str | None:
-        return await add_demo_gateway(session, tenant_id, admin, box) if settings.echo_provider_enabled else None
-
-    async def first_start(session_maker: Any) -> DemoLogin | None:
-        return await provision_demo_tenant(session_maker, add_gateway) if demo else None
+        return await provision_demo_tenant(resources.session_maker, add_gateway) if demo else None
 
     # Last, so that nothing can fail between creating the demo login and printing it.
-    login = await _with_database(_app_url(settings), "DATABASE_URL", first_start)
+    login = await _with_resources(settings, first_start)
     if login is not None:
         click.echo(
             "\n  First start: created the demo tenant. This login is shown only once:\n"
@@ -304,10 +312,10 @@ async def _run_worker(settings: Settings) -> None:
     assert settings.redis_url is not None
     await _check_redis(settings.redis_url)
 
-    async def reachable(_: Any) -> None:
+    async def reachable(_: Resources) -> None:
         return None
 
-    await _with_database(_app_url(settings), "DATABASE_URL", reachable)
+    await _with_resources(settings, reachable)
     job_worker = create_worker(settings)
     click.echo(f"Lyss worker: up to {settings.worker_concurrency} jobs at once (Ctrl-C to stop)")
     await job_worker.start()
@@ -373,12 +381,12 @@ def tenant() -> None:
 def tenant_create(slug: str, name: str) -> None:
     """Create a tenant."""
     settings = _settings()
-    with embedded_services(settings, need_redis=False) as resolved:
+    with embedded_services(settings) as resolved:
 
-        async def work(session_maker: Any) -> Any:
-            return await create_tenant(session_maker, slug=slug, name=name, actor="cli")
+        async def work(resources: Resources) -> Any:
+            return await create_tenant(resources.session_maker, slug=slug, name=name, actor="cli")
 
-        organization = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+        organization = asyncio.run(_with_resources(resolved, work))
     click.echo(f"Created tenant '{organization.slug}' ({organization.id}).")
 
 
@@ -394,12 +402,12 @@ def tenant_create(slug: str, name: str) -> None:
 def tenant_quota(slug: str, credits: int) -> None:
     """Set a tenant's gateway budget (what all its API keys together may spend)."""
     settings = _settings()
-    with embedded_services(settings, need_redis=False) as resolved:
+    with embedded_services(settings) as resolved:
 
-        async def work(session_maker: Any) -> int:
-            return await set_tenant_quota(session_maker, slug=slug, quota=credits, actor="cli")
+        async def work(resources: Resources) -> int:
+            return await set_tenant_quota(resources.session_maker, slug=slug, quota=credits, actor="cli")
 
-        used = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+        used = asyncio.run(_with_resources(resolved, work))
     limit = "no limit" if credits < 0 else f"{credits} credits"
     click.echo(f"Tenant '{slug}' may now spend {limit} ({used} used so far).")
 
@@ -416,11 +424,11 @@ def admin_create(tenant_slug: str, email: str) -> None:
     """Create a tenant admin. The password is prompted for, or read from stdin when it is not a terminal."""
     password = _read_password()
     settings = _settings()
-    with embedded_services(settings, need_redis=False) as resolved:
+    with embedded_services(settings) as resolved:
 
-        async def work(session_maker: Any) -> Any:
+        async def work(resources: Resources) -> Any:
             return await create_user(
-                session_maker,
+                resources.session_maker,
                 tenant_slug=tenant_slug,
                 email=email,
                 password=password,
@@ -428,7 +436,7 @@ def admin_create(tenant_slug: str, email: str) -> None:
                 actor="cli",
             )
 
-        user = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
+        user = asyncio.run(_with_resources(resolved, work))
     click.echo(f"Created tenant admin {user.email} in tenant '{tenant_slug}'.")
 
 
@@ -444,14 +452,14 @@ def keys_rotate() -> None:
     Put the new key first and keep the old one after it, run this, then drop the old key.
     """
     settings = _settings()
-    box = SecretBox(settings.encryption_keyring)
-    with embedded_services(settings, need_redis=False) as resolved:
+    with embedded_services(settings) as resolved:
 
-        async def work(session_maker: Any) -> tuple[int, int]:
-            return await reencrypt_secrets(session_maker, box)
+        async def work(resources: Resources) -> tuple[int, int, str]:
+            tenants, values = await reencrypt_secrets(resources.session_maker, resources.secret_box)
+            return tenants, values, resources.secret_box.current_key_id
 
-        tenants, values = asyncio.run(_with_database(_app_url(resolved), "DATABASE_URL", work))
-    click.echo(f"Re-encrypted {values} secret(s) in {tenants} tenant(s) under key '{box.current_key_id}'.")
+        tenants, values, key_id = asyncio.run(_with_resources(resolved, work))
+    click.echo(f"Re-encrypted {values} secret(s) in {tenants} tenant(s) under key '{key_id}'.")
 
 
 def _read_password() -> str:
