@@ -41,6 +41,7 @@ from app.gateway.schemas import (
     UsagePage,
     UsageRead,
 )
+from app.schemas import read_as
 from app.storage.base import ObjectStore
 from app.storage.services import job_file_url
 from app.tenants.services import Actor, audit_change
@@ -226,32 +227,7 @@ async def channel_with_type(session: AsyncSession, channel_id: UUID) -> tuple[Ch
 
 def channel_read(channel: Channel, type_name: str, box: SecretBox) -> ChannelRead:
     keys = msgspec.json.decode(box.decrypt(channel.encrypted_keys, context=channel_keys_context(channel.tenant_id)))
-    return ChannelRead(
-        id=channel.id,
-        name=channel.name,
-        type=type_name,
-        base_url=channel.base_url,
-        api_version=channel.api_version,
-        key_count=len(keys),
-        priority=channel.priority,
-        weight=channel.weight,
-        status=channel.status,
-        status_reason=channel.status_reason,
-        models=list(channel.models),
-        model_mapping=dict(channel.model_mapping),
-        scope=channel.config_scope,
-        owner_id=channel.owner_id,
-        group_id=channel.group_id,
-        quota=channel.quota,
-        used_quota=channel.used_quota,
-        rate_limit=channel.rate_limit,
-        test_model=channel.test_model,
-        test_kind=channel.test_kind,
-        last_test_at=channel.last_test_at,
-        last_test_latency_ms=channel.last_test_latency_ms,
-        last_test_error=channel.last_test_error,
-        created_at=channel.created_at,
-    )
+    return read_as(ChannelRead, channel, type=type_name, key_count=len(keys), scope=channel.config_scope)
 
 
 async def test_channel(
@@ -428,24 +404,7 @@ async def visible_token(session: AsyncSession, principal: Principal, token_id: U
 
 
 def token_read(token: ApiToken) -> TokenRead:
-    return TokenRead(
-        id=token.id,
-        name=token.name,
-        key_prefix=token.key_prefix,
-        user_id=token.user_id,
-        status=token.status,
-        quota=token.quota,
-        used_quota=token.used_quota,
-        budget_period=token.budget_period,
-        rpm_limit=token.rpm_limit,
-        tpm_limit=token.tpm_limit,
-        allowed_models=list(token.allowed_models),
-        allowed_channels=list(token.allowed_channels),
-        allowed_ips=list(token.allowed_ips),
-        expires_at=token.expires_at,
-        last_used_at=token.last_used_at,
-        created_at=token.created_at,
-    )
+    return read_as(TokenRead, token)
 
 
 class PriceAdmin(_ManagementService):
@@ -528,7 +487,7 @@ async def usage_page(session: AsyncSession, filters: UsageFilter, *, cursor: str
     rows = (
         await session.scalars(statement.order_by(UsageLog.created_at.desc(), UsageLog.id.desc()).limit(limit + 1))
     ).all()
-    items = [msgspec.convert(row, UsageRead, from_attributes=True) for row in rows[:limit]]
+    items = [read_as(UsageRead, row) for row in rows[:limit]]
     next_cursor = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(rows) > limit else None
     return UsagePage(items=items, next_cursor=next_cursor)
 

@@ -162,13 +162,7 @@ class UserAdminController(Controller):
 
 
 def _group_read(group: UserGroup, member_count: int) -> GroupRead:
-    return GroupRead(
-        id=group.id,
-        name=group.name,
-        description=group.description,
-        member_count=member_count,
-        created_at=group.created_at,
-    )
+    return read_as(GroupRead, group, member_count=member_count)
 
 
 async def _group_detail(db_session: AsyncSession, group: UserGroup) -> GroupDetail:
