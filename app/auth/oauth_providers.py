@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.encryption import SecretBox, secret_context
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.tenants.services import lookup_tenant_by_slug
 from db.auth import OAuthProvider
+from db.session import set_session_tenant
 
 DEFAULT_SCOPES = {
     "oidc": ["openid", "profile", "email"],
@@ -31,6 +33,16 @@ async def list_oauth_providers(session: AsyncSession, *, enabled_only: bool = Fa
     return list(await session.scalars(statement))
 
 
+async def sign_in_providers(session: AsyncSession, tenant_slug: str) -> list[OAuthProvider]:
+    """The enabled providers of the organization called `tenant_slug`, for its public sign-in page (none for an
+    unknown slug); the session is scoped to that organization from here on."""
+    tenant = await lookup_tenant_by_slug(session, tenant_slug)
+    if tenant is None:
+        return []
+    await set_session_tenant(session, tenant.id)
+    return await list_oauth_providers(session, enabled_only=True)
+
+
 async def existing_oauth_provider(session: AsyncSession, provider_id: UUID) -> OAuthProvider:
     provider = await session.get(OAuthProvider, provider_id)
     if provider is None:
@@ -49,9 +61,12 @@ class OAuthProviderService:
     async def create(self, tenant_id: UUID, data: OAuthProviderCreate) -> OAuthProvider:
         """Add a sign-in provider; its client secret is stored encrypted and never shown again."""
         if data.kind == "oidc" and not data.discovery_url:
-            raise InvalidRequest("An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).")
+            raise InvalidRequest(
+                "An 'oidc' provider needs its discovery_url (…/.well-known/openid-configuration).",
+                field="discovery_url",
+            )
         if await self.session.scalar(select(OAuthProvider.id).where(OAuthProvider.provider_name == data.name)):
-            raise Conflict(f"A provider named '{data.name}' already exists.")
+            raise Conflict(f"A provider named '{data.name}' already exists.", field="name")
         provider = OAuthProvider(
             tenant_id=tenant_id,
             provider_name=data.name,

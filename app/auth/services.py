@@ -44,6 +44,7 @@ from app.auth.tokens import (
     new_opaque_token,
     opaque_token_tenant,
     token_hash,
+    verify_access_token,
     verify_mfa_ticket,
 )
 from app.encryption import SecretBox, secret_context
@@ -451,11 +452,11 @@ class AuthService:
         await self._refuse_if_locked(user, now)
         if user.hashed_password is None or not await verify_password(user.hashed_password, current_password):
             await self._count_failure(user, now, "wrong_current_password")
-            raise NotAllowed("The current password is wrong.")
+            raise NotAllowed("The current password is wrong.", field="current_password")
         try:
             user.hashed_password = await hash_password(new_password, email=user.email)
         except WeakPasswordError as error:
-            raise InvalidRequest(f"The new password is not acceptable: {error}.") from None
+            raise InvalidRequest(f"The new password is not acceptable: {error}.", field="new_password") from None
         user.password_changed_at = now
         statement = update(UserSession).where(
             UserSession.user_id == user.id,
@@ -471,6 +472,20 @@ class AuthService:
         await self.session.commit()
 
     # --- TOTP MFA ---------------------------------------------------------------------------------
+
+    async def enrolment_principal(self, access_token: str) -> Principal | None:
+        """Who holds this enrolment-only access token, if it is valid and its sign-in not ended; None otherwise.
+
+        The page that presents it is public, so the session learns its tenant here, before the enrolment calls.
+        """
+        try:
+            principal = verify_access_token(self.keyring, access_token)
+        except InvalidToken:
+            return None
+        if principal.scope != SCOPE_MFA_ENROLLMENT or await self.store.session_revoked(principal.session_id):
+            return None
+        await set_session_tenant(self.session, principal.tenant_id)
+        return principal
 
     async def start_mfa_enrollment(self, principal: Principal) -> MfaEnrollment:
         user = await self._user_for_update(principal.user_id)
@@ -496,7 +511,9 @@ class AuthService:
         if user.mfa_secret is None:
             raise Conflict("Start the enrolment first: POST /api/auth/mfa/enroll.")
         if not self._accept_totp(user, code, utc_now()):
-            raise InvalidRequest("The code does not match; check the device's clock and enter the current code.")
+            raise InvalidRequest(
+                "The code does not match; check the device's clock and enter the current code.", field="code"
+            )
         user.mfa_enabled = True
         codes = await self._replace_recovery_codes(user)
         self._audit("mfa.enabled", user=user)
@@ -558,7 +575,9 @@ class AuthService:
         organization = await self.session.get_one(Organization, tenant.id)
         if organization.status != "active" or not tenant_policy(organization).allow_self_signup:
             raise NotAllowed("This organization does not allow sign-up; ask an administrator for an invitation.")
-        user = await self._create_user(email=valid_email(email), password=password, role="end_user", name=full_name)
+        user = await self._create_user(
+            email=valid_email(email, field="email"), password=password, role="end_user", name=full_name
+        )
         self._audit("user.signed_up", user=user, method="password")
         await self.session.commit()
         return user
@@ -571,7 +590,7 @@ class AuthService:
             try:
                 hashed = await hash_password(password, email=email)
             except WeakPasswordError as error:
-                raise InvalidRequest(f"The password is not acceptable: {error}.") from None
+                raise InvalidRequest(f"The password is not acceptable: {error}.", field="password") from None
         user = User(email=email, hashed_password=hashed, role=role, full_name=name)
         self.session.add(user)
         await self.session.flush()
@@ -655,11 +674,11 @@ class AuthService:
         return connection
 
 
-def valid_email(email: str) -> str:
+def valid_email(email: str, *, field: str | None = None) -> str:
     try:
         return normalize_email(email)
     except ProvisioningError as error:
-        raise InvalidRequest(str(error)) from None
+        raise InvalidRequest(str(error), field=field) from None
 
 
 async def end_sessions(

@@ -9,7 +9,12 @@ from uuid import UUID
 import msgspec
 
 from app.schemas import Input, read_as
+
+# The statuses a job goes through, as the table constrains them: re-exported for callers above the models.
+from db.tenant import JOB_STATUSES as JOB_STATUSES
+from db.tenant import JOB_TERMINAL_STATUSES as JOB_TERMINAL_STATUSES
 from db.tenant import Job, JobEvent
+from db.tenant import JobStatus as JobStatus
 
 
 class JobSubmit(Input):

@@ -161,6 +161,11 @@ async def visible_job(session: AsyncSession, job_id: UUID, *, user_id: UUID, is_
     return job
 
 
+async def job_status(session: AsyncSession, job_id: UUID, *, kind: str) -> str | None:
+    """The status of the job `job_id` if it is one of `kind`; None for another kind or an unknown id."""
+    return await session.scalar(select(Job.status).where(Job.id == job_id, Job.kind == kind))
+
+
 async def list_jobs(
     session: AsyncSession,
     *,

@@ -507,6 +507,12 @@ async def associations(session: AsyncSession, memory: Memory) -> list[tuple[UUID
     return [(row[0], float(row[1])) for row in rows]
 
 
+async def memory_texts(session: AsyncSession, memory_ids: list[UUID]) -> dict[UUID, str]:
+    """The text of each of these memories the caller's tenant holds (an association may outlive its memory)."""
+    rows = await session.execute(select(Memory.id, Memory.memory_text).where(Memory.id.in_(memory_ids)))
+    return {row.id: row.memory_text for row in rows}
+
+
 async def erase_memories(session: AsyncSession, *, user_id: UUID, memory_id: UUID | None = None) -> int:
     """Erase one memory, or all of a user's, with their history and associations (the right to erasure)."""
     statement = delete(Memory).where(Memory.user_id == user_id)

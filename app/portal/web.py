@@ -20,7 +20,6 @@ from litestar.response import Template
 from litestar.response.redirect import ASGIRedirectResponse
 from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_403_FORBIDDEN
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.middleware import SESSION_COOKIE
@@ -29,10 +28,9 @@ from app.auth.tokens import Principal, csrf_token, csrf_token_matches
 from app.errors import ServiceError
 from app.observability.errors import database_refusal
 from app.observability.middleware import client_context
+from app.schemas import read_as
 from app.settings import KeyRing, Settings
-from app.tenants.services import Actor
-from db.auth import User
-from db.tenant import Organization
+from app.tenants.services import Actor, user_and_organization
 
 PORTAL = "/portal"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -183,18 +181,11 @@ PortalRequest = Request[Principal, str, State]
 async def provide_viewer(
     request: PortalRequest, db_session: NamedDependency[AsyncSession], settings: NamedDependency[Settings]
 ) -> Viewer:
-    row = (
-        await db_session.execute(
-            select(User, Organization)
-            .join(Organization, Organization.id == User.tenant_id)
-            .where(User.id == request.user.user_id)
-        )
-    ).one()
-    user, organization = row
+    user, organization = await user_and_organization(db_session, request.user.user_id)
     return Viewer(
         principal=request.user,
-        user=msgspec.convert(user, ViewerAccount, from_attributes=True),
-        organization=msgspec.convert(organization, ViewerOrganization, from_attributes=True),
+        user=read_as(ViewerAccount, user),
+        organization=read_as(ViewerOrganization, organization),
         csrf_token=csrf_token(settings.jwt_keyring, request.auth),
     )
 

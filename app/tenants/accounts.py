@@ -58,10 +58,10 @@ class AccountService:
     async def invite(self, principal: Principal, *, email: str, role: str) -> tuple[Invitation, str]:
         """A pending invitation and its token, which only its hash is kept of: show the token once."""
         if role == "super_admin" and principal.role != "super_admin":
-            raise NotAllowed("Only a platform super admin can invite a super admin.")
-        email = valid_email(email)
+            raise NotAllowed("Only a platform super admin can invite a super admin.", field="role")
+        email = valid_email(email, field="email")
         if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
-            raise Conflict(f"{email} already has an account in this organization.")
+            raise Conflict(f"{email} already has an account in this organization.", field="email")
         token = new_opaque_token(INVITATION_KIND, principal.tenant_id)
         invitation = Invitation(
             email=email,
@@ -89,9 +89,9 @@ class AccountService:
     async def change_role(self, principal: Principal, user_id: UUID, role: str) -> User:
         """Give a user another role; a demoted admin's sessions end, since access tokens carry the role."""
         if user_id == principal.user_id and role not in ADMIN_ROLES:
-            raise NotAllowed("You cannot remove your own administrator role; ask another administrator.")
+            raise NotAllowed("You cannot remove your own administrator role; ask another administrator.", field="role")
         if role == "super_admin" and principal.role != "super_admin":
-            raise NotAllowed("Only a platform super admin can make someone a super admin.")
+            raise NotAllowed("Only a platform super admin can make someone a super admin.", field="role")
         admin, user = await self._account_to_manage(principal, user_id)
         previous = user.role
         if previous == role:

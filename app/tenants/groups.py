@@ -60,12 +60,12 @@ class GroupService:
         await self._commit_and_announce(group)
 
     async def add_member(self, actor: Actor, group: UserGroup, user_id: UUID) -> User:
-        user = await organization_user(self.session, user_id)
+        user = await organization_user(self.session, user_id, field="user_id")
         member = await self.session.scalar(
             select(UserGroupMember.id).where(UserGroupMember.group_id == group.id, UserGroupMember.user_id == user.id)
         )
         if member is not None:
-            raise Conflict(f"{user.email} is already a member of {group.name}.")
+            raise Conflict(f"{user.email} is already a member of {group.name}.", field="user_id")
         self.session.add(UserGroupMember(group_id=group.id, user_id=user.id))
         await self.session.flush()
         audit_change(
@@ -91,7 +91,7 @@ class GroupService:
             await self.session.flush()
         except IntegrityError as error:
             if violated_constraint(error) == "uk_tenant_user_groups_tenant_name":
-                raise Conflict(f"A group named '{name}' already exists; choose another name.") from None
+                raise Conflict(f"A group named '{name}' already exists; choose another name.", field="name") from None
             raise
 
     async def _commit_and_announce(self, group: UserGroup) -> None:

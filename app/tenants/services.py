@@ -355,11 +355,14 @@ def audit_change(
     )
 
 
-async def organization_user(session: AsyncSession, user_id: UUID) -> User:
-    """A user of the session's tenant; another tenant's user is as unknown as an invented id."""
+async def organization_user(session: AsyncSession, user_id: UUID, *, field: str | None = None) -> User:
+    """A user of the session's tenant; another tenant's user is as unknown as an invented id.
+
+    `field` names the request field that gave the id, for the refusal to point at.
+    """
     user = await session.get(User, user_id)
     if user is None:
-        raise NotFound("No such user in this organization.")
+        raise NotFound("No such user in this organization.", field=field)
     return user
 
 
@@ -393,6 +396,21 @@ async def group_members(session: AsyncSession, group: UserGroup) -> list[User]:
 
 async def organization_users(session: AsyncSession) -> list[User]:
     return list(await session.scalars(select(User).order_by(User.email)))
+
+
+async def user_email(session: AsyncSession, user_id: UUID) -> str | None:
+    """The email of a user of the organization; None if there is no such user (any more)."""
+    return await session.scalar(select(User.email).where(User.id == user_id))
+
+
+async def user_and_organization(session: AsyncSession, user_id: UUID) -> tuple[User, Organization]:
+    """A user of the session's tenant with their organization, read together."""
+    row = (
+        await session.execute(
+            select(User, Organization).join(Organization, Organization.id == User.tenant_id).where(User.id == user_id)
+        )
+    ).one()
+    return row[0], row[1]
 
 
 async def user_emails(session: AsyncSession) -> dict[UUID, str]:

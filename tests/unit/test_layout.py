@@ -81,3 +81,14 @@ def test_services_and_the_gateway_engine_know_nothing_of_http_frameworks() -> No
         for path in logic
     }
     assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def test_portal_pages_read_and_change_through_services_never_db_models() -> None:
+    # A page that queried the models itself would skip the rule its service keeps for the API too.
+    portal = [path for path in sources("app/portal") if is_controller(module_name(path)) or path.name == "web.py"]
+    assert len(portal) >= 10
+    offenders = {
+        module_name(path): sorted(name for name in imports_of(path) if name == "db" or name.startswith("db."))
+        for path in portal
+    }
+    assert {module: names for module, names in offenders.items() if names} == {}

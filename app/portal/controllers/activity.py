@@ -18,15 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs import services as jobs
 from app.jobs.registry import JOB_KINDS
+from app.jobs.schemas import JOB_STATUSES, JOB_TERMINAL_STATUSES, JobRead, JobStatus, job_read
 from app.keyset import Keyset
 from app.portal.forms import FormSubmission
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
 from app.settings import Settings
 from app.tenants.audit import AuditFilter, audit_page
-from app.tenants.services import user_emails
-from db.auth import User
-from db.tenant import JOB_STATUSES, JOB_TERMINAL_STATUSES, Job, JobStatus
+from app.tenants.services import user_email, user_emails
 
 REFRESH_SECONDS = 3
 CANCELABLE_STATUSES = ("queued", "running")
@@ -134,20 +133,20 @@ class JobPages(Controller):
         self,
         viewer: Viewer,
         db_session: AsyncSession,
-        job: Job,
+        job: JobRead,
         *,
         notices: list[tuple[str, str]] | None = None,
         status_code: int = 200,
     ) -> Template:
         events = await jobs.job_events(db_session, job.id)
-        creator = await db_session.get(User, job.created_by) if job.created_by else None
+        creator = await user_email(db_session, job.created_by) if job.created_by else None
         return page(
             viewer,
             "jobs/detail.html",
             status_code=status_code,
             job=job,
             events=events,
-            creator=creator.email if creator else None,
+            creator=creator,
             payload=_pretty(job.payload),
             result=None if job.result is None else _pretty(job.result),
             live=job.status not in JOB_TERMINAL_STATUSES,
@@ -162,7 +161,7 @@ class JobPages(Controller):
         self, job_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
     ) -> Template:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
-        return await self._detail_page(viewer, db_session, job)
+        return await self._detail_page(viewer, db_session, job_read(job))
 
     @post("/{job_id:uuid}/cancel", summary="Cancel a queued or running job")
     async def cancel_job(
@@ -180,7 +179,9 @@ class JobPages(Controller):
         if submission.refused:
             await db_session.refresh(job)
             notices = [("error", message) for message in submission.errors.values()]
-            return await self._detail_page(viewer, db_session, job, notices=notices, status_code=submission.status_code)
+            return await self._detail_page(
+                viewer, db_session, job_read(job), notices=notices, status_code=submission.status_code
+            )
         return see_other(_back_to(await request.form(), job_id))
 
     @post("/{job_id:uuid}/retry", summary="Run a failed, canceled or dead job again")
@@ -200,5 +201,7 @@ class JobPages(Controller):
         if submission.refused:
             await db_session.refresh(job)
             notices = [("error", message) for message in submission.errors.values()]
-            return await self._detail_page(viewer, db_session, job, notices=notices, status_code=submission.status_code)
+            return await self._detail_page(
+                viewer, db_session, job_read(job), notices=notices, status_code=submission.status_code
+            )
         return see_other(_back_to(await request.form(), job_id))

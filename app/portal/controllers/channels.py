@@ -12,14 +12,14 @@ from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.encryption import SecretBox
 from app.errors import NotFound
 from app.gateway import admin
 from app.gateway.admin import ChannelAdmin, channels_with_type_names, provider_types
-from app.gateway.schemas import ChannelCreate, ChannelUpdate
+from app.gateway.schemas import ChannelCreate, ChannelRead, ChannelUpdate
 from app.portal.forms import FormSubmission, lines, pairs, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer_actor, see_other
 from app.settings import Settings
-from db.provider import Channel
 
 TEST_KINDS = [("chat", "Chat completion (one token)"), ("embeddings", "Embeddings (one short input)")]
 # The fields a form sends as they are, one string each.
@@ -66,14 +66,11 @@ class ChannelPages(Controller):
         db_session: AsyncSession,
         settings: Settings,
         *,
-        channel: Channel | None,
+        channel: ChannelRead | None,
         values: dict[str, Any],
         errors: dict[str, str] | None = None,
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
-        if errors and channel is not None:
-            # Errors follow a rollback, which expired the channel: load it again before the page reads it.
-            await db_session.refresh(channel)
         types = await provider_types(db_session, echo_enabled=settings.echo_provider_enabled)
         return page(
             viewer,
@@ -125,6 +122,7 @@ class ChannelPages(Controller):
     @get("/{channel_id:uuid}", summary="Edit a channel")
     async def edit_channel(
         self,
+        secret_box: NamedDependency[SecretBox],
         settings: NamedDependency[Settings],
         channel_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
@@ -146,12 +144,14 @@ class ChannelPages(Controller):
             "test_model": channel.test_model or "",
             "test_kind": channel.test_kind,
         }
-        return await self._form_page(viewer, db_session, settings, channel=channel, values=values)
+        shown = admin.channel_read(channel, type_name, secret_box)
+        return await self._form_page(viewer, db_session, settings, channel=shown, values=values)
 
     @post("/{channel_id:uuid}", summary="Save a channel")
     async def update_channel(
         self,
         channel_admin: NamedDependency[ChannelAdmin],
+        secret_box: NamedDependency[SecretBox],
         settings: NamedDependency[Settings],
         channel_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
@@ -159,6 +159,8 @@ class ChannelPages(Controller):
         request: PortalRequest,
     ) -> Template | Response[None]:
         channel, type_name = await admin.channel_with_type(db_session, channel_id)
+        # Read before the change: a refusal rolls it back, and the page shows the channel as it is stored.
+        shown = admin.channel_read(channel, type_name, secret_box)
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items() if name != "keys"} | {"type": type_name}
         async with FormSubmission(db_session) as submission:
@@ -168,7 +170,7 @@ class ChannelPages(Controller):
                 viewer,
                 db_session,
                 settings,
-                channel=channel,
+                channel=shown,
                 values=values,
                 errors=submission.errors,
                 status_code=submission.status_code,

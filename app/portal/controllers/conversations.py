@@ -136,5 +136,4 @@ class ConversationPages(Controller):
     ) -> Response[None]:
         conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         await services.delete_conversation(db_session, object_store, conversation)
-        await db_session.commit()
         return see_other(CONVERSATIONS)

@@ -11,7 +11,6 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest, ServiceError
@@ -23,7 +22,6 @@ from app.portal.forms import FormInvalid, parse
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.tenants.services import user_emails
-from db.memory import Memory
 
 SEARCH_LIMIT = 20
 MEMORY_FILTERS = ("user_id", "q", "memory_type", "include_invalidated")
@@ -79,8 +77,6 @@ class MemoryPages(Controller):
         filters = MemoryFilters(memory_type=browse.memory_type)
         notices = _erased_notice(query.get("erased"))
         hits: list[MemoryHit] = []
-        memories: list[Memory] = []
-        last: Keyset | None = None
         after = None if browse.q else page_cursor(query, errors)
         if browse.q:
             settings = await services.memory_settings(db_session)
@@ -93,8 +89,10 @@ class MemoryPages(Controller):
             hits = await services.search(
                 db_session, user_id=owner, query=browse.q, embedding=embedding, limit=SEARCH_LIMIT, filters=filters
             )
-        else:
-            rows = await services.list_memories(
+        rows = (
+            []
+            if browse.q
+            else await services.list_memories(
                 db_session,
                 user_id=owner,
                 include_invalidated=browse.include_invalidated,
@@ -103,8 +101,9 @@ class MemoryPages(Controller):
                 before=after.created_at if after else None,
                 before_id=after.id if after else None,
             )
-            memories = rows[:PAGE_SIZE]
-            last = Keyset.of(rows[PAGE_SIZE - 1]) if len(rows) > PAGE_SIZE else None
+        )
+        memories = rows[:PAGE_SIZE]
+        last = Keyset.of(rows[PAGE_SIZE - 1]) if len(rows) > PAGE_SIZE else None
         users = await user_emails(db_session) if viewer.is_admin else {viewer.user.id: viewer.user.email}
         values = {name: query.get(name, "") for name in MEMORY_FILTERS} | {"user_id": str(owner)}
         return page(
@@ -131,12 +130,7 @@ class MemoryPages(Controller):
     ) -> Template:
         memory = await services.visible_memory(db_session, memory_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         linked = await services.associations(db_session, memory)
-        related = {
-            row.id: row.memory_text
-            for row in await db_session.execute(
-                select(Memory.id, Memory.memory_text).where(Memory.id.in_([other for other, _ in linked]))
-            )
-        }
+        related = await services.memory_texts(db_session, [other for other, _ in linked])
         users = await user_emails(db_session) if viewer.is_admin else {viewer.user.id: viewer.user.email}
         return page(
             viewer,

@@ -19,19 +19,19 @@ from app.auth.oauth_providers import OAuthProviderService, existing_oauth_provid
 from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
-from app.errors import Conflict, ServiceError
 from app.gateway import admin as gateway_admin
 from app.gateway.admin import PriceAdmin, model_prices
 from app.gateway.schemas import PriceWrite
+from app.jobs import services as jobs
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
+from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
-from app.tenants.services import change_tenant_policy, rename_organization, tenant_policy
-from db.tenant import Job, Organization
+from app.tenants.services import change_tenant_policy, own_organization, rename_organization, tenant_policy
 
 SETTINGS = f"{PORTAL}/settings"
 OAUTH_KINDS = [("oidc", "OpenID Connect (discovery URL)"), ("google", "Google"), ("github", "GitHub")]
@@ -132,12 +132,6 @@ def _provider_data(form: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     return data
 
 
-def _provider_field(error: ServiceError) -> str:
-    if isinstance(error, Conflict):
-        return "name"
-    return "discovery_url" if "discovery_url" in error.detail else "form"
-
-
 class SettingsPages(Controller):
     path = "/settings"
     dependencies = {"viewer": Provide(provide_admin_viewer)}
@@ -152,7 +146,7 @@ class SettingsPages(Controller):
         status_code: int = HTTP_400_BAD_REQUEST,
         notices: list[tuple[str, str]] | None = None,
     ) -> Template:
-        organization = await db_session.get_one(Organization, viewer.organization.id)
+        organization = await own_organization(db_session, viewer.organization.id)
         policy = tenant_policy(organization)
         stored = _stored_defaults(
             await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
@@ -187,12 +181,12 @@ class SettingsPages(Controller):
         reembed: FromQuery[UUID | None] = None,
     ) -> Template:
         notices = [("ok", SAVED[saved])] if saved and saved in SAVED else []
-        job = await db_session.get(Job, reembed) if reembed else None
-        if job is not None and job.kind == "memory.reembed":
+        reembed_status = await jobs.job_status(db_session, reembed, kind="memory.reembed") if reembed else None
+        if reembed_status is not None:
             notices.append(
                 (
                     "info",
-                    f"The embedding model changed, so a re-embedding job was started ({job.status}). "
+                    f"The embedding model changed, so a re-embedding job was started ({reembed_status}). "
                     "Until it has finished, memories stored before are found by their words only.",
                 )
             )
@@ -205,7 +199,7 @@ class SettingsPages(Controller):
         form = dict(await request.form())
         values = {"name": str(form.get("name") or "").strip()}
         async with FormSubmission(db_session) as submission:
-            organization = await db_session.get_one(Organization, viewer.organization.id)
+            organization = await own_organization(db_session, viewer.organization.id)
             await rename_organization(
                 db_session,
                 organization,
@@ -230,7 +224,7 @@ class SettingsPages(Controller):
         data = TenantPolicyUpdate(
             require_mfa_for_admins="require_mfa_for_admins" in form, allow_self_signup="allow_self_signup" in form
         )
-        organization = await db_session.get_one(Organization, viewer.organization.id)
+        organization = await own_organization(db_session, viewer.organization.id)
         await change_tenant_policy(
             db_session,
             organization,
@@ -354,18 +348,18 @@ class SettingsPages(Controller):
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = _provider_values(form)
-        try:
+        async with FormSubmission(db_session) as submission:
             await oauth_providers.create(
                 viewer.principal.tenant_id, parse(OAuthProviderCreate, _provider_data(form, creating=True))
             )
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._provider_page(viewer, settings, provider=None, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
-            errors = {_provider_field(error): error.detail}
+        if submission.refused:
             return await self._provider_page(
-                viewer, settings, provider=None, values=values, errors=errors, status_code=error.status_code
+                viewer,
+                settings,
+                provider=None,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
         return see_other(f"{SETTINGS}?saved=oauth#oauth")
 
@@ -379,7 +373,7 @@ class SettingsPages(Controller):
         request: PortalRequest,
     ) -> Template:
         provider = await existing_oauth_provider(db_session, provider_id)
-        heading = msgspec.convert(provider, ProviderHeading, from_attributes=True)
+        heading = read_as(ProviderHeading, provider)
         values = {
             "client_id": provider.client_id,
             "discovery_url": provider.discovery_url or "",
@@ -400,20 +394,19 @@ class SettingsPages(Controller):
         request: PortalRequest,
     ) -> Template | Response[None]:
         provider = await existing_oauth_provider(db_session, provider_id)
-        heading = msgspec.convert(provider, ProviderHeading, from_attributes=True)
+        heading = read_as(ProviderHeading, provider)
         form = dict(await request.form())
         values = _provider_values(form)
-        try:
-            data = parse(OAuthProviderUpdate, _provider_data(form, creating=False))
-            await oauth_providers.update(provider.id, data)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._provider_page(viewer, settings, provider=heading, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
-            errors = {_provider_field(error): error.detail}
+        async with FormSubmission(db_session) as submission:
+            await oauth_providers.update(provider.id, parse(OAuthProviderUpdate, _provider_data(form, creating=False)))
+        if submission.refused:
             return await self._provider_page(
-                viewer, settings, provider=heading, values=values, errors=errors, status_code=error.status_code
+                viewer,
+                settings,
+                provider=heading,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
         return see_other(f"{SETTINGS}?saved=oauth#oauth")
 

@@ -15,15 +15,13 @@ from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.middleware import SESSION_COOKIE
-from app.auth.oauth_providers import list_oauth_providers
-from app.auth.redis_store import AuthStore
+from app.auth.oauth_providers import sign_in_providers
 from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
-from app.auth.tokens import SCOPE_MFA_ENROLLMENT, InvalidToken, Principal, verify_access_token
+from app.auth.tokens import Principal
 from app.errors import ServiceError
+from app.portal.forms import FormSubmission
 from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.settings import Settings
-from app.tenants.services import lookup_tenant_by_slug
-from db.session import set_session_tenant
 
 MFA_TICKET_COOKIE = "lyss_mfa_ticket"
 LOGIN_CSRF_COOKIE = "lyss_login_csrf"
@@ -98,18 +96,13 @@ def _enrolment_page(
 async def _oauth_buttons(db_session: AsyncSession, tenant_slug: str | None) -> list[dict[str, str]]:
     if not tenant_slug:
         return []
-    tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
-    if tenant is None:
-        return []
-    await set_session_tenant(db_session, tenant.id)
-    providers = await list_oauth_providers(db_session, enabled_only=True)
     return [
         {
             "label": provider.display_name or provider.provider_name,
             "href": f"/api/auth/tenants/{tenant_slug}/oauth/{provider.provider_name}/authorize"
             f"?mode=portal&return_to={PORTAL}/",
         }
-        for provider in providers
+        for provider in await sign_in_providers(db_session, tenant_slug)
     ]
 
 
@@ -169,12 +162,14 @@ class SignInController(Controller):
         }
         if errors:
             return await self._login_page(settings, db_session, values, errors, HTTP_400_BAD_REQUEST)
-        try:
+        # A refusal names no field: which of the three was wrong is not told. Failures are counted (committed)
+        # by the service before it refuses, so the rollback keeps them.
+        async with FormSubmission(db_session) as submission:
             result = await auth.login(
                 tenant_slug=values["tenant"], email=values["email"], password=str(form["password"]), mode="portal"
             )
-        except ServiceError as error:
-            return await self._login_page(settings, db_session, values, {"form": error.detail}, error.status_code)
+        if submission.refused:
+            return await self._login_page(settings, db_session, values, submission.errors, submission.status_code)
         return _signed_in(settings, result, values["next"])
 
     @get("/login/mfa", opt=PUBLIC, summary="Second sign-in step")
@@ -233,32 +228,20 @@ class SignInController(Controller):
         template.cookies.append(cookie)
         return template
 
-    async def _enrolling(
-        self, request: Request[Any, Any, State], db_session: AsyncSession, settings: Settings, auth_store: AuthStore
-    ) -> Principal | None:
+    async def _enrolling(self, request: Request[Any, Any, State], auth: AuthService) -> Principal | None:
         """The enrolment-only sign-in this browser holds, with the session scoped to its tenant; or None."""
         token = request.cookies.get(ENROLMENT_COOKIE)
-        if not token:
-            return None
-        try:
-            principal = verify_access_token(settings.jwt_keyring, token)
-        except InvalidToken:
-            return None
-        if principal.scope != SCOPE_MFA_ENROLLMENT or await auth_store.session_revoked(principal.session_id):
-            return None
-        await set_session_tenant(db_session, principal.tenant_id)
-        return principal
+        return await auth.enrolment_principal(token) if token else None
 
     @get("/enrol", opt=PUBLIC, summary="Two-factor enrolment the organization requires before signing in")
     async def enrolment_page(
         self,
         settings: NamedDependency[Settings],
-        auth_store: NamedDependency[AuthStore],
         request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        principal = await self._enrolling(request, db_session, settings, auth_store)
+        principal = await self._enrolling(request, auth)
         if principal is None:
             return see_other(f"{PORTAL}/login")
         enrollment = await auth.start_mfa_enrollment(principal)
@@ -270,12 +253,11 @@ class SignInController(Controller):
     async def enrol(
         self,
         settings: NamedDependency[Settings],
-        auth_store: NamedDependency[AuthStore],
         request: Request[Any, Any, State],
         auth: NamedDependency[AuthService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        principal = await self._enrolling(request, db_session, settings, auth_store)
+        principal = await self._enrolling(request, auth)
         if principal is None:
             return see_other(f"{PORTAL}/login")
         form = dict(await request.form())

@@ -15,11 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.gateway import admin
 from app.gateway.admin import TokenAdmin, keys_with_owner_emails
-from app.gateway.schemas import TokenCreate, TokenUpdate
+from app.gateway.schemas import TokenCreate, TokenRead, TokenUpdate
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, provide_viewer_actor, see_other
 from app.tenants.services import organization_users
-from db.provider import ApiToken
 
 BUDGET_PERIODS = [("none", "Total (never resets)"), ("daily", "Per day"), ("monthly", "Per month")]
 
@@ -63,14 +62,11 @@ class TokenPages(Controller):
         viewer: Viewer,
         db_session: AsyncSession,
         *,
-        token: ApiToken | None,
+        token: TokenRead | None,
         values: dict[str, Any],
         errors: dict[str, str] | None = None,
         status_code: int = HTTP_400_BAD_REQUEST,
     ) -> Template:
-        if errors and token is not None:
-            # Errors follow a rollback, which expired the key: load it again before the page reads it.
-            await db_session.refresh(token)
         users = []
         if viewer.is_admin and token is None:
             users = [(str(user.id), user.email) for user in await organization_users(db_session)]
@@ -133,7 +129,7 @@ class TokenPages(Controller):
             "allowed_ips": "\n".join(token.allowed_ips),
             "expires_at": token.expires_at.strftime("%Y-%m-%dT%H:%M") if token.expires_at else "",
         }
-        return await self._form_page(viewer, db_session, token=token, values=values)
+        return await self._form_page(viewer, db_session, token=admin.token_read(token), values=values)
 
     @post("/{token_id:uuid}", summary="Change an API key")
     async def update_token(
@@ -145,6 +141,8 @@ class TokenPages(Controller):
         request: PortalRequest,
     ) -> Template | Response[None]:
         token = await admin.visible_token(db_session, viewer.principal, token_id)
+        # Read before the change: a refusal rolls it back, and the page shows the key as it is stored.
+        shown = admin.token_read(token)
         form = dict(await request.form())
         values = {name: str(value) for name, value in form.items()}
         async with FormSubmission(db_session) as submission:
@@ -153,7 +151,7 @@ class TokenPages(Controller):
             return await self._form_page(
                 viewer,
                 db_session,
-                token=token,
+                token=shown,
                 values=values,
                 errors=submission.errors,
                 status_code=submission.status_code,

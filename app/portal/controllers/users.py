@@ -16,9 +16,8 @@ from litestar.status_codes import HTTP_400_BAD_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
-from app.errors import ServiceError
 from app.gateway.admin import MonthlyUsage, usage_this_month
-from app.portal.forms import FormInvalid, parse
+from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.tenants.accounts import INVITATION_TTL, AccountService, pending_invitations
 from app.tenants.groups import GroupService
@@ -31,7 +30,6 @@ from app.tenants.services import (
     organization_users,
     user_group,
 )
-from db.auth import User
 
 ROLES = [("end_user", "End user"), ("tenant_admin", "Administrator")]
 ROLE_LABELS = dict(ROLES) | {"super_admin": "Super admin"}
@@ -92,15 +90,11 @@ class UserPages(Controller):
     ) -> Template:
         form = await request.form()
         values = {name: str(form.get(name) or "").strip() for name in ("email", "role")}
-        try:
+        async with FormSubmission(db_session) as submission:
             data = parse(InviteForm, values)
             invitation, token = await accounts.invite(viewer.principal, email=data.email, role=data.role)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return self._invite_page(viewer, values, invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
-            return self._invite_page(viewer, values, {"email": error.detail}, error.status_code)
+        if submission.refused:
+            return self._invite_page(viewer, values, submission.errors, submission.status_code)
         # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
         return page(viewer, "users/invited.html", invitation=invitation, token=token, role_labels=ROLE_LABELS)
 
@@ -147,30 +141,26 @@ class UserPages(Controller):
         request: PortalRequest,
     ) -> Template | Response[None]:
         values = {"role": str((await request.form()).get("role") or "").strip()}
-        try:
+        async with FormSubmission(db_session) as submission:
             await accounts.change_role(viewer.principal, user_id, parse(RoleChange, values).role)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._user_page(viewer, db_session, user_id, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
+        if submission.refused:
             return await self._user_page(
-                viewer, db_session, user_id, values=values, errors={"role": error.detail}, status_code=error.status_code
+                viewer, db_session, user_id, values=values, errors=submission.errors, status_code=submission.status_code
             )
         return see_other(f"{PORTAL}/users/{user_id}")
 
     async def _apply_account_change(
-        self, viewer: Viewer, db_session: AsyncSession, user_id: UUID, change: Awaitable[User]
-    ) -> Template | None:
-        """Make an account change; if a service refuses it, the user's page with the reason (nothing saved)."""
-        try:
+        self, viewer: Viewer, db_session: AsyncSession, user_id: UUID, change: Awaitable[object]
+    ) -> Template | Response[None]:
+        """Make an account change, then back to the user's page; if a service refuses it, that page with the
+        reason (nothing saved)."""
+        async with FormSubmission(db_session) as submission:
             await change
-        except ServiceError as error:
-            await db_session.rollback()
+        if submission.refused:
             return await self._user_page(
-                viewer, db_session, user_id, errors={"form": error.detail}, status_code=error.status_code
+                viewer, db_session, user_id, errors=submission.errors, status_code=submission.status_code
             )
-        return None
+        return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
     async def deactivate(
@@ -180,12 +170,9 @@ class UserPages(Controller):
         accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        refused = await self._apply_account_change(
+        return await self._apply_account_change(
             viewer, db_session, user_id, accounts.deactivate(viewer.principal, user_id)
         )
-        if refused is not None:
-            return refused
-        return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
     async def reactivate(
@@ -195,12 +182,9 @@ class UserPages(Controller):
         accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        refused = await self._apply_account_change(
+        return await self._apply_account_change(
             viewer, db_session, user_id, accounts.reactivate(viewer.principal, user_id)
         )
-        if refused is not None:
-            return refused
-        return see_other(f"{PORTAL}/users/{user_id}")
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
     async def reset_mfa(
@@ -210,12 +194,9 @@ class UserPages(Controller):
         accounts: NamedDependency[AccountService],
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
-        refused = await self._apply_account_change(
+        return await self._apply_account_change(
             viewer, db_session, user_id, accounts.reset_mfa(viewer.principal, user_id)
         )
-        if refused is not None:
-            return refused
-        return see_other(f"{PORTAL}/users/{user_id}")
 
 
 def _group_values(form: Any) -> dict[str, str]:
@@ -254,15 +235,11 @@ class GroupPages(Controller):
         request: PortalRequest,
     ) -> Template | Response[None]:
         values = _group_values(await request.form())
-        try:
+        async with FormSubmission(db_session) as submission:
             data = parse(GroupCreate, values)
             group = await groups.create(viewer_actor(viewer, request), name=data.name, description=data.description)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return self._new_page(viewer, values, invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
-            return self._new_page(viewer, values, {"name": error.detail}, error.status_code)
+        if submission.refused:
+            return self._new_page(viewer, values, submission.errors, submission.status_code)
         return see_other(f"{PORTAL}/groups/{group.id}")
 
     async def _group_page(
@@ -309,21 +286,17 @@ class GroupPages(Controller):
     ) -> Template | Response[None]:
         group = await user_group(db_session, group_id)
         values = _group_values(await request.form())
-        try:
+        async with FormSubmission(db_session) as submission:
             data = parse(GroupCreate, values)
             await groups.update(viewer_actor(viewer, request), group, name=data.name, description=data.description)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
+        if submission.refused:
             return await self._group_page(
                 viewer,
                 db_session,
                 group_id,
                 values=values,
-                errors={"name": error.detail},
-                status_code=error.status_code,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
         return see_other(f"{PORTAL}/groups/{group_id}")
 
@@ -337,12 +310,11 @@ class GroupPages(Controller):
         request: PortalRequest,
     ) -> Template | Response[None]:
         group = await user_group(db_session, group_id)
-        try:
+        async with FormSubmission(db_session) as submission:
             await groups.delete(viewer_actor(viewer, request), group)
-        except ServiceError as error:
-            await db_session.rollback()
+        if submission.refused:
             return await self._group_page(
-                viewer, db_session, group_id, errors={"form": error.detail}, status_code=error.status_code
+                viewer, db_session, group_id, errors=submission.errors, status_code=submission.status_code
             )
         return see_other(f"{PORTAL}/groups")
 
@@ -357,21 +329,17 @@ class GroupPages(Controller):
     ) -> Template | Response[None]:
         group = await user_group(db_session, group_id)
         values = {"user_id": str((await request.form()).get("user_id") or "").strip()}
-        try:
+        async with FormSubmission(db_session) as submission:
             data = parse(MemberAdd, values)
             await groups.add_member(viewer_actor(viewer, request), group, data.user_id)
-        except FormInvalid as invalid:
-            await db_session.rollback()
-            return await self._group_page(viewer, db_session, group_id, values=values, errors=invalid.errors)
-        except ServiceError as error:
-            await db_session.rollback()
+        if submission.refused:
             return await self._group_page(
                 viewer,
                 db_session,
                 group_id,
                 values=values,
-                errors={"user_id": error.detail},
-                status_code=error.status_code,
+                errors=submission.errors,
+                status_code=submission.status_code,
             )
         return see_other(f"{PORTAL}/groups/{group_id}")
 

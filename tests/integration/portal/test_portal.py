@@ -139,6 +139,24 @@ async def test_channel_form_errors_sit_next_to_their_fields_and_nothing_is_saved
     assert [(channel.name, channel.models) for channel in channels] == [("primary", ["gpt-test", "other"])]
 
 
+async def test_the_channel_edit_form_says_how_many_keys_are_stored_even_after_a_refusal(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    base = {"csrf_token": token, "type": "openai-compatible", "base_url": upstream.base_url("p"), "models": "m"}
+    created = await client.post("/portal/channels/new", data=base | {"name": "pair", "keys": "k1\nk2"})
+    assert created.status_code == 303
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        channel_id = await session.scalar(select(Channel.id))
+
+    edit = await client.get(f"/portal/channels/{channel_id}")
+    assert "Leave empty to keep the 2 stored keys." in edit.text
+    refused = await client.post(f"/portal/channels/{channel_id}", data=base | {"name": "pair", "priority": "high"})
+    assert refused.status_code == 400
+    assert "Edit channel pair" in refused.text
+    assert "Leave empty to keep the 2 stored keys." in refused.text
+
+
 async def test_edit_forms_show_their_errors_next_to_the_fields_and_change_nothing(
     client: Client, upstream: MockUpstream, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar.routes import HTTPRoute
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import Settings
@@ -184,6 +184,22 @@ async def test_an_admin_cannot_demote_deactivate_or_reset_themselves(
     admin = await stored_user(session_maker, tenant_a.admin)
     assert (admin.role, admin.status) == ("tenant_admin", "active")
     assert (await client.get("/portal/users")).status_code == 200  # still signed in, still an admin
+
+
+async def test_a_refusal_about_the_whole_account_shows_above_the_form_not_under_the_role(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(update(User).where(User.id == tenant_a.user.id).values(role="super_admin"))
+        await session.commit()
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    refused = await client.post(
+        f"/portal/users/{tenant_a.user.id}/role", data={"csrf_token": token, "role": "end_user"}
+    )
+    assert refused.status_code == 403
+    assert form_error(refused.text) == "Only a platform super admin can change a super admin's account."
+    assert field_error(refused.text, "role") is None
+    assert (await stored_user(session_maker, tenant_a.user)).role == "super_admin"
 
 
 async def test_deactivating_a_user_signs_them_out_at_once_and_reactivating_lets_them_sign_in_again(
