@@ -65,6 +65,7 @@ class RequestContextMiddleware:
             return
         request_id = _request_id(scope)
         client_ip = self._client_ip(scope)
+        path = scope["path"]  # the router replaces it with the path under the mount for a mounted app
         scope.setdefault("state", {}).update(request_id=request_id, client_ip=client_ip)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, client_ip=client_ip)
@@ -90,7 +91,7 @@ class RequestContextMiddleware:
             access_log.info(
                 "request",
                 method=scope["method"],
-                path=scope["path"],
+                path=path,
                 status=status_code,
                 duration_ms=round(elapsed * 1000, 2),
             )

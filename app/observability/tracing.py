@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -30,15 +27,7 @@ def _tracer_provider() -> TracerProvider:
 
 
 def tracing_plugin(settings: Settings) -> OpenTelemetryPlugin | None:
-    """Spans for what Litestar serves; None unless LYSS_OTEL_ENABLED."""
+    """Spans for every request Litestar gets, the /v1 API included; None unless LYSS_OTEL_ENABLED."""
     if not settings.otel_enabled:
         return None
     return OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=_tracer_provider(), exclude=UNTRACED_PATHS))
-
-
-def traced(app: Any, settings: Settings) -> Any:
-    """Spans for an ASGI app outside Litestar (the /v1 API), named `POST /v1/chat/completions`; the app
-    itself unless LYSS_OTEL_ENABLED."""
-    if not settings.otel_enabled:
-        return app
-    return OpenTelemetryMiddleware(app, tracer_provider=_tracer_provider())

@@ -62,10 +62,11 @@ def config_for(identity: str) -> schemathesis.Config:
 
 
 class FuzzIdentity(msgspec.Struct):
-    """Whom the requests act as (None: nobody) and real ids of its tenant to put in parameters."""
+    """Whom the requests act as (None: nobody), its API key for /v1 and real ids of its tenant to put in parameters."""
 
     name: str
     user: User | None
+    api_key: str | None
     real_values: dict[str, list[str]]
 
 
@@ -116,6 +117,11 @@ async def fuzz_identity(
         assert price.status_code == 200, price.text
         key = await client.post("/api/tokens", json={"name": "fuzz"}, headers=fuzz_server.headers_for(acting))
         assert key.status_code == 201, key.text
+        # The key /v1 calls use: the fuzzer never sees its id, so it cannot disable or revoke it on the way.
+        gateway_key = await client.post(
+            "/api/tokens", json={"name": "fuzz /v1"}, headers=fuzz_server.headers_for(acting)
+        )
+        assert gateway_key.status_code == 201, gateway_key.text
         attachment = await client.post(
             f"/api/conversations/{conversation.id}/attachments",
             files={"file": ("notes.txt", b"some notes", "text/plain")},
@@ -130,7 +136,7 @@ async def fuzz_identity(
         "channel_id": [channels[0]["id"]],
         "token_id": [key.json()["token"]["id"]],
         "provider_id": [str(tenant.oauth_provider.id)],
-        "model": ["gpt-test"],
+        "model": ["gpt-test", "embed-test"],
         "tenant_slug": [tenant.slug],
         "provider_name": [tenant.oauth_provider.provider_name],
         "user_id": [str(tenant.admin.id), str(tenant.user.id)],
@@ -139,8 +145,12 @@ async def fuzz_identity(
         "provider": [tenant.oauth_provider.provider_name],
         "type": ["openai-compatible", "anthropic"],
     }
+    anonymous = request.param == "anonymous"
     return FuzzIdentity(
-        name=request.param, user=None if request.param == "anonymous" else acting, real_values=real_values
+        name=request.param,
+        user=None if anonymous else acting,
+        api_key=None if anonymous else gateway_key.json()["key"],
+        real_values=real_values,
     )
 
 
@@ -222,8 +232,12 @@ def http() -> Iterator[requests.Session]:
 
 
 def call_and_check(case: ApiCase, server: RunningLyss, identity: FuzzIdentity, http: requests.Session) -> None:
-    # A token minted per request: a generated logout or "sign out everywhere" ends only that one session.
-    headers = server.headers_for(identity.user) if identity.user else {}
+    if case.path.startswith("/v1/"):
+        # The gateway takes API keys, not sessions: with one, generated bodies get past authentication.
+        headers = {"Authorization": f"Bearer {identity.api_key}"} if identity.api_key else {}
+    else:
+        # A token minted per request: a generated logout or "sign out everywhere" ends only that one session.
+        headers = server.headers_for(identity.user) if identity.user else {}
     # Echoed by the server and written beside a 500's traceback in its log.
     headers["X-Request-Id"] = f"fuzz-{uuid7()}"
     try:

@@ -1,0 +1,239 @@
+"""The /v1 API in the OpenAPI document: entries for documentation only, as Litestar does not describe a mount."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+import msgspec
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    PathItem,
+    Reference,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
+
+from app.gateway.dialects.anthropic import CountTokensRequest, MessagesRequest
+from app.gateway.dialects.openai import ChatRequest, EmbeddingsRequest
+
+TAG = "gateway (/v1)"
+# Gateway components get a prefix of their own: their names (`_Message`, `_Tool`) are the dialects' and would
+# collide with each other's and with those Litestar generates for the rest of the API.
+PREFIX = "V1"
+# Either header carries an API key, on every /v1 path (the Anthropic SDK sends `x-api-key`).
+SECURITY: list[SecurityRequirement] = [{"LyssApiKey": []}, {"LyssApiKeyHeader": []}]
+SECURITY_SCHEMES = {
+    "LyssApiKey": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="sk-lyss-…",
+        description="An API key issued in the portal or by `POST /api/tokens`: `Authorization: Bearer sk-lyss-…`.",
+    ),
+    "LyssApiKeyHeader": SecurityScheme(
+        type="apiKey",
+        name="x-api-key",
+        security_scheme_in="header",
+        description="The same API key in the header the Anthropic SDK sends.",
+    ),
+}
+
+
+class _OpenAIErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(msgspec.Struct):
+    """Every error of the /v1 API outside /v1/messages."""
+
+    error: _OpenAIErrorDetail
+
+
+class _AnthropicErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct):
+    """Every error under /v1/messages."""
+
+    type: Literal["error"]
+    error: _AnthropicErrorDetail
+
+
+class Model(msgspec.Struct):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct):
+    """The models this API key may use."""
+
+    object: Literal["list"]
+    data: list[Model]
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int | None = None
+
+
+class _Choice(msgspec.Struct):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str | None
+
+
+class ChatCompletion(msgspec.Struct):
+    """The provider's answer in the OpenAI format (adapted when the channel speaks another)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class _Embedding(msgspec.Struct):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[_Embedding]
+    model: str
+    usage: _Usage | None = None
+
+
+class _MessageUsage(msgspec.Struct):
+    input_tokens: int
+    output_tokens: int
+
+
+class Message(msgspec.Struct):
+    """The provider's answer in the Anthropic format (adapted when the channel speaks another)."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    content: list[dict[str, Any]]
+    model: str
+    stop_reason: str | None
+    usage: _MessageUsage
+
+
+class TokenCount(msgspec.Struct):
+    input_tokens: int
+
+
+_COMPONENTS: tuple[type[msgspec.Struct], ...] = (
+    *(ChatRequest, EmbeddingsRequest, MessagesRequest, CountTokensRequest),
+    *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, Message, TokenCount),
+)
+
+
+def _ref(component: type[msgspec.Struct]) -> Reference:
+    return Reference(ref=f"#/components/schemas/{PREFIX}{component.__name__}")
+
+
+def _json(component: type[msgspec.Struct]) -> dict[str, OpenAPIMediaType]:
+    return {"application/json": OpenAPIMediaType(schema=_ref(component))}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    answer: type[msgspec.Struct],
+    *,
+    body: type[msgspec.Struct] | None = None,
+    error: type[msgspec.Struct] = OpenAIError,
+    streams: bool = False,
+    parameters: list[Parameter | Reference] | None = None,
+) -> Operation:
+    content = _json(answer)
+    if streams:
+        content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+    return Operation(
+        tags=[TAG],
+        summary=summary,
+        operation_id=operation_id,
+        parameters=parameters,
+        request_body=None if body is None else RequestBody(content=_json(body), required=True),
+        responses={
+            "200": OpenAPIResponse(
+                description="Streamed as server-sent events when the body says `stream: true`." if streams else "OK",
+                content=content,
+            ),
+            "default": OpenAPIResponse(description=f"An error, in the {error.__name__} shape.", content=_json(error)),
+        },
+        security=SECURITY,
+    )
+
+
+def _paths() -> dict[str, PathItem]:
+    model = Parameter(name="model", param_in="path", required=True, schema=Schema(type=OpenAPIType.STRING))
+    return {
+        "/v1/chat/completions": PathItem(
+            post=_operation(
+                "GatewayChatCompletions",
+                "Chat completion (OpenAI format)",
+                ChatCompletion,
+                body=ChatRequest,
+                streams=True,
+            )
+        ),
+        "/v1/embeddings": PathItem(
+            post=_operation("GatewayEmbeddings", "Embeddings (OpenAI format)", EmbeddingList, body=EmbeddingsRequest)
+        ),
+        "/v1/models": PathItem(get=_operation("GatewayModels", "The models this API key may use", ModelList)),
+        "/v1/models/{model}": PathItem(get=_operation("GatewayModel", "One model", Model, parameters=[model])),
+        "/v1/messages": PathItem(
+            post=_operation(
+                "GatewayMessages",
+                "Messages (Anthropic format)",
+                Message,
+                body=MessagesRequest,
+                error=AnthropicError,
+                streams=True,
+            )
+        ),
+        "/v1/messages/count_tokens": PathItem(
+            post=_operation(
+                "GatewayCountTokens",
+                "Count the input tokens of a Messages request",
+                TokenCount,
+                body=CountTokensRequest,
+                error=AnthropicError,
+            )
+        ),
+    }
+
+
+def _schemas() -> dict[str, Schema]:
+    """JSON Schema of the structs that decode the bodies (so the document cannot drift from what is checked)
+    and of the answers, from msgspec."""
+    _, components = msgspec.json.schema_components(_COMPONENTS, ref_template=f"#/components/schemas/{PREFIX}{{name}}")
+    # Plain JSON Schema: the document serialises a dict as it is, where it expects a `Schema`.
+    return {f"{PREFIX}{name}": cast(Schema, schema) for name, schema in components.items()}
+
+
+def document_gateway(openapi: OpenAPI) -> None:
+    """Add the /v1 operations, their schemas and the API-key security schemes to Litestar's document."""
+    openapi.paths = {**(openapi.paths or {}), **_paths()}
+    openapi.components.schemas.update(_schemas())
+    openapi.components.security_schemes = {**(openapi.components.security_schemes or {}), **SECURITY_SCHEMES}
