@@ -16,14 +16,16 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/lyss serve --migrate
 
-# One worker process per core (at most four), each with its own PostgreSQL and Redis; a file's tests stay
-# together, so a module's server fixtures start once.
+# One test process per core and one more (tests wait on PostgreSQL and Redis more than they compute), at most
+# four, each with its own PostgreSQL and Redis; a file's tests stay together, so its fixtures start once.
+TEST_PROCESSES ?= $(shell $(PYTHON) -c "import os; print(min((os.cpu_count() or 1) + 1, 4))")
+
 test: $(INSTALLED)
-	$(BIN)/pytest -n auto --maxprocesses=4 --dist loadfile
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # The inner loop: the same, without the browser, the slow tests (whole processes, thousands of calls) and fuzzing.
 test-fast: $(INSTALLED)
-	$(BIN)/pytest -n auto --maxprocesses=4 --dist loadfile -m "not slow and not browser and not fuzz"
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow and not browser and not fuzz"
 
 # Schemathesis over the whole OpenAPI schema of a running server, as an admin, an end user and anonymously;
 # fixed seed, bounded examples: about 3 minutes on 2 cores. Left out of `make test` (the `fuzz` marker).
