@@ -10,55 +10,18 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import AsyncIterator
 
 import openai
 import pyotp
 import pytest
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import Browser, expect
 
-from tests.support.commands import REPOSITORY_ROOT, RunningLyss
+from tests.support.browser import PHONE, WIDE, shoot, sign_in
+from tests.support.commands import RunningLyss
 from tests.support.mock_upstream import MockUpstream
-from tests.support.tenants import TEST_PASSWORD, TenantRows
+from tests.support.tenants import TenantRows
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SCREENSHOTS = REPOSITORY_ROOT / "docs" / "screenshots"
-WIDE: ViewportSize = {"width": 1280, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield launched
-        await launched.close()
-
-
-async def shoot(page: Page, name: str) -> None:
-    """A full-page screenshot, and proof the page fits its width (tables scroll inside their own box)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
-    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"{name}: the page is {overflow} px wider than the window"
-
-
-async def sign_in(page: Page, url: str, tenant: TenantRows, email: str) -> None:
-    await page.goto(f"{url}/portal/login")
-    await page.fill("#tenant", tenant.slug)
-    await page.fill("#email", email)
-    await page.fill("#password", TEST_PASSWORD)
-    await page.click("button[type=submit]")
 
 
 async def test_admin_runs_the_organization_from_the_portal(

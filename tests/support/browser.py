@@ -1,0 +1,37 @@
+"""Driving Debian's chromium through Playwright: launch flags, viewports, screenshots, signing in."""
+
+from __future__ import annotations
+
+from playwright.async_api import Page, ViewportSize
+
+from tests.support.commands import REPOSITORY_ROOT
+from tests.support.tenants import TEST_PASSWORD, TenantRows
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = REPOSITORY_ROOT / "docs" / "screenshots"
+WIDE: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+
+async def shoot(page: Page, name: str) -> None:
+    """A full-page screenshot, and proof the page fits its width (tables scroll inside their own box)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{name}: the page is {overflow} px wider than the window"
+
+
+async def sign_in(page: Page, url: str, tenant: TenantRows, email: str, password: str = TEST_PASSWORD) -> None:
+    await page.goto(f"{url}/portal/login")
+    await page.fill("#tenant", tenant.slug)
+    await page.fill("#email", email)
+    await page.fill("#password", password)
+    await page.click("button[type=submit]")
