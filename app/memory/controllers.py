@@ -119,10 +119,10 @@ class MemoryController(Controller):
     ) -> Response[MemoryRead | JobRead]:
         if (data.messages is None) == (data.text is None):
             raise InvalidRequest("Send either `messages` (a conversation) or `text` (one memory), not both.")
-        memory_settings = await services.memory_settings(db_session)
-        if not memory_settings.enabled:
-            raise Conflict("Memory is turned off for this organization.")
+        owner = await _subject(db_session, request.user, data.user_id)
         if data.infer:
+            if not (await services.memory_settings(db_session)).enabled:
+                raise Conflict("Memory is turned off for this organization.")
             turns = data.messages or [{"role": "user", "content": data.text}]  # type: ignore[list-item]
             job, _ = await submit_job(
                 db_session,
@@ -130,28 +130,24 @@ class MemoryController(Controller):
                 settings,
                 tenant_id=request.user.tenant_id,
                 kind="memory.extract",
-                payload={"user_id": str(request.user.user_id), "messages": turns, "metadata": data.metadata},
+                payload={"user_id": str(owner), "messages": turns, "metadata": data.metadata},
                 created_by=request.user.user_id,
             )
             return Response(job_read(job), status_code=HTTP_202_ACCEPTED)
         if data.text is None:
             raise InvalidRequest("With infer=false, send `text`: the memory to store as is.")
-        if await services.find_duplicate(db_session, request.user.user_id, data.text) is not None:
-            raise Conflict("You already have this memory.")
-        embedding = await services.query_embedding(
-            db_session, gateway, request.user.user_id, memory_settings, data.text
-        )
-        memory = await services.add_memory(
+        memory = await services.remember(
             db_session,
-            user_id=request.user.user_id,
+            gateway,
+            owner=owner,
+            author=services.MemoryAuthor(
+                kind="user" if owner == request.user.user_id else "admin", user_id=request.user.user_id
+            ),
             text_value=data.text,
-            embedding=embedding,
-            actor=services.MemoryAuthor(kind="user", user_id=request.user.user_id),
             memory_type=data.memory_type,
             importance=data.importance,
             metadata=data.metadata,
         )
-        await services.link_similar(db_session, memory, embedding, threshold=memory_settings.association_threshold)
         return Response(services.memory_read(memory), status_code=HTTP_201_CREATED)
 
     @get("/", summary="Memories, newest first (your own; admins may name a user)")
@@ -284,21 +280,8 @@ class MemoryController(Controller):
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> MemoryRead:
-        memory = await services.visible_memory(
-            db_session, memory_id, user_id=request.user.user_id, is_admin=False, for_change=True
-        )
-        settings = await services.memory_settings(db_session)
-        embedding = await services.query_embedding(db_session, gateway, request.user.user_id, settings, data.text)
-        await services.change_memory(
-            db_session,
-            memory,
-            text_value=data.text,
-            embedding=embedding,
-            actor=services.MemoryAuthor(kind="user", user_id=request.user.user_id),
-            reason="Corrected by the user.",
-        )
-        # Reloaded while the row is locked by this transaction: after the commit it may be erased.
-        await db_session.refresh(memory)
+        author = services.MemoryAuthor(kind="user", user_id=request.user.user_id)
+        memory = await services.correct_memory(db_session, gateway, memory_id, author=author, text_value=data.text)
         return services.memory_read(memory)
 
     @delete("/{memory_id:uuid}", summary="Erase a memory with its history (your own; admins any)", status_code=204)

@@ -59,6 +59,8 @@ class MemoryAdd(Input):
     memory_type: MemoryType = "fact"
     importance: Importance = 50
     metadata: dict[str, Any] = {}
+    # Admins: whose memory (another user of the organization); others: their own, the default.
+    user_id: UUID | None = None
 
 
 class MemoryUpdate(Input):

@@ -522,6 +522,57 @@ async def erase_memories(session: AsyncSession, *, user_id: UUID, memory_id: UUI
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def remember(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    owner: UUID,
+    author: MemoryAuthor,
+    text_value: str,
+    memory_type: str = "fact",
+    importance: int = 50,
+    metadata: dict[str, Any] | None = None,
+) -> Memory:
+    """A memory a person writes (stored as written, no extraction): found by meaning where the organization
+    has an embedding model, linked to the owner's similar memories. The embedding is billed to the author."""
+    settings = await memory_settings(session)
+    if not settings.enabled:
+        raise Conflict("Memory is turned off for this organization.")
+    if await find_duplicate(session, owner, text_value) is not None:
+        raise Conflict("This memory is already there.", field="text")
+    assert author.user_id is not None  # a person, not a job
+    embedding = await query_embedding(session, gateway, author.user_id, settings, text_value)
+    memory = await add_memory(
+        session,
+        user_id=owner,
+        text_value=text_value,
+        embedding=embedding,
+        actor=author,
+        memory_type=memory_type,
+        importance=importance,
+        metadata=metadata,
+    )
+    await link_similar(session, memory, embedding, threshold=settings.association_threshold)
+    return memory
+
+
+async def correct_memory(
+    session: AsyncSession, gateway: Gateway, memory_id: UUID, *, author: MemoryAuthor, text_value: str
+) -> Memory:
+    """New text for one of the author's own memories, the old text kept in its history."""
+    assert author.user_id is not None  # a person, not a job
+    settings = await memory_settings(session)
+    # The embedding first: fetching it commits (the author's chat key), which would release a row lock.
+    embedding = await query_embedding(session, gateway, author.user_id, settings, text_value)
+    memory = await visible_memory(session, memory_id, user_id=author.user_id, is_admin=False, for_change=True)
+    await change_memory(
+        session, memory, text_value=text_value, embedding=embedding, actor=author, reason="Corrected by the user."
+    )
+    # Reloaded while the row is locked by this transaction: after the commit it may be erased.
+    await session.refresh(memory)
+    return memory
+
+
 async def erase_and_record(
     session: AsyncSession, *, actor_user_id: UUID, owner: UUID, memory_id: UUID | None = None
 ) -> int:

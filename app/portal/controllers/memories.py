@@ -1,4 +1,4 @@
-"""Portal pages for memories: browse and search a user's memories, read one with its history, erase them."""
+"""Portal pages for memories: browse, search, add, correct and erase them; read one with its history and source."""
 
 from __future__ import annotations
 
@@ -17,8 +17,16 @@ from app.errors import InvalidRequest, ServiceError
 from app.gateway.engine import Gateway
 from app.keyset import Keyset
 from app.memory import services
-from app.memory.schemas import MemoryFilters, MemoryHit, MemoryType
-from app.portal.forms import FormInvalid, parse
+from app.memory.schemas import (
+    Importance,
+    MemoryFilters,
+    MemoryHit,
+    MemorySettings,
+    MemoryText,
+    MemoryType,
+    MemoryUpdate,
+)
+from app.portal.forms import FormInvalid, FormSubmission, parse
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.tenants.services import user_emails
@@ -39,6 +47,25 @@ class MemoryBrowse(msgspec.Struct, frozen=True):
 
 class EraseAll(msgspec.Struct, frozen=True):
     user_id: UUID
+
+
+class MemoryWrite(msgspec.Struct, frozen=True):
+    """The add form: a memory stored as written, for the viewer or (admins) another user."""
+
+    text: MemoryText
+    memory_type: MemoryType = "fact"
+    importance: Importance = 50
+    user_id: UUID | None = None
+
+
+def memory_status(settings: MemorySettings, *, is_admin: bool) -> tuple[str, str] | None:
+    """Why conversations would add no memories, said where memories are shown: otherwise it goes unseen."""
+    fix = "Choose one in Settings" if is_admin else "An administrator chooses one in Settings"
+    if not settings.enabled:
+        return ("warn", "Memory is turned off for this organization: conversations add and use no memories.")
+    if settings.llm_model is None:
+        return ("warn", f"Memory is on, but no extraction model is set: conversations add no memories. {fix}.")
+    return None
 
 
 def _list_path(viewer: Viewer, owner: UUID, **query: str) -> str:
@@ -76,10 +103,11 @@ class MemoryPages(Controller):
         )
         filters = MemoryFilters(memory_type=browse.memory_type)
         notices = _erased_notice(query.get("erased"))
+        settings = await services.memory_settings(db_session)
+        status = memory_status(settings, is_admin=viewer.is_admin)
         hits: list[MemoryHit] = []
         after = None if browse.q else page_cursor(query, errors)
         if browse.q:
-            settings = await services.memory_settings(db_session)
             try:
                 embedding = await services.query_embedding(db_session, gateway, viewer.user.id, settings, browse.q)
             except ServiceError as refusal:
@@ -120,9 +148,99 @@ class MemoryPages(Controller):
             values=values,
             errors=errors,
             notices=notices,
+            status=status,
             next_query=next_page_query(values, last),
             first_page=after is None,
         )
+
+    async def _write_page(
+        self, viewer: Viewer, db_session: AsyncSession, values: dict[str, str], errors: dict[str, str], status_code: int
+    ) -> Template:
+        users = await user_emails(db_session) if viewer.is_admin else {viewer.user.id: viewer.user.email}
+        return page(
+            viewer,
+            "memories/new.html",
+            status_code=status_code,
+            users=users,
+            memory_types=MEMORY_TYPES,
+            values=values,
+            errors=errors,
+            status=memory_status(await services.memory_settings(db_session), is_admin=viewer.is_admin),
+        )
+
+    @get("/new", summary="Add a memory")
+    async def new_memory(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template:
+        requested = request.query_params.get("user_id") or str(viewer.user.id)
+        values = {"user_id": requested, "memory_type": "fact", "importance": "50"}
+        return await self._write_page(viewer, db_session, values, {}, 200)
+
+    @post("/new", summary="Add a memory")
+    async def add_memory(
+        self,
+        gateway: NamedDependency[Gateway],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        form = await request.form()
+        values = {name: str(form.get(name) or "") for name in ("text", "memory_type", "importance", "user_id")}
+        async with FormSubmission(db_session) as submission:
+            data = parse(MemoryWrite, {name: value.strip() for name, value in values.items()})
+            owner = await services.memory_owner(
+                db_session, caller_id=viewer.user.id, is_admin=viewer.is_admin, requested=data.user_id
+            )
+            kind = "user" if owner == viewer.user.id else "admin"
+            memory = await services.remember(
+                db_session,
+                gateway,
+                owner=owner,
+                author=services.MemoryAuthor(kind=kind, user_id=viewer.user.id),
+                text_value=data.text,
+                memory_type=data.memory_type,
+                importance=data.importance,
+            )
+            await db_session.commit()
+        if submission.refused:
+            return await self._write_page(viewer, db_session, values, submission.errors, submission.status_code)
+        return see_other(f"{PORTAL}/memories/{memory.id}")
+
+    @get("/{memory_id:uuid}/edit", summary="Correct a memory")
+    async def edit_memory(
+        self, memory_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        memory = await services.visible_memory(db_session, memory_id, user_id=viewer.user.id, is_admin=False)
+        return page(viewer, "memories/edit.html", memory_id=memory.id, values={"text": memory.memory_text}, errors={})
+
+    @post("/{memory_id:uuid}/edit", summary="Correct a memory")
+    async def correct_memory(
+        self,
+        gateway: NamedDependency[Gateway],
+        memory_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        # Found first: another's memory is a 404 whatever the form holds.
+        await services.visible_memory(db_session, memory_id, user_id=viewer.user.id, is_admin=False)
+        form = await request.form()
+        values = {"text": str(form.get("text") or "")}
+        async with FormSubmission(db_session) as submission:
+            data = parse(MemoryUpdate, {"text": values["text"].strip()})
+            author = services.MemoryAuthor(kind="user", user_id=viewer.user.id)
+            await services.correct_memory(db_session, gateway, memory_id, author=author, text_value=data.text)
+            await db_session.commit()
+        if submission.refused:
+            return page(
+                viewer,
+                "memories/edit.html",
+                status_code=submission.status_code,
+                memory_id=memory_id,
+                values=values,
+                errors=submission.errors,
+            )
+        return see_other(f"{PORTAL}/memories/{memory_id}")
 
     @get("/{memory_id:uuid}", summary="A memory and its history")
     async def memory_detail(
@@ -132,12 +250,14 @@ class MemoryPages(Controller):
         linked = await services.associations(db_session, memory)
         related = await services.memory_texts(db_session, [other for other, _ in linked])
         users = await user_emails(db_session) if viewer.is_admin else {viewer.user.id: viewer.user.email}
+        history = await services.memory_history(db_session, memory)
         return page(
             viewer,
             "memories/detail.html",
             memory=memory,
             owner_email=users.get(memory.user_id, ""),
-            history=await services.memory_history(db_session, memory),
+            source_message_id=next((row.source_message_id for row in history if row.source_message_id), None),
+            history=history,
             associations=[(other, related[other], strength) for other, strength in linked if other in related],
             users=users,
             list_path=_list_path(viewer, memory.user_id),
