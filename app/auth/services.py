@@ -600,6 +600,8 @@ class AuthService:
         """The email of the account a live reset link is for (the page names it); NotFound otherwise."""
         reset = await self._password_reset(token)
         user = await self.session.get_one(User, reset.user_id)
+        if user.status != "active":
+            raise NotFound(INVALID_RESET_LINK)
         return user.email
 
     async def reset_password(self, *, token: str, new_password: str) -> User:

@@ -142,6 +142,34 @@ async def test_a_reset_link_expires_and_a_newer_one_replaces_it(
     assert (await login(client, tenant_a, tenant_a.user.email)).status_code == 200
 
 
+async def test_a_reset_link_lifts_a_lock_out_but_is_refused_for_a_deactivated_account(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    path = await _issue_in_portal(client, tenant_a, tenant_a.user)
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        locked_until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        await session.execute(update(User).where(User.id == tenant_a.user.id).values(locked_until=locked_until))
+        await session.commit()
+    assert (await login(client, tenant_a, tenant_a.user.email)).status_code == 429
+    assert (await client.post(path, data={"new_password": NEW_PASSWORD})).status_code == 200
+    assert (await login(client, tenant_a, tenant_a.user.email, NEW_PASSWORD)).status_code == 200
+
+    second = await _issue_in_portal(client, tenant_a, tenant_a.user)
+    token = CSRF.search((await client.get(f"/portal/users/{tenant_a.user.id}")).text)
+    assert token
+    deactivated = await client.post(f"/portal/users/{tenant_a.user.id}/deactivate", data={"csrf_token": token[1]})
+    assert deactivated.status_code == 303
+    assert (await client.get(second)).status_code == 404
+    assert (await client.post(second, data={"new_password": "yet another long passphrase"})).status_code == 404
+    refused = await client.post(f"/portal/users/{tenant_a.user.id}/password-reset", data={"csrf_token": token[1]})
+    assert refused.status_code == 409
+    assert "is deactivated" in refused.text
+    assert "lrst_" not in refused.text
+    detail = (await client.get(f"/portal/users/{tenant_a.user.id}")).text
+    assert "/password-reset" not in detail
+    assert (await login(client, tenant_a, tenant_a.user.email, NEW_PASSWORD)).status_code == 401
+
+
 async def test_the_api_issues_a_link_that_gives_an_oauth_only_user_a_first_password(
     client: Client, tenant_a: TenantRows, tenant_b: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
