@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth.password_resets import IssuedPasswordReset, issue_password_reset_by_email
 from app.backup import BackupError
 from app.backup import backup as backup_database
 from app.backup import restore as restore_database
@@ -438,6 +439,28 @@ def admin_create(tenant_slug: str, email: str) -> None:
 
         user = asyncio.run(_with_resources(resolved, work))
     click.echo(f"Created tenant admin {user.email} in tenant '{tenant_slug}'.")
+
+
+@admin.command("reset-password")
+@click.option("--tenant", "tenant_slug", required=True, help="Slug of the tenant the user belongs to.")
+@click.option("--email", required=True, help="The user's email address.")
+def admin_reset_password(tenant_slug: str, email: str) -> None:
+    """Print a one-time link (valid 24 hours) for the user to set a new password; hand it to them."""
+    settings = _settings()
+    with embedded_services(settings) as resolved:
+
+        async def work(resources: Resources) -> IssuedPasswordReset:
+            return await issue_password_reset_by_email(
+                resources.session_maker,
+                tenant_slug=tenant_slug,
+                email=email,
+                public_url=resolved.public_url,
+                actor="cli",
+            )
+
+        issued = asyncio.run(_with_resources(resolved, work))
+    click.echo(f"Password reset link for {issued.email} (works once, until {issued.expires_at:%Y-%m-%d %H:%M} UTC):")
+    click.echo(issued.url)
 
 
 @main.group()

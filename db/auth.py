@@ -207,3 +207,31 @@ class OAuthConnection(TenantOwned, UpdatedAt, Base):
     external_email: Mapped[str | None] = mapped_column(String(255))
     external_username: Mapped[str | None] = mapped_column(String(255))
     last_used_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PasswordReset(TenantOwned, Base):
+    """A one-time link an admin hands to a user to set a new password; only the token's hash is kept."""
+
+    __tablename__ = "auth_password_resets"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "token_hash", name="uk_auth_password_resets_token"),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_auth_password_resets_user",
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "issued_by"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="SET NULL (issued_by)",
+            name="fk_auth_password_resets_issued_by",
+        ),
+        Index("idx_auth_password_resets_user", "tenant_id", "user_id"),
+    )
+
+    user_id: Mapped[UUID]
+    token_hash: Mapped[str] = mapped_column(String(64))
+    issued_by: Mapped[UUID | None]
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -19,3 +19,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_mfa_recovery_codes TO lyss_a
 
 CALL public.isolate_by_tenant('public.auth_invitations');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_invitations TO lyss_app;
+
+CALL public.isolate_by_tenant('public.auth_password_resets');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.auth_password_resets TO lyss_app;

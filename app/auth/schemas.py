@@ -170,3 +170,7 @@ class OAuthConnectionRead(msgspec.Struct):
     external_username: str | None
     created_at: datetime.datetime
     last_used_at: datetime.datetime | None
+
+
+class PasswordResetRequest(Input):
+    new_password: Password

@@ -24,6 +24,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
+from app.auth.password_resets import PASSWORD_RESET_KIND
 from app.auth.passwords import (
     WeakPasswordError,
     hash_password,
@@ -58,7 +59,7 @@ from app.tenants.services import (
     record_audit_event,
     tenant_policy,
 )
-from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
+from db.auth import Invitation, OAuthConnection, OAuthProvider, PasswordReset, RecoveryCode, User, UserSession
 from db.base import utc_now
 from db.session import set_session_tenant, tenant_session
 from db.tenant import Organization
@@ -82,6 +83,9 @@ TOTP_ISSUER = "Lyss"
 INVALID_CREDENTIALS = "Invalid organization, email or password."
 INVALID_SIGN_IN_STEP = "This sign-in step is invalid or has expired; sign in again."
 INVALID_REFRESH_TOKEN = "The refresh token is invalid or has expired; sign in again."
+INVALID_RESET_LINK = (
+    "This password reset link is unknown, has expired or was already used; ask an administrator for a new one."
+)
 
 
 class IssuedSession(msgspec.Struct, frozen=True):
@@ -125,6 +129,11 @@ def _hash_recovery_code(code: str) -> str:
 def _new_recovery_code() -> str:
     raw = base64.b32encode(secrets.token_bytes(10)).decode().lower()  # 16 base32 characters: 80 random bits
     return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+def _enrollment(secret: str, email: str, tenant_slug: str) -> MfaEnrollment:
+    uri = pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=f"{TOTP_ISSUER} ({tenant_slug})")
+    return MfaEnrollment(secret=secret, otpauth_uri=uri, qr_svg=segno.make(uri, error="m").svg_inline(scale=4))
 
 
 def matching_totp_step(secret: str, code: str, at: datetime.datetime) -> int | None:
@@ -497,10 +506,9 @@ class AuthService:
         secret = pyotp.random_base32()
         user.mfa_secret = self.secret_box.encrypt(secret, context=_mfa_secret_context(user))
         user.mfa_last_used_step = None
-        uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=f"{TOTP_ISSUER} ({organization.slug})")
         self._audit("mfa.enrollment_started", user=user)
         await self.session.commit()
-        return MfaEnrollment(secret=secret, otpauth_uri=uri, qr_svg=segno.make(uri, error="m").svg_inline(scale=4))
+        return _enrollment(secret, user.email, organization.slug)
 
     async def confirm_mfa(self, principal: Principal, code: str) -> list[str]:
         user = await self._user_for_update(principal.user_id)
@@ -544,6 +552,79 @@ class AuthService:
         await clear_mfa(self.session, user)
         self._audit("mfa.disabled", user=user)
         await self.session.commit()
+
+    async def pending_mfa_enrollment(self, principal: Principal) -> MfaEnrollment | None:
+        """The enrolment started and not yet confirmed, to show its QR code and key again after a wrong code."""
+        user = await self.session.get(User, principal.user_id)
+        if user is None or user.mfa_enabled or user.mfa_secret is None:
+            return None
+        secret = self.secret_box.decrypt(user.mfa_secret, context=_mfa_secret_context(user))
+        organization = await self.session.get_one(Organization, user.tenant_id)
+        return _enrollment(secret, user.email, organization.slug)
+
+    async def regenerate_recovery_codes(self, principal: Principal, *, code: str) -> list[str]:
+        """New recovery codes for a current authenticator code; the old ones stop working."""
+        user = await self._user_for_update(principal.user_id)
+        if user is None:
+            raise Unauthenticated("Sign in again.")
+        if not user.mfa_enabled:
+            raise Conflict("Two-factor authentication is off; turn it on to get recovery codes.")
+        now = utc_now()
+        await self._refuse_if_locked(user, now)
+        if not self._accept_totp(user, code, now):
+            await self._count_failure(user, now, "wrong_mfa_code")
+            raise NotAllowed("The code is wrong or was already used.", field="code")
+        codes = await self._replace_recovery_codes(user)
+        self._audit("mfa.recovery_codes_regenerated", user=user)
+        await self.session.commit()
+        return codes
+
+    # --- password reset links ---------------------------------------------------------------------
+
+    async def _password_reset(self, token: str) -> PasswordReset:
+        """The live reset row of `token`, locked; the session learns the tenant from the token."""
+        tenant_id = opaque_token_tenant(PASSWORD_RESET_KIND, token)
+        if tenant_id is None:
+            raise NotFound(INVALID_RESET_LINK)
+        await set_session_tenant(self.session, tenant_id)
+        reset = await self.session.scalar(
+            select(PasswordReset)
+            .where(PasswordReset.token_hash == token_hash(token), PasswordReset.used_at.is_(None))
+            .with_for_update()
+        )
+        if reset is None or reset.expires_at <= utc_now():
+            raise NotFound(INVALID_RESET_LINK)
+        return reset
+
+    async def password_reset_email(self, token: str) -> str:
+        """The email of the account a live reset link is for (the page names it); NotFound otherwise."""
+        reset = await self._password_reset(token)
+        user = await self.session.get_one(User, reset.user_id)
+        if user.status != "active":
+            raise NotFound(INVALID_RESET_LINK)
+        return user.email
+
+    async def reset_password(self, *, token: str, new_password: str) -> User:
+        """Set the password a reset link is for, once; every session of the user ends."""
+        await self._limit_sign_in_attempts()
+        reset = await self._password_reset(token)
+        user = await self._user_for_update(reset.user_id)
+        if user is None or user.status != "active":
+            raise NotFound(INVALID_RESET_LINK)
+        try:
+            user.hashed_password = await hash_password(new_password, email=user.email)
+        except WeakPasswordError as error:
+            raise InvalidRequest(f"The new password is not acceptable: {error}.", field="new_password") from None
+        now = utc_now()
+        reset.used_at = now
+        user.password_changed_at = now
+        # The link proves who they are: a lock-out from guessing no longer stands in their way.
+        user.login_attempts = 0
+        user.locked_until = None
+        families = await self._end_sessions("password_reset", user_id=user.id)
+        self._audit("user.password_reset_used", user=user, reset_id=str(reset.id), sessions_ended=len(families))
+        await self.session.commit()
+        return user
 
     # --- getting an account -------------------------------------------------------------------------
 

@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.edge import ACCEPTS_FORM
 from app.errors import ServiceError
 from app.observability.errors import DATABASE_ERRORS
+from app.portal.controllers.account import AccountPages
 from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
 from app.portal.controllers.conversations import ConversationPages
 from app.portal.controllers.memories import MemoryPages
+from app.portal.controllers.passwords import PasswordResetPages
 from app.portal.controllers.settings import SettingsPages
 from app.portal.controllers.signin import SignInController
 from app.portal.controllers.tokens import TokenPages
@@ -83,6 +85,8 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
         path=PORTAL,
         route_handlers=[
             SignInController,
+            AccountPages,
+            PasswordResetPages,
             UsagePages,
             ChannelPages,
             TokenPages,

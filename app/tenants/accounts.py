@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.password_resets import IssuedPasswordReset, add_password_reset
 from app.auth.redis_store import AuthStore
 from app.auth.services import ADMIN_ROLES, INVITATION_KIND, clear_mfa, end_sessions, valid_email
 from app.auth.tokens import Principal, new_opaque_token, token_hash
@@ -138,6 +139,22 @@ class AccountService:
         self._audit(admin, "mfa.reset", user, recovery_codes_deleted=deleted)
         await self.session.commit()
         return user
+
+    async def issue_password_reset(self, principal: Principal, user_id: UUID) -> IssuedPasswordReset:
+        """A one-time link for the user to set a new password (or a first one, after OAuth-only sign-ins)."""
+        admin, user = await self._account_to_manage(principal, user_id)
+        if user.status != "active":
+            raise Conflict(f"{user.email} is deactivated; reactivate the account first.")
+        issued = await add_password_reset(
+            self.session,
+            user,
+            public_url=self.settings.public_url,
+            actor=admin.email,
+            actor_user_id=admin.id,
+            client=self.client,
+        )
+        await self.session.commit()
+        return issued
 
     async def _account_to_manage(self, principal: Principal, user_id: UUID) -> tuple[User, User]:
         """The acting admin and the user they act on, locked; another tenant's user is not found (RLS)."""

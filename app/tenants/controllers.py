@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires_tenant_admin
+from app.auth.password_resets import IssuedPasswordReset
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
 from app.keyset import Keyset
@@ -159,6 +160,17 @@ class UserAdminController(Controller):
     ) -> UserDetail:
         await accounts.reset_mfa(request.user, user_id)
         return await _visible_user(db_session, user_id)
+
+    @post("/{user_id:uuid}/password-reset", summary="A one-time link for the user to set a new password")
+    async def issue_password_reset(
+        self,
+        user_id: FromPath[UUID],
+        request: Request[Principal, Any, State],
+        accounts: NamedDependency[AccountService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> IssuedPasswordReset:
+        """The link is returned once (only its hash is kept) and works once, within 24 hours."""
+        return await accounts.issue_password_reset(request.user, user_id)
 
 
 def _group_read(group: UserGroup, member_count: int) -> GroupRead:

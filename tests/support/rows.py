@@ -9,7 +9,7 @@ from uuid import UUID
 
 from uuid_utils.compat import uuid7
 
-from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
+from db.auth import Invitation, OAuthConnection, OAuthProvider, PasswordReset, RecoveryCode, User, UserSession
 from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
@@ -64,6 +64,13 @@ ROW_FACTORIES: dict[str, RowFactory] = {
         role="end_user",
         token_hash=secrets.token_hex(32),
         invited_by=parents.admin.id,
+        expires_at=expiry(),
+    ),
+    "auth_password_resets": lambda tenant_id, parents: PasswordReset(
+        tenant_id=tenant_id,
+        user_id=parents.user.id,
+        token_hash=secrets.token_hex(32),
+        issued_by=parents.admin.id,
         expires_at=expiry(),
     ),
     "tenant_user_groups": lambda tenant_id, parents: UserGroup(

@@ -1,4 +1,4 @@
-"""Portal sign-in: password, the TOTP or recovery-code step, MFA enrolment, signing out here or everywhere."""
+"""Portal sign-in: password, the TOTP or recovery-code step, required MFA enrolment, signing out here or everywhere."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie, State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
@@ -20,7 +20,7 @@ from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
 from app.auth.tokens import Principal
 from app.errors import ServiceError
 from app.portal.forms import FormSubmission
-from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, Viewer, page, provide_viewer, see_other
+from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, page, see_other
 from app.settings import Settings
 
 MFA_TICKET_COOKIE = "lyss_mfa_ticket"
@@ -274,7 +274,14 @@ class SignInController(Controller):
                 done = page(None, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/login", done_label="Sign in")
                 done.cookies.append(_cookie(settings, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
                 return done
-        return _enrolment_page(settings, secret=None, qr=None, errors={"code": error}, status_code=HTTP_400_BAD_REQUEST)
+        pending = await auth.pending_mfa_enrollment(principal)
+        return _enrolment_page(
+            settings,
+            secret=pending.secret if pending else None,
+            qr=Markup(pending.qr_svg) if pending else None,  # noqa: S704  # segno's SVG, as above
+            errors={"code": error},
+            status_code=HTTP_400_BAD_REQUEST,
+        )
 
     @post("/logout", summary="Sign out of this browser")
     async def logout(
@@ -301,44 +308,6 @@ class SignInController(Controller):
         response = see_other(f"{PORTAL}/login")
         response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
-
-    @get("/account", dependencies={"viewer": Provide(provide_viewer)}, summary="Your account")
-    async def account(self, viewer: NamedDependency[Viewer]) -> Template:
-        return page(viewer, "account.html")
-
-    @post("/account/mfa", dependencies={"viewer": Provide(provide_viewer)}, summary="Start two-factor enrolment")
-    async def start_mfa(
-        self,
-        viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
-        db_session: NamedDependency[AsyncSession],
-    ) -> Template:
-        enrollment = await auth.start_mfa_enrollment(viewer.principal)
-        # segno writes this SVG from the otpauth URI; nothing in it comes from the user as markup.
-        return page(viewer, "mfa_enroll.html", secret=enrollment.secret, qr=Markup(enrollment.qr_svg), errors={})  # noqa: S704
-
-    @post("/account/mfa/confirm", dependencies={"viewer": Provide(provide_viewer)}, summary="Turn two-factor on")
-    async def confirm_mfa(
-        self,
-        request: PortalRequest,
-        viewer: NamedDependency[Viewer],
-        auth: NamedDependency[AuthService],
-        db_session: NamedDependency[AsyncSession],
-    ) -> Template:
-        code = str((await request.form()).get("code") or "").strip()
-        try:
-            codes = await auth.confirm_mfa(viewer.principal, code)
-        except ServiceError as error:
-            await db_session.rollback()
-            return page(
-                viewer,
-                "mfa_enroll.html",
-                status_code=HTTP_400_BAD_REQUEST,
-                secret=None,
-                qr=None,
-                errors={"code": error.detail},
-            )
-        return page(viewer, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/account", done_label="Done")
 
 
 def _signed_in(settings: Settings, result: LoginResult, next_path: str) -> Response[None]:

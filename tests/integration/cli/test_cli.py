@@ -45,6 +45,7 @@ async def audit_actions_of(session_maker: async_sessionmaker[AsyncSession], slug
         ["tenant", "create"],
         ["tenant", "quota"],
         ["admin", "create"],
+        ["admin", "reset-password"],
         ["keys", "rotate"],
     ],
     ids=" ".join,
@@ -57,6 +58,7 @@ def test_every_command_has_help(command: list[str]) -> None:
         "tenant create": ["--slug", "--name"],
         "tenant quota": ["--slug", "--credits"],
         "admin create": ["--tenant", "--email"],
+        "admin reset-password": ["--tenant", "--email"],
     }
     for option in options.get(" ".join(command), []):
         assert option in result.output

@@ -438,6 +438,7 @@ async def test_an_admin_the_policy_requires_to_enrol_does_so_before_reaching_any
     wrong = await client.post("/portal/enrol", data={"code": "000000", "form_token": enrol_token[1]})
     assert wrong.status_code == 400
     assert field_error(wrong.text, "code")
+    assert f'id="mfa-secret">{secret[1]}<' in wrong.text  # the key stays on screen for the next code
     retry_token = FORM_TOKEN.search(wrong.text)
     assert retry_token
     done = await client.post("/portal/enrol", data={"code": pyotp.TOTP(secret[1]).now(), "form_token": retry_token[1]})

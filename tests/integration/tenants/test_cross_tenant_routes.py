@@ -86,6 +86,7 @@ NOT_ROW_IDS = {
     "model": "a model name: each tenant prices its own (B's PUT makes a price of B's)",
     "token": "a signed, short-lived download link: the signature is the credential (storage/ tests it)",
     "action": "the verb of a portal form (`disable`, `enable`, ...), next to the channel's id",
+    "reset_token": "a password reset link: the token names its tenant and is the credential (portal/ tests it)",
     "file_path": "a static file of the portal",
     "path": "the OpenAPI document's format",
 }

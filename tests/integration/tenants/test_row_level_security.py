@@ -45,6 +45,7 @@ REFERENCING_TABLES = [
     "auth_oauth_connections",
     "auth_mfa_recovery_codes",
     "auth_invitations",
+    "auth_password_resets",
     "tenant_user_groups",
     "tenant_user_group_members",
     "provider_channels",
