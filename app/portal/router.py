@@ -19,6 +19,7 @@ from app.errors import ServiceError
 from app.observability.errors import DATABASE_ERRORS
 from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
+from app.portal.controllers.chat import ChatPages
 from app.portal.controllers.conversations import ConversationPages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.settings import SettingsPages
@@ -92,6 +93,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             JobPages,
             MemoryPages,
             ConversationPages,
+            ChatPages,
             SettingsPages,
             static,
         ],
