@@ -152,6 +152,9 @@ async function refreshTranscript() {
 
 function startChat(root) {
   renderAll(root);
+  // The conversation list folds away on narrow screens only (as the menu does).
+  const list = root.querySelector(".chat-list-box");
+  if (list && window.matchMedia("(min-width: 641px)").matches) list.open = true;
   const box = document.getElementById("message");
   if (!box) return;
   const send = document.getElementById("send");
