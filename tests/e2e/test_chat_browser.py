@@ -1,5 +1,6 @@
 """The chat page in a real browser: an end user starts a conversation, watches an answer stream in word by word,
-stops a second one half-way (the part that arrived stays, is stored and is billed), on a wide and a phone screen.
+attaches a file, stops a second answer half-way (the part that arrived stays, is stored and is billed), on a wide
+and a phone screen.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, FilePayload, Page, expect
 
 from tests.support.browser import PHONE, WIDE, shoot, sign_in
 from tests.support.commands import RunningLyss
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 FIRST_ANSWER = "Here is a **plan** for `Lisbon`:\n\n- Alfama in the morning\n- Belém after lunch\n\nEnjoy <b>it</b>!"
 LONG_ANSWER = " ".join(f"word{index}" for index in range(60))
+NOTES = "Museum tickets are booked for Sunday."
 STREAMING = "#transcript .msg.assistant.streaming .md"
 
 
@@ -97,9 +99,20 @@ async def test_an_end_user_chats_with_a_streamed_answer_and_stops_one(
     await expect(answer.locator(".hint")).to_contain_text("gpt-chat")
     await shoot(page, "chat")
 
+    # A file that is not text is refused before anything is sent; a text file goes with the next message.
+    await page.set_input_files("#attachment", {"name": "photo.png", "mimeType": "image/png", "buffer": b"\x89PNG"})
+    await page.fill("#message", "Look at this")
+    await page.press("#message", "Enter")
+    await expect(page.locator("#composer-error")).to_contain_text("Attach text files")
+    await expect(page.locator("#transcript .msg")).to_have_count(2)
+    await expect(page.locator("#message")).to_have_value("Look at this")
+    notes: FilePayload = {"name": "notes.txt", "mimeType": "text/plain", "buffer": NOTES.encode()}
+    await page.set_input_files("#attachment", notes)
+
     # A second message, stopped half-way: the text stops growing and what arrived stays.
     await page.fill("#message", "Now tell me everything")
     await page.press("#message", "Enter")
+    await expect(page.locator("#composer-error")).to_be_hidden()
     await expect(page.locator(STREAMING)).to_contain_text("word4")
     await expect(page.locator("#stop")).to_be_visible()
     await page.click("#stop")
@@ -110,6 +123,7 @@ async def test_an_end_user_chats_with_a_streamed_answer_and_stops_one(
     await asyncio.sleep(1.0)
     assert (await stopped.locator(".md").text_content() or "").split() == shown
     assert 5 <= len(shown) < 60
+    assert NOTES in upstream.bodies[-1][1]["messages"][-1]["content"]
 
     # The server kept the part that arrived as an incomplete answer, and the gateway billed the call.
     for _ in range(50):
@@ -132,6 +146,7 @@ async def test_an_end_user_chats_with_a_streamed_answer_and_stops_one(
     await sign_in(phone_page, lyss.url, tenant_a, tenant_a.user.email)
     await phone_page.goto(f"{lyss.url}/portal/chat/{conversation_id}")
     await expect(phone_page.locator("#transcript .msg.assistant .badge.warn")).to_have_text("incomplete")
+    await expect(phone_page.locator("#transcript .msg.user").last).to_contain_text("Attached: notes.txt")
     await expect(phone_page.locator("#message")).to_be_visible()
     await shoot(phone_page, "chat-phone")
     await expect(phone_page.locator("h1")).to_have_text(re.compile("Weekend in Lisbon"))

@@ -34,6 +34,8 @@ class UsedMemory(msgspec.Struct, frozen=True):
 class ChatMessage(msgspec.Struct, frozen=True):
     message: MessageRead
     memories: list[UsedMemory]
+    # The names of the files sent with a user's message (those still attached).
+    attachments: list[str]
 
 
 def _memory_ids(message: MessageRead) -> list[UUID]:
@@ -82,8 +84,16 @@ class ChatPages(Controller):
                 services.message_read(message) for message in await services.messages_after(db_session, row.id, None)
             ]
             texts = await memory_texts(db_session, [id_ for m in messages for id_ in _memory_ids(m)])
+            files = {
+                str(attachment.id): attachment.filename
+                for attachment in await services.conversation_attachments(db_session, row)
+            }
             transcript = [
-                ChatMessage(message, [UsedMemory(id_, texts.get(id_)) for id_ in _memory_ids(message)])
+                ChatMessage(
+                    message,
+                    [UsedMemory(id_, texts.get(id_)) for id_ in _memory_ids(message)],
+                    [files[id_] for id_ in message.details.get("attachments") or [] if id_ in files],
+                )
                 for message in messages
             ]
             if conversation.model not in models:

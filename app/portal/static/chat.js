@@ -167,13 +167,43 @@ function startChat(root) {
     problem.hidden = !text;
   };
 
+  const file = document.getElementById("attachment");
+  const headers = { "X-CSRF-Token": root.dataset.csrf };
+  const apiPath = `/api/conversations/${root.dataset.conversation}`;
+
+  // The chosen file, uploaded to the conversation: its id, or null (and the reason shown) if refused.
+  async function upload() {
+    const form = new FormData();
+    form.append("file", file.files[0]);
+    const response = await fetch(`${apiPath}/attachments`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers,
+      body: form,
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      showProblem(answer.detail || `The file was not attached (${response.status}).`);
+      return null;
+    }
+    return answer.id;
+  }
+
   async function sendMessage() {
     const content = box.value;
     if (running || !content.trim()) return;
     showProblem("");
+    const attachmentIds = [];
+    if (file.files.length) {
+      const id = await upload();
+      if (id === null) return;
+      attachmentIds.push(id);
+    }
     document.getElementById("transcript-empty")?.remove();
     const question = message("user");
     question.firstChild.textContent = content;
+    if (attachmentIds.length) note(question, `Attached: ${file.files[0].name}`, "");
+    file.value = "";
     const answer = message("assistant");
     answer.classList.add("streaming");
     document.getElementById("transcript").append(question, answer);
@@ -184,11 +214,11 @@ function startChat(root) {
     let text = "";
     let finished = false;
     try {
-      const response = await fetch(`/api/conversations/${root.dataset.conversation}/messages`, {
+      const response = await fetch(`${apiPath}/messages`, {
         method: "POST",
         credentials: "same-origin",
-        headers: { "Content-Type": "application/json", "X-CSRF-Token": root.dataset.csrf },
-        body: JSON.stringify({ content, stream: true }),
+        headers: { ...headers, "Content-Type": "application/json" },
+        body: JSON.stringify({ content, stream: true, attachment_ids: attachmentIds }),
         signal: running.signal,
       });
       if (!response.ok) {
