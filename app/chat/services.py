@@ -107,15 +107,22 @@ async def own_conversation(
     return conversation
 
 
-async def list_conversations(session: AsyncSession, user_id: UUID, *, status: str, limit: int) -> list[Conversation]:
+async def list_conversations(
+    session: AsyncSession, user_id: UUID, *, status: str, limit: int, title_contains: str | None = None
+) -> list[Conversation]:
+    statement = select(Conversation).where(Conversation.user_id == user_id, Conversation.status == status)
+    if title_contains:
+        # The words typed are literal text, not LIKE patterns.
+        statement = statement.where(Conversation.title.icontains(title_contains, autoescape=True))
     return list(
-        await session.scalars(
-            select(Conversation)
-            .where(Conversation.user_id == user_id, Conversation.status == status)
-            .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
-            .limit(limit)
-        )
+        await session.scalars(statement.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit))
     )
+
+
+async def chat_models(session: AsyncSession, gateway: Gateway, user_id: UUID) -> list[str]:
+    """The models the user's chat key can reach, as `/v1/models` lists them for it."""
+    token = await chat_token(session, user_id)
+    return [str(entry["id"]) for entry in (await gateway.models(token))["data"]]
 
 
 async def update_conversation(session: AsyncSession, conversation: Conversation, data: ConversationUpdate) -> None:

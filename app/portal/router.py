@@ -20,6 +20,7 @@ from app.observability.errors import DATABASE_ERRORS
 from app.portal.controllers.account import AccountPages
 from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
+from app.portal.controllers.chat import ChatPages
 from app.portal.controllers.conversations import ConversationPages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.passwords import PasswordResetPages
@@ -96,6 +97,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             JobPages,
             MemoryPages,
             ConversationPages,
+            ChatPages,
             SettingsPages,
             static,
         ],

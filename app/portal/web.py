@@ -131,6 +131,7 @@ class NavItem(msgspec.Struct, frozen=True):
 # The layout's navigation, in order; end users see the entries not marked admin-only.
 NAV = (
     NavItem(f"{PORTAL}/", "Dashboard"),
+    NavItem(f"{PORTAL}/chat", "Chat"),
     NavItem(f"{PORTAL}/channels", "Channels", admin_only=True),
     NavItem(f"{PORTAL}/tokens", "API keys"),
     NavItem(f"{PORTAL}/usage", "Usage"),
