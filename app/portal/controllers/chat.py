@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.chat import services
 from app.chat.schemas import ConversationCreate, ConversationRead, ConversationUpdate, MessageRead
 from app.gateway.engine import Gateway
-from app.memory.services import memory_texts
+from app.memory.services import memory_settings, memory_status, memory_texts
 from app.portal.forms import FormInvalid, FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.storage.base import ObjectStore
@@ -123,6 +123,7 @@ class ChatPages(Controller):
             limit=LISTED_CONVERSATIONS,
             values={**(new_values if conversation is None else settings_values), **(values or {})},
             errors=errors or {},
+            memory_status=memory_status(await memory_settings(db_session), is_admin=viewer.is_admin),
         )
 
     @get("/", summary="Chat")

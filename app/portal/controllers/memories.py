@@ -21,7 +21,6 @@ from app.memory.schemas import (
     Importance,
     MemoryFilters,
     MemoryHit,
-    MemorySettings,
     MemoryText,
     MemoryType,
     MemoryUpdate,
@@ -56,16 +55,6 @@ class MemoryWrite(msgspec.Struct, frozen=True):
     memory_type: MemoryType = "fact"
     importance: Importance = 50
     user_id: UUID | None = None
-
-
-def memory_status(settings: MemorySettings, *, is_admin: bool) -> tuple[str, str] | None:
-    """Why conversations would add no memories, said where memories are shown: otherwise it goes unseen."""
-    fix = "Choose one in Settings" if is_admin else "An administrator chooses one in Settings"
-    if not settings.enabled:
-        return ("warn", "Memory is turned off for this organization: conversations add and use no memories.")
-    if settings.llm_model is None:
-        return ("warn", f"Memory is on, but no extraction model is set: conversations add no memories. {fix}.")
-    return None
 
 
 def _list_path(viewer: Viewer, owner: UUID, **query: str) -> str:
@@ -104,7 +93,7 @@ class MemoryPages(Controller):
         filters = MemoryFilters(memory_type=browse.memory_type)
         notices = _erased_notice(query.get("erased"))
         settings = await services.memory_settings(db_session)
-        status = memory_status(settings, is_admin=viewer.is_admin)
+        status = services.memory_status(settings, is_admin=viewer.is_admin)
         hits: list[MemoryHit] = []
         after = None if browse.q else page_cursor(query, errors)
         if browse.q:
@@ -165,7 +154,7 @@ class MemoryPages(Controller):
             memory_types=MEMORY_TYPES,
             values=values,
             errors=errors,
-            status=memory_status(await services.memory_settings(db_session), is_admin=viewer.is_admin),
+            status=services.memory_status(await services.memory_settings(db_session), is_admin=viewer.is_admin),
         )
 
     @get("/new", summary="Add a memory")

@@ -160,8 +160,10 @@ async def test_the_memory_pages_say_when_conversations_add_no_memories(
     await sign_in(client, tenant_a, tenant_a.user.email)
     assert NO_EXTRACTION in (await client.get("/portal/memories")).text
     assert NO_EXTRACTION in (await client.get("/portal/memories/new")).text
+    assert NO_EXTRACTION in (await client.get("/portal/chat")).text
     await configure_memory(client, auth_headers(tenant_a.admin), upstream)
     assert NO_EXTRACTION not in (await client.get("/portal/memories")).text
+    assert NO_EXTRACTION not in (await client.get("/portal/chat")).text
     turned_off = await client.put(
         "/api/memories/settings", json={"enabled": False}, headers=auth_headers(tenant_a.admin)
     )
