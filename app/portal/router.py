@@ -20,6 +20,7 @@ from app.observability.errors import DATABASE_ERRORS
 from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
 from app.portal.controllers.conversations import ConversationPages
+from app.portal.controllers.joining import JoiningPages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.settings import SettingsPages
 from app.portal.controllers.signin import SignInController
@@ -83,6 +84,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
         path=PORTAL,
         route_handlers=[
             SignInController,
+            JoiningPages,
             UsagePages,
             ChannelPages,
             TokenPages,
