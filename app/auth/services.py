@@ -588,6 +588,8 @@ class AuthService:
         """Sign in, in the portal, someone who just got their account (`how`: invitation, sign_up) by password:
         they proved nothing new since, so no lock-out check; the organization's MFA rule for admins holds."""
         organization = await self.session.get_one(Organization, user.tenant_id)
+        if organization.status != "active":
+            raise NotAllowed("This organization is not active; contact its administrator.")
         return await self._after_primary_authentication(user, organization, "portal", how)
 
     async def _create_user(self, *, email: str, password: str | None, role: str, name: str | None) -> User:

@@ -43,7 +43,8 @@ def join_path(token: str) -> str:
 
 
 async def open_invitation(session: AsyncSession, token: str) -> tuple[Invitation, Organization] | None:
-    """The invitation `token` opens and its organization, while it can still be accepted; else None.
+    """The invitation `token` opens and its organization, while it can still be accepted (unused, unexpired,
+    the organization active); else None.
 
     Anyone holding the link may see this much: the organization and the email it was sent to. The session is
     scoped to the token's tenant from here on, as accepting it needs.
@@ -59,9 +60,10 @@ async def open_invitation(session: AsyncSession, token: str) -> tuple[Invitation
             Invitation.expires_at > utc_now(),
         )
     )
-    if invitation is None:
+    organization = await session.get_one(Organization, tenant_id) if invitation is not None else None
+    if invitation is None or organization is None or organization.status != "active":
         return None
-    return invitation, await session.get_one(Organization, tenant_id)
+    return invitation, organization
 
 
 class AccountService:

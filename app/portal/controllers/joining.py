@@ -79,7 +79,17 @@ def _form_page(
         None, template, status_code=status_code, form_token=token, min_password_length=MIN_PASSWORD_LENGTH, **context
     )
     response.cookies.append(_cookie(settings, cookie_key, token, 3600, path))
+    return _unstored(response)
+
+
+def _unstored(response: Template) -> Template:
+    # Public pages may be cached, but not these: their address is the invitation and they show whom it is for.
+    response.headers["cache-control"] = "no-store"
     return response
+
+
+def _invalid_link() -> Template:
+    return _unstored(page(None, "join_invalid.html", status_code=HTTP_404_NOT_FOUND))
 
 
 def _signed_in(settings: Settings, result: LoginResult, slug: str) -> Response[None]:
@@ -139,7 +149,7 @@ class JoiningPages(Controller):
     ) -> Template:
         invitation = await self._invitation(db_session, token)
         if invitation is None:
-            return page(None, "join_invalid.html", status_code=HTTP_404_NOT_FOUND)
+            return _invalid_link()
         return self._join_page(settings, token, invitation, {})
 
     @post("/join/{token:str}", opt=PUBLIC, summary="Accept an invitation: choose a password, signed in")
@@ -153,7 +163,7 @@ class JoiningPages(Controller):
     ) -> Template | Response[None]:
         invitation = await self._invitation(db_session, token)
         if invitation is None:
-            return page(None, "join_invalid.html", status_code=HTTP_404_NOT_FOUND)
+            return _invalid_link()
         form = dict(await request.form())
         values = _form_values(form, ("full_name",))
         if not _form_token_valid(request, form, JOIN_FORM_COOKIE):
@@ -165,7 +175,7 @@ class JoiningPages(Controller):
             result = await auth.sign_in_new_account(user, how="invitation")
         if submission.refused:
             if submission.status_code == HTTP_404_NOT_FOUND:
-                return page(None, "join_invalid.html", status_code=HTTP_404_NOT_FOUND)
+                return _invalid_link()
             return self._join_page(settings, token, invitation, values, submission.errors, submission.status_code)
         return _signed_in(settings, result, invitation.slug)
 

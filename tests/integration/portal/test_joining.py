@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.settings import Settings
 from db.auth import Invitation, User
 from db.session import tenant_session
+from db.tenant import Organization
 from tests.support.auth import set_policy
 from tests.support.clients import AuthHeaders, Client, client_of
 from tests.support.portal import FORM_TOKEN, field_error, sign_in
@@ -62,6 +63,7 @@ async def test_an_invitee_opens_the_link_chooses_a_password_and_is_signed_in_onc
     async with client_of(app) as invitee:
         shown = await invitee.get(path)
         assert shown.status_code == 200
+        assert shown.headers["cache-control"] == "no-store"  # the address is the invitation
         assert tenant_a.admin.email not in shown.text
         assert "joiner@alpha.example.com" in shown.text
         assert "at least 12 characters" in shown.text  # the rules, before anything is typed
@@ -272,3 +274,22 @@ async def test_sign_up_refused_where_the_organization_does_not_allow_it(
     assert (await client.get(f"/portal/signup?tenant={'x' * 500}")).status_code == 200
     async with tenant_session(session_maker, tenant_a.id) as session:
         assert await session.scalar(select(User).where(User.email == "self@alpha.example.com")) is None
+
+
+async def test_a_link_of_a_suspended_organization_does_not_work(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    csrf = await sign_in(client, tenant_a, tenant_a.admin.email)
+    path = "/portal/join/" + (await invite(client, csrf)).rsplit("/", 1)[1]
+    page = await client.get(path)
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        (await session.get_one(Organization, tenant_a.id)).status = "suspended"
+        await session.commit()
+    client.cookies.clear()
+    assert (await client.get(path)).status_code == 404
+    joined = await client.post(path, data={"form_token": form_token(page.text), "password": GOOD_PASSWORD})
+    assert joined.status_code == 404
+    assert "lyss_session" not in joined.cookies
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        assert await session.scalar(select(Invitation.accepted_at)) is None
+        assert await session.scalar(select(User).where(User.email == "joiner@alpha.example.com")) is None
