@@ -1,7 +1,8 @@
 """Joining Lyss in a real browser: an admin invites someone and copies the link; the invitee, in a browser of
 their own, opens it, chooses a password and is signed in; the same link then no longer works.
 
-Saves `invite-link.png`, `join.png` and `join-phone.png` (390 px) into docs/screenshots/.
+The admin re-issues a pending invitation from the Users page, on a phone: the first link stops working.
+Saves `invite-link.png`, `join.png`, `join-phone.png` and `invitations-phone.png` (390 px) into docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -74,5 +75,20 @@ async def test_an_invitee_joins_through_the_copied_link(
     await phone.goto(phone_link)
     await expect(phone.locator("#password-rules")).to_be_visible()
     await shoot(phone, "join-phone")
+
+    # The admin, on a phone too, re-issues that invitation from the Users page: the first link dies.
+    await admin.set_viewport_size(PHONE)
+    await admin.goto(f"{lyss.url}/portal/users")
+    pending = admin.locator("#invitations-table tr", has_text="phone.colleague@alpha.example.com")
+    await expect(pending).to_be_visible()
+    await shoot(admin, "invitations-phone")
+    await pending.locator("text=Re-issue link").click()
+    await expect(admin.locator(".notice.ok")).to_contain_text("previous one no longer works")
+    new_link = (await admin.locator("#invitation-link").text_content() or "").strip()
+    assert new_link != phone_link
+    await phone.goto(phone_link)
+    await expect(phone.locator("h1")).to_have_text("This invitation link does not work")
+    await phone.goto(new_link)
+    await expect(phone.locator("#email")).to_have_value("phone.colleague@alpha.example.com")
     await phone_context.close()
     await admin_context.close()
