@@ -46,7 +46,13 @@ from app.portal.router import create_portal_router, home, portal_template_config
 from app.resources import Resources
 from app.settings import Settings
 from app.storage.controllers import ObjectController
-from app.tenants.controllers import AuditController, GroupController, TenantController, UserAdminController
+from app.tenants.controllers import (
+    AuditController,
+    GroupController,
+    InvitationController,
+    TenantController,
+    UserAdminController,
+)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -85,6 +91,7 @@ def create_app(settings: Settings) -> Litestar:
             OAuthController,
             TenantController,
             UserAdminController,
+            InvitationController,
             GroupController,
             AuditController,
             ChannelController,

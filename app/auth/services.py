@@ -651,17 +651,27 @@ class AuthService:
         await self._limit_sign_in_attempts()
         tenant = await lookup_tenant_by_slug(self.session, tenant_slug.strip().lower())
         if tenant is None:
-            raise NotFound(f"No organization is called '{tenant_slug}'.")
+            raise NotFound(f"No organization is called '{tenant_slug}'.", field="tenant")
         await set_session_tenant(self.session, tenant.id)
         organization = await self.session.get_one(Organization, tenant.id)
         if organization.status != "active" or not tenant_policy(organization).allow_self_signup:
-            raise NotAllowed("This organization does not allow sign-up; ask an administrator for an invitation.")
+            raise NotAllowed(
+                "This organization does not allow sign-up; ask an administrator for an invitation.", field="tenant"
+            )
         user = await self._create_user(
             email=valid_email(email, field="email"), password=password, role="end_user", name=full_name
         )
         self._audit("user.signed_up", user=user, method="password")
         await self.session.commit()
         return user
+
+    async def sign_in_new_account(self, user: User, *, how: str) -> LoginResult:
+        """Sign in, in the portal, someone who just got their account (`how`: invitation, sign_up) by password:
+        they proved nothing new since, so no lock-out check; the organization's MFA rule for admins holds."""
+        organization = await self.session.get_one(Organization, user.tenant_id)
+        if organization.status != "active":
+            raise NotAllowed("This organization is not active; contact its administrator.")
+        return await self._after_primary_authentication(user, organization, "portal", how)
 
     async def _create_user(self, *, email: str, password: str | None, role: str, name: str | None) -> User:
         if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
@@ -753,6 +763,16 @@ class AuthService:
             client=self.client,
         )
         return connection
+
+
+async def self_signup_organization(session: AsyncSession, tenant_slug: str) -> Organization | None:
+    """The active organization called `tenant_slug` if it lets people sign up; the session is then scoped to it."""
+    tenant = await lookup_tenant_by_slug(session, tenant_slug.strip().lower())
+    if tenant is None or tenant.status != "active":
+        return None
+    await set_session_tenant(session, tenant.id)
+    organization = await session.get_one(Organization, tenant.id)
+    return organization if tenant_policy(organization).allow_self_signup else None
 
 
 def valid_email(email: str, *, field: str | None = None) -> str:

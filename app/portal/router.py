@@ -22,6 +22,7 @@ from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
 from app.portal.controllers.chat import ChatPages
 from app.portal.controllers.conversations import ConversationPages
+from app.portal.controllers.joining import JoiningPages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.passwords import PasswordResetPages
 from app.portal.controllers.settings import SettingsPages
@@ -88,6 +89,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             SignInController,
             AccountPages,
             PasswordResetPages,
+            JoiningPages,
             UsagePages,
             ChannelPages,
             TokenPages,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.password_resets import IssuedPasswordReset, add_password_reset
 from app.auth.redis_store import AuthStore
 from app.auth.services import ADMIN_ROLES, INVITATION_KIND, clear_mfa, end_sessions, valid_email
-from app.auth.tokens import Principal, new_opaque_token, token_hash
+from app.auth.tokens import Principal, new_opaque_token, opaque_token_tenant, token_hash
 from app.errors import Conflict, NotAllowed, NotFound
 from app.gateway.caches import GatewayCatalog, announce_keys
 from app.observability.middleware import ClientContext
@@ -21,6 +21,8 @@ from app.tenants.services import record_audit_event
 from db.auth import Invitation, User
 from db.base import utc_now
 from db.provider import ApiToken
+from db.session import set_session_tenant
+from db.tenant import Organization
 
 INVITATION_TTL = datetime.timedelta(days=7)
 
@@ -34,6 +36,35 @@ async def pending_invitations(session: AsyncSession, now: datetime.datetime) -> 
             .order_by(Invitation.expires_at)
         )
     )
+
+
+def join_path(token: str) -> str:
+    """The portal page where an invitee accepts the invitation `token` (the token is the credential)."""
+    return f"/portal/join/{token}"
+
+
+async def open_invitation(session: AsyncSession, token: str) -> tuple[Invitation, Organization] | None:
+    """The invitation `token` opens and its organization, while it can still be accepted (unused, unexpired,
+    the organization active); else None.
+
+    Anyone holding the link may see this much: the organization and the email it was sent to. The session is
+    scoped to the token's tenant from here on, as accepting it needs.
+    """
+    tenant_id = opaque_token_tenant(INVITATION_KIND, token)
+    if tenant_id is None:
+        return None
+    await set_session_tenant(session, tenant_id)
+    invitation = await session.scalar(
+        select(Invitation).where(
+            Invitation.token_hash == token_hash(token),
+            Invitation.accepted_at.is_(None),
+            Invitation.expires_at > utc_now(),
+        )
+    )
+    organization = await session.get_one(Organization, tenant_id) if invitation is not None else None
+    if invitation is None or organization is None or organization.status != "active":
+        return None
+    return invitation, organization
 
 
 class AccountService:
@@ -86,6 +117,48 @@ class AccountService:
         )
         await self.session.commit()
         return invitation, token
+
+    async def reissue_invitation(self, principal: Principal, invitation_id: UUID) -> tuple[Invitation, str]:
+        """A new token and a fresh expiry for a pending invitation: the old link stops working. Show it once."""
+        admin, invitation = await self._invitation_to_manage(principal, invitation_id)
+        token = new_opaque_token(INVITATION_KIND, principal.tenant_id)
+        invitation.token_hash = token_hash(token)
+        invitation.expires_at = utc_now() + INVITATION_TTL
+        self._audit_invitation(admin, "user.invitation_reissued", invitation)
+        await self.session.commit()
+        return invitation, token
+
+    async def revoke_invitation(self, principal: Principal, invitation_id: UUID) -> None:
+        """Withdraw a pending invitation: its link stops working (the audit trail keeps who it was for)."""
+        admin, invitation = await self._invitation_to_manage(principal, invitation_id)
+        self._audit_invitation(admin, "user.invitation_revoked", invitation)
+        await self.session.delete(invitation)
+        await self.session.commit()
+
+    async def _invitation_to_manage(self, principal: Principal, invitation_id: UUID) -> tuple[User, Invitation]:
+        """The acting admin and a not yet accepted invitation, locked; another tenant's is not found (RLS)."""
+        invitation = await self.session.scalar(
+            select(Invitation).where(Invitation.id == invitation_id).with_for_update()
+        )
+        if invitation is None:
+            raise NotFound("No such invitation in this organization.")
+        if invitation.accepted_at is not None:
+            raise Conflict(f"{invitation.email} has already accepted this invitation.")
+        if invitation.role == "super_admin" and principal.role != "super_admin":
+            raise NotAllowed("Only a platform super admin can change a super admin's invitation.")
+        return await self.session.get_one(User, principal.user_id), invitation
+
+    def _audit_invitation(self, admin: User, action: str, invitation: Invitation) -> None:
+        record_audit_event(
+            self.session,
+            actor=admin.email,
+            actor_user_id=admin.id,
+            action=action,
+            target_type="invitation",
+            target_id=invitation.id,
+            details={"email": invitation.email, "role": invitation.role},
+            client=self.client,
+        )
 
     async def change_role(self, principal: Principal, user_id: UUID, role: str) -> User:
         """Give a user another role; a demoted admin's sessions end, since access tokens carry the role."""

@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires_tenant_admin
 from app.auth.password_resets import IssuedPasswordReset
+from app.auth.schemas import InvitationResponse
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
 from app.keyset import Keyset
 from app.schemas import read_as
-from app.tenants.accounts import AccountService
+from app.tenants.accounts import AccountService, pending_invitations
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page
 from app.tenants.groups import GroupService
 from app.tenants.schemas import (
@@ -30,6 +31,7 @@ from app.tenants.schemas import (
     GroupMemberRead,
     GroupRead,
     GroupUpdate,
+    InvitationRead,
     MemberAdd,
     OrganizationRead,
     RoleChange,
@@ -171,6 +173,47 @@ class UserAdminController(Controller):
     ) -> IssuedPasswordReset:
         """The link is returned once (only its hash is kept) and works once, within 24 hours."""
         return await accounts.issue_password_reset(request.user, user_id)
+
+
+class InvitationController(Controller):
+    """Pending invitations, for the organization's administrators: the API twin of the Users page's list.
+
+    Inviting is `POST /api/auth/invitations`.
+    """
+
+    path = "/api/invitations"
+    tags = ["tenants: users"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="Invitations not yet accepted nor expired, the soonest to expire first")
+    async def list_invitations(self, db_session: NamedDependency[AsyncSession]) -> list[InvitationRead]:
+        now = datetime.datetime.now(datetime.UTC)
+        return [read_as(InvitationRead, invitation) for invitation in await pending_invitations(db_session, now)]
+
+    @post("/{invitation_id:uuid}/reissue", status_code=HTTP_200_OK, summary="A new token and expiry: the old one dies")
+    async def reissue(
+        self,
+        invitation_id: FromPath[UUID],
+        request: Request[Principal, Any, State],
+        accounts: NamedDependency[AccountService],
+    ) -> InvitationResponse:
+        invitation, token = await accounts.reissue_invitation(request.user, invitation_id)
+        return InvitationResponse(
+            id=invitation.id,
+            email=invitation.email,
+            role=invitation.role,
+            expires_at=invitation.expires_at,
+            token=token,
+        )
+
+    @delete("/{invitation_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Revoke an invitation")
+    async def revoke(
+        self,
+        invitation_id: FromPath[UUID],
+        request: Request[Principal, Any, State],
+        accounts: NamedDependency[AccountService],
+    ) -> None:
+        await accounts.revoke_invitation(request.user, invitation_id)
 
 
 def _group_read(group: UserGroup, member_count: int) -> GroupRead:

@@ -34,6 +34,17 @@ class UserRead(msgspec.Struct, frozen=True):
     last_login_at: datetime.datetime | None
 
 
+class InvitationRead(msgspec.Struct, frozen=True):
+    """A pending invitation (its token is never shown again: re-issue it for a new link)."""
+
+    id: UUID
+    email: str
+    role: str
+    invited_by: UUID | None
+    created_at: datetime.datetime
+    expires_at: datetime.datetime
+
+
 class TenantPolicyRead(msgspec.Struct, frozen=True):
     require_mfa_for_admins: bool
     allow_self_signup: bool

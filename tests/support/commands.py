@@ -82,6 +82,8 @@ def serve_lyss(
         LYSS_GATEWAY_CACHE_SECONDS="0",
         LYSS_UPSTREAM_READ_TIMEOUT="5",
         DATABASE_POOL_SIZE="10",
+        # Links Lyss hands out (invitations, OAuth callbacks) point at this server, as they would in production.
+        LYSS_PUBLIC_URL=f"http://127.0.0.1:{port}",
         **environment_overrides,
     )
     log_path = log_dir / "server.log"

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.middleware import SESSION_COOKIE
 from app.auth.oauth_providers import sign_in_providers
-from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult
+from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult, self_signup_organization
 from app.auth.tokens import Principal
 from app.errors import ServiceError
 from app.portal.forms import FormSubmission
@@ -126,6 +126,8 @@ class SignInController(Controller):
             errors=errors or {},
             form_token=token,
             oauth=await _oauth_buttons(db_session, values.get("tenant")),
+            signup=bool(values.get("tenant"))
+            and await self_signup_organization(db_session, values["tenant"]) is not None,
         )
         template.cookies.append(cookie)
         return template

@@ -19,7 +19,8 @@ from app.auth.schemas import Email
 from app.gateway.admin import MonthlyUsage, usage_this_month
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
-from app.tenants.accounts import INVITATION_TTL, AccountService, pending_invitations
+from app.settings import Settings
+from app.tenants.accounts import INVITATION_TTL, AccountService, join_path, pending_invitations
 from app.tenants.groups import GroupService
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
@@ -38,6 +39,20 @@ ROLE_LABELS = dict(ROLES) | {"super_admin": "Super admin"}
 class InviteForm(msgspec.Struct, frozen=True):
     email: Email
     role: TenantRole
+
+
+def _invitation_link_page(
+    viewer: Viewer, settings: Settings, invitation: Any, token: str, *, reissued: bool = False
+) -> Template:
+    # Shown in this response only (no redirect, `no-store`): Lyss keeps just the token's hash.
+    return page(
+        viewer,
+        "users/invited.html",
+        invitation=invitation,
+        link=settings.public_url + join_path(token),
+        reissued=reissued,
+        role_labels=ROLE_LABELS,
+    )
 
 
 class UserPages(Controller):
@@ -85,6 +100,7 @@ class UserPages(Controller):
         self,
         viewer: NamedDependency[Viewer],
         accounts: NamedDependency[AccountService],
+        settings: NamedDependency[Settings],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template:
@@ -95,8 +111,30 @@ class UserPages(Controller):
             invitation, token = await accounts.invite(viewer.principal, email=data.email, role=data.role)
         if submission.refused:
             return self._invite_page(viewer, values, submission.errors, submission.status_code)
-        # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
-        return page(viewer, "users/invited.html", invitation=invitation, token=token, role_labels=ROLE_LABELS)
+        return _invitation_link_page(viewer, settings, invitation, token)
+
+    @post("/invitations/{invitation_id:uuid}/reissue", summary="Re-issue an invitation: a new link, the old one dies")
+    async def reissue_invitation(
+        self,
+        invitation_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        accounts: NamedDependency[AccountService],
+        settings: NamedDependency[Settings],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template:
+        invitation, token = await accounts.reissue_invitation(viewer.principal, invitation_id)
+        return _invitation_link_page(viewer, settings, invitation, token, reissued=True)
+
+    @post("/invitations/{invitation_id:uuid}/revoke", summary="Revoke an invitation")
+    async def revoke_invitation(
+        self,
+        invitation_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        accounts: NamedDependency[AccountService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Response[None]:
+        await accounts.revoke_invitation(viewer.principal, invitation_id)
+        return see_other(f"{PORTAL}/users")
 
     async def _user_page(
         self,

@@ -12,6 +12,7 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from uuid_utils.compat import uuid7
 
 from app.settings import Settings
 from db.auth import Invitation, RecoveryCode, User, UserSession
@@ -24,7 +25,8 @@ from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows, audit_actions, audit_events
 
-INVITATION_TOKEN = re.compile(r'id="invitation-token">([^<]+)<')
+# The token is the link's last segment.
+INVITATION_TOKEN = re.compile(r'id="invitation-link">[^<]*/portal/join/([^<]+)<')
 
 
 def message_at(page: str, field: str) -> str:
@@ -293,7 +295,13 @@ def _people_routes(app: Litestar) -> list[tuple[str, str]]:
 
 
 def _concrete(path: str, tenant: TenantRows) -> str:
-    return path.replace("{user_id:uuid}", str(tenant.admin.id)).replace("{group_id:uuid}", str(tenant.group.id))
+    # No invitation is among a tenant's rows here: any id reaches the handler (the role is checked before the
+    # row; tests/integration/tenants/test_cross_tenant_routes.py tries another tenant's real invitation).
+    return (
+        path.replace("{user_id:uuid}", str(tenant.admin.id))
+        .replace("{group_id:uuid}", str(tenant.group.id))
+        .replace("{invitation_id:uuid}", str(uuid7()))
+    )
 
 
 async def test_every_users_and_groups_page_opens_for_an_admin_with_nothing_inline(

@@ -15,7 +15,7 @@ from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
 from app.settings import Settings
-from db.auth import OAuthConnection, OAuthProvider, User
+from db.auth import Invitation, OAuthConnection, OAuthProvider, User
 from db.chat import Attachment, Conversation
 from db.memory import Memory
 from db.provider import ApiToken, Channel
@@ -67,6 +67,7 @@ ROW_OF_PARAMETER = {
     "connection_id": "oauth_connection",
     "conversation_id": "conversation",
     "group_id": "group",
+    "invitation_id": "invitation",
     "job_id": "job",
     "memory_id": "memory",
     "provider_id": "oauth_provider",
@@ -111,6 +112,7 @@ MODELS = {
     "channel": Channel,
     "conversation": Conversation,
     "group": UserGroup,
+    "invitation": Invitation,
     "job": Job,
     "memory": Memory,
     "memory_export": Job,
@@ -190,6 +192,10 @@ async def rows_of(
     )
     assert attachment.status_code == 201, attachment.text
     exports = {kind: await submit(client, admin, kind) for kind in ("usage.export", "memory.export")}
+    invitation = await client.post(
+        "/api/auth/invitations", json={"email": f"invitee@{tenant.slug}.example.com"}, headers=admin
+    )
+    assert invitation.status_code == 201, invitation.text
     async with tenant_session(session_maker, tenant.id) as session:
         # No API makes a link without a round trip to a provider: the row the isolation matrix uses.
         connection = ROW_FACTORIES["auth_oauth_connections"](tenant.id, tenant)
@@ -200,6 +206,7 @@ async def rows_of(
         "channel": UUID(channel["id"]),
         "conversation": UUID(conversation.json()["id"]),
         "group": tenant.group.id,
+        "invitation": UUID(invitation.json()["id"]),
         "job": tenant.job.id,
         "memory": tenant.memory.id,
         "memory_export": UUID(exports["memory.export"]["id"]),

@@ -1,0 +1,236 @@
+"""Getting an account from a browser: accepting an invitation link, and signing up where the organization allows it."""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie, State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from litestar.response import Response, Template
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_404_NOT_FOUND
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.middleware import SESSION_COOKIE
+from app.auth.passwords import MIN_PASSWORD_LENGTH
+from app.auth.schemas import Email, Name, Password, Slug
+from app.auth.services import AuthService, LoginResult, self_signup_organization
+from app.portal.forms import FORM_WIDE, FormSubmission, parse
+from app.portal.web import PORTAL, PUBLIC_PAGE, page, see_other
+from app.settings import Settings
+from app.tenants.accounts import open_invitation
+
+PUBLIC = {PUBLIC_PAGE: True}
+JOIN_FORM_COOKIE = "lyss_join_form"
+SIGNUP_FORM_COOKIE = "lyss_signup_form"
+_EXPIRED_FORM = "This form expired; it has been reloaded, try again."
+
+
+class JoinForm(msgspec.Struct, frozen=True):
+    password: Password
+    full_name: Name | None = None
+
+
+class SignUpForm(msgspec.Struct, frozen=True):
+    tenant: Slug
+    email: Email
+    password: Password
+    full_name: Name | None = None
+
+
+class InvitationSeen(msgspec.Struct, frozen=True):
+    """What the invitee is shown of their invitation (plain values: the page outlives a rollback)."""
+
+    organization: str
+    slug: str
+    email: str
+    role: str
+    expires_at: datetime.datetime
+
+
+def _cookie(settings: Settings, key: str, value: str, max_age: int, path: str) -> Cookie:
+    return Cookie(
+        key=key,
+        value=value,
+        max_age=max_age,
+        path=path,
+        httponly=True,
+        secure=settings.cookies_secure,
+        samesite="strict" if key != SESSION_COOKIE else "lax",
+    )
+
+
+def _form_token_valid(request: Request[Any, Any, State], form: dict[str, Any], key: str) -> bool:
+    # No session yet: the form's token must match the one in its cookie (double submit), so that another site
+    # cannot make a browser accept an invitation or sign up with a password of the attacker's choosing.
+    expected = request.cookies.get(key) or ""
+    return bool(expected) and secrets.compare_digest(expected, str(form.get("form_token") or ""))
+
+
+def _form_page(
+    settings: Settings, template: str, cookie_key: str, path: str, status_code: int, **context: Any
+) -> Template:
+    token = secrets.token_urlsafe(24)
+    response = page(
+        None, template, status_code=status_code, form_token=token, min_password_length=MIN_PASSWORD_LENGTH, **context
+    )
+    response.cookies.append(_cookie(settings, cookie_key, token, 3600, path))
+    return _unstored(response)
+
+
+def _unstored(response: Template) -> Template:
+    # Public pages may be cached, but not these: their address is the invitation and they show whom it is for.
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+def _invalid_link() -> Template:
+    return _unstored(page(None, "join_invalid.html", status_code=HTTP_404_NOT_FOUND))
+
+
+def _signed_in(settings: Settings, result: LoginResult, slug: str) -> Response[None]:
+    session = result.session
+    if result.status != "authenticated" or session is None or session.session_token is None:
+        # An administrator where the organization requires MFA: the sign-in page leads them through enrolment.
+        return see_other(f"{PORTAL}/login?tenant={slug}")
+    response = see_other(f"{PORTAL}/")
+    response.cookies.append(_cookie(settings, SESSION_COOKIE, session.session_token, session.expires_in, "/"))
+    return response
+
+
+def _form_values(form: dict[str, Any], names: tuple[str, ...]) -> dict[str, str]:
+    return {name: str(form.get(name) or "").strip() for name in names}
+
+
+class JoiningPages(Controller):
+    path = "/"
+
+    def _join_page(
+        self,
+        settings: Settings,
+        token: str,
+        invitation: InvitationSeen,
+        values: dict[str, str],
+        errors: dict[str, str] | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        return _form_page(
+            settings,
+            "join.html",
+            JOIN_FORM_COOKIE,
+            f"{PORTAL}/join",
+            status_code,
+            action=f"{PORTAL}/join/{token}",
+            invitation=invitation,
+            values=values,
+            errors=errors or {},
+        )
+
+    async def _invitation(self, db_session: AsyncSession, token: str) -> InvitationSeen | None:
+        found = await open_invitation(db_session, token)
+        if found is None:
+            return None
+        invitation, organization = found
+        return InvitationSeen(
+            organization=organization.name,
+            slug=organization.slug,
+            email=invitation.email,
+            role=invitation.role,
+            expires_at=invitation.expires_at,
+        )
+
+    @get("/join/{token:str}", opt=PUBLIC, summary="Accept an invitation")
+    async def join_page(
+        self, token: FromPath[str], settings: NamedDependency[Settings], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        invitation = await self._invitation(db_session, token)
+        if invitation is None:
+            return _invalid_link()
+        return self._join_page(settings, token, invitation, {})
+
+    @post("/join/{token:str}", opt=PUBLIC, summary="Accept an invitation: choose a password, signed in")
+    async def join(
+        self,
+        token: FromPath[str],
+        settings: NamedDependency[Settings],
+        request: Request[Any, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        invitation = await self._invitation(db_session, token)
+        if invitation is None:
+            return _invalid_link()
+        form = dict(await request.form())
+        values = _form_values(form, ("full_name",))
+        if not _form_token_valid(request, form, JOIN_FORM_COOKIE):
+            errors = {FORM_WIDE: _EXPIRED_FORM}
+            return self._join_page(settings, token, invitation, values, errors, HTTP_400_BAD_REQUEST)
+        async with FormSubmission(db_session) as submission:
+            data = parse(JoinForm, values | {"password": str(form.get("password") or "")})
+            user = await auth.accept_invitation(token=token, password=data.password, full_name=data.full_name)
+            result = await auth.sign_in_new_account(user, how="invitation")
+        if submission.refused:
+            if submission.status_code == HTTP_404_NOT_FOUND:
+                return _invalid_link()
+            return self._join_page(settings, token, invitation, values, submission.errors, submission.status_code)
+        return _signed_in(settings, result, invitation.slug)
+
+    async def _signup_page(
+        self,
+        settings: Settings,
+        db_session: AsyncSession,
+        values: dict[str, str],
+        errors: dict[str, str] | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        organization = await self_signup_organization(db_session, values["tenant"]) if values.get("tenant") else None
+        return _form_page(
+            settings,
+            "signup.html",
+            SIGNUP_FORM_COOKIE,
+            f"{PORTAL}/signup",
+            status_code,
+            organization=organization.name if organization else None,
+            # A link to an organization that takes no sign-ups says so, with no form to fill in for nothing.
+            closed=bool(values.get("tenant")) and organization is None and not errors,
+            values=values,
+            errors=errors or {},
+        )
+
+    @get("/signup", opt=PUBLIC, summary="Create an account, where the organization allows it")
+    async def signup_page(
+        self,
+        settings: NamedDependency[Settings],
+        db_session: NamedDependency[AsyncSession],
+        tenant: FromQuery[str | None] = None,
+    ) -> Template:
+        slug = (tenant or "").strip().lower()[:100]
+        return await self._signup_page(settings, db_session, {"tenant": slug})
+
+    @post("/signup", opt=PUBLIC, summary="Create an account: signed in")
+    async def signup(
+        self,
+        settings: NamedDependency[Settings],
+        request: Request[Any, Any, State],
+        auth: NamedDependency[AuthService],
+        db_session: NamedDependency[AsyncSession],
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
+        values = _form_values(form, ("tenant", "email", "full_name"))
+        values["tenant"] = values["tenant"].lower()
+        if not _form_token_valid(request, form, SIGNUP_FORM_COOKIE):
+            errors = {FORM_WIDE: _EXPIRED_FORM}
+            return await self._signup_page(settings, db_session, values, errors, HTTP_400_BAD_REQUEST)
+        async with FormSubmission(db_session) as submission:
+            data = parse(SignUpForm, values | {"password": str(form.get("password") or "")})
+            user = await auth.sign_up(
+                tenant_slug=data.tenant, email=data.email, password=data.password, full_name=data.full_name
+            )
+            result = await auth.sign_in_new_account(user, how="sign_up")
+        if submission.refused:
+            return await self._signup_page(settings, db_session, values, submission.errors, submission.status_code)
+        return _signed_in(settings, result, data.tenant)
