@@ -156,7 +156,7 @@ class TokenPages(Controller):
                 errors=submission.errors,
                 status_code=submission.status_code,
             )
-        return see_other(f"{PORTAL}/tokens")
+        return see_other(f"{PORTAL}/tokens", "key_saved")
 
     @post("/{token_id:uuid}/revoke", summary="Revoke an API key")
     async def revoke_token(
@@ -167,4 +167,4 @@ class TokenPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         await token_admin.revoke(await admin.visible_token(db_session, viewer.principal, token_id))
-        return see_other(f"{PORTAL}/tokens")
+        return see_other(f"{PORTAL}/tokens", "key_revoked")
