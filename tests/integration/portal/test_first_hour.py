@@ -4,13 +4,17 @@ addresses, one-time confirmations after a form, and the key-issued page's ready-
 from __future__ import annotations
 
 import html
+import re
 
+import msgspec
+from litestar import Litestar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.settings import DEFAULT_PUBLIC_URL, Settings
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
-from tests.support.clients import Client
+from tests.support.clients import Client, app_client, client_of
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import sign_in
 from tests.support.tenants import TenantRows
@@ -128,3 +132,64 @@ async def test_a_confirmation_shows_only_server_side_text_whatever_the_cookie_or
     assert "alert(1)" not in forged.text
     client.cookies.set("lyss_notice", "channel_added", path="/portal")
     assert notice_of((await client.get("/portal/channels")).text) == "The channel is added."  # a name, not text
+
+
+async def test_the_key_issued_page_has_the_base_url_and_ready_snippets_with_the_key_escaped(
+    client: Client, tenant_a: TenantRows
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    issued = await client.post(
+        "/portal/tokens/new", data={"csrf_token": token, "name": "k", "allowed_models": 'odd<b>"model'}
+    )
+    assert issued.status_code == 200
+    key = re.search(r'<p class="secret" id="new-key">([^<]+)</p>', issued.text)
+    assert key
+    assert issued.headers["cache-control"] == "no-store"
+    assert 'data-copy="new-key"' in issued.text
+    base = "http://lyss.test"  # the tests' LYSS_PUBLIC_URL
+    assert f'<code id="base-url">{base}/v1</code>' in issued.text
+    snippets = {name: _snippet(issued.text, name) for name in ("curl", "openai", "anthropic")}
+    assert f"curl {base}/v1/chat/completions" in snippets["curl"]
+    assert f'-H "Authorization: Bearer {key[1]}"' in snippets["curl"]
+    assert f'OpenAI(base_url="{base}/v1", api_key="{key[1]}")' in snippets["openai"]
+    assert f'Anthropic(base_url="{base}", api_key="{key[1]}")' in snippets["anthropic"]
+    # What the page shows is data: a model name with markup in it stays text.
+    assert 'odd<b>"model' not in issued.text
+    assert 'model="odd&lt;b&gt;&#34;model"' in issued.text
+    assert 'model="odd<b>"model"' in snippets["openai"]
+
+
+async def test_without_a_public_url_the_snippets_use_the_address_the_page_came_on(
+    settings: Settings, tenant_a: TenantRows
+) -> None:
+    async with app_client(msgspec.structs.replace(settings, public_url=DEFAULT_PUBLIC_URL)) as client:
+        token = await sign_in(client, tenant_a, tenant_a.admin.email)
+        issued = await client.post("/portal/tokens/new", data={"csrf_token": token, "name": "k"})
+    assert '<code id="base-url">http://testserver.local/v1</code>' in issued.text
+    assert 'OpenAI(base_url="http://testserver.local/v1"' in _snippet(issued.text, "openai")
+
+
+def _snippet(page: str, name: str) -> str:
+    found = re.search(rf'<pre class="snippet" id="snippet-{name}"><code>(.*?)</code></pre>', page, re.S)
+    assert found, name
+    return html.unescape(found[1])
+
+
+async def test_the_dashboard_of_a_quiet_organization_says_what_exists_and_what_to_do_next(
+    client: Client, app: Litestar, tenant_a: TenantRows
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    empty = await client.get("/portal/")
+    assert 'id="getting-started"' in empty.text
+    for link in ("/portal/channels/new", "/portal/tokens/new", "/portal/chat"):
+        assert f'href="{link}"' in empty.text
+    assert "Already here" not in empty.text
+    assert (await client.post("/portal/tokens/new", data={"csrf_token": token, "name": "demo"})).status_code == 200
+    with_key = await client.get("/portal/")
+    assert "the API key <strong>demo</strong>" in with_key.text
+    async with client_of(app) as member_client:
+        await sign_in(member_client, tenant_a, tenant_a.user.email)
+        member = await member_client.get("/portal/")
+    assert 'href="/portal/tokens/new"' in member.text
+    assert 'href="/portal/channels/new"' not in member.text  # adding channels is the administrators' work
+    assert "<strong>demo</strong>" not in member.text  # the admin's key is not theirs
