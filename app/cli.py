@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from app.encryption import reencrypt_secrets
 from app.gateway.admin import add_demo_gateway
 from app.jobs.worker import create_worker
 from app.observability.doctor import Finding, probe, review
-from app.observability.logging import configure_logging, get_logger, logging_dict_config
+from app.observability.logging import configure_logging, get_logger, logging_dict_config, resolved_log_format
 from app.resources import Resources
 from app.settings import (
     ConfigurationError,
@@ -95,6 +96,9 @@ def _settings() -> Settings:
     settings = load_settings()
     if settings.embedded_database and ensure_secrets_file(settings.data_dir):
         settings = load_settings()  # pick up the keys generated just now
+    # Decided here, for the whole run: workers get the resolved format and may not see the terminal.
+    log_format = resolved_log_format(settings.log_format, embedded=settings.embedded_database)
+    settings = msgspec.structs.replace(settings, log_format=log_format)
     configure_logging(settings.log_level, settings.log_format)
     for problem in unknown_variables():
         logger.warning("unknown setting", problem=problem)
@@ -234,15 +238,28 @@ async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
     login = await _with_resources(settings, first_start)
     if login is not None:
         click.echo(
-            "\n  First start: created the demo tenant. This login is shown only once:\n"
+            f"\n  First start: created the demo tenant. Sign in at {_local_url(settings)}/portal with this login,"
+            " shown only once:\n"
             f"    tenant   {login.tenant_slug}\n    email    {login.email}\n    password {login.password}\n"
         )
         if login.extra:
             click.echo(_first_call_snippet(settings, login.extra))
 
 
+def _local_url(settings: Settings) -> str:
+    """Where a browser on this machine reaches the service (LYSS_HOST may be a wildcard, not an address)."""
+    host = settings.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{settings.port}"  # a name
+    if address.is_unspecified:
+        return f"http://127.0.0.1:{settings.port}"
+    return f"http://[{host}]:{settings.port}" if address.version == 6 else f"http://{host}:{settings.port}"
+
+
 def _first_call_snippet(settings: Settings, api_key: str) -> str:
-    base = f"http://{settings.host}:{settings.port}"
+    base = _local_url(settings)
     body = '{"model": "echo", "messages": [{"role": "user", "content": "Hello"}]}'
     return (
         f"  Your API key (shown only once): {api_key}\n"
@@ -282,7 +299,9 @@ def _run_granian(settings: Settings) -> None:
     # Workers are separate processes that read their settings from the environment: hand them the
     # resolved URLs and keys (the embedded servers belong to this process).
     os.environ.update(settings_environment(settings))
-    click.echo(f"Lyss is serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+    click.echo(
+        f"Lyss is serving on {_local_url(settings)}, the portal at {_local_url(settings)}/portal (Ctrl-C to stop)"
+    )
     Server(
         "app.asgi:app_factory",
         address=settings.host,

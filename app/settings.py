@@ -160,7 +160,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # Extra modules whose job handlers the worker registers (comma-separated), for extensions.
     job_modules: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @property
     def embedded_database(self) -> bool:

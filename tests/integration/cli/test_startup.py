@@ -76,6 +76,7 @@ def _ctrl_c(process: subprocess.Popen[str]) -> None:
         _, stderr = process.communicate()
         raise AssertionError(f"lyss serve did not stop on Ctrl-C; still running: {remaining}; {stderr}") from None
     assert process.returncode == 0, stderr
+    assert "Killing" not in stderr  # every worker stopped on its own
 
 
 def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
@@ -87,6 +88,8 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
     readiness = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
     assert readiness == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
     assert "First start: created the demo tenant" in printed
+    assert f"Sign in at http://127.0.0.1:{port}/portal" in printed
+    assert f"the portal at http://127.0.0.1:{port}/portal" in printed
     assert "password " in printed
     # The printed snippet works as printed: the demo key reaches the built-in echo model at once.
     api_key = re.search(r"Your API key \(shown only once\): (sk-\S+)", printed)
