@@ -276,10 +276,16 @@ def _start_embedded_worker(settings: Settings) -> subprocess.Popen[bytes]:
     # A process of its own rather than a thread here: granian forks its workers from this process, and a
     # fork taken while another thread holds a lock (logging, the event loop) can hang the child.
     click.echo(f"Lyss job worker started ({settings.worker_concurrency} concurrent jobs)")
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
-        env={**os.environ, **settings_environment(settings), "LYSS_EMBEDDED_WORKER": "false"},
-    )
+    # Started with Ctrl-C ignored, which a Python child keeps until it sets its own handlers: a Ctrl-C while it
+    # imports would otherwise end it with a traceback. This process stops it (SIGTERM) as it stops itself.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env={**os.environ, **settings_environment(settings), "LYSS_EMBEDDED_WORKER": "false"},
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_embedded_worker(worker: subprocess.Popen[bytes], settings: Settings) -> None:
@@ -295,6 +301,10 @@ def _stop_embedded_worker(worker: subprocess.Popen[bytes], settings: Settings) -
 def _run_granian(settings: Settings) -> None:
     from granian.constants import Interfaces
     from granian.server import Server
+
+    # Loaded here, before granian forks its workers: a worker then reaches `app_factory` (which notes a Ctrl-C
+    # for granian, see app.asgi) at once rather than after seconds of imports during which one is lost.
+    import app.asgi  # noqa: F401
 
     # Workers are separate processes that read their settings from the environment: hand them the
     # resolved URLs and keys (the embedded servers belong to this process).

@@ -143,6 +143,35 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
     assert _processes_using(data_dir) == []  # a one-shot command stops the server it started
 
 
+def test_a_ctrl_c_while_the_workers_start_stops_at_once_and_quietly(tmp_path: Path) -> None:
+    port = free_port()
+    environment = lyss_environment(LYSS_DATA_DIR=str(tmp_path / "data"), LYSS_PORT=str(port), LYSS_LOG_LEVEL="info")
+    process = subprocess.Popen(
+        [LYSS, "serve"],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    while not (line := process.stdout.readline()).startswith("Lyss is serving"):
+        assert line, process.communicate()
+    time.sleep(0.3)  # granian's worker and the job worker are loading the app now
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        # A lost Ctrl-C made granian wait out its kill timeout (30 s) and kill the worker.
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"lyss serve did not stop on Ctrl-C: {process.communicate()}") from None
+    assert process.returncode == 0, stderr
+    assert "Killing" not in stderr
+    assert "Traceback" not in stderr  # nor did the job worker die of it mid-import
+    assert _processes_using(tmp_path / "data") == []
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
