@@ -19,13 +19,20 @@ def app_factory() -> Litestar:
     # killed the worker). Note a stop request now; repeat it once granian's worker handlers are in place,
     # which they are when the lifespan starts.
     stop_requests: list[int] = []
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, lambda signum, _: stop_requests.append(signum))
+
+    def note_stop_request(signum: int, _: object) -> None:
+        stop_requests.append(signum)
+
+    previous = {stop: signal.signal(stop, note_stop_request) for stop in (signal.SIGINT, signal.SIGTERM)}
     settings = load_settings()
     configure_logging(settings.log_level, resolved_log_format(settings.log_format, embedded=settings.embedded_database))
     app = create_app(settings)
 
     async def repeat_stop_request() -> None:
+        # A server that set no handlers of its own gets the ones it had back, lest a stop request go unheard.
+        for stop, handler in previous.items():
+            if signal.getsignal(stop) is note_stop_request:
+                signal.signal(stop, handler)
         if stop_requests:
             os.kill(os.getpid(), stop_requests[0])
 
