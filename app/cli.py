@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from app.encryption import reencrypt_secrets
 from app.gateway.admin import add_demo_gateway
 from app.jobs.worker import create_worker
 from app.observability.doctor import Finding, probe, review
-from app.observability.logging import configure_logging, get_logger, logging_dict_config
+from app.observability.logging import configure_logging, get_logger, logging_dict_config, resolved_log_format
 from app.resources import Resources
 from app.settings import (
     ConfigurationError,
@@ -96,6 +97,9 @@ def _settings() -> Settings:
     settings = load_settings()
     if settings.embedded_database and ensure_secrets_file(settings.data_dir):
         settings = load_settings()  # pick up the keys generated just now
+    # Decided here, for the whole run: workers get the resolved format and may not see the terminal.
+    log_format = resolved_log_format(settings.log_format, embedded=settings.embedded_database)
+    settings = msgspec.structs.replace(settings, log_format=log_format)
     configure_logging(settings.log_level, settings.log_format)
     for problem in unknown_variables():
         logger.warning("unknown setting", problem=problem)
@@ -235,15 +239,28 @@ async def _prepare(settings: Settings, *, migrate: bool, demo: bool) -> None:
     login = await _with_resources(settings, first_start)
     if login is not None:
         click.echo(
-            "\n  First start: created the demo tenant. This login is shown only once:\n"
+            f"\n  First start: created the demo tenant. Sign in at {_local_url(settings)}/portal with this login,"
+            " shown only once:\n"
             f"    tenant   {login.tenant_slug}\n    email    {login.email}\n    password {login.password}\n"
         )
         if login.extra:
             click.echo(_first_call_snippet(settings, login.extra))
 
 
+def _local_url(settings: Settings) -> str:
+    """Where a browser on this machine reaches the service (LYSS_HOST may be a wildcard, not an address)."""
+    host = settings.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{settings.port}"  # a name
+    if address.is_unspecified:
+        return f"http://127.0.0.1:{settings.port}"
+    return f"http://[{host}]:{settings.port}" if address.version == 6 else f"http://{host}:{settings.port}"
+
+
 def _first_call_snippet(settings: Settings, api_key: str) -> str:
-    base = f"http://{settings.host}:{settings.port}"
+    base = _local_url(settings)
     body = '{"model": "echo", "messages": [{"role": "user", "content": "Hello"}]}'
     return (
         f"  Your API key (shown only once): {api_key}\n"
@@ -260,10 +277,16 @@ def _start_embedded_worker(settings: Settings) -> subprocess.Popen[bytes]:
     # A process of its own rather than a thread here: granian forks its workers from this process, and a
     # fork taken while another thread holds a lock (logging, the event loop) can hang the child.
     click.echo(f"Lyss job worker started ({settings.worker_concurrency} concurrent jobs)")
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
-        env={**os.environ, **settings_environment(settings), "LYSS_EMBEDDED_WORKER": "false"},
-    )
+    # Started with Ctrl-C ignored, which a Python child keeps until it sets its own handlers: a Ctrl-C while it
+    # imports would otherwise end it with a traceback. This process stops it (SIGTERM) as it stops itself.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env={**os.environ, **settings_environment(settings), "LYSS_EMBEDDED_WORKER": "false"},
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_embedded_worker(worker: subprocess.Popen[bytes], settings: Settings) -> None:
@@ -280,10 +303,16 @@ def _run_granian(settings: Settings) -> None:
     from granian.constants import Interfaces
     from granian.server import Server
 
+    # Loaded here, before granian forks its workers: a worker then reaches `app_factory` (which notes a Ctrl-C
+    # for granian, see app.asgi) at once rather than after seconds of imports during which one is lost.
+    import app.asgi  # noqa: F401
+
     # Workers are separate processes that read their settings from the environment: hand them the
     # resolved URLs and keys (the embedded servers belong to this process).
     os.environ.update(settings_environment(settings))
-    click.echo(f"Lyss is serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)")
+    click.echo(
+        f"Lyss is serving on {_local_url(settings)}, the portal at {_local_url(settings)}/portal (Ctrl-C to stop)"
+    )
     Server(
         "app.asgi:app_factory",
         address=settings.host,

@@ -6,6 +6,7 @@ import asyncio
 
 import httpx2
 from litestar import Litestar, Router
+from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -43,6 +44,7 @@ from app.observability.errors import (
 from app.observability.middleware import RequestContextMiddleware
 from app.observability.tracing import tracing_plugin
 from app.portal.router import create_portal_router, home, portal_template_config
+from app.portal.web import routing_error
 from app.resources import Resources
 from app.settings import Settings
 from app.storage.controllers import ObjectController
@@ -135,6 +137,10 @@ def create_app(settings: Settings) -> Litestar:
             ServiceError: service_error_handler,
             **dict.fromkeys(DATABASE_ERRORS, database_error_handler),
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error_handler,
+            # Raised by the router before any route (and so before the portal's own handlers): a page under
+            # /portal, JSON elsewhere.
+            NotFoundException: routing_error,
+            MethodNotAllowedException: routing_error,
         },
         template_config=portal_template_config(),
         on_startup=[start_background_work],

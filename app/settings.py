@@ -21,6 +21,8 @@ from sqlalchemy.exc import ArgumentError
 
 SECRETS_FILE_NAME = "secrets.env"
 MIN_SECRET_KEY_BYTES = 32
+# Where programs reach Lyss unless LYSS_PUBLIC_URL says otherwise: the default LYSS_HOST and LYSS_PORT.
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 # Field name -> environment variable. The struct is renamed with this map so that msgspec's own
 # validation errors already name the variable the operator has to fix.
@@ -115,7 +117,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     redis_url: str | None = None
     encryption_keys: str | None = None
     jwt_keys: str | None = None
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str = DEFAULT_PUBLIC_URL
     trusted_proxies: str = ""
     access_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=30, le=86400)] = 900
     refresh_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=300)] = 30 * 86400
@@ -158,7 +160,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # Extra modules whose job handlers the worker registers (comma-separated), for extensions.
     job_modules: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @property
     def embedded_database(self) -> bool:

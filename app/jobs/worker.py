@@ -282,7 +282,7 @@ async def run_job(ctx: dict[str, Any], *, job_id: str, tenant_id: str) -> dict[s
 def _scheduled_function(task: ScheduledTask) -> Any:
     async def run_scheduled(ctx: dict[str, Any]) -> dict[str, Any]:
         result = await task.function(ctx["services"])
-        logger.info("scheduled task done", task=task.name, **result)
+        logger.debug("scheduled task done", task=task.name, **result)
         return result
 
     # SAQ names a cron job's function, and keys its uniqueness, by this.

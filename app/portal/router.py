@@ -37,6 +37,7 @@ from app.portal.web import (
     STATIC,
     TEMPLATES,
     PortalMiddleware,
+    flashed_notice,
     http_error_page,
     internal_error_page,
     service_error_page,
@@ -66,7 +67,7 @@ def _query_string(values: dict[str, Any]) -> str:
 def _configure(engine: JinjaTemplateEngine) -> None:
     environment = engine.engine
     environment.filters.update(when=_when, number=_number, credits=_credits, query_string=_query_string)
-    environment.globals.update(NAV=NAV)
+    environment.globals.update(NAV=NAV, flashed_notice=flashed_notice)
 
 
 def portal_template_config() -> TemplateConfig[JinjaTemplateEngine]:

@@ -11,14 +11,21 @@ from uuid import UUID
 import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.datastructures import State
+from litestar.datastructures import Cookie, State
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
+from litestar.exceptions.responses import create_exception_response
 from litestar.middleware import ASGIMiddleware
 from litestar.response import Template
 from litestar.response.redirect import ASGIRedirectResponse
-from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_403_FORBIDDEN
+from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_403_FORBIDDEN, HTTP_405_METHOD_NOT_ALLOWED
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -56,6 +63,32 @@ SECURITY_HEADERS = [
 ]
 _PRIVATE_CACHE = (b"cache-control", b"no-store")
 
+# The confirmation a form's redirect asks the next page to show, by name: a cookie names one of these, so
+# nothing a link or a cookie carries is ever shown as text.
+NOTICE_COOKIE = "lyss_notice"
+NOTICES = {
+    "channel_added": "The channel is added.",
+    "channel_saved": "The channel is saved.",
+    "channel_enabled": "The channel is enabled.",
+    "channel_disabled": "The channel is disabled.",
+    "channel_removed": "The channel is removed.",
+    "channel_tested": "The channel test has run; its result is in the list.",
+    "key_saved": "The API key is saved.",
+    "key_revoked": "The API key is revoked.",
+    "role_saved": "The user's role is saved.",
+    "user_deactivated": "The user is deactivated.",
+    "user_reactivated": "The user is reactivated.",
+    "mfa_reset": "The user's two-factor authentication is reset.",
+    "group_created": "The group is created.",
+    "group_saved": "The group is saved.",
+    "group_deleted": "The group is deleted.",
+    "member_added": "The member is added.",
+    "member_removed": "The member is removed.",
+}
+_NOTICE_STATE = "portal_notice"
+# Gone with the first page that shows it: an expired cookie in the same response.
+_NOTICE_SHOWN = (b"set-cookie", f"{NOTICE_COOKIE}=; Max-Age=0; Path={PORTAL}; HttpOnly; SameSite=Lax".encode())
+
 logger = structlog.get_logger(__name__)
 
 
@@ -83,13 +116,18 @@ class PortalMiddleware(ASGIMiddleware):
                 headers.extend(header for header in SECURITY_HEADERS if header[0] not in names)
                 if not public:
                     headers.append(_PRIVATE_CACHE)
+                if notice and dict(headers).get(b"content-type", b"").startswith(b"text/html"):
+                    headers.append(_NOTICE_SHOWN)
                 message["headers"] = headers
             await send(message)
 
+        request: Request[Any, Any, State] = Request(scope, receive)
+        notice = None if public or request.method != "GET" else request.cookies.get(NOTICE_COOKIE)
+        if notice:
+            scope.setdefault("state", {})[_NOTICE_STATE] = notice
         if public:
             await next_app(scope, receive, send_with_headers)
             return
-        request: Request[Any, Any, State] = Request(scope, receive)
         session_token = request.cookies.get(SESSION_COOKIE)
         principal = await authenticate_portal_session(self.session_maker, session_token) if session_token else None
         if principal is None or session_token is None:
@@ -219,9 +257,21 @@ def page(viewer: Viewer | None, template: str, *, status_code: int = 200, **cont
     return Template(template_name=template, context={"viewer": viewer, **context}, status_code=status_code)
 
 
-def see_other(path: str) -> Response[None]:
-    """After a successful form post: the browser loads `path` with GET (no re-post on reload)."""
-    return Response(None, status_code=HTTP_303_SEE_OTHER, headers={"location": path})
+def see_other(path: str, notice: str | None = None) -> Response[None]:
+    """After a successful form post: the browser loads `path` with GET (no re-post on reload), which shows
+    the confirmation `notice` (a name in `NOTICES`) once."""
+    cookies = []
+    if notice is not None:
+        if notice not in NOTICES:
+            raise ValueError(f"no such notice: {notice}")
+        # Not `Secure` even behind TLS: it names a fixed message, no secret, and must reach a plain-HTTP laptop.
+        cookies.append(Cookie(key=NOTICE_COOKIE, value=notice, max_age=60, path=PORTAL, httponly=True, samesite="lax"))
+    return Response(None, status_code=HTTP_303_SEE_OTHER, headers={"location": path}, cookies=cookies)
+
+
+def flashed_notice(request: Request[Any, Any, State]) -> str | None:
+    """The confirmation this page shows, if the form before it asked for one (unknown names show nothing)."""
+    return NOTICES.get(request.scope.get("state", {}).get(_NOTICE_STATE) or "")
 
 
 def require_admin(viewer: Viewer) -> None:
@@ -229,9 +279,15 @@ def require_admin(viewer: Viewer) -> None:
         raise PermissionDeniedException("This page is for the organization's administrators.")
 
 
-def _error_page(request: Request[Any, Any, State], status_code: int, message: str) -> Template:
+def _error_page(
+    request: Request[Any, Any, State], status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Template:
     signed_in = isinstance(request.scope.get("user"), Principal)
-    return page(None, "error.html", status_code=status_code, message=message, status=status_code, signed_in=signed_in)
+    template = page(
+        None, "error.html", status_code=status_code, message=message, status=status_code, signed_in=signed_in
+    )
+    template.headers.update(headers or {})
+    return template
 
 
 def service_error_page(request: Request[Any, Any, State], error: ServiceError) -> Template:
@@ -244,6 +300,42 @@ def http_error_page(request: Request[Any, Any, State], error: HTTPException) -> 
     if error.status_code >= 500:
         return internal_error_page(request, error)
     return _error_page(request, error.status_code, str(error.detail))
+
+
+def _page_with_get(request: Request[Any, Any, State], path: str) -> str:
+    """The nearest page above `path` (a POST-only form's list, or the dashboard) that a browser can load."""
+    parts = path.rstrip("/").split("/")
+    while len(parts) > 2:
+        parts.pop()
+        candidate = "/".join(parts)
+        try:
+            request.app.asgi_router.handle_routing(candidate, "GET")
+        except (NotFoundException, MethodNotAllowedException):
+            continue
+        return candidate if candidate != PORTAL else f"{PORTAL}/"
+    return f"{PORTAL}/"
+
+
+def routing_error(request: Request[Any, Any, State], error: HTTPException) -> Response[Any]:
+    """No route, or not this method: a page under /portal (its handlers never ran, nor its middleware), JSON
+    elsewhere as Litestar answers by default.
+
+    Loading a form's POST-only address (a reload, a bookmark) goes to the page above it instead of a 405.
+    """
+    if not (request.url.path == PORTAL or request.url.path.startswith(f"{PORTAL}/")):
+        return create_exception_response(request, error)
+    if isinstance(error, MethodNotAllowedException) and request.method in {"GET", "HEAD"}:
+        return see_other(_page_with_get(request, request.url.path))
+    if "route_handler" in request.scope:  # raised by a page: the portal's own handling
+        return http_error_page(request, error)
+    if isinstance(error, MethodNotAllowedException):
+        message = "This address does not take that kind of request. Go back to the page and use its buttons."
+    else:
+        message = "There is no page at this address. It may have moved, or the link may be mistyped."
+    headers = {name.decode(): value.decode() for name, value in [*SECURITY_HEADERS, _PRIVATE_CACHE]}
+    if error.status_code == HTTP_405_METHOD_NOT_ALLOWED and error.headers:
+        headers.update(error.headers)
+    return _error_page(request, error.status_code, message, headers)
 
 
 def internal_error_page(request: Request[Any, Any, State], error: Exception) -> Template:

@@ -117,7 +117,7 @@ class ChannelPages(Controller):
                 errors=submission.errors,
                 status_code=submission.status_code,
             )
-        return see_other(f"{PORTAL}/channels")
+        return see_other(f"{PORTAL}/channels", "channel_added")
 
     @get("/{channel_id:uuid}", summary="Edit a channel")
     async def edit_channel(
@@ -175,7 +175,7 @@ class ChannelPages(Controller):
                 errors=submission.errors,
                 status_code=submission.status_code,
             )
-        return see_other(f"{PORTAL}/channels")
+        return see_other(f"{PORTAL}/channels", "channel_saved")
 
     @post("/{channel_id:uuid}/test", summary="Test a channel")
     async def test_channel(
@@ -187,7 +187,7 @@ class ChannelPages(Controller):
     ) -> Response[None]:
         channel, _ = await admin.channel_with_type(db_session, channel_id)
         await channel_admin.test(channel)
-        return see_other(f"{PORTAL}/channels#channel-{channel_id}")
+        return see_other(f"{PORTAL}/channels#channel-{channel_id}", "channel_tested")
 
     @post("/{channel_id:uuid}/{action:str}", summary="Enable, disable or remove a channel")
     async def change_channel(
@@ -205,4 +205,4 @@ class ChannelPages(Controller):
             await channel_admin.set_status(channel, f"{action}d")
         else:
             raise NotFound("No such page.")
-        return see_other(f"{PORTAL}/channels")
+        return see_other(f"{PORTAL}/channels", {"delete": "channel_removed"}.get(action, f"channel_{action}d"))

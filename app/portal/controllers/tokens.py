@@ -18,6 +18,7 @@ from app.gateway.admin import TokenAdmin, keys_with_owner_emails
 from app.gateway.schemas import TokenCreate, TokenRead, TokenUpdate
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, provide_viewer_actor, see_other
+from app.settings import DEFAULT_PUBLIC_URL, Settings
 from app.tenants.services import organization_users
 
 BUDGET_PERIODS = [("none", "Total (never resets)"), ("daily", "Per day"), ("monthly", "Per month")]
@@ -34,6 +35,21 @@ def _expiry(value: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.isoformat()
+
+
+def _base_url(settings: Settings, request: PortalRequest) -> str:
+    """Where programs reach Lyss: LYSS_PUBLIC_URL when the operator set it, else the address this page came on."""
+    if settings.public_url != DEFAULT_PUBLIC_URL:
+        return settings.public_url
+    return str(request.base_url).rstrip("/")
+
+
+def _example_model(allowed_models: list[str], served: list[str]) -> str:
+    """A model the new key may call, for the examples: the demo's `echo` first, since it needs no provider."""
+    callable_models = [model for model in served if not allowed_models or model in allowed_models]
+    if "echo" in callable_models:
+        return "echo"
+    return (callable_models or allowed_models or ["gpt-4o-mini"])[0]
 
 
 def _shaped(form: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +108,7 @@ class TokenPages(Controller):
         token_admin: NamedDependency[TokenAdmin],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
         request: PortalRequest,
     ) -> Template:
         form = dict(await request.form())
@@ -112,7 +129,14 @@ class TokenPages(Controller):
                 status_code=submission.status_code,
             )
         # Shown in this response only (no redirect, `no-store`): Lyss keeps just the hash.
-        return page(viewer, "tokens/created.html", token=token, key=key)
+        return page(
+            viewer,
+            "tokens/created.html",
+            token=token,
+            key=key,
+            base_url=_base_url(settings, request),
+            model=_example_model(list(token.allowed_models), await admin.served_models(db_session)),
+        )
 
     @get("/{token_id:uuid}", summary="Change an API key")
     async def edit_token(
@@ -156,7 +180,7 @@ class TokenPages(Controller):
                 errors=submission.errors,
                 status_code=submission.status_code,
             )
-        return see_other(f"{PORTAL}/tokens")
+        return see_other(f"{PORTAL}/tokens", "key_saved")
 
     @post("/{token_id:uuid}/revoke", summary="Revoke an API key")
     async def revoke_token(
@@ -167,4 +191,4 @@ class TokenPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         await token_admin.revoke(await admin.visible_token(db_session, viewer.principal, token_id))
-        return see_other(f"{PORTAL}/tokens")
+        return see_other(f"{PORTAL}/tokens", "key_revoked")

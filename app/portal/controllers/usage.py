@@ -74,7 +74,11 @@ class UsagePages(Controller):
                 unit=" credits",
             ),
         }
-        return page(viewer, "dashboard.html", data=data, charts=charts, windows=list(services.WINDOWS))
+        # A window without calls shows where to start instead, naming the keys (the demo's, on a first start).
+        keys = await key_names(db_session, None if viewer.is_admin else viewer.user.id) if not data.requests else {}
+        return page(
+            viewer, "dashboard.html", data=data, charts=charts, windows=list(services.WINDOWS), keys=list(keys.values())
+        )
 
     @get("/usage", summary="Usage log")
     async def usage_log(

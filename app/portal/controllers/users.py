@@ -185,10 +185,10 @@ class UserPages(Controller):
             return await self._user_page(
                 viewer, db_session, user_id, values=values, errors=submission.errors, status_code=submission.status_code
             )
-        return see_other(f"{PORTAL}/users/{user_id}")
+        return see_other(f"{PORTAL}/users/{user_id}", "role_saved")
 
     async def _apply_account_change(
-        self, viewer: Viewer, db_session: AsyncSession, user_id: UUID, change: Awaitable[object]
+        self, viewer: Viewer, db_session: AsyncSession, user_id: UUID, change: Awaitable[object], notice: str
     ) -> Template | Response[None]:
         """Make an account change, then back to the user's page; if a service refuses it, that page with the
         reason (nothing saved)."""
@@ -198,7 +198,7 @@ class UserPages(Controller):
             return await self._user_page(
                 viewer, db_session, user_id, errors=submission.errors, status_code=submission.status_code
             )
-        return see_other(f"{PORTAL}/users/{user_id}")
+        return see_other(f"{PORTAL}/users/{user_id}", notice)
 
     @post("/{user_id:uuid}/deactivate", summary="Deactivate a user")
     async def deactivate(
@@ -209,7 +209,7 @@ class UserPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
         return await self._apply_account_change(
-            viewer, db_session, user_id, accounts.deactivate(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.deactivate(viewer.principal, user_id), "user_deactivated"
         )
 
     @post("/{user_id:uuid}/reactivate", summary="Reactivate a user")
@@ -221,7 +221,7 @@ class UserPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
         return await self._apply_account_change(
-            viewer, db_session, user_id, accounts.reactivate(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.reactivate(viewer.principal, user_id), "user_reactivated"
         )
 
     @post("/{user_id:uuid}/reset-mfa", summary="Reset a user's two-factor authentication")
@@ -233,7 +233,7 @@ class UserPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Template | Response[None]:
         return await self._apply_account_change(
-            viewer, db_session, user_id, accounts.reset_mfa(viewer.principal, user_id)
+            viewer, db_session, user_id, accounts.reset_mfa(viewer.principal, user_id), "mfa_reset"
         )
 
 
@@ -278,7 +278,7 @@ class GroupPages(Controller):
             group = await groups.create(viewer_actor(viewer, request), name=data.name, description=data.description)
         if submission.refused:
             return self._new_page(viewer, values, submission.errors, submission.status_code)
-        return see_other(f"{PORTAL}/groups/{group.id}")
+        return see_other(f"{PORTAL}/groups/{group.id}", "group_created")
 
     async def _group_page(
         self,
@@ -336,7 +336,7 @@ class GroupPages(Controller):
                 errors=submission.errors,
                 status_code=submission.status_code,
             )
-        return see_other(f"{PORTAL}/groups/{group_id}")
+        return see_other(f"{PORTAL}/groups/{group_id}", "group_saved")
 
     @post("/{group_id:uuid}/delete", summary="Delete a group")
     async def delete(
@@ -354,7 +354,7 @@ class GroupPages(Controller):
             return await self._group_page(
                 viewer, db_session, group_id, errors=submission.errors, status_code=submission.status_code
             )
-        return see_other(f"{PORTAL}/groups")
+        return see_other(f"{PORTAL}/groups", "group_deleted")
 
     @post("/{group_id:uuid}/members", summary="Add a member")
     async def add_member(
@@ -379,7 +379,7 @@ class GroupPages(Controller):
                 errors=submission.errors,
                 status_code=submission.status_code,
             )
-        return see_other(f"{PORTAL}/groups/{group_id}")
+        return see_other(f"{PORTAL}/groups/{group_id}", "member_added")
 
     @post("/{group_id:uuid}/members/{user_id:uuid}/remove", summary="Remove a member")
     async def remove_member(
@@ -393,4 +393,4 @@ class GroupPages(Controller):
     ) -> Response[None]:
         group = await user_group(db_session, group_id)
         await groups.remove_member(viewer_actor(viewer, request), group, user_id)
-        return see_other(f"{PORTAL}/groups/{group_id}")
+        return see_other(f"{PORTAL}/groups/{group_id}", "member_removed")

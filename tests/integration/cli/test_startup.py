@@ -76,6 +76,7 @@ def _ctrl_c(process: subprocess.Popen[str]) -> None:
         _, stderr = process.communicate()
         raise AssertionError(f"lyss serve did not stop on Ctrl-C; still running: {remaining}; {stderr}") from None
     assert process.returncode == 0, stderr
+    assert "Killing" not in stderr  # every worker stopped on its own
 
 
 def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
@@ -87,6 +88,8 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
     readiness = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
     assert readiness == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
     assert "First start: created the demo tenant" in printed
+    assert f"Sign in at http://127.0.0.1:{port}/portal" in printed
+    assert f"the portal at http://127.0.0.1:{port}/portal" in printed
     assert "password " in printed
     # The printed snippet works as printed: the demo key reaches the built-in echo model at once.
     api_key = re.search(r"Your API key \(shown only once\): (sk-\S+)", printed)
@@ -138,6 +141,35 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
     assert result.returncode == 1
     assert result.stderr.strip() == "lyss: 'admin@demo.example.com' already has an account in tenant 'demo'"
     assert _processes_using(data_dir) == []  # a one-shot command stops the server it started
+
+
+def test_a_ctrl_c_while_the_workers_start_stops_at_once_and_quietly(tmp_path: Path) -> None:
+    port = free_port()
+    environment = lyss_environment(LYSS_DATA_DIR=str(tmp_path / "data"), LYSS_PORT=str(port), LYSS_LOG_LEVEL="info")
+    process = subprocess.Popen(
+        [LYSS, "serve"],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    while not (line := process.stdout.readline()).startswith("Lyss is serving"):
+        assert line, process.communicate()
+    time.sleep(0.3)  # granian's worker and the job worker are loading the app now
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        # A lost Ctrl-C made granian wait out its kill timeout (30 s) and kill the worker.
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"lyss serve did not stop on Ctrl-C: {process.communicate()}") from None
+    assert process.returncode == 0, stderr
+    assert "Killing" not in stderr
+    assert "Traceback" not in stderr  # nor did the job worker die of it mid-import
+    assert _processes_using(tmp_path / "data") == []
 
 
 @pytest.mark.parametrize(
