@@ -148,9 +148,8 @@ class SettingsPages(Controller):
     ) -> Template:
         organization = await own_organization(db_session, viewer.organization.id)
         policy = tenant_policy(organization)
-        stored = _stored_defaults(
-            await memory_services.memory_settings(db_session), await chat_services.chat_defaults(db_session)
-        )
+        memory_settings = await memory_services.memory_settings(db_session)
+        stored = _stored_defaults(memory_settings, await chat_services.chat_defaults(db_session))
         served = await gateway_admin.served_models(db_session)
         return page(
             viewer,
@@ -170,6 +169,7 @@ class SettingsPages(Controller):
             },
             providers=await list_oauth_providers(db_session),
             prices=await model_prices(db_session),
+            memory_status=memory_services.memory_status(memory_settings, is_admin=True),
         )
 
     @get("/", summary="Settings")

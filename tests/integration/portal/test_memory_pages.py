@@ -21,6 +21,11 @@ from tests.support.tenants import TenantRows
 NO_EXTRACTION = "Memory is on, but no extraction model is set"
 
 
+async def sign_out_and_in_as_admin(client: Client, tenant: TenantRows) -> None:
+    client.cookies.clear()
+    await sign_in(client, tenant, tenant.admin.email)
+
+
 async def memory_count(session_maker: async_sessionmaker[AsyncSession], tenant: TenantRows, user_id: UUID) -> int:
     async with tenant_session(session_maker, tenant.id) as session:
         return int(await session.scalar(select(func.count()).select_from(Memory).where(Memory.user_id == user_id)) or 0)
@@ -161,7 +166,10 @@ async def test_the_memory_pages_say_when_conversations_add_no_memories(
     assert NO_EXTRACTION in (await client.get("/portal/memories")).text
     assert NO_EXTRACTION in (await client.get("/portal/memories/new")).text
     assert NO_EXTRACTION in (await client.get("/portal/chat")).text
+    await sign_out_and_in_as_admin(client, tenant_a)
+    assert NO_EXTRACTION in (await client.get("/portal/settings")).text
     await configure_memory(client, auth_headers(tenant_a.admin), upstream)
+    assert NO_EXTRACTION not in (await client.get("/portal/settings")).text
     assert NO_EXTRACTION not in (await client.get("/portal/memories")).text
     assert NO_EXTRACTION not in (await client.get("/portal/chat")).text
     turned_off = await client.put(
