@@ -53,7 +53,7 @@ from app.encryption import SecretBox
 from app.errors import InvalidRequest, NotFound
 from app.schemas import read_as
 from app.settings import Settings
-from app.tenants.accounts import AccountService
+from app.tenants.accounts import AccountService, open_invitation
 from app.tenants.schemas import UserRead
 from app.tenants.services import lookup_tenant_by_slug, organization_user
 from db.auth import OAuthConnection, OAuthProvider
@@ -284,14 +284,28 @@ class OAuthController(Controller):
         oauth_client: NamedDependency[OAuthClient],
         mode: FromQuery[Literal["api", "portal"]] = "portal",
         return_to: Annotated[str | None, QueryParameter(max_length=500)] = None,
+        invitation: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Redirect:
         tenant = await lookup_tenant_by_slug(db_session, tenant_slug)
         if tenant is None:
             raise NotFound(f"No organization is called '{tenant_slug}'.")
+        invitation_id = None
+        if invitation is not None:
+            # Checked now, so that a dead link fails before the trip to the provider; accepted at the callback.
+            found = await open_invitation(db_session, invitation)
+            if found is None or found[0].tenant_id != tenant.id:
+                raise NotFound("This invitation is invalid or has expired; ask for a new one.")
+            invitation_id = found[0].id
         await set_session_tenant(db_session, tenant.id)
         provider = await _enabled_provider(db_session, provider_name)
         url = await _start_authorization(
-            auth_store, oauth_client, provider, mode=mode, return_to=return_to, link_user_id=None
+            auth_store,
+            oauth_client,
+            provider,
+            mode=mode,
+            return_to=return_to,
+            link_user_id=None,
+            invitation_id=invitation_id,
         )
         return Redirect(url)
 
@@ -306,7 +320,13 @@ class OAuthController(Controller):
     ) -> OAuthLinkResponse:
         provider = await _enabled_provider(db_session, data.provider)
         url = await _start_authorization(
-            auth_store, oauth_client, provider, mode="api", return_to=None, link_user_id=request.user.user_id
+            auth_store,
+            oauth_client,
+            provider,
+            mode="api",
+            return_to=None,
+            link_user_id=request.user.user_id,
+            invitation_id=None,
         )
         return OAuthLinkResponse(authorization_url=url)
 
@@ -372,8 +392,11 @@ class OAuthController(Controller):
             nonce=flow["nonce"],
         )
         link_user_id = UUID(flow["link_user_id"]) if flow.get("link_user_id") else None
+        invitation_id = UUID(flow["invitation_id"]) if flow.get("invitation_id") else None
         mode: SessionMode = "portal" if flow["mode"] == "portal" else "api"
-        result = await auth.complete_external_login(provider, identity, mode=mode, link_user_id=link_user_id)
+        result = await auth.complete_external_login(
+            provider, identity, mode=mode, link_user_id=link_user_id, invitation_id=invitation_id
+        )
         if link_user_id is not None:
             return Response({"status": "linked", "provider": provider.provider_name})
         response = _login_response(result, settings)
@@ -399,6 +422,7 @@ async def _start_authorization(
     mode: str,
     return_to: str | None,
     link_user_id: UUID | None,
+    invitation_id: UUID | None,
 ) -> str:
     state, nonce, code_verifier = new_oauth_secrets()
     url = await oauth.authorization_url(
@@ -414,6 +438,7 @@ async def _start_authorization(
             "mode": mode,
             "return_to": _safe_return_path(return_to),
             "link_user_id": str(link_user_id) if link_user_id else None,
+            "invitation_id": str(invitation_id) if invitation_id else None,
         },
         OAUTH_STATE_TTL_SECONDS,
     )

@@ -696,8 +696,10 @@ class AuthService:
         *,
         mode: SessionMode,
         link_user_id: UUID | None,
+        invitation_id: UUID | None = None,
     ) -> LoginResult:
-        """Sign in (or link) the user an external identity belongs to; the tenant is already set."""
+        """Sign in (or link) the user an external identity belongs to, or create the invited one (`invitation_id`:
+        the invitation the sign-in started from); the tenant is already set."""
         organization = await self.session.get_one(Organization, provider.tenant_id)
         if organization.status != "active":
             raise NotAllowed("This organization is not active; contact its administrator.")
@@ -721,6 +723,9 @@ class AuthService:
                 raise Conflict(f"Your account is already linked to {provider.provider_name}; unlink it first.")
             user = await self._user_for_update(link_user_id)
             connection = self._link(provider, identity, link_user_id, how="explicit")
+        elif invitation_id is not None:
+            user = await self._accept_invitation_as(provider, identity, invitation_id)
+            connection = self._link(provider, identity, user.id, how="invitation")
         elif (
             email
             and identity.email_verified
@@ -748,6 +753,34 @@ class AuthService:
             return LoginResult(status="authenticated", user_id=user.id)
         # No lock-out check: it guards against password guessing, and the provider vouched for this user.
         return await self._after_primary_authentication(user, organization, mode, f"oauth:{provider.provider_name}")
+
+    async def _accept_invitation_as(
+        self, provider: OAuthProvider, identity: ExternalIdentity, invitation_id: UUID
+    ) -> User:
+        """The invited account, created for the provider's identity: only for the address the invitation was sent
+        to, which the provider must vouch for."""
+        invitation = await self.session.scalar(
+            select(Invitation).where(Invitation.id == invitation_id, Invitation.accepted_at.is_(None)).with_for_update()
+        )
+        if invitation is None or invitation.expires_at <= utc_now():
+            raise NotFound("This invitation is invalid or has expired; ask for a new one.")
+        email = identity.email.strip().lower() if identity.email else None
+        if not identity.email_verified or email != invitation.email:
+            provider_label = provider.display_name or provider.provider_name
+            raise NotAllowed(
+                f"This invitation is for {invitation.email}: sign in with the {provider_label} account of that "
+                "address, or set a password on the invitation page instead."
+            )
+        user = await self._create_user(email=email, password=None, role=invitation.role, name=identity.name)
+        user.email_verified = True
+        invitation.accepted_at = utc_now()
+        self._audit(
+            "user.invitation_accepted",
+            user=user,
+            invitation_id=str(invitation.id),
+            method=f"oauth:{provider.provider_name}",
+        )
+        return user
 
     def _link(self, provider: OAuthProvider, identity: ExternalIdentity, user_id: UUID, how: str) -> OAuthConnection:
         connection = OAuthConnection(user_id=user_id, provider_id=provider.id, external_id=identity.subject)

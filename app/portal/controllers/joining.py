@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import secrets
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -16,6 +17,7 @@ from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_404_NOT_FOUND
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.middleware import SESSION_COOKIE
+from app.auth.oauth_providers import list_oauth_providers
 from app.auth.passwords import MIN_PASSWORD_LENGTH
 from app.auth.schemas import Email, Name, Password, Slug
 from app.auth.services import AuthService, LoginResult, self_signup_organization
@@ -50,6 +52,8 @@ class InvitationSeen(msgspec.Struct, frozen=True):
     email: str
     role: str
     expires_at: datetime.datetime
+    # (label, address): the organization's sign-in providers, each starting a sign-in that accepts this invitation.
+    join_with: list[tuple[str, str]] = []
 
 
 def _cookie(settings: Settings, key: str, value: str, max_age: int, path: str) -> Cookie:
@@ -135,12 +139,20 @@ class JoiningPages(Controller):
         if found is None:
             return None
         invitation, organization = found
+        query = urlencode({"mode": "portal", "return_to": f"{PORTAL}/", "invitation": token})
         return InvitationSeen(
             organization=organization.name,
             slug=organization.slug,
             email=invitation.email,
             role=invitation.role,
             expires_at=invitation.expires_at,
+            join_with=[
+                (
+                    provider.display_name or provider.provider_name,
+                    f"/api/auth/tenants/{quote(organization.slug)}/oauth/{quote(provider.provider_name)}/authorize?{query}",
+                )
+                for provider in await list_oauth_providers(db_session, enabled_only=True)
+            ],
         )
 
     @get("/join/{token:str}", opt=PUBLIC, summary="Accept an invitation")

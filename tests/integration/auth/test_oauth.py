@@ -206,3 +206,60 @@ async def test_providers_are_per_tenant(
         f"/api/auth/oauth-providers/{corp['id']}", json={"is_enabled": False}, headers=auth_headers(tenant_b.admin)
     )
     assert as_b_admin.status_code == 404
+
+
+async def test_an_invitee_joins_through_the_provider_only_as_the_invited_address(
+    client: Client,
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    idp: MockOidcProvider,
+    corp: dict[str, Any],
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    invited = await client.post(
+        "/api/auth/invitations",
+        json={"email": "newcomer@alpha.example.com", "role": "tenant_admin"},
+        headers=auth_headers(tenant_a.admin),
+    )
+    assert invited.status_code == 201, invited.text
+    token = invited.json()["token"]
+    join_page = await client.get(f"/portal/join/{token}")
+    assert "Corp SSO" in join_page.text
+    assert "invitation=" in join_page.text
+
+    # Another tenant's slug, or a made-up token, cannot start it.
+    assert (
+        await client.get(f"/api/auth/tenants/{tenant_b.slug}/oauth/corp/authorize", params={"invitation": token})
+    ).status_code == 404
+    assert (
+        await client.get(f"/api/auth/tenants/{tenant_a.slug}/oauth/corp/authorize", params={"invitation": "linv_nope"})
+    ).status_code == 404
+
+    # The provider vouches for another address: refused, and the invitation still stands.
+    idp.user["email"] = "someone-else@alpha.example.com"
+    wrong = await through_provider(client, await start_oauth(client, tenant_a, mode="portal", invitation=token))
+    assert wrong.status_code == 403
+    assert "newcomer@alpha.example.com" in wrong.text
+    # An address the provider does not vouch for is no better.
+    idp.user.update(email="newcomer@alpha.example.com", email_verified=False)
+    unverified = await through_provider(client, await start_oauth(client, tenant_a, mode="portal", invitation=token))
+    assert unverified.status_code == 403
+
+    idp.user["email_verified"] = True
+    joined = await through_provider(client, await start_oauth(client, tenant_a, mode="portal", invitation=token))
+    assert joined.status_code in (302, 303, 307), joined.text
+    me = (await client.get("/api/me")).json()
+    assert (me["email"], me["role"]) == ("newcomer@alpha.example.com", "tenant_admin")
+    assert "user.invitation_accepted" in await audit_actions(session_maker, tenant_a.id)
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        linked = await session.scalar(
+            select(OAuthConnection.user_id).where(OAuthConnection.external_email == me["email"])
+        )
+    assert str(linked) == me["id"]
+
+    # Used once: the link and the provider route are both closed now.
+    assert (await client.get(f"/portal/join/{token}")).status_code == 404
+    assert (
+        await client.get(f"/api/auth/tenants/{tenant_a.slug}/oauth/corp/authorize", params={"invitation": token})
+    ).status_code == 404
