@@ -39,6 +39,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.chat
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

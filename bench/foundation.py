@@ -36,6 +36,7 @@ from db.session import create_engine, create_session_maker, tenant_session
 from db.tenant import Organization
 
 LYSS = str(Path(sys.executable).parent / "lyss")
+ROOT = Path(__file__).resolve().parent.parent
 WRK_SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNECTIONS = (1, 16, 64)
 LOGIN_CONNECTIONS = (1, 4)
@@ -73,7 +74,8 @@ class Served(NamedTuple):
 def _serve(environment: dict[str, str], port: int) -> Iterator[Served]:
     process = subprocess.Popen(
         [LYSS, "serve"],
-        env={**environment, "LYSS_PORT": str(port), "LYSS_LOG_LEVEL": "warning"},
+        # The venv's `lyss` imports the checkout it was installed from; PYTHONPATH makes it serve this one.
+        env={**environment, "PYTHONPATH": str(ROOT), "LYSS_PORT": str(port), "LYSS_LOG_LEVEL": "warning"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -228,6 +228,10 @@ async def begin_turn(
     if attached:
         files = "".join(f"\n\n--- Attached file: {attachment.filename} ---\n{text}" for attachment, text in attached)
         messages[-1] = {"role": "user", "content": f"{content}{files}"}
+    # End the reads' transaction: its connection goes back to the pool instead of waiting idle in transaction
+    # while the provider thinks (seconds, for some models), and a stream's first token does not wait for a
+    # COMMIT before the response starts.
+    await session.commit()
     body = {
         "model": conversation.model,
         "messages": messages,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.gateway.client import CHAT_TOKEN_NAME
@@ -107,6 +108,45 @@ async def test_a_streamed_turn_arrives_in_pieces_and_is_stored_whole(
     assert done["assistant_message"]["completion_tokens"] == 3
     detail = (await client.get(f"/api/conversations/{conversation['id']}", headers=user)).json()
     assert [m["content"] for m in detail["messages"]] == ["Count", "One, two, three."]
+
+
+async def test_no_database_connection_waits_in_a_transaction_on_the_provider(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    """A model can take seconds to its first token: meanwhile the turn holds no connection, idle in transaction."""
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await add_channel(client, admin, upstream, "chat-up")
+    upstream.behave("chat-up", hang_seconds=1.0)
+    conversation = await start_conversation(client, user)
+    for stream in (True, False):
+        calls = upstream.calls["chat-up"]
+        turn = asyncio.create_task(
+            client.post(
+                f"/api/conversations/{conversation['id']}/messages",
+                json={"content": "Think", "stream": stream},
+                headers=user,
+            )
+        )
+        # The provider counts the call in another thread, then holds its answer for a second.
+        for _ in range(500):
+            if upstream.calls["chat-up"] > calls:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        async with session_maker() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                    "AND state = 'idle in transaction' AND state_change < clock_timestamp() - interval '0.2 seconds'"
+                )
+            )
+        response = await turn
+        assert response.status_code == 200, response.text
+        assert waiting == 0
 
 
 async def test_a_stream_cut_by_the_provider_keeps_what_arrived(
