@@ -109,7 +109,10 @@ class ChatPages(Controller):
             if conversation
             else {}
         )
-        new_values = {"title": "", "model": default_model if default_model in models else ""}
+        # Without a default the user may use, the form starts on a model they may: "Organization default"
+        # would be refused (there is none) or answer with a model they cannot reach.
+        usable_default = default_model if default_model in models else (models[0] if models else "")
+        new_values = {"title": "", "model": usable_default}
         return page(
             viewer,
             "chat/chat.html",

@@ -40,7 +40,7 @@ async def test_an_end_user_has_the_chat_page_in_the_menu_and_starts_a_conversati
     assert chat.status_code == 200
     assert '<a href="/portal/chat" aria-current="page">Chat</a>' in chat.text
     # The models the user's chat key can reach are the choices; the fixture's conversation is listed.
-    assert re.findall(r'<option value="([^"]*)"', chat.text) == ["", "gpt-other", "gpt-test"]
+    assert re.findall(r'<option value="([^"]*)"', chat.text) == ["gpt-other", "gpt-test"]
     assert "Fixture" in chat.text
     assert '<script src="/portal/static/chat.js" defer></script>' in chat.text
     assert " style=" not in chat.text
@@ -159,3 +159,17 @@ async def test_the_pages_api_calls_need_the_csrf_header_and_answers_render_as_te
     # The memories the answer used, each linked to its page.
     assert f"Memories used ({len(used)})" in shown
     assert f'<a href="/portal/memories/{tenant_a.memory.id}">Likes tea</a>' in shown
+
+
+async def test_without_an_organization_default_the_new_conversation_form_starts_with_a_model_that_works(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    # A fresh organization (the demo's first start) has no default chat model: an "Organization default"
+    # preselected there would refuse the Start button's first click.
+    await add_channel(client, auth_headers(tenant_a.admin), upstream, "page-up", models=["gpt-test"])
+    csrf = await sign_in(client, tenant_a, tenant_a.user.email)
+    chat = await client.get("/portal/chat")
+    assert re.findall(r'<option value="([^"]*)"', chat.text) == ["gpt-test"]
+    assert '<option value="gpt-test" selected>' in chat.text
+    started = await client.post("/portal/chat", data={"csrf_token": csrf, "title": "", "model": "gpt-test"})
+    assert started.status_code == 303, started.text
