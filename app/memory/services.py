@@ -522,14 +522,12 @@ async def erase_memories(session: AsyncSession, *, user_id: UUID, memory_id: UUI
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def memory_status(settings: MemorySettings, *, is_admin: bool) -> tuple[str, str] | None:
-    """A warning (level, text) when conversations add no memories, to say where memories are shown: else it
-    goes unseen."""
-    fix = "Choose one in Settings" if is_admin else "An administrator chooses one in Settings"
+def memory_status(settings: MemorySettings) -> str | None:
+    """Why conversations add no memories, if they do not: said where memories are shown, else it goes unseen."""
     if not settings.enabled:
-        return ("warn", "Memory is turned off for this organization: conversations add and use no memories.")
+        return "Memory is turned off for this organization: conversations add and use no memories."
     if settings.llm_model is None:
-        return ("warn", f"Memory is on, but no extraction model is set: conversations add no memories. {fix}.")
+        return "Memory is on, but no extraction model is set: conversations add no memories."
     return None
 
 

@@ -126,7 +126,7 @@ class ChatPages(Controller):
             limit=LISTED_CONVERSATIONS,
             values={**(new_values if conversation is None else settings_values), **(values or {})},
             errors=errors or {},
-            memory_status=memory_status(await memory_settings(db_session), is_admin=viewer.is_admin),
+            memory_status=memory_status(await memory_settings(db_session)),
         )
 
     @get("/", summary="Chat")

@@ -93,7 +93,7 @@ class MemoryPages(Controller):
         filters = MemoryFilters(memory_type=browse.memory_type)
         notices = _erased_notice(query.get("erased"))
         settings = await services.memory_settings(db_session)
-        status = services.memory_status(settings, is_admin=viewer.is_admin)
+        status = services.memory_status(settings)
         hits: list[MemoryHit] = []
         after = None if browse.q else page_cursor(query, errors)
         if browse.q:
@@ -154,7 +154,7 @@ class MemoryPages(Controller):
             memory_types=MEMORY_TYPES,
             values=values,
             errors=errors,
-            status=services.memory_status(await services.memory_settings(db_session), is_admin=viewer.is_admin),
+            status=services.memory_status(await services.memory_settings(db_session)),
         )
 
     @get("/new", summary="Add a memory")

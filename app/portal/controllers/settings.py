@@ -169,7 +169,7 @@ class SettingsPages(Controller):
             },
             providers=await list_oauth_providers(db_session),
             prices=await model_prices(db_session),
-            memory_status=memory_services.memory_status(memory_settings, is_admin=True),
+            memory_status=memory_services.memory_status(memory_settings),
         )
 
     @get("/", summary="Settings")

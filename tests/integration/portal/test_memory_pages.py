@@ -163,10 +163,13 @@ async def test_the_memory_pages_say_when_conversations_add_no_memories(
     client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, upstream: MockUpstream
 ) -> None:
     await sign_in(client, tenant_a, tenant_a.user.email)
-    assert NO_EXTRACTION in (await client.get("/portal/memories")).text
+    as_user = (await client.get("/portal/memories")).text
+    assert NO_EXTRACTION in as_user
+    assert "An administrator can change this in Settings." in as_user
     assert NO_EXTRACTION in (await client.get("/portal/memories/new")).text
     assert NO_EXTRACTION in (await client.get("/portal/chat")).text
     await sign_out_and_in_as_admin(client, tenant_a)
+    assert 'href="/portal/settings#defaults">Change this in Settings</a>' in (await client.get("/portal/chat")).text
     assert NO_EXTRACTION in (await client.get("/portal/settings")).text
     await configure_memory(client, auth_headers(tenant_a.admin), upstream)
     assert NO_EXTRACTION not in (await client.get("/portal/settings")).text
