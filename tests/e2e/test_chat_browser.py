@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, FilePayload, Page, expect
 
-from tests.support.browser import PHONE, WIDE, shoot, sign_in
+from tests.support.browser import PHONE, WIDE, lengths_while_streaming, shoot, sign_in
 from tests.support.commands import RunningLyss
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
@@ -24,16 +24,6 @@ FIRST_ANSWER = "Here is a **plan** for `Lisbon`:\n\n- Alfama in the morning\n- B
 LONG_ANSWER = " ".join(f"word{index}" for index in range(60))
 NOTES = "Museum tickets are booked for Sunday."
 STREAMING = "#transcript .msg.assistant.streaming .md"
-
-
-async def _lengths_while_streaming(page: Page) -> list[int]:
-    """The streaming answer's text length, sampled until it is no longer streaming."""
-    await expect(page.locator(STREAMING)).to_have_count(1)
-    lengths = []
-    while await page.locator(STREAMING).count():
-        lengths.append(len(await page.locator(STREAMING).text_content() or ""))
-        await asyncio.sleep(0.1)
-    return lengths
 
 
 async def _api(page: Page, url: str) -> Any:
@@ -83,7 +73,7 @@ async def test_an_end_user_chats_with_a_streamed_answer_and_stops_one(
     await page.keyboard.press("Enter")
     question = page.locator("#transcript .msg.user")
     await expect(question).to_have_text("Plan my weekend\nin two lines", use_inner_text=True)
-    lengths = await _lengths_while_streaming(page)
+    lengths = await lengths_while_streaming(page, STREAMING)
     # It grew piece by piece while the provider was still sending.
     growth = [length for length in sorted(set(lengths)) if length > 0]
     assert len(growth) >= 3, lengths

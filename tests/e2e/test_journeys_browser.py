@@ -25,7 +25,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from db.bootstrap import DatabaseUrls
-from tests.support.browser import PHONE, WIDE, shoot, sign_in
+from tests.support.browser import PHONE, WIDE, lengths_while_streaming, shoot, sign_in
 from tests.support.commands import LYSS, RunningLyss, free_port, lyss_environment, serve_lyss
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
@@ -47,16 +47,6 @@ def lyss_with_worker(database: DatabaseUrls, redis_url: str, tmp_path: Path) -> 
     """`lyss serve` with its embedded job worker, which runs the memory extraction a chat turn starts."""
     with serve_lyss(database, redis_url, tmp_path, LYSS_EMBEDDED_WORKER="true") as running:
         yield running
-
-
-async def _lengths_while_streaming(page: Page) -> list[int]:
-    """The streaming answer's text length, sampled until it is no longer streaming."""
-    await expect(page.locator(STREAMING)).to_have_count(1)
-    lengths = []
-    while await page.locator(STREAMING).count():
-        lengths.append(len(await page.locator(STREAMING).text_content() or ""))
-        await asyncio.sleep(0.05)
-    return lengths
 
 
 async def _add_channel(page: Page, url: str, name: str, base_url: str, models: list[str]) -> None:
@@ -146,7 +136,7 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     await _start_conversation(page, "About me", "gpt-chat")
     await page.fill("#message", "I keep bees in Porto")
     await page.press("#message", "Enter")
-    lengths = await _lengths_while_streaming(page)
+    lengths = await lengths_while_streaming(page, STREAMING)
     assert len({length for length in lengths if length > 0}) >= 3, lengths
     assert lengths == sorted(lengths), lengths
     await expect(page.locator("#transcript .msg.assistant").last).to_contain_text("mild Atlantic climate")

@@ -1,8 +1,10 @@
-"""Driving Debian's chromium through Playwright: launch flags, viewports, screenshots, signing in."""
+"""Driving Debian's chromium through Playwright: launch flags, viewports, screenshots, signing in, streams."""
 
 from __future__ import annotations
 
-from playwright.async_api import Page, ViewportSize
+import asyncio
+
+from playwright.async_api import Page, ViewportSize, expect
 
 from tests.support.commands import REPOSITORY_ROOT
 from tests.support.tenants import TEST_PASSWORD, TenantRows
@@ -35,3 +37,15 @@ async def sign_in(page: Page, url: str, tenant: TenantRows, email: str, password
     await page.fill("#email", email)
     await page.fill("#password", password)
     await page.click("button[type=submit]")
+
+
+async def lengths_while_streaming(page: Page, selector: str, every: float = 0.05) -> list[int]:
+    """The text length of the element `selector` finds, sampled until it is gone (an answer being streamed)."""
+    await expect(page.locator(selector)).to_have_count(1)
+    # Checked and read in one step in the page: the element may be replaced between two steps.
+    read = "(selector) => { const it = document.querySelector(selector); return it ? it.textContent.length : -1; }"
+    lengths = []
+    while (length := await page.evaluate(read, selector)) >= 0:
+        lengths.append(length)
+        await asyncio.sleep(every)
+    return lengths
