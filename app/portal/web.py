@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -250,6 +252,36 @@ async def provide_viewer_actor(viewer: NamedDependency[Viewer], request: PortalR
     parallel with the viewer, and a session serves one query at a time.
     """
     return viewer_actor(viewer, request)
+
+
+def portal_cookie(settings: Settings, key: str, value: str, max_age: int, path: str = PORTAL) -> Cookie:
+    """A cookie of the portal's: HttpOnly, Secure behind https; SameSite=Strict except the session's (Lax, so
+    that a link from elsewhere arrives signed in)."""
+    return Cookie(
+        key=key,
+        value=value,
+        max_age=max_age,
+        path=path,
+        httponly=True,
+        secure=settings.cookies_secure,
+        samesite="strict" if key != SESSION_COOKIE else "lax",
+    )
+
+
+def new_form_token(settings: Settings, key: str, path: str) -> tuple[str, Cookie]:
+    """A token for a form shown before there is a session, and the cookie that carries it too.
+
+    The form must send back what its cookie holds (double submit): another site can make a browser post the
+    form, but not read the cookie, so it cannot sign someone in to the attacker's account, accept an invitation
+    or set a password of its choosing.
+    """
+    value = secrets.token_urlsafe(24)
+    return value, portal_cookie(settings, key, value, 3600, path=path)
+
+
+def form_token_valid(request: Request[Any, Any, State], form: Mapping[str, Any], key: str) -> bool:
+    expected = request.cookies.get(key) or ""
+    return bool(expected) and secrets.compare_digest(expected, str(form.get("form_token") or ""))
 
 
 def page(viewer: Viewer | None, template: str, *, status_code: int = 200, **context: Any) -> Template:

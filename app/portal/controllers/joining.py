@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import secrets
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.datastructures import Cookie, State
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
@@ -22,7 +21,7 @@ from app.auth.passwords import MIN_PASSWORD_LENGTH
 from app.auth.schemas import Email, Name, Password, Slug
 from app.auth.services import AuthService, LoginResult, self_signup_organization
 from app.portal.forms import FORM_WIDE, FormSubmission, parse
-from app.portal.web import PORTAL, PUBLIC_PAGE, page, see_other
+from app.portal.web import PORTAL, PUBLIC_PAGE, form_token_valid, new_form_token, page, portal_cookie, see_other
 from app.settings import Settings
 from app.tenants.accounts import open_invitation
 
@@ -56,33 +55,14 @@ class InvitationSeen(msgspec.Struct, frozen=True):
     join_with: list[tuple[str, str]] = []
 
 
-def _cookie(settings: Settings, key: str, value: str, max_age: int, path: str) -> Cookie:
-    return Cookie(
-        key=key,
-        value=value,
-        max_age=max_age,
-        path=path,
-        httponly=True,
-        secure=settings.cookies_secure,
-        samesite="strict" if key != SESSION_COOKIE else "lax",
-    )
-
-
-def _form_token_valid(request: Request[Any, Any, State], form: dict[str, Any], key: str) -> bool:
-    # No session yet: the form's token must match the one in its cookie (double submit), so that another site
-    # cannot make a browser accept an invitation or sign up with a password of the attacker's choosing.
-    expected = request.cookies.get(key) or ""
-    return bool(expected) and secrets.compare_digest(expected, str(form.get("form_token") or ""))
-
-
 def _form_page(
     settings: Settings, template: str, cookie_key: str, path: str, status_code: int, **context: Any
 ) -> Template:
-    token = secrets.token_urlsafe(24)
+    token, cookie = new_form_token(settings, cookie_key, path)
     response = page(
         None, template, status_code=status_code, form_token=token, min_password_length=MIN_PASSWORD_LENGTH, **context
     )
-    response.cookies.append(_cookie(settings, cookie_key, token, 3600, path))
+    response.cookies.append(cookie)
     return _unstored(response)
 
 
@@ -102,7 +82,7 @@ def _signed_in(settings: Settings, result: LoginResult, slug: str) -> Response[N
         # An administrator where the organization requires MFA: the sign-in page leads them through enrolment.
         return see_other(f"{PORTAL}/login?tenant={slug}")
     response = see_other(f"{PORTAL}/")
-    response.cookies.append(_cookie(settings, SESSION_COOKIE, session.session_token, session.expires_in, "/"))
+    response.cookies.append(portal_cookie(settings, SESSION_COOKIE, session.session_token, session.expires_in, "/"))
     return response
 
 
@@ -178,7 +158,7 @@ class JoiningPages(Controller):
             return _invalid_link()
         form = dict(await request.form())
         values = _form_values(form, ("full_name",))
-        if not _form_token_valid(request, form, JOIN_FORM_COOKIE):
+        if not form_token_valid(request, form, JOIN_FORM_COOKIE):
             errors = {FORM_WIDE: _EXPIRED_FORM}
             return self._join_page(settings, token, invitation, values, errors, HTTP_400_BAD_REQUEST)
         async with FormSubmission(db_session) as submission:
@@ -234,7 +214,7 @@ class JoiningPages(Controller):
         form = dict(await request.form())
         values = _form_values(form, ("tenant", "email", "full_name"))
         values["tenant"] = values["tenant"].lower()
-        if not _form_token_valid(request, form, SIGNUP_FORM_COOKIE):
+        if not form_token_valid(request, form, SIGNUP_FORM_COOKIE):
             errors = {FORM_WIDE: _EXPIRED_FORM}
             return await self._signup_page(settings, db_session, values, errors, HTTP_400_BAD_REQUEST)
         async with FormSubmission(db_session) as submission:

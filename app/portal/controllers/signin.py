@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -20,7 +19,16 @@ from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult, 
 from app.auth.tokens import Principal
 from app.errors import ServiceError
 from app.portal.forms import FormSubmission
-from app.portal.web import PORTAL, PUBLIC_PAGE, PortalRequest, page, see_other
+from app.portal.web import (
+    PORTAL,
+    PUBLIC_PAGE,
+    PortalRequest,
+    form_token_valid,
+    new_form_token,
+    page,
+    portal_cookie,
+    see_other,
+)
 from app.settings import Settings
 
 MFA_TICKET_COOKIE = "lyss_mfa_ticket"
@@ -37,36 +45,12 @@ def _next_path(value: str | None) -> str:
     return f"{PORTAL}/"
 
 
-def _cookie(settings: Settings, key: str, value: str, max_age: int, path: str = PORTAL) -> Cookie:
-    return Cookie(
-        key=key,
-        value=value,
-        max_age=max_age,
-        path=path,
-        httponly=True,
-        secure=settings.cookies_secure,
-        samesite="strict" if key != SESSION_COOKIE else "lax",
-    )
-
-
-def _form_cookie(settings: Settings, key: str, path: str) -> tuple[str, Cookie]:
-    # Before there is a session, a form token in a cookie and in the form (double submit) stops a
-    # forged cross-site sign-in (into the attacker's account) or enrolment.
-    value = secrets.token_urlsafe(24)
-    return value, _cookie(settings, key, value, 3600, path=path)
-
-
 def _login_form_cookie(settings: Settings) -> tuple[str, Cookie]:
-    return _form_cookie(settings, LOGIN_CSRF_COOKIE, f"{PORTAL}/login")
+    return new_form_token(settings, LOGIN_CSRF_COOKIE, f"{PORTAL}/login")
 
 
 def _enrolment_form_cookie(settings: Settings) -> tuple[str, Cookie]:
-    return _form_cookie(settings, ENROLMENT_FORM_COOKIE, f"{PORTAL}/enrol")
-
-
-def _form_token_valid(request: Request[Any, Any, State], form: dict[str, Any], key: str) -> bool:
-    expected = request.cookies.get(key) or ""
-    return bool(expected) and secrets.compare_digest(expected, str(form.get("form_token") or ""))
+    return new_form_token(settings, ENROLMENT_FORM_COOKIE, f"{PORTAL}/enrol")
 
 
 def _enrolment_page(
@@ -154,7 +138,7 @@ class SignInController(Controller):
         form = dict(await request.form())
         values = {"tenant": str(form.get("tenant", "")).strip(), "email": str(form.get("email", "")).strip()}
         values["next"] = _next_path(str(form.get("next") or ""))
-        if not _form_token_valid(request, form, LOGIN_CSRF_COOKIE):
+        if not form_token_valid(request, form, LOGIN_CSRF_COOKIE):
             errors = {"form": "This sign-in form expired; it has been reloaded, try again."}
             return await self._login_page(settings, db_session, values, errors, HTTP_400_BAD_REQUEST)
         errors = {
@@ -204,7 +188,7 @@ class SignInController(Controller):
         code = str(form.get("code") or "").strip() or None
         recovery_code = str(form.get("recovery_code") or "").strip() or None
         error: str | None = None
-        if not _form_token_valid(request, form, LOGIN_CSRF_COOKIE):
+        if not form_token_valid(request, form, LOGIN_CSRF_COOKIE):
             error = "This form expired; it has been reloaded, try again."
         elif (code is None) == (recovery_code is None):
             error = "Enter the 6-digit code from your authenticator app, or one recovery code."
@@ -215,7 +199,7 @@ class SignInController(Controller):
                 error = refused.detail
             else:
                 response = _signed_in(settings, result, next_path)
-                response.cookies.append(_cookie(settings, MFA_TICKET_COOKIE, "", 0, path=f"{PORTAL}/login"))
+                response.cookies.append(portal_cookie(settings, MFA_TICKET_COOKIE, "", 0, path=f"{PORTAL}/login"))
                 return response
         token, cookie = _login_form_cookie(settings)
         field = "recovery_code" if recovery_code and not code else "code"
@@ -264,7 +248,7 @@ class SignInController(Controller):
             return see_other(f"{PORTAL}/login")
         form = dict(await request.form())
         error: str | None = None
-        if not _form_token_valid(request, form, ENROLMENT_FORM_COOKIE):
+        if not form_token_valid(request, form, ENROLMENT_FORM_COOKIE):
             error = "This form expired; reload the page and try again."
         else:
             try:
@@ -274,7 +258,7 @@ class SignInController(Controller):
                 error = refused.detail
             else:
                 done = page(None, "recovery_codes.html", codes=codes, done_href=f"{PORTAL}/login", done_label="Sign in")
-                done.cookies.append(_cookie(settings, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
+                done.cookies.append(portal_cookie(settings, ENROLMENT_COOKIE, "", 0, path=f"{PORTAL}/enrol"))
                 return done
         pending = await auth.pending_mfa_enrollment(principal)
         return _enrolment_page(
@@ -295,7 +279,7 @@ class SignInController(Controller):
     ) -> Response[None]:
         await auth.logout(request.user)
         response = see_other(f"{PORTAL}/login")
-        response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
+        response.cookies.append(portal_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
 
     @post("/logout-all", summary="Sign out everywhere")
@@ -308,7 +292,7 @@ class SignInController(Controller):
     ) -> Response[None]:
         await auth.logout_everywhere(request.user)
         response = see_other(f"{PORTAL}/login")
-        response.cookies.append(_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
+        response.cookies.append(portal_cookie(settings, SESSION_COOKIE, "", 0, path="/"))
         return response
 
 
@@ -317,7 +301,9 @@ def _signed_in(settings: Settings, result: LoginResult, next_path: str) -> Respo
     if result.status == "mfa_required" and result.mfa_ticket:
         response = see_other(f"{PORTAL}/login/mfa?next={next_path}")
         response.cookies.append(
-            _cookie(settings, MFA_TICKET_COOKIE, result.mfa_ticket, MFA_TICKET_TTL_SECONDS, path=f"{PORTAL}/login")
+            portal_cookie(
+                settings, MFA_TICKET_COOKIE, result.mfa_ticket, MFA_TICKET_TTL_SECONDS, path=f"{PORTAL}/login"
+            )
         )
         return response
     session = result.session
@@ -326,11 +312,13 @@ def _signed_in(settings: Settings, result: LoginResult, next_path: str) -> Respo
         # lives in a cookie that only the enrolment page receives.
         response = see_other(f"{PORTAL}/enrol")
         response.cookies.append(
-            _cookie(settings, ENROLMENT_COOKIE, session.access_token, session.expires_in, path=f"{PORTAL}/enrol")
+            portal_cookie(settings, ENROLMENT_COOKIE, session.access_token, session.expires_in, path=f"{PORTAL}/enrol")
         )
         return response
     if result.status != "authenticated" or session is None or session.session_token is None:
         return see_other(f"{PORTAL}/login")
-    response.cookies.append(_cookie(settings, SESSION_COOKIE, session.session_token, session.expires_in, path="/"))
+    response.cookies.append(
+        portal_cookie(settings, SESSION_COOKIE, session.session_token, session.expires_in, path="/")
+    )
     response.status_code = HTTP_303_SEE_OTHER
     return response
