@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -50,7 +51,7 @@ from app.auth.schemas import (
 from app.auth.services import AuthService, LoginResult, SessionMode, new_oauth_secrets
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound, ServiceError
 from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.accounts import AccountService, open_invitation
@@ -97,6 +98,10 @@ def _forget_cookie(settings: Settings) -> Cookie:
     return Cookie(
         key=SESSION_COOKIE, value="", max_age=0, path="/", httponly=True, secure=settings.cookies_secure, samesite="lax"
     )
+
+
+# Where a browser's refused OAuth sign-in lands: the portal's sign-in page shows why.
+PORTAL_SIGN_IN = "/portal/login"
 
 
 class AuthController(Controller):
@@ -306,6 +311,7 @@ class OAuthController(Controller):
             return_to=return_to,
             link_user_id=None,
             invitation_id=invitation_id,
+            tenant_slug=tenant_slug,
         )
         return Redirect(url)
 
@@ -377,6 +383,27 @@ class OAuthController(Controller):
         flow = await auth_store.take_oauth_state(oauth_state) if oauth_state else None
         if flow is None:
             raise InvalidRequest("This sign-in link is invalid, expired or already used; start the sign-in again.")
+        try:
+            return await self._complete(flow, oauth_client, secret_box, settings, db_session, auth, code, error)
+        except ServiceError as refusal:
+            if flow["mode"] != "portal" or flow.get("link_user_id"):
+                raise
+            # A browser: back to the sign-in page, which says why (the address names the message, never holds it).
+            key = await auth_store.save_sign_in_refusal(refusal.detail)
+            query = urlencode({"tenant": flow.get("tenant_slug") or "", "refused": key})
+            return Redirect(f"{PORTAL_SIGN_IN}?{query}")
+
+    async def _complete(
+        self,
+        flow: dict[str, Any],
+        oauth_client: OAuthClient,
+        secret_box: SecretBox,
+        settings: Settings,
+        db_session: AsyncSession,
+        auth: AuthService,
+        code: str | None,
+        error: str | None,
+    ) -> Response[Any]:
         if error or not code:
             raise OAuthFailed(f"The provider did not sign you in ({error or 'no code'}).")
         await set_session_tenant(db_session, UUID(flow["tenant_id"]))
@@ -423,6 +450,7 @@ async def _start_authorization(
     return_to: str | None,
     link_user_id: UUID | None,
     invitation_id: UUID | None,
+    tenant_slug: str | None = None,
 ) -> str:
     state, nonce, code_verifier = new_oauth_secrets()
     url = await oauth.authorization_url(
@@ -439,6 +467,7 @@ async def _start_authorization(
             "return_to": _safe_return_path(return_to),
             "link_user_id": str(link_user_id) if link_user_id else None,
             "invitation_id": str(invitation_id) if invitation_id else None,
+            "tenant_slug": tenant_slug,
         },
         OAUTH_STATE_TTL_SECONDS,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from typing import Any
 from uuid import UUID
 
@@ -69,3 +70,14 @@ class AuthStore:
         """The state's data, once: a second callback with the same state finds nothing."""
         raw = await self._redis.getdel(f"{_PREFIX}:oauth-state:{state}")
         return None if raw is None else dict(json.loads(raw))
+
+    async def save_sign_in_refusal(self, message: str, ttl_seconds: int = 300) -> str:
+        """Keep why a browser's sign-in was refused for the page it is sent to; the key names it in the address."""
+        key = secrets.token_urlsafe(16)
+        await self._redis.set(f"{_PREFIX}:sign-in-refusal:{key}", message, ex=ttl_seconds)
+        return key
+
+    async def take_sign_in_refusal(self, key: str) -> str | None:
+        """The message, once: the address carries only the key, so no text of a link's choosing is ever shown."""
+        raw = await self._redis.getdel(f"{_PREFIX}:sign-in-refusal:{key}")
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.middleware import SESSION_COOKIE
 from app.auth.oauth_providers import sign_in_providers
+from app.auth.redis_store import AuthStore
 from app.auth.services import MFA_TICKET_TTL_SECONDS, AuthService, LoginResult, self_signup_organization
 from app.auth.tokens import Principal
 from app.errors import ServiceError
@@ -122,10 +123,15 @@ class SignInController(Controller):
         settings: NamedDependency[Settings],
         request: Request[Any, Any, State],
         db_session: NamedDependency[AsyncSession],
+        auth_store: NamedDependency[AuthStore],
         tenant: FromQuery[str | None] = None,
         next_path: Annotated[str | None, QueryParameter(name="next")] = None,
+        refused: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> Template:
-        return await self._login_page(settings, db_session, {"tenant": tenant or "", "next": _next_path(next_path)})
+        # A refused sign-in through a provider comes back here; its message was kept server-side.
+        message = await auth_store.take_sign_in_refusal(refused) if refused else None
+        values = {"tenant": tenant or "", "next": _next_path(next_path)}
+        return await self._login_page(settings, db_session, values, errors={"form": message} if message else None)
 
     @post("/login", opt=PUBLIC, summary="Sign in")
     async def login(

@@ -237,13 +237,20 @@ async def test_an_invitee_joins_through_the_provider_only_as_the_invited_address
     ).status_code == 404
 
     # The provider vouches for another address: refused, and the invitation still stands.
+    # The browser is sent back to the sign-in page, which says why (once: the address holds only a key).
     idp.user["email"] = "someone-else@alpha.example.com"
     wrong = await through_provider(client, await start_oauth(client, tenant_a, mode="portal", invitation=token))
-    assert wrong.status_code == 403
-    assert "newcomer@alpha.example.com" in wrong.text
-    # An address the provider does not vouch for is no better.
+    assert wrong.status_code in (302, 303, 307), wrong.text
+    assert wrong.headers["location"].startswith(f"/portal/login?tenant={tenant_a.slug}&refused=")
+    sign_in_page = await client.get(wrong.headers["location"])
+    assert "This invitation is for newcomer@alpha.example.com" in sign_in_page.text
+    assert "This invitation is for" not in (await client.get(wrong.headers["location"])).text
+    forged = await client.get("/portal/login", params={"tenant": tenant_a.slug, "refused": "Your account is locked"})
+    assert forged.status_code == 200
+    assert "Your account is locked" not in forged.text
+    # An address the provider does not vouch for is no better; through the API the refusal is a 403.
     idp.user.update(email="newcomer@alpha.example.com", email_verified=False)
-    unverified = await through_provider(client, await start_oauth(client, tenant_a, mode="portal", invitation=token))
+    unverified = await through_provider(client, await start_oauth(client, tenant_a, mode="api", invitation=token))
     assert unverified.status_code == 403
 
     idp.user["email_verified"] = True
