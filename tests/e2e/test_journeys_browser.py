@@ -1,9 +1,9 @@
-"""Two whole journeys in a real browser, by clicks alone once Lyss runs.
+"""A whole journey in a real browser, by clicks alone once Lyss runs: from an invitation to a memory used.
 
 An admin sets up a provider and memory in the portal and invites someone; the invitee joins through the copied
 link, chats (an answer streams in, a second one is stopped), finds the fact they mentioned among their memories
-and sees it used, with a link, in a new conversation's answer. And a new admin on a first start, as `make run`
-does it, signs in with the printed demo login and reaches an answer of the echo model from the dashboard.
+and sees it used, with a link, in a new conversation's answer. (The first-start journey is in
+test_first_start_browser.py, a file of its own so that the two run side by side.)
 
 Saves `journey-*.png` (1280 and 390 px wide) into docs/screenshots/.
 """
@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from db.bootstrap import DatabaseUrls
-from tests.support.browser import PHONE, WIDE, lengths_while_streaming, shoot, sign_in
-from tests.support.commands import LYSS, RunningLyss, free_port, lyss_environment, serve_lyss
+from tests.support.browser import WIDE, lengths_while_streaming, shoot_both_widths, sign_in
+from tests.support.commands import RunningLyss, serve_lyss
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
 
@@ -39,7 +35,6 @@ FIRST_ANSWER = "How lovely! Bees in Porto must enjoy the mild Atlantic climate a
 LONG_ANSWER = " ".join(f"word{index}" for index in range(300))
 RECALL_ANSWER = "Your bees live in Porto."
 STREAMING = "#transcript .msg.assistant.streaming .md"
-FIRST_START_SECONDS = 90
 
 
 @pytest.fixture
@@ -66,18 +61,6 @@ async def _start_conversation(page: Page, title: str, model: str) -> None:
     await page.select_option("#model", model)
     await page.click("main button:text('Start')")
     await expect(page.locator("h1")).to_have_text(title)
-
-
-async def _both_widths(page: Page, name: str) -> None:
-    await shoot(page, name)
-    await page.set_viewport_size(PHONE)
-    menu = page.locator("details.menu")
-    if await menu.count() and await menu.get_attribute("open") is not None:
-        await menu.locator("summary").click()  # folded, as a phone loads the page
-    await shoot(page, f"{name}-phone")
-    if await menu.count():
-        await menu.locator("summary").click()  # open again, as a wide window has it
-    await page.set_viewport_size(WIDE)
 
 
 async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
@@ -125,7 +108,7 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     await expect(page.locator("#email")).to_have_value(INVITEE)
     await page.fill("#full_name", "Bee Keeper")
     await page.fill("#password", "a long and unusual passphrase 42")
-    await _both_widths(page, "journey-join")
+    await shoot_both_widths(page, "journey-join")
     await page.click("main button[type=submit]")
     await expect(page).to_have_url(f"{lyss.url}/portal/")
     await expect(page.locator(".who")).to_have_text(INVITEE)
@@ -152,7 +135,7 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     await asyncio.sleep(0.5)
     assert (await stopped.locator(".md").text_content() or "").split() == shown
     assert 5 <= len(shown) < 300, shown
-    await _both_widths(page, "journey-chat")
+    await shoot_both_widths(page, "journey-chat")
 
     # The worker turned the first turn into a memory, which the invitee finds among theirs.
     await page.click("nav >> text=Memories")
@@ -179,73 +162,8 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     await used.locator("summary").click()
     await expect(used.locator("a")).to_have_text(FACT)
     await expect(used.locator("a")).to_have_attribute("href", memory_href)
-    await _both_widths(page, "journey-memory-used")
+    await shoot_both_widths(page, "journey-memory-used")
     await used.locator("a").click()
     await expect(page).to_have_url(f"{lyss.url}{memory_href}")
     await expect(page.locator("main")).to_contain_text(FACT)
     await context.close()
-
-
-def _first_start(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """`lyss serve --migrate` on an empty data directory, as `make run` starts it, its output into a file."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [LYSS, "serve", "--migrate"],
-            env=lyss_environment(LYSS_DATA_DIR=str(data_dir), LYSS_PORT=str(port)),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-
-def _printed_login_once_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> dict[str, str]:
-    deadline = time.monotonic() + FIRST_START_SECONDS
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"lyss serve exited: {log_path.read_text()}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                printed = log_path.read_text()
-                login = {
-                    field: re.search(rf"^ +{field} +(\S+)$", printed, re.MULTILINE)
-                    for field in ("tenant", "email", "password")
-                }
-                assert all(login.values()), printed
-                return {field: match.group(1) for field, match in login.items() if match is not None}
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"lyss serve was not ready in time: {log_path.read_text()}")
-
-
-async def test_a_new_admin_on_a_first_start_reaches_a_chat_answer_by_clicks(browser: Browser, tmp_path: Path) -> None:
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    process = _first_start(tmp_path / "data", port, log_path)
-    try:
-        login = await asyncio.to_thread(_printed_login_once_ready, process, port, log_path)
-        url = f"http://127.0.0.1:{port}"
-        context = await browser.new_context(viewport=WIDE)
-        page = await context.new_page()
-        await page.goto(f"{url}/portal/")
-        await expect(page).to_have_url(re.compile(r"/portal/login"))
-        await page.fill("#tenant", login["tenant"])
-        await page.fill("#email", login["email"])
-        await page.fill("#password", login["password"])
-        await page.click("button[type=submit]")
-
-        # From the dashboard's getting-started card straight into a conversation with the echo model.
-        await page.locator('#getting-started a[href="/portal/chat"]').click()
-        await expect(page).to_have_url(f"{url}/portal/chat")
-        # A fresh organization has no default chat model: the form starts on the one model there is.
-        await expect(page.locator("#model")).to_have_value("echo")
-        await page.click("main button:text('Start')")
-        await expect(page.locator("#message")).to_be_visible()
-        await page.fill("#message", "Hello from my first hour")
-        await page.click("#send")
-        answer = page.locator("#transcript .msg.assistant").last
-        await expect(answer.locator(".md")).to_contain_text("Hello from my first hour")
-        await expect(answer.locator(".hint")).to_contain_text("echo")
-        await expect(page.locator("#composer-error")).to_be_hidden()
-        await _both_widths(page, "journey-first-chat")
-        await context.close()
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=60)

@@ -49,3 +49,16 @@ async def lengths_while_streaming(page: Page, selector: str, every: float = 0.05
         lengths.append(length)
         await asyncio.sleep(every)
     return lengths
+
+
+async def shoot_both_widths(page: Page, name: str) -> None:
+    """Screenshots at 1280 and at 390 px (the menu folded, as a phone loads the page), then wide again."""
+    await shoot(page, name)
+    await page.set_viewport_size(PHONE)
+    menu = page.locator("details.menu")
+    if await menu.count() and await menu.get_attribute("open") is not None:
+        await menu.locator("summary").click()
+    await shoot(page, f"{name}-phone")
+    if await menu.count():
+        await menu.locator("summary").click()  # open again, as a wide window has it
+    await page.set_viewport_size(WIDE)
