@@ -32,18 +32,8 @@ from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
-from app.encryption import SecretBox
-from app.gateway.admin import create_token, encrypt_keys, provider_type
-from app.gateway.schemas import TokenCreate
 from app.settings import new_key_entry, parse_keyring
-from app.tenants.services import Actor
-from bench.foundation import _free_port, _serve
-from db.auth import User
-from db.bootstrap import bootstrap_database
-from db.migrations import upgrade_to_head
-from db.provider import Channel, ModelPrice
-from db.session import create_engine, create_session_maker, tenant_session
-from db.tenant import Organization
+from bench.foundation import _free_port, _serve, prepare_priced_tenant
 
 DATABASE = "lyss_chat_bench"
 MODEL = "gpt-bench"
@@ -220,52 +210,6 @@ async def _run(turn: Turn, turns: int, concurrency: int, label: str) -> Samples:
     return samples
 
 
-async def _prepare(superuser_url: str, upstream_base: str, encryption_keys: str) -> tuple[str, str, User]:
-    urls = await bootstrap_database(superuser_url, DATABASE)
-    await upgrade_to_head(urls.owner_url)
-    engine = create_engine(urls.app_url, pool_size=1)
-    box = SecretBox(parse_keyring(encryption_keys, "LYSS_ENCRYPTION_KEYS"))
-    tenant_id = uuid7()
-    async with tenant_session(create_session_maker(engine), tenant_id) as session:
-        # Memory on, with an embedding model and no extraction model: each turn embeds its message and
-        # searches, and no extraction job follows it.
-        session.add(
-            Organization(
-                id=tenant_id,
-                slug="bench",
-                name="Bench",
-                settings={"memory": {"enabled": True, "embedding_model": EMBEDDING_MODEL}},
-            )
-        )
-        await session.flush()
-        user = User(email="bench@bench.example.com", hashed_password=None)
-        session.add(user)
-        kind = await provider_type(session, "openai-compatible", echo_enabled=False)
-        session.add(
-            Channel(
-                tenant_id=tenant_id,
-                name="bench",
-                type_id=kind.id,
-                base_url=upstream_base,
-                encrypted_keys=encrypt_keys(box, tenant_id, ["bench-key"]),
-                models=[MODEL, EMBEDDING_MODEL],
-            )
-        )
-        session.add(ModelPrice(tenant_id=tenant_id, model=MODEL, prompt_price=150_000, completion_price=600_000))
-        session.add(ModelPrice(tenant_id=tenant_id, model=EMBEDDING_MODEL, prompt_price=20_000, completion_price=0))
-        await session.flush()
-        _, key = await create_token(
-            session,
-            tenant_id=tenant_id,
-            user_id=user.id,
-            data=TokenCreate(name="bench", quota=10**15, rpm_limit=10**9, tpm_limit=2 * 10**9),
-            actor=Actor(name="bench"),
-        )
-        await session.commit()
-    await engine.dispose()
-    return urls.app_url, key, user
-
-
 def _conversations(base_url: str, token: str, count: int) -> list[UUID]:
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
         created = []
@@ -317,7 +261,16 @@ async def _bench(superuser_url: str, redis_url: str) -> tuple[dict[str, dict[str
     await provider.start()
     try:
         encryption_keys = new_key_entry()
-        app_url, key, user = await _prepare(superuser_url, f"http://127.0.0.1:{provider.port}/v1", encryption_keys)
+        app_url, key, user = await prepare_priced_tenant(
+            superuser_url,
+            DATABASE,
+            f"http://127.0.0.1:{provider.port}/v1",
+            encryption_keys,
+            prices={MODEL: (150_000, 600_000), EMBEDDING_MODEL: (20_000, 0)},
+            # Memory on, with an embedding model and no extraction model: each turn embeds its message and
+            # searches, and no extraction job follows it.
+            settings={"memory": {"enabled": True, "embedding_model": EMBEDDING_MODEL}},
+        )
         jwt_keys = new_key_entry()
         token = issue_access_token(
             parse_keyring(jwt_keys, "LYSS_JWT_KEYS"),

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 from argon2 import PasswordHasher
@@ -28,10 +28,15 @@ from uuid_utils.compat import uuid7
 
 from app.auth.tokens import Principal, issue_access_token
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.encryption import SecretBox
+from app.gateway.admin import create_token, encrypt_keys, provider_type
+from app.gateway.schemas import TokenCreate
 from app.settings import new_key_entry, parse_keyring
+from app.tenants.services import Actor
 from db.auth import User
 from db.bootstrap import DatabaseUrls, bootstrap_database
 from db.migrations import upgrade_to_head
+from db.provider import Channel, ModelPrice
 from db.session import create_engine, create_session_maker, tenant_session
 from db.tenant import Organization
 
@@ -229,3 +234,57 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def prepare_priced_tenant(
+    superuser_url: str,
+    database: str,
+    upstream_base: str,
+    encryption_keys: str,
+    *,
+    prices: dict[str, tuple[int, int]],
+    settings: dict[str, Any] | None = None,
+) -> tuple[str, str, User]:
+    """A benchmark's database: a tenant (with `settings`), a user, a channel to the mock provider at
+    `upstream_base` serving each model of `prices` (prompt, completion credits per million tokens), and a key of
+    that user never refused: a quota far above what a run spends and rate limits far above its rate, so that
+    the reservation, the limit checks and the settlement all run. Returns the app role's URL, the key and the user.
+    """
+    urls = await bootstrap_database(superuser_url, database)
+    await upgrade_to_head(urls.owner_url)
+    engine = create_engine(urls.app_url, pool_size=1)
+    box = SecretBox(parse_keyring(encryption_keys, "LYSS_ENCRYPTION_KEYS"))
+    tenant_id = uuid7()
+    async with tenant_session(create_session_maker(engine), tenant_id) as session:
+        session.add(Organization(id=tenant_id, slug="bench", name="Bench", settings=settings or {}))
+        await session.flush()
+        user = User(email="bench@bench.example.com", hashed_password=None)
+        session.add(user)
+        kind = await provider_type(session, "openai-compatible", echo_enabled=False)
+        session.add(
+            Channel(
+                tenant_id=tenant_id,
+                name="bench",
+                type_id=kind.id,
+                base_url=upstream_base,
+                encrypted_keys=encrypt_keys(box, tenant_id, ["bench-key"]),
+                models=list(prices),
+            )
+        )
+        for model, (prompt_price, completion_price) in prices.items():
+            session.add(
+                ModelPrice(
+                    tenant_id=tenant_id, model=model, prompt_price=prompt_price, completion_price=completion_price
+                )
+            )
+        await session.flush()
+        _, key = await create_token(
+            session,
+            tenant_id=tenant_id,
+            user_id=user.id,
+            data=TokenCreate(name="bench", quota=10**15, rpm_limit=10**9, tpm_limit=2 * 10**9),
+            actor=Actor(name="bench"),
+        )
+        await session.commit()
+    await engine.dispose()
+    return urls.app_url, key, user

@@ -33,22 +33,11 @@ import asyncpg
 import httpx
 import psutil
 from sqlalchemy import make_url
-from uuid_utils.compat import uuid7
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
-from app.encryption import SecretBox
-from app.gateway.admin import create_token, encrypt_keys, provider_type
-from app.gateway.schemas import TokenCreate
-from app.settings import new_key_entry, parse_keyring
-from app.tenants.services import Actor
-from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk
+from app.settings import new_key_entry
+from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk, prepare_priced_tenant
 from bench.litellm import LITELLM_VERSION, MASTER_KEY, litellm_proxy
-from db.auth import User
-from db.bootstrap import bootstrap_database
-from db.migrations import upgrade_to_head
-from db.provider import Channel, ModelPrice
-from db.session import create_engine, create_session_maker, tenant_session
-from db.tenant import Organization
 
 DATABASE = "lyss_gateway_bench"
 PEAK_CONNECTIONS = (16, 64)
@@ -69,44 +58,6 @@ class Row:
     paced: dict[str, float]
     cpu_ms: float | None
     resident_mb: float | None
-
-
-async def _prepare(superuser_url: str, upstream_base: str, encryption_keys: str) -> tuple[str, str]:
-    urls = await bootstrap_database(superuser_url, DATABASE)
-    await upgrade_to_head(urls.owner_url)
-    engine = create_engine(urls.app_url, pool_size=1)
-    box = SecretBox(parse_keyring(encryption_keys, "LYSS_ENCRYPTION_KEYS"))
-    tenant_id = uuid7()
-    async with tenant_session(create_session_maker(engine), tenant_id) as session:
-        session.add(Organization(id=tenant_id, slug="bench", name="Bench"))
-        await session.flush()
-        user = User(email="bench@bench.example.com", hashed_password=None)
-        session.add(user)
-        kind = await provider_type(session, "openai-compatible", echo_enabled=False)
-        session.add(
-            Channel(
-                tenant_id=tenant_id,
-                name="bench",
-                type_id=kind.id,
-                base_url=upstream_base,
-                encrypted_keys=encrypt_keys(box, tenant_id, ["bench-key"]),
-                models=["gpt-bench"],
-            )
-        )
-        session.add(ModelPrice(tenant_id=tenant_id, model="gpt-bench", prompt_price=150_000, completion_price=600_000))
-        await session.flush()
-        # A quota far above what the run can spend, and rate limits far above its rate: the reservation,
-        # the limit checks and the settlement all run, and never refuse.
-        _, key = await create_token(
-            session,
-            tenant_id=tenant_id,
-            user_id=user.id,
-            data=TokenCreate(name="bench", quota=10**15, rpm_limit=10**9, tpm_limit=2 * 10**9),
-            actor=Actor(name="bench"),
-        )
-        await session.commit()
-    await engine.dispose()
-    return urls.app_url, key
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -251,7 +202,11 @@ def main() -> None:
         redis_url = redis_server.start()
         try:
             encryption_keys = new_key_entry()
-            app_url, key = asyncio.run(_prepare(superuser_url, upstream_base, encryption_keys))
+            app_url, key, _ = asyncio.run(
+                prepare_priced_tenant(
+                    superuser_url, DATABASE, upstream_base, encryption_keys, prices={"gpt-bench": (150_000, 600_000)}
+                )
+            )
             environment = {
                 "PATH": os.environ["PATH"],
                 "DATABASE_URL": app_url,
