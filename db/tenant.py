@@ -35,6 +35,7 @@ class Organization(UpdatedAt, Base):
         CheckConstraint(f"status IN {ORGANIZATION_STATUSES}", name="status"),
         CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="slug_format"),
         CheckConstraint("max_users > 0", name="max_users"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
         Index("idx_tenant_orgs_status", "status"),
     )
 
@@ -47,6 +48,8 @@ class Organization(UpdatedAt, Base):
     # The tenant's gateway budget in credits (micro-units of currency); -1: no limit.
     quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
     used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # ISO 4217 code amounts are shown and entered in; a credit is a millionth of it.
+    currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
 
 
 class UserGroup(TenantOwned, UpdatedAt, Base):

@@ -6,6 +6,8 @@ import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from litestar import Router, get
 from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -43,6 +45,7 @@ from app.portal.web import (
     service_error_page,
 )
 from app.settings import KeyRing
+from app.tenants.money import DEFAULT_CURRENCY, format_money
 
 
 def _when(value: datetime.datetime | None, empty: str = "—") -> str:
@@ -55,9 +58,11 @@ def _number(value: int | float) -> str:
     return f"{value:,}"
 
 
-def _credits(value: int) -> str:
-    # A credit is a millionth of the currency unit; whole credits read better than 0.000001s.
-    return f"{value:,}"
+@pass_context
+def _money(context: Context, credits: int) -> str:
+    """Credits as an amount of the viewer's organization's currency: `{{ token.used_quota | money }}`."""
+    viewer = context.get("viewer")
+    return format_money(credits, viewer.organization.currency if viewer is not None else DEFAULT_CURRENCY)
 
 
 def _query_string(values: dict[str, Any]) -> str:
@@ -66,7 +71,7 @@ def _query_string(values: dict[str, Any]) -> str:
 
 def _configure(engine: JinjaTemplateEngine) -> None:
     environment = engine.engine
-    environment.filters.update(when=_when, number=_number, credits=_credits, query_string=_query_string)
+    environment.filters.update(when=_when, number=_number, money=_money, query_string=_query_string)
     environment.globals.update(NAV=NAV, flashed_notice=flashed_notice)
 
 

@@ -198,6 +198,7 @@ class ViewerOrganization(msgspec.Struct, frozen=True):
     id: UUID
     name: str
     slug: str
+    currency: str
 
 
 class Viewer(msgspec.Struct, frozen=True):

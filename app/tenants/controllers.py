@@ -34,6 +34,7 @@ from app.tenants.schemas import (
     InvitationRead,
     MemberAdd,
     OrganizationRead,
+    OrganizationUpdate,
     RoleChange,
     TenantPolicyRead,
     TenantPolicyUpdate,
@@ -50,6 +51,7 @@ from app.tenants.services import (
     organization_users,
     own_organization,
     tenant_policy,
+    update_organization,
     user_group,
 )
 from db.tenant import UserGroup
@@ -64,6 +66,24 @@ class TenantController(Controller):
         self, request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]
     ) -> OrganizationRead:
         return read_as(OrganizationRead, await own_organization(db_session, request.user.tenant_id))
+
+    @patch("/", guards=[requires_tenant_admin], summary="Rename the organization or change its display currency")
+    async def update_own_tenant(
+        self,
+        data: JSONBody[OrganizationUpdate],
+        request: Request[Principal, Any, State],
+        actor: NamedDependency[Actor],
+        db_session: NamedDependency[AsyncSession],
+    ) -> OrganizationRead:
+        organization = await update_organization(
+            db_session,
+            await own_organization(db_session, request.user.tenant_id),
+            data,
+            actor=actor.name,
+            actor_user_id=request.user.user_id,
+            client=actor.client,
+        )
+        return read_as(OrganizationRead, organization)
 
     @get("/policy", guards=[requires_tenant_admin], summary="The organization's security policy")
     async def get_policy(

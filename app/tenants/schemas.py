@@ -9,6 +9,7 @@ from uuid import UUID
 import msgspec
 
 from app.schemas import Input
+from app.tenants.money import CurrencyCode
 
 
 class OrganizationRead(msgspec.Struct, frozen=True):
@@ -18,6 +19,7 @@ class OrganizationRead(msgspec.Struct, frozen=True):
     status: str
     subscription_plan: str
     max_users: int
+    currency: str
     created_at: datetime.datetime
 
 
@@ -57,8 +59,10 @@ class TenantPolicyUpdate(Input):
     allow_self_signup: bool | None = None
 
 
-class OrganizationRename(Input):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+class OrganizationUpdate(Input):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    # Amounts in the portal are shown and entered in it; what was counted in credits keeps its value.
+    currency: CurrencyCode | None = None
 
 
 # Super admins are made by the platform operator, never by a tenant's administrators.

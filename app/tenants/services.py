@@ -18,7 +18,7 @@ from uuid_utils.compat import uuid7
 from app.auth.passwords import WeakPasswordError, hash_password
 from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
-from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
+from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
 from db.auth import User
 from db.session import tenant_session
 from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroup, UserGroupMember
@@ -122,31 +122,38 @@ async def change_tenant_policy(
     return tenant_policy(organization)
 
 
-async def rename_organization(
+async def update_organization(
     session: AsyncSession,
     organization: Organization,
-    data: OrganizationRename,
+    data: OrganizationUpdate,
     *,
     actor: str,
     actor_user_id: UUID,
     client: ClientContext | None = None,
 ) -> Organization:
-    """A new display name, audited when it differs; the slug people sign in with stays."""
-    name = data.name.strip()
-    if not name:
-        raise InvalidRequest("The organization needs a name.")
-    if name != organization.name:
+    """A new display name or currency, audited when they differ; the slug people sign in with stays."""
+    changes: dict[str, Any] = {}
+    if data.name is not None:
+        name = data.name.strip()
+        if not name:
+            raise InvalidRequest("The organization needs a name.", field="name")
+        if name != organization.name:
+            changes["name"] = {"from": organization.name, "to": name}
+            organization.name = name
+    if data.currency is not None and data.currency != organization.currency:
+        changes["currency"] = {"from": organization.currency, "to": data.currency}
+        organization.currency = data.currency
+    if changes:
         record_audit_event(
             session,
             actor=actor,
             actor_user_id=actor_user_id,
-            action="tenant.renamed",
+            action="tenant.updated",
             target_type="tenant",
             target_id=organization.id,
-            details={"from": organization.name, "to": name},
+            details=changes,
             client=client,
         )
-        organization.name = name
     await session.flush()
     return organization
 

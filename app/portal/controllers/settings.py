@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -30,8 +30,9 @@ from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
 from app.schemas import read_as
 from app.settings import Settings
-from app.tenants.schemas import OrganizationRename, TenantPolicyUpdate
-from app.tenants.services import change_tenant_policy, own_organization, rename_organization, tenant_policy
+from app.tenants.money import CURRENCIES
+from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
+from app.tenants.services import change_tenant_policy, own_organization, tenant_policy, update_organization
 
 SETTINGS = f"{PORTAL}/settings"
 OAUTH_KINDS = [("oidc", "OpenID Connect (discovery URL)"), ("google", "Google"), ("github", "GitHub")]
@@ -43,7 +44,7 @@ MODEL_FIELDS = {
 }
 UNSERVED = "Choose a model that one of your enabled channels serves."
 SAVED = {
-    "organization": "The organization's name is saved.",
+    "organization": "The organization's name and currency are saved.",
     "policy": "The security policy is saved.",
     "oauth": "The OAuth provider is saved.",
     "oauth_removed": "The OAuth provider is removed; its users sign in with a password again.",
@@ -68,6 +69,12 @@ def _model_choices(served: list[str], stored: str, none_label: str) -> list[tupl
     if stored and stored not in served:
         choices.append((stored, f"{stored} (no enabled channel serves it)"))
     return choices
+
+
+class OrganizationForm(OrganizationUpdate, kw_only=True):
+    """The organization form: the API's body, with the name that the form always carries."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
 class PriceForm(PriceWrite):
@@ -157,6 +164,7 @@ class SettingsPages(Controller):
             status_code=status_code if errors else 200,
             values={
                 "name": organization.name,
+                "currency": organization.currency,
                 "require_mfa_for_admins": policy.require_mfa_for_admins,
                 "allow_self_signup": policy.allow_self_signup,
                 **stored,
@@ -167,6 +175,7 @@ class SettingsPages(Controller):
             model_choices={
                 field: _model_choices(served, stored[field], none_label) for field, none_label in MODEL_FIELDS.items()
             },
+            currencies=[(code, f"{code} — {currency.name}") for code, currency in CURRENCIES.items()],
             providers=await list_oauth_providers(db_session),
             prices=await model_prices(db_session),
             memory_status=memory_services.memory_status(memory_settings),
@@ -192,18 +201,18 @@ class SettingsPages(Controller):
             )
         return await self._settings_page(viewer, db_session, notices=notices)
 
-    @post("/organization", summary="Rename the organization")
-    async def rename(
+    @post("/organization", summary="Rename the organization or change its currency")
+    async def update_organization(
         self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
     ) -> Template | Response[None]:
         form = dict(await request.form())
-        values = {"name": str(form.get("name") or "").strip()}
+        values = {"name": str(form.get("name") or "").strip(), "currency": str(form.get("currency") or "USD")}
         async with FormSubmission(db_session) as submission:
             organization = await own_organization(db_session, viewer.organization.id)
-            await rename_organization(
+            await update_organization(
                 db_session,
                 organization,
-                parse(OrganizationRename, values),
+                parse(OrganizationForm, values),
                 actor=viewer.user.email,
                 actor_user_id=viewer.user.id,
                 client=client_context(request),

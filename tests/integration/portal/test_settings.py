@@ -64,19 +64,44 @@ async def test_renaming_the_organization_is_saved_audited_and_bad_names_change_n
     assert field_error(too_long.text, "name") == "At most 255 characters."
     assert 'value="' + "n" * 256 + '"' in too_long.text  # what was typed stays
     assert (await organization_of(session_maker, tenant_a)).name == tenant_a.slug.title()
-    assert await events_named(session_maker, tenant_a, "tenant.renamed") == []
+    assert await events_named(session_maker, tenant_a, "tenant.updated") == []
 
     renamed = await client.post("/portal/settings/organization", data={"csrf_token": token, "name": " Acme Labs "})
     assert renamed.status_code == 303
     assert renamed.headers["location"] == "/portal/settings?saved=organization#organization"
     organization = await organization_of(session_maker, tenant_a)
     assert (organization.name, organization.slug) == ("Acme Labs", tenant_a.slug)
-    (event,) = await events_named(session_maker, tenant_a, "tenant.renamed")
+    (event,) = await events_named(session_maker, tenant_a, "tenant.updated")
     assert (event.actor, event.actor_user_id) == (tenant_a.admin.email, tenant_a.admin.id)
-    assert event.details == {"from": tenant_a.slug.title(), "to": "Acme Labs"}
+    assert event.details == {"name": {"from": tenant_a.slug.title(), "to": "Acme Labs"}}
     shown = await client.get(renamed.headers["location"])
     assert '<span class="tenant">Acme Labs</span>' in shown.text
-    assert "The organization&#39;s name is saved." in shown.text
+    assert "The organization&#39;s name and currency are saved." in shown.text
+
+
+async def test_the_display_currency_is_chosen_in_settings_and_amounts_are_shown_in_it(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    assert (await organization_of(session_maker, tenant_a)).currency == "USD"
+    assert '<div class="value" id="stat-cost">$0.00</div>' in (await client.get("/portal/")).text
+
+    unknown = await client.post(
+        "/portal/settings/organization", data={"csrf_token": token, "name": "Acme", "currency": "XYZ"}
+    )
+    assert unknown.status_code == 400
+    assert field_error(unknown.text, "currency") is not None
+    assert (await organization_of(session_maker, tenant_a)).currency == "USD"
+
+    euros = await client.post(
+        "/portal/settings/organization", data={"csrf_token": token, "name": "Acme", "currency": "EUR"}
+    )
+    assert euros.status_code == 303
+    assert (await organization_of(session_maker, tenant_a)).currency == "EUR"
+    (event,) = await events_named(session_maker, tenant_a, "tenant.updated")
+    assert event.details["currency"] == {"from": "USD", "to": "EUR"}
+    assert '<div class="value" id="stat-cost">€0.00</div>' in (await client.get("/portal/")).text
+    assert '<option value="EUR" selected>' in (await client.get("/portal/settings")).text
 
 
 async def test_the_security_policy_checkboxes_turn_each_rule_on_and_off(
@@ -246,7 +271,7 @@ async def test_model_prices_are_set_replaced_and_removed_and_bad_prices_save_not
     assert await stored_prices() == [("org/gpt-test", 3_000_000, 4_000_000)]
     listing = (await client.get("/portal/settings")).text
     assert "<code>org/gpt-test</code>" in listing
-    assert "3,000,000" in listing
+    assert "$3.00" in listing
 
     removed = await client.post("/portal/settings/prices/delete", data={"csrf_token": token, "model": "org/gpt-test"})
     assert removed.status_code == 303

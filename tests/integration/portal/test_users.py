@@ -129,8 +129,8 @@ async def test_users_list_shows_this_months_usage_per_user_and_links_to_the_log(
         assert row, listing.text
         return re.findall(r'<td class="num">([^<]*)</td>', row[1])
 
-    assert row_of(tenant_a.user) == ["2", "1,234"]  # last month's call is not counted
-    assert row_of(tenant_a.admin) == ["1", "7"]
+    assert row_of(tenant_a.user) == ["2", "$0.001234"]  # last month's call is not counted
+    assert row_of(tenant_a.admin) == ["1", "$0.000007"]
     assert f'href="/portal/usage?user_id={tenant_a.user.id}"' in listing.text
     assert f'href="/portal/users/{tenant_a.user.id}"' in listing.text
 
