@@ -23,6 +23,7 @@ from app.observability.middleware import client_context
 from app.resources import Resources
 from app.settings import Settings
 from app.tenants.accounts import AccountService
+from app.tenants.budgets import BudgetService
 from app.tenants.groups import GroupService
 from app.tenants.services import Actor
 from db.auth import User
@@ -60,6 +61,12 @@ async def provide_group_service(
     db_session: NamedDependency[AsyncSession], redis: NamedDependency[Redis], gateway: NamedDependency[Gateway]
 ) -> GroupService:
     return GroupService(db_session, redis, gateway.catalog)
+
+
+async def provide_budget_service(
+    db_session: NamedDependency[AsyncSession], redis: NamedDependency[Redis], gateway: NamedDependency[Gateway]
+) -> BudgetService:
+    return BudgetService(db_session, redis, gateway.catalog)
 
 
 async def provide_oauth_provider_service(
@@ -133,6 +140,7 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "auth": Provide(provide_auth_service),
         "accounts": Provide(provide_account_service),
         "groups": Provide(provide_group_service),
+        "budgets": Provide(provide_budget_service),
         "oauth_providers": Provide(provide_oauth_provider_service),
         "channel_admin": Provide(provide_channel_admin),
         "token_admin": Provide(provide_token_admin),

@@ -26,13 +26,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.auth import ENCRYPTED
 from db.base import Base, TenantOwned, UpdatedAt
+from db.tenant import BUDGET_PERIODS
 
 API_FORMATS = ("openai", "azure", "anthropic", "echo")
 CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
 CHANNEL_SCOPES = ("tenant", "group", "personal")
 CHANNEL_TEST_KINDS = ("chat", "embeddings")
 TOKEN_STATUSES = ("active", "disabled")
-BUDGET_PERIODS = ("none", "daily", "monthly")
 OUTPUT_LIMIT_PARAMETERS = ("max_tokens", "max_completion_tokens")
 
 

@@ -96,6 +96,62 @@ class UserGroupMember(TenantOwned, Base):
     role: Mapped[str] = mapped_column(String(20), default="member", server_default="member")
 
 
+BUDGET_KINDS = ("user", "group", "new_user")
+BUDGET_PERIODS = ("none", "daily", "weekly", "monthly")
+# What a budget row says of its subject (the rest is its counters).
+BUDGET_POLICY_FIELDS = ("quota", "budget_period", "rpm_limit", "tpm_limit", "allowed_models")
+
+
+class Budget(TenantOwned, UpdatedAt, Base):
+    """What a person or a group may spend through the gateway, and how fast; and what they have spent.
+
+    A user's keys draw on the user's budget and on each of their groups'; a key's own limits can only
+    narrow these. `new_user` (one per tenant) is copied to each account made after it is set. A user's or
+    group's row is made by the first call it pays for, so its spend is counted even while it has no limit.
+    """
+
+    __tablename__ = "tenant_budgets"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "user_id", name="uk_tenant_budgets_user"),
+        UniqueConstraint("tenant_id", "group_id", name="uk_tenant_budgets_group"),
+        Index("uk_tenant_budgets_new_user", "tenant_id", unique=True, postgresql_where=text("kind = 'new_user'")),
+        CheckConstraint(f"kind IN {BUDGET_KINDS}", name="kind"),
+        CheckConstraint(
+            "(kind = 'user') = (user_id IS NOT NULL) AND (kind = 'group') = (group_id IS NOT NULL)", name="subject"
+        ),
+        CheckConstraint(f"budget_period IN {BUDGET_PERIODS}", name="budget_period"),
+        CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
+        CheckConstraint("rpm_limit >= 0 AND tpm_limit >= 0", name="limits"),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_tenant_budgets_user",
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "group_id"],
+            ["tenant_user_groups.tenant_id", "tenant_user_groups.id"],
+            ondelete="CASCADE",
+            name="fk_tenant_budgets_group",
+        ),
+    )
+
+    kind: Mapped[str] = mapped_column(String(10))
+    user_id: Mapped[UUID | None]
+    group_id: Mapped[UUID | None]
+    # Credits (micro-units of the currency) per period; -1: no limit.
+    quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
+    used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    budget_period: Mapped[str] = mapped_column(String(10), default="none", server_default="none")
+    budget_reset_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), default=lambda: datetime.datetime.now(datetime.UTC), server_default=text("now()")
+    )
+    rpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    tpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Empty: every model.
+    allowed_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+
+
 class AuditEvent(TenantOwned, Base):
     """Append-only: the app role may insert and read, never update or delete."""
 

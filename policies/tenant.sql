@@ -18,6 +18,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_user_groups TO lyss_app;
 CALL public.isolate_by_tenant('public.tenant_user_group_members');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_user_group_members TO lyss_app;
 
+CALL public.isolate_by_tenant('public.tenant_budgets');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_budgets TO lyss_app;
+
 -- The audit log is append-only for the service: no UPDATE, no DELETE grant.
 CALL public.isolate_by_tenant('public.tenant_audit_events');
 GRANT SELECT, INSERT ON public.tenant_audit_events TO lyss_app;

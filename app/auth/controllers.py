@@ -55,6 +55,7 @@ from app.errors import InvalidRequest, NotFound, ServiceError
 from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.accounts import AccountService, open_invitation
+from app.tenants.budgets import BudgetRead, budgets_of_member
 from app.tenants.schemas import UserRead
 from app.tenants.services import lookup_tenant_by_slug, organization_user
 from db.auth import OAuthConnection, OAuthProvider
@@ -481,3 +482,9 @@ class IdentityController(Controller):
     @get("/", opt={ALLOWS_MFA_ENROLLMENT_SCOPE: True}, summary="The signed-in user")
     async def get_current_user(self, request: AuthRequest, db_session: NamedDependency[AsyncSession]) -> UserRead:
         return read_as(UserRead, await organization_user(db_session, request.user.user_id))
+
+    @get("/budgets", summary="What bounds the signed-in user's spending: their budget, then each of their groups'")
+    async def get_own_budgets(
+        self, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> list[BudgetRead]:
+        return await budgets_of_member(db_session, request.user.user_id)

@@ -54,6 +54,7 @@ from app.observability.middleware import ClientContext
 from app.settings import Settings
 from app.tenants.services import (
     ProvisioningError,
+    give_new_user_budget,
     lookup_tenant_by_slug,
     normalize_email,
     record_audit_event,
@@ -685,6 +686,7 @@ class AuthService:
         user = User(email=email, hashed_password=hashed, role=role, full_name=name)
         self.session.add(user)
         await self.session.flush()
+        await give_new_user_budget(self.session, user.id)
         return user
 
     # --- OAuth / OIDC -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What the hot path reads, cached in process: tokens by key hash, a tenant's channels, prices, user groups.
+"""What the hot path reads, cached in process: tokens by key hash, a tenant's channels, prices, and each
+user's groups and budgets.
 
 Entries live `LYSS_GATEWAY_CACHE_SECONDS`; a change made through the API is announced on a Redis channel
 so every worker drops its copy at once (a revoked token stops working everywhere, not in 30 s).
@@ -17,14 +18,15 @@ from uuid import UUID
 import msgspec
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import SecretBox, secret_context
 from app.observability.logging import get_logger
-from app.tenants.services import group_ids_of_user
+from app.tenants.money import DEFAULT_CURRENCY
 from db.provider import Channel, ModelPrice, ProviderType
 from db.session import tenant_session
+from db.tenant import Budget, Organization, UserGroup, UserGroupMember
 
 INVALIDATION_CHANNEL = "lyss:gw:invalidate"
 T = TypeVar("T")
@@ -66,6 +68,26 @@ class ChannelInfo(msgspec.Struct, frozen=True):
     quota: int
 
 
+class BudgetInfo(msgspec.Struct, frozen=True):
+    """A user's or group's bound on spending: `scope` names its counters (`user:<id>`, `group:<id>`)."""
+
+    scope: str
+    name: str
+    quota: int
+    rpm_limit: int
+    tpm_limit: int
+    allowed_models: frozenset[str]
+
+
+class MemberInfo(msgspec.Struct, frozen=True):
+    """A key's owner as the gateway sees them: their groups, the budgets that bound them (their own first,
+    then one per group), and the currency those budgets are counted in."""
+
+    group_ids: frozenset[UUID]
+    budgets: tuple[BudgetInfo, ...]
+    currency: str
+
+
 def channel_keys_context(tenant_id: UUID) -> str:
     return secret_context("provider_channels", "encrypted_keys", tenant_id)
 
@@ -85,7 +107,7 @@ class GatewayCatalog:
         self._tokens: TTLCache[str, TokenInfo | None] = TTLCache(size, ttl_seconds)
         self._channels: TTLCache[UUID, list[ChannelInfo]] = TTLCache(size, ttl_seconds)
         self._prices: TTLCache[UUID, dict[str, tuple[int, int]]] = TTLCache(size, ttl_seconds)
-        self._groups: TTLCache[tuple[UUID, UUID], frozenset[UUID]] = TTLCache(size, ttl_seconds)
+        self._members: TTLCache[tuple[UUID, UUID], MemberInfo] = TTLCache(size, ttl_seconds)
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def _cached(self, cache: TTLCache[Any, T], key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
@@ -183,12 +205,36 @@ class GatewayCatalog:
             rows = (await session.scalars(select(ModelPrice))).all()
         return {row.model: (row.prompt_price, row.completion_price) for row in rows}
 
-    async def groups(self, tenant_id: UUID, user_id: UUID) -> frozenset[UUID]:
-        async def load() -> frozenset[UUID]:
-            async with tenant_session(self.session_maker, tenant_id) as session:
-                return frozenset(await group_ids_of_user(session, user_id))
+    async def member(self, tenant_id: UUID, user_id: UUID) -> MemberInfo:
+        return await self._cached(self._members, (tenant_id, user_id), lambda: self._load_member(tenant_id, user_id))
 
-        return await self._cached(self._groups, (tenant_id, user_id), load)
+    async def _load_member(self, tenant_id: UUID, user_id: UUID) -> MemberInfo:
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            groups = (
+                await session.execute(
+                    select(UserGroup.id, UserGroup.name)
+                    .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
+                    .where(UserGroupMember.user_id == user_id)
+                    .order_by(UserGroup.name)
+                )
+            ).all()
+            group_ids = [group_id for group_id, _ in groups]
+            rows = (
+                await session.scalars(
+                    select(Budget).where(or_(Budget.user_id == user_id, Budget.group_id.in_(group_ids)))
+                )
+            ).all()
+            currency = await session.scalar(select(Organization.currency))
+        by_subject = {row.user_id or row.group_id: row for row in rows}
+
+        def budget(scope: str, name: str, row: Budget | None) -> BudgetInfo:
+            if row is None:
+                return BudgetInfo(scope, name, -1, 0, 0, frozenset())
+            return BudgetInfo(scope, name, row.quota, row.rpm_limit, row.tpm_limit, frozenset(row.allowed_models or []))
+
+        budgets = [budget(f"user:{user_id}", "user", by_subject.get(user_id))]
+        budgets += [budget(f"group:{group_id}", name, by_subject.get(group_id)) for group_id, name in groups]
+        return MemberInfo(frozenset(group_ids), tuple(budgets), currency or DEFAULT_CURRENCY)
 
     def forget(self, message: str) -> None:
         kind, _, value = message.partition(":")
@@ -198,8 +244,8 @@ class GatewayCatalog:
             tenant_id = UUID(value)
             self._channels.pop(tenant_id, None)
             self._prices.pop(tenant_id, None)
-            for key in [key for key in self._groups if key[0] == tenant_id]:
-                self._groups.pop(key, None)
+            for key in [key for key in self._members if key[0] == tenant_id]:
+                self._members.pop(key, None)
 
     async def listen_for_changes(self, redis: Redis, stop: asyncio.Event) -> None:
         """Drop cached entries as other workers announce changes, until `stop` is set."""
@@ -216,7 +262,7 @@ class GatewayCatalog:
                 # A lost connection must not end invalidation for good: reconnect.
                 logger.warning("cache invalidation listener reconnecting", error=str(error))
                 # While disconnected, announcements are missed: start from empty caches.
-                for cache in (self._tokens, self._channels, self._prices, self._groups):
+                for cache in (self._tokens, self._channels, self._prices, self._members):
                     cache.clear()
                 await asyncio.sleep(1)
 

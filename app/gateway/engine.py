@@ -12,7 +12,6 @@ import datetime
 import functools
 import hashlib
 import ipaddress
-import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -23,7 +22,7 @@ import aiohttp
 import anyio
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -32,7 +31,7 @@ from app.gateway import errors
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.anthropic import AnthropicAdapter
 from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage, estimated_tokens
-from app.gateway.caches import ChannelInfo, GatewayCatalog, TokenInfo, announce_change
+from app.gateway.caches import ChannelInfo, GatewayCatalog, MemberInfo, TokenInfo, announce_change
 from app.gateway.dialects.anthropic import (
     COUNTED_BY_HEADER,
     AnthropicStreamWriter,
@@ -41,7 +40,7 @@ from app.gateway.dialects.anthropic import (
     to_anthropic_response,
 )
 from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
-from app.gateway.limits import GatewayLimits, Refusal, Reservation
+from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope
 from app.gateway.routing import attempt_order, candidate_channels
 from app.observability.logging import get_logger
 from app.observability.metrics import (
@@ -52,10 +51,11 @@ from app.observability.metrics import (
     UPSTREAM_DURATION,
 )
 from app.settings import Settings
+from app.tenants.money import format_money
 from app.tenants.services import record_audit_event
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
-from db.tenant import Organization
+from db.tenant import Budget, Organization
 
 Dialect = Literal["openai", "anthropic"]
 Endpoint = Literal["chat", "embeddings", "messages"]
@@ -67,6 +67,12 @@ MEDIA_PROMPT_TOKENS = 50_000
 # Redis scripts do their arithmetic in doubles, exact up to 2**53: no reservation may be larger.
 MAX_RESERVATION = 2**53 - 1
 MAX_ATTEMPTS_CAP = 10
+# A call that names no output limit, from a budget that cannot pay for the default one, is sent with the
+# largest limit the budget can pay for; below this many tokens an answer is of no use, so it is refused.
+MIN_CLAMPED_OUTPUT_TOKENS = 16
+CLAMP_HEADER = "x-lyss-output-limit-clamped"
+# Refusals the usage log records (a malformed request, 400, is the client's bug, not a call).
+RECORDED_REFUSALS = frozenset({401, 403, 404, 429, 503})
 
 T = TypeVar("T")
 logger = get_logger("lyss.gateway")
@@ -96,6 +102,8 @@ class UsageRecord(msgspec.Struct):
     details: dict[str, Any] = {}
     # Credits of reported usage beyond the reservation, which the key was not charged.
     overshoot: int = 0
+    # The user's and groups' scopes (`user:<id>`, `group:<id>`) the cost was taken from, for their totals.
+    budgets: list[str] = []
 
 
 class Answer(msgspec.Struct):
@@ -116,9 +124,17 @@ class CallCost(msgspec.Struct, frozen=True):
 
     def of(self, prompt_tokens: int, completion_tokens: int) -> int:
         # Prices are credits per million tokens; round up so that many small calls never cost nothing.
-        return math.ceil(prompt_tokens * self.prompt_price / 1_000_000) + math.ceil(
-            completion_tokens * self.completion_price / 1_000_000
+        # Integer ceiling division: exact at any size, where a float quotient is not.
+        return -(-prompt_tokens * self.prompt_price // 1_000_000) - (
+            -completion_tokens * self.completion_price // 1_000_000
         )
+
+    def affordable_completion(self, credits: int, prompt_tokens: int) -> int:
+        """The most completion tokens that `credits` pay for beside `prompt_tokens` (0 if none)."""
+        spare = credits + (-prompt_tokens * self.prompt_price // 1_000_000)
+        if spare <= 0 or self.completion_price == 0:
+            return 0
+        return spare * 1_000_000 // self.completion_price
 
 
 class NativeRequest(msgspec.Struct, frozen=True):
@@ -135,6 +151,7 @@ class CallContext(msgspec.Struct, frozen=True):
     """What settling a call needs to know about it, whichever way it ends."""
 
     token: TokenInfo
+    member: MemberInfo
     reservation: Reservation
     cost: CallCost
     endpoint: str
@@ -172,6 +189,18 @@ def _embeddings_estimate(inputs: str | list[Any]) -> int:
     )
 
 
+def _subject(scope: str, name: str) -> tuple[str, str]:
+    """A spending scope's kind as the usage log records it, and how a message names it."""
+    kind = scope.partition(":")[0]
+    if kind == "token":
+        return "key", "this API key"
+    if kind == "user":
+        return "user", "your account"
+    if kind == "group":
+        return "group", f"your group '{name}'"
+    return "organization", "your organization"
+
+
 def create_gateway(
     settings: Settings, session_maker: async_sessionmaker[AsyncSession], redis: Redis, secret_box: SecretBox
 ) -> Gateway:
@@ -179,6 +208,19 @@ def create_gateway(
         session_maker, secret_box, settings.gateway_cache_seconds, echo_enabled=settings.echo_provider_enabled
     )
     return Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
+
+
+def _attempt(channel: ChannelInfo, status: int | None, started: float, error: str | None = None) -> dict[str, Any]:
+    """One try of a channel, as the usage record lists it."""
+    attempt: dict[str, Any] = {
+        "channel_id": str(channel.id),
+        "channel": channel.name,
+        "status": status,
+        "latency_ms": int((time.perf_counter() - started) * 1000),
+    }
+    if error is not None:
+        attempt["error"] = error[:300]
+    return attempt
 
 
 class Gateway:
@@ -218,16 +260,30 @@ class Gateway:
 
     # --- who is calling ---------------------------------------------------------------------------
 
-    async def authenticate(self, key: str | None, client_address: str | None) -> TokenInfo:
+    async def authenticate(
+        self, key: str | None, client_address: str | None, *, endpoint: str = "", request_id: str | None = None
+    ) -> TokenInfo:
+        """The key's token, or the refusal (401, or 403 from a disallowed address); a known key's is recorded."""
         if not key or not key.startswith("sk-"):
             raise errors.invalid_api_key("Send your Lyss API key: 'Authorization: Bearer sk-...'.")
         token = await self.catalog.token(hashlib.sha256(key.encode()).hexdigest())
         if token is None:
             raise errors.invalid_api_key()
+        try:
+            self._check_usable(token, client_address)
+        except errors.GatewayError as error:
+            await self._record_refusal(
+                token, error, endpoint=endpoint, model="", request_id=request_id, started=time.perf_counter()
+            )
+            raise
+        return token
+
+    @staticmethod
+    def _check_usable(token: TokenInfo, client_address: str | None) -> None:
         if not token.usable:
-            raise errors.invalid_api_key("This API key is disabled or revoked.")
+            raise errors.invalid_api_key("This API key is disabled or revoked.", reason="key_disabled")
         if token.expires_at is not None and token.expires_at <= datetime.datetime.now(datetime.UTC):
-            raise errors.invalid_api_key("This API key has expired.")
+            raise errors.invalid_api_key("This API key has expired.", reason="key_expired")
         if token.allowed_networks:
             try:
                 address = ipaddress.ip_address(client_address or "")
@@ -235,20 +291,20 @@ class Gateway:
                 address = None
             if address is None or not any(address in network for network in token.allowed_networks):
                 raise errors.permission_denied("This API key may not be used from this address.", code="ip_not_allowed")
-        return token
 
     async def models(self, token: TokenInfo) -> dict[str, Any]:
-        """The models this key can reach: served by a channel it may use, and allowed to it."""
-        groups = await self.catalog.groups(token.tenant_id, token.user_id)
+        """The models this key can reach: served by a channel it may use, and allowed to it and its owner."""
+        member = await self.catalog.member(token.tenant_id, token.user_id)
         channels = await self.catalog.channels(token.tenant_id)
         served = {
             model
             for channel in channels
             for model in channel.models
-            if candidate_channels([channel], model=model, token=token, user_groups=groups)
+            if candidate_channels([channel], model=model, token=token, user_groups=member.group_ids)
         }
-        if token.allowed_models:
-            served &= token.allowed_models
+        for allowed in (token.allowed_models, *(budget.allowed_models for budget in member.budgets)):
+            if allowed:
+                served &= allowed
         return {
             "object": "list",
             "data": [{"id": model, "object": "model", "created": 0, "owned_by": "lyss"} for model in sorted(served)],
@@ -264,12 +320,20 @@ class Gateway:
         raise errors.model_not_found(model)
 
     @staticmethod
-    def _check_model(token: TokenInfo, model: str) -> str:
+    def _check_model(token: TokenInfo, member: MemberInfo, model: str) -> None:
         if token.allowed_models and model not in token.allowed_models:
             raise errors.permission_denied(
                 f"This API key may not use the model '{errors.shown(model)}'.", code="model_not_allowed"
             )
-        return model
+        for budget in member.budgets:
+            if budget.allowed_models and model not in budget.allowed_models:
+                kind, subject = _subject(budget.scope, budget.name)
+                error = errors.permission_denied(
+                    f"The policy of {subject} does not allow the model '{errors.shown(model)}'.",
+                    code="model_not_allowed",
+                )
+                error.recorded.update(scope=kind, scope_name=budget.name)
+                raise error
 
     @staticmethod
     def _worst_case(cost: CallCost, prompt_bound: int, completion_bound: int, limit_parameter: str) -> int:
@@ -282,64 +346,101 @@ class Gateway:
             )
         return worst
 
-    async def _plan(self, token: TokenInfo, model: str, *, embeddings: bool) -> tuple[list[ChannelInfo], CallCost]:
-        groups = await self.catalog.groups(token.tenant_id, token.user_id)
+    async def _plan(
+        self, token: TokenInfo, model: str, *, embeddings: bool
+    ) -> tuple[MemberInfo, list[ChannelInfo], CallCost]:
+        """Who pays (the key's owner, their groups' and own budgets), which channels may serve, at what price."""
+        member = await self.catalog.member(token.tenant_id, token.user_id)
+        self._check_model(token, member, model)
         channels = candidate_channels(
             await self.catalog.channels(token.tenant_id),
             model=model,
             token=token,
-            user_groups=groups,
+            user_groups=member.group_ids,
             needs_embeddings=embeddings,
         )
         if not channels:
             raise errors.model_not_found(model)
         prices = await self.catalog.prices(token.tenant_id)
         prompt_price, completion_price = prices.get(model) or prices.get("*") or (0, 0)
-        return channels, CallCost(prompt_price, completion_price)
+        return member, channels, CallCost(prompt_price, completion_price)
 
-    async def _reserve(self, token: TokenInfo, channels: list[ChannelInfo], cost: int, tokens: int) -> Reservation:
+    @staticmethod
+    def _scopes(token: TokenInfo, member: MemberInfo) -> list[Scope]:
+        """The call's spending scopes, narrowest first: the key, its user, each of their groups, the organization."""
+        return [
+            Scope(f"token:{token.id}", token.quota, token.rpm_limit, token.tpm_limit),
+            *(Scope(budget.scope, budget.quota, budget.rpm_limit, budget.tpm_limit) for budget in member.budgets),
+            Scope("tenant", token.tenant_quota),
+        ]
+
+    async def _reserve(
+        self, token: TokenInfo, member: MemberInfo, channels: list[ChannelInfo], cost: int, tokens: int
+    ) -> Reservation | Refusal:
         arguments: dict[str, Any] = {
             "tenant_id": token.tenant_id,
-            "token_id": token.id,
-            "token_quota": token.quota,
-            "tenant_quota": token.tenant_quota,
+            "scopes": self._scopes(token, member),
             "cost": cost,
-            "rpm_limit": token.rpm_limit,
-            "tpm_limit": token.tpm_limit,
             "tokens": tokens,
             "channels": [(channel.id, channel.rate_limit, channel.quota) for channel in channels],
         }
         outcome = await self.limits.reserve(**arguments)
         if outcome is None:
-            await self._load_balances(token)
+            await self._load_balances(token, member)
             outcome = await self.limits.reserve(**arguments)
-        if isinstance(outcome, Reservation):
-            return outcome
-        raise self._refusal_error(outcome or Refusal("token_quota", 0))
+        return outcome or Refusal("quota", 0)
 
-    async def _load_balances(self, token: TokenInfo) -> None:
+    async def _reserve_in_budget(
+        self,
+        token: TokenInfo,
+        member: MemberInfo,
+        channels: list[ChannelInfo],
+        cost: CallCost,
+        bounds: tuple[int, int, int],
+        *,
+        limit: int,
+        choices: int,
+        clampable: bool,
+    ) -> tuple[Reservation, int]:
+        """Reserve the worst case of (prompt bound, `limit` per choice, token estimate), or raise the refusal.
+
+        `clampable` (the caller named no output limit): when a budget cannot pay for `limit`, the largest limit
+        it can pay for is reserved instead, down to MIN_CLAMPED_OUTPUT_TOKENS. Returns the limit reserved.
+        """
+        prompt_bound, prompt_estimate, worst_case = bounds
+        outcome = await self._reserve(token, member, channels, worst_case, prompt_estimate + limit * choices)
+        # A few tries: calls in flight may take what was left between one and the next.
+        for _ in range(3):
+            if not (clampable and isinstance(outcome, Refusal) and outcome.reason == "quota"):
+                break
+            affordable = min(cost.affordable_completion(outcome.left, prompt_bound) // choices, limit - 1)
+            if affordable < MIN_CLAMPED_OUTPUT_TOKENS:
+                break
+            limit, worst_case = affordable, cost.of(prompt_bound, affordable * choices)
+            outcome = await self._reserve(token, member, channels, worst_case, prompt_estimate + limit * choices)
+        if isinstance(outcome, Refusal):
+            raise self._refusal_error(outcome, token, member, worst_case, clampable=clampable)
+        return outcome, limit
+
+    async def _load_balances(self, token: TokenInfo, member: MemberInfo) -> None:
         async with tenant_session(self.session_maker, token.tenant_id) as session:
             token_used = await session.scalar(select(ApiToken.used_quota).where(ApiToken.id == token.id)) or 0
             tenant_used = await session.scalar(select(Organization.used_quota)) or 0
-        await self.limits.load_balances(token.tenant_id, token.id, token_used, tenant_used)
+            subjects = {budget.scope.partition(":")[2]: budget.scope for budget in member.budgets}
+            rows = await session.execute(
+                select(Budget.user_id, Budget.group_id, Budget.used_quota).where(
+                    or_(Budget.user_id == token.user_id, Budget.group_id.in_(member.group_ids))
+                )
+            )
+            counted = {str(user_id or group_id): used for user_id, group_id, used in rows}
+        balances = {f"token:{token.id}": token_used, "tenant": tenant_used}
+        balances |= {scope: counted.get(subject, 0) for subject, scope in subjects.items()}
+        await self.limits.load_balances(token.tenant_id, balances)
 
-    @staticmethod
-    def _refusal_error(refusal: Refusal) -> errors.GatewayError:
+    def _refusal_error(
+        self, refusal: Refusal, token: TokenInfo, member: MemberInfo, worst_case: int, *, clampable: bool
+    ) -> errors.GatewayError:
         GATEWAY_REJECTIONS.labels(refusal.reason).inc()
-        if refusal.reason == "rpm":
-            return errors.rate_limited(
-                "Rate limit reached: requests per minute for this API key.",
-                code="rate_limit_exceeded",
-                retry_after=refusal.retry_after,
-            )
-        if refusal.reason == "tpm":
-            return errors.rate_limited(
-                "Rate limit reached: tokens per minute for this API key.",
-                code="rate_limit_exceeded",
-                retry_after=refusal.retry_after,
-            )
-        if refusal.reason == "tenant_quota":
-            return errors.quota_exhausted("Your organization's credit is used up; ask an administrator.")
         if refusal.reason == "no_channel":
             return errors.GatewayError(
                 503,
@@ -347,8 +448,71 @@ class Gateway:
                 error_type="service_unavailable",
                 code="no_channel_available",
                 headers={"Retry-After": "5"},
+                recorded={"reason": "no_channel"},
             )
-        return errors.quota_exhausted("This API key's credit is used up (or too low for this request).")
+        scope = self._scopes(token, member)[refusal.scope].key
+        names = {budget.scope: budget.name for budget in member.budgets}
+        kind, subject = _subject(scope, names.get(scope, ""))
+        recorded = {"scope": kind} | ({"scope_name": names[scope]} if kind == "group" else {})
+        if refusal.reason in ("rpm", "tpm"):
+            unit = "requests" if refusal.reason == "rpm" else "tokens"
+            return errors.rate_limited(
+                f"Rate limit reached: {unit} per minute for {subject}.",
+                code="rate_limit_exceeded",
+                retry_after=refusal.retry_after,
+                recorded={"reason": refusal.reason, **recorded},
+            )
+        money = functools.partial(format_money, currency=member.currency)
+        advice = (
+            f"not even {MIN_CLAMPED_OUTPUT_TOKENS} output tokens fit"
+            if clampable
+            else f"this request could cost up to {money(worst_case)}; ask for fewer output tokens"
+        )
+        return errors.quota_exhausted(
+            f"The budget of {subject} has {money(refusal.left)} left: {advice}. An administrator can raise it.",
+            recorded={"reason": "budget", **recorded},
+        )
+
+    async def _record_refusal(
+        self,
+        token: TokenInfo,
+        error: errors.GatewayError,
+        *,
+        endpoint: str,
+        model: str,
+        request_id: str | None,
+        started: float,
+        stream: bool = False,
+    ) -> None:
+        """Put a refused call on the record: no cost, its status, the message the client got and why."""
+        if error.status_code not in RECORDED_REFUSALS:
+            return
+        record = UsageRecord(
+            id=str(uuid7()),
+            tenant_id=str(token.tenant_id),
+            user_id=str(token.user_id),
+            token_id=str(token.id),
+            channel_id=None,
+            request_id=request_id,
+            endpoint=endpoint,
+            model=model[:100],
+            upstream_model=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost=0,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            upstream_latency_ms=None,
+            status_code=error.status_code,
+            outcome="refused",
+            stream=stream,
+            created_at=datetime.datetime.now(datetime.UTC),
+            details={"error": error.message, **error.recorded},
+        )
+        try:
+            await self.limits.record(token.tenant_id, msgspec.json.encode(record))
+        except Exception as failure:
+            # The refusal stands whether or not it could be recorded; the log says which records were lost.
+            logger.warning("refused call not recorded", error=f"{type(failure).__name__}: {failure}")
 
     def _target(self, channel: ChannelInfo, model: str) -> Target:
         return Target(
@@ -410,6 +574,7 @@ class Gateway:
         upstream_ms: int | None,
         status_code: int,
         outcome: str,
+        details: dict[str, Any] | None = None,
     ) -> int:
         token, reservation = call.token, call.reservation
         real_cost = call.cost.of(usage.prompt_tokens, usage.completion_tokens)
@@ -443,10 +608,11 @@ class Gateway:
             stream=call.stream,
             created_at=datetime.datetime.now(datetime.UTC),
             overshoot=real_cost - billed,
+            details=details or {},
+            budgets=[scope for scope in reservation.scopes if scope.startswith(("user:", "group:"))],
         )
         await self.limits.settle(
             tenant_id=token.tenant_id,
-            token_id=token.id,
             reservation=reservation,
             cost=billed,
             tokens=usage.prompt_tokens + usage.completion_tokens,
@@ -478,28 +644,46 @@ class Gateway:
         still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it.
 
         The output limit is the largest the request names (or the default): it is what the reservation
-        covers, times `n`, and exactly what the provider is sent, in the parameter its type takes.
+        covers, times `n`, and exactly what the provider is sent, in the parameter its type takes. Without
+        a limit named, a budget too small for the default one lowers it (down to MIN_CLAMPED_OUTPUT_TOKENS),
+        and the `x-lyss-output-limit-clamped` header says to what.
         """
         started = time.perf_counter()
         request = chat_request(body)
-        model = self._check_model(token, request.model)
-        channels, cost = await self._plan(token, model, embeddings=False)
+        model = request.model
         endpoint: Endpoint = "messages" if dialect == "anthropic" else "chat"
         stream = bool(request.stream)
         limit = request.requested_limit or self.settings.gateway_default_max_tokens
-        completion_bound = limit * request.choices
-        # Upper bounds: a token is at least one byte of the request, plus the special tokens per message.
-        media = max(request.images, native.media if native is not None else 0)
-        prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(request.messages) + MEDIA_PROMPT_TOKENS * media
-        prompt_estimate = estimated_tokens(_text_length(body["messages"]))
-        worst_case = self._worst_case(cost, prompt_bound, completion_bound, request.limit_parameter)
-        reservation = await self._reserve(token, channels, worst_case, prompt_estimate + completion_bound)
+        try:
+            member, channels, cost = await self._plan(token, model, embeddings=False)
+            # Upper bounds: a token is at least one byte of the request, plus the special tokens per message.
+            media = max(request.images, native.media if native is not None else 0)
+            prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(request.messages) + MEDIA_PROMPT_TOKENS * media
+            prompt_estimate = estimated_tokens(_text_length(body["messages"]))
+            worst_case = self._worst_case(cost, prompt_bound, limit * request.choices, request.limit_parameter)
+            reservation, reserved_limit = await self._reserve_in_budget(
+                token,
+                member,
+                channels,
+                cost,
+                (prompt_bound, prompt_estimate, worst_case),
+                limit=limit,
+                choices=request.choices,
+                clampable=request.requested_limit is None,
+            )
+        except errors.GatewayError as error:
+            await self._record_refusal(
+                token, error, endpoint=endpoint, model=model, request_id=request_id, started=started, stream=stream
+            )
+            raise
+        clamped = {CLAMP_HEADER: str(reserved_limit)} if reserved_limit != limit else {}
+        limit = reserved_limit
         usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
         client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         unlimited = {name: value for name, value in body.items() if name not in LIMIT_PARAMETERS}
         if stream:
             unlimited["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        call = CallContext(token, reservation, cost, endpoint, model, started, stream, request_id)
+        call = CallContext(token, member, reservation, cost, endpoint, model, started, stream, request_id)
 
         def upstream(channel: ChannelInfo, target: Target) -> tuple[dict[str, Any], dict[str, Any] | None]:
             """The request for this channel, and the client's own if the channel speaks its format."""
@@ -520,7 +704,7 @@ class Gateway:
                 except StopAsyncIteration:
                     raise UpstreamError("the provider closed the stream without a chunk", status=502) from None
 
-            channel, target, (first, chunks), upstream_elapsed_ms = await self._call_with_failover(
+            channel, target, (first, chunks), upstream_elapsed_ms, details = await self._call_with_failover(
                 call, usable, open_stream
             )
             relay = self._relay(
@@ -533,14 +717,18 @@ class Gateway:
                 prompt_estimate=prompt_estimate,
                 call_started=time.perf_counter() - upstream_elapsed_ms / 1000,
                 settle=call,
+                details=details,
             )
-            return StreamAnswer(chunks=relay, headers=self._headers(channel, started, upstream_elapsed_ms))
+            headers = self._headers(channel, started, upstream_elapsed_ms) | clamped
+            return StreamAnswer(chunks=relay, headers=headers)
 
         async def complete(channel: ChannelInfo, target: Target) -> Completion:
             sent, own = upstream(channel, target)
             return await ADAPTERS[channel.api_format].complete(self.http, target, sent, self.timeouts, own)
 
-        channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, complete)
+        channel, target, completion, upstream_elapsed_ms, details = await self._call_with_failover(
+            call, usable, complete
+        )
         usage = completion.usage or Usage(
             prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
         )
@@ -553,12 +741,13 @@ class Gateway:
             upstream_ms=int(upstream_elapsed_ms),
             status_code=200,
             outcome="ok",
+            details=details,
         )
         if dialect == "openai":
             answer = completion.body
         else:
             answer = completion.native or to_anthropic_response(completion.body, model, usage)
-        headers = self._headers(channel, started, upstream_elapsed_ms)
+        headers = self._headers(channel, started, upstream_elapsed_ms) | clamped
         return await self._answer(answer, headers, settle, defer_settlement)
 
     @staticmethod
@@ -573,13 +762,15 @@ class Gateway:
 
     async def _call_with_failover(
         self, call: CallContext, usable: list[ChannelInfo], attempt: Callable[[ChannelInfo, Target], Awaitable[T]]
-    ) -> tuple[ChannelInfo, Target, T, float]:
-        """Try the channels in routing order until one answers: (channel, target, answer, its milliseconds).
+    ) -> tuple[ChannelInfo, Target, T, float, dict[str, Any]]:
+        """Try the channels in routing order until one answers: (channel, target, answer, its milliseconds,
+        the usage record's details: each attempt, if there was more than one).
 
-        If none does, the reservation is released (settled at zero, logged as an upstream error) and the
-        client gets the error that fits the last failure.
+        If none does, the reservation is released (settled at zero, logged as an upstream error with every
+        attempt and the provider's messages) and the client gets the error that fits the last failure.
         """
         last_error: UpstreamError | None = None
+        attempts: list[dict[str, Any]] = []
         for channel in attempt_order(usable)[: self.max_attempts]:
             target = self._target(channel, call.model)
             attempt_started = time.perf_counter()
@@ -587,11 +778,15 @@ class Gateway:
                 answer = await attempt(channel, target)
             except UpstreamError as error:
                 last_error = error
+                attempts.append(_attempt(channel, error.status, attempt_started, error.message))
                 await self._upstream_failed(call.token, channel, error)
                 if not error.retryable:
                     break
                 continue
-            return channel, target, answer, (time.perf_counter() - attempt_started) * 1000
+            elapsed_ms = (time.perf_counter() - attempt_started) * 1000
+            if attempts:
+                attempts.append(_attempt(channel, 200, attempt_started))
+            return channel, target, answer, elapsed_ms, {"attempts": attempts} if attempts else {}
         failure = self._final_error(last_error)
         await self._settle(
             call,
@@ -601,6 +796,7 @@ class Gateway:
             upstream_ms=None,
             status_code=failure.status_code,
             outcome="upstream_error",
+            details={"error": failure.message, "reason": failure.recorded["reason"], "attempts": attempts},
         )
         raise failure
 
@@ -616,6 +812,7 @@ class Gateway:
         prompt_estimate: int,
         call_started: float,
         settle: CallContext,
+        details: dict[str, Any],
     ) -> AsyncIterator[bytes]:
         """Pass the stream on; whatever ends it (done, provider cut, client gone), bill what was delivered."""
         writer = AnthropicStreamWriter(settle.model, prompt_estimate) if dialect == "anthropic" else None
@@ -680,6 +877,7 @@ class Gateway:
                     upstream_ms=int((time.perf_counter() - call_started) * 1000),
                     status_code=200,
                     outcome=outcome,
+                    details=details,
                 )
 
     async def count_tokens(
@@ -689,8 +887,8 @@ class Gateway:
 
         Free, as at Anthropic: nothing is reserved or billed. The `x-lyss-token-count` header says which.
         """
-        model = self._check_model(token, request.model)
-        channels, _ = await self._plan(token, model, embeddings=False)
+        model = request.model
+        _, channels, _ = await self._plan(token, model, embeddings=False)
         counters = [channel for channel in channels if channel.api_format == "anthropic"]
         for channel in attempt_order(counters)[: self.max_attempts]:
             adapter = ADAPTERS[channel.api_format]
@@ -719,22 +917,36 @@ class Gateway:
     ) -> Answer:
         started = time.perf_counter()
         request = embeddings_request(body)
-        model = self._check_model(token, request.model)
-        inputs = request.input
-        channels, cost = await self._plan(token, model, embeddings=True)
-        # Every token is at least one byte of the request (a token id at least two: digits and a comma).
-        prompt_estimate = _embeddings_estimate(inputs)
-        worst_case = self._worst_case(cost, raw_size, 0, "input")
-        reservation = await self._reserve(token, channels, worst_case, prompt_estimate)
+        model = request.model
+        try:
+            member, channels, cost = await self._plan(token, model, embeddings=True)
+            # Every token is at least one byte of the request (a token id at least two: digits and a comma).
+            prompt_estimate = _embeddings_estimate(request.input)
+            worst_case = self._worst_case(cost, raw_size, 0, "input")
+            reservation, _ = await self._reserve_in_budget(
+                token,
+                member,
+                channels,
+                cost,
+                (raw_size, prompt_estimate, worst_case),
+                limit=0,
+                choices=1,
+                clampable=False,
+            )
+        except errors.GatewayError as error:
+            await self._record_refusal(
+                token, error, endpoint="embeddings", model=model, request_id=request_id, started=started
+            )
+            raise
         usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
-        call = CallContext(token, reservation, cost, "embeddings", model, started, False, request_id)
+        call = CallContext(token, member, reservation, cost, "embeddings", model, started, False, request_id)
 
         async def embed(channel: ChannelInfo, target: Target) -> Completion:
             return await ADAPTERS[channel.api_format].embed(
                 self.http, target, {**body, "model": target.upstream_model}, self.timeouts
             )
 
-        channel, target, completion, upstream_elapsed_ms = await self._call_with_failover(call, usable, embed)
+        channel, target, completion, upstream_elapsed_ms, details = await self._call_with_failover(call, usable, embed)
         usage = completion.usage or Usage(prompt_estimate, 0)
         settle = functools.partial(
             self._settle,
@@ -745,6 +957,7 @@ class Gateway:
             upstream_ms=int(upstream_elapsed_ms),
             status_code=200,
             outcome="ok",
+            details=details,
         )
         headers = self._headers(channel, started, upstream_elapsed_ms)
         return await self._answer(completion.body, headers, settle, defer_settlement)

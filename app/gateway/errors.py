@@ -19,6 +19,7 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        recorded: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -27,6 +28,9 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        # What the usage log keeps of a refusal beyond its message: `reason` (its `code` if not given) and,
+        # for a limit, the `scope` that refused.
+        self.recorded = {"reason": code or error_type, **(recorded or {})}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
@@ -51,8 +55,9 @@ def invalid_request(message: str, *, param: str | None = None, code: str | None 
     return GatewayError(400, message, error_type="invalid_request_error", param=param, code=code)
 
 
-def invalid_api_key(message: str = "Incorrect API key provided.") -> GatewayError:
-    return GatewayError(401, message, error_type="invalid_request_error", code="invalid_api_key")
+def invalid_api_key(message: str = "Incorrect API key provided.", *, reason: str | None = None) -> GatewayError:
+    recorded = {"reason": reason} if reason else None
+    return GatewayError(401, message, error_type="invalid_request_error", code="invalid_api_key", recorded=recorded)
 
 
 def permission_denied(message: str, *, code: str) -> GatewayError:
@@ -74,13 +79,15 @@ def model_not_found(model: str) -> GatewayError:
     )
 
 
-def rate_limited(message: str, *, code: str, retry_after: int | None = None) -> GatewayError:
+def rate_limited(
+    message: str, *, code: str, retry_after: int | None = None, recorded: dict[str, str] | None = None
+) -> GatewayError:
     headers = {"Retry-After": str(max(retry_after, 1))} if retry_after is not None else None
-    return GatewayError(429, message, error_type="rate_limit_error", code=code, headers=headers)
+    return GatewayError(429, message, error_type="rate_limit_error", code=code, headers=headers, recorded=recorded)
 
 
-def quota_exhausted(message: str) -> GatewayError:
-    return GatewayError(429, message, error_type="insufficient_quota", code="insufficient_quota")
+def quota_exhausted(message: str, *, recorded: dict[str, str] | None = None) -> GatewayError:
+    return GatewayError(429, message, error_type="insufficient_quota", code="insufficient_quota", recorded=recorded)
 
 
 def upstream_failed(status_code: int, message: str) -> GatewayError:

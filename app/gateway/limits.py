@@ -3,11 +3,17 @@
 Every key a script touches carries the tenant as a hash tag (`lyss:gw:{<tenant>}:...`), so each script
 stays on one slot and also runs on Redis Cluster.
 
-- reserve: checks the token's RPM and TPM, the token's and the tenant's remaining credit, and which
-  candidate channels are usable (not cooling down, under their rate limit and quota); then takes the
-  worst-case cost from both balances. All or nothing, in one round trip.
-- settle: replaces the reservation with the real cost (never more than reserved) and appends the usage
-  record to the tenant's usage stream in the same step, so counters and the log cannot disagree.
+A call is bounded by several spending scopes at once: its key, its user, each of the user's groups and the
+organization. Each scope has a balance (credits used) and may have a quota and RPM/TPM limits.
+
+- reserve: checks every scope's RPM and TPM, then every scope's remaining credit, and which candidate
+  channels are usable (not cooling down, under their rate limit and quota); then takes the worst-case
+  cost from every balance. All or nothing, in one round trip. A refusal names the scope, and for a quota
+  the least credit any scope has left (what a smaller call could still spend).
+- settle: replaces the reservation with the real cost (never more than reserved) in every scope and
+  appends the usage record to the tenant's usage stream in the same step, so counters and the log cannot
+  disagree.
+- record: appends the record of a call that reserved nothing (refused) to the same stream.
 
 A balance in Redis is PostgreSQL's `used_quota` plus what is settled but not yet flushed plus what is
 reserved by calls in flight: never less than PostgreSQL's. The scheduled budget task keeps it so.
@@ -28,64 +34,106 @@ from redis.exceptions import NoScriptError
 USAGE_TENANTS_KEY = "lyss:gw:usage-tenants"
 MINUTE_KEY_TTL_SECONDS = 120
 
+# KEYS: per scope (used, rpm, tpm), then per channel (cool, rpm, used).
+# ARGV: scopes, channels, cost, token estimate, minute-key TTL, per scope (quota, rpm, tpm), per channel
+# (rate limit, quota).
 _RESERVE = """
-local token_used = redis.call('GET', KEYS[1])
-local tenant_used = redis.call('GET', KEYS[2])
-if not token_used or not tenant_used then return {-1, 'missing'} end
-token_used = tonumber(token_used)
-tenant_used = tonumber(tenant_used)
-local token_quota, tenant_quota, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local rpm_limit, tpm_limit, estimate = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-if rpm_limit > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + 1 > rpm_limit then return {0, 'rpm'} end
-if tpm_limit > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') + estimate > tpm_limit then return {0, 'tpm'} end
-if token_quota >= 0 and token_used + cost > token_quota then return {0, 'token_quota'} end
-if tenant_quota >= 0 and tenant_used + cost > tenant_quota then return {0, 'tenant_quota'} end
-local channels = tonumber(ARGV[7])
-local result = {1, 'ok'}
+local scopes, channels = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost, estimate, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local used = {}
+for i = 1, scopes do
+    local value = redis.call('GET', KEYS[i * 3 - 2])
+    if not value then return {-1, 'missing', i - 1, 0} end
+    used[i] = tonumber(value)
+end
+for i = 1, scopes do
+    local rpm, tpm = tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
+    if rpm > 0 and tonumber(redis.call('GET', KEYS[i * 3 - 1]) or '0') + 1 > rpm then return {0, 'rpm', i - 1, 0} end
+    if tpm > 0 and tonumber(redis.call('GET', KEYS[i * 3]) or '0') + estimate > tpm then return {0, 'tpm', i - 1, 0} end
+end
+local short, tightest, least = false, -1, -1
+for i = 1, scopes do
+    local quota = tonumber(ARGV[3 + i * 3])
+    if quota >= 0 then
+        local left = math.max(quota - used[i], 0)
+        if least < 0 or left < least then least, tightest = left, i - 1 end
+        if used[i] + cost > quota then short = true end
+    end
+end
+if short then return {0, 'quota', tightest, least} end
+local result = {1, 'ok', 0, 0}
 local usable = 0
+local key_base, arg_base = scopes * 3, 5 + scopes * 3
 for i = 0, channels - 1 do
-    local ok = redis.call('EXISTS', KEYS[5 + i * 3]) == 0
-    local rate_limit, quota = tonumber(ARGV[8 + i * 2]), tonumber(ARGV[9 + i * 2])
-    if ok and rate_limit > 0 and tonumber(redis.call('GET', KEYS[6 + i * 3]) or '0') >= rate_limit then ok = false end
-    if ok and quota >= 0 and tonumber(redis.call('GET', KEYS[7 + i * 3]) or '0') >= quota then ok = false end
+    local ok = redis.call('EXISTS', KEYS[key_base + 1 + i * 3]) == 0
+    local rate_limit, quota = tonumber(ARGV[arg_base + 1 + i * 2]), tonumber(ARGV[arg_base + 2 + i * 2])
+    if ok and rate_limit > 0 and tonumber(redis.call('GET', KEYS[key_base + 2 + i * 3]) or '0') >= rate_limit then
+        ok = false
+    end
+    if ok and quota >= 0 and tonumber(redis.call('GET', KEYS[key_base + 3 + i * 3]) or '0') >= quota then ok = false end
     if ok then usable = usable + 1 end
-    result[3 + i] = ok and 1 or 0
+    result[5 + i] = ok and 1 or 0
 end
-if usable == 0 then return {0, 'no_channel'} end
-redis.call('INCRBY', KEYS[1], cost)
-redis.call('INCRBY', KEYS[2], cost)
-if rpm_limit > 0 then
-    redis.call('INCR', KEYS[3])
-    redis.call('EXPIRE', KEYS[3], ARGV[#ARGV])
-end
-if tpm_limit > 0 then
-    redis.call('INCRBY', KEYS[4], estimate)
-    redis.call('EXPIRE', KEYS[4], ARGV[#ARGV])
+if usable == 0 then return {0, 'no_channel', 0, 0} end
+for i = 1, scopes do
+    redis.call('INCRBY', KEYS[i * 3 - 2], cost)
+    if tonumber(ARGV[4 + i * 3]) > 0 then
+        redis.call('INCR', KEYS[i * 3 - 1])
+        redis.call('EXPIRE', KEYS[i * 3 - 1], ttl)
+    end
+    if tonumber(ARGV[5 + i * 3]) > 0 then
+        redis.call('INCRBY', KEYS[i * 3], estimate)
+        redis.call('EXPIRE', KEYS[i * 3], ttl)
+    end
 end
 return result
 """
 
+# KEYS: per scope (used, tpm of the reservation's minute), channel used, channel rpm, usage stream.
+# ARGV: scopes, reserved, cost, token delta, '1' if a channel answered, record, minute-key TTL.
 _SETTLE = """
-local refund = tonumber(ARGV[1]) - tonumber(ARGV[2])
-if refund ~= 0 then
-    redis.call('DECRBY', KEYS[1], refund)
-    redis.call('DECRBY', KEYS[2], refund)
+local scopes = tonumber(ARGV[1])
+local refund = tonumber(ARGV[2]) - tonumber(ARGV[3])
+local tokens_delta = tonumber(ARGV[4])
+for i = 1, scopes do
+    if refund ~= 0 then redis.call('DECRBY', KEYS[i * 2 - 1], refund) end
+    if tokens_delta ~= 0 and redis.call('EXISTS', KEYS[i * 2]) == 1 then
+        redis.call('INCRBY', KEYS[i * 2], tokens_delta)
+    end
 end
-local tokens_delta = tonumber(ARGV[3])
-if tokens_delta ~= 0 and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('INCRBY', KEYS[3], tokens_delta) end
-if ARGV[4] == '1' then
-    redis.call('INCRBY', KEYS[4], tonumber(ARGV[2]))
-    redis.call('INCR', KEYS[5])
-    redis.call('EXPIRE', KEYS[5], ARGV[6])
+local base = scopes * 2
+if ARGV[5] == '1' then
+    redis.call('INCRBY', KEYS[base + 1], tonumber(ARGV[3]))
+    redis.call('INCR', KEYS[base + 2])
+    redis.call('EXPIRE', KEYS[base + 2], ARGV[7])
 end
-redis.call('XADD', KEYS[6], '*', 'record', ARGV[5])
-return redis.call('XLEN', KEYS[6])
+redis.call('XADD', KEYS[base + 3], '*', 'record', ARGV[6])
+return redis.call('XLEN', KEYS[base + 3])
+"""
+
+_RECORD = """
+redis.call('XADD', KEYS[1], '*', 'record', ARGV[1])
+return redis.call('XLEN', KEYS[1])
 """
 
 
+class Scope(msgspec.Struct, frozen=True):
+    """One bound on a call's spending: `key` names its counters (`token:<id>`, `user:<id>`, `group:<id>`,
+    `tenant`); quota in credits (-1: none); RPM and TPM limits (0: none)."""
+
+    key: str
+    quota: int = -1
+    rpm_limit: int = 0
+    tpm_limit: int = 0
+
+
 class Refusal(msgspec.Struct, frozen=True):
-    reason: str  # rpm, tpm, token_quota, tenant_quota, no_channel
+    reason: str  # rpm, tpm, quota, no_channel
     retry_after: int
+    # The scope that refused (its index in the reserved scopes); for a quota, the one with the least left.
+    scope: int = 0
+    # For a quota: the least credit any scope has left.
+    left: int = 0
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -93,6 +141,7 @@ class Reservation(msgspec.Struct, frozen=True):
     tokens: int
     minute: int
     usable: tuple[bool, ...]
+    scopes: tuple[str, ...]
 
 
 # A budget period ends: take what PostgreSQL counted in it off the balance; what was settled or reserved
@@ -180,44 +229,48 @@ class GatewayLimits:
         self._direct = DirectScripts(redis)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._record = redis.register_script(_RECORD)
         self._reset_used = redis.register_script(_RESET_USED)
         self._raise_to = redis.register_script(_RAISE_TO)
 
     @staticmethod
-    def token_used_key(tenant_id: UUID, token_id: UUID) -> str:
-        return f"{_prefix(tenant_id)}:token:{token_id}:used"
+    def used_key(tenant_id: UUID, scope: str) -> str:
+        """The balance of a scope (`token:<id>`, `user:<id>`, `group:<id>`, `tenant`, `channel:<id>`)."""
+        return f"{_prefix(tenant_id)}:{scope}:used"
 
-    @staticmethod
-    def tenant_used_key(tenant_id: UUID) -> str:
-        return f"{_prefix(tenant_id)}:tenant:used"
+    @classmethod
+    def token_used_key(cls, tenant_id: UUID, token_id: UUID) -> str:
+        return cls.used_key(tenant_id, f"token:{token_id}")
 
-    @staticmethod
-    def channel_used_key(tenant_id: UUID, channel_id: UUID) -> str:
-        return f"{_prefix(tenant_id)}:channel:{channel_id}:used"
+    @classmethod
+    def tenant_used_key(cls, tenant_id: UUID) -> str:
+        return cls.used_key(tenant_id, "tenant")
+
+    @classmethod
+    def channel_used_key(cls, tenant_id: UUID, channel_id: UUID) -> str:
+        return cls.used_key(tenant_id, f"channel:{channel_id}")
 
     async def reserve(
         self,
         *,
         tenant_id: UUID,
-        token_id: UUID,
-        token_quota: int,
-        tenant_quota: int,
+        scopes: list[Scope],
         cost: int,
-        rpm_limit: int,
-        tpm_limit: int,
         tokens: int,
         channels: list[tuple[UUID, int, int]],
     ) -> Reservation | Refusal | None:
-        """Reserve, or say why not. None: the balances are not in Redis yet (load them, then retry)."""
+        """Reserve in every scope, or say why not. None: a balance is not in Redis yet (load, then retry)."""
         minute = int(time.time() // 60)
         prefix = _prefix(tenant_id)
-        keys = [
-            self.token_used_key(tenant_id, token_id),
-            self.tenant_used_key(tenant_id),
-            f"{prefix}:token:{token_id}:rpm:{minute}",
-            f"{prefix}:token:{token_id}:tpm:{minute}",
-        ]
-        args: list[Any] = [token_quota, tenant_quota, cost, rpm_limit, tpm_limit, tokens, len(channels)]
+        keys: list[Any] = []
+        args: list[Any] = [len(scopes), len(channels), cost, tokens, MINUTE_KEY_TTL_SECONDS]
+        for scope in scopes:
+            keys += [
+                f"{prefix}:{scope.key}:used",
+                f"{prefix}:{scope.key}:rpm:{minute}",
+                f"{prefix}:{scope.key}:tpm:{minute}",
+            ]
+            args += [scope.quota, scope.rpm_limit, scope.tpm_limit]
         for channel_id, rate_limit, quota in channels:
             keys += [
                 f"{prefix}:channel:{channel_id}:cool",
@@ -225,28 +278,32 @@ class GatewayLimits:
                 self.channel_used_key(tenant_id, channel_id),
             ]
             args += [rate_limit, quota]
-        args.append(MINUTE_KEY_TTL_SECONDS)
         result = await self._direct.run(self._reserve, keys, args)
         status, reason = int(result[0]), result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         if status == -1:
             return None
         if status == 0:
             retry_after = 60 - int(time.time()) % 60 if reason in ("rpm", "tpm") else 0
-            return Refusal(reason=reason, retry_after=retry_after)
-        return Reservation(cost=cost, tokens=tokens, minute=minute, usable=tuple(bool(flag) for flag in result[2:]))
+            return Refusal(reason=reason, retry_after=retry_after, scope=int(result[2]), left=int(result[3]))
+        return Reservation(
+            cost=cost,
+            tokens=tokens,
+            minute=minute,
+            usable=tuple(bool(flag) for flag in result[4:]),
+            scopes=tuple(scope.key for scope in scopes),
+        )
 
-    async def load_balances(self, tenant_id: UUID, token_id: UUID, token_used: int, tenant_used: int) -> None:
-        """Seed the counters from PostgreSQL (the source of truth) when Redis has none, e.g. after a restart."""
+    async def load_balances(self, tenant_id: UUID, balances: dict[str, int]) -> None:
+        """Seed the scopes' balances from PostgreSQL (the source of truth) where Redis has none (a restart)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.token_used_key(tenant_id, token_id), token_used, nx=True)
-            pipe.set(self.tenant_used_key(tenant_id), tenant_used, nx=True)
+            for scope, used in balances.items():
+                pipe.set(self.used_key(tenant_id, scope), used, nx=True)
             await pipe.execute()
 
     async def settle(
         self,
         *,
         tenant_id: UUID,
-        token_id: UUID,
         reservation: Reservation,
         cost: int,
         tokens: int,
@@ -255,15 +312,16 @@ class GatewayLimits:
     ) -> None:
         prefix = _prefix(tenant_id)
         channel_key = channel_id or UUID(int=0)
-        keys = [
-            self.token_used_key(tenant_id, token_id),
-            self.tenant_used_key(tenant_id),
-            f"{prefix}:token:{token_id}:tpm:{reservation.minute}",
+        keys: list[Any] = []
+        for scope in reservation.scopes:
+            keys += [f"{prefix}:{scope}:used", f"{prefix}:{scope}:tpm:{reservation.minute}"]
+        keys += [
             self.channel_used_key(tenant_id, channel_key),
             f"{prefix}:channel:{channel_key}:rpm:{int(time.time() // 60)}",
             usage_stream_key(tenant_id),
         ]
         args = [
+            len(reservation.scopes),
             reservation.cost,
             cost,
             tokens - reservation.tokens,
@@ -271,7 +329,13 @@ class GatewayLimits:
             record,
             MINUTE_KEY_TTL_SECONDS,
         ]
-        waiting = await self._direct.run(self._settle, keys, args)
+        await self._listed(tenant_id, await self._direct.run(self._settle, keys, args))
+
+    async def record(self, tenant_id: UUID, record: bytes) -> None:
+        """Queue the usage record of a call that reserved nothing (refused before any provider was asked)."""
+        await self._listed(tenant_id, await self._direct.run(self._record, [usage_stream_key(tenant_id)], [record]))
+
+    async def _listed(self, tenant_id: UUID, waiting: Any) -> None:
         if int(waiting) == 1:
             # The stream was empty, so the flusher may have struck the tenant off its list: put it back.
             # (A separate command: the list is not in the tenant's hash slot.)
@@ -283,9 +347,9 @@ class GatewayLimits:
     async def cool_down(self, tenant_id: UUID, channel_id: UUID, seconds: int) -> None:
         await self.redis.set(f"{_prefix(tenant_id)}:channel:{channel_id}:cool", 1, ex=max(seconds, 1))
 
-    async def end_budget_period(self, tenant_id: UUID, token_id: UUID, counted: int) -> None:
-        """The token's period is over: `counted` (PostgreSQL's used_quota, now being zeroed) leaves its balance."""
-        await self._reset_used(keys=[self.token_used_key(tenant_id, token_id)], args=[counted])
+    async def end_budget_period(self, tenant_id: UUID, scope: str, counted: int) -> None:
+        """A scope's period is over: `counted` (PostgreSQL's used_quota, now being zeroed) leaves its balance."""
+        await self._reset_used(keys=[self.used_key(tenant_id, scope)], args=[counted])
 
     async def raise_balances(self, balances: dict[str, int]) -> int:
         """Raise each balance (one tenant's keys) to at least PostgreSQL's count; returns how many were low."""

@@ -107,7 +107,7 @@ class TokenCreate(Input):
     allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] = []
     allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] = []
     expires_at: datetime.datetime | None = None
-    budget_period: Literal["none", "daily", "monthly"] = "none"
+    budget_period: Literal["none", "daily", "weekly", "monthly"] = "none"
     # Admins may issue a key for another user of the tenant; a user's key is always their own.
     user_id: UUID | None = None
 

@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
@@ -33,7 +33,7 @@ from app.tenants.services import Actor, all_tenant_ids, audit_change, record_aud
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
-from db.tenant import Organization
+from db.tenant import Budget, Organization
 
 
 class ChannelTestPayload(Input):
@@ -113,7 +113,7 @@ async def health_check(services: WorkerServices) -> dict[str, Any]:
 
 @scheduled("gateway.budgets", cron="* * * * *")
 async def settle_budgets(services: WorkerServices) -> dict[str, Any]:
-    """Write waiting usage, start new daily and monthly budget periods, and check Redis against PostgreSQL.
+    """Write waiting usage, start new budget periods, and check Redis against PostgreSQL.
 
     One task, in this order, so that a reset and a reconciliation never interleave: a reconciliation that
     read a balance from before a reset could otherwise raise the Redis balance back to the old count.
@@ -130,35 +130,60 @@ async def settle_budgets(services: WorkerServices) -> dict[str, Any]:
     return {"flushed": flushed, "reset": reset, "raised": raised}
 
 
+def period_starts(now: datetime.datetime) -> dict[str, datetime.datetime]:
+    """When the current daily, weekly (from Monday) and monthly budget periods began (UTC)."""
+    day = now.astimezone(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"daily": day, "weekly": day - datetime.timedelta(days=day.weekday()), "monthly": day.replace(day=1)}
+
+
+def _period_over(table: type[ApiToken] | type[Budget], starts: dict[str, datetime.datetime]) -> ColumnElement[bool]:
+    return or_(
+        *(and_(table.budget_period == period, table.budget_reset_at < start) for period, start in starts.items())
+    )
+
+
+def budget_scope(user_id: UUID | None, group_id: UUID | None) -> str:
+    """The gateway's name for a user's or group's budget counters."""
+    return f"user:{user_id}" if user_id is not None else f"group:{group_id}"
+
+
 async def reset_budget_periods(
     session: AsyncSession, limits: GatewayLimits, tenant_id: UUID, now: datetime.datetime
 ) -> int:
-    """Zero the used quota of every key whose daily or monthly period began after its last reset (UTC)."""
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    month = day.replace(day=1)
-    due = (
+    """Zero the used quota of every key, user and group budget whose period began after its last reset.
+
+    The rows are locked until the commit: the usage flusher's additions wait, so `used_quota` is exact, and
+    a second run at the same moment finds them reset already (it re-reads them once the lock is free).
+    """
+    starts = period_starts(now)
+    tokens = (
         await session.execute(
-            select(ApiToken.id, ApiToken.used_quota)
-            .where(
-                or_(
-                    and_(ApiToken.budget_period == "daily", ApiToken.budget_reset_at < day),
-                    and_(ApiToken.budget_period == "monthly", ApiToken.budget_reset_at < month),
-                )
-            )
-            # Locked until the commit: the usage flusher's additions wait, so `used_quota` is exact.
+            select(ApiToken.id, ApiToken.used_quota).where(_period_over(ApiToken, starts)).with_for_update()
+        )
+    ).all()
+    budgets = (
+        await session.execute(
+            select(Budget.id, Budget.user_id, Budget.group_id, Budget.used_quota)
+            .where(Budget.kind != "new_user", _period_over(Budget, starts))
             .with_for_update()
         )
     ).all()
-    for token_id, used in due:
-        await limits.end_budget_period(tenant_id, token_id, used)
-    if due:
+    for token_id, used in tokens:
+        await limits.end_budget_period(tenant_id, f"token:{token_id}", used)
+    for _, user_id, group_id, used in budgets:
+        await limits.end_budget_period(tenant_id, budget_scope(user_id, group_id), used)
+    if tokens:
         await session.execute(
             update(ApiToken)
-            .where(ApiToken.id.in_([token_id for token_id, _ in due]))
+            .where(ApiToken.id.in_([token_id for token_id, _ in tokens]))
             .values(used_quota=0, budget_reset_at=now)
         )
+    if budgets:
+        await session.execute(
+            update(Budget).where(Budget.id.in_([row[0] for row in budgets])).values(used_quota=0, budget_reset_at=now)
+        )
     await session.commit()
-    return len(due)
+    return len(tokens) + len(budgets)
 
 
 async def reconcile_balances(session: AsyncSession, limits: GatewayLimits, tenant_id: UUID) -> int:
@@ -168,6 +193,9 @@ async def reconcile_balances(session: AsyncSession, limits: GatewayLimits, tenan
         counts[limits.token_used_key(tenant_id, token_id)] = used
     for channel_id, used in await session.execute(select(Channel.id, Channel.used_quota)):
         counts[limits.channel_used_key(tenant_id, channel_id)] = used
+    budgets = select(Budget.user_id, Budget.group_id, Budget.used_quota).where(Budget.kind != "new_user")
+    for user_id, group_id, used in await session.execute(budgets):
+        counts[limits.used_key(tenant_id, budget_scope(user_id, group_id))] = used
     tenant_used = await session.scalar(select(Organization.used_quota))
     if tenant_used is not None:
         counts[limits.tenant_used_key(tenant_id)] = tenant_used

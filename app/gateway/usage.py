@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.gateway.engine import UsageRecord
@@ -48,8 +48,27 @@ SELECT id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model
     status_code, outcome, stream, details, created_at
 FROM usage_staging
 ON CONFLICT (id) DO NOTHING
-RETURNING token_id, channel_id, cost
+RETURNING id, token_id, channel_id, cost
 """
+# A user's or group's spend, on its budget row (made by the first call it pays for). A subject deleted
+# since the call selects nothing, so its spend is dropped rather than failing the batch.
+_ADD_TO_BUDGETS = {
+    "user": text(
+        """
+        INSERT INTO tenant_budgets (tenant_id, kind, user_id, used_quota)
+        SELECT subject.tenant_id, 'user', subject.id, :amount FROM auth_users AS subject WHERE subject.id = :subject
+        ON CONFLICT (tenant_id, user_id) DO UPDATE SET used_quota = tenant_budgets.used_quota + excluded.used_quota
+        """
+    ),
+    "group": text(
+        """
+        INSERT INTO tenant_budgets (tenant_id, kind, group_id, used_quota)
+        SELECT subject.tenant_id, 'group', subject.id, :amount FROM tenant_user_groups AS subject
+        WHERE subject.id = :subject
+        ON CONFLICT (tenant_id, group_id) DO UPDATE SET used_quota = tenant_budgets.used_quota + excluded.used_quota
+        """
+    ),
+}
 # The order of the values in each row `_write` copies.
 _COLUMNS = [
     "id", "tenant_id", "user_id", "token_id", "channel_id", "request_id", "endpoint", "model", "upstream_model",
@@ -164,11 +183,15 @@ class UsageFlusher:
             # Only the rows written now count: a record seen twice is skipped above.
             by_token: Counter[UUID] = Counter()
             by_channel: Counter[UUID] = Counter()
-            for token_id, channel_id, cost in inserted:
+            by_budget: Counter[str] = Counter()
+            budgets_of = {record.id: record.budgets for record in records if record.cost and record.budgets}
+            for record_id, token_id, channel_id, cost in inserted:
                 if token_id is not None:
                     by_token[token_id] += cost
                 if channel_id is not None:
                     by_channel[channel_id] += cost
+                for scope in budgets_of.get(str(record_id), ()):
+                    by_budget[scope] += cost
             now = datetime.datetime.now(datetime.UTC)
             if by_token:
                 await session.execute(
@@ -178,6 +201,14 @@ class UsageFlusher:
                 await session.execute(
                     _ADD_TO_CHANNELS, [{"row_id": key, "amount": value} for key, value in by_channel.items()]
                 )
+            for kind, statement in _ADD_TO_BUDGETS.items():
+                amounts = [
+                    {"subject": UUID(scope.partition(":")[2]), "amount": amount}
+                    for scope, amount in by_budget.items()
+                    if scope.startswith(f"{kind}:") and amount
+                ]
+                if amounts:
+                    await session.execute(statement, amounts)
             total = sum(by_token.values())
             if total:
                 await session.execute(update(Organization).values(used_quota=Organization.used_quota + total))

@@ -122,7 +122,9 @@ class GatewayApi:
             if method == "POST" and request.content_type != b"application/json":
                 raise errors.invalid_request("Send the body as JSON with 'Content-Type: application/json'.")
             key = key_from_headers(request.authorization, request.api_key)
-            token = await self.gateway.authenticate(key, request.client_ip)
+            token = await self.gateway.authenticate(
+                key, request.client_ip, endpoint=_ENDPOINTS.get(template, ""), request_id=request.request_id
+            )
             answer = await handler(token, request, receive)
             if isinstance(answer, StreamAnswer):
                 await _send_stream(answer, send_tracked, receive)
@@ -205,6 +207,17 @@ class GatewayApi:
     async def _count_tokens(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         body, size = await self._body(request, receive)
         return await self.gateway.count_tokens(token, body, count_tokens_request(body), size)
+
+
+# How the usage log names each route's calls (a refused key is recorded before its body is read).
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+    f"{MODELS_PREFIX}{{model}}": "models",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+}
 
 
 def gateway_mount(gateway_api: GatewayApi) -> ASGIRouteHandler:

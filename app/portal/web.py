@@ -78,6 +78,7 @@ NOTICES = {
     "key_saved": "The API key is saved.",
     "key_revoked": "The API key is revoked.",
     "role_saved": "The user's role is saved.",
+    "budget_saved": "The budget and policy are saved.",
     "user_deactivated": "The user is deactivated.",
     "user_reactivated": "The user is reactivated.",
     "mfa_reset": "The user's two-factor authentication is reset.",

@@ -23,6 +23,7 @@ from app.keyset import Keyset
 from app.schemas import read_as
 from app.tenants.accounts import AccountService, pending_invitations
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page
+from app.tenants.budgets import BudgetRead, BudgetService, BudgetWrite, read_budget
 from app.tenants.groups import GroupService
 from app.tenants.schemas import (
     AuditPage,
@@ -85,6 +86,16 @@ class TenantController(Controller):
         )
         return read_as(OrganizationRead, organization)
 
+    @get("/new-user-budget", guards=[requires_tenant_admin], summary="The budget and policy every new user starts with")
+    async def get_new_user_budget(self, db_session: NamedDependency[AsyncSession]) -> BudgetRead:
+        return await read_budget(db_session, "new_user")
+
+    @patch("/new-user-budget", guards=[requires_tenant_admin], summary="Set the budget and policy new users start with")
+    async def set_new_user_budget(
+        self, data: JSONBody[BudgetWrite], actor: NamedDependency[Actor], budgets: NamedDependency[BudgetService]
+    ) -> BudgetRead:
+        return await budgets.set(actor, "new_user", None, data)
+
     @get("/policy", guards=[requires_tenant_admin], summary="The organization's security policy")
     async def get_policy(
         self, request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]
@@ -137,6 +148,20 @@ class UserAdminController(Controller):
     @get("/{user_id:uuid}", summary="A user and the groups they belong to")
     async def get_user(self, user_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> UserDetail:
         return await _visible_user(db_session, user_id)
+
+    @get("/{user_id:uuid}/budget", summary="A user's own budget and policy (their groups' bound them too)")
+    async def get_budget(self, user_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> BudgetRead:
+        return await read_budget(db_session, "user", user_id)
+
+    @patch("/{user_id:uuid}/budget", summary="Set a user's budget and policy: every key of theirs draws on it")
+    async def set_budget(
+        self,
+        user_id: FromPath[UUID],
+        data: JSONBody[BudgetWrite],
+        actor: NamedDependency[Actor],
+        budgets: NamedDependency[BudgetService],
+    ) -> BudgetRead:
+        return await budgets.set(actor, "user", user_id, data)
 
     @put("/{user_id:uuid}/role", summary="Change a user's role (an administrator cannot demote themself)")
     async def change_role(
@@ -325,6 +350,20 @@ class GroupController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> None:
         await groups.remove_member(actor, await user_group(db_session, group_id), user_id)
+
+    @get("/{group_id:uuid}/budget", summary="A group's budget and policy, shared by its members")
+    async def get_budget(self, group_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> BudgetRead:
+        return await read_budget(db_session, "group", group_id)
+
+    @patch("/{group_id:uuid}/budget", summary="Set a group's budget and policy")
+    async def set_budget(
+        self,
+        group_id: FromPath[UUID],
+        data: JSONBody[BudgetWrite],
+        actor: NamedDependency[Actor],
+        budgets: NamedDependency[BudgetService],
+    ) -> BudgetRead:
+        return await budgets.set(actor, "group", group_id, data)
 
 
 class AuditController(Controller):

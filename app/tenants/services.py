@@ -21,7 +21,7 @@ from app.observability.middleware import ClientContext
 from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
 from db.auth import User
 from db.session import tenant_session
-from db.tenant import SLUG_PATTERN, AuditEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import BUDGET_POLICY_FIELDS, SLUG_PATTERN, AuditEvent, Budget, Organization, UserGroup, UserGroupMember
 
 DEMO_TENANT_SLUG = "demo"
 DEMO_ADMIN_EMAIL = "admin@demo.example.com"
@@ -218,6 +218,7 @@ async def _add_user(
     user = User(email=email, hashed_password=hashed_password, role=role)
     session.add(user)
     await session.flush()
+    await give_new_user_budget(session, user.id)
     record_audit_event(
         session,
         actor=actor,
@@ -227,6 +228,16 @@ async def _add_user(
         details={"role": role},
     )
     return user
+
+
+async def give_new_user_budget(session: AsyncSession, user_id: UUID) -> None:
+    """A new account starts with the organization's default budget and policy for new users, if it set one."""
+    default = await session.scalar(select(Budget).where(Budget.kind == "new_user"))
+    if default is None:
+        return
+    policy = {name: getattr(default, name) for name in BUDGET_POLICY_FIELDS}
+    session.add(Budget(kind="user", user_id=user_id, **policy))
+    await session.flush()
 
 
 async def _commit(session: AsyncSession, conflicts: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, UsageLog
-from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import AuditEvent, Budget, Job, JobEvent, Organization, UserGroup, UserGroupMember
 from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
 
 
@@ -78,6 +78,9 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     ),
     "tenant_user_group_members": lambda tenant_id, parents: UserGroupMember(
         tenant_id=tenant_id, group_id=parents.group.id, user_id=parents.user.id
+    ),
+    "tenant_budgets": lambda tenant_id, parents: Budget(
+        tenant_id=tenant_id, kind="group", group_id=parents.group.id, quota=1_000_000
     ),
     "tenant_audit_events": lambda tenant_id, parents: AuditEvent(tenant_id=tenant_id, actor="test", action="test"),
     "provider_channels": lambda tenant_id, parents: Channel(

@@ -26,10 +26,12 @@ from app.jobs import services as jobs
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
+from app.portal.budget_forms import BUDGET_PERIODS, budget_values, parse_budget_form, typed_budget
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.schemas import read_as
 from app.settings import Settings
+from app.tenants.budgets import BudgetService, policy_models, read_budget
 from app.tenants.money import CURRENCIES
 from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
 from app.tenants.services import change_tenant_policy, own_organization, tenant_policy, update_organization
@@ -51,6 +53,7 @@ SAVED = {
     "prices": "The price is saved.",
     "price_removed": "The price is removed; the model now costs what '*' says, or nothing.",
     "defaults": "The memory and chat defaults are saved.",
+    "new_user_budget": "The budget and policy of new users are saved.",
 }
 
 
@@ -158,6 +161,7 @@ class SettingsPages(Controller):
         memory_settings = await memory_services.memory_settings(db_session)
         stored = _stored_defaults(memory_settings, await chat_services.chat_defaults(db_session))
         served = await gateway_admin.served_models(db_session)
+        new_user_budget = await read_budget(db_session, "new_user")
         return page(
             viewer,
             "settings/page.html",
@@ -168,6 +172,7 @@ class SettingsPages(Controller):
                 "require_mfa_for_admins": policy.require_mfa_for_admins,
                 "allow_self_signup": policy.allow_self_signup,
                 **stored,
+                **budget_values(new_user_budget, organization.currency),
                 **(values or {}),
             },
             errors=errors or {},
@@ -179,6 +184,9 @@ class SettingsPages(Controller):
             providers=await list_oauth_providers(db_session),
             prices=await model_prices(db_session),
             memory_status=memory_services.memory_status(memory_settings),
+            new_user_budget=new_user_budget,
+            periods=BUDGET_PERIODS,
+            policy_models=await policy_models(db_session, new_user_budget),
         )
 
     @get("/", summary="Settings")
@@ -223,6 +231,25 @@ class SettingsPages(Controller):
             )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=organization#organization")
+
+    @post("/new-user-budget", summary="Set the budget and policy new users start with")
+    async def set_new_user_budget(
+        self,
+        viewer: NamedDependency[Viewer],
+        budgets: NamedDependency[BudgetService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        form = await request.form()
+        values = typed_budget(form, form.getall("allowed_models", []))
+        async with FormSubmission(db_session) as submission:
+            data = parse_budget_form(values)
+            await budgets.set(viewer_actor(viewer, request), "new_user", None, data)
+        if submission.refused:
+            return await self._settings_page(
+                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
+            )
+        return see_other(f"{SETTINGS}?saved=new_user_budget#budget")
 
     @post("/policy", summary="Change the security policy")
     async def change_policy(

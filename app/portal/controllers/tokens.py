@@ -19,9 +19,15 @@ from app.gateway.schemas import TokenCreate, TokenRead, TokenUpdate
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, provide_viewer_actor, see_other
 from app.settings import DEFAULT_PUBLIC_URL, Settings
+from app.tenants.budgets import budgets_of_member
 from app.tenants.services import organization_users
 
-BUDGET_PERIODS = [("none", "Total (never resets)"), ("daily", "Per day"), ("monthly", "Per month")]
+BUDGET_PERIODS = [
+    ("none", "Total (never resets)"),
+    ("daily", "Per day"),
+    ("weekly", "Per week (from Monday)"),
+    ("monthly", "Per month"),
+]
 
 
 def _expiry(value: str) -> str:
@@ -71,7 +77,8 @@ class TokenPages(Controller):
     @get("/", summary="API keys")
     async def list_tokens(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
         tokens = await keys_with_owner_emails(db_session, None if viewer.is_admin else viewer.user.id)
-        return page(viewer, "tokens/list.html", tokens=tokens)
+        budgets = await budgets_of_member(db_session, viewer.user.id)
+        return page(viewer, "tokens/list.html", tokens=tokens, budgets=budgets)
 
     async def _form_page(
         self,

@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
 from app.gateway.admin import MonthlyUsage, usage_this_month
+from app.portal.budget_forms import BUDGET_PERIODS, budget_values, parse_budget_form, typed_budget
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.settings import Settings
 from app.tenants.accounts import INVITATION_TTL, AccountService, join_path, pending_invitations
+from app.tenants.budgets import BudgetService, policy_models, read_budget
 from app.tenants.groups import GroupService
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
@@ -149,6 +151,7 @@ class UserPages(Controller):
         user = await organization_user(db_session, user_id)
         groups = await group_names_of_user(db_session, user.id)
         usage = await usage_this_month(db_session, datetime.datetime.now(datetime.UTC), user_id=user.id)
+        budget = await read_budget(db_session, "user", user.id)
         return page(
             viewer,
             "users/detail.html",
@@ -159,7 +162,10 @@ class UserPages(Controller):
             usage=usage.get(user.id, MonthlyUsage()),
             roles=ROLES,
             role_labels=ROLE_LABELS,
-            values={"role": user.role} | (values or {}),
+            budget=budget,
+            periods=BUDGET_PERIODS,
+            models=await policy_models(db_session, budget),
+            values={"role": user.role} | budget_values(budget, viewer.organization.currency) | (values or {}),
             errors=errors or {},
         )
 
@@ -168,6 +174,26 @@ class UserPages(Controller):
         self, user_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
     ) -> Template:
         return await self._user_page(viewer, db_session, user_id)
+
+    @post("/{user_id:uuid}/budget", summary="Set a user's budget and policy")
+    async def set_budget(
+        self,
+        user_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        budgets: NamedDependency[BudgetService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        form = await request.form()
+        values = typed_budget(form, form.getall("allowed_models", []))
+        async with FormSubmission(db_session) as submission:
+            data = parse_budget_form(values)
+            await budgets.set(viewer_actor(viewer, request), "user", user_id, data)
+        if submission.refused:
+            return await self._user_page(
+                viewer, db_session, user_id, values=values, errors=submission.errors, status_code=submission.status_code
+            )
+        return see_other(f"{PORTAL}/users/{user_id}#budget", "budget_saved")
 
     @post("/{user_id:uuid}/role", summary="Change a user's role")
     async def change_role(
@@ -296,6 +322,8 @@ class GroupPages(Controller):
         candidates = [
             (str(user.id), user.email) for user in await organization_users(db_session) if user.id not in member_ids
         ]
+        budget = await read_budget(db_session, "group", group.id)
+        stored = {"name": group.name, "description": group.description or ""}
         return page(
             viewer,
             "groups/detail.html",
@@ -303,7 +331,10 @@ class GroupPages(Controller):
             group=group,
             members=members,
             candidates=candidates,
-            values={"name": group.name, "description": group.description or ""} | (values or {}),
+            budget=budget,
+            periods=BUDGET_PERIODS,
+            models=await policy_models(db_session, budget),
+            values=stored | budget_values(budget, viewer.organization.currency) | (values or {}),
             errors=errors or {},
         )
 
@@ -337,6 +368,31 @@ class GroupPages(Controller):
                 status_code=submission.status_code,
             )
         return see_other(f"{PORTAL}/groups/{group_id}", "group_saved")
+
+    @post("/{group_id:uuid}/budget", summary="Set a group's budget and policy")
+    async def set_budget(
+        self,
+        group_id: FromPath[UUID],
+        viewer: NamedDependency[Viewer],
+        budgets: NamedDependency[BudgetService],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        form = await request.form()
+        values = typed_budget(form, form.getall("allowed_models", []))
+        async with FormSubmission(db_session) as submission:
+            data = parse_budget_form(values)
+            await budgets.set(viewer_actor(viewer, request), "group", group_id, data)
+        if submission.refused:
+            return await self._group_page(
+                viewer,
+                db_session,
+                group_id,
+                values=values,
+                errors=submission.errors,
+                status_code=submission.status_code,
+            )
+        return see_other(f"{PORTAL}/groups/{group_id}#budget", "budget_saved")
 
     @post("/{group_id:uuid}/delete", summary="Delete a group")
     async def delete(

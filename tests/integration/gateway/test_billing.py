@@ -13,7 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gateway.engine import MIN_CLAMPED_OUTPUT_TOKENS
 from app.settings import Settings
+from app.tenants.money import format_money
 from db.provider import ApiToken
 from db.session import tenant_session
 from tests.support.clients import AuthHeaders, Client, bearer
@@ -79,7 +81,7 @@ async def test_a_provider_reporting_more_than_it_may_generate_leaves_an_overshoo
     listed = (await client.get("/api/usage", headers=auth_headers(tenant_a.admin))).json()["items"]
     assert listed[0]["overshoot"] == row.overshoot
     await sign_in(client, tenant_a, tenant_a.admin.email)
-    assert f"+{row.overshoot:,} over" in (await client.get("/portal/usage")).text
+    assert f"+{format_money(row.overshoot)} over" in (await client.get("/portal/usage")).text
     after = REGISTRY.get_sample_value("lyss_gateway_overshot_calls_total", {"endpoint": "chat"})
     assert after == before + 1
     async with tenant_session(session_maker, tenant_a.id) as session:
@@ -212,7 +214,7 @@ async def test_no_combination_of_limits_and_reported_usage_loses_money(
     key, token = await priced_key(client, tenant_a, upstream, auth_headers, quota=quota)
     rng = random.Random(14)  # noqa: S311 - a reproducible sequence of cases, not a secret
     served: list[tuple[int, int, int]] = []  # (limit sent, reported prompt, reported completion)
-    refused_for_quota = 0
+    refused_for_quota = clamped_calls = 0
     for _ in range(250):
         fields = {
             name: value
@@ -239,12 +241,20 @@ async def test_no_combination_of_limits_and_reported_usage_loses_money(
             continue
         assert response.status_code == 200, (fields, response.text)
         expected_limit = max(fields.values(), default=settings.gateway_default_max_tokens)
+        if clamped := response.headers.get("x-lyss-output-limit-clamped"):
+            # No limit named and too little left for the default: the largest the budget pays for.
+            assert not fields
+            assert MIN_CLAMPED_OUTPUT_TOKENS <= int(clamped) < expected_limit
+            expected_limit = int(clamped)
+            clamped_calls += 1
         [(_, sent)] = upstream.bodies
         assert limits_sent(sent) == {"max_tokens": expected_limit}
         served.append((expected_limit, prompt, completion))
 
-    rows = await usage_rows(session_maker, tenant_a, len(served))
+    logged = await usage_rows(session_maker, tenant_a, len(served) + refused_for_quota)
+    rows = [row for row in logged if row.outcome == "ok"]
     assert len(rows) == len(served) > 10
+    assert [(row.status_code, row.cost) for row in logged if row.outcome == "refused"] == [(429, 0)] * refused_for_quota
     for row, (limit, prompt, completion) in zip(rows, served, strict=True):
         assert (row.prompt_tokens, row.completion_tokens) == (prompt, completion)
         assert row.cost + row.overshoot == price(prompt, completion)
@@ -255,6 +265,7 @@ async def test_no_combination_of_limits_and_reported_usage_loses_money(
     async with tenant_session(session_maker, tenant_a.id) as session:
         used = (await session.get_one(ApiToken, token_id_of(token))).used_quota
     assert used == sum(row.cost for row in rows) <= quota
-    # The sequence reached the quota's edge and served calls with the default limit and with named ones.
-    assert refused_for_quota > 0
+    # The sequence reached the quota's edge (calls clamped or refused) and served calls with the default
+    # limit and with named ones.
+    assert clamped_calls + refused_for_quota > 0
     assert {limit for limit, _, _ in served} > {settings.gateway_default_max_tokens}

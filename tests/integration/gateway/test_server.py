@@ -185,12 +185,18 @@ async def test_no_overspend_under_200_concurrent_calls(
     successes = statuses.count(200)
     assert statuses.count(429) + successes == 200
     assert successes == 50  # reservations are exact here (prompt tokens are free), so exactly 50 fit
-    rows = await usage_rows(session_maker, tenant_a, successes)
+    rows = await usage_rows(session_maker, tenant_a, 200)
     await asyncio.sleep(0.6)  # one more flusher pass commits the totals with the last rows
     async with tenant_session(session_maker, tenant_a.id) as session:
         token = (await session.scalars(select(ApiToken))).one()
         logged = await session.scalar(select(func.coalesce(func.sum(UsageLog.cost), 0)))
-    assert len(rows) == successes
+    # Every call is on the record: the refused ones too, at no cost, with why.
+    assert len([row for row in rows if row.outcome == "ok"]) == successes
+    refused = [row for row in rows if row.outcome == "refused"]
+    assert len(refused) == 200 - successes
+    assert {(row.status_code, row.cost, row.details["reason"], row.details["scope"]) for row in refused} == {
+        (429, 0, "budget", "key")
+    }
     assert token.used_quota == logged == 10 * successes
     assert token.used_quota <= token.quota
 

@@ -98,6 +98,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/channels/{channel_id:uuid}"): {"name": "taken over", "priority": 99},
     ("PATCH", "/api/conversations/{conversation_id:uuid}"): {"title": "taken over"},
     ("PATCH", "/api/groups/{group_id:uuid}"): {"name": "taken over"},
+    ("PATCH", "/api/groups/{group_id:uuid}/budget"): {"quota": 1},
+    ("PATCH", "/api/users/{user_id:uuid}/budget"): {"quota": 1},
     ("POST", "/api/groups/{group_id:uuid}/members"): {"user_id": "00000000-0000-0000-0000-000000000000"},
     ("POST", "/api/conversations/{conversation_id:uuid}/messages"): {"content": "taken over"},
     ("PATCH", "/api/memories/{memory_id:uuid}"): {"text": "taken over"},

@@ -48,6 +48,7 @@ REFERENCING_TABLES = [
     "auth_password_resets",
     "tenant_user_groups",
     "tenant_user_group_members",
+    "tenant_budgets",
     "provider_channels",
     "provider_tokens",
     "tenant_jobs",
