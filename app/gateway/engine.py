@@ -293,9 +293,8 @@ class Gateway:
         )
         if not channels:
             raise errors.model_not_found(model)
-        prices = await self.catalog.prices(token.tenant_id)
-        prompt_price, completion_price = prices.get(model) or prices.get("*") or (0, 0)
-        return channels, CallCost(prompt_price, completion_price)
+        price = (await self.catalog.prices(token.tenant_id)).of(model)
+        return channels, CallCost(price.prompt_price, price.completion_price)
 
     async def _reserve(self, token: TokenInfo, channels: list[ChannelInfo], cost: int, tokens: int) -> Reservation:
         arguments: dict[str, Any] = {

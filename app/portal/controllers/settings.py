@@ -77,7 +77,7 @@ class OrganizationForm(OrganizationUpdate, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
-class PriceForm(PriceWrite):
+class PriceForm(PriceWrite, kw_only=True):
     """The price form: the API's body and the model, which the API takes from its path."""
 
     model: str
@@ -203,12 +203,17 @@ class SettingsPages(Controller):
 
     @post("/organization", summary="Rename the organization or change its currency")
     async def update_organization(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        price_admin: NamedDependency[PriceAdmin],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = {"name": str(form.get("name") or "").strip(), "currency": str(form.get("currency") or "USD")}
         async with FormSubmission(db_session) as submission:
             organization = await own_organization(db_session, viewer.organization.id)
+            currency = organization.currency
             await update_organization(
                 db_session,
                 organization,
@@ -221,7 +226,10 @@ class SettingsPages(Controller):
             return await self._settings_page(
                 viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
             )
-        await db_session.commit()
+        if organization.currency != currency:
+            await price_admin.currency_changed()  # the built-in prices apply, or stop applying, at once
+        else:
+            await db_session.commit()
         return see_other(f"{SETTINGS}?saved=organization#organization")
 
     @post("/policy", summary="Change the security policy")
