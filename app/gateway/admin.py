@@ -612,6 +612,15 @@ async def keys_with_owner_emails(session: AsyncSession, user_id: UUID | None) ->
     return [(token, email) for token, email in (await session.execute(statement)).all()]
 
 
+async def channel_models(session: AsyncSession) -> set[str]:
+    """Every model any of the organization's channels serves (whatever its scope or status): what may be priced."""
+    return {model for models in await session.scalars(select(Channel.models)) for model in models}
+
+
+async def own_prices(session: AsyncSession) -> list[PriceRead]:
+    return [price_read(row) for row in await model_prices(session)]
+
+
 async def key_names(session: AsyncSession, user_id: UUID | None) -> dict[UUID, str]:
     statement = select(ApiToken.id, ApiToken.name)
     if user_id is not None:
@@ -648,6 +657,7 @@ def built_in_prices(currency: str) -> BuiltInPriceList:
         as_of=listed.as_of,
         currency=listed.currency,
         applies=currency == listed.currency,
+        providers=listed.providers,
         prices=[
             BuiltInPriceRead(
                 model=entry.model,

@@ -185,6 +185,8 @@ class BuiltInPriceList(msgspec.Struct):
     currency: str
     # Whether the gateway charges the list to this organization: only where its currency is the list's.
     applies: bool
+    # Provider type name -> display name (Azure OpenAI uses OpenAI's model names).
+    providers: dict[str, str]
     prices: list[BuiltInPriceRead]
 
 
