@@ -169,11 +169,14 @@ class ModelPrice(TenantOwned, UpdatedAt, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "model", name="uk_provider_model_prices_model"),
         CheckConstraint("prompt_price >= 0 AND completion_price >= 0", name="prices"),
+        CheckConstraint("cached_prompt_price IS NULL OR cached_prompt_price >= 0", name="cached_prompt_price"),
     )
 
     model: Mapped[str] = mapped_column(String(100))
     prompt_price: Mapped[int] = mapped_column(BigInteger)
     completion_price: Mapped[int] = mapped_column(BigInteger)
+    # A prompt token read from the provider's cache; NULL where the tenant set none. Shown, not yet billed.
+    cached_prompt_price: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class UsageLog(TenantOwned, Base):

@@ -26,7 +26,10 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
 from app.gateway.caches import GatewayCatalog, announce_change, channel_keys_context
+from app.gateway.price_list import price_list
 from app.gateway.schemas import (
+    BuiltInPriceList,
+    BuiltInPriceRead,
     ChannelCreate,
     ChannelRead,
     ChannelTestResult,
@@ -34,6 +37,7 @@ from app.gateway.schemas import (
     DailyUsage,
     HttpStatus,
     ModelName,
+    PriceRead,
     PriceWrite,
     TokenCreate,
     TokenRead,
@@ -414,12 +418,17 @@ class PriceAdmin(_ManagementService):
     async def set(self, model: str, data: PriceWrite) -> ModelPrice:
         if not 0 < len(model) <= 100:
             raise InvalidRequest("The model name must be 1-100 characters long.", field="model")
+        if data.cached_prompt_price is not None and data.cached_prompt_price > data.prompt_price:
+            raise InvalidRequest(
+                "The cached prompt price cannot be more than the prompt price.", field="cached_prompt_price"
+            )
         price = await self.session.scalar(select(ModelPrice).where(ModelPrice.model == model))
         if price is None:
             price = ModelPrice(tenant_id=self.tenant_id, model=model, prompt_price=0, completion_price=0)
             self.session.add(price)
         price.prompt_price = data.prompt_price
         price.completion_price = data.completion_price
+        price.cached_prompt_price = data.cached_prompt_price
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
         return price
 
@@ -428,6 +437,10 @@ class PriceAdmin(_ManagementService):
         if price is None:
             raise NotFound("No price for this model.")
         await self.session.delete(price)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+
+    async def currency_changed(self) -> None:
+        """The organization's currency changed (in this session): whether the built-in list applies changed too."""
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
 
 
@@ -599,6 +612,15 @@ async def keys_with_owner_emails(session: AsyncSession, user_id: UUID | None) ->
     return [(token, email) for token, email in (await session.execute(statement)).all()]
 
 
+async def channel_models(session: AsyncSession) -> set[str]:
+    """Every model any of the organization's channels serves (whatever its scope or status): what may be priced."""
+    return {model for models in await session.scalars(select(Channel.models)) for model in models}
+
+
+async def own_prices(session: AsyncSession) -> list[PriceRead]:
+    return [price_read(row) for row in await model_prices(session)]
+
+
 async def key_names(session: AsyncSession, user_id: UUID | None) -> dict[UUID, str]:
     statement = select(ApiToken.id, ApiToken.name)
     if user_id is not None:
@@ -626,3 +648,53 @@ async def provider_types(session: AsyncSession, *, echo_enabled: bool) -> list[P
 
 async def model_prices(session: AsyncSession) -> list[ModelPrice]:
     return list(await session.scalars(select(ModelPrice).order_by(ModelPrice.model)))
+
+
+def built_in_prices(currency: str) -> BuiltInPriceList:
+    """The shipped list, and whether it prices this organization's calls (only in the list's currency)."""
+    listed = price_list()
+    return BuiltInPriceList(
+        as_of=listed.as_of,
+        currency=listed.currency,
+        applies=currency == listed.currency,
+        providers=listed.providers,
+        prices=[
+            BuiltInPriceRead(
+                model=entry.model,
+                provider=entry.provider,
+                prompt_price=entry.prompt_price,
+                completion_price=entry.completion_price,
+                cached_prompt_price=entry.cached_prompt_price,
+            )
+            for entry in listed.prices.values()
+        ],
+    )
+
+
+async def effective_prices(session: AsyncSession, currency: str) -> list[PriceRead]:
+    """The organization's own prices, and where the built-in list applies, each listed model it has not priced."""
+    own = [price_read(row) for row in await model_prices(session)]
+    listed = built_in_prices(currency)
+    if listed.applies:
+        priced = {price.model for price in own}
+        own += [
+            PriceRead(
+                model=entry.model,
+                prompt_price=entry.prompt_price,
+                completion_price=entry.completion_price,
+                cached_prompt_price=entry.cached_prompt_price,
+                source="built-in",
+            )
+            for entry in listed.prices
+            if entry.model not in priced
+        ]
+    return sorted(own, key=lambda price: price.model)
+
+
+def price_read(row: ModelPrice) -> PriceRead:
+    return PriceRead(
+        model=row.model,
+        prompt_price=row.prompt_price,
+        completion_price=row.completion_price,
+        cached_prompt_price=row.cached_prompt_price,
+    )

@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import SecretBox, secret_context
+from app.gateway.price_list import PriceList, price_list
 from app.observability.logging import get_logger
 from app.tenants.money import DEFAULT_CURRENCY
 from db.provider import Channel, ModelPrice, ProviderType
@@ -88,6 +89,37 @@ class MemberInfo(msgspec.Struct, frozen=True):
     currency: str
 
 
+class ModelCost(msgspec.Struct, frozen=True):
+    """Credits per million tokens. The cached-prompt price is carried, not yet billed."""
+
+    prompt_price: int
+    completion_price: int
+    cached_prompt_price: int | None = None
+
+
+FREE = ModelCost(0, 0)
+
+
+class TenantPrices(msgspec.Struct, frozen=True):
+    """A tenant's prices and whether the built-in list (in US dollars) applies to it: resolved per call with
+    dict lookups only."""
+
+    own: dict[str, ModelCost]
+    # The list where the tenant counts in its currency, else None.
+    listed: PriceList | None
+
+    def of(self, model: str) -> ModelCost:
+        """The tenant's price for the model, else the built-in list's, else the tenant's `*`, else free."""
+        own = self.own.get(model)
+        if own is not None:
+            return own
+        if self.listed is not None:
+            entry = self.listed.find(model)
+            if entry is not None:
+                return ModelCost(entry.prompt_price, entry.completion_price, entry.cached_prompt_price)
+        return self.own.get("*", FREE)
+
+
 def channel_keys_context(tenant_id: UUID) -> str:
     return secret_context("provider_channels", "encrypted_keys", tenant_id)
 
@@ -106,7 +138,7 @@ class GatewayCatalog:
         size = 10_000
         self._tokens: TTLCache[str, TokenInfo | None] = TTLCache(size, ttl_seconds)
         self._channels: TTLCache[UUID, list[ChannelInfo]] = TTLCache(size, ttl_seconds)
-        self._prices: TTLCache[UUID, dict[str, tuple[int, int]]] = TTLCache(size, ttl_seconds)
+        self._prices: TTLCache[UUID, TenantPrices] = TTLCache(size, ttl_seconds)
         self._members: TTLCache[tuple[UUID, UUID], MemberInfo] = TTLCache(size, ttl_seconds)
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
@@ -197,13 +229,18 @@ class GatewayCatalog:
             )
         return channels
 
-    async def prices(self, tenant_id: UUID) -> dict[str, tuple[int, int]]:
+    async def prices(self, tenant_id: UUID) -> TenantPrices:
         return await self._cached(self._prices, tenant_id, lambda: self._load_prices(tenant_id))
 
-    async def _load_prices(self, tenant_id: UUID) -> dict[str, tuple[int, int]]:
+    async def _load_prices(self, tenant_id: UUID) -> TenantPrices:
         async with tenant_session(self.session_maker, tenant_id) as session:
             rows = (await session.scalars(select(ModelPrice))).all()
-        return {row.model: (row.prompt_price, row.completion_price) for row in rows}
+            currency = await session.scalar(select(Organization.currency).where(Organization.id == tenant_id))
+        listed = price_list()
+        return TenantPrices(
+            own={row.model: ModelCost(row.prompt_price, row.completion_price, row.cached_prompt_price) for row in rows},
+            listed=listed if currency == listed.currency else None,
+        )
 
     async def member(self, tenant_id: UUID, user_id: UUID) -> MemberInfo:
         return await self._cached(self._members, (tenant_id, user_id), lambda: self._load_member(tenant_id, user_id))

@@ -23,6 +23,7 @@ from app.errors import NotFound
 from app.gateway import admin
 from app.gateway.admin import ChannelAdmin, PriceAdmin, TokenAdmin
 from app.gateway.schemas import (
+    BuiltInPriceList,
     ChannelCreate,
     ChannelRead,
     ChannelTestResult,
@@ -39,7 +40,7 @@ from app.gateway.schemas import (
 )
 from app.settings import Settings
 from app.storage.base import ObjectStore
-from app.tenants.services import Actor
+from app.tenants.services import Actor, own_organization
 from db.provider import ApiToken, Channel, ProviderType
 
 AuthRequest = Request[Principal, Any, State]
@@ -207,12 +208,17 @@ class PriceController(Controller):
     tags = ["gateway: prices"]
     guards = [requires_tenant_admin]
 
-    @get("/", summary="Model prices (credits per million tokens; '*' prices every other model)")
-    async def list_prices(self, db_session: NamedDependency[AsyncSession]) -> list[PriceRead]:
-        return [
-            PriceRead(model=row.model, prompt_price=row.prompt_price, completion_price=row.completion_price)
-            for row in await admin.model_prices(db_session)
-        ]
+    @get("/", summary="Model prices: the organization's own, and the built-in list's where it applies")
+    async def list_prices(self, request: AuthRequest, db_session: NamedDependency[AsyncSession]) -> list[PriceRead]:
+        organization = await own_organization(db_session, request.user.tenant_id)
+        return await admin.effective_prices(db_session, organization.currency)
+
+    @get("/built-in", summary="The built-in price list (US dollars), its date, and whether it applies")
+    async def built_in_prices(
+        self, request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> BuiltInPriceList:
+        organization = await own_organization(db_session, request.user.tenant_id)
+        return admin.built_in_prices(organization.currency)
 
     @put("/{model:str}", summary="Set a model's price")
     async def set_price(
@@ -221,8 +227,7 @@ class PriceController(Controller):
         model: Annotated[str, PathParameter(min_length=1, max_length=100)],
         data: JSONBody[PriceWrite],
     ) -> PriceRead:
-        price = await price_admin.set(model, data)
-        return PriceRead(model=model, prompt_price=price.prompt_price, completion_price=price.completion_price)
+        return admin.price_read(await price_admin.set(model, data))
 
     @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model's price")
     async def delete_price(

@@ -361,9 +361,8 @@ class Gateway:
         )
         if not channels:
             raise errors.model_not_found(model)
-        prices = await self.catalog.prices(token.tenant_id)
-        prompt_price, completion_price = prices.get(model) or prices.get("*") or (0, 0)
-        return member, channels, CallCost(prompt_price, completion_price)
+        price = (await self.catalog.prices(token.tenant_id)).of(model)
+        return member, channels, CallCost(price.prompt_price, price.completion_price)
 
     @staticmethod
     def _scopes(token: TokenInfo, member: MemberInfo) -> list[Scope]:

@@ -153,16 +153,41 @@ class TokenCreated(msgspec.Struct):
 
 
 class PriceWrite(Input):
-    """Credits per million tokens (a credit is a millionth of the currency unit)."""
+    """Credits per million tokens (a credit is a millionth of the currency unit). `cached_prompt_price` (a prompt
+    token read from the provider's cache) is kept and shown; calls are not yet billed by it."""
 
     prompt_price: Price
     completion_price: Price
+    cached_prompt_price: Price | None = None
 
 
 class PriceRead(msgspec.Struct):
     model: str
     prompt_price: int
     completion_price: int
+    cached_prompt_price: int | None = None
+    # "tenant": the organization's own price; "built-in": the shipped list's (see `GET /api/model-prices`).
+    source: Literal["tenant", "built-in"] = "tenant"
+
+
+class BuiltInPriceRead(msgspec.Struct):
+    """A model of the built-in list: US-dollar credits (millionths of a dollar) per million tokens."""
+
+    model: str
+    provider: str
+    prompt_price: int
+    completion_price: int
+    cached_prompt_price: int | None
+
+
+class BuiltInPriceList(msgspec.Struct):
+    as_of: datetime.date
+    currency: str
+    # Whether the gateway charges the list to this organization: only where its currency is the list's.
+    applies: bool
+    # Provider type name -> display name (Azure OpenAI uses OpenAI's model names).
+    providers: dict[str, str]
+    prices: list[BuiltInPriceRead]
 
 
 class UsageRead(msgspec.Struct):

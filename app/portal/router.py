@@ -27,6 +27,7 @@ from app.portal.controllers.conversations import ConversationPages
 from app.portal.controllers.joining import JoiningPages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.passwords import PasswordResetPages
+from app.portal.controllers.prices import PricePages
 from app.portal.controllers.settings import SettingsPages
 from app.portal.controllers.signin import SignInController
 from app.portal.controllers.tokens import TokenPages
@@ -107,6 +108,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             ConversationPages,
             ChatPages,
             SettingsPages,
+            PricePages,
             static,
         ],
         middleware=[PortalMiddleware(keyring, session_maker)],

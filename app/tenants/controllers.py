@@ -19,6 +19,7 @@ from app.auth.password_resets import IssuedPasswordReset
 from app.auth.schemas import InvitationResponse
 from app.auth.tokens import Principal
 from app.errors import InvalidRequest
+from app.gateway.admin import PriceAdmin
 from app.keyset import Keyset
 from app.schemas import read_as
 from app.tenants.accounts import AccountService, pending_invitations
@@ -74,16 +75,16 @@ class TenantController(Controller):
         data: JSONBody[OrganizationUpdate],
         request: Request[Principal, Any, State],
         actor: NamedDependency[Actor],
+        price_admin: NamedDependency[PriceAdmin],
         db_session: NamedDependency[AsyncSession],
     ) -> OrganizationRead:
+        organization = await own_organization(db_session, request.user.tenant_id)
+        currency = organization.currency
         organization = await update_organization(
-            db_session,
-            await own_organization(db_session, request.user.tenant_id),
-            data,
-            actor=actor.name,
-            actor_user_id=request.user.user_id,
-            client=actor.client,
+            db_session, organization, data, actor=actor.name, actor_user_id=request.user.user_id, client=actor.client
         )
+        if organization.currency != currency:
+            await price_admin.currency_changed()
         return read_as(OrganizationRead, organization)
 
     @get("/new-user-budget", guards=[requires_tenant_admin], summary="The budget and policy every new user starts with")

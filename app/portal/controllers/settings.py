@@ -1,4 +1,4 @@
-"""Portal settings (admins): organization name, security policy, OAuth providers, model prices, memory and chat."""
+"""Portal settings (admins): organization name and currency, security policy, OAuth providers, memory and chat."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
 from app.gateway import admin as gateway_admin
-from app.gateway.admin import PriceAdmin, model_prices
-from app.gateway.schemas import PriceWrite
+from app.gateway.admin import PriceAdmin
 from app.jobs import services as jobs
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
@@ -50,8 +49,6 @@ SAVED = {
     "policy": "The security policy is saved.",
     "oauth": "The OAuth provider is saved.",
     "oauth_removed": "The OAuth provider is removed; its users sign in with a password again.",
-    "prices": "The price is saved.",
-    "price_removed": "The price is removed; the model now costs what '*' says, or nothing.",
     "defaults": "The memory and chat defaults are saved.",
     "new_user_budget": "The budget and policy of new users are saved.",
 }
@@ -78,12 +75,6 @@ class OrganizationForm(OrganizationUpdate, kw_only=True):
     """The organization form: the API's body, with the name that the form always carries."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-
-
-class PriceForm(PriceWrite):
-    """The price form: the API's body and the model, which the API takes from its path."""
-
-    model: str
 
 
 def _stored_defaults(memory: MemorySettings, chat: ChatDefaults) -> dict[str, Any]:
@@ -182,7 +173,7 @@ class SettingsPages(Controller):
             },
             currencies=[(code, f"{code} — {currency.name}") for code, currency in CURRENCIES.items()],
             providers=await list_oauth_providers(db_session),
-            prices=await model_prices(db_session),
+            priced_models=len(await gateway_admin.own_prices(db_session)),
             memory_status=memory_services.memory_status(memory_settings),
             new_user_budget=new_user_budget,
             periods=BUDGET_PERIODS,
@@ -211,12 +202,17 @@ class SettingsPages(Controller):
 
     @post("/organization", summary="Rename the organization or change its currency")
     async def update_organization(
-        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+        self,
+        price_admin: NamedDependency[PriceAdmin],
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
     ) -> Template | Response[None]:
         form = dict(await request.form())
         values = {"name": str(form.get("name") or "").strip(), "currency": str(form.get("currency") or "USD")}
         async with FormSubmission(db_session) as submission:
             organization = await own_organization(db_session, viewer.organization.id)
+            currency = organization.currency
             await update_organization(
                 db_session,
                 organization,
@@ -229,7 +225,10 @@ class SettingsPages(Controller):
             return await self._settings_page(
                 viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
             )
-        await db_session.commit()
+        if organization.currency != currency:
+            await price_admin.currency_changed()  # the built-in prices apply, or stop applying, at once
+        else:
+            await db_session.commit()
         return see_other(f"{SETTINGS}?saved=organization#organization")
 
     @post("/new-user-budget", summary="Set the budget and policy new users start with")
@@ -271,36 +270,6 @@ class SettingsPages(Controller):
         )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=policy#policy")
-
-    @post("/prices", summary="Set a model's price")
-    async def set_price(
-        self,
-        price_admin: NamedDependency[PriceAdmin],
-        viewer: NamedDependency[Viewer],
-        db_session: NamedDependency[AsyncSession],
-        request: PortalRequest,
-    ) -> Template | Response[None]:
-        form = dict(await request.form())
-        values = {name: str(form.get(name) or "").strip() for name in ("model", "prompt_price", "completion_price")}
-        async with FormSubmission(db_session) as submission:
-            price = parse(PriceForm, values)
-            await price_admin.set(price.model, price)
-        if submission.refused:
-            return await self._settings_page(
-                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
-            )
-        return see_other(f"{SETTINGS}?saved=prices#prices")
-
-    @post("/prices/delete", summary="Remove a model's price")
-    async def remove_price(
-        self,
-        price_admin: NamedDependency[PriceAdmin],
-        viewer: NamedDependency[Viewer],  # asked for so that the administrators-only check runs
-        request: PortalRequest,
-    ) -> Response[None]:
-        form = await request.form()
-        await price_admin.remove(str(form.get("model") or ""))
-        return see_other(f"{SETTINGS}?saved=price_removed#prices")
 
     @post("/defaults", summary="Change the memory and chat defaults")
     async def change_defaults(

@@ -85,6 +85,11 @@ async def test_an_oversized_body_is_refused(settings: Settings) -> None:
         ("/api/tokens", {"name": "k", "rpm_limit": 2**31}, "rpm_limit"),
         ("/api/tokens", {"name": "k", "quota": 2**63}, "quota"),
         ("/api/model-prices/big", {"prompt_price": 2**63, "completion_price": 1}, "prompt_price"),
+        (
+            "/api/model-prices/big",
+            {"prompt_price": 1, "completion_price": 1, "cached_prompt_price": 2**63},
+            "cached_prompt_price",
+        ),
     ],
 )
 async def test_numbers_beyond_their_columns_are_a_400_not_a_database_error(

@@ -3,6 +3,7 @@ a person sees what their keys may still spend; bad input is shown next to its fi
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.session import tenant_session
 from db.tenant import AuditEvent, Budget
 from tests.support.clients import AuthHeaders, Client
-from tests.support.gateway import add_channel, chat_body, issue_key, set_price
+from tests.support.gateway import add_channel, chat_body, issue_key, set_price, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows
@@ -83,7 +84,9 @@ async def test_an_admin_limits_a_person_in_the_portal_and_their_own_new_key_cann
     assert overdrawn.status_code == 429  # 25 credits left, 26 asked for
     assert "has $0.000025 left" in overdrawn.json()["error"]["message"]
 
-    # They see what is left on their keys page.
+    # They see what is left on their keys page (as PostgreSQL counts it: once the flusher wrote the call).
+    await usage_rows(session_maker, tenant_a, 3)
+    await asyncio.sleep(0.6)
     client.cookies.clear()
     await sign_in(client, tenant_a, tenant_a.user.email)
     keys_page = (await client.get("/portal/tokens")).text

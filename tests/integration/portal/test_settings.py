@@ -232,54 +232,6 @@ async def test_oauth_providers_are_added_edited_and_removed_with_the_secret_writ
         assert await session.get(OAuthProvider, foreign) is not None
 
 
-async def test_model_prices_are_set_replaced_and_removed_and_bad_prices_save_nothing(
-    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
-) -> None:
-    token = await sign_in(client, tenant_a, tenant_a.admin.email)
-
-    async def stored_prices() -> list[tuple[str, int, int]]:
-        async with tenant_session(session_maker, tenant_a.id) as session:
-            rows = await session.scalars(select(ModelPrice).order_by(ModelPrice.model))
-            return [(row.model, row.prompt_price, row.completion_price) for row in rows]
-
-    wrong = await client.post(
-        "/portal/settings/prices",
-        data={"csrf_token": token, "model": "gpt-test", "prompt_price": "abc", "completion_price": "-1"},
-    )
-    assert wrong.status_code == 400
-    assert field_error(wrong.text, "prompt_price") == "Enter a whole number."
-    assert field_error(wrong.text, "completion_price") == "At least 0."
-    assert 'value="gpt-test"' in wrong.text
-    empty = await client.post(
-        "/portal/settings/prices", data={"csrf_token": token, "model": "", "prompt_price": "1", "completion_price": "2"}
-    )
-    assert field_error(empty.text, "model") == "This field is required."
-    too_long = await client.post(
-        "/portal/settings/prices",
-        data={"csrf_token": token, "model": "m" * 101, "prompt_price": "1", "completion_price": "2"},
-    )
-    assert too_long.status_code == 400
-    assert field_error(too_long.text, "model") == "The model name must be 1-100 characters long."
-    assert await stored_prices() == []
-
-    for prompt, completion in (("1000000", "2000000"), ("3000000", "4000000")):
-        saved = await client.post(
-            "/portal/settings/prices",
-            data={"csrf_token": token, "model": "org/gpt-test", "prompt_price": prompt, "completion_price": completion},
-        )
-        assert saved.status_code == 303
-    assert await stored_prices() == [("org/gpt-test", 3_000_000, 4_000_000)]
-    listing = (await client.get("/portal/settings")).text
-    assert "<code>org/gpt-test</code>" in listing
-    assert "$3.00" in listing
-
-    removed = await client.post("/portal/settings/prices/delete", data={"csrf_token": token, "model": "org/gpt-test"})
-    assert removed.status_code == 303
-    assert await stored_prices() == []
-    again = await client.post("/portal/settings/prices/delete", data={"csrf_token": token, "model": "org/gpt-test"})
-    assert again.status_code == 404
-
-
 async def test_memory_and_chat_defaults_offer_served_models_and_a_new_embedding_model_starts_reembedding(
     client: Client,
     upstream: MockUpstream,
@@ -402,8 +354,8 @@ async def test_an_end_user_cannot_change_any_setting(
     posts = {
         "/portal/settings/organization": {"name": "Taken over"},
         "/portal/settings/policy": {"allow_self_signup": "on"},
-        "/portal/settings/prices": {"model": "m", "prompt_price": "1", "completion_price": "1"},
-        "/portal/settings/prices/delete": {"model": "m"},
+        "/portal/prices": {"model": "m", "prompt_price": "1", "completion_price": "1"},
+        "/portal/prices/delete": {"model": "m"},
         "/portal/settings/defaults": {"association_threshold": "0.9", "chat_memories": "1"},
         "/portal/settings/oauth/new": {"name": "evil", "kind": "github", "client_id": "x", "client_secret": "y"},
         f"/portal/settings/oauth/{provider}": {"client_id": "hijacked"},
