@@ -71,7 +71,8 @@ class TokenPages(Controller):
     @get("/", summary="API keys")
     async def list_tokens(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
         tokens = await keys_with_owner_emails(db_session, None if viewer.is_admin else viewer.user.id)
-        return page(viewer, "tokens/list.html", tokens=tokens)
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=24)
+        return page(viewer, "tokens/list.html", tokens=tokens, calls=await admin.calls_per_key(db_session, since))
 
     async def _form_page(
         self,
