@@ -163,7 +163,8 @@ class UsagePages(Controller):
             "usage_detail.html",
             call=call,
             outcome=OUTCOME_TEXT.get(call.outcome, call.outcome.replace("_", " ")),
-            reason=reason_in_words(call.reason, call.scope, call.scope_name),
+            # A reason that only repeats the outcome (`upstream_error`) adds nothing to it.
+            reason=reason_in_words(call.reason, call.scope, call.scope_name) if call.reason != call.outcome else None,
         )
 
     @post("/usage/export", summary="Export the usage log as CSV (a job)")
