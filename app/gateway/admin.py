@@ -16,7 +16,7 @@ from uuid import UUID
 import aiohttp
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import Date, and_, cast, func, or_, select
+from sqlalchemy import Date, and_, cast, func, not_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
@@ -42,12 +42,15 @@ from app.gateway.schemas import (
     TokenCreate,
     TokenRead,
     TokenUpdate,
+    UsageAttempt,
+    UsageDetail,
     UsagePage,
     UsageRead,
 )
 from app.schemas import read_as
 from app.storage.base import ObjectStore
 from app.storage.services import job_file_url
+from app.tenants.money import plain_amount
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
@@ -466,7 +469,6 @@ class UsageFilter(msgspec.Struct, frozen=True):
         columns = {
             "user_id": UsageLog.user_id,
             "token_id": UsageLog.token_id,
-            "channel_id": UsageLog.channel_id,
             "model": UsageLog.model,
             "outcome": UsageLog.outcome,
             "status_code": UsageLog.status_code,
@@ -474,6 +476,10 @@ class UsageFilter(msgspec.Struct, frozen=True):
         found: list[Any] = [
             column == getattr(self, name) for name, column in columns.items() if getattr(self, name) is not None
         ]
+        if self.channel_id is not None:
+            # The calls a channel answered, and those it failed before another channel answered or none did.
+            tried = UsageLog.details.contains({"attempts": [{"channel_id": str(self.channel_id)}]})
+            found.append(or_(UsageLog.channel_id == self.channel_id, tried))
         if self.since is not None:
             found.append(UsageLog.created_at >= self.since)
         if self.until is not None:
@@ -489,7 +495,9 @@ def _parse_cursor(cursor: str) -> tuple[datetime.datetime, UUID]:
         raise InvalidRequest("Invalid cursor; pass back the next_cursor of the previous page.") from None
 
 
-async def usage_page(session: AsyncSession, filters: UsageFilter, *, cursor: str | None, limit: int) -> UsagePage:
+async def usage_rows(
+    session: AsyncSession, filters: UsageFilter, *, cursor: str | None, limit: int
+) -> tuple[list[UsageLog], str | None]:
     """Newest first, keyset-paginated on (created_at, id): page 1,000 costs what page 1 costs."""
     statement = select(UsageLog).where(*filters.conditions())
     if cursor:
@@ -497,12 +505,134 @@ async def usage_page(session: AsyncSession, filters: UsageFilter, *, cursor: str
         statement = statement.where(
             or_(UsageLog.created_at < moment, and_(UsageLog.created_at == moment, UsageLog.id < row_id))
         )
-    rows = (
+    rows = list(
         await session.scalars(statement.order_by(UsageLog.created_at.desc(), UsageLog.id.desc()).limit(limit + 1))
-    ).all()
-    items = [read_as(UsageRead, row) for row in rows[:limit]]
-    next_cursor = f"{items[-1].created_at.isoformat()}|{items[-1].id}" if len(rows) > limit else None
-    return UsagePage(items=items, next_cursor=next_cursor)
+    )
+    next_cursor = f"{rows[limit - 1].created_at.isoformat()}|{rows[limit - 1].id}" if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def usage_page(session: AsyncSession, filters: UsageFilter, *, cursor: str | None, limit: int) -> UsagePage:
+    rows, next_cursor = await usage_rows(session, filters, cursor=cursor, limit=limit)
+    return UsagePage(items=[read_as(UsageRead, row) for row in rows], next_cursor=next_cursor)
+
+
+def _text(value: object) -> str | None:
+    # `details` is written by the gateway, but older rows may lack a key or hold another shape.
+    return value if isinstance(value, str) and value else None
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _uuid(value: object) -> UUID | None:
+    try:
+        return UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _recorded_attempts(details: dict[str, Any]) -> list[dict[str, Any]]:
+    attempts = details.get("attempts")
+    return [attempt for attempt in attempts if isinstance(attempt, dict)] if isinstance(attempts, list) else []
+
+
+async def usage_detail(session: AsyncSession, principal: Principal, usage_id: UUID) -> UsageDetail:
+    """One call of the usage log with the names of its user, key and channels: any of the organization's for
+    admins, the caller's own for everyone else (404 otherwise, as for another organization's, which RLS hides)."""
+    row = await session.get(UsageLog, usage_id)
+    if row is None or (principal.role not in ADMIN_ROLES and row.user_id != principal.user_id):
+        raise NotFound("No such call in the usage log.")
+    details = row.details if isinstance(row.details, dict) else {}
+    attempts = _recorded_attempts(details)
+    channel_ids = {row.channel_id, *(_uuid(attempt.get("channel_id")) for attempt in attempts)} - {None}
+    channels: dict[UUID, str] = {}
+    if channel_ids:
+        found = await session.execute(select(Channel.id, Channel.name).where(Channel.id.in_(channel_ids)))
+        channels = dict(found.all())
+    email = await session.scalar(select(User.email).where(User.id == row.user_id)) if row.user_id else None
+    key = await session.scalar(select(ApiToken.name).where(ApiToken.id == row.token_id)) if row.token_id else None
+    tried = []
+    for attempt in attempts:
+        channel_id = _uuid(attempt.get("channel_id"))
+        tried.append(
+            UsageAttempt(
+                channel_id=channel_id,
+                channel=(channels.get(channel_id) if channel_id else None) or _text(attempt.get("channel")),
+                status=_whole(attempt.get("status")),
+                latency_ms=_whole(attempt.get("latency_ms")),
+                error=_text(attempt.get("error")),
+            )
+        )
+    return read_as(
+        UsageDetail,
+        row,
+        user_email=email,
+        token_name=key,
+        channel_name=channels.get(row.channel_id) if row.channel_id else None,
+        error=_text(details.get("error")),
+        reason=_text(details.get("reason")),
+        scope=_text(details.get("scope")),
+        scope_name=_text(details.get("scope_name")),
+        attempts=tried,
+    )
+
+
+# A call counts as failed when its client got anything but a 2xx answer: refused by Lyss, or failed upstream.
+CALL_FAILED = not_(UsageLog.status_code.between(200, 299))
+
+
+class CallCounts(msgspec.Struct, frozen=True):
+    calls: int = 0
+    failed: int = 0
+
+
+async def calls_per_key(session: AsyncSession, since: datetime.datetime) -> dict[UUID, CallCounts]:
+    """Calls made with each key since `since`, and how many of them failed (refused ones included)."""
+    rows = await session.execute(
+        select(UsageLog.token_id, func.count(), func.count().filter(CALL_FAILED))
+        .where(UsageLog.created_at >= since, UsageLog.token_id.is_not(None))
+        .group_by(UsageLog.token_id)
+    )
+    return {
+        token_id: CallCounts(calls=calls, failed=failed)
+        for token_id, calls, failed in rows.all()
+        if token_id is not None
+    }
+
+
+# Each attempt a call recorded (failover order), or, on a row without attempts, the channel that answered.
+_CHANNEL_ATTEMPTS = text("""
+    SELECT channel, count(*) AS calls, count(*) FILTER (WHERE status IS NULL OR status NOT BETWEEN 200 AND 299)
+    FROM (
+        SELECT attempt ->> 'channel_id' AS channel,
+               CASE WHEN jsonb_typeof(attempt -> 'status') = 'number' THEN (attempt ->> 'status')::numeric END
+                   AS status
+        FROM provider_usage_logs AS usage,
+             jsonb_array_elements(CASE WHEN jsonb_typeof(usage.details -> 'attempts') = 'array'
+                                       THEN usage.details -> 'attempts' ELSE '[]'::jsonb END) AS attempt
+        WHERE usage.created_at >= :since
+        UNION ALL
+        SELECT usage.channel_id::text, usage.status_code
+        FROM provider_usage_logs AS usage
+        WHERE usage.created_at >= :since AND usage.channel_id IS NOT NULL
+          AND CASE WHEN jsonb_typeof(usage.details -> 'attempts') = 'array'
+                   THEN jsonb_array_length(usage.details -> 'attempts') ELSE 0 END = 0
+    ) AS tried
+    GROUP BY channel
+""")
+
+
+async def calls_per_channel(session: AsyncSession, since: datetime.datetime) -> dict[UUID, CallCounts]:
+    """Calls each channel was tried for since `since` (a failed-over call counts on every channel it tried),
+    and how many of those attempts failed."""
+    rows = await session.execute(_CHANNEL_ATTEMPTS, {"since": since})
+    counts = {}
+    for channel, calls, failed in rows.all():
+        if (channel_id := _uuid(channel)) is not None:
+            counts[channel_id] = CallCounts(calls=calls, failed=failed)
+    return counts
 
 
 async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[DailyUsage]:
@@ -511,7 +641,7 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
         select(
             day,
             func.count(),
-            func.count().filter(UsageLog.status_code >= 400),
+            func.count().filter(CALL_FAILED),
             func.coalesce(func.sum(UsageLog.prompt_tokens), 0),
             func.coalesce(func.sum(UsageLog.completion_tokens), 0),
             func.coalesce(func.sum(UsageLog.cost), 0),
@@ -530,10 +660,55 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
 
 USAGE_EXPORT_KIND = "usage.export"
 USAGE_EXPORT_COLUMNS = (
-    "created_at", "request_id", "user_id", "token_id", "channel_id", "endpoint", "model", "upstream_model",
-    "prompt_tokens", "completion_tokens", "cost", "overshoot", "latency_ms", "upstream_latency_ms", "status_code",
-    "outcome", "stream",
+    "created_at", "request_id", "user", "key", "channel", "endpoint", "model", "upstream_model",
+    "prompt_tokens", "completion_tokens", "cost_credits", "cost", "overshoot_credits", "overshoot", "currency",
+    "latency_ms", "upstream_latency_ms", "status_code", "outcome", "reason", "error", "stream",
+    "usage_id", "user_id", "token_id", "channel_id",
 )  # fmt: skip
+
+
+class ExportNames(msgspec.Struct, frozen=True):
+    """What an export writes instead of ids, read once per export: a tenant has far fewer of these than calls."""
+
+    users: dict[UUID, str]
+    keys: dict[UUID, str]
+    channels: dict[UUID, str]
+    currency: str
+
+
+def usage_export_row(row: UsageLog, names: ExportNames) -> list[str]:
+    """A call as a line of `USAGE_EXPORT_COLUMNS`: names where the user, key or channel still exists, the ids
+    at the end, money both in credits and as an amount of the organization's currency."""
+    details = row.details if isinstance(row.details, dict) else {}
+    values: dict[str, object] = {
+        "created_at": row.created_at,
+        "request_id": row.request_id,
+        "user": names.users.get(row.user_id) if row.user_id else None,
+        "key": names.keys.get(row.token_id) if row.token_id else None,
+        "channel": names.channels.get(row.channel_id) if row.channel_id else None,
+        "endpoint": row.endpoint,
+        "model": row.model,
+        "upstream_model": row.upstream_model,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "cost_credits": row.cost,
+        "cost": plain_amount(row.cost),
+        "overshoot_credits": row.overshoot,
+        "overshoot": plain_amount(row.overshoot),
+        "currency": names.currency,
+        "latency_ms": row.latency_ms,
+        "upstream_latency_ms": row.upstream_latency_ms,
+        "status_code": row.status_code,
+        "outcome": row.outcome,
+        "reason": _text(details.get("reason")),
+        "error": _text(details.get("error")),
+        "stream": row.stream,
+        "usage_id": row.id,
+        "user_id": row.user_id,
+        "token_id": row.token_id,
+        "channel_id": row.channel_id,
+    }
+    return [csv_cell(values[column]) for column in USAGE_EXPORT_COLUMNS]
 
 
 def export_name(job_id: UUID) -> str:

@@ -36,6 +36,7 @@ from app.gateway.schemas import (
     TokenCreated,
     TokenRead,
     TokenUpdate,
+    UsageDetail,
     UsagePage,
 )
 from app.settings import Settings
@@ -298,6 +299,12 @@ class UsageController(Controller):
             model=model,
         )
         return await admin.usage_by_day(db_session, filters)
+
+    @get("/{usage_id:uuid}", summary="One call of the usage log: names, outcome, reason, error and failover attempts")
+    async def usage_call(
+        self, usage_id: FromPath[UUID], request: AuthRequest, db_session: NamedDependency[AsyncSession]
+    ) -> UsageDetail:
+        return await admin.usage_detail(db_session, request.user, usage_id)
 
     @get(
         "/exports/{job_id:uuid}",

@@ -212,6 +212,36 @@ class UsageRead(msgspec.Struct):
     stream: bool
 
 
+# What the gateway records as a call's `outcome`; older or newer rows may hold others.
+USAGE_OUTCOMES = ("ok", "client_disconnected", "upstream_cut", "upstream_error", "refused")
+
+
+class UsageAttempt(msgspec.Struct):
+    """One channel tried for a call, in failover order."""
+
+    channel_id: UUID | None
+    # The channel's name now, or as the attempt recorded it when the channel is gone.
+    channel: str | None
+    status: int | None
+    latency_ms: int | None
+    error: str | None
+
+
+class UsageDetail(UsageRead):
+    """One call on the record with the names of who and what made it (null where the row is gone)."""
+
+    user_email: str | None
+    token_name: str | None
+    channel_name: str | None
+    # The message the client got, when it got no answer.
+    error: str | None
+    # Why Lyss refused or failed the call (`rpm`, `budget`, `no_channel`, ...), and whose limit it was.
+    reason: str | None
+    scope: str | None
+    scope_name: str | None
+    attempts: list[UsageAttempt]
+
+
 class UsagePage(msgspec.Struct):
     items: list[UsageRead]
     # Pass back as `cursor` for the next (older) page; absent on the last page.

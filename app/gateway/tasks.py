@@ -17,11 +17,14 @@ from app.auth.services import ADMIN_ROLES
 from app.gateway.admin import (
     USAGE_EXPORT_COLUMNS,
     USAGE_EXPORT_KIND,
+    ExportNames,
     UsageFilter,
-    csv_cell,
+    channel_names,
     export_name,
+    key_names,
     test_channel,
-    usage_page,
+    usage_export_row,
+    usage_rows,
 )
 from app.gateway.caches import INVALIDATION_CHANNEL
 from app.gateway.limits import GatewayLimits
@@ -29,7 +32,8 @@ from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
 from app.schemas import Input
 from app.storage.base import StorageError
-from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event
+from app.tenants.money import DEFAULT_CURRENCY
+from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event, user_emails
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
@@ -221,6 +225,12 @@ async def export_usage(job: JobContext) -> dict[str, Any]:
     if actor.role not in ADMIN_ROLES:
         filters = msgspec.structs.replace(filters, user_id=actor.id)
     total = await job.session.scalar(select(func.count()).select_from(UsageLog).where(*filters.conditions())) or 0
+    names = ExportNames(
+        users=await user_emails(job.session),
+        keys=await key_names(job.session, None),
+        channels=await channel_names(job.session),
+        currency=await job.session.scalar(select(Organization.currency)) or DEFAULT_CURRENCY,
+    )
     written = 0
     cursor: str | None = None
     with tempfile.TemporaryDirectory(prefix="lyss-export-") as scratch:
@@ -230,14 +240,12 @@ async def export_usage(job: JobContext) -> dict[str, Any]:
             writer.writerow(USAGE_EXPORT_COLUMNS)
             while True:
                 await job.checkpoint()
-                page = await usage_page(job.session, filters, cursor=cursor, limit=EXPORT_BATCH_ROWS)
-                for row in page.items:
-                    writer.writerow([csv_cell(getattr(row, column)) for column in USAGE_EXPORT_COLUMNS])
-                written += len(page.items)
+                rows, cursor = await usage_rows(job.session, filters, cursor=cursor, limit=EXPORT_BATCH_ROWS)
+                writer.writerows(usage_export_row(row, names) for row in rows)
+                written += len(rows)
                 await job.progress(min(99, written * 100 // max(total, 1)), f"{written} of {total} rows")
-                if page.next_cursor is None:
+                if cursor is None:
                     break
-                cursor = page.next_cursor
         try:
             size = await job.services.objects.put(
                 job.tenant_id, export_name(job.job_id), path, content_type="text/csv; charset=utf-8"

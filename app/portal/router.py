@@ -55,6 +55,13 @@ def _when(value: datetime.datetime | None, empty: str = "—") -> str:
     return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _when_ms(value: datetime.datetime | None) -> str:
+    """A moment to the millisecond, in UTC: what a call's record needs to be matched with logs."""
+    if value is None:
+        return "—"
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
 def _number(value: int | float) -> str:
     return f"{value:,}"
 
@@ -72,7 +79,7 @@ def _query_string(values: dict[str, Any]) -> str:
 
 def _configure(engine: JinjaTemplateEngine) -> None:
     environment = engine.engine
-    environment.filters.update(when=_when, number=_number, money=_money, query_string=_query_string)
+    environment.filters.update(when=_when, when_ms=_when_ms, number=_number, money=_money, query_string=_query_string)
     environment.globals.update(NAV=NAV, flashed_notice=flashed_notice)
 
 

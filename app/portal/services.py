@@ -10,6 +10,7 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.gateway.admin import CALL_FAILED
 from db.auth import User
 from db.provider import Channel, UsageLog
 
@@ -89,7 +90,7 @@ async def dashboard(
         select(
             start,
             func.count(),
-            func.count().filter(UsageLog.status_code >= 400),
+            func.count().filter(CALL_FAILED),
             func.coalesce(func.sum(tokens), 0),
             func.coalesce(func.sum(UsageLog.cost), 0),
         )

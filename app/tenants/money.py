@@ -56,6 +56,11 @@ def format_money(credits: int, currency: str = DEFAULT_CURRENCY) -> str:
     return f"{sign}{symbol}{text}"
 
 
+def plain_amount(credits: int) -> str:
+    """Credits as a bare decimal amount of the currency, every credit kept (`1.230000`): for files, not people."""
+    return f"{decimal.Decimal(credits) / CREDITS_PER_UNIT:.6f}"
+
+
 def parse_money(text: str) -> int:
     """Credits from what a person typed: `1.23`, `$1.23`, `1,234.5`, `0.000001`. Raises `MoneyError`."""
     cleaned = text.strip().replace(",", "").replace("_", "")

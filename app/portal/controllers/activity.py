@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.gateway.admin import USAGE_EXPORT_KIND
 from app.jobs import services as jobs
 from app.jobs.registry import JOB_KINDS
 from app.jobs.schemas import JOB_STATUSES, JOB_TERMINAL_STATUSES, JobRead, JobStatus, job_read
@@ -30,6 +31,8 @@ from app.tenants.services import user_email, user_emails
 REFRESH_SECONDS = 3
 CANCELABLE_STATUSES = ("queued", "running")
 DATE_MESSAGE = "Enter a date as YYYY-MM-DD."
+# Where a succeeded job's file is downloaded (a 303 to a short-lived link), by the job's kind.
+DOWNLOADS = {USAGE_EXPORT_KIND: "/api/usage/exports/{}"}
 
 
 # --- audit log -----------------------------------------------------------------------------------
@@ -149,6 +152,9 @@ class JobPages(Controller):
             creator=creator,
             payload=_pretty(job.payload),
             result=None if job.result is None else _pretty(job.result),
+            download=DOWNLOADS[job.kind].format(job.id)
+            if job.kind in DOWNLOADS and job.status == "succeeded"
+            else None,
             live=job.status not in JOB_TERMINAL_STATUSES,
             refresh_seconds=REFRESH_SECONDS,
             cancelable=CANCELABLE_STATUSES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 from uuid import UUID
 
@@ -58,7 +59,13 @@ class ChannelPages(Controller):
     async def list_channels(
         self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
     ) -> Template:
-        return page(viewer, "channels/list.html", channels=await channels_with_type_names(db_session))
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=24)
+        return page(
+            viewer,
+            "channels/list.html",
+            channels=await channels_with_type_names(db_session),
+            calls=await admin.calls_per_channel(db_session, since),
+        )
 
     async def _form_page(
         self,

@@ -78,7 +78,9 @@ class TokenPages(Controller):
     async def list_tokens(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
         tokens = await keys_with_owner_emails(db_session, None if viewer.is_admin else viewer.user.id)
         budgets = await budgets_of_member(db_session, viewer.user.id)
-        return page(viewer, "tokens/list.html", tokens=tokens, budgets=budgets)
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=24)
+        calls = await admin.calls_per_key(db_session, since)
+        return page(viewer, "tokens/list.html", tokens=tokens, budgets=budgets, calls=calls)
 
     async def _form_page(
         self,

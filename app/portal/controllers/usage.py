@@ -22,8 +22,10 @@ from app.gateway.admin import (
     channel_names,
     export_download_url,
     key_names,
+    usage_detail,
     usage_page,
 )
+from app.gateway.schemas import USAGE_OUTCOMES
 from app.jobs.services import submit_job, visible_job
 from app.portal import services
 from app.portal.charts import bar_chart
@@ -34,7 +36,36 @@ from app.storage.base import ObjectStore
 from app.tenants.services import user_emails
 
 PAGE_SIZE = 50
-FILTERS = ("since", "until", "user_id", "token_id", "channel_id", "model", "status_code")
+FILTERS = ("since", "until", "user_id", "token_id", "channel_id", "model", "outcome", "status_code")
+OUTCOME_TEXT = {
+    "ok": "Answered",
+    "client_disconnected": "The client hung up before the answer was complete",
+    "upstream_cut": "The provider cut the answer off",
+    "upstream_error": "Every channel tried failed",
+    "refused": "Refused by Lyss before any provider was called",
+}
+REASON_TEXT = {
+    "rpm": "too many requests per minute",
+    "tpm": "too many tokens per minute",
+    "budget": "the budget is used up",
+    "model_not_allowed": "the key may not use this model",
+    "ip_not_allowed": "the key may not be used from this address",
+    "key_disabled": "the key is disabled",
+    "key_expired": "the key has expired",
+    "no_channel": "no enabled channel serves this model",
+}
+SCOPE_TEXT = {"key": "the key", "user": "the user", "group": "the group", "organization": "the organization"}
+
+
+def reason_in_words(reason: str | None, scope: str | None, scope_name: str | None) -> str | None:
+    """`budget` of a group named Research: "The budget is used up (the limit set on the group Research)"."""
+    if reason is None:
+        return None
+    words = REASON_TEXT.get(reason, reason.replace("_", " "))
+    if scope is not None:
+        whose = SCOPE_TEXT.get(scope, scope) + (f" {scope_name}" if scope_name else "")
+        words += f" (the limit set on {whose})"
+    return words[:1].upper() + words[1:]
 
 
 def _bucket_label(moment: datetime.datetime, window: str) -> str:
@@ -119,6 +150,21 @@ class UsagePages(Controller):
             next_query=next_query,
             first_page=not query.get("cursor"),
             export=export,
+            outcomes=[(outcome, outcome.replace("_", " ")) for outcome in USAGE_OUTCOMES],
+        )
+
+    @get("/usage/{usage_id:uuid}", summary="One call of the usage log")
+    async def usage_call(
+        self, usage_id: FromPath[UUID], viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]
+    ) -> Template:
+        call = await usage_detail(db_session, viewer.principal, usage_id)
+        return page(
+            viewer,
+            "usage_detail.html",
+            call=call,
+            outcome=OUTCOME_TEXT.get(call.outcome, call.outcome.replace("_", " ")),
+            # A reason that only repeats the outcome (`upstream_error`) adds nothing to it.
+            reason=reason_in_words(call.reason, call.scope, call.scope_name) if call.reason != call.outcome else None,
         )
 
     @post("/usage/export", summary="Export the usage log as CSV (a job)")

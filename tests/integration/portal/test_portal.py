@@ -367,7 +367,7 @@ async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_f
     assert download.headers["content-type"].startswith("text/csv")
     assert 'attachment; filename="lyss-usage-' in download.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(download.text)))
-    assert rows[0][:3] == ["created_at", "request_id", "user_id"]
+    assert rows[0][:3] == ["created_at", "request_id", "user"]
     models = sorted(row[6] for row in rows[1:])
     assert models == ['\'=HYPERLINK("http://x")', "gpt-a"]  # a formula is written as text; no tenant B row
     # The same file through the API; tenant B's admin cannot fetch it.
@@ -389,7 +389,7 @@ async def test_usage_exports_as_csv_through_a_job_only_the_callers_rows_and_no_f
     async with running_worker(settings):
         await wait_for_status(client, auth_headers(tenant_a.user), own_id, {"succeeded", "failed"})
     own_rows = list(csv.reader(io.StringIO((await fetch_export(client, f"/portal/usage/exports/{own_id}")).text)))
-    assert [row[2] for row in own_rows[1:]] == [str(tenant_a.user.id)]
+    assert [(row[2], row[-3]) for row in own_rows[1:]] == [(tenant_a.user.email, str(tenant_a.user.id))]
     # Expired: the file is gone, the page says so.
     await create_object_store(settings).delete(tenant_a.id, export_name(UUID(own_id)))
     assert (await client.get(f"/portal/usage/exports/{own_id}")).status_code == 404

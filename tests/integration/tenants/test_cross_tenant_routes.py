@@ -18,7 +18,7 @@ from app.settings import Settings
 from db.auth import Invitation, OAuthConnection, OAuthProvider, User
 from db.chat import Attachment, Conversation
 from db.memory import Memory
-from db.provider import ApiToken, Channel
+from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
 from db.tenant import Job, UserGroup
 from tests.support.clients import AuthHeaders, Client, client_of
@@ -72,6 +72,7 @@ ROW_OF_PARAMETER = {
     "memory_id": "memory",
     "provider_id": "oauth_provider",
     "token_id": "token",
+    "usage_id": "usage",
     "user_id": "user",
 }
 # Where a route's id names a narrower row than its name says (an export is a job of one kind).
@@ -121,6 +122,7 @@ MODELS = {
     "oauth_connection": OAuthConnection,
     "oauth_provider": OAuthProvider,
     "token": ApiToken,
+    "usage": UsageLog,
     "usage_export": Job,
     "user": User,
 }
@@ -201,7 +203,9 @@ async def rows_of(
     async with tenant_session(session_maker, tenant.id) as session:
         # No API makes a link without a round trip to a provider: the row the isolation matrix uses.
         connection = ROW_FACTORIES["auth_oauth_connections"](tenant.id, tenant)
-        session.add(connection)
+        # The gateway writes usage rows off the request path; one as it would, without a provider call.
+        usage = UsageLog(user_id=tenant.admin.id, endpoint="chat", model="gpt-test", status_code=429, outcome="refused")
+        session.add_all([connection, usage])
         await session.commit()
     return {
         "attachment": UUID(attachment.json()["id"]),
@@ -215,6 +219,7 @@ async def rows_of(
         "oauth_connection": connection.id,
         "oauth_provider": tenant.oauth_provider.id,
         "token": token_id_of(token),
+        "usage": usage.id,
         "usage_export": UUID(exports["usage.export"]["id"]),
         "user": tenant.user.id,
     }
