@@ -16,7 +16,7 @@ from uuid import UUID
 import aiohttp
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import Date, and_, cast, func, not_, or_, select, text
+from sqlalchemy import Date, Text, and_, cast, func, not_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
@@ -24,6 +24,7 @@ from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.gateway.adapters import ADAPTERS
+from app.gateway.adapters.anthropic import ANTHROPIC_VERSION
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
 from app.gateway.caches import GatewayCatalog, announce_change, channel_keys_context
 from app.gateway.price_list import price_list
@@ -31,11 +32,14 @@ from app.gateway.schemas import (
     BuiltInPriceList,
     BuiltInPriceRead,
     ChannelCreate,
+    ChannelFilter,
     ChannelRead,
     ChannelTestResult,
     ChannelUpdate,
     DailyUsage,
     HttpStatus,
+    ModelList,
+    ModelListRequest,
     ModelName,
     PriceRead,
     PriceWrite,
@@ -54,10 +58,11 @@ from app.tenants.money import plain_amount
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
-from db.tenant import UserGroup
+from db.tenant import UserGroup, UserGroupMember
 
 TOKEN_PREFIX = "sk-lyss-"  # noqa: S105 - the visible prefix of every key, not a secret
 HEALTH_CHECK_TIMEOUTS = Timeouts(connect=10.0, read=30.0)
+MODEL_LIST_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 def new_api_key() -> str:
@@ -150,7 +155,14 @@ class ChannelAdmin(_ManagementService):
         kind = await provider_type(session, data.type, echo_enabled=self.echo_enabled)
         _check_base_url(kind, data.base_url)
         _check_test_kind(kind, data.test_kind)
-        if not data.keys and kind.api_format != "echo":
+        encrypted_keys = encrypt_keys(self.secret_box, self.tenant_id, data.keys)
+        if not data.keys and data.keys_from is not None:
+            source = await session.get(Channel, data.keys_from)  # RLS: another tenant's channel is not found
+            if source is None:
+                raise NotFound("keys_from: no channel of this organization has this id.", field="keys_from")
+            # Same tenant, same encryption context: the ciphertext is copied, the keys never leave it.
+            encrypted_keys = source.encrypted_keys
+        elif not data.keys and kind.api_format != "echo":
             raise InvalidRequest("A channel needs at least one API key in `keys`.", field="keys")
         await _check_scope(session, data.scope, data.owner_id, data.group_id)
         if await session.scalar(select(Channel.id).where(Channel.name == data.name)) is not None:
@@ -161,7 +173,7 @@ class ChannelAdmin(_ManagementService):
             type_id=kind.id,
             base_url=data.base_url,
             api_version=data.api_version,
-            encrypted_keys=encrypt_keys(self.secret_box, self.tenant_id, data.keys),
+            encrypted_keys=encrypted_keys,
             priority=data.priority,
             weight=data.weight,
             models=data.models,
@@ -176,7 +188,10 @@ class ChannelAdmin(_ManagementService):
         )
         session.add(channel)
         await session.flush()
-        audit_change(session, self.actor, "channel.created", "channel", channel.id, name=channel.name, type=data.type)
+        cloned = {"keys_from": str(data.keys_from)} if data.keys_from and not data.keys else {}
+        audit_change(
+            session, self.actor, "channel.created", "channel", channel.id, name=channel.name, type=data.type, **cloned
+        )
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
         return channel
 
@@ -184,6 +199,13 @@ class ChannelAdmin(_ManagementService):
         session = self.session
         changes = {field: value for field, value in msgspec.structs.asdict(data).items() if value is not None}
         keys = changes.pop("keys", None)
+        scope_change = {name: changes.pop(name) for name in ("scope", "owner_id", "group_id") if name in changes}
+        if scope_change:
+            scope = scope_change.get("scope", channel.config_scope)
+            owner_id = scope_change.get("owner_id", channel.owner_id) if scope == "personal" else None
+            group_id = scope_change.get("group_id", channel.group_id) if scope == "group" else None
+            await _check_scope(session, scope, owner_id, group_id)
+            changes |= {"config_scope": scope, "owner_id": owner_id, "group_id": group_id}
         if "test_kind" in changes:
             _check_test_kind(await session.get_one(ProviderType, channel.type_id), changes["test_kind"])
         renamed = "name" in changes and changes["name"] != channel.name
@@ -220,6 +242,84 @@ class ChannelAdmin(_ManagementService):
         result = await test_channel(self.session, channel, self.secret_box, self.http)
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
         return result
+
+    async def fetch_models(self, request: ModelListRequest) -> ModelList:
+        """What the provider's model list names, asked with the request's URL and key (or the stored channel's)."""
+        session = self.session
+        channel = None
+        if request.channel_id is not None:
+            channel, _ = await channel_with_type(session, request.channel_id)
+        if request.type is not None:
+            kind = await provider_type(session, request.type, echo_enabled=self.echo_enabled)
+        elif channel is not None:
+            kind = await session.get_one(ProviderType, channel.type_id)
+        else:
+            raise InvalidRequest("Choose the channel's type first.", field="type")
+        key = request.key
+        if key is None and channel is not None:
+            stored = msgspec.json.decode(
+                self.secret_box.decrypt(channel.encrypted_keys, context=channel_keys_context(channel.tenant_id))
+            )
+            key = stored[0] if stored else None
+        base_url = request.base_url or (channel.base_url if channel is not None else None) or kind.base_url
+        return ModelList(models=await provider_models(self.http, kind.api_format, base_url, key))
+
+
+async def provider_models(
+    http: aiohttp.ClientSession, api_format: str, base_url: str | None, key: str | None
+) -> list[str]:
+    """`GET {base_url}/models` in the provider's dialect, sorted ids; every failure is an `InvalidRequest` on
+    `models` that says what went wrong without repeating the key or the provider's answer (which may quote it)."""
+    if api_format == "azure":
+        raise InvalidRequest(
+            "Azure OpenAI serves the deployments you created in Azure; type their names here, one per line.",
+            field="models",
+        )
+    if api_format == "echo":
+        raise InvalidRequest(
+            "The echo channel answers to any model name; type the names it should serve.", field="models"
+        )
+    if not base_url:
+        raise InvalidRequest("Enter the base URL to fetch the models from.", field="base_url")
+    if not key:
+        raise InvalidRequest("Enter an API key to fetch the models with.", field="keys")
+    if api_format == "anthropic":
+        url = f"{base_url.rstrip('/')}/models?limit=1000"
+        headers = {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
+    else:
+        url = f"{base_url.rstrip('/')}/models"
+        headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with http.get(url, headers=headers, timeout=MODEL_LIST_TIMEOUT, allow_redirects=False) as response:
+            status = response.status
+            raw = await response.read() if status == 200 else b""
+    except TimeoutError:
+        raise InvalidRequest(
+            "The provider did not answer within 10 seconds; try again later.", field="models"
+        ) from None
+    except aiohttp.ClientError:
+        raise InvalidRequest(
+            "Could not reach the provider at this base URL; check the address and that it is reachable from Lyss.",
+            field="models",
+        ) from None
+    if status in (401, 403):
+        raise InvalidRequest(f"The provider refused the API key (HTTP {status}); check the key.", field="models")
+    if status != 200:
+        raise InvalidRequest(
+            f"The provider answered HTTP {status} to its model list; check the base URL (the API root, …/v1).",
+            field="models",
+        )
+    try:
+        answer = msgspec.json.decode(raw)
+        ids = [entry["id"] for entry in answer["data"]]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        raise InvalidRequest(
+            "The provider's answer is not a model list (expected JSON with `data`).", field="models"
+        ) from None
+    models = sorted({model for model in ids if isinstance(model, str) and 0 < len(model) <= 100})
+    if not models:
+        raise InvalidRequest("The provider lists no models for this key; type them by hand.", field="models")
+    return models[:500]
 
 
 async def channel_with_type(session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:
@@ -807,12 +907,44 @@ async def channel_names(session: AsyncSession) -> dict[UUID, str]:
     return {row.id: row.name for row in await session.execute(select(Channel.id, Channel.name))}
 
 
-async def channels_with_type_names(session: AsyncSession) -> list[tuple[Channel, str]]:
-    """The organization's channels, highest priority first, with their provider type's display name."""
-    rows = await session.execute(
-        select(Channel, ProviderType.display_name).join(ProviderType).order_by(Channel.priority.desc(), Channel.name)
-    )
+async def channels_with_type_names(
+    session: AsyncSession, filters: ChannelFilter | None = None
+) -> list[tuple[Channel, str]]:
+    """The organization's channels (those `filters` match), highest priority first, with their provider type's
+    display name."""
+    statement = select(Channel, ProviderType.display_name).join(ProviderType)
+    if filters is not None:
+        if filters.q:
+            pattern = "%" + filters.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            statement = statement.where(
+                or_(Channel.name.ilike(pattern, escape="\\"), cast(Channel.models, Text).ilike(pattern, escape="\\"))
+            )
+        if filters.status:
+            statement = statement.where(Channel.status == filters.status)
+        if filters.type:
+            statement = statement.where(ProviderType.name == filters.type)
+        if filters.scope:
+            statement = statement.where(Channel.config_scope == filters.scope)
+    rows = await session.execute(statement.order_by(Channel.priority.desc(), Channel.name))
     return [(channel, name) for channel, name in rows.all()]
+
+
+async def channels_usable_by(session: AsyncSession, user_id: UUID) -> list[Channel]:
+    """The channels a user's keys may be routed to: the organization's, their groups', their own; by name."""
+    groups = select(UserGroupMember.group_id).where(UserGroupMember.user_id == user_id)
+    return list(
+        await session.scalars(
+            select(Channel)
+            .where(
+                or_(
+                    Channel.config_scope == "tenant",
+                    and_(Channel.config_scope == "group", Channel.group_id.in_(groups)),
+                    and_(Channel.config_scope == "personal", Channel.owner_id == user_id),
+                )
+            )
+            .order_by(Channel.name)
+        )
+    )
 
 
 async def provider_types(session: AsyncSession, *, echo_enabled: bool) -> list[ProviderType]:

@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Redirect
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_303_SEE_OTHER
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_303_SEE_OTHER
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +29,8 @@ from app.gateway.schemas import (
     ChannelTestResult,
     ChannelUpdate,
     DailyUsage,
+    ModelList,
+    ModelListRequest,
     PriceRead,
     PriceWrite,
     ProviderTypeRead,
@@ -73,6 +75,16 @@ class ChannelController(Controller):
     ) -> ChannelRead:
         channel = await channel_admin.create(data)
         return admin.channel_read(channel, data.type, secret_box)
+
+    @post(
+        "/fetch-models",
+        status_code=HTTP_200_OK,
+        summary="Ask a provider which models it serves (with a typed key, or a stored channel's)",
+    )
+    async def fetch_models(
+        self, channel_admin: NamedDependency[ChannelAdmin], data: JSONBody[ModelListRequest]
+    ) -> ModelList:
+        return await channel_admin.fetch_models(data)
 
     @get("/{channel_id:uuid}", summary="One channel")
     async def get_channel(

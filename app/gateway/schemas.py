@@ -41,6 +41,8 @@ class ChannelCreate(Input):
     rate_limit: PerMinute = 0
     test_model: ModelName | None = None
     test_kind: TestKind = "chat"
+    # With `keys` left empty: the new channel takes this channel's keys (a clone), copied encrypted.
+    keys_from: UUID | None = None
 
 
 class ChannelUpdate(Input):
@@ -58,6 +60,37 @@ class ChannelUpdate(Input):
     rate_limit: PerMinute | None = None
     test_model: ModelName | None = None
     test_kind: TestKind | None = None
+    # A scope change names the group (group scope) or the owner (personal scope) unless the channel has one.
+    scope: Scope | None = None
+    owner_id: UUID | None = None
+    group_id: UUID | None = None
+
+
+ChannelStatus = Literal["enabled", "disabled", "auto_disabled"]
+
+
+class ChannelFilter(Input):
+    """Which channels a list shows: text in the name or a model, status, provider type, scope."""
+
+    q: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    status: ChannelStatus | None = None
+    type: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+    scope: Scope | None = None
+
+
+class ModelListRequest(Input):
+    """Ask a provider which models it serves: with `channel_id`, the stored channel's type, URL and key stand in
+    for whatever is left out; without, `type` and `key` are needed."""
+
+    channel_id: UUID | None = None
+    type: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+    base_url: Url | None = None
+    api_version: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    key: ApiKey | None = None
+
+
+class ModelList(msgspec.Struct):
+    models: list[str]
 
 
 class ChannelRead(msgspec.Struct):

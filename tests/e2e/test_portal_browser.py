@@ -88,7 +88,7 @@ async def test_admin_runs_the_organization_from_the_portal(
     # A key, shown once, then a real call with the official SDK.
     await page.goto(f"{lyss.url}/portal/tokens/new")
     await page.fill("#name", "e2e key")
-    await page.fill("#allowed_models", "gpt-e2e")
+    await page.check("input[name=allowed_models][value=gpt-e2e]")
     await page.click("main button[type=submit]")
     key = (await page.locator("#new-key").text_content() or "").strip()
     assert key.startswith("sk-lyss-")

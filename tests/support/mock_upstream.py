@@ -58,6 +58,8 @@ class Behavior:
     reported_usage: dict[str, Any] | None = None
     # A body this mock cannot read gets a 400, as from a real provider, instead of crashing into a 500.
     refuse_unreadable: bool = False
+    # What `GET /models` lists (OpenAI's and Anthropic's shape alike: `{"data": [{"id": ...}]}`).
+    models: list[str] = field(default_factory=lambda: ["mock-large", "mock-small"])
 
 
 @dataclass
@@ -100,6 +102,7 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/messages", self._messages)
         app.router.add_post("/{name}/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_get("/{name}/v1/models", self._models)
         # Azure OpenAI: the deployment in the path, the version in the query.
         app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -160,6 +163,25 @@ class MockUpstream:
     async def _write_event(self, response: web.StreamResponse, payload: bytes, event: str | None = None) -> None:
         prefix = f"event: {event}\n".encode() if event else b""
         await response.write(prefix + b"data: " + payload + b"\n\n")
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """The model list: scripted failures as for calls; Anthropic's extra fields when asked its way."""
+        name = request.match_info["name"]
+        behavior = self.behaviors.get(name, Behavior())
+        self.calls[name] += 1
+        self.headers_seen.append({**request.headers, "path_qs": request.path_qs})
+        if behavior.hang_seconds:
+            await asyncio.sleep(behavior.hang_seconds)
+        if behavior.status != 200:
+            error = {"error": {"message": f"scripted failure of {name}", "type": behavior.error_code}}
+            return web.json_response(error, status=behavior.status)
+        if behavior.garbage:
+            return web.Response(body=b"<html>502 proxy error</html>", content_type="text/html")
+        data: list[dict[str, Any]] = [{"id": model, "object": "model", "owned_by": name} for model in behavior.models]
+        if "x-api-key" in request.headers:
+            data = [{"id": model, "type": "model", "display_name": model} for model in behavior.models]
+            return web.json_response({"data": data, "has_more": False, "first_id": None, "last_id": None})
+        return web.json_response({"object": "list", "data": data})
 
     # --- OpenAI ---------------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
-"""Portal pages for API keys: list with usage, issue (the key shown once), change limits, revoke."""
+"""Portal pages for API keys: list with usage, issue (the key shown once), change limits (quota in money, channels
+and models picked from what the owner may use), revoke."""
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
+import msgspec
 from litestar import Controller, get, post
+from litestar.datastructures import FormMultiDict
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
@@ -20,7 +23,10 @@ from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, provide_viewer_actor, see_other
 from app.settings import DEFAULT_PUBLIC_URL, Settings
 from app.tenants.budgets import budgets_of_member
+from app.tenants.money import MoneyError, format_money, parse_money
 from app.tenants.services import organization_users
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 BUDGET_PERIODS = [
     ("none", "Total (never resets)"),
@@ -58,16 +64,47 @@ def _example_model(allowed_models: list[str], served: list[str]) -> str:
     return (callable_models or allowed_models or ["gpt-4o-mini"])[0]
 
 
-def _shaped(form: dict[str, Any]) -> dict[str, Any]:
+def _parsed(struct_type: type[T], form: FormMultiDict) -> T:
+    """The form as `struct_type`: the quota typed as money becomes credits (empty: unlimited); the allowed
+    channels and models are the boxes ticked. Every wrong field gets its message, the quota's included."""
     data: dict[str, Any] = {
-        name: str(form.get(name) or "").strip() for name in ("name", "quota", "rpm_limit", "tpm_limit", "budget_period")
+        name: str(form.get(name) or "").strip() for name in ("name", "rpm_limit", "tpm_limit", "budget_period")
     }
-    data["allowed_models"] = lines(form.get("allowed_models"))
+    errors: dict[str, str] = {}
+    quota = str(form.get("quota") or "").strip()
+    try:
+        data["quota"] = parse_money(quota) if quota else -1
+    except MoneyError as error:
+        errors["quota"] = str(error)
+    data["allowed_channels"] = [str(value) for value in form.getall("allowed_channels", [])]
+    data["allowed_models"] = [str(value) for value in form.getall("allowed_models", [])]
     data["allowed_ips"] = lines(form.get("allowed_ips"))
     data["expires_at"] = _expiry(str(form.get("expires_at") or "").strip())
     if form.get("user_id"):
         data["user_id"] = str(form["user_id"])
-    return data
+    try:
+        parsed = parse(struct_type, data)
+    except FormInvalid as invalid:
+        raise FormInvalid(errors | invalid.errors) from None
+    if errors:
+        raise FormInvalid(errors)
+    return parsed
+
+
+def _kept(form: FormMultiDict) -> dict[str, Any]:
+    """What the page shows again after a refusal, the ticked boxes as lists."""
+    values: dict[str, Any] = {name: str(value) for name, value in form.items() if name != "csrf_token"}
+    for name in ("allowed_channels", "allowed_models"):
+        values[name] = [str(value) for value in form.getall(name, [])]
+    return values
+
+
+def _owner(values: dict[str, Any], viewer: Viewer) -> UUID:
+    """Whose channels a new key's form lists: the owner chosen (admins), else the viewer."""
+    try:
+        return UUID(str(values.get("user_id") or viewer.user.id))
+    except ValueError:
+        return viewer.user.id
 
 
 class TokenPages(Controller):
@@ -95,6 +132,12 @@ class TokenPages(Controller):
         users = []
         if viewer.is_admin and token is None:
             users = [(str(user.id), user.email) for user in await organization_users(db_session)]
+        usable = await admin.channels_usable_by(db_session, token.user_id if token else _owner(values, viewer))
+        channels = [(str(channel.id), channel.name) for channel in usable]
+        models = sorted({model for channel in usable for model in channel.models})
+        chosen_channels = list(values.get("allowed_channels") or [])
+        chosen_models = list(values.get("allowed_models") or [])
+        known = dict(channels)
         return page(
             viewer,
             "tokens/form.html",
@@ -104,11 +147,17 @@ class TokenPages(Controller):
             periods=BUDGET_PERIODS,
             values=values,
             errors=errors or {},
+            currency=viewer.organization.currency,
+            # Choices no longer offered (a removed channel, a model no channel serves) stay ticked until unticked.
+            channel_choices=channels
+            + [(value, f"{value} (no longer available)") for value in chosen_channels if value not in known],
+            model_choices=[(model, model) for model in models]
+            + [(value, f"{value} (no longer served)") for value in chosen_models if value not in models],
         )
 
     @get("/new", summary="Issue an API key")
     async def new_token(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
-        defaults = {"quota": "-1", "rpm_limit": "0", "tpm_limit": "0", "budget_period": "none"}
+        defaults = {"quota": "", "rpm_limit": "0", "tpm_limit": "0", "budget_period": "none"}
         return await self._form_page(viewer, db_session, token=None, values=defaults | {"user_id": str(viewer.user.id)})
 
     @post("/new", summary="Issue an API key")
@@ -120,10 +169,10 @@ class TokenPages(Controller):
         settings: NamedDependency[Settings],
         request: PortalRequest,
     ) -> Template:
-        form = dict(await request.form())
-        values = {name: str(value) for name, value in form.items()}
+        form = await request.form()
+        values = _kept(form)
         async with FormSubmission(db_session) as submission:
-            data = parse(TokenCreate, _shaped(form))
+            data = _parsed(TokenCreate, form)
             owner = data.user_id or viewer.user.id
             if owner != viewer.user.id and not viewer.is_admin:
                 raise FormInvalid({"user_id": "You can only issue keys for yourself."})
@@ -154,11 +203,12 @@ class TokenPages(Controller):
         token = await admin.visible_token(db_session, viewer.principal, token_id)
         values = {
             "name": token.name,
-            "quota": str(token.quota),
+            "quota": "" if token.quota < 0 else format_money(token.quota, viewer.organization.currency),
             "rpm_limit": str(token.rpm_limit),
             "tpm_limit": str(token.tpm_limit),
             "budget_period": token.budget_period,
-            "allowed_models": "\n".join(token.allowed_models),
+            "allowed_models": list(token.allowed_models),
+            "allowed_channels": list(token.allowed_channels),
             "allowed_ips": "\n".join(token.allowed_ips),
             "expires_at": token.expires_at.strftime("%Y-%m-%dT%H:%M") if token.expires_at else "",
         }
@@ -176,10 +226,10 @@ class TokenPages(Controller):
         token = await admin.visible_token(db_session, viewer.principal, token_id)
         # Read before the change: a refusal rolls it back, and the page shows the key as it is stored.
         shown = admin.token_read(token)
-        form = dict(await request.form())
-        values = {name: str(value) for name, value in form.items()}
+        form = await request.form()
+        values = _kept(form)
         async with FormSubmission(db_session) as submission:
-            await token_admin.update(token, parse(TokenUpdate, _shaped(form)))
+            await token_admin.update(token, _parsed(TokenUpdate, form))
         if submission.refused:
             return await self._form_page(
                 viewer,
