@@ -626,3 +626,15 @@ async def provider_types(session: AsyncSession, *, echo_enabled: bool) -> list[P
 
 async def model_prices(session: AsyncSession) -> list[ModelPrice]:
     return list(await session.scalars(select(ModelPrice).order_by(ModelPrice.model)))
+
+
+async def names_of_channels(session: AsyncSession, ids: list[UUID]) -> dict[UUID, str]:
+    """The names of those of `ids` that are channels of the organization; a deleted one is left out."""
+    rows = await session.execute(select(Channel.id, Channel.name).where(Channel.id.in_(ids)))
+    return {row.id: row.name for row in rows}
+
+
+async def names_of_keys(session: AsyncSession, ids: list[UUID]) -> dict[UUID, str]:
+    """The names of those of `ids` that are API keys of the organization; a revoked one is left out."""
+    rows = await session.execute(select(ApiToken.id, ApiToken.name).where(ApiToken.id.in_(ids)))
+    return {row.id: row.name for row in rows}
