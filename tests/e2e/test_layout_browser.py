@@ -287,4 +287,16 @@ async def test_every_page_fits_1280_and_390_px_with_readable_charts_and_a_tidy_m
     await small.set_viewport_size(PHONE)
     await expect(menu_panel).to_be_hidden()
     await phone.close()
+
+    # Without script, a wide window still shows the bar, and its dropdowns open.
+    plain = await browser.new_context(
+        viewport=WIDE, java_script_enabled=False, storage_state=await wide.storage_state()
+    )
+    bare = await plain.new_page()
+    await bare.goto(f"{lyss.url}/portal/")
+    await expect(bare.locator("details.menu")).not_to_have_attribute("open", "")
+    await bare.click("summary:has-text('Manage')")
+    await expect(bare.locator("nav[aria-label=Main] a", has_text="Audit log")).to_be_visible()
+    await expect(bare.locator(".signout button")).to_be_visible()
+    await plain.close()
     await wide.close()
