@@ -1005,3 +1005,15 @@ def price_read(row: ModelPrice) -> PriceRead:
         completion_price=row.completion_price,
         cached_prompt_price=row.cached_prompt_price,
     )
+
+
+async def names_of_channels(session: AsyncSession, ids: list[UUID]) -> dict[UUID, str]:
+    """The names of those of `ids` that are channels of the organization; a deleted one is left out."""
+    rows = await session.execute(select(Channel.id, Channel.name).where(Channel.id.in_(ids)))
+    return {row.id: row.name for row in rows}
+
+
+async def names_of_keys(session: AsyncSession, ids: list[UUID]) -> dict[UUID, str]:
+    """The names of those of `ids` that are API keys of the organization; a revoked one is left out."""
+    rows = await session.execute(select(ApiToken.id, ApiToken.name).where(ApiToken.id.in_(ids)))
+    return {row.id: row.name for row in rows}

@@ -266,3 +266,9 @@ async def retry_job(
     except Exception as error:
         logger.warning("job not handed to the queue yet", job_id=str(job.id), error=type(error).__name__)
     return job
+
+
+async def kinds_of_jobs(session: AsyncSession, ids: list[UUID]) -> dict[UUID, str]:
+    """The kind (`usage.export`…) of those of `ids` that are jobs of the organization."""
+    rows = await session.execute(select(Job.id, Job.kind).where(Job.id.in_(ids)))
+    return {row.id: row.kind for row in rows}

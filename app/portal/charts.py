@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-WIDTH = 640
 HEIGHT = 180
-LEFT = 48
-BOTTOM = 22
-TOP = 10
+BOTTOM = 24
+TOP = 16
+# Labels under the bars on a wide screen; a phone shows every other one (the others are marked "minor").
+LABELS = 8
 
 
 def _nice_ceiling(value: float) -> float:
@@ -27,40 +27,47 @@ def bar_chart(
     points: Sequence[tuple[str, float]], *, label: str, unit: str = "", highlight: Sequence[float] | None = None
 ) -> Markup:
     """Bars for `points` (label, value) in order; `highlight` (same length) draws a second, overlaid series
-    (errors within requests, say). Each bar has a tooltip with its exact value."""
+    (errors within requests, say). Each bar has a tooltip with its exact value.
+
+    Horizontal positions are percentages of the chart's width and there is no viewBox, so the chart
+    stretches to its box while its text keeps the stylesheet's size in pixels: a viewBox would shrink the
+    labels with the chart (to about 6 px on a phone)."""
     top_value = _nice_ceiling(max((value for _, value in points), default=0.0))
-    plot_width = WIDTH - LEFT - 4
     plot_height = HEIGHT - BOTTOM - TOP
-    slot = plot_width / max(len(points), 1)
-    bar_width = max(slot * 0.7, 1.0)
-    label_every = max(1, len(points) // 8)
+    slot = 100 / max(len(points), 1)
+    bar_width = slot * 0.7
+    label_every = max(1, len(points) // LABELS)
     parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(label)}" '
+        f'<svg class="chart" width="100%" height="{HEIGHT}" role="img" aria-label="{escape(label)}" '
         'xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(label)}</title>",
     ]
     for fraction in (0.0, 0.5, 1.0):
         y = TOP + plot_height * (1 - fraction)
-        parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_short(top_value * fraction)}</text>')
+        parts.append(f'<line class="axis" x1="0" x2="100%" y1="{y:.1f}" y2="{y:.1f}"/>')
     for index, (name, value) in enumerate(points):
-        x = LEFT + index * slot + (slot - bar_width) / 2
+        x = index * slot + (slot - bar_width) / 2
         height = plot_height * value / top_value
         tip = f"{name}: {_exact(value)}{unit}"
         parts.append(
-            f'<rect class="bar" x="{x:.1f}" y="{TOP + plot_height - height:.1f}" width="{bar_width:.1f}" '
+            f'<rect class="bar" x="{x:.2f}%" y="{TOP + plot_height - height:.1f}" width="{bar_width:.2f}%" '
             f'height="{height:.1f}"><title>{escape(tip)}</title></rect>'
         )
         if highlight is not None and highlight[index] > 0:
             part = plot_height * highlight[index] / top_value
             parts.append(
-                f'<rect class="bar error" x="{x:.1f}" y="{TOP + plot_height - part:.1f}" width="{bar_width:.1f}" '
+                f'<rect class="bar error" x="{x:.2f}%" y="{TOP + plot_height - part:.1f}" width="{bar_width:.2f}%" '
                 f'height="{part:.1f}"><title>{escape(f"{name}: {_exact(highlight[index])} errors")}</title></rect>'
             )
         if index % label_every == 0:
+            minor = ' class="minor"' if index % (2 * label_every) else ""
             parts.append(
-                f'<text x="{x + bar_width / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">{escape(name)}</text>'
+                f'<text{minor} x="{x + bar_width / 2:.2f}%" y="{HEIGHT - 6}" text-anchor="middle">{escape(name)}</text>'
             )
+    # The scale's values sit on their lines at the left, drawn last so that a halo keeps them over the bars.
+    for fraction in (0.5, 1.0):
+        y = TOP + plot_height * (1 - fraction)
+        parts.append(f'<text class="scale" x="2" y="{y - 3:.1f}">{_short(top_value * fraction)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 -- every interpolated text above is escaped
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup, escape
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.edge import ACCEPTS_FORM
@@ -34,7 +36,6 @@ from app.portal.controllers.tokens import TokenPages
 from app.portal.controllers.usage import UsagePages
 from app.portal.controllers.users import GroupPages, UserPages
 from app.portal.web import (
-    NAV,
     PORTAL,
     PUBLIC_PAGE,
     STATIC,
@@ -43,16 +44,24 @@ from app.portal.web import (
     flashed_notice,
     http_error_page,
     internal_error_page,
+    navigation,
     service_error_page,
 )
 from app.settings import KeyRing
 from app.tenants.money import DEFAULT_CURRENCY, format_money
 
+_BREAK_AFTER = re.compile(r"([@./_-])")
+
 
 def _when(value: datetime.datetime | None, empty: str = "—") -> str:
     if value is None:
         return empty
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _breakable(value: object) -> Markup:
+    """Text that may wrap after `@ . - _ /` rather than at any letter: emails, model names, dotted actions."""
+    return Markup(_BREAK_AFTER.sub(r"\1<wbr>", str(escape(value))))  # noqa: S704 -- escaped first; adds only <wbr>
 
 
 def _when_ms(value: datetime.datetime | None) -> str:
@@ -79,8 +88,10 @@ def _query_string(values: dict[str, Any]) -> str:
 
 def _configure(engine: JinjaTemplateEngine) -> None:
     environment = engine.engine
-    environment.filters.update(when=_when, when_ms=_when_ms, number=_number, money=_money, query_string=_query_string)
-    environment.globals.update(NAV=NAV, flashed_notice=flashed_notice)
+    environment.filters.update(
+        when=_when, when_ms=_when_ms, breakable=_breakable, number=_number, money=_money, query_string=_query_string
+    )
+    environment.globals.update(navigation=navigation, flashed_notice=flashed_notice)
 
 
 def portal_template_config() -> TemplateConfig[JinjaTemplateEngine]:

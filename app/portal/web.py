@@ -166,25 +166,52 @@ class PortalMiddleware(ASGIMiddleware):
 class NavItem(msgspec.Struct, frozen=True):
     path: str
     label: str
-    admin_only: bool = False
+
+    def is_current(self, here: str) -> bool:
+        """Whether the page at `here` is this entry's page or one below it (a channel's edit page is Channels)."""
+        return here == self.path or (self.path != f"{PORTAL}/" and here.startswith(f"{self.path}/"))
 
 
-# The layout's navigation, in order; end users see the entries not marked admin-only.
-NAV = (
+class NavGroup(msgspec.Struct, frozen=True):
+    label: str
+    items: tuple[NavItem, ...]
+
+    def is_current(self, here: str) -> bool:
+        return any(item.is_current(here) for item in self.items)
+
+
+_JOBS = NavItem(f"{PORTAL}/jobs", "Jobs")
+_USE = (
     NavItem(f"{PORTAL}/", "Dashboard"),
     NavItem(f"{PORTAL}/chat", "Chat"),
-    NavItem(f"{PORTAL}/channels", "Channels", admin_only=True),
-    NavItem(f"{PORTAL}/tokens", "API keys"),
-    NavItem(f"{PORTAL}/usage", "Usage"),
     NavItem(f"{PORTAL}/conversations", "Conversations"),
-    NavItem(f"{PORTAL}/jobs", "Jobs"),
     NavItem(f"{PORTAL}/memories", "Memories"),
-    NavItem(f"{PORTAL}/users", "Users", admin_only=True),
-    NavItem(f"{PORTAL}/groups", "Groups", admin_only=True),
-    NavItem(f"{PORTAL}/audit", "Audit log", admin_only=True),
-    NavItem(f"{PORTAL}/settings", "Settings", admin_only=True),
-    NavItem(f"{PORTAL}/account", "Account"),
+    NavItem(f"{PORTAL}/usage", "Usage"),
+    NavItem(f"{PORTAL}/tokens", "API keys"),
 )
+# Two menus rather than one row of a dozen links, which wrapped onto two lines at 1280 px.
+ADMIN_NAV = (
+    NavGroup("Use", _USE),
+    NavGroup(
+        "Manage",
+        (
+            NavItem(f"{PORTAL}/channels", "Channels"),
+            NavItem(f"{PORTAL}/prices", "Prices"),
+            NavItem(f"{PORTAL}/users", "Users"),
+            NavItem(f"{PORTAL}/groups", "Groups"),
+            NavItem(f"{PORTAL}/settings", "Settings"),
+            NavItem(f"{PORTAL}/audit", "Audit log"),
+            _JOBS,
+        ),
+    ),
+)
+# An end user manages nothing but their own jobs, which sit with the rest of what they use.
+USER_NAV = (NavGroup("Use", (*_USE, _JOBS)),)
+
+
+def navigation(is_admin: bool) -> tuple[NavGroup, ...]:
+    """The layout's menus for a viewer; the account page is the viewer's email beside "Sign out"."""
+    return ADMIN_NAV if is_admin else USER_NAV
 
 
 class ViewerAccount(msgspec.Struct, frozen=True):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -68,3 +70,48 @@ async def audit_page(
 def audit_event_read(event: AuditEvent) -> AuditEventRead:
     ip_address = str(event.ip_address) if event.ip_address is not None else None
     return read_as(AuditEventRead, event, ip_address=ip_address)
+
+
+ARROW = "→"
+
+
+def readable_details(details: Mapping[str, Any], names: Mapping[str, str] | None = None) -> list[str]:
+    """An event's details as lines people read rather than a dict: "name: Old → New" (from `old_name`
+    beside `name`, or a `{"from", "to"}` pair), lists joined, nested values flattened one level, empty
+    values left out. `names` turns the ids it knows (users' emails by id) into names."""
+    names = names or {}
+    lines = []
+    for key, value in details.items():
+        if value is None or (key.startswith("old_") and key[4:] in details):
+            continue
+        label = key.replace("_", " ")
+        if key.endswith("_id") and isinstance(value, str) and value in names:
+            lines.append(f"{label[:-3]}: {names[value]}")
+        elif f"old_{key}" in details:
+            lines.append(f"{label}: {_plain(details[f'old_{key}'], names)} {ARROW} {_plain(value, names)}")
+        elif isinstance(value, Mapping) and set(value) == {"from", "to"}:
+            lines.append(f"{label}: {_plain(value['from'], names)} {ARROW} {_plain(value['to'], names)}")
+        elif isinstance(value, Mapping):
+            lines.extend(
+                f"{label} {inner.replace('_', ' ')}: {_plain(item, names)}"
+                for inner, item in value.items()
+                if item is not None
+            )
+        else:
+            lines.append(f"{label}: {_plain(value, names)}")
+    return lines
+
+
+def _plain(value: Any, names: Mapping[str, str]) -> str:
+    """One value as text: an id it knows as its name, yes/no, a list joined; deeper structures as compact JSON."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return names.get(value, value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(item, names) for item in value) if value else "none"
+    if isinstance(value, Mapping):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return str(value)

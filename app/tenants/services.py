@@ -435,6 +435,12 @@ async def user_emails(session: AsyncSession) -> dict[UUID, str]:
     return {row.id: row.email for row in await session.execute(select(User.id, User.email).order_by(User.email))}
 
 
+async def names_of_groups(session: AsyncSession, ids: list[UUID]) -> dict[UUID, str]:
+    """The names of those of `ids` that are groups of the organization; a deleted one is left out."""
+    rows = await session.execute(select(UserGroup.id, UserGroup.name).where(UserGroup.id.in_(ids)))
+    return {row.id: row.name for row in rows}
+
+
 async def group_names_of_user(session: AsyncSession, user_id: UUID) -> list[tuple[UUID, str]]:
     rows = await session.execute(
         select(UserGroup.id, UserGroup.name)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, FilePayload, Page, expect
 
-from tests.support.browser import PHONE, WIDE, lengths_while_streaming, shoot, sign_in
+from tests.support.browser import PHONE, WIDE, lengths_while_streaming, open_from_menu, shoot, sign_in
 from tests.support.commands import RunningLyss
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
@@ -54,7 +54,7 @@ async def test_an_end_user_chats_with_a_streamed_answer_and_stops_one(
     context = await browser.new_context(viewport=WIDE)
     page = await context.new_page()
     await sign_in(page, lyss.url, tenant_a, tenant_a.user.email)
-    await page.click("nav >> text=Chat")
+    await open_from_menu(page, "Chat")
     await expect(page).to_have_url(f"{lyss.url}/portal/chat")
     await page.fill("#title", "Weekend in Lisbon")
     await page.select_option("#model", "gpt-chat")

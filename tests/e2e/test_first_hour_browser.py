@@ -65,7 +65,7 @@ async def test_a_newcomer_finds_the_way_from_a_wrong_address_to_a_first_call(
     await expect(page.locator("#snippet-openai")).to_contain_text('model="echo"')
     await shoot(page, "key-snippets")
     await page.set_viewport_size(PHONE)
-    await page.click("summary")  # fold the menu a wide window opened (the key's page cannot be reloaded)
+    await expect(page.locator(".menu-panel")).to_be_hidden()  # narrowing the window folds the menu
     await shoot(page, "key-snippets-phone")
 
     # Back to the list: a form's confirmation shows once, and reloading a POST-only address lands on a page.

@@ -21,7 +21,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from db.bootstrap import DatabaseUrls
-from tests.support.browser import WIDE, lengths_while_streaming, shoot_both_widths, sign_in
+from tests.support.browser import WIDE, lengths_while_streaming, open_from_menu, shoot_both_widths, sign_in
 from tests.support.commands import RunningLyss, serve_lyss
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
@@ -114,7 +114,7 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     await expect(page.locator(".who")).to_have_text(INVITEE)
 
     # Chat from the navigation: a fact is mentioned, and the answer streams in.
-    await page.click("nav >> text=Chat")
+    await open_from_menu(page, "Chat")
     await expect(page).to_have_url(f"{lyss.url}/portal/chat")
     await _start_conversation(page, "About me", "gpt-chat")
     await page.fill("#message", "I keep bees in Porto")
@@ -138,7 +138,7 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     await shoot_both_widths(page, "journey-chat")
 
     # The worker turned the first turn into a memory, which the invitee finds among theirs.
-    await page.click("nav >> text=Memories")
+    await open_from_menu(page, "Memories")
     await expect(page).to_have_url(f"{lyss.url}/portal/memories")
     deadline = time.monotonic() + 30
     while not await page.locator("main", has_text=FACT).count():
@@ -151,7 +151,7 @@ async def test_an_invitee_joins_chats_stops_an_answer_and_sees_a_memory_used(
     assert re.fullmatch(r"/portal/memories/[0-9a-f-]{36}", memory_href), memory_href
 
     # A new conversation asks about it: the answer lists the memory it used, linked.
-    await page.click("nav >> text=Chat")
+    await open_from_menu(page, "Chat")
     await _start_conversation(page, "A question", "gpt-chat")
     await page.fill("#message", "Where do I keep bees?")
     await page.press("#message", "Enter")

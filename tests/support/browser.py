@@ -57,8 +57,21 @@ async def shoot_both_widths(page: Page, name: str) -> None:
     await page.set_viewport_size(PHONE)
     menu = page.locator("details.menu")
     if await menu.count() and await menu.get_attribute("open") is not None:
-        await menu.locator("summary").click()
+        await menu.locator(":scope > summary").click()
     await shoot(page, f"{name}-phone")
     if await menu.count():
-        await menu.locator("summary").click()  # open again, as a wide window has it
+        await menu.locator(":scope > summary").click()  # open again, as a wide window has it
     await page.set_viewport_size(WIDE)
+
+
+async def open_from_menu(page: Page, label: str) -> None:
+    """Follow a link of the portal's menu, opening what holds it first: the menu on a phone, its dropdown."""
+    link = page.get_by_role("navigation", name="Main").get_by_role("link", name=label, exact=True)
+    menu = page.locator("details.menu")
+    if await menu.get_attribute("open") is None:
+        await menu.locator(":scope > summary").click()
+    if not await link.is_visible():
+        # Role queries skip what a closed <details> hides: find its group by the link's text instead.
+        group = page.locator("details.menu-group", has=page.locator(f'a:text-is("{label}")'))
+        await group.locator("summary").click()
+    await link.click()

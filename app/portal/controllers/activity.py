@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,17 +16,27 @@ from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.gateway.admin import USAGE_EXPORT_KIND
+from app.gateway.admin import USAGE_EXPORT_KIND, names_of_channels, names_of_keys
 from app.jobs import services as jobs
 from app.jobs.registry import JOB_KINDS
 from app.jobs.schemas import JOB_STATUSES, JOB_TERMINAL_STATUSES, JobRead, JobStatus, job_read
 from app.keyset import Keyset
 from app.portal.forms import FormSubmission
 from app.portal.lists import PAGE_SIZE, filters_from, next_page_query, page_cursor
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer, see_other
+from app.portal.web import (
+    PORTAL,
+    PortalRequest,
+    Viewer,
+    ViewerOrganization,
+    page,
+    provide_admin_viewer,
+    provide_viewer,
+    see_other,
+)
 from app.settings import Settings
-from app.tenants.audit import AuditFilter, audit_page
-from app.tenants.services import user_email, user_emails
+from app.tenants.audit import AuditFilter, audit_event_read, audit_page, readable_details
+from app.tenants.schemas import AuditEventRead
+from app.tenants.services import names_of_groups, user_email, user_emails
 
 REFRESH_SECONDS = 3
 CANCELABLE_STATUSES = ("queued", "running")
@@ -39,6 +49,65 @@ DOWNLOADS = {USAGE_EXPORT_KIND: "/api/usage/exports/{}"}
 
 
 AUDIT_FILTERS = ("since", "until", "action", "user_id", "actor", "target_type")
+TARGET_LABELS = {"api_token": "API key", "tenant": "organization"}
+# How a target's id becomes its name: one query per kind for all the rows of a page.
+NAMERS: dict[str, Callable[[AsyncSession, list[UUID]], Awaitable[dict[UUID, str]]]] = {
+    "channel": names_of_channels,
+    "api_token": names_of_keys,
+    "group": names_of_groups,
+    "job": jobs.kinds_of_jobs,
+}
+
+
+class AuditRow(msgspec.Struct, frozen=True):
+    """One event as the page shows it: names, not ids, and its details as lines."""
+
+    event: AuditEventRead
+    actor: str
+    target_kind: str | None
+    target: str | None
+    target_gone: bool
+    details: list[str]
+
+
+def _uuid(text: str | None) -> UUID | None:
+    try:
+        return UUID(text) if text else None
+    except ValueError:
+        return None
+
+
+async def _audit_rows(
+    db_session: AsyncSession, events: list[AuditEventRead], emails: Mapping[str, str], organization: ViewerOrganization
+) -> list[AuditRow]:
+    wanted: dict[str, set[UUID]] = {}
+    for event in events:
+        if event.target_type in NAMERS and (target_uuid := _uuid(event.target_id)) is not None:
+            wanted.setdefault(event.target_type, set()).add(target_uuid)
+    names: dict[tuple[str, str], str] = {
+        (kind, str(found)): name
+        for kind, ids in wanted.items()
+        for found, name in (await NAMERS[kind](db_session, sorted(ids))).items()
+    }
+    names.update({("user", user_id): email for user_id, email in emails.items()})
+    rows = []
+    for event in events:
+        kind, target = event.target_type, event.target_id
+        name = names.get((kind or "", target or ""))
+        if kind in ("tenant", "organization") and target == str(organization.id):
+            name = organization.name
+        known = kind in NAMERS or kind == "user"
+        rows.append(
+            AuditRow(
+                event=event,
+                actor=emails.get(str(event.actor_user_id)) or event.actor,
+                target_kind=TARGET_LABELS.get(kind or "", kind),
+                target=name or (f"{target[:8]}…" if target and len(target) > 12 else target),
+                target_gone=name is None and known and target is not None,
+                details=readable_details(event.details, emails),
+            )
+        )
+    return rows
 
 
 class AuditPages(Controller):
@@ -55,13 +124,15 @@ class AuditPages(Controller):
         after = page_cursor(query, errors)
         events, last = await audit_page(db_session, filters, after=after, limit=PAGE_SIZE)
         values = {name: query.get(name, "") for name in AUDIT_FILTERS}
+        # Keyed by text: the trail's target ids and the ids in its details are text, whatever they name.
+        emails = {str(user_id): email for user_id, email in (await user_emails(db_session)).items()}
+        rows = await _audit_rows(db_session, [audit_event_read(event) for event in events], emails, viewer.organization)
         return page(
             viewer,
             "audit/list.html",
             status_code=400 if errors else 200,
-            events=events,
-            # Keyed by text: the trail's target ids are text, whatever they name.
-            users={str(user_id): email for user_id, email in (await user_emails(db_session)).items()},
+            rows=rows,
+            users=emails,
             values=values,
             errors=errors,
             next_query=next_page_query(values, last),

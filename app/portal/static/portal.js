@@ -18,11 +18,52 @@ document.addEventListener("submit", (event) => {
   }
 });
 
-// The menu is a <details>: open on wide screens, a toggle on narrow ones.
+// The menu is a <details> holding two dropdown groups (more <details>). On a wide screen the menu stays
+// open (its summary is hidden) and the groups are dropdowns, closed; on a phone the menu is a toggle and,
+// once opened, shows both groups unfolded. Crossing the width in either direction re-applies this, so a
+// menu opened on a phone does not stay open, or a dropdown hang, after the window is widened.
 const menu = document.querySelector("details.menu");
-if (menu && window.matchMedia("(min-width: 641px)").matches) {
-  menu.open = true;
+const groups = Array.from(document.querySelectorAll("details.menu-group"));
+const wide = window.matchMedia("(min-width: 641px)");
+function layMenu() {
+  if (!menu) return;
+  menu.open = wide.matches;
+  for (const group of groups) group.open = !wide.matches;
 }
+layMenu();
+wide.addEventListener("change", layMenu);
+
+// On a wide screen one dropdown at a time, closed by a click elsewhere or by Escape.
+for (const group of groups) {
+  group.addEventListener("toggle", () => {
+    if (!wide.matches || !group.open) return;
+    for (const other of groups) if (other !== group) other.open = false;
+  });
+}
+document.addEventListener("click", (event) => {
+  if (!wide.matches) return;
+  for (const group of groups) if (group.open && !group.contains(event.target)) group.open = false;
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  const open = groups.find((group) => group.open && wide.matches);
+  if (open) {
+    open.open = false;
+    open.querySelector("summary").focus();
+  } else if (menu && menu.open && !wide.matches) {
+    menu.open = false;
+    menu.querySelector("summary").focus();
+  }
+});
+
+// A table wider than its box scrolls inside it; the box then says so (the stylesheet shows the line).
+function markScrollingTables() {
+  for (const wrap of document.querySelectorAll(".table-wrap")) {
+    wrap.toggleAttribute("data-scrolls", wrap.scrollWidth > wrap.clientWidth + 1);
+  }
+}
+markScrollingTables();
+window.addEventListener("resize", markScrollingTables);
 
 // Pages that show changing state (jobs) reload their table every few seconds while visible.
 const live = document.querySelector("[data-refresh]");
@@ -36,6 +77,7 @@ if (live) {
     const fresh = page.getElementById(live.id);
     const current = document.getElementById(live.id);
     if (fresh && current) current.replaceWith(fresh);
+    markScrollingTables();
     // Finished (the fresh copy no longer asks to be refreshed): stop polling.
     if (!fresh || !fresh.dataset.refresh) clearInterval(timer);
   }, seconds * 1000);
