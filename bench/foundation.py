@@ -288,3 +288,15 @@ async def prepare_priced_tenant(
         await session.commit()
     await engine.dispose()
     return urls.app_url, key, user
+
+
+async def add_key(app_url: str, user: User, data: TokenCreate) -> str:
+    """Another API key of the benchmark's user (e.g. one whose every call is refused); returns the key."""
+    engine = create_engine(app_url, pool_size=1)
+    async with tenant_session(create_session_maker(engine), user.tenant_id) as session:
+        _, key = await create_token(
+            session, tenant_id=user.tenant_id, user_id=user.id, data=data, actor=Actor(name="bench")
+        )
+        await session.commit()
+    await engine.dispose()
+    return key

@@ -5,8 +5,9 @@ bounded in time. The provider is `bench.upstream` (a separate, fast process). Ly
 worker, embedded PostgreSQL and Redis, and everything on: key authentication, rate limits, quota
 reservation and settlement, routing, usage logging. For each target: the highest requests/s at 16 and 64
 connections, latency at a fixed 200 requests/s, CPU per request and resident memory of the serving
-process tree; for streams, the time to the first event. After the Lyss runs the usage log must hold
-exactly one row per request Lyss served.
+process tree; for streams, the time to the first event. A key whose budget is spent measures refused calls
+(429, each written to the usage log like a served one). After the Lyss runs the usage log must hold exactly
+one row per request Lyss served and one per request it refused.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import psutil
 from sqlalchemy import make_url
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.gateway.schemas import TokenCreate
 from app.settings import new_key_entry
-from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk, prepare_priced_tenant
+from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk, add_key, prepare_priced_tenant
 from bench.litellm import LITELLM_VERSION, MASTER_KEY, litellm_proxy
 
 DATABASE = "lyss_gateway_bench"
@@ -48,7 +50,7 @@ FIRST_EVENT_SAMPLES = 300
 _MESSAGES = [{"role": "user", "content": "Say hello"}]
 BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16})
 STREAM_BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16, "stream": True})
-SERVED_METRIC = 'lyss_http_request_duration_seconds_count{method="POST",route="/v1/chat/completions",status="200"}'
+ANSWERED_METRIC = 'lyss_http_request_duration_seconds_count{{method="POST",route="/v1/chat/completions",status="{}"}}'
 
 
 @dataclass
@@ -74,22 +76,29 @@ def _resident_mb(pid: int) -> float:
     return sum(item.memory_info().rss for item in _tree(pid)) / 2**20
 
 
-def _measure(target: str, url: str, headers: dict[str, str], body: str, pid: int | None) -> Row:
-    """Peak throughput at each connection count, then latency at a fixed rate; CPU over the peak runs."""
-    _wrk(url, PEAK_CONNECTIONS[0], headers, post_json=body, seconds=WARM_UP_SECONDS)
+def _measure(
+    target: str, url: str, headers: dict[str, str], body: str, pid: int | None, *, refused: bool = False
+) -> Row:
+    """Peak throughput at each connection count, then latency at a fixed rate; CPU over the peak runs.
+    Every answer must be a 2xx, or with `refused`, none."""
+
+    def check(figures: dict[str, float]) -> None:
+        wrong = figures["requests"] - figures["non_2xx"] if refused else figures["non_2xx"]
+        if wrong:
+            raise SystemExit(f"{target}: {wrong:.0f} answers were {'2xx' if refused else 'not 2xx'}")
+
+    check(_wrk(url, PEAK_CONNECTIONS[0], headers, post_json=body, seconds=WARM_UP_SECONDS))
     peak: dict[int, float] = {}
     served = cpu = 0.0
     for connections in PEAK_CONNECTIONS:
         before = _cpu_seconds(pid) if pid else 0.0
         figures = _wrk(url, connections, headers, post_json=body)
-        if figures["non_2xx"]:
-            raise SystemExit(f"{target}: {figures['non_2xx']:.0f} answers were not 2xx")
+        check(figures)
         cpu += (_cpu_seconds(pid) - before) if pid else 0.0
         served += figures["requests"]
         peak[connections] = figures["rps"]
     paced = _wrk(url, PACED_CONNECTIONS, headers, post_json=body, rate=PACED_RATE)
-    if paced["non_2xx"]:
-        raise SystemExit(f"{target}: {paced['non_2xx']:.0f} answers were not 2xx")
+    check(paced)
     return Row(
         target,
         peak,
@@ -138,23 +147,26 @@ def _self_reported_overhead(url: str, key: str, samples: int = 300) -> tuple[flo
     return statistics.median(values), statistics.quantiles(values, n=100)[98]
 
 
-def _served(base_url: str) -> int:
+def _answered(base_url: str, status: int) -> int:
+    """How many chat calls Lyss answered with `status`, by its own request histogram."""
+    metric = ANSWERED_METRIC.format(status)
     for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(SERVED_METRIC):
+        if line.startswith(metric):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
 
 
-async def _usage_rows(superuser_url: str, expected: int, timeout_seconds: float = 30) -> int:
-    """Rows in the usage log once the flusher has caught up (or the timeout passed)."""
+async def _usage_rows(superuser_url: str, expected: int, timeout_seconds: float = 30) -> dict[str, int]:
+    """Rows in the usage log by outcome, once the flusher has caught up (or the timeout passed)."""
     url = make_url(superuser_url).set(drivername="postgresql", database=DATABASE)
     connection = await asyncpg.connect(url.render_as_string(hide_password=False))
     try:
         deadline = time.monotonic() + timeout_seconds
         while True:
-            rows = int(await connection.fetchval("SELECT count(*) FROM provider_usage_logs"))
-            if rows >= expected or time.monotonic() > deadline:
-                return rows
+            rows = await connection.fetch("SELECT outcome, count(*) FROM provider_usage_logs GROUP BY outcome")
+            counts = {row[0]: int(row[1]) for row in rows}
+            if sum(counts.values()) >= expected or time.monotonic() > deadline:
+                return counts
             await asyncio.sleep(0.5)
     finally:
         await connection.close()
@@ -202,11 +214,13 @@ def main() -> None:
         redis_url = redis_server.start()
         try:
             encryption_keys = new_key_entry()
-            app_url, key, _ = asyncio.run(
+            app_url, key, user = asyncio.run(
                 prepare_priced_tenant(
                     superuser_url, DATABASE, upstream_base, encryption_keys, prices={"gpt-bench": (150_000, 600_000)}
                 )
             )
+            # A key whose budget is spent: every call is refused (429) after its plan and reservation script.
+            spent_key = asyncio.run(add_key(app_url, user, TokenCreate(name="spent", quota=0)))
             environment = {
                 "PATH": os.environ["PATH"],
                 "DATABASE_URL": app_url,
@@ -224,13 +238,18 @@ def main() -> None:
                 rows.append(_measure("Lyss", lyss_url, auth, BODY, served.pid))
                 rows.append(_measure("Lyss, streamed", lyss_url, auth, STREAM_BODY, served.pid))
                 first_event["Lyss"] = _first_event_ms(lyss_url, auth)
-                requests_served = _served(base_url)
-            usage_rows = asyncio.run(_usage_rows(superuser_url, requests_served))
+                spent = {"Authorization": f"Bearer {spent_key}"}
+                rows.append(_measure("Lyss, refused (429)", lyss_url, spent, BODY, served.pid, refused=True))
+                requests_served, requests_refused = _answered(base_url, 200), _answered(base_url, 429)
+            usage_rows = asyncio.run(_usage_rows(superuser_url, requests_served + requests_refused))
         finally:
             redis_server.stop()
             postgres.stop()
-        if usage_rows != requests_served:
-            raise SystemExit(f"the usage log holds {usage_rows} rows for {requests_served} requests served")
+        if (usage_rows.get("ok", 0), usage_rows.get("refused", 0)) != (requests_served, requests_refused):
+            raise SystemExit(
+                f"the usage log holds {usage_rows} rows for {requests_served} requests served "
+                f"and {requests_refused} refused"
+            )
 
         with litellm_proxy(upstream_base) as (litellm_url, proxy):
             litellm_headers = {"Authorization": f"Bearer {MASTER_KEY}"}
@@ -239,15 +258,15 @@ def main() -> None:
             rows.append(_measure("LiteLLM, streamed", litellm_chat, litellm_headers, STREAM_BODY, proxy.pid))
             first_event["LiteLLM"] = _first_event_ms(litellm_chat, litellm_headers)
 
-    _report(rows, first_event, overhead, usage_rows, requests_served)
+    _report(rows, first_event, overhead, usage_rows, (requests_served, requests_refused))
 
 
 def _report(
     rows: list[Row],
     first_event: dict[str, list[float]],
     overhead: tuple[float, float],
-    usage_rows: int,
-    requests_served: int,
+    usage_rows: dict[str, int],
+    requests: tuple[int, int],
 ) -> None:
     by_target = {row.target: row for row in rows}
     cpu_lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -265,6 +284,8 @@ def _report(
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         floor = by_target["provider alone, streamed" if "streamed" in row.target else "provider alone"]
+        if "refused" in row.target:
+            floor = row  # no provider is called: nothing to add to
         added = (
             ("—", "—")
             if row is floor
@@ -289,7 +310,10 @@ def _report(
             f" ms; provider alone p50 {first_floor:.2f} ms), {FIRST_EVENT_SAMPLES} sequential requests"
         )
     print(f"x-lyss-overhead-ms over 300 sequential calls: p50 {overhead[0]:.2f} ms, p99 {overhead[1]:.2f} ms")
-    print(f"usage log: {usage_rows} rows for {requests_served} requests Lyss served (checked equal)")
+    print(
+        f"usage log: {usage_rows.get('ok', 0)} rows for {requests[0]} requests Lyss served and "
+        f"{usage_rows.get('refused', 0)} for {requests[1]} it refused (checked equal)"
+    )
 
 
 if __name__ == "__main__":

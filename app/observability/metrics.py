@@ -37,7 +37,7 @@ UPSTREAM_DURATION = Histogram(
 )
 GATEWAY_REJECTIONS = Counter(
     "lyss_gateway_rejections_total",
-    "Gateway calls refused before reaching a provider, by reason (rpm, tpm, token_quota, tenant_quota, no_channel)",
+    "Gateway calls refused before reaching a provider, by reason (rpm, tpm, quota, no_channel)",
     ["reason"],
 )
 GATEWAY_OVERSHOOT = Counter(
