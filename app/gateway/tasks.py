@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from redis.asyncio import Redis
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +31,7 @@ from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, s
 from app.schemas import Input
 from app.storage.base import StorageError
 from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event
+from app.tenants.webhooks import Budget, emit, fire_budget_thresholds
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
@@ -50,14 +52,14 @@ async def test_channels(job: JobContext) -> dict[str, Any]:
         statement = statement.where(Channel.id.in_(payload.channel_ids))
     channels = list(await job.session.scalars(statement))
     results = []
-    reenabled = 0
+    reenabled: list[dict[str, Any]] = []
     for done, channel in enumerate(channels):
         await job.checkpoint()
         was_disabled = channel.status == "auto_disabled"
         outcome = await test_channel(job.session, channel, job.services.secret_box, job.services.http)
         results.append({"channel_id": str(channel.id), "name": channel.name, **msgspec.to_builtins(outcome)})
         if was_disabled and outcome.status == "enabled":
-            reenabled += 1
+            reenabled.append({"channel_id": str(channel.id), "name": channel.name})
             record_audit_event(
                 job.session,
                 actor="job",
@@ -71,7 +73,14 @@ async def test_channels(job: JobContext) -> dict[str, Any]:
     if reenabled:
         tenant_id = job.tenant_id
         job.after_success(lambda: _announce_tenant(job.services, tenant_id))
-    return {"channels": results, "passed": sum(1 for result in results if result["ok"]), "reenabled": reenabled}
+        job.after_success(lambda: _announce_reenabled(job.services, tenant_id, reenabled))
+    passed = sum(1 for result in results if result["ok"])
+    return {"channels": results, "passed": passed, "reenabled": len(reenabled)}
+
+
+async def _announce_reenabled(services: WorkerServices, tenant_id: UUID, channels: list[dict[str, Any]]) -> None:
+    for channel in channels:
+        await emit(services, tenant_id, "channel.reenabled", channel)
 
 
 async def _announce_tenant(services: WorkerServices, tenant_id: UUID) -> None:
@@ -105,7 +114,10 @@ async def health_check(services: WorkerServices) -> dict[str, Any]:
                     )
                     reenabled += 1
                     changed = True
+                name = channel.name
                 await session.commit()
+            if outcome.status == "enabled":
+                await emit(services, tenant_id, "channel.reenabled", {"channel_id": str(channel_id), "name": name})
         if changed:
             await _announce_tenant(services, tenant_id)
     return {"tested": tested, "reenabled": reenabled}
@@ -120,14 +132,17 @@ async def settle_budgets(services: WorkerServices) -> dict[str, Any]:
     """
     flushed = await UsageFlusher(services.redis, services.session_maker).flush_once()
     limits = GatewayLimits(services.redis)
-    reset = raised = 0
+    reset = raised = alerts = 0
     now = datetime.datetime.now(datetime.UTC)
     for tenant_id in await _tenants(services):
         async with tenant_session(services.session_maker, tenant_id) as session:
             reset += await reset_budget_periods(session, limits, tenant_id, now)
         async with tenant_session(services.session_maker, tenant_id) as session:
             raised += await reconcile_balances(session, limits, tenant_id)
-    return {"flushed": flushed, "reset": reset, "raised": raised}
+        async with tenant_session(services.session_maker, tenant_id) as session:
+            budgets, currency = await watched_budgets(session, services.redis, tenant_id)
+        alerts += await fire_budget_thresholds(services, tenant_id, budgets, currency=currency)
+    return {"flushed": flushed, "reset": reset, "raised": raised, "alerts": alerts}
 
 
 async def reset_budget_periods(
@@ -173,6 +188,62 @@ async def reconcile_balances(session: AsyncSession, limits: GatewayLimits, tenan
         counts[limits.tenant_used_key(tenant_id)] = tenant_used
     await session.rollback()
     return await limits.raise_balances(counts)
+
+
+async def watched_budgets(session: AsyncSession, redis: Redis, tenant_id: UUID) -> tuple[list[Budget], str]:
+    """The tenant's limited budgets (keys and the organization) with what Redis counts as used, and its currency.
+
+    Redis holds the live balance (PostgreSQL's count trails it by the usage not yet flushed); the larger of the
+    two is the one a call would be refused on.
+    """
+    budgets: list[Budget] = []
+    tokens = (
+        await session.execute(
+            select(
+                ApiToken.id,
+                ApiToken.name,
+                ApiToken.quota,
+                ApiToken.used_quota,
+                ApiToken.budget_period,
+                ApiToken.budget_reset_at,
+            ).where(ApiToken.quota > 0, ApiToken.status == "active")
+        )
+    ).all()
+    organization = (
+        await session.execute(select(Organization.id, Organization.name, Organization.quota, Organization.used_quota))
+    ).one()
+    await session.rollback()
+    keys = [GatewayLimits.token_used_key(tenant_id, token.id) for token in tokens]
+    keys.append(GatewayLimits.tenant_used_key(tenant_id))
+    balances = [int(value) if value is not None else 0 for value in await redis.mget(keys)]
+    for token, balance in zip(tokens, balances, strict=False):
+        periodic = token.budget_period != "none"
+        budgets.append(
+            Budget(
+                scope="key",
+                id=token.id,
+                name=token.name,
+                used=max(balance, token.used_quota),
+                quota=token.quota,
+                period=token.budget_period,
+                period_start=token.budget_reset_at if periodic else None,
+            )
+        )
+    if organization.quota > 0:
+        budgets.append(
+            Budget(
+                scope="organization",
+                id=organization.id,
+                name=organization.name,
+                used=max(balances[-1], organization.used_quota),
+                quota=organization.quota,
+                period="none",
+                period_start=None,
+            )
+        )
+    currency = await session.scalar(select(Organization.currency)) or "USD"
+    await session.rollback()
+    return budgets, currency
 
 
 async def _tenants(services: WorkerServices) -> list[UUID]:
