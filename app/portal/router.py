@@ -32,6 +32,7 @@ from app.portal.controllers.signin import SignInController
 from app.portal.controllers.tokens import TokenPages
 from app.portal.controllers.usage import UsagePages
 from app.portal.controllers.users import GroupPages, UserPages
+from app.portal.controllers.webhooks import WebhookPages
 from app.portal.web import (
     NAV,
     PORTAL,
@@ -107,6 +108,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             ConversationPages,
             ChatPages,
             SettingsPages,
+            WebhookPages,
             static,
         ],
         middleware=[PortalMiddleware(keyring, session_maker)],

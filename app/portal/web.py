@@ -86,6 +86,9 @@ NOTICES = {
     "group_deleted": "The group is deleted.",
     "member_added": "The member is added.",
     "member_removed": "The member is removed.",
+    "webhook_saved": "The webhook is saved.",
+    "webhook_removed": "The webhook is removed.",
+    "webhook_test_sent": "A test event is on its way; its attempts appear below within seconds.",
 }
 _NOTICE_STATE = "portal_notice"
 # Gone with the first page that shows it: an expired cookie in the same response.
@@ -181,6 +184,7 @@ NAV = (
     NavItem(f"{PORTAL}/users", "Users", admin_only=True),
     NavItem(f"{PORTAL}/groups", "Groups", admin_only=True),
     NavItem(f"{PORTAL}/audit", "Audit log", admin_only=True),
+    NavItem(f"{PORTAL}/webhooks", "Webhooks", admin_only=True),
     NavItem(f"{PORTAL}/settings", "Settings", admin_only=True),
     NavItem(f"{PORTAL}/account", "Account"),
 )

@@ -30,6 +30,13 @@ from app.tenants.services import Actor, audit_change
 from db.session import tenant_session
 from db.tenant import WebhookDelivery, WebhookEndpoint
 
+# The kinds an endpoint can ask for (WebhookEventKind), as the portal explains them.
+EVENT_DESCRIPTIONS = {
+    "channel.auto_disabled": "A channel was switched off after an authentication or billing error",
+    "channel.reenabled": "An auto-disabled channel passed a test and serves again",
+    "job.dead_lettered": "A background job failed its last attempt",
+    "budget.threshold": "An API key or the organization used 80 % or 100 % of its budget",
+}
 DELIVER_KIND = "webhooks.deliver"
 TEST_EVENT = "webhook.test"
 # What a delivery attempt may take, connection included: a slow receiver is a failed attempt.
