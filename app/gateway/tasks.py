@@ -210,7 +210,11 @@ async def watched_budgets(session: AsyncSession, redis: Redis, tenant_id: UUID) 
         )
     ).all()
     organization = (
-        await session.execute(select(Organization.id, Organization.name, Organization.quota, Organization.used_quota))
+        await session.execute(
+            select(
+                Organization.id, Organization.name, Organization.quota, Organization.used_quota, Organization.currency
+            )
+        )
     ).one()
     await session.rollback()
     keys = [GatewayLimits.token_used_key(tenant_id, token.id) for token in tokens]
@@ -241,9 +245,7 @@ async def watched_budgets(session: AsyncSession, redis: Redis, tenant_id: UUID) 
                 period_start=None,
             )
         )
-    currency = await session.scalar(select(Organization.currency)) or "USD"
-    await session.rollback()
-    return budgets, currency
+    return budgets, organization.currency
 
 
 async def _tenants(services: WorkerServices) -> list[UUID]:

@@ -283,7 +283,8 @@ async def post_event(http: aiohttp.ClientSession, url: str, secret: str, event: 
             status = response.status
     except TimeoutError:
         return _failed(started, f"No answer within {DELIVERY_TIMEOUT_SECONDS} seconds.")
-    except aiohttp.ClientError as error:
+    except (aiohttp.ClientError, OSError, ValueError) as error:
+        # ValueError: an address aiohttp cannot use after all (an unencodable host name, say).
         return _failed(started, f"{type(error).__name__}: {str(error)[:300]}")
     delivered = 200 <= status < 300
     return AttemptOutcome(

@@ -7,20 +7,22 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import SecretBox
 from app.gateway.engine import create_gateway
 from app.gateway.limits import GatewayLimits
-from app.gateway.tasks import settle_budgets
+from app.gateway.tasks import health_check, settle_budgets
 from app.jobs.registry import WorkerServices
 from app.settings import Settings
 from app.storage import create_object_store
+from db.provider import Channel
 from db.session import tenant_session
 from db.tenant import WebhookEndpoint
 from tests.support.clients import AuthHeaders, Client, bearer
@@ -203,6 +205,29 @@ async def test_a_channel_the_gateway_disables_fires_channel_auto_disabled_once(
     assert len(receiver.received) == 1
     for quiet in (wants_other_events, switched_off):
         assert await deliveries(client, admin, quiet["id"]) == []
+
+
+async def test_a_channel_the_health_check_brings_back_fires_channel_reenabled(
+    client: Client,
+    settings: Settings,
+    services: WorkerServices,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    receiver: WebhookReceiver,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    await add_webhook(client, admin, receiver.url, "channel.reenabled")
+    channel = await add_channel(client, admin, upstream, "recovering")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(update(Channel).where(Channel.id == UUID(channel["id"])).values(status="auto_disabled"))
+        await session.commit()
+
+    assert (await health_check(services))["reenabled"] == 1
+    async with running_worker(settings):
+        [event] = await receiver.wait_for(1, "channel.reenabled")
+    assert event["data"] == {"channel_id": channel["id"], "name": "recovering"}
 
 
 async def test_a_job_that_fails_its_last_attempt_fires_job_dead_lettered(
