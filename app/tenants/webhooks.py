@@ -46,7 +46,7 @@ DELIVERY_ATTEMPTS = 6
 LONGEST_WAIT_FACTOR = 60
 EXCERPT_CHARACTERS = 500
 BUDGET_THRESHOLDS = (80, 100)
-# A threshold's marker outlives any budget period (a month); a budget without a period keeps its own.
+# A periodic budget's marker outlives its period (a month at most); one without a period keeps its marker.
 THRESHOLD_MARKER_TTL_SECONDS = 40 * 86_400
 DELIVERIES_SHOWN = 200
 logger = get_logger("lyss.webhooks")
@@ -354,7 +354,8 @@ class Budget(msgspec.Struct, frozen=True):
 
 
 def threshold_marker(tenant_id: UUID, budget: Budget, threshold: int) -> str:
-    start = budget.period_start.isoformat() if budget.period_start else "always"
+    # A budget without a period starts afresh when its quota changes: a raised quota can be crossed again.
+    start = budget.period_start.isoformat() if budget.period_start else f"quota-{budget.quota}"
     return f"lyss:webhooks:budget:{tenant_id}:{budget.scope}:{budget.id}:{threshold}:{start}"
 
 
@@ -373,7 +374,8 @@ async def fire_budget_thresholds(
             if budget.used * 100 < budget.quota * threshold:
                 continue
             marker = threshold_marker(tenant_id, budget, threshold)
-            if not await sources.redis.set(marker, 1, nx=True, ex=THRESHOLD_MARKER_TTL_SECONDS):
+            expiry = THRESHOLD_MARKER_TTL_SECONDS if budget.period_start else None
+            if not await sources.redis.set(marker, 1, nx=True, ex=expiry):
                 continue
             data = {
                 "scope": budget.scope,

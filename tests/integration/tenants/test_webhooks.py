@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.encryption import SecretBox
 from app.gateway.engine import create_gateway
 from app.gateway.limits import GatewayLimits
-from app.gateway.tasks import health_check, settle_budgets
+from app.gateway.tasks import health_check, settle_budgets, watched_budgets
 from app.jobs.registry import WorkerServices
 from app.settings import Settings
 from app.storage import create_object_store
+from app.tenants.webhooks import Budget, fire_budget_thresholds
 from db.provider import Channel
 from db.session import tenant_session
-from db.tenant import WebhookEndpoint
+from db.tenant import Organization, WebhookEndpoint
 from tests.support.clients import AuthHeaders, Client, bearer
 from tests.support.gateway import add_channel, chat_body, issue_key, token_id_of
 from tests.support.jobs import running_worker, submit, wait_for_status
@@ -285,6 +286,35 @@ async def test_a_key_budget_crossing_80_then_100_percent_fires_each_threshold_on
         "period_start": by_threshold[80]["period_start"],
     }
     assert (by_threshold[80]["used"], by_threshold[100]["used"]) == (850_000, 1_000_000)
+
+
+async def test_the_organization_budget_fires_again_only_once_its_quota_is_raised(
+    services: WorkerServices, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(update(Organization).values(quota=2_000_000))
+        await session.commit()
+    await services.redis.set(GatewayLimits.tenant_used_key(tenant_a.id), 1_700_000)
+    fired = [
+        await fire_budget_thresholds(services, tenant_a.id, await budgets_of(services, tenant_a.id), currency="USD")
+        for _ in range(2)
+    ]
+    assert fired == [1, 0]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(update(Organization).values(quota=4_000_000))
+        await session.commit()
+    await services.redis.set(GatewayLimits.tenant_used_key(tenant_a.id), 3_300_000)
+    assert (
+        await fire_budget_thresholds(services, tenant_a.id, await budgets_of(services, tenant_a.id), currency="USD")
+        == 1
+    )
+
+
+async def budgets_of(services: WorkerServices, tenant_id: UUID) -> list[Budget]:
+    async with tenant_session(services.session_maker, tenant_id) as session:
+        budgets, _ = await watched_budgets(session, services.redis, tenant_id)
+    assert [budget.scope for budget in budgets] == ["organization"]
+    return budgets
 
 
 async def test_bad_webhook_input_is_refused_naming_the_field_and_nothing_is_saved(
