@@ -231,6 +231,32 @@ async def test_a_channel_the_health_check_brings_back_fires_channel_reenabled(
     assert event["data"] == {"channel_id": channel["id"], "name": "recovering"}
 
 
+async def test_a_channel_test_job_that_brings_a_channel_back_fires_channel_reenabled(
+    client: Client,
+    settings: Settings,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    receiver: WebhookReceiver,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    await add_webhook(client, admin, receiver.url, "channel.reenabled")
+    back = await add_channel(client, admin, upstream, "back")
+    await add_channel(client, admin, upstream, "never-down")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(update(Channel).where(Channel.id == UUID(back["id"])).values(status="auto_disabled"))
+        await session.commit()
+    job = await submit(client, admin, "gateway.test_channels")
+    async with running_worker(settings):
+        done = await wait_for_status(client, admin, job["id"], {"succeeded", "failed", "dead"})
+        [event] = await receiver.wait_for(1, "channel.reenabled")
+        await asyncio.sleep(0.3)
+    assert (done["status"], done["result"]["reenabled"]) == ("succeeded", 1)
+    assert event["data"] == {"channel_id": back["id"], "name": "back"}
+    assert len(receiver.received) == 1  # the channel that was never down is not announced
+
+
 async def test_a_job_that_fails_its_last_attempt_fires_job_dead_lettered(
     client: Client, settings: Settings, tenant_a: TenantRows, auth_headers: AuthHeaders, receiver: WebhookReceiver
 ) -> None:
