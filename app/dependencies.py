@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from redis.asyncio import Redis
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.oauth import OAuthClient, oauth_redirect_uri
 from app.auth.oauth_providers import OAuthProviderService
@@ -26,6 +26,7 @@ from app.tenants.accounts import AccountService
 from app.tenants.budgets import BudgetService
 from app.tenants.groups import GroupService
 from app.tenants.services import Actor
+from app.tenants.webhooks import EventHub, WebhookService
 from db.auth import User
 
 
@@ -117,6 +118,17 @@ async def provide_price_admin(
     return PriceAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
 
 
+async def provide_webhook_service(
+    db_session: NamedDependency[AsyncSession],
+    secret_box: NamedDependency[SecretBox],
+    actor: NamedDependency[Actor],
+    settings: NamedDependency[Settings],
+    session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
+    redis: NamedDependency[Redis],
+) -> WebhookService:
+    return WebhookService(db_session, secret_box, actor, EventHub(settings, session_maker, redis))
+
+
 def _constant(value: object) -> Provide:
     def provide() -> object:
         return value
@@ -145,4 +157,5 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "channel_admin": Provide(provide_channel_admin),
         "token_admin": Provide(provide_token_admin),
         "price_admin": Provide(provide_price_admin),
+        "webhooks": Provide(provide_webhook_service),
     }

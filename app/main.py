@@ -54,6 +54,7 @@ from app.tenants.controllers import (
     InvitationController,
     TenantController,
     UserAdminController,
+    WebhookController,
 )
 
 
@@ -96,6 +97,7 @@ def create_app(settings: Settings) -> Litestar:
             InvitationController,
             GroupController,
             AuditController,
+            WebhookController,
             ChannelController,
             TokenController,
             PriceController,

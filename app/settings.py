@@ -58,6 +58,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "job_retry_delay_seconds": "LYSS_JOB_RETRY_DELAY_SECONDS",
     "job_retry_max_delay_seconds": "LYSS_JOB_RETRY_MAX_DELAY_SECONDS",
     "job_heartbeat_seconds": "LYSS_JOB_HEARTBEAT_SECONDS",
+    "webhook_retry_seconds": "LYSS_WEBHOOK_RETRY_SECONDS",
     "worker_shutdown_grace_seconds": "LYSS_WORKER_SHUTDOWN_GRACE_SECONDS",
     "embedded_worker": "LYSS_EMBEDDED_WORKER",
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
@@ -139,6 +140,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     job_retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     job_retry_max_delay_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     job_heartbeat_seconds: Annotated[int, msgspec.Meta(ge=1)] = 30
+    # The first wait before a failed webhook delivery is tried again; each next wait doubles (up to 60 times it).
+    webhook_retry_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     worker_shutdown_grace_seconds: Annotated[int, msgspec.Meta(ge=0)] = 10
     # `lyss serve` also runs a job worker in its own process; on by default with the embedded servers.
     embedded_worker: bool | None = None

@@ -5,7 +5,16 @@ from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
-from db.tenant import AuditEvent, Job, JobEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import (
+    AuditEvent,
+    Job,
+    JobEvent,
+    Organization,
+    UserGroup,
+    UserGroupMember,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "ApiToken",
@@ -33,4 +42,6 @@ __all__ = [
     "UserGroup",
     "UserGroupMember",
     "UserSession",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -1,4 +1,4 @@
-"""Tables of the `tenant_` prefix: organizations, user groups and their members, the audit log."""
+"""Tables of the `tenant_` prefix: organizations, user groups and their members, the audit log, jobs, webhooks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 from uuid import UUID
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     CheckConstraint,
     DateTime,
@@ -20,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from db.auth import ENCRYPTED
 from db.base import Base, TenantOwned, UpdatedAt
 
 ORGANIZATION_STATUSES = ("active", "suspended", "inactive")
@@ -233,3 +235,61 @@ class JobEvent(TenantOwned, Base):
     attempt: Mapped[int] = mapped_column(default=0, server_default="0")
     message: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+
+
+WEBHOOK_OUTCOMES = ("delivered", "failed")
+
+
+class WebhookEndpoint(TenantOwned, UpdatedAt, Base):
+    """Where a tenant wants its events posted, signed with a secret only it and Lyss know."""
+
+    __tablename__ = "tenant_webhook_endpoints"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "id", name="uk_tenant_webhook_endpoints_tenant_id_id"),
+        Index("idx_tenant_webhook_endpoints_tenant", "tenant_id"),
+    )
+
+    url: Mapped[str] = mapped_column(Text)
+    # The HMAC key of the signature header, encrypted at rest (shown to the admin once).
+    encrypted_secret: Mapped[str] = mapped_column(Text, info=ENCRYPTED)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    description: Mapped[str | None] = mapped_column(String(500))
+
+
+class WebhookDelivery(TenantOwned, Base):
+    """One attempt to post one event to one endpoint (append-only): what was sent and what came back."""
+
+    __tablename__ = "tenant_webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"outcome IN {WEBHOOK_OUTCOMES}", name="outcome"),
+        CheckConstraint("attempt >= 1", name="attempt"),
+        ForeignKeyConstraint(
+            ["tenant_id", "endpoint_id"],
+            ["tenant_webhook_endpoints.tenant_id", "tenant_webhook_endpoints.id"],
+            ondelete="CASCADE",
+            name="fk_tenant_webhook_deliveries_endpoint",
+        ),
+        Index("idx_tenant_webhook_deliveries_endpoint", "tenant_id", "endpoint_id", text("created_at DESC")),
+        # An event reaches an endpoint once: a second success of the same event cannot be recorded.
+        Index(
+            "uk_tenant_webhook_deliveries_delivered",
+            "tenant_id",
+            "endpoint_id",
+            "event_id",
+            unique=True,
+            postgresql_where=text("outcome = 'delivered'"),
+        ),
+    )
+
+    endpoint_id: Mapped[UUID]
+    event_id: Mapped[UUID]
+    event_kind: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    attempt: Mapped[int]
+    outcome: Mapped[str] = mapped_column(String(20))
+    status_code: Mapped[int | None]
+    # The start of the receiver's answer, at most 500 characters.
+    response_excerpt: Mapped[str | None] = mapped_column(String(500))
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None]

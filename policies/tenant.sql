@@ -56,6 +56,13 @@ GRANT SELECT, INSERT, UPDATE ON public.tenant_jobs TO lyss_app;
 CALL public.isolate_by_tenant('public.tenant_job_events');
 GRANT SELECT, INSERT ON public.tenant_job_events TO lyss_app;
 
+CALL public.isolate_by_tenant('public.tenant_webhook_endpoints');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_webhook_endpoints TO lyss_app;
+
+-- The delivery log is append-only for the service (its rows go with their endpoint: ON DELETE CASCADE).
+CALL public.isolate_by_tenant('public.tenant_webhook_deliveries');
+GRANT SELECT, INSERT ON public.tenant_webhook_deliveries TO lyss_app;
+
 -- /metrics counts jobs across tenants: per kind and status, how many are stuck (running past their
 -- timeout) and how long recent ones took. Aggregates only, no row.
 DROP POLICY IF EXISTS lookup_job_stats ON public.tenant_jobs;

@@ -135,6 +135,7 @@ def session_settings(database: DatabaseUrls, redis_url: str, tmp_path_factory: p
         job_retry_delay_seconds=0.05,
         job_retry_max_delay_seconds=0.5,
         job_heartbeat_seconds=2,
+        webhook_retry_seconds=0.2,
         job_sweep_seconds=1,
         chat_summary_every_messages=6,
         worker_shutdown_grace_seconds=0,

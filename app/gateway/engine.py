@@ -53,6 +53,7 @@ from app.observability.metrics import (
 from app.settings import Settings
 from app.tenants.money import format_money
 from app.tenants.services import record_audit_event
+from app.tenants.webhooks import emit as emit_event
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import Budget, Organization
@@ -533,10 +534,11 @@ class Gateway:
 
     async def _auto_disable(self, tenant_id: UUID, channel: ChannelInfo, reason: str) -> None:
         async with tenant_session(self.session_maker, tenant_id) as session:
-            await session.execute(
+            disabled = await session.scalar(
                 update(Channel)
                 .where(Channel.id == channel.id, Channel.status == "enabled")
                 .values(status="auto_disabled", status_reason=reason[:1000])
+                .returning(Channel.id)
             )
             record_audit_event(
                 session,
@@ -548,6 +550,9 @@ class Gateway:
             )
             await session.commit()
         await announce_change(self.redis, self.catalog, f"tenant:{tenant_id}")
+        if disabled is not None:  # this call disabled it: concurrent failures announce it once
+            data = {"channel_id": str(channel.id), "name": channel.name, "reason": reason[:500]}
+            await emit_event(self, tenant_id, "channel.auto_disabled", data)
 
     @staticmethod
     def _final_error(error: UpstreamError | None) -> errors.GatewayError:

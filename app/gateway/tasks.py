@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from redis.asyncio import Redis
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,10 +35,11 @@ from app.schemas import Input
 from app.storage.base import StorageError
 from app.tenants.money import DEFAULT_CURRENCY
 from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event, user_emails
+from app.tenants.webhooks import WatchedBudget, emit, fire_budget_thresholds
 from db.auth import User
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
-from db.tenant import Budget, Organization
+from db.tenant import Budget, Organization, UserGroup
 
 
 class ChannelTestPayload(Input):
@@ -54,14 +56,14 @@ async def test_channels(job: JobContext) -> dict[str, Any]:
         statement = statement.where(Channel.id.in_(payload.channel_ids))
     channels = list(await job.session.scalars(statement))
     results = []
-    reenabled = 0
+    reenabled: list[dict[str, Any]] = []
     for done, channel in enumerate(channels):
         await job.checkpoint()
         was_disabled = channel.status == "auto_disabled"
         outcome = await test_channel(job.session, channel, job.services.secret_box, job.services.http)
         results.append({"channel_id": str(channel.id), "name": channel.name, **msgspec.to_builtins(outcome)})
         if was_disabled and outcome.status == "enabled":
-            reenabled += 1
+            reenabled.append({"channel_id": str(channel.id), "name": channel.name})
             record_audit_event(
                 job.session,
                 actor="job",
@@ -75,7 +77,14 @@ async def test_channels(job: JobContext) -> dict[str, Any]:
     if reenabled:
         tenant_id = job.tenant_id
         job.after_success(lambda: _announce_tenant(job.services, tenant_id))
-    return {"channels": results, "passed": sum(1 for result in results if result["ok"]), "reenabled": reenabled}
+        job.after_success(lambda: _announce_reenabled(job.services, tenant_id, reenabled))
+    passed = sum(1 for result in results if result["ok"])
+    return {"channels": results, "passed": passed, "reenabled": len(reenabled)}
+
+
+async def _announce_reenabled(services: WorkerServices, tenant_id: UUID, channels: list[dict[str, Any]]) -> None:
+    for channel in channels:
+        await emit(services, tenant_id, "channel.reenabled", channel)
 
 
 async def _announce_tenant(services: WorkerServices, tenant_id: UUID) -> None:
@@ -109,7 +118,10 @@ async def health_check(services: WorkerServices) -> dict[str, Any]:
                     )
                     reenabled += 1
                     changed = True
+                name = channel.name
                 await session.commit()
+            if outcome.status == "enabled":
+                await emit(services, tenant_id, "channel.reenabled", {"channel_id": str(channel_id), "name": name})
         if changed:
             await _announce_tenant(services, tenant_id)
     return {"tested": tested, "reenabled": reenabled}
@@ -124,14 +136,17 @@ async def settle_budgets(services: WorkerServices) -> dict[str, Any]:
     """
     flushed = await UsageFlusher(services.redis, services.session_maker).flush_once()
     limits = GatewayLimits(services.redis)
-    reset = raised = 0
+    reset = raised = alerts = 0
     now = datetime.datetime.now(datetime.UTC)
     for tenant_id in await _tenants(services):
         async with tenant_session(services.session_maker, tenant_id) as session:
             reset += await reset_budget_periods(session, limits, tenant_id, now)
         async with tenant_session(services.session_maker, tenant_id) as session:
             raised += await reconcile_balances(session, limits, tenant_id)
-    return {"flushed": flushed, "reset": reset, "raised": raised}
+        async with tenant_session(services.session_maker, tenant_id) as session:
+            budgets, currency = await watched_budgets(session, services.redis, tenant_id)
+        alerts += await fire_budget_thresholds(services, tenant_id, budgets, currency=currency)
+    return {"flushed": flushed, "reset": reset, "raised": raised, "alerts": alerts}
 
 
 def period_starts(now: datetime.datetime) -> dict[str, datetime.datetime]:
@@ -205,6 +220,83 @@ async def reconcile_balances(session: AsyncSession, limits: GatewayLimits, tenan
         counts[limits.tenant_used_key(tenant_id)] = tenant_used
     await session.rollback()
     return await limits.raise_balances(counts)
+
+
+async def watched_budgets(session: AsyncSession, redis: Redis, tenant_id: UUID) -> tuple[list[WatchedBudget], str]:
+    """The tenant's limited budgets (keys, users, groups and the organization) with what Redis counts as used,
+    and its currency.
+
+    Redis holds the live balance (PostgreSQL's count trails it by the usage not yet flushed); the larger of the
+    two is the one a call would be refused on.
+    """
+    tokens = (
+        await session.execute(
+            select(
+                ApiToken.id,
+                ApiToken.name,
+                ApiToken.quota,
+                ApiToken.used_quota,
+                ApiToken.budget_period,
+                ApiToken.budget_reset_at,
+            ).where(ApiToken.quota > 0, ApiToken.status == "active")
+        )
+    ).all()
+    people = (
+        await session.execute(
+            select(
+                Budget.user_id,
+                Budget.group_id,
+                func.coalesce(User.email, UserGroup.name),
+                Budget.quota,
+                Budget.used_quota,
+                Budget.budget_period,
+                Budget.budget_reset_at,
+            )
+            .outerjoin(User, User.id == Budget.user_id)
+            .outerjoin(UserGroup, UserGroup.id == Budget.group_id)
+            .where(Budget.quota > 0, Budget.kind != "new_user")
+        )
+    ).all()
+    organization = (
+        await session.execute(
+            select(
+                Organization.id, Organization.name, Organization.quota, Organization.used_quota, Organization.currency
+            )
+        )
+    ).one()
+    await session.rollback()
+    # (scope, id, name, quota, counted in PostgreSQL, period, reset at, the Redis balance's scope)
+    watched = [
+        ("key", token.id, token.name, token.quota, token.used_quota, token.budget_period, token.budget_reset_at,
+         f"token:{token.id}")
+        for token in tokens
+    ]  # fmt: skip
+    watched += [
+        ("user" if user_id else "group", user_id or group_id, name, quota, used, period, reset_at,
+         budget_scope(user_id, group_id))
+        for user_id, group_id, name, quota, used, period, reset_at in people
+    ]  # fmt: skip
+    if organization.quota > 0:
+        watched.append(
+            ("organization", organization.id, organization.name, organization.quota, organization.used_quota,
+             "none", None, "tenant")
+        )  # fmt: skip
+    balances = await redis.mget([GatewayLimits.used_key(tenant_id, entry[7]) for entry in watched]) if watched else []
+    budgets = [
+        WatchedBudget(
+            scope=scope,
+            id=subject_id,
+            name=name,
+            used=max(int(balance or 0), counted),
+            quota=quota,
+            period=period,
+            period_start=reset_at if period != "none" else None,
+        )
+        for (scope, subject_id, name, quota, counted, period, reset_at, _), balance in zip(
+            watched, balances, strict=True
+        )
+    ]
+    return budgets, organization.currency
 
 
 async def _tenants(services: WorkerServices) -> list[UUID]:

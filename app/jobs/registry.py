@@ -74,6 +74,9 @@ Handler = Callable[[JobContext], Awaitable[dict[str, Any] | None]]
 # Checks a submission against its caller before anything is recorded (e.g. that a user named in the payload
 # is one the caller may act on), so that what the job would refuse is refused at once, as a ServiceError.
 Admission = Callable[[AsyncSession, "Principal", dict[str, Any]], Awaitable[None]]
+# A kind's own waits between attempts, from the settings: (first wait, longest wait) in seconds; each wait
+# doubles the one before, with jitter.
+RetryDelays = Callable[[Settings], tuple[float, float]]
 
 
 class JobKind(msgspec.Struct, frozen=True):
@@ -86,6 +89,7 @@ class JobKind(msgspec.Struct, frozen=True):
     timeout_seconds: int = 600
     max_attempts: int | None = None
     admit: Admission | None = None
+    retry_delays: RetryDelays | None = None
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -99,6 +103,7 @@ def job_kind(
     timeout_seconds: int = 600,
     max_attempts: int | None = None,
     admit: Admission | None = None,
+    retry_delays: RetryDelays | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register a handler for a job kind (a decorator)."""
 
@@ -111,6 +116,7 @@ def job_kind(
             timeout_seconds=timeout_seconds,
             max_attempts=max_attempts,
             admit=admit,
+            retry_delays=retry_delays,
         )
         return handler
 

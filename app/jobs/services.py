@@ -25,7 +25,14 @@ from db.tenant import Job, JobEvent
 QUEUE_NAME = "lyss"
 RUN_JOB = "run_job"
 # Domains whose `tasks.py` registers job kinds and scheduled work.
-BUILTIN_JOB_MODULES = ("app.gateway.tasks", "app.auth.tasks", "app.jobs.tasks", "app.memory.tasks", "app.chat.tasks")
+BUILTIN_JOB_MODULES = (
+    "app.gateway.tasks",
+    "app.auth.tasks",
+    "app.jobs.tasks",
+    "app.memory.tasks",
+    "app.chat.tasks",
+    "app.tenants.tasks",
+)
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 # SAQ's own timeout is a backstop behind the runner's: the runner's expiry is an ordinary, retried error.
 QUEUE_TIMEOUT_MARGIN_SECONDS = 30
@@ -89,6 +96,11 @@ async def add_event(
 async def enqueue(queue: RedisQueue, job: Job, settings: Settings) -> None:
     """Hand a job's current attempt series to SAQ; if this fails the job stays queued and is re-sent later."""
     assert job.queue_key is not None
+    kind = JOB_KINDS.get(job.kind)
+    if kind is not None and kind.retry_delays is not None:
+        retry_delay, retry_max_delay = kind.retry_delays(settings)
+    else:
+        retry_delay, retry_max_delay = settings.job_retry_delay_seconds, settings.job_retry_max_delay_seconds
     await queue.enqueue(
         QueueJob(
             function=RUN_JOB,
@@ -97,8 +109,8 @@ async def enqueue(queue: RedisQueue, job: Job, settings: Settings) -> None:
             timeout=job.timeout_seconds + QUEUE_TIMEOUT_MARGIN_SECONDS,
             heartbeat=settings.job_heartbeat_seconds,
             retries=job.max_attempts,
-            retry_delay=settings.job_retry_delay_seconds,
-            retry_backoff=settings.job_retry_max_delay_seconds,
+            retry_delay=retry_delay,
+            retry_backoff=retry_max_delay,
         )
     )
 

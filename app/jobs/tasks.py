@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from typing import Any
+from uuid import UUID
 
 from saq.job import Status
 from saq.queue.redis import RedisQueue
@@ -13,8 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.jobs.registry import WorkerServices, scheduled
 from app.jobs.services import add_event, create_queue, enqueue, new_queue_key
 from app.tenants.services import all_tenant_ids
+from app.tenants.webhooks import announce_dead_job
 from db.session import tenant_session
 from db.tenant import Job
+
+LOST_LAST_ATTEMPT = "The job's last attempt was lost with its worker."
 
 
 @scheduled("jobs.recover", cron="* * * * *")
@@ -32,14 +36,16 @@ async def recover_jobs(services: WorkerServices) -> dict[str, Any]:
         async with tenant_session(services.session_maker, tenant_id) as session:
             outcome = await recover_tenant_jobs(session, queue, services, quiet)
         resent += outcome[0]
-        buried += outcome[1]
+        buried += len(outcome[1])
+        for job_id, kind in outcome[1]:
+            await announce_dead_job(services, tenant_id, job_id, kind, LOST_LAST_ATTEMPT)
     return {"resent": resent, "buried": buried}
 
 
 async def recover_tenant_jobs(
     session: AsyncSession, queue: RedisQueue, services: WorkerServices, quiet: datetime.timedelta
-) -> tuple[int, int]:
-    """One tenant's share of `recover_jobs`: (sent again, marked dead)."""
+) -> tuple[int, list[tuple[UUID, str]]]:
+    """One tenant's share of `recover_jobs`: how many were sent again, and the jobs marked dead (id, kind)."""
     cutoff = datetime.datetime.now(datetime.UTC) - quiet
     stale = list(
         await session.scalars(
@@ -49,7 +55,7 @@ async def recover_tenant_jobs(
         )
     )
     to_send: list[Job] = []
-    buried = 0
+    buried: list[tuple[UUID, str]] = []
     for job in stale:
         if job.queue_key and await still_carried(queue, job.queue_key):
             continue
@@ -61,9 +67,9 @@ async def recover_tenant_jobs(
                 job.id,
                 "dead",
                 attempt=job.attempts,
-                message="The job's last attempt was lost with its worker.",
+                message=LOST_LAST_ATTEMPT,
             )
-            buried += 1
+            buried.append((job.id, job.kind))
         else:
             job.status = "queued"
             job.queue_key = new_queue_key(job.id)

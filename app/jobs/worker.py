@@ -33,6 +33,7 @@ from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, load_job_modu
 from app.observability.logging import get_logger
 from app.resources import Resources
 from app.settings import Settings
+from app.tenants.webhooks import announce_dead_job
 from db.session import tenant_session
 from db.tenant import JOB_TERMINAL_STATUSES, Job
 
@@ -115,12 +116,14 @@ class JobAttempt:
         self.job_id = job_id
         self.tenant_id = tenant_id
         self.attempt = 0
+        self.kind = ""
 
     async def run(self) -> dict[str, Any] | None:
         started = await self._start()
         if started is None:
             return None
         self.attempt = started.attempt
+        self.kind = started.kind
         if started.cancel_requested:
             await self._finish("canceled", "canceled", "Canceled before it started.")
             return None
@@ -183,7 +186,8 @@ class JobAttempt:
             if self.queue_job.retryable:
                 await self._finish("queued", "retrying", message, last_error=message)
             else:
-                await self._finish("dead", "dead", message, last_error=message)
+                if await self._finish("dead", "dead", message, last_error=message):
+                    await announce_dead_job(self.services, self.tenant_id, self.job_id, self.kind, message)
             raise  # SAQ schedules the retry with backoff, or records the failure
 
     async def _start(self) -> _Started | None:
@@ -229,7 +233,8 @@ class JobAttempt:
         await self.services.redis.delete(cancel_flag_key(self.job_id))
         return True
 
-    async def _finish(self, status: str, event: str, message: str, *, last_error: str | None = None) -> None:
+    async def _finish(self, status: str, event: str, message: str, *, last_error: str | None = None) -> bool:
+        """Record the attempt's outcome; False if the record had moved on (another attempt or a cancel owns it)."""
         terminal = status in JOB_TERMINAL_STATUSES
         async with tenant_session(self.services.session_maker, self.tenant_id) as session:
             written = await session.scalar(
@@ -244,11 +249,12 @@ class JobAttempt:
             )
             if written is None:
                 await session.rollback()
-                return
+                return False
             await add_event(session, self.job_id, event, attempt=self.attempt, message=message)
             await session.commit()
         if terminal:
             await self.services.redis.delete(cancel_flag_key(self.job_id))
+        return True
 
     async def _cancel_requested(self) -> bool:
         async with tenant_session(self.services.session_maker, self.tenant_id) as session:

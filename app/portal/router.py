@@ -35,6 +35,7 @@ from app.portal.controllers.signin import SignInController
 from app.portal.controllers.tokens import TokenPages
 from app.portal.controllers.usage import UsagePages
 from app.portal.controllers.users import GroupPages, UserPages
+from app.portal.controllers.webhooks import WebhookPages
 from app.portal.web import (
     PORTAL,
     PUBLIC_PAGE,
@@ -127,6 +128,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             ChatPages,
             SettingsPages,
             PricePages,
+            WebhookPages,
             static,
         ],
         middleware=[PortalMiddleware(keyring, session_maker)],

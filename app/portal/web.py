@@ -87,6 +87,9 @@ NOTICES = {
     "group_deleted": "The group is deleted.",
     "member_added": "The member is added.",
     "member_removed": "The member is removed.",
+    "webhook_saved": "The webhook is saved.",
+    "webhook_removed": "The webhook is removed.",
+    "webhook_test_sent": "A test event is on its way; its attempts appear below within seconds.",
 }
 _NOTICE_STATE = "portal_notice"
 # Gone with the first page that shows it: an expired cookie in the same response.
@@ -200,6 +203,7 @@ ADMIN_NAV = (
             NavItem(f"{PORTAL}/users", "Users"),
             NavItem(f"{PORTAL}/groups", "Groups"),
             NavItem(f"{PORTAL}/settings", "Settings"),
+            NavItem(f"{PORTAL}/webhooks", "Webhooks"),
             NavItem(f"{PORTAL}/audit", "Audit log"),
             _JOBS,
         ),

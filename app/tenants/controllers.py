@@ -1,4 +1,4 @@
-"""HTTP endpoints of the tenants domain: the organization, its policy, users, groups and audit trail."""
+"""HTTP endpoints of the tenants domain: the organization, its policy, users, groups, audit trail and webhooks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires_tenant_admin
@@ -42,6 +42,12 @@ from app.tenants.schemas import (
     TenantPolicyUpdate,
     UserDetail,
     UserRead,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDeliveryRead,
+    WebhookRead,
+    WebhookTestSent,
+    WebhookUpdate,
 )
 from app.tenants.services import (
     Actor,
@@ -56,6 +62,7 @@ from app.tenants.services import (
     update_organization,
     user_group,
 )
+from app.tenants.webhooks import WebhookService, existing_webhook, list_webhooks, webhook_deliveries
 from db.tenant import UserGroup
 
 
@@ -399,3 +406,49 @@ class AuditController(Controller):
         return AuditPage(
             items=[audit_event_read(event) for event in events], next_cursor=last.cursor() if last else None
         )
+
+
+class WebhookController(Controller):
+    """Endpoints the organization's events are posted to, and what became of each attempt (admins)."""
+
+    path = "/api/webhooks"
+    tags = ["tenants: webhooks"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The organization's webhook endpoints")
+    async def list_webhooks(self, db_session: NamedDependency[AsyncSession]) -> list[WebhookRead]:
+        return [read_as(WebhookRead, endpoint) for endpoint in await list_webhooks(db_session)]
+
+    @post("/", summary="Add an endpoint; its signing secret is in this answer only")
+    async def create(
+        self,
+        request: Request[Principal, Any, State],
+        data: JSONBody[WebhookCreate],
+        webhooks: NamedDependency[WebhookService],
+    ) -> WebhookCreated:
+        endpoint, secret = await webhooks.create(request.user.tenant_id, data)
+        return read_as(WebhookCreated, endpoint, secret=secret)
+
+    @get("/{webhook_id:uuid}", summary="An endpoint (never its secret)")
+    async def get_webhook(self, webhook_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]) -> WebhookRead:
+        return read_as(WebhookRead, await existing_webhook(db_session, webhook_id))
+
+    @patch("/{webhook_id:uuid}", summary="Change an endpoint's address, events, description, secret or state")
+    async def update(
+        self, webhook_id: FromPath[UUID], data: JSONBody[WebhookUpdate], webhooks: NamedDependency[WebhookService]
+    ) -> WebhookRead:
+        return read_as(WebhookRead, await webhooks.update(webhook_id, data))
+
+    @delete("/{webhook_id:uuid}", status_code=HTTP_204_NO_CONTENT, summary="Remove an endpoint and its delivery log")
+    async def remove(self, webhook_id: FromPath[UUID], webhooks: NamedDependency[WebhookService]) -> None:
+        await webhooks.delete(webhook_id)
+
+    @get("/{webhook_id:uuid}/deliveries", summary="The endpoint's latest delivery attempts, newest first")
+    async def deliveries(
+        self, webhook_id: FromPath[UUID], db_session: NamedDependency[AsyncSession]
+    ) -> list[WebhookDeliveryRead]:
+        return [read_as(WebhookDeliveryRead, row) for row in await webhook_deliveries(db_session, webhook_id)]
+
+    @post("/{webhook_id:uuid}/test", status_code=HTTP_202_ACCEPTED, summary="Send a webhook.test event to it")
+    async def send_test(self, webhook_id: FromPath[UUID], webhooks: NamedDependency[WebhookService]) -> WebhookTestSent:
+        return WebhookTestSent(event_id=await webhooks.send_test(webhook_id))

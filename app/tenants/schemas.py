@@ -136,3 +136,69 @@ class AuditPage(msgspec.Struct, frozen=True):
     items: list[AuditEventRead]
     # Pass back as `cursor` for the next (older) page; absent on the last page.
     next_cursor: str | None
+
+
+WebhookEventKind = Literal["channel.auto_disabled", "channel.reenabled", "job.dead_lettered", "budget.threshold"]
+WebhookUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+WebhookSecret = Annotated[str, msgspec.Meta(min_length=16, max_length=200)]
+WebhookEvents = Annotated[list[WebhookEventKind], msgspec.Meta(min_length=1, max_length=10)]
+WebhookDescription = Annotated[str, msgspec.Meta(max_length=500)]
+
+
+class WebhookCreate(Input):
+    """A new endpoint; without a `secret` Lyss makes one (shown once, in the answer)."""
+
+    url: WebhookUrl
+    events: WebhookEvents
+    description: WebhookDescription | None = None
+    secret: WebhookSecret | None = None
+    enabled: bool = True
+
+
+class WebhookUpdate(Input):
+    """Fields left out keep their value; a `secret` replaces the stored one."""
+
+    url: WebhookUrl | None = None
+    events: WebhookEvents | None = None
+    description: WebhookDescription | None = None
+    secret: WebhookSecret | None = None
+    enabled: bool | None = None
+
+
+class WebhookRead(msgspec.Struct, frozen=True):
+    """An endpoint as it is stored; its secret is never shown again."""
+
+    id: UUID
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+class WebhookCreated(WebhookRead, frozen=True):
+    # The signing secret, this once.
+    secret: str
+
+
+class WebhookDeliveryRead(msgspec.Struct, frozen=True):
+    """One attempt to post one event."""
+
+    id: UUID
+    endpoint_id: UUID
+    event_id: UUID
+    event_kind: str
+    attempt: int
+    outcome: str
+    status_code: int | None
+    response_excerpt: str | None
+    error: str | None
+    latency_ms: int | None
+    created_at: datetime.datetime
+
+
+class WebhookTestSent(msgspec.Struct, frozen=True):
+    """The test event's id: its attempts show in the delivery log under it."""
+
+    event_id: UUID

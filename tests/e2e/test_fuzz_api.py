@@ -136,6 +136,7 @@ async def fuzz_identity(
         "channel_id": [channels[0]["id"]],
         "token_id": [key.json()["token"]["id"]],
         "provider_id": [str(tenant.oauth_provider.id)],
+        "webhook_id": [str(tenant.webhook.id)],
         "model": ["gpt-test", "embed-test"],
         "tenant_slug": [tenant.slug],
         "provider_name": [tenant.oauth_provider.provider_name],

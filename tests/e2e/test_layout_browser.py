@@ -203,7 +203,9 @@ async def test_every_page_fits_1280_and_390_px_with_readable_charts_and_a_tidy_m
     use = page.locator("details.menu-group", has=page.locator("summary", has_text="Use"))
     await expect(manage.locator("ul")).to_be_hidden()
     await manage.locator("summary").click()
-    await expect(manage.locator("a")).to_have_text(["Channels", "Prices", "Users", "Groups", "Settings", "Audit log", "Jobs"])
+    await expect(manage.locator("a")).to_have_text(
+        ["Channels", "Prices", "Users", "Groups", "Settings", "Webhooks", "Audit log", "Jobs"]
+    )
     dropdown = box_of(await manage.locator("ul").bounding_box())
     assert dropdown["x"] + dropdown["width"] <= WIDE["width"]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,17 @@ from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, UsageLog
-from db.tenant import AuditEvent, Budget, Job, JobEvent, Organization, UserGroup, UserGroupMember
+from db.tenant import (
+    AuditEvent,
+    Budget,
+    Job,
+    JobEvent,
+    Organization,
+    UserGroup,
+    UserGroupMember,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
 
 
@@ -106,6 +116,21 @@ ROW_FACTORIES: dict[str, RowFactory] = {
         tenant_id=tenant_id, kind="test.kind", idempotency_key=unique("key"), created_by=parents.user.id
     ),
     "tenant_job_events": lambda tenant_id, parents: JobEvent(tenant_id=tenant_id, job_id=parents.job.id, event="log"),
+    "tenant_webhook_endpoints": lambda tenant_id, parents: WebhookEndpoint(
+        tenant_id=tenant_id,
+        url="https://hooks.example.com/",
+        encrypted_secret="v1:test:x",
+        events=["job.dead_lettered"],
+    ),
+    "tenant_webhook_deliveries": lambda tenant_id, parents: WebhookDelivery(
+        tenant_id=tenant_id,
+        endpoint_id=parents.webhook.id,
+        event_id=uuid7(),
+        event_kind="webhook.test",
+        payload={},
+        attempt=1,
+        outcome="failed",
+    ),
     "chat_conversations": lambda tenant_id, parents: Conversation(
         tenant_id=tenant_id, user_id=parents.user.id, title="T", model="m"
     ),

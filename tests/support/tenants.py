@@ -16,7 +16,7 @@ from db.auth import OAuthProvider, User
 from db.chat import Conversation
 from db.memory import Memory
 from db.session import tenant_session
-from db.tenant import AuditEvent, Job, Organization, UserGroup
+from db.tenant import AuditEvent, Job, Organization, UserGroup, WebhookEndpoint
 
 TEST_PASSWORD = "correct horse battery staple"
 # One real argon2id hash, computed once: hashing per fixture user would cost ~50 ms each.
@@ -36,6 +36,7 @@ class TenantRows(msgspec.Struct, frozen=True):
     conversation: Conversation
     memory: Memory
     related_memory: Memory
+    webhook: WebhookEndpoint
 
 
 async def create_tenant_rows(
@@ -64,7 +65,16 @@ async def create_tenant_rows(
         conversation = Conversation(user_id=user.id, title="Fixture", model="fixture-model")
         memory = Memory(user_id=admin.id, memory_text="Likes tea", memory_hash=secrets.token_hex(32))
         related_memory = Memory(user_id=admin.id, memory_text="Likes green tea", memory_hash=secrets.token_hex(32))
-        session.add_all([group, provider, job, conversation, memory, related_memory])
+        webhook = WebhookEndpoint(
+            url=f"https://{slug}.example.com/hooks",
+            encrypted_secret=secret_box.encrypt(
+                "fixture-webhook-secret",
+                context=secret_context("tenant_webhook_endpoints", "encrypted_secret", tenant_id),
+            ),
+            events=["job.dead_lettered"],
+            enabled=False,  # the tests' own receivers get the events, never this address
+        )
+        session.add_all([group, provider, job, conversation, memory, related_memory, webhook])
         await session.commit()
     return TenantRows(
         id=tenant_id,
@@ -77,6 +87,7 @@ async def create_tenant_rows(
         conversation=conversation,
         memory=memory,
         related_memory=related_memory,
+        webhook=webhook,
     )
 
 

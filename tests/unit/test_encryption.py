@@ -13,6 +13,7 @@ def test_every_secret_column_is_declared_encrypted() -> None:
         "auth_users.mfa_secret",
         "auth_oauth_providers.encrypted_client_secret",
         "provider_channels.encrypted_keys",
+        "tenant_webhook_endpoints.encrypted_secret",
     }
 
 

@@ -91,12 +91,14 @@ async def test_rotation_re_encrypts_and_the_old_key_can_then_go(
         assert result.exit_code == 0, result.output
         results.append(result.output)
     new_key_id = new_key.split(":")[0]
-    assert "Re-encrypted 4 secret(s)" in results[0]  # two providers in each of the two tenants
+    assert "Re-encrypted 6 secret(s)" in results[0]  # two providers and a webhook in each of the two tenants
     assert "Re-encrypted 0 secret(s)" in results[1]  # idempotent
     for tenant in (tenant_a, tenant_b):
         values = await raw_column(session_maker, tenant, "auth_oauth_providers", "encrypted_client_secret")
         assert len(values) == 2
         assert all(value.startswith(f"v1:{new_key_id}:") for value in values)
+        [webhook_secret] = await raw_column(session_maker, tenant, "tenant_webhook_endpoints", "encrypted_secret")
+        assert webhook_secret.startswith(f"v1:{new_key_id}:")
 
     # With only the new key left, the stored client secret still works for a real sign-in.
     only_new = msgspec.structs.replace(settings, encryption_keys=new_key)

@@ -185,7 +185,7 @@ async def test_budget_periods_reset_and_redis_balances_never_drop_below_postgres
 
     outcome = await settle_budgets(services)
 
-    assert outcome == {"flushed": 0, "reset": 1, "raised": 1}
+    assert outcome == {"flushed": 0, "reset": 1, "raised": 1, "alerts": 0}
     assert [await services.redis.get(balance[token["id"]]) for token in (daily, monthly, lifetime)] == [
         b"200",
         b"300",
@@ -204,7 +204,7 @@ async def test_budget_periods_reset_and_redis_balances_never_drop_below_postgres
     assert rows[monthly["id"]] == (300, this_month)
     assert rows[lifetime["id"]][0] == 100
     # Run again: nothing is due any more, nothing changes.
-    assert await settle_budgets(services) == {"flushed": 0, "reset": 0, "raised": 0}
+    assert await settle_budgets(services) == {"flushed": 0, "reset": 0, "raised": 0, "alerts": 0}
     assert await services.redis.get(balance[daily["id"]]) == b"200"
 
 

@@ -20,7 +20,7 @@ from db.chat import Attachment, Conversation
 from db.memory import Memory
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
-from db.tenant import Job, UserGroup
+from db.tenant import Job, UserGroup, WebhookEndpoint
 from tests.support.clients import AuthHeaders, Client, client_of
 from tests.support.gateway import add_channel, issue_key, token_id_of
 from tests.support.jobs import submit
@@ -74,6 +74,7 @@ ROW_OF_PARAMETER = {
     "token_id": "token",
     "usage_id": "usage",
     "user_id": "user",
+    "webhook_id": "webhook",
 }
 # Where a route's id names a narrower row than its name says (an export is a job of one kind).
 ROW_OF_ROUTE_PARAMETER = {
@@ -106,6 +107,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/memories/{memory_id:uuid}"): {"text": "taken over"},
     ("PATCH", "/api/tokens/{token_id:uuid}"): {"name": "taken over", "status": "disabled"},
     ("PUT", "/api/users/{user_id:uuid}/role"): {"role": "end_user"},
+    ("PATCH", "/api/webhooks/{webhook_id:uuid}"): {"url": "https://taken.example.com/", "enabled": False},
 }
 UPLOADS = {("POST", "/api/conversations/{conversation_id:uuid}/attachments")}
 # A portal form's fields: enough to get past the form to the lookup.
@@ -125,6 +127,7 @@ MODELS = {
     "usage": UsageLog,
     "usage_export": Job,
     "user": User,
+    "webhook": WebhookEndpoint,
 }
 
 
@@ -222,6 +225,7 @@ async def rows_of(
         "usage": usage.id,
         "usage_export": UUID(exports["usage.export"]["id"]),
         "user": tenant.user.id,
+        "webhook": tenant.webhook.id,
     }
 
 

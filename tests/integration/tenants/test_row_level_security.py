@@ -38,7 +38,13 @@ _TENANT_TABLES_SQL = text(
 
 
 # The app role may only INSERT and SELECT these: nothing to move, nothing to erase.
-APPEND_ONLY_TABLES = {"tenant_audit_events", "provider_usage_logs", "tenant_job_events", "memory_history"}
+APPEND_ONLY_TABLES = {
+    "tenant_audit_events",
+    "provider_usage_logs",
+    "tenant_job_events",
+    "tenant_webhook_deliveries",
+    "memory_history",
+}
 # Tables whose rows point at other tenant rows: a row of B must not be able to point at A's rows.
 REFERENCING_TABLES = [
     "auth_user_sessions",
@@ -53,6 +59,7 @@ REFERENCING_TABLES = [
     "provider_tokens",
     "tenant_jobs",
     "tenant_job_events",
+    "tenant_webhook_deliveries",
     "chat_conversations",
     "chat_messages",
     "chat_summaries",
