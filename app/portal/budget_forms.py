@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+from uuid import UUID
 
-import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.portal.forms import FormInvalid, parse
-from app.tenants.budgets import BudgetRead, BudgetWrite
-from app.tenants.money import MoneyError, format_money, parse_money
+from app.portal.forms import FormSubmission, money_field, parse_with_money
+from app.portal.web import PortalRequest, Viewer, viewer_actor
+from app.tenants.budgets import BudgetKind, BudgetRead, BudgetService, BudgetWrite
 
 BUDGET_PERIODS = [
     ("none", "In total (never resets)"),
@@ -22,7 +22,7 @@ BUDGET_PERIODS = [
 def budget_values(budget: BudgetRead, currency: str) -> dict[str, Any]:
     """The form's fields for a stored budget: an empty amount is no limit, as is a zero rate."""
     return {
-        "quota": "" if budget.quota < 0 else format_money(budget.quota, currency),
+        "quota": money_field(budget.quota, currency),
         "budget_period": budget.budget_period,
         "rpm_limit": str(budget.rpm_limit or ""),
         "tpm_limit": str(budget.tpm_limit or ""),
@@ -30,38 +30,27 @@ def budget_values(budget: BudgetRead, currency: str) -> dict[str, Any]:
     }
 
 
-def typed_budget(form: Mapping[str, Any], allowed_models: list[str]) -> dict[str, Any]:
-    """The form's fields as typed, to parse and, if refused, to show again."""
-    return {
+async def submit_budget(
+    request: PortalRequest,
+    viewer: Viewer,
+    budgets: BudgetService,
+    session: AsyncSession,
+    kind: BudgetKind,
+    subject_id: UUID | None,
+) -> tuple[dict[str, Any], FormSubmission]:
+    """The posted form saved as the budget of `kind` and `subject_id`: (what was typed, to show again if
+    refused; the submission, which says whether it was and why)."""
+    form = await request.form()
+    values = {
         "quota": str(form.get("quota") or "").strip(),
         "budget_period": str(form.get("budget_period") or "none"),
         "rpm_limit": str(form.get("rpm_limit") or "").strip(),
         "tpm_limit": str(form.get("tpm_limit") or "").strip(),
-        "allowed_models": allowed_models,
+        "allowed_models": [str(model) for model in form.getall("allowed_models", [])],
     }
-
-
-def parse_budget_form(values: Mapping[str, Any]) -> BudgetWrite:
-    """The API's body from `typed_budget`'s fields. Raises `FormInvalid` with each field's message."""
-    errors: dict[str, str] = {}
-    quota = -1
-    if values["quota"]:
-        try:
-            quota = parse_money(str(values["quota"]))
-        except MoneyError as error:
-            errors["quota"] = str(error)
-    try:
-        data = parse(
-            BudgetWrite,
-            {
-                "budget_period": values["budget_period"],
-                "rpm_limit": values["rpm_limit"] or "0",
-                "tpm_limit": values["tpm_limit"] or "0",
-                "allowed_models": values["allowed_models"],
-            },
-        )
-    except FormInvalid as invalid:
-        errors |= invalid.errors
-    if errors:
-        raise FormInvalid(errors)
-    return msgspec.structs.replace(data, quota=quota)
+    # An empty rate is no limit; an empty budget too (`parse_with_money`).
+    limits = {"rpm_limit": values["rpm_limit"] or "0", "tpm_limit": values["tpm_limit"] or "0"}
+    async with FormSubmission(session) as submission:
+        data = parse_with_money(BudgetWrite, {**values, **limits}, ("quota",))
+        await budgets.set(viewer_actor(viewer, request), kind, subject_id, data)
+    return values, submission

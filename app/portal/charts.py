@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from markupsafe import Markup, escape
 
@@ -24,10 +24,16 @@ def _nice_ceiling(value: float) -> float:
 
 
 def bar_chart(
-    points: Sequence[tuple[str, float]], *, label: str, unit: str = "", highlight: Sequence[float] | None = None
+    points: Sequence[tuple[str, float]],
+    *,
+    label: str,
+    unit: str = "",
+    highlight: Sequence[float] | None = None,
+    shown: Callable[[float], str] | None = None,
 ) -> Markup:
     """Bars for `points` (label, value) in order; `highlight` (same length) draws a second, overlaid series
-    (errors within requests, say). Each bar has a tooltip with its exact value.
+    (errors within requests, say). Each bar has a tooltip with its exact value; `shown` writes a value (an
+    amount of money, say) for the tooltips and the scale instead of the plain number and `unit`.
 
     Horizontal positions are percentages of the chart's width and there is no viewBox, so the chart
     stretches to its box while its text keeps the stylesheet's size in pixels: a viewBox would shrink the
@@ -48,7 +54,7 @@ def bar_chart(
     for index, (name, value) in enumerate(points):
         x = index * slot + (slot - bar_width) / 2
         height = plot_height * value / top_value
-        tip = f"{name}: {_exact(value)}{unit}"
+        tip = f"{name}: {shown(value) if shown else f'{_exact(value)}{unit}'}"
         parts.append(
             f'<rect class="bar" x="{x:.2f}%" y="{TOP + plot_height - height:.1f}" width="{bar_width:.2f}%" '
             f'height="{height:.1f}"><title>{escape(tip)}</title></rect>'
@@ -67,7 +73,8 @@ def bar_chart(
     # The scale's values sit on their lines at the left, drawn last so that a halo keeps them over the bars.
     for fraction in (0.5, 1.0):
         y = TOP + plot_height * (1 - fraction)
-        parts.append(f'<text class="scale" x="2" y="{y - 3:.1f}">{_short(top_value * fraction)}</text>')
+        scale = shown(top_value * fraction) if shown else _short(top_value * fraction)
+        parts.append(f'<text class="scale" x="2" y="{y - 3:.1f}">{escape(scale)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 -- every interpolated text above is escaped
 

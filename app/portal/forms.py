@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_400_BAD_REQUEST
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ServiceError
+from app.tenants.money import MoneyError, format_money, parse_money
 
 T = TypeVar("T", bound=msgspec.Struct)
 # The key of the message about the form as a whole (templates show it above the fields).
@@ -134,6 +135,32 @@ def parse(struct_type: type[T], data: Mapping[str, Any]) -> T:
         return msgspec.convert(values, struct_type, strict=False)
     except msgspec.ValidationError as error:
         raise FormInvalid({FORM_WIDE: friendly(str(error))}) from None
+
+
+def parse_with_money(struct_type: type[T], data: Mapping[str, Any], money_fields: tuple[str, ...]) -> T:
+    """`parse`, with `money_fields` typed as amounts of money (`5`, `$0.50`) and given to the struct in
+    credits; one left empty is no limit (-1). Every wrong field gets its message, the amounts' included."""
+    shaped = dict(data)
+    errors: dict[str, str] = {}
+    for name in money_fields:
+        text = str(shaped.get(name) or "").strip()
+        try:
+            shaped[name] = parse_money(text) if text else -1
+        except MoneyError as error:
+            errors[name] = str(error)
+            del shaped[name]
+    try:
+        parsed = parse(struct_type, shaped)
+    except FormInvalid as invalid:
+        raise FormInvalid(invalid.errors | errors) from None
+    if errors:
+        raise FormInvalid(errors)
+    return parsed
+
+
+def money_field(credits: int, currency: str) -> str:
+    """A limit in credits as a form shows it: an amount of money, or empty for no limit."""
+    return "" if credits < 0 else format_money(credits, currency)
 
 
 def lines(value: str | None) -> list[str]:

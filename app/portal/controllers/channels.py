@@ -24,7 +24,7 @@ from app.gateway.admin import ChannelAdmin, channels_with_type_names, provider_t
 from app.gateway.schemas import ChannelCreate, ChannelFilter, ChannelRead, ChannelUpdate, ModelListRequest
 from app.jobs.schemas import JobRead
 from app.jobs.services import submit_job, visible_job
-from app.portal.forms import FormInvalid, FormSubmission, lines, pairs, parse
+from app.portal.forms import FormInvalid, FormSubmission, lines, money_field, pairs, parse, parse_with_money
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, provide_viewer_actor, see_other
 from app.schemas import read_as
 from app.settings import Settings
@@ -91,13 +91,13 @@ def _model_request(form: FormMultiDict, channel_id: str) -> ModelListRequest:
         raise FormInvalid({fields.get(name, name): text for name, text in invalid.errors.items()}) from None
 
 
-def _clone_values(channel: ChannelRead, type_name: str) -> dict[str, str]:
+def _clone_values(channel: ChannelRead, type_name: str, currency: str) -> dict[str, str]:
     """A new channel's form filled from `channel`; its keys stay stored and are taken only if none are typed."""
-    values = _channel_values(channel, type_name)
+    values = _channel_values(channel, type_name, currency)
     return values | {"name": channel.name[: 100 - len(COPY_SUFFIX)] + COPY_SUFFIX, "keys_from": str(channel.id)}
 
 
-def _channel_values(channel: ChannelRead, type_name: str) -> dict[str, str]:
+def _channel_values(channel: ChannelRead, type_name: str, currency: str) -> dict[str, str]:
     return {
         "name": channel.name,
         "type": type_name,
@@ -107,7 +107,7 @@ def _channel_values(channel: ChannelRead, type_name: str) -> dict[str, str]:
         "model_mapping": "\n".join(f"{alias}={upstream}" for alias, upstream in channel.model_mapping.items()),
         "priority": str(channel.priority),
         "weight": str(channel.weight),
-        "quota": str(channel.quota),
+        "quota": money_field(channel.quota, currency),
         "rate_limit": str(channel.rate_limit),
         "test_model": channel.test_model or "",
         "test_kind": channel.test_kind,
@@ -258,9 +258,11 @@ class ChannelPages(Controller):
     ) -> Template:
         if clone is not None:
             source, type_name = await admin.channel_with_type(db_session, clone)
-            values = _clone_values(admin.channel_read(source, type_name, secret_box), type_name)
+            values = _clone_values(
+                admin.channel_read(source, type_name, secret_box), type_name, viewer.organization.currency
+            )
             return await self._form_page(viewer, db_session, settings, channel=None, values=values)
-        defaults = {"priority": "1", "weight": "1", "quota": "-1", "rate_limit": "0", "type": "openai"}
+        defaults = {"priority": "1", "weight": "1", "quota": "", "rate_limit": "0", "type": "openai"}
         return await self._form_page(viewer, db_session, settings, channel=None, values=defaults | {"scope": "tenant"})
 
     @post("/new", summary="Add a channel")
@@ -279,7 +281,7 @@ class ChannelPages(Controller):
                 channel_admin, viewer, db_session, settings, form, channel=None, values=values
             )
         async with FormSubmission(db_session) as submission:
-            await channel_admin.create(parse(ChannelCreate, _shaped(form, creating=True)))
+            await channel_admin.create(parse_with_money(ChannelCreate, _shaped(form, creating=True), ("quota",)))
         if submission.refused:
             return await self._form_page(
                 viewer,
@@ -305,7 +307,11 @@ class ChannelPages(Controller):
         channel, type_name = await admin.channel_with_type(db_session, channel_id)
         shown = admin.channel_read(channel, type_name, secret_box)
         return await self._form_page(
-            viewer, db_session, settings, channel=shown, values=_channel_values(shown, type_name)
+            viewer,
+            db_session,
+            settings,
+            channel=shown,
+            values=_channel_values(shown, type_name, viewer.organization.currency),
         )
 
     @post("/{channel_id:uuid}", summary="Save a channel")
@@ -329,7 +335,9 @@ class ChannelPages(Controller):
                 channel_admin, viewer, db_session, settings, form, channel=shown, values=values
             )
         async with FormSubmission(db_session) as submission:
-            await channel_admin.update(channel, parse(ChannelUpdate, _shaped(form, creating=False)))
+            await channel_admin.update(
+                channel, parse_with_money(ChannelUpdate, _shaped(form, creating=False), ("quota",))
+            )
         if submission.refused:
             return await self._form_page(
                 viewer,

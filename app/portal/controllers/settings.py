@@ -25,9 +25,9 @@ from app.jobs import services as jobs
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
-from app.portal.budget_forms import BUDGET_PERIODS, budget_values, parse_budget_form, typed_budget
+from app.portal.budget_forms import BUDGET_PERIODS, budget_values, submit_budget
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
 from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.budgets import BudgetService, policy_models, read_budget
@@ -239,11 +239,7 @@ class SettingsPages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
-        form = await request.form()
-        values = typed_budget(form, form.getall("allowed_models", []))
-        async with FormSubmission(db_session) as submission:
-            data = parse_budget_form(values)
-            await budgets.set(viewer_actor(viewer, request), "new_user", None, data)
+        values, submission = await submit_budget(request, viewer, budgets, db_session, "new_user", None)
         if submission.refused:
             return await self._settings_page(
                 viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code

@@ -19,11 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.gateway import admin
 from app.gateway.admin import TokenAdmin, keys_with_owner_emails
 from app.gateway.schemas import TokenCreate, TokenRead, TokenUpdate
-from app.portal.forms import FormInvalid, FormSubmission, lines, parse
+from app.portal.forms import FormInvalid, FormSubmission, lines, money_field, parse_with_money
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, provide_viewer_actor, see_other
 from app.settings import DEFAULT_PUBLIC_URL, Settings
 from app.tenants.budgets import budgets_of_member
-from app.tenants.money import MoneyError, format_money, parse_money
 from app.tenants.services import organization_users
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -68,27 +67,15 @@ def _parsed(struct_type: type[T], form: FormMultiDict) -> T:
     """The form as `struct_type`: the quota typed as money becomes credits (empty: unlimited); the allowed
     channels and models are the boxes ticked. Every wrong field gets its message, the quota's included."""
     data: dict[str, Any] = {
-        name: str(form.get(name) or "").strip() for name in ("name", "rpm_limit", "tpm_limit", "budget_period")
+        name: str(form.get(name) or "").strip() for name in ("name", "quota", "rpm_limit", "tpm_limit", "budget_period")
     }
-    errors: dict[str, str] = {}
-    quota = str(form.get("quota") or "").strip()
-    try:
-        data["quota"] = parse_money(quota) if quota else -1
-    except MoneyError as error:
-        errors["quota"] = str(error)
     data["allowed_channels"] = [str(value) for value in form.getall("allowed_channels", [])]
     data["allowed_models"] = [str(value) for value in form.getall("allowed_models", [])]
     data["allowed_ips"] = lines(form.get("allowed_ips"))
     data["expires_at"] = _expiry(str(form.get("expires_at") or "").strip())
     if form.get("user_id"):
         data["user_id"] = str(form["user_id"])
-    try:
-        parsed = parse(struct_type, data)
-    except FormInvalid as invalid:
-        raise FormInvalid(errors | invalid.errors) from None
-    if errors:
-        raise FormInvalid(errors)
-    return parsed
+    return parse_with_money(struct_type, data, ("quota",))
 
 
 def _kept(form: FormMultiDict) -> dict[str, Any]:
@@ -203,7 +190,7 @@ class TokenPages(Controller):
         token = await admin.visible_token(db_session, viewer.principal, token_id)
         values = {
             "name": token.name,
-            "quota": "" if token.quota < 0 else format_money(token.quota, viewer.organization.currency),
+            "quota": money_field(token.quota, viewer.organization.currency),
             "rpm_limit": str(token.rpm_limit),
             "tpm_limit": str(token.tpm_limit),
             "budget_period": token.budget_period,

@@ -33,6 +33,7 @@ from app.portal.forms import FormInvalid, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
 from app.settings import Settings
 from app.storage.base import ObjectStore
+from app.tenants.money import format_money
 from app.tenants.services import user_emails
 
 PAGE_SIZE = 50
@@ -101,8 +102,8 @@ class UsagePages(Controller):
             ),
             "cost": bar_chart(
                 list(zip(labels, [bucket.cost for bucket in data.buckets], strict=True)),
-                label="Cost (credits)",
-                unit=" credits",
+                label=f"Cost ({viewer.organization.currency})",
+                shown=lambda credits: format_money(round(credits), viewer.organization.currency),
             ),
         }
         # A window without calls shows where to start instead, naming the keys (the demo's, on a first start).

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
 from app.gateway.admin import MonthlyUsage, usage_this_month
-from app.portal.budget_forms import BUDGET_PERIODS, budget_values, parse_budget_form, typed_budget
+from app.portal.budget_forms import BUDGET_PERIODS, budget_values, submit_budget
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.settings import Settings
@@ -184,11 +184,7 @@ class UserPages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
-        form = await request.form()
-        values = typed_budget(form, form.getall("allowed_models", []))
-        async with FormSubmission(db_session) as submission:
-            data = parse_budget_form(values)
-            await budgets.set(viewer_actor(viewer, request), "user", user_id, data)
+        values, submission = await submit_budget(request, viewer, budgets, db_session, "user", user_id)
         if submission.refused:
             return await self._user_page(
                 viewer, db_session, user_id, values=values, errors=submission.errors, status_code=submission.status_code
@@ -378,11 +374,7 @@ class GroupPages(Controller):
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Template | Response[None]:
-        form = await request.form()
-        values = typed_budget(form, form.getall("allowed_models", []))
-        async with FormSubmission(db_session) as submission:
-            data = parse_budget_form(values)
-            await budgets.set(viewer_actor(viewer, request), "group", group_id, data)
+        values, submission = await submit_budget(request, viewer, budgets, db_session, "group", group_id)
         if submission.refused:
             return await self._group_page(
                 viewer,
