@@ -135,7 +135,7 @@ def session_settings(database: DatabaseUrls, redis_url: str, tmp_path_factory: p
         job_retry_delay_seconds=0.05,
         job_retry_max_delay_seconds=0.5,
         job_heartbeat_seconds=2,
-        webhook_retry_seconds=0.2,
+        webhook_retry_seconds=0.05,
         job_sweep_seconds=1,
         chat_summary_every_messages=6,
         worker_shutdown_grace_seconds=0,
@@ -203,7 +203,9 @@ def auth_headers(settings: Settings) -> AuthHeaders:
     return lambda user: access_headers(settings.jwt_keyring, user)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLyss]:
+    """`lyss serve` for the tests of this process that need a real server, started once: each test's rows are
+    its own tenants', deleted after it, and the server caches nothing (LYSS_GATEWAY_CACHE_SECONDS=0)."""
     with serve_lyss(database, redis_url, tmp_path_factory.mktemp("lyss")) as running:
         yield running

@@ -31,11 +31,13 @@ MENU_PAGES = {
     "usage": "/portal/usage",
     "keys": "/portal/tokens",
     "channels": "/portal/channels",
+    "prices": "/portal/prices",
     "users": "/portal/users",
     "groups": "/portal/groups",
     "audit": "/portal/audit",
     "jobs": "/portal/jobs",
     "settings": "/portal/settings",
+    "webhooks": "/portal/webhooks",
     "memories": "/portal/memories",
     "conversations": "/portal/conversations",
     "chat": "/portal/chat",
@@ -253,7 +255,7 @@ async def test_every_page_fits_1280_and_390_px_with_readable_charts_and_a_tidy_m
     # The charts' labels are drawn at 11 px or more, and those under the bars (not the scale) do not overlap.
     await small.goto(f"{lyss.url}/portal/")
     labels = await small.evaluate(CHART_TEXT)
-    assert {label["chart"] for label in labels} == {"Requests (errors in red)", "Tokens", "Cost (credits)"}
+    assert {label["chart"] for label in labels} == {"Requests (errors in red)", "Tokens", "Cost (USD)"}
     assert min(label["size"] for label in labels) >= 11, labels
     for chart in {label["chart"] for label in labels}:
         ticks = sorted(
@@ -269,7 +271,7 @@ async def test_every_page_fits_1280_and_390_px_with_readable_charts_and_a_tidy_m
     await expect(menu_panel).to_be_hidden()
     await small.click("summary:has-text('Menu')")
     await expect(menu_panel).to_be_visible()
-    await expect(small.locator("nav[aria-label=Main] a")).to_have_count(12)
+    await expect(small.locator("nav[aria-label=Main] a")).to_have_count(14)
     for link in await small.locator("nav[aria-label=Main] a").all():
         await expect(link).to_be_visible()
     sheet = box_of(await menu_panel.bounding_box())

@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from db.bootstrap import DatabaseUrls
-from tests.support.browser import WIDE, shoot_both_widths, sign_in
+from tests.support.browser import WIDE, open_from_menu, shoot_both_widths, sign_in
 from tests.support.commands import RunningLyss, serve_lyss
 from tests.support.tenants import TenantRows
 from tests.support.webhook_receiver import webhook_receiver
@@ -46,7 +46,7 @@ async def test_an_admin_adds_a_webhook_tests_it_and_reads_its_delivery_log(
     await expect(page.locator("h1")).to_have_text("Organization usage")
 
     async with webhook_receiver() as receiver:
-        await page.click("nav >> text=Webhooks")
+        await open_from_menu(page, "Webhooks")
         await expect(page.locator("h1")).to_have_text("Webhooks")
         await page.click("text=Add a webhook")
 

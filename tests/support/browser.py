@@ -68,8 +68,10 @@ async def open_from_menu(page: Page, label: str) -> None:
     """Follow a link of the portal's menu, opening what holds it first: the menu on a phone, its dropdown."""
     link = page.get_by_role("navigation", name="Main").get_by_role("link", name=label, exact=True)
     menu = page.locator("details.menu")
-    if await menu.get_attribute("open") is None:
-        await menu.locator(":scope > summary").click()
+    summary = menu.locator(":scope > summary")
+    # A wide window shows the bar even while its <details> is closed, with the "Menu" button hidden.
+    if await menu.get_attribute("open") is None and await summary.is_visible():
+        await summary.click()
     if not await link.is_visible():
         # Role queries skip what a closed <details> hides: find its group by the link's text instead.
         group = page.locator("details.menu-group", has=page.locator(f'a:text-is("{label}")'))
