@@ -5,18 +5,35 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.portal.forms import FormSubmission, money_field, parse_with_money
 from app.portal.web import PortalRequest, Viewer, viewer_actor
-from app.tenants.budgets import BudgetKind, BudgetRead, BudgetService, BudgetWrite
+from app.tenants.budgets import BudgetKind, BudgetRead, BudgetService, BudgetWrite, policy_models, read_budget
 
-BUDGET_PERIODS = [
+BUDGET_PERIODS = (
     ("none", "In total (never resets)"),
     ("daily", "Per day (UTC)"),
     ("weekly", "Per week (from Monday, UTC)"),
     ("monthly", "Per month (UTC)"),
-]
+)
+
+
+class BudgetForm(msgspec.Struct, frozen=True):
+    """What `_budget.html`'s form shows: the stored budget with its use, the choices, the fields' values."""
+
+    budget: BudgetRead
+    models: list[tuple[str, str]]
+    values: dict[str, Any]
+    periods: tuple[tuple[str, str], ...] = BUDGET_PERIODS
+
+
+async def budget_form(session: AsyncSession, kind: BudgetKind, subject_id: UUID | None, currency: str) -> BudgetForm:
+    """The budget form of a user, a group or new users, as stored."""
+    budget = await read_budget(session, kind, subject_id)
+    models = await policy_models(session, budget)
+    return BudgetForm(budget, [(model, model) for model in models], budget_values(budget, currency))
 
 
 def budget_values(budget: BudgetRead, currency: str) -> dict[str, Any]:

@@ -25,12 +25,12 @@ from app.jobs import services as jobs
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
-from app.portal.budget_forms import BUDGET_PERIODS, budget_values, submit_budget
+from app.portal.budget_forms import budget_form, submit_budget
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
 from app.schemas import read_as
 from app.settings import Settings
-from app.tenants.budgets import BudgetService, policy_models, read_budget
+from app.tenants.budgets import BudgetService
 from app.tenants.money import CURRENCIES
 from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
 from app.tenants.services import change_tenant_policy, own_organization, tenant_policy, update_organization
@@ -152,7 +152,7 @@ class SettingsPages(Controller):
         memory_settings = await memory_services.memory_settings(db_session)
         stored = _stored_defaults(memory_settings, await chat_services.chat_defaults(db_session))
         served = await gateway_admin.served_models(db_session)
-        new_user_budget = await read_budget(db_session, "new_user")
+        new_user_budget = await budget_form(db_session, "new_user", None, organization.currency)
         return page(
             viewer,
             "settings/page.html",
@@ -163,7 +163,7 @@ class SettingsPages(Controller):
                 "require_mfa_for_admins": policy.require_mfa_for_admins,
                 "allow_self_signup": policy.allow_self_signup,
                 **stored,
-                **budget_values(new_user_budget, organization.currency),
+                **new_user_budget.values,
                 **(values or {}),
             },
             errors=errors or {},
@@ -176,8 +176,6 @@ class SettingsPages(Controller):
             priced_models=len(await gateway_admin.own_prices(db_session)),
             memory_status=memory_services.memory_status(memory_settings),
             new_user_budget=new_user_budget,
-            periods=BUDGET_PERIODS,
-            policy_models=await policy_models(db_session, new_user_budget),
         )
 
     @get("/", summary="Settings")

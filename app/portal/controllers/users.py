@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.schemas import Email
 from app.gateway.admin import MonthlyUsage, usage_this_month
-from app.portal.budget_forms import BUDGET_PERIODS, budget_values, submit_budget
+from app.portal.budget_forms import budget_form, submit_budget
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.settings import Settings
 from app.tenants.accounts import INVITATION_TTL, AccountService, join_path, pending_invitations
-from app.tenants.budgets import BudgetService, policy_models, read_budget
+from app.tenants.budgets import BudgetService
 from app.tenants.groups import GroupService
 from app.tenants.schemas import GroupCreate, MemberAdd, RoleChange, TenantRole
 from app.tenants.services import (
@@ -151,7 +151,7 @@ class UserPages(Controller):
         user = await organization_user(db_session, user_id)
         groups = await group_names_of_user(db_session, user.id)
         usage = await usage_this_month(db_session, datetime.datetime.now(datetime.UTC), user_id=user.id)
-        budget = await read_budget(db_session, "user", user.id)
+        budget = await budget_form(db_session, "user", user.id, viewer.organization.currency)
         return page(
             viewer,
             "users/detail.html",
@@ -163,9 +163,7 @@ class UserPages(Controller):
             roles=ROLES,
             role_labels=ROLE_LABELS,
             budget=budget,
-            periods=BUDGET_PERIODS,
-            models=await policy_models(db_session, budget),
-            values={"role": user.role} | budget_values(budget, viewer.organization.currency) | (values or {}),
+            values={"role": user.role} | budget.values | (values or {}),
             errors=errors or {},
         )
 
@@ -318,7 +316,7 @@ class GroupPages(Controller):
         candidates = [
             (str(user.id), user.email) for user in await organization_users(db_session) if user.id not in member_ids
         ]
-        budget = await read_budget(db_session, "group", group.id)
+        budget = await budget_form(db_session, "group", group.id, viewer.organization.currency)
         stored = {"name": group.name, "description": group.description or ""}
         return page(
             viewer,
@@ -328,9 +326,7 @@ class GroupPages(Controller):
             members=members,
             candidates=candidates,
             budget=budget,
-            periods=BUDGET_PERIODS,
-            models=await policy_models(db_session, budget),
-            values=stored | budget_values(budget, viewer.organization.currency) | (values or {}),
+            values=stored | budget.values | (values or {}),
             errors=errors or {},
         )
 
