@@ -57,7 +57,7 @@ from app.settings import Settings
 from app.tenants.accounts import AccountService, open_invitation
 from app.tenants.budgets import BudgetRead, budgets_of_member
 from app.tenants.schemas import UserRead
-from app.tenants.services import lookup_tenant_by_slug, organization_user
+from app.tenants.services import Actor, lookup_tenant_by_slug, organization_user
 from db.auth import OAuthConnection, OAuthProvider
 from db.session import set_session_tenant
 
@@ -242,24 +242,29 @@ class OAuthController(Controller):
         self,
         data: JSONBody[OAuthProviderCreate],
         request: AuthRequest,
+        actor: NamedDependency[Actor],
         oauth_providers: NamedDependency[OAuthProviderService],
     ) -> OAuthProviderRead:
-        return _provider_read(await oauth_providers.create(request.user.tenant_id, data))
+        return _provider_read(await oauth_providers.create(actor, request.user.tenant_id, data))
 
     @patch("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Change a provider")
     async def update_provider(
         self,
         provider_id: FromPath[UUID],
         data: JSONBody[OAuthProviderUpdate],
+        actor: NamedDependency[Actor],
         oauth_providers: NamedDependency[OAuthProviderService],
     ) -> OAuthProviderRead:
-        return _provider_read(await oauth_providers.update(provider_id, data))
+        return _provider_read(await oauth_providers.update(actor, provider_id, data))
 
     @delete("/oauth-providers/{provider_id:uuid}", guards=[requires_tenant_admin], summary="Remove a provider")
     async def delete_provider(
-        self, provider_id: FromPath[UUID], oauth_providers: NamedDependency[OAuthProviderService]
+        self,
+        provider_id: FromPath[UUID],
+        actor: NamedDependency[Actor],
+        oauth_providers: NamedDependency[OAuthProviderService],
     ) -> None:
-        await oauth_providers.delete(provider_id)
+        await oauth_providers.delete(actor, provider_id)
 
     @get("/tenants/{tenant_slug:str}/oauth-providers", opt=PUBLIC, summary="Sign-in buttons of an organization")
     async def public_providers(

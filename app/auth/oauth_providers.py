@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.encryption import SecretBox, secret_context
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.tenants.services import lookup_tenant_by_slug
+from app.tenants.services import Actor, audit_change, lookup_tenant_by_slug
 from db.auth import OAuthProvider
 from db.session import set_session_tenant
 
@@ -51,14 +51,15 @@ async def existing_oauth_provider(session: AsyncSession, provider_id: UUID) -> O
 
 
 class OAuthProviderService:
-    """Changes to the providers, each committed here so that the API and the portal save them alike."""
+    """Changes to the providers, each audited and committed here so that the API and the portal save them alike.
+    The audit trail names the fields changed, never the client secret's value."""
 
     def __init__(self, session: AsyncSession, secret_box: SecretBox, redirect_uri: str) -> None:
         self.session = session
         self.secret_box = secret_box
         self.redirect_uri = redirect_uri
 
-    async def create(self, tenant_id: UUID, data: OAuthProviderCreate) -> OAuthProvider:
+    async def create(self, actor: Actor, tenant_id: UUID, data: OAuthProviderCreate) -> OAuthProvider:
         """Add a sign-in provider; its client secret is stored encrypted and never shown again."""
         if data.kind == "oidc" and not data.discovery_url:
             raise InvalidRequest(
@@ -82,24 +83,49 @@ class OAuthProviderService:
             data.client_secret, context=oauth_client_secret_context(provider)
         )
         self.session.add(provider)
+        await self.session.flush()
+        audit_change(
+            self.session, actor, "oauth_provider.created", "oauth_provider", provider.id, name=data.name, kind=data.kind
+        )
         await self.session.commit()
         return provider
 
-    async def update(self, provider_id: UUID, data: OAuthProviderUpdate) -> OAuthProvider:
+    async def update(self, actor: Actor, provider_id: UUID, data: OAuthProviderUpdate) -> OAuthProvider:
         """Change the fields given; a new client secret replaces the stored one, none keeps it."""
         provider = await existing_oauth_provider(self.session, provider_id)
+        changed = []
         for field in ("client_id", "discovery_url", "display_name", "scopes", "is_enabled"):
             value = getattr(data, field)
-            if value is not None:
+            if field == "scopes" and value == []:
+                # No scopes is what its kind asks for, as on creation: none at all would break every sign-in.
+                value = DEFAULT_SCOPES[provider.kind]
+            if value is not None and value != getattr(provider, field):
                 setattr(provider, field, value)
+                changed.append(field)
         if data.client_secret is not None:
             provider.encrypted_client_secret = self.secret_box.encrypt(
                 data.client_secret, context=oauth_client_secret_context(provider)
             )
+            changed.append("client_secret")
+        if changed:
+            audit_change(
+                self.session,
+                actor,
+                "oauth_provider.updated",
+                "oauth_provider",
+                provider.id,
+                name=provider.provider_name,
+                fields=changed,
+            )
         await self.session.commit()
         return provider
 
-    async def delete(self, provider_id: UUID) -> None:
+    async def delete(self, actor: Actor, provider_id: UUID) -> None:
         """Remove a provider with its users' links to it; they sign in with a password again."""
-        await self.session.delete(await existing_oauth_provider(self.session, provider_id))
+        provider = await existing_oauth_provider(self.session, provider_id)
+        await self.session.delete(provider)
+        await self.session.flush()
+        audit_change(
+            self.session, actor, "oauth_provider.deleted", "oauth_provider", provider_id, name=provider.provider_name
+        )
         await self.session.commit()

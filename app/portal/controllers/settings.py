@@ -27,7 +27,7 @@ from app.memory.schemas import MemorySettings
 from app.observability.middleware import client_context
 from app.portal.budget_forms import budget_form, submit_budget
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
-from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other
+from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
 from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.budgets import BudgetService
@@ -349,7 +349,9 @@ class SettingsPages(Controller):
         values = _provider_values(form)
         async with FormSubmission(db_session) as submission:
             await oauth_providers.create(
-                viewer.principal.tenant_id, parse(OAuthProviderCreate, _provider_data(form, creating=True))
+                viewer_actor(viewer, request),
+                viewer.principal.tenant_id,
+                parse(OAuthProviderCreate, _provider_data(form, creating=True)),
             )
         if submission.refused:
             return await self._provider_page(
@@ -397,7 +399,11 @@ class SettingsPages(Controller):
         form = dict(await request.form())
         values = _provider_values(form)
         async with FormSubmission(db_session) as submission:
-            await oauth_providers.update(provider.id, parse(OAuthProviderUpdate, _provider_data(form, creating=False)))
+            await oauth_providers.update(
+                viewer_actor(viewer, request),
+                provider.id,
+                parse(OAuthProviderUpdate, _provider_data(form, creating=False)),
+            )
         if submission.refused:
             return await self._provider_page(
                 viewer,
@@ -415,6 +421,7 @@ class SettingsPages(Controller):
         provider_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         oauth_providers: NamedDependency[OAuthProviderService],
+        request: PortalRequest,
     ) -> Response[None]:
-        await oauth_providers.delete(provider_id)
+        await oauth_providers.delete(viewer_actor(viewer, request), provider_id)
         return see_other(f"{SETTINGS}?saved=oauth_removed#oauth")

@@ -206,6 +206,8 @@ async def test_oauth_providers_are_added_edited_and_removed_with_the_secret_writ
     async with tenant_session(session_maker, tenant_a.id) as session:
         corp = await session.get_one(OAuthProvider, corp.id)
     assert (corp.client_id, corp.display_name, corp.is_enabled) == ("corp-client-2", "Corp", False)
+    # The scopes field left empty keeps the kind's scopes (it used to save none, which breaks sign-in).
+    assert corp.scopes == ["openid", "profile", "email"]
     assert box.decrypt(corp.encrypted_client_secret, context=oauth_client_secret_context(corp)) == SECRET
     rotated = await client.post(
         f"/portal/settings/oauth/{corp.id}",
@@ -230,6 +232,19 @@ async def test_oauth_providers_are_added_edited_and_removed_with_the_secret_writ
         assert list(await session.scalars(select(OAuthProvider.provider_name))) == ["github"]
     async with tenant_session(session_maker, tenant_b.id) as session:
         assert await session.get(OAuthProvider, foreign) is not None
+
+    # Each change is in the audit trail under the admin's name, with the fields it changed, never a secret.
+    trail = [event for event in await audit_events(session_maker, tenant_a.id) if event.action.startswith("oauth_")]
+    assert [(event.action, event.actor, event.target_id) for event in trail] == [
+        ("oauth_provider.created", tenant_a.admin.email, str(corp.id)),
+        ("oauth_provider.updated", tenant_a.admin.email, str(corp.id)),
+        ("oauth_provider.updated", tenant_a.admin.email, str(corp.id)),
+        ("oauth_provider.deleted", tenant_a.admin.email, str(corp.id)),
+    ]
+    assert trail[0].details == {"name": "corp", "kind": "oidc"}
+    assert trail[1].details == {"name": "corp", "fields": ["client_id", "display_name", "is_enabled"]}
+    assert trail[2].details == {"name": "corp", "fields": ["is_enabled", "client_secret"]}
+    assert not any(SECRET in str(event.details) or NEW_SECRET in str(event.details) for event in trail)
 
 
 async def test_memory_and_chat_defaults_offer_served_models_and_a_new_embedding_model_starts_reembedding(
