@@ -40,7 +40,8 @@ class GroupService:
         group.description = description
         await self._flush_named(name)
         audit_change(self.session, actor, "group.updated", "group", group.id, old_name=old_name, name=name)
-        await self.session.commit()
+        # The gateway names a group in the refusals of its budget and policy.
+        await self._commit_and_announce(group)
 
     async def delete(self, actor: Actor, group: UserGroup) -> None:
         """Delete a group and its memberships; refused while channels serve only this group."""
@@ -95,6 +96,7 @@ class GroupService:
             raise
 
     async def _commit_and_announce(self, group: UserGroup) -> None:
-        # The gateway caches each user's groups, which decide the group-scoped channels they reach.
+        # The gateway caches each user's groups, which decide the group-scoped channels they reach and the
+        # budgets that bound them.
         await self.session.commit()
         await announce_change(self.redis, self.catalog, f"tenant:{group.tenant_id}")

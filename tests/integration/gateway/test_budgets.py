@@ -9,6 +9,7 @@ import datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +22,7 @@ from db.auth import User
 from db.provider import ApiToken, UsageLog
 from db.session import tenant_session
 from db.tenant import Budget, UserGroupMember
-from tests.support.clients import AuthHeaders, Client
+from tests.support.clients import AuthHeaders, Client, app_client
 from tests.support.gateway import add_channel, chat_body, issue_key, set_price, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
@@ -337,3 +338,31 @@ async def test_every_refused_and_failed_call_is_on_the_record_with_its_reason(
     daily = await client.get("/api/usage/daily", headers=admin)
     (today,) = daily.json()
     assert (today["requests"], today["errors"]) == (10, 8)
+
+
+async def test_budget_policy_and_group_name_changes_reach_the_gateways_cache_at_once(
+    settings: Settings,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    cached = msgspec.structs.replace(settings, gateway_cache_seconds=300.0)
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        session.add(UserGroupMember(group_id=tenant_a.group.id, user_id=tenant_a.user.id))
+        await session.commit()
+    async with app_client(cached) as client:
+        await priced_channel(client, tenant_a, upstream, auth_headers)
+        admin = auth_headers(tenant_a.admin)
+        key, _ = await issue_key(client, auth_headers(tenant_a.user))
+        assert (await call(client, key, model="other-model")).status_code == 200  # the member is now cached
+
+        await set_budget(client, admin, f"/api/groups/{tenant_a.group.id}/budget", allowed_models=["gpt-test"])
+        refused = await call(client, key, model="other-model")
+        assert refused.status_code == 403
+        assert "The policy of your group 'engineering'" in refused.json()["error"]["message"]
+
+        renamed = await client.patch(f"/api/groups/{tenant_a.group.id}", json={"name": "research"}, headers=admin)
+        assert renamed.status_code == 200, renamed.text
+        again = await call(client, key, model="other-model")
+        assert "The policy of your group 'research'" in again.json()["error"]["message"]
