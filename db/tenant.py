@@ -1,4 +1,4 @@
-"""Tables of the `tenant_` prefix: organizations, user groups and their members, the audit log, jobs, webhooks."""
+"""Tables of the `tenant_` prefix (organizations, groups, audit log, jobs, webhooks) and the catalogue of plans."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import datetime
 from typing import Any, Literal, get_args
 from uuid import UUID
 
+from advanced_alchemy.base import DefaultBase
 from sqlalchemy import (
     ARRAY,
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Index,
     String,
@@ -29,6 +31,34 @@ GROUP_MEMBER_ROLES = ("admin", "member")
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$"
 
 
+class Plan(DefaultBase):
+    """What an organization on this plan may have (platform-wide catalogue, read-only to the service).
+
+    Every limit is a count where -1 means none; `allowed_provider_types` empty means every type.
+    """
+
+    __tablename__ = "platform_plans"
+    __table_args__ = (
+        CheckConstraint("max_users = -1 OR max_users > 0", name="max_users"),
+        CheckConstraint("max_channels >= -1", name="max_channels"),
+        CheckConstraint("max_api_keys_per_user >= -1", name="max_api_keys_per_user"),
+        CheckConstraint("default_monthly_budget >= -1", name="default_monthly_budget"),
+    )
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    max_users: Mapped[int]
+    # Credits; becomes the organization's `quota` when a tenant is created on the plan.
+    default_monthly_budget: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
+    allowed_provider_types: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), default=list, server_default=text("'{}'::text[]")
+    )
+    max_channels: Mapped[int]
+    max_api_keys_per_user: Mapped[int]
+    # Switches such as {"memory": true, "knowledge_bases": true}; a feature not named is on.
+    features: Mapped[dict[str, bool]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+
+
 class Organization(UpdatedAt, Base):
     """A tenant. Under row-level security keyed by its own `id`: a tenant sees only its own row."""
 
@@ -36,7 +66,6 @@ class Organization(UpdatedAt, Base):
     __table_args__ = (
         CheckConstraint(f"status IN {ORGANIZATION_STATUSES}", name="status"),
         CheckConstraint(f"slug ~ '{SLUG_PATTERN}'", name="slug_format"),
-        CheckConstraint("max_users > 0", name="max_users"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
         Index("idx_tenant_orgs_status", "status"),
     )
@@ -44,8 +73,13 @@ class Organization(UpdatedAt, Base):
     name: Mapped[str] = mapped_column(String(255))
     slug: Mapped[str] = mapped_column(String(100), unique=True)
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
-    subscription_plan: Mapped[str] = mapped_column(String(50), default="basic", server_default="basic")
-    max_users: Mapped[int] = mapped_column(default=10, server_default="10")
+    # The plan's limits apply (`platform_plans`); its max_users is the organization's.
+    subscription_plan: Mapped[str] = mapped_column(
+        String(50),
+        ForeignKey("platform_plans.name", onupdate="CASCADE", name="fk_tenant_organizations_subscription_plan"),
+        default="basic",
+        server_default="basic",
+    )
     settings: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
     # The tenant's gateway budget in credits (micro-units of currency); -1: no limit.
     quota: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")

@@ -90,3 +90,6 @@ CREATE OR REPLACE FUNCTION public.platform_job_stats()
 ALTER FUNCTION public.platform_job_stats() OWNER TO lyss_lookup;
 REVOKE ALL ON FUNCTION public.platform_job_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.platform_job_stats() TO lyss_app;
+
+-- The catalogue of plans is platform-wide: readable by the service, changed only by migrations.
+GRANT SELECT ON public.platform_plans TO lyss_app;

@@ -52,6 +52,7 @@ from app.encryption import SecretBox, secret_context
 from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound, RateLimited, Unauthenticated
 from app.observability.middleware import ClientContext
 from app.settings import Settings
+from app.tenants.plans import require_room_for_user
 from app.tenants.services import (
     ProvisioningError,
     give_new_user_budget,
@@ -677,6 +678,7 @@ class AuthService:
     async def _create_user(self, *, email: str, password: str | None, role: str, name: str | None) -> User:
         if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
             raise Conflict(f"{email} already has an account in this organization; sign in instead.")
+        await require_room_for_user(self.session)
         hashed = None
         if password is not None:
             try:

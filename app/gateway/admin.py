@@ -55,6 +55,7 @@ from app.schemas import read_as
 from app.storage.base import ObjectStore
 from app.storage.services import job_file_url
 from app.tenants.money import plain_amount
+from app.tenants.plans import require_room_for_api_key, require_room_for_channel
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
@@ -155,6 +156,7 @@ class ChannelAdmin(_ManagementService):
         kind = await provider_type(session, data.type, echo_enabled=self.echo_enabled)
         _check_base_url(kind, data.base_url)
         _check_test_kind(kind, data.test_kind)
+        await require_room_for_channel(session, kind.name)
         encrypted_keys = encrypt_keys(self.secret_box, self.tenant_id, data.keys)
         if not data.keys and data.keys_from is not None:
             source = await session.get(Channel, data.keys_from)  # RLS: another tenant's channel is not found
@@ -420,6 +422,7 @@ async def create_token(
         raise NotFound("No such user in this organization.", field="user_id")
     if await session.scalar(select(ApiToken.id).where(ApiToken.user_id == user_id, ApiToken.name == data.name)):
         raise _key_name_taken(data.name)
+    await require_room_for_api_key(session, user_id)
     if data.expires_at is not None and data.expires_at <= datetime.datetime.now(datetime.UTC):
         raise InvalidRequest("expires_at is in the past.", field="expires_at")
     key = new_api_key()

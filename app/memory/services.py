@@ -26,6 +26,7 @@ from app.jobs.services import submit_job
 from app.memory.schemas import HistoryRead, MemoryFilters, MemoryHit, MemoryRead, MemorySettings
 from app.schemas import read_as
 from app.settings import Settings
+from app.tenants.plans import require_feature
 from app.tenants.services import record_audit_event
 from db.auth import User
 from db.memory import HALFVEC_INDEXED_DIMENSIONS, INDEXED_DIMENSIONS, Memory, MemoryAssociation, MemoryHistory
@@ -116,6 +117,8 @@ async def change_memory_settings(
     A new embedding model with memories stored under another one starts that job: vectors of different models
     are never compared, so until it has run those memories are found by their words only.
     """
+    if data.enabled:
+        await require_feature(session, "memory", label="memory", field="enabled")
     previous = await memory_settings(session)
     saved = await save_memory_settings(session, data)
     record_audit_event(

@@ -17,6 +17,7 @@ from app.errors import Conflict, NotAllowed, NotFound
 from app.gateway.caches import GatewayCatalog, announce_keys
 from app.observability.middleware import ClientContext
 from app.settings import Settings
+from app.tenants.plans import require_room_for_user
 from app.tenants.services import record_audit_event
 from db.auth import Invitation, User
 from db.base import utc_now
@@ -94,6 +95,8 @@ class AccountService:
         email = valid_email(email, field="email")
         if await self.session.scalar(select(User.id).where(User.email == email)) is not None:
             raise Conflict(f"{email} already has an account in this organization.", field="email")
+        # Pending invitations do not hold a seat: accepting one checks the limit again.
+        await require_room_for_user(self.session, field="email")
         token = new_opaque_token(INVITATION_KIND, principal.tenant_id)
         invitation = Invitation(
             email=email,
@@ -196,6 +199,7 @@ class AccountService:
         admin, user = await self._account_to_manage(principal, user_id)
         if user.status == "active":
             raise Conflict(f"{user.email} is already active.")
+        await require_room_for_user(self.session)
         user.status = "active"
         self._audit(admin, "user.reactivated", user)
         await self._commit_and_forget_keys(user)

@@ -26,6 +26,7 @@ from app.tenants.accounts import AccountService, pending_invitations
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page
 from app.tenants.budgets import BudgetRead, BudgetService, BudgetWrite, read_budget
 from app.tenants.groups import GroupService
+from app.tenants.plans import PlanUsage, organization_read, plan_usage
 from app.tenants.schemas import (
     AuditPage,
     GroupCreate,
@@ -74,7 +75,13 @@ class TenantController(Controller):
     async def get_own_tenant(
         self, request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]
     ) -> OrganizationRead:
-        return read_as(OrganizationRead, await own_organization(db_session, request.user.tenant_id))
+        return await organization_read(db_session, await own_organization(db_session, request.user.tenant_id))
+
+    @get("/plan", summary="The organization's plan: each limit and how much of it is in use")
+    async def get_own_plan(
+        self, request: Request[Principal, Any, State], db_session: NamedDependency[AsyncSession]
+    ) -> PlanUsage:
+        return await plan_usage(db_session, request.user.user_id)
 
     @patch("/", guards=[requires_tenant_admin], summary="Rename the organization or change its display currency")
     async def update_own_tenant(
@@ -92,7 +99,7 @@ class TenantController(Controller):
         )
         if organization.currency != currency:
             await price_admin.currency_changed()
-        return read_as(OrganizationRead, organization)
+        return await organization_read(db_session, organization)
 
     @get("/new-user-budget", guards=[requires_tenant_admin], summary="The budget and policy every new user starts with")
     async def get_new_user_budget(self, db_session: NamedDependency[AsyncSession]) -> BudgetRead:

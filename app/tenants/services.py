@@ -18,10 +18,20 @@ from uuid_utils.compat import uuid7
 from app.auth.passwords import WeakPasswordError, hash_password
 from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
+from app.tenants.plans import DEFAULT_PLAN, PlanLimitReached, require_room_for_user
 from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
 from db.auth import User
 from db.session import tenant_session
-from db.tenant import BUDGET_POLICY_FIELDS, SLUG_PATTERN, AuditEvent, Budget, Organization, UserGroup, UserGroupMember
+from db.tenant import (
+    BUDGET_POLICY_FIELDS,
+    SLUG_PATTERN,
+    AuditEvent,
+    Budget,
+    Organization,
+    Plan,
+    UserGroup,
+    UserGroupMember,
+)
 
 DEMO_TENANT_SLUG = "demo"
 DEMO_ADMIN_EMAIL = "admin@demo.example.com"
@@ -203,7 +213,11 @@ def violated_constraint(error: IntegrityError) -> str | None:
 async def _add_tenant(session: AsyncSession, tenant_id: UUID, slug: str, name: str, actor: str) -> Organization:
     if await lookup_tenant_by_slug(session, slug) is not None:
         raise ProvisioningError(f"the slug '{slug}' is already taken; choose another")
-    organization = Organization(id=tenant_id, slug=slug, name=name)
+    plan = await session.get_one(Plan, DEFAULT_PLAN)
+    # The plan's default monthly budget is where the organization's own budget starts.
+    organization = Organization(
+        id=tenant_id, slug=slug, name=name, subscription_plan=plan.name, quota=plan.default_monthly_budget
+    )
     session.add(organization)
     await session.flush()
     record_audit_event(session, actor=actor, action="tenant.created", target_type="tenant", target_id=tenant_id)
@@ -215,6 +229,10 @@ async def _add_user(
 ) -> User:
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
         raise ProvisioningError(f"'{email}' already has an account in tenant '{tenant_slug}'")
+    try:
+        await require_room_for_user(session)
+    except PlanLimitReached as error:
+        raise ProvisioningError(error.detail) from None
     user = User(email=email, hashed_password=hashed_password, role=role)
     session.add(user)
     await session.flush()

@@ -18,7 +18,7 @@ from tests.support.rows import ROW_FACTORIES
 from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
 
 # Tables that have no tenant_id on purpose; docs/architecture.md lists them. Any other table must.
-TABLES_WITHOUT_TENANT_ID = {"tenant_organizations", "alembic_version", "provider_types"}
+TABLES_WITHOUT_TENANT_ID = {"tenant_organizations", "alembic_version", "provider_types", "platform_plans"}
 
 _TENANT_TABLES_SQL = text(
     """
