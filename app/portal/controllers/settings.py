@@ -32,6 +32,7 @@ from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.budgets import BudgetService
 from app.tenants.money import CURRENCIES
+from app.tenants.plans import plan_usage
 from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
 from app.tenants.services import change_tenant_policy, own_organization, tenant_policy, update_organization
 
@@ -176,6 +177,7 @@ class SettingsPages(Controller):
             priced_models=len(await gateway_admin.own_prices(db_session)),
             memory_status=memory_services.memory_status(memory_settings),
             new_user_budget=new_user_budget,
+            plan=await plan_usage(db_session, viewer.user.id),
         )
 
     @get("/", summary="Settings")

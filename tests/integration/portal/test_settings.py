@@ -489,3 +489,19 @@ async def test_another_tenant_cannot_reach_a_conversation(
     async with tenant_session(session_maker, tenant_a.id) as session:
         stored = await session.get_one(Conversation, target)
         assert (stored.title, stored.status) == ("Fixture", "active")
+
+
+async def test_the_settings_page_shows_the_plan_and_how_much_of_each_limit_is_used(
+    client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders, upstream: MockUpstream
+) -> None:
+    await add_channel(client, auth_headers(tenant_a.admin), upstream, "one")
+    await sign_in(client, tenant_a, tenant_a.admin.email)
+    page = (await client.get("/portal/settings")).text
+    plan = re.search(r'<section class="card" id="plan">(.*?)</section>', page, re.S)
+    assert plan, page
+    text = re.sub(r"<[^>]+>", " ", plan[1])
+    text = re.sub(r"\s+", " ", text)
+    assert "Plan: Basic" in text
+    assert "Active users 2 of 10" in text
+    assert "Channels 1 of 5" in text
+    assert "Your API keys 0 of 10" in text
