@@ -28,10 +28,19 @@ from app.backup import backup as backup_database
 from app.backup import restore as restore_database
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
 from app.encryption import reencrypt_secrets
+from app.errors import ServiceError
 from app.gateway.admin import add_demo_gateway
 from app.jobs.worker import create_worker
 from app.observability.doctor import Finding, probe, review
 from app.observability.logging import configure_logging, get_logger, logging_dict_config, resolved_log_format
+from app.observability.maintenance import (
+    DEFAULT_RETRY_AFTER,
+    GATEWAY_MODES,
+    MAX_RETRY_AFTER,
+    Maintenance,
+    check_message,
+    describe_maintenance,
+)
 from app.resources import Resources
 from app.settings import (
     ConfigurationError,
@@ -512,6 +521,60 @@ def keys_rotate() -> None:
 
         tenants, values, key_id = asyncio.run(_with_resources(resolved, work))
     click.echo(f"Re-encrypted {values} secret(s) in {tenants} tenant(s) under key '{key_id}'.")
+
+
+@main.group()
+def maintenance() -> None:
+    """Switch Lyss to read-only and back, on every process within a second, without a restart."""
+
+
+@maintenance.command("on")
+@click.option("--message", required=True, help="What users see: on every page, and in every refused write.")
+@click.option(
+    "--retry-after",
+    type=click.IntRange(1, MAX_RETRY_AFTER),
+    default=DEFAULT_RETRY_AFTER,
+    show_default=True,
+    help="Seconds a client is told to wait (the Retry-After header).",
+)
+@click.option(
+    "--gateway",
+    type=click.Choice(GATEWAY_MODES),
+    default="serve",
+    show_default=True,
+    help="Whether /v1 keeps serving API keys or answers 503 too.",
+)
+def maintenance_on(message: str, retry_after: int, gateway: str) -> None:
+    """Writes answer 503 with the message, the portal shows it, jobs pause."""
+    try:
+        message = check_message(message)
+    except ServiceError as error:
+        _fail(error.detail)
+    state = _switch_maintenance(
+        lambda resources: resources.maintenance.turn_on(
+            message, retry_after=retry_after, gateway="refuse" if gateway == "refuse" else "serve"
+        )
+    )
+    click.echo(describe_maintenance(state))
+
+
+@maintenance.command("off")
+def maintenance_off() -> None:
+    """Writes, jobs and (if refused) the gateway resume."""
+    previous = _switch_maintenance(lambda resources: resources.maintenance.turn_off())
+    click.echo("Maintenance mode is off." if previous else "Maintenance mode was already off.")
+
+
+@maintenance.command("status")
+def maintenance_status() -> None:
+    """Whether maintenance mode is on, since when, and its message."""
+    click.echo(describe_maintenance(_switch_maintenance(lambda resources: resources.maintenance.current())))
+
+
+def _switch_maintenance(work: Callable[[Resources], Awaitable[Maintenance | None]]) -> Maintenance | None:
+    settings = _settings()
+    with embedded_services(settings) as resolved:
+        return asyncio.run(_with_resources(resolved, work))
 
 
 def _read_password() -> str:

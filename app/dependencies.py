@@ -146,6 +146,7 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "gateway": _constant(resources.gateway),
         "object_store": _constant(resources.object_store),
         "job_queue": _constant(resources.job_queue),
+        "maintenance": _constant(resources.maintenance),
         "auth_store": _constant(auth_store),
         "oauth_client": _constant(oauth_client),
         "actor": Provide(provide_actor),

@@ -41,6 +41,7 @@ from app.observability.errors import (
     internal_error_handler,
     service_error_handler,
 )
+from app.observability.maintenance_api import MaintenanceController, refusing_writes
 from app.observability.middleware import RequestContextMiddleware
 from app.observability.tracing import tracing_plugin
 from app.portal.router import create_portal_router, home, portal_template_config
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> Litestar:
         "/",
         route_handlers=[
             OperationsController,
+            MaintenanceController,
             IdentityController,
             AuthController,
             OAuthController,
@@ -112,8 +114,9 @@ def create_app(settings: Settings) -> Litestar:
         ],
         guards=[full_session_only],
     )
+    gateway_api = GatewayApi(resources.gateway, settings.max_request_body_bytes, resources.maintenance)
     app = Litestar(
-        route_handlers=[sessions, gateway_mount(GatewayApi(resources.gateway, settings.max_request_body_bytes))],
+        route_handlers=[sessions, gateway_mount(gateway_api)],
         plugins=[
             plugin
             for plugin in (
@@ -133,7 +136,7 @@ def create_app(settings: Settings) -> Litestar:
                 exclude=["^/schema", "^/portal"],
             )
         ],
-        before_request=check_request,
+        before_request=refusing_writes(resources.maintenance, check_request),
         dependencies=app_dependencies(resources, auth_store, OAuthClient(http)),
         exception_handlers={
             ServiceError: service_error_handler,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.encryption import SecretBox
 from app.gateway.engine import Gateway, create_gateway
 from app.jobs.services import create_queue
+from app.observability.maintenance import MaintenanceSwitch
 from app.settings import ConfigurationError, Settings, database_url
 from app.storage import create_object_store
 from app.storage.base import ObjectStore
@@ -23,7 +24,8 @@ REDIS_MAX_CONNECTIONS = 200
 
 @dataclass(frozen=True)
 class Resources:
-    """The engine and sessions, Redis, the secret box, the gateway, the object store and the job queue.
+    """The engine and sessions, Redis, the secret box, the gateway, the object store, the job queue and the
+    maintenance switch.
 
     The API (`create_app`), the job worker (`create_worker`) and the CLI build them with `build` and
     release them with `close`; nothing else constructs these. Building connects to nothing: connections
@@ -38,6 +40,7 @@ class Resources:
     gateway: Gateway
     object_store: ObjectStore
     job_queue: RedisQueue
+    maintenance: MaintenanceSwitch
 
     @classmethod
     def build(cls, settings: Settings, *, pool_size: int | None = None) -> Resources:
@@ -66,6 +69,7 @@ class Resources:
             gateway=create_gateway(settings, session_maker, redis, secret_box),
             object_store=create_object_store(settings),
             job_queue=create_queue(redis),
+            maintenance=MaintenanceSwitch(redis),
         )
 
     async def close(self) -> None:

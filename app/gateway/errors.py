@@ -90,5 +90,16 @@ def quota_exhausted(message: str, *, recorded: dict[str, str] | None = None) -> 
     return GatewayError(429, message, error_type="insufficient_quota", code="insufficient_quota", recorded=recorded)
 
 
+def under_maintenance(message: str, retry_after: int) -> GatewayError:
+    """Maintenance mode with the gateway refusing: a 503 (Anthropic's `api_error`) with `Retry-After`."""
+    return GatewayError(
+        503,
+        message,
+        error_type="service_unavailable",
+        code="maintenance",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def upstream_failed(status_code: int, message: str) -> GatewayError:
     return GatewayError(status_code, message, error_type="upstream_error", code="upstream_error")

@@ -26,6 +26,7 @@ from app.gateway.dialects.anthropic import count_tokens_request, messages_reques
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
 from app.observability.logging import get_logger
+from app.observability.maintenance import MaintenanceSwitch
 
 _JSON = [(b"content-type", b"application/json")]
 _EVENT_STREAM = [
@@ -74,8 +75,9 @@ class GatewayApi:
     `GET /v1/models/{model}`, `POST /v1/messages` and `POST /v1/messages/count_tokens`; any other is a 404
     in the OpenAI error format (in Anthropic's under /v1/messages)."""
 
-    def __init__(self, gateway: Gateway, max_body_bytes: int) -> None:
+    def __init__(self, gateway: Gateway, max_body_bytes: int, maintenance: MaintenanceSwitch) -> None:
         self.gateway = gateway
+        self.maintenance = maintenance
         self.max_body_bytes = max_body_bytes
         self.routes: dict[str, tuple[str, Dialect, Handler]] = {
             "/v1/chat/completions": ("POST", "openai", self._chat_completions),
@@ -117,6 +119,9 @@ class GatewayApi:
                 raise GatewayError(
                     405, f"Use {method} for {path}.", error_type="invalid_request_error", headers={"Allow": method}
                 )
+            # A clock read while the switch's copy is fresh (the usual case): nothing the hot path notices.
+            if (maintenance := await self.maintenance.current()) is not None and maintenance.gateway == "refuse":
+                raise errors.under_maintenance(maintenance.message, maintenance.retry_after)
             request = _read_scope(scope)
             request.path = path
             if method == "POST" and request.content_type != b"application/json":

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, JobFailed, ScheduledTask, WorkerServices
 from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, load_job_modules
 from app.observability.logging import get_logger
+from app.observability.maintenance import MaintenanceSwitch
 from app.resources import Resources
 from app.settings import Settings
 from app.tenants.webhooks import announce_dead_job
@@ -296,7 +297,26 @@ def _scheduled_function(task: ScheduledTask) -> Any:
     return run_scheduled
 
 
-def create_worker(settings: Settings, *, handle_signals: bool = True, with_schedule: bool = True) -> Worker[Any]:
+class PausingWorker(Worker[Any]):
+    """A SAQ worker that takes nothing off the queue while maintenance mode is on.
+
+    Jobs stay queued and scheduled tasks wait (each runs once, at most, when it is over: SAQ keys a cron
+    job by its name); attempts already running finish. Checked before each dequeue, through the switch's
+    one-second cache.
+    """
+
+    def __init__(self, *args: Any, maintenance: MaintenanceSwitch, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.maintenance = maintenance
+
+    async def process(self) -> bool:
+        if await self.maintenance.current() is not None:
+            await asyncio.sleep(self.maintenance.cache_seconds)
+            return False
+        return await super().process()
+
+
+def create_worker(settings: Settings, *, handle_signals: bool = True, with_schedule: bool = True) -> PausingWorker:
     """A SAQ worker for resolved settings; `await worker.start()` runs it until it is stopped.
 
     `with_schedule=False` leaves the cron tasks out (tests run them by hand, at a time of their choosing).
@@ -338,8 +358,9 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
     # Every worker can run every scheduled task (another worker may have queued it); only the ones
     # `with_schedule` put them on the queue.
     scheduled = [_scheduled_function(task) for task in tasks]
-    worker: Worker[Any] = Worker(
+    worker = PausingWorker(
         queue,
+        maintenance=resources.maintenance,
         functions=[
             (RUN_JOB, run_job),
             *((task.name, function) for function, task in zip(scheduled, tasks, strict=True)),

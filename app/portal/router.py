@@ -20,7 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.edge import ACCEPTS_FORM
 from app.errors import ServiceError
+from app.observability.controllers import PACKAGE_VERSION
 from app.observability.errors import DATABASE_ERRORS
+from app.observability.maintenance_api import maintenance_notice
 from app.portal.controllers.account import AccountPages
 from app.portal.controllers.activity import AuditPages, JobPages
 from app.portal.controllers.channels import ChannelPages
@@ -92,7 +94,12 @@ def _configure(engine: JinjaTemplateEngine) -> None:
     environment.filters.update(
         when=_when, when_ms=_when_ms, breakable=_breakable, number=_number, money=_money, query_string=_query_string
     )
-    environment.globals.update(navigation=navigation, flashed_notice=flashed_notice)
+    environment.globals.update(
+        navigation=navigation,
+        flashed_notice=flashed_notice,
+        maintenance_notice=maintenance_notice,
+        build_version=PACKAGE_VERSION,
+    )
 
 
 def portal_template_config() -> TemplateConfig[JinjaTemplateEngine]:

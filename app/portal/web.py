@@ -356,7 +356,7 @@ def _error_page(
 
 
 def service_error_page(request: Request[Any, Any, State], error: ServiceError) -> Template:
-    return _error_page(request, error.status_code, error.detail)
+    return _error_page(request, error.status_code, error.detail, error.headers)
 
 
 def http_error_page(request: Request[Any, Any, State], error: HTTPException) -> Template | Response[None]:
