@@ -90,6 +90,9 @@ async def test_export_delete_import_round_trip(
     assert all(before.rows.values()), before.rows
     assert before.objects == 1
 
+    unknown_export = await lyss(settings, "tenant", "export", "nobody")
+    assert unknown_export.exit_code == 1
+    assert "lyss: No tenant 'nobody'" in unknown_export.output
     archive = tmp_path / "alpha.zip"
     exported = await lyss(settings, "tenant", "export", tenant_a.slug, "--to", str(archive))
     assert exported.exit_code == 0, exported.output
@@ -133,6 +136,11 @@ async def test_export_delete_import_round_trip(
     refused = await lyss(settings, "tenant", "import", str(other_head))
     assert refused.exit_code == 1
     assert "exported at migration 0001" in refused.output
+    not_an_archive = tmp_path / "notes.zip"
+    not_an_archive.write_text("not a zip")
+    unreadable = await lyss(settings, "tenant", "import", str(not_an_archive))
+    assert unreadable.exit_code == 1
+    assert f"lyss: Cannot read {not_an_archive}" in unreadable.output
     assert (await remaining(settings, session_maker, tenant_a)).complete
 
     imported = await lyss(settings, "tenant", "import", str(archive))
