@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import SecretBox
@@ -117,6 +118,9 @@ async def test_export_delete_import_round_trip(
     assert "No tenant 'nobody'" in unknown.output
     assert await remaining(settings, session_maker, tenant_a) == before
 
+    redis = Redis.from_url(settings.redis_url or "")
+    for tenant in (tenant_a, tenant_b):
+        await redis.set(f"lyss:gw:{{{tenant.id.hex}}}:user:{tenant.user.id}:used:total", 5)
     deleted = await lyss(settings, "tenant", "delete", tenant_a.slug, "--confirm", tenant_a.slug)
     assert deleted.exit_code == 0, deleted.output
     assert f"{'chat_messages':<28} 0 rows" in deleted.output
@@ -126,6 +130,9 @@ async def test_export_delete_import_round_trip(
     assert set(after.rows) == set(ROW_FACTORIES)
     assert await remaining(settings, session_maker, tenant_b) == other_before
     assert await chat_status(client, key) == 401
+    assert [found async for found in redis.scan_iter(match=f"lyss:gw:{{{tenant_a.id.hex}}}:*")] == []
+    assert await redis.get(f"lyss:gw:{{{tenant_b.id.hex}}}:user:{tenant_b.user.id}:used:total") == b"5"
+    await redis.aclose()
 
     other_head = tmp_path / "other-head.zip"
     with zipfile.ZipFile(archive) as source, zipfile.ZipFile(other_head, "w") as target:
