@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -50,7 +52,8 @@ from app.settings import (
     settings_environment,
     unknown_variables,
 )
-from app.storage import create_object_store
+from app.storage import StorageError, create_object_store
+from app.tenants import archive as tenant_archive
 from app.tenants.services import (
     DemoLogin,
     ProvisioningError,
@@ -98,8 +101,11 @@ class _LyssGroup(click.Group):
             EmbeddedServerError,
             DependencyUnavailable,
             BackupError,
+            tenant_archive.ArchiveError,
         ) as error:
             _fail(str(error))
+        except StorageError as error:
+            _fail(error.detail)
 
 
 def _settings() -> Settings:
@@ -449,6 +455,88 @@ def tenant_quota(slug: str, credits: int) -> None:
         used = asyncio.run(_with_resources(resolved, work))
     limit = "no limit" if credits < 0 else f"{credits} credits"
     click.echo(f"Tenant '{slug}' may now spend {limit} ({used} used so far).")
+
+
+@tenant.command("export")
+@click.argument("slug")
+@click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="Also write the archive here.")
+def tenant_export(slug: str, to: Path | None) -> None:
+    """Export a tenant's rows and objects into one zip in the object store (platform/tenant-exports/).
+
+    Encrypted columns stay encrypted: only a Lyss with the same LYSS_ENCRYPTION_KEYS can use the archive.
+    """
+    settings = _settings()
+    with embedded_services(settings) as resolved:
+
+        async def work(resources: Resources) -> tuple[tenant_archive.Manifest, str]:
+            with tempfile.TemporaryDirectory(prefix="lyss-export-") as scratch:
+                local = Path(scratch) / "tenant.zip"
+                manifest = await tenant_archive.export_tenant(
+                    resources.session_maker, resources.object_store, slug, local
+                )
+                name = tenant_archive.export_name(slug)
+                await resources.object_store.put(None, name, local, content_type="application/zip")
+                if to is not None:
+                    shutil.copyfile(local, to)
+            return manifest, name
+
+        manifest, name = asyncio.run(_with_resources(resolved, work))
+    click.echo(
+        f"Exported tenant '{slug}': {sum(manifest.tables.values())} rows in {len(manifest.tables)} tables, "
+        f"{len(manifest.objects)} objects, to {name}" + (f" and {to}" if to else "") + "."
+    )
+
+
+@tenant.command("delete")
+@click.argument("slug")
+@click.option("--confirm", "confirmation", required=True, help="The slug again: erasure cannot be undone.")
+def tenant_delete(slug: str, confirmation: str) -> None:
+    """Erase every row, object and Redis key of a tenant, then count what is left (exit 1 unless all zero)."""
+    if confirmation != slug:
+        _fail(f"--confirm must repeat the slug '{slug}' exactly; nothing was erased.")
+    settings = _settings()
+    with embedded_services(settings) as resolved:
+
+        async def work(resources: Resources) -> tenant_archive.Erasure:
+            return await tenant_archive.erase_tenant(
+                resources.session_maker, resources.object_store, resources.redis, slug, actor="cli"
+            )
+
+        erasure = asyncio.run(_with_resources(resolved, work))
+    click.echo(f"What is left of tenant '{slug}' ({erasure.tenant_id}):")
+    for table, count in erasure.rows.items():
+        click.echo(f"  {table:<28} {count} rows")
+    click.echo(f"  {'object store':<28} {erasure.objects} objects")
+    if not erasure.complete:
+        _fail(f"tenant '{slug}' was not erased completely: see the counts above.")
+    click.echo(f"Tenant '{slug}' is erased.")
+
+
+@tenant.command("import")
+@click.argument("archive")
+def tenant_import(archive: str) -> None:
+    """Bring back a tenant from ARCHIVE (a file, or a name `lyss tenant export` printed) at the same migration."""
+    settings = _settings()
+    is_file = Path(archive).is_file()
+    with embedded_services(settings) as resolved:
+
+        async def work(resources: Resources) -> tenant_archive.Manifest:
+            if is_file:
+                return await tenant_archive.import_tenant(
+                    resources.session_maker, resources.object_store, resources.redis, Path(archive)
+                )
+            with tempfile.TemporaryDirectory(prefix="lyss-import-") as scratch:
+                local = Path(scratch) / "tenant.zip"
+                await resources.object_store.fetch(None, archive, local)
+                return await tenant_archive.import_tenant(
+                    resources.session_maker, resources.object_store, resources.redis, local
+                )
+
+        manifest = asyncio.run(_with_resources(resolved, work))
+    click.echo(
+        f"Imported tenant '{manifest.slug}' ({manifest.tenant_id}): {sum(manifest.tables.values())} rows, "
+        f"{len(manifest.objects)} objects."
+    )
 
 
 @main.group()

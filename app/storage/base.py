@@ -52,6 +52,9 @@ class ObjectStore(Protocol):
 
     async def delete(self, tenant_id: UUID | None, name: str) -> None: ...
 
+    async def names(self, tenant_id: UUID) -> list[str]:
+        """Every object name in the tenant's space, sorted (for tenant export and erasure)."""
+
     async def delete_older_than(self, cutoff: datetime.datetime, *, name_prefix: str) -> int:
         """Delete, in every tenant's space, objects under `name_prefix` last written before `cutoff`."""
 

@@ -106,6 +106,10 @@ class LocalStore:
     async def delete(self, tenant_id: UUID | None, name: str) -> None:
         self._path(tenant_id, name).unlink(missing_ok=True)
 
+    async def names(self, tenant_id: UUID) -> list[str]:
+        space = self.root / TENANTS_PREFIX / str(tenant_id)
+        return sorted(str(path.relative_to(space)) for path in space.rglob("*") if path.is_file())
+
     async def delete_older_than(self, cutoff: datetime.datetime, *, name_prefix: str) -> int:
         removed = 0
         for path in (self.root / TENANTS_PREFIX).glob(f"*/{name_prefix}*"):

@@ -149,3 +149,24 @@ async def test_local_store_signed_links_expire_and_cannot_be_altered(tmp_path: P
     assert str(blocked) in unwritable.value.detail
     with pytest.raises(StorageError):
         await LocalStore(blocked, keyring, url_ttl_seconds=60).check()
+
+
+@pytest.mark.parametrize("backend", ["s3", "local"])
+async def test_names_lists_one_tenants_objects_and_nothing_of_another(
+    backend: str, s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    store = (
+        s3_store(s3_endpoint)
+        if backend == "s3"
+        else LocalStore(tmp_path / "objects", parse_keyring(new_key_entry(), "LYSS_JWT_KEYS"), url_ttl_seconds=60)
+    )
+    tenant_a, tenant_b = uuid7(), uuid7()
+    source = tmp_path / "notes.txt"
+    source.write_text("notes")
+    for tenant, name in ((tenant_a, "b/notes.txt"), (tenant_a, "a.txt"), (tenant_b, "c.txt")):
+        await store.put(tenant, name, source, content_type="text/plain")
+    await store.put(None, "backups/x.dump", source, content_type="application/octet-stream")
+    assert await store.names(tenant_a) == ["a.txt", "b/notes.txt"]
+    assert await store.names(uuid7()) == []
+    await store.delete(tenant_b, "c.txt")
+    assert await store.names(tenant_b) == []
