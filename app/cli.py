@@ -363,8 +363,8 @@ async def _run_worker(settings: Settings) -> None:
 def backup(database_url: str) -> None:
     """Dump the whole database (pg_dump custom format) into the object store; print the archive's name."""
     settings = _settings()
-    name = asyncio.run(backup_database(create_object_store(settings), database_url))
-    click.echo(name)
+    archive = asyncio.run(backup_database(create_object_store(settings), database_url))
+    click.echo(archive.name)
 
 
 @main.command()
