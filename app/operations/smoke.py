@@ -29,7 +29,7 @@ class StepResult(msgspec.Struct, frozen=True):
     def line(self) -> str:
         if self.status == "ok":
             extra = f"  ({self.detail})" if self.detail else ""
-            return f"ok    {self.name:<14}{self.elapsed_ms} ms{extra}"
+            return f"ok    {self.name:<16}{self.elapsed_ms} ms{extra}"
         return f"{self.status:<6}{self.name}: {self.detail}"
 
 
