@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import datetime
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import asyncpg
+import msgspec
 from sqlalchemy.engine import make_url
 
 from app.embedded import embedded_postgres_tools
@@ -40,20 +42,32 @@ def postgres_tool(name: str) -> str:
     raise BackupError(f"{name} was not found: install PostgreSQL's client programs or set LYSS_PG_BIN_DIR.")
 
 
-async def _run(program: str, *arguments: str) -> None:
+async def _run(program: str, *arguments: str, database_url: str) -> None:
     process = await asyncio.create_subprocess_exec(
         program, *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     _, error = await process.communicate()
     if process.returncode != 0:
-        # pg_dump and pg_restore name the object that failed; they never print the password.
+        # pg_dump and pg_restore name the object that failed, and quote a connection string they cannot parse.
         last = error.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise BackupError(f"{Path(program).name} failed: {last[0]}")
+        raise BackupError(f"{Path(program).name} failed: {_without_password(last[0], database_url)}")
 
 
-async def backup(store: ObjectStore, database_url: str) -> str:
-    """Dump the database (as a role that bypasses row-level security) into the store; return the name."""
-    name = f"{BACKUP_PREFIX}lyss-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}.dump"
+def _without_password(message: str, url: str) -> str:
+    password = re.search(r"://[^/@]*?:([^@]*)@", url)
+    return message.replace(password[1], "***") if password and password[1] else message
+
+
+class Archive(msgspec.Struct, frozen=True):
+    name: str
+    size: int
+
+
+async def backup(store: ObjectStore, database_url: str, *, prefix: str = BACKUP_PREFIX) -> Archive:
+    """Dump the database (as a role that bypasses row-level security) into the store under `prefix`."""
+    now = datetime.datetime.now(datetime.UTC)
+    # Names sort by time (retention keeps the last ones by name); milliseconds keep two runs apart.
+    name = f"{prefix}lyss-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.dump"
     with tempfile.TemporaryDirectory(prefix="lyss-backup-") as scratch:
         archive = Path(scratch) / "lyss.dump"
         await _run(
@@ -62,12 +76,13 @@ async def backup(store: ObjectStore, database_url: str) -> str:
             "--no-password",
             f"--dbname={plain_url(database_url, _database_name(database_url))}",
             f"--file={archive}",
+            database_url=database_url,
         )
         try:
-            await store.put(None, name, archive, content_type="application/octet-stream")
+            size = await store.put(None, name, archive, content_type="application/octet-stream")
         except StorageError as error:
             raise BackupError(error.detail) from None
-    return name
+    return Archive(name=name, size=size)
 
 
 async def restore(store: ObjectStore, archive: str | Path, database_url: str) -> None:
@@ -99,6 +114,7 @@ async def restore(store: ObjectStore, archive: str | Path, database_url: str) ->
             "--no-password",
             f"--dbname={target}",
             str(local),
+            database_url=database_url,
         )
 
 

@@ -43,6 +43,7 @@ from app.observability.maintenance import (
     check_message,
     describe_maintenance,
 )
+from app.operations.smoke import Credentials, passed, run_smoke
 from app.resources import Resources
 from app.settings import (
     ConfigurationError,
@@ -377,8 +378,8 @@ async def _run_worker(settings: Settings) -> None:
 def backup(database_url: str) -> None:
     """Dump the whole database (pg_dump custom format) into the object store; print the archive's name."""
     settings = _settings()
-    name = asyncio.run(backup_database(create_object_store(settings), database_url))
-    click.echo(name)
+    archive = asyncio.run(backup_database(create_object_store(settings), database_url))
+    click.echo(archive.name)
 
 
 @main.command()
@@ -390,6 +391,43 @@ def restore(archive: str, database_url: str) -> None:
     source: str | Path = Path(archive) if Path(archive).is_file() else archive
     asyncio.run(restore_database(create_object_store(settings), source, database_url))
     click.echo(f"Restored {archive}. Point DATABASE_URL and DATABASE_OWNER_URL at it and start Lyss.")
+
+
+@main.command()
+@click.argument("url")
+@click.option("--tenant", "tenant_slug", help="The organization of the account to sign in with.")
+@click.option("--email", help="The account's email (a tenant admin's or the operator's).")
+@click.option("--password-stdin", is_flag=True, help="Read the account's password from the first line of stdin.")
+@click.option("--api-key", help="An sk-... key for the gateway steps (chat stream, embedding).")
+@click.option("--model", default="echo", show_default=True, help="The chat model of the streamed call.")
+@click.option("--embedding-model", help="The model of the embedding call (default: --model).")
+def smoke(
+    url: str,
+    tenant_slug: str | None,
+    email: str | None,
+    password_stdin: bool,
+    api_key: str | None,
+    model: str,
+    embedding_model: str | None,
+) -> None:
+    """Check a running Lyss at URL after a deploy: one line per step, exit status 0 only if none failed.
+
+    Without --api-key, the gateway steps use a key issued for the run (removed at the end), which needs
+    --tenant, --email and --password-stdin.
+    """
+    credentials = None
+    if tenant_slug or email or password_stdin:
+        if not (tenant_slug and email and password_stdin):
+            raise click.UsageError("--tenant, --email and --password-stdin go together")
+        credentials = Credentials(tenant=tenant_slug, email=email, password=sys.stdin.readline().rstrip("\r\n"))
+    elif not api_key:
+        raise click.UsageError("give --tenant, --email and --password-stdin, or --api-key (or both)")
+    results = asyncio.run(
+        run_smoke(url, credentials=credentials, api_key=api_key, model=model, embedding_model=embedding_model)
+    )
+    for result in results:
+        click.echo(result.line())
+    sys.exit(0 if passed(results) else 1)
 
 
 @main.command()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+from croniter import croniter
 from dotenv import dotenv_values
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -64,6 +65,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
     "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
     "export_ttl_hours": "LYSS_EXPORT_TTL_HOURS",
+    "backup_cron": "LYSS_BACKUP_CRON",
+    "backup_keep": "LYSS_BACKUP_KEEP",
+    "backup_database_url": "LYSS_BACKUP_DATABASE_URL",
     "otel_enabled": "LYSS_OTEL_ENABLED",
     "storage_backend": "LYSS_STORAGE_BACKEND",
     "storage_dir": "LYSS_STORAGE_DIR",
@@ -149,6 +153,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # A conversation is summarised each time this many messages followed its last summary.
     chat_summary_every_messages: Annotated[int, msgspec.Meta(ge=4)] = 40
     export_ttl_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
+    # The worker's scheduled backup: when (cron, UTC; empty: never), how many of its archives to keep, and the
+    # role pg_dump connects as (one that bypasses row-level security; without it nothing is scheduled).
+    backup_cron: str = "17 3 * * *"
+    backup_keep: Annotated[int, msgspec.Meta(ge=1)] = 7
+    backup_database_url: str | None = None
     # Traces over OTLP/HTTP, configured by the standard OTEL_* variables (endpoint, headers, service name).
     otel_enabled: bool = False
     # Files that outlive a request (exports): a directory every API replica and worker sees, or S3.
@@ -262,6 +271,9 @@ def read_environment(environ: Mapping[str, str] | None = None, dotenv_path: Path
     return merged
 
 
+# Settings for which an empty value is a choice (off), not "unset, take the default".
+EMPTY_MEANS_OFF = frozenset({"LYSS_BACKUP_CRON"})
+
 # Read by docker-compose and the database's init script (deploy/), never by Lyss: a shared `.env` holds them.
 DEPLOYMENT_VARIABLES = frozenset({"LYSS_OWNER_PASSWORD", "LYSS_APP_PASSWORD", "LYSS_HTTP_PORT", "LYSS_S3_PORT"})
 
@@ -291,7 +303,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values = {
         name: value
         for name, value in read_environment(environ).items()
-        if name in ENVIRONMENT_VARIABLES.values() and value != ""
+        if name in ENVIRONMENT_VARIABLES.values() and (value != "" or name in EMPTY_MEANS_OFF)
     }
     settings = _convert(values)
     if settings.embedded_database:
@@ -328,6 +340,8 @@ def validate_settings(settings: Settings) -> None:
     if not settings.public_url.startswith(("http://", "https://")) or settings.public_url.endswith("/"):
         raise ConfigurationError("LYSS_PUBLIC_URL: expected the external base URL, e.g. https://lyss.example.com")
     parse_networks(settings.trusted_proxies, "LYSS_TRUSTED_PROXIES")
+    if settings.backup_cron and not croniter.is_valid(settings.backup_cron):
+        raise ConfigurationError("LYSS_BACKUP_CRON: not a cron schedule; expected e.g. '17 3 * * *', or empty for none")
 
 
 def database_url(raw: str, variable: str) -> URL:

@@ -126,17 +126,27 @@ def job_kind(
 ScheduledFunction = Callable[[WorkerServices], Awaitable[dict[str, Any]]]
 
 
+# A fixed schedule, or one read from the settings (None or empty: not scheduled).
+Schedule = str | Callable[[Settings], str | None]
+
+
 class ScheduledTask(msgspec.Struct, frozen=True):
     name: str
     function: ScheduledFunction
-    cron: str
+    cron: Schedule
     timeout_seconds: int = 300
+
+    def cron_for(self, settings: Settings) -> str | None:
+        cron = self.cron if isinstance(self.cron, str) else self.cron(settings)
+        return cron or None
 
 
 SCHEDULED_TASKS: dict[str, ScheduledTask] = {}
 
 
-def scheduled(name: str, *, cron: str, timeout_seconds: int = 300) -> Callable[[ScheduledFunction], ScheduledFunction]:
+def scheduled(
+    name: str, *, cron: Schedule, timeout_seconds: int = 300
+) -> Callable[[ScheduledFunction], ScheduledFunction]:
     """Register platform maintenance that the worker runs on a cron schedule (once per schedule, cluster-wide)."""
 
     def register(function: ScheduledFunction) -> ScheduledFunction:

@@ -366,9 +366,9 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
             *((task.name, function) for function, task in zip(scheduled, tasks, strict=True)),
         ],
         cron_jobs=[
-            CronJob(function, cron=task.cron, timeout=task.timeout_seconds)
+            CronJob(function, cron=cron, timeout=task.timeout_seconds)
             for function, task in zip(scheduled, tasks, strict=True)
-            if with_schedule
+            if with_schedule and (cron := task.cron_for(settings))
         ],
         concurrency=settings.worker_concurrency,
         startup=startup,

@@ -6,11 +6,13 @@ import os
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from saq.queue.redis import RedisQueue
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.operations.backups import backup_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; the gateway's own overhead is milliseconds, provider calls up to minutes.
@@ -83,6 +85,31 @@ def _counted() -> bytes:
     return generate_latest(REGISTRY)
 
 
+def _backups(status: dict[str, str]) -> list[Metric]:
+    """The scheduled backup as its worker recorded it (see app.operations.backups)."""
+    failures = CounterMetricFamily(
+        "lyss_backup_failures", "Scheduled backups that failed (each also logged as 'scheduled backup failed')"
+    )
+    failures.add_metric([], int(status.get("failures", 0)))
+    metrics: list[Metric] = [failures]
+    if "last_success" in status:
+        for name, documentation, value in (
+            (
+                "lyss_backup_last_success_timestamp_seconds",
+                "When the last scheduled backup succeeded (Unix time)",
+                status["last_success"],
+            ),
+            ("lyss_backup_last_size_bytes", "Size of the last successful scheduled backup", status["size"]),
+            (
+                "lyss_backup_last_duration_seconds",
+                "Run time of the last successful scheduled backup",
+                status["duration"],
+            ),
+        ):
+            metrics.append(GaugeMetricFamily(name, documentation, value=float(value)))
+    return metrics
+
+
 async def render_metrics(engine: AsyncEngine, queue: RedisQueue) -> bytes:
     depth = GaugeMetricFamily("lyss_job_queue_depth", "Jobs in the queue (SAQ), by state", labels=["state"])
     for state, count_kind in (("waiting", "queued"), ("running", "active"), ("incomplete", "incomplete")):
@@ -106,5 +133,7 @@ async def render_metrics(engine: AsyncEngine, queue: RedisQueue) -> bytes:
     for kind, count in stuck_by_kind.items():
         stuck.add_metric([kind], count)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot([depth, jobs, stuck, duration, _pool_usage(engine)]))
+    registry.register(
+        _Snapshot([depth, jobs, stuck, duration, _pool_usage(engine), *_backups(await backup_status(queue.redis))])
+    )
     return _counted() + generate_latest(registry)

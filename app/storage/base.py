@@ -52,8 +52,8 @@ class ObjectStore(Protocol):
 
     async def delete(self, tenant_id: UUID | None, name: str) -> None: ...
 
-    async def names(self, tenant_id: UUID) -> list[str]:
-        """Every object name in the tenant's space, sorted (for tenant export and erasure)."""
+    async def names(self, tenant_id: UUID | None, name_prefix: str = "") -> list[str]:
+        """The names, sorted, of the objects in one space (the platform's for None) that begin with `name_prefix`."""
 
     async def delete_older_than(self, cutoff: datetime.datetime, *, name_prefix: str) -> int:
         """Delete, in every tenant's space, objects under `name_prefix` last written before `cutoff`."""

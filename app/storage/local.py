@@ -106,9 +106,17 @@ class LocalStore:
     async def delete(self, tenant_id: UUID | None, name: str) -> None:
         self._path(tenant_id, name).unlink(missing_ok=True)
 
-    async def names(self, tenant_id: UUID) -> list[str]:
-        space = self.root / TENANTS_PREFIX / str(tenant_id)
-        return sorted(str(path.relative_to(space)) for path in space.rglob("*") if path.is_file())
+    async def names(self, tenant_id: UUID | None, name_prefix: str = "") -> list[str]:
+        space = self._path(tenant_id, "x").parent
+        if not space.is_dir():
+            return []
+        return sorted(
+            name
+            for path in space.rglob("*")
+            if path.is_file()
+            and (name := path.relative_to(space).as_posix()).startswith(name_prefix)
+            and not name.endswith(".partial")
+        )
 
     async def delete_older_than(self, cutoff: datetime.datetime, *, name_prefix: str) -> int:
         removed = 0

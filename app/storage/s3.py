@@ -133,14 +133,14 @@ class S3Store:
         except (ClientError, BotoCoreError) as error:
             raise self._failure("delete an object", error) from None
 
-    async def names(self, tenant_id: UUID) -> list[str]:
-        space = f"{TENANTS_PREFIX}/{tenant_id}/"
+    async def names(self, tenant_id: UUID | None, name_prefix: str = "") -> list[str]:
+        space = object_key(tenant_id, "x")[:-1]
         found: list[str] = []
         try:
             async with self._client() as client:
                 paginator = client.get_paginator("list_objects_v2")
-                async for page in paginator.paginate(Bucket=self.bucket, Prefix=space):
-                    found.extend(item["Key"].removeprefix(space) for item in page.get("Contents", []))
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{space}{name_prefix}"):
+                    found += [item["Key"].removeprefix(space) for item in page.get("Contents", [])]
         except (ClientError, BotoCoreError) as error:
             raise self._failure("list objects", error) from None
         return sorted(found)

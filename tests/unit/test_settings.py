@@ -122,3 +122,21 @@ def test_an_unknown_lyss_variable_is_named_with_the_closest_known_one() -> None:
         "LYSS_LOG_LEVL is not a setting Lyss reads; did you mean LYSS_LOG_LEVEL?",
         "LYSS_NOTHING_OF_THE_SORT is not a setting Lyss reads; see README.md, Configuration",
     ]
+
+
+def test_the_scheduled_backup_runs_nightly_by_default_only_with_a_backup_role_and_not_when_emptied() -> None:
+    from app.jobs.registry import SCHEDULED_TASKS
+    from app.operations import backups  # noqa: F401  (registers the task)
+
+    task = SCHEDULED_TASKS["platform.backup"]
+    settings = load_settings(EXTERNAL)
+    assert (settings.backup_cron, settings.backup_keep) == ("17 3 * * *", 7)
+    assert task.cron_for(settings) is None  # no LYSS_BACKUP_DATABASE_URL: nothing pg_dump could do
+    with_role = {**EXTERNAL, "LYSS_BACKUP_DATABASE_URL": "postgresql://backup:pw@db/lyss_db"}
+    assert task.cron_for(load_settings(with_role)) == "17 3 * * *"
+    assert task.cron_for(load_settings({**with_role, "LYSS_BACKUP_CRON": "0 1 * * 0"})) == "0 1 * * 0"
+    assert task.cron_for(load_settings({**with_role, "LYSS_BACKUP_CRON": ""})) is None
+    with pytest.raises(ConfigurationError, match="LYSS_BACKUP_CRON"):
+        load_settings({**with_role, "LYSS_BACKUP_CRON": "every night"})
+    with pytest.raises(ConfigurationError, match="LYSS_BACKUP_KEEP"):
+        load_settings({**with_role, "LYSS_BACKUP_KEEP": "0"})

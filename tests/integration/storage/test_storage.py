@@ -170,3 +170,29 @@ async def test_names_lists_one_tenants_objects_and_nothing_of_another(
     assert await store.names(uuid7()) == []
     await store.delete(tenant_b, "c.txt")
     assert await store.names(tenant_b) == []
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+async def test_names_lists_one_space_under_a_prefix_sorted(
+    backend: str, s3_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    keyring = parse_keyring(new_key_entry(), "LYSS_JWT_KEYS")
+    local = LocalStore(tmp_path / "objects", keyring, url_ttl_seconds=60)
+    store = local if backend == "local" else s3_store(s3_endpoint)
+    source = tmp_path / "archive.dump"
+    source.write_text("dump")
+    tenant = uuid7()
+    for name in ("backups/scheduled/b.dump", "backups/scheduled/a.dump", "backups/manual.dump"):
+        await store.put(None, name, source, content_type="application/octet-stream")
+    await store.put(tenant, "backups/scheduled/tenant.dump", source, content_type="application/octet-stream")
+    assert await store.names(None, "backups/scheduled/") == ["backups/scheduled/a.dump", "backups/scheduled/b.dump"]
+    assert await store.names(None, "nothing/") == []
+    assert await store.names(tenant, "backups/") == ["backups/scheduled/tenant.dump"]
+    assert await store.names(None, "backups/") == [
+        "backups/manual.dump",
+        "backups/scheduled/a.dump",
+        "backups/scheduled/b.dump",
+    ]
+    for name in ("backups/scheduled/b.dump", "backups/scheduled/a.dump", "backups/manual.dump"):
+        await store.delete(None, name)
+    await store.delete(tenant, "backups/scheduled/tenant.dump")
