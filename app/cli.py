@@ -28,6 +28,7 @@ from app.backup import backup as backup_database
 from app.backup import restore as restore_database
 from app.embedded import EmbeddedServerError, embedded_services, ensure_secrets_file
 from app.encryption import reencrypt_secrets
+from app.errors import ServiceError
 from app.gateway.admin import add_demo_gateway
 from app.jobs.worker import create_worker
 from app.observability.doctor import Finding, probe, review
@@ -42,6 +43,15 @@ from app.settings import (
     unknown_variables,
 )
 from app.storage import create_object_store
+from app.tenants.platform import (
+    PlatformTenants,
+    TenantFilter,
+    TenantOverview,
+    tenant_by_slug,
+    tenant_description,
+    tenant_overview,
+    tenant_table,
+)
 from app.tenants.services import (
     DemoLogin,
     ProvisioningError,
@@ -89,6 +99,7 @@ class _LyssGroup(click.Group):
             EmbeddedServerError,
             DependencyUnavailable,
             BackupError,
+            ServiceError,
         ) as error:
             _fail(str(error))
 
@@ -440,6 +451,88 @@ def tenant_quota(slug: str, credits: int) -> None:
         used = asyncio.run(_with_resources(resolved, work))
     limit = "no limit" if credits < 0 else f"{credits} credits"
     click.echo(f"Tenant '{slug}' may now spend {limit} ({used} used so far).")
+
+
+# The operator's tenant commands: the logic is app/tenants/platform.py's, shared with /api/platform/tenants.
+CLI_OPERATOR = "platform operator (cli)"
+
+
+def _operator(resources: Resources) -> PlatformTenants:
+    return PlatformTenants(
+        resources.session_maker,
+        resources.redis,
+        resources.gateway.catalog,
+        resources.job_queue,
+        resources.settings,
+        actor=CLI_OPERATOR,
+    )
+
+
+def _on_tenant(slug: str, change: Callable[[PlatformTenants, TenantOverview], Awaitable[TenantOverview]]) -> None:
+    """Find the tenant by slug, apply `change` as the operator, and print the tenant as it is now."""
+    with embedded_services(_settings()) as resolved:
+
+        async def work(resources: Resources) -> TenantOverview:
+            async with resources.session_maker() as session:
+                tenant = await tenant_by_slug(session, slug)
+            return await change(_operator(resources), tenant)
+
+        click.echo(tenant_description(asyncio.run(_with_resources(resolved, work))))
+
+
+@tenant.command("list")
+@click.option("--status", type=click.Choice(["active", "suspended", "inactive"]), help="Only tenants in this state.")
+@click.option("--plan", help="Only tenants on this plan.")
+def tenant_list(status: str | None, plan: str | None) -> None:
+    """List the tenants, with their users and their usage this month."""
+    with embedded_services(_settings()) as resolved:
+
+        async def work(resources: Resources) -> list[TenantOverview]:
+            async with resources.session_maker() as session:
+                return await tenant_overview(session, TenantFilter(status=status, plan=plan))
+
+        click.echo(tenant_table(asyncio.run(_with_resources(resolved, work))))
+
+
+@tenant.command("show")
+@click.argument("slug")
+def tenant_show(slug: str) -> None:
+    """Show one tenant."""
+
+    async def unchanged(_: PlatformTenants, tenant: TenantOverview) -> TenantOverview:
+        return tenant
+
+    _on_tenant(slug, unchanged)
+
+
+@tenant.command("rename")
+@click.argument("slug")
+@click.argument("name")
+def tenant_rename(slug: str, name: str) -> None:
+    """Give a tenant a new display name (its slug stays)."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.rename(tenant.id, name))
+
+
+@tenant.command("suspend")
+@click.argument("slug")
+def tenant_suspend(slug: str) -> None:
+    """Suspend a tenant: its users cannot sign in, its keys are refused, its jobs wait. Nothing is deleted."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.suspend(tenant.id))
+
+
+@tenant.command("reactivate")
+@click.argument("slug")
+def tenant_reactivate(slug: str) -> None:
+    """Reactivate a suspended tenant: sign-in, keys and jobs work again."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.reactivate(tenant.id))
+
+
+@tenant.command("plan")
+@click.argument("slug")
+@click.argument("plan")
+def tenant_plan(slug: str, plan: str) -> None:
+    """Set a tenant's subscription plan (by name)."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.set_plan(tenant.id, plan))
 
 
 @main.group()

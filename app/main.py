@@ -56,6 +56,7 @@ from app.tenants.controllers import (
     UserAdminController,
     WebhookController,
 )
+from app.tenants.platform_controllers import PlatformTenantController
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> Litestar:
             AuthController,
             OAuthController,
             TenantController,
+            PlatformTenantController,
             UserAdminController,
             InvitationController,
             GroupController,
