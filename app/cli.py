@@ -543,8 +543,14 @@ def admin() -> None:
 @admin.command("create")
 @click.option("--tenant", "tenant_slug", required=True, help="Slug of the tenant the admin belongs to.")
 @click.option("--email", required=True, help="The admin's email address, used to sign in.")
-def admin_create(tenant_slug: str, email: str) -> None:
+@click.option(
+    "--super-admin",
+    is_flag=True,
+    help="A platform operator (super_admin): sees and manages every tenant (Platform in the portal).",
+)
+def admin_create(tenant_slug: str, email: str, super_admin: bool) -> None:
     """Create a tenant admin. The password is prompted for, or read from stdin when it is not a terminal."""
+    role = "super_admin" if super_admin else "tenant_admin"
     password = _read_password()
     settings = _settings()
     with embedded_services(settings) as resolved:
@@ -555,12 +561,13 @@ def admin_create(tenant_slug: str, email: str) -> None:
                 tenant_slug=tenant_slug,
                 email=email,
                 password=password,
-                role="tenant_admin",
+                role=role,
                 actor="cli",
             )
 
         user = asyncio.run(_with_resources(resolved, work))
-    click.echo(f"Created tenant admin {user.email} in tenant '{tenant_slug}'.")
+    kind = "platform operator (super_admin)" if super_admin else "tenant admin"
+    click.echo(f"Created {kind} {user.email} in tenant '{tenant_slug}'.")
 
 
 @admin.command("reset-password")

@@ -27,6 +27,8 @@ from db.provider import ApiToken
 from db.session import tenant_session
 from db.tenant import ORGANIZATION_STATUSES, Job, Organization
 
+# The states an organization can be in, as filters offer them.
+TENANT_STATUSES = ORGANIZATION_STATUSES
 PLAN_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,48}[a-z0-9])?$")
 NAME_LIMIT = 255
 
@@ -55,8 +57,8 @@ class TenantFilter(msgspec.Struct, frozen=True):
 
 
 def check_filter(filters: TenantFilter) -> TenantFilter:
-    if filters.status is not None and filters.status not in ORGANIZATION_STATUSES:
-        raise InvalidRequest(f"status must be one of: {', '.join(ORGANIZATION_STATUSES)}.", field="status")
+    if filters.status is not None and filters.status not in TENANT_STATUSES:
+        raise InvalidRequest(f"status must be one of: {', '.join(TENANT_STATUSES)}.", field="status")
     if filters.plan is not None and not PLAN_PATTERN.match(filters.plan):
         raise InvalidRequest(_PLAN_RULE, field="plan")
     return filters

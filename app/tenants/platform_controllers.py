@@ -8,17 +8,13 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, get, patch, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
-from redis.asyncio import Redis
-from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.guards import requires_super_admin
-from app.gateway.engine import Gateway
 from app.schemas import Input
-from app.settings import Settings
 from app.tenants.platform import (
     PlatformTenants,
     TenantFilter,
@@ -28,7 +24,6 @@ from app.tenants.platform import (
     tenant_by_id,
     tenant_overview,
 )
-from app.tenants.services import Actor
 
 
 class TenantCreate(Input):
@@ -43,26 +38,6 @@ class TenantChange(Input):
     subscription_plan: Annotated[str, msgspec.Meta(max_length=50)] | None = None
 
 
-async def provide_platform_tenants(
-    session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
-    redis: NamedDependency[Redis],
-    gateway: NamedDependency[Gateway],
-    job_queue: NamedDependency[RedisQueue],
-    settings: NamedDependency[Settings],
-    actor: NamedDependency[Actor],
-) -> PlatformTenants:
-    return PlatformTenants(
-        session_maker,
-        redis,
-        gateway.catalog,
-        job_queue,
-        settings,
-        actor=f"platform operator ({actor.name})",
-        actor_user_id=actor.user_id,
-        client=actor.client,
-    )
-
-
 class PlatformTenantController(Controller):
     """Tenants as a lifecycle. Reads go through a SECURITY DEFINER function of aggregates; each change runs
     in a session scoped to the tenant it changes."""
@@ -70,7 +45,6 @@ class PlatformTenantController(Controller):
     path = "/api/platform/tenants"
     tags = ["platform"]
     guards = [requires_super_admin]
-    dependencies = {"platform_tenants": Provide(provide_platform_tenants)}
 
     @get("/", summary="Every tenant, with its users and its usage this month (filters: status, plan, created since)")
     async def list_tenants(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from click.testing import CliRunner, Result
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cli import CLI_OPERATOR, main
 from app.settings import Settings
+from db.auth import User
 from db.session import tenant_session
 from db.tenant import Organization
 from tests.support.clients import AuthHeaders, Client, bearer
@@ -18,9 +20,10 @@ from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows, audit_events
 
 
-async def lyss(settings: Settings, *arguments: str) -> Result:
+async def lyss(settings: Settings, *arguments: str, stdin: str | None = None) -> Result:
     # In a thread: the command runs its own event loop, as it does from a shell.
-    return await asyncio.to_thread(CliRunner().invoke, main, list(arguments), env=cli_environment(settings))
+    runner = CliRunner()
+    return await asyncio.to_thread(runner.invoke, main, list(arguments), env=cli_environment(settings), input=stdin)
 
 
 async def test_list_and_show_print_the_tenants_with_their_state(
@@ -101,3 +104,15 @@ async def test_rename_and_plan_change_the_row_and_bad_values_change_nothing(
         )
     actions = [event.action for event in await audit_events(session_maker, tenant_a.id)]
     assert actions == ["tenant.renamed", "tenant.plan_changed"]
+
+
+async def test_admin_create_with_super_admin_makes_a_platform_operator(
+    settings: Settings, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    arguments = ("admin", "create", "--tenant", tenant_a.slug, "--email", "ops@example.com", "--super-admin")
+    result = await lyss(settings, *arguments, stdin="a long enough passphrase\n")
+    assert result.exit_code == 0, result.output
+    assert "Created platform operator (super_admin) ops@example.com" in result.output
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        role = await session.scalar(select(User.role).where(User.email == "ops@example.com"))
+    assert role == "super_admin"

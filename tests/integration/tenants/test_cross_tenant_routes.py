@@ -152,8 +152,8 @@ class IdRoute(msgspec.Struct, frozen=True):
 
 
 # The platform operator's routes act on any tenant by design; that every role but super_admin gets a 403 from
-# each of them is tenants/test_platform_tenants.py's business.
-PLATFORM_PREFIX = "/api/platform/"
+# each of them is tenants/test_platform_tenants.py's (and portal/test_platform_pages.py's) business.
+PLATFORM_PREFIXES = ("/api/platform/", "/portal/platform/")
 
 
 def id_routes(app: Litestar, prefix: str) -> list[IdRoute]:
@@ -165,7 +165,7 @@ def id_routes(app: Litestar, prefix: str) -> list[IdRoute]:
             for route in app.routes
             if isinstance(route, HTTPRoute)
             and route.path.startswith(prefix)
-            and not route.path.startswith(PLATFORM_PREFIX)
+            and not route.path.startswith(PLATFORM_PREFIXES)
             for ids in [tuple(name for name, spec in route.path_parameters.items() if spec.type is UUID)]
             if ids
             for handler in route.route_handlers

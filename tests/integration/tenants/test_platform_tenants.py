@@ -12,7 +12,6 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import Settings
-from db.auth import User
 from db.session import tenant_session
 from db.tenant import JobEvent, Organization
 from tests.support.auth import login
@@ -20,18 +19,10 @@ from tests.support.clients import AuthHeaders, Client, bearer
 from tests.support.gateway import add_channel, chat_body, issue_key, usage_rows
 from tests.support.jobs import events_of, running_worker, submit, wait_for_status
 from tests.support.mock_upstream import MockUpstream
-from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows, audit_events
+from tests.support.platform import super_admin_of
+from tests.support.tenants import TenantRows, audit_events
 
 PLATFORM = "/api/platform/tenants"
-
-
-async def super_admin_of(session_maker: async_sessionmaker[AsyncSession], tenant: TenantRows) -> User:
-    """A platform operator: an account of `tenant` with the role super_admin."""
-    async with tenant_session(session_maker, tenant.id) as session:
-        user = User(email=f"operator@{tenant.slug}.example.com", hashed_password=TEST_PASSWORD_HASH, role="super_admin")
-        session.add(user)
-        await session.commit()
-    return user
 
 
 def platform_routes(app: Litestar) -> list[tuple[str, str]]:
