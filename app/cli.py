@@ -55,6 +55,15 @@ from app.settings import (
 )
 from app.storage import StorageError, create_object_store
 from app.tenants import archive as tenant_archive
+from app.tenants.platform import (
+    PlatformTenants,
+    TenantFilter,
+    TenantOverview,
+    tenant_by_slug,
+    tenant_description,
+    tenant_overview,
+    tenant_table,
+)
 from app.tenants.services import (
     DemoLogin,
     ProvisioningError,
@@ -103,6 +112,7 @@ class _LyssGroup(click.Group):
             DependencyUnavailable,
             BackupError,
             tenant_archive.ArchiveError,
+            ServiceError,
         ) as error:
             _fail(str(error))
         except StorageError as error:
@@ -577,6 +587,88 @@ def tenant_import(archive: str) -> None:
     )
 
 
+# The operator's tenant commands: the logic is app/tenants/platform.py's, shared with /api/platform/tenants.
+CLI_OPERATOR = "platform operator (cli)"
+
+
+def _operator(resources: Resources) -> PlatformTenants:
+    return PlatformTenants(
+        resources.session_maker,
+        resources.redis,
+        resources.gateway.catalog,
+        resources.job_queue,
+        resources.settings,
+        actor=CLI_OPERATOR,
+    )
+
+
+def _on_tenant(slug: str, change: Callable[[PlatformTenants, TenantOverview], Awaitable[TenantOverview]]) -> None:
+    """Find the tenant by slug, apply `change` as the operator, and print the tenant as it is now."""
+    with embedded_services(_settings()) as resolved:
+
+        async def work(resources: Resources) -> TenantOverview:
+            async with resources.session_maker() as session:
+                tenant = await tenant_by_slug(session, slug)
+            return await change(_operator(resources), tenant)
+
+        click.echo(tenant_description(asyncio.run(_with_resources(resolved, work))))
+
+
+@tenant.command("list")
+@click.option("--status", type=click.Choice(["active", "suspended", "inactive"]), help="Only tenants in this state.")
+@click.option("--plan", help="Only tenants on this plan.")
+def tenant_list(status: str | None, plan: str | None) -> None:
+    """List the tenants, with their users and their usage this month."""
+    with embedded_services(_settings()) as resolved:
+
+        async def work(resources: Resources) -> list[TenantOverview]:
+            async with resources.session_maker() as session:
+                return await tenant_overview(session, TenantFilter(status=status, plan=plan))
+
+        click.echo(tenant_table(asyncio.run(_with_resources(resolved, work))))
+
+
+@tenant.command("show")
+@click.argument("slug")
+def tenant_show(slug: str) -> None:
+    """Show one tenant."""
+
+    async def unchanged(_: PlatformTenants, tenant: TenantOverview) -> TenantOverview:
+        return tenant
+
+    _on_tenant(slug, unchanged)
+
+
+@tenant.command("rename")
+@click.argument("slug")
+@click.argument("name")
+def tenant_rename(slug: str, name: str) -> None:
+    """Give a tenant a new display name (its slug stays)."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.rename(tenant.id, name))
+
+
+@tenant.command("suspend")
+@click.argument("slug")
+def tenant_suspend(slug: str) -> None:
+    """Suspend a tenant: its users cannot sign in, its keys are refused, its jobs wait. Nothing is deleted."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.suspend(tenant.id))
+
+
+@tenant.command("reactivate")
+@click.argument("slug")
+def tenant_reactivate(slug: str) -> None:
+    """Reactivate a suspended tenant: sign-in, keys and jobs work again."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.reactivate(tenant.id))
+
+
+@tenant.command("plan")
+@click.argument("slug")
+@click.argument("plan")
+def tenant_plan(slug: str, plan: str) -> None:
+    """Set a tenant's subscription plan (by name)."""
+    _on_tenant(slug, lambda tenants, tenant: tenants.set_plan(tenant.id, plan))
+
+
 @main.group()
 def admin() -> None:
     """Manage tenant administrators."""
@@ -585,8 +677,14 @@ def admin() -> None:
 @admin.command("create")
 @click.option("--tenant", "tenant_slug", required=True, help="Slug of the tenant the admin belongs to.")
 @click.option("--email", required=True, help="The admin's email address, used to sign in.")
-def admin_create(tenant_slug: str, email: str) -> None:
+@click.option(
+    "--super-admin",
+    is_flag=True,
+    help="A platform operator (super_admin): sees and manages every tenant (Platform in the portal).",
+)
+def admin_create(tenant_slug: str, email: str, super_admin: bool) -> None:
     """Create a tenant admin. The password is prompted for, or read from stdin when it is not a terminal."""
+    role = "super_admin" if super_admin else "tenant_admin"
     password = _read_password()
     settings = _settings()
     with embedded_services(settings) as resolved:
@@ -597,12 +695,13 @@ def admin_create(tenant_slug: str, email: str) -> None:
                 tenant_slug=tenant_slug,
                 email=email,
                 password=password,
-                role="tenant_admin",
+                role=role,
                 actor="cli",
             )
 
         user = asyncio.run(_with_resources(resolved, work))
-    click.echo(f"Created tenant admin {user.email} in tenant '{tenant_slug}'.")
+    kind = "platform operator (super_admin)" if super_admin else "tenant admin"
+    click.echo(f"Created {kind} {user.email} in tenant '{tenant_slug}'.")
 
 
 @admin.command("reset-password")

@@ -8,6 +8,7 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from redis.asyncio import Redis
+from saq.queue.redis import RedisQueue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +26,7 @@ from app.settings import Settings
 from app.tenants.accounts import AccountService
 from app.tenants.budgets import BudgetService
 from app.tenants.groups import GroupService
+from app.tenants.platform import PlatformTenants
 from app.tenants.services import Actor
 from app.tenants.webhooks import EventHub, WebhookService
 from db.auth import User
@@ -129,6 +131,27 @@ async def provide_webhook_service(
     return WebhookService(db_session, secret_box, actor, EventHub(settings, session_maker, redis))
 
 
+async def provide_platform_tenants(
+    session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+    job_queue: NamedDependency[RedisQueue],
+    settings: NamedDependency[Settings],
+    actor: NamedDependency[Actor],
+) -> PlatformTenants:
+    """The operator's changes to organizations (routes guarded for super admins), audited as `actor`."""
+    return PlatformTenants(
+        session_maker,
+        redis,
+        gateway.catalog,
+        job_queue,
+        settings,
+        actor=f"platform operator ({actor.name})",
+        actor_user_id=actor.user_id,
+        client=actor.client,
+    )
+
+
 def _constant(value: object) -> Provide:
     def provide() -> object:
         return value
@@ -159,4 +182,5 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "token_admin": Provide(provide_token_admin),
         "price_admin": Provide(provide_price_admin),
         "webhooks": Provide(provide_webhook_service),
+        "platform_tenants": Provide(provide_platform_tenants),
     }

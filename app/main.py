@@ -57,6 +57,7 @@ from app.tenants.controllers import (
     UserAdminController,
     WebhookController,
 )
+from app.tenants.platform_controllers import PlatformTenantController
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Litestar:
             AuthController,
             OAuthController,
             TenantController,
+            PlatformTenantController,
             UserAdminController,
             InvitationController,
             GroupController,

@@ -17,6 +17,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_prices TO lyss_app
 -- Usage is appended by the flusher and read by reports; never rewritten.
 CALL public.isolate_by_tenant('public.provider_usage_logs');
 GRANT SELECT, INSERT ON public.provider_usage_logs TO lyss_app;
+-- The operator's tenant overview (platform_tenant_overview in tenant.sql) sums each tenant's calls and cost.
+DROP POLICY IF EXISTS lookup_usage_totals ON public.provider_usage_logs;
+CREATE POLICY lookup_usage_totals ON public.provider_usage_logs FOR SELECT TO lyss_lookup USING (true);
+REVOKE ALL ON public.provider_usage_logs FROM lyss_lookup;
+GRANT SELECT (tenant_id, created_at, cost) ON public.provider_usage_logs TO lyss_lookup;
 
 -- The gateway knows a call's tenant only from its API key. The lookup role reads just the columns
 -- this function returns.

@@ -10,7 +10,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_organizations TO lyss_app;
 DROP POLICY IF EXISTS lookup_by_slug ON public.tenant_organizations;
 CREATE POLICY lookup_by_slug ON public.tenant_organizations FOR SELECT TO lyss_lookup USING (true);
 REVOKE ALL ON public.tenant_organizations FROM lyss_lookup;
-GRANT SELECT (id, slug, status, quota) ON public.tenant_organizations TO lyss_lookup;
+GRANT SELECT (id, slug, name, status, subscription_plan, quota, currency, created_at)
+    ON public.tenant_organizations TO lyss_lookup;
 
 CALL public.isolate_by_tenant('public.tenant_user_groups');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenant_user_groups TO lyss_app;
@@ -93,3 +94,33 @@ GRANT EXECUTE ON FUNCTION public.platform_job_stats() TO lyss_app;
 
 -- The catalogue of plans is platform-wide: readable by the service, changed only by migrations.
 GRANT SELECT ON public.platform_plans TO lyss_app;
+GRANT SELECT ON public.platform_plans TO lyss_lookup;
+
+-- The platform operator's view of the tenants: each organization's name, slug, status and plan, with counts
+-- and sums (active users, this month's gateway calls and their cost). Aggregates only: no row of any other
+-- table leaves this function. Usage is read through the `lookup_usage_totals` policy of policies/provider.sql.
+CREATE OR REPLACE FUNCTION public.platform_tenant_overview()
+    RETURNS TABLE (id uuid, slug text, name text, status text, subscription_plan text, max_users integer,
+                   quota bigint, currency text, created_at timestamptz, users bigint, requests_this_month bigint,
+                   cost_this_month bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT o.id, o.slug::text, o.name::text, o.status::text, o.subscription_plan::text, plan.max_users, o.quota,
+               o.currency::text,
+               o.created_at,
+               (SELECT count(*) FROM public.auth_users AS u WHERE u.tenant_id = o.id AND u.status = 'active'),
+               usage.requests, usage.cost
+        FROM public.tenant_organizations AS o
+        JOIN public.platform_plans AS plan ON plan.name = o.subscription_plan
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS requests, coalesce(sum(l.cost), 0)::bigint AS cost
+            FROM public.provider_usage_logs AS l
+            WHERE l.tenant_id = o.id
+              AND l.created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+        ) AS usage
+        ORDER BY o.slug
+    $$;
+ALTER FUNCTION public.platform_tenant_overview() OWNER TO lyss_lookup;
+REVOKE ALL ON FUNCTION public.platform_tenant_overview() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.platform_tenant_overview() TO lyss_app;

@@ -31,6 +31,8 @@ def requires_role(*roles: str) -> Guard:
 
 
 requires_tenant_admin = requires_role("tenant_admin")
+# The platform operator: a super admin, whatever tenant their account belongs to.
+requires_super_admin = requires_role()
 
 
 async def full_session_only(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]

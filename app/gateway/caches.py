@@ -38,7 +38,9 @@ class TokenInfo(msgspec.Struct, frozen=True):
     id: UUID
     tenant_id: UUID
     user_id: UUID
+    # The key and its owner are active; the organization's state is apart, for its own refusal (403).
     usable: bool
+    tenant_active: bool
     expires_at: datetime.datetime | None
     quota: int
     rpm_limit: int
@@ -177,7 +179,8 @@ class GatewayCatalog:
             id=row.id,
             tenant_id=row.tenant_id,
             user_id=row.user_id,
-            usable=row.status == "active" and row.user_active and row.tenant_active,
+            usable=row.status == "active" and row.user_active,
+            tenant_active=row.tenant_active,
             expires_at=row.expires_at,
             quota=row.quota,
             rpm_limit=row.rpm_limit,

@@ -74,7 +74,8 @@ async def chat_token(session: AsyncSession, user_id: UUID) -> TokenInfo:
         id=token.id,
         tenant_id=token.tenant_id,
         user_id=token.user_id,
-        usable=token.status == "active" and organization.status == "active",
+        usable=token.status == "active",
+        tenant_active=organization.status == "active",
         expires_at=token.expires_at,
         quota=token.quota,
         rpm_limit=token.rpm_limit,
@@ -87,7 +88,7 @@ async def chat_token(session: AsyncSession, user_id: UUID) -> TokenInfo:
 
 
 def _check_usable(token: TokenInfo) -> None:
-    if not token.usable:
+    if not token.usable or not token.tenant_active:
         raise ServiceError("Chat is disabled for your account; ask an administrator.")
 
 

@@ -281,6 +281,8 @@ class Gateway:
 
     @staticmethod
     def _check_usable(token: TokenInfo, client_address: str | None) -> None:
+        if not token.tenant_active:
+            raise errors.permission_denied("This organization is suspended.", code="tenant_suspended")
         if not token.usable:
             raise errors.invalid_api_key("This API key is disabled or revoked.", reason="key_disabled")
         if token.expires_at is not None and token.expires_at <= datetime.datetime.now(datetime.UTC):

@@ -16,7 +16,7 @@ from app.jobs.services import add_event, create_queue, enqueue, new_queue_key
 from app.tenants.services import all_tenant_ids
 from app.tenants.webhooks import announce_dead_job
 from db.session import tenant_session
-from db.tenant import Job
+from db.tenant import Job, Organization
 
 LOST_LAST_ATTEMPT = "The job's last attempt was lost with its worker."
 
@@ -46,6 +46,8 @@ async def recover_tenant_jobs(
     session: AsyncSession, queue: RedisQueue, services: WorkerServices, quiet: datetime.timedelta
 ) -> tuple[int, list[tuple[UUID, str]]]:
     """One tenant's share of `recover_jobs`: how many were sent again, and the jobs marked dead (id, kind)."""
+    if await session.scalar(select(Organization.status)) != "active":
+        return 0, []  # a suspended organization's jobs wait for its reactivation, which sends them again
     cutoff = datetime.datetime.now(datetime.UTC) - quiet
     stale = list(
         await session.scalars(

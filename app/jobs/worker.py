@@ -36,7 +36,7 @@ from app.resources import Resources
 from app.settings import Settings
 from app.tenants.webhooks import announce_dead_job
 from db.session import tenant_session
-from db.tenant import JOB_TERMINAL_STATUSES, Job
+from db.tenant import JOB_TERMINAL_STATUSES, Job, Organization
 
 ERROR_TEXT_LIMIT = 2000
 logger = get_logger("lyss.jobs.worker")
@@ -198,6 +198,15 @@ class JobAttempt:
                 # Finished already (e.g. a crash between commit and acknowledgement), or overtaken by a retry.
                 await session.rollback()
                 logger.info("job delivery skipped", job_id=str(self.job_id), status=job.status if job else None)
+                return None
+            if await session.scalar(select(Organization.status)) != "active":
+                # A suspended organization's jobs wait, still queued: reactivating it sends them again.
+                job.status = "queued"
+                await add_event(
+                    session, self.job_id, "paused", attempt=job.attempts, message="The organization is suspended."
+                )
+                await session.commit()
+                logger.info("job paused: its organization is suspended", job_id=str(self.job_id))
                 return None
             interrupted = job.status == "running"
             job.status = "running"

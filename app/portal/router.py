@@ -31,6 +31,7 @@ from app.portal.controllers.conversations import ConversationPages
 from app.portal.controllers.joining import JoiningPages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.passwords import PasswordResetPages
+from app.portal.controllers.platform import PlatformTenantPages
 from app.portal.controllers.prices import PricePages
 from app.portal.controllers.settings import SettingsPages
 from app.portal.controllers.signin import SignInController
@@ -79,10 +80,13 @@ def _number(value: int | float) -> str:
 
 
 @pass_context
-def _money(context: Context, credits: int) -> str:
-    """Credits as an amount of the viewer's organization's currency: `{{ token.used_quota | money }}`."""
-    viewer = context.get("viewer")
-    return format_money(credits, viewer.organization.currency if viewer is not None else DEFAULT_CURRENCY)
+def _money(context: Context, credits: int, currency: str | None = None) -> str:
+    """Credits as an amount of the viewer's organization's currency: `{{ token.used_quota | money }}`; another
+    organization's amounts in theirs: `{{ tenant.cost_this_month | money(tenant.currency) }}`."""
+    if currency is None:
+        viewer = context.get("viewer")
+        currency = viewer.organization.currency if viewer is not None else DEFAULT_CURRENCY
+    return format_money(credits, currency)
 
 
 def _query_string(values: dict[str, Any]) -> str:
@@ -136,6 +140,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             SettingsPages,
             PricePages,
             WebhookPages,
+            PlatformTenantPages,
             static,
         ],
         middleware=[PortalMiddleware(keyring, session_maker)],

@@ -90,6 +90,10 @@ NOTICES = {
     "webhook_saved": "The webhook is saved.",
     "webhook_removed": "The webhook is removed.",
     "webhook_test_sent": "A test event is on its way; its attempts appear below within seconds.",
+    "tenant_created": "The organization is created.",
+    "tenant_saved": "The organization is saved.",
+    "tenant_suspended": "The organization is suspended: its users are signed out and its keys refused.",
+    "tenant_reactivated": "The organization is active again.",
 }
 _NOTICE_STATE = "portal_notice"
 # Gone with the first page that shows it: an expired cookie in the same response.
@@ -211,11 +215,14 @@ ADMIN_NAV = (
 )
 # An end user manages nothing but their own jobs, which sit with the rest of what they use.
 USER_NAV = (NavGroup("Use", (*_USE, _JOBS)),)
+# The platform operator's (super_admin) pages: every organization, not only their own.
+PLATFORM_NAV = NavGroup("Platform", (NavItem(f"{PORTAL}/platform/tenants", "Tenants"),))
 
 
-def navigation(is_admin: bool) -> tuple[NavGroup, ...]:
+def navigation(is_admin: bool, is_operator: bool = False) -> tuple[NavGroup, ...]:
     """The layout's menus for a viewer; the account page is the viewer's email beside "Sign out"."""
-    return ADMIN_NAV if is_admin else USER_NAV
+    menus = ADMIN_NAV if is_admin else USER_NAV
+    return (*menus, PLATFORM_NAV) if is_operator else menus
 
 
 class ViewerAccount(msgspec.Struct, frozen=True):
@@ -248,6 +255,11 @@ class Viewer(msgspec.Struct, frozen=True):
     def is_admin(self) -> bool:
         return self.principal.role in ADMIN_ROLES
 
+    @property
+    def is_operator(self) -> bool:
+        """The platform operator, who sees every organization's aggregates (never their rows)."""
+        return self.principal.role == "super_admin"
+
 
 PortalRequest = Request[Principal, str, State]
 
@@ -270,6 +282,16 @@ async def provide_admin_viewer(
     """The viewer of an administrators' page (403 for anyone else)."""
     viewer = await provide_viewer(request, db_session, settings)
     require_admin(viewer)
+    return viewer
+
+
+async def provide_operator_viewer(
+    request: PortalRequest, db_session: NamedDependency[AsyncSession], settings: NamedDependency[Settings]
+) -> Viewer:
+    """The viewer of a platform operator's page (403 for anyone else, a tenant's admins included)."""
+    viewer = await provide_viewer(request, db_session, settings)
+    if not viewer.is_operator:
+        raise PermissionDeniedException("This page is for the platform operator.")
     return viewer
 
 

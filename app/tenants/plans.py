@@ -59,6 +59,10 @@ async def plan_named(session: AsyncSession, name: str) -> Plan | None:
     return await session.get(Plan, name)
 
 
+async def plan_names(session: AsyncSession) -> list[str]:
+    return list(await session.scalars(select(Plan.name).order_by(Plan.name)))
+
+
 async def organization_plan(session: AsyncSession, *, lock: bool = False) -> Plan:
     """The plan of the session's organization; `lock` holds the organization's row until the transaction ends,
     so that concurrent checks of a limit run one after the other and never both see room for one more."""

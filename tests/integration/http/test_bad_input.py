@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
-from app.auth.tokens import Principal, issue_access_token
 from app.settings import Settings
 from db.chat import Conversation
 from db.chat import Message as ChatMessage
@@ -24,7 +23,8 @@ from db.models import Base
 from db.provider import ApiToken, Channel, ModelPrice
 from db.session import tenant_session
 from db.tenant import Job
-from tests.support.clients import AuthHeaders, Client, app_client, bearer
+from tests.support.clients import AuthHeaders, Client, app_client
+from tests.support.platform import super_admin_of
 from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows
 
@@ -340,8 +340,8 @@ async def test_every_route_that_reads_a_body_says_so_when_it_gets_none(
     client: Client,
     app: Litestar,
     tenant_a: TenantRows,
-    settings: Settings,
     auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
     subtests: pytest.Subtests,
 ) -> None:
     # Generated from the route table, so that a route added later is covered too.
@@ -354,17 +354,10 @@ async def test_every_route_that_reads_a_body_says_so_when_it_gets_none(
         if handler.parsed_data_field is not None and not handler.parsed_data_field.is_optional
     ]
     assert len(routes) >= 25
-    admin = auth_headers(tenant_a.admin)
-    # The operator's routes answer anyone else with their guard's 403, before any body is read.
-    operator = bearer(
-        issue_access_token(
-            settings.jwt_keyring,
-            Principal(user_id=tenant_a.admin.id, tenant_id=tenant_a.id, role="super_admin", session_id=uuid7()),
-            ttl_seconds=300,
-        )
-    )
+    # The platform operator's routes refuse anyone else before reading a body.
+    operator = auth_headers(await super_admin_of(session_maker, tenant_a))
     for method, path, body_type in routes:
-        headers = operator if path.startswith("/api/platform/") else admin
+        headers = operator if path.startswith("/api/platform/") else auth_headers(tenant_a.admin)
         url = re.sub(r"\{[^}:]+:uuid\}", str(uuid7()), re.sub(r"\{[^}:]+:str\}", "x", path))
         with subtests.test(method=method, path=path):
             for extra in ({}, {"Content-Type": "application/json", "Content-Length": "0"}):

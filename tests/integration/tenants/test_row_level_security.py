@@ -188,6 +188,7 @@ async def test_security_definer_functions_pin_search_path_and_are_not_public(own
         "platform_tenant_ids",
         "gateway_token_lookup",
         "platform_job_stats",
+        "platform_tenant_overview",
     }
     for function in functions:
         assert any(setting.startswith("search_path=") for setting in function.proconfig or [])
