@@ -54,6 +54,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "upstream_read_timeout_seconds": "LYSS_UPSTREAM_READ_TIMEOUT",
     "channel_cooldown_seconds": "LYSS_CHANNEL_COOLDOWN_SECONDS",
     "gateway_cache_seconds": "LYSS_GATEWAY_CACHE_SECONDS",
+    "gateway_lease_seconds": "LYSS_GATEWAY_LEASE_SECONDS",
+    "gateway_queue_limit": "LYSS_GATEWAY_QUEUE_LIMIT",
+    "gateway_queue_seconds": "LYSS_GATEWAY_QUEUE_SECONDS",
     "worker_concurrency": "LYSS_WORKER_CONCURRENCY",
     "job_max_attempts": "LYSS_JOB_MAX_ATTEMPTS",
     "job_retry_delay_seconds": "LYSS_JOB_RETRY_DELAY_SECONDS",
@@ -139,6 +142,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     upstream_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     channel_cooldown_seconds: Annotated[int, msgspec.Meta(ge=1)] = 30
     gateway_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # A slot of a concurrency limit is a lease: a process that dies holding one frees it after this long.
+    gateway_lease_seconds: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 30
+    # Calls that may wait for a slot of one full channel, and for how long, before failover or a 429.
+    gateway_queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 100
+    gateway_queue_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
     worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     job_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     job_retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0

@@ -71,6 +71,7 @@ class Channel(TenantOwned, UpdatedAt, Base):
         CheckConstraint("priority BETWEEN 0 AND 1000", name="priority"),
         CheckConstraint("weight BETWEEN 1 AND 10000", name="weight"),
         CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
+        CheckConstraint("max_in_flight >= 0", name="max_in_flight"),
         CheckConstraint("config_scope <> 'personal' OR owner_id IS NOT NULL", name="personal_owner"),
         CheckConstraint("config_scope <> 'group' OR group_id IS NOT NULL", name="group_set"),
         ForeignKeyConstraint(
@@ -105,6 +106,8 @@ class Channel(TenantOwned, UpdatedAt, Base):
     used_quota: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Requests per minute this channel may take; 0: no limit.
     rate_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Calls this channel may have in flight at once, across every worker; 0: no limit.
+    max_in_flight: Mapped[int] = mapped_column(default=0, server_default="0")
     config_scope: Mapped[str] = mapped_column(String(20), default="tenant", server_default="tenant")
     owner_id: Mapped[UUID | None]
     group_id: Mapped[UUID | None]
@@ -130,6 +133,7 @@ class ApiToken(TenantOwned, UpdatedAt, Base):
         CheckConstraint(f"budget_period IN {BUDGET_PERIODS}", name="budget_period"),
         CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
         CheckConstraint("rpm_limit >= 0 AND tpm_limit >= 0", name="limits"),
+        CheckConstraint("max_concurrent >= 0 AND max_streams >= 0", name="concurrency"),
         ForeignKeyConstraint(
             ["tenant_id", "user_id"],
             ["auth_users.tenant_id", "auth_users.id"],
@@ -155,6 +159,9 @@ class ApiToken(TenantOwned, UpdatedAt, Base):
     )
     rpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
     tpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Requests (and, of those, streams) this key may have in flight at once; 0: no limit.
+    max_concurrent: Mapped[int] = mapped_column(default=0, server_default="0")
+    max_streams: Mapped[int] = mapped_column(default=0, server_default="0")
     allowed_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     allowed_channels: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     allowed_ips: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))

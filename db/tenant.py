@@ -135,7 +135,15 @@ class UserGroupMember(TenantOwned, Base):
 BUDGET_KINDS = ("user", "group", "new_user")
 BUDGET_PERIODS = ("none", "daily", "weekly", "monthly")
 # What a budget row says of its subject (the rest is its counters).
-BUDGET_POLICY_FIELDS = ("quota", "budget_period", "rpm_limit", "tpm_limit", "allowed_models")
+BUDGET_POLICY_FIELDS = (
+    "quota",
+    "budget_period",
+    "rpm_limit",
+    "tpm_limit",
+    "max_concurrent",
+    "max_streams",
+    "allowed_models",
+)
 
 
 class Budget(TenantOwned, UpdatedAt, Base):
@@ -158,6 +166,7 @@ class Budget(TenantOwned, UpdatedAt, Base):
         CheckConstraint(f"budget_period IN {BUDGET_PERIODS}", name="budget_period"),
         CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
         CheckConstraint("rpm_limit >= 0 AND tpm_limit >= 0", name="limits"),
+        CheckConstraint("max_concurrent >= 0 AND max_streams >= 0", name="concurrency"),
         ForeignKeyConstraint(
             ["tenant_id", "user_id"],
             ["auth_users.tenant_id", "auth_users.id"],
@@ -184,6 +193,9 @@ class Budget(TenantOwned, UpdatedAt, Base):
     )
     rpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
     tpm_limit: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Requests (and, of those, streams) in flight at once, for a user; 0: no limit.
+    max_concurrent: Mapped[int] = mapped_column(default=0, server_default="0")
+    max_streams: Mapped[int] = mapped_column(default=0, server_default="0")
     # Empty: every model.
     allowed_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
 

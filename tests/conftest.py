@@ -194,6 +194,8 @@ def upstream(_upstream_server: MockUpstream) -> MockUpstream:
     _upstream_server.calls.clear()
     _upstream_server.bodies.clear()
     _upstream_server.headers_seen.clear()
+    _upstream_server.in_flight.clear()
+    _upstream_server.most_in_flight.clear()
     return _upstream_server
 
 

@@ -185,6 +185,7 @@ class ChannelAdmin(_ManagementService):
             group_id=data.group_id if data.scope == "group" else None,
             quota=data.quota,
             rate_limit=data.rate_limit,
+            max_in_flight=data.max_in_flight,
             test_model=data.test_model,
             test_kind=data.test_kind,
         )
@@ -435,6 +436,8 @@ async def create_token(
         quota=data.quota,
         rpm_limit=data.rpm_limit,
         tpm_limit=data.tpm_limit,
+        max_concurrent=data.max_concurrent,
+        max_streams=data.max_streams,
         allowed_models=data.allowed_models,
         allowed_channels=await _known_channels(session, data.allowed_channels),
         allowed_ips=_valid_networks(data.allowed_ips),

@@ -49,6 +49,9 @@ class TokenInfo(msgspec.Struct, frozen=True):
     allowed_channels: frozenset[UUID]
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     tenant_quota: int
+    # Requests, and streams, in flight at once (0: no limit).
+    max_concurrent: int = 0
+    max_streams: int = 0
 
 
 class ChannelInfo(msgspec.Struct, frozen=True):
@@ -69,6 +72,8 @@ class ChannelInfo(msgspec.Struct, frozen=True):
     group_id: UUID | None
     rate_limit: int
     quota: int
+    # Calls in flight at once, across every worker (0: no limit).
+    max_in_flight: int = 0
 
 
 class BudgetInfo(msgspec.Struct, frozen=True):
@@ -80,6 +85,9 @@ class BudgetInfo(msgspec.Struct, frozen=True):
     rpm_limit: int
     tpm_limit: int
     allowed_models: frozenset[str]
+    # A user's requests, and streams, in flight at once (0: no limit); a group's are not applied.
+    max_concurrent: int = 0
+    max_streams: int = 0
 
 
 class MemberInfo(msgspec.Struct, frozen=True):
@@ -189,6 +197,8 @@ class GatewayCatalog:
             allowed_channels=frozenset(UUID(value) for value in row.allowed_channels or []),
             allowed_networks=tuple(ipaddress.ip_network(value, strict=False) for value in row.allowed_ips or []),
             tenant_quota=row.tenant_quota,
+            max_concurrent=row.max_concurrent,
+            max_streams=row.max_streams,
         )
 
     async def channels(self, tenant_id: UUID) -> list[ChannelInfo]:
@@ -228,6 +238,7 @@ class GatewayCatalog:
                     group_id=channel.group_id,
                     rate_limit=channel.rate_limit,
                     quota=channel.quota,
+                    max_in_flight=channel.max_in_flight,
                 )
             )
         return channels
@@ -270,7 +281,16 @@ class GatewayCatalog:
         def budget(scope: str, name: str, row: Budget | None) -> BudgetInfo:
             if row is None:
                 return BudgetInfo(scope, name, -1, 0, 0, frozenset())
-            return BudgetInfo(scope, name, row.quota, row.rpm_limit, row.tpm_limit, frozenset(row.allowed_models or []))
+            return BudgetInfo(
+                scope,
+                name,
+                row.quota,
+                row.rpm_limit,
+                row.tpm_limit,
+                frozenset(row.allowed_models or []),
+                row.max_concurrent,
+                row.max_streams,
+            )
 
         budgets = [budget(f"user:{user_id}", "user", by_subject.get(user_id))]
         budgets += [budget(f"group:{group_id}", name, by_subject.get(group_id)) for group_id, name in groups]

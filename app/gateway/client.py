@@ -84,6 +84,8 @@ async def chat_token(session: AsyncSession, user_id: UUID) -> TokenInfo:
         allowed_channels=frozenset(UUID(value) for value in token.allowed_channels),
         allowed_networks=tuple(ipaddress.ip_network(value, strict=False) for value in token.allowed_ips),
         tenant_quota=organization.quota,
+        max_concurrent=token.max_concurrent,
+        max_streams=token.max_streams,
     )
 
 

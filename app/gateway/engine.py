@@ -40,7 +40,7 @@ from app.gateway.dialects.anthropic import (
     to_anthropic_response,
 )
 from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
-from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope
+from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
 from app.gateway.routing import attempt_order, candidate_channels
 from app.observability.logging import get_logger
 from app.observability.metrics import (
@@ -74,6 +74,8 @@ MIN_CLAMPED_OUTPUT_TOKENS = 16
 CLAMP_HEADER = "x-lyss-output-limit-clamped"
 # Refusals the usage log records (a malformed request, 400, is the client's bug, not a call).
 RECORDED_REFUSALS = frozenset({401, 403, 404, 429, 503})
+# How often a call waiting for a channel's slot looks again (seconds, jittered so waiters do not march).
+QUEUE_POLL_SECONDS = 0.05
 
 T = TypeVar("T")
 logger = get_logger("lyss.gateway")
@@ -376,20 +378,56 @@ class Gateway:
             Scope("tenant", token.tenant_quota),
         ]
 
+    @staticmethod
+    def _slots(token: TokenInfo, member: MemberInfo, stream: bool) -> list[tuple[Slot, str, str]]:
+        """The concurrency limits the call takes a slot of, each with whose it is and what it counts."""
+        slots: list[tuple[Slot, str, str]] = []
+        user = member.budgets[0] if member.budgets and member.budgets[0].scope.startswith("user:") else None
+        for scope, subject, max_concurrent, max_streams in (
+            (f"token:{token.id}", "key", token.max_concurrent, token.max_streams),
+            *([(user.scope, "user", user.max_concurrent, user.max_streams)] if user is not None else []),
+        ):
+            if max_concurrent:
+                slots.append((Slot(f"{scope}:inflight", max_concurrent), subject, "requests"))
+            if stream and max_streams:
+                slots.append((Slot(f"{scope}:streams", max_streams), subject, "streams"))
+        return slots
+
     async def _reserve(
-        self, token: TokenInfo, member: MemberInfo, channels: list[ChannelInfo], cost: int, tokens: int
+        self,
+        token: TokenInfo,
+        member: MemberInfo,
+        channels: list[ChannelInfo],
+        cost: int,
+        tokens: int,
+        stream: bool = False,
     ) -> Reservation | Refusal:
+        slots = self._slots(token, member, stream)
         arguments: dict[str, Any] = {
             "tenant_id": token.tenant_id,
             "scopes": self._scopes(token, member),
             "cost": cost,
             "tokens": tokens,
             "channels": [(channel.id, channel.rate_limit, channel.quota) for channel in channels],
+            "slots": [slot for slot, _, _ in slots],
+            "lease": str(uuid7()),
+            "lease_seconds": self.settings.gateway_lease_seconds,
         }
         outcome = await self.limits.reserve(**arguments)
         if outcome is None:
             await self._load_balances(token, member)
             outcome = await self.limits.reserve(**arguments)
+        if isinstance(outcome, Refusal) and outcome.reason == "concurrency":
+            GATEWAY_REJECTIONS.labels("concurrency").inc()
+            slot, kind, counted = slots[outcome.scope]
+            subject = "this API key" if kind == "key" else "your account"
+            raise errors.rate_limited(
+                f"Too many concurrent {counted} for {subject} (at most {slot.limit} at once); "
+                "retry when one of them has ended.",
+                code="concurrency_limit_exceeded",
+                retry_after=1,
+                recorded={"reason": "concurrency", "scope": kind, "limit": counted},
+            )
         return outcome or Refusal("quota", 0)
 
     async def _reserve_in_budget(
@@ -403,6 +441,7 @@ class Gateway:
         limit: int,
         choices: int,
         clampable: bool,
+        stream: bool = False,
     ) -> tuple[Reservation, int]:
         """Reserve the worst case of (prompt bound, `limit` per choice, token estimate), or raise the refusal.
 
@@ -410,7 +449,7 @@ class Gateway:
         it can pay for is reserved instead, down to MIN_CLAMPED_OUTPUT_TOKENS. Returns the limit reserved.
         """
         prompt_bound, prompt_estimate, worst_case = bounds
-        outcome = await self._reserve(token, member, channels, worst_case, prompt_estimate + limit * choices)
+        outcome = await self._reserve(token, member, channels, worst_case, prompt_estimate + limit * choices, stream)
         # A few tries: calls in flight may take what was left between one and the next.
         for _ in range(3):
             if not (clampable and isinstance(outcome, Refusal) and outcome.reason == "quota"):
@@ -419,7 +458,9 @@ class Gateway:
             if affordable < MIN_CLAMPED_OUTPUT_TOKENS:
                 break
             limit, worst_case = affordable, cost.of(prompt_bound, affordable * choices)
-            outcome = await self._reserve(token, member, channels, worst_case, prompt_estimate + limit * choices)
+            outcome = await self._reserve(
+                token, member, channels, worst_case, prompt_estimate + limit * choices, stream
+            )
         if isinstance(outcome, Refusal):
             raise self._refusal_error(outcome, token, member, worst_case, clampable=clampable)
         return outcome, limit
@@ -624,6 +665,7 @@ class Gateway:
             tokens=usage.prompt_tokens + usage.completion_tokens,
             channel_id=channel.id if channel else None,
             record=msgspec.json.encode(record),
+            release=(self._channel_slot_key(call, channel),) if channel is not None and channel.max_in_flight else (),
         )
         return billed
 
@@ -676,6 +718,7 @@ class Gateway:
                 limit=limit,
                 choices=request.choices,
                 clampable=request.requested_limit is None,
+                stream=stream,
             )
         except errors.GatewayError as error:
             await self._record_refusal(
@@ -777,18 +820,33 @@ class Gateway:
         """
         last_error: UpstreamError | None = None
         attempts: list[dict[str, Any]] = []
-        for channel in attempt_order(usable)[: self.max_attempts]:
+        order = attempt_order(usable)[: self.max_attempts]
+        limited = any(channel.max_in_flight for channel in order)
+        while order:
+            try:
+                channel = await self._take_channel(call, order) if limited else order.pop(0)
+            except asyncio.CancelledError:
+                with anyio.CancelScope(shield=True):
+                    await self._release_slots(call, None)
+                raise
             target = self._target(channel, call.model)
             attempt_started = time.perf_counter()
             try:
                 answer = await attempt(channel, target)
             except UpstreamError as error:
+                if channel.max_in_flight:
+                    await self.limits.release([self._channel_slot_key(call, channel)], call.reservation.lease)
                 last_error = error
                 attempts.append(_attempt(channel, error.status, attempt_started, error.message))
                 await self._upstream_failed(call.token, channel, error)
                 if not error.retryable:
                     break
                 continue
+            except BaseException:
+                # Cancelled (the client left) or broken: nothing will settle this call, so its slots go back now.
+                with anyio.CancelScope(shield=True):
+                    await self._release_slots(call, channel)
+                raise
             elapsed_ms = (time.perf_counter() - attempt_started) * 1000
             if attempts:
                 attempts.append(_attempt(channel, 200, attempt_started))
@@ -805,6 +863,98 @@ class Gateway:
             details={"error": failure.message, "reason": failure.recorded["reason"], "attempts": attempts},
         )
         raise failure
+
+    @staticmethod
+    def _channel_slot_key(call: CallContext, channel: ChannelInfo) -> str:
+        return lease_key(call.token.tenant_id, f"channel:{channel.id}:inflight")
+
+    async def _release_slots(self, call: CallContext, channel: ChannelInfo | None) -> None:
+        slots = list(call.reservation.slots)
+        if channel is not None and channel.max_in_flight:
+            slots.append(self._channel_slot_key(call, channel))
+        try:
+            await self.limits.release(slots, call.reservation.lease)
+        except Exception as failure:
+            # The leases run out on their own; the log says why they were held that long.
+            logger.warning("slots not released", error=f"{type(failure).__name__}: {failure}")
+
+    async def _take_channel(self, call: CallContext, order: list[ChannelInfo]) -> ChannelInfo:
+        """The first channel in routing order with a slot free, taken out of `order`.
+
+        When every one is full, the call waits among the first one's waiters (at most
+        LYSS_GATEWAY_QUEUE_LIMIT of them) for at most LYSS_GATEWAY_QUEUE_SECONDS, looking at every channel
+        again as it waits; then it is refused with 429 (settled at zero, on the record).
+        """
+        settings = self.settings
+        tenant_id, lease = call.token.tenant_id, call.reservation.lease
+        deadline = time.monotonic() + settings.gateway_queue_seconds
+        queue: ChannelInfo | None = None
+        while True:
+            for channel in order:
+                if not channel.max_in_flight:
+                    order.remove(channel)
+                    return channel
+                wait = channel is queue or (queue is None and channel is order[0] and time.monotonic() < deadline)
+                taken = await self.limits.take_channel_slot(
+                    tenant_id,
+                    channel.id,
+                    limit=channel.max_in_flight,
+                    lease=lease,
+                    lease_seconds=settings.gateway_lease_seconds,
+                    wait=wait and settings.gateway_queue_limit > 0 and settings.gateway_queue_seconds > 0,
+                    queue_limit=settings.gateway_queue_limit,
+                    wait_seconds=settings.gateway_queue_seconds,
+                )
+                if taken == 1:
+                    if queue is not None and queue is not channel:
+                        await self.limits.release([lease_key(tenant_id, f"channel:{queue.id}:waiting")], lease)
+                    order.remove(channel)
+                    return channel
+                if wait and taken == 0:
+                    queue = channel
+            if queue is None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(QUEUE_POLL_SECONDS * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
+        if queue is not None:
+            await self.limits.release([lease_key(tenant_id, f"channel:{queue.id}:waiting")], lease)
+        GATEWAY_REJECTIONS.labels("channel_busy").inc()
+        waited = "" if queue is None else f" after waiting {settings.gateway_queue_seconds:g} s"
+        error = errors.rate_limited(
+            f"Every channel for this model is at its limit of calls in flight{waited}; retry shortly.",
+            code="channel_busy",
+            retry_after=max(1, int(settings.gateway_queue_seconds)),
+            recorded={"reason": "concurrency", "scope": "channel"},
+        )
+        await self._settle(
+            call,
+            usage=Usage(),
+            channel=None,
+            upstream_model=None,
+            upstream_ms=None,
+            status_code=429,
+            outcome="refused",
+            details={"error": error.message, **error.recorded},
+        )
+        raise error
+
+    def _renew_leases(self, call: CallContext, channel: ChannelInfo) -> asyncio.Task[None] | None:
+        """A stream outlives a lease: while it runs, its slots' leases are renewed (a third of the way in)."""
+        slots = list(call.reservation.slots)
+        if channel.max_in_flight:
+            slots.append(self._channel_slot_key(call, channel))
+        if not slots:
+            return None
+        seconds = self.settings.gateway_lease_seconds
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(seconds / 3)
+                try:
+                    await self.limits.renew(slots, call.reservation.lease, seconds)
+                except Exception as failure:
+                    logger.warning("lease not renewed", error=f"{type(failure).__name__}: {failure}")
+
+        return asyncio.create_task(renew())
 
     async def _relay(
         self,
@@ -829,6 +979,7 @@ class Gateway:
         passed_through = False
 
         pending: Chunk | None = first
+        renewal = self._renew_leases(settle, channel)
         try:
             while True:
                 if pending is not None:
@@ -867,6 +1018,8 @@ class Gateway:
             outcome = "client_disconnected"
             raise
         finally:
+            if renewal is not None:
+                renewal.cancel()
             with anyio.CancelScope(shield=True):
                 await rest.aclose()
                 if outcome == "ok" and usage is not None:

@@ -15,6 +15,13 @@ organization. Each scope has a balance (credits used) and may have a quota and R
   disagree.
 - record: appends the record of a call that reserved nothing (refused) to the same stream.
 
+Concurrency limits (a key's or user's requests and streams in flight, a channel's calls in flight) are
+leases: a sorted set per scope of lease id → expiry, expired members removed before counting, so a process
+that dies holding a slot frees it within the lease time. The reservation takes the key's and user's slots
+(in the same round trip), the settlement gives them back; a channel's slot is taken when the channel is
+chosen (`take_channel_slot`, with a bounded list of waiters per channel). A call without any such limit
+sends no extra key and pays no extra round trip.
+
 A balance in Redis is PostgreSQL's `used_quota` plus what is settled but not yet flushed plus what is
 reserved by calls in flight: never less than PostgreSQL's. The scheduled budget task keeps it so.
 """
@@ -34,17 +41,24 @@ from redis.exceptions import NoScriptError
 USAGE_TENANTS_KEY = "lyss:gw:usage-tenants"
 MINUTE_KEY_TTL_SECONDS = 120
 
-# KEYS: per scope (used, rpm, tpm), then per channel (cool, rpm, used).
+# KEYS: per scope (used, rpm, tpm), then per channel (cool, rpm, used), then per concurrency slot its lease set.
 # ARGV: scopes, channels, cost, token estimate, minute-key TTL, per scope (quota, rpm, tpm), per channel
-# (rate limit, quota).
+# (rate limit, quota), then slots, lease id, now (ms), lease expiry (ms), lease-set TTL, per slot its limit.
 _RESERVE = """
 local scopes, channels = tonumber(ARGV[1]), tonumber(ARGV[2])
 local cost, estimate, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local slot_keys, slot_args = scopes * 3 + channels * 3, 5 + scopes * 3 + channels * 2
+local slots = tonumber(ARGV[slot_args + 1] or '0')
 local used = {}
 for i = 1, scopes do
     local value = redis.call('GET', KEYS[i * 3 - 2])
     if not value then return {-1, 'missing', i - 1, 0} end
     used[i] = tonumber(value)
+end
+for i = 1, slots do
+    local key = KEYS[slot_keys + i]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[slot_args + 3])
+    if redis.call('ZCARD', key) >= tonumber(ARGV[slot_args + 5 + i]) then return {0, 'concurrency', i - 1, 0} end
 end
 for i = 1, scopes do
     local rpm, tpm = tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
@@ -86,11 +100,16 @@ for i = 1, scopes do
         redis.call('EXPIRE', KEYS[i * 3], ttl)
     end
 end
+for i = 1, slots do
+    redis.call('ZADD', KEYS[slot_keys + i], ARGV[slot_args + 4], ARGV[slot_args + 2])
+    redis.call('EXPIRE', KEYS[slot_keys + i], ARGV[slot_args + 5])
+end
 return result
 """
 
-# KEYS: per scope (used, tpm of the reservation's minute), channel used, channel rpm, usage stream.
-# ARGV: scopes, reserved, cost, token delta, '1' if a channel answered, record, minute-key TTL.
+# KEYS: per scope (used, tpm of the reservation's minute), channel used, channel rpm, usage stream, then the
+# lease sets the call holds a slot in.
+# ARGV: scopes, reserved, cost, token delta, '1' if a channel answered, record, minute-key TTL, lease id.
 _SETTLE = """
 local scopes = tonumber(ARGV[1])
 local refund = tonumber(ARGV[2]) - tonumber(ARGV[3])
@@ -107,8 +126,40 @@ if ARGV[5] == '1' then
     redis.call('INCR', KEYS[base + 2])
     redis.call('EXPIRE', KEYS[base + 2], ARGV[7])
 end
+for i = base + 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[8]) end
 redis.call('XADD', KEYS[base + 3], '*', 'record', ARGV[6])
 return redis.call('XLEN', KEYS[base + 3])
+"""
+
+# KEYS: a channel's lease set, its waiters. ARGV: limit, lease id, now (ms), lease expiry (ms), set TTL,
+# '1' to wait (join the waiters if full), most waiters, waiter's expiry (ms).
+# Returns 1 (slot taken), 0 (full; waiting if asked), -1 (full and no room to wait).
+_TAKE_CHANNEL_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
+    redis.call('ZREM', KEYS[2], ARGV[2])
+    return 1
+end
+if ARGV[6] ~= '1' then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[7]) then return -1 end
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 0
+"""
+
+# KEYS: lease sets. ARGV: lease id.
+_RELEASE = """
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return #KEYS
+"""
+
+# KEYS: lease sets. ARGV: lease id, new expiry (ms). Only a lease still held is extended.
+_RENEW = """
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[2], ARGV[1]) end
+return #KEYS
 """
 
 _RECORD = """
@@ -127,8 +178,16 @@ class Scope(msgspec.Struct, frozen=True):
     tpm_limit: int = 0
 
 
+class Slot(msgspec.Struct, frozen=True):
+    """A concurrency limit a call takes a slot of: `key` names its lease set (`token:<id>:inflight`,
+    `user:<id>:streams`); `limit` is how many may be held at once."""
+
+    key: str
+    limit: int
+
+
 class Refusal(msgspec.Struct, frozen=True):
-    reason: str  # rpm, tpm, quota, no_channel
+    reason: str  # rpm, tpm, quota, no_channel, concurrency
     retry_after: int
     # The scope that refused (its index in the reserved scopes); for a quota, the one with the least left.
     scope: int = 0
@@ -142,6 +201,9 @@ class Reservation(msgspec.Struct, frozen=True):
     minute: int
     usable: tuple[bool, ...]
     scopes: tuple[str, ...]
+    # The call's lease id and the lease sets it holds a slot in (empty: no concurrency limit applies).
+    lease: str = ""
+    slots: tuple[str, ...] = ()
 
 
 # A budget period ends: take what PostgreSQL counted in it off the balance; what was settled or reserved
@@ -171,6 +233,15 @@ return raised
 
 def _prefix(tenant_id: UUID) -> str:
     return f"lyss:gw:{{{tenant_id.hex}}}"
+
+
+def lease_key(tenant_id: UUID, scope: str) -> str:
+    """The lease set of a concurrency limit (`token:<id>:inflight`, `channel:<id>:inflight`, ...)."""
+    return f"{_prefix(tenant_id)}:{scope}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def usage_stream_key(tenant_id: UUID) -> str:
@@ -230,6 +301,9 @@ class GatewayLimits:
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._record = redis.register_script(_RECORD)
+        self._take_channel_slot = redis.register_script(_TAKE_CHANNEL_SLOT)
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
         self._reset_used = redis.register_script(_RESET_USED)
         self._raise_to = redis.register_script(_RAISE_TO)
 
@@ -258,8 +332,12 @@ class GatewayLimits:
         cost: int,
         tokens: int,
         channels: list[tuple[UUID, int, int]],
+        slots: list[Slot] | None = None,
+        lease: str = "",
+        lease_seconds: int = 30,
     ) -> Reservation | Refusal | None:
-        """Reserve in every scope, or say why not. None: a balance is not in Redis yet (load, then retry)."""
+        """Reserve in every scope and take a slot of every concurrency limit (`slots`, held under `lease` for
+        `lease_seconds`), or say why not. None: a balance is not in Redis yet (load, then retry)."""
         minute = int(time.time() // 60)
         prefix = _prefix(tenant_id)
         keys: list[Any] = []
@@ -278,6 +356,12 @@ class GatewayLimits:
                 self.channel_used_key(tenant_id, channel_id),
             ]
             args += [rate_limit, quota]
+        slot_keys = tuple(lease_key(tenant_id, slot.key) for slot in slots or ())
+        if slot_keys:
+            now = _now_ms()
+            keys += slot_keys
+            args += [len(slot_keys), lease, now, now + lease_seconds * 1000, lease_seconds * 2]
+            args += [slot.limit for slot in slots or ()]
         result = await self._direct.run(self._reserve, keys, args)
         status, reason = int(result[0]), result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         if status == -1:
@@ -291,6 +375,8 @@ class GatewayLimits:
             minute=minute,
             usable=tuple(bool(flag) for flag in result[4:]),
             scopes=tuple(scope.key for scope in scopes),
+            lease=lease,
+            slots=slot_keys,
         )
 
     async def load_balances(self, tenant_id: UUID, balances: dict[str, int]) -> None:
@@ -309,7 +395,9 @@ class GatewayLimits:
         tokens: int,
         channel_id: UUID | None,
         record: bytes,
+        release: tuple[str, ...] = (),
     ) -> None:
+        """Settle, and give back the reservation's slots and those in `release` (lease sets)."""
         prefix = _prefix(tenant_id)
         channel_key = channel_id or UUID(int=0)
         keys: list[Any] = []
@@ -319,6 +407,8 @@ class GatewayLimits:
             self.channel_used_key(tenant_id, channel_key),
             f"{prefix}:channel:{channel_key}:rpm:{int(time.time() // 60)}",
             usage_stream_key(tenant_id),
+            *reservation.slots,
+            *release,
         ]
         args = [
             len(reservation.scopes),
@@ -328,6 +418,7 @@ class GatewayLimits:
             "1" if channel_id else "0",
             record,
             MINUTE_KEY_TTL_SECONDS,
+            reservation.lease,
         ]
         await self._listed(tenant_id, await self._direct.run(self._settle, keys, args))
 
@@ -340,6 +431,45 @@ class GatewayLimits:
             # The stream was empty, so the flusher may have struck the tenant off its list: put it back.
             # (A separate command: the list is not in the tenant's hash slot.)
             await self.redis.sadd(USAGE_TENANTS_KEY, tenant_id.hex)
+
+    async def take_channel_slot(
+        self,
+        tenant_id: UUID,
+        channel_id: UUID,
+        *,
+        limit: int,
+        lease: str,
+        lease_seconds: int,
+        wait: bool = False,
+        queue_limit: int = 0,
+        wait_seconds: float = 0,
+    ) -> int:
+        """Take a slot of a channel's calls in flight: 1 taken, 0 full (with `wait`: and now among its waiters,
+        for `wait_seconds` at most), -1 full with `queue_limit` calls already waiting."""
+        key = lease_key(tenant_id, f"channel:{channel_id}:inflight")
+        now = _now_ms()
+        keys = [key, lease_key(tenant_id, f"channel:{channel_id}:waiting")]
+        args = [
+            limit,
+            lease,
+            now,
+            now + lease_seconds * 1000,
+            max(lease_seconds * 2, int(wait_seconds) + 1),
+            "1" if wait else "0",
+            queue_limit,
+            now + int(wait_seconds * 1000) + 1000,
+        ]
+        return int(await self._direct.run(self._take_channel_slot, keys, args))
+
+    async def release(self, keys: list[str], lease: str) -> None:
+        """Give back the slots (lease sets, as `lease_key` names them) held under `lease`; harmless if none is."""
+        if keys:
+            await self._direct.run(self._release, keys, [lease])
+
+    async def renew(self, keys: list[str], lease: str, lease_seconds: int) -> None:
+        """A long call still runs: its slots' leases start again."""
+        if keys:
+            await self._direct.run(self._renew, keys, [lease, _now_ms() + lease_seconds * 1000])
 
     async def close(self) -> None:
         await self._direct.close()

@@ -18,6 +18,8 @@ ApiKey = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 Credits = Annotated[int, msgspec.Meta(ge=-1, le=2**63 - 1)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 PerMinute = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+# Calls in flight at once (0: no limit).
+InFlight = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
 HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 Scope = Literal["tenant", "group", "personal"]
 # The call that tests a channel: a one-token chat completion, or one short embeddings input.
@@ -39,6 +41,7 @@ class ChannelCreate(Input):
     group_id: UUID | None = None
     quota: Credits = -1
     rate_limit: PerMinute = 0
+    max_in_flight: InFlight = 0
     test_model: ModelName | None = None
     test_kind: TestKind = "chat"
     # With `keys` left empty: the new channel takes this channel's keys (a clone), copied encrypted.
@@ -58,6 +61,7 @@ class ChannelUpdate(Input):
     model_mapping: dict[ModelName, ModelName] | None = None
     quota: Credits | None = None
     rate_limit: PerMinute | None = None
+    max_in_flight: InFlight | None = None
     test_model: ModelName | None = None
     test_kind: TestKind | None = None
     # A scope change names the group (group scope) or the owner (personal scope) unless the channel has one.
@@ -114,6 +118,7 @@ class ChannelRead(msgspec.Struct):
     quota: int
     used_quota: int
     rate_limit: int
+    max_in_flight: int
     test_model: str | None
     test_kind: str
     last_test_at: datetime.datetime | None
@@ -136,6 +141,8 @@ class TokenCreate(Input):
     quota: Credits = -1
     rpm_limit: PerMinute = 0
     tpm_limit: PerMinute = 0
+    max_concurrent: InFlight = 0
+    max_streams: InFlight = 0
     allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] = []
     allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] = []
     allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] = []
@@ -151,6 +158,8 @@ class TokenUpdate(Input):
     quota: Credits | None = None
     rpm_limit: PerMinute | None = None
     tpm_limit: PerMinute | None = None
+    max_concurrent: InFlight | None = None
+    max_streams: InFlight | None = None
     allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] | None = None
     allowed_channels: Annotated[list[UUID], msgspec.Meta(max_length=500)] | None = None
     allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] | None = (
@@ -170,6 +179,8 @@ class TokenRead(msgspec.Struct):
     budget_period: str
     rpm_limit: int
     tpm_limit: int
+    max_concurrent: int
+    max_streams: int
     allowed_models: list[str]
     allowed_channels: list[str]
     allowed_ips: list[str]

@@ -43,6 +43,8 @@ def budget_values(budget: BudgetRead, currency: str) -> dict[str, Any]:
         "budget_period": budget.budget_period,
         "rpm_limit": str(budget.rpm_limit or ""),
         "tpm_limit": str(budget.tpm_limit or ""),
+        "max_concurrent": str(budget.max_concurrent or ""),
+        "max_streams": str(budget.max_streams or ""),
         "allowed_models": list(budget.allowed_models),
     }
 
@@ -63,10 +65,14 @@ async def submit_budget(
         "budget_period": str(form.get("budget_period") or "none"),
         "rpm_limit": str(form.get("rpm_limit") or "").strip(),
         "tpm_limit": str(form.get("tpm_limit") or "").strip(),
+        "max_concurrent": str(form.get("max_concurrent") or "").strip(),
+        "max_streams": str(form.get("max_streams") or "").strip(),
         "allowed_models": [str(model) for model in form.getall("allowed_models", [])],
     }
     # An empty rate is no limit; an empty budget too (`parse_with_money`).
-    limits = {"rpm_limit": values["rpm_limit"] or "0", "tpm_limit": values["tpm_limit"] or "0"}
+    limits = {name: values[name] or "0" for name in ("rpm_limit", "tpm_limit", "max_concurrent", "max_streams")}
+    if kind == "group":  # a group's concurrency is not applied, so its form does not offer it
+        del limits["max_concurrent"], limits["max_streams"]
     async with FormSubmission(session) as submission:
         data = parse_with_money(BudgetWrite, {**values, **limits}, ("quota",))
         await budgets.set(viewer_actor(viewer, request), kind, subject_id, data)

@@ -22,6 +22,7 @@ BudgetPeriod = Literal["none", "daily", "weekly", "monthly"]
 # Redis counts in doubles, exact up to 2**53: a larger budget could not be told from its neighbours.
 BudgetCredits = Annotated[int, msgspec.Meta(ge=-1, le=2**53 - 1)]
 PerMinute = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+InFlight = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 
@@ -32,6 +33,9 @@ class BudgetWrite(Input):
     budget_period: BudgetPeriod | None = None
     rpm_limit: PerMinute | None = None
     tpm_limit: PerMinute | None = None
+    # A user's requests (and, of those, streams) in flight at once; 0: no limit. Not applied to groups.
+    max_concurrent: InFlight | None = None
+    max_streams: InFlight | None = None
     # Empty: every model the channels serve.
     allowed_models: Annotated[list[ModelName], msgspec.Meta(max_length=500)] | None = None
 
@@ -49,12 +53,14 @@ class BudgetRead(msgspec.Struct, frozen=True):
     budget_reset_at: datetime.datetime | None
     rpm_limit: int
     tpm_limit: int
+    max_concurrent: int
+    max_streams: int
     allowed_models: list[str]
 
 
 def _read(kind: str, subject_id: UUID | None, row: Budget | None, name: str | None = None) -> BudgetRead:
     if row is None:
-        return BudgetRead(kind, subject_id, name, -1, 0, None, "none", None, 0, 0, [])
+        return BudgetRead(kind, subject_id, name, -1, 0, None, "none", None, 0, 0, 0, 0, [])
     remaining = None if row.quota < 0 else max(row.quota - row.used_quota, 0)
     return BudgetRead(
         kind,
@@ -67,6 +73,8 @@ def _read(kind: str, subject_id: UUID | None, row: Budget | None, name: str | No
         row.budget_reset_at,
         row.rpm_limit,
         row.tpm_limit,
+        row.max_concurrent,
+        row.max_streams,
         list(row.allowed_models),
     )
 

@@ -68,6 +68,9 @@ class MockUpstream:
     calls: Counter[str] = field(default_factory=Counter)
     bodies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    # Requests each account is answering right now, and the most it has answered at once.
+    in_flight: Counter[str] = field(default_factory=Counter)
+    most_in_flight: Counter[str] = field(default_factory=Counter)
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -97,7 +100,7 @@ class MockUpstream:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        app = web.Application(middlewares=[self._refuse_unreadable])
+        app = web.Application(middlewares=[self._count_in_flight, self._refuse_unreadable])
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/messages", self._messages)
@@ -114,6 +117,17 @@ class MockUpstream:
         self._loop.run_forever()
 
     # --- shared ---------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # A stream is written inside its handler, so this spans the whole answer.
+        name = request.match_info.get("name", "")
+        self.in_flight[name] += 1
+        self.most_in_flight[name] = max(self.most_in_flight[name], self.in_flight[name])
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight[name] -= 1
 
     @web.middleware
     async def _refuse_unreadable(self, request: web.Request, handler: Handler) -> web.StreamResponse:

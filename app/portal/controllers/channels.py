@@ -45,6 +45,7 @@ TEXT_FIELDS = (
     "weight",
     "quota",
     "rate_limit",
+    "max_in_flight",
     "test_model",
     "test_kind",
     "scope",
@@ -56,6 +57,7 @@ TEXT_FIELDS = (
 def _shaped(form: FormMultiDict, *, creating: bool) -> dict[str, Any]:
     """The form's strings in the API's shapes: lists from lines, mappings from `a=b` lines."""
     data: dict[str, Any] = {name: str(form.get(name) or "").strip() for name in TEXT_FIELDS}
+    data["max_in_flight"] = data["max_in_flight"] or "0"  # empty: no limit, on edit too
     data["models"] = lines(form.get("models"))
     data["model_mapping"] = pairs(form.get("model_mapping"))
     keys = lines(form.get("keys"))
@@ -109,6 +111,7 @@ def _channel_values(channel: ChannelRead, type_name: str, currency: str) -> dict
         "weight": str(channel.weight),
         "quota": money_field(channel.quota, currency),
         "rate_limit": str(channel.rate_limit),
+        "max_in_flight": str(channel.max_in_flight or ""),
         "test_model": channel.test_model or "",
         "test_kind": channel.test_kind,
         "scope": channel.scope,

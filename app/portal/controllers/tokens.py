@@ -69,6 +69,8 @@ def _parsed(struct_type: type[T], form: FormMultiDict) -> T:
     data: dict[str, Any] = {
         name: str(form.get(name) or "").strip() for name in ("name", "quota", "rpm_limit", "tpm_limit", "budget_period")
     }
+    for name in ("max_concurrent", "max_streams"):
+        data[name] = str(form.get(name) or "").strip() or "0"  # empty: no limit, on edit too
     data["allowed_channels"] = [str(value) for value in form.getall("allowed_channels", [])]
     data["allowed_models"] = [str(value) for value in form.getall("allowed_models", [])]
     data["allowed_ips"] = lines(form.get("allowed_ips"))
@@ -193,6 +195,8 @@ class TokenPages(Controller):
             "quota": money_field(token.quota, viewer.organization.currency),
             "rpm_limit": str(token.rpm_limit),
             "tpm_limit": str(token.tpm_limit),
+            "max_concurrent": str(token.max_concurrent or ""),
+            "max_streams": str(token.max_streams or ""),
             "budget_period": token.budget_period,
             "allowed_models": list(token.allowed_models),
             "allowed_channels": list(token.allowed_channels),
