@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.encryption import SecretBox, secret_context
+from app.encryption import DecryptionError, SecretBox, secret_context
 from app.gateway.price_list import PriceList, price_list
 from app.observability.logging import get_logger
 from app.tenants.money import DEFAULT_CURRENCY
@@ -217,9 +217,15 @@ class GatewayCatalog:
         for channel, api_format, output_limit_parameter, default_base_url in rows:
             if api_format == "echo" and not self.echo_enabled:
                 continue
-            keys = msgspec.json.decode(
-                self.secret_box.decrypt(channel.encrypted_keys, context=channel_keys_context(tenant_id))
-            )
+            try:
+                keys = msgspec.json.decode(
+                    self.secret_box.decrypt(channel.encrypted_keys, context=channel_keys_context(tenant_id))
+                )
+            except (DecryptionError, msgspec.DecodeError) as error:
+                # One channel whose keys this process cannot read (another LYSS_ENCRYPTION_KEYS, a damaged
+                # value) is left out of routing; the tenant's other channels keep serving.
+                logger.error("channel keys unreadable", channel_id=str(channel.id), error=str(error))
+                continue
             channels.append(
                 ChannelInfo(
                     id=channel.id,

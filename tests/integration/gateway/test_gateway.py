@@ -784,3 +784,26 @@ async def test_azure_channels_call_the_deployment_url_with_an_api_key_header(
     assert seen["path_qs"] == "/azure/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
     assert seen["api-key"] == "key-of-azure"
     assert "Authorization" not in seen
+
+
+async def test_a_channel_whose_keys_cannot_be_decrypted_is_left_out_and_the_others_serve(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    broken = await add_channel(client, admin, upstream, "broken", models=["gpt-test"], priority=9)
+    await add_channel(client, admin, upstream, "sound", models=["gpt-test"], priority=1)
+    # As if written under encryption keys this process does not have (a restore with the wrong keys).
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(
+            update(Channel).where(Channel.id == UUID(broken["id"])).values(encrypted_keys="v1:gone:x")
+        )
+        await session.commit()
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    answered = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["x-lyss-channel"] == "sound"
+    assert upstream.calls["broken"] == 0
