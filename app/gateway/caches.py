@@ -18,16 +18,17 @@ from uuid import UUID
 import msgspec
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from sqlalchemy import or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import DecryptionError, SecretBox, secret_context
 from app.gateway.price_list import PriceList, price_list
 from app.observability.logging import get_logger
 from app.tenants.money import DEFAULT_CURRENCY
+from app.tenants.services import budgets_by_subject, group_names_of_user
 from db.provider import Channel, ModelPrice, ProviderType
 from db.session import tenant_session
-from db.tenant import Budget, Organization, UserGroup, UserGroupMember
+from db.tenant import Budget, Organization
 
 INVALIDATION_CHANNEL = "lyss:gw:invalidate"
 T = TypeVar("T")
@@ -267,22 +268,10 @@ class GatewayCatalog:
 
     async def _load_member(self, tenant_id: UUID, user_id: UUID) -> MemberInfo:
         async with tenant_session(self.session_maker, tenant_id) as session:
-            groups = (
-                await session.execute(
-                    select(UserGroup.id, UserGroup.name)
-                    .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-                    .where(UserGroupMember.user_id == user_id)
-                    .order_by(UserGroup.name)
-                )
-            ).all()
+            groups = await group_names_of_user(session, user_id)
             group_ids = [group_id for group_id, _ in groups]
-            rows = (
-                await session.scalars(
-                    select(Budget).where(or_(Budget.user_id == user_id, Budget.group_id.in_(group_ids)))
-                )
-            ).all()
+            by_subject = await budgets_by_subject(session, user_id, group_ids)
             currency = await session.scalar(select(Organization.currency))
-        by_subject = {row.user_id or row.group_id: row for row in rows}
 
         def budget(scope: str, name: str, row: Budget | None) -> BudgetInfo:
             if row is None:

@@ -22,7 +22,7 @@ import aiohttp
 import anyio
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
@@ -52,11 +52,11 @@ from app.observability.metrics import (
 )
 from app.settings import Settings
 from app.tenants.money import format_money
-from app.tenants.services import record_audit_event
+from app.tenants.services import budgets_by_subject, record_audit_event
 from app.tenants.webhooks import emit as emit_event
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
-from db.tenant import Budget, Organization
+from db.tenant import Organization
 
 Dialect = Literal["openai", "anthropic"]
 Endpoint = Literal["chat", "embeddings", "messages"]
@@ -469,15 +469,11 @@ class Gateway:
         async with tenant_session(self.session_maker, token.tenant_id) as session:
             token_used = await session.scalar(select(ApiToken.used_quota).where(ApiToken.id == token.id)) or 0
             tenant_used = await session.scalar(select(Organization.used_quota)) or 0
-            subjects = {budget.scope.partition(":")[2]: budget.scope for budget in member.budgets}
-            rows = await session.execute(
-                select(Budget.user_id, Budget.group_id, Budget.used_quota).where(
-                    or_(Budget.user_id == token.user_id, Budget.group_id.in_(member.group_ids))
-                )
-            )
-            counted = {str(user_id or group_id): used for user_id, group_id, used in rows}
+            counted = await budgets_by_subject(session, token.user_id, member.group_ids)
         balances = {f"token:{token.id}": token_used, "tenant": tenant_used}
-        balances |= {scope: counted.get(subject, 0) for subject, scope in subjects.items()}
+        for budget in member.budgets:
+            row = counted.get(UUID(budget.scope.partition(":")[2]))
+            balances[budget.scope] = row.used_quota if row is not None else 0
         await self.limits.load_balances(token.tenant_id, balances)
 
     def _refusal_error(

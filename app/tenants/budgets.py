@@ -8,14 +8,21 @@ from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.gateway.caches import GatewayCatalog, announce_change
 from app.schemas import Input
-from app.tenants.services import Actor, audit_change, organization_user, user_group
+from app.tenants.services import (
+    Actor,
+    audit_change,
+    budgets_by_subject,
+    group_names_of_user,
+    organization_user,
+    user_group,
+)
 from db.provider import Channel
-from db.tenant import BUDGET_POLICY_FIELDS, Budget, UserGroup, UserGroupMember
+from db.tenant import BUDGET_POLICY_FIELDS, Budget
 
 BudgetKind = Literal["user", "group", "new_user"]
 BudgetPeriod = Literal["none", "daily", "weekly", "monthly"]
@@ -101,18 +108,8 @@ async def read_budget(session: AsyncSession, kind: BudgetKind, subject_id: UUID 
 
 async def budgets_of_member(session: AsyncSession, user_id: UUID) -> list[BudgetRead]:
     """What bounds a user's spending: their own budget, then each of their groups' (by name)."""
-    groups = (
-        await session.execute(
-            select(UserGroup.id, UserGroup.name)
-            .join(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-            .where(UserGroupMember.user_id == user_id)
-            .order_by(UserGroup.name)
-        )
-    ).all()
-    rows = await session.scalars(
-        select(Budget).where(or_(Budget.user_id == user_id, Budget.group_id.in_([group_id for group_id, _ in groups])))
-    )
-    by_subject = {row.user_id or row.group_id: row for row in rows}
+    groups = await group_names_of_user(session, user_id)
+    by_subject = await budgets_by_subject(session, user_id, [group_id for group_id, _ in groups])
     return [_read("user", user_id, by_subject.get(user_id))] + [
         _read("group", group_id, by_subject.get(group_id), name) for group_id, name in groups
     ]

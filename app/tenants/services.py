@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from uuid import UUID
 
 import msgspec
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
@@ -467,3 +467,9 @@ async def group_names_of_user(session: AsyncSession, user_id: UUID) -> list[tupl
         .order_by(UserGroup.name)
     )
     return [(group_id, name) for group_id, name in rows.all()]
+
+
+async def budgets_by_subject(session: AsyncSession, user_id: UUID, group_ids: Iterable[UUID]) -> dict[UUID, Budget]:
+    """The budget rows of a user and of the given groups, by user or group id (absent: none set yet)."""
+    rows = await session.scalars(select(Budget).where(or_(Budget.user_id == user_id, Budget.group_id.in_(group_ids))))
+    return {subject: row for row in rows if (subject := row.user_id or row.group_id) is not None}
