@@ -50,6 +50,14 @@ class Memory(TenantOwned, UpdatedAt, Base):
             ondelete="CASCADE",
             name="fk_memory_user_memories_user",
         ),
+        # The memory that replaced a contradicted one, within the tenant; erasing it only drops the link.
+        ForeignKeyConstraint(
+            ["tenant_id", "superseded_by"],
+            ["memory_user_memories.tenant_id", "memory_user_memories.id"],
+            ondelete="SET NULL (superseded_by)",
+            name="fk_memory_user_memories_superseded_by",
+        ),
+        CheckConstraint("superseded_by <> id", name="not_self_superseded"),
         # Exact duplicates stop here, per user; an invalidated memory does not block its fact coming back.
         Index(
             "uk_memory_user_memories_active_hash",
@@ -61,6 +69,12 @@ class Memory(TenantOwned, UpdatedAt, Base):
         ),
         Index("idx_memory_user_memories_user", "tenant_id", "user_id", "status"),
         Index("idx_memory_user_memories_search", "search_vector", postgresql_using="gin"),
+        Index(
+            "idx_memory_user_memories_expires",
+            "tenant_id",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+        ),
     )
 
     user_id: Mapped[UUID]
@@ -77,6 +91,12 @@ class Memory(TenantOwned, UpdatedAt, Base):
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
     invalidated_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     invalidation_reason: Mapped[str | None] = mapped_column(Text)
+    superseded_by: Mapped[UUID | None]
+    # Past this instant the memory is never searched, listed or put into context; `memory.prune` deletes it.
+    expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Which agent, and which run of it, the memory belongs to (the caller's own names), to scope searches.
+    agent_id: Mapped[str | None] = mapped_column(String(100))
+    run_id: Mapped[str | None] = mapped_column(String(100))
     # Deferred: a vector is kilobytes to fetch and parse, and only SQL ever reads it.
     embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)
     embedding_model: Mapped[str | None] = mapped_column(String(100))
@@ -140,3 +160,5 @@ class MemoryHistory(TenantOwned, Base):
     actor_user_id: Mapped[UUID | None]
     job_id: Mapped[UUID | None]
     source_message_id: Mapped[UUID | None]
+    # INVALIDATE by a contradiction: the memory that replaced this one (kept after that memory is erased).
+    superseded_by: Mapped[UUID | None]

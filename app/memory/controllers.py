@@ -38,6 +38,7 @@ from app.memory.schemas import (
     HistoryRead,
     MemoryAdd,
     MemoryArchive,
+    MemoryBatch,
     MemoryFilters,
     MemoryHit,
     MemoryRead,
@@ -58,6 +59,29 @@ async def _subject(session: AsyncSession, principal: Principal, user_id: UUID | 
     return await services.memory_owner(
         session, caller_id=principal.user_id, is_admin=is_admin(principal), requested=user_id
     )
+
+
+def _list_filters(*, metadata: str | None, **fields: Any) -> MemoryFilters:
+    """The listing's query parameters checked as search's `filters` are: a 400 names the parameter."""
+    conditions: Any = None
+    if metadata is not None:
+        try:
+            conditions = msgspec.json.decode(metadata)
+        except msgspec.DecodeError:
+            raise InvalidRequest("`metadata` must be a JSON object.", field="metadata") from None
+    try:
+        return msgspec.convert({**fields, "metadata": conditions}, MemoryFilters)
+    except msgspec.ValidationError as error:
+        field = _named(str(error))
+        raise InvalidRequest(f"`{field}`: {error}", field=field) from None
+
+
+def _named(message: str) -> str:
+    """The query parameter a msgspec error is about: its path (`... - at `$.agent_id``), else `metadata`, the
+    one whose checks name no path."""
+    _, found, where = message.rpartition("at `$.")
+    name = where.split("`")[0].split("[")[0] if found else "metadata"
+    return "category" if name == "categories" else name
 
 
 class MemoryController(Controller):
@@ -121,16 +145,23 @@ class MemoryController(Controller):
             raise InvalidRequest("Send either `messages` (a conversation) or `text` (one memory), not both.")
         owner = await _subject(db_session, request.user, data.user_id)
         if data.infer:
+            services.check_expiry(data.expires_at)
             if not (await services.memory_settings(db_session)).enabled:
                 raise Conflict("Memory is turned off for this organization.")
             turns = data.messages or [{"role": "user", "content": data.text}]  # type: ignore[list-item]
+            scope = {
+                "category": data.category,
+                "expires_at": data.expires_at.isoformat() if data.expires_at else None,
+                "agent_id": data.agent_id,
+                "run_id": data.run_id,
+            }
             job, _ = await submit_job(
                 db_session,
                 job_queue,
                 settings,
                 tenant_id=request.user.tenant_id,
                 kind="memory.extract",
-                payload={"user_id": str(owner), "messages": turns, "metadata": data.metadata},
+                payload={"user_id": str(owner), "messages": turns, "metadata": data.metadata, **scope},
                 created_by=request.user.user_id,
             )
             return Response(job_read(job), status_code=HTTP_202_ACCEPTED)
@@ -147,8 +178,35 @@ class MemoryController(Controller):
             memory_type=data.memory_type,
             importance=data.importance,
             metadata=data.metadata,
+            category=data.category,
+            expires_at=data.expires_at,
+            agent_id=data.agent_id,
+            run_id=data.run_id,
         )
         return Response(services.memory_read(memory), status_code=HTTP_201_CREATED)
+
+    @post(
+        "/batch",
+        summary="Store up to 1,000 memories as written, all or none (one embedding call); 201 in input order",
+    )
+    async def add_batch(
+        self,
+        gateway: NamedDependency[Gateway],
+        data: JSONBody[MemoryBatch],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> list[MemoryRead]:
+        owner = await _subject(db_session, request.user, data.user_id)
+        memories = await services.remember_batch(
+            db_session,
+            gateway,
+            owner=owner,
+            author=services.MemoryAuthor(
+                kind="user" if owner == request.user.user_id else "admin", user_id=request.user.user_id
+            ),
+            items=data.memories,
+        )
+        return [services.memory_read(memory) for memory in memories]
 
     @get("/", summary="Memories, newest first (your own; admins may name a user)")
     async def list_memories(
@@ -160,13 +218,30 @@ class MemoryController(Controller):
         include_invalidated: Annotated[bool, QueryParameter()] = False,
         before: Annotated[datetime.datetime | None, QueryParameter(description="Only memories created earlier")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        category: Annotated[list[str] | None, QueryParameter(description="Any of these (repeat it)")] = None,
+        agent_id: Annotated[str | None, QueryParameter()] = None,
+        run_id: Annotated[str | None, QueryParameter()] = None,
+        created_after: Annotated[datetime.datetime | None, QueryParameter()] = None,
+        created_before: Annotated[datetime.datetime | None, QueryParameter()] = None,
+        metadata: Annotated[
+            str | None, QueryParameter(description="Conditions on metadata: JSON, the grammar of search's filters")
+        ] = None,
     ) -> list[MemoryRead]:
+        filters = _list_filters(
+            memory_type=memory_type,
+            categories=category,
+            agent_id=agent_id,
+            run_id=run_id,
+            created_after=created_after,
+            created_before=created_before,
+            metadata=metadata,
+        )
         subject = await _subject(db_session, request.user, user_id)
         memories = await services.list_memories(
             db_session,
             user_id=subject,
             include_invalidated=include_invalidated,
-            filters=MemoryFilters(memory_type=memory_type),
+            filters=filters,
             limit=limit,
             before=before,
         )
@@ -271,7 +346,10 @@ class MemoryController(Controller):
             "associations": [{"memory_id": other, "strength": strength} for other, strength in linked],
         }
 
-    @patch("/{memory_id:uuid}", summary="Correct one of your memories (the old text stays in its history)")
+    @patch(
+        "/{memory_id:uuid}",
+        summary="Correct one of your memories (the old text stays in its history), or change its category or expiry",
+    )
     async def correct(
         self,
         gateway: NamedDependency[Gateway],
@@ -281,7 +359,7 @@ class MemoryController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> MemoryRead:
         author = services.MemoryAuthor(kind="user", user_id=request.user.user_id)
-        memory = await services.correct_memory(db_session, gateway, memory_id, author=author, text_value=data.text)
+        memory = await services.edit_memory(db_session, gateway, memory_id, author=author, data=data)
         return services.memory_read(memory)
 
     @delete("/{memory_id:uuid}", summary="Erase a memory with its history (your own; admins any)", status_code=204)

@@ -14,8 +14,8 @@ from uuid import UUID
 import msgspec
 from pgvector.sqlalchemy import HALFVEC, Vector
 from saq.queue.redis import RedisQueue
-from sqlalchemy import Select, Text, cast, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy import ColumnElement, Select, Text, cast, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import JSONB, JSONPATH, TSQUERY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +23,16 @@ from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
 from app.gateway.client import chat_token, embed
 from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
-from app.memory.schemas import HistoryRead, MemoryFilters, MemoryHit, MemoryRead, MemorySettings
+from app.memory.schemas import (
+    BatchItem,
+    HistoryRead,
+    MemoryFilters,
+    MemoryHit,
+    MemoryRead,
+    MemorySettings,
+    MemoryUpdate,
+    range_bound,
+)
 from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.plans import require_feature
@@ -37,6 +46,9 @@ RRF_K = 60
 # Each ranking contributes this many candidates per requested result before fusion.
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 20
+# A batch links only its first memories to similar ones: each link is a nearest-neighbour query (measured in
+# tests/integration/memory/test_memory_controls.py, see docs/architecture.md).
+BATCH_LINKED = 100
 
 
 class DimensionConflict(Conflict):
@@ -210,11 +222,38 @@ def stale_memories(embedding_model: str) -> Select[Memory]:
 
 
 async def find_duplicate(session: AsyncSession, user_id: UUID, text_value: str) -> Memory | None:
+    """The user's active, unexpired memory that says the same."""
     return await session.scalar(
         select(Memory).where(
-            Memory.user_id == user_id, Memory.memory_hash == memory_hash(text_value), Memory.status == "active"
+            Memory.user_id == user_id,
+            Memory.memory_hash == memory_hash(text_value),
+            Memory.status == "active",
+            not_expired(),
         )
     )
+
+
+async def forget_expired(session: AsyncSession, user_id: UUID, hashes: list[str]) -> None:
+    """Delete now (not at the next prune) expired memories that would block these facts coming back."""
+    await session.execute(
+        delete(Memory).where(
+            Memory.user_id == user_id,
+            Memory.memory_hash.in_(hashes),
+            Memory.status == "active",
+            Memory.expires_at <= func.now(),
+        )
+    )
+
+
+def check_expiry(expires_at: datetime.datetime | None, *, field: str = "expires_at") -> None:
+    if expires_at is not None and expires_at <= datetime.datetime.now(datetime.UTC):
+        raise InvalidRequest(f"`{field}` must be in the future.", field=field)
+
+
+async def prune_expired(session: AsyncSession) -> int:
+    """Delete the tenant's expired memories, with their history and associations; how many went."""
+    result = await session.execute(delete(Memory).where(Memory.expires_at <= func.now()))
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def check_dimension(session: AsyncSession, embedding: Embedding) -> None:
@@ -244,16 +283,62 @@ async def query_embedding(
     return Embedding(model=settings.embedding_model, vector=vector)
 
 
+def not_expired() -> ColumnElement[bool]:
+    """A memory past its `expires_at` is forgotten at once, before `memory.prune` deletes it."""
+    return or_(Memory.expires_at.is_(None), Memory.expires_at > func.now())
+
+
 def _filtered(statement: Select[Any], filters: MemoryFilters | None) -> Select[Any]:
+    """The one place the conditions of a search or a listing are added: expiry always, then `filters`."""
+    statement = statement.where(not_expired())
     if filters is None:
         return statement
     if filters.memory_type is not None:
         statement = statement.where(Memory.memory_type == filters.memory_type)
     if filters.category is not None:
         statement = statement.where(Memory.category == filters.category)
-    if filters.metadata:
-        statement = statement.where(Memory.attributes.contains(filters.metadata))
+    if filters.categories is not None:
+        statement = statement.where(Memory.category.in_(filters.categories))
+    if filters.agent_id is not None:
+        statement = statement.where(Memory.agent_id == filters.agent_id)
+    if filters.run_id is not None:
+        statement = statement.where(Memory.run_id == filters.run_id)
+    if filters.created_after is not None:
+        statement = statement.where(Memory.created_at > filters.created_after)
+    if filters.created_before is not None:
+        statement = statement.where(Memory.created_at < filters.created_before)
+    for key, condition in (filters.metadata or {}).items():
+        if isinstance(condition, dict):
+            statement = statement.where(*(_metadata_condition(key, op, value) for op, value in condition.items()))
+        else:
+            statement = statement.where(Memory.attributes.contains({key: condition}))
     return statement
+
+
+_JSONPATH_COMPARISON = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _metadata_condition(key: str, operator: str, value: Any) -> ColumnElement[bool]:
+    """One checked condition (`MemoryFilters` validated the key, operator and value) on one metadata key."""
+    if operator == "eq":
+        return Memory.attributes.contains({key: value})
+    if operator == "ne":
+        return ~Memory.attributes.contains({key: value})
+    if operator in ("in", "nin"):
+        matched = or_(*(Memory.attributes.contains({key: item}) for item in value))
+        return matched if operator == "in" else ~matched
+    bound = range_bound(value)
+    comparison = _JSONPATH_COMPARISON[operator]
+    # A JSON path with the bound as a variable: a value of another type (a word where a number is expected,
+    # a string that is no date) compares as unknown, so the row does not match and nothing raises. The key
+    # is a checked identifier; the _tz form compares a date with a date-time (in UTC, the session's zone).
+    if isinstance(bound, datetime.datetime):
+        path = f'$."{key}" ? (@.type() == "string" && @.datetime() {comparison} $bound.datetime())'
+        variables: dict[str, Any] = {"bound": bound.isoformat()}
+    else:
+        path = f'$."{key}" ? (@.type() == "number" && @ {comparison} $bound)'
+        variables = {"bound": bound}
+    return func.jsonb_path_exists_tz(Memory.attributes, cast(path, JSONPATH), cast(variables, JSONB), True)
 
 
 def _distance(embedding: Embedding, *, exact: bool) -> Any:
@@ -406,10 +491,18 @@ async def add_memory(
     metadata: dict[str, Any] | None = None,
     source_type: str = "api",
     source_id: UUID | None = None,
+    category: str | None = None,
+    expires_at: datetime.datetime | None = None,
+    agent_id: str | None = None,
+    run_id: str | None = None,
+    checked: bool = False,
 ) -> Memory:
-    """A new active memory and its ADD history row. The caller has checked for an exact duplicate."""
-    if embedding is not None:
-        await check_dimension(session, embedding)
+    """A new active memory and its ADD history row. The caller has checked for an exact duplicate; with
+    `checked`, also for the vector's size and for expired memories of the same text."""
+    if not checked:
+        if embedding is not None:
+            await check_dimension(session, embedding)
+        await forget_expired(session, user_id, [memory_hash(text_value)])
     memory = Memory(
         user_id=user_id,
         memory_text=normalize(text_value),
@@ -417,6 +510,10 @@ async def add_memory(
         memory_type=memory_type,
         importance_score=importance,
         attributes=metadata or {},
+        category=category,
+        expires_at=expires_at,
+        agent_id=agent_id,
+        run_id=run_id,
         source_type=source_type,
         source_id=source_id,
         embedding=embedding.vector if embedding else None,
@@ -460,12 +557,25 @@ async def change_memory(
     return memory
 
 
-async def invalidate_memory(session: AsyncSession, memory: Memory, *, reason: str, actor: MemoryAuthor) -> Memory:
-    """Contradicted: kept, with when and why, but no longer searched or put into chat context."""
+async def invalidate_memory(
+    session: AsyncSession,
+    memory: Memory,
+    *,
+    reason: str,
+    actor: MemoryAuthor,
+    superseded_by: Memory | None = None,
+) -> Memory:
+    """Contradicted: kept, with when and why (and by which newer memory, if one replaced it), but no longer
+    searched or put into chat context."""
+    if superseded_by is not None:
+        reason = f"{reason} Superseded by memory {superseded_by.id}."
     memory.status = "invalidated"
     memory.invalidated_at = datetime.datetime.now(datetime.UTC)
     memory.invalidation_reason = reason
-    session.add(_history(memory, "INVALIDATE", actor, old=memory.memory_text, new=None, reason=reason))
+    memory.superseded_by = superseded_by.id if superseded_by else None
+    entry = _history(memory, "INVALIDATE", actor, old=memory.memory_text, new=None, reason=reason)
+    entry.superseded_by = memory.superseded_by
+    session.add(entry)
     await session.flush()
     return memory
 
@@ -544,9 +654,14 @@ async def remember(
     memory_type: str = "fact",
     importance: int = 50,
     metadata: dict[str, Any] | None = None,
+    category: str | None = None,
+    expires_at: datetime.datetime | None = None,
+    agent_id: str | None = None,
+    run_id: str | None = None,
 ) -> Memory:
     """A memory a person writes (stored as written, no extraction): found by meaning where the organization
     has an embedding model, linked to the owner's similar memories. The embedding is billed to the author."""
+    check_expiry(expires_at)
     settings = await memory_settings(session)
     if not settings.enabled:
         raise Conflict("Memory is turned off for this organization.")
@@ -563,23 +678,112 @@ async def remember(
         memory_type=memory_type,
         importance=importance,
         metadata=metadata,
+        category=category,
+        expires_at=expires_at,
+        agent_id=agent_id,
+        run_id=run_id,
     )
     await link_similar(session, memory, embedding, threshold=settings.association_threshold)
     return memory
 
 
-async def correct_memory(
-    session: AsyncSession, gateway: Gateway, memory_id: UUID, *, author: MemoryAuthor, text_value: str
-) -> Memory:
-    """New text for one of the author's own memories, the old text kept in its history."""
-    assert author.user_id is not None  # a person, not a job
+async def remember_batch(
+    session: AsyncSession, gateway: Gateway, *, owner: UUID, author: MemoryAuthor, items: list[BatchItem]
+) -> list[Memory]:
+    """Memories a person writes, all or none: one embedding call for them all (billed to the author), then
+    each stored and linked to the owner's similar memories. A bad item refuses the batch, naming its index."""
     settings = await memory_settings(session)
-    # The embedding first: fetching it commits (the author's chat key), which would release a row lock.
-    embedding = await query_embedding(session, gateway, author.user_id, settings, text_value)
-    memory = await visible_memory(session, memory_id, user_id=author.user_id, is_admin=False, for_change=True)
-    await change_memory(
-        session, memory, text_value=text_value, embedding=embedding, actor=author, reason="Corrected by the user."
+    if not settings.enabled:
+        raise Conflict("Memory is turned off for this organization.")
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        check_expiry(item.expires_at, field=f"memories[{index}].expires_at")
+        key = memory_hash(item.text)
+        if key in seen:
+            raise InvalidRequest(
+                f"`memories[{index}].text` says the same as item {seen[key]}; nothing was stored.",
+                field=f"memories[{index}].text",
+            )
+        seen[key] = index
+    existing = set(
+        await session.scalars(
+            select(Memory.memory_hash).where(
+                Memory.user_id == owner,
+                Memory.memory_hash.in_(list(seen)),
+                Memory.status == "active",
+                not_expired(),
+            )
+        )
     )
+    for key, index in seen.items():
+        if key in existing:
+            raise Conflict(
+                f"`memories[{index}].text`: this memory is already there; nothing was stored.",
+                field=f"memories[{index}].text",
+            )
+    embeddings: list[Embedding | None] = [None] * len(items)
+    if settings.embedding_model is not None:
+        assert author.user_id is not None  # a person, not a job
+        token = await chat_token(session, author.user_id)
+        await session.commit()
+        vectors = await embed(gateway, token, settings.embedding_model, [item.text for item in items])
+        embeddings = [Embedding(model=settings.embedding_model, vector=vector) for vector in vectors]
+        first = embeddings[0]
+        assert first is not None
+        try:
+            await check_dimension(session, first)
+        except DimensionConflict as conflict:
+            # `embed` answers vectors of one size: the first item stands for them all.
+            raise DimensionConflict(f"`memories[0]`: {conflict.detail}", field="memories[0].text") from None
+    await forget_expired(session, owner, list(seen))
+    memories = [
+        await add_memory(
+            session,
+            user_id=owner,
+            text_value=item.text,
+            embedding=embedding,
+            actor=author,
+            memory_type=item.memory_type,
+            importance=item.importance,
+            metadata=item.metadata,
+            category=item.category,
+            expires_at=item.expires_at,
+            agent_id=item.agent_id,
+            run_id=item.run_id,
+            checked=True,
+        )
+        for item, embedding in zip(items, embeddings, strict=True)
+    ]
+    for memory, embedding in zip(memories[:BATCH_LINKED], embeddings, strict=False):
+        await link_similar(session, memory, embedding, threshold=settings.association_threshold)
+    return memories
+
+
+async def edit_memory(
+    session: AsyncSession, gateway: Gateway, memory_id: UUID, *, author: MemoryAuthor, data: MemoryUpdate
+) -> Memory:
+    """Change one of the author's own memories: its text (the old one kept in its history), its category,
+    its expiry."""
+    assert author.user_id is not None  # a person, not a job
+    if data.text is msgspec.UNSET and data.category is msgspec.UNSET and data.expires_at is msgspec.UNSET:
+        raise InvalidRequest("Send at least one of `text`, `category` and `expires_at`.", field="text")
+    if data.expires_at is not msgspec.UNSET:
+        check_expiry(data.expires_at)
+    embedding = None
+    if data.text is not msgspec.UNSET:
+        settings = await memory_settings(session)
+        # The embedding first: fetching it commits (the author's chat key), which would release a row lock.
+        embedding = await query_embedding(session, gateway, author.user_id, settings, data.text)
+    memory = await visible_memory(session, memory_id, user_id=author.user_id, is_admin=False, for_change=True)
+    if data.text is not msgspec.UNSET:
+        await change_memory(
+            session, memory, text_value=data.text, embedding=embedding, actor=author, reason="Corrected by the user."
+        )
+    if data.category is not msgspec.UNSET:
+        memory.category = data.category
+    if data.expires_at is not msgspec.UNSET:
+        memory.expires_at = data.expires_at
+    await session.flush()
     # Reloaded while the row is locked by this transaction: after the commit it may be erased.
     await session.refresh(memory)
     return memory

@@ -17,11 +17,12 @@ from app.auth.tokens import Principal
 from app.errors import ServiceError
 from app.gateway.caches import TokenInfo
 from app.gateway.client import EmbeddingRejected, GatewayRefused, chat_token, complete, embed
-from app.jobs.registry import JobContext, JobFailed, job_kind
+from app.jobs.registry import JobContext, JobFailed, WorkerServices, job_kind, scheduled
 from app.memory import services
 from app.memory.schemas import (
     MEMORY_ARCHIVE_FORMAT,
     ArchivedMemory,
+    Category,
     ChatTurn,
     Decision,
     Decisions,
@@ -31,10 +32,11 @@ from app.memory.schemas import (
     MemoryExportPayload,
     MemoryImportPayload,
     MemorySettings,
+    ScopeId,
 )
 from app.schemas import Input
 from app.storage.base import StorageError
-from app.tenants.services import Actor, audit_change
+from app.tenants.services import Actor, all_tenant_ids, audit_change, record_audit_event
 from db.auth import User
 from db.memory import Memory
 from db.session import tenant_session
@@ -51,7 +53,7 @@ Keep what will still matter later: identity, preferences, plans, relationships, 
 Skip greetings, small talk and anything said only about the assistant.
 Answer with only a JSON object, no prose and no code fence:
 {"facts": [{"text": "<one short statement about the user>", "type": "fact" | "preference" | "episodic",
-"importance": <1-100>}]}
+"importance": <1-100>, "category": "<optional one-word topic, e.g. health, work, food>"}]}
 With nothing worth keeping, answer {"facts": []}."""
 
 DECISION_PROMPT = """You keep a user's memory consistent. You get the memories that already exist, each with
@@ -59,7 +61,8 @@ an id, and new facts. For each new fact decide one event:
 - ADD: new information (give its text; the id may be anything).
 - UPDATE: an existing memory about the same thing should now read differently (give the existing id and the
   new full text).
-- DELETE: an existing memory is contradicted by the new fact (give the existing id and a reason).
+- DELETE: an existing memory is contradicted by the new fact (give the existing id, a reason, and as text the
+  new fact that replaces it; an empty text when the fact only ends the old one, e.g. "no longer has a dog").
 - NONE: the fact is already known (give the existing id).
 Use only the ids you were given. Answer with only a JSON object, no prose and no code fence:
 {"memory": [{"id": "<id>", "event": "ADD" | "UPDATE" | "DELETE" | "NONE", "text": "<text>",
@@ -73,6 +76,11 @@ class ExtractPayload(Input):
     source_type: str = "api"
     source_id: UUID | None = None
     source_message_id: UUID | None = None
+    # Given to every memory the job adds (a category given here wins over the memory model's).
+    category: Category | None = None
+    expires_at: datetime.datetime | None = None
+    agent_id: ScopeId | None = None
+    run_id: ScopeId | None = None
 
 
 def parse_answer(content: str, answer_type: type[T]) -> T:
@@ -289,34 +297,52 @@ async def _apply(
         {
             services.normalize(decision.text)
             for decision in usable
-            if decision.event in ("ADD", "UPDATE") and services.memory_hash(decision.text) not in known
+            if decision.event in ("ADD", "UPDATE", "DELETE")
+            and services.normalize(decision.text)
+            and services.memory_hash(decision.text) not in known
         }
     )
     for text_value, embedding in zip(to_embed, await _embeddings(job, token, settings, to_embed), strict=True):
         if embedding is not None:
             known[services.memory_hash(text_value)] = embedding
     changed: list[tuple[Memory, services.Embedding | None]] = []
+    # What this job added, by hash: a DELETE that names its replacing fact and the ADD of that fact are one.
+    added_now: dict[str, Memory] = {}
+
+    async def add(text_value: str) -> Memory | None:
+        key = services.memory_hash(text_value)
+        if key in added_now:
+            return added_now[key]
+        if await services.find_duplicate(session, payload.user_id, text_value) is not None:
+            outcome.duplicates += 1
+            return None
+        fact = fact_by_hash.get(key)
+        embedding = known.get(key)
+        added = await services.add_memory(
+            session,
+            user_id=payload.user_id,
+            text_value=text_value,
+            embedding=embedding,
+            actor=actor,
+            memory_type=fact.type if fact else "fact",
+            importance=fact.importance if fact else 50,
+            metadata=payload.metadata,
+            source_type=payload.source_type,
+            source_id=payload.source_id,
+            category=payload.category or (fact.category if fact else None),
+            expires_at=payload.expires_at,
+            agent_id=payload.agent_id,
+            run_id=payload.run_id,
+        )
+        added_now[key] = added
+        changed.append((added, embedding))
+        outcome.added += 1
+        return added
+
     for decision in usable:
         embedding = known.get(services.memory_hash(decision.text)) if decision.text else None
         if decision.event == "ADD":
-            if await services.find_duplicate(session, payload.user_id, decision.text) is not None:
-                outcome.duplicates += 1
-                continue
-            fact = fact_by_hash.get(services.memory_hash(decision.text))
-            added = await services.add_memory(
-                session,
-                user_id=payload.user_id,
-                text_value=decision.text,
-                embedding=embedding,
-                actor=actor,
-                memory_type=fact.type if fact else "fact",
-                importance=fact.importance if fact else 50,
-                metadata=payload.metadata,
-                source_type=payload.source_type,
-                source_id=payload.source_id,
-            )
-            changed.append((added, embedding))
-            outcome.added += 1
+            await add(decision.text)
             continue
         memory = await session.get(Memory, by_alias[decision.id])
         if memory is None or memory.user_id != payload.user_id or memory.status != "active":
@@ -335,8 +361,18 @@ async def _apply(
             changed.append((memory, embedding))
             outcome.updated += 1
         elif decision.event == "DELETE":
+            # Latest truth wins: the contradicting fact is stored and the old memory points at it.
+            replacement = None
+            if services.normalize(decision.text) and services.memory_hash(decision.text) != memory.memory_hash:
+                replacement = await add(decision.text) or await services.find_duplicate(
+                    session, payload.user_id, decision.text
+                )
             await services.invalidate_memory(
-                session, memory, reason=decision.reason or "Contradicted by a newer statement.", actor=actor
+                session,
+                memory,
+                reason=decision.reason or "Contradicted by a newer statement.",
+                actor=actor,
+                superseded_by=replacement,
             )
             outcome.invalidated += 1
         else:
@@ -421,7 +457,9 @@ async def export_memories(job: JobContext) -> dict[str, Any]:
     except ServiceError as refused:
         raise JobFailed(refused.detail) from None
     memories = await job.session.scalars(
-        select(Memory).where(Memory.user_id == owner, Memory.status == "active").order_by(Memory.created_at)
+        select(Memory)
+        .where(Memory.user_id == owner, Memory.status == "active", services.not_expired())
+        .order_by(Memory.created_at)
     )
     archive = MemoryArchive(
         format=MEMORY_ARCHIVE_FORMAT,
@@ -434,6 +472,9 @@ async def export_memories(job: JobContext) -> dict[str, Any]:
                 category=memory.category,
                 metadata=memory.attributes,
                 created_at=memory.created_at,
+                expires_at=memory.expires_at,
+                agent_id=memory.agent_id,
+                run_id=memory.run_id,
             )
             for memory in memories
         ],
@@ -481,10 +522,13 @@ async def import_memories(job: JobContext) -> dict[str, Any]:
     settings = await services.memory_settings(session)
     actor = services.MemoryAuthor(kind="job", job_id=job.job_id)
     fresh: dict[str, ArchivedMemory] = {}
-    duplicates = 0
+    duplicates = expired = 0
+    now = datetime.datetime.now(datetime.UTC)
     for item in archive.memories:
         key = services.memory_hash(item.text)
-        if key in fresh or await services.find_duplicate(session, payload.user_id, item.text) is not None:
+        if item.expires_at is not None and item.expires_at <= now:
+            expired += 1  # it expired since the export: importing it would only bring it back to be pruned
+        elif key in fresh or await services.find_duplicate(session, payload.user_id, item.text) is not None:
             duplicates += 1
         else:
             fresh[key] = item
@@ -512,8 +556,36 @@ async def import_memories(job: JobContext) -> dict[str, Any]:
                 importance=item.importance,
                 metadata=item.metadata,
                 source_type="import",
+                category=item.category,
+                expires_at=item.expires_at,
+                agent_id=item.agent_id,
+                run_id=item.run_id,
             )
         await job.progress(min(99, (start + len(batch)) * 100 // len(items)))
     tenant_id, name = job.tenant_id, payload.object_name
     job.after_success(lambda: store.delete(tenant_id, name))
-    return {"imported": len(items), "duplicates": duplicates}
+    return {"imported": len(items), "duplicates": duplicates, "expired": expired}
+
+
+@scheduled("memory.prune", cron="*/10 * * * *")
+async def prune_expired_memories(services_: WorkerServices) -> dict[str, Any]:
+    """Delete every tenant's expired memories (already hidden from every read), one tenant at a time under
+    its row-level security, with an audit event for each tenant that had some."""
+    async with services_.session_maker() as session:
+        tenant_ids = await all_tenant_ids(session)
+    pruned = 0
+    for tenant_id in tenant_ids:
+        async with tenant_session(services_.session_maker, tenant_id) as session:
+            count = await services.prune_expired(session)
+            if count:
+                record_audit_event(
+                    session,
+                    actor="system",
+                    action="memory.pruned",
+                    target_type="organization",
+                    target_id=tenant_id,
+                    details={"count": count},
+                )
+            await session.commit()
+        pruned += count
+    return {"pruned": pruned}

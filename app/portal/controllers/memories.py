@@ -19,6 +19,7 @@ from app.keyset import Keyset
 from app.memory import services
 from app.memory.schemas import (
     Importance,
+    MemoryCorrection,
     MemoryFilters,
     MemoryHit,
     MemoryText,
@@ -216,9 +217,9 @@ class MemoryPages(Controller):
         form = await request.form()
         values = {"text": str(form.get("text") or "")}
         async with FormSubmission(db_session) as submission:
-            data = parse(MemoryUpdate, {"text": values["text"].strip()})
+            data = parse(MemoryCorrection, {"text": values["text"].strip()})
             author = services.MemoryAuthor(kind="user", user_id=viewer.user.id)
-            await services.correct_memory(db_session, gateway, memory_id, author=author, text_value=data.text)
+            await services.edit_memory(db_session, gateway, memory_id, author=author, data=MemoryUpdate(text=data.text))
             await db_session.commit()
         if submission.refused:
             return page(
