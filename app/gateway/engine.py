@@ -445,6 +445,7 @@ class Gateway:
         choices: int,
         clampable: bool,
         stream: bool = False,
+        smaller: str = "ask for fewer output tokens",
     ) -> tuple[Reservation, int]:
         """Reserve the worst case of (prompt bound, `limit` per choice, token estimate), or raise the refusal.
 
@@ -465,7 +466,7 @@ class Gateway:
                 token, member, channels, worst_case, prompt_estimate + limit * choices, stream
             )
         if isinstance(outcome, Refusal):
-            raise self._refusal_error(outcome, token, member, worst_case, clampable=clampable)
+            raise self._refusal_error(outcome, token, member, worst_case, clampable=clampable, smaller=smaller)
         return outcome, limit
 
     async def _load_balances(self, token: TokenInfo, member: MemberInfo) -> None:
@@ -480,7 +481,14 @@ class Gateway:
         await self.limits.load_balances(token.tenant_id, balances)
 
     def _refusal_error(
-        self, refusal: Refusal, token: TokenInfo, member: MemberInfo, worst_case: int, *, clampable: bool
+        self,
+        refusal: Refusal,
+        token: TokenInfo,
+        member: MemberInfo,
+        worst_case: int,
+        *,
+        clampable: bool,
+        smaller: str,
     ) -> errors.GatewayError:
         GATEWAY_REJECTIONS.labels(refusal.reason).inc()
         if refusal.reason == "no_channel":
@@ -508,7 +516,7 @@ class Gateway:
         advice = (
             f"not even {MIN_CLAMPED_OUTPUT_TOKENS} output tokens fit"
             if clampable
-            else f"this request could cost up to {money(worst_case)}; ask for fewer output tokens"
+            else f"this request could cost up to {money(worst_case)}; {smaller}"
         )
         return errors.quota_exhausted(
             f"The budget of {subject} has {money(refusal.left)} left: {advice}. An administrator can raise it.",
@@ -1149,6 +1157,7 @@ class Gateway:
                 limit=0,
                 choices=1,
                 clampable=False,
+                smaller="send fewer or shorter documents",
             )
         except errors.GatewayError as error:
             await self._record_refusal(

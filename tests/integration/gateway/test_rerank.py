@@ -109,6 +109,23 @@ async def test_a_cohere_shaped_answer_is_billed_per_search_unit_and_the_usage_ro
     assert (row.details["search_units"], row.details["documents"]) == (2, 150)
 
 
+async def test_a_built_in_reranker_costs_its_listed_price_per_search(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """rerank-v3.5 is listed at $2.00 per 1,000 searches: 2,000 credits a search unit, nothing per token."""
+    await add_channel(client, auth_headers(tenant_a.admin), upstream, "cohere", models=["rerank-v3.5"])
+    upstream.behave("cohere", cohere=True)
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    response = await client.post("/v1/rerank", json=rerank_body(model="rerank-v3.5"), headers=bearer(key))
+    assert response.status_code == 200, response.text
+    [row] = await usage_rows(session_maker, tenant_a, 1)
+    assert (row.completion_tokens, row.cost) == (1, 2_000)
+
+
 async def test_a_key_that_cannot_afford_the_worst_case_is_refused_with_429_on_the_record(
     client: Client,
     tenant_a: TenantRows,
@@ -122,6 +139,8 @@ async def test_a_key_that_cannot_afford_the_worst_case_is_refused_with_429_on_th
     assert response.status_code == 429, response.text
     error = error_of(response)
     assert error["code"] == "insufficient_quota"
+    assert "could cost up to $0.002" in error["message"]
+    assert "fewer or shorter documents" in error["message"]
     assert upstream.calls["ranker"] == 0
     [row] = await usage_rows(session_maker, tenant_a, 1)
     assert (row.endpoint, row.model, row.outcome, row.status_code, row.cost) == (
