@@ -57,6 +57,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "gateway_lease_seconds": "LYSS_GATEWAY_LEASE_SECONDS",
     "gateway_queue_limit": "LYSS_GATEWAY_QUEUE_LIMIT",
     "gateway_queue_seconds": "LYSS_GATEWAY_QUEUE_SECONDS",
+    "gateway_rerank_max_documents": "LYSS_GATEWAY_RERANK_MAX_DOCUMENTS",
     "worker_concurrency": "LYSS_WORKER_CONCURRENCY",
     "job_max_attempts": "LYSS_JOB_MAX_ATTEMPTS",
     "job_retry_delay_seconds": "LYSS_JOB_RETRY_DELAY_SECONDS",
@@ -147,6 +148,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # Calls that may wait for a slot of one full channel, and for how long, before failover or a 429.
     gateway_queue_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 100
     gateway_queue_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
+    # Documents one /v1/rerank call may rank (Cohere's own limit is 1,000 a call).
+    gateway_rerank_max_documents: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     worker_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     job_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     job_retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0

@@ -1,4 +1,4 @@
-"""Lyss's own calls through the gateway (chat, memory): made on the user's built-in chat key, so they are
+"""Lyss's own calls through the gateway (chat, memory, rerank): made on the user's built-in chat key, so they are
 routed, rate-limited, charged against quota and logged exactly like a call to /v1."""
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ class GatewayRefused(ServiceError):
 
 class EmbeddingRejected(ServiceError):
     """The embedding model answered something that cannot be stored: wrong count, size or values."""
+
+    status_code = 502
+
+
+class RerankRejected(ServiceError):
+    """The reranker answered something that is not a ranking of the documents it was given."""
 
     status_code = 502
 
@@ -164,3 +170,33 @@ async def embed(
     if not all(math.isfinite(value) for vector in vectors for value in vector):
         raise EmbeddingRejected(f"The embedding model '{model}' returned a vector with a non-finite value.")
     return vectors
+
+
+async def rerank(
+    gateway: Gateway,
+    token: TokenInfo,
+    model: str,
+    query: str,
+    documents: list[str],
+    top_n: int | None = None,
+    request_id: str | None = None,
+) -> list[tuple[int, float]]:
+    """(document index, relevance score) of the most relevant documents, best first (`top_n` of them, else all).
+
+    The gateway has checked the provider's ranking (indices in range, none twice, finite scores) and
+    normalised its shape; `RerankRejected` is for an answer that does not even decode."""
+    _check_usable(token)
+    body: dict[str, Any] = {"model": model, "query": query, "documents": documents}
+    if top_n is not None:
+        body["top_n"] = top_n
+    try:
+        answer = await gateway.rerank(token, body, raw_size=len(msgspec.json.encode(body)), request_id=request_id)
+    except GatewayError as error:
+        raise GatewayRefused(error) from None
+    try:
+        ranking = [
+            (int(item["index"]), float(item["relevance_score"])) for item in msgspec.json.decode(answer.body)["results"]
+        ]
+    except (KeyError, TypeError, ValueError, msgspec.DecodeError):
+        raise RerankRejected(f"The rerank model '{model}' answered in an unexpected format.") from None
+    return ranking

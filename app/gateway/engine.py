@@ -40,6 +40,8 @@ from app.gateway.dialects.anthropic import (
     to_anthropic_response,
 )
 from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
+from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
+from app.gateway.dialects.rerank import ranked as ranked_answer
 from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
 from app.gateway.routing import attempt_order, candidate_channels
 from app.observability.logging import get_logger
@@ -59,7 +61,7 @@ from db.session import tenant_session
 from db.tenant import Organization
 
 Dialect = Literal["openai", "anthropic"]
-Endpoint = Literal["chat", "embeddings", "messages"]
+Endpoint = Literal["chat", "embeddings", "messages", "rerank"]
 # Special tokens a provider adds around each message: the prompt bound counts them on top of the bytes.
 TOKENS_PER_MESSAGE = 8
 # An image or document given by reference is a few bytes but many input tokens (gpt-4o-mini counts up to
@@ -352,7 +354,7 @@ class Gateway:
         return worst
 
     async def _plan(
-        self, token: TokenInfo, model: str, *, embeddings: bool
+        self, token: TokenInfo, model: str, *, embeddings: bool, rerank: bool = False
     ) -> tuple[MemberInfo, list[ChannelInfo], CallCost]:
         """Who pays (the key's owner, their groups' and own budgets), which channels may serve, at what price."""
         member = await self.catalog.member(token.tenant_id, token.user_id)
@@ -363,6 +365,7 @@ class Gateway:
             token=token,
             user_groups=member.group_ids,
             needs_embeddings=embeddings,
+            needs_rerank=rerank,
         )
         if not channels:
             raise errors.model_not_found(model)
@@ -442,6 +445,7 @@ class Gateway:
         choices: int,
         clampable: bool,
         stream: bool = False,
+        smaller: str = "ask for fewer output tokens",
     ) -> tuple[Reservation, int]:
         """Reserve the worst case of (prompt bound, `limit` per choice, token estimate), or raise the refusal.
 
@@ -462,7 +466,7 @@ class Gateway:
                 token, member, channels, worst_case, prompt_estimate + limit * choices, stream
             )
         if isinstance(outcome, Refusal):
-            raise self._refusal_error(outcome, token, member, worst_case, clampable=clampable)
+            raise self._refusal_error(outcome, token, member, worst_case, clampable=clampable, smaller=smaller)
         return outcome, limit
 
     async def _load_balances(self, token: TokenInfo, member: MemberInfo) -> None:
@@ -477,7 +481,14 @@ class Gateway:
         await self.limits.load_balances(token.tenant_id, balances)
 
     def _refusal_error(
-        self, refusal: Refusal, token: TokenInfo, member: MemberInfo, worst_case: int, *, clampable: bool
+        self,
+        refusal: Refusal,
+        token: TokenInfo,
+        member: MemberInfo,
+        worst_case: int,
+        *,
+        clampable: bool,
+        smaller: str,
     ) -> errors.GatewayError:
         GATEWAY_REJECTIONS.labels(refusal.reason).inc()
         if refusal.reason == "no_channel":
@@ -505,7 +516,7 @@ class Gateway:
         advice = (
             f"not even {MIN_CLAMPED_OUTPUT_TOKENS} output tokens fit"
             if clampable
-            else f"this request could cost up to {money(worst_case)}; ask for fewer output tokens"
+            else f"this request could cost up to {money(worst_case)}; {smaller}"
         )
         return errors.quota_exhausted(
             f"The budget of {subject} has {money(refusal.left)} left: {advice}. An administrator can raise it.",
@@ -1116,3 +1127,70 @@ class Gateway:
         )
         headers = self._headers(channel, started, upstream_elapsed_ms)
         return await self._answer(completion.body, headers, settle, defer_settlement)
+
+    async def rerank(
+        self,
+        token: TokenInfo,
+        body: dict[str, Any],
+        *,
+        raw_size: int,
+        request_id: str | None,
+        defer_settlement: bool = False,
+    ) -> Answer:
+        """`/v1/rerank`, priced per token (the model's prompt price) and per search unit (its completion
+        price, per million units): the usage record's `completion_tokens` are the search units billed."""
+        started = time.perf_counter()
+        request = rerank_request(body, self.settings.gateway_rerank_max_documents)
+        model = request.model
+        try:
+            member, channels, cost = await self._plan(token, model, embeddings=False, rerank=True)
+            prompt_estimate = sum(estimated_tokens(len(request.query) + len(text)) for text in request.texts)
+            worst_case = self._worst_case(
+                cost, request.prompt_bound(raw_size), request.search_units_bound(raw_size), "documents"
+            )
+            reservation, _ = await self._reserve_in_budget(
+                token,
+                member,
+                channels,
+                cost,
+                (request.prompt_bound(raw_size), prompt_estimate, worst_case),
+                limit=0,
+                choices=1,
+                clampable=False,
+                smaller="send fewer or shorter documents",
+            )
+        except errors.GatewayError as error:
+            await self._record_refusal(
+                token, error, endpoint="rerank", model=model, request_id=request_id, started=started
+            )
+            raise
+        usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
+        call = CallContext(token, member, reservation, cost, "rerank", model, started, False, request_id)
+
+        async def rank(channel: ChannelInfo, target: Target) -> Ranked:
+            answer = await ADAPTERS[channel.api_format].rerank(
+                self.http, target, upstream_body(body, request, target.upstream_model), self.timeouts
+            )
+            return ranked_answer(answer, request, model)
+
+        channel, target, result, upstream_elapsed_ms, details = await self._call_with_failover(call, usable, rank)
+        tokens = result.tokens if result.tokens is not None else prompt_estimate
+        units = result.search_units if result.search_units is not None else request.search_units
+        settle = functools.partial(
+            self._settle,
+            call,
+            usage=Usage(tokens, units),
+            channel=channel,
+            upstream_model=target.upstream_model,
+            upstream_ms=int(upstream_elapsed_ms),
+            status_code=200,
+            outcome="ok",
+            details={**details, "search_units": units, "documents": len(request.documents)},
+        )
+        answer = {
+            **result.body,
+            "usage": {"total_tokens": tokens},
+            "meta": {"billed_units": {"search_units": units}},
+        }
+        headers = self._headers(channel, started, upstream_elapsed_ms)
+        return await self._answer(answer, headers, settle, defer_settlement)

@@ -22,6 +22,7 @@ from litestar.openapi.spec import (
 
 from app.gateway.dialects.anthropic import CountTokensRequest, MessagesRequest
 from app.gateway.dialects.openai import ChatRequest, EmbeddingsRequest
+from app.gateway.dialects.rerank import RerankRequest
 
 TAG = "gateway (/v1)"
 # Gateway components get a prefix of their own: their names (`_Message`, `_Tool`) are the dialects' and would
@@ -120,6 +121,38 @@ class EmbeddingList(msgspec.Struct):
     usage: _Usage | None = None
 
 
+class _RerankDocument(msgspec.Struct):
+    text: str
+
+
+class _RerankResult(msgspec.Struct):
+    index: int
+    relevance_score: float
+    document: _RerankDocument | None = None
+
+
+class _RerankUsage(msgspec.Struct):
+    total_tokens: int
+
+
+class _BilledUnits(msgspec.Struct):
+    search_units: int
+
+
+class _RerankMeta(msgspec.Struct):
+    billed_units: _BilledUnits
+
+
+class RerankList(msgspec.Struct):
+    """Results best first, in the union of Cohere's (`meta.billed_units`) and Jina's (`usage`) answers."""
+
+    id: str
+    model: str
+    results: list[_RerankResult]
+    usage: _RerankUsage
+    meta: _RerankMeta
+
+
 class _MessageUsage(msgspec.Struct):
     input_tokens: int
     output_tokens: int
@@ -142,8 +175,8 @@ class TokenCount(msgspec.Struct):
 
 
 _COMPONENTS: tuple[type[msgspec.Struct], ...] = (
-    *(ChatRequest, EmbeddingsRequest, MessagesRequest, CountTokensRequest),
-    *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, Message, TokenCount),
+    *(ChatRequest, EmbeddingsRequest, RerankRequest, MessagesRequest, CountTokensRequest),
+    *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, RerankList, Message, TokenCount),
 )
 
 
@@ -199,6 +232,11 @@ def _paths() -> dict[str, PathItem]:
         ),
         "/v1/embeddings": PathItem(
             post=_operation("GatewayEmbeddings", "Embeddings (OpenAI format)", EmbeddingList, body=EmbeddingsRequest)
+        ),
+        "/v1/rerank": PathItem(
+            post=_operation(
+                "GatewayRerank", "Rerank documents by a query (Cohere and Jina format)", RerankList, body=RerankRequest
+            )
         ),
         "/v1/models": PathItem(get=_operation("GatewayModels", "The models this API key may use", ModelList)),
         "/v1/models/{model}": PathItem(get=_operation("GatewayModel", "One model", Model, parameters=[model])),

@@ -33,6 +33,8 @@ class _FileProvider(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     display_name: str
     models: dict[str, _FilePrice]
+    # How this provider's prices read, where they are not plain per-token prices (rerank models).
+    note: str = ""
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):

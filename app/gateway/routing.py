@@ -17,6 +17,7 @@ def candidate_channels(
     token: TokenInfo,
     user_groups: frozenset[UUID],
     needs_embeddings: bool = False,
+    needs_rerank: bool = False,
 ) -> list[ChannelInfo]:
     """Enabled channels of the token's tenant that serve `model` and that this token and user may use."""
     chosen = []
@@ -30,6 +31,8 @@ def candidate_channels(
         if channel.scope == "group" and channel.group_id not in user_groups:
             continue
         if needs_embeddings and not ADAPTERS[channel.api_format].supports_embeddings:
+            continue
+        if needs_rerank and not ADAPTERS[channel.api_format].supports_rerank:
             continue
         chosen.append(channel)
     return chosen

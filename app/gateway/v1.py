@@ -71,7 +71,7 @@ def _read_scope(scope: Scope) -> _Request:
 
 
 class GatewayApi:
-    """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`,
+    """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/rerank`, `GET /v1/models`,
     `GET /v1/models/{model}`, `POST /v1/messages` and `POST /v1/messages/count_tokens`; any other is a 404
     in the OpenAI error format (in Anthropic's under /v1/messages)."""
 
@@ -82,6 +82,7 @@ class GatewayApi:
         self.routes: dict[str, tuple[str, Dialect, Handler]] = {
             "/v1/chat/completions": ("POST", "openai", self._chat_completions),
             "/v1/embeddings": ("POST", "openai", self._embeddings),
+            "/v1/rerank": ("POST", "openai", self._rerank),
             "/v1/models": ("GET", "openai", self._models),
             "/v1/messages": ("POST", "anthropic", self._messages),
             "/v1/messages/count_tokens": ("POST", "anthropic", self._count_tokens),
@@ -189,6 +190,12 @@ class GatewayApi:
             token, body, raw_size=size, request_id=request.request_id, defer_settlement=True
         )
 
+    async def _rerank(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        body, size = await self._body(request, receive)
+        return await self.gateway.rerank(
+            token, body, raw_size=size, request_id=request.request_id, defer_settlement=True
+        )
+
     async def _models(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         return Answer(body=msgspec.json.encode(await self.gateway.models(token)), headers={})
 
@@ -218,6 +225,7 @@ class GatewayApi:
 _ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/embeddings": "embeddings",
+    "/v1/rerank": "rerank",
     "/v1/models": "models",
     f"{MODELS_PREFIX}{{model}}": "models",
     "/v1/messages": "messages",

@@ -36,6 +36,14 @@ def word_vector(text: str, dimensions: int) -> list[float]:
     return [value / norm for value in vector]
 
 
+def rerank_score(query: str, document: str) -> float:
+    """The mock's relevance: the share of the query's distinct words (lower-cased, punctuation stripped)
+    that the document contains; 0.0 for a query of no words."""
+    wanted = set(re.findall(r"[a-z0-9]+", query.lower()))
+    present = set(re.findall(r"[a-z0-9]+", document.lower()))
+    return len(wanted & present) / len(wanted) if wanted else 0.0
+
+
 @dataclass
 class Behavior:
     status: int = 200
@@ -58,6 +66,10 @@ class Behavior:
     reported_usage: dict[str, Any] | None = None
     # A body this mock cannot read gets a 400, as from a real provider, instead of crashing into a 500.
     refuse_unreadable: bool = False
+    # The rerank answer to send instead of the true ranking (a confused provider).
+    rerank_answer: dict[str, Any] | None = None
+    # Rerank answers in Cohere's shape (`meta.billed_units.search_units`) instead of Jina's (`usage`).
+    cohere: bool = False
     # What `GET /models` lists (OpenAI's and Anthropic's shape alike: `{"data": [{"id": ...}]}`).
     models: list[str] = field(default_factory=lambda: ["mock-large", "mock-small"])
 
@@ -103,6 +115,7 @@ class MockUpstream:
         app = web.Application(middlewares=[self._count_in_flight, self._refuse_unreadable])
         app.router.add_post("/{name}/v1/chat/completions", self._chat)
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
+        app.router.add_post("/{name}/v1/rerank", self._rerank)
         app.router.add_post("/{name}/v1/messages", self._messages)
         app.router.add_post("/{name}/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/{name}/v1/models", self._models)
@@ -286,6 +299,34 @@ class MockUpstream:
                 "model": body["model"],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
+        )
+
+    async def _rerank(self, request: web.Request) -> web.StreamResponse:
+        """Jina's answer (documents back, `usage.total_tokens`: words of the query and each document), or
+        Cohere's (`meta.billed_units.search_units`: one per 100 documents); scores by `rerank_score`."""
+        _, behavior, body, failure = await self._prologue(request)
+        if failure is not None:
+            return failure
+        if behavior.rerank_answer is not None:
+            return web.json_response(behavior.rerank_answer)
+        documents = [str(document) for document in body["documents"]]
+        scored = sorted(
+            ((index, rerank_score(body["query"], text)) for index, text in enumerate(documents)),
+            key=lambda pair: (-pair[1], pair[0]),
+        )[: body.get("top_n") or len(documents)]
+        if behavior.cohere:
+            results = [{"index": index, "relevance_score": score} for index, score in scored]
+            search_units = -(-len(documents) // 100)
+            return web.json_response(
+                {"id": str(uuid.uuid4()), "results": results, "meta": {"billed_units": {"search_units": search_units}}}
+            )
+        results_with_documents: list[dict[str, Any]] = [
+            {"index": index, "relevance_score": score, "document": {"text": documents[index]}}
+            for index, score in scored
+        ]
+        tokens = sum(len(body["query"].split()) + len(text.split()) for text in documents)
+        return web.json_response(
+            {"model": body["model"], "results": results_with_documents, "usage": {"total_tokens": tokens}}
         )
 
     # --- Anthropic ------------------------------------------------------------------------------

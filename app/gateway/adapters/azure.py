@@ -13,6 +13,9 @@ DEFAULT_API_VERSION = "2024-10-21"
 class AzureOpenAIAdapter(OpenAIAdapter):
     """Everything of the OpenAI adapter but where the call goes and how the key is sent."""
 
+    # A deployment URL has no rerank endpoint (Azure serves Cohere's rerankers as separate serverless APIs).
+    supports_rerank = False
+
     def _url(self, target: Target, path: str) -> str:
         # The channel's model mapping names the deployment; Azure ignores the `model` field.
         deployment = quote(target.upstream_model, safe="")

@@ -154,6 +154,8 @@ class Adapter(abc.ABC):
     """
 
     supports_embeddings = True
+    # A `/rerank` endpoint in the shape Cohere v2 and Jina share.
+    supports_rerank = False
 
     @abc.abstractmethod
     async def complete(
@@ -180,3 +182,8 @@ class Adapter(abc.ABC):
         self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
     ) -> Completion:
         raise UpstreamError("this provider has no embeddings API", retryable=False, status=400)
+
+    async def rerank(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        raise UpstreamError("this provider has no rerank API", retryable=False, status=400)

@@ -193,6 +193,9 @@ async def openai_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk
 
 
 class OpenAIAdapter(Adapter):
+    # `{base_url}/rerank`: Jina (`…/v1`), Cohere (`…/v2`), vLLM, Infinity and TEI-style servers answer there.
+    supports_rerank = True
+
     def _headers(self, target: Target) -> dict[str, str]:
         return {"Authorization": f"Bearer {target.api_key}"}
 
@@ -233,3 +236,8 @@ class OpenAIAdapter(Adapter):
         if not isinstance(answer.get("data"), list):
             raise UpstreamError("the provider's answer has no embeddings", status=502)
         return Completion(body=answer, usage=parse_usage(answer))
+
+    async def rerank(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        return await post_json(http, self._url(target, "/rerank"), self._headers(target), body, timeouts)

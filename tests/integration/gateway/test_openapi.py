@@ -15,6 +15,7 @@ from tests.support.tenants import TenantRows
 OPERATIONS = {
     "/v1/chat/completions": {"post"},
     "/v1/embeddings": {"post"},
+    "/v1/rerank": {"post"},
     "/v1/models": {"get"},
     "/v1/models/{model}": {"get"},
     "/v1/messages": {"post"},
@@ -25,6 +26,7 @@ ANTHROPIC_BODY = {"model": UNKNOWN_MODEL, "messages": [{"role": "user", "content
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": chat_body(model=UNKNOWN_MODEL),
     "/v1/embeddings": {"model": UNKNOWN_MODEL, "input": "hello"},
+    "/v1/rerank": {"model": UNKNOWN_MODEL, "query": "hello", "documents": ["hello there"]},
     "/v1/messages": {**ANTHROPIC_BODY, "max_tokens": 16},
     "/v1/messages/count_tokens": ANTHROPIC_BODY,
 }

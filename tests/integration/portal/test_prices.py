@@ -41,7 +41,7 @@ async def test_the_page_shows_the_dated_list_beside_the_served_models_and_filter
     await sign_in(client, tenant_a, tenant_a.admin.email)
     page = (await client.get("/portal/prices")).text
     assert re.search(r'<time datetime="2026-\d\d-\d\d" id="price-list-date">', page)
-    assert group_ids(page) == ["openai", "anthropic", "deepseek", "zhipu", "other"]
+    assert group_ids(page) == ["openai", "anthropic", "deepseek", "zhipu", "cohere", "jina", "other"]
     listed = row_of(page, "gpt-4o-mini")
     assert "$0.15" in listed
     assert "$0.075" in listed
