@@ -159,6 +159,8 @@ class Turn(msgspec.Struct):
     token: TokenInfo
     body: dict[str, Any]
     memory_ids: list[str]
+    # Each memory's score in the search that chose it (`MemoryHit.fused_score`), in the same order.
+    memory_scores: list[float]
     started: float
 
 
@@ -252,6 +254,7 @@ async def begin_turn(
         token=token,
         body=body,
         memory_ids=[str(hit.memory.id) for hit in memories],
+        memory_scores=[round(hit.fused_score, 4) for hit in memories],
         started=started,
     )
 
@@ -278,7 +281,7 @@ async def finish_turn(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         response_time_ms=int((time.perf_counter() - turn.started) * 1000),
-        details={"memories": turn.memory_ids},
+        details={"memories": turn.memory_ids, "memory_scores": turn.memory_scores},
     )
     session.add(answer)
     conversation.message_count += 1
