@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -35,6 +35,10 @@ from db.tenant import Job, Organization
 # How far sharing the query's rare words lifts a memory, on the scale of cosine similarity: a memory with
 # all of them climbs past near misses of meaning, never past a memory far closer in meaning.
 LEXICAL_WEIGHT = 0.15
+# A word a tenth of a user's memories have (at least MIN_, at most this many) tells nothing about which
+# memory is meant: it lifts none. Also where counting a word's memories stops.
+COMMON_WORD_COUNT = 500
+MIN_COMMON_WORD_COUNT = 10
 # Each ranking contributes this many candidates per requested result before fusion.
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 20
@@ -373,6 +377,10 @@ async def _tune_for_search(session: AsyncSession, limit: int) -> None:
             # the tenant, user and status filters (without it a small user in a big tenant gets too few).
             func.set_config("hnsw.iterative_scan", "relaxed_order", True),
             func.set_config("hnsw.ef_search", str(max(40, 2 * limit)), True),
+            # Every part of a search reads one user's rows: through the per-user B-tree, the words' GIN index
+            # or the HNSW index. A user holding most of the table would otherwise get sequential scans that
+            # evaluate RLS and the text match on every row, once per word (bench/recall.py: 10,000 memories).
+            func.set_config("enable_seqscan", "off", True),
         )
     )
 
@@ -404,30 +412,70 @@ async def nearest(
     return sorted(((row.id, 1.0 - float(row.distance)) for row in rows), key=lambda item: -item[1])
 
 
-def _lexical_terms(user_id: UUID, query: str, language: str) -> Any:
-    """The query's words in the organization's language (stemmed, stop words out) that the user's active
-    memories contain, each weighted by its rarity among them: BM25's inverse document frequency, divided by
-    the largest it can be (a word only one memory has), so a word most memories share weighs nearly nothing.
+class _Lexical(NamedTuple):
+    # (memory id, its lexical score 0..1) for each of the user's memories with an informative word.
+    scores: Any
+    # How many informative words the query has: none, and the lexical leg finds nothing.
+    informative: Any
+
+
+def _lexical(user_id: UUID, query: str, language: str, filters: MemoryFilters | None) -> _Lexical:
+    """The lexical leg: the query's informative words and each memory's share of them.
+
+    The query's words are taken in the organization's language (stemmed, stop words out). A word is
+    informative when few of the memories searched (the user's active ones that pass the filters) have it:
+    its weight goes from 1 (one memory has it) down to 0 (a tenth of them or more do: the person's own name,
+    "work", "like"); BM25's inverse document frequency, rescaled between those two points. A memory's
+    score is the sum of the weights of the words it has, divided by the number of informative words: all of
+    them, all rare, is 1.
+
+    Under RLS the text match cannot use the GIN index (`@@` is not leakproof, so PostgreSQL checks the
+    policy first), so the user's rows are read once, matching every word on each, rather than once per word.
     """
-    lexeme = func.unnest(
-        func.tsvector_to_array(func.to_tsvector(cast(literal(language), REGCONFIG), query))
-    ).column_valued("lexeme")
-    own = (Memory.user_id == user_id, Memory.status == "active")
-    total = select(func.count()).where(*own).scalar_subquery()
-    words = select(lexeme.label("lexeme")).cte("words")
-    term = cast(func.quote_literal(words.c.lexeme), TSQUERY)
-    counted = (
-        select(
-            term.label("term"),
-            select(func.count()).where(*own, Memory.search_vector.op("@@")(term)).scalar_subquery().label("df"),
-            total.label("n"),
-        )
-        .select_from(words)
-        .cte("counted")
+    words = (
+        func.unnest(func.tsvector_to_array(func.to_tsvector(cast(literal(language), REGCONFIG), query)))
+        .table_valued("lexeme", with_ordinality="position")
+        .render_derived()
     )
-    idf = func.ln(1.0 + (counted.c.n - counted.c.df + 0.5) / (counted.c.df + 0.5))
-    rarest = func.ln(1.0 + (counted.c.n - 0.5) / 1.5)
-    return select(counted.c.term, (idf / rarest).label("weight")).where(counted.c.df > 0).cte("terms")
+    term = cast(func.quote_literal(words.c.lexeme), TSQUERY)
+    # MATERIALIZED here and below: computed once, not again wherever a later part names its columns.
+    query_words = select(words.c.position, term.label("term")).cte("query_words").prefix_with("MATERIALIZED")
+    # One row per (memory, word it has), and one with no word for each memory that has none of them.
+    matches = (
+        _filtered(
+            select(Memory.id, query_words.c.position)
+            .outerjoin(query_words, Memory.search_vector.op("@@")(query_words.c.term))
+            .where(Memory.user_id == user_id, Memory.status == "active"),
+            filters,
+        )
+        .cte("matches")
+        .prefix_with("MATERIALIZED")
+    )
+    total = select(func.count(matches.c.id.distinct()).label("n")).cte("total").prefix_with("MATERIALIZED")
+    n, df = total.c.n, func.count()
+    common = func.least(func.greatest(n / 10.0, MIN_COMMON_WORD_COUNT), COMMON_WORD_COUNT)
+
+    def idf(count: Any) -> Any:
+        return func.ln(1.0 + (n - count + 0.5) / (count + 0.5))
+
+    weighted = (
+        select(matches.c.position, ((idf(df) - idf(common)) / func.nullif(idf(1) - idf(common), 0)).label("weight"))
+        .select_from(matches)
+        .join(total, literal(True))
+        .where(matches.c.position.is_not(None))
+        .group_by(matches.c.position, n)
+        .having(df < common)
+        .cte("weighted")
+        .prefix_with("MATERIALIZED")
+    )
+    informative = select(func.count()).select_from(weighted).scalar_subquery()
+    scores = (
+        select(matches.c.id, (func.sum(weighted.c.weight) / informative).label("score"))
+        .join(weighted, weighted.c.position == matches.c.position)
+        .group_by(matches.c.id)
+        .cte("lexical_scores")
+    )
+    return _Lexical(scores=scores, informative=informative)
 
 
 async def search(
@@ -444,29 +492,15 @@ async def search(
     """Hybrid search in one statement: the nearest memories by meaning and the best by rare shared words,
     each scored by its cosine similarity plus a bounded lexical lift; best first.
 
-    The lift is `LEXICAL_WEIGHT` times the rarity-weighted share of the query's words a memory has (0 to 1):
-    a memory with the query's rare words (a name, a number, a date) climbs past near misses of meaning, and
-    one sharing only common words gains next to nothing, so it cannot push out what the vectors found.
+    The lift is `LEXICAL_WEIGHT` times the memory's lexical score (`_lexical`, 0 to 1): a memory with the
+    query's rare words (a name, a number, a date) climbs past near misses of meaning, and one sharing only
+    common words gains nothing, so it cannot push out what the vectors found.
     """
     candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     await _tune_for_search(session, candidates)
-    terms = _lexical_terms(user_id, query, language)
-    matched_weight = func.sum(terms.c.weight)
-    # Divided by the number of the query's words memories have at all: all of them, all rare, scores 1.
-    lexical_score = matched_weight / func.greatest(select(func.count()).select_from(terms).scalar_subquery(), 1)
-    lexical = (
-        _filtered(
-            select(Memory.id, lexical_score.label("lexical"))
-            .join(terms, Memory.search_vector.op("@@")(terms.c.term))
-            .where(Memory.user_id == user_id, Memory.status == "active"),
-            filters,
-        )
-        .group_by(Memory.id)
-        .order_by(matched_weight.desc(), Memory.id)
-        .limit(candidates)
-        .cte("lexical")
-    )
-    legs: list[Select[*tuple[Any, ...]]] = [select(lexical.c.id)]
+    lexical = _lexical(user_id, query, language, filters).scores
+    best_by_words = select(lexical.c.id).order_by(lexical.c.score.desc(), lexical.c.id).limit(candidates)
+    legs: list[Select[*tuple[Any, ...]]] = [best_by_words]
     similarity: Any = cast(null(), Float)
     if embedding is not None:
         distance = _distance(embedding, exact=exact)
@@ -487,7 +521,7 @@ async def search(
         comparable = (Memory.embedding_model == embedding.model) & (Memory.embedding_dim == len(embedding.vector))
         similarity = case((comparable, 1.0 - Memory.embedding.cosine_distance(embedding.vector)), else_=None)
     found = union(*legs).cte("found")
-    lexical_part = func.coalesce(lexical.c.lexical, 0.0)
+    lexical_part = func.coalesce(lexical.c.score, 0.0)
     score = func.coalesce(similarity, 0.0) + LEXICAL_WEIGHT * lexical_part
     rows = (
         await session.execute(
