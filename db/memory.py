@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, TenantOwned, UpdatedAt
@@ -101,8 +101,11 @@ class Memory(TenantOwned, UpdatedAt, Base):
     embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)
     embedding_model: Mapped[str | None] = mapped_column(String(100))
     embedding_dim: Mapped[int | None]
+    # The text-search configuration (stemming, stop words) of the organization's language when it was
+    # stored: `memory_language()` reads the memory settings (migration 0017).
+    language: Mapped[str] = mapped_column(REGCONFIG, server_default=text("public.memory_language()"), deferred=True)
     search_vector: Mapped[Any] = mapped_column(
-        TSVECTOR, Computed("to_tsvector('simple', memory_text)", persisted=True), deferred=True
+        TSVECTOR, Computed("to_tsvector(language, memory_text)", persisted=True), deferred=True
     )
 
 

@@ -26,7 +26,7 @@ from app.chat.schemas import (
 )
 from app.errors import InvalidRequest, NotFound, ServiceError, ServiceUnavailable
 from app.gateway.caches import TokenInfo
-from app.gateway.client import chat_token, embed
+from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
 from app.memory import services as memory
@@ -159,27 +159,42 @@ class Turn(msgspec.Struct):
     token: TokenInfo
     body: dict[str, Any]
     memory_ids: list[str]
+    # Each memory's score in the search that chose it (`MemoryHit.fused_score`), in the same order.
+    memory_scores: list[float]
     started: float
 
 
 async def _relevant_memories(
-    session: AsyncSession, gateway: Gateway, token: TokenInfo, user_id: UUID, text: str
+    session: AsyncSession, gateway: Gateway, conversation: Conversation, text: str
 ) -> list[MemoryHit]:
     settings = await memory.memory_settings(session)
     if not settings.enabled or settings.chat_memories == 0:
         return []
     try:
-        embedding = None
-        if settings.embedding_model is not None:
-            vector = (await embed(gateway, token, settings.embedding_model, [text]))[0]
-            embedding = memory.Embedding(model=settings.embedding_model, vector=vector)
-        return await memory.search(
-            session, user_id=user_id, query=text, embedding=embedding, limit=settings.chat_memories
+        found = await memory.find_memories(
+            session,
+            gateway,
+            tenant_id=conversation.tenant_id,
+            author_id=conversation.user_id,
+            owner=conversation.user_id,
+            query=text,
+            limit=settings.chat_memories,
+            settings=settings,
+            words_if_embedding_fails=True,
         )
     except ServiceError as error:
         # Memory makes answers better; its failure must not stop the conversation.
         logger.warning("memories left out of a chat turn", error=error.detail)
         return []
+    for notice in found.notices:
+        logger.warning("memories of a chat turn found with less than asked", notice=notice)
+    logger.info(
+        "memories put into a chat turn",
+        conversation_id=str(conversation.id),
+        count=len(found.hits),
+        scores=[round(hit.fused_score, 4) for hit in found.hits],
+    )
+    return found.hits
 
 
 async def begin_turn(
@@ -210,11 +225,7 @@ async def begin_turn(
     token = await chat_token(session, conversation.user_id)
     await session.commit()
     started = time.perf_counter()
-    memories = (
-        await _relevant_memories(session, gateway, token, conversation.user_id, content)
-        if conversation.use_memory
-        else []
-    )
+    memories = await _relevant_memories(session, gateway, conversation, content) if conversation.use_memory else []
     system_parts = [conversation.system_prompt] if conversation.system_prompt else []
     if memories:
         remembered = "\n".join(f"- {hit.memory.text}" for hit in memories)
@@ -243,6 +254,7 @@ async def begin_turn(
         token=token,
         body=body,
         memory_ids=[str(hit.memory.id) for hit in memories],
+        memory_scores=[round(hit.fused_score, 4) for hit in memories],
         started=started,
     )
 
@@ -269,7 +281,7 @@ async def finish_turn(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         response_time_ms=int((time.perf_counter() - turn.started) * 1000),
-        details={"memories": turn.memory_ids},
+        details={"memories": turn.memory_ids, "memory_scores": turn.memory_scores},
     )
     session.add(answer)
     conversation.message_count += 1

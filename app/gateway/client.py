@@ -3,6 +3,7 @@ routed, rate-limited, charged against quota and logged exactly like a call to /v
 
 from __future__ import annotations
 
+import array
 import ipaddress
 import math
 import secrets
@@ -143,6 +144,24 @@ async def _chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]
                 continue
             chunk: dict[str, Any] = msgspec.json.decode(line[len(b"data: ") :])
             yield chunk
+
+
+def cached_query_vector(gateway: Gateway, tenant_id: UUID, user_id: UUID, model: str, text: str) -> list[float] | None:
+    """A vector this user's key fetched for this text and model in the last minute, if the cache has it.
+
+    Searches repeat (a page re-rendered, the same question asked again): the cache skips the provider, the
+    reservation and the usage record for those. Keyed by the user, not only the tenant, so a vector only
+    ever serves the person whose key paid for it.
+    """
+    cached = gateway.query_vectors.get((tenant_id, user_id, model, text))
+    return None if cached is None else cached.tolist()
+
+
+def cache_query_vector(
+    gateway: Gateway, tenant_id: UUID, user_id: UUID, model: str, text: str, vector: list[float]
+) -> None:
+    # float32 as pgvector stores them: a quarter of the memory of a list of Python floats.
+    gateway.query_vectors[(tenant_id, user_id, model, text)] = array.array("f", vector)
 
 
 async def embed(

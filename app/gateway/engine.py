@@ -7,6 +7,7 @@ Nothing here touches PostgreSQL per request once the caches are warm.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import datetime
 import functools
@@ -21,6 +22,7 @@ from uuid import UUID
 import aiohttp
 import anyio
 import msgspec
+from cachetools import TTLCache
 from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -78,6 +80,9 @@ CLAMP_HEADER = "x-lyss-output-limit-clamped"
 RECORDED_REFUSALS = frozenset({401, 403, 404, 429, 503})
 # How often a call waiting for a channel's slot looks again (seconds, jittered so waiters do not march).
 QUEUE_POLL_SECONDS = 0.05
+# A searched text's vector is kept this long per worker: about 6 KB each at 1,536 dimensions.
+QUERY_VECTORS_CACHED = 4096
+QUERY_VECTOR_TTL_SECONDS = 60
 
 T = TypeVar("T")
 logger = get_logger("lyss.gateway")
@@ -246,6 +251,10 @@ class Gateway:
             connect=settings.upstream_connect_timeout_seconds, read=settings.upstream_read_timeout_seconds
         )
         self.max_attempts = min(settings.gateway_max_attempts, MAX_ATTEMPTS_CAP)
+        # Lyss's own query embeddings (memory search), by (tenant, user, model, text): `client.cached_query_vector`.
+        self.query_vectors: TTLCache[tuple[UUID, UUID, str, str], array.array[float]] = TTLCache(
+            QUERY_VECTORS_CACHED, QUERY_VECTOR_TTL_SECONDS
+        )
         self._http: aiohttp.ClientSession | None = None
 
     @property

@@ -316,11 +316,17 @@ class MemoryController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> list[MemoryHit]:
         subject = await _subject(db_session, request.user, data.user_id)
-        settings = await services.memory_settings(db_session)
-        embedding = await services.query_embedding(db_session, gateway, request.user.user_id, settings, data.query)
-        return await services.search(
-            db_session, user_id=subject, query=data.query, embedding=embedding, limit=data.limit, filters=data.filters
+        found = await services.find_memories(
+            db_session,
+            gateway,
+            tenant_id=request.user.tenant_id,
+            author_id=request.user.user_id,
+            owner=subject,
+            query=data.query,
+            limit=data.limit,
+            filters=data.filters,
         )
+        return found.hits
 
     @delete("/", summary="Erase every memory of a user (your own; admins may name a user)", status_code=200)
     async def erase_all(

@@ -12,6 +12,8 @@ import msgspec
 from app.schemas import Input
 
 MemoryType = Literal["fact", "preference", "episodic"]
+# The text-search configuration (stemming, stop words) memories are matched by words in, by default.
+DEFAULT_LANGUAGE = "english"
 MemoryText = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 Importance = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Category = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
@@ -215,7 +217,9 @@ class MemoryHit(msgspec.Struct):
     memory: MemoryRead
     # Cosine similarity to the query, higher is better (1 = same direction); None without a vector.
     score: float | None
-    # Reciprocal-rank fusion of the vector and full-text rankings: what the results are ordered by.
+    # The rarity-weighted share of the query's words the memory has, 0 to 1.
+    lexical_score: float
+    # What the results are ordered by: the similarity (0 without one) plus a bounded lift for shared words.
     fused_score: float
 
 
@@ -244,6 +248,8 @@ class MemorySettings(Input):
     association_threshold: Annotated[float, msgspec.Meta(ge=0.5, le=1.0)] = 0.85
     # How many memories chat puts into each turn's context.
     chat_memories: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    # The text-search configuration memories are matched by words in (PostgreSQL's: stemming, stop words).
+    language: Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern="^[a-z_]+$")] = DEFAULT_LANGUAGE
 
 
 # --- what the memory model answers ---------------------------------------------------------------

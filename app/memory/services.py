@@ -8,22 +8,38 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import msgspec
 from pgvector.sqlalchemy import HALFVEC, Vector
 from saq.queue.redis import RedisQueue
-from sqlalchemy import ColumnElement, Select, Text, cast, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import JSONB, JSONPATH, TSQUERY
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    union,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, JSONPATH, REGCONFIG, TSQUERY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound
-from app.gateway.client import chat_token, embed
+from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound, ServiceError
+from app.gateway.client import cache_query_vector, cached_query_vector, chat_token, embed
 from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
 from app.memory.schemas import (
+    DEFAULT_LANGUAGE,
     BatchItem,
     HistoryRead,
     MemoryFilters,
@@ -41,14 +57,22 @@ from db.auth import User
 from db.memory import HALFVEC_INDEXED_DIMENSIONS, INDEXED_DIMENSIONS, Memory, MemoryAssociation, MemoryHistory
 from db.tenant import Job, Organization
 
-# Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the very first ranks.
-RRF_K = 60
+# How far sharing the query's rare words lifts a memory, on the scale of cosine similarity: a memory with
+# all of them climbs past near misses of meaning, never past a memory far closer in meaning.
+LEXICAL_WEIGHT = 0.15
+# A word a tenth of a user's memories have (at least MIN_, at most this many) tells nothing about which
+# memory is meant: it lifts none. Also where counting a word's memories stops.
+COMMON_WORD_COUNT = 500
+MIN_COMMON_WORD_COUNT = 10
 # Each ranking contributes this many candidates per requested result before fusion.
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 20
 # A batch links only its first memories to similar ones: each link is a nearest-neighbour query (measured in
 # tests/integration/memory/test_memory_controls.py, see docs/architecture.md).
 BATCH_LINKED = 100
+
+
+Selected = TypeVar("Selected", bound=Select[*tuple[Any, ...]])
 
 
 class DimensionConflict(Conflict):
@@ -115,6 +139,27 @@ async def save_memory_settings(session: AsyncSession, data: MemorySettings) -> M
     return data
 
 
+async def text_search_languages(session: AsyncSession) -> list[str]:
+    """The languages PostgreSQL can match words in (its built-in text-search configurations)."""
+    return list(
+        await session.scalars(
+            text("SELECT cfgname FROM pg_ts_config WHERE cfgnamespace = 'pg_catalog'::regnamespace ORDER BY cfgname")
+        )
+    )
+
+
+async def _relanguage(session: AsyncSession, language: str) -> None:
+    """Match the organization's memories by words in `language` from now on (their tsvectors are recomputed)."""
+    languages = await text_search_languages(session)
+    if language not in languages:
+        raise InvalidRequest(
+            f"The memory language '{language}' is not one words can be matched in; choose one of: "
+            f"{', '.join(languages)}.",
+            field="language",
+        )
+    await session.execute(update(Memory).values(language=cast(literal(language), REGCONFIG)))
+
+
 async def change_memory_settings(
     session: AsyncSession,
     queue: RedisQueue,
@@ -132,6 +177,8 @@ async def change_memory_settings(
     if data.enabled:
         await require_feature(session, "memory", label="memory", field="enabled")
     previous = await memory_settings(session)
+    if data.language != previous.language:
+        await _relanguage(session, data.language)
     saved = await save_memory_settings(session, data)
     record_audit_event(
         session,
@@ -283,12 +330,81 @@ async def query_embedding(
     return Embedding(model=settings.embedding_model, vector=vector)
 
 
+async def search_embedding(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    tenant_id: UUID,
+    user_id: UUID,
+    settings: MemorySettings,
+    text_value: str,
+) -> Embedding | None:
+    """`query_embedding` for a search: a text this user searched for in the last minute is not embedded again."""
+    model = settings.embedding_model
+    if model is None:
+        return None
+    vector = cached_query_vector(gateway, tenant_id, user_id, model, text_value)
+    if vector is not None:
+        return Embedding(model=model, vector=vector)
+    embedding = await query_embedding(session, gateway, user_id, settings, text_value)
+    assert embedding is not None
+    cache_query_vector(gateway, tenant_id, user_id, model, text_value, embedding.vector)
+    return embedding
+
+
+class Found(msgspec.Struct):
+    hits: list[MemoryHit]
+    # What the search could not do, for the caller to say: meaning or reranking left out, and why.
+    notices: list[str]
+
+
+async def find_memories(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    tenant_id: UUID,
+    author_id: UUID,
+    owner: UUID,
+    query: str,
+    limit: int,
+    filters: MemoryFilters | None = None,
+    settings: MemorySettings | None = None,
+    words_if_embedding_fails: bool = False,
+) -> Found:
+    """Search `owner`'s memories for the author (whose chat key pays for the query's embedding).
+
+    With `words_if_embedding_fails`, an embedding model that refuses or fails leaves a search by words (and
+    a notice saying so) instead of an error: chat and the portal keep working while a provider is down.
+    """
+    settings = settings or await memory_settings(session)
+    notices: list[str] = []
+    try:
+        embedding = await search_embedding(
+            session, gateway, tenant_id=tenant_id, user_id=author_id, settings=settings, text_value=query
+        )
+    except ServiceError as refusal:
+        if not words_if_embedding_fails:
+            raise
+        notices.append(f"Matched by words only: the embedding model failed ({refusal.detail})")
+        embedding = None
+    hits = await search(
+        session,
+        user_id=owner,
+        query=query,
+        embedding=embedding,
+        limit=limit,
+        filters=filters,
+        language=settings.language,
+    )
+    return Found(hits=hits, notices=notices)
+
+
 def not_expired() -> ColumnElement[bool]:
     """A memory past its `expires_at` is forgotten at once, before `memory.prune` deletes it."""
     return or_(Memory.expires_at.is_(None), Memory.expires_at > func.now())
 
 
-def _filtered(statement: Select[Any], filters: MemoryFilters | None) -> Select[Any]:
+def _filtered(statement: Selected, filters: MemoryFilters | None) -> Selected:
     """The one place the conditions of a search or a listing are added: expiry always, then `filters`."""
     statement = statement.where(not_expired())
     if filters is None:
@@ -393,19 +509,70 @@ async def nearest(
     return sorted(((row.id, 1.0 - float(row.distance)) for row in rows), key=lambda item: -item[1])
 
 
-async def _full_text(
-    session: AsyncSession, *, user_id: UUID, query: str, limit: int, filters: MemoryFilters | None
-) -> list[UUID]:
-    # Any of the query's words may match (OR), ranked by cover density; 'simple' keeps every language.
-    tsquery = cast(func.replace(cast(func.plainto_tsquery("simple", query), Text), "&", "|"), TSQUERY)
-    rank = func.ts_rank_cd(Memory.search_vector, tsquery)
-    statement = _filtered(
-        select(Memory.id).where(
-            Memory.user_id == user_id, Memory.status == "active", Memory.search_vector.op("@@")(tsquery)
-        ),
-        filters,
+class _Lexical(NamedTuple):
+    # (memory id, its lexical score 0..1) for each of the user's memories with an informative word.
+    scores: Any
+    # How many informative words the query has: none, and the lexical leg finds nothing.
+    informative: Any
+
+
+def _lexical(user_id: UUID, query: str, language: str, filters: MemoryFilters | None) -> _Lexical:
+    """The lexical leg: the query's informative words and each memory's share of them.
+
+    The query's words are taken in the organization's language (stemmed, stop words out). A word is
+    informative when few of the memories searched (the user's active ones that pass the filters) have it:
+    its weight goes from 1 (one memory has it) down to 0 (a tenth of them or more do: the person's own name,
+    "work", "like"); BM25's inverse document frequency, rescaled between those two points. A memory's
+    score is the sum of the weights of the words it has, divided by the number of informative words: all of
+    them, all rare, is 1.
+
+    Under RLS the text match cannot use the GIN index (`@@` is not leakproof, so PostgreSQL checks the
+    policy first), so the user's rows are read once, matching every word on each, rather than once per word.
+    """
+    words = (
+        func.unnest(func.tsvector_to_array(func.to_tsvector(cast(literal(language), REGCONFIG), query)))
+        .table_valued("lexeme", with_ordinality="position")
+        .render_derived()
     )
-    return list(await session.scalars(statement.order_by(rank.desc(), Memory.id).limit(limit)))
+    term = cast(func.quote_literal(words.c.lexeme), TSQUERY)
+    # MATERIALIZED here and below: computed once, not again wherever a later part names its columns.
+    query_words = select(words.c.position, term.label("term")).cte("query_words").prefix_with("MATERIALIZED")
+    # One row per (memory, word it has), and one with no word for each memory that has none of them.
+    matches = (
+        _filtered(
+            select(Memory.id, query_words.c.position)
+            .outerjoin(query_words, Memory.search_vector.op("@@")(query_words.c.term))
+            .where(Memory.user_id == user_id, Memory.status == "active"),
+            filters,
+        )
+        .cte("matches")
+        .prefix_with("MATERIALIZED")
+    )
+    total = select(func.count(matches.c.id.distinct()).label("n")).cte("total").prefix_with("MATERIALIZED")
+    n, df = total.c.n, func.count()
+    common = func.least(func.greatest(n / 10.0, MIN_COMMON_WORD_COUNT), COMMON_WORD_COUNT)
+
+    def idf(count: Any) -> Any:
+        return func.ln(1.0 + (n - count + 0.5) / (count + 0.5))
+
+    weighted = (
+        select(matches.c.position, ((idf(df) - idf(common)) / func.nullif(idf(1) - idf(common), 0)).label("weight"))
+        .select_from(matches)
+        .join(total, literal(True))
+        .where(matches.c.position.is_not(None))
+        .group_by(matches.c.position, n)
+        .having(df < common)
+        .cte("weighted")
+        .prefix_with("MATERIALIZED")
+    )
+    informative = select(func.count()).select_from(weighted).scalar_subquery()
+    scores = (
+        select(matches.c.id, (func.sum(weighted.c.weight) / informative).label("score"))
+        .join(weighted, weighted.c.position == matches.c.position)
+        .group_by(matches.c.id)
+        .cte("lexical_scores")
+    )
+    return _Lexical(scores=scores, informative=informative)
 
 
 async def search(
@@ -416,46 +583,60 @@ async def search(
     embedding: Embedding | None,
     limit: int,
     filters: MemoryFilters | None = None,
+    language: str = DEFAULT_LANGUAGE,
     exact: bool = False,
 ) -> list[MemoryHit]:
-    """Hybrid search: vector and full-text rankings fused by reciprocal rank; best first."""
+    """Hybrid search in one statement: the nearest memories by meaning and the best by rare shared words,
+    each scored by its cosine similarity plus a bounded lexical lift; best first.
+
+    The lift is `LEXICAL_WEIGHT` times the memory's lexical score (`_lexical`, 0 to 1): a memory with the
+    query's rare words (a name, a number, a date) climbs past near misses of meaning, and one sharing only
+    common words gains nothing, so it cannot push out what the vectors found.
+    """
     candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
-    similarity: dict[UUID, float] = {}
-    fused: dict[UUID, float] = {}
-    if embedding is None:
-        await _tune_for_search(session, candidates)
-    else:
-        for rank, (memory_id, score) in enumerate(
-            await nearest(session, user_id=user_id, embedding=embedding, limit=candidates, filters=filters, exact=exact)
-        ):
-            similarity[memory_id] = score
-            fused[memory_id] = fused.get(memory_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    for rank, memory_id in enumerate(
-        await _full_text(session, user_id=user_id, query=query, limit=candidates, filters=filters)
-    ):
-        fused[memory_id] = fused.get(memory_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    best = sorted(fused, key=lambda memory_id: (-fused[memory_id], -similarity.get(memory_id, -1.0)))[:limit]
-    if not best:
-        return []
-    memories = {memory.id: memory for memory in await session.scalars(select(Memory).where(Memory.id.in_(best)))}
-    missing = [memory_id for memory_id in best if memory_id not in similarity]
-    if embedding is not None and missing:
-        # Found by words only: still report how close in meaning they are, when comparable.
-        distance = _distance(embedding, exact=True)
-        for row in await session.execute(
-            select(Memory.id, distance.label("distance")).where(
-                Memory.id.in_(missing),
-                Memory.embedding_model == embedding.model,
-                Memory.embedding_dim == len(embedding.vector),
+    await _tune_for_search(session, candidates)
+    lexical = _lexical(user_id, query, language, filters).scores
+    best_by_words = select(lexical.c.id).order_by(lexical.c.score.desc(), lexical.c.id).limit(candidates)
+    legs: list[Select[*tuple[Any, ...]]] = [best_by_words]
+    similarity: Any = cast(null(), Float)
+    if embedding is not None:
+        distance = _distance(embedding, exact=exact)
+        nearest_ids = (
+            _filtered(
+                select(Memory.id).where(
+                    Memory.user_id == user_id,
+                    Memory.status == "active",
+                    Memory.embedding_model == embedding.model,
+                    Memory.embedding_dim == len(embedding.vector),
+                ),
+                filters,
             )
-        ):
-            similarity[row.id] = 1.0 - float(row.distance)
+            .order_by(distance)
+            .limit(candidates)
+        )
+        legs.append(nearest_ids)
+        comparable = (Memory.embedding_model == embedding.model) & (Memory.embedding_dim == len(embedding.vector))
+        similarity = case((comparable, 1.0 - Memory.embedding.cosine_distance(embedding.vector)), else_=None)
+    found = union(*legs).cte("found")
+    lexical_part = func.coalesce(lexical.c.score, 0.0)
+    score = func.coalesce(similarity, 0.0) + LEXICAL_WEIGHT * lexical_part
+    rows = (
+        await session.execute(
+            select(Memory, similarity.label("similarity"), lexical_part.label("lexical"), score.label("score"))
+            .join(found, found.c.id == Memory.id)
+            .outerjoin(lexical, lexical.c.id == Memory.id)
+            .order_by(score.desc(), Memory.id)
+            .limit(limit)
+        )
+    ).all()
     return [
         MemoryHit(
-            memory=memory_read(memories[memory_id]), score=similarity.get(memory_id), fused_score=fused[memory_id]
+            memory=memory_read(row.Memory),
+            score=None if row.similarity is None else float(row.similarity),
+            lexical_score=float(row.lexical),
+            fused_score=float(row.score),
         )
-        for memory_id in best
-        if memory_id in memories
+        for row in rows
     ]
 
 

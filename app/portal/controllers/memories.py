@@ -13,7 +13,7 @@ from litestar.params import FromPath
 from litestar.response import Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InvalidRequest, ServiceError
+from app.errors import InvalidRequest
 from app.gateway.engine import Gateway
 from app.keyset import Keyset
 from app.memory import services
@@ -98,15 +98,20 @@ class MemoryPages(Controller):
         hits: list[MemoryHit] = []
         after = None if browse.q else page_cursor(query, errors)
         if browse.q:
-            try:
-                embedding = await services.query_embedding(db_session, gateway, viewer.user.id, settings, browse.q)
-            except ServiceError as refusal:
-                # Words still find memories; say why meaning did not.
-                notices.append(("error", f"Matched by words only: the embedding model failed ({refusal.detail})"))
-                embedding = None
-            hits = await services.search(
-                db_session, user_id=owner, query=browse.q, embedding=embedding, limit=SEARCH_LIMIT, filters=filters
+            found = await services.find_memories(
+                db_session,
+                gateway,
+                tenant_id=viewer.organization.id,
+                author_id=viewer.user.id,
+                owner=owner,
+                query=browse.q,
+                limit=SEARCH_LIMIT,
+                filters=filters,
+                settings=settings,
+                words_if_embedding_fails=True,
             )
+            hits = found.hits
+            notices += [("error", notice) for notice in found.notices]
         rows = (
             []
             if browse.q

@@ -85,6 +85,7 @@ def _stored_defaults(memory: MemorySettings, chat: ChatDefaults) -> dict[str, An
         "embedding_model": memory.embedding_model or "",
         "association_threshold": str(memory.association_threshold),
         "chat_memories": str(memory.chat_memories),
+        "language": memory.language,
         "default_model": chat.default_model or "",
     }
 
@@ -173,6 +174,10 @@ class SettingsPages(Controller):
                 field: _model_choices(served, stored[field], none_label) for field, none_label in MODEL_FIELDS.items()
             },
             currencies=[(code, f"{code} — {currency.name}") for code, currency in CURRENCIES.items()],
+            languages=[
+                (language, language.capitalize())
+                for language in await memory_services.text_search_languages(db_session)
+            ],
             providers=await list_oauth_providers(db_session),
             priced_models=len(await gateway_admin.own_prices(db_session)),
             memory_status=memory_services.memory_status(memory_settings),
@@ -279,7 +284,7 @@ class SettingsPages(Controller):
         form = dict(await request.form())
         values: dict[str, Any] = {
             name: str(form.get(name) or "").strip()
-            for name in ("association_threshold", "chat_memories", *MODEL_FIELDS)
+            for name in ("association_threshold", "chat_memories", "language", *MODEL_FIELDS)
         }
         values["enabled"] = "enabled" in form
         async with FormSubmission(db_session) as submission:

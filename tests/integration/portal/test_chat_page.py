@@ -148,8 +148,13 @@ async def test_the_pages_api_calls_need_the_csrf_header_and_answers_render_as_te
     events = sse_events(answered.text)
     assert "".join(data["content"] for name, data in events if name == "delta") == hostile
     assert events[-1][0] == "done"
-    used = events[-1][1]["assistant_message"]["details"]["memories"]
+    details = events[-1][1]["assistant_message"]["details"]
+    used = details["memories"]
     assert str(tenant_a.memory.id) in used
+    # Each memory's search score is kept with the answer, in the same order, best first.
+    assert len(details["memory_scores"]) == len(used)
+    assert details["memory_scores"] == sorted(details["memory_scores"], reverse=True)
+    assert details["memory_scores"][used.index(str(tenant_a.memory.id))] > 0
 
     shown = (await client.get(f"/portal/chat/{conversation_id}")).text
     # The answer is text in the page (the script renders it from text nodes): no markup of the model's.

@@ -276,8 +276,13 @@ async def test_memory_and_chat_defaults_offer_served_models_and_a_new_embedding_
         "embedding_model": "embed-test",
         "association_threshold": "0.9",
         "chat_memories": "3",
+        "language": "german",
         "default_model": "gpt-test",
     }
+    assert {"english", "german", "simple"} <= set(option_values(page, "language"))
+    unknown_language = await client.post("/portal/settings/defaults", data=good | {"language": "klingon"})
+    assert unknown_language.status_code == 400
+    assert "is not one words can be matched in" in (field_error(unknown_language.text, "language") or "")
     bad = await client.post(
         "/portal/settings/defaults",
         data=good | {"association_threshold": "2", "chat_memories": "many", "llm_model": "hidden-model"},
@@ -305,6 +310,7 @@ async def test_memory_and_chat_defaults_offer_served_models_and_a_new_embedding_
         "embedding_model": "embed-test",
         "association_threshold": 0.9,
         "chat_memories": 3,
+        "language": "german",
     }
     assert stored["chat"] == {"default_model": "gpt-test"}
     notice = (await client.get(saved.headers["location"])).text
