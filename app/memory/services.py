@@ -7,6 +7,7 @@ only ever read or changed together with its `user_id`, so one user's memories ne
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
@@ -17,7 +18,10 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy import (
     ColumnElement,
     Float,
+    Integer,
     Select,
+    Text,
+    bindparam,
     case,
     cast,
     delete,
@@ -31,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH, REGCONFIG, TSQUERY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -457,14 +462,13 @@ def _metadata_condition(key: str, operator: str, value: Any) -> ColumnElement[bo
     return func.jsonb_path_exists_tz(Memory.attributes, cast(path, JSONPATH), cast(variables, JSONB), True)
 
 
-def _distance(embedding: Embedding, *, exact: bool) -> Any:
+def _distance(query_vector: Any, dimension: int, *, exact: bool) -> Any:
     """Cosine distance to the query, written so that the HNSW index of this size can serve it."""
-    dimension = len(embedding.vector)
     if not exact and dimension in INDEXED_DIMENSIONS:
-        return cast(Memory.embedding, Vector(dimension)).cosine_distance(embedding.vector)
+        return cast(Memory.embedding, Vector(dimension)).cosine_distance(query_vector)
     if not exact and dimension in HALFVEC_INDEXED_DIMENSIONS:
-        return cast(Memory.embedding, HALFVEC(dimension)).cosine_distance(embedding.vector)
-    return Memory.embedding.cosine_distance(embedding.vector)
+        return cast(Memory.embedding, HALFVEC(dimension)).cosine_distance(query_vector)
+    return Memory.embedding.cosine_distance(query_vector)
 
 
 async def _tune_for_search(session: AsyncSession, limit: int) -> None:
@@ -493,7 +497,7 @@ async def nearest(
 ) -> list[tuple[UUID, float]]:
     """The user's active memories closest to `embedding` (same model): (id, cosine similarity), best first."""
     dimension = len(embedding.vector)
-    distance = _distance(embedding, exact=exact)
+    distance = _distance(embedding.vector, dimension, exact=exact)
     await _tune_for_search(session, limit)
     statement = _filtered(
         select(Memory.id, distance.label("distance")).where(
@@ -516,7 +520,7 @@ class _Lexical(NamedTuple):
     informative: Any
 
 
-def _lexical(user_id: UUID, query: str, language: str, filters: MemoryFilters | None) -> _Lexical:
+def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | None) -> _Lexical:
     """The lexical leg: the query's informative words and each memory's share of them.
 
     The query's words are taken in the organization's language (stemmed, stop words out). A word is
@@ -530,7 +534,7 @@ def _lexical(user_id: UUID, query: str, language: str, filters: MemoryFilters | 
     policy first), so the user's rows are read once, matching every word on each, rather than once per word.
     """
     words = (
-        func.unnest(func.tsvector_to_array(func.to_tsvector(cast(literal(language), REGCONFIG), query)))
+        func.unnest(func.tsvector_to_array(func.to_tsvector(cast(language, REGCONFIG), query)))
         .table_valued("lexeme", with_ordinality="position")
         .render_derived()
     )
@@ -595,40 +599,22 @@ async def search(
     """
     candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     await _tune_for_search(session, candidates)
-    lexical = _lexical(user_id, query, language, filters).scores
-    best_by_words = select(lexical.c.id).order_by(lexical.c.score.desc(), lexical.c.id).limit(candidates)
-    legs: list[Select[*tuple[Any, ...]]] = [best_by_words]
-    similarity: Any = cast(null(), Float)
+    dimension = None if embedding is None else len(embedding.vector)
+    statement = (
+        _search_statement(dimension, exact)
+        if filters is None or filters == MemoryFilters()
+        else _build_search_statement(dimension, exact, filters)
+    )
+    parameters: dict[str, Any] = {
+        "user_id": user_id,
+        "query": query,
+        "language": language,
+        "candidates": candidates,
+        "limit": limit,
+    }
     if embedding is not None:
-        distance = _distance(embedding, exact=exact)
-        nearest_ids = (
-            _filtered(
-                select(Memory.id).where(
-                    Memory.user_id == user_id,
-                    Memory.status == "active",
-                    Memory.embedding_model == embedding.model,
-                    Memory.embedding_dim == len(embedding.vector),
-                ),
-                filters,
-            )
-            .order_by(distance)
-            .limit(candidates)
-        )
-        legs.append(nearest_ids)
-        comparable = (Memory.embedding_model == embedding.model) & (Memory.embedding_dim == len(embedding.vector))
-        similarity = case((comparable, 1.0 - Memory.embedding.cosine_distance(embedding.vector)), else_=None)
-    found = union(*legs).cte("found")
-    lexical_part = func.coalesce(lexical.c.score, 0.0)
-    score = func.coalesce(similarity, 0.0) + LEXICAL_WEIGHT * lexical_part
-    rows = (
-        await session.execute(
-            select(Memory, similarity.label("similarity"), lexical_part.label("lexical"), score.label("score"))
-            .join(found, found.c.id == Memory.id)
-            .outerjoin(lexical, lexical.c.id == Memory.id)
-            .order_by(score.desc(), Memory.id)
-            .limit(limit)
-        )
-    ).all()
+        parameters |= {"model": embedding.model, "query_vector": embedding.vector}
+    rows = (await session.execute(statement, parameters)).all()
     return [
         MemoryHit(
             memory=memory_read(row.Memory),
@@ -638,6 +624,50 @@ async def search(
         )
         for row in rows
     ]
+
+
+@functools.lru_cache(maxsize=64)
+def _search_statement(dimension: int | None, exact: bool) -> Select[*tuple[Any, ...]]:
+    """The unfiltered search's statement, built once per vector size: building it costs more than running it
+    for a user of a few hundred memories."""
+    return _build_search_statement(dimension, exact, None)
+
+
+def _build_search_statement(
+    dimension: int | None, exact: bool, filters: MemoryFilters | None
+) -> Select[*tuple[Any, ...]]:
+    """`search`'s statement, its values as bound parameters (user_id, query, language, candidates, limit; with
+    a vector size: model and query_vector)."""
+    user_id = bindparam("user_id", type_=PG_UUID(as_uuid=True))
+    candidates = bindparam("candidates", type_=Integer)
+    lexical = _lexical(user_id, bindparam("query", type_=Text), bindparam("language", type_=Text), filters).scores
+    best_by_words = select(lexical.c.id).order_by(lexical.c.score.desc(), lexical.c.id).limit(candidates)
+    legs: list[Select[*tuple[Any, ...]]] = [best_by_words]
+    similarity: Any = cast(null(), Float)
+    if dimension is not None:
+        query_vector = bindparam("query_vector", type_=Vector(dimension))
+        model = bindparam("model", type_=Text)
+        distance = _distance(query_vector, dimension, exact=exact)
+        comparable = (Memory.embedding_model == model) & (Memory.embedding_dim == dimension)
+        nearest_ids = (
+            _filtered(
+                select(Memory.id).where(Memory.user_id == user_id, Memory.status == "active", comparable), filters
+            )
+            .order_by(distance)
+            .limit(candidates)
+        )
+        legs.append(nearest_ids)
+        similarity = case((comparable, 1.0 - Memory.embedding.cosine_distance(query_vector)), else_=None)
+    found = union(*legs).cte("found")
+    lexical_part = func.coalesce(lexical.c.score, 0.0)
+    score = func.coalesce(similarity, 0.0) + LEXICAL_WEIGHT * lexical_part
+    return (
+        select(Memory, similarity.label("similarity"), lexical_part.label("lexical"), score.label("score"))
+        .join(found, found.c.id == Memory.id)
+        .outerjoin(lexical, lexical.c.id == Memory.id)
+        .order_by(score.desc(), Memory.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
 
 
 # --- changing ------------------------------------------------------------------------------------
