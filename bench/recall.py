@@ -144,7 +144,8 @@ async def _load_padded(superuser_url: str, tenant_id: UUID, user_id: UUID, rows:
                 for text, vector in rows
             ],
         )
-        await connection.execute("ANALYZE memory_user_memories")
+        # As autovacuum leaves a table in use: statistics, and the visibility map that index-only scans need.
+        await connection.execute("VACUUM ANALYZE memory_user_memories")
     finally:
         await connection.close()
 

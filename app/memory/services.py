@@ -130,9 +130,8 @@ def history_read(row: MemoryHistory) -> HistoryRead:
 
 
 async def memory_settings(session: AsyncSession) -> MemorySettings:
-    organization = await session.scalar(select(Organization))
-    stored = (organization.settings if organization else {}).get("memory") or {}
-    return msgspec.convert(stored, MemorySettings)
+    stored = await session.scalar(select(Organization.settings["memory"]))
+    return msgspec.convert(stored or {}, MemorySettings)
 
 
 async def save_memory_settings(session: AsyncSession, data: MemorySettings) -> MemorySettings:
@@ -472,17 +471,20 @@ def _distance(query_vector: Any, dimension: int, *, exact: bool) -> Any:
 
 
 async def _tune_for_search(session: AsyncSession, limit: int) -> None:
-    await session.execute(
-        select(
-            # The best plan depends on the user (a hundred memories: b-tree and sort; tens of thousands: the
-            # HNSW index) and on the query's words; a cached generic plan would also evaluate the tsquery
-            # expression once per row. Measured in bench/memory.py.
-            func.set_config("plan_cache_mode", "force_custom_plan", True),
-            # pgvector filters after the index scan; iterative scanning keeps going until enough rows pass
-            # the tenant, user and status filters (without it a small user in a big tenant gets too few).
-            func.set_config("hnsw.iterative_scan", "relaxed_order", True),
-            func.set_config("hnsw.ef_search", str(max(40, 2 * limit)), True),
-        )
+    await session.execute(_tuning(), {"ef_search": str(max(40, 2 * limit))})
+
+
+@functools.cache
+def _tuning() -> Select[*tuple[Any, ...]]:
+    return select(
+        # The best plan depends on the user (a hundred memories: b-tree and sort; tens of thousands: the
+        # HNSW index) and on the query's words; a cached generic plan would also evaluate the tsquery
+        # expression once per row. Measured in bench/memory.py.
+        func.set_config("plan_cache_mode", "force_custom_plan", True),
+        # pgvector filters after the index scan; iterative scanning keeps going until enough rows pass
+        # the tenant, user and status filters (without it a small user in a big tenant gets too few).
+        func.set_config("hnsw.iterative_scan", "relaxed_order", True),
+        func.set_config("hnsw.ef_search", bindparam("ef_search", type_=Text), True),
     )
 
 
@@ -531,7 +533,8 @@ def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | N
     them, all rare, is 1.
 
     Under RLS the text match cannot use the GIN index (`@@` is not leakproof, so PostgreSQL checks the
-    policy first), so the user's rows are read once, matching every word on each, rather than once per word.
+    policy first): the user's rows are read once, each matched against all the words at once, and only those
+    with one of them against each word, rather than every row once per word.
     """
     words = (
         func.unnest(func.tsvector_to_array(func.to_tsvector(cast(language, REGCONFIG), query)))
@@ -540,19 +543,32 @@ def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | N
     )
     term = cast(func.quote_literal(words.c.lexeme), TSQUERY)
     # MATERIALIZED here and below: computed once, not again wherever a later part names its columns.
-    query_words = select(words.c.position, term.label("term")).cte("query_words").prefix_with("MATERIALIZED")
-    # One row per (memory, word it has), and one with no word for each memory that has none of them.
-    matches = (
+    query_words = (
+        select(words.c.position, words.c.lexeme, term.label("term")).cte("query_words").prefix_with("MATERIALIZED")
+    )
+    own = (Memory.user_id == user_id, Memory.status == "active")
+    any_word = select(cast(func.string_agg(func.quote_literal(query_words.c.lexeme), " | "), TSQUERY)).scalar_subquery()
+    # One pass over the user's rows: how many there are, and which have at least one of the words (each row
+    # matched once against all of them together); then only those are matched against each word.
+    scan = (
         _filtered(
-            select(Memory.id, query_words.c.position)
-            .outerjoin(query_words, Memory.search_vector.op("@@")(query_words.c.term))
-            .where(Memory.user_id == user_id, Memory.status == "active"),
+            select(
+                func.count().label("n"),
+                func.array_agg(Memory.id).filter(Memory.search_vector.op("@@")(any_word)).label("ids"),
+            ).where(*own),
             filters,
         )
+        .cte("scan")
+        .prefix_with("MATERIALIZED")
+    )
+    having_any = select(Memory.id, Memory.search_vector).where(Memory.id == func.any(scan.c.ids)).cte("having_any")
+    matches = (
+        select(having_any.c.id, query_words.c.position)
+        .join(query_words, having_any.c.search_vector.op("@@")(query_words.c.term))
         .cte("matches")
         .prefix_with("MATERIALIZED")
     )
-    total = select(func.count(matches.c.id.distinct()).label("n")).cte("total").prefix_with("MATERIALIZED")
+    total = scan
     n, df = total.c.n, func.count()
     common = func.least(func.greatest(n / 10.0, MIN_COMMON_WORD_COUNT), COMMON_WORD_COUNT)
 
@@ -563,7 +579,6 @@ def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | N
         select(matches.c.position, ((idf(df) - idf(common)) / func.nullif(idf(1) - idf(common), 0)).label("weight"))
         .select_from(matches)
         .join(total, literal(True))
-        .where(matches.c.position.is_not(None))
         .group_by(matches.c.position, n)
         .having(df < common)
         .cte("weighted")
