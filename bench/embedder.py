@@ -1,9 +1,11 @@
-"""An OpenAI-compatible embeddings server on loopback around all-MiniLM-L6-v2, the model the bench extra ships."""
+"""An OpenAI-compatible embeddings server on loopback around all-MiniLM-L6-v2, the model the bench extra ships, with a
+rule-based `/v1/rerank` beside it."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +15,8 @@ from typing import Any
 import numpy as np
 
 MODEL = "all-minilm-l6-v2"
+# Not a model: `word_overlap` ranks, so that a benchmark can check the rerank wiring end to end.
+RERANK_MODEL = "word-overlap-rule"
 DIMENSIONS = 384
 BATCH = 64
 
@@ -61,8 +65,43 @@ class Embedder:
         return sum(len(self._model.tokenizer.tokenize(text)) + 2 for text in texts)
 
 
+def _words(text: str) -> set[str]:
+    return {word for word in re.findall(r"[a-z]+", text.lower()) if len(word) >= 3}
+
+
+def word_overlap(query: str, document: str) -> float:
+    """The rerank rule: the share of the query's distinct lowercase words of three letters or more that the
+    document has (0 for a query without such words)."""
+    wanted = _words(query)
+    return len(wanted & _words(document)) / len(wanted) if wanted else 0.0
+
+
+def rerank_answer(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Jina's and Cohere's answer to a rerank body, best first, ties in the order given; None for a bad body."""
+    query, documents = body.get("query"), body.get("documents")
+    if not isinstance(query, str) or not isinstance(documents, list) or not documents:
+        return None
+    texts: list[str] = []
+    for document in documents:
+        text = document.get("text") if isinstance(document, dict) else document
+        if not isinstance(text, str):
+            return None
+        texts.append(text)
+    scores = [word_overlap(query, text) for text in texts]
+    order = sorted(range(len(texts)), key=lambda index: -scores[index])
+    top_n = body.get("top_n")
+    if isinstance(top_n, int) and top_n > 0:
+        order = order[:top_n]
+    words = sum(len(text.split()) for text in [query, *texts])
+    return {
+        "results": [{"index": index, "relevance_score": scores[index]} for index in order],
+        "usage": {"total_tokens": words},
+    }
+
+
 def serve(embedder: Embedder) -> ThreadingHTTPServer:
-    """Serves `POST /v1/embeddings` and `GET /v1/models` on 127.0.0.1 (a free port) in a daemon thread."""
+    """Serves `POST /v1/embeddings`, `POST /v1/rerank` (`rerank_answer`) and `GET /v1/models` on 127.0.0.1 (a free
+    port) in a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -86,6 +125,13 @@ def serve(embedder: Embedder) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            if self.path.rstrip("/").endswith("/rerank"):
+                answer = rerank_answer(body)
+                if answer is None:
+                    self._answer(400, {"error": {"message": "query must be a string and documents a list of texts"}})
+                else:
+                    self._answer(200, answer)
+                return
             if not self.path.rstrip("/").endswith("/embeddings"):
                 self._answer(404, {"error": {"message": "not found"}})
                 return

@@ -1,5 +1,7 @@
 """Memory retrieval benchmark: recall of hand-labelled questions through `POST /api/memories/search`, beside
-exact cosine and BM25, and the search's latency at 250 and 10,000 memories per user.
+exact cosine and BM25, and the search's latency at 250 and 10,000 memories per user. The questions are asked a
+second time with a rerank model set (`bench.embedder.word_overlap`, a word-overlap rule, not a model): that row
+checks the rerank wiring, it says nothing of what a real reranker would do.
 
 Run with `make bench` (or `python -m bench.recall`). The facts and questions are in `bench/data/memory_recall.json`:
 each person's facts are stored as one Lyss user's memories through the API (`infer: false`), embedded by
@@ -26,6 +28,7 @@ from uuid import UUID
 
 import asyncpg
 import httpx
+import msgspec
 import numpy as np
 from pgvector.asyncpg import register_vector
 from rank_bm25 import BM25Okapi
@@ -35,7 +38,7 @@ from app.auth.tokens import Principal, issue_access_token
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.memory import services
 from app.settings import new_key_entry, parse_keyring
-from bench.embedder import DIMENSIONS, MODEL, Embedder, serve
+from bench.embedder import DIMENSIONS, MODEL, RERANK_MODEL, Embedder, serve
 from bench.foundation import _free_port, _serve, prepare_priced_tenant
 from db.auth import User
 from db.bootstrap import plain_url
@@ -54,6 +57,7 @@ SEED = 20261130
 SIZES = (250, 10_000)
 WARM_UP = 40
 TIMED = 250
+RERANKED = "Lyss + rerank (mock word-overlap rule, wiring only)"
 
 
 def _words(text: str) -> list[str]:
@@ -163,6 +167,15 @@ async def _add_users(app_url: str, tenant_id: UUID, names: list[str]) -> dict[st
     return users
 
 
+async def _rerank_with(app_url: str, tenant_id: UUID, model: str | None) -> None:
+    engine = create_engine(app_url, pool_size=1)
+    async with tenant_session(create_session_maker(engine), tenant_id) as session:
+        current = await services.memory_settings(session)
+        await services.save_memory_settings(session, msgspec.structs.replace(current, rerank_model=model))
+        await session.commit()
+    await engine.dispose()
+
+
 def _quantile(values: list[float], percent: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
@@ -186,7 +199,7 @@ def _bench(superuser_url: str, redis_url: str, embedder: Embedder, port_of_embed
             DATABASE,
             f"http://127.0.0.1:{port_of_embedder}/v1",
             encryption_keys,
-            prices={MODEL: (20_000, 0)},
+            prices={MODEL: (20_000, 0), RERANK_MODEL: (20_000, 0)},
             settings={"memory": {"enabled": True, "embedding_model": MODEL}},
         )
     )
@@ -243,6 +256,20 @@ def _bench(superuser_url: str, redis_url: str, embedder: Embedder, port_of_embed
             )
             response.raise_for_status()
             methods.ranked["Lyss"][question["id"]] = [memory_of[hit["memory"]["id"]] for hit in response.json()]
+
+        asyncio.run(_rerank_with(app_url, admin.tenant_id, RERANK_MODEL))
+        for question in questions:
+            response = client.post(
+                "/api/memories/search",
+                json={"query": question["question"], "limit": LIMIT},
+                headers=bearer(users[question["person"]]),
+            )
+            response.raise_for_status()
+            if "x-lyss-search-notice" in response.headers:
+                raise SystemExit(f"the reranked search answered: {response.headers['x-lyss-search-notice']}")
+            methods.ranked[RERANKED][question["id"]] = [memory_of[hit["memory"]["id"]] for hit in response.json()]
+        # The latency part measures the search alone.
+        asyncio.run(_rerank_with(app_url, admin.tenant_id, None))
 
         # Latency: the first person's facts padded with filler to each size, already embedded.
         first = by_person[people[0]]

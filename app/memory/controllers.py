@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -53,6 +53,14 @@ from app.storage.services import job_file_url
 from app.tenants.services import Actor
 
 AuthRequest = Request[Principal, Any, State]
+SEARCH_NOTICE_HEADER = "x-lyss-search-notice"
+MAX_NOTICE_HEADER = 300
+
+
+def header_safe(text: str) -> str:
+    """`text` as a header value: printable ASCII on one line (anything else a space or `?`), cut short."""
+    printable = "".join(char if " " <= char <= "~" else (" " if char.isspace() else "?") for char in text)
+    return " ".join(printable.split())[:MAX_NOTICE_HEADER]
 
 
 async def _subject(session: AsyncSession, principal: Principal, user_id: UUID | None) -> UUID:
@@ -307,6 +315,13 @@ class MemoryController(Controller):
         "/search",
         status_code=HTTP_200_OK,
         summary="Search by meaning and by words; score is a cosine similarity, higher is closer",
+        response_headers=[
+            ResponseHeader(
+                name=SEARCH_NOTICE_HEADER,
+                description="What the search could not do (e.g. 'Not reranked: ...'); absent when it did all",
+                documentation_only=True,
+            )
+        ],
     )
     async def search(
         self,
@@ -314,7 +329,7 @@ class MemoryController(Controller):
         data: JSONBody[MemorySearch],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-    ) -> list[MemoryHit]:
+    ) -> Response[list[MemoryHit]]:
         subject = await _subject(db_session, request.user, data.user_id)
         found = await services.find_memories(
             db_session,
@@ -326,7 +341,8 @@ class MemoryController(Controller):
             limit=data.limit,
             filters=data.filters,
         )
-        return found.hits
+        headers = {SEARCH_NOTICE_HEADER: header_safe("; ".join(found.notices))} if found.notices else {}
+        return Response(found.hits, headers=headers)
 
     @delete("/", summary="Erase every memory of a user (your own; admins may name a user)", status_code=200)
     async def erase_all(

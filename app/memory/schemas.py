@@ -219,8 +219,11 @@ class MemoryHit(msgspec.Struct):
     score: float | None
     # The rarity-weighted share of the query's words the memory has, 0 to 1.
     lexical_score: float
-    # What the results are ordered by: the similarity (0 without one) plus a bounded lift for shared words.
+    # What the search ordered by: the similarity (0 without one) plus a bounded lift for shared words.
     fused_score: float
+    # The rerank model's relevance when the organization reranks (the results are then in its order);
+    # None when the search was not reranked.
+    rerank_score: float | None = None
 
 
 class HistoryRead(msgspec.Struct):
@@ -239,7 +242,7 @@ class HistoryRead(msgspec.Struct):
 
 
 class MemorySettings(Input):
-    """Per tenant (admins): which models extract and embed memories."""
+    """Per tenant (admins): which models extract, embed and rerank memories."""
 
     enabled: bool = True
     llm_model: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
@@ -250,6 +253,9 @@ class MemorySettings(Input):
     chat_memories: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
     # The text-search configuration memories are matched by words in (PostgreSQL's: stemming, stop words).
     language: Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern="^[a-z_]+$")] = DEFAULT_LANGUAGE
+    # A model behind `/v1/rerank` that reorders the search's best `rerank_candidates`; None: no reranking.
+    rerank_model: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    rerank_candidates: Annotated[int, msgspec.Meta(ge=2, le=100)] = 20
 
 
 # --- what the memory model answers ---------------------------------------------------------------

@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidRequest, NotAllowed, NotFound, ServiceError
-from app.gateway.client import cache_query_vector, cached_query_vector, chat_token, embed
+from app.gateway.client import cache_query_vector, cached_query_vector, chat_token, embed, rerank
 from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
 from app.memory.schemas import (
@@ -191,7 +191,12 @@ async def change_memory_settings(
         action="memory.settings_changed",
         target_type="organization",
         target_id=tenant_id,
-        details={"llm_model": data.llm_model, "embedding_model": data.embedding_model, "enabled": data.enabled},
+        details={
+            "llm_model": data.llm_model,
+            "embedding_model": data.embedding_model,
+            "rerank_model": data.rerank_model,
+            "enabled": data.enabled,
+        },
     )
     model = saved.embedding_model
     if (
@@ -375,10 +380,12 @@ async def find_memories(
     settings: MemorySettings | None = None,
     words_if_embedding_fails: bool = False,
 ) -> Found:
-    """Search `owner`'s memories for the author (whose chat key pays for the query's embedding).
+    """Search `owner`'s memories for the author (whose chat key pays for the query's embedding and reranking).
 
     With `words_if_embedding_fails`, an embedding model that refuses or fails leaves a search by words (and
     a notice saying so) instead of an error: chat and the portal keep working while a provider is down.
+    With a rerank model, the search's best `rerank_candidates` are put in that model's order before the
+    first `limit` are kept; a rerank that fails leaves the search's own order, with a notice, never an error.
     """
     settings = settings or await memory_settings(session)
     notices: list[str] = []
@@ -396,11 +403,30 @@ async def find_memories(
         user_id=owner,
         query=query,
         embedding=embedding,
-        limit=limit,
+        limit=max(limit, settings.rerank_candidates) if settings.rerank_model else limit,
         filters=filters,
         language=settings.language,
     )
-    return Found(hits=hits, notices=notices)
+    if settings.rerank_model is not None and hits:
+        try:
+            hits = await _reranked(session, gateway, author_id, settings.rerank_model, query, hits)
+        except ServiceError as refusal:
+            notices.append(f"Not reranked: {refusal.detail}")
+    return Found(hits=hits[:limit], notices=notices)
+
+
+async def _reranked(
+    session: AsyncSession, gateway: Gateway, user_id: UUID, model: str, query: str, hits: list[MemoryHit]
+) -> list[MemoryHit]:
+    """`hits` in the rerank model's order, billed to the user's chat key; those it leaves unranked follow
+    in the search's order."""
+    token = await chat_token(session, user_id)
+    await session.commit()
+    ranking = await rerank(gateway, token, model, query, [hit.memory.text for hit in hits])
+    # The gateway has checked the ranking: indices in range, none twice.
+    ranked = [msgspec.structs.replace(hits[index], rerank_score=score) for index, score in ranking]
+    named = {index for index, _ in ranking}
+    return ranked + [hit for index, hit in enumerate(hits) if index not in named]
 
 
 def not_expired() -> ColumnElement[bool]:

@@ -42,6 +42,7 @@ OAUTH_KINDS = [("oidc", "OpenID Connect (discovery URL)"), ("google", "Google"),
 MODEL_FIELDS = {
     "llm_model": "None: no facts are extracted",
     "embedding_model": "None: memories are searched by their words only",
+    "rerank_model": "None: searches keep their own order",
     "default_model": "None: every new conversation names its model",
 }
 UNSERVED = "Choose a model that one of your enabled channels serves."
@@ -86,6 +87,8 @@ def _stored_defaults(memory: MemorySettings, chat: ChatDefaults) -> dict[str, An
         "association_threshold": str(memory.association_threshold),
         "chat_memories": str(memory.chat_memories),
         "language": memory.language,
+        "rerank_model": memory.rerank_model or "",
+        "rerank_candidates": str(memory.rerank_candidates),
         "default_model": chat.default_model or "",
     }
 
@@ -94,7 +97,9 @@ def _parsed_defaults(values: dict[str, Any]) -> tuple[MemorySettings, ChatDefaul
     """Both structs from one form, every wrong field reported at once."""
     # Left out, these would silently take their defaults: on a form, empty is a mistake.
     errors = {
-        name: "This field is required." for name in ("association_threshold", "chat_memories") if not values[name]
+        name: "This field is required."
+        for name in ("association_threshold", "chat_memories", "rerank_candidates")
+        if not values[name]
     }
     memory = MemorySettings()
     chat = ChatDefaults()
@@ -284,7 +289,7 @@ class SettingsPages(Controller):
         form = dict(await request.form())
         values: dict[str, Any] = {
             name: str(form.get(name) or "").strip()
-            for name in ("association_threshold", "chat_memories", "language", *MODEL_FIELDS)
+            for name in ("association_threshold", "chat_memories", "rerank_candidates", "language", *MODEL_FIELDS)
         }
         values["enabled"] = "enabled" in form
         async with FormSubmission(db_session) as submission:

@@ -276,6 +276,7 @@ async def test_memory_and_chat_defaults_offer_served_models_and_a_new_embedding_
         "embedding_model": "embed-test",
         "association_threshold": "0.9",
         "chat_memories": "3",
+        "rerank_candidates": "20",
         "language": "german",
         "default_model": "gpt-test",
     }
@@ -311,6 +312,8 @@ async def test_memory_and_chat_defaults_offer_served_models_and_a_new_embedding_
         "association_threshold": 0.9,
         "chat_memories": 3,
         "language": "german",
+        "rerank_model": None,
+        "rerank_candidates": 20,
     }
     assert stored["chat"] == {"default_model": "gpt-test"}
     notice = (await client.get(saved.headers["location"])).text
@@ -340,6 +343,7 @@ async def test_a_conversation_started_without_a_model_gets_the_default_chat_mode
             "enabled": "on",
             "association_threshold": "0.85",
             "chat_memories": "5",
+            "rerank_candidates": "20",
             "default_model": "gpt-test",
         },
     )
