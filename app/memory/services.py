@@ -312,15 +312,16 @@ async def prune_expired(session: AsyncSession) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def check_dimension(session: AsyncSession, embedding: Embedding) -> None:
+async def check_dimension(session: AsyncSession, embedding: Embedding, *, doing: str = "stored") -> None:
     """A model's vectors all have one size: a differently sized answer would make the memories unsearchable."""
     stored = await session.scalar(
         select(Memory.embedding_dim).where(Memory.embedding_model == embedding.model).limit(1)
     )
     if stored is not None and stored != len(embedding.vector):
+        outcome = "nothing was stored" if doing == "stored" else "its vector cannot be compared with theirs"
         raise DimensionConflict(
             f"The embedding model '{embedding.model}' returned {len(embedding.vector)} dimensions, but this "
-            f"organization's memories embedded with it have {stored}; nothing was stored."
+            f"organization's memories embedded with it have {stored}; {outcome}."
         )
 
 
@@ -357,6 +358,8 @@ async def search_embedding(
         return Embedding(model=model, vector=vector)
     embedding = await query_embedding(session, gateway, user_id, settings, text_value)
     assert embedding is not None
+    # A misconfigured model (another size than the memories it embedded) would silently match nothing.
+    await check_dimension(session, embedding, doing="searched")
     cache_query_vector(gateway, tenant_id, user_id, model, text_value, embedding.vector)
     return embedding
 

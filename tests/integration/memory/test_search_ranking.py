@@ -20,6 +20,7 @@ from tests.support.clients import AuthHeaders, Client
 from tests.support.gateway import usage_rows
 from tests.support.memory import configure_memory
 from tests.support.mock_upstream import MockUpstream
+from tests.support.portal import sign_in
 from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
 
 DIMENSIONS = 256
@@ -223,3 +224,24 @@ async def test_a_repeated_search_embeds_its_query_once_and_only_for_the_same_per
     assert sorted(str(row.user_id) for row in embedded) == sorted([str(tenant_a.user.id), str(tenant_a.admin.id)])
     async with tenant_session(session_maker, tenant_a.id) as session:
         assert await session.scalar(select(func.count()).select_from(UsageLog)) == 2
+
+
+async def test_an_embedding_model_answering_another_size_is_named_not_silently_matching_nothing(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await configure_memory(client, admin, upstream)
+    stored = await client.post("/api/memories", json={"text": "Keeps bees in the garden", "infer": False}, headers=user)
+    assert stored.status_code == 201, stored.text
+    # The provider behind the model changes: now 128 dimensions where the memories have 256.
+    upstream.behave("mem-embed", dimensions=128)
+    refused = await client.post("/api/memories/search", json={"query": "bees"}, headers=user)
+    assert refused.status_code == 409
+    assert "returned 128 dimensions" in refused.json()["detail"]
+    assert "have 256" in refused.json()["detail"]
+    # The memories page still finds by words, and says why not by meaning.
+    await sign_in(client, tenant_a, tenant_a.user.email)
+    page = (await client.get("/portal/memories", params={"q": "bees"})).text
+    assert "Matched by words only" in page
+    assert "returned 128 dimensions" in page
+    assert "Keeps bees in the garden" in page
