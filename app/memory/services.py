@@ -65,6 +65,11 @@ from db.tenant import Job, Organization
 # How far sharing the query's rare words lifts a memory, on the scale of cosine similarity: a memory with
 # all of them climbs past near misses of meaning, never past a memory far closer in meaning.
 LEXICAL_WEIGHT = 0.15
+# Of each page of results, up to this many places (a quarter of the page at most) go to the best matches by
+# words that have at least RESERVE_AT of the query's informative words, if the score left them out: a
+# memory with the question's rare name and date is shown, after those closer in meaning.
+RESERVED_FOR_WORDS = 2
+RESERVE_AT = 0.5
 # A word a tenth of a user's memories have (at least MIN_, at most this many) tells nothing about which
 # memory is meant: it lifts none. Also where counting a word's memories stops.
 COMMON_WORD_COUNT = 500
@@ -639,7 +644,8 @@ async def search(
 
     The lift is `LEXICAL_WEIGHT` times the memory's lexical score (`_lexical`, 0 to 1): a memory with the
     query's rare words (a name, a number, a date) climbs past near misses of meaning, and one sharing only
-    common words gains nothing, so it cannot push out what the vectors found.
+    common words gains nothing, so it cannot push out what the vectors found. The last places of a page
+    (`RESERVED_FOR_WORDS`) go to strong word matches the score left out, below everything else.
     """
     candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     await _tune_for_search(session, candidates)
@@ -655,6 +661,7 @@ async def search(
         "language": language,
         "candidates": candidates,
         "limit": limit,
+        "reserved": min(RESERVED_FOR_WORDS, limit // 4),
     }
     if embedding is not None:
         parameters |= {"model": embedding.model, "query_vector": embedding.vector}
@@ -705,12 +712,30 @@ def _build_search_statement(
     found = union(*legs).cte("found")
     lexical_part = func.coalesce(lexical.c.score, 0.0)
     score = func.coalesce(similarity, 0.0) + LEXICAL_WEIGHT * lexical_part
-    return (
-        select(Memory, similarity.label("similarity"), lexical_part.label("lexical"), score.label("score"))
-        .join(found, found.c.id == Memory.id)
+    scored = (
+        select(
+            found.c.id,
+            similarity.label("similarity"),
+            lexical_part.label("lexical"),
+            score.label("score"),
+            func.row_number().over(order_by=(lexical_part.desc(), score.desc(), found.c.id)).label("word_rank"),
+        )
+        .join(Memory, found.c.id == Memory.id)
         .outerjoin(lexical, lexical.c.id == Memory.id)
-        .order_by(score.desc(), Memory.id)
+        .cte("scored")
+    )
+    # The best matches by words, if strong, take the last places even when their meaning ranks them lower.
+    reserved = (scored.c.word_rank <= bindparam("reserved", type_=Integer)) & (scored.c.lexical >= RESERVE_AT)
+    chosen = (
+        select(scored)
+        .order_by(reserved.desc(), scored.c.score.desc(), scored.c.id)
         .limit(bindparam("limit", type_=Integer))
+        .cte("chosen")
+    )
+    return (
+        select(Memory, chosen.c.similarity, chosen.c.lexical, chosen.c.score)
+        .join(chosen, chosen.c.id == Memory.id)
+        .order_by(chosen.c.score.desc(), Memory.id)
     )
 
 

@@ -26,6 +26,7 @@ from tests.support.tenants import TEST_PASSWORD_HASH, TenantRows
 DIMENSIONS = 256
 MODEL = "embed-test"
 QUERY_VECTOR = [1.0] + [0.0] * (DIMENSIONS - 1)
+FAR_FILLERS = [(f"Unrelated fact {index} about an ordinary afternoon", 0.02) for index in range(20)]
 FILLER_WORDS = [
     "alpha",
     "bravo",
@@ -134,6 +135,25 @@ async def test_a_rare_name_number_or_date_lifts_the_memory_that_has_it_above_nea
         "Her neighbour plays the drums",
         "Her sister works as a pharmacist",
     ]
+
+
+async def test_a_strong_word_match_left_out_by_its_score_takes_the_last_place_of_the_page(
+    session_maker: async_sessionmaker[AsyncSession], tenant_a: TenantRows
+) -> None:
+    close = [(f"Close in meaning, number {word}", 0.9 - index / 100) for index, word in enumerate(FILLER_WORDS[:8])]
+    user = await user_with_memories(
+        session_maker, tenant_a, [*close, ("Marcus lent her a canoe in 2019", 0.05), *FAR_FILLERS]
+    )
+    # Eight places: the best seven by score, then the word match (a full lift leaves it at 0.20, far below
+    # the eighth closest in meaning, which it displaces).
+    page = await ranked(session_maker, tenant_a, user, "When did Marcus lend the canoe?", limit=8)
+    assert page == [text for text, _ in close[:7]] + ["Marcus lent her a canoe in 2019"]
+    # A short page keeps every place for meaning: nothing is reserved below four results.
+    short = await ranked(session_maker, tenant_a, user, "When did Marcus lend the canoe?", limit=3)
+    assert short == [text for text, _ in close[:3]]
+    # Words the question does not make informative reserve nothing.
+    plain = await ranked(session_maker, tenant_a, user, "Tell me something close in meaning", limit=8)
+    assert "Marcus lent her a canoe in 2019" not in plain
 
 
 async def test_scores_say_what_each_part_gave(
