@@ -218,8 +218,10 @@ async def extract_memories(job: JobContext) -> dict[str, Any]:
             continue
         await _checked_dimension(session, embedding)
         known[services.memory_hash(fact.text)] = embedding
+        # Exact, not through the HNSW index: a neighbour the approximate search missed would not be shown to
+        # the memory model, and its contradiction would be stored beside it. A job can afford the exact scan.
         for memory_id, _ in await services.nearest(
-            session, user_id=payload.user_id, embedding=embedding, limit=NEIGHBOURS_PER_FACT
+            session, user_id=payload.user_id, embedding=embedding, limit=NEIGHBOURS_PER_FACT, exact=True
         ):
             if memory_id not in neighbours:
                 neighbours.append(memory_id)

@@ -455,7 +455,7 @@ async def test_a_contradiction_stores_the_new_fact_and_links_the_old_memory_to_i
         ],
     )
     moved = await extract(client, user, settings, "I moved to Munich", agent_id="concierge", category="address")
-    assert (moved["result"]["added"], moved["result"]["invalidated"]) == (1, 1), moved
+    assert (moved["result"]["added"], moved["result"]["invalidated"]) == (1, 1), (moved, upstream.bodies[-1])
     active = (await client.get("/api/memories", params={"agent_id": "concierge"}, headers=user)).json()
     assert [(memory["text"], memory["category"]) for memory in active] == [("Lives in Munich", "address")]
     munich = active[0]
