@@ -971,6 +971,7 @@ def built_in_prices(currency: str) -> BuiltInPriceList:
         currency=listed.currency,
         applies=currency == listed.currency,
         providers=listed.providers,
+        notes=listed.notes,
         prices=[
             BuiltInPriceRead(
                 model=entry.model,

@@ -60,6 +60,8 @@ class PriceList(msgspec.Struct, frozen=True):
     # Provider type name (as in `provider_types`) -> display name; Azure OpenAI uses OpenAI's model names.
     providers: dict[str, str]
     prices: dict[str, ListedPrice]
+    # Provider type name -> how its prices read, where they are not plain per-token prices (rerank models).
+    notes: dict[str, str]
 
     def find(self, model: str) -> ListedPrice | None:
         """The model's entry, else its family's (the name without a snapshot date or `-latest`)."""
@@ -81,8 +83,11 @@ def read_price_list(path: Path = PRICE_LIST_FILE) -> PriceList:
     data = msgspec.json.decode(path.read_bytes(), type=_File)
     prices: dict[str, ListedPrice] = {}
     providers: dict[str, str] = {}
+    notes: dict[str, str] = {}
     for provider in data.providers:
         providers[provider.name] = provider.display_name
+        if provider.note:
+            notes[provider.name] = provider.note
         for model, price in provider.models.items():
             if model in prices:
                 raise ValueError(f"{model} is listed twice")
@@ -93,7 +98,7 @@ def read_price_list(path: Path = PRICE_LIST_FILE) -> PriceList:
                 completion_price=credits_of(price.completion),
                 cached_prompt_price=None if price.cached_prompt is None else credits_of(price.cached_prompt),
             )
-    return PriceList(as_of=data.as_of, currency=data.currency, providers=providers, prices=prices)
+    return PriceList(as_of=data.as_of, currency=data.currency, providers=providers, prices=prices, notes=notes)
 
 
 @functools.cache

@@ -232,6 +232,8 @@ class BuiltInPriceList(msgspec.Struct):
     # Provider type name -> display name (Azure OpenAI uses OpenAI's model names).
     providers: dict[str, str]
     prices: list[BuiltInPriceRead]
+    # Provider type name -> how its prices read, where they are not plain per-token prices (rerank models).
+    notes: dict[str, str]
 
 
 class UsageRead(msgspec.Struct):

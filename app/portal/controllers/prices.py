@@ -42,10 +42,16 @@ class PriceGroup(msgspec.Struct, frozen=True):
     key: str
     title: str
     rows: list[PriceRow]
+    # How the list's prices of this provider read, where they are not plain per-token prices.
+    note: str = ""
 
 
 def _rows(
-    listed: list[BuiltInPriceRead], own: list[PriceRead], served: set[str], providers: dict[str, str]
+    listed: list[BuiltInPriceRead],
+    own: list[PriceRead],
+    served: set[str],
+    providers: dict[str, str],
+    notes: dict[str, str],
 ) -> list[PriceGroup]:
     """Every listed model, every model a channel serves and every priced one, grouped by the list's provider."""
     by_model = {price.model: price for price in own}
@@ -57,7 +63,9 @@ def _rows(
         groups[OTHER].append(PriceRow(model, model in served, None, by_model.get(model)))
     titles = {**providers, OTHER: "Your channels' other models and your other prices"}
     return [
-        PriceGroup(key, titles[key], sorted(rows, key=lambda row: row.model)) for key, rows in groups.items() if rows
+        PriceGroup(key, titles[key], sorted(rows, key=lambda row: row.model), notes.get(key, ""))
+        for key, rows in groups.items()
+        if rows
     ]
 
 
@@ -113,10 +121,11 @@ class PricePages(Controller):
             await gateway_admin.own_prices(db_session),
             await gateway_admin.channel_models(db_session),
             built_in.providers,
+            built_in.notes,
         )
         needle = search.lower()
         shown = [
-            PriceGroup(group.key, group.title, [row for row in group.rows if needle in row.model.lower()])
+            PriceGroup(group.key, group.title, [row for row in group.rows if needle in row.model.lower()], group.note)
             for group in groups
             if not provider or group.key == provider
         ]

@@ -42,6 +42,10 @@ async def test_the_page_shows_the_dated_list_beside_the_served_models_and_filter
     page = (await client.get("/portal/prices")).text
     assert re.search(r'<time datetime="2026-\d\d-\d\d" id="price-list-date">', page)
     assert group_ids(page) == ["openai", "anthropic", "deepseek", "zhipu", "cohere", "jina", "other"]
+    # A rerank model's "completion" price is per search unit, not per token: the group says so.
+    cohere = page.split('id="group-cohere"', 1)[1].split("</section>", 1)[0]
+    assert "price per million search units" in cohere
+    assert "search units" not in page.split('id="group-openai"', 1)[1].split("</section>", 1)[0]
     listed = row_of(page, "gpt-4o-mini")
     assert "$0.15" in listed
     assert "$0.075" in listed
