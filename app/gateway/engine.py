@@ -1107,6 +1107,7 @@ class Gateway:
                 limit=0,
                 choices=1,
                 clampable=False,
+                smaller="send fewer or shorter inputs",
             )
         except errors.GatewayError as error:
             await self._record_refusal(

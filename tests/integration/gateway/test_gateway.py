@@ -807,3 +807,20 @@ async def test_a_channel_whose_keys_cannot_be_decrypted_is_left_out_and_the_othe
     assert answered.status_code == 200, answered.text
     assert answered.headers["x-lyss-channel"] == "sound"
     assert upstream.calls["broken"] == 0
+
+
+async def test_an_embeddings_call_the_key_cannot_afford_is_told_to_send_less_input_not_fewer_output_tokens(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    await add_channel(client, admin, upstream, "embed-budget", models=["embed-priced"])
+    await set_price(client, admin, "embed-priced", 2_000_000_000, 0)
+    key, _ = await issue_key(client, auth_headers(tenant_a.user), quota=1_000)
+    response = await client.post(
+        "/v1/embeddings", json={"model": "embed-priced", "input": ["a few words to embed"]}, headers=bearer(key)
+    )
+    assert response.status_code == 429, response.text
+    message = response.json()["error"]["message"]
+    assert "send fewer or shorter inputs" in message
+    assert "output tokens" not in message
+    assert upstream.calls["embed-budget"] == 0
