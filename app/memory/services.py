@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -70,8 +70,8 @@ LEXICAL_WEIGHT = 0.15
 # memory with the question's rare name and date is shown, after those closer in meaning.
 RESERVED_FOR_WORDS = 2
 RESERVE_AT = 0.5
-# A word a tenth of a user's memories have (at least MIN_, at most this many) tells nothing about which
-# memory is meant: it lifts none. Also where counting a word's memories stops.
+# A word a tenth of the memories searched have (at least MIN_, at most this many) tells nothing about which
+# memory is meant: it lifts none.
 COMMON_WORD_COUNT = 500
 MIN_COMMON_WORD_COUNT = 10
 # Each ranking contributes this many candidates per requested result before fusion.
@@ -549,15 +549,8 @@ async def nearest(
     return sorted(((row.id, 1.0 - float(row.distance)) for row in rows), key=lambda item: -item[1])
 
 
-class _Lexical(NamedTuple):
-    # (memory id, its lexical score 0..1) for each of the user's memories with an informative word.
-    scores: Any
-    # How many informative words the query has: none, and the lexical leg finds nothing.
-    informative: Any
-
-
-def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | None) -> _Lexical:
-    """The lexical leg: the query's informative words and each memory's share of them.
+def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | None) -> Any:
+    """The lexical leg: a CTE of (id, score 0..1) for each memory searched that has an informative word.
 
     The query's words are taken in the organization's language (stemmed, stop words out). A word is
     informative when few of the memories searched (the user's active ones that pass the filters) have it:
@@ -602,8 +595,7 @@ def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | N
         .cte("matches")
         .prefix_with("MATERIALIZED")
     )
-    total = scan
-    n, df = total.c.n, func.count()
+    n, df = scan.c.n, func.count()
     common = func.least(func.greatest(n / 10.0, MIN_COMMON_WORD_COUNT), COMMON_WORD_COUNT)
 
     def idf(count: Any) -> Any:
@@ -612,20 +604,19 @@ def _lexical(user_id: Any, query: Any, language: Any, filters: MemoryFilters | N
     weighted = (
         select(matches.c.position, ((idf(df) - idf(common)) / func.nullif(idf(1) - idf(common), 0)).label("weight"))
         .select_from(matches)
-        .join(total, literal(True))
+        .join(scan, literal(True))
         .group_by(matches.c.position, n)
         .having(df < common)
         .cte("weighted")
         .prefix_with("MATERIALIZED")
     )
     informative = select(func.count()).select_from(weighted).scalar_subquery()
-    scores = (
+    return (
         select(matches.c.id, (func.sum(weighted.c.weight) / informative).label("score"))
         .join(weighted, weighted.c.position == matches.c.position)
         .group_by(matches.c.id)
         .cte("lexical_scores")
     )
-    return _Lexical(scores=scores, informative=informative)
 
 
 async def search(
@@ -691,7 +682,7 @@ def _build_search_statement(
     a vector size: model and query_vector)."""
     user_id = bindparam("user_id", type_=PG_UUID(as_uuid=True))
     candidates = bindparam("candidates", type_=Integer)
-    lexical = _lexical(user_id, bindparam("query", type_=Text), bindparam("language", type_=Text), filters).scores
+    lexical = _lexical(user_id, bindparam("query", type_=Text), bindparam("language", type_=Text), filters)
     best_by_words = select(lexical.c.id).order_by(lexical.c.score.desc(), lexical.c.id).limit(candidates)
     legs: list[Select[*tuple[Any, ...]]] = [best_by_words]
     similarity: Any = cast(null(), Float)
