@@ -18,7 +18,7 @@ from app.auth.redis_store import AuthStore
 from app.auth.services import AuthService
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
-from app.gateway.admin import ChannelAdmin, PriceAdmin, TokenAdmin
+from app.gateway.admin import ChannelAdmin, PriceAdmin, RoutingAdmin, TokenAdmin
 from app.gateway.engine import Gateway
 from app.observability.middleware import client_context
 from app.resources import Resources
@@ -120,6 +120,15 @@ async def provide_price_admin(
     return PriceAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
 
 
+async def provide_routing_admin(
+    request: Request[Principal, Any, State],
+    db_session: NamedDependency[AsyncSession],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+) -> RoutingAdmin:
+    return RoutingAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
+
+
 async def provide_webhook_service(
     db_session: NamedDependency[AsyncSession],
     secret_box: NamedDependency[SecretBox],
@@ -181,6 +190,7 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "channel_admin": Provide(provide_channel_admin),
         "token_admin": Provide(provide_token_admin),
         "price_admin": Provide(provide_price_admin),
+        "routing_admin": Provide(provide_routing_admin),
         "webhooks": Provide(provide_webhook_service),
         "platform_tenants": Provide(provide_platform_tenants),
     }

@@ -23,6 +23,8 @@ from app.edge import check_request
 from app.errors import ServiceError
 from app.gateway.controllers import (
     ChannelController,
+    ModelAliasController,
+    ModelRoutingController,
     PriceController,
     ProviderTypeController,
     TokenController,
@@ -105,6 +107,8 @@ def create_app(settings: Settings) -> Litestar:
             ChannelController,
             TokenController,
             PriceController,
+            ModelAliasController,
+            ModelRoutingController,
             UsageController,
             ProviderTypeController,
             JobController,

@@ -33,6 +33,7 @@ CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
 CHANNEL_SCOPES = ("tenant", "group", "personal")
 CHANNEL_TEST_KINDS = ("chat", "embeddings")
 TOKEN_STATUSES = ("active", "disabled")
+ROUTING_STRATEGIES = ("priority", "latency", "least_in_flight")
 OUTPUT_LIMIT_PARAMETERS = ("max_tokens", "max_completion_tokens")
 
 
@@ -184,6 +185,29 @@ class ModelPrice(TenantOwned, UpdatedAt, Base):
     completion_price: Mapped[int] = mapped_column(BigInteger)
     # A prompt token read from the provider's cache; NULL where the tenant set none. Shown, not yet billed.
     cached_prompt_price: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ModelAlias(TenantOwned, UpdatedAt, Base):
+    """A name a client may call (`smart`) for an ordered list of served models, tried in turn."""
+
+    __tablename__ = "provider_model_aliases"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uk_provider_model_aliases_name"),)
+
+    name: Mapped[str] = mapped_column(String(100))
+    models: Mapped[list[str]] = mapped_column(JSONB)
+
+
+class ModelRouting(TenantOwned, UpdatedAt, Base):
+    """How the gateway orders a model's channels; a model without a row is routed by priority and weight."""
+
+    __tablename__ = "provider_model_routing"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "model", name="uk_provider_model_routing_model"),
+        CheckConstraint(f"strategy IN {ROUTING_STRATEGIES}", name="strategy"),
+    )
+
+    model: Mapped[str] = mapped_column(String(100))
+    strategy: Mapped[str] = mapped_column(String(20))
 
 
 class UsageLog(TenantOwned, Base):

@@ -14,6 +14,12 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_tokens TO lyss_app;
 CALL public.isolate_by_tenant('public.provider_model_prices');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_prices TO lyss_app;
 
+CALL public.isolate_by_tenant('public.provider_model_aliases');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_aliases TO lyss_app;
+
+CALL public.isolate_by_tenant('public.provider_model_routing');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_routing TO lyss_app;
+
 -- Usage is appended by the flusher and read by reports; never rewritten.
 CALL public.isolate_by_tenant('public.provider_usage_logs');
 GRANT SELECT, INSERT ON public.provider_usage_logs TO lyss_app;

@@ -38,9 +38,13 @@ from app.gateway.schemas import (
     ChannelUpdate,
     DailyUsage,
     HttpStatus,
+    ModelAliasRead,
+    ModelAliasWrite,
     ModelList,
     ModelListRequest,
     ModelName,
+    ModelRoutingRead,
+    ModelRoutingWrite,
     PriceRead,
     PriceWrite,
     TokenCreate,
@@ -58,7 +62,7 @@ from app.tenants.money import plain_amount
 from app.tenants.plans import require_room_for_api_key, require_room_for_channel
 from app.tenants.services import Actor, audit_change
 from db.auth import User
-from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
+from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, ProviderType, UsageLog
 from db.tenant import UserGroup, UserGroupMember
 
 TOKEN_PREFIX = "sk-lyss-"  # noqa: S105 - the visible prefix of every key, not a secret
@@ -551,6 +555,83 @@ class PriceAdmin(_ManagementService):
     async def currency_changed(self) -> None:
         """The organization's currency changed (in this session): whether the built-in list applies changed too."""
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
+
+
+class RoutingAdmin(_ManagementService):
+    """Model aliases (a name for models tried in turn) and per-model routing strategies: each change is
+    committed and announced."""
+
+    async def _served(self) -> set[str]:
+        rows = await self.session.scalars(select(Channel.models).where(Channel.status == "enabled"))
+        return {model for models in rows for model in models}
+
+    async def set_alias(self, name: str, data: ModelAliasWrite) -> ModelAlias:
+        if not 0 < len(name) <= 100:
+            raise InvalidRequest("name: an alias name is 1-100 characters long.", field="name")
+        served = await self._served()
+        if name in served:
+            raise Conflict(f"name: '{name}' is a model a channel serves; an alias needs another name.", field="name")
+        if not data.models:
+            raise InvalidRequest("models: an alias needs at least one model.", field="models")
+        if len(set(data.models)) != len(data.models):
+            raise InvalidRequest("models: each model may appear once in an alias.", field="models")
+        aliases = set(await self.session.scalars(select(ModelAlias.name)))
+        for model in data.models:
+            if model in aliases or model == name:
+                raise InvalidRequest(f"models: '{model}' is an alias; an alias names models only.", field="models")
+            if model not in served:
+                raise InvalidRequest(f"models: no enabled channel serves the model '{model}'.", field="models")
+        alias = await self.session.scalar(select(ModelAlias).where(ModelAlias.name == name))
+        if alias is None:
+            alias = ModelAlias(tenant_id=self.tenant_id, name=name, models=[])
+            self.session.add(alias)
+        alias.models = list(data.models)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return alias
+
+    async def remove_alias(self, name: str) -> None:
+        alias = await self.session.scalar(select(ModelAlias).where(ModelAlias.name == name))
+        if alias is None:
+            raise NotFound("No alias of this name.")
+        await self.session.delete(alias)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+
+    async def set_strategy(self, model: str, data: ModelRoutingWrite) -> ModelRouting:
+        if not 0 < len(model) <= 100:
+            raise InvalidRequest("The model name must be 1-100 characters long.", field="model")
+        if model not in await self._served():
+            raise InvalidRequest(f"model: no enabled channel serves the model '{model}'.", field="model")
+        routing = await self.session.scalar(select(ModelRouting).where(ModelRouting.model == model))
+        if routing is None:
+            routing = ModelRouting(tenant_id=self.tenant_id, model=model, strategy=data.strategy)
+            self.session.add(routing)
+        routing.strategy = data.strategy
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return routing
+
+    async def remove_strategy(self, model: str) -> None:
+        routing = await self.session.scalar(select(ModelRouting).where(ModelRouting.model == model))
+        if routing is None:
+            raise NotFound("This model has no routing strategy of its own.")
+        await self.session.delete(routing)
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+
+
+async def model_aliases(session: AsyncSession) -> list[ModelAliasRead]:
+    rows = await session.scalars(select(ModelAlias).order_by(ModelAlias.name))
+    return [read_as(ModelAliasRead, row) for row in rows]
+
+
+async def model_alias(session: AsyncSession, name: str) -> ModelAliasRead:
+    row = await session.scalar(select(ModelAlias).where(ModelAlias.name == name))
+    if row is None:
+        raise NotFound("No alias of this name.")
+    return read_as(ModelAliasRead, row)
+
+
+async def routing_strategies(session: AsyncSession) -> list[ModelRoutingRead]:
+    rows = await session.scalars(select(ModelRouting).order_by(ModelRouting.model))
+    return [read_as(ModelRoutingRead, row) for row in rows]
 
 
 async def served_models(session: AsyncSession) -> list[str]:

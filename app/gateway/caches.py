@@ -1,5 +1,5 @@
-"""What the hot path reads, cached in process: tokens by key hash, a tenant's channels, prices, and each
-user's groups and budgets.
+"""What the hot path reads, cached in process: tokens by key hash, a tenant's channels, prices, model aliases
+and routing strategies, and each user's groups and budgets.
 
 Entries live `LYSS_GATEWAY_CACHE_SECONDS`; a change made through the API is announced on a Redis channel
 so every worker drops its copy at once (a revoked token stops working everywhere, not in 30 s).
@@ -26,7 +26,7 @@ from app.gateway.price_list import PriceList, price_list
 from app.observability.logging import get_logger
 from app.tenants.money import DEFAULT_CURRENCY
 from app.tenants.services import budgets_by_subject, group_names_of_user
-from db.provider import Channel, ModelPrice, ProviderType
+from db.provider import Channel, ModelAlias, ModelPrice, ModelRouting, ProviderType
 from db.session import tenant_session
 from db.tenant import Budget, Organization
 
@@ -131,6 +131,16 @@ class TenantPrices(msgspec.Struct, frozen=True):
         return self.own.get("*", FREE)
 
 
+class TenantRouting(msgspec.Struct, frozen=True):
+    """A tenant's model aliases (name -> the models tried in turn) and the models routed other than by priority."""
+
+    aliases: dict[str, tuple[str, ...]]
+    strategies: dict[str, str]
+
+    def strategy(self, model: str) -> str:
+        return self.strategies.get(model, "priority")
+
+
 def channel_keys_context(tenant_id: UUID) -> str:
     return secret_context("provider_channels", "encrypted_keys", tenant_id)
 
@@ -151,6 +161,7 @@ class GatewayCatalog:
         self._channels: TTLCache[UUID, list[ChannelInfo]] = TTLCache(size, ttl_seconds)
         self._prices: TTLCache[UUID, TenantPrices] = TTLCache(size, ttl_seconds)
         self._members: TTLCache[tuple[UUID, UUID], MemberInfo] = TTLCache(size, ttl_seconds)
+        self._routing: TTLCache[UUID, TenantRouting] = TTLCache(size, ttl_seconds)
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def _cached(self, cache: TTLCache[Any, T], key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
@@ -263,6 +274,18 @@ class GatewayCatalog:
             listed=listed if currency == listed.currency else None,
         )
 
+    async def routing(self, tenant_id: UUID) -> TenantRouting:
+        return await self._cached(self._routing, tenant_id, lambda: self._load_routing(tenant_id))
+
+    async def _load_routing(self, tenant_id: UUID) -> TenantRouting:
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            aliases = (await session.scalars(select(ModelAlias))).all()
+            strategies = (await session.scalars(select(ModelRouting))).all()
+        return TenantRouting(
+            aliases={alias.name: tuple(alias.models) for alias in aliases},
+            strategies={row.model: row.strategy for row in strategies},
+        )
+
     async def member(self, tenant_id: UUID, user_id: UUID) -> MemberInfo:
         return await self._cached(self._members, (tenant_id, user_id), lambda: self._load_member(tenant_id, user_id))
 
@@ -299,6 +322,7 @@ class GatewayCatalog:
             tenant_id = UUID(value)
             self._channels.pop(tenant_id, None)
             self._prices.pop(tenant_id, None)
+            self._routing.pop(tenant_id, None)
             for key in [key for key in self._members if key[0] == tenant_id]:
                 self._members.pop(key, None)
 
@@ -317,7 +341,7 @@ class GatewayCatalog:
                 # A lost connection must not end invalidation for good: reconnect.
                 logger.warning("cache invalidation listener reconnecting", error=str(error))
                 # While disconnected, announcements are missed: start from empty caches.
-                for cache in (self._tokens, self._channels, self._prices, self._members):
+                for cache in (self._tokens, self._channels, self._prices, self._members, self._routing):
                     cache.clear()
                 await asyncio.sleep(1)
 

@@ -21,7 +21,7 @@ from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import NotFound
 from app.gateway import admin
-from app.gateway.admin import ChannelAdmin, PriceAdmin, TokenAdmin
+from app.gateway.admin import ChannelAdmin, PriceAdmin, RoutingAdmin, TokenAdmin
 from app.gateway.schemas import (
     BuiltInPriceList,
     ChannelCreate,
@@ -29,8 +29,12 @@ from app.gateway.schemas import (
     ChannelTestResult,
     ChannelUpdate,
     DailyUsage,
+    ModelAliasRead,
+    ModelAliasWrite,
     ModelList,
     ModelListRequest,
+    ModelRoutingRead,
+    ModelRoutingWrite,
     PriceRead,
     PriceWrite,
     ProviderTypeRead,
@@ -41,6 +45,7 @@ from app.gateway.schemas import (
     UsageDetail,
     UsagePage,
 )
+from app.schemas import read_as
 from app.settings import Settings
 from app.storage.base import ObjectStore
 from app.tenants.services import Actor, own_organization
@@ -249,6 +254,53 @@ class PriceController(Controller):
         model: Annotated[str, PathParameter(min_length=1, max_length=100)],
     ) -> None:
         await price_admin.remove(model)
+
+
+AliasName = Annotated[str, PathParameter(min_length=1, max_length=100)]
+
+
+class ModelAliasController(Controller):
+    path = "/api/model-aliases"
+    tags = ["gateway: routing"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The organization's model aliases")
+    async def list_aliases(self, db_session: NamedDependency[AsyncSession]) -> list[ModelAliasRead]:
+        return await admin.model_aliases(db_session)
+
+    @get("/{name:str}", summary="One model alias")
+    async def get_alias(self, db_session: NamedDependency[AsyncSession], name: AliasName) -> ModelAliasRead:
+        return await admin.model_alias(db_session, name)
+
+    @put("/{name:str}", summary="Set a model alias: a name for served models, tried in order")
+    async def set_alias(
+        self, routing_admin: NamedDependency[RoutingAdmin], name: AliasName, data: JSONBody[ModelAliasWrite]
+    ) -> ModelAliasRead:
+        return read_as(ModelAliasRead, await routing_admin.set_alias(name, data))
+
+    @delete("/{name:str}", status_code=HTTP_204_NO_CONTENT, summary="Remove a model alias")
+    async def delete_alias(self, routing_admin: NamedDependency[RoutingAdmin], name: AliasName) -> None:
+        await routing_admin.remove_alias(name)
+
+
+class ModelRoutingController(Controller):
+    path = "/api/model-routing"
+    tags = ["gateway: routing"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The models routed other than by priority and weight")
+    async def list_strategies(self, db_session: NamedDependency[AsyncSession]) -> list[ModelRoutingRead]:
+        return await admin.routing_strategies(db_session)
+
+    @put("/{model:str}", summary="Set how a model's channels are chosen")
+    async def set_strategy(
+        self, routing_admin: NamedDependency[RoutingAdmin], model: AliasName, data: JSONBody[ModelRoutingWrite]
+    ) -> ModelRoutingRead:
+        return read_as(ModelRoutingRead, await routing_admin.set_strategy(model, data))
+
+    @delete("/{model:str}", status_code=HTTP_204_NO_CONTENT, summary="Route a model by priority and weight again")
+    async def delete_strategy(self, routing_admin: NamedDependency[RoutingAdmin], model: AliasName) -> None:
+        await routing_admin.remove_strategy(model)
 
 
 def _usage_filter(request: AuthRequest, **values: Any) -> admin.UsageFilter:

@@ -45,7 +45,7 @@ from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddin
 from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
 from app.gateway.dialects.rerank import ranked as ranked_answer
 from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
-from app.gateway.routing import attempt_order, candidate_channels
+from app.gateway.routing import ChannelHealth, attempt_order, candidate_channels
 from app.observability.logging import get_logger
 from app.observability.metrics import (
     GATEWAY_OVERHEAD,
@@ -220,14 +220,26 @@ def create_gateway(
     return Gateway(settings, catalog, GatewayLimits(redis), session_maker, redis)
 
 
-def _attempt(channel: ChannelInfo, status: int | None, started: float, error: str | None = None) -> dict[str, Any]:
-    """One try of a channel, as the usage record lists it."""
+class Leg(msgspec.Struct, frozen=True):
+    """One model a call may be served by (the one asked, or one of an alias's in turn), its channels, its price."""
+
+    model: str
+    channels: list[ChannelInfo]
+    cost: CallCost
+
+
+def _attempt(
+    channel: ChannelInfo, status: int | None, started: float, error: str | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """One try of a channel, as the usage record lists it (with its model when an alias tried several)."""
     attempt: dict[str, Any] = {
         "channel_id": str(channel.id),
         "channel": channel.name,
         "status": status,
         "latency_ms": int((time.perf_counter() - started) * 1000),
     }
+    if model is not None:
+        attempt["model"] = model
     if error is not None:
         attempt["error"] = error[:300]
     return attempt
@@ -251,6 +263,7 @@ class Gateway:
             connect=settings.upstream_connect_timeout_seconds, read=settings.upstream_read_timeout_seconds
         )
         self.max_attempts = min(settings.gateway_max_attempts, MAX_ATTEMPTS_CAP)
+        self.health = ChannelHealth()
         # Lyss's own query embeddings (memory search), by (tenant, user, model, text): `client.cached_query_vector`.
         self.query_vectors: TTLCache[tuple[UUID, UUID, str, str], array.array[float]] = TTLCache(
             QUERY_VECTORS_CACHED, QUERY_VECTOR_TTL_SECONDS
@@ -321,6 +334,8 @@ class Gateway:
         for allowed in (token.allowed_models, *(budget.allowed_models for budget in member.budgets)):
             if allowed:
                 served &= allowed
+        aliases = (await self.catalog.routing(token.tenant_id)).aliases
+        served |= {name for name, models in aliases.items() if served.intersection(models)}
         return {
             "object": "list",
             "data": [{"id": model, "object": "model", "created": 0, "owned_by": "lyss"} for model in sorted(served)],
@@ -380,6 +395,29 @@ class Gateway:
             raise errors.model_not_found(model)
         price = (await self.catalog.prices(token.tenant_id)).of(model)
         return member, channels, CallCost(price.prompt_price, price.completion_price)
+
+    async def _plan_models(
+        self, token: TokenInfo, model: str
+    ) -> tuple[MemberInfo, list[Leg], list[ChannelInfo], CallCost]:
+        """`_plan` for a chat call, whose model may be an alias of the tenant: its models in turn (those this key
+        may use and reach), every channel of any of them (to reserve with), and the worst of their prices."""
+        models = (await self.catalog.routing(token.tenant_id)).aliases.get(model)
+        if models is None:
+            member, channels, cost = await self._plan(token, model, embeddings=False)
+            return member, [Leg(model, channels, cost)], channels, cost
+        legs = []
+        for name in models:
+            try:
+                member, channels, cost = await self._plan(token, name, embeddings=False)
+            except errors.GatewayError:
+                continue  # a model of the alias this key may not use or reach: the others still serve
+            legs.append(Leg(name, channels, cost))
+        if not legs:
+            raise errors.model_not_found(model)
+        every = list({channel.id: channel for leg in legs for channel in leg.channels}.values())
+        # Reserved at the dearest of the models, settled at the one that answers: never an overspend.
+        worst = CallCost(max(leg.cost.prompt_price for leg in legs), max(leg.cost.completion_price for leg in legs))
+        return member, legs, every, worst
 
     @staticmethod
     def _scopes(token: TokenInfo, member: MemberInfo) -> list[Scope]:
@@ -649,6 +687,8 @@ class Gateway:
             GATEWAY_OVERSHOT_CALLS.labels(call.endpoint).inc()
         latency_ms = int((time.perf_counter() - call.started) * 1000)
         GATEWAY_OVERHEAD.labels(call.endpoint).observe(max(latency_ms - (upstream_ms or 0), 0) / 1000)
+        if channel is not None:
+            self.health.ended(channel.id)
         if channel is not None and upstream_ms is not None:
             UPSTREAM_DURATION.labels(str(channel.id), outcome).observe(upstream_ms / 1000)
         record = UsageRecord(
@@ -685,9 +725,10 @@ class Gateway:
         )
         return billed
 
-    def _headers(self, channel: ChannelInfo, started: float, upstream_ms: float) -> dict[str, str]:
+    def _headers(self, model: str, channel: ChannelInfo, started: float, upstream_ms: float) -> dict[str, str]:
         overhead = max((time.perf_counter() - started) * 1000 - upstream_ms, 0.0)
         return {
+            "x-lyss-model": model,
             "x-lyss-channel": channel.name,
             "x-lyss-channel-id": str(channel.id),
             "x-lyss-overhead-ms": f"{overhead:.2f}",
@@ -719,7 +760,7 @@ class Gateway:
         stream = bool(request.stream)
         limit = request.requested_limit or self.settings.gateway_default_max_tokens
         try:
-            member, channels, cost = await self._plan(token, model, embeddings=False)
+            member, legs, channels, cost = await self._plan_models(token, model)
             # Upper bounds: a token is at least one byte of the request, plus the special tokens per message.
             media = max(request.images, native.media if native is not None else 0)
             prompt_bound = raw_size + TOKENS_PER_MESSAGE * len(request.messages) + MEDIA_PROMPT_TOKENS * media
@@ -743,12 +784,19 @@ class Gateway:
             raise
         clamped = {CLAMP_HEADER: str(reserved_limit)} if reserved_limit != limit else {}
         limit = reserved_limit
-        usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
+        usable = {channel.id for channel, ok in zip(channels, reservation.usable, strict=True) if ok}
         client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         unlimited = {name: value for name, value in body.items() if name not in LIMIT_PARAMETERS}
         if stream:
             unlimited["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         call = CallContext(token, member, reservation, cost, endpoint, model, started, stream, request_id)
+        routes = [
+            (
+                msgspec.structs.replace(call, model=leg.model, cost=leg.cost),
+                [channel for channel in leg.channels if channel.id in usable],
+            )
+            for leg in legs
+        ]
 
         def upstream(channel: ChannelInfo, target: Target) -> tuple[dict[str, Any], dict[str, Any] | None]:
             """The request for this channel, and the client's own if the channel speaks its format."""
@@ -769,8 +817,8 @@ class Gateway:
                 except StopAsyncIteration:
                     raise UpstreamError("the provider closed the stream without a chunk", status=502) from None
 
-            channel, target, (first, chunks), upstream_elapsed_ms, details = await self._call_with_failover(
-                call, usable, open_stream
+            served, channel, target, (first, chunks), upstream_elapsed_ms, details = await self._call_through_models(
+                call, routes, open_stream
             )
             relay = self._relay(
                 first,
@@ -781,25 +829,25 @@ class Gateway:
                 client_wants_usage=client_wants_usage,
                 prompt_estimate=prompt_estimate,
                 call_started=time.perf_counter() - upstream_elapsed_ms / 1000,
-                settle=call,
+                settle=served,
                 details=details,
             )
-            headers = self._headers(channel, started, upstream_elapsed_ms) | clamped
+            headers = self._headers(served.model, channel, started, upstream_elapsed_ms) | clamped
             return StreamAnswer(chunks=relay, headers=headers)
 
         async def complete(channel: ChannelInfo, target: Target) -> Completion:
             sent, own = upstream(channel, target)
             return await ADAPTERS[channel.api_format].complete(self.http, target, sent, self.timeouts, own)
 
-        channel, target, completion, upstream_elapsed_ms, details = await self._call_with_failover(
-            call, usable, complete
+        served, channel, target, completion, upstream_elapsed_ms, details = await self._call_through_models(
+            call, routes, complete
         )
         usage = completion.usage or Usage(
             prompt_estimate, estimated_tokens(_text_length(completion.body.get("choices")))
         )
         settle = functools.partial(
             self._settle,
-            call,
+            served,
             usage=usage,
             channel=channel,
             upstream_model=target.upstream_model,
@@ -812,7 +860,7 @@ class Gateway:
             answer = completion.body
         else:
             answer = completion.native or to_anthropic_response(completion.body, model, usage)
-        headers = self._headers(channel, started, upstream_elapsed_ms) | clamped
+        headers = self._headers(served.model, channel, started, upstream_elapsed_ms) | clamped
         return await self._answer(answer, headers, settle, defer_settlement)
 
     @staticmethod
@@ -828,45 +876,74 @@ class Gateway:
     async def _call_with_failover(
         self, call: CallContext, usable: list[ChannelInfo], attempt: Callable[[ChannelInfo, Target], Awaitable[T]]
     ) -> tuple[ChannelInfo, Target, T, float, dict[str, Any]]:
-        """Try the channels in routing order until one answers: (channel, target, answer, its milliseconds,
-        the usage record's details: each attempt, if there was more than one).
+        """`_call_through_models` for a call with one model."""
+        _, channel, target, answer, elapsed_ms, details = await self._call_through_models(
+            call, [(call, usable)], attempt
+        )
+        return channel, target, answer, elapsed_ms, details
 
-        If none does, the reservation is released (settled at zero, logged as an upstream error with every
-        attempt and the provider's messages) and the client gets the error that fits the last failure.
+    async def _call_through_models(
+        self,
+        call: CallContext,
+        routes: list[tuple[CallContext, list[ChannelInfo]]],
+        attempt: Callable[[ChannelInfo, Target], Awaitable[T]],
+    ) -> tuple[CallContext, ChannelInfo, Target, T, float, dict[str, Any]]:
+        """Try each model's channels in its routing order until one answers, moving to the next model (an
+        alias's) when every channel of one has failed: (the call as the model that answered settles it, the
+        channel, target, answer, its milliseconds, the usage record's details: the alias asked for, and each
+        attempt if there was more than one).
+
+        If none does, or a failure no other channel would avoid (the request itself was refused), the
+        reservation is released (settled at zero, logged as an upstream error with every attempt and the
+        provider's messages) and the client gets the error that fits the last failure.
         """
         last_error: UpstreamError | None = None
         attempts: list[dict[str, Any]] = []
-        order = attempt_order(usable)[: self.max_attempts]
-        limited = any(channel.max_in_flight for channel in order)
-        while order:
-            try:
-                channel = await self._take_channel(call, order) if limited else order.pop(0)
-            except asyncio.CancelledError:
-                with anyio.CancelScope(shield=True):
-                    await self._release_slots(call, None)
-                raise
-            target = self._target(channel, call.model)
-            attempt_started = time.perf_counter()
-            try:
-                answer = await attempt(channel, target)
-            except UpstreamError as error:
-                if channel.max_in_flight:
-                    await self.limits.release([self._channel_slot_key(call, channel)], call.reservation.lease)
-                last_error = error
-                attempts.append(_attempt(channel, error.status, attempt_started, error.message))
-                await self._upstream_failed(call.token, channel, error)
-                if not error.retryable:
-                    break
-                continue
-            except BaseException:
-                # Cancelled (the client left) or broken: nothing will settle this call, so its slots go back now.
-                with anyio.CancelScope(shield=True):
-                    await self._release_slots(call, channel)
-                raise
-            elapsed_ms = (time.perf_counter() - attempt_started) * 1000
-            if attempts:
-                attempts.append(_attempt(channel, 200, attempt_started))
-            return channel, target, answer, elapsed_ms, {"attempts": attempts} if attempts else {}
+        aliased = routes[0][0].model != call.model
+        routing = await self.catalog.routing(call.token.tenant_id)
+        for served, usable in routes:
+            model = served.model if aliased else None
+            order = attempt_order(usable, strategy=routing.strategy(served.model), health=self.health)
+            order = order[: self.max_attempts]
+            limited = any(channel.max_in_flight for channel in order)
+            while order:
+                try:
+                    channel = await self._take_channel(served, order) if limited else order.pop(0)
+                except asyncio.CancelledError:
+                    with anyio.CancelScope(shield=True):
+                        await self._release_slots(served, None)
+                    raise
+                target = self._target(channel, served.model)
+                attempt_started = time.perf_counter()
+                self.health.started(channel.id)
+                try:
+                    answer = await attempt(channel, target)
+                except UpstreamError as error:
+                    self.health.ended(channel.id)
+                    if channel.max_in_flight:
+                        await self.limits.release([self._channel_slot_key(served, channel)], served.reservation.lease)
+                    last_error = error
+                    attempts.append(_attempt(channel, error.status, attempt_started, error.message, model))
+                    await self._upstream_failed(served.token, channel, error)
+                    if not error.retryable:
+                        break
+                    continue
+                except BaseException:
+                    # Cancelled (the client left) or broken: nothing will settle this call, so its slots go back now.
+                    self.health.ended(channel.id)
+                    with anyio.CancelScope(shield=True):
+                        await self._release_slots(served, channel)
+                    raise
+                elapsed_ms = (time.perf_counter() - attempt_started) * 1000
+                self.health.answered(channel.id, elapsed_ms)
+                if attempts:
+                    attempts.append(_attempt(channel, 200, attempt_started, model=model))
+                details: dict[str, Any] = {"alias": call.model} if aliased else {}
+                if attempts:
+                    details["attempts"] = attempts
+                return served, channel, target, answer, elapsed_ms, details
+            if last_error is not None and not last_error.retryable:
+                break
         failure = self._final_error(last_error)
         await self._settle(
             call,
@@ -1135,7 +1212,7 @@ class Gateway:
             outcome="ok",
             details=details,
         )
-        headers = self._headers(channel, started, upstream_elapsed_ms)
+        headers = self._headers(model, channel, started, upstream_elapsed_ms)
         return await self._answer(completion.body, headers, settle, defer_settlement)
 
     async def rerank(
@@ -1202,5 +1279,5 @@ class Gateway:
             "usage": {"total_tokens": tokens},
             "meta": {"billed_units": {"search_units": units}},
         }
-        headers = self._headers(channel, started, upstream_elapsed_ms)
+        headers = self._headers(model, channel, started, upstream_elapsed_ms)
         return await self._answer(answer, headers, settle, defer_settlement)

@@ -205,6 +205,32 @@ class PriceWrite(Input):
     cached_prompt_price: Price | None = None
 
 
+class ModelAliasWrite(Input):
+    """The models an alias stands for, in the order they are tried (each one served by a channel)."""
+
+    models: Annotated[list[ModelName], msgspec.Meta(max_length=20)]
+
+
+class ModelAliasRead(msgspec.Struct):
+    name: str
+    models: list[str]
+
+
+RoutingStrategy = Literal["priority", "latency", "least_in_flight"]
+
+
+class ModelRoutingWrite(Input):
+    """`priority`: priority tiers, weighted within a tier; `latency`: the channel answering fastest lately;
+    `least_in_flight`: the channel with the fewest calls in flight."""
+
+    strategy: RoutingStrategy
+
+
+class ModelRoutingRead(msgspec.Struct):
+    model: str
+    strategy: str
+
+
 class PriceRead(msgspec.Struct):
     model: str
     prompt_price: int

@@ -13,7 +13,7 @@ from db.auth import Invitation, OAuthConnection, OAuthProvider, PasswordReset, R
 from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
-from db.provider import ApiToken, Channel, ModelPrice, UsageLog
+from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, UsageLog
 from db.tenant import (
     AuditEvent,
     Budget,
@@ -110,6 +110,12 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     ),
     "provider_model_prices": lambda tenant_id, parents: ModelPrice(
         tenant_id=tenant_id, model=unique("model"), prompt_price=1, completion_price=2
+    ),
+    "provider_model_aliases": lambda tenant_id, parents: ModelAlias(
+        tenant_id=tenant_id, name=unique("alias"), models=["gpt-4o"]
+    ),
+    "provider_model_routing": lambda tenant_id, parents: ModelRouting(
+        tenant_id=tenant_id, model=unique("model"), strategy="latency"
     ),
     "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
     "tenant_jobs": lambda tenant_id, parents: Job(

@@ -86,7 +86,8 @@ ROW_OF_ROUTE_PARAMETER = {
 NOT_ROW_IDS = {
     "tenant_slug": "sign-in before any tenant is known: public by design, tested in auth/",
     "provider_name": "the OAuth provider's name within the slug's tenant, public for the sign-in buttons",
-    "model": "a model name: each tenant prices its own (B's PUT makes a price of B's)",
+    "model": "a model name: each tenant prices and routes its own (B's PUT makes a price or strategy of B's)",
+    "name": "a model alias's name: each tenant names its own (B's PUT makes an alias of B's)",
     "token": "a signed, short-lived download link: the signature is the credential (storage/ tests it)",
     "action": "the verb of a portal form (`disable`, `enable`, ...), next to the channel's id",
     "reset_token": "a password reset link: the token names its tenant and is the credential (portal/ tests it)",
