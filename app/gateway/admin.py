@@ -538,6 +538,7 @@ class PriceAdmin(_ManagementService):
         price.prompt_price = data.prompt_price
         price.completion_price = data.completion_price
         price.cached_prompt_price = data.cached_prompt_price
+        price.cache_write_price = data.cache_write_price
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
         return price
 
@@ -979,6 +980,7 @@ def built_in_prices(currency: str) -> BuiltInPriceList:
                 prompt_price=entry.prompt_price,
                 completion_price=entry.completion_price,
                 cached_prompt_price=entry.cached_prompt_price,
+                cache_write_price=entry.cache_write_price,
             )
             for entry in listed.prices.values()
         ],
@@ -997,6 +999,7 @@ async def effective_prices(session: AsyncSession, currency: str) -> list[PriceRe
                 prompt_price=entry.prompt_price,
                 completion_price=entry.completion_price,
                 cached_prompt_price=entry.cached_prompt_price,
+                cache_write_price=entry.cache_write_price,
                 source="built-in",
             )
             for entry in listed.prices
@@ -1011,6 +1014,7 @@ def price_read(row: ModelPrice) -> PriceRead:
         prompt_price=row.prompt_price,
         completion_price=row.completion_price,
         cached_prompt_price=row.cached_prompt_price,
+        cache_write_price=row.cache_write_price,
     )
 
 
