@@ -768,7 +768,8 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
 USAGE_EXPORT_KIND = "usage.export"
 USAGE_EXPORT_COLUMNS = (
     "created_at", "request_id", "user", "key", "channel", "endpoint", "model", "upstream_model",
-    "prompt_tokens", "completion_tokens", "cost_credits", "cost", "overshoot_credits", "overshoot", "currency",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cost_credits", "cost",
+    "overshoot_credits", "overshoot", "currency",
     "latency_ms", "upstream_latency_ms", "status_code", "outcome", "reason", "error", "stream",
     "usage_id", "user_id", "token_id", "channel_id",
 )  # fmt: skip
@@ -798,6 +799,8 @@ def usage_export_row(row: UsageLog, names: ExportNames) -> list[str]:
         "upstream_model": row.upstream_model,
         "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens,
+        "cached_tokens": row.cached_tokens,
+        "cache_write_tokens": row.cache_write_tokens,
         "cost_credits": row.cost,
         "cost": plain_amount(row.cost),
         "overshoot_credits": row.overshoot,

@@ -4,15 +4,21 @@ worst case, so a key that could only pay the cached price is still refused befor
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import anthropic
+import msgspec
 import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gateway.admin import USAGE_EXPORT_COLUMNS, ExportNames, usage_export_row
+from db.provider import ApiToken
+from db.session import tenant_session
 from tests.support.clients import AuthHeaders, Client, bearer
-from tests.support.gateway import add_channel, chat_body, issue_key, sdk_http, usage_rows
+from tests.support.gateway import add_channel, chat_body, issue_key, sdk_http, token_id_of, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows
@@ -137,6 +143,8 @@ async def test_cached_and_cache_write_tokens_are_billed_logged_and_reported_in_t
     assert (row.cost, row.overshoot) == (cost, 0)
     [listed] = (await client.get("/api/usage", headers=admin)).json()["items"]
     assert (listed["cached_tokens"], listed["cache_write_tokens"], listed["cost"]) == (cached, written, cost)
+    exported = dict(zip(USAGE_EXPORT_COLUMNS, usage_export_row(row, ExportNames({}, {}, {}, "USD")), strict=True))
+    assert (exported["cached_tokens"], exported["cache_write_tokens"]) == (str(cached), str(written))
     if provider == "anthropic" and dialect == "anthropic" and not stream:
         await sign_in(client, tenant_a, tenant_a.admin.email)
         page = (await client.get(f"/portal/usage/{row.id}")).text
@@ -230,3 +238,57 @@ async def test_the_portal_price_form_takes_a_cache_write_price_and_shows_a_wrong
     assert (listing["org-model"]["cache_write_price"], listing["org-model"]["cached_prompt_price"]) == (1_250_000, None)
     page = (await client.get("/portal/prices", params={"q": "org-model"})).text
     assert '$1.25 <span class="hint">cache write</span>' in page
+
+
+def hand_cost(plain: int, read: int, written: int, completion: int) -> int:
+    """Plain, cached and cache-write prompt tokens at their prices, rounded up once; the completion apart."""
+    return math.ceil(plain + read / 10 + written * 5 / 4) + 2 * completion
+
+
+async def test_no_mix_of_cached_and_cache_write_tokens_overspends_a_key(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Random cache reads and writes reported by an Anthropic channel (never more prompt than the request's
+    bytes, as a real count): each charge is the hand-computed price, nothing is overshot, and the key never
+    spends past its quota, though a write costs more than a plain prompt token."""
+    admin = auth_headers(tenant_a.admin)
+    await add_channel(client, admin, upstream, "cache", kind="anthropic", models=["claude-test"])
+    await set_cache_prices(client, admin, "claude-test")
+    quota = 3_000
+    key, token = await issue_key(client, auth_headers(tenant_a.user), quota=quota)
+    rng = random.Random(20)  # noqa: S311 - a reproducible sequence of cases, not a secret
+    served: list[tuple[int, int, int, int]] = []
+    refused = 0
+    for _ in range(80):
+        body = chat_body(model="claude-test", max_tokens=rng.randint(1, 60))
+        prompt = rng.randint(0, len(msgspec.json.encode(body)))
+        read = rng.randint(0, prompt)
+        written = rng.randint(0, prompt - read)
+        completion = rng.randint(0, body["max_tokens"])
+        reported = {
+            "input_tokens": prompt - read - written,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
+            "output_tokens": completion,
+        }
+        upstream.behave("cache", reported_usage=reported)
+        response = await client.post("/v1/chat/completions", json=body, headers=bearer(key))
+        if response.status_code == 429:
+            refused += 1
+            continue
+        assert response.status_code == 200, response.text
+        served.append((prompt - read - written, read, written, completion))
+    logged = await usage_rows(session_maker, tenant_a, len(served) + refused)
+    rows = [row for row in logged if row.outcome == "ok"]
+    assert len(rows) == len(served) > 10
+    assert refused > 0  # the sequence reached the quota's edge
+    for row, (plain, read, written, completion) in zip(rows, served, strict=True):
+        assert (row.cached_tokens, row.cache_write_tokens) == (read, written)
+        assert (row.cost, row.overshoot) == (hand_cost(plain, read, written, completion), 0)
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        used = (await session.get_one(ApiToken, token_id_of(token))).used_quota
+    assert used == sum(row.cost for row in rows) <= quota
