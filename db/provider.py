@@ -178,13 +178,15 @@ class ModelPrice(TenantOwned, UpdatedAt, Base):
         UniqueConstraint("tenant_id", "model", name="uk_provider_model_prices_model"),
         CheckConstraint("prompt_price >= 0 AND completion_price >= 0", name="prices"),
         CheckConstraint("cached_prompt_price IS NULL OR cached_prompt_price >= 0", name="cached_prompt_price"),
+        CheckConstraint("cache_write_price IS NULL OR cache_write_price >= 0", name="cache_write_price"),
     )
 
     model: Mapped[str] = mapped_column(String(100))
     prompt_price: Mapped[int] = mapped_column(BigInteger)
     completion_price: Mapped[int] = mapped_column(BigInteger)
-    # A prompt token read from the provider's cache; NULL where the tenant set none. Shown, not yet billed.
+    # A prompt token read from the provider's cache, and one written to it; NULL: billed at the prompt price.
     cached_prompt_price: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_price: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ModelAlias(TenantOwned, UpdatedAt, Base):
@@ -228,6 +230,9 @@ class UsageLog(TenantOwned, Base):
     upstream_model: Mapped[str | None] = mapped_column(String(100))
     prompt_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Of the prompt tokens: read from the provider's prompt cache, and written to it.
+    cached_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Credits the provider's reported usage cost beyond the reservation: not charged (the key never pays
     # more than it reserved), recorded so that the difference is never silently lost.

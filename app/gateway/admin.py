@@ -542,6 +542,7 @@ class PriceAdmin(_ManagementService):
         price.prompt_price = data.prompt_price
         price.completion_price = data.completion_price
         price.cached_prompt_price = data.cached_prompt_price
+        price.cache_write_price = data.cache_write_price
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
         return price
 
@@ -848,7 +849,8 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
 USAGE_EXPORT_KIND = "usage.export"
 USAGE_EXPORT_COLUMNS = (
     "created_at", "request_id", "user", "key", "channel", "endpoint", "model", "upstream_model",
-    "prompt_tokens", "completion_tokens", "cost_credits", "cost", "overshoot_credits", "overshoot", "currency",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cost_credits", "cost",
+    "overshoot_credits", "overshoot", "currency",
     "latency_ms", "upstream_latency_ms", "status_code", "outcome", "reason", "error", "stream",
     "usage_id", "user_id", "token_id", "channel_id",
 )  # fmt: skip
@@ -878,6 +880,8 @@ def usage_export_row(row: UsageLog, names: ExportNames) -> list[str]:
         "upstream_model": row.upstream_model,
         "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens,
+        "cached_tokens": row.cached_tokens,
+        "cache_write_tokens": row.cache_write_tokens,
         "cost_credits": row.cost,
         "cost": plain_amount(row.cost),
         "overshoot_credits": row.overshoot,
@@ -1060,6 +1064,7 @@ def built_in_prices(currency: str) -> BuiltInPriceList:
                 prompt_price=entry.prompt_price,
                 completion_price=entry.completion_price,
                 cached_prompt_price=entry.cached_prompt_price,
+                cache_write_price=entry.cache_write_price,
             )
             for entry in listed.prices.values()
         ],
@@ -1078,6 +1083,7 @@ async def effective_prices(session: AsyncSession, currency: str) -> list[PriceRe
                 prompt_price=entry.prompt_price,
                 completion_price=entry.completion_price,
                 cached_prompt_price=entry.cached_prompt_price,
+                cache_write_price=entry.cache_write_price,
                 source="built-in",
             )
             for entry in listed.prices
@@ -1092,6 +1098,7 @@ def price_read(row: ModelPrice) -> PriceRead:
         prompt_price=row.prompt_price,
         completion_price=row.completion_price,
         cached_prompt_price=row.cached_prompt_price,
+        cache_write_price=row.cache_write_price,
     )
 
 

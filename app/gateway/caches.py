@@ -101,11 +101,12 @@ class MemberInfo(msgspec.Struct, frozen=True):
 
 
 class ModelCost(msgspec.Struct, frozen=True):
-    """Credits per million tokens. The cached-prompt price is carried, not yet billed."""
+    """Credits per million tokens; a cached-prompt or cache-write price of None is the prompt price."""
 
     prompt_price: int
     completion_price: int
     cached_prompt_price: int | None = None
+    cache_write_price: int | None = None
 
 
 FREE = ModelCost(0, 0)
@@ -127,7 +128,9 @@ class TenantPrices(msgspec.Struct, frozen=True):
         if self.listed is not None:
             entry = self.listed.find(model)
             if entry is not None:
-                return ModelCost(entry.prompt_price, entry.completion_price, entry.cached_prompt_price)
+                return ModelCost(
+                    entry.prompt_price, entry.completion_price, entry.cached_prompt_price, entry.cache_write_price
+                )
         return self.own.get("*", FREE)
 
 
@@ -270,7 +273,12 @@ class GatewayCatalog:
             currency = await session.scalar(select(Organization.currency).where(Organization.id == tenant_id))
         listed = price_list()
         return TenantPrices(
-            own={row.model: ModelCost(row.prompt_price, row.completion_price, row.cached_prompt_price) for row in rows},
+            own={
+                row.model: ModelCost(
+                    row.prompt_price, row.completion_price, row.cached_prompt_price, row.cache_write_price
+                )
+                for row in rows
+            },
             listed=listed if currency == listed.currency else None,
         )
 

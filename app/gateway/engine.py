@@ -114,6 +114,9 @@ class UsageRecord(msgspec.Struct):
     overshoot: int = 0
     # The user's and groups' scopes (`user:<id>`, `group:<id>`) the cost was taken from, for their totals.
     budgets: list[str] = []
+    # Of the prompt tokens: read from the provider's prompt cache, and written to it.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Answer(msgspec.Struct):
@@ -129,19 +132,39 @@ class StreamAnswer(msgspec.Struct):
 
 
 class CallCost(msgspec.Struct, frozen=True):
+    """Credits per million tokens. A prompt token read from the provider's cache costs `cached_prompt_price`,
+    one written to it `cache_write_price`; each is the prompt price where the model has none."""
+
     prompt_price: int
     completion_price: int
+    cached_prompt_price: int | None = None
+    cache_write_price: int | None = None
+
+    @property
+    def worst_prompt_price(self) -> int:
+        """What a prompt token may cost at most: before the call, nobody knows which will come from the cache."""
+        return max(self.prompt_price, self.cached_prompt_price or 0, self.cache_write_price or 0)
 
     def of(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The worst case of a call of this size: every prompt token at the dearest prompt price."""
         # Prices are credits per million tokens; round up so that many small calls never cost nothing.
         # Integer ceiling division: exact at any size, where a float quotient is not.
-        return -(-prompt_tokens * self.prompt_price // 1_000_000) - (
+        return -(-prompt_tokens * self.worst_prompt_price // 1_000_000) - (
             -completion_tokens * self.completion_price // 1_000_000
         )
 
+    def billed(self, usage: Usage) -> int:
+        """What the usage costs: plain, cached and cache-write prompt tokens each at their price, summed
+        before rounding up (one ceiling for the prompt, one for the completion, as a call without cache)."""
+        cached, written = usage.cache_counts()
+        cached_price = self.prompt_price if self.cached_prompt_price is None else self.cached_prompt_price
+        write_price = self.prompt_price if self.cache_write_price is None else self.cache_write_price
+        prompt = usage.uncached_prompt_tokens() * self.prompt_price + cached * cached_price + written * write_price
+        return -(-prompt // 1_000_000) - (-usage.completion_tokens * self.completion_price // 1_000_000)
+
     def affordable_completion(self, credits: int, prompt_tokens: int) -> int:
         """The most completion tokens that `credits` pay for beside `prompt_tokens` (0 if none)."""
-        spare = credits + (-prompt_tokens * self.prompt_price // 1_000_000)
+        spare = credits + (-prompt_tokens * self.worst_prompt_price // 1_000_000)
         if spare <= 0 or self.completion_price == 0:
             return 0
         return spare * 1_000_000 // self.completion_price
@@ -394,7 +417,11 @@ class Gateway:
         if not channels:
             raise errors.model_not_found(model)
         price = (await self.catalog.prices(token.tenant_id)).of(model)
-        return member, channels, CallCost(price.prompt_price, price.completion_price)
+        return (
+            member,
+            channels,
+            CallCost(price.prompt_price, price.completion_price, price.cached_prompt_price, price.cache_write_price),
+        )
 
     async def _plan_models(
         self, token: TokenInfo, model: str
@@ -678,7 +705,7 @@ class Gateway:
         details: dict[str, Any] | None = None,
     ) -> int:
         token, reservation = call.token, call.reservation
-        real_cost = call.cost.of(usage.prompt_tokens, usage.completion_tokens)
+        real_cost = call.cost.billed(usage)
         billed = min(real_cost, reservation.cost)
         if real_cost > billed:
             # The provider reported more than the request allowed it to generate: the key pays what it
@@ -713,6 +740,8 @@ class Gateway:
             overshoot=real_cost - billed,
             details=details or {},
             budgets=[scope for scope in reservation.scopes if scope.startswith(("user:", "group:"))],
+            cached_tokens=usage.cache_counts()[0],
+            cache_write_tokens=usage.cache_counts()[1],
         )
         await self.limits.settle(
             tenant_id=token.tenant_id,
@@ -1119,8 +1148,10 @@ class Gateway:
                     billed_usage = usage
                 else:
                     # Cut short: bill the prompt and what actually reached the client, not what was planned.
-                    prompt = usage.prompt_tokens if usage is not None else prompt_estimate
-                    billed_usage = Usage(prompt, delivered)
+                    if usage is not None:
+                        billed_usage = msgspec.structs.replace(usage, completion_tokens=delivered)
+                    else:
+                        billed_usage = Usage(prompt_estimate, delivered)
                 await self._settle(
                     settle,
                     usage=billed_usage,

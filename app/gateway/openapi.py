@@ -85,10 +85,16 @@ class ModelList(msgspec.Struct):
     data: list[Model]
 
 
+class _PromptTokensDetails(msgspec.Struct):
+    # Of `prompt_tokens`, those read from the provider's prompt cache.
+    cached_tokens: int = 0
+
+
 class _Usage(msgspec.Struct):
     prompt_tokens: int
     total_tokens: int
     completion_tokens: int | None = None
+    prompt_tokens_details: _PromptTokensDetails | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -154,8 +160,11 @@ class RerankList(msgspec.Struct):
 
 
 class _MessageUsage(msgspec.Struct):
+    # Not counting `cache_read_input_tokens` and `cache_creation_input_tokens`, as Anthropic reports it.
     input_tokens: int
     output_tokens: int
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
 
 
 class Message(msgspec.Struct):

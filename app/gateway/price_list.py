@@ -27,6 +27,7 @@ class _FilePrice(msgspec.Struct, forbid_unknown_fields=True):
     prompt: str
     completion: str
     cached_prompt: str | None = None
+    cache_write: str | None = None
 
 
 class _FileProvider(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,6 +53,7 @@ class ListedPrice(msgspec.Struct, frozen=True):
     prompt_price: int
     completion_price: int
     cached_prompt_price: int | None
+    cache_write_price: int | None = None
 
 
 class PriceList(msgspec.Struct, frozen=True):
@@ -97,6 +99,7 @@ def read_price_list(path: Path = PRICE_LIST_FILE) -> PriceList:
                 prompt_price=credits_of(price.prompt),
                 completion_price=credits_of(price.completion),
                 cached_prompt_price=None if price.cached_prompt is None else credits_of(price.cached_prompt),
+                cache_write_price=None if price.cache_write is None else credits_of(price.cache_write),
             )
     return PriceList(as_of=data.as_of, currency=data.currency, providers=providers, prices=prices, notes=notes)
 

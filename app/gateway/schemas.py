@@ -198,11 +198,13 @@ class TokenCreated(msgspec.Struct):
 
 class PriceWrite(Input):
     """Credits per million tokens (a credit is a millionth of the currency unit). `cached_prompt_price` (a prompt
-    token read from the provider's cache) is kept and shown; calls are not yet billed by it."""
+    token read from the provider's cache) and `cache_write_price` (one written to it) are optional: a call is
+    billed at the prompt price for either where it is not set."""
 
     prompt_price: Price
     completion_price: Price
     cached_prompt_price: Price | None = None
+    cache_write_price: Price | None = None
 
 
 class ModelAliasWrite(Input):
@@ -236,6 +238,7 @@ class PriceRead(msgspec.Struct):
     prompt_price: int
     completion_price: int
     cached_prompt_price: int | None = None
+    cache_write_price: int | None = None
     # "tenant": the organization's own price; "built-in": the shipped list's (see `GET /api/model-prices`).
     source: Literal["tenant", "built-in"] = "tenant"
 
@@ -248,6 +251,7 @@ class BuiltInPriceRead(msgspec.Struct):
     prompt_price: int
     completion_price: int
     cached_prompt_price: int | None
+    cache_write_price: int | None
 
 
 class BuiltInPriceList(msgspec.Struct):
@@ -274,6 +278,9 @@ class UsageRead(msgspec.Struct):
     upstream_model: str | None
     prompt_tokens: int
     completion_tokens: int
+    # Of the prompt tokens: read from the provider's prompt cache, and written to it (each priced on its own).
+    cached_tokens: int
+    cache_write_tokens: int
     cost: int
     # Credits of the reported usage beyond what the call reserved: not charged to the key, on the record.
     overshoot: int

@@ -41,11 +41,11 @@ _STAGING = "usage_staging"
 _CREATE_STAGING = "CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging (LIKE provider_usage_logs) ON COMMIT DELETE ROWS"
 _INSERT_FROM_STAGING = """
 INSERT INTO provider_usage_logs (id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model,
-    upstream_model, prompt_tokens, completion_tokens, cost, overshoot, latency_ms, upstream_latency_ms,
-    status_code, outcome, stream, details, created_at)
+    upstream_model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, cost, overshoot,
+    latency_ms, upstream_latency_ms, status_code, outcome, stream, details, created_at)
 SELECT id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model,
-    upstream_model, prompt_tokens, completion_tokens, cost, overshoot, latency_ms, upstream_latency_ms,
-    status_code, outcome, stream, details, created_at
+    upstream_model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, cost, overshoot,
+    latency_ms, upstream_latency_ms, status_code, outcome, stream, details, created_at
 FROM usage_staging
 ON CONFLICT (id) DO NOTHING
 RETURNING id, token_id, channel_id, cost
@@ -72,8 +72,8 @@ _ADD_TO_BUDGETS = {
 # The order of the values in each row `_write` copies.
 _COLUMNS = [
     "id", "tenant_id", "user_id", "token_id", "channel_id", "request_id", "endpoint", "model", "upstream_model",
-    "prompt_tokens", "completion_tokens", "cost", "overshoot", "latency_ms", "upstream_latency_ms", "status_code",
-    "outcome", "stream", "details", "created_at",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cost", "overshoot", "latency_ms",
+    "upstream_latency_ms", "status_code", "outcome", "stream", "details", "created_at",
 ]  # fmt: skip
 _tokens = ApiToken.metadata.tables[ApiToken.__tablename__]
 _ADD_TO_TOKENS = (
@@ -159,6 +159,8 @@ class UsageFlusher:
                 record.upstream_model,
                 record.prompt_tokens,
                 record.completion_tokens,
+                record.cached_tokens,
+                record.cache_write_tokens,
                 record.cost,
                 record.overshoot,
                 record.latency_ms,

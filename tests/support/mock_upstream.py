@@ -339,6 +339,10 @@ class MockUpstream:
         prompt = sum(len(str(message.get("content", "")).split()) for message in body.get("messages", [])) or 1
         tool = (body.get("tools") or [None])[0]
         message_id = f"msg_{uuid.uuid4().hex[:12]}"
+        usage = behavior.reported_usage or {"input_tokens": prompt, "output_tokens": len(words)}
+        # Streamed, the input counts (cache reads and writes among them) come in `message_start`, the output's in
+        # `message_delta`, as Anthropic sends them.
+        input_usage = {name: value for name, value in usage.items() if name != "output_tokens"}
         if not body.get("stream"):
             content: list[dict[str, Any]] = [{"type": "text", "text": " ".join(words)}]
             stop = "end_turn"
@@ -354,7 +358,7 @@ class MockUpstream:
                     "content": content,
                     "stop_reason": stop,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": prompt, "output_tokens": len(words)},
+                    "usage": usage,
                 }
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -373,7 +377,7 @@ class MockUpstream:
                     "model": body["model"],
                     "content": [],
                     "stop_reason": None,
-                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    "usage": {**input_usage, "output_tokens": 1},
                 }
             },
         )
@@ -396,10 +400,8 @@ class MockUpstream:
             )
             await event("content_block_stop", {"index": 1})
             stop = "tool_use"
-        await event(
-            "message_delta",
-            {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": len(words)}},
-        )
+        output = {"output_tokens": usage.get("output_tokens", len(words))}
+        await event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": output})
         await event("message_stop", {})
         await response.write_eof()
         return response

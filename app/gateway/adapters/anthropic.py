@@ -142,14 +142,26 @@ def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _usage(usage: Any) -> Usage:
-    """Anthropic's counts (cache reads and writes are input too); a figure that is not a count counts 0."""
+    """Anthropic's counts: cache reads and writes are input too, priced on their own; a figure that is not a
+    count counts 0."""
     usage = usage if isinstance(usage, dict) else {}
 
     def count(name: str) -> int:
         return reported_count(usage.get(name) or 0) or 0
 
-    prompt = count("input_tokens") + count("cache_read_input_tokens") + count("cache_creation_input_tokens")
-    return Usage(prompt_tokens=min(prompt, MAX_REPORTED_TOKENS), completion_tokens=count("output_tokens"))
+    read, written = count("cache_read_input_tokens"), count("cache_creation_input_tokens")
+    prompt = min(count("input_tokens") + read + written, MAX_REPORTED_TOKENS)
+    return Usage(prompt, count("output_tokens"), cached_tokens=read, cache_write_tokens=written)
+
+
+def openai_usage(usage: Usage) -> dict[str, Any]:
+    """A `usage` object in OpenAI's shape: cached tokens in `prompt_tokens_details`, as OpenAI reports them."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_counts()[0]},
+    }
 
 
 def to_openai_response(answer: dict[str, Any]) -> Completion:
@@ -182,11 +194,7 @@ def to_openai_response(answer: dict[str, Any]) -> Completion:
         "choices": [
             {"index": 0, "message": message, "finish_reason": STOP_REASONS.get(answer.get("stop_reason") or "", "stop")}
         ],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        },
+        "usage": openai_usage(usage),
     }
     return Completion(body=body, usage=usage)
 
@@ -201,7 +209,7 @@ class _StreamTranslator:
             "created": int(time.time()),
             "model": "",
         }
-        self.prompt_tokens = 0
+        self.started_usage = Usage()
         self.tool_index = -1
         self.block_is_tool: dict[int, int] = {}
 
@@ -214,7 +222,7 @@ class _StreamTranslator:
         if kind == "message_start":
             message = event.get("message") or {}
             self.base.update(id=message.get("id", ""), model=message.get("model", ""))
-            self.prompt_tokens = _usage(message.get("usage")).prompt_tokens
+            self.started_usage = _usage(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
@@ -241,18 +249,19 @@ class _StreamTranslator:
                 return [self._chunk({"tool_calls": [call]}, tokens=max(1, estimated_tokens(len(partial))))]
             return []
         if kind == "message_delta":
-            usage = _usage(event.get("usage"))
+            usage, start = _usage(event.get("usage")), self.started_usage
             finish = STOP_REASONS.get((event.get("delta") or {}).get("stop_reason") or "", "stop")
-            final_usage = Usage(self.prompt_tokens or usage.prompt_tokens, usage.completion_tokens)
-            usage_body = {
-                "prompt_tokens": final_usage.prompt_tokens,
-                "completion_tokens": final_usage.completion_tokens,
-                "total_tokens": final_usage.prompt_tokens + final_usage.completion_tokens,
-            }
+            # `message_start` has the input counts; `message_delta`'s are cumulative where it repeats them.
+            final_usage = Usage(
+                max(start.prompt_tokens, usage.prompt_tokens),
+                usage.completion_tokens,
+                cached_tokens=max(start.cached_tokens, usage.cached_tokens),
+                cache_write_tokens=max(start.cache_write_tokens, usage.cache_write_tokens),
+            )
             return [
                 self._chunk({}, finish=finish),
                 Chunk(
-                    raw=msgspec.json.encode({**self.base, "choices": [], "usage": usage_body}),
+                    raw=msgspec.json.encode({**self.base, "choices": [], "usage": openai_usage(final_usage)}),
                     usage=final_usage,
                     usage_only=True,
                 ),

@@ -24,8 +24,23 @@ def estimated_tokens(text_length: int) -> int:
 
 
 class Usage(msgspec.Struct, frozen=True):
+    """Token counts of a call. `prompt_tokens` is every input token, including those read from the provider's
+    prompt cache (`cached_tokens`) and those written to it (`cache_write_tokens`), each priced on its own."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def cache_counts(self) -> tuple[int, int]:
+        """(cached, cache-write) tokens, bounded by the prompt: a provider can never make more tokens cheap
+        than it sent."""
+        cached = min(self.cached_tokens, self.prompt_tokens)
+        return cached, min(self.cache_write_tokens, self.prompt_tokens - cached)
+
+    def uncached_prompt_tokens(self) -> int:
+        cached, written = self.cache_counts()
+        return self.prompt_tokens - cached - written
 
 
 def reported_count(value: Any) -> int | None:

@@ -29,6 +29,9 @@ T = TypeVar("T")
 class _UsageProbe(msgspec.Struct):
     prompt_tokens: Any = None
     completion_tokens: Any = None
+    prompt_tokens_details: Any = None
+    # DeepSeek's names for a prompt read from its cache (hit) and not (miss, a plain prompt token).
+    prompt_cache_hit_tokens: Any = None
 
 
 class _ToolCallFunction(msgspec.Struct):
@@ -63,7 +66,14 @@ def probe_chunk(raw: bytes) -> Chunk:
         probe = _probe.decode(raw)
     except msgspec.DecodeError:
         raise UpstreamError("the provider sent a stream chunk that is not JSON") from None
-    usage = _usage(probe.usage.prompt_tokens, probe.usage.completion_tokens) if probe.usage else None
+    usage = None
+    if probe.usage is not None:
+        usage = _usage(probe.usage.prompt_tokens, probe.usage.completion_tokens)
+        cached = _cached(probe.usage.prompt_tokens_details, probe.usage.prompt_cache_hit_tokens)
+        if usage is not None and cached:
+            usage = msgspec.structs.replace(usage, cached_tokens=cached)
+            if not _has_cached_details(probe.usage.prompt_tokens_details):
+                raw = _with_cached_details(raw, cached)
     length = 0
     for choice in probe.choices:
         if choice.delta is not None:
@@ -83,11 +93,43 @@ def _usage(prompt: Any, completion: Any) -> Usage | None:
     return Usage(prompt_tokens, completion_tokens)
 
 
+def _cached(details: Any, deepseek_hits: Any) -> int:
+    """Prompt tokens read from the provider's cache: OpenAI's `prompt_tokens_details.cached_tokens`, else
+    DeepSeek's `prompt_cache_hit_tokens`. A figure that is not a count is no cached token (full price)."""
+    figure = details.get("cached_tokens") if isinstance(details, dict) else None
+    if figure is None:
+        figure = deepseek_hits
+    return reported_count(figure or 0) or 0
+
+
+def _has_cached_details(details: Any) -> bool:
+    return isinstance(details, dict) and "cached_tokens" in details
+
+
+def _with_cached_details(raw: bytes, cached: int) -> bytes:
+    """A usage chunk with OpenAI's `prompt_tokens_details.cached_tokens` added where the provider (DeepSeek)
+    names cached tokens its own way: OpenAI clients read them there."""
+    chunk = msgspec.json.decode(raw)
+    usage = chunk["usage"]
+    details = usage.get("prompt_tokens_details")
+    usage["prompt_tokens_details"] = {**(details if isinstance(details, dict) else {}), "cached_tokens": cached}
+    return msgspec.json.encode(chunk)
+
+
 def parse_usage(body: dict[str, Any]) -> Usage | None:
+    """The answer's usage; where the provider names cached tokens its own way (DeepSeek), the answer also gets
+    OpenAI's `prompt_tokens_details.cached_tokens`, which OpenAI clients read."""
     usage = body.get("usage")
     if not isinstance(usage, dict):
         return None
-    return _usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    counted = _usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = _cached(details, usage.get("prompt_cache_hit_tokens"))
+    if counted is None or not cached:
+        return counted
+    if not _has_cached_details(details):
+        usage["prompt_tokens_details"] = {**(details if isinstance(details, dict) else {}), "cached_tokens": cached}
+    return msgspec.structs.replace(counted, cached_tokens=cached)
 
 
 def with_other_limit_parameter(body: dict[str, Any], refusal: UpstreamError) -> dict[str, Any] | None:

@@ -283,7 +283,18 @@ def to_anthropic_response(answer: dict[str, Any], model: str, usage: Usage | Non
         "content": content,
         "stop_reason": FINISH_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
         "stop_sequence": None,
-        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        "usage": anthropic_usage(usage),
+    }
+
+
+def anthropic_usage(usage: Usage) -> dict[str, int]:
+    """A `usage` object in Anthropic's shape, where `input_tokens` leaves out cache reads and writes."""
+    read, written = usage.cache_counts()
+    return {
+        "input_tokens": usage.uncached_prompt_tokens(),
+        "cache_read_input_tokens": read,
+        "cache_creation_input_tokens": written,
+        "output_tokens": usage.completion_tokens,
     }
 
 
@@ -374,7 +385,7 @@ class AnthropicStreamWriter:
             "message_delta",
             {
                 "delta": {"stop_reason": FINISH_REASONS.get(self.finish or "stop", "end_turn"), "stop_sequence": None},
-                "usage": {"input_tokens": final.prompt_tokens, "output_tokens": final.completion_tokens},
+                "usage": anthropic_usage(final),
             },
         )
         return out + _event("message_stop", {})

@@ -22,7 +22,8 @@ from app.tenants.money import MoneyError, format_money, parse_money
 PRICES = f"{PORTAL}/prices"
 # The group of models the built-in list does not name: the organization's channels' and its own prices'.
 OTHER = "other"
-AMOUNTS = ("prompt_price", "cached_prompt_price", "completion_price")
+AMOUNTS = ("prompt_price", "cached_prompt_price", "cache_write_price", "completion_price")
+OPTIONAL_AMOUNTS = ("cached_prompt_price", "cache_write_price")
 SAVED = {
     "saved": "The price is saved; calls of this model cost it from now on.",
     "removed": "Your price is removed; the model costs the built-in price again, or the '*' price, or nothing.",
@@ -81,7 +82,7 @@ def _parsed(values: dict[str, str]) -> tuple[str, PriceWrite]:
     credits: dict[str, int | None] = {}
     for name in AMOUNTS:
         if not values[name]:
-            if name != "cached_prompt_price":
+            if name not in OPTIONAL_AMOUNTS:
                 errors[name] = "This field is required."
             credits[name] = None
             continue
@@ -95,6 +96,7 @@ def _parsed(values: dict[str, str]) -> tuple[str, PriceWrite]:
         prompt_price=credits["prompt_price"] or 0,
         completion_price=credits["completion_price"] or 0,
         cached_prompt_price=credits["cached_prompt_price"],
+        cache_write_price=credits["cache_write_price"],
     )
 
 
