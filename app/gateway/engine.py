@@ -442,8 +442,11 @@ class Gateway:
         if not legs:
             raise errors.model_not_found(model)
         every = list({channel.id: channel for leg in legs for channel in leg.channels}.values())
-        # Reserved at the dearest of the models, settled at the one that answers: never an overspend.
-        worst = CallCost(max(leg.cost.prompt_price for leg in legs), max(leg.cost.completion_price for leg in legs))
+        # Reserved at the dearest of the models, settled at the one that answers: never an overspend. A prompt
+        # token may be a cache write at one model's price: the worst prompt price counts every kind.
+        worst = CallCost(
+            max(leg.cost.worst_prompt_price for leg in legs), max(leg.cost.completion_price for leg in legs)
+        )
         return member, legs, every, worst
 
     @staticmethod

@@ -239,3 +239,27 @@ async def test_bad_alias_and_strategy_input_is_refused_naming_the_field(
     assert (await client.get("/api/model-routing", headers=admin)).json() == []
     user = auth_headers(tenant_a.user)
     assert (await put_alias(client, user, "mine", ["gpt-4o"])).status_code == 403
+
+
+async def test_an_alias_reserves_at_the_dearest_cache_write_price_of_its_models(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    await add_channel(client, admin, upstream, "plain", models=["deepseek-chat"])
+    await add_channel(client, admin, upstream, "caching", models=["claude-cache"])
+    await set_price(client, admin, "deepseek-chat", 1_000_000, 1_000_000)
+    # The same prompt and completion prices, but a prompt token written to the cache costs twenty times as much.
+    priced = await client.put(
+        "/api/model-prices/claude-cache",
+        json={"prompt_price": 1_000_000, "completion_price": 1_000_000, "cache_write_price": 20_000_000},
+        headers=admin,
+    )
+    assert priced.status_code == 200, priced.text
+    assert (await put_alias(client, admin, "thrifty", ["deepseek-chat", "claude-cache"])).status_code == 200
+    key, _ = await issue_key(client, auth_headers(tenant_a.user), quota=600)
+    # Either model alone at its plain prices fits the quota; an answer that wrote its whole prompt to the cache
+    # would not, so the alias is refused before any call rather than settled above what was reserved.
+    refused = await client.post("/v1/chat/completions", json=chat_body("thrifty", max_tokens=100), headers=bearer(key))
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert upstream.calls["plain"] == upstream.calls["caching"] == 0
