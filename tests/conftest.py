@@ -14,18 +14,23 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import redis
 from asgi_lifespan import LifespanManager
 from litestar import Litestar
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.encryption import SecretBox
+from app.gateway.engine import create_gateway
+from app.jobs.registry import WorkerServices
 from app.main import create_app
 from app.settings import Settings, new_key_entry
+from app.storage import create_object_store
 from db.bootstrap import DatabaseUrls, bootstrap_database, drop_database, plain_url
 from db.migrations import upgrade_to_head
 from db.session import create_engine, create_session_maker
@@ -211,3 +216,26 @@ def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPa
     its own tenants', deleted after it, and the server caches nothing (LYSS_GATEWAY_CACHE_SECONDS=0)."""
     with serve_lyss(database, redis_url, tmp_path_factory.mktemp("lyss")) as running:
         yield running
+
+
+@pytest.fixture
+async def worker_services(
+    settings: Settings, session_maker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[WorkerServices]:
+    """What `lyss worker` gives a task (gateway, Redis, object store...), for calling tasks directly."""
+    redis_client = AsyncRedis.from_url(settings.redis_url or "")
+    http = aiohttp.ClientSession()
+    secret_box = SecretBox(settings.encryption_keyring)
+    gateway = create_gateway(settings, session_maker, redis_client, secret_box)
+    yield WorkerServices(
+        settings=settings,
+        session_maker=session_maker,
+        redis=redis_client,
+        secret_box=secret_box,
+        http=http,
+        gateway=gateway,
+        objects=create_object_store(settings),
+    )
+    await gateway.close()
+    await http.close()
+    await redis_client.aclose()

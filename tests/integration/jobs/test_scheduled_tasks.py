@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
 from uuid import UUID
 
-import aiohttp
-import pytest
-from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
 from app.auth.tasks import remove_expired
-from app.encryption import SecretBox
-from app.gateway.engine import create_gateway
 from app.gateway.limits import GatewayLimits
 from app.gateway.tasks import health_check, settle_budgets
 from app.jobs.registry import WorkerServices
 from app.jobs.tasks import recover_jobs
 from app.settings import Settings
-from app.storage import create_object_store
 from db.auth import Invitation, UserSession
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
@@ -33,28 +26,6 @@ from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
 
 UTC = datetime.UTC
-
-
-@pytest.fixture
-async def services(
-    settings: Settings, session_maker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[WorkerServices]:
-    redis = Redis.from_url(settings.redis_url or "")
-    http = aiohttp.ClientSession()
-    secret_box = SecretBox(settings.encryption_keyring)
-    gateway = create_gateway(settings, session_maker, redis, secret_box)
-    yield WorkerServices(
-        settings=settings,
-        session_maker=session_maker,
-        redis=redis,
-        secret_box=secret_box,
-        http=http,
-        gateway=gateway,
-        objects=create_object_store(settings),
-    )
-    await gateway.close()
-    await http.close()
-    await redis.aclose()
 
 
 async def _set_channel_status(
@@ -69,7 +40,7 @@ async def _set_channel_status(
 
 async def test_health_check_enables_auto_disabled_channels_that_answer_and_leaves_the_rest(
     client: Client,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     tenant_b: TenantRows,
     upstream: MockUpstream,
@@ -84,7 +55,7 @@ async def test_health_check_enables_auto_disabled_channels_that_answer_and_leave
     await _set_channel_status(session_maker, tenant_b.id, switched_off["id"], "disabled")
     upstream.behave("still-down", status=503)
 
-    outcome = await health_check(services)
+    outcome = await health_check(worker_services)
 
     assert outcome == {"tested": 2, "reenabled": 1}
     assert upstream.calls["switched-off"] == 0  # a channel an admin turned off is not probed
@@ -104,7 +75,7 @@ async def test_health_check_enables_auto_disabled_channels_that_answer_and_leave
 
 async def test_the_health_check_brings_back_an_embeddings_only_channel_with_an_embeddings_call(
     client: Client,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     upstream: MockUpstream,
     auth_headers: AuthHeaders,
@@ -116,7 +87,7 @@ async def test_the_health_check_brings_back_an_embeddings_only_channel_with_an_e
     upstream.behave("vectors", embeddings_only=True)
     await _set_channel_status(session_maker, tenant_a.id, channel["id"], "auto_disabled")
 
-    outcome = await health_check(services)
+    outcome = await health_check(worker_services)
 
     assert outcome == {"tested": 1, "reenabled": 1}
     assert upstream.bodies == [("vectors", {"model": "embed-test", "input": "ping"})]
@@ -152,7 +123,7 @@ async def test_the_channel_test_job_tests_every_channel_and_reports_each(
 
 async def test_budget_periods_reset_and_redis_balances_never_drop_below_postgres(
     client: Client,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     session_maker: async_sessionmaker[AsyncSession],
@@ -173,25 +144,25 @@ async def test_budget_periods_reset_and_redis_balances_never_drop_below_postgres
             )
         await session.execute(update(Organization).values(used_quota=900))
         await session.commit()
-    limits = GatewayLimits(services.redis)
+    limits = GatewayLimits(worker_services.redis)
     balance = {
         token["id"]: limits.token_used_key(tenant_a.id, UUID(token["id"])) for token in (daily, monthly, lifetime)
     }
     # Redis holds PostgreSQL's count plus what is settled but not flushed, or reserved: 200 for the daily key.
-    await services.redis.set(balance[daily["id"]], 700)
-    await services.redis.set(balance[monthly["id"]], 300)
-    await services.redis.set(balance[lifetime["id"]], 40)  # lost writes: lower than PostgreSQL knows
-    await services.redis.set(limits.tenant_used_key(tenant_a.id), 950)
+    await worker_services.redis.set(balance[daily["id"]], 700)
+    await worker_services.redis.set(balance[monthly["id"]], 300)
+    await worker_services.redis.set(balance[lifetime["id"]], 40)  # lost writes: lower than PostgreSQL knows
+    await worker_services.redis.set(limits.tenant_used_key(tenant_a.id), 950)
 
-    outcome = await settle_budgets(services)
+    outcome = await settle_budgets(worker_services)
 
     assert outcome == {"flushed": 0, "reset": 1, "raised": 1, "alerts": 0}
-    assert [await services.redis.get(balance[token["id"]]) for token in (daily, monthly, lifetime)] == [
+    assert [await worker_services.redis.get(balance[token["id"]]) for token in (daily, monthly, lifetime)] == [
         b"200",
         b"300",
         b"100",
     ]
-    assert await services.redis.get(limits.tenant_used_key(tenant_a.id)) == b"950"
+    assert await worker_services.redis.get(limits.tenant_used_key(tenant_a.id)) == b"950"
     async with tenant_session(session_maker, tenant_a.id) as session:
         rows = {
             str(token_id): (used, reset_at)
@@ -204,13 +175,13 @@ async def test_budget_periods_reset_and_redis_balances_never_drop_below_postgres
     assert rows[monthly["id"]] == (300, this_month)
     assert rows[lifetime["id"]][0] == 100
     # Run again: nothing is due any more, nothing changes.
-    assert await settle_budgets(services) == {"flushed": 0, "reset": 0, "raised": 0, "alerts": 0}
-    assert await services.redis.get(balance[daily["id"]]) == b"200"
+    assert await settle_budgets(worker_services) == {"flushed": 0, "reset": 0, "raised": 0, "alerts": 0}
+    assert await worker_services.redis.get(balance[daily["id"]]) == b"200"
 
 
 async def test_a_reset_starts_a_balance_that_redis_did_not_hold(
     client: Client,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     session_maker: async_sessionmaker[AsyncSession],
@@ -223,14 +194,14 @@ async def test_a_reset_starts_a_balance_that_redis_did_not_hold(
             .values(used_quota=1000, budget_reset_at=datetime.datetime.now(UTC) - datetime.timedelta(days=2))
         )
         await session.commit()
-    await settle_budgets(services)
+    await settle_budgets(worker_services)
     key = GatewayLimits.token_used_key(tenant_a.id, UUID(daily["id"]))
     # Zero, set before PostgreSQL committed: a gateway loading the old 1000 meanwhile cannot overwrite it.
-    assert await services.redis.get(key) == b"0"
+    assert await worker_services.redis.get(key) == b"0"
 
 
 async def test_cleanup_removes_sessions_and_invitations_that_can_no_longer_be_used(
-    services: WorkerServices, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+    worker_services: WorkerServices, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     past = datetime.datetime.now(UTC) - datetime.timedelta(hours=1)
     future = datetime.datetime.now(UTC) + datetime.timedelta(days=1)
@@ -261,7 +232,7 @@ async def test_cleanup_removes_sessions_and_invitations_that_can_no_longer_be_us
         session.add_all([dead, refreshable, lapsed, accepted, open_invitation])
         await session.commit()
 
-    assert await remove_expired(services) == {"sessions": 1, "invitations": 1}
+    assert await remove_expired(worker_services) == {"sessions": 1, "invitations": 1}
 
     async with tenant_session(session_maker, tenant_a.id) as session:
         assert set(await session.scalars(select(UserSession.id))) == {refreshable.id}
@@ -271,7 +242,7 @@ async def test_cleanup_removes_sessions_and_invitations_that_can_no_longer_be_us
 async def test_recovery_resends_a_job_the_queue_lost_and_buries_one_out_of_attempts(
     client: Client,
     settings: Settings,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     session_maker: async_sessionmaker[AsyncSession],
@@ -284,9 +255,9 @@ async def test_recovery_resends_a_job_the_queue_lost_and_buries_one_out_of_attem
         # Redis forgot both messages (restarted without persistence, say).
         async with tenant_session(session_maker, tenant_a.id) as session:
             key = await session.scalar(select(Job.queue_key).where(Job.id == UUID(job_id)))
-        await services.redis.delete(f"saq:job:lyss:{key}")
-        await services.redis.zrem("saq:lyss:incomplete", f"saq:job:lyss:{key}")
-        await services.redis.lrem("saq:lyss:queued", 0, f"saq:job:lyss:{key}")
+        await worker_services.redis.delete(f"saq:job:lyss:{key}")
+        await worker_services.redis.zrem("saq:lyss:incomplete", f"saq:job:lyss:{key}")
+        await worker_services.redis.lrem("saq:lyss:queued", 0, f"saq:job:lyss:{key}")
     long_ago = datetime.datetime.now(UTC) - datetime.timedelta(hours=1)
     async with tenant_session(session_maker, tenant_a.id) as session:
         await session.execute(
@@ -299,7 +270,7 @@ async def test_recovery_resends_a_job_the_queue_lost_and_buries_one_out_of_attem
         )
         await session.commit()
 
-    assert await recover_jobs(services) == {"resent": 1, "buried": 1}
+    assert await recover_jobs(worker_services) == {"resent": 1, "buried": 1}
 
     buried = (await client.get(f"/api/jobs/{exhausted['id']}", headers=headers)).json()
     assert (buried["status"], buried["events"][-1]["event"]) == ("dead", "dead")

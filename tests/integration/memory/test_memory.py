@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -17,27 +16,13 @@ from db.tenant import Job
 from tests.support.clients import AuthHeaders, Client
 from tests.support.gateway import add_channel
 from tests.support.jobs import events_of, running_worker, wait_for_status
-from tests.support.memory import configure_memory
+from tests.support.memory import configure_memory, decisions, extract
 from tests.support.mock_upstream import MockUpstream, word_vector
 from tests.support.tenants import TenantRows
 
 
 def facts(*texts: str, kind: str = "fact") -> str:
     return json.dumps({"facts": [{"text": text, "type": kind} for text in texts]})
-
-
-def decisions(*items: dict[str, Any]) -> str:
-    return json.dumps({"memory": list(items)})
-
-
-async def remember(client: Client, headers: dict[str, str], settings: Settings, content: str) -> dict[str, Any]:
-    """Submit an extraction job for one message and run it to its end on a real worker."""
-    response = await client.post(
-        "/api/memories", json={"messages": [{"role": "user", "content": content}]}, headers=headers
-    )
-    assert response.status_code == 202, response.text
-    async with running_worker(settings):
-        return await wait_for_status(client, headers, response.json()["id"], {"succeeded", "failed", "dead"})
 
 
 async def active_texts(client: Client, headers: dict[str, str]) -> list[str]:
@@ -51,7 +36,7 @@ async def test_memory_decisions_add_update_invalidate_ignore_and_reject_invented
     await configure_memory(client, admin, upstream)
 
     upstream.behave("mem-llm", replies=[facts("Prefers tea over coffee", kind="preference")])
-    first = await remember(client, user, settings, "I really prefer tea to coffee")
+    first = await extract(client, user, settings, "I really prefer tea to coffee")
     assert (first["status"], first["result"]["added"]) == ("succeeded", 1), first
     assert await active_texts(client, user) == ["Prefers tea over coffee"]
 
@@ -63,7 +48,7 @@ async def test_memory_decisions_add_update_invalidate_ignore_and_reject_invented
             decisions({"id": "0", "event": "UPDATE", "text": "Prefers coffee over tea", "reason": "taste changed"}),
         ],
     )
-    second = await remember(client, user, settings, "These days I prefer coffee")
+    second = await extract(client, user, settings, "These days I prefer coffee")
     assert second["result"]["updated"] == 1, second
     shown = json.loads(upstream.bodies[-1][1]["messages"][1]["content"])
     assert shown["existing_memories"] == [{"id": "0", "text": "Prefers tea over coffee"}]
@@ -84,7 +69,7 @@ async def test_memory_decisions_add_update_invalidate_ignore_and_reject_invented
             decisions({"id": "new", "event": "ADD", "text": "Lives in Berlin"}, {"id": "7", "event": "DELETE"}),
         ],
     )
-    third = await remember(client, user, settings, "I live in Berlin")
+    third = await extract(client, user, settings, "I live in Berlin")
     assert (third["result"]["added"], third["result"]["rejected"], third["result"]["invalidated"]) == (1, 1, 0)
     assert any("'7'" in (event["message"] or "") for event in events_of(third, "log"))
     assert await active_texts(client, user) == ["Lives in Berlin", "Prefers coffee over tea"]
@@ -100,7 +85,7 @@ async def test_memory_decisions_add_update_invalidate_ignore_and_reject_invented
             ),
         ],
     )
-    fourth = await remember(client, user, settings, "I moved to Munich")
+    fourth = await extract(client, user, settings, "I moved to Munich")
     assert (fourth["result"]["invalidated"], fourth["result"]["added"]) == (1, 1), fourth
     assert await active_texts(client, user) == ["Lives in Munich", "Prefers coffee over tea"]
     everything = (await client.get("/api/memories", params={"include_invalidated": True}, headers=user)).json()
@@ -113,9 +98,9 @@ async def test_memory_decisions_add_update_invalidate_ignore_and_reject_invented
         replies=[facts("lives in  munich"), facts("Resides in Munich"), decisions({"id": "0", "event": "NONE"})],
     )
     calls_before = upstream.calls["mem-llm"]
-    repeat = await remember(client, user, settings, "Munich is where I live")
+    repeat = await extract(client, user, settings, "Munich is where I live")
     assert (repeat["result"]["duplicates"], upstream.calls["mem-llm"] - calls_before) == (1, 1)
-    known = await remember(client, user, settings, "I reside in Munich")
+    known = await extract(client, user, settings, "I reside in Munich")
     assert (known["result"]["unchanged"], known["result"]["added"]) == (1, 0), known
     assert await active_texts(client, user) == ["Lives in Munich", "Prefers coffee over tea"]
 
@@ -126,11 +111,11 @@ async def test_malformed_json_is_asked_again_once_then_fails_visibly_with_nothin
     admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
     await configure_memory(client, admin, upstream)
     upstream.behave("mem-llm", replies=["Sure! The user likes jazz.", facts("Likes jazz")])
-    recovered = await remember(client, user, settings, "I like jazz")
+    recovered = await extract(client, user, settings, "I like jazz")
     assert (recovered["status"], recovered["result"]["added"]) == ("succeeded", 1)
 
     upstream.behave("mem-llm", replies=["Here you go: facts are jazz", '{"facts": "jazz"}'])
-    failed = await remember(client, user, settings, "I also like blues")
+    failed = await extract(client, user, settings, "I also like blues")
     assert failed["status"] == "failed", failed
     assert "twice" in failed["last_error"]
     answers = [event["data"].get("answer") for event in events_of(failed, "log")]

@@ -5,30 +5,23 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-import aiohttp
 import httpx
 import pytest
 import sqlalchemy.exc
-from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.encryption import SecretBox
-from app.gateway.engine import create_gateway
 from app.jobs.registry import SCHEDULED_TASKS, WorkerServices
 from app.memory.tasks import prune_expired_memories
 from app.settings import Settings
-from app.storage import create_object_store
 from db.memory import Memory, MemoryAssociation
 from db.session import tenant_session
 from db.tenant import AuditEvent
 from tests.support.clients import AuthHeaders, Client
-from tests.support.jobs import running_worker, wait_for_status
-from tests.support.memory import configure_memory
+from tests.support.memory import configure_memory, decisions, extract
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
 
@@ -37,28 +30,6 @@ UTC = datetime.UTC
 
 def later(**delta: float) -> str:
     return (datetime.datetime.now(UTC) + datetime.timedelta(**delta)).isoformat()
-
-
-@pytest.fixture
-async def worker_services(
-    settings: Settings, session_maker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[WorkerServices]:
-    redis = Redis.from_url(settings.redis_url or "")
-    http = aiohttp.ClientSession()
-    secret_box = SecretBox(settings.encryption_keyring)
-    gateway = create_gateway(settings, session_maker, redis, secret_box)
-    yield WorkerServices(
-        settings=settings,
-        session_maker=session_maker,
-        redis=redis,
-        secret_box=secret_box,
-        http=http,
-        gateway=gateway,
-        objects=create_object_store(settings),
-    )
-    await gateway.close()
-    await http.close()
-    await redis.aclose()
 
 
 async def add(client: Client, headers: dict[str, str], text: str, **fields: Any) -> dict[str, Any]:
@@ -412,21 +383,6 @@ async def test_an_admin_adds_for_a_user_of_the_tenant_only(
 
 def facts(*items: dict[str, Any]) -> str:
     return json.dumps({"facts": list(items)})
-
-
-def decisions(*items: dict[str, Any]) -> str:
-    return json.dumps({"memory": list(items)})
-
-
-async def extract(
-    client: Client, headers: dict[str, str], settings: Settings, content: str, **fields: Any
-) -> dict[str, Any]:
-    response = await client.post(
-        "/api/memories", json={"messages": [{"role": "user", "content": content}], **fields}, headers=headers
-    )
-    assert response.status_code == 202, response.text
-    async with running_worker(settings):
-        return await wait_for_status(client, headers, response.json()["id"], {"succeeded", "failed", "dead"})
 
 
 async def test_a_contradiction_stores_the_new_fact_and_links_the_old_memory_to_it(

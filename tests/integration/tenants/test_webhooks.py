@@ -9,19 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-import aiohttp
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.encryption import SecretBox
-from app.gateway.engine import create_gateway
 from app.gateway.limits import GatewayLimits
 from app.gateway.tasks import health_check, settle_budgets, watched_budgets
 from app.jobs.registry import WorkerServices
 from app.settings import Settings
-from app.storage import create_object_store
 from app.tenants.webhooks import WatchedBudget, fire_budget_thresholds
 from db.provider import Channel
 from db.session import tenant_session
@@ -40,28 +35,6 @@ SECRET = "receiver-shared-secret-0123456789"
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     async with webhook_receiver() as running:
         yield running
-
-
-@pytest.fixture
-async def services(
-    settings: Settings, session_maker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[WorkerServices]:
-    redis = Redis.from_url(settings.redis_url or "")
-    http = aiohttp.ClientSession()
-    secret_box = SecretBox(settings.encryption_keyring)
-    gateway = create_gateway(settings, session_maker, redis, secret_box)
-    yield WorkerServices(
-        settings=settings,
-        session_maker=session_maker,
-        redis=redis,
-        secret_box=secret_box,
-        http=http,
-        gateway=gateway,
-        objects=create_object_store(settings),
-    )
-    await gateway.close()
-    await http.close()
-    await redis.aclose()
 
 
 async def add_webhook(client: Client, headers: dict[str, str], url: str, *events: str, **fields: Any) -> dict[str, Any]:
@@ -211,7 +184,7 @@ async def test_a_channel_the_gateway_disables_fires_channel_auto_disabled_once(
 async def test_a_channel_the_health_check_brings_back_fires_channel_reenabled(
     client: Client,
     settings: Settings,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     upstream: MockUpstream,
     auth_headers: AuthHeaders,
@@ -225,7 +198,7 @@ async def test_a_channel_the_health_check_brings_back_fires_channel_reenabled(
         await session.execute(update(Channel).where(Channel.id == UUID(channel["id"])).values(status="auto_disabled"))
         await session.commit()
 
-    assert (await health_check(services))["reenabled"] == 1
+    assert (await health_check(worker_services))["reenabled"] == 1
     async with running_worker(settings):
         [event] = await receiver.wait_for(1, "channel.reenabled")
     assert event["data"] == {"channel_id": channel["id"], "name": "recovering"}
@@ -275,7 +248,7 @@ async def test_a_job_that_fails_its_last_attempt_fires_job_dead_lettered(
 async def test_a_key_budget_crossing_80_then_100_percent_fires_each_threshold_once(
     client: Client,
     settings: Settings,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     receiver: WebhookReceiver,
@@ -285,15 +258,15 @@ async def test_a_key_budget_crossing_80_then_100_percent_fires_each_threshold_on
     _, token = await issue_key(client, admin, name="nightly batch", quota=1_000_000, budget_period="monthly")
     balance = GatewayLimits.token_used_key(tenant_a.id, token_id_of(token))
 
-    await services.redis.set(balance, 790_000)
-    await settle_budgets(services)
-    await services.redis.set(balance, 850_000)
+    await worker_services.redis.set(balance, 790_000)
+    await settle_budgets(worker_services)
+    await worker_services.redis.set(balance, 850_000)
     # Two runs at once, then a third: the threshold's marker lets one of them fire.
-    await asyncio.gather(settle_budgets(services), settle_budgets(services))
-    await settle_budgets(services)
-    await services.redis.set(balance, 1_000_000)
-    await settle_budgets(services)
-    await settle_budgets(services)
+    await asyncio.gather(settle_budgets(worker_services), settle_budgets(worker_services))
+    await settle_budgets(worker_services)
+    await worker_services.redis.set(balance, 1_000_000)
+    await settle_budgets(worker_services)
+    await settle_budgets(worker_services)
     async with running_worker(settings):
         events = await receiver.wait_for(2, "budget.threshold")
         await asyncio.sleep(0.5)
@@ -317,7 +290,7 @@ async def test_a_key_budget_crossing_80_then_100_percent_fires_each_threshold_on
 async def test_a_users_and_a_groups_budget_fire_their_thresholds_with_their_names(
     client: Client,
     settings: Settings,
-    services: WorkerServices,
+    worker_services: WorkerServices,
     tenant_a: TenantRows,
     auth_headers: AuthHeaders,
     receiver: WebhookReceiver,
@@ -327,10 +300,10 @@ async def test_a_users_and_a_groups_budget_fire_their_thresholds_with_their_name
     for path in (f"/api/users/{tenant_a.user.id}/budget", f"/api/groups/{tenant_a.group.id}/budget"):
         response = await client.patch(path, json={"quota": 2_000_000, "budget_period": "weekly"}, headers=admin)
         assert response.status_code == 200, response.text
-    limits = GatewayLimits(services.redis)
-    await services.redis.set(limits.used_key(tenant_a.id, f"user:{tenant_a.user.id}"), 1_700_000)
-    await services.redis.set(limits.used_key(tenant_a.id, f"group:{tenant_a.group.id}"), 2_000_000)
-    await asyncio.gather(settle_budgets(services), settle_budgets(services))
+    limits = GatewayLimits(worker_services.redis)
+    await worker_services.redis.set(limits.used_key(tenant_a.id, f"user:{tenant_a.user.id}"), 1_700_000)
+    await worker_services.redis.set(limits.used_key(tenant_a.id, f"group:{tenant_a.group.id}"), 2_000_000)
+    await asyncio.gather(settle_budgets(worker_services), settle_budgets(worker_services))
     async with running_worker(settings):
         events = await receiver.wait_for(3, "budget.threshold")
         await asyncio.sleep(0.5)
@@ -342,30 +315,34 @@ async def test_a_users_and_a_groups_budget_fire_their_thresholds_with_their_name
 
 
 async def test_the_organization_budget_fires_again_only_once_its_quota_is_raised(
-    services: WorkerServices, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+    worker_services: WorkerServices, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     async with tenant_session(session_maker, tenant_a.id) as session:
         await session.execute(update(Organization).values(quota=2_000_000))
         await session.commit()
-    await services.redis.set(GatewayLimits.tenant_used_key(tenant_a.id), 1_700_000)
+    await worker_services.redis.set(GatewayLimits.tenant_used_key(tenant_a.id), 1_700_000)
     fired = [
-        await fire_budget_thresholds(services, tenant_a.id, await budgets_of(services, tenant_a.id), currency="USD")
+        await fire_budget_thresholds(
+            worker_services, tenant_a.id, await budgets_of(worker_services, tenant_a.id), currency="USD"
+        )
         for _ in range(2)
     ]
     assert fired == [1, 0]
     async with tenant_session(session_maker, tenant_a.id) as session:
         await session.execute(update(Organization).values(quota=4_000_000))
         await session.commit()
-    await services.redis.set(GatewayLimits.tenant_used_key(tenant_a.id), 3_300_000)
+    await worker_services.redis.set(GatewayLimits.tenant_used_key(tenant_a.id), 3_300_000)
     assert (
-        await fire_budget_thresholds(services, tenant_a.id, await budgets_of(services, tenant_a.id), currency="USD")
+        await fire_budget_thresholds(
+            worker_services, tenant_a.id, await budgets_of(worker_services, tenant_a.id), currency="USD"
+        )
         == 1
     )
 
 
-async def budgets_of(services: WorkerServices, tenant_id: UUID) -> list[WatchedBudget]:
-    async with tenant_session(services.session_maker, tenant_id) as session:
-        budgets, _ = await watched_budgets(session, services.redis, tenant_id)
+async def budgets_of(worker_services: WorkerServices, tenant_id: UUID) -> list[WatchedBudget]:
+    async with tenant_session(worker_services.session_maker, tenant_id) as session:
+        budgets, _ = await watched_budgets(session, worker_services.redis, tenant_id)
     assert [budget.scope for budget in budgets] == ["organization"]
     return budgets
 
