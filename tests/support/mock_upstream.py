@@ -124,6 +124,7 @@ class MockUpstream:
         app.router.add_get("/{name}/v1/models", self._models)
         # Gemini: `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
         app.router.add_post("/{name}/v1beta/models/{call}", self._generate_content)
+        app.router.add_get("/{name}/v1beta/models", self._gemini_models)
         # Azure OpenAI: the deployment in the path, the version in the query.
         app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -494,6 +495,22 @@ class MockUpstream:
                 await asyncio.sleep(behavior.chunk_delay_seconds)
         await response.write_eof()
         return response
+
+    async def _gemini_models(self, request: web.Request) -> web.StreamResponse:
+        """Gemini's model list: `models/`-prefixed names, and an embedding model that cannot chat."""
+        name = request.match_info["name"]
+        behavior = self.behaviors.get(name, Behavior())
+        self.calls[name] += 1
+        self.headers_seen.append({**request.headers, "path_qs": request.path_qs})
+        if behavior.status != 200:
+            return self._gemini_error(behavior.status, f"scripted failure of {name}")
+        if not request.headers.get("x-goog-api-key"):
+            return self._gemini_error(403, "Method doesn't allow unregistered callers.")
+        chat = [
+            {"name": f"models/{model}", "supportedGenerationMethods": ["generateContent"]} for model in behavior.models
+        ]
+        embedding = {"name": "models/text-embedding-test", "supportedGenerationMethods": ["embedContent"]}
+        return web.json_response({"models": [*chat, embedding]})
 
     @staticmethod
     def _gemini_error(status: int, message: str, reason: str | None = None) -> web.Response:

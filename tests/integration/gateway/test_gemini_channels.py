@@ -10,11 +10,15 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from db.provider import Channel, ProviderType
+from db.session import tenant_session
 from tests.support.clients import AuthHeaders, Client
 from tests.support.gateway import add_channel, issue_key, sdk_http, usage_rows
 from tests.support.mock_upstream import MockUpstream
+from tests.support.portal import sign_in
 from tests.support.tenants import TenantRows
 
 MODEL = "gemini-test"
@@ -420,3 +424,18 @@ async def test_the_gemini_type_is_listed_and_its_channel_test_makes_a_real_call(
     )
     assert refused.status_code == 400
     assert "test_kind" in refused.text
+
+
+async def test_the_portal_form_adds_a_gemini_channel_at_googles_address(
+    client: Client, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    token = await sign_in(client, tenant_a, tenant_a.admin.email)
+    form = await client.get("/portal/channels/new")
+    google = "https://generativelanguage.googleapis.com/v1beta"
+    assert f'<option value="gemini" data-base-url="{google}">Google Gemini</option>' in form.text
+    fields = {"csrf_token": token, "name": "gem", "type": "gemini", "base_url": "", "keys": "AIza-x", "models": MODEL}
+    assert (await client.post("/portal/channels/new", data=fields)).status_code == 303
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        channel, kind = (await session.execute(select(Channel, ProviderType).join(ProviderType))).one()
+    assert (channel.name, channel.base_url, channel.models) == ("gem", None, [MODEL])
+    assert (kind.name, kind.api_format, kind.base_url) == ("gemini", "gemini", google)
