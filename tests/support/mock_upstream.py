@@ -436,12 +436,20 @@ class MockUpstream:
             return self._gemini_error(behavior.status, f"scripted failure of {name}")
         if failure is not None:
             return failure
-        if method not in ("generateContent", "streamGenerateContent") or "key" in request.query:
+        if method not in ("generateContent", "streamGenerateContent", "batchEmbedContents") or "key" in request.query:
             return self._gemini_error(404, f"unknown method {method} or a key in the URL")
         if not key:
             return self._gemini_error(403, "Method doesn't allow unregistered callers.")
         if key.startswith("invalid"):
             return self._gemini_error(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
+        if method == "batchEmbedContents":
+            requests = body["requests"]
+            if any(entry["model"] != f"models/{model}" for entry in requests):
+                return self._gemini_error(400, "every request must name the model of the URL")
+            vectors = [
+                word_vector(entry["content"]["parts"][0]["text"], behavior.dimensions or 8) for entry in requests
+            ]
+            return web.json_response({"embeddings": [{"values": vector} for vector in vectors]})
         contents = body["contents"]
         texts = [str(part.get("text", "")) for content in contents for part in content["parts"]]
         texts += [str(part.get("text", "")) for part in (body.get("systemInstruction") or {}).get("parts", [])]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -387,9 +389,44 @@ def reclassified(error: UpstreamError) -> UpstreamError:
     return error
 
 
-class GeminiAdapter(Adapter):
-    supports_embeddings = False
+def to_gemini_embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI embeddings request as a Gemini `batchEmbedContents` request: one request per input text."""
+    inputs = body.get("input")
+    texts = inputs if isinstance(inputs, list) else [inputs]
+    if not all(isinstance(text, str) for text in texts):
+        raise UpstreamError(
+            "Gemini channels embed text, not token ids; send the input as strings.", status=400, retryable=False
+        )
+    extra = {"outputDimensionality": body["dimensions"]} if body.get("dimensions") else {}
+    return {
+        "requests": [{"model": f"models/{model}", "content": {"parts": [{"text": text}]}, **extra} for text in texts]
+    }
 
+
+def to_openai_embeddings(answer: dict[str, Any], model: str, encoding: Any) -> Completion:
+    """Gemini's embeddings as OpenAI's list, base64 (little-endian float32, as OpenAI sends it) when asked."""
+    embeddings = answer.get("embeddings")
+    if not isinstance(embeddings, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("values"), list) for entry in embeddings
+    ):
+        raise UpstreamError("the provider's answer has no embeddings", status=502)
+    data = []
+    for index, entry in enumerate(embeddings):
+        values = entry["values"]
+        vector: Any = values
+        if encoding == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    # Gemini's Developer API does not count an embedding call's tokens: without its figure, Lyss estimates.
+    metadata = answer.get("usageMetadata")
+    usage = gemini_usage(metadata) if isinstance(metadata, dict) and "promptTokenCount" in metadata else None
+    body: dict[str, Any] = {"object": "list", "data": data, "model": model}
+    if usage is not None:
+        body["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens}
+    return Completion(body=body, usage=usage)
+
+
+class GeminiAdapter(Adapter):
     def _headers(self, target: Target) -> dict[str, str]:
         # In a header, not the `key=` query parameter: URLs end up in logs.
         return {"x-goog-api-key": target.api_key}
@@ -449,3 +486,18 @@ class GeminiAdapter(Adapter):
             raise network_error(error) from None
         finally:
             response.release()
+
+    async def embed(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> Completion:
+        request = to_gemini_embeddings(body, target.upstream_model)
+        try:
+            answer = await post_json(
+                http, self._url(target, "batchEmbedContents"), self._headers(target), request, timeouts
+            )
+        except UpstreamError as error:
+            raise reclassified(error) from None
+        try:
+            return to_openai_embeddings(answer, target.upstream_model, body.get("encoding_format"))
+        except struct.error:
+            raise UpstreamError("the provider's embeddings are not numbers", status=502) from None

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.provider import Channel, ProviderType
 from db.session import tenant_session
 from tests.support.clients import AuthHeaders, Client
-from tests.support.gateway import add_channel, issue_key, sdk_http, usage_rows
-from tests.support.mock_upstream import MockUpstream
+from tests.support.gateway import add_channel, issue_key, sdk_http, set_price, usage_rows
+from tests.support.mock_upstream import MockUpstream, word_vector
 from tests.support.portal import sign_in
 from tests.support.tenants import TenantRows
 
@@ -417,13 +417,47 @@ async def test_the_gemini_type_is_listed_and_its_channel_test_makes_a_real_call(
     assert tested.json()["ok"] is True
     assert upstream.calls["gem"] == 1
 
-    refused = await client.post(
-        "/api/channels",
-        json={"name": "emb", "type": "gemini", "models": [MODEL], "keys": ["k"], "test_kind": "embeddings"},
-        headers=admin,
-    )
-    assert refused.status_code == 400
-    assert "test_kind" in refused.text
+    embedder = await gemini_channel(client, admin, upstream, "emb", test_kind="embeddings")
+    tested = await client.post(f"/api/channels/{embedder['id']}/test", headers=admin)
+    assert tested.json()["ok"] is True
+    assert upstream.headers_seen[-1]["path_qs"] == f"/emb/v1beta/models/{MODEL}:batchEmbedContents"
+
+
+async def test_the_openai_sdk_embeds_through_a_gemini_channel(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = auth_headers(tenant_a.admin)
+    await gemini_channel(client, admin, upstream, "gem")
+    upstream.behave("gem", dimensions=16)
+    await set_price(client, admin, MODEL, 1_000_000, 0)
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    sdk = openai_sdk(client, key)
+    texts = ["the cat sat", "a dog ran far away"]
+
+    # The SDK asks for base64 and decodes it; asked for floats, they come as they are.
+    packed = await sdk.embeddings.create(model=MODEL, input=texts, dimensions=16)
+    plain = await sdk.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    for answer in (packed, plain):
+        assert [item.index for item in answer.data] == [0, 1]
+        for item, text in zip(answer.data, texts, strict=True):
+            assert item.embedding == pytest.approx(word_vector(text, 16), abs=1e-6)
+    body, _ = gemini_calls(upstream, "gem")[0]
+    assert body["requests"][1] == {
+        "model": f"models/{MODEL}",
+        "content": {"parts": [{"text": "a dog ran far away"}]},
+        "outputDimensionality": 16,
+    }
+    # Gemini does not count an embedding call's tokens: Lyss's estimate (4 characters a token) is billed.
+    rows = await usage_rows(session_maker, tenant_a, 2)
+    assert [(row.endpoint, row.prompt_tokens, row.cost) for row in rows] == [("embeddings", 3 + 5, 8)] * 2
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        await sdk.embeddings.create(model=MODEL, input=[[1, 2, 3]])
+    assert "not token ids" in refused.value.message
 
 
 async def test_the_portal_form_adds_a_gemini_channel_at_googles_address(
