@@ -28,7 +28,7 @@ from db.auth import ENCRYPTED
 from db.base import Base, TenantOwned, UpdatedAt
 from db.tenant import BUDGET_PERIODS
 
-API_FORMATS = ("openai", "azure", "anthropic", "echo")
+API_FORMATS = ("openai", "azure", "anthropic", "echo", "gemini")
 CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
 CHANNEL_SCOPES = ("tenant", "group", "personal")
 CHANNEL_TEST_KINDS = ("chat", "embeddings")

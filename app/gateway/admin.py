@@ -293,6 +293,9 @@ async def provider_models(
     if api_format == "anthropic":
         url = f"{base_url.rstrip('/')}/models?limit=1000"
         headers = {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
+    elif api_format == "gemini":
+        url = f"{base_url.rstrip('/')}/models?pageSize=1000"
+        headers = {"x-goog-api-key": key}
     else:
         url = f"{base_url.rstrip('/')}/models"
         headers = {"Authorization": f"Bearer {key}"}
@@ -318,8 +321,8 @@ async def provider_models(
         )
     try:
         answer = msgspec.json.decode(raw)
-        ids = [entry["id"] for entry in answer["data"]]
-    except (msgspec.DecodeError, KeyError, TypeError):
+        ids = gemini_model_ids(answer) if api_format == "gemini" else [entry["id"] for entry in answer["data"]]
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
         raise InvalidRequest(
             "The provider's answer is not a model list (expected JSON with `data`).", field="models"
         ) from None
@@ -327,6 +330,16 @@ async def provider_models(
     if not models:
         raise InvalidRequest("The provider lists no models for this key; type them by hand.", field="models")
     return models[:500]
+
+
+def gemini_model_ids(answer: Any) -> list[str]:
+    """Gemini's model list (`{"models": [{"name": "models/gemini-…", "supportedGenerationMethods": […]}]}`):
+    the names without `models/`, of the models that chat (embedding-only ones would never answer a call)."""
+    return [
+        str(entry["name"]).removeprefix("models/")
+        for entry in answer["models"]
+        if "generateContent" in entry.get("supportedGenerationMethods", ["generateContent"])
+    ]
 
 
 async def channel_with_type(session: AsyncSession, channel_id: UUID) -> tuple[Channel, str]:

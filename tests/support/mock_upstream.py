@@ -1,4 +1,4 @@
-"""A mock LLM provider on loopback: OpenAI and Anthropic protocols, streaming included, scriptable to misbehave.
+"""A mock LLM provider on loopback: OpenAI, Anthropic and Gemini protocols, streaming included, scriptable to misbehave.
 
 Each path prefix is an independent upstream account (`http://127.0.0.1:<port>/<name>/v1`), so tests give
 every channel its own prefix and script it: fail with a status, hang, send garbage, cut a stream after N
@@ -94,6 +94,9 @@ class MockUpstream:
     def base_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}/v1"
 
+    def gemini_base_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}/v1beta"
+
     def behave(self, name: str, **settings: Any) -> None:
         self.behaviors[name] = Behavior(**settings)
 
@@ -119,6 +122,9 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/messages", self._messages)
         app.router.add_post("/{name}/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/{name}/v1/models", self._models)
+        # Gemini: `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
+        app.router.add_post("/{name}/v1beta/models/{call}", self._generate_content)
+        app.router.add_get("/{name}/v1beta/models", self._gemini_models)
         # Azure OpenAI: the deployment in the path, the version in the query.
         app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -415,6 +421,112 @@ class MockUpstream:
             len(str(message.get("content", "")).split()) for message in body["messages"]
         )
         return web.json_response({"input_tokens": words})
+
+    # --- Gemini ---------------------------------------------------------------------------------
+
+    async def _generate_content(self, request: web.Request) -> web.StreamResponse:
+        """Gemini's `generateContent` (or streamed, `streamGenerateContent?alt=sse`): the key in
+        `x-goog-api-key` (one starting with `invalid` is refused as Gemini does, a 400 `API_KEY_INVALID`),
+        a `functionCall` of the first declared function when tools are given and no function answered yet,
+        else `w0 w1 ...`; `reported_usage` is the `usageMetadata` to send."""
+        name, behavior, body, failure = await self._prologue(request)
+        model, _, method = request.match_info["call"].partition(":")
+        key = request.headers.get("x-goog-api-key", "")
+        if failure is not None and behavior.status != 200:
+            return self._gemini_error(behavior.status, f"scripted failure of {name}")
+        if failure is not None:
+            return failure
+        if method not in ("generateContent", "streamGenerateContent", "batchEmbedContents") or "key" in request.query:
+            return self._gemini_error(404, f"unknown method {method} or a key in the URL")
+        if not key:
+            return self._gemini_error(403, "Method doesn't allow unregistered callers.")
+        if key.startswith("invalid"):
+            return self._gemini_error(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
+        if method == "batchEmbedContents":
+            requests = body["requests"]
+            if any(entry["model"] != f"models/{model}" for entry in requests):
+                return self._gemini_error(400, "every request must name the model of the URL")
+            vectors = [
+                word_vector(entry["content"]["parts"][0]["text"], behavior.dimensions or 8) for entry in requests
+            ]
+            return web.json_response({"embeddings": [{"values": vector} for vector in vectors]})
+        contents = body["contents"]
+        texts = [str(part.get("text", "")) for content in contents for part in content["parts"]]
+        texts += [str(part.get("text", "")) for part in (body.get("systemInstruction") or {}).get("parts", [])]
+        prompt = sum(len(text.split()) for text in texts) or 1
+        limit = (body.get("generationConfig") or {}).get("maxOutputTokens") or behavior.words
+        words = [f"w{index}" for index in range(min(behavior.words, int(limit)))] or [name]
+        answered = any("functionResponse" in part for part in contents[-1]["parts"])
+        declared = [
+            declaration for tool in body.get("tools") or [] for declaration in tool.get("functionDeclarations", [])
+        ]
+        call = None
+        if declared and not answered:
+            call = {
+                "functionCall": {"name": declared[0]["name"], "args": {"city": "Paris"}},
+                "thoughtSignature": "c2ln",
+            }
+        usage = behavior.reported_usage or {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": len(words),
+            "totalTokenCount": prompt + len(words),
+        }
+        version = f"{model}-001"
+        if method == "generateContent":
+            parts: list[dict[str, Any]] = [{"text": " ".join(words)}] + ([call] if call else [])
+            count = int((body.get("generationConfig") or {}).get("candidateCount") or 1)
+            candidates = [
+                {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": index}
+                for index in range(count)
+            ]
+            return web.json_response(
+                {"candidates": candidates, "usageMetadata": usage, "modelVersion": version, "responseId": "r1"}
+            )
+        if request.query.get("alt") != "sse":
+            return self._gemini_error(400, "this mock streams only as server-sent events (alt=sse)")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        pieces: list[dict[str, Any]] = [{"text": word + " "} for word in words] + ([call] if call else [])
+        for index, piece in enumerate(pieces):
+            if behavior.cut_after_chunks is not None and index >= behavior.cut_after_chunks:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            last = index == len(pieces) - 1
+            candidate: dict[str, Any] = {"content": {"role": "model", "parts": [piece]}, "index": 0}
+            if last:
+                candidate["finishReason"] = "STOP"
+            # The counts so far in every answer, the prompt's from the first: Gemini's are cumulative.
+            so_far = usage if last else {"promptTokenCount": usage.get("promptTokenCount", prompt)}
+            answer = {"candidates": [candidate], "usageMetadata": so_far, "modelVersion": version}
+            await self._write_event(response, json.dumps(answer).encode())
+            if behavior.chunk_delay_seconds:
+                await asyncio.sleep(behavior.chunk_delay_seconds)
+        await response.write_eof()
+        return response
+
+    async def _gemini_models(self, request: web.Request) -> web.StreamResponse:
+        """Gemini's model list: `models/`-prefixed names, and an embedding model that cannot chat."""
+        name = request.match_info["name"]
+        behavior = self.behaviors.get(name, Behavior())
+        self.calls[name] += 1
+        self.headers_seen.append({**request.headers, "path_qs": request.path_qs})
+        if behavior.status != 200:
+            return self._gemini_error(behavior.status, f"scripted failure of {name}")
+        if not request.headers.get("x-goog-api-key"):
+            return self._gemini_error(403, "Method doesn't allow unregistered callers.")
+        chat = [
+            {"name": f"models/{model}", "supportedGenerationMethods": ["generateContent"]} for model in behavior.models
+        ]
+        embedding = {"name": "models/text-embedding-test", "supportedGenerationMethods": ["embedContent"]}
+        return web.json_response({"models": [*chat, embedding]})
+
+    @staticmethod
+    def _gemini_error(status: int, message: str, reason: str | None = None) -> web.Response:
+        statuses = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED"}
+        error: dict[str, Any] = {"code": status, "message": message, "status": statuses.get(status, "INTERNAL")}
+        if reason is not None:
+            error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason}]
+        return web.json_response({"error": error}, status=status)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from app.gateway.adapters.anthropic import AnthropicAdapter
 from app.gateway.adapters.azure import AzureOpenAIAdapter
 from app.gateway.adapters.base import Adapter
 from app.gateway.adapters.echo import EchoAdapter
+from app.gateway.adapters.gemini import GeminiAdapter
 from app.gateway.adapters.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Adapter] = {
@@ -13,4 +14,5 @@ ADAPTERS: dict[str, Adapter] = {
     "azure": AzureOpenAIAdapter(),
     "anthropic": AnthropicAdapter(),
     "echo": EchoAdapter(),
+    "gemini": GeminiAdapter(),
 }

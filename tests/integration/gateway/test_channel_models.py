@@ -41,6 +41,19 @@ async def test_an_anthropic_channel_is_asked_with_its_own_headers(
     assert seen["path_qs"] == "/claude/v1/models?limit=1000"
 
 
+async def test_a_gemini_channel_lists_its_chat_models_asked_with_its_key_header(
+    client: Client, upstream: MockUpstream, tenant_a: TenantRows, auth_headers: AuthHeaders
+) -> None:
+    upstream.behave("gem", models=["gemini-b", "gemini-a"])
+    body = {"type": "gemini", "base_url": upstream.gemini_base_url("gem"), "key": "AIza-typed"}
+    response = await client.post(FETCH, json=body, headers=auth_headers(tenant_a.admin))
+    # `models/` left off; the embedding-only model (no generateContent) left out.
+    assert response.json() == {"models": ["gemini-a", "gemini-b"]}
+    seen = upstream.headers_seen[-1]
+    assert (seen["path_qs"], seen["x-goog-api-key"]) == ("/gem/v1beta/models?pageSize=1000", "AIza-typed")
+    assert "Authorization" not in seen
+
+
 async def test_a_stored_channel_is_asked_with_its_stored_key_and_url(
     client: Client, upstream: MockUpstream, tenant_a: TenantRows, auth_headers: AuthHeaders
 ) -> None:
