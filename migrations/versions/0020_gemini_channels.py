@@ -1,6 +1,6 @@
 """Google Gemini channels: the `gemini` wire format and a provider type that speaks it.
 
-Revision ID: 0023
+Revision ID: 0020
 Revises: 0019
 Create Date: 2026-11-30 12:45:00.000000
 """
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0023"
+revision: str = "0020"
 down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
