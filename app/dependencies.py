@@ -18,7 +18,7 @@ from app.auth.redis_store import AuthStore
 from app.auth.services import AuthService
 from app.auth.tokens import Principal
 from app.encryption import SecretBox
-from app.gateway.admin import ChannelAdmin, PriceAdmin, RoutingAdmin, TokenAdmin
+from app.gateway.admin import ChannelAdmin, PriceAdmin, ResponseCacheAdmin, RoutingAdmin, TokenAdmin
 from app.gateway.engine import Gateway
 from app.observability.middleware import client_context
 from app.resources import Resources
@@ -129,6 +129,18 @@ async def provide_routing_admin(
     return RoutingAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
 
 
+async def provide_response_cache_admin(
+    request: Request[Principal, Any, State],
+    db_session: NamedDependency[AsyncSession],
+    redis: NamedDependency[Redis],
+    gateway: NamedDependency[Gateway],
+    actor: NamedDependency[Actor],
+) -> ResponseCacheAdmin:
+    return ResponseCacheAdmin(
+        db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog, actor=actor
+    )
+
+
 async def provide_webhook_service(
     db_session: NamedDependency[AsyncSession],
     secret_box: NamedDependency[SecretBox],
@@ -191,6 +203,7 @@ def app_dependencies(resources: Resources, auth_store: AuthStore, oauth_client: 
         "token_admin": Provide(provide_token_admin),
         "price_admin": Provide(provide_price_admin),
         "routing_admin": Provide(provide_routing_admin),
+        "response_cache_admin": Provide(provide_response_cache_admin),
         "webhooks": Provide(provide_webhook_service),
         "platform_tenants": Provide(provide_platform_tenants),
     }

@@ -27,6 +27,7 @@ from app.gateway.controllers import (
     ModelRoutingController,
     PriceController,
     ProviderTypeController,
+    ResponseCacheController,
     TokenController,
     UsageController,
 )
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> Litestar:
             PriceController,
             ModelAliasController,
             ModelRoutingController,
+            ResponseCacheController,
             UsageController,
             ProviderTypeController,
             JobController,

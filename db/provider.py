@@ -33,6 +33,8 @@ CHANNEL_STATUSES = ("enabled", "disabled", "auto_disabled")
 CHANNEL_SCOPES = ("tenant", "group", "personal")
 CHANNEL_TEST_KINDS = ("chat", "embeddings")
 TOKEN_STATUSES = ("active", "disabled")
+# Whether a key's calls use the response cache: as its organization says, or always/never where it is on.
+RESPONSE_CACHE_MODES = ("inherit", "on", "off")
 ROUTING_STRATEGIES = ("priority", "latency", "least_in_flight")
 OUTPUT_LIMIT_PARAMETERS = ("max_tokens", "max_completion_tokens")
 
@@ -135,6 +137,7 @@ class ApiToken(TenantOwned, UpdatedAt, Base):
         CheckConstraint("quota >= -1 AND used_quota >= 0", name="quota"),
         CheckConstraint("rpm_limit >= 0 AND tpm_limit >= 0", name="limits"),
         CheckConstraint("max_concurrent >= 0 AND max_streams >= 0", name="concurrency"),
+        CheckConstraint(f"response_cache IN {RESPONSE_CACHE_MODES}", name="response_cache"),
         ForeignKeyConstraint(
             ["tenant_id", "user_id"],
             ["auth_users.tenant_id", "auth_users.id"],
@@ -166,6 +169,7 @@ class ApiToken(TenantOwned, UpdatedAt, Base):
     allowed_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     allowed_channels: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     allowed_ips: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    response_cache: Mapped[str] = mapped_column(String(10), default="inherit", server_default="inherit")
     expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -35,7 +35,7 @@ DROP POLICY IF EXISTS lookup_token ON public.provider_tokens;
 CREATE POLICY lookup_token ON public.provider_tokens FOR SELECT TO lyss_lookup USING (true);
 REVOKE ALL ON public.provider_tokens FROM lyss_lookup;
 GRANT SELECT (id, tenant_id, user_id, key_hash, status, expires_at, quota, rpm_limit, tpm_limit,
-              max_concurrent, max_streams, allowed_models, allowed_channels, allowed_ips)
+              max_concurrent, max_streams, allowed_models, allowed_channels, allowed_ips, response_cache)
     ON public.provider_tokens TO lyss_lookup;
 DROP POLICY IF EXISTS lookup_token_owner ON public.auth_users;
 CREATE POLICY lookup_token_owner ON public.auth_users FOR SELECT TO lyss_lookup USING (true);
@@ -47,14 +47,15 @@ CREATE OR REPLACE FUNCTION public.gateway_token_lookup(p_key_hash text)
         id uuid, tenant_id uuid, user_id uuid, status text, expires_at timestamptz, quota bigint,
         rpm_limit integer, tpm_limit integer, allowed_models jsonb, allowed_channels jsonb, allowed_ips jsonb,
         user_active boolean, tenant_active boolean, tenant_quota bigint, max_concurrent integer,
-        max_streams integer
+        max_streams integer, response_cache text
     )
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT t.id, t.tenant_id, t.user_id, t.status::text, t.expires_at, t.quota, t.rpm_limit, t.tpm_limit,
                t.allowed_models, t.allowed_channels, t.allowed_ips,
-               u.status = 'active', o.status = 'active', o.quota, t.max_concurrent, t.max_streams
+               u.status = 'active', o.status = 'active', o.quota, t.max_concurrent, t.max_streams,
+               t.response_cache::text
         FROM public.provider_tokens AS t
         JOIN public.auth_users AS u ON u.tenant_id = t.tenant_id AND u.id = t.user_id
         JOIN public.tenant_organizations AS o ON o.id = t.tenant_id

@@ -47,6 +47,7 @@ from app.gateway.schemas import (
     ModelRoutingWrite,
     PriceRead,
     PriceWrite,
+    ResponseCacheSettings,
     TokenCreate,
     TokenRead,
     TokenUpdate,
@@ -63,7 +64,7 @@ from app.tenants.plans import require_room_for_api_key, require_room_for_channel
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, ProviderType, UsageLog
-from db.tenant import UserGroup, UserGroupMember
+from db.tenant import Organization, UserGroup, UserGroupMember
 
 TOKEN_PREFIX = "sk-lyss-"  # noqa: S105 - the visible prefix of every key, not a secret
 HEALTH_CHECK_TIMEOUTS = Timeouts(connect=10.0, read=30.0)
@@ -460,6 +461,7 @@ async def create_token(
         allowed_ips=_valid_networks(data.allowed_ips),
         expires_at=data.expires_at,
         budget_period=data.budget_period,
+        response_cache=data.response_cache,
     )
     session.add(token)
     await session.flush()
@@ -1125,3 +1127,31 @@ async def names_of_keys(session: AsyncSession, ids: list[UUID]) -> dict[UUID, st
     """The names of those of `ids` that are API keys of the organization; a revoked one is left out."""
     rows = await session.execute(select(ApiToken.id, ApiToken.name).where(ApiToken.id.in_(ids)))
     return {row.id: row.name for row in rows}
+
+
+async def response_cache_settings(session: AsyncSession) -> ResponseCacheSettings:
+    """The organization's response cache settings (the defaults where it never set them)."""
+    stored = await session.scalar(select(Organization.settings["response_cache"]))
+    return msgspec.convert(stored or {}, ResponseCacheSettings)
+
+
+class ResponseCacheAdmin(_ManagementService):
+    """The organization's response cache settings as an admin changes them: audited, committed and announced."""
+
+    def __init__(
+        self, session: AsyncSession, *, tenant_id: UUID, redis: Redis, catalog: GatewayCatalog, actor: Actor
+    ) -> None:
+        super().__init__(session, tenant_id=tenant_id, redis=redis, catalog=catalog)
+        self.actor = actor
+
+    async def set(self, data: ResponseCacheSettings) -> ResponseCacheSettings:
+        organization = await self.session.scalar(select(Organization).with_for_update())
+        if organization is None:
+            raise NotFound("No such organization.")
+        saved = msgspec.to_builtins(data)
+        organization.settings = {**(organization.settings or {}), "response_cache": saved}
+        audit_change(
+            self.session, self.actor, "response_cache.settings_changed", "organization", self.tenant_id, **saved
+        )
+        await self._commit_and_announce(f"tenant:{self.tenant_id}")
+        return data

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.encryption import DecryptionError, SecretBox, secret_context
 from app.gateway.price_list import PriceList, price_list
+from app.gateway.schemas import ResponseCacheSettings
 from app.observability.logging import get_logger
 from app.tenants.money import DEFAULT_CURRENCY
 from app.tenants.services import budgets_by_subject, group_names_of_user
@@ -53,6 +54,8 @@ class TokenInfo(msgspec.Struct, frozen=True):
     # Requests, and streams, in flight at once (0: no limit).
     max_concurrent: int = 0
     max_streams: int = 0
+    # The response cache for this key's calls: `inherit` (its organization's setting), `on` or `off`.
+    response_cache: str = "inherit"
 
 
 class ChannelInfo(msgspec.Struct, frozen=True):
@@ -165,6 +168,7 @@ class GatewayCatalog:
         self._prices: TTLCache[UUID, TenantPrices] = TTLCache(size, ttl_seconds)
         self._members: TTLCache[tuple[UUID, UUID], MemberInfo] = TTLCache(size, ttl_seconds)
         self._routing: TTLCache[UUID, TenantRouting] = TTLCache(size, ttl_seconds)
+        self._response_cache: TTLCache[UUID, ResponseCacheSettings] = TTLCache(size, ttl_seconds)
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def _cached(self, cache: TTLCache[Any, T], key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
@@ -214,6 +218,7 @@ class GatewayCatalog:
             tenant_quota=row.tenant_quota,
             max_concurrent=row.max_concurrent,
             max_streams=row.max_streams,
+            response_cache=row.response_cache,
         )
 
     async def channels(self, tenant_id: UUID) -> list[ChannelInfo]:
@@ -294,6 +299,14 @@ class GatewayCatalog:
             strategies={row.model: row.strategy for row in strategies},
         )
 
+    async def response_cache(self, tenant_id: UUID) -> ResponseCacheSettings:
+        return await self._cached(self._response_cache, tenant_id, lambda: self._load_response_cache(tenant_id))
+
+    async def _load_response_cache(self, tenant_id: UUID) -> ResponseCacheSettings:
+        async with tenant_session(self.session_maker, tenant_id) as session:
+            stored = await session.scalar(select(Organization.settings["response_cache"]))
+        return msgspec.convert(stored or {}, ResponseCacheSettings)
+
     async def member(self, tenant_id: UUID, user_id: UUID) -> MemberInfo:
         return await self._cached(self._members, (tenant_id, user_id), lambda: self._load_member(tenant_id, user_id))
 
@@ -331,6 +344,7 @@ class GatewayCatalog:
             self._channels.pop(tenant_id, None)
             self._prices.pop(tenant_id, None)
             self._routing.pop(tenant_id, None)
+            self._response_cache.pop(tenant_id, None)
             for key in [key for key in self._members if key[0] == tenant_id]:
                 self._members.pop(key, None)
 
@@ -349,7 +363,14 @@ class GatewayCatalog:
                 # A lost connection must not end invalidation for good: reconnect.
                 logger.warning("cache invalidation listener reconnecting", error=str(error))
                 # While disconnected, announcements are missed: start from empty caches.
-                for cache in (self._tokens, self._channels, self._prices, self._members, self._routing):
+                for cache in (
+                    self._tokens,
+                    self._channels,
+                    self._prices,
+                    self._members,
+                    self._routing,
+                    self._response_cache,
+                ):
                     cache.clear()
                 await asyncio.sleep(1)
 

@@ -21,7 +21,7 @@ from app.auth.tokens import Principal
 from app.encryption import SecretBox
 from app.errors import NotFound
 from app.gateway import admin
-from app.gateway.admin import ChannelAdmin, PriceAdmin, RoutingAdmin, TokenAdmin
+from app.gateway.admin import ChannelAdmin, PriceAdmin, ResponseCacheAdmin, RoutingAdmin, TokenAdmin
 from app.gateway.schemas import (
     BuiltInPriceList,
     ChannelCreate,
@@ -38,6 +38,7 @@ from app.gateway.schemas import (
     PriceRead,
     PriceWrite,
     ProviderTypeRead,
+    ResponseCacheSettings,
     TokenCreate,
     TokenCreated,
     TokenRead,
@@ -308,6 +309,22 @@ def _usage_filter(request: AuthRequest, **values: Any) -> admin.UsageFilter:
     if request.user.role not in ADMIN_ROLES:
         values["user_id"] = request.user.user_id
     return admin.UsageFilter(**values)
+
+
+class ResponseCacheController(Controller):
+    path = "/api/response-cache"
+    tags = ["gateway: response cache"]
+    guards = [requires_tenant_admin]
+
+    @get("/", summary="The response cache settings: on or off, how long and how large answers are kept, a hit's cost")
+    async def get_settings(self, db_session: NamedDependency[AsyncSession]) -> ResponseCacheSettings:
+        return await admin.response_cache_settings(db_session)
+
+    @put("/", summary="Set the response cache settings (every field; omitted ones take their default)")
+    async def set_settings(
+        self, response_cache_admin: NamedDependency[ResponseCacheAdmin], data: JSONBody[ResponseCacheSettings]
+    ) -> ResponseCacheSettings:
+        return await response_cache_admin.set(data)
 
 
 class UsageController(Controller):

@@ -192,6 +192,29 @@ class CallContext(msgspec.Struct, frozen=True):
     started: float
     stream: bool
     request_id: str | None
+    # Told each usage record this call settles with (the response cache keeps a successful answer's).
+    observer: Callable[[UsageRecord], None] | None = None
+
+
+# What a call answered from the response cache is reserved on: no provider, so no channel's limits apply.
+CACHE_CHANNEL = ChannelInfo(
+    id=UUID(int=0),
+    name="response cache",
+    api_format="",
+    output_limit_parameter="",
+    base_url="",
+    api_version=None,
+    keys=(),
+    priority=0,
+    weight=0,
+    models=frozenset(),
+    model_mapping={},
+    scope="tenant",
+    owner_id=None,
+    group_id=None,
+    rate_limit=0,
+    quota=-1,
+)
 
 
 def key_from_headers(authorization: str | None, api_key: str | None) -> str | None:
@@ -706,9 +729,11 @@ class Gateway:
         status_code: int,
         outcome: str,
         details: dict[str, Any] | None = None,
+        charge: int | None = None,
     ) -> int:
+        """Settle at what `usage` costs, or at `charge` where the call's price is not its usage's (a cache hit)."""
         token, reservation = call.token, call.reservation
-        real_cost = call.cost.billed(usage)
+        real_cost = call.cost.billed(usage) if charge is None else charge
         billed = min(real_cost, reservation.cost)
         if real_cost > billed:
             # The provider reported more than the request allowed it to generate: the key pays what it
@@ -755,7 +780,53 @@ class Gateway:
             record=msgspec.json.encode(record),
             release=(self._channel_slot_key(call, channel),) if channel is not None and channel.max_in_flight else (),
         )
+        if call.observer is not None:
+            call.observer(record)
         return billed
+
+    async def reserve_cached(
+        self,
+        token: TokenInfo,
+        model: str,
+        *,
+        endpoint: str,
+        stream: bool,
+        charge: int,
+        tokens: int,
+        request_id: str | None,
+    ) -> CallContext:
+        """The reservation of a call answered from the response cache: the model must still be allowed, and the
+        key's rate and concurrency limits and budgets still count it (at `charge`); refusals are on the record."""
+        started = time.perf_counter()
+        try:
+            member, _, _, cost = await self._plan_models(token, model)
+            outcome = await self._reserve(token, member, [CACHE_CHANNEL], charge, tokens, stream)
+            if isinstance(outcome, Refusal):
+                raise self._refusal_error(
+                    outcome, token, member, charge, clampable=False, smaller="the cached answer costs that much"
+                )
+        except errors.GatewayError as error:
+            await self._record_refusal(
+                token, error, endpoint=endpoint, model=model, request_id=request_id, started=started, stream=stream
+            )
+            raise
+        return CallContext(token, member, outcome, cost, endpoint, model, started, stream, request_id)
+
+    async def settle_cached(
+        self, call: CallContext, *, usage: Usage, charge: int, upstream_model: str | None, details: dict[str, Any]
+    ) -> int:
+        """Settle a cache hit at its charge, on the record with the original usage's tokens."""
+        return await self._settle(
+            call,
+            usage=usage,
+            channel=None,
+            upstream_model=upstream_model,
+            upstream_ms=None,
+            status_code=200,
+            outcome="cache_hit",
+            details=details,
+            charge=charge,
+        )
 
     def _headers(self, model: str, channel: ChannelInfo, started: float, upstream_ms: float) -> dict[str, str]:
         overhead = max((time.perf_counter() - started) * 1000 - upstream_ms, 0.0)
@@ -776,6 +847,7 @@ class Gateway:
         request_id: str | None,
         defer_settlement: bool = False,
         native: NativeRequest | None = None,
+        observer: Callable[[UsageRecord], None] | None = None,
     ) -> Answer | StreamAnswer:
         """A chat call, whole or streamed. `defer_settlement`: a whole answer comes back with its settlement
         still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it.
@@ -821,7 +893,7 @@ class Gateway:
         unlimited = {name: value for name, value in body.items() if name not in LIMIT_PARAMETERS}
         if stream:
             unlimited["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        call = CallContext(token, member, reservation, cost, endpoint, model, started, stream, request_id)
+        call = CallContext(token, member, reservation, cost, endpoint, model, started, stream, request_id, observer)
         routes = [
             (
                 msgspec.structs.replace(call, model=leg.model, cost=leg.cost),

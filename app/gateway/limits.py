@@ -240,6 +240,11 @@ def lease_key(tenant_id: UUID, scope: str) -> str:
     return f"{_prefix(tenant_id)}:{scope}"
 
 
+def tenant_key(tenant_id: UUID, name: str) -> str:
+    """A key of the tenant's own (`lyss:gw:{<tenant>}:<name>`): in its hash slot, never in another tenant's."""
+    return f"{_prefix(tenant_id)}:{name}"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 

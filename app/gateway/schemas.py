@@ -24,6 +24,8 @@ HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 Scope = Literal["tenant", "group", "personal"]
 # The call that tests a channel: a one-token chat completion, or one short embeddings input.
 TestKind = Literal["chat", "embeddings"]
+# A key's use of the response cache: its organization's choice, or always / never where the cache is on.
+KeyCacheMode = Literal["inherit", "on", "off"]
 
 
 class ChannelCreate(Input):
@@ -148,6 +150,7 @@ class TokenCreate(Input):
     allowed_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=50)]], msgspec.Meta(max_length=100)] = []
     expires_at: datetime.datetime | None = None
     budget_period: Literal["none", "daily", "weekly", "monthly"] = "none"
+    response_cache: KeyCacheMode = "inherit"
     # Admins may issue a key for another user of the tenant; a user's key is always their own.
     user_id: UUID | None = None
 
@@ -166,6 +169,7 @@ class TokenUpdate(Input):
         None
     )
     expires_at: datetime.datetime | None = None
+    response_cache: KeyCacheMode | None = None
 
 
 class TokenRead(msgspec.Struct):
@@ -187,6 +191,7 @@ class TokenRead(msgspec.Struct):
     expires_at: datetime.datetime | None
     last_used_at: datetime.datetime | None
     created_at: datetime.datetime
+    response_cache: str = "inherit"
 
 
 class TokenCreated(msgspec.Struct):
@@ -292,7 +297,7 @@ class UsageRead(msgspec.Struct):
 
 
 # What the gateway records as a call's `outcome`; older or newer rows may hold others.
-USAGE_OUTCOMES = ("ok", "client_disconnected", "upstream_cut", "upstream_error", "refused")
+USAGE_OUTCOMES = ("ok", "cache_hit", "client_disconnected", "upstream_cut", "upstream_error", "refused")
 
 
 class UsageAttempt(msgspec.Struct):
@@ -343,3 +348,17 @@ class ProviderTypeRead(msgspec.Struct):
     api_format: str
     # The parameter a completion's output limit is sent in: `max_tokens` or `max_completion_tokens`.
     output_limit_parameter: str
+
+
+class ResponseCacheSettings(Input):
+    """Per tenant (admins): whether the gateway answers repeated identical chat calls from its cache, and how."""
+
+    enabled: bool = False
+    # How long an answer is kept (1 s to 30 days).
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)] = 3600
+    # The largest answer kept, in bytes (a stream's: all of its events); a larger one is served, not kept.
+    max_entry_bytes: Annotated[int, msgspec.Meta(ge=1024, le=4 * 1024 * 1024)] = 256 * 1024
+    # What a hit is charged, as a fraction of what the answer cost the first time (0: nothing).
+    hit_cost_fraction: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    # Answers sampled at a temperature above 0 (or none given: providers default to 1) vary from call to call.
+    cache_sampled: bool = False

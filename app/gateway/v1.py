@@ -25,6 +25,7 @@ from app.gateway.caches import TokenInfo
 from app.gateway.dialects.anthropic import count_tokens_request, messages_request, to_openai_request
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
+from app.gateway.response_cache import Observer, ResponseCache
 from app.observability.logging import get_logger
 from app.observability.maintenance import MaintenanceSwitch
 
@@ -49,6 +50,7 @@ class _Request(msgspec.Struct):
     content_length: int | None = None
     client_ip: str | None = None
     request_id: str | None = None
+    cache_control: str | None = None
 
 
 Handler = Callable[[TokenInfo, _Request, Receive], Awaitable[Any]]
@@ -65,6 +67,8 @@ def _read_scope(scope: Scope) -> _Request:
             request.content_type = value.split(b";", 1)[0].strip().lower()
         elif name == b"content-length" and value.isdigit():
             request.content_length = int(value)
+        elif name == b"cache-control":
+            request.cache_control = value.decode("latin-1")
     state = scope.get("state") or {}
     request.client_ip, request.request_id = state.get("client_ip"), state.get("request_id")
     return request
@@ -79,6 +83,7 @@ class GatewayApi:
         self.gateway = gateway
         self.maintenance = maintenance
         self.max_body_bytes = max_body_bytes
+        self.response_cache = ResponseCache(gateway)
         self.routes: dict[str, tuple[str, Dialect, Handler]] = {
             "/v1/chat/completions": ("POST", "openai", self._chat_completions),
             "/v1/embeddings": ("POST", "openai", self._embeddings),
@@ -180,8 +185,25 @@ class GatewayApi:
 
     async def _chat_completions(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
-        return await self.gateway.chat(
-            token, body, raw_size=size, dialect="openai", request_id=request.request_id, defer_settlement=True
+
+        def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
+            return self.gateway.chat(
+                token,
+                body,
+                raw_size=size,
+                dialect="openai",
+                request_id=request.request_id,
+                defer_settlement=True,
+                observer=observer,
+            )
+
+        return await self.response_cache.serve(
+            token,
+            body,
+            endpoint="chat",
+            cache_control_header=request.cache_control,
+            request_id=request.request_id,
+            upstream=upstream,
         )
 
     async def _embeddings(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
@@ -206,14 +228,26 @@ class GatewayApi:
     async def _messages(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
         messages = messages_request(body)
-        return await self.gateway.chat(
+
+        def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
+            return self.gateway.chat(
+                token,
+                to_openai_request(messages),
+                raw_size=size,
+                dialect="anthropic",
+                request_id=request.request_id,
+                defer_settlement=True,
+                native=NativeRequest(api_format="anthropic", body=body, media=messages.media),
+                observer=observer,
+            )
+
+        return await self.response_cache.serve(
             token,
-            to_openai_request(messages),
-            raw_size=size,
-            dialect="anthropic",
+            body,
+            endpoint="messages",
+            cache_control_header=request.cache_control,
             request_id=request.request_id,
-            defer_settlement=True,
-            native=NativeRequest(api_format="anthropic", body=body, media=messages.media),
+            upstream=upstream,
         )
 
     async def _count_tokens(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:

@@ -1,4 +1,5 @@
-"""Portal settings (admins): organization name and currency, security policy, OAuth providers, memory and chat."""
+"""Portal settings (admins): organization name and currency, security policy, OAuth providers, memory and chat,
+the response cache."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
+from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,7 +22,9 @@ from app.auth.schemas import OAuthProviderCreate, OAuthProviderUpdate
 from app.chat import services as chat_services
 from app.chat.schemas import ChatDefaults
 from app.gateway import admin as gateway_admin
-from app.gateway.admin import PriceAdmin
+from app.gateway.admin import PriceAdmin, ResponseCacheAdmin
+from app.gateway.engine import Gateway
+from app.gateway.schemas import ResponseCacheSettings
 from app.jobs import services as jobs
 from app.memory import services as memory_services
 from app.memory.schemas import MemorySettings
@@ -53,7 +57,9 @@ SAVED = {
     "oauth_removed": "The OAuth provider is removed; its users sign in with a password again.",
     "defaults": "The memory and chat defaults are saved.",
     "new_user_budget": "The budget and policy of new users are saved.",
+    "response_cache": "The response cache settings are saved.",
 }
+RESPONSE_CACHE_FIELDS = ("ttl_seconds", "max_entry_bytes", "hit_cost_fraction")
 
 
 class ProviderHeading(msgspec.Struct, frozen=True):
@@ -160,6 +166,7 @@ class SettingsPages(Controller):
         stored = _stored_defaults(memory_settings, await chat_services.chat_defaults(db_session))
         served = await gateway_admin.served_models(db_session)
         new_user_budget = await budget_form(db_session, "new_user", None, organization.currency)
+        response_cache = await gateway_admin.response_cache_settings(db_session)
         return page(
             viewer,
             "settings/page.html",
@@ -171,6 +178,7 @@ class SettingsPages(Controller):
                 "allow_self_signup": policy.allow_self_signup,
                 **stored,
                 **new_user_budget.values,
+                **{f"cache_{name}": value for name, value in msgspec.to_builtins(response_cache).items()},
                 **(values or {}),
             },
             errors=errors or {},
@@ -255,6 +263,42 @@ class SettingsPages(Controller):
                 viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
             )
         return see_other(f"{SETTINGS}?saved=new_user_budget#budget")
+
+    @post("/response-cache", summary="Change the response cache settings")
+    async def change_response_cache(
+        self,
+        viewer: NamedDependency[Viewer],
+        db_session: NamedDependency[AsyncSession],
+        redis: NamedDependency[Redis],
+        gateway: NamedDependency[Gateway],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        form = await request.form()
+        # The fields are named `cache_...` on the page (one form among several); the settings' own names here.
+        values: dict[str, Any] = {name: str(form.get(f"cache_{name}") or "").strip() for name in RESPONSE_CACHE_FIELDS}
+        values |= {"enabled": "cache_enabled" in form, "cache_sampled": "cache_cache_sampled" in form}
+        async with FormSubmission(db_session) as submission:
+            try:
+                data = parse(ResponseCacheSettings, values)
+            except FormInvalid as invalid:
+                raise FormInvalid({f"cache_{name}": message for name, message in invalid.errors.items()}) from None
+            service = ResponseCacheAdmin(
+                db_session,
+                tenant_id=viewer.principal.tenant_id,
+                redis=redis,
+                catalog=gateway.catalog,
+                actor=viewer_actor(viewer, request),
+            )
+            await service.set(data)
+        if submission.refused:
+            return await self._settings_page(
+                viewer,
+                db_session,
+                values={f"cache_{name}": value for name, value in values.items()},
+                errors=submission.errors,
+                status_code=submission.status_code,
+            )
+        return see_other(f"{SETTINGS}?saved=response_cache#response-cache")
 
     @post("/policy", summary="Change the security policy")
     async def change_policy(

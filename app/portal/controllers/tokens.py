@@ -27,6 +27,11 @@ from app.tenants.services import organization_users
 
 T = TypeVar("T", bound=msgspec.Struct)
 
+CACHE_MODES = [
+    ("inherit", "As the organization's setting"),
+    ("on", "On for this key"),
+    ("off", "Off for this key"),
+]
 BUDGET_PERIODS = [
     ("none", "Total (never resets)"),
     ("daily", "Per day"),
@@ -69,6 +74,8 @@ def _parsed(struct_type: type[T], form: FormMultiDict) -> T:
     data: dict[str, Any] = {
         name: str(form.get(name) or "").strip() for name in ("name", "quota", "rpm_limit", "tpm_limit", "budget_period")
     }
+    if "response_cache" in form:
+        data["response_cache"] = str(form["response_cache"])
     for name in ("max_concurrent", "max_streams"):
         data[name] = str(form.get(name) or "").strip() or "0"  # empty: no limit, on edit too
     data["allowed_channels"] = [str(value) for value in form.getall("allowed_channels", [])]
@@ -134,6 +141,7 @@ class TokenPages(Controller):
             token=token,
             users=users,
             periods=BUDGET_PERIODS,
+            cache_modes=CACHE_MODES,
             values=values,
             errors=errors or {},
             currency=viewer.organization.currency,
@@ -147,6 +155,7 @@ class TokenPages(Controller):
     @get("/new", summary="Issue an API key")
     async def new_token(self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession]) -> Template:
         defaults = {"quota": "", "rpm_limit": "0", "tpm_limit": "0", "budget_period": "none"}
+        defaults["response_cache"] = "inherit"
         return await self._form_page(viewer, db_session, token=None, values=defaults | {"user_id": str(viewer.user.id)})
 
     @post("/new", summary="Issue an API key")
@@ -198,6 +207,7 @@ class TokenPages(Controller):
             "max_concurrent": str(token.max_concurrent or ""),
             "max_streams": str(token.max_streams or ""),
             "budget_period": token.budget_period,
+            "response_cache": token.response_cache,
             "allowed_models": list(token.allowed_models),
             "allowed_channels": list(token.allowed_channels),
             "allowed_ips": "\n".join(token.allowed_ips),

@@ -40,6 +40,7 @@ PAGE_SIZE = 50
 FILTERS = ("since", "until", "user_id", "token_id", "channel_id", "model", "outcome", "status_code")
 OUTCOME_TEXT = {
     "ok": "Answered",
+    "cache_hit": "Answered from the response cache, without a provider",
     "client_disconnected": "The client hung up before the answer was complete",
     "upstream_cut": "The provider cut the answer off",
     "upstream_error": "Every channel tried failed",

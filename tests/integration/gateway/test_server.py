@@ -201,6 +201,50 @@ async def test_no_overspend_under_200_concurrent_calls(
     assert token.used_quota <= token.quota
 
 
+async def test_no_overspend_under_200_concurrent_calls_with_the_response_cache_on(
+    lyss: RunningLyss,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin = lyss.headers_for(tenant_a.admin)
+    async with httpx.AsyncClient(base_url=lyss.url) as admin_client:
+        await set_price(admin_client, admin, "gpt-test", 0, 1_000_000)
+        cache = {"enabled": True, "hit_cost_fraction": 0.5}
+        assert (await admin_client.put("/api/response-cache", json=cache, headers=admin)).status_code == 200
+    upstream.behave("oa", words=10, chunk_delay_seconds=0.0)
+    key = await setup_calls(lyss, tenant_a, upstream, {"name": "oa", "models": ["gpt-test"]}, quota=500)
+    limits = httpx2.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx2.AsyncClient(base_url=f"{lyss.url}/v1", limits=limits, timeout=60) as http:
+        client = openai.AsyncOpenAI(base_url=f"{lyss.url}/v1", api_key=key, max_retries=0, http_client=http)
+
+        async def call(text: str) -> int:
+            try:
+                await client.chat.completions.create(
+                    model="gpt-test", messages=[{"role": "user", "content": text}], max_tokens=10, temperature=0
+                )
+            except openai.RateLimitError:
+                return 429
+            return 200
+
+        # One answer kept first; then identical calls (hits at 5 credits) race distinct ones (misses at 10).
+        statuses = [await call("the same")]
+        statuses += await asyncio.gather(*(call("the same" if i % 2 else f"question {i}") for i in range(199)))
+    assert statuses.count(429) + statuses.count(200) == 200
+    assert statuses.count(429) > 0
+    rows = await usage_rows(session_maker, tenant_a, 200)
+    await asyncio.sleep(0.6)  # one more flusher pass commits the totals with the last rows
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        token = (await session.scalars(select(ApiToken))).one()
+        logged = await session.scalar(select(func.coalesce(func.sum(UsageLog.cost), 0)))
+    hits = [row for row in rows if row.outcome == "cache_hit"]
+    assert hits
+    assert {row.cost for row in hits} == {5}
+    assert len(hits) + len([row for row in rows if row.outcome == "ok"]) == statuses.count(200)
+    assert token.used_quota == logged
+    assert token.used_quota <= token.quota
+
+
 async def test_a_client_that_hangs_up_mid_stream_pays_for_what_it_received(
     lyss: RunningLyss,
     tenant_a: TenantRows,
