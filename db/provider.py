@@ -216,6 +216,37 @@ class ModelRouting(TenantOwned, UpdatedAt, Base):
     strategy: Mapped[str] = mapped_column(String(20))
 
 
+class StoredResponse(TenantOwned, Base):
+    """A Responses API answer kept for `GET /v1/responses/{id}` and `previous_response_id`, until `expires_at`.
+
+    Only the API key that created it sees it. No foreign key to the key: a revoked key's responses are out of
+    everyone's reach and go at their expiry, like the rest."""
+
+    __tablename__ = "provider_responses"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "response_id", name="uk_provider_responses_response_id"),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["auth_users.tenant_id", "auth_users.id"],
+            ondelete="CASCADE",
+            name="fk_provider_responses_user",
+        ),
+        Index("idx_provider_responses_tenant_expires", "tenant_id", "expires_at"),
+    )
+
+    # The public id, `resp_<32 hex>`.
+    response_id: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[UUID]
+    user_id: Mapped[UUID]
+    model: Mapped[str] = mapped_column(String(200))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    # This turn's input items, each with its id (`msg_…`, `fc_…`), as `GET …/input_items` lists them.
+    input_items: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    # The Response object as the client got it.
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+
+
 class UsageLog(TenantOwned, Base):
     """One served (or refused upstream) call. No foreign keys: the record outlives its token and channel."""
 

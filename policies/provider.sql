@@ -20,6 +20,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_aliases TO lyss_ap
 CALL public.isolate_by_tenant('public.provider_model_routing');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_model_routing TO lyss_app;
 
+-- Stored Responses API answers: written by the gateway, read and deleted by the key that made them, pruned at expiry.
+CALL public.isolate_by_tenant('public.provider_responses');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.provider_responses TO lyss_app;
+
 -- Usage is appended by the flusher and read by reports; never rewritten.
 CALL public.isolate_by_tenant('public.provider_usage_logs');
 GRANT SELECT, INSERT ON public.provider_usage_logs TO lyss_app;

@@ -183,9 +183,37 @@ class TokenCount(msgspec.Struct):
     input_tokens: int
 
 
+class Response(msgspec.Struct):
+    """A stored answer of the Responses API, as its client first got it."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    model: str
+    status: str
+    output: list[dict[str, Any]]
+
+
+class ResponseDeleted(msgspec.Struct):
+    id: str
+    object: Literal["response"]
+    deleted: bool
+
+
+class ResponseItemList(msgspec.Struct):
+    """A page of a stored response's input items (`first_id` and `last_id` are null on an empty page)."""
+
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 _COMPONENTS: tuple[type[msgspec.Struct], ...] = (
     *(ChatRequest, EmbeddingsRequest, RerankRequest, MessagesRequest, CountTokensRequest),
     *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, RerankList, Message, TokenCount),
+    *(Response, ResponseDeleted, ResponseItemList),
 )
 
 
@@ -229,6 +257,14 @@ def _operation(
 
 def _paths() -> dict[str, PathItem]:
     model = Parameter(name="model", param_in="path", required=True, schema=Schema(type=OpenAPIType.STRING))
+    response_id = Parameter(name="response_id", param_in="path", required=True, schema=Schema(type=OpenAPIType.STRING))
+    listing: list[Parameter | Reference] = [
+        response_id,
+        Parameter(name="limit", param_in="query", schema=Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=100)),
+        Parameter(name="order", param_in="query", schema=Schema(type=OpenAPIType.STRING, enum=["asc", "desc"])),
+        Parameter(name="after", param_in="query", schema=Schema(type=OpenAPIType.STRING)),
+        Parameter(name="before", param_in="query", schema=Schema(type=OpenAPIType.STRING)),
+    ]
     return {
         "/v1/chat/completions": PathItem(
             post=_operation(
@@ -266,6 +302,20 @@ def _paths() -> dict[str, PathItem]:
                 TokenCount,
                 body=CountTokensRequest,
                 error=AnthropicError,
+            )
+        ),
+        "/v1/responses/{response_id}": PathItem(
+            get=_operation("GatewayResponse", "A stored response of this API key", Response, parameters=[response_id]),
+            delete=_operation(
+                "GatewayResponseDelete", "Delete a stored response", ResponseDeleted, parameters=[response_id]
+            ),
+        ),
+        "/v1/responses/{response_id}/input_items": PathItem(
+            get=_operation(
+                "GatewayResponseInputItems",
+                "The input items of a stored response, a page at a time",
+                ResponseItemList,
+                parameters=listing,
             )
         ),
     }

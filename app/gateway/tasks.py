@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
+from app.gateway import stored_responses
 from app.gateway.admin import (
     USAGE_EXPORT_COLUMNS,
     USAGE_EXPORT_KIND,
@@ -361,3 +362,15 @@ async def prune_exports(services: WorkerServices) -> dict[str, Any]:
     """Delete exports older than LYSS_EXPORT_TTL_HOURS from the object store."""
     cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=services.settings.export_ttl_hours)
     return {"removed": await services.objects.delete_older_than(cutoff, name_prefix="exports/")}
+
+
+@scheduled("gateway.prune_responses", cron="*/15 * * * *")
+async def prune_responses(services: WorkerServices) -> dict[str, Any]:
+    """Delete every tenant's expired stored responses (already out of every read), one tenant at a time under
+    its row-level security."""
+    pruned = 0
+    for tenant_id in await _tenants(services):
+        async with tenant_session(services.session_maker, tenant_id) as session:
+            pruned += await stored_responses.prune_expired(session)
+            await session.commit()
+    return {"pruned": pruned}

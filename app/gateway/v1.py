@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 import msgspec
@@ -20,7 +21,7 @@ from litestar.handlers import ASGIRouteHandler, asgi
 from litestar.types import HTTPResponseStartEvent, HTTPScope, Message, Receive, Scope, Send
 
 from app.edge import JsonTooDeep, decode_json, json_problem
-from app.gateway import errors
+from app.gateway import errors, stored_responses
 from app.gateway.caches import TokenInfo
 from app.gateway.dialects.anthropic import count_tokens_request, messages_request, to_openai_request
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
@@ -37,6 +38,8 @@ _EVENT_STREAM = [
 ]
 MOUNT_PATH = "/v1"
 MODELS_PREFIX = "/v1/models/"
+RESPONSES_PREFIX = "/v1/responses/"
+INPUT_ITEMS_SUFFIX = "/input_items"
 logger = get_logger("lyss.gateway")
 
 
@@ -44,6 +47,8 @@ class _Request(msgspec.Struct):
     """What a gateway call reads from the ASGI scope: the headers it needs, its origin and id."""
 
     path: str = ""
+    method: str = ""
+    query: bytes = b""
     authorization: str | None = None
     api_key: str | None = None
     content_type: bytes = b""
@@ -69,6 +74,7 @@ def _read_scope(scope: Scope) -> _Request:
             request.content_length = int(value)
         elif name == b"cache-control":
             request.cache_control = value.decode("latin-1")
+    request.query = scope.get("query_string", b"")
     state = scope.get("state") or {}
     request.client_ip, request.request_id = state.get("client_ip"), state.get("request_id")
     return request
@@ -76,7 +82,8 @@ def _read_scope(scope: Scope) -> _Request:
 
 class GatewayApi:
     """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/rerank`, `GET /v1/models`,
-    `GET /v1/models/{model}`, `POST /v1/messages` and `POST /v1/messages/count_tokens`; any other is a 404
+    `GET /v1/models/{model}`, `POST /v1/messages`, `POST /v1/messages/count_tokens`, and the stored responses'
+    `GET`/`DELETE /v1/responses/{response_id}` and `GET /v1/responses/{response_id}/input_items`; any other is a 404
     in the OpenAI error format (in Anthropic's under /v1/messages)."""
 
     def __init__(self, gateway: Gateway, max_body_bytes: int, maintenance: MaintenanceSwitch) -> None:
@@ -99,6 +106,13 @@ class GatewayApi:
             return (path, *self.routes[path])
         if path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
             return (f"{MODELS_PREFIX}{{model}}", "GET", "openai", self._model)
+        if path.startswith(RESPONSES_PREFIX):
+            rest = path[len(RESPONSES_PREFIX) :]
+            listed = rest.removesuffix(INPUT_ITEMS_SUFFIX)
+            if listed != rest and listed and "/" not in listed:
+                return (f"{RESPONSES_PREFIX}{{response_id}}{INPUT_ITEMS_SUFFIX}", "GET", "openai", self._input_items)
+            if rest and "/" not in rest:
+                return (f"{RESPONSES_PREFIX}{{response_id}}", "GET, DELETE", "openai", self._stored_response)
         return ("unmatched", "", "anthropic" if path.startswith("/v1/messages/") else "openai", None)
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
@@ -121,7 +135,7 @@ class GatewayApi:
                     error_type="invalid_request_error",
                     code="unknown_url",
                 )
-            if scope["method"] != method:
+            if scope["method"] not in method.split(", "):
                 raise GatewayError(
                     405, f"Use {method} for {path}.", error_type="invalid_request_error", headers={"Allow": method}
                 )
@@ -129,7 +143,7 @@ class GatewayApi:
             if (maintenance := await self.maintenance.current()) is not None and maintenance.gateway == "refuse":
                 raise errors.under_maintenance(maintenance.message, maintenance.retry_after)
             request = _read_scope(scope)
-            request.path = path
+            request.path, request.method = path, scope["method"]
             if method == "POST" and request.content_type != b"application/json":
                 raise errors.invalid_request("Send the body as JSON with 'Content-Type: application/json'.")
             key = key_from_headers(request.authorization, request.api_key)
@@ -225,6 +239,36 @@ class GatewayApi:
         model = await self.gateway.model(token, request.path[len(MODELS_PREFIX) :])
         return Answer(body=msgspec.json.encode(model), headers={})
 
+    async def _stored_response(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        response_id = request.path[len(RESPONSES_PREFIX) :]
+        session_maker = self.gateway.session_maker
+        if request.method == "DELETE":
+            answer = await stored_responses.delete(session_maker, token, response_id)
+        else:
+            if _query(request).get("stream", "false").lower() not in ("false", "0"):
+                raise errors.invalid_request("A stored response cannot be streamed again.", param="stream")
+            answer = await stored_responses.get(session_maker, token, response_id)
+        return Answer(body=msgspec.json.encode(answer), headers={})
+
+    async def _input_items(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        response_id = request.path[len(RESPONSES_PREFIX) : -len(INPUT_ITEMS_SUFFIX)]
+        query = _query(request)
+        limit = query.get("limit", str(stored_responses.LIST_LIMIT_DEFAULT))
+        if not (limit.isascii() and limit.isdigit()) or len(limit) > 3:
+            raise errors.invalid_request(
+                f"`limit` must be a whole number from 1 to {stored_responses.LIST_LIMIT_MAX}.", param="limit"
+            )
+        page = await stored_responses.input_items(
+            self.gateway.session_maker,
+            token,
+            response_id,
+            limit=int(limit),
+            order=query.get("order", "desc"),
+            after=query.get("after"),
+            before=query.get("before"),
+        )
+        return Answer(body=msgspec.json.encode(page), headers={})
+
     async def _messages(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
         messages = messages_request(body)
@@ -264,7 +308,14 @@ _ENDPOINTS = {
     f"{MODELS_PREFIX}{{model}}": "models",
     "/v1/messages": "messages",
     "/v1/messages/count_tokens": "count_tokens",
+    f"{RESPONSES_PREFIX}{{response_id}}": "responses",
+    f"{RESPONSES_PREFIX}{{response_id}}{INPUT_ITEMS_SUFFIX}": "responses",
 }
+
+
+def _query(request: _Request) -> dict[str, str]:
+    """The query string's parameters (the last of a repeated one)."""
+    return dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
 
 
 def gateway_mount(gateway_api: GatewayApi) -> ASGIRouteHandler:

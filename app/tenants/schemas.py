@@ -47,9 +47,15 @@ class InvitationRead(msgspec.Struct, frozen=True):
     expires_at: datetime.datetime
 
 
+# Days a stored Responses API answer is kept (`GET /v1/responses/{id}`, `previous_response_id`).
+DEFAULT_RESPONSE_RETENTION_DAYS = 30
+ResponseRetentionDays = Annotated[int, msgspec.Meta(ge=1, le=365)]
+
+
 class TenantPolicyRead(msgspec.Struct, frozen=True):
     require_mfa_for_admins: bool
     allow_self_signup: bool
+    response_retention_days: int
 
 
 class TenantPolicyUpdate(Input):
@@ -57,6 +63,8 @@ class TenantPolicyUpdate(Input):
 
     require_mfa_for_admins: bool | None = None
     allow_self_signup: bool | None = None
+    # A new retention applies to responses stored from now on; those stored before keep their expiry.
+    response_retention_days: ResponseRetentionDays | None = None
 
 
 class OrganizationUpdate(Input):

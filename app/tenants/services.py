@@ -19,7 +19,7 @@ from app.auth.passwords import WeakPasswordError, hash_password
 from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
 from app.tenants.plans import DEFAULT_PLAN, PlanLimitReached, require_room_for_user
-from app.tenants.schemas import OrganizationUpdate, TenantPolicyUpdate
+from app.tenants.schemas import DEFAULT_RESPONSE_RETENTION_DAYS, OrganizationUpdate, TenantPolicyUpdate
 from db.auth import User
 from db.session import tenant_session
 from db.tenant import (
@@ -48,10 +48,11 @@ class TenantRef(msgspec.Struct, frozen=True):
 
 
 class TenantPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """A tenant's security choices, kept in `tenant_organizations.settings`."""
+    """A tenant's security and retention choices, kept in `tenant_organizations.settings`."""
 
     require_mfa_for_admins: bool = False
     allow_self_signup: bool = False
+    response_retention_days: int = DEFAULT_RESPONSE_RETENTION_DAYS
 
 
 def tenant_policy(organization: Organization) -> TenantPolicy:

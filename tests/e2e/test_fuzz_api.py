@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import UUID
 
 import httpx
 import msgspec
@@ -22,6 +24,7 @@ from db.auth import User
 from db.bootstrap import DatabaseUrls
 from db.chat import Conversation
 from db.memory import Memory
+from db.provider import StoredResponse
 from db.session import create_session_maker, tenant_session
 from db.tenant import Job
 from tests.support.commands import RunningLyss, serve_lyss
@@ -128,6 +131,19 @@ async def fuzz_identity(
             headers=fuzz_server.headers_for(acting),
         )
         assert attachment.status_code == 201, attachment.text
+    # A response stored by the /v1 key, so that reading, listing and deleting it get past their 404.
+    stored = StoredResponse(
+        response_id=f"resp_{secrets.token_hex(16)}",
+        token_id=UUID(gateway_key.json()["token"]["id"]),
+        user_id=acting.id,
+        model="gpt-test",
+        input_items=[{"id": "msg_fuzz", "type": "message", "role": "user", "content": []}],
+        response={"id": "", "object": "response", "output": []},
+        expires_at=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1),
+    )
+    async with tenant_session(session_maker, tenant.id) as session:
+        session.add(stored)
+        await session.commit()
     real_values = {
         "conversation_id": [str(conversation.id)],
         "attachment_id": [attachment.json()["id"]],
@@ -138,6 +154,9 @@ async def fuzz_identity(
         "provider_id": [str(tenant.oauth_provider.id)],
         "webhook_id": [str(tenant.webhook.id)],
         "model": ["gpt-test", "embed-test"],
+        "response_id": [stored.response_id],
+        "after": ["msg_fuzz"],
+        "before": ["msg_fuzz"],
         "tenant_slug": [tenant.slug],
         "provider_name": [tenant.oauth_provider.provider_name],
         "user_id": [str(tenant.admin.id), str(tenant.user.id)],

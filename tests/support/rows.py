@@ -13,7 +13,7 @@ from db.auth import Invitation, OAuthConnection, OAuthProvider, PasswordReset, R
 from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.memory import Memory, MemoryAssociation, MemoryHistory
-from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, UsageLog
+from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, StoredResponse, UsageLog
 from db.tenant import (
     AuditEvent,
     Budget,
@@ -116,6 +116,16 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     ),
     "provider_model_routing": lambda tenant_id, parents: ModelRouting(
         tenant_id=tenant_id, model=unique("model"), strategy="latency"
+    ),
+    "provider_responses": lambda tenant_id, parents: StoredResponse(
+        tenant_id=tenant_id,
+        response_id=f"resp_{secrets.token_hex(16)}",
+        token_id=uuid7(),
+        user_id=parents.user.id,
+        model="m",
+        input_items=[],
+        response={},
+        expires_at=expiry(),
     ),
     "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
     "tenant_jobs": lambda tenant_id, parents: Job(

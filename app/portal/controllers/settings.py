@@ -176,6 +176,7 @@ class SettingsPages(Controller):
                 "currency": organization.currency,
                 "require_mfa_for_admins": policy.require_mfa_for_admins,
                 "allow_self_signup": policy.allow_self_signup,
+                "response_retention_days": str(policy.response_retention_days),
                 **stored,
                 **new_user_budget.values,
                 **{f"cache_{name}": value for name, value in msgspec.to_builtins(response_cache).items()},
@@ -303,21 +304,32 @@ class SettingsPages(Controller):
     @post("/policy", summary="Change the security policy")
     async def change_policy(
         self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
-    ) -> Response[None]:
-        form = await request.form()
+    ) -> Template | Response[None]:
+        form = dict(await request.form())
         # An unticked checkbox is not sent at all: absent means off.
-        data = TenantPolicyUpdate(
-            require_mfa_for_admins="require_mfa_for_admins" in form, allow_self_signup="allow_self_signup" in form
-        )
-        organization = await own_organization(db_session, viewer.organization.id)
-        await change_tenant_policy(
-            db_session,
-            organization,
-            data,
-            actor=viewer.user.email,
-            actor_user_id=viewer.user.id,
-            client=client_context(request),
-        )
+        values: dict[str, Any] = {
+            "require_mfa_for_admins": "require_mfa_for_admins" in form,
+            "allow_self_signup": "allow_self_signup" in form,
+        }
+        # The page always sends the retention: sent empty, it is a mistake; not sent at all, it keeps its value.
+        if "response_retention_days" in form:
+            values["response_retention_days"] = str(form["response_retention_days"]).strip()
+        async with FormSubmission(db_session) as submission:
+            if values.get("response_retention_days") == "":
+                raise FormInvalid({"response_retention_days": "This field is required."})
+            organization = await own_organization(db_session, viewer.organization.id)
+            await change_tenant_policy(
+                db_session,
+                organization,
+                parse(TenantPolicyUpdate, values),
+                actor=viewer.user.email,
+                actor_user_id=viewer.user.id,
+                client=client_context(request),
+            )
+        if submission.refused:
+            return await self._settings_page(
+                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
+            )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=policy#policy")
 

@@ -20,8 +20,11 @@ OPERATIONS = {
     "/v1/models/{model}": {"get"},
     "/v1/messages": {"post"},
     "/v1/messages/count_tokens": {"post"},
+    "/v1/responses/{response_id}": {"get", "delete"},
+    "/v1/responses/{response_id}/input_items": {"get"},
 }
 UNKNOWN_MODEL = "no-such-model"
+UNKNOWN_RESPONSE = "resp_0123456789abcdef0123456789abcdef"
 ANTHROPIC_BODY = {"model": UNKNOWN_MODEL, "messages": [{"role": "user", "content": "hello"}]}
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": chat_body(model=UNKNOWN_MODEL),
@@ -87,9 +90,8 @@ async def test_each_documented_operation_is_answered_by_the_gateway(
     client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
 ) -> None:
     key, _ = await issue_key(client, auth_headers(tenant_a.user))
-    for path, methods in OPERATIONS.items():
-        url = path.replace("{model}", UNKNOWN_MODEL)
-        (method,) = methods
+    for path, method in [(path, method) for path, methods in OPERATIONS.items() for method in sorted(methods)]:
+        url = path.replace("{model}", UNKNOWN_MODEL).replace("{response_id}", UNKNOWN_RESPONSE)
         anthropic = path.startswith("/v1/messages")
         # No key: the gateway's own 401, in its own shape (Litestar's would be `status_code` and `detail`).
         response = await client.request(method, url, json=BODIES.get(path))
@@ -107,6 +109,10 @@ async def test_each_documented_operation_is_answered_by_the_gateway(
             assert response.status_code == 404, (path, response.text)
             assert (response.json()["type"], response.json()["error"]["type"]) == ("error", "not_found_error")
             assert UNKNOWN_MODEL in response.json()["error"]["message"]
+        elif "{response_id}" in path:
+            assert response.status_code == 404, (path, method, response.text)
+            assert response.json()["error"]["param"] == "response_id"
+            assert UNKNOWN_RESPONSE in response.json()["error"]["message"]
         else:
             assert response.status_code == 404, (path, response.text)
             assert response.json()["error"]["code"] == "model_not_found"

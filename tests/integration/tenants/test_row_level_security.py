@@ -57,6 +57,7 @@ REFERENCING_TABLES = [
     "tenant_budgets",
     "provider_channels",
     "provider_tokens",
+    "provider_responses",
     "tenant_jobs",
     "tenant_job_events",
     "tenant_webhook_deliveries",
