@@ -183,6 +183,10 @@ class ModelPrice(TenantOwned, UpdatedAt, Base):
         CheckConstraint("prompt_price >= 0 AND completion_price >= 0", name="prices"),
         CheckConstraint("cached_prompt_price IS NULL OR cached_prompt_price >= 0", name="cached_prompt_price"),
         CheckConstraint("cache_write_price IS NULL OR cache_write_price >= 0", name="cache_write_price"),
+        CheckConstraint("image_price IS NULL OR image_price >= 0", name="image_price"),
+        CheckConstraint("audio_second_price IS NULL OR audio_second_price >= 0", name="audio_second_price"),
+        CheckConstraint("speech_price IS NULL OR speech_price >= 0", name="speech_price"),
+        CheckConstraint("request_price IS NULL OR request_price >= 0", name="request_price"),
     )
 
     model: Mapped[str] = mapped_column(String(100))
@@ -191,6 +195,12 @@ class ModelPrice(TenantOwned, UpdatedAt, Base):
     # A prompt token read from the provider's cache, and one written to it; NULL: billed at the prompt price.
     cached_prompt_price: Mapped[int | None] = mapped_column(BigInteger)
     cache_write_price: Mapped[int | None] = mapped_column(BigInteger)
+    # Endpoints not billed by the token: credits per image generated, per second of audio transcribed, per
+    # million characters spoken, per request (moderation). NULL: the model is not priced for that endpoint.
+    image_price: Mapped[int | None] = mapped_column(BigInteger)
+    audio_second_price: Mapped[int | None] = mapped_column(BigInteger)
+    speech_price: Mapped[int | None] = mapped_column(BigInteger)
+    request_price: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ModelAlias(TenantOwned, UpdatedAt, Base):

@@ -26,7 +26,7 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.anthropic import ANTHROPIC_VERSION
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
-from app.gateway.caches import GatewayCatalog, announce_change, channel_keys_context
+from app.gateway.caches import UNIT_PRICES, GatewayCatalog, announce_change, channel_keys_context
 from app.gateway.price_list import price_list
 from app.gateway.schemas import (
     BuiltInPriceList,
@@ -558,6 +558,8 @@ class PriceAdmin(_ManagementService):
         price.completion_price = data.completion_price
         price.cached_prompt_price = data.cached_prompt_price
         price.cache_write_price = data.cache_write_price
+        for unit in UNIT_PRICES:
+            setattr(price, unit, getattr(data, unit))
         await self._commit_and_announce(f"tenant:{self.tenant_id}")
         return price
 
@@ -1114,6 +1116,10 @@ def price_read(row: ModelPrice) -> PriceRead:
         completion_price=row.completion_price,
         cached_prompt_price=row.cached_prompt_price,
         cache_write_price=row.cache_write_price,
+        image_price=row.image_price,
+        audio_second_price=row.audio_second_price,
+        speech_price=row.speech_price,
+        request_price=row.request_price,
     )
 
 

@@ -12,7 +12,7 @@ import asyncio
 import datetime
 import ipaddress
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -104,15 +104,23 @@ class MemberInfo(msgspec.Struct, frozen=True):
 
 
 class ModelCost(msgspec.Struct, frozen=True):
-    """Credits per million tokens; a cached-prompt or cache-write price of None is the prompt price."""
+    """Credits per million tokens; a cached-prompt or cache-write price of None is the prompt price. The unit
+    prices (`UNIT_PRICES`) of the endpoints not billed by the token; None: not priced for that endpoint."""
 
     prompt_price: int
     completion_price: int
     cached_prompt_price: int | None = None
     cache_write_price: int | None = None
+    image_price: int | None = None
+    audio_second_price: int | None = None
+    speech_price: int | None = None
+    request_price: int | None = None
 
 
 FREE = ModelCost(0, 0)
+# The per-unit prices: per image, per second of audio transcribed, per million characters spoken, per request.
+UnitPrice = Literal["image_price", "audio_second_price", "speech_price", "request_price"]
+UNIT_PRICES: tuple[UnitPrice, ...] = ("image_price", "audio_second_price", "speech_price", "request_price")
 
 
 class TenantPrices(msgspec.Struct, frozen=True):
@@ -135,6 +143,17 @@ class TenantPrices(msgspec.Struct, frozen=True):
                     entry.prompt_price, entry.completion_price, entry.cached_prompt_price, entry.cache_write_price
                 )
         return self.own.get("*", FREE)
+
+    def unit_price(self, model: str, unit: UnitPrice) -> int | None:
+        """The model's price per unit: the organization's for the model, else its `*` one's, else None (the
+        built-in list has no unit prices). Unlike a token price there is no free default: an image generated
+        at no price would be a cost nobody pays, so the endpoint refuses the model instead."""
+        for name in (model, "*"):
+            own = self.own.get(name)
+            price: int | None = getattr(own, unit) if own is not None else None
+            if price is not None:
+                return price
+        return None
 
 
 class TenantRouting(msgspec.Struct, frozen=True):
@@ -280,7 +299,11 @@ class GatewayCatalog:
         return TenantPrices(
             own={
                 row.model: ModelCost(
-                    row.prompt_price, row.completion_price, row.cached_prompt_price, row.cache_write_price
+                    row.prompt_price,
+                    row.completion_price,
+                    row.cached_prompt_price,
+                    row.cache_write_price,
+                    **{unit: getattr(row, unit) for unit in UNIT_PRICES},
                 )
                 for row in rows
             },

@@ -33,13 +33,20 @@ from app.gateway import errors
 from app.gateway.adapters import ADAPTERS
 from app.gateway.adapters.anthropic import AnthropicAdapter
 from app.gateway.adapters.base import Chunk, Completion, Target, Timeouts, UpstreamError, Usage, estimated_tokens
-from app.gateway.caches import ChannelInfo, GatewayCatalog, MemberInfo, TokenInfo, announce_change
+from app.gateway.caches import ChannelInfo, GatewayCatalog, MemberInfo, TokenInfo, UnitPrice, announce_change
 from app.gateway.dialects.anthropic import (
     COUNTED_BY_HEADER,
     AnthropicStreamWriter,
     CountTokensRequest,
     estimated_input_tokens,
     to_anthropic_response,
+)
+from app.gateway.dialects.media import (
+    image_request,
+    images_returned,
+    moderation_checked,
+    moderation_request,
+    speech_request,
 )
 from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
 from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
@@ -64,6 +71,13 @@ from db.tenant import Organization
 
 Dialect = Literal["openai", "anthropic"]
 Endpoint = Literal["chat", "embeddings", "messages", "rerank"]
+# How a refusal names each unit price a model lacks.
+UNIT_NAMES: dict[UnitPrice, str] = {
+    "image_price": "price per image",
+    "audio_second_price": "price per second of audio transcribed",
+    "speech_price": "price per million characters spoken",
+    "request_price": "price per request",
+}
 # Special tokens a provider adds around each message: the prompt bound counts them on top of the bytes.
 TOKENS_PER_MESSAGE = 8
 # An image or document given by reference is a few bytes but many input tokens (gpt-4o-mini counts up to
@@ -124,6 +138,8 @@ class Answer(msgspec.Struct):
     headers: dict[str, str]
     # With `defer_settlement`: the settlement still to run, once the answer is on its way.
     settle: Callable[[], Awaitable[int]] | None = None
+    # Speech answers the provider's audio as it is.
+    content_type: str = "application/json"
 
 
 class StreamAnswer(msgspec.Struct):
@@ -424,7 +440,7 @@ class Gateway:
         return worst
 
     async def _plan(
-        self, token: TokenInfo, model: str, *, embeddings: bool, rerank: bool = False
+        self, token: TokenInfo, model: str, *, embeddings: bool, rerank: bool = False, media: bool = False
     ) -> tuple[MemberInfo, list[ChannelInfo], CallCost]:
         """Who pays (the key's owner, their groups' and own budgets), which channels may serve, at what price."""
         member = await self.catalog.member(token.tenant_id, token.user_id)
@@ -436,6 +452,7 @@ class Gateway:
             user_groups=member.group_ids,
             needs_embeddings=embeddings,
             needs_rerank=rerank,
+            needs_media=media,
         )
         if not channels:
             raise errors.model_not_found(model)
@@ -1387,3 +1404,169 @@ class Gateway:
         }
         headers = self._headers(model, channel, started, upstream_elapsed_ms)
         return await self._answer(answer, headers, settle, defer_settlement)
+
+    # --- endpoints billed per unit: images, moderation, speech ---------------------------------------
+
+    async def _unit_call(
+        self,
+        token: TokenInfo,
+        *,
+        endpoint: str,
+        model: str,
+        unit: UnitPrice,
+        units_bound: int,
+        request_id: str | None,
+        param: str,
+        smaller: str,
+        attempt: Callable[[ChannelInfo, Target], Awaitable[T]],
+        per_million_units: bool = False,
+    ) -> tuple[CallContext, ChannelInfo, Target, T, float, dict[str, Any]]:
+        """Plan, reserve `units_bound` units at the model's unit price, and call with failover, as `embeddings`
+        does. The price is a CallCost whose completion price is the unit price per million units (the price as
+        it is where it is already per million: characters spoken), so that the reservation, settlement
+        (`Usage(0, units)`, rounded up to a whole credit) and overshoot rules are the token calls' own."""
+        started = time.perf_counter()
+        try:
+            member, channels, _ = await self._plan(token, model, embeddings=False, media=True)
+            price = (await self.catalog.prices(token.tenant_id)).unit_price(model, unit)
+            if price is None:
+                error = errors.permission_denied(
+                    f"The model '{errors.shown(model)}' has no {UNIT_NAMES[unit]} in your organization; an "
+                    "administrator can set one under Prices.",
+                    code="model_not_priced",
+                )
+                error.recorded.update(reason="unpriced")
+                raise error
+            cost = CallCost(0, price if per_million_units else price * 1_000_000)
+            worst_case = self._worst_case(cost, 0, units_bound, param)
+            reservation, _ = await self._reserve_in_budget(
+                token,
+                member,
+                channels,
+                cost,
+                (0, 0, worst_case),
+                limit=units_bound,
+                choices=1,
+                clampable=False,
+                smaller=smaller,
+            )
+        except errors.GatewayError as error:
+            await self._record_refusal(
+                token, error, endpoint=endpoint, model=model, request_id=request_id, started=started
+            )
+            raise
+        usable = [channel for channel, ok in zip(channels, reservation.usable, strict=True) if ok]
+        call = CallContext(token, member, reservation, cost, endpoint, model, started, False, request_id)
+        channel, target, answer, upstream_elapsed_ms, details = await self._call_with_failover(call, usable, attempt)
+        return call, channel, target, answer, upstream_elapsed_ms, details
+
+    def _settle_units(
+        self,
+        call: CallContext,
+        channel: ChannelInfo,
+        target: Target,
+        upstream_elapsed_ms: float,
+        units: int,
+        details: dict[str, Any],
+    ) -> Callable[[], Awaitable[int]]:
+        """The settlement of a unit-priced call: the units are the usage record's `completion_tokens`."""
+        return functools.partial(
+            self._settle,
+            call,
+            usage=Usage(0, units),
+            channel=channel,
+            upstream_model=target.upstream_model,
+            upstream_ms=int(upstream_elapsed_ms),
+            status_code=200,
+            outcome="ok",
+            details=details,
+        )
+
+    async def images(
+        self, token: TokenInfo, body: dict[str, Any], *, request_id: str | None, defer_settlement: bool = False
+    ) -> Answer:
+        """`/v1/images/generations`: `n` images reserved, the images returned billed."""
+        request = image_request(body)
+
+        async def generate(channel: ChannelInfo, target: Target) -> tuple[dict[str, Any], int]:
+            answer = await ADAPTERS[channel.api_format].generate_images(
+                self.http, target, {**body, "model": target.upstream_model}, self.timeouts
+            )
+            return answer, images_returned(answer, request.n)
+
+        call, channel, target, (answer, images), elapsed, details = await self._unit_call(
+            token,
+            endpoint="images",
+            model=request.model,
+            unit="image_price",
+            units_bound=request.n,
+            request_id=request_id,
+            param="n",
+            smaller="ask for fewer images",
+            attempt=generate,
+        )
+        settle = self._settle_units(call, channel, target, elapsed, images, {**details, "images": images})
+        headers = self._headers(request.model, channel, call.started, elapsed)
+        return await self._answer(answer, headers, settle, defer_settlement)
+
+    async def moderations(
+        self, token: TokenInfo, body: dict[str, Any], *, request_id: str | None, defer_settlement: bool = False
+    ) -> Answer:
+        """`/v1/moderations`: one request at the model's price per request."""
+        request = moderation_request(body)
+
+        async def moderate(channel: ChannelInfo, target: Target) -> dict[str, Any]:
+            answer = await ADAPTERS[channel.api_format].moderate(
+                self.http, target, {**body, "model": target.upstream_model}, self.timeouts
+            )
+            return moderation_checked(answer)
+
+        call, channel, target, answer, elapsed, details = await self._unit_call(
+            token,
+            endpoint="moderations",
+            model=request.model,
+            unit="request_price",
+            units_bound=1,
+            request_id=request_id,
+            param="model",
+            smaller="ask an administrator to raise it",
+            attempt=moderate,
+        )
+        inputs = len(request.input) if isinstance(request.input, list) else 1
+        settle = self._settle_units(call, channel, target, elapsed, 1, {**details, "requests": 1, "inputs": inputs})
+        headers = self._headers(request.model, channel, call.started, elapsed)
+        return await self._answer(
+            {**answer, "model": answer.get("model", request.model)}, headers, settle, defer_settlement
+        )
+
+    async def speech(
+        self, token: TokenInfo, body: dict[str, Any], *, request_id: str | None, defer_settlement: bool = False
+    ) -> Answer:
+        """`/v1/audio/speech`: billed per character of `input` (the price is per million characters); the answer
+        is the provider's audio with its content type."""
+        request = speech_request(body)
+        characters = len(request.input)
+
+        async def speak(channel: ChannelInfo, target: Target) -> tuple[bytes, str]:
+            return await ADAPTERS[channel.api_format].speak(
+                self.http, target, {**body, "model": target.upstream_model}, self.timeouts
+            )
+
+        call, channel, target, (audio, content_type), elapsed, details = await self._unit_call(
+            token,
+            endpoint="speech",
+            model=request.model,
+            unit="speech_price",
+            units_bound=characters,
+            request_id=request_id,
+            param="input",
+            smaller="send a shorter input",
+            attempt=speak,
+            per_million_units=True,
+        )
+        settle = self._settle_units(call, channel, target, elapsed, characters, {**details, "characters": characters})
+        headers = self._headers(request.model, channel, call.started, elapsed)
+        if defer_settlement:
+            return Answer(body=audio, headers=headers, settle=settle, content_type=content_type)
+        await settle()
+        return Answer(body=audio, headers=headers, content_type=content_type)

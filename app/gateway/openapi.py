@@ -7,6 +7,7 @@ from typing import Any, Literal, cast
 import msgspec
 from litestar.openapi.spec import (
     OpenAPI,
+    OpenAPIFormat,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
@@ -21,6 +22,7 @@ from litestar.openapi.spec import (
 )
 
 from app.gateway.dialects.anthropic import CountTokensRequest, MessagesRequest
+from app.gateway.dialects.media import ImageRequest, ModerationRequest, SpeechRequest
 from app.gateway.dialects.openai import ChatRequest, EmbeddingsRequest
 from app.gateway.dialects.rerank import RerankRequest
 
@@ -210,10 +212,36 @@ class ResponseItemList(msgspec.Struct):
     has_more: bool
 
 
+class _Image(msgspec.Struct):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesAnswer(msgspec.Struct):
+    """The provider's images; the call is billed per image returned."""
+
+    created: int
+    data: list[_Image]
+
+
+class _ModerationResult(msgspec.Struct):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+
+
+class ModerationAnswer(msgspec.Struct):
+    id: str
+    model: str
+    results: list[_ModerationResult]
+
+
 _COMPONENTS: tuple[type[msgspec.Struct], ...] = (
     *(ChatRequest, EmbeddingsRequest, RerankRequest, MessagesRequest, CountTokensRequest),
     *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, RerankList, Message, TokenCount),
     *(Response, ResponseDeleted, ResponseItemList),
+    *(ImageRequest, ModerationRequest, SpeechRequest, ImagesAnswer, ModerationAnswer),
 )
 
 
@@ -228,14 +256,18 @@ def _json(component: type[msgspec.Struct]) -> dict[str, OpenAPIMediaType]:
 def _operation(
     operation_id: str,
     summary: str,
-    answer: type[msgspec.Struct],
+    answer: type[msgspec.Struct] | None,
     *,
     body: type[msgspec.Struct] | None = None,
     error: type[msgspec.Struct] = OpenAIError,
     streams: bool = False,
     parameters: list[Parameter | Reference] | None = None,
 ) -> Operation:
-    content = _json(answer)
+    """`answer` None: the answer is the provider's audio, in its own content type."""
+    if answer is None:
+        content = {"audio/*": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))}
+    else:
+        content = _json(answer)
     if streams:
         content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
     return Operation(
@@ -282,6 +314,17 @@ def _paths() -> dict[str, PathItem]:
             post=_operation(
                 "GatewayRerank", "Rerank documents by a query (Cohere and Jina format)", RerankList, body=RerankRequest
             )
+        ),
+        "/v1/images/generations": PathItem(
+            post=_operation("GatewayImages", "Generate images (OpenAI format)", ImagesAnswer, body=ImageRequest)
+        ),
+        "/v1/moderations": PathItem(
+            post=_operation(
+                "GatewayModerations", "Moderate text (OpenAI format)", ModerationAnswer, body=ModerationRequest
+            )
+        ),
+        "/v1/audio/speech": PathItem(
+            post=_operation("GatewaySpeech", "Text to speech: the provider's audio", None, body=SpeechRequest)
         ),
         "/v1/models": PathItem(get=_operation("GatewayModels", "The models this API key may use", ModelList)),
         "/v1/models/{model}": PathItem(get=_operation("GatewayModel", "One model", Model, parameters=[model])),

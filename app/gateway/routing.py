@@ -25,6 +25,7 @@ def candidate_channels(
     user_groups: frozenset[UUID],
     needs_embeddings: bool = False,
     needs_rerank: bool = False,
+    needs_media: bool = False,
 ) -> list[ChannelInfo]:
     """Enabled channels of the token's tenant that serve `model` and that this token and user may use."""
     chosen = []
@@ -40,6 +41,8 @@ def candidate_channels(
         if needs_embeddings and not ADAPTERS[channel.api_format].supports_embeddings:
             continue
         if needs_rerank and not ADAPTERS[channel.api_format].supports_rerank:
+            continue
+        if needs_media and not ADAPTERS[channel.api_format].supports_media:
             continue
         chosen.append(channel)
     return chosen

@@ -210,6 +210,13 @@ class PriceWrite(Input):
     completion_price: Price
     cached_prompt_price: Price | None = None
     cache_write_price: Price | None = None
+    # The endpoints not billed by the token, in credits: per image generated (`/v1/images/generations`), per
+    # second of audio transcribed, per million characters spoken, per request (`/v1/moderations`). Not set:
+    # the model is refused at that endpoint.
+    image_price: Price | None = None
+    audio_second_price: Price | None = None
+    speech_price: Price | None = None
+    request_price: Price | None = None
 
 
 class ModelAliasWrite(Input):
@@ -244,6 +251,10 @@ class PriceRead(msgspec.Struct):
     completion_price: int
     cached_prompt_price: int | None = None
     cache_write_price: int | None = None
+    image_price: int | None = None
+    audio_second_price: int | None = None
+    speech_price: int | None = None
+    request_price: int | None = None
     # "tenant": the organization's own price; "built-in": the shipped list's (see `GET /api/model-prices`).
     source: Literal["tenant", "built-in"] = "tenant"
 

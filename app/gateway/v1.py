@@ -81,7 +81,8 @@ def _read_scope(scope: Scope) -> _Request:
 
 
 class GatewayApi:
-    """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/rerank`, `GET /v1/models`,
+    """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/rerank`,
+    `POST /v1/images/generations`, `POST /v1/moderations`, `POST /v1/audio/speech`, `GET /v1/models`,
     `GET /v1/models/{model}`, `POST /v1/messages`, `POST /v1/messages/count_tokens`, and the stored responses'
     `GET`/`DELETE /v1/responses/{response_id}` and `GET /v1/responses/{response_id}/input_items`; any other is a 404
     in the OpenAI error format (in Anthropic's under /v1/messages)."""
@@ -95,6 +96,9 @@ class GatewayApi:
             "/v1/chat/completions": ("POST", "openai", self._chat_completions),
             "/v1/embeddings": ("POST", "openai", self._embeddings),
             "/v1/rerank": ("POST", "openai", self._rerank),
+            "/v1/images/generations": ("POST", "openai", self._images),
+            "/v1/moderations": ("POST", "openai", self._moderations),
+            "/v1/audio/speech": ("POST", "openai", self._speech),
             "/v1/models": ("GET", "openai", self._models),
             "/v1/messages": ("POST", "anthropic", self._messages),
             "/v1/messages/count_tokens": ("POST", "anthropic", self._count_tokens),
@@ -155,7 +159,7 @@ class GatewayApi:
                 await _send_stream(answer, send_tracked, receive)
             else:
                 try:
-                    await _send_json(200, answer.body, answer.headers, send_tracked)
+                    await _send_json(200, answer.body, answer.headers, send_tracked, answer.content_type)
                 finally:
                     if answer.settle is not None:
                         await _settle_after_answer(answer.settle, path)
@@ -232,6 +236,18 @@ class GatewayApi:
             token, body, raw_size=size, request_id=request.request_id, defer_settlement=True
         )
 
+    async def _images(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        body, _ = await self._body(request, receive)
+        return await self.gateway.images(token, body, request_id=request.request_id, defer_settlement=True)
+
+    async def _moderations(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        body, _ = await self._body(request, receive)
+        return await self.gateway.moderations(token, body, request_id=request.request_id, defer_settlement=True)
+
+    async def _speech(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        body, _ = await self._body(request, receive)
+        return await self.gateway.speech(token, body, request_id=request.request_id, defer_settlement=True)
+
     async def _models(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         return Answer(body=msgspec.json.encode(await self.gateway.models(token)), headers={})
 
@@ -304,6 +320,9 @@ _ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/embeddings": "embeddings",
     "/v1/rerank": "rerank",
+    "/v1/images/generations": "images",
+    "/v1/moderations": "moderations",
+    "/v1/audio/speech": "speech",
     "/v1/models": "models",
     f"{MODELS_PREFIX}{{model}}": "models",
     "/v1/messages": "messages",
@@ -366,11 +385,14 @@ def _encoded_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
-async def _send_json(status: int, body: bytes, headers: dict[str, str], send: Send) -> None:
+async def _send_json(
+    status: int, body: bytes, headers: dict[str, str], send: Send, content_type: str = "application/json"
+) -> None:
+    kind = _JSON if content_type == "application/json" else [(b"content-type", content_type.encode("latin-1"))]
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": status,
-        "headers": [*_JSON, (b"content-length", str(len(body)).encode()), *_encoded_headers(headers)],
+        "headers": [*kind, (b"content-length", str(len(body)).encode()), *_encoded_headers(headers)],
     }
     await send(start)
     await send({"type": "http.response.body", "body": body, "more_body": False})

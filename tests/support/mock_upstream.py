@@ -9,6 +9,7 @@ and it is a real HTTP server (aiohttp), so the gateway's client, pooling and tim
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -22,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from tests.support import mock_media
 
 
 def word_vector(text: str, dimensions: int) -> list[float]:
@@ -72,6 +75,8 @@ class Behavior:
     cohere: bool = False
     # What `GET /models` lists (OpenAI's and Anthropic's shape alike: `{"data": [{"id": ...}]}`).
     models: list[str] = field(default_factory=lambda: ["mock-large", "mock-small"])
+    # How many images to return instead of the `n` asked.
+    images_returned: int | None = None
 
 
 @dataclass
@@ -125,6 +130,9 @@ class MockUpstream:
         # Gemini: `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
         app.router.add_post("/{name}/v1beta/models/{call}", self._generate_content)
         app.router.add_get("/{name}/v1beta/models", self._gemini_models)
+        app.router.add_post("/{name}/v1/images/generations", functools.partial(mock_media.images, self))
+        app.router.add_post("/{name}/v1/moderations", functools.partial(mock_media.moderations, self))
+        app.router.add_post("/{name}/v1/audio/speech", functools.partial(mock_media.speech, self))
         # Azure OpenAI: the deployment in the path, the version in the query.
         app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)

@@ -171,6 +171,8 @@ class Adapter(abc.ABC):
     supports_embeddings = True
     # A `/rerank` endpoint in the shape Cohere v2 and Jina share.
     supports_rerank = False
+    # Images, speech, transcription and moderation (`/v1/images/generations`, `/v1/audio/*`, `/v1/moderations`).
+    supports_media = False
 
     @abc.abstractmethod
     async def complete(
@@ -202,3 +204,19 @@ class Adapter(abc.ABC):
         self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
     ) -> dict[str, Any]:
         raise UpstreamError("this provider has no rerank API", retryable=False, status=400)
+
+    async def generate_images(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        raise UpstreamError("this provider has no images API", retryable=False, status=400)
+
+    async def moderate(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        raise UpstreamError("this provider has no moderations API", retryable=False, status=400)
+
+    async def speak(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> tuple[bytes, str]:
+        """The provider's audio and its content type."""
+        raise UpstreamError("this provider has no speech API", retryable=False, status=400)

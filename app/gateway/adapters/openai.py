@@ -196,6 +196,34 @@ async def post_json(
     return decoded
 
 
+async def post_for_bytes(
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    timeouts: Timeouts,
+) -> tuple[bytes, str]:
+    """POST JSON, read a binary answer (audio) and its content type; an empty one is a failure of the channel."""
+    try:
+        async with http.post(
+            url,
+            data=msgspec.json.encode(body),
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
+        ) as response:
+            raw = await response.read()
+            if response.status >= 400:
+                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
+            content_type = response.headers.get("Content-Type", "")
+            if not (content_type.isascii() and content_type.isprintable()) or not content_type:
+                content_type = "application/octet-stream"  # passed on as a header: nothing else may go out
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise network_error(error) from None
+    if not raw or content_type.startswith(("application/json", "text/")):
+        raise UpstreamError("the provider answered no audio", status=502)
+    return raw, content_type
+
+
 async def open_stream(
     http: aiohttp.ClientSession,
     url: str,
@@ -237,6 +265,7 @@ async def openai_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk
 class OpenAIAdapter(Adapter):
     # `{base_url}/rerank`: Jina (`…/v1`), Cohere (`…/v2`), vLLM, Infinity and TEI-style servers answer there.
     supports_rerank = True
+    supports_media = True
 
     def _headers(self, target: Target) -> dict[str, str]:
         return {"Authorization": f"Bearer {target.api_key}"}
@@ -283,3 +312,18 @@ class OpenAIAdapter(Adapter):
         self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
     ) -> dict[str, Any]:
         return await post_json(http, self._url(target, "/rerank"), self._headers(target), body, timeouts)
+
+    async def generate_images(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        return await post_json(http, self._url(target, "/images/generations"), self._headers(target), body, timeouts)
+
+    async def moderate(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> dict[str, Any]:
+        return await post_json(http, self._url(target, "/moderations"), self._headers(target), body, timeouts)
+
+    async def speak(
+        self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
+    ) -> tuple[bytes, str]:
+        return await post_for_bytes(http, self._url(target, "/audio/speech"), self._headers(target), body, timeouts)

@@ -22,8 +22,9 @@ from app.tenants.money import MoneyError, format_money, parse_money
 PRICES = f"{PORTAL}/prices"
 # The group of models the built-in list does not name: the organization's channels' and its own prices'.
 OTHER = "other"
-AMOUNTS = ("prompt_price", "cached_prompt_price", "cache_write_price", "completion_price")
-OPTIONAL_AMOUNTS = ("cached_prompt_price", "cache_write_price")
+UNIT_AMOUNTS = ("image_price", "audio_second_price", "speech_price", "request_price")
+AMOUNTS = ("prompt_price", "cached_prompt_price", "cache_write_price", "completion_price", *UNIT_AMOUNTS)
+OPTIONAL_AMOUNTS = ("cached_prompt_price", "cache_write_price", *UNIT_AMOUNTS)
 SAVED = {
     "saved": "The price is saved; calls of this model cost it from now on.",
     "removed": "Your price is removed; the model costs the built-in price again, or the '*' price, or nothing.",
@@ -97,6 +98,10 @@ def _parsed(values: dict[str, str]) -> tuple[str, PriceWrite]:
         completion_price=credits["completion_price"] or 0,
         cached_prompt_price=credits["cached_prompt_price"],
         cache_write_price=credits["cache_write_price"],
+        image_price=credits["image_price"],
+        audio_second_price=credits["audio_second_price"],
+        speech_price=credits["speech_price"],
+        request_price=credits["request_price"],
     )
 
 
@@ -166,7 +171,7 @@ class PricePages(Controller):
             start: PriceRead | BuiltInPriceRead | None = own or (entry if listed.applies else None)
             values = {"model": model[:100]}
             if start is not None:
-                values |= {name: _money_text(getattr(start, name), currency) for name in AMOUNTS}
+                values |= {name: _money_text(getattr(start, name, None), currency) for name in AMOUNTS}
         return await self._prices_page(
             viewer, db_session, search=q[:MAX_SEARCH].strip(), provider=provider[:50], values=values, notices=notices
         )

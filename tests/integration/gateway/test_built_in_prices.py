@@ -17,6 +17,7 @@ from tests.support.tenants import TenantRows
 
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 2000}
 MODELS = ["gpt-4o-mini", "claude-3-5-haiku-20241022", "gpt-test"]
+UNPRICED_UNITS = {"image_price": None, "audio_second_price": None, "speech_price": None, "request_price": None}
 
 
 def cost_at(prompt_price: int, completion_price: int) -> int:
@@ -72,6 +73,7 @@ async def test_the_list_prices_a_listed_model_the_tenant_has_not_priced_and_the_
         "completion_price": 10_000_000,
         "cached_prompt_price": 1_250_000,
         "cache_write_price": None,
+        **UNPRICED_UNITS,
         "source": "built-in",
     }
     assert (await client.delete("/api/model-prices/gpt-4o-mini", headers=admin)).status_code == 204
@@ -98,7 +100,13 @@ async def test_a_cached_prompt_price_is_stored_and_shown_and_must_not_exceed_the
     body: dict[str, Any] = {"prompt_price": 2_000_000, "completion_price": 8_000_000, "cached_prompt_price": 500_000}
     saved = await client.put("/api/model-prices/org-model", json=body, headers=admin)
     assert saved.status_code == 200, saved.text
-    assert saved.json() == {"model": "org-model", **body, "cache_write_price": None, "source": "tenant"}
+    assert saved.json() == {
+        "model": "org-model",
+        **body,
+        "cache_write_price": None,
+        **UNPRICED_UNITS,
+        "source": "tenant",
+    }
     listing = {row["model"]: row for row in (await client.get("/api/model-prices", headers=admin)).json()}
     assert listing["org-model"]["cached_prompt_price"] == 500_000
     dearer = await client.put(
