@@ -108,11 +108,11 @@ def _measure(
     )
 
 
-def _first_event_ms(url: str, headers: dict[str, str]) -> list[float]:
+def _first_event_ms(url: str, headers: dict[str, str], stream_body: str = STREAM_BODY) -> list[float]:
     """Milliseconds from sending a streamed request to the first `data:` bytes, over fresh connections."""
     host, _, rest = url.removeprefix("http://").partition("/")
     address, port = host.split(":")
-    body = STREAM_BODY.encode()
+    body = stream_body.encode()
     head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     request = (
         f"POST /{rest} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{head}"

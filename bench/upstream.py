@@ -2,9 +2,10 @@
 
 Run with `python -m bench.upstream`: it prints its port on the first line, then serves until killed.
 Answers `POST …/chat/completions` with a fixed completion (with usage), or, when the body asks for
-`"stream": true`, with five content chunks, a usage chunk and `[DONE]`. It does nearly nothing per call
-so that what the gateway benchmark measures is the gateway. The test suite's scriptable mock
-(`tests.support.mock_upstream`) is the one to use for behaviour; this one is for speed.
+`"stream": true`, with five content chunks, a usage chunk and `[DONE]`; `POST …/responses` likewise with a
+fixed Responses API answer, or its event stream (`response.created`, five text deltas, `response.completed`).
+It does nearly nothing per call so that what the gateway benchmark measures is the gateway. The test suite's
+scriptable mock (`tests.support.mock_upstream`) is the one to use for behaviour; this one is for speed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,55 @@ _STREAM_EVENTS = [
     {**_chunk({}), "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}},
 ]
 STREAM = b"".join(b"data: " + msgspec.json.encode(event) + b"\n\n" for event in _STREAM_EVENTS) + b"data: [DONE]\n\n"
+_USAGE = {
+    "input_tokens": 9,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 5,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 14,
+}
+_MESSAGE_ITEM = {
+    "type": "message",
+    "id": "msg_bench",
+    "status": "completed",
+    "role": "assistant",
+    "content": [{"type": "output_text", "text": "w0 w1 w2 w3 w4", "annotations": []}],
+}
+_RESPONSE = {
+    "id": "resp_bench",
+    "object": "response",
+    "created_at": 1_700_000_000,
+    "status": "completed",
+    "model": "gpt-bench",
+    "output": [_MESSAGE_ITEM],
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "usage": _USAGE,
+}
+RESPONSE = msgspec.json.encode(_RESPONSE)
+_RESPONSE_EVENTS: list[dict[str, Any]] = [
+    {"type": "response.created", "response": {**_RESPONSE, "status": "in_progress", "output": [], "usage": None}},
+    *(
+        {
+            "type": "response.output_text.delta",
+            "item_id": "msg_bench",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": f"{' ' if index else ''}w{index}",
+        }
+        for index in range(5)
+    ),
+    {"type": "response.completed", "response": _RESPONSE},
+]
+RESPONSE_STREAM = b"".join(
+    b"event: "
+    + event["type"].encode()
+    + b"\ndata: "
+    + msgspec.json.encode({**event, "sequence_number": number})
+    + b"\n\n"
+    for number, event in enumerate(_RESPONSE_EVENTS)
+)
 JSON_HEADERS = [("content-type", "application/json")]
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 
@@ -60,14 +110,15 @@ _decode_flag = msgspec.json.Decoder(_StreamFlag)
 async def app(scope: Any, protocol: Any) -> None:
     """RSGI: the whole stream goes in one write, as a provider with the answer ready would send it."""
     body = await protocol()
-    if scope.method != "POST" or not scope.path.endswith("/chat/completions"):
+    if scope.method != "POST" or not scope.path.endswith(("/chat/completions", "/responses")):
         protocol.response_bytes(404, JSON_HEADERS, b'{"error": {"message": "not found"}}')
         return
+    responses = scope.path.endswith("/responses")
     if _decode_flag.decode(body).stream:
         transport = protocol.response_stream(200, SSE_HEADERS)
-        await transport.send_bytes(STREAM)
+        await transport.send_bytes(RESPONSE_STREAM if responses else STREAM)
         return
-    protocol.response_bytes(200, JSON_HEADERS, COMPLETION)
+    protocol.response_bytes(200, JSON_HEADERS, RESPONSE if responses else COMPLETION)
 
 
 def main() -> None:
