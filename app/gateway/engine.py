@@ -44,6 +44,7 @@ from app.gateway.dialects.anthropic import (
 from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
 from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
 from app.gateway.dialects.rerank import ranked as ranked_answer
+from app.gateway.dialects.responses import ResponsesStreamWriter, ResponsesTurn
 from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
 from app.gateway.routing import ChannelHealth, attempt_order, candidate_channels
 from app.observability.logging import get_logger
@@ -62,8 +63,10 @@ from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import Organization
 
-Dialect = Literal["openai", "anthropic"]
-Endpoint = Literal["chat", "embeddings", "messages", "rerank"]
+Dialect = Literal["openai", "anthropic", "responses"]
+Endpoint = Literal["chat", "embeddings", "messages", "rerank", "responses"]
+# How the usage log names the chat calls of each client dialect.
+CHAT_ENDPOINTS: dict[Dialect, Endpoint] = {"openai": "chat", "anthropic": "messages", "responses": "responses"}
 # Special tokens a provider adds around each message: the prompt bound counts them on top of the bytes.
 TOKENS_PER_MESSAGE = 8
 # An image or document given by reference is a few bytes but many input tokens (gpt-4o-mini counts up to
@@ -776,6 +779,7 @@ class Gateway:
         request_id: str | None,
         defer_settlement: bool = False,
         native: NativeRequest | None = None,
+        turn: ResponsesTurn | None = None,
     ) -> Answer | StreamAnswer:
         """A chat call, whole or streamed. `defer_settlement`: a whole answer comes back with its settlement
         still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it.
@@ -783,12 +787,13 @@ class Gateway:
         The output limit is the largest the request names (or the default): it is what the reservation
         covers, times `n`, and exactly what the provider is sent, in the parameter its type takes. Without
         a limit named, a budget too small for the default one lowers it (down to MIN_CLAMPED_OUTPUT_TOKENS),
-        and the `x-lyss-output-limit-clamped` header says to what.
+        and the `x-lyss-output-limit-clamped` header says to what. `turn` (the Responses dialect): the
+        Response object or event stream the client gets is built from the chat answer by it.
         """
         started = time.perf_counter()
         request = chat_request(body)
         model = request.model
-        endpoint: Endpoint = "messages" if dialect == "anthropic" else "chat"
+        endpoint = CHAT_ENDPOINTS[dialect]
         stream = bool(request.stream)
         limit = request.requested_limit or self.settings.gateway_default_max_tokens
         try:
@@ -858,6 +863,7 @@ class Gateway:
                 channel=channel,
                 target=target,
                 dialect=dialect,
+                turn=turn,
                 client_wants_usage=client_wants_usage,
                 prompt_estimate=prompt_estimate,
                 call_started=time.perf_counter() - upstream_elapsed_ms / 1000,
@@ -888,7 +894,9 @@ class Gateway:
             outcome="ok",
             details=details,
         )
-        if dialect == "openai":
+        if turn is not None:
+            answer = turn.answer(completion.body, served.model, usage)
+        elif dialect == "openai":
             answer = completion.body
         else:
             answer = completion.native or to_anthropic_response(completion.body, model, usage)
@@ -1089,6 +1097,7 @@ class Gateway:
         channel: ChannelInfo,
         target: Target,
         dialect: Dialect,
+        turn: ResponsesTurn | None,
         client_wants_usage: bool,
         prompt_estimate: int,
         call_started: float,
@@ -1096,7 +1105,11 @@ class Gateway:
         details: dict[str, Any],
     ) -> AsyncIterator[bytes]:
         """Pass the stream on; whatever ends it (done, provider cut, client gone), bill what was delivered."""
-        writer = AnthropicStreamWriter(settle.model, prompt_estimate) if dialect == "anthropic" else None
+        writer: AnthropicStreamWriter | ResponsesStreamWriter | None = None
+        if turn is not None:
+            writer = turn.stream_writer(settle.model, prompt_estimate)
+        elif dialect == "anthropic":
+            writer = AnthropicStreamWriter(settle.model, prompt_estimate)
         delivered = 0
         usage: Usage | None = None
         outcome = "ok"

@@ -70,6 +70,8 @@ class Behavior:
     rerank_answer: dict[str, Any] | None = None
     # Rerank answers in Cohere's shape (`meta.billed_units.search_units`) instead of Jina's (`usage`).
     cohere: bool = False
+    # Chat calls given tools answer with a call of the first one (`{"city": "Paris"}`), as the Anthropic mock does.
+    call_tools: bool = False
     # What `GET /models` lists (OpenAI's and Anthropic's shape alike: `{"data": [{"id": ...}]}`).
     models: list[str] = field(default_factory=lambda: ["mock-large", "mock-small"])
 
@@ -229,6 +231,14 @@ class MockUpstream:
         # Streamed piece by piece with their spaces, so that the text arrives exactly as it would whole.
         pieces = re.findall(r"\S+\s*", scripted) if scripted is not None else [word + " " for word in words]
         content = scripted if scripted is not None else " ".join(words)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish_reason = "length" if scripted is None and limit is not None and int(limit) < behavior.words else "stop"
+        tool = (body.get("tools") or [None])[0] if behavior.call_tools else None
+        call: dict[str, Any] | None = None
+        if tool is not None:
+            finish_reason = "tool_calls"
+            function = {"name": tool["function"]["name"], "arguments": '{"city": "Paris"}'}
+            call = {"index": 0, "id": "call_1", "type": "function", "function": function}
         usage = {
             "prompt_tokens": self._prompt_tokens(body),
             "completion_tokens": len(words),
@@ -245,6 +255,9 @@ class MockUpstream:
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 ],
             }
+            answer["choices"][0]["finish_reason"] = finish_reason
+            if call is not None:
+                answer["choices"][0]["message"]["tool_calls"] = [{k: v for k, v in call.items() if k != "index"}]
             if behavior.report_usage:
                 answer["usage"] = usage
             return web.json_response(answer)
@@ -262,10 +275,19 @@ class MockUpstream:
             await self._write_event(response, json.dumps(chunk).encode())
             if behavior.chunk_delay_seconds:
                 await asyncio.sleep(behavior.chunk_delay_seconds)
+        if call is not None:
+            # The arguments in two pieces, as a provider streams them.
+            opening = {**call, "function": {**call["function"], "arguments": '{"city": '}}
+            for delta in (
+                {"tool_calls": [opening]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+            ):
+                chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+                await self._write_event(response, json.dumps(chunk).encode())
         finish = {
             **base,
             "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}],
         }
         await self._write_event(response, json.dumps(finish).encode())
         if behavior.report_usage and (body.get("stream_options") or {}).get("include_usage"):

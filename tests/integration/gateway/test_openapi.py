@@ -20,6 +20,7 @@ OPERATIONS = {
     "/v1/models/{model}": {"get"},
     "/v1/messages": {"post"},
     "/v1/messages/count_tokens": {"post"},
+    "/v1/responses": {"post"},
 }
 UNKNOWN_MODEL = "no-such-model"
 ANTHROPIC_BODY = {"model": UNKNOWN_MODEL, "messages": [{"role": "user", "content": "hello"}]}
@@ -29,6 +30,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/rerank": {"model": UNKNOWN_MODEL, "query": "hello", "documents": ["hello there"]},
     "/v1/messages": {**ANTHROPIC_BODY, "max_tokens": 16},
     "/v1/messages/count_tokens": ANTHROPIC_BODY,
+    "/v1/responses": {"model": UNKNOWN_MODEL, "input": "hello"},
 }
 
 
