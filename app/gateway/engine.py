@@ -838,7 +838,10 @@ class Gateway:
         def upstream(channel: ChannelInfo, target: Target) -> tuple[dict[str, Any], dict[str, Any] | None]:
             """The request for this channel, and the client's own if the channel speaks its format."""
             sent = {**unlimited, "model": target.upstream_model, channel.output_limit_parameter: limit}
-            same_format = native is not None and native.api_format == channel.api_format
+            same_format = native is not None and (
+                native.api_format == channel.api_format
+                or (native.api_format == "responses" and channel.serves_responses)
+            )
             return sent, native.body if same_format and native is not None else None
 
         if stream:
@@ -894,7 +897,9 @@ class Gateway:
             outcome="ok",
             details=details,
         )
-        if turn is not None:
+        if turn is not None and completion.native is not None:
+            answer = turn.passed_through(completion.native)
+        elif turn is not None:
             answer = turn.answer(completion.body, served.model, usage)
         elif dialect == "openai":
             answer = completion.body
@@ -1131,6 +1136,8 @@ class Gateway:
                     usage = chunk.usage
                 if chunk.native is not None:
                     payload, passed_through = chunk.native, True
+                    if isinstance(writer, ResponsesStreamWriter):
+                        payload = writer.passed_through(payload)
                 elif writer is not None:
                     payload = writer.write(chunk.raw) if not chunk.usage_only else b""
                 elif chunk.usage_only and not client_wants_usage:

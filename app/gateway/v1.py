@@ -23,7 +23,7 @@ from app.edge import JsonTooDeep, decode_json, json_problem
 from app.gateway import errors
 from app.gateway.caches import TokenInfo
 from app.gateway.dialects.anthropic import count_tokens_request, messages_request, to_openai_request
-from app.gateway.dialects.responses import ResponsesTurn, responses_request, to_chat_request
+from app.gateway.dialects.responses import ResponsesTurn, images, responses_request, to_chat_request
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
 from app.observability.logging import get_logger
@@ -229,6 +229,7 @@ class GatewayApi:
             dialect="responses",
             request_id=request.request_id,
             defer_settlement=True,
+            native=NativeRequest(api_format="responses", body=body, media=images(items)),
             turn=turn,
         )
         if isinstance(answer, StreamAnswer):
@@ -239,7 +240,7 @@ class GatewayApi:
 
     async def _response_done(self, turn: ResponsesTurn) -> None:
         """Where a /v1/responses call ends, its answer built or its stream over: `turn.final` is the Response
-        (None if the stream broke off) and `turn.items` this turn's input items. Nothing is kept yet; a
+        (None if the stream broke off) and `turn.input_items` this turn's input items. Nothing is kept yet; a
         store of responses (`turn.stored`: the client allowed it) hooks in here."""
 
     async def _count_tokens(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:

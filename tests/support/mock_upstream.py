@@ -82,6 +82,8 @@ class MockUpstream:
     calls: Counter[str] = field(default_factory=Counter)
     bodies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    # Calls of each account's `/responses` (the Responses API), beside `calls` which counts every call.
+    responses_calls: Counter[str] = field(default_factory=Counter)
     # Requests each account is answering right now, and the most it has answered at once.
     in_flight: Counter[str] = field(default_factory=Counter)
     most_in_flight: Counter[str] = field(default_factory=Counter)
@@ -119,6 +121,7 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/rerank", self._rerank)
         app.router.add_post("/{name}/v1/messages", self._messages)
+        app.router.add_post("/{name}/v1/responses", self._responses)
         app.router.add_post("/{name}/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/{name}/v1/models", self._models)
         # Azure OpenAI: the deployment in the path, the version in the query.
@@ -350,6 +353,94 @@ class MockUpstream:
         return web.json_response(
             {"model": body["model"], "results": results_with_documents, "usage": {"total_tokens": tokens}}
         )
+
+    # --- OpenAI Responses -----------------------------------------------------------------------
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: `w0 w1 ...` (or a call of the first function tool given), usage in its shape
+        (`reported_usage` in that shape instead, cached tokens and all), whole or as its event stream."""
+        name, behavior, body, failure = await self._prologue(request)
+        self.responses_calls[name] += 1
+        if failure is not None:
+            return failure
+        limit = body.get("max_output_tokens") or behavior.words
+        words = [f"w{index}" for index in range(min(behavior.words, int(limit)))]
+        text = " ".join(words)
+        prompt = len(str(body.get("input", "")).split()) + len(str(body.get("instructions") or "").split())
+        usage = behavior.reported_usage or {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(words),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + len(words),
+        }
+        tool = next((tool for tool in body.get("tools") or [] if tool.get("type") == "function"), None)
+        message = {
+            "id": "msg_mock",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        output: list[dict[str, Any]] = [message]
+        if tool is not None:
+            arguments = '{"city": "Paris"}'
+            call = {"id": "fc_mock", "type": "function_call", "call_id": "call_mock", "name": tool["name"]}
+            output.append({**call, "arguments": arguments, "status": "completed"})
+        status = "incomplete" if int(limit) < behavior.words else "completed"
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex[:12]}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "store": body.get("store", True),
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return web.json_response(response)
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        sequence = 0
+
+        async def event(kind: str, payload: dict[str, Any]) -> None:
+            nonlocal sequence
+            data = {"type": kind, "sequence_number": sequence, **payload}
+            sequence += 1
+            await self._write_event(stream, json.dumps(data).encode(), event=kind)
+
+        opening = {**response, "status": "in_progress", "output": [], "usage": None}
+        await event("response.created", {"response": opening})
+        await event("response.in_progress", {"response": opening})
+        where = {"item_id": "msg_mock", "output_index": 0}
+        await event("response.output_item.added", {"output_index": 0, "item": {**message, "content": []}})
+        part = {"type": "output_text", "text": "", "annotations": []}
+        await event("response.content_part.added", {**where, "content_index": 0, "part": part})
+        for index, word in enumerate(words):
+            if behavior.cut_after_chunks is not None and index >= behavior.cut_after_chunks:
+                request.transport.close()  # type: ignore[union-attr]
+                return stream
+            delta = word if index == 0 else " " + word
+            await event("response.output_text.delta", {**where, "content_index": 0, "delta": delta, "logprobs": []})
+        await event("response.output_text.done", {**where, "content_index": 0, "text": text, "logprobs": []})
+        await event("response.content_part.done", {**where, "content_index": 0, "part": {**part, "text": text}})
+        await event("response.output_item.done", {"output_index": 0, "item": message})
+        if tool is not None:
+            call_item = output[1]
+            added = {**call_item, "arguments": "", "status": "in_progress"}
+            await event("response.output_item.added", {"output_index": 1, "item": added})
+            calling = {"item_id": "fc_mock", "output_index": 1}
+            await event("response.function_call_arguments.delta", {**calling, "delta": call_item["arguments"]})
+            await event("response.function_call_arguments.done", {**calling, "arguments": call_item["arguments"]})
+            await event("response.output_item.done", {"output_index": 1, "item": call_item})
+        await event(f"response.{status}", {"response": response})
+        await stream.write_eof()
+        return stream
 
     # --- Anthropic ------------------------------------------------------------------------------
 

@@ -292,6 +292,17 @@ def to_chat_request(request: ResponsesRequest, items: list[Item], prior: list[It
     return chat
 
 
+def images(items: list[Item]) -> int:
+    """The images among the items' content: each may be many input tokens, which the reservation covers."""
+    return sum(
+        1
+        for item in items
+        if isinstance(item, _MessageItem) and isinstance(item.content, list)
+        for part in item.content
+        if part.type == "input_image"
+    )
+
+
 def item_dict(item: Item) -> dict[str, Any]:
     """An input item as the API writes it (its `type` always named), for a stored conversation."""
     return {name: value for name, value in msgspec.to_builtins(item).items() if value is not None}
@@ -350,6 +361,11 @@ class ResponsesTurn:
         self.id = _new_id("resp")
         self.created_at = int(time.time())
         self.final: dict[str, Any] | None = None
+
+    @property
+    def input_items(self) -> list[dict[str, Any]]:
+        """This turn's input items, checked and each with its `type` named, as a stored conversation keeps them."""
+        return [item_dict(item) for item in self.items]
 
     @property
     def stored(self) -> bool:
@@ -425,6 +441,11 @@ class ResponsesTurn:
             )
         status = "incomplete" if incomplete else "completed"
         self.final = self.response(model, status, output, responses_usage(usage, _reasoning_tokens(chat)))
+        return self.final
+
+    def passed_through(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """The provider's own Response (a channel that serves the API), under Lyss's id."""
+        self.final = {**answer, "id": self.id}
         return self.final
 
     def stream_writer(self, model: str, input_tokens: int) -> ResponsesStreamWriter:
@@ -565,3 +586,18 @@ class ResponsesStreamWriter:
 
     def error_event(self, message: str) -> bytes:
         return self._event("error", {"code": "upstream_error", "message": message, "param": None})
+
+    def passed_through(self, event: bytes) -> bytes:
+        """The provider's own event (a channel that serves the API), its Response under Lyss's id; the last
+        one's Response is the turn's. An error event after these continues their numbering."""
+        kind, _, data = event.partition(b"\ndata: ")
+        decoded = msgspec.json.decode(data.strip())
+        if isinstance(decoded.get("sequence_number"), int):
+            self.sequence = decoded["sequence_number"] + 1
+        response = decoded.get("response")
+        if not isinstance(response, dict):
+            return event
+        decoded["response"] = self.turn.passed_through(response)
+        if decoded.get("type") not in ("response.completed", "response.incomplete"):
+            self.turn.final = None
+        return kind + b"\ndata: " + msgspec.json.encode(decoded) + b"\n\n"

@@ -327,3 +327,142 @@ async def test_a_json_schema_format_and_reasoning_effort_are_sent_as_chat_parame
     assert response.text is not None
     assert response.text.format is not None
     assert response.text.format.type == "json_schema"
+
+
+# Credits per million tokens for the native channel's model: a prompt token 1, read from the cache 0.1.
+PROMPT, CACHED, COMPLETION = 1_000_000, 100_000, 2_000_000
+# What the mock reports in the Responses shape: 200 plain + 800 cached at 0.1 = 280, 7 completion at 2 = 14.
+CACHED_USAGE = {
+    "input_tokens": 1000,
+    "input_tokens_details": {"cached_tokens": 800},
+    "output_tokens": 7,
+    "output_tokens_details": {"reasoning_tokens": 3},
+    "total_tokens": 1007,
+}
+
+
+async def native_channel_and_key(
+    client: Client, tenant: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> str:
+    admin = auth_headers(tenant.admin)
+    await add_channel(
+        client, admin, upstream, "native", kind="openai", models=["gpt-4o"], model_mapping={"gpt-4o": "gpt-4o-up"}
+    )
+    body = {"prompt_price": PROMPT, "completion_price": COMPLETION, "cached_prompt_price": CACHED}
+    response = await client.put("/api/model-prices/gpt-4o", json=body, headers=admin)
+    assert response.status_code == 200, response.text
+    key, _ = await issue_key(client, auth_headers(tenant.user))
+    return key
+
+
+async def test_an_openai_channel_is_sent_the_clients_own_responses_request_and_its_answer_comes_back(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    key = await native_channel_and_key(client, tenant_a, upstream, auth_headers)
+    upstream.behave("native", reported_usage=CACHED_USAGE)
+    response = await sdk(client, key).responses.create(
+        model="gpt-4o", input="hello there", instructions="be brief", max_output_tokens=50, tools=[WEATHER]
+    )
+    assert (upstream.responses_calls["native"], upstream.calls["native"]) == (1, 1)  # never chat
+    sent = upstream.bodies[-1][1]
+    assert (sent["model"], sent["max_output_tokens"], sent["store"]) == ("gpt-4o-up", 50, False)
+    assert (sent["input"], sent["instructions"], sent["tools"]) == ("hello there", "be brief", [WEATHER])
+    assert response.id.startswith("resp_")
+    assert response.id != "resp_mock"
+    assert response.output_text == "w0 w1 w2 w3 w4"
+    [call] = [item for item in response.output if item.type == "function_call"]
+    assert (call.name, call.call_id) == ("weather", "call_mock")
+    assert response.usage is not None
+    assert response.usage.input_tokens_details.cached_tokens == 800
+
+    conversation: Any = [
+        {"role": "user", "content": [{"type": "input_image", "image_url": "https://example.com/cat.png"}]},
+        {"type": "function_call", "call_id": "call_mock", "name": "weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_mock", "output": "sunny"},
+    ]
+    second = await sdk(client, key).responses.create(model="gpt-4o", input=conversation)
+    assert second.output_text == "w0 w1 w2 w3 w4"
+    assert upstream.bodies[-1][1]["input"][2] == {
+        "type": "function_call_output",
+        "call_id": "call_mock",
+        "output": "sunny",
+    }
+    assert upstream.responses_calls["native"] == 2
+
+    rows = await usage_rows(session_maker, tenant_a, 2)
+    assert [(row.endpoint, row.upstream_model) for row in rows] == [("responses", "gpt-4o-up")] * 2
+    assert (rows[0].prompt_tokens, rows[0].cached_tokens, rows[0].completion_tokens) == (1000, 800, 7)
+    assert rows[0].cost == 294
+
+
+async def test_an_openai_channels_own_event_stream_comes_back_under_lyss_id_and_is_billed_from_its_usage(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    key = await native_channel_and_key(client, tenant_a, upstream, auth_headers)
+    upstream.behave("native", reported_usage=CACHED_USAGE)
+    events = [event async for event in await sdk(client, key).responses.create(model="gpt-4o", input="hi", stream=True)]
+    assert [event.type for event in events][:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    first, done = events[0], events[-1]
+    assert first.type == "response.created"
+    assert done.type == "response.completed"
+    assert first.response.id == done.response.id
+    assert done.response.id.startswith("resp_")
+    assert done.response.output_text == "w0 w1 w2 w3 w4"
+    assert done.response.usage is not None
+    assert done.response.usage.input_tokens_details.cached_tokens == 800
+    assert upstream.bodies[-1][1]["stream"] is True
+    assert upstream.responses_calls["native"] == 1
+    [row] = await usage_rows(session_maker, tenant_a, 1)
+    assert (row.endpoint, row.stream, row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (
+        "responses",
+        True,
+        1000,
+        800,
+        7,
+    )
+    assert row.cost == 294
+
+
+async def test_an_openai_channels_cut_stream_is_billed_for_what_was_delivered_and_a_failing_one_fails_over(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    key = await native_channel_and_key(client, tenant_a, upstream, auth_headers)
+    upstream.behave("native", cut_after_chunks=2)
+    async with client.stream(
+        "POST", "/v1/responses", json={"model": "gpt-4o", "input": "hi", "stream": True}, headers=bearer(key)
+    ) as answer:
+        body = b"".join([piece async for piece in answer.aiter_bytes()])
+    kinds = [line[7:] for line in body.decode().splitlines() if line.startswith("event: ")]
+    assert kinds.count("response.output_text.delta") == 2
+    assert kinds[-1] == "error"
+    [cut] = await usage_rows(session_maker, tenant_a, 1)
+    assert (cut.outcome, cut.completion_tokens) == ("upstream_cut", 2)
+    assert cut.cost == -(-cut.prompt_tokens * PROMPT // 1_000_000) + 2 * 2
+
+    # The native channel fails: a chat-only channel of the same model answers, through the translation.
+    upstream.behave("native", status=500)
+    admin = auth_headers(tenant_a.admin)
+    await add_channel(client, admin, upstream, "chat-only", kind="deepseek", models=["gpt-4o"], priority=0)
+    response = await sdk(client, key).responses.create(model="gpt-4o", input="hello")
+    assert response.output_text == "w0 w1 w2 w3 w4"
+    assert upstream.calls["chat-only"] == 1
+    assert "messages" in upstream.bodies[-1][1]
+    _, served = await usage_rows(session_maker, tenant_a, 2)
+    assert [attempt["channel"] for attempt in served.details["attempts"]] == ["native", "chat-only"]
