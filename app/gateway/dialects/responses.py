@@ -444,8 +444,9 @@ class ResponsesTurn:
         return self.final
 
     def passed_through(self, answer: dict[str, Any]) -> dict[str, Any]:
-        """The provider's own Response (a channel that serves the API), under Lyss's id."""
-        self.final = {**answer, "id": self.id}
+        """The provider's own Response (a channel that serves the API), under Lyss's id and with the client's
+        `store` (the provider was told not to keep it: Lyss keeps the conversation)."""
+        self.final = {**answer, "id": self.id, "store": self.stored}
         return self.final
 
     def stream_writer(self, model: str, input_tokens: int) -> ResponsesStreamWriter:

@@ -373,6 +373,7 @@ async def test_an_openai_channel_is_sent_the_clients_own_responses_request_and_i
     assert (sent["input"], sent["instructions"], sent["tools"]) == ("hello there", "be brief", [WEATHER])
     assert response.id.startswith("resp_")
     assert response.id != "resp_mock"
+    assert response.to_dict()["store"] is True  # the client's, though the provider was told not to store
     assert response.output_text == "w0 w1 w2 w3 w4"
     [call] = [item for item in response.output if item.type == "function_call"]
     assert (call.name, call.call_id) == ("weather", "call_mock")
@@ -420,6 +421,7 @@ async def test_an_openai_channels_own_event_stream_comes_back_under_lyss_id_and_
     assert done.type == "response.completed"
     assert first.response.id == done.response.id
     assert done.response.id.startswith("resp_")
+    assert done.response.to_dict()["store"] is True
     assert done.response.output_text == "w0 w1 w2 w3 w4"
     assert done.response.usage is not None
     assert done.response.usage.input_tokens_details.cached_tokens == 800
