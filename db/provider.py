@@ -57,6 +57,8 @@ class ProviderType(DefaultBase):
     # The request parameter that bounds a completion at this provider: OpenAI's reasoning models refuse
     # `max_tokens`; most compatible servers know only it.
     output_limit_parameter: Mapped[str] = mapped_column(String(30), default="max_tokens", server_default="max_tokens")
+    # The provider serves the OpenAI Responses API (`<base_url>/responses`) itself: only OpenAI.
+    serves_responses: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     supported_models: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
 

@@ -201,6 +201,7 @@ def upstream(_upstream_server: MockUpstream) -> MockUpstream:
     _upstream_server.headers_seen.clear()
     _upstream_server.in_flight.clear()
     _upstream_server.most_in_flight.clear()
+    _upstream_server.responses_calls.clear()
     return _upstream_server
 
 

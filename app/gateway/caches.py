@@ -78,6 +78,8 @@ class ChannelInfo(msgspec.Struct, frozen=True):
     quota: int
     # Calls in flight at once, across every worker (0: no limit).
     max_in_flight: int = 0
+    # The provider serves the Responses API itself: a /v1/responses call is sent to it as it came.
+    serves_responses: bool = False
 
 
 class BudgetInfo(msgspec.Struct, frozen=True):
@@ -247,13 +249,19 @@ class GatewayCatalog:
         async with tenant_session(self.session_maker, tenant_id) as session:
             rows = (
                 await session.execute(
-                    select(Channel, ProviderType.api_format, ProviderType.output_limit_parameter, ProviderType.base_url)
+                    select(
+                        Channel,
+                        ProviderType.api_format,
+                        ProviderType.output_limit_parameter,
+                        ProviderType.base_url,
+                        ProviderType.serves_responses,
+                    )
                     .join(ProviderType, ProviderType.id == Channel.type_id)
                     .where(Channel.status == "enabled")
                 )
             ).all()
         channels = []
-        for channel, api_format, output_limit_parameter, default_base_url in rows:
+        for channel, api_format, output_limit_parameter, default_base_url, serves_responses in rows:
             if api_format == "echo" and not self.echo_enabled:
                 continue
             try:
@@ -271,6 +279,7 @@ class GatewayCatalog:
                     name=channel.name,
                     api_format=api_format,
                     output_limit_parameter=output_limit_parameter,
+                    serves_responses=serves_responses,
                     base_url=channel.base_url or default_base_url or "",
                     api_version=channel.api_version,
                     keys=tuple(keys) or ("",),

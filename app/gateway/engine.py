@@ -51,6 +51,7 @@ from app.gateway.dialects.media import (
 from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddings_request
 from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
 from app.gateway.dialects.rerank import ranked as ranked_answer
+from app.gateway.dialects.responses import ResponsesStreamWriter, ResponsesTurn
 from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
 from app.gateway.routing import ChannelHealth, attempt_order, candidate_channels
 from app.observability.logging import get_logger
@@ -69,8 +70,10 @@ from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import Organization
 
-Dialect = Literal["openai", "anthropic"]
-Endpoint = Literal["chat", "embeddings", "messages", "rerank"]
+Dialect = Literal["openai", "anthropic", "responses"]
+Endpoint = Literal["chat", "embeddings", "messages", "rerank", "responses"]
+# How the usage log names the chat calls of each client dialect.
+CHAT_ENDPOINTS: dict[Dialect, Endpoint] = {"openai": "chat", "anthropic": "messages", "responses": "responses"}
 # How a refusal names each unit price a model lacks.
 UNIT_NAMES: dict[UnitPrice, str] = {
     "image_price": "price per image",
@@ -865,6 +868,7 @@ class Gateway:
         defer_settlement: bool = False,
         native: NativeRequest | None = None,
         observer: Callable[[UsageRecord], None] | None = None,
+        turn: ResponsesTurn | None = None,
     ) -> Answer | StreamAnswer:
         """A chat call, whole or streamed. `defer_settlement`: a whole answer comes back with its settlement
         still to run (`Answer.settle`), so that the caller can send it first; the caller must then run it.
@@ -872,12 +876,13 @@ class Gateway:
         The output limit is the largest the request names (or the default): it is what the reservation
         covers, times `n`, and exactly what the provider is sent, in the parameter its type takes. Without
         a limit named, a budget too small for the default one lowers it (down to MIN_CLAMPED_OUTPUT_TOKENS),
-        and the `x-lyss-output-limit-clamped` header says to what.
+        and the `x-lyss-output-limit-clamped` header says to what. `turn` (the Responses dialect): the
+        Response object or event stream the client gets is built from the chat answer by it.
         """
         started = time.perf_counter()
         request = chat_request(body)
         model = request.model
-        endpoint: Endpoint = "messages" if dialect == "anthropic" else "chat"
+        endpoint = CHAT_ENDPOINTS[dialect]
         stream = bool(request.stream)
         limit = request.requested_limit or self.settings.gateway_default_max_tokens
         try:
@@ -922,7 +927,10 @@ class Gateway:
         def upstream(channel: ChannelInfo, target: Target) -> tuple[dict[str, Any], dict[str, Any] | None]:
             """The request for this channel, and the client's own if the channel speaks its format."""
             sent = {**unlimited, "model": target.upstream_model, channel.output_limit_parameter: limit}
-            same_format = native is not None and native.api_format == channel.api_format
+            same_format = native is not None and (
+                native.api_format == channel.api_format
+                or (native.api_format == "responses" and channel.serves_responses)
+            )
             return sent, native.body if same_format and native is not None else None
 
         if stream:
@@ -947,6 +955,7 @@ class Gateway:
                 channel=channel,
                 target=target,
                 dialect=dialect,
+                turn=turn,
                 client_wants_usage=client_wants_usage,
                 prompt_estimate=prompt_estimate,
                 call_started=time.perf_counter() - upstream_elapsed_ms / 1000,
@@ -977,7 +986,11 @@ class Gateway:
             outcome="ok",
             details=details,
         )
-        if dialect == "openai":
+        if turn is not None and completion.native is not None:
+            answer = turn.passed_through(completion.native)
+        elif turn is not None:
+            answer = turn.answer(completion.body, served.model, usage)
+        elif dialect == "openai":
             answer = completion.body
         else:
             answer = completion.native or to_anthropic_response(completion.body, model, usage)
@@ -1178,6 +1191,7 @@ class Gateway:
         channel: ChannelInfo,
         target: Target,
         dialect: Dialect,
+        turn: ResponsesTurn | None,
         client_wants_usage: bool,
         prompt_estimate: int,
         call_started: float,
@@ -1185,7 +1199,11 @@ class Gateway:
         details: dict[str, Any],
     ) -> AsyncIterator[bytes]:
         """Pass the stream on; whatever ends it (done, provider cut, client gone), bill what was delivered."""
-        writer = AnthropicStreamWriter(settle.model, prompt_estimate) if dialect == "anthropic" else None
+        writer: AnthropicStreamWriter | ResponsesStreamWriter | None = None
+        if turn is not None:
+            writer = turn.stream_writer(settle.model, prompt_estimate)
+        elif dialect == "anthropic":
+            writer = AnthropicStreamWriter(settle.model, prompt_estimate)
         delivered = 0
         usage: Usage | None = None
         outcome = "ok"
@@ -1207,6 +1225,8 @@ class Gateway:
                     usage = chunk.usage
                 if chunk.native is not None:
                     payload, passed_through = chunk.native, True
+                    if isinstance(writer, ResponsesStreamWriter):
+                        payload = writer.passed_through(payload)
                 elif writer is not None:
                     payload = writer.write(chunk.raw) if not chunk.usage_only else b""
                 elif chunk.usage_only and not client_wants_usage:

@@ -25,6 +25,7 @@ from app.gateway.dialects.anthropic import CountTokensRequest, MessagesRequest
 from app.gateway.dialects.media import ImageRequest, ModerationRequest, SpeechRequest
 from app.gateway.dialects.openai import ChatRequest, EmbeddingsRequest
 from app.gateway.dialects.rerank import RerankRequest
+from app.gateway.dialects.responses import ResponsesRequest
 
 TAG = "gateway (/v1)"
 # Gateway components get a prefix of their own: their names (`_Message`, `_Tool`) are the dialects' and would
@@ -185,15 +186,33 @@ class TokenCount(msgspec.Struct):
     input_tokens: int
 
 
+class _InputTokensDetails(msgspec.Struct):
+    cached_tokens: int
+    cache_write_tokens: int
+
+
+class _OutputTokensDetails(msgspec.Struct):
+    reasoning_tokens: int
+
+
+class _ResponseUsage(msgspec.Struct):
+    input_tokens: int
+    input_tokens_details: _InputTokensDetails
+    output_tokens: int
+    output_tokens_details: _OutputTokensDetails
+    total_tokens: int
+
+
 class Response(msgspec.Struct):
-    """A stored answer of the Responses API, as its client first got it."""
+    """A Response object of the OpenAI Responses API, the request's parameters echoed in it."""
 
     id: str
     object: Literal["response"]
     created_at: int
+    status: Literal["completed", "incomplete", "in_progress"]
     model: str
-    status: str
     output: list[dict[str, Any]]
+    usage: _ResponseUsage | None
 
 
 class ResponseDeleted(msgspec.Struct):
@@ -238,7 +257,7 @@ class ModerationAnswer(msgspec.Struct):
 
 
 _COMPONENTS: tuple[type[msgspec.Struct], ...] = (
-    *(ChatRequest, EmbeddingsRequest, RerankRequest, MessagesRequest, CountTokensRequest),
+    *(ChatRequest, EmbeddingsRequest, RerankRequest, MessagesRequest, CountTokensRequest, ResponsesRequest),
     *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, RerankList, Message, TokenCount),
     *(Response, ResponseDeleted, ResponseItemList),
     *(ImageRequest, ModerationRequest, SpeechRequest, ImagesAnswer, ModerationAnswer),
@@ -335,6 +354,15 @@ def _paths() -> dict[str, PathItem]:
                 Message,
                 body=MessagesRequest,
                 error=AnthropicError,
+                streams=True,
+            )
+        ),
+        "/v1/responses": PathItem(
+            post=_operation(
+                "GatewayResponses",
+                "Responses (OpenAI Responses API, without stored responses)",
+                Response,
+                body=ResponsesRequest,
                 streams=True,
             )
         ),

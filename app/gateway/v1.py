@@ -24,6 +24,7 @@ from app.edge import JsonTooDeep, decode_json, json_problem
 from app.gateway import errors, stored_responses
 from app.gateway.caches import TokenInfo
 from app.gateway.dialects.anthropic import count_tokens_request, messages_request, to_openai_request
+from app.gateway.dialects.responses import ResponsesTurn, images, responses_request, to_chat_request
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
 from app.gateway.response_cache import Observer, ResponseCache
@@ -83,9 +84,10 @@ def _read_scope(scope: Scope) -> _Request:
 class GatewayApi:
     """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/rerank`,
     `POST /v1/images/generations`, `POST /v1/moderations`, `POST /v1/audio/speech`, `GET /v1/models`,
-    `GET /v1/models/{model}`, `POST /v1/messages`, `POST /v1/messages/count_tokens`, and the stored responses'
-    `GET`/`DELETE /v1/responses/{response_id}` and `GET /v1/responses/{response_id}/input_items`; any other is a 404
-    in the OpenAI error format (in Anthropic's under /v1/messages)."""
+    `GET /v1/models/{model}`, `POST /v1/messages`, `POST /v1/messages/count_tokens`, `POST /v1/responses`, and
+    the stored responses' `GET`/`DELETE /v1/responses/{response_id}` and
+    `GET /v1/responses/{response_id}/input_items`; any other is a 404 in the OpenAI error format (in Anthropic's
+    under /v1/messages)."""
 
     def __init__(self, gateway: Gateway, max_body_bytes: int, maintenance: MaintenanceSwitch) -> None:
         self.gateway = gateway
@@ -102,6 +104,7 @@ class GatewayApi:
             "/v1/models": ("GET", "openai", self._models),
             "/v1/messages": ("POST", "anthropic", self._messages),
             "/v1/messages/count_tokens": ("POST", "anthropic", self._count_tokens),
+            "/v1/responses": ("POST", "responses", self._responses),
         }
 
     def _route(self, path: str) -> tuple[str, str, Dialect, Handler | None]:
@@ -310,6 +313,31 @@ class GatewayApi:
             upstream=upstream,
         )
 
+    async def _responses(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
+        body, size = await self._body(request, receive)
+        parsed, items = responses_request(body)
+        turn = ResponsesTurn(parsed, items)
+        answer = await self.gateway.chat(
+            token,
+            to_chat_request(parsed, items),
+            raw_size=size,
+            dialect="responses",
+            request_id=request.request_id,
+            defer_settlement=True,
+            native=NativeRequest(api_format="responses", body=body, media=images(items)),
+            turn=turn,
+        )
+        if isinstance(answer, StreamAnswer):
+            answer.chunks = _then(answer.chunks, lambda: self._response_done(turn))
+        else:
+            await self._response_done(turn)
+        return answer
+
+    async def _response_done(self, turn: ResponsesTurn) -> None:
+        """Where a /v1/responses call ends, its answer built or its stream over: `turn.final` is the Response
+        (None if the stream broke off) and `turn.input_items` this turn's input items. Nothing is kept yet; a
+        store of responses (`turn.stored`: the client allowed it) hooks in here."""
+
     async def _count_tokens(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         body, size = await self._body(request, receive)
         return await self.gateway.count_tokens(token, body, count_tokens_request(body), size)
@@ -329,12 +357,25 @@ _ENDPOINTS = {
     "/v1/messages/count_tokens": "count_tokens",
     f"{RESPONSES_PREFIX}{{response_id}}": "responses",
     f"{RESPONSES_PREFIX}{{response_id}}{INPUT_ITEMS_SUFFIX}": "responses",
+    "/v1/responses": "responses",
 }
 
 
 def _query(request: _Request) -> dict[str, str]:
     """The query string's parameters (the last of a repeated one)."""
     return dict(parse_qsl(request.query.decode("latin-1"), keep_blank_values=True))
+
+
+async def _then(chunks: AsyncIterator[bytes], done: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+    """The stream's chunks, then `done()` once they are all sent; closing this closes the stream (its billing)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+    await done()
 
 
 def gateway_mount(gateway_api: GatewayApi) -> ASGIRouteHandler:

@@ -73,6 +73,8 @@ class Behavior:
     rerank_answer: dict[str, Any] | None = None
     # Rerank answers in Cohere's shape (`meta.billed_units.search_units`) instead of Jina's (`usage`).
     cohere: bool = False
+    # Chat calls given tools answer with a call of the first one (`{"city": "Paris"}`), as the Anthropic mock does.
+    call_tools: bool = False
     # What `GET /models` lists (OpenAI's and Anthropic's shape alike: `{"data": [{"id": ...}]}`).
     models: list[str] = field(default_factory=lambda: ["mock-large", "mock-small"])
     # How many images to return instead of the `n` asked.
@@ -85,6 +87,8 @@ class MockUpstream:
     calls: Counter[str] = field(default_factory=Counter)
     bodies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    # Calls of each account's `/responses` (the Responses API), beside `calls` which counts every call.
+    responses_calls: Counter[str] = field(default_factory=Counter)
     # Requests each account is answering right now, and the most it has answered at once.
     in_flight: Counter[str] = field(default_factory=Counter)
     most_in_flight: Counter[str] = field(default_factory=Counter)
@@ -125,6 +129,7 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/embeddings", self._embeddings)
         app.router.add_post("/{name}/v1/rerank", self._rerank)
         app.router.add_post("/{name}/v1/messages", self._messages)
+        app.router.add_post("/{name}/v1/responses", self._responses)
         app.router.add_post("/{name}/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/{name}/v1/models", self._models)
         # Gemini: `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
@@ -243,6 +248,14 @@ class MockUpstream:
         # Streamed piece by piece with their spaces, so that the text arrives exactly as it would whole.
         pieces = re.findall(r"\S+\s*", scripted) if scripted is not None else [word + " " for word in words]
         content = scripted if scripted is not None else " ".join(words)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish_reason = "length" if scripted is None and limit is not None and int(limit) < behavior.words else "stop"
+        tool = (body.get("tools") or [None])[0] if behavior.call_tools else None
+        call: dict[str, Any] | None = None
+        if tool is not None:
+            finish_reason = "tool_calls"
+            function = {"name": tool["function"]["name"], "arguments": '{"city": "Paris"}'}
+            call = {"index": 0, "id": "call_1", "type": "function", "function": function}
         usage = {
             "prompt_tokens": self._prompt_tokens(body),
             "completion_tokens": len(words),
@@ -259,6 +272,9 @@ class MockUpstream:
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 ],
             }
+            answer["choices"][0]["finish_reason"] = finish_reason
+            if call is not None:
+                answer["choices"][0]["message"]["tool_calls"] = [{k: v for k, v in call.items() if k != "index"}]
             if behavior.report_usage:
                 answer["usage"] = usage
             return web.json_response(answer)
@@ -276,10 +292,19 @@ class MockUpstream:
             await self._write_event(response, json.dumps(chunk).encode())
             if behavior.chunk_delay_seconds:
                 await asyncio.sleep(behavior.chunk_delay_seconds)
+        if call is not None:
+            # The arguments in two pieces, as a provider streams them.
+            opening = {**call, "function": {**call["function"], "arguments": '{"city": '}}
+            for delta in (
+                {"tool_calls": [opening]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+            ):
+                chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+                await self._write_event(response, json.dumps(chunk).encode())
         finish = {
             **base,
             "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}],
         }
         await self._write_event(response, json.dumps(finish).encode())
         if behavior.report_usage and (body.get("stream_options") or {}).get("include_usage"):
@@ -342,6 +367,94 @@ class MockUpstream:
         return web.json_response(
             {"model": body["model"], "results": results_with_documents, "usage": {"total_tokens": tokens}}
         )
+
+    # --- OpenAI Responses -----------------------------------------------------------------------
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: `w0 w1 ...` (or a call of the first function tool given), usage in its shape
+        (`reported_usage` in that shape instead, cached tokens and all), whole or as its event stream."""
+        name, behavior, body, failure = await self._prologue(request)
+        self.responses_calls[name] += 1
+        if failure is not None:
+            return failure
+        limit = body.get("max_output_tokens") or behavior.words
+        words = [f"w{index}" for index in range(min(behavior.words, int(limit)))]
+        text = " ".join(words)
+        prompt = len(str(body.get("input", "")).split()) + len(str(body.get("instructions") or "").split())
+        usage = behavior.reported_usage or {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(words),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + len(words),
+        }
+        tool = next((tool for tool in body.get("tools") or [] if tool.get("type") == "function"), None)
+        message = {
+            "id": "msg_mock",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        output: list[dict[str, Any]] = [message]
+        if tool is not None:
+            arguments = '{"city": "Paris"}'
+            call = {"id": "fc_mock", "type": "function_call", "call_id": "call_mock", "name": tool["name"]}
+            output.append({**call, "arguments": arguments, "status": "completed"})
+        status = "incomplete" if int(limit) < behavior.words else "completed"
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex[:12]}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "store": body.get("store", True),
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return web.json_response(response)
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        sequence = 0
+
+        async def event(kind: str, payload: dict[str, Any]) -> None:
+            nonlocal sequence
+            data = {"type": kind, "sequence_number": sequence, **payload}
+            sequence += 1
+            await self._write_event(stream, json.dumps(data).encode(), event=kind)
+
+        opening = {**response, "status": "in_progress", "output": [], "usage": None}
+        await event("response.created", {"response": opening})
+        await event("response.in_progress", {"response": opening})
+        where = {"item_id": "msg_mock", "output_index": 0}
+        await event("response.output_item.added", {"output_index": 0, "item": {**message, "content": []}})
+        part = {"type": "output_text", "text": "", "annotations": []}
+        await event("response.content_part.added", {**where, "content_index": 0, "part": part})
+        for index, word in enumerate(words):
+            if behavior.cut_after_chunks is not None and index >= behavior.cut_after_chunks:
+                request.transport.close()  # type: ignore[union-attr]
+                return stream
+            delta = word if index == 0 else " " + word
+            await event("response.output_text.delta", {**where, "content_index": 0, "delta": delta, "logprobs": []})
+        await event("response.output_text.done", {**where, "content_index": 0, "text": text, "logprobs": []})
+        await event("response.content_part.done", {**where, "content_index": 0, "part": {**part, "text": text}})
+        await event("response.output_item.done", {"output_index": 0, "item": message})
+        if tool is not None:
+            call_item = output[1]
+            added = {**call_item, "arguments": "", "status": "in_progress"}
+            await event("response.output_item.added", {"output_index": 1, "item": added})
+            calling = {"item_id": "fc_mock", "output_index": 1}
+            await event("response.function_call_arguments.delta", {**calling, "delta": call_item["arguments"]})
+            await event("response.function_call_arguments.done", {**calling, "arguments": call_item["arguments"]})
+            await event("response.output_item.done", {"output_index": 1, "item": call_item})
+        await event(f"response.{status}", {"response": response})
+        await stream.write_eof()
+        return stream
 
     # --- Anthropic ------------------------------------------------------------------------------
 

@@ -262,6 +262,50 @@ async def openai_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk
         response.release()
 
 
+def responses_usage(usage: Any) -> Usage | None:
+    """A Responses API `usage` (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`), or None
+    when it is not one (Lyss estimates)."""
+    if not isinstance(usage, dict):
+        return None
+    counted = _usage(usage.get("input_tokens"), usage.get("output_tokens"))
+    details = usage.get("input_tokens_details")
+    cached = reported_count(details.get("cached_tokens") or 0) if isinstance(details, dict) else None
+    return msgspec.structs.replace(counted, cached_tokens=cached) if counted is not None and cached else counted
+
+
+def responses_native(native: dict[str, Any], body: dict[str, Any], model: str) -> dict[str, Any]:
+    """The client's own Responses request for the provider: its model, the reserved output limit, and nothing
+    kept there (Lyss holds the conversation: no `store`, no `previous_response_id`)."""
+    request = {name: value for name, value in native.items() if name != "previous_response_id"}
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    return {**request, "model": model, "max_output_tokens": limit, "store": False}
+
+
+# Responses stream events that carry generated text, whose length estimates the tokens delivered.
+_DELTA_EVENTS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+
+
+def responses_chunk(data: bytes) -> Chunk:
+    """One Responses stream event, passed on as it came, with what billing needs from it."""
+    try:
+        event = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raise UpstreamError("the provider sent a stream event that is not JSON", status=502) from None
+    if not isinstance(event, dict):
+        raise UpstreamError("the provider sent a stream event that is not an object", status=502)
+    kind = str(event.get("type") or "")
+    if kind in ("error", "response.failed"):
+        raise UpstreamError(f"the provider failed mid-stream: {str(data[:300], 'utf-8', 'replace')}", status=502)
+    tokens, usage = 0, None
+    if kind in _DELTA_EVENTS and isinstance(event.get("delta"), str):
+        tokens = max(1, estimated_tokens(len(event["delta"])))
+    if kind in _FINAL_EVENTS and isinstance(event.get("response"), dict):
+        usage = responses_usage(event["response"].get("usage"))
+    native = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+    return Chunk(raw=b"", native=native, tokens=tokens, usage=usage)
+
+
 class OpenAIAdapter(Adapter):
     # `{base_url}/rerank`: Jina (`…/v1`), Cohere (`…/v2`), vLLM, Infinity and TEI-style servers answer there.
     supports_rerank = True
@@ -281,6 +325,8 @@ class OpenAIAdapter(Adapter):
         timeouts: Timeouts,
         native: dict[str, Any] | None = None,
     ) -> Completion:
+        if native is not None:
+            return await self._respond(http, target, body, timeouts, native)
         url, headers = self._url(target, "/chat/completions"), self._headers(target)
         answer = await _with_limit_fallback(body, lambda sent: post_json(http, url, headers, sent, timeouts))
         if not isinstance(answer.get("choices"), list):
@@ -295,10 +341,39 @@ class OpenAIAdapter(Adapter):
         timeouts: Timeouts,
         native: dict[str, Any] | None = None,
     ) -> AsyncIterator[Chunk]:
+        if native is not None:
+            request = {**responses_native(native, body, target.upstream_model), "stream": True}
+            response = await open_stream(
+                http, self._url(target, "/responses"), self._headers(target), request, timeouts
+            )
+            try:
+                async for data in sse_data(response):
+                    yield responses_chunk(data)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise network_error(error) from None
+            finally:
+                response.release()
+            return
         url, headers = self._url(target, "/chat/completions"), self._headers(target)
         response = await _with_limit_fallback(body, lambda sent: open_stream(http, url, headers, sent, timeouts))
         async for chunk in openai_chunks(response):
             yield chunk
+
+    async def _respond(
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        body: dict[str, Any],
+        timeouts: Timeouts,
+        native: dict[str, Any],
+    ) -> Completion:
+        """A Responses request sent as it came to `<base_url>/responses` (a provider that serves the API)."""
+        request = {**responses_native(native, body, target.upstream_model), "stream": False}
+        answer = await post_json(http, self._url(target, "/responses"), self._headers(target), request, timeouts)
+        if answer.get("object") != "response" or not isinstance(answer.get("output"), list):
+            raise UpstreamError("the provider's answer is not a response", status=502)
+        # The output items stand in for choices: where the engine estimates the output when no usage came.
+        return Completion(body={"choices": answer["output"]}, usage=responses_usage(answer.get("usage")), native=answer)
 
     async def embed(
         self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts

@@ -23,6 +23,7 @@ OPERATIONS = {
     "/v1/models/{model}": {"get"},
     "/v1/messages": {"post"},
     "/v1/messages/count_tokens": {"post"},
+    "/v1/responses": {"post"},
     "/v1/responses/{response_id}": {"get", "delete"},
     "/v1/responses/{response_id}/input_items": {"get"},
 }
@@ -38,6 +39,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/audio/speech": {"model": UNKNOWN_MODEL, "input": "hello", "voice": "alloy"},
     "/v1/messages": {**ANTHROPIC_BODY, "max_tokens": 16},
     "/v1/messages/count_tokens": ANTHROPIC_BODY,
+    "/v1/responses": {"model": UNKNOWN_MODEL, "input": "hello"},
 }
 
 
