@@ -24,7 +24,14 @@ from app.edge import JsonTooDeep, decode_json, json_problem
 from app.gateway import errors, stored_responses
 from app.gateway.caches import TokenInfo
 from app.gateway.dialects.anthropic import count_tokens_request, messages_request, to_openai_request
-from app.gateway.dialects.responses import ResponsesTurn, images, responses_request, to_chat_request
+from app.gateway.dialects.responses import (
+    ResponsesTurn,
+    conversation_items,
+    images,
+    parse_items,
+    responses_request,
+    to_chat_request,
+)
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
 from app.gateway.response_cache import Observer, ResponseCache
@@ -316,27 +323,70 @@ class GatewayApi:
     async def _responses(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
         parsed, items = responses_request(body)
+        previous = parsed.previous_response_id
+        earlier: list[dict[str, Any]] = []
+        if previous is not None:
+            history = await stored_responses.history(self.gateway.session_maker, token, previous)
+            earlier = conversation_items(history)
+        prior = parse_items(earlier, param="previous_response_id")
         turn = ResponsesTurn(parsed, items)
-        answer = await self.gateway.chat(
-            token,
-            to_chat_request(parsed, items),
-            raw_size=size,
-            dialect="responses",
-            request_id=request.request_id,
-            defer_settlement=True,
-            native=NativeRequest(api_format="responses", body=body, media=images(items)),
-            turn=turn,
-        )
-        if isinstance(answer, StreamAnswer):
-            answer.chunks = _then(answer.chunks, lambda: self._response_done(turn))
+        native = body
+        if earlier:
+            this_turn = (
+                [{"role": "user", "content": body["input"]}] if isinstance(body["input"], str) else body["input"]
+            )
+            native = {name: value for name, value in body.items() if name != "previous_response_id"}
+            native["input"] = [*earlier, *this_turn]
+
+        def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
+            return self.gateway.chat(
+                token,
+                to_chat_request(parsed, items, prior),
+                # The earlier turns are prompt too: the worst case reserved covers them as it covers the body.
+                raw_size=size + (len(msgspec.json.encode(earlier)) if earlier else 0),
+                dialect="responses",
+                request_id=request.request_id,
+                defer_settlement=True,
+                native=NativeRequest(api_format="responses", body=native, media=images([*prior, *items])),
+                turn=turn,
+                observer=observer,
+            )
+
+        if turn.stored or previous is not None:
+            # Not from the cache: a kept answer has an id of its own, and a conversation is one key's.
+            answer = await upstream(None)
         else:
-            await self._response_done(turn)
+            answer = await self.response_cache.serve(
+                token,
+                body,
+                endpoint="responses",
+                cache_control_header=request.cache_control,
+                request_id=request.request_id,
+                upstream=upstream,
+            )
+        if isinstance(answer, StreamAnswer):
+            answer.chunks = _then(answer.chunks, lambda: self._keep_response(token, turn))
+        else:
+            await self._keep_response(token, turn)
         return answer
 
-    async def _response_done(self, turn: ResponsesTurn) -> None:
-        """Where a /v1/responses call ends, its answer built or its stream over: `turn.final` is the Response
-        (None if the stream broke off) and `turn.input_items` this turn's input items. Nothing is kept yet; a
-        store of responses (`turn.stored`: the client allowed it) hooks in here."""
+    async def _keep_response(self, token: TokenInfo, turn: ResponsesTurn) -> None:
+        """Store the turn's Response (`turn.final`: the whole answer, or the one its stream completed with; None
+        if the stream broke off) and its input items, unless the client said `store: false`. A whole answer is
+        kept before it is sent, so that the next turn may name it at once."""
+        if not turn.stored or turn.final is None:
+            return
+        try:
+            await stored_responses.store(
+                self.gateway.session_maker,
+                token,
+                turn.final,
+                turn.input_items,
+                turn.request.previous_response_id,
+            )
+        except Exception as error:
+            # The client has its answer, billed; only its continuation by id is lost. Not a reason to fail it.
+            logger.error("a response could not be stored", response_id=turn.id, exc_info=error)
 
     async def _count_tokens(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         body, size = await self._body(request, receive)

@@ -2,8 +2,8 @@
 
 A channel whose provider does not serve the Responses API is given the chat translation (and through it
 any other wire format); the client gets a Response object, whole or as the Responses event stream,
-built from the chat answer. Lyss keeps no conversation yet: `previous_response_id` is refused, and the
-translation takes the earlier items of a conversation (`prior`) for whoever will keep them.
+built from the chat answer. A conversation continued with `previous_response_id` is kept by Lyss
+(`app/gateway/stored_responses.py`): its earlier items (`prior`) are sent before this turn's, by either path.
 """
 
 from __future__ import annotations
@@ -184,11 +184,6 @@ def responses_request(body: dict[str, Any]) -> tuple[ResponsesRequest, list[Item
         request = msgspec.convert(body, ResponsesRequest, strict=True)
     except msgspec.ValidationError as error:
         raise _invalid(error, "") from None
-    if request.previous_response_id is not None:
-        raise _refuse(
-            "previous_response_id",
-            "responses are not stored by this server yet; send the whole conversation in 'input'.",
-        )
     for position, tool in enumerate(request.tools or []):
         if tool.type != "function":
             raise _refuse(
@@ -303,6 +298,28 @@ def images(items: list[Item]) -> int:
     )
 
 
+def conversation_items(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stored conversation's items as input items again: messages, function calls and their outputs, without
+    the ids and statuses the answers gave them (a provider sent `store: false` knows no such ids). Reasoning
+    items are left out (without the provider's stored state they cannot be sent back), and a refusal is
+    replayed as the assistant's text."""
+    items = []
+    for item in stored:
+        kind = item.get("type", "message")
+        if kind not in _ITEMS:
+            continue
+        kept = {name: value for name, value in item.items() if name not in ("id", "status")}
+        if kind == "message" and isinstance(kept.get("content"), list):
+            kept["content"] = [
+                {"type": "output_text", "text": part.get("refusal", "")}
+                if isinstance(part, dict) and part.get("type") == "refusal"
+                else part
+                for part in kept["content"]
+            ]
+        items.append(kept)
+    return items
+
+
 def item_dict(item: Item) -> dict[str, Any]:
     """An input item as the API writes it (its `type` always named), for a stored conversation."""
     return {name: value for name, value in msgspec.to_builtins(item).items() if value is not None}
@@ -401,7 +418,7 @@ class ResponsesTurn:
             "model": model,
             "output": output,
             "parallel_tool_calls": request.parallel_tool_calls is not False,
-            "previous_response_id": None,
+            "previous_response_id": request.previous_response_id,
             "reasoning": {
                 "effort": request.reasoning.effort if request.reasoning else None,
                 "summary": request.reasoning.summary if request.reasoning else None,
@@ -445,8 +462,9 @@ class ResponsesTurn:
 
     def passed_through(self, answer: dict[str, Any]) -> dict[str, Any]:
         """The provider's own Response (a channel that serves the API), under Lyss's id and with the client's
-        `store` (the provider was told not to keep it: Lyss keeps the conversation)."""
-        self.final = {**answer, "id": self.id, "store": self.stored}
+        `store` and `previous_response_id` (the provider was told not to keep it: Lyss keeps the conversation)."""
+        previous = self.request.previous_response_id
+        self.final = {**answer, "id": self.id, "store": self.stored, "previous_response_id": previous}
         return self.final
 
     def stream_writer(self, model: str, input_tokens: int) -> ResponsesStreamWriter:

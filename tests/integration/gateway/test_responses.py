@@ -1,6 +1,7 @@
 """`POST /v1/responses` with the official `openai` SDK: the Responses API translated through chat for channels
 whose provider does not serve it (an OpenAI-compatible one, DeepSeek, Anthropic), whole and streamed, with
-tools and images; billed, refused, failed over and cut exactly as chat; bad input refused by parameter."""
+tools and images; billed, refused, failed over and cut exactly as chat; bad input refused by parameter;
+conversations continued with `previous_response_id`, and the response cache for answers not stored."""
 
 from __future__ import annotations
 
@@ -282,7 +283,6 @@ async def test_a_refusal_for_quota_is_recorded_and_a_failing_channel_fails_over(
         ({"model": "gpt-test", "input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type"),
         ({"model": "gpt-test", "input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format.name"),
         ({"model": "gpt-test", "input": "hi", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
-        ({"model": "gpt-test", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ],
 )
 async def test_bad_input_is_a_400_naming_the_parameter_and_reaches_no_provider(
@@ -468,3 +468,126 @@ async def test_an_openai_channels_cut_stream_is_billed_for_what_was_delivered_an
     assert "messages" in upstream.bodies[-1][1]
     _, served = await usage_rows(session_maker, tenant_a, 2)
     assert [attempt["channel"] for attempt in served.details["attempts"]] == ["native", "chat-only"]
+
+
+async def test_a_conversation_continues_by_previous_response_id_through_chat_and_is_kept_per_turn(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    key, model = await channel_and_key(client, tenant_a, upstream, auth_headers, "deepseek")
+    api = sdk(client, key)
+    first = await api.responses.create(model=model, input="my name is Ada", instructions="be brief")
+    second = await api.responses.create(model=model, input="what is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    # The provider got the whole conversation: the first turn, its answer, then this turn.
+    assert upstream.bodies[-1][1]["messages"] == [
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "w0 w1 w2 w3 w4"},
+        {"role": "user", "content": "what is my name?"},
+    ]
+    third = await api.responses.create(model=model, input="and again?", previous_response_id=second.id, stream=True)
+    async for _ in third:
+        pass
+    assert [message["content"] for message in upstream.bodies[-1][1]["messages"]] == [
+        "my name is Ada",
+        "w0 w1 w2 w3 w4",
+        "what is my name?",
+        "w0 w1 w2 w3 w4",
+        "and again?",
+    ]
+    kept = await api.responses.retrieve(second.id)
+    assert (kept.id, kept.output_text, kept.previous_response_id) == (second.id, "w0 w1 w2 w3 w4", first.id)
+    items = await api.responses.input_items.list(second.id)
+    assert [item.to_dict()["content"][0]["text"] for item in items.data] == ["what is my name?"]
+
+    # Another key of the same user cannot continue (or read) this key's conversation.
+    other, _ = await issue_key(client, auth_headers(tenant_a.user), name="other")
+    with pytest.raises(openai.NotFoundError) as refused:
+        await sdk(client, other).responses.create(model=model, input="hi", previous_response_id=second.id)
+    assert refused.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert refused.value.body["code"] == "previous_response_not_found"  # type: ignore[index]
+
+
+async def test_a_response_not_to_be_stored_cannot_be_continued_or_read(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    key, model = await channel_and_key(client, tenant_a, upstream, auth_headers, "deepseek")
+    api = sdk(client, key)
+    unkept = await api.responses.create(model=model, input="forget this", store=False)
+    assert unkept.to_dict()["store"] is False
+    with pytest.raises(openai.NotFoundError):
+        await api.responses.retrieve(unkept.id)
+    with pytest.raises(openai.NotFoundError):
+        await api.responses.create(model=model, input="hi", previous_response_id=unkept.id)
+
+
+async def test_an_openai_channel_is_sent_the_conversation_as_its_input_without_lyss_ids(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    key = await native_channel_and_key(client, tenant_a, upstream, auth_headers)
+    api = sdk(client, key)
+    first = await api.responses.create(model="gpt-4o", input="my name is Ada", tools=[WEATHER])
+    await api.responses.create(model="gpt-4o", input="and the weather?", previous_response_id=first.id)
+    sent = upstream.bodies[-1][1]
+    assert "previous_response_id" not in sent
+    assert sent["store"] is False
+    assert sent["input"] == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "my name is Ada"}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "w0 w1 w2 w3 w4", "annotations": []}],
+        },
+        {"type": "function_call", "call_id": "call_mock", "name": "weather", "arguments": '{"city": "Paris"}'},
+        {"role": "user", "content": "and the weather?"},
+    ]
+
+
+async def test_the_reservation_covers_the_earlier_turns_of_a_conversation(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The earlier turns are sent as prompt: a key that could pay for this turn alone, but not for the whole
+    conversation at its worst case, is refused before the provider is called."""
+    key, model = await channel_and_key(client, tenant_a, upstream, auth_headers, "deepseek", quota=1_000_000)
+    api = sdk(client, key)
+    long_turn = "word " * 20_000  # 100,000 bytes: its worst case alone is ~100,000 credits at 1 per token
+    first = await api.responses.create(model=model, input=long_turn, max_output_tokens=10)
+    [row] = await usage_rows(session_maker, tenant_a, 1)
+    tokens = await client.get("/api/tokens", headers=auth_headers(tenant_a.user))
+    [token] = [item for item in tokens.json() if item["name"] == "test key"]
+    # Room for a short turn's worst case (a few hundred credits), not for the 100,000-byte one before it.
+    room = 5_000
+    changed = await client.patch(
+        f"/api/tokens/{token['id']}", json={"quota": row.cost + room}, headers=auth_headers(tenant_a.user)
+    )
+    assert changed.status_code == 200, changed.text
+    calls = upstream.calls["answers"]
+    alone = await api.responses.create(model=model, input="short", max_output_tokens=10, store=False)
+    assert alone.output_text
+    with pytest.raises(openai.RateLimitError) as refused:
+        await api.responses.create(model=model, input="short", max_output_tokens=10, previous_response_id=first.id)
+    assert refused.value.status_code == 429
+    assert upstream.calls["answers"] == calls + 1  # the short call alone went; the conversation never did
+
+
+async def test_an_answer_not_stored_is_cached_and_a_stored_one_never_is(
+    client: Client, tenant_a: TenantRows, upstream: MockUpstream, auth_headers: AuthHeaders
+) -> None:
+    key, model = await channel_and_key(client, tenant_a, upstream, auth_headers, "deepseek")
+    cache = await client.put("/api/response-cache", json={"enabled": True}, headers=auth_headers(tenant_a.admin))
+    assert cache.status_code == 200, cache.text
+    api = sdk(client, key)
+    body: Any = {"model": model, "input": "hello", "temperature": 0, "store": False}
+    first = await api.responses.with_raw_response.create(**body)
+    second = await api.responses.with_raw_response.create(**body)
+    assert (first.headers["x-lyss-cache"], second.headers["x-lyss-cache"]) == ("miss", "hit")
+    assert second.parse().output_text == first.parse().output_text == "w0 w1 w2 w3 w4"
+    assert upstream.calls["answers"] == 1
+    # Kept answers have ids of their own: never from the cache, each one a call.
+    for _ in range(2):
+        stored = await api.responses.with_raw_response.create(**{**body, "store": True})
+        assert "x-lyss-cache" not in stored.headers
+    assert upstream.calls["answers"] == 3
