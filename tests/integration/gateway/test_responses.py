@@ -497,7 +497,9 @@ async def test_a_conversation_continues_by_previous_response_id_through_chat_and
     kept = await api.responses.retrieve(second.id)
     assert (kept.id, kept.output_text, kept.previous_response_id) == (second.id, "w0 w1 w2 w3 w4", first.id)
     items = await api.responses.input_items.list(second.id)
-    assert [item.to_dict()["content"][0]["text"] for item in items.data] == ["what is my name?"]
+    [item] = items.data
+    assert item.type == "message"
+    assert [part.to_dict()["text"] for part in item.content] == ["what is my name?"]
 
     # Another key of the same user cannot continue (or read) this key's conversation.
     other, _ = await issue_key(client, auth_headers(tenant_a.user), name="other")
