@@ -52,6 +52,8 @@ from app.gateway.dialects.openai import LIMIT_PARAMETERS, chat_request, embeddin
 from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
 from app.gateway.dialects.rerank import ranked as ranked_answer
 from app.gateway.dialects.responses import ResponsesStreamWriter, ResponsesTurn
+from app.gateway.dialects.transcription import UNITS_PER_SECOND as TRANSCRIBED_UNITS_PER_SECOND
+from app.gateway.dialects.transcription import Upload, billed_duration_ms, longest_duration_ms
 from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
 from app.gateway.routing import ChannelHealth, attempt_order, candidate_channels
 from app.observability.logging import get_logger
@@ -1440,11 +1442,13 @@ class Gateway:
         smaller: str,
         attempt: Callable[[ChannelInfo, Target], Awaitable[T]],
         per_million_units: bool = False,
+        units_per_price: int = 1,
     ) -> tuple[CallContext, ChannelInfo, Target, T, float, dict[str, Any]]:
         """Plan, reserve `units_bound` units at the model's unit price, and call with failover, as `embeddings`
         does. The price is a CallCost whose completion price is the unit price per million units (the price as
-        it is where it is already per million: characters spoken), so that the reservation, settlement
-        (`Usage(0, units)`, rounded up to a whole credit) and overshoot rules are the token calls' own."""
+        it is where it is already per million: characters spoken; `units_per_price` units make the priced one:
+        milliseconds of a price per second), so that the reservation, settlement (`Usage(0, units)`, rounded up
+        to a whole credit) and overshoot rules are the token calls' own."""
         started = time.perf_counter()
         try:
             member, channels, _ = await self._plan(token, model, embeddings=False, media=True)
@@ -1457,7 +1461,7 @@ class Gateway:
                 )
                 error.recorded.update(reason="unpriced")
                 raise error
-            cost = CallCost(0, price if per_million_units else price * 1_000_000)
+            cost = CallCost(0, price if per_million_units else price * 1_000_000 // units_per_price)
             worst_case = self._worst_case(cost, 0, units_bound, param)
             reservation, _ = await self._reserve_in_budget(
                 token,
@@ -1590,3 +1594,37 @@ class Gateway:
             return Answer(body=audio, headers=headers, settle=settle, content_type=content_type)
         await settle()
         return Answer(body=audio, headers=headers, content_type=content_type)
+
+    async def transcriptions(
+        self, token: TokenInfo, upload: Upload, *, request_id: str | None, defer_settlement: bool = False
+    ) -> Answer:
+        """`/v1/audio/transcriptions`: the longest the file can last reserved at the price per second, the
+        duration the provider reports billed (never more); the answer is the provider's, in its content type."""
+        reserved_ms = longest_duration_ms(upload.file)
+
+        async def transcribe(channel: ChannelInfo, target: Target) -> tuple[bytes, str]:
+            fields = [(name, target.upstream_model if name == "model" else value) for name, value in upload.fields]
+            return await ADAPTERS[channel.api_format].transcribe(
+                self.http, target, fields, (upload.filename, upload.file_type, upload.file), self.timeouts
+            )
+
+        call, channel, target, (text, content_type), elapsed, details = await self._unit_call(
+            token,
+            endpoint="transcriptions",
+            model=upload.model,
+            unit="audio_second_price",
+            units_bound=reserved_ms,
+            request_id=request_id,
+            param="file",
+            smaller="send a shorter recording",
+            attempt=transcribe,
+            units_per_price=TRANSCRIBED_UNITS_PER_SECOND,
+        )
+        billed_ms = billed_duration_ms(text, content_type, reserved_ms)
+        recorded = {**details, "audio_ms": billed_ms, "reserved_audio_ms": reserved_ms}
+        settle = self._settle_units(call, channel, target, elapsed, billed_ms, recorded)
+        headers = self._headers(upload.model, channel, call.started, elapsed)
+        if defer_settlement:
+            return Answer(body=text, headers=headers, settle=settle, content_type=content_type)
+        await settle()
+        return Answer(body=text, headers=headers, content_type=content_type)

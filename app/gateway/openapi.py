@@ -26,6 +26,7 @@ from app.gateway.dialects.media import ImageRequest, ModerationRequest, SpeechRe
 from app.gateway.dialects.openai import ChatRequest, EmbeddingsRequest
 from app.gateway.dialects.rerank import RerankRequest
 from app.gateway.dialects.responses import ResponsesRequest
+from app.gateway.dialects.transcription import MAX_FIELD_BYTES, RESPONSE_FORMATS
 
 TAG = "gateway (/v1)"
 # Gateway components get a prefix of their own: their names (`_Message`, `_Tool`) are the dialects' and would
@@ -244,6 +245,21 @@ class ImagesAnswer(msgspec.Struct):
     data: list[_Image]
 
 
+class _TranscriptionUsage(msgspec.Struct):
+    type: Literal["duration", "tokens"]
+    seconds: float | None = None
+
+
+class Transcription(msgspec.Struct):
+    """The provider's transcription as it answered it: `json` and `verbose_json` (with `duration`, what the call
+    is billed); `text`, `srt` and `vtt` come as text in their own content type."""
+
+    text: str
+    duration: float | None = None
+    language: str | None = None
+    usage: _TranscriptionUsage | None = None
+
+
 class _ModerationResult(msgspec.Struct):
     flagged: bool
     categories: dict[str, bool]
@@ -260,7 +276,7 @@ _COMPONENTS: tuple[type[msgspec.Struct], ...] = (
     *(ChatRequest, EmbeddingsRequest, RerankRequest, MessagesRequest, CountTokensRequest, ResponsesRequest),
     *(OpenAIError, AnthropicError, ModelList, Model, ChatCompletion, EmbeddingList, RerankList, Message, TokenCount),
     *(Response, ResponseDeleted, ResponseItemList),
-    *(ImageRequest, ModerationRequest, SpeechRequest, ImagesAnswer, ModerationAnswer),
+    *(ImageRequest, ModerationRequest, SpeechRequest, ImagesAnswer, ModerationAnswer, Transcription),
 )
 
 
@@ -281,12 +297,17 @@ def _operation(
     error: type[msgspec.Struct] = OpenAIError,
     streams: bool = False,
     parameters: list[Parameter | Reference] | None = None,
+    form: RequestBody | None = None,
+    texts: bool = False,
 ) -> Operation:
-    """`answer` None: the answer is the provider's audio, in its own content type."""
+    """`answer` None: the answer is the provider's audio, in its own content type; `form`: a body that is not
+    JSON; `texts`: the answer may also be plain text."""
     if answer is None:
         content = {"audio/*": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))}
     else:
         content = _json(answer)
+    if texts:
+        content["text/plain"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
     if streams:
         content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
     return Operation(
@@ -294,7 +315,7 @@ def _operation(
         summary=summary,
         operation_id=operation_id,
         parameters=parameters,
-        request_body=None if body is None else RequestBody(content=_json(body), required=True),
+        request_body=form if body is None else RequestBody(content=_json(body), required=True),
         responses={
             "200": OpenAPIResponse(
                 description="Streamed as server-sent events when the body says `stream: true`." if streams else "OK",
@@ -304,6 +325,27 @@ def _operation(
         },
         security=SECURITY,
     )
+
+
+def _transcription_form() -> RequestBody:
+    """The multipart form `/v1/audio/transcriptions` reads (`read_upload` checks the same fields)."""
+    text = Schema(type=OpenAPIType.STRING, max_length=MAX_FIELD_BYTES)
+    form = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["file", "model"],
+        properties={
+            "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+            "model": Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_FIELD_BYTES),
+            "language": text,
+            "prompt": text,
+            "response_format": Schema(type=OpenAPIType.STRING, enum=list(RESPONSE_FORMATS)),
+            "temperature": Schema(type=OpenAPIType.NUMBER, minimum=0, maximum=1),
+            "timestamp_granularities[]": Schema(
+                type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, enum=["word", "segment"])
+            ),
+        },
+    )
+    return RequestBody(content={"multipart/form-data": OpenAPIMediaType(schema=form)}, required=True)
 
 
 def _paths() -> dict[str, PathItem]:
@@ -344,6 +386,15 @@ def _paths() -> dict[str, PathItem]:
         ),
         "/v1/audio/speech": PathItem(
             post=_operation("GatewaySpeech", "Text to speech: the provider's audio", None, body=SpeechRequest)
+        ),
+        "/v1/audio/transcriptions": PathItem(
+            post=_operation(
+                "GatewayTranscriptions",
+                "Speech to text (OpenAI format): JSON, or text, srt or vtt as asked",
+                Transcription,
+                form=_transcription_form(),
+                texts=True,
+            )
         ),
         "/v1/models": PathItem(get=_operation("GatewayModels", "The models this API key may use", ModelList)),
         "/v1/models/{model}": PathItem(get=_operation("GatewayModel", "One model", Model, parameters=[model])),

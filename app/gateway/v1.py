@@ -32,6 +32,7 @@ from app.gateway.dialects.responses import (
     responses_request,
     to_chat_request,
 )
+from app.gateway.dialects.transcription import read_upload
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
 from app.gateway.response_cache import Observer, ResponseCache
@@ -60,6 +61,8 @@ class _Request(msgspec.Struct):
     authorization: str | None = None
     api_key: str | None = None
     content_type: bytes = b""
+    # With its parameters: a multipart body's boundary.
+    content_type_header: bytes = b""
     content_length: int | None = None
     client_ip: str | None = None
     request_id: str | None = None
@@ -78,6 +81,7 @@ def _read_scope(scope: Scope) -> _Request:
             request.api_key = value.decode("latin-1")
         elif name == b"content-type":
             request.content_type = value.split(b";", 1)[0].strip().lower()
+            request.content_type_header = value
         elif name == b"content-length" and value.isdigit():
             request.content_length = int(value)
         elif name == b"cache-control":
@@ -90,9 +94,9 @@ def _read_scope(scope: Scope) -> _Request:
 
 class GatewayApi:
     """Every path under /v1: `POST /v1/chat/completions`, `POST /v1/embeddings`, `POST /v1/rerank`,
-    `POST /v1/images/generations`, `POST /v1/moderations`, `POST /v1/audio/speech`, `GET /v1/models`,
-    `GET /v1/models/{model}`, `POST /v1/messages`, `POST /v1/messages/count_tokens`, `POST /v1/responses`, and
-    the stored responses' `GET`/`DELETE /v1/responses/{response_id}` and
+    `POST /v1/images/generations`, `POST /v1/moderations`, `POST /v1/audio/speech`, `POST /v1/audio/transcriptions`,
+    `GET /v1/models`, `GET /v1/models/{model}`, `POST /v1/messages`, `POST /v1/messages/count_tokens`,
+    `POST /v1/responses`, and the stored responses' `GET`/`DELETE /v1/responses/{response_id}` and
     `GET /v1/responses/{response_id}/input_items`; any other is a 404 in the OpenAI error format (in Anthropic's
     under /v1/messages)."""
 
@@ -108,6 +112,7 @@ class GatewayApi:
             "/v1/images/generations": ("POST", "openai", self._images),
             "/v1/moderations": ("POST", "openai", self._moderations),
             "/v1/audio/speech": ("POST", "openai", self._speech),
+            "/v1/audio/transcriptions": ("POST", "openai", self._transcriptions),
             "/v1/models": ("GET", "openai", self._models),
             "/v1/messages": ("POST", "anthropic", self._messages),
             "/v1/messages/count_tokens": ("POST", "anthropic", self._count_tokens),
@@ -158,7 +163,7 @@ class GatewayApi:
                 raise errors.under_maintenance(maintenance.message, maintenance.retry_after)
             request = _read_scope(scope)
             request.path, request.method = path, scope["method"]
-            if method == "POST" and request.content_type != b"application/json":
+            if method == "POST" and request.content_type != b"application/json" and template not in _MULTIPART:
                 raise errors.invalid_request("Send the body as JSON with 'Content-Type: application/json'.")
             key = key_from_headers(request.authorization, request.api_key)
             token = await self.gateway.authenticate(
@@ -257,6 +262,14 @@ class GatewayApi:
     async def _speech(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         body, _ = await self._body(request, receive)
         return await self.gateway.speech(token, body, request_id=request.request_id, defer_settlement=True)
+
+    async def _transcriptions(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+        upload = await read_upload(
+            receive, request.content_type_header, self.max_body_bytes, _too_large(self.max_body_bytes)
+        )
+        return await self.gateway.transcriptions(token, upload, request_id=request.request_id, defer_settlement=True)
 
     async def _models(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         return Answer(body=msgspec.json.encode(await self.gateway.models(token)), headers={})
@@ -401,6 +414,7 @@ _ENDPOINTS = {
     "/v1/images/generations": "images",
     "/v1/moderations": "moderations",
     "/v1/audio/speech": "speech",
+    "/v1/audio/transcriptions": "transcriptions",
     "/v1/models": "models",
     f"{MODELS_PREFIX}{{model}}": "models",
     "/v1/messages": "messages",
@@ -409,6 +423,9 @@ _ENDPOINTS = {
     f"{RESPONSES_PREFIX}{{response_id}}{INPUT_ITEMS_SUFFIX}": "responses",
     "/v1/responses": "responses",
 }
+
+# Routes whose body is multipart/form-data (an upload), not JSON.
+_MULTIPART = frozenset({"/v1/audio/transcriptions"})
 
 
 def _query(request: _Request) -> dict[str, str]:

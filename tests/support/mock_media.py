@@ -1,4 +1,5 @@
-"""The mock provider's images, moderation and speech endpoints (OpenAI's shapes), and a small valid WAV file."""
+"""The mock provider's images, moderation, speech and transcription endpoints (OpenAI's shapes), and a small
+valid WAV file."""
 
 from __future__ import annotations
 
@@ -68,3 +69,29 @@ async def speech(mock: MockUpstream, request: web.Request) -> web.StreamResponse
     if failure is not None:
         return failure
     return web.Response(body=tiny_wav(), content_type="audio/wav")
+
+
+async def transcriptions(mock: MockUpstream, request: web.Request) -> web.StreamResponse:
+    """Reads the WAV it is sent: json (with a duration usage), text or verbose_json (with the duration); its
+    form fields, the file's name and size, are kept in `mock.bodies`."""
+    name = request.match_info["name"]
+    behavior = mock.behaviors.get(name)
+    form = await request.post()
+    upload = form["file"]
+    assert isinstance(upload, web.FileField)
+    audio = upload.file.read()
+    body = {key: value for key, value in form.items() if isinstance(value, str)}
+    mock.calls[name] += 1
+    mock.bodies.append((name, {**body, "file": {"filename": upload.filename, "bytes": len(audio)}}))
+    if behavior is not None and behavior.status != 200:
+        error = {"message": f"scripted failure of {name}", "type": behavior.error_code, "code": behavior.error_code}
+        return web.json_response({"error": error}, status=behavior.status)
+    with wave.open(io.BytesIO(audio)) as file:
+        duration = file.getnframes() / file.getframerate()
+    text = f"{duration:.1f} seconds of silence"
+    response_format = body.get("response_format", "json")
+    if response_format == "text":
+        return web.Response(text=text + "\n", content_type="text/plain")
+    if response_format == "verbose_json":
+        return web.json_response({"task": "transcribe", "language": "english", "duration": duration, "text": text})
+    return web.json_response({"text": text, "usage": {"type": "duration", "seconds": duration}})

@@ -138,6 +138,7 @@ class MockUpstream:
         app.router.add_post("/{name}/v1/images/generations", functools.partial(mock_media.images, self))
         app.router.add_post("/{name}/v1/moderations", functools.partial(mock_media.moderations, self))
         app.router.add_post("/{name}/v1/audio/speech", functools.partial(mock_media.speech, self))
+        app.router.add_post("/{name}/v1/audio/transcriptions", functools.partial(mock_media.transcriptions, self))
         # Azure OpenAI: the deployment in the path, the version in the query.
         app.router.add_post("/{name}/openai/deployments/{deployment}/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)

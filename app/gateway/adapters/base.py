@@ -220,3 +220,14 @@ class Adapter(abc.ABC):
     ) -> tuple[bytes, str]:
         """The provider's audio and its content type."""
         raise UpstreamError("this provider has no speech API", retryable=False, status=400)
+
+    async def transcribe(
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        fields: list[tuple[str, str]],
+        file: tuple[str, str, bytes],
+        timeouts: Timeouts,
+    ) -> tuple[bytes, str]:
+        """The provider's transcription of `file` (name, content type, bytes) and its content type."""
+        raise UpstreamError("this provider has no transcription API", retryable=False, status=400)

@@ -224,6 +224,40 @@ async def post_for_bytes(
     return raw, content_type
 
 
+async def post_form(
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    fields: list[tuple[str, str]],
+    file: tuple[str, str, bytes],
+    timeouts: Timeouts,
+) -> tuple[bytes, str]:
+    """POST a multipart form with one file (built anew for each channel), read the answer whatever its type."""
+    form = aiohttp.FormData(quote_fields=False)
+    for name, value in fields:
+        form.add_field(name, value)
+    filename, content_type, content = file
+    form.add_field("file", content, filename=filename, content_type=content_type)
+    try:
+        async with http.post(
+            url,
+            data=form,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
+        ) as response:
+            raw = await response.read()
+            if response.status >= 400:
+                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
+            content_type = response.headers.get("Content-Type", "")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise network_error(error) from None
+    if not (content_type.isascii() and content_type.isprintable()) or not content_type:
+        content_type = "application/octet-stream"  # passed on as a header: nothing else may go out
+    if not raw:
+        raise UpstreamError("the provider answered nothing", status=502)
+    return raw, content_type
+
+
 async def open_stream(
     http: aiohttp.ClientSession,
     url: str,
@@ -402,3 +436,14 @@ class OpenAIAdapter(Adapter):
         self, http: aiohttp.ClientSession, target: Target, body: dict[str, Any], timeouts: Timeouts
     ) -> tuple[bytes, str]:
         return await post_for_bytes(http, self._url(target, "/audio/speech"), self._headers(target), body, timeouts)
+
+    async def transcribe(
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        fields: list[tuple[str, str]],
+        file: tuple[str, str, bytes],
+        timeouts: Timeouts,
+    ) -> tuple[bytes, str]:
+        url = self._url(target, "/audio/transcriptions")
+        return await post_form(http, url, self._headers(target), fields, file, timeouts)

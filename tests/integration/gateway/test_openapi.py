@@ -19,6 +19,7 @@ OPERATIONS = {
     "/v1/images/generations": {"post"},
     "/v1/moderations": {"post"},
     "/v1/audio/speech": {"post"},
+    "/v1/audio/transcriptions": {"post"},
     "/v1/models": {"get"},
     "/v1/models/{model}": {"get"},
     "/v1/messages": {"post"},
@@ -64,7 +65,10 @@ async def test_the_document_lists_each_v1_operation_with_its_schemas_and_key(cli
             operation = document["paths"][path][method]
             assert {"LyssApiKey": []} in operation["security"]
             assert {"200", "default"} <= set(operation["responses"])
-            if method == "post":
+            if path == "/v1/audio/transcriptions":
+                form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+                assert (form["required"], form["properties"]["file"]["format"]) == (["file", "model"], "binary")
+            elif method == "post":
                 assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
             for reference in references(operation):
                 assert reference.removeprefix("#/components/schemas/") in schemas, reference
@@ -102,7 +106,13 @@ async def test_each_documented_operation_is_answered_by_the_gateway(
         url = path.replace("{model}", UNKNOWN_MODEL).replace("{response_id}", UNKNOWN_RESPONSE)
         anthropic = path.startswith("/v1/messages")
         # No key: the gateway's own 401, in its own shape (Litestar's would be `status_code` and `detail`).
-        response = await client.request(method, url, json=BODIES.get(path))
+        # The upload is a form; every other body JSON.
+        sent: dict[str, Any] = (
+            {"data": {"model": UNKNOWN_MODEL}, "files": {"file": ("a.wav", b"RIFF", "audio/wav")}}
+            if path == "/v1/audio/transcriptions"
+            else {"json": BODIES.get(path)}
+        )
+        response = await client.request(method, url, **sent)
         assert response.status_code == 401, (path, response.text)
         if anthropic:
             assert (response.json()["type"], response.json()["error"]["type"]) == ("error", "authentication_error")
@@ -110,7 +120,7 @@ async def test_each_documented_operation_is_answered_by_the_gateway(
             assert set(response.json()) == {"error"}
             assert response.json()["error"]["code"] == "invalid_api_key"
         assert response.headers["x-request-id"]
-        response = await client.request(method, url, json=BODIES.get(path), headers=bearer(key))
+        response = await client.request(method, url, **sent, headers=bearer(key))
         if path == "/v1/models":
             assert (response.status_code, response.json()) == (200, {"object": "list", "data": []})
         elif anthropic:
