@@ -1,0 +1,1 @@
+"""Knowledge bases: documents, ingestion, chunks, hybrid search."""
