@@ -1,0 +1,1 @@
+"""Knowledge bases: documents uploaded to the object store, chunked, embedded and searched."""
