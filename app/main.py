@@ -36,6 +36,7 @@ from app.gateway.usage import UsageFlusher
 from app.gateway.v1 import GatewayApi, gateway_mount
 from app.jobs.controllers import JobController
 from app.jobs.services import load_job_modules
+from app.knowledge.controllers import KnowledgeBaseController, document_controller
 from app.memory.controllers import MemoryController
 from app.observability.controllers import PACKAGE_VERSION, OperationsController
 from app.observability.errors import (
@@ -116,6 +117,8 @@ def create_app(settings: Settings) -> Litestar:
             JobController,
             ConversationController,
             MemoryController,
+            KnowledgeBaseController,
+            document_controller(settings.kb_max_upload_bytes),
             ObjectController,
             create_portal_router(settings.jwt_keyring, resources.session_maker),
             home,

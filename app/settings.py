@@ -47,6 +47,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "login_lockout_seconds": "LYSS_LOGIN_LOCKOUT_SECONDS",
     "login_ip_limit_per_minute": "LYSS_LOGIN_IP_LIMIT_PER_MINUTE",
     "max_request_body_bytes": "LYSS_MAX_REQUEST_BODY_BYTES",
+    "kb_max_upload_bytes": "LYSS_KB_MAX_UPLOAD_BYTES",
     "echo_provider": "LYSS_ECHO_PROVIDER",
     "gateway_max_attempts": "LYSS_GATEWAY_MAX_ATTEMPTS",
     "gateway_default_max_tokens": "LYSS_GATEWAY_DEFAULT_MAX_TOKENS",
@@ -135,6 +136,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     login_lockout_seconds: Annotated[int, msgspec.Meta(ge=1)] = 900
     login_ip_limit_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
+    # The largest file a knowledge base takes (its upload route alone has this body limit, not the one above).
+    kb_max_upload_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20 * 1024 * 1024
     # None: on with the embedded database (a laptop trying Lyss out), off otherwise.
     echo_provider: bool | None = None
     gateway_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3

@@ -3,6 +3,7 @@
 from db.auth import Invitation, OAuthConnection, OAuthProvider, RecoveryCode, User, UserSession
 from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
+from db.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelPrice, ProviderType, UsageLog
 from db.tenant import (
@@ -27,6 +28,9 @@ __all__ = [
     "Invitation",
     "Job",
     "JobEvent",
+    "KnowledgeBase",
+    "KnowledgeChunk",
+    "KnowledgeDocument",
     "Memory",
     "MemoryAssociation",
     "MemoryHistory",

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 POLICIES_DIRECTORY = Path(__file__).resolve().parent.parent / "policies"
 # Order matters: every file relies on current_tenant() from common.sql.
-POLICY_FILES = ("common.sql", "tenant.sql", "auth.sql", "provider.sql", "chat.sql", "memory.sql")
+POLICY_FILES = ("common.sql", "tenant.sql", "auth.sql", "provider.sql", "chat.sql", "memory.sql", "kb.sql")
 
 
 def policy_statements() -> list[str]:

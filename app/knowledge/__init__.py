@@ -1,1 +1,1 @@
-"""Knowledge bases: documents, ingestion, chunks, hybrid search."""
+"""Knowledge bases: documents uploaded to the object store, chunked, embedded and searched."""

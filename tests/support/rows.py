@@ -12,6 +12,7 @@ from uuid_utils.compat import uuid7
 from db.auth import Invitation, OAuthConnection, OAuthProvider, PasswordReset, RecoveryCode, User, UserSession
 from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
+from db.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 from db.memory import Memory, MemoryAssociation, MemoryHistory
 from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, StoredResponse, UsageLog
 from db.tenant import (
@@ -176,5 +177,30 @@ ROW_FACTORIES: dict[str, RowFactory] = {
     ),
     "memory_history": lambda tenant_id, parents: MemoryHistory(
         tenant_id=tenant_id, memory_id=parents.memory.id, event="ADD", new_text="m", actor="user"
+    ),
+    "kb_bases": lambda tenant_id, parents: KnowledgeBase(
+        tenant_id=tenant_id, name=unique("kb"), scope="user", owner_user_id=parents.user.id, embedding_model="e"
+    ),
+    "kb_documents": lambda tenant_id, parents: KnowledgeDocument(
+        tenant_id=tenant_id,
+        base_id=parents.kb_base.id,
+        filename="a.txt",
+        content_type="text/plain",
+        size_bytes=1,
+        content_hash=secrets.token_hex(32),
+        object_key="kb/x/a.txt",
+    ),
+    "kb_chunks": lambda tenant_id, parents: KnowledgeChunk(
+        tenant_id=tenant_id,
+        base_id=parents.kb_base.id,
+        document_id=parents.kb_document.id,
+        level="passage",
+        position=secrets.randbelow(1_000_000),
+        start_offset=0,
+        end_offset=1,
+        text="c",
+        token_count=1,
+        content_hash=secrets.token_hex(32),
+        language="english",
     ),
 }

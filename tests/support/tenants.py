@@ -14,6 +14,7 @@ from uuid_utils.compat import uuid7
 from app.encryption import SecretBox, secret_context
 from db.auth import OAuthProvider, User
 from db.chat import Conversation
+from db.knowledge import KnowledgeBase, KnowledgeDocument
 from db.memory import Memory
 from db.session import tenant_session
 from db.tenant import AuditEvent, Job, Organization, UserGroup, WebhookEndpoint
@@ -37,6 +38,8 @@ class TenantRows(msgspec.Struct, frozen=True):
     memory: Memory
     related_memory: Memory
     webhook: WebhookEndpoint
+    kb_base: KnowledgeBase
+    kb_document: KnowledgeDocument
 
 
 async def create_tenant_rows(
@@ -74,7 +77,18 @@ async def create_tenant_rows(
             events=["job.dead_lettered"],
             enabled=False,  # the tests' own receivers get the events, never this address
         )
-        session.add_all([group, provider, job, conversation, memory, related_memory, webhook])
+        kb_base = KnowledgeBase(name="Handbook", scope="tenant", embedding_model="fixture-embedder")
+        session.add_all([group, provider, job, conversation, memory, related_memory, webhook, kb_base])
+        await session.flush()
+        kb_document = KnowledgeDocument(
+            base_id=kb_base.id,
+            filename="handbook.md",
+            content_type="text/markdown",
+            size_bytes=1,
+            content_hash=secrets.token_hex(32),
+            object_key=f"kb/{kb_base.id}/handbook.md",
+        )
+        session.add(kb_document)
         await session.commit()
     return TenantRows(
         id=tenant_id,
@@ -88,6 +102,8 @@ async def create_tenant_rows(
         memory=memory,
         related_memory=related_memory,
         webhook=webhook,
+        kb_base=kb_base,
+        kb_document=kb_document,
     )
 
 

@@ -17,6 +17,7 @@ from app.auth.tokens import Principal, issue_access_token
 from app.settings import Settings
 from db.auth import Invitation, OAuthConnection, OAuthProvider, User
 from db.chat import Attachment, Conversation
+from db.knowledge import KnowledgeBase, KnowledgeDocument
 from db.memory import Memory
 from db.provider import ApiToken, Channel, UsageLog
 from db.session import tenant_session
@@ -63,9 +64,11 @@ async def test_a_user_id_from_another_tenant_is_a_404_not_its_data(
 # as it is; a route with an id not named here fails `test_every_id_in_a_route_is_known` until it is added.
 ROW_OF_PARAMETER = {
     "attachment_id": "attachment",
+    "base_id": "kb_base",
     "channel_id": "channel",
     "connection_id": "oauth_connection",
     "conversation_id": "conversation",
+    "document_id": "kb_document",
     "group_id": "group",
     "invitation_id": "invitation",
     "job_id": "job",
@@ -106,6 +109,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/groups/{group_id:uuid}/members"): {"user_id": "00000000-0000-0000-0000-000000000000"},
     ("POST", "/api/conversations/{conversation_id:uuid}/messages"): {"content": "taken over"},
     ("PATCH", "/api/memories/{memory_id:uuid}"): {"text": "taken over"},
+    ("PATCH", "/api/knowledge-bases/{base_id:uuid}"): {"name": "taken over", "chunk_tokens": 64, "chunk_overlap": 0},
     ("PATCH", "/api/tokens/{token_id:uuid}"): {"name": "taken over", "status": "disabled"},
     ("PUT", "/api/users/{user_id:uuid}/role"): {"role": "end_user"},
     ("PATCH", "/api/webhooks/{webhook_id:uuid}"): {"url": "https://taken.example.com/", "enabled": False},
@@ -120,6 +124,8 @@ MODELS = {
     "group": UserGroup,
     "invitation": Invitation,
     "job": Job,
+    "kb_base": KnowledgeBase,
+    "kb_document": KnowledgeDocument,
     "memory": Memory,
     "memory_export": Job,
     "oauth_connection": OAuthConnection,
@@ -226,6 +232,8 @@ async def rows_of(
         "group": tenant.group.id,
         "invitation": UUID(invitation.json()["id"]),
         "job": tenant.job.id,
+        "kb_base": tenant.kb_base.id,
+        "kb_document": tenant.kb_document.id,
         "memory": tenant.memory.id,
         "memory_export": UUID(exports["memory.export"]["id"]),
         "oauth_connection": connection.id,

@@ -1,0 +1,529 @@
+"""Knowledge bases and their documents: who may read or change them, settings checks, uploads to the object store.
+
+Every function works in the caller's tenant session (RLS keeps tenants apart); within a tenant, the scope of
+a base says who reaches it: a `user` base its owner, a `group` base the group's members (its admins change
+it), a `tenant` base everyone (its admins change it); tenant admins reach every base. A base the caller may
+not read is "not found", never "forbidden": its existence is not confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import re
+import tempfile
+import unicodedata
+import zipfile
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from sqlalchemy import ColumnElement, cast, delete, literal, or_, select, true, update
+from sqlalchemy.dialects.postgresql import REGCONFIG
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
+
+from app.errors import InvalidRequest, NotAllowed, NotFound, ServiceError, ServiceUnavailable
+from app.gateway.adapters import ADAPTERS
+from app.knowledge.schemas import (
+    DocumentRead,
+    DocumentUploaded,
+    KnowledgeBaseCreate,
+    KnowledgeBaseRead,
+    KnowledgeBaseUpdate,
+)
+from app.memory.services import text_search_languages
+from app.schemas import read_as
+from app.storage.base import ObjectStore, StorageError
+from app.tenants.services import Actor, audit_change
+from db.auth import User
+from db.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
+from db.provider import Channel, ProviderType
+from db.tenant import UserGroup, UserGroupMember
+
+GROUP_MANAGER_ROLE = "admin"
+# What an upload may be: the extension says the type, the content must agree (see `sniffed_type`).
+DOCUMENT_TYPES = {
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".csv": "text/csv",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+}
+# The part every Office Open XML file of the type has (its main document), by extension.
+_OFFICE_PARTS = {".docx": "word/document.xml", ".pptx": "ppt/presentation.xml", ".xlsx": "xl/workbook.xml"}
+_TEXT_TYPES = {"text/csv", "text/html", "text/markdown", "text/plain"}
+_HTML_TAG = re.compile(rb"<(?:!doctype|html|head|body|p|div|h[1-6]|table|ul|ol|span|a)\b", re.IGNORECASE)
+_UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_FILENAME = 255
+MAX_KEY_FILENAME = 120
+MAX_METADATA_BYTES = 16 * 1024
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class UnsupportedType(ServiceError):
+    status_code = 415
+
+
+class Caller(msgspec.Struct, frozen=True):
+    """Who reads or changes bases: the signed-in user and whether they administer the tenant."""
+
+    user_id: UUID
+    is_admin: bool
+
+
+# --- reading and access ---------------------------------------------------------------------------
+
+
+async def _managed_groups(session: AsyncSession, user_id: UUID) -> set[UUID]:
+    rows = await session.scalars(
+        select(UserGroupMember.group_id).where(
+            UserGroupMember.user_id == user_id, UserGroupMember.role == GROUP_MANAGER_ROLE
+        )
+    )
+    return set(rows)
+
+
+def _readable_by(caller: Caller) -> ColumnElement[bool]:
+    """The bases `caller` may read, as a condition on kb_bases."""
+    if caller.is_admin:
+        return true()
+    groups = select(UserGroupMember.group_id).where(UserGroupMember.user_id == caller.user_id)
+    return or_(
+        KnowledgeBase.scope == "tenant",
+        (KnowledgeBase.scope == "user") & (KnowledgeBase.owner_user_id == caller.user_id),
+        (KnowledgeBase.scope == "group") & KnowledgeBase.group_id.in_(groups),
+    )
+
+
+def _writable(base: KnowledgeBase, caller: Caller, managed_groups: set[UUID]) -> bool:
+    if caller.is_admin:
+        return True
+    if base.scope == "user":
+        return base.owner_user_id == caller.user_id
+    if base.scope == "group":
+        return base.group_id in managed_groups
+    return False
+
+
+def base_read(base: KnowledgeBase, *, writable: bool) -> KnowledgeBaseRead:
+    return read_as(KnowledgeBaseRead, base, writable=writable)
+
+
+def document_read(document: KnowledgeDocument) -> DocumentRead:
+    return read_as(DocumentRead, document, metadata=dict(document.attributes))
+
+
+async def list_bases(session: AsyncSession, caller: Caller) -> list[KnowledgeBaseRead]:
+    bases = await session.scalars(
+        select(KnowledgeBase).where(_readable_by(caller)).order_by(KnowledgeBase.name, KnowledgeBase.id)
+    )
+    managed = await _managed_groups(session, caller.user_id)
+    return [base_read(base, writable=_writable(base, caller, managed)) for base in bases]
+
+
+async def readable_base(session: AsyncSession, base_id: UUID, caller: Caller) -> KnowledgeBase:
+    base = await session.scalar(select(KnowledgeBase).where(KnowledgeBase.id == base_id, _readable_by(caller)))
+    if base is None:
+        raise NotFound("No such knowledge base.")
+    return base
+
+
+async def writable_base(session: AsyncSession, base_id: UUID, caller: Caller) -> KnowledgeBase:
+    """A base the caller may change: one they can read but not change is a 403, one they cannot read a 404."""
+    base = await readable_base(session, base_id, caller)
+    if not _writable(base, caller, await _managed_groups(session, caller.user_id)):
+        raise NotAllowed("You can read this knowledge base but not change it.")
+    return base
+
+
+async def is_writable(session: AsyncSession, base: KnowledgeBase, caller: Caller) -> bool:
+    return _writable(base, caller, await _managed_groups(session, caller.user_id))
+
+
+# --- settings checks ------------------------------------------------------------------------------
+
+
+async def embedding_models(session: AsyncSession) -> list[str]:
+    """The models the tenant's enabled, organization-wide channels serve through an embeddings API, sorted."""
+    rows = await session.execute(
+        select(Channel.models, ProviderType.api_format)
+        .join(ProviderType, ProviderType.id == Channel.type_id)
+        .where(Channel.status == "enabled", Channel.config_scope == "tenant")
+    )
+    return sorted(
+        {model for models, api_format in rows if ADAPTERS[api_format].supports_embeddings for model in models}
+    )
+
+
+async def _check_embedding_model(session: AsyncSession, model: str) -> None:
+    served = await embedding_models(session)
+    if model not in served:
+        offered = ", ".join(served) if served else "none yet: add a channel that serves embeddings"
+        raise InvalidRequest(
+            f"`embedding_model`: no enabled channel of the organization serves '{model}' for embeddings; "
+            f"models: {offered}.",
+            field="embedding_model",
+        )
+
+
+async def _check_language(session: AsyncSession, language: str) -> None:
+    languages = await text_search_languages(session)
+    if language not in languages:
+        raise InvalidRequest(
+            f"`language`: '{language}' is not a language words can be matched in; "
+            f"choose one of: {', '.join(languages)}.",
+            field="language",
+        )
+
+
+def _check_chunking(chunk_tokens: int, chunk_overlap: int) -> None:
+    # A passage steps forward by at least half its length (app/knowledge/chunking.py): a larger overlap would
+    # embed most of the text twice.
+    if chunk_overlap * 2 > chunk_tokens:
+        raise InvalidRequest(
+            f"`chunk_overlap` ({chunk_overlap}) must be at most half of `chunk_tokens` ({chunk_tokens}).",
+            field="chunk_overlap",
+        )
+
+
+def _check_name(name: str) -> str:
+    cleaned = " ".join(name.split())
+    if not cleaned:
+        raise InvalidRequest("`name` must not be blank.", field="name")
+    return cleaned
+
+
+async def _name_taken(session: AsyncSession, base: KnowledgeBase, name: str) -> bool:
+    same_owner = select(KnowledgeBase.id).where(
+        KnowledgeBase.name == name,
+        KnowledgeBase.owner_user_id.is_not_distinct_from(base.owner_user_id),
+        KnowledgeBase.group_id.is_not_distinct_from(base.group_id),
+        KnowledgeBase.id != base.id,
+    )
+    return bool(await session.scalar(same_owner.exists().select()))
+
+
+async def _owner(session: AsyncSession, data: KnowledgeBaseCreate, caller: Caller) -> tuple[UUID | None, UUID | None]:
+    """The (owner_user_id, group_id) the scope needs, after checking the caller may create a base for them."""
+    if data.scope == "user":
+        if data.group_id is not None:
+            raise InvalidRequest("A user's knowledge base has no `group_id`.", field="group_id")
+        owner = data.owner_user_id or caller.user_id
+        if owner != caller.user_id:
+            if not caller.is_admin:
+                raise NotAllowed(
+                    "You can only create knowledge bases of your own (`owner_user_id`).", field="owner_user_id"
+                )
+            if await session.get(User, owner) is None:
+                raise InvalidRequest("`owner_user_id`: no such user in this organization.", field="owner_user_id")
+        return owner, None
+    if data.scope == "group":
+        if data.owner_user_id is not None:
+            raise InvalidRequest("A group's knowledge base has no `owner_user_id`.", field="owner_user_id")
+        if data.group_id is None:
+            raise InvalidRequest("A group's knowledge base needs a `group_id`.", field="group_id")
+        if await session.get(UserGroup, data.group_id) is None:
+            raise InvalidRequest("`group_id`: no such group in this organization.", field="group_id")
+        if not caller.is_admin and data.group_id not in await _managed_groups(session, caller.user_id):
+            raise NotAllowed("Only the group's admins can create its knowledge bases (`group_id`).", field="group_id")
+        return None, data.group_id
+    for field in ("owner_user_id", "group_id"):
+        if getattr(data, field) is not None:
+            raise InvalidRequest(f"The organization's knowledge base has no `{field}`.", field=field)
+    if not caller.is_admin:
+        raise NotAllowed(
+            "Only an administrator can create the organization's knowledge bases (`scope`).", field="scope"
+        )
+    return None, None
+
+
+# --- changing bases -------------------------------------------------------------------------------
+
+
+async def create_base(
+    session: AsyncSession, caller: Caller, actor: Actor, data: KnowledgeBaseCreate
+) -> KnowledgeBaseRead:
+    name = _check_name(data.name)
+    owner_user_id, group_id = await _owner(session, data, caller)
+    _check_chunking(data.chunk_tokens, data.chunk_overlap)
+    await _check_language(session, data.language)
+    await _check_embedding_model(session, data.embedding_model)
+    base = KnowledgeBase(
+        id=uuid7(),
+        name=name,
+        description=data.description,
+        scope=data.scope,
+        owner_user_id=owner_user_id,
+        group_id=group_id,
+        embedding_model=data.embedding_model,
+        chunk_tokens=data.chunk_tokens,
+        chunk_overlap=data.chunk_overlap,
+        language=data.language,
+        created_by=caller.user_id,
+    )
+    if await _name_taken(session, base, name):
+        raise InvalidRequest(f"`name`: this owner already has a knowledge base named '{name}'.", field="name")
+    session.add(base)
+    audit_change(session, actor, "knowledge.base_created", "knowledge_base", base.id, name=name, scope=data.scope)
+    await session.commit()
+    return base_read(base, writable=True)
+
+
+async def update_base(
+    session: AsyncSession, base: KnowledgeBase, actor: Actor, data: KnowledgeBaseUpdate
+) -> KnowledgeBaseRead:
+    """Change the settings; a new language re-matches the chunks' words at once, a new embedding model
+    leaves the documents embedded with the old one until they are re-indexed (their `embedding_model` says so)."""
+    changes: dict[str, Any] = {
+        name: value
+        for name in KnowledgeBaseUpdate.__struct_fields__
+        if (value := getattr(data, name)) is not msgspec.UNSET and value != getattr(base, name)
+    }
+    if "name" in changes:
+        changes["name"] = _check_name(changes["name"])
+        if await _name_taken(session, base, changes["name"]):
+            raise InvalidRequest(
+                f"`name`: this owner already has a knowledge base named '{changes['name']}'.", field="name"
+            )
+    _check_chunking(changes.get("chunk_tokens", base.chunk_tokens), changes.get("chunk_overlap", base.chunk_overlap))
+    if "language" in changes:
+        await _check_language(session, changes["language"])
+        await session.execute(
+            update(KnowledgeChunk)
+            .where(KnowledgeChunk.base_id == base.id)
+            .values(language=cast(literal(changes["language"]), REGCONFIG))
+        )
+    if "embedding_model" in changes:
+        await _check_embedding_model(session, changes["embedding_model"])
+    for name, value in changes.items():
+        setattr(base, name, value)
+    if changes:
+        audit_change(
+            session, actor, "knowledge.base_updated", "knowledge_base", base.id, name=base.name, fields=sorted(changes)
+        )
+    await session.commit()
+    return base_read(base, writable=True)
+
+
+async def delete_base(session: AsyncSession, store: ObjectStore, base: KnowledgeBase, actor: Actor) -> None:
+    """The base with its documents and chunks, then their files. The rows go first (committed), so no document
+    ever points at a file that is gone; a file left by a failed removal is under the base's prefix, found again
+    by the next removal of that prefix."""
+    tenant_id, base_id, name = base.tenant_id, base.id, base.name
+    await session.delete(base)
+    audit_change(session, actor, "knowledge.base_deleted", "knowledge_base", base_id, name=name)
+    await session.commit()
+    await _delete_objects(store, tenant_id, f"kb/{base_id}/")
+
+
+async def _delete_objects(store: ObjectStore, tenant_id: UUID, prefix: str) -> None:
+    try:
+        for name in await store.names(tenant_id, prefix):
+            await store.delete(tenant_id, name)
+    except StorageError as error:
+        raise ServiceUnavailable(error.detail) from None
+
+
+# --- documents ------------------------------------------------------------------------------------
+
+
+def display_filename(filename: str) -> str:
+    """The name as uploaded, without a path or control characters, at most 255 characters."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char for char in name if unicodedata.category(char)[0] != "C").strip()
+    return name[:MAX_FILENAME]
+
+
+def key_filename(filename: str, extension: str) -> str:
+    """The name in the object key: ASCII letters, digits, `.`, `_` and `-`, no leading dot, the extension kept."""
+    normalized = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    stem = _UNSAFE_KEY_CHARACTERS.sub("_", normalized[: len(normalized) - len(extension)]).strip("._-")
+    return f"{stem[: MAX_KEY_FILENAME - len(extension)] or 'document'}{extension}"
+
+
+def sniffed_type(filename: str, data: bytes) -> str:
+    """The content type of an upload named `filename`: its extension's, once the content agrees with it.
+
+    Only the allowed types pass, and a file whose bytes say otherwise (a PDF named .txt, a zip named .docx
+    that is no Word document) is refused: what the extractors get is what the name says.
+    """
+    extension = Path(filename.lower()).suffix
+    content_type = DOCUMENT_TYPES.get(extension)
+    if content_type is None:
+        allowed = ", ".join(sorted(DOCUMENT_TYPES))
+        raise UnsupportedType(
+            f"`file`: files of type '{extension or 'none'}' are not taken; send {allowed}.", field="file"
+        )
+    if not data:
+        raise InvalidRequest("`file` is empty.", field="file")
+    mismatch = UnsupportedType(f"`file`: the content is not that of a {extension} file.", field="file")
+    if extension == ".pdf":
+        if not data[:1024].lstrip().startswith(b"%PDF-"):
+            raise mismatch
+    elif extension in _OFFICE_PARTS:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                parts = set(archive.namelist())
+        except (zipfile.BadZipFile, ValueError):
+            raise mismatch from None
+        if _OFFICE_PARTS[extension] not in parts or "[Content_Types].xml" not in parts:
+            raise mismatch
+    else:
+        if data.startswith((b"%PDF-", b"PK\x03\x04")) or b"\x00" in data:
+            raise mismatch
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsupportedType(f"`file`: a {extension} file must be UTF-8 text.", field="file") from None
+        if content_type == "text/html" and not _HTML_TAG.search(data[:65536]):
+            raise mismatch
+    return content_type
+
+
+def parse_metadata(text: str | None) -> dict[str, Any]:
+    """The upload's optional `metadata` field: a JSON object of at most 16 KiB."""
+    if text is None or not text.strip():
+        return {}
+    if len(text.encode()) > MAX_METADATA_BYTES:
+        raise InvalidRequest(f"`metadata` is larger than {MAX_METADATA_BYTES // 1024} KiB.", field="metadata")
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        raise InvalidRequest("`metadata` must be a JSON object.", field="metadata") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("`metadata` must be a JSON object.", field="metadata")
+    return value
+
+
+async def list_documents(session: AsyncSession, base: KnowledgeBase) -> list[DocumentRead]:
+    rows = await session.scalars(
+        select(KnowledgeDocument)
+        .where(KnowledgeDocument.base_id == base.id)
+        .order_by(KnowledgeDocument.created_at.desc(), KnowledgeDocument.id.desc())
+    )
+    return [document_read(row) for row in rows]
+
+
+async def base_document(session: AsyncSession, base: KnowledgeBase, document_id: UUID) -> KnowledgeDocument:
+    document = await session.get(KnowledgeDocument, document_id)
+    if document is None or document.base_id != base.id:
+        raise NotFound("No such document in this knowledge base.")
+    return document
+
+
+async def _by_hash(session: AsyncSession, base: KnowledgeBase, content_hash: str) -> KnowledgeDocument | None:
+    return await session.scalar(
+        select(KnowledgeDocument).where(
+            KnowledgeDocument.base_id == base.id, KnowledgeDocument.content_hash == content_hash
+        )
+    )
+
+
+def queue_ingestion(document: KnowledgeDocument) -> None:
+    """Mark the document as waiting for ingestion. Only the status for now: the ingestion job that picks it up
+    (extract, chunk, embed, index) is enqueued here once it exists."""
+    document.status = "queued"
+    document.error = None
+
+
+async def add_document(
+    session: AsyncSession,
+    store: ObjectStore,
+    base: KnowledgeBase,
+    actor: Actor,
+    *,
+    filename: str,
+    data: bytes,
+    max_bytes: int,
+    metadata: dict[str, Any],
+) -> DocumentUploaded:
+    """Store an upload in the base: checked (size, type), the file in the object store, the document queued.
+
+    The same content already in the base is that document (`duplicate`), and nothing is stored again.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"`file` is larger than the {max_bytes} bytes an upload may have.", field="file")
+    shown_name = display_filename(filename)
+    content_type = sniffed_type(shown_name, data)
+    content_hash = hashlib.sha256(data).hexdigest()
+    existing = await _by_hash(session, base, content_hash)
+    if existing is not None:
+        return read_as(DocumentUploaded, existing, metadata=dict(existing.attributes), duplicate=True)
+    document_id = uuid7()
+    object_name = f"kb/{base.id}/{document_id}/{key_filename(shown_name, Path(shown_name.lower()).suffix)}"
+    document = KnowledgeDocument(
+        id=document_id,
+        base_id=base.id,
+        filename=shown_name,
+        content_type=content_type,
+        size_bytes=len(data),
+        content_hash=content_hash,
+        object_key=object_name,
+        attributes=metadata,
+        created_by=actor.user_id,
+    )
+    queue_ingestion(document)
+    session.add(document)
+    audit_change(
+        session,
+        actor,
+        "knowledge.document_added",
+        "knowledge_document",
+        document_id,
+        base_id=str(base.id),
+        filename=shown_name,
+        size_bytes=len(data),
+    )
+    await _put(store, base.tenant_id, object_name, data, content_type)
+    try:
+        await session.commit()
+    except IntegrityError:
+        # The same content uploaded at the same moment: the other upload's document stands, this file goes.
+        await session.rollback()
+        await _delete_objects(store, base.tenant_id, object_name)
+        existing = await _by_hash(session, base, content_hash)
+        if existing is None:
+            raise
+        return read_as(DocumentUploaded, existing, metadata=dict(existing.attributes), duplicate=True)
+    return read_as(DocumentUploaded, document, metadata=dict(document.attributes))
+
+
+async def _put(store: ObjectStore, tenant_id: UUID, name: str, data: bytes, content_type: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="lyss-kb-") as scratch:
+        path = Path(scratch) / "file"
+        await asyncio.to_thread(path.write_bytes, data)
+        try:
+            await store.put(tenant_id, name, path, content_type=content_type)
+        except StorageError as error:
+            raise ServiceUnavailable(error.detail) from None
+
+
+async def delete_document(
+    session: AsyncSession, store: ObjectStore, base: KnowledgeBase, document: KnowledgeDocument, actor: Actor
+) -> None:
+    """The document with its chunks (committed first), then its file."""
+    tenant_id, document_id = document.tenant_id, document.id
+    await session.execute(delete(KnowledgeDocument).where(KnowledgeDocument.id == document_id))
+    audit_change(
+        session,
+        actor,
+        "knowledge.document_deleted",
+        "knowledge_document",
+        document_id,
+        base_id=str(base.id),
+        filename=document.filename,
+    )
+    await session.commit()
+    await _delete_objects(store, tenant_id, f"kb/{base.id}/{document_id}/")
