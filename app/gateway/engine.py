@@ -53,7 +53,7 @@ from app.gateway.dialects.rerank import Ranked, rerank_request, upstream_body
 from app.gateway.dialects.rerank import ranked as ranked_answer
 from app.gateway.dialects.responses import ResponsesStreamWriter, ResponsesTurn
 from app.gateway.dialects.transcription import UNITS_PER_SECOND as TRANSCRIBED_UNITS_PER_SECOND
-from app.gateway.dialects.transcription import Upload, billed_duration_ms, longest_duration_ms
+from app.gateway.dialects.transcription import Upload, billed_duration_ms, heard_duration_ms
 from app.gateway.limits import GatewayLimits, Refusal, Reservation, Scope, Slot, lease_key
 from app.gateway.routing import ChannelHealth, attempt_order, candidate_channels
 from app.observability.logging import get_logger
@@ -1598,9 +1598,10 @@ class Gateway:
     async def transcriptions(
         self, token: TokenInfo, upload: Upload, *, request_id: str | None, defer_settlement: bool = False
     ) -> Answer:
-        """`/v1/audio/transcriptions`: the longest the file can last reserved at the price per second, the
-        duration the provider reports billed (never more); the answer is the provider's, in its content type."""
-        reserved_ms = longest_duration_ms(upload.file)
+        """`/v1/audio/transcriptions`: the longest the file plays (demuxed) reserved at the price per second, the
+        duration the provider reports billed (never more; the measured one where it reports none); the answer is
+        the provider's, in its content type."""
+        reserved_ms = await heard_duration_ms(upload.file)
 
         async def transcribe(channel: ChannelInfo, target: Target) -> tuple[bytes, str]:
             fields = [(name, target.upstream_model if name == "model" else value) for name, value in upload.fields]

@@ -1,16 +1,18 @@
 """/v1/audio/transcriptions in OpenAI's shape: the multipart upload read within the body limit, the longest the
-audio can last (what is reserved) and the duration the provider reports (what is billed)."""
+audio plays as FFmpeg demuxes it (what is reserved) and the duration the provider reports (what is billed)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import av
 import msgspec
 import multipart
-from mutagen import File as read_audio
 
 from app.gateway import errors
 
@@ -19,6 +21,14 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 # smallest of the formats OpenAI takes (flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav, webm), so no real file of
 # that size plays longer.
 LOWEST_BITS_PER_SECOND = 6000
+# The demuxers a file may be read with: those of the formats OpenAI takes. FFmpeg picks one by probing the bytes,
+# and some of its others (HLS, concat…) would open further URLs or files named inside the upload.
+DEMUXERS = "wav,mp3,flac,ogg,mov,mp4,m4a,matroska,webm,aac"
+# Bounds on reading one file, so that a hostile one cannot hold a worker thread: a packet is at least a byte, so
+# the count stops only a file of empty packets; the time stops one that is slow to demux. A file cut off by
+# either is bounded by the larger of what was read and its size at the lowest bitrate.
+MAX_PACKETS = 500_000
+MAX_DEMUX_SECONDS = 5.0
 # Form fields besides the file: OpenAI's take a handful (language, prompt, include[], timestamp_granularities[]…).
 MAX_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024
@@ -164,19 +174,55 @@ def _checked(sent: list[tuple[str, str]], files: list[tuple[str, str, str, bytes
     )
 
 
+async def heard_duration_ms(audio: bytes) -> int:
+    """`longest_duration_ms` in a worker thread: demuxing is CPU work that would stall the event loop."""
+    return await asyncio.to_thread(longest_duration_ms, audio)
+
+
 def longest_duration_ms(audio: bytes) -> int:
-    """The longest the audio can last, in milliseconds: its length as its container states it (mutagen reads
-    mp3, m4a, ogg, flac, wav and more), else its size at the lowest bitrate of any format taken."""
+    """The longest the audio plays, in milliseconds: the sum of its audio packets' durations as FFmpeg demuxes
+    them (no decoding), or the length its container states if that is longer; a file FFmpeg cannot read, its
+    size at the lowest bitrate of any format taken. The packets are what a provider hears, whatever the header
+    claims: a WAV's data chunk size is ignored, so samples after the stated end still count."""
+    size_bound = math.ceil(len(audio) * 8 * UNITS_PER_SECOND / LOWEST_BITS_PER_SECOND)
     try:
-        info = getattr(read_audio(io.BytesIO(audio)), "info", None)
-        length = float(getattr(info, "length", 0) or 0)
-    # A parser of the client's bytes: a malformed file may fail in any way inside it (struct.error, IndexError,
-    # MutagenError…), and each such file is bounded by its size instead.
-    except Exception:
-        length = 0.0
-    if math.isfinite(length) and length > 0:
-        return max(1, math.ceil(length * UNITS_PER_SECOND))
-    return math.ceil(len(audio) * 8 * UNITS_PER_SECOND / LOWEST_BITS_PER_SECOND)
+        seconds, complete = _demuxed_seconds(audio)
+    # FFmpeg reading the client's bytes: a malformed file fails with one of PyAV's errors (InvalidDataError…),
+    # or has no audio stream (IndexError); each such file is bounded by its size instead.
+    except (av.FFmpegError, IndexError, ValueError, OverflowError):
+        return size_bound
+    measured = math.ceil(seconds * UNITS_PER_SECOND) if math.isfinite(seconds) and seconds > 0 else 0
+    return measured if complete and measured else max(measured, size_bound)
+
+
+def _demuxed_seconds(audio: bytes) -> tuple[float, bool]:
+    """The longest of the first audio stream's packets' total, the span their timestamps cover (a packet may not
+    state its duration) and its stated length, in seconds, and whether the whole file was read within the bounds."""
+    deadline = time.monotonic() + MAX_DEMUX_SECONDS
+    options = {"format_whitelist": DEMUXERS, "ignore_length": "1"}
+    with av.open(io.BytesIO(audio), "r", options=options) as container:
+        stream = container.streams.audio[0]
+        time_base = stream.time_base
+        if time_base is None:
+            raise ValueError("an audio stream without a time base")
+        ticks = 0
+        first: int | None = None
+        end = 0
+        complete = True
+        for count, packet in enumerate(container.demux(stream)):
+            if count >= MAX_PACKETS or time.monotonic() > deadline:
+                complete = False
+                break
+            duration = max(0, packet.duration or 0)
+            ticks += duration
+            if packet.pts is not None:
+                first = packet.pts if first is None else min(first, packet.pts)
+                end = max(end, packet.pts + duration)
+        stated = [float(stream.duration * time_base)] if stream.duration else []
+        if container.duration:
+            stated.append(container.duration / av.time_base)
+        span = end - first if first is not None else 0
+        return max([float(max(ticks, span) * time_base), *stated]), complete
 
 
 class _DurationUsage(msgspec.Struct):
@@ -192,7 +238,8 @@ class _Reported(msgspec.Struct):
 def billed_duration_ms(answer: bytes, content_type: str, reserved_ms: int) -> int:
     """What the call is billed, in milliseconds: the duration the provider reports (verbose_json's `duration`,
     or `usage.seconds` of a duration usage), never more than reserved. An answer that states none (text, srt,
-    vtt, or a model that reports tokens) is billed the duration read from the file, the reservation."""
+    vtt, or a model that reports tokens) is billed the reservation: the duration measured by demuxing the file,
+    what the provider heard."""
     if not content_type.startswith("application/json"):
         return reserved_ms
     try:

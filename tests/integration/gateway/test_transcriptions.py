@@ -18,7 +18,7 @@ from app.gateway.dialects.transcription import LOWEST_BITS_PER_SECOND
 from app.settings import Settings
 from tests.support.clients import AuthHeaders, Client, app_client, bearer
 from tests.support.gateway import add_channel, issue_key, sdk_http, usage_rows
-from tests.support.mock_media import tiny_wav
+from tests.support.mock_media import m4a_stating, tiny_wav, wav_stating
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
 
@@ -83,6 +83,29 @@ async def test_a_wav_is_transcribed_in_each_format_and_billed_its_duration_at_th
     assert [(row.endpoint, row.outcome, row.cost, row.details["audio_ms"]) for row in rows] == [
         ("transcriptions", "ok", expected, 2500)
     ] * 3
+
+
+@pytest.mark.parametrize(
+    ("filename", "audio"),
+    [("long.wav", wav_stating(5.0, 1.0)), ("long.m4a", m4a_stating(5.0, 1.0))],
+)
+async def test_a_file_whose_header_states_1_s_over_5_s_of_audio_is_reserved_and_billed_the_5_s(
+    client: Client,
+    tenant_a: TenantRows,
+    upstream: MockUpstream,
+    auth_headers: AuthHeaders,
+    session_maker: async_sessionmaker[AsyncSession],
+    filename: str,
+    audio: bytes,
+) -> None:
+    # The text answer reports no duration: the call is billed what was measured from the file, and the provider
+    # (which decodes it whole) heard 5 s, not the 1 s the header states.
+    sdk, _ = await transcription_key(client, tenant_a, upstream, auth_headers)
+    text = await sdk.audio.transcriptions.create(file=(filename, audio), model=MODEL, response_format="text")
+    assert text.strip() == "5.0 seconds of silence"
+    (row,) = await usage_rows(session_maker, tenant_a, 1)
+    assert 5000 <= row.details["reserved_audio_ms"] == row.details["audio_ms"] <= 5100
+    assert row.cost == math.ceil(row.details["audio_ms"] * PER_SECOND / 1000) >= 5 * PER_SECOND
 
 
 async def test_the_text_answer_keeps_its_content_type(
