@@ -8,11 +8,13 @@ import hashlib
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
+from app.gateway.client import CHAT_TOKEN_NAME
 from db.knowledge import KnowledgeChunk, KnowledgeDocument
+from db.provider import ApiToken
 from db.session import tenant_session
 from tests.integration.knowledge.test_knowledge_bases import BASES, EMBEDDER, add_user, create_base, join
 from tests.support.clients import AuthHeaders, Client
@@ -459,6 +461,21 @@ async def test_the_query_embedding_is_billed_to_the_searcher_once_and_a_refusal_
     rows = await usage_rows(session_maker, tenant_a, ingestion + 1)
     searches = [row for row in rows if row.user_id == tenant_a.user.id]
     assert [(row.endpoint, row.model, row.outcome) for row in searches] == [("embeddings", EMBEDDER, "ok")]
+
+    # The organization keeps the user's searches off the embedding model: the gateway's refusal, as is.
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.user_id == tenant_a.user.id, ApiToken.name == CHAT_TOKEN_NAME)
+            .values(allowed_models=["gpt-test"])
+        )
+        await session.commit()
+    response = await client.post(SEARCH, json={"query": "a new question", "base_ids": [base_id]}, headers=user)
+    assert response.status_code == 403, response.text
+    assert EMBEDDER in response.json()["detail"]
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(update(ApiToken).where(ApiToken.user_id == tenant_a.user.id).values(allowed_models=[]))
+        await session.commit()
 
     upstream.behave(f"kb-embed-{tenant_a.slug}", status=500)
     response = await client.post(SEARCH, json={"query": "a new question", "base_ids": [base_id]}, headers=user)
