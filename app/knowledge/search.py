@@ -88,14 +88,15 @@ async def search(
     if request.mode != "vector":
         text_ranked = await _by_words(session, bases, request.filters, request.query, candidates)
     pool = _fused(request.mode, vector_ranked, text_ranked)
+    # The candidates' vectors (kilobytes each) are read only for MMR, which weighs them against each other.
     vectors: dict[UUID, np.ndarray] = {}
-    if request.diversity or query_vector is not None:
+    if request.diversity:
         vectors = await _vectors(session, [candidate.chunk_id for candidate in pool])
-    if query_vector is not None:
-        query = np.asarray(query_vector, dtype=np.float32)
-        for candidate in pool:
-            vector = vectors.get(candidate.chunk_id)
-            candidate.relevance = _cosine(query, vector) if vector is not None else 0.0
+        if query_vector is not None:
+            query = np.asarray(query_vector, dtype=np.float32)
+            for candidate in pool:
+                vector = vectors.get(candidate.chunk_id)
+                candidate.relevance = _cosine(query, vector) if vector is not None else 0.0
     if rerank_model is not None and pool:
         pool = await _reranked(session, gateway, caller.user_id, rerank_model, request.query, pool[:MAX_RERANKED])
     chosen = _diversified(pool, vectors, request.limit) if request.diversity else pool[: request.limit]
