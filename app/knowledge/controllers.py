@@ -17,13 +17,17 @@ from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.edge import ACCEPTS_FORM
 from app.errors import InvalidRequest
-from app.knowledge import services
+from app.gateway.engine import Gateway
+from app.knowledge import search, services
 from app.knowledge.schemas import (
+    BaseSearch,
     DocumentRead,
     DocumentUploaded,
     KnowledgeBaseCreate,
     KnowledgeBaseRead,
     KnowledgeBaseUpdate,
+    KnowledgeSearch,
+    SearchHit,
 )
 from app.settings import Settings
 from app.storage.base import ObjectStore
@@ -61,6 +65,41 @@ class KnowledgeBaseController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> KnowledgeBaseRead:
         return await services.create_base(db_session, _caller(request), actor, data)
+
+    @post("/search", status_code=HTTP_200_OK, summary="Search the passages of several knowledge bases")
+    async def search_bases(
+        self,
+        gateway: NamedDependency[Gateway],
+        data: JSONBody[KnowledgeSearch],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> list[SearchHit]:
+        return await search.search(
+            db_session,
+            gateway,
+            tenant_id=request.user.tenant_id,
+            caller=_caller(request),
+            base_ids=data.base_ids,
+            request=data,
+        )
+
+    @post("/{base_id:uuid}/search", status_code=HTTP_200_OK, summary="Search the passages of a knowledge base")
+    async def search_base(
+        self,
+        gateway: NamedDependency[Gateway],
+        base_id: FromPath[UUID],
+        data: JSONBody[BaseSearch],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> list[SearchHit]:
+        return await search.search(
+            db_session,
+            gateway,
+            tenant_id=request.user.tenant_id,
+            caller=_caller(request),
+            base_ids=[base_id],
+            request=data,
+        )
 
     @get("/{base_id:uuid}", summary="A knowledge base")
     async def read_base(

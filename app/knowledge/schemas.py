@@ -90,3 +90,67 @@ class DocumentRead(msgspec.Struct):
 class DocumentUploaded(DocumentRead):
     # True: the base already had this content; this is that document and nothing new was stored.
     duplicate: bool = False
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+MAX_SEARCH_BASES = 20
+MAX_FILTER_VALUES = 100
+SearchMode = Literal["hybrid", "vector", "text"]
+ContentType = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class SearchFilters(Input):
+    """Which documents' passages are searched; every condition given must hold."""
+
+    document_ids: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=MAX_FILTER_VALUES)] | None = None
+    content_types: Annotated[list[ContentType], msgspec.Meta(min_length=1, max_length=MAX_FILTER_VALUES)] | None = None
+    # key -> value: the document's metadata has exactly this value under this key (JSON equality).
+    metadata: Annotated[dict[MetadataKey, Any], msgspec.Meta(min_length=1, max_length=20)] | None = None
+    # The document's upload time.
+    created_after: datetime.datetime | None = None
+    created_before: datetime.datetime | None = None
+
+
+class BaseSearch(Input, kw_only=True):
+    """A search of one base (the base in the path)."""
+
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 8
+    filters: SearchFilters | None = None
+    # hybrid: by meaning and by words, fused; vector or text: one of them alone.
+    mode: SearchMode = "hybrid"
+    # Put the best candidates in a rerank model's order (`rerank_model`, else the organization's memory one).
+    rerank: bool = False
+    rerank_model: ModelName | None = None
+    # Leave out passages that say nearly what a better one already says (maximal marginal relevance).
+    diversity: bool = False
+
+
+class KnowledgeSearch(BaseSearch, kw_only=True):
+    """A search of several bases at once: they must share one embedding model and vector size."""
+
+    base_ids: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=MAX_SEARCH_BASES)]
+
+
+class ParentSection(msgspec.Struct):
+    chunk_id: UUID
+    text: str
+
+
+class SearchHit(msgspec.Struct):
+    chunk_id: UUID
+    document_id: UUID
+    filename: str
+    base_id: UUID
+    page: int | None
+    section: str | None
+    text: str
+    start_offset: int
+    end_offset: int
+    # What the results are ordered by, higher is better: the fused rank score (hybrid), the cosine similarity
+    # (vector), the text rank (text), or the rerank model's relevance when reranked.
+    score: float
+    # The section the passage lies in: the context to give a model around it.
+    parent: ParentSection | None

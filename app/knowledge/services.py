@@ -140,6 +140,20 @@ async def readable_base(session: AsyncSession, base_id: UUID, caller: Caller) ->
     return base
 
 
+async def readable_bases(session: AsyncSession, base_ids: list[UUID], caller: Caller) -> list[KnowledgeBase]:
+    """The bases of `base_ids`, in that order; the first the caller may not read is a 404 naming it."""
+    bases = {
+        base.id: base
+        for base in await session.scalars(
+            select(KnowledgeBase).where(KnowledgeBase.id.in_(base_ids), _readable_by(caller))
+        )
+    }
+    for base_id in base_ids:
+        if base_id not in bases:
+            raise NotFound(f"`base_ids`: no such knowledge base: {base_id}.", field="base_ids")
+    return [bases[base_id] for base_id in base_ids]
+
+
 async def writable_base(session: AsyncSession, base_id: UUID, caller: Caller) -> KnowledgeBase:
     """A base the caller may change: one they can read but not change is a 403, one they cannot read a 404."""
     base = await readable_base(session, base_id, caller)
