@@ -33,6 +33,7 @@ BUILTIN_JOB_MODULES = (
     "app.chat.tasks",
     "app.tenants.tasks",
     "app.operations.backups",
+    "app.knowledge.tasks",
 )
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 # SAQ's own timeout is a backstop behind the runner's: the runner's expiry is an ordinary, retried error.

@@ -10,7 +10,9 @@ from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
+from redis.asyncio import Redis
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import is_admin
@@ -40,6 +42,10 @@ MULTIPART_ALLOWANCE = 64 * 1024
 
 def _caller(request: AuthRequest) -> services.Caller:
     return services.Caller(user_id=request.user.user_id, is_admin=is_admin(request.user))
+
+
+def _jobs(job_queue: RedisQueue, redis: Redis, settings: Settings) -> services.JobQueue:
+    return services.JobQueue(queue=job_queue, redis=redis, settings=settings)
 
 
 class KnowledgeBaseController(Controller):
@@ -109,9 +115,16 @@ class KnowledgeBaseController(Controller):
         base = await services.readable_base(db_session, base_id, caller)
         return services.base_read(base, writable=await services.is_writable(db_session, base, caller))
 
-    @patch("/{base_id:uuid}", summary="Change a knowledge base's name, description, model, chunking or language")
+    @patch(
+        "/{base_id:uuid}",
+        summary="Change a knowledge base's name, description, model, chunking or language "
+        "(a new model or chunking re-indexes its documents)",
+    )
     async def update_base(
         self,
+        job_queue: NamedDependency[RedisQueue],
+        redis: NamedDependency[Redis],
+        settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         data: JSONBody[KnowledgeBaseUpdate],
         actor: NamedDependency[Actor],
@@ -119,7 +132,29 @@ class KnowledgeBaseController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> KnowledgeBaseRead:
         base = await services.writable_base(db_session, base_id, _caller(request))
-        return await services.update_base(db_session, base, actor, data)
+        return await services.update_base(
+            db_session, base, actor, data, jobs=_jobs(job_queue, redis, settings), requested_by=request.user.user_id
+        )
+
+    @post(
+        "/{base_id:uuid}/reindex",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Ingest every document of the base again with its current embedding model and chunking",
+    )
+    async def reindex_base(
+        self,
+        job_queue: NamedDependency[RedisQueue],
+        redis: NamedDependency[Redis],
+        settings: NamedDependency[Settings],
+        base_id: FromPath[UUID],
+        actor: NamedDependency[Actor],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> list[DocumentRead]:
+        base = await services.writable_base(db_session, base_id, _caller(request))
+        return await services.reindex_base(
+            db_session, _jobs(job_queue, redis, settings), base, actor, requested_by=request.user.user_id
+        )
 
     @delete("/{base_id:uuid}", status_code=204, summary="Delete a knowledge base with its documents and their files")
     async def delete_base(
@@ -156,6 +191,8 @@ class KnowledgeDocumentController(Controller):
     async def upload(
         self,
         object_store: NamedDependency[ObjectStore],
+        job_queue: NamedDependency[RedisQueue],
+        redis: NamedDependency[Redis],
         settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         actor: NamedDependency[Actor],
@@ -180,6 +217,8 @@ class KnowledgeDocumentController(Controller):
             data=await upload.read(settings.kb_max_upload_bytes + 1),
             max_bytes=settings.kb_max_upload_bytes,
             metadata=services.parse_metadata(metadata),
+            jobs=_jobs(job_queue, redis, settings),
+            requested_by=request.user.user_id,
         )
         return Response(uploaded, status_code=HTTP_200_OK if uploaded.duplicate else HTTP_201_CREATED)
 
@@ -199,7 +238,29 @@ class KnowledgeDocumentController(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> DocumentRead:
         base = await services.readable_base(db_session, base_id, _caller(request))
-        return services.document_read(await services.base_document(db_session, base, document_id))
+        return await services.document_view(db_session, base, document_id)
+
+    @post(
+        "/{document_id:uuid}/reindex",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Ingest the document again with the base's current embedding model and chunking",
+    )
+    async def reindex_document(
+        self,
+        job_queue: NamedDependency[RedisQueue],
+        redis: NamedDependency[Redis],
+        settings: NamedDependency[Settings],
+        base_id: FromPath[UUID],
+        document_id: FromPath[UUID],
+        actor: NamedDependency[Actor],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> DocumentRead:
+        base = await services.writable_base(db_session, base_id, _caller(request))
+        document = await services.base_document(db_session, base, document_id)
+        return await services.reindex_document(
+            db_session, _jobs(job_queue, redis, settings), base, document, actor, requested_by=request.user.user_id
+        )
 
     @delete("/{document_id:uuid}", status_code=204, summary="Delete a document: its chunks and its stored file too")
     async def delete_document(

@@ -15,11 +15,14 @@ import re
 import tempfile
 import unicodedata
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import msgspec
+from redis.asyncio import Redis
+from saq.queue.redis import RedisQueue
 from sqlalchemy import ColumnElement, cast, delete, literal, or_, select, true, update
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +31,7 @@ from uuid_utils.compat import uuid7
 
 from app.errors import InvalidRequest, NotAllowed, NotFound, ServiceError, ServiceUnavailable
 from app.gateway.adapters import ADAPTERS
+from app.jobs.services import RETRYABLE_STATUSES, cancel_job, retry_job, submit_job
 from app.knowledge.schemas import (
     DocumentRead,
     DocumentUploaded,
@@ -37,14 +41,18 @@ from app.knowledge.schemas import (
 )
 from app.memory.services import text_search_languages
 from app.schemas import read_as
+from app.settings import Settings
 from app.storage.base import ObjectStore, StorageError
 from app.tenants.services import Actor, audit_change
 from db.auth import User
 from db.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 from db.provider import Channel, ProviderType
-from db.tenant import UserGroup, UserGroupMember
+from db.tenant import Job, UserGroup, UserGroupMember
 
 GROUP_MANAGER_ROLE = "admin"
+INGEST_JOB_KIND = "knowledge.ingest"
+# The settings whose change makes every document of the base be ingested again.
+REINDEXING_SETTINGS = {"embedding_model", "chunk_tokens", "chunk_overlap"}
 # What an upload may be: the extension says the type, the content must agree (see `sniffed_type`).
 DOCUMENT_TYPES = {
     ".pdf": "application/pdf",
@@ -121,7 +129,22 @@ def base_read(base: KnowledgeBase, *, writable: bool) -> KnowledgeBaseRead:
     return read_as(KnowledgeBaseRead, base, writable=writable)
 
 
-def document_read(document: KnowledgeDocument) -> DocumentRead:
+# A document waiting for or in an ingestion whose job ended without running it to the end (canceled while still
+# queued, or given up after its worker was lost): the job's end is the document's.
+_ENDED_JOBS = {"canceled": "canceled", "failed": "failed", "dead": "failed"}
+_ENDED_JOB_ERROR = "The ingestion job ended before the document was ready; re-index the document to try again."
+
+
+def document_read(document: KnowledgeDocument, job_status: str | None = None) -> DocumentRead:
+    """The document as the API shows it; `job_status`, its ingestion job's, where the job ended without it."""
+    if document.status in ("queued", "running") and job_status in _ENDED_JOBS:
+        return read_as(
+            DocumentRead,
+            document,
+            metadata=dict(document.attributes),
+            status=_ENDED_JOBS[job_status],
+            error=document.error or _ENDED_JOB_ERROR,
+        )
     return read_as(DocumentRead, document, metadata=dict(document.attributes))
 
 
@@ -296,10 +319,17 @@ async def create_base(
 
 
 async def update_base(
-    session: AsyncSession, base: KnowledgeBase, actor: Actor, data: KnowledgeBaseUpdate
+    session: AsyncSession,
+    base: KnowledgeBase,
+    actor: Actor,
+    data: KnowledgeBaseUpdate,
+    *,
+    jobs: JobQueue,
+    requested_by: UUID,
 ) -> KnowledgeBaseRead:
-    """Change the settings; a new language re-matches the chunks' words at once, a new embedding model
-    leaves the documents embedded with the old one until they are re-indexed (their `embedding_model` says so)."""
+    """Change the settings; a new language re-matches the chunks' words at once, a new embedding model or
+    chunking re-indexes every document (queued here; until its job ran, a document's `embedding_model` says
+    which model its vectors are of)."""
     changes: dict[str, Any] = {
         name: value
         for name in KnowledgeBaseUpdate.__struct_fields__
@@ -328,6 +358,9 @@ async def update_base(
             session, actor, "knowledge.base_updated", "knowledge_base", base.id, name=base.name, fields=sorted(changes)
         )
     await session.commit()
+    has_documents = select(KnowledgeDocument.id).where(KnowledgeDocument.base_id == base.id).exists().select()
+    if changes.keys() & REINDEXING_SETTINGS and await session.scalar(has_documents):
+        await reindex_base(session, jobs, base, actor, requested_by=requested_by, reason="settings changed")
     return base_read(base, writable=True)
 
 
@@ -422,12 +455,19 @@ def parse_metadata(text: str | None) -> dict[str, Any]:
 
 
 async def list_documents(session: AsyncSession, base: KnowledgeBase) -> list[DocumentRead]:
-    rows = await session.scalars(
-        select(KnowledgeDocument)
+    rows = await session.execute(
+        select(KnowledgeDocument, Job.status)
+        .outerjoin(Job, Job.id == KnowledgeDocument.job_id)
         .where(KnowledgeDocument.base_id == base.id)
         .order_by(KnowledgeDocument.created_at.desc(), KnowledgeDocument.id.desc())
     )
-    return [document_read(row) for row in rows]
+    return [document_read(document, job_status) for document, job_status in rows]
+
+
+async def document_view(session: AsyncSession, base: KnowledgeBase, document_id: UUID) -> DocumentRead:
+    document = await base_document(session, base, document_id)
+    job_status = await session.scalar(select(Job.status).where(Job.id == document.job_id)) if document.job_id else None
+    return document_read(document, job_status)
 
 
 async def base_document(session: AsyncSession, base: KnowledgeBase, document_id: UUID) -> KnowledgeDocument:
@@ -445,11 +485,76 @@ async def _by_hash(session: AsyncSession, base: KnowledgeBase, content_hash: str
     )
 
 
-def queue_ingestion(document: KnowledgeDocument) -> None:
-    """Mark the document as waiting for ingestion. Only the status for now: the ingestion job that picks it up
-    (extract, chunk, embed, index) is enqueued here once it exists."""
+@dataclass(frozen=True)
+class JobQueue:
+    """Where ingestion jobs go: the queue, the Redis of its cancel flags, and the settings of their retries."""
+
+    queue: RedisQueue
+    redis: Redis
+    settings: Settings
+
+
+def ingestion_key(base: KnowledgeBase, document: KnowledgeDocument) -> str:
+    """The idempotency key of ingesting `document` as `base` is set now: the document, its content, the embedding
+    model (hashed: a model name may hold characters a key may not) and the chunking that cut it."""
+    model = hashlib.sha256(base.embedding_model.encode()).hexdigest()[:16]
+    return f"kb-ingest:{document.id}:{document.content_hash}:{model}:{base.chunk_tokens}-{base.chunk_overlap}"
+
+
+async def queue_ingestion(
+    session: AsyncSession, jobs: JobQueue, base: KnowledgeBase, document: KnowledgeDocument, *, requested_by: UUID
+) -> Job:
+    """Submit the `knowledge.ingest` job of the document (committing the session) and mark it `queued`.
+
+    A second call for the same document, content, model and chunking is the same job: nothing is run twice.
+    A document whose last job did exactly this and is ready (or still on its way) keeps that job.
+    """
+    key = ingestion_key(base, document)
+    if document.job_id is not None:
+        last = await session.get(Job, document.job_id)
+        if (
+            last is not None
+            and last.idempotency_key == key
+            and (last.status in ("queued", "running") or (last.status == "succeeded" and document.status == "ready"))
+        ):
+            await session.commit()
+            return last
+    # Committed with the job: its worker may claim the document (`running`) before this function returns.
     document.status = "queued"
     document.error = None
+    job, created = await submit_job(
+        session,
+        jobs.queue,
+        jobs.settings,
+        tenant_id=base.tenant_id,
+        kind=INGEST_JOB_KIND,
+        payload={"document_id": str(document.id)},
+        idempotency_key=key,
+        created_by=requested_by,
+    )
+    if not created and job.status in RETRYABLE_STATUSES:
+        job = await retry_job(session, jobs.queue, jobs.redis, jobs.settings, job, actor=requested_by)
+    elif not created and job.status == "succeeded":
+        # That job ran for these settings before they changed and changed back: its chunks are gone since.
+        job, _ = await submit_job(
+            session,
+            jobs.queue,
+            jobs.settings,
+            tenant_id=base.tenant_id,
+            kind=INGEST_JOB_KIND,
+            payload={"document_id": str(document.id)},
+            idempotency_key=f"{key}:{uuid7().hex[-12:]}",
+            created_by=requested_by,
+        )
+    previous_id, document.job_id = document.job_id, job.id
+    await session.commit()
+    if previous_id is not None and previous_id != job.id:
+        # The document's previous job, if still on its way, stops (it no longer owns the document, so it
+        # writes nothing more): its work would mix two settings.
+        previous = await session.get(Job, previous_id)
+        if previous is not None and previous.status in ("queued", "running"):
+            await cancel_job(session, jobs.queue, jobs.redis, previous, actor=requested_by)
+    return job
 
 
 async def add_document(
@@ -462,8 +567,10 @@ async def add_document(
     data: bytes,
     max_bytes: int,
     metadata: dict[str, Any],
+    jobs: JobQueue,
+    requested_by: UUID,
 ) -> DocumentUploaded:
-    """Store an upload in the base: checked (size, type), the file in the object store, the document queued.
+    """Store an upload in the base: checked (size, type), the file in the object store, its ingestion job submitted.
 
     The same content already in the base is that document (`duplicate`), and nothing is stored again.
     """
@@ -488,7 +595,6 @@ async def add_document(
         attributes=metadata,
         created_by=actor.user_id,
     )
-    queue_ingestion(document)
     session.add(document)
     audit_change(
         session,
@@ -502,7 +608,8 @@ async def add_document(
     )
     await _put(store, base.tenant_id, object_name, data, content_type)
     try:
-        await session.commit()
+        # Submitting the job commits the document with it.
+        await queue_ingestion(session, jobs, base, document, requested_by=requested_by)
     except IntegrityError:
         # The same content uploaded at the same moment: the other upload's document stands, this file goes.
         await session.rollback()
@@ -522,6 +629,64 @@ async def _put(store: ObjectStore, tenant_id: UUID, name: str, data: bytes, cont
             await store.put(tenant_id, name, path, content_type=content_type)
         except StorageError as error:
             raise ServiceUnavailable(error.detail) from None
+
+
+async def reindex_document(
+    session: AsyncSession,
+    jobs: JobQueue,
+    base: KnowledgeBase,
+    document: KnowledgeDocument,
+    actor: Actor,
+    *,
+    requested_by: UUID,
+    reason: str = "requested",
+) -> DocumentRead:
+    """Run the document's ingestion again for the base's current model and chunking (audited). Chunks whose text
+    is unchanged keep their vectors unless the model changed; a document already ingested so is left as it is."""
+    audit_change(
+        session,
+        actor,
+        "knowledge.document_reindexed",
+        "knowledge_document",
+        document.id,
+        base_id=str(base.id),
+        embedding_model=base.embedding_model,
+        reason=reason,
+    )
+    await queue_ingestion(session, jobs, base, document, requested_by=requested_by)
+    return document_read(document)
+
+
+async def reindex_base(
+    session: AsyncSession,
+    jobs: JobQueue,
+    base: KnowledgeBase,
+    actor: Actor,
+    *,
+    requested_by: UUID,
+    reason: str = "requested",
+) -> list[DocumentRead]:
+    """Re-index every document of the base (one audit event for the base); see `reindex_document`."""
+    documents = list(
+        await session.scalars(
+            select(KnowledgeDocument).where(KnowledgeDocument.base_id == base.id).order_by(KnowledgeDocument.id)
+        )
+    )
+    audit_change(
+        session,
+        actor,
+        "knowledge.base_reindexed",
+        "knowledge_base",
+        base.id,
+        name=base.name,
+        embedding_model=base.embedding_model,
+        documents=len(documents),
+        reason=reason,
+    )
+    for document in documents:
+        await queue_ingestion(session, jobs, base, document, requested_by=requested_by)
+    await session.commit()
+    return [document_read(document) for document in documents]
 
 
 async def delete_document(
