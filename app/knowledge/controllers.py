@@ -30,8 +30,6 @@ from app.storage.base import ObjectStore
 from app.tenants.services import Actor
 
 AuthRequest = Request[Principal, Any, State]
-# Room in the request body for the multipart framing and the `metadata` field around the file itself.
-MULTIPART_ALLOWANCE = 64 * 1024
 
 
 def _caller(request: AuthRequest) -> services.Caller:
@@ -183,5 +181,5 @@ def document_controller(max_upload_bytes: int) -> type[Controller]:
     return type(
         "KnowledgeDocumentController",
         (KnowledgeDocumentController,),
-        {"request_max_body_size": max_upload_bytes + MULTIPART_ALLOWANCE},
+        {"request_max_body_size": max_upload_bytes + services.MULTIPART_ALLOWANCE},
     )

@@ -90,3 +90,16 @@ class DocumentRead(msgspec.Struct):
 class DocumentUploaded(DocumentRead):
     # True: the base already had this content; this is that document and nothing new was stored.
     duplicate: bool = False
+
+
+class ChunkRead(msgspec.Struct):
+    """A passage of a document as a preview shows it: where it sits and its text."""
+
+    id: UUID
+    position: int
+    page: int | None
+    section: str | None
+    start_offset: int
+    end_offset: int
+    token_count: int
+    text: str
