@@ -120,7 +120,7 @@ def create_app(settings: Settings) -> Litestar:
             KnowledgeBaseController,
             document_controller(settings.kb_max_upload_bytes),
             ObjectController,
-            create_portal_router(settings.jwt_keyring, resources.session_maker),
+            create_portal_router(settings.jwt_keyring, resources.session_maker, settings.kb_max_upload_bytes),
             home,
         ],
         guards=[full_session_only],

@@ -36,16 +36,10 @@ from app.storage.base import ObjectStore
 from app.tenants.services import Actor
 
 AuthRequest = Request[Principal, Any, State]
-# Room in the request body for the multipart framing and the `metadata` field around the file itself.
-MULTIPART_ALLOWANCE = 64 * 1024
 
 
 def _caller(request: AuthRequest) -> services.Caller:
     return services.Caller(user_id=request.user.user_id, is_admin=is_admin(request.user))
-
-
-def _jobs(job_queue: RedisQueue, redis: Redis, settings: Settings) -> services.JobQueue:
-    return services.JobQueue(queue=job_queue, redis=redis, settings=settings)
 
 
 class KnowledgeBaseController(Controller):
@@ -133,7 +127,12 @@ class KnowledgeBaseController(Controller):
     ) -> KnowledgeBaseRead:
         base = await services.writable_base(db_session, base_id, _caller(request))
         return await services.update_base(
-            db_session, base, actor, data, jobs=_jobs(job_queue, redis, settings), requested_by=request.user.user_id
+            db_session,
+            base,
+            actor,
+            data,
+            jobs=services.JobQueue(queue=job_queue, redis=redis, settings=settings),
+            requested_by=request.user.user_id,
         )
 
     @post(
@@ -153,7 +152,11 @@ class KnowledgeBaseController(Controller):
     ) -> list[DocumentRead]:
         base = await services.writable_base(db_session, base_id, _caller(request))
         return await services.reindex_base(
-            db_session, _jobs(job_queue, redis, settings), base, actor, requested_by=request.user.user_id
+            db_session,
+            services.JobQueue(queue=job_queue, redis=redis, settings=settings),
+            base,
+            actor,
+            requested_by=request.user.user_id,
         )
 
     @delete("/{base_id:uuid}", status_code=204, summary="Delete a knowledge base with its documents and their files")
@@ -217,7 +220,7 @@ class KnowledgeDocumentController(Controller):
             data=await upload.read(settings.kb_max_upload_bytes + 1),
             max_bytes=settings.kb_max_upload_bytes,
             metadata=services.parse_metadata(metadata),
-            jobs=_jobs(job_queue, redis, settings),
+            jobs=services.JobQueue(queue=job_queue, redis=redis, settings=settings),
             requested_by=request.user.user_id,
         )
         return Response(uploaded, status_code=HTTP_200_OK if uploaded.duplicate else HTTP_201_CREATED)
@@ -259,7 +262,12 @@ class KnowledgeDocumentController(Controller):
         base = await services.writable_base(db_session, base_id, _caller(request))
         document = await services.base_document(db_session, base, document_id)
         return await services.reindex_document(
-            db_session, _jobs(job_queue, redis, settings), base, document, actor, requested_by=request.user.user_id
+            db_session,
+            services.JobQueue(queue=job_queue, redis=redis, settings=settings),
+            base,
+            document,
+            actor,
+            requested_by=request.user.user_id,
         )
 
     @delete("/{document_id:uuid}", status_code=204, summary="Delete a document: its chunks and its stored file too")
@@ -283,5 +291,5 @@ def document_controller(max_upload_bytes: int) -> type[Controller]:
     return type(
         "KnowledgeDocumentController",
         (KnowledgeDocumentController,),
-        {"request_max_body_size": max_upload_bytes + MULTIPART_ALLOWANCE},
+        {"request_max_body_size": max_upload_bytes + services.MULTIPART_ALLOWANCE},
     )

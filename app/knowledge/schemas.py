@@ -92,6 +92,19 @@ class DocumentUploaded(DocumentRead):
     duplicate: bool = False
 
 
+class ChunkRead(msgspec.Struct):
+    """A passage of a document as a preview shows it: where it sits and its text."""
+
+    id: UUID
+    position: int
+    page: int | None
+    section: str | None
+    start_offset: int
+    end_offset: int
+    token_count: int
+    text: str
+
+
 # --- search ---------------------------------------------------------------------------------------
 
 MAX_SEARCH_BASES = 20

@@ -23,7 +23,7 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
-from sqlalchemy import ColumnElement, cast, delete, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, cast, delete, func, literal, or_, select, true, update
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +33,7 @@ from app.errors import InvalidRequest, NotAllowed, NotFound, ServiceError, Servi
 from app.gateway.adapters import ADAPTERS
 from app.jobs.services import RETRYABLE_STATUSES, cancel_job, retry_job, submit_job
 from app.knowledge.schemas import (
+    ChunkRead,
     DocumentRead,
     DocumentUploaded,
     KnowledgeBaseCreate,
@@ -74,6 +75,8 @@ _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_FILENAME = 255
 MAX_KEY_FILENAME = 120
 MAX_METADATA_BYTES = 16 * 1024
+# Room in an upload's request body for the multipart framing and the fields around the file itself.
+MULTIPART_ALLOWANCE = 64 * 1024
 
 
 class PayloadTooLarge(ServiceError):
@@ -187,6 +190,35 @@ async def writable_base(session: AsyncSession, base_id: UUID, caller: Caller) ->
 
 async def is_writable(session: AsyncSession, base: KnowledgeBase, caller: Caller) -> bool:
     return _writable(base, caller, await _managed_groups(session, caller.user_id))
+
+
+async def document_counts(session: AsyncSession, base_ids: list[UUID]) -> dict[UUID, int]:
+    """How many documents each of `base_ids` holds (a base without any is left out)."""
+    rows = await session.execute(
+        select(KnowledgeDocument.base_id, func.count().label("documents"))
+        .where(KnowledgeDocument.base_id.in_(base_ids))
+        .group_by(KnowledgeDocument.base_id)
+    )
+    return {row.base_id: row.documents for row in rows}
+
+
+async def groups_for_new_base(session: AsyncSession, caller: Caller) -> list[tuple[UUID, str]]:
+    """The groups `caller` may create a base for, by name: every group for an admin, else those they manage."""
+    query = select(UserGroup.id, UserGroup.name).order_by(UserGroup.name)
+    if not caller.is_admin:
+        query = query.where(UserGroup.id.in_(await _managed_groups(session, caller.user_id)))
+    return [(row.id, row.name) for row in await session.execute(query)]
+
+
+async def chunk_preview(session: AsyncSession, document: KnowledgeDocument, limit: int) -> list[ChunkRead]:
+    """The document's first `limit` passages (what search finds), in reading order."""
+    rows = await session.scalars(
+        select(KnowledgeChunk)
+        .where(KnowledgeChunk.document_id == document.id, KnowledgeChunk.level == "passage")
+        .order_by(KnowledgeChunk.position)
+        .limit(limit)
+    )
+    return [read_as(ChunkRead, row) for row in rows]
 
 
 # --- settings checks ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from app.portal.controllers.channels import ChannelPages
 from app.portal.controllers.chat import ChatPages
 from app.portal.controllers.conversations import ConversationPages
 from app.portal.controllers.joining import JoiningPages
+from app.portal.controllers.knowledge import knowledge_pages
 from app.portal.controllers.memories import MemoryPages
 from app.portal.controllers.passwords import PasswordResetPages
 from app.portal.controllers.platform import PlatformTenantPages
@@ -115,8 +116,11 @@ async def home() -> Redirect:
     return Redirect(f"{PORTAL}/")
 
 
-def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[AsyncSession]) -> Router:
-    """The portal's pages; its middleware checks session cookies and CSRF tokens with these."""
+def create_portal_router(
+    keyring: KeyRing, session_maker: async_sessionmaker[AsyncSession], kb_max_upload_bytes: int
+) -> Router:
+    """The portal's pages; its middleware checks session cookies and CSRF tokens with these. Knowledge base
+    uploads may be `kb_max_upload_bytes` large."""
     static = create_static_files_router(
         path="/static", directories=[STATIC], opt={PUBLIC_PAGE: True}, include_in_schema=False
     )
@@ -135,6 +139,7 @@ def create_portal_router(keyring: KeyRing, session_maker: async_sessionmaker[Asy
             AuditPages,
             JobPages,
             MemoryPages,
+            knowledge_pages(kb_max_upload_bytes),
             ConversationPages,
             ChatPages,
             SettingsPages,

@@ -39,6 +39,7 @@ MENU_PAGES = {
     "settings": "/portal/settings",
     "webhooks": "/portal/webhooks",
     "memories": "/portal/memories",
+    "knowledge": "/portal/knowledge",
     "conversations": "/portal/conversations",
     "chat": "/portal/chat",
     "account": "/portal/account",
@@ -214,7 +215,9 @@ async def test_every_page_fits_1280_and_390_px_with_readable_charts_and_a_tidy_m
     await page.screenshot(path=SCREENSHOTS / "layout-menu-open.png")
     await use.locator("summary").click()  # one dropdown at a time
     await expect(manage.locator("ul")).to_be_hidden()
-    await expect(use.locator("a")).to_have_text(["Dashboard", "Chat", "Conversations", "Memories", "Usage", "API keys"])
+    await expect(use.locator("a")).to_have_text(
+        ["Dashboard", "Chat", "Conversations", "Memories", "Knowledge", "Usage", "API keys"]
+    )
     await page.keyboard.press("Escape")
     await expect(use.locator("ul")).to_be_hidden()
     await expect(use.locator("summary")).to_be_focused()
@@ -271,7 +274,7 @@ async def test_every_page_fits_1280_and_390_px_with_readable_charts_and_a_tidy_m
     await expect(menu_panel).to_be_hidden()
     await small.click("summary:has-text('Menu')")
     await expect(menu_panel).to_be_visible()
-    await expect(small.locator("nav[aria-label=Main] a")).to_have_count(14)
+    await expect(small.locator("nav[aria-label=Main] a")).to_have_count(15)
     for link in await small.locator("nav[aria-label=Main] a").all():
         await expect(link).to_be_visible()
     sheet = box_of(await menu_panel.bounding_box())

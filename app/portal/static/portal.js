@@ -65,11 +65,14 @@ function markScrollingTables() {
 markScrollingTables();
 window.addEventListener("resize", markScrollingTables);
 
-// Pages that show changing state (jobs) reload their table every few seconds while visible.
-const live = document.querySelector("[data-refresh]");
-if (live) {
+// Pages that show changing state (jobs, documents being ingested) reload that part every few seconds while
+// visible. A script that replaces such a part itself (an upload) says so with a `lyss:replaced` event.
+let polling = null;
+function watchLive() {
+  const live = document.querySelector("[data-refresh]");
+  if (!live || polling) return;
   const seconds = Number(live.dataset.refresh) || 3;
-  const timer = setInterval(async () => {
+  polling = setInterval(async () => {
     if (document.hidden) return;
     const response = await fetch(window.location.href);
     if (!response.ok) return;
@@ -79,9 +82,17 @@ if (live) {
     if (fresh && current) current.replaceWith(fresh);
     markScrollingTables();
     // Finished (the fresh copy no longer asks to be refreshed): stop polling.
-    if (!fresh || !fresh.dataset.refresh) clearInterval(timer);
+    if (!fresh || !fresh.dataset.refresh) {
+      clearInterval(polling);
+      polling = null;
+    }
   }, seconds * 1000);
 }
+watchLive();
+document.addEventListener("lyss:replaced", () => {
+  markScrollingTables();
+  watchLive();
+});
 
 // Channel form: choosing a type fills in its default base URL (unless one was typed by hand).
 const presets = document.querySelector("select[data-presets]");
