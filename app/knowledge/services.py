@@ -221,6 +221,16 @@ async def chunk_preview(session: AsyncSession, document: KnowledgeDocument, limi
     return [read_as(ChunkRead, row) for row in rows]
 
 
+async def document_chunk(session: AsyncSession, document: KnowledgeDocument, chunk_id: UUID) -> ChunkRead | None:
+    """One of the document's passages, or None if it has no such passage."""
+    row = await session.scalar(
+        select(KnowledgeChunk).where(
+            KnowledgeChunk.id == chunk_id, KnowledgeChunk.document_id == document.id, KnowledgeChunk.level == "passage"
+        )
+    )
+    return None if row is None else read_as(ChunkRead, row)
+
+
 # --- settings checks ------------------------------------------------------------------------------
 
 

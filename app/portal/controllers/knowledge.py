@@ -1,8 +1,9 @@
-"""Portal pages for knowledge bases: the list and a new base, a base with its documents and uploads, a document
-with a preview of its passages, and deletions confirmed on a page of their own."""
+"""Portal pages for knowledge bases: the list and a new base, a base with its documents, uploads and a search box,
+a document with a preview of its passages, and deletions confirmed on a page of their own."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
@@ -10,16 +11,17 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest
-from app.knowledge import services
-from app.knowledge.schemas import KnowledgeBaseCreate, KnowledgeBaseRead, KnowledgeBaseUpdate
-from app.memory.services import text_search_languages
+from app.gateway.engine import Gateway
+from app.knowledge import search, services
+from app.knowledge.schemas import BaseSearch, KnowledgeBaseCreate, KnowledgeBaseRead, KnowledgeBaseUpdate, SearchHit
+from app.memory.services import memory_settings, text_search_languages
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
 from app.settings import Settings
@@ -34,6 +36,37 @@ CREATE_FIELDS = (*BASE_FIELDS, "scope", "group_id")
 # Documents still being ingested: their pages reload the list every few seconds (portal.js, `data-refresh`).
 IN_PROGRESS = {"queued", "running"}
 REFRESH_SECONDS = 3
+SEARCH_MODES = [("hybrid", "Meaning and words"), ("vector", "Meaning only"), ("text", "Words only")]
+# The search struct's fields as the search box names them.
+SEARCH_FIELD_OF = {"query": "q", "rerank_model": "rerank"}
+_WORD = re.compile(r"\w+")
+
+
+class SearchResult(msgspec.Struct):
+    """A hit as the page lists it: its passage cut into (text, is a query word) pieces to mark."""
+
+    hit: SearchHit
+    pieces: list[tuple[str, bool]]
+
+
+def highlighted(text: str, query: str) -> list[tuple[str, bool]]:
+    """`text` in pieces, those that are words of `query` (or start with one, as "opens" with "open") flagged.
+
+    Pieces, not markup: the template escapes every piece, so a passage or query holding HTML stays text."""
+    words = sorted({word.casefold() for word in _WORD.findall(query) if len(word) > 1}, key=len, reverse=True)
+    if not words:
+        return [(text, False)] if text else []
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\w*", re.IGNORECASE)
+    pieces: list[tuple[str, bool]] = []
+    start = 0
+    for match in pattern.finditer(text):
+        if match.start() > start:
+            pieces.append((text[start : match.start()], False))
+        pieces.append((match.group(), True))
+        start = match.end()
+    if start < len(text):
+        pieces.append((text[start:], False))
+    return pieces
 
 
 def _caller(viewer: Viewer) -> services.Caller:
@@ -139,6 +172,9 @@ class KnowledgePages(Controller):
         values: dict[str, str] | None = None,
         errors: dict[str, str] | None = None,
         status_code: int = 200,
+        searched: dict[str, str] | None = None,
+        results: list[SearchResult] | None = None,
+        search_errors: dict[str, str] | None = None,
     ) -> Template:
         caller = _caller(viewer)
         row = await services.readable_base(db_session, base_id, caller)
@@ -162,17 +198,56 @@ class KnowledgePages(Controller):
             max_upload_bytes=settings.kb_max_upload_bytes,
             values=values if values is not None else _settings_values(base),
             errors=errors or {},
+            search_modes=SEARCH_MODES,
+            # Reranking needs a model: the organization's memory one (a search names no other here).
+            can_rerank=(await memory_settings(db_session)).rerank_model is not None,
+            searched=searched or {"q": "", "mode": "hybrid", "rerank": "", "diversity": ""},
+            results=results,
+            search_errors=search_errors or {},
         )
 
-    @get("/{base_id:uuid}", summary="A knowledge base and its documents")
+    @get("/{base_id:uuid}", summary="A knowledge base, its documents and a search of its passages")
     async def base_detail(
         self,
         base_id: FromPath[UUID],
+        gateway: NamedDependency[Gateway],
         viewer: NamedDependency[Viewer],
         settings: NamedDependency[Settings],
         db_session: NamedDependency[AsyncSession],
+        q: FromQuery[str | None] = None,
+        mode: FromQuery[str] = "hybrid",
+        rerank: FromQuery[str] = "",
+        diversity: FromQuery[str] = "",
     ) -> Template:
-        return await self._base_page(viewer, db_session, settings, base_id)
+        if q is None:
+            return await self._base_page(viewer, db_session, settings, base_id)
+        # Found first: a base out of reach is a 404 whatever the query.
+        await services.readable_base(db_session, base_id, _caller(viewer))
+        searched = {"q": q, "mode": mode, "rerank": rerank, "diversity": diversity}
+        hits: list[SearchHit] = []
+        async with FormSubmission(db_session) as submission:
+            data = parse(
+                BaseSearch,
+                {"query": q.strip(), "mode": mode, "rerank": bool(rerank), "diversity": bool(diversity)},
+            )
+            hits = await search.search(
+                db_session,
+                gateway,
+                tenant_id=viewer.principal.tenant_id,
+                caller=_caller(viewer),
+                base_ids=[base_id],
+                request=data,
+            )
+        return await self._base_page(
+            viewer,
+            db_session,
+            settings,
+            base_id,
+            status_code=submission.status_code,
+            searched=searched,
+            results=None if submission.refused else [SearchResult(hit, highlighted(hit.text, q)) for hit in hits],
+            search_errors={SEARCH_FIELD_OF.get(field, field): message for field, message in submission.errors.items()},
+        )
 
     @post("/{base_id:uuid}", summary="Change a knowledge base's settings")
     async def update_base(
@@ -273,17 +348,25 @@ class KnowledgePages(Controller):
         document_id: FromPath[UUID],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
+        chunk: FromQuery[UUID | None] = None,
     ) -> Template:
         caller = _caller(viewer)
         row = await services.readable_base(db_session, base_id, caller)
         base = services.base_read(row, writable=await services.is_writable(db_session, row, caller))
         document = await services.base_document(db_session, row, document_id)
+        chunks = await services.chunk_preview(db_session, document, PREVIEW_CHUNKS)
+        # A search result links to its passage (`?chunk=<id>#chunk-<id>`): shown after the preview when it lies
+        # beyond it, so that the anchor always lands.
+        shown = None
+        if chunk is not None and all(preview.id != chunk for preview in chunks):
+            shown = await services.document_chunk(db_session, document, chunk)
         return page(
             viewer,
             "knowledge/document.html",
             base=base,
             document=services.document_read(document),
-            chunks=await services.chunk_preview(db_session, document, PREVIEW_CHUNKS),
+            chunks=chunks,
+            shown_chunk=shown,
             preview_size=PREVIEW_CHUNKS,
             refreshing=document.status in IN_PROGRESS,
             refresh_seconds=REFRESH_SECONDS,
