@@ -1,0 +1,215 @@
+"""Chat with knowledge over HTTP, the mock provider as the chat and embeddings channel: the sections put into the
+context, numbered; the citations the answer records; which bases a conversation may attach; a failed retrieval."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.gateway.client import CHAT_TOKEN_NAME
+from app.knowledge.chunking import count_tokens
+from app.knowledge.context import INSTRUCTIONS, sources
+from app.knowledge.schemas import ParentSection, SearchHit
+from db.provider import ApiToken
+from db.session import tenant_session
+from tests.integration.knowledge.test_knowledge_bases import BASES, EMBEDDER, create_base
+from tests.integration.knowledge.test_search import HOLIDAYS, OPENS, PARKING, SICK, add_document, embedder
+from tests.support.clients import AuthHeaders, Client
+from tests.support.gateway import add_channel, usage_rows
+from tests.support.mock_upstream import MockUpstream
+from tests.support.tenants import TenantRows
+
+CONVERSATIONS = "/api/conversations"
+
+
+async def chat_with_handbook(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant: TenantRows,
+    auth_headers: AuthHeaders,
+) -> tuple[str, UUID, list[UUID]]:
+    """A chat channel, an embeddings channel, and the user's base holding office.md (one section, two passages)
+    and holidays.txt: (base id, office document id, office passage ids)."""
+    key = await embedder(client, tenant, upstream, auth_headers)
+    await add_channel(client, auth_headers(tenant.admin), upstream, f"chat-{tenant.slug}")
+    upstream.behave(f"chat-{tenant.slug}", replies=["It opens at nine [1]."] * 5)
+    user = auth_headers(tenant.user)
+    base = await create_base(client, user)
+    office, passages = await add_document(client, session_maker, tenant, key, base["id"], "office.md", [OPENS, PARKING])
+    await add_document(client, session_maker, tenant, key, base["id"], "holidays.txt", [HOLIDAYS, SICK])
+    return base["id"], office, passages
+
+
+async def start(client: Client, headers: dict[str, str], **fields: Any) -> Any:
+    response = await client.post(
+        CONVERSATIONS, json={"model": "gpt-test", "use_memory": False, **fields}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def ask(client: Client, headers: dict[str, str], conversation_id: str, content: str) -> Any:
+    response = await client.post(
+        f"{CONVERSATIONS}/{conversation_id}/messages", json={"content": content}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def chat_requests(upstream: MockUpstream) -> list[dict[str, Any]]:
+    return [body for _, body in upstream.bodies if "messages" in body]
+
+
+async def test_a_turn_gets_the_matching_section_numbered_and_the_answer_cites_it(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    base_id, office, passages = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
+    user = auth_headers(tenant_a.user)
+    conversation = await start(client, user, system_prompt="Answer briefly.", knowledge_base_ids=[base_id, base_id])
+    assert conversation["knowledge_base_ids"] == [base_id]
+
+    turn = await ask(client, user, conversation["id"], "When does the office open at nine?")
+
+    system = chat_requests(upstream)[-1]["messages"][0]
+    assert system["role"] == "system"
+    assert system["content"].startswith("Answer briefly.\n\n" + INSTRUCTIONS)
+    # The passage's whole section (both passages of office.md), numbered, with its document, page and section.
+    assert f"[1] office.md, page 1, Handbook\n{OPENS} {PARKING}" in system["content"]
+    assert "[2] holidays.txt, page 1, Handbook" in system["content"]
+    # One source per section: the second passage of office.md's section is not repeated.
+    assert system["content"].count(PARKING) == 1
+    citations = turn["assistant_message"]["details"]["citations"]
+    assert citations[0] == {
+        "number": 1,
+        "base_id": base_id,
+        "document_id": str(office),
+        "filename": "office.md",
+        "page": 1,
+        "section": "Handbook",
+        "chunk_id": str(passages[0]),
+    }
+    assert [citation["number"] for citation in citations] == [1, 2]
+    assert "knowledge_error" not in turn["assistant_message"]["details"]
+    detail = (await client.get(f"{CONVERSATIONS}/{conversation['id']}", headers=user)).json()
+    assert detail["messages"][-1]["details"]["citations"] == citations
+    # The question's embedding is billed to the user, as a knowledge search is.
+    rows = await usage_rows(session_maker, tenant_a, 4)
+    assert ("embeddings", tenant_a.user.id) in [(row.endpoint, row.user_id) for row in rows]
+
+
+async def test_only_readable_bases_attach_and_a_base_deleted_later_is_skipped(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    tenant_b: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    base_id, _, _ = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
+    user, admin = auth_headers(tenant_a.user), auth_headers(tenant_a.admin)
+    admins_own = (await create_base(client, admin, name="Admin notes"))["id"]
+    await embedder(client, tenant_b, upstream, auth_headers)
+    other_tenants = (await create_base(client, auth_headers(tenant_b.user)))["id"]
+
+    for unreadable in (admins_own, other_tenants, str(uuid4())):
+        response = await client.post(
+            CONVERSATIONS, json={"model": "gpt-test", "knowledge_base_ids": [base_id, unreadable]}, headers=user
+        )
+        assert response.status_code == 404, response.text
+        assert "knowledge_base_ids" in response.json()["detail"]
+        assert unreadable in response.json()["detail"]
+    for wrong in ("nope", ["nope"], [1], [str(uuid4())] * 21):
+        response = await client.post(
+            CONVERSATIONS, json={"model": "gpt-test", "knowledge_base_ids": wrong}, headers=user
+        )
+        assert response.status_code == 400, response.text
+        assert "knowledge_base_ids" in response.text
+
+    conversation = await start(client, user)
+    assert conversation["knowledge_base_ids"] == []
+    path = f"{CONVERSATIONS}/{conversation['id']}"
+    response = await client.patch(path, json={"knowledge_base_ids": [admins_own]}, headers=user)
+    assert response.status_code == 404, response.text
+    assert (await client.get(path, headers=user)).json()["conversation"]["knowledge_base_ids"] == []
+    response = await client.patch(path, json={"knowledge_base_ids": [base_id]}, headers=user)
+    assert (response.status_code, response.json()["knowledge_base_ids"]) == (200, [base_id])
+    # Another change leaves the bases as they are.
+    response = await client.patch(path, json={"title": "Office"}, headers=user)
+    assert response.json()["knowledge_base_ids"] == [base_id]
+
+    assert (await client.delete(f"{BASES}/{base_id}", headers=user)).status_code == 204
+    turn = await ask(client, user, conversation["id"], "When does the office open?")
+    assert turn["assistant_message"]["content"] == "It opens at nine [1]."
+    assert "citations" not in turn["assistant_message"]["details"]
+    assert "knowledge_error" not in turn["assistant_message"]["details"]
+    assert chat_requests(upstream)[-1]["messages"] == [{"role": "user", "content": "When does the office open?"}]
+    response = await client.patch(path, json={"knowledge_base_ids": []}, headers=user)
+    assert response.json()["knowledge_base_ids"] == []
+
+
+async def test_a_refused_retrieval_answers_without_knowledge_and_says_why(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    base_id, _, _ = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
+    user = auth_headers(tenant_a.user)
+    conversation = await start(client, user, knowledge_base_ids=[base_id])
+    # The user's chat key may no longer use the embedding model: the query cannot be embedded.
+    await ask(client, user, conversation["id"], "warm up the chat key")
+    async with tenant_session(session_maker, tenant_a.id) as session:
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.user_id == tenant_a.user.id, ApiToken.name == CHAT_TOKEN_NAME)
+            .values(allowed_models=["gpt-test"])
+        )
+        await session.commit()
+
+    turn = await ask(client, user, conversation["id"], "When does the office open at nine?")
+
+    assert turn["assistant_message"]["content"] == "It opens at nine [1]."
+    details = turn["assistant_message"]["details"]
+    assert EMBEDDER in details["knowledge_error"]
+    assert "citations" not in details
+    assert all(message["role"] != "system" for message in chat_requests(upstream)[-1]["messages"])
+
+
+def hit(number: int, parent: str | None, text: str) -> SearchHit:
+    return SearchHit(
+        chunk_id=UUID(int=number),
+        document_id=UUID(int=100 + number),
+        filename=f"doc{number}.txt",
+        base_id=UUID(int=1000),
+        page=None,
+        section=None,
+        text=text,
+        start_offset=0,
+        end_offset=len(text),
+        score=1.0 / number,
+        parent=ParentSection(chunk_id=UUID(int=200 + number), text=parent) if parent is not None else None,
+    )
+
+
+def test_the_budget_goes_to_the_best_passages_first_their_sections_when_they_fit() -> None:
+    small, large = "short section " * 5, "a long section " * 400
+    hits = [hit(1, small, "first"), hit(2, large, "second passage"), hit(3, None, "third"), hit(4, large, "x" * 4000)]
+    budget = count_tokens(INSTRUCTIONS) + 60
+    knowledge = sources(hits, budget)
+    # 1 fits whole; 2's section does not, its passage does; 3 has no section; 4 fits neither way and is left out.
+    assert [citation.chunk_id for citation in knowledge.citations] == [UUID(int=1), UUID(int=2), UUID(int=3)]
+    assert f"[1] doc1.txt\n{small}" in knowledge.text
+    assert "[2] doc2.txt\nsecond passage" in knowledge.text
+    assert large not in knowledge.text
+    assert "[3] doc3.txt\nthird" in knowledge.text
+    assert count_tokens(knowledge.text) <= budget
+    assert sources(hits, count_tokens(INSTRUCTIONS)).text == ""
