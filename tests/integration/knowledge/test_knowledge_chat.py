@@ -3,6 +3,7 @@ context, numbered; the citations the answer records; which bases a conversation 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -20,6 +21,7 @@ from tests.integration.knowledge.test_search import HOLIDAYS, OPENS, PARKING, SI
 from tests.support.clients import AuthHeaders, Client
 from tests.support.gateway import add_channel, usage_rows
 from tests.support.mock_upstream import MockUpstream
+from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows
 
 CONVERSATIONS = "/api/conversations"
@@ -213,3 +215,50 @@ def test_the_budget_goes_to_the_best_passages_first_their_sections_when_they_fit
     assert "[3] doc3.txt\nthird" in knowledge.text
     assert count_tokens(knowledge.text) <= budget
     assert sources(hits, count_tokens(INSTRUCTIONS)).text == ""
+
+
+async def test_the_chat_page_attaches_bases_and_shows_the_citations_as_links(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    base_id, office, passages = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
+    admins_own = (await create_base(client, auth_headers(tenant_a.admin), name="Admin notes"))["id"]
+    csrf = await sign_in(client, tenant_a, tenant_a.user.email)
+    conversation = await start(client, auth_headers(tenant_a.user))
+    page_path = f"/portal/chat/{conversation['id']}"
+    shown = await client.get(page_path)
+    # The bases the user can read are the choices; the admin's own is not among them.
+    choices = re.findall(r'name="knowledge_base_ids" value="([^"]*)"', shown.text)
+    assert base_id in choices
+    assert admins_own not in choices
+    settings = {"csrf_token": csrf, "title": "Office", "model": "gpt-test", "temperature": "0.7"}
+
+    for wrong, status in ((admins_own, 404), (str(uuid4()), 404), ("nope", 400)):
+        response = await client.post(page_path, data={**settings, "knowledge_base_ids": [base_id, wrong]})
+        assert response.status_code == status, response.text
+        assert field_error(response.text, "knowledge_base_ids"), response.text
+        assert (await client.get(f"{CONVERSATIONS}/{conversation['id']}")).json()["conversation"][
+            "knowledge_base_ids"
+        ] == []
+    response = await client.post(page_path, data={**settings, "knowledge_base_ids": [base_id]})
+    assert response.status_code == 303, response.text
+    assert (await client.get(f"{CONVERSATIONS}/{conversation['id']}")).json()["conversation"]["knowledge_base_ids"] == [
+        base_id
+    ]
+    assert f'value="{base_id}" checked' in (await client.get(page_path)).text
+
+    await ask(client, {"X-CSRF-Token": csrf}, conversation["id"], "When does the office open at nine?")
+    shown = await client.get(page_path)
+    link = f'href="/portal/knowledge/{base_id}/documents/{office}#chunk-{passages[0]}">office.md, page 1 — Handbook</a>'
+    assert link in shown.text
+    assert 'class="citations"' in shown.text
+
+    # Unchecking every base detaches them (the form sends no value at all).
+    response = await client.post(page_path, data=settings)
+    assert response.status_code == 303, response.text
+    assert (await client.get(f"{CONVERSATIONS}/{conversation['id']}")).json()["conversation"][
+        "knowledge_base_ids"
+    ] == []
