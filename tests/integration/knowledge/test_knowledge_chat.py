@@ -7,6 +7,8 @@ import re
 from typing import Any
 from uuid import UUID, uuid4
 
+import openai
+import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,7 +21,7 @@ from db.session import tenant_session
 from tests.integration.knowledge.test_knowledge_bases import BASES, EMBEDDER, create_base
 from tests.integration.knowledge.test_search import HOLIDAYS, OPENS, PARKING, SICK, add_document, embedder
 from tests.support.clients import AuthHeaders, Client
-from tests.support.gateway import add_channel, usage_rows
+from tests.support.gateway import add_channel, issue_key, sdk_http, set_price, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows
@@ -262,3 +264,156 @@ async def test_the_chat_page_attaches_bases_and_shows_the_citations_as_links(
     assert (await client.get(f"{CONVERSATIONS}/{conversation['id']}")).json()["conversation"][
         "knowledge_base_ids"
     ] == []
+
+
+def sdk(client: Client, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"{client.base_url}/v1", api_key=key, http_client=sdk_http(client), max_retries=0
+    )
+
+
+async def test_v1_chat_completions_with_the_knowledge_field_gets_the_sources_and_returns_citations(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    base_id, office, passages = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    api = sdk(client, key)
+    question: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "When does the office open?"},
+    ]
+
+    raw = await api.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=question, extra_body={"knowledge": {"base_ids": [base_id], "max_tokens": 2000}}
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "It opens at nine [1]."
+    assert raw.headers["x-lyss-citations"] == "2"
+    citations = (completion.model_extra or {})["lyss_citations"]
+    assert citations[0] == {
+        "number": 1,
+        "base_id": base_id,
+        "document_id": str(office),
+        "filename": "office.md",
+        "page": 1,
+        "section": "Handbook",
+        "chunk_id": str(passages[0]),
+    }
+    sent = chat_requests(upstream)[-1]
+    assert "knowledge" not in sent
+    system = sent["messages"][0]
+    # The sources join the client's own system message, after it.
+    assert system["content"].startswith("Be brief.\n\n" + INSTRUCTIONS)
+    assert f"[1] office.md, page 1, Handbook\n{OPENS} {PARKING}" in system["content"]
+    assert sent["messages"][1:] == question[1:]
+
+    # Streamed: the same sources; the citations in a last chunk without choices, before [DONE].
+    stream = await api.chat.completions.create(
+        model="gpt-test",
+        messages=question[1:],
+        stream=True,
+        extra_body={"knowledge": {"base_ids": [base_id]}},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "It opens at nine [1]."
+    assert chunks[-1].choices == []
+    assert (chunks[-1].model_extra or {})["lyss_citations"] == citations
+    assert chunks[-1].id == chunks[0].id
+    assert chat_requests(upstream)[-1]["messages"][0] == {"role": "system", "content": system["content"][11:]}
+
+
+async def test_v1_knowledge_refuses_bases_out_of_reach_and_bad_fields_by_name(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    base_id, _, _ = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
+    admins_own = (await create_base(client, auth_headers(tenant_a.admin), name="Admin notes"))["id"]
+    key, _ = await issue_key(client, auth_headers(tenant_a.user))
+    api = sdk(client, key)
+    calls = upstream.calls[f"chat-{tenant_a.slug}"]
+    question: list[Any] = [{"role": "user", "content": "When does the office open?"}]
+
+    for unreachable in (admins_own, str(uuid4())):
+        with pytest.raises(openai.NotFoundError) as missing:
+            await api.chat.completions.create(
+                model="gpt-test", messages=question, extra_body={"knowledge": {"base_ids": [base_id, unreachable]}}
+            )
+        error = missing.value.body
+        assert isinstance(error, dict)
+        assert error["param"] == "knowledge.base_ids"
+        assert unreachable in error["message"]
+    for knowledge, param in (
+        ("all", "knowledge"),
+        ({}, "knowledge"),
+        ({"base_ids": []}, "knowledge.base_ids"),
+        ({"base_ids": ["nope"]}, "knowledge.base_ids"),
+        ({"base_ids": [base_id], "max_tokens": 5}, "knowledge.max_tokens"),
+        ({"base_ids": [base_id], "max_tokens": "many"}, "knowledge.max_tokens"),
+        ({"base_ids": [base_id], "other": 1}, "knowledge"),
+    ):
+        with pytest.raises(openai.BadRequestError) as bad:
+            await api.chat.completions.create(model="gpt-test", messages=question, extra_body={"knowledge": knowledge})
+        assert isinstance(bad.value.body, dict)
+        assert bad.value.body["param"] == param, (knowledge, bad.value.body)
+    with pytest.raises(openai.BadRequestError) as no_question:
+        await api.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "system", "content": "hello"}],
+            extra_body={"knowledge": {"base_ids": [base_id]}},
+        )
+    assert isinstance(no_question.value.body, dict)
+    assert no_question.value.body["param"] == "messages"
+    assert upstream.calls[f"chat-{tenant_a.slug}"] == calls
+
+
+async def test_v1_knowledge_counts_in_the_reservation_and_a_plain_request_is_untouched(
+    client: Client,
+    upstream: MockUpstream,
+    session_maker: async_sessionmaker[AsyncSession],
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+) -> None:
+    key = await embedder(client, tenant_a, upstream, auth_headers)
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    await add_channel(client, admin, upstream, "answers")
+    await set_price(client, admin, "gpt-test", 1_000_000, 1_000_000)  # a credit a token
+    base = await create_base(client, user)
+    lobby = "The lobby has plants and a long wooden bench by the window. " * 40
+    await add_document(client, session_maker, tenant_a, key, base["id"], "office.md", [OPENS, lobby, lobby])
+    # Room for a short question's worst case (a few hundred credits), not for it with a 5,000-byte section.
+    api_key, _ = await issue_key(client, user, quota=3_000)
+    api = sdk(client, api_key)
+    body: dict[str, Any] = {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "When does the office open?"}],
+        "max_tokens": 10,
+    }
+
+    plain = await client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {api_key}"})
+    assert plain.status_code == 200, plain.text
+    assert "lyss_citations" not in plain.json()
+    assert "x-lyss-citations" not in plain.headers
+    # Without the field nothing changes: the provider gets what the client sent.
+    sent = chat_requests(upstream)[-1]
+    assert {name: sent[name] for name in body} == body
+    assert not any(message["role"] == "system" for message in sent["messages"])
+    calls = upstream.calls["answers"]
+
+    with pytest.raises(openai.RateLimitError) as refused:
+        await api.chat.completions.create(**body, extra_body={"knowledge": {"base_ids": [base["id"]]}})
+    assert refused.value.status_code == 429
+    assert upstream.calls["answers"] == calls  # refused before the provider
+    # A smaller budget leaves the section out (the passage alone fits) and the call goes through.
+    small = await api.chat.completions.with_raw_response.create(
+        **body, extra_body={"knowledge": {"base_ids": [base["id"]], "max_tokens": 100}}
+    )
+    assert small.headers["x-lyss-citations"] == "1"
+    assert lobby not in chat_requests(upstream)[-1]["messages"][0]["content"]
+    assert OPENS in chat_requests(upstream)[-1]["messages"][0]["content"]
