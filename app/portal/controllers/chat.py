@@ -133,7 +133,10 @@ class ChatPages(Controller):
             values={**(new_values if conversation is None else settings_values), **(values or {})},
             errors=errors or {},
             memory_status=memory_status(await memory_settings(db_session)),
-            knowledge_bases=await list_bases(db_session, _caller(viewer)) if conversation else [],
+            # (value, name) of the bases the user can read, the conversation's settings' choices.
+            knowledge_bases=[(str(base.id), base.name) for base in await list_bases(db_session, _caller(viewer))]
+            if conversation
+            else [],
         )
 
     @get("/", summary="Chat")

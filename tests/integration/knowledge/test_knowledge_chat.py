@@ -186,6 +186,11 @@ async def test_a_refused_retrieval_answers_without_knowledge_and_says_why(
     assert EMBEDDER in details["knowledge_error"]
     assert "citations" not in details
     assert all(message["role"] != "system" for message in chat_requests(upstream)[-1]["messages"])
+    # The chat page says so under the answer.
+    await sign_in(client, tenant_a, tenant_a.user.email)
+    shown = await client.get(f"/portal/chat/{conversation['id']}")
+    assert '<p class="notice warn">Answered without the knowledge bases: ' in shown.text
+    assert EMBEDDER in shown.text
 
 
 def hit(number: int, parent: str | None, text: str) -> SearchHit:
