@@ -69,6 +69,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "embedded_worker": "LYSS_EMBEDDED_WORKER",
     "job_sweep_seconds": "LYSS_JOB_SWEEP_SECONDS",
     "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
+    "chat_knowledge_tokens": "LYSS_CHAT_KNOWLEDGE_TOKENS",
     "export_ttl_hours": "LYSS_EXPORT_TTL_HOURS",
     "backup_cron": "LYSS_BACKUP_CRON",
     "backup_keep": "LYSS_BACKUP_KEEP",
@@ -166,6 +167,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     job_sweep_seconds: Annotated[int, msgspec.Meta(ge=1)] = 10
     # A conversation is summarised each time this many messages followed its last summary.
     chat_summary_every_messages: Annotated[int, msgspec.Meta(ge=4)] = 40
+    # How many tokens of a chat turn's context the sources from its knowledge bases may take.
+    chat_knowledge_tokens: Annotated[int, msgspec.Meta(ge=100, le=100_000)] = 3000
     export_ttl_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
     # The worker's scheduled backup: when (cron, UTC; empty: never), how many of its archives to keep, and the
     # role pg_dump connects as (one that bypasses row-level security; without it nothing is scheduled).

@@ -6,8 +6,19 @@ import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import CheckConstraint, DateTime, Float, ForeignKeyConstraint, Index, String, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, TenantOwned, UpdatedAt
@@ -45,6 +56,10 @@ class Conversation(TenantOwned, UpdatedAt, Base):
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
     message_count: Mapped[int] = mapped_column(default=0, server_default="0")
     token_usage: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The knowledge bases each turn retrieves from; no foreign key: a base deleted later is skipped.
+    knowledge_base_ids: Mapped[list[UUID]] = mapped_column(
+        ARRAY(Uuid()), default=list, server_default=text("'{}'::uuid[]")
+    )
 
 
 class Message(TenantOwned, Base):

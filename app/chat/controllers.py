@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_303_SEE_OTHER
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.chat import services
 from app.chat.schemas import (
@@ -33,6 +34,7 @@ from app.edge import ACCEPTS_FORM
 from app.errors import InvalidRequest, ServiceError
 from app.gateway.client import complete, stream
 from app.gateway.engine import Gateway
+from app.knowledge.services import Caller
 from app.observability.logging import get_logger
 from app.settings import Settings
 from app.storage.base import ObjectStore
@@ -40,6 +42,10 @@ from db.session import tenant_session
 
 AuthRequest = Request[Principal, Any, State]
 logger = get_logger("lyss.chat")
+
+
+def _caller(request: AuthRequest) -> Caller:
+    return Caller(user_id=request.user.user_id, is_admin=is_admin(request.user))
 
 
 class ConversationController(Controller):
@@ -52,7 +58,7 @@ class ConversationController(Controller):
     async def create(
         self, data: JSONBody[ConversationCreate], request: AuthRequest, db_session: NamedDependency[AsyncSession]
     ) -> Response[ConversationRead]:
-        conversation = await services.create_conversation(db_session, request.user.user_id, data)
+        conversation = await services.create_conversation(db_session, _caller(request), data)
         return Response(services.conversation_read(conversation), status_code=HTTP_201_CREATED)
 
     @get("/", summary="Your conversations, most recently active first")
@@ -90,7 +96,7 @@ class ConversationController(Controller):
         conversation = await services.own_conversation(
             db_session, conversation_id, request.user.user_id, for_change=True
         )
-        await services.update_conversation(db_session, conversation, data)
+        await services.update_conversation(db_session, conversation, data, caller=_caller(request))
         return services.conversation_read(conversation)
 
     @delete("/{conversation_id:uuid}", summary="Delete a conversation and its messages", status_code=204)
@@ -200,7 +206,15 @@ class ConversationController(Controller):
     ) -> TurnRead | ServerSentEvent:
         conversation = await services.own_conversation(db_session, conversation_id, request.user.user_id)
         attached = await services.attached_texts(db_session, object_store, conversation, data.attachment_ids)
-        turn = await services.begin_turn(db_session, gateway, conversation, data.content, attached=attached)
+        turn = await services.begin_turn(
+            db_session,
+            gateway,
+            conversation,
+            data.content,
+            caller=_caller(request),
+            knowledge_tokens=settings.chat_knowledge_tokens,
+            attached=attached,
+        )
         request_id = request.scope.get("state", {}).get("request_id")
         if data.stream:
             chunks = await stream(gateway, turn.token, turn.body, request_id)

@@ -15,6 +15,8 @@ ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=32000)]
 SystemPrompt = Annotated[str, msgspec.Meta(max_length=20000)]
+# Each turn retrieves from these knowledge bases (the caller must be able to read each).
+KnowledgeBaseIds = Annotated[list[UUID], msgspec.Meta(max_length=20)]
 
 
 class ConversationCreate(Input):
@@ -25,6 +27,7 @@ class ConversationCreate(Input):
     temperature: Temperature = 0.7
     max_tokens: MaxTokens = 1024
     use_memory: bool = True
+    knowledge_base_ids: KnowledgeBaseIds = []
 
 
 class ChatDefaults(Input):
@@ -41,6 +44,8 @@ class ConversationUpdate(Input):
     max_tokens: MaxTokens | None = None
     use_memory: bool | None = None
     status: Literal["active", "archived"] | None = None
+    # [] detaches them all.
+    knowledge_base_ids: KnowledgeBaseIds | None = None
 
 
 class ConversationRead(msgspec.Struct):
@@ -54,6 +59,7 @@ class ConversationRead(msgspec.Struct):
     status: str
     message_count: int
     token_usage: int
+    knowledge_base_ids: list[UUID]
     created_at: datetime.datetime
     updated_at: datetime.datetime
 

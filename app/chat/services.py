@@ -29,6 +29,8 @@ from app.gateway.caches import TokenInfo
 from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.jobs.services import submit_job
+from app.knowledge.context import Knowledge, retrieve
+from app.knowledge.services import Caller, readable_bases, still_readable
 from app.memory import services as memory
 from app.memory.schemas import MemoryHit
 from app.observability.logging import get_logger
@@ -79,8 +81,20 @@ async def save_chat_defaults(session: AsyncSession, data: ChatDefaults, *, actor
     return data
 
 
-async def create_conversation(session: AsyncSession, user_id: UUID, data: ConversationCreate) -> Conversation:
+async def _check_bases(session: AsyncSession, caller: Caller, base_ids: list[UUID]) -> list[UUID]:
+    """The ids once each, every one a base the caller may read (a 404 naming the first that is not)."""
+    base_ids = list(dict.fromkeys(base_ids))
+    try:
+        await readable_bases(session, base_ids, caller)
+    except NotFound as error:
+        raise NotFound(error.detail.replace("`base_ids`", "`knowledge_base_ids`"), field="knowledge_base_ids") from None
+    return base_ids
+
+
+async def create_conversation(session: AsyncSession, caller: Caller, data: ConversationCreate) -> Conversation:
+    user_id = caller.user_id
     fields = msgspec.structs.asdict(data)
+    fields["knowledge_base_ids"] = await _check_bases(session, caller, data.knowledge_base_ids)
     if data.model is None:
         fields["model"] = (await chat_defaults(session)).default_model
         if fields["model"] is None:
@@ -125,7 +139,13 @@ async def chat_models(session: AsyncSession, gateway: Gateway, user_id: UUID) ->
     return [str(entry["id"]) for entry in (await gateway.models(token))["data"]]
 
 
-async def update_conversation(session: AsyncSession, conversation: Conversation, data: ConversationUpdate) -> None:
+async def update_conversation(
+    session: AsyncSession, conversation: Conversation, data: ConversationUpdate, *, caller: Caller
+) -> None:
+    if data.knowledge_base_ids is not None:
+        data = msgspec.structs.replace(
+            data, knowledge_base_ids=await _check_bases(session, caller, data.knowledge_base_ids)
+        )
     for field, value in msgspec.structs.asdict(data).items():
         if value is not None:
             setattr(conversation, field, value)
@@ -162,6 +182,7 @@ class Turn(msgspec.Struct):
     # Each memory's score in the search that chose it (`MemoryHit.fused_score`), in the same order.
     memory_scores: list[float]
     started: float
+    knowledge: Knowledge = msgspec.field(default_factory=Knowledge)
 
 
 async def _relevant_memories(
@@ -203,11 +224,15 @@ async def begin_turn(
     conversation: Conversation,
     content: str,
     *,
+    caller: Caller,
+    knowledge_tokens: int,
     attached: list[tuple[Attachment, str]] | None = None,
 ) -> Turn:
     """Store the user's message (committed: never lost, whatever happens to the call) and build the call.
 
-    `attached` files (with their text) go with this message to the model; the message records which.
+    `attached` files (with their text) go with this message to the model; the message records which. The
+    conversation's knowledge bases (those still there and readable by `caller`) are searched with the message,
+    and their best sections go into the system context, numbered, within `knowledge_tokens`.
     """
     if not content.strip():
         raise InvalidRequest("The message is empty.")
@@ -226,10 +251,21 @@ async def begin_turn(
     await session.commit()
     started = time.perf_counter()
     memories = await _relevant_memories(session, gateway, conversation, content) if conversation.use_memory else []
+    knowledge = await retrieve(
+        session,
+        gateway,
+        tenant_id=conversation.tenant_id,
+        caller=caller,
+        base_ids=await still_readable(session, list(conversation.knowledge_base_ids), caller),
+        question=content,
+        budget_tokens=knowledge_tokens,
+    )
     system_parts = [conversation.system_prompt] if conversation.system_prompt else []
     if memories:
         remembered = "\n".join(f"- {hit.memory.text}" for hit in memories)
         system_parts.append(f"What you remember about the user (use it when relevant):\n{remembered}")
+    if knowledge.text:
+        system_parts.append(knowledge.text)
     summary = await latest_summary(session, conversation.id)
     if summary is not None:
         system_parts.append(f"Summary of the earlier conversation:\n{summary.summary_text}")
@@ -256,6 +292,7 @@ async def begin_turn(
         memory_ids=[str(hit.memory.id) for hit in memories],
         memory_scores=[round(hit.fused_score, 4) for hit in memories],
         started=started,
+        knowledge=knowledge,
     )
 
 
@@ -281,13 +318,22 @@ async def finish_turn(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         response_time_ms=int((time.perf_counter() - turn.started) * 1000),
-        details={"memories": turn.memory_ids, "memory_scores": turn.memory_scores},
+        details=_answer_details(turn),
     )
     session.add(answer)
     conversation.message_count += 1
     conversation.token_usage += prompt_tokens + completion_tokens
     await session.commit()
     return answer
+
+
+def _answer_details(turn: Turn) -> dict[str, Any]:
+    details: dict[str, Any] = {"memories": turn.memory_ids, "memory_scores": turn.memory_scores}
+    if turn.knowledge.citations:
+        details["citations"] = msgspec.to_builtins(turn.knowledge.citations)
+    if turn.knowledge.error is not None:
+        details["knowledge_error"] = turn.knowledge.error
+    return details
 
 
 async def after_turn(

@@ -36,6 +36,7 @@ from app.gateway.dialects.transcription import read_upload
 from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAnswer, key_from_headers
 from app.gateway.errors import GatewayError
 from app.gateway.response_cache import Observer, ResponseCache
+from app.knowledge import completions as knowledge_completions
 from app.observability.logging import get_logger
 from app.observability.maintenance import MaintenanceSwitch
 
@@ -218,6 +219,8 @@ class GatewayApi:
 
     async def _chat_completions(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer | StreamAnswer:
         body, size = await self._body(request, receive)
+        if knowledge_completions.FIELD in body:
+            return await self._chat_with_knowledge(token, request, body, size)
 
         def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
             return self.gateway.chat(
@@ -238,6 +241,28 @@ class GatewayApi:
             request_id=request.request_id,
             upstream=upstream,
         )
+
+    async def _chat_with_knowledge(
+        self, token: TokenInfo, request: _Request, body: dict[str, Any], size: int
+    ) -> Answer | StreamAnswer:
+        """A chat completion with the Lyss `knowledge` field: its sources injected, its answer with their citations.
+        Not from the response cache: the same body gets other sources as the bases change."""
+        injected = await knowledge_completions.inject(self.gateway, self.gateway.session_maker, token, body)
+        answer = await self.gateway.chat(
+            token,
+            injected.body,
+            # The sources are prompt too: the worst case reserved covers them as it covers the body.
+            raw_size=size + injected.added_bytes,
+            dialect="openai",
+            request_id=request.request_id,
+            defer_settlement=True,
+        )
+        answer.headers = {**answer.headers, knowledge_completions.CITATIONS_HEADER: str(len(injected.citations))}
+        if isinstance(answer, StreamAnswer):
+            answer.chunks = knowledge_completions.cited_stream(answer.chunks, injected.citations)
+        else:
+            answer.body = knowledge_completions.cited(answer.body, injected.citations)
+        return answer
 
     async def _embeddings(self, token: TokenInfo, request: _Request, receive: Receive) -> Answer:
         body, size = await self._body(request, receive)

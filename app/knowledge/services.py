@@ -180,6 +180,16 @@ async def readable_bases(session: AsyncSession, base_ids: list[UUID], caller: Ca
     return [bases[base_id] for base_id in base_ids]
 
 
+async def still_readable(session: AsyncSession, base_ids: list[UUID], caller: Caller) -> list[UUID]:
+    """Those of `base_ids` that still exist and the caller may still read, in the order given (no error)."""
+    if not base_ids:
+        return []
+    found = set(
+        await session.scalars(select(KnowledgeBase.id).where(KnowledgeBase.id.in_(base_ids), _readable_by(caller)))
+    )
+    return [base_id for base_id in dict.fromkeys(base_ids) if base_id in found]
+
+
 async def writable_base(session: AsyncSession, base_id: UUID, caller: Caller) -> KnowledgeBase:
     """A base the caller may change: one they can read but not change is a 403, one they cannot read a 404."""
     base = await readable_base(session, base_id, caller)

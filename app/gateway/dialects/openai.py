@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from uuid import UUID
 
 import msgspec
 
@@ -67,6 +68,15 @@ class _StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
 
+class KnowledgeField(msgspec.Struct, forbid_unknown_fields=True):
+    """Lyss's extension of a chat completion: search these knowledge bases with the last user message and put the
+    best sections into the context, cited in `lyss_citations` (read, and taken out, by `app.knowledge.completions`
+    before the engine sees the request)."""
+
+    base_ids: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=20)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=100, le=100_000)] = 3000
+
+
 class ChatRequest(msgspec.Struct):
     """The fields of a chat completion request Lyss reads or translates; the others are not looked at."""
 
@@ -82,6 +92,7 @@ class ChatRequest(msgspec.Struct):
     stop: str | list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
+    knowledge: KnowledgeField | None = None
 
     @property
     def requested_limit(self) -> int | None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.chat import services
 from app.chat.schemas import ConversationCreate, ConversationRead, ConversationUpdate, MessageRead
 from app.gateway.engine import Gateway
+from app.knowledge.services import Caller, list_bases
 from app.memory.services import memory_settings, memory_status, memory_texts
 from app.portal.forms import FormInvalid, FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
@@ -23,6 +24,10 @@ from app.storage.base import ObjectStore
 CHAT = f"{PORTAL}/chat"
 LISTED_CONVERSATIONS = 100
 SEARCH_MAX_LENGTH = 200
+
+
+def _caller(viewer: Viewer) -> Caller:
+    return Caller(user_id=viewer.user.id, is_admin=viewer.is_admin)
 
 
 class UsedMemory(msgspec.Struct, frozen=True):
@@ -105,6 +110,7 @@ class ChatPages(Controller):
                 "model": conversation.model,
                 "system_prompt": conversation.system_prompt or "",
                 "temperature": str(conversation.temperature),
+                "knowledge_base_ids": [str(base_id) for base_id in conversation.knowledge_base_ids],
             }
             if conversation
             else {}
@@ -127,6 +133,10 @@ class ChatPages(Controller):
             values={**(new_values if conversation is None else settings_values), **(values or {})},
             errors=errors or {},
             memory_status=memory_status(await memory_settings(db_session)),
+            # (value, name) of the bases the user can read, the conversation's settings' choices.
+            knowledge_bases=[(str(base.id), base.name) for base in await list_bases(db_session, _caller(viewer))]
+            if conversation
+            else [],
         )
 
     @get("/", summary="Chat")
@@ -169,7 +179,7 @@ class ChatPages(Controller):
             if values["model"] and values["model"] not in models:
                 raise FormInvalid({"model": "Choose one of the models you may use."})
             data = parse(ConversationCreate, values)
-            conversation = await services.create_conversation(db_session, viewer.user.id, data)
+            conversation = await services.create_conversation(db_session, _caller(viewer), data)
         if submission.refused:
             return await self._chat_page(
                 viewer, db_session, gateway, values=values, errors=submission.errors, status_code=submission.status_code
@@ -188,9 +198,10 @@ class ChatPages(Controller):
     ) -> Template | Response[None]:
         row = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
         form = await request.form()
-        values = {
+        values: dict[str, Any] = {
             name: str(form.get(name) or "").strip() for name in ("title", "model", "system_prompt", "temperature")
         }
+        values["knowledge_base_ids"] = [str(value) for value in form.getall("knowledge_base_ids", [])]
         async with FormSubmission(db_session) as submission:
             models = await services.chat_models(db_session, gateway, viewer.user.id)
             if not values["title"]:
@@ -200,7 +211,7 @@ class ChatPages(Controller):
             data = parse(ConversationUpdate, values)
             # An empty prompt clears it (the API's update leaves an absent field as it is).
             data = msgspec.structs.replace(data, system_prompt=values["system_prompt"])
-            await services.update_conversation(db_session, row, data)
+            await services.update_conversation(db_session, row, data, caller=_caller(viewer))
         if submission.refused:
             return await self._chat_page(
                 viewer,
@@ -218,7 +229,7 @@ class ChatPages(Controller):
         self, db_session: AsyncSession, viewer: Viewer, conversation_id: UUID, status: Literal["active", "archived"]
     ) -> Response[None]:
         row = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
-        await services.update_conversation(db_session, row, ConversationUpdate(status=status))
+        await services.update_conversation(db_session, row, ConversationUpdate(status=status), caller=_caller(viewer))
         await db_session.commit()
         return see_other(f"{CHAT}/{conversation_id}")
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.chat import services
 from app.chat.schemas import ConversationUpdate
+from app.knowledge.services import Caller
 from app.portal.forms import FormInvalid, FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other
 from app.storage.base import ObjectStore
@@ -21,6 +22,10 @@ from app.storage.base import ObjectStore
 CONVERSATIONS = f"{PORTAL}/conversations"
 # As many as the API lists at once; older ones stay reachable through the API's pages.
 LISTED_CONVERSATIONS = 200
+
+
+def _caller(viewer: Viewer) -> Caller:
+    return Caller(user_id=viewer.user.id, is_admin=viewer.is_admin)
 
 
 class ConversationPages(Controller):
@@ -88,7 +93,9 @@ class ConversationPages(Controller):
             # The API's update leaves out an empty field; renaming to nothing is a mistake here.
             if not values["title"]:
                 raise FormInvalid({"title": "This field is required."})
-            await services.update_conversation(db_session, conversation, parse(ConversationUpdate, values))
+            await services.update_conversation(
+                db_session, conversation, parse(ConversationUpdate, values), caller=_caller(viewer)
+            )
         if submission.refused:
             return await self._conversation_page(
                 viewer,
@@ -109,7 +116,9 @@ class ConversationPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
-        await services.update_conversation(db_session, conversation, ConversationUpdate(status="archived"))
+        await services.update_conversation(
+            db_session, conversation, ConversationUpdate(status="archived"), caller=_caller(viewer)
+        )
         await db_session.commit()
         return see_other(f"{CONVERSATIONS}/{conversation_id}")
 
@@ -121,7 +130,9 @@ class ConversationPages(Controller):
         db_session: NamedDependency[AsyncSession],
     ) -> Response[None]:
         conversation = await services.own_conversation(db_session, conversation_id, viewer.user.id, for_change=True)
-        await services.update_conversation(db_session, conversation, ConversationUpdate(status="active"))
+        await services.update_conversation(
+            db_session, conversation, ConversationUpdate(status="active"), caller=_caller(viewer)
+        )
         await db_session.commit()
         return see_other(f"{CONVERSATIONS}/{conversation_id}")
 
