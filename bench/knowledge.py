@@ -1,17 +1,4 @@
-"""Knowledge base benchmark: retrieval quality of hybrid, vector and text search on a labelled set, ingestion
-throughput from upload to `ready`, and search latency at 100,000 passages in one tenant among ten.
-
-Run with `make bench` (or `python -m bench.knowledge`). Everything goes through `lyss serve` with its embedded
-job worker on loopback: uploads through `POST /api/knowledge-bases/{base}/documents`, the real `knowledge.ingest`
-job, searches through `POST /api/knowledge-bases/search`.
-
-- Quality: the documents and questions of `bench/data/knowledge/` and `bench/data/knowledge_questions.json`,
-  written for this benchmark, embedded by all-MiniLM-L6-v2 (`bench.embedder`).
-- Throughput: generated Markdown, text and multi-page PDF documents, embedded by `bench.upstream`'s hashed
-  vectors (a fast deterministic mock, not a model), so that the figure is Lyss's pipeline.
-- Latency: passages bulk-loaded by COPY (random unit vectors, text drawn from a word list), the query embedded
-  by the same mock; `EXPLAIN (ANALYZE, BUFFERS)` of both legs of a hybrid search as the app role under RLS.
-"""
+"""Knowledge base benchmark (`make bench`): recall@k by search mode, ingestion throughput, search latency at scale."""
 
 from __future__ import annotations
 
