@@ -49,6 +49,7 @@ bench: $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.memory
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.recall
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.knowledge
 	$(BIN)/python -m bench.chat
 
 lint: $(INSTALLED)

@@ -62,7 +62,9 @@ class Embedder:
             return np.stack([self._vectors[text] for text in texts])
 
     def tokens(self, texts: list[str]) -> int:
-        return sum(len(self._model.tokenizer.tokenize(text)) + 2 for text in texts)
+        # The tokenizer is not thread-safe: counting while another request encodes breaks that batch's padding.
+        with self._lock:
+            return sum(len(self._model.tokenizer.tokenize(text)) + 2 for text in texts)
 
 
 def _words(text: str) -> set[str]:

@@ -3,7 +3,8 @@
 Run with `python -m bench.upstream`: it prints its port on the first line, then serves until killed.
 Answers `POST …/chat/completions` with a fixed completion (with usage), or, when the body asks for
 `"stream": true`, with five content chunks, a usage chunk and `[DONE]`; `POST …/responses` likewise with a
-fixed Responses API answer, or its event stream (`response.created`, five text deltas, `response.completed`).
+fixed Responses API answer, or its event stream (`response.created`, five text deltas, `response.completed`);
+`POST …/embeddings` with `hashed_vector`s of the inputs.
 It does nearly nothing per call so that what the gateway benchmark measures is the gateway. The test suite's
 scriptable mock (`tests.support.mock_upstream`) is the one to use for behaviour; this one is for speed.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import socket
 import sys
+import zlib
 from typing import Any
 
 import msgspec
+import numpy as np
 
 COMPLETION = msgspec.json.encode(
     {
@@ -106,10 +109,52 @@ class _StreamFlag(msgspec.Struct):
 
 _decode_flag = msgspec.json.Decoder(_StreamFlag)
 
+# The embeddings' size: all-MiniLM-L6-v2's, so that the knowledge benchmark's bases use the same HNSW index.
+EMBEDDING_DIMENSIONS = 384
+
+
+class _EmbeddingsBody(msgspec.Struct):
+    input: str | list[str]
+    model: str = "bench-hash"
+
+
+_decode_embeddings = msgspec.json.Decoder(_EmbeddingsBody)
+
+
+def hashed_vector(text: str) -> list[float]:
+    """A deterministic unit vector: each word adds one in a position its CRC picks, so texts sharing words are
+    near each other (a bag of words, not a model) and computing it costs next to nothing."""
+    vector = np.zeros(EMBEDDING_DIMENSIONS, dtype=np.float32)
+    for word in text.lower().split():
+        vector[zlib.crc32(word.encode()) % EMBEDDING_DIMENSIONS] += 1.0
+    norm = float(np.linalg.norm(vector))
+    vector = vector / norm if norm else np.full(EMBEDDING_DIMENSIONS, EMBEDDING_DIMENSIONS**-0.5, dtype=np.float32)
+    return [float(value) for value in vector]
+
+
+def _embeddings(body: bytes) -> bytes:
+    request = _decode_embeddings.decode(body)
+    texts = [request.input] if isinstance(request.input, str) else request.input
+    tokens = sum(len(text.split()) for text in texts)
+    return msgspec.json.encode(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": hashed_vector(text)}
+                for index, text in enumerate(texts)
+            ],
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
 
 async def app(scope: Any, protocol: Any) -> None:
     """RSGI: the whole stream goes in one write, as a provider with the answer ready would send it."""
     body = await protocol()
+    if scope.method == "POST" and scope.path.endswith("/embeddings"):
+        protocol.response_bytes(200, JSON_HEADERS, _embeddings(body))
+        return
     if scope.method != "POST" or not scope.path.endswith(("/chat/completions", "/responses")):
         protocol.response_bytes(404, JSON_HEADERS, b'{"error": {"message": "not found"}}')
         return
