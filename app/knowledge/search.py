@@ -6,6 +6,7 @@ so nothing is embedded or billed for a base out of reach.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -13,8 +14,8 @@ from uuid import UUID
 import msgspec
 import numpy as np
 from pgvector.sqlalchemy import HALFVEC, Vector
-from sqlalchemy import ColumnElement, Select, cast, func, literal, select
-from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG
+from sqlalchemy import ColumnElement, Select, Text, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSQUERY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidRequest
@@ -43,6 +44,8 @@ MAX_RERANKED = 50
 MMR_LAMBDA = 0.7
 # ts_rank_cd's normalisation 32: rank / (rank + 1), a text score between 0 and 1.
 RANK_NORMALIZATION = 32
+# A query that uses search syntax: a quoted phrase, `or` between words, or a word to leave out (`-word`).
+_SEARCH_SYNTAX = re.compile(r'"|\s(?:or|OR)\s|(?:^|\s)-\w')
 
 
 Selected = TypeVar("Selected", bound=Select[*tuple[Any, ...]])
@@ -249,14 +252,22 @@ async def _by_words(
 ) -> list[tuple[UUID, float]]:
     """(chunk, text rank 0..1) of the passages matching the query's words, best first.
 
-    The query is parsed once per base, in the base's language (stemming and stop words of that language), with
-    `websearch_to_tsquery`: quoted phrases, `or` and `-word` work as in a search engine, and no input is a
-    syntax error.
+    The query is parsed once per base, in the base's language (stemming and stop words of that language). A
+    question matches a passage that has ANY of its words, ranked by how many and how close (`ts_rank_cd`):
+    requiring every word, as a search engine's default does, left the words leg empty for 72 of the knowledge
+    benchmark's 78 questions. A query written with search syntax (quoted phrases, `or`, `-word`) is taken
+    as written (`websearch_to_tsquery`). No input is a syntax error either way.
     """
+    language = cast(KnowledgeBase.language, REGCONFIG)
+    if _SEARCH_SYNTAX.search(query):
+        terms: ColumnElement[Any] = func.websearch_to_tsquery(language, query)
+    else:
+        # plainto_tsquery joins the lexemes with `&`, each quoted: as `|`, any of them matches.
+        terms = cast(func.replace(cast(func.plainto_tsquery(language, query), Text), "&", "|"), TSQUERY)
     parsed = (
         select(
             KnowledgeBase.id.label("base_id"),
-            func.websearch_to_tsquery(cast(KnowledgeBase.language, REGCONFIG), query).label("terms"),
+            terms.label("terms"),
         )
         .where(KnowledgeBase.id.in_([base.id for base in bases]))
         .cte("parsed")

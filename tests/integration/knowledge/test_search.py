@@ -223,6 +223,21 @@ async def test_vector_and_text_modes_search_by_one_leg_each(
     assert texts(await searched(client, user, [base_id], "garage", mode="text")) == [PARKING]
     assert texts(await searched(client, user, [base_id], "booking", mode="text")) == [HOLIDAYS]
     assert await searched(client, user, [base_id], "zeppelin", mode="text") == []
+    # A question matches the passages that have any of its words, the one with more first.
+    assert texts(await searched(client, user, [base_id], "Is the garage free for a zeppelin?", mode="text")) == [
+        PARKING
+    ]
+    assert sorted(texts(await searched(client, user, [base_id], "garage parking office", mode="text"))) == [
+        PARKING,
+        OPENS,
+    ]
+    # Search syntax is taken as written: a phrase, `or`, and a word to leave out.
+    assert texts(await searched(client, user, [base_id], '"underground garage"', mode="text")) == [PARKING]
+    assert sorted(texts(await searched(client, user, [base_id], "garage or holidays", mode="text"))) == [
+        HOLIDAYS,
+        PARKING,
+    ]
+    assert await searched(client, user, [base_id], "garage -staff", mode="text") == []
     # By meaning: every passage, nearest first, scored by cosine similarity (the mock's word vectors).
     by_meaning = await searched(client, user, [base_id], "garage", mode="vector")
     assert by_meaning[0]["text"] == PARKING
