@@ -245,8 +245,12 @@ async def test_vector_and_text_modes_search_by_one_leg_each(
     assert 0.0 < by_meaning[0]["score"] <= 1.0
     hybrid = await searched(client, user, [base_id], "garage")
     assert hybrid[0]["text"] == PARKING
-    # Reciprocal rank fusion: first in both legs is 2 / (60 + 1).
-    assert abs(hybrid[0]["score"] - 2 / 61) < 1e-9
+    # Its cosine similarity plus the whole word lift: it is the best (the only) match of the query's words.
+    assert abs(hybrid[0]["score"] - (by_meaning[0]["score"] + 0.15)) < 1e-6
+    # A passage the words alone bring is scored by its meaning too, and lifted less than the best match.
+    lifted = await searched(client, user, [base_id], "free garage morning")
+    assert lifted[0]["text"] == PARKING
+    assert {hit["text"] for hit in lifted[:2]} == {PARKING, OPENS}
 
 
 async def test_filters_by_document_content_type_metadata_and_dates(
