@@ -533,6 +533,8 @@ async def nearest(
 ) -> list[tuple[UUID, float]]:
     """The user's active memories closest to `embedding` (same model): (id, cosine similarity), best first."""
     dimension = len(embedding.vector)
+    # Filtered: exact, for the reason `search` gives.
+    exact = exact or (filters is not None and filters != MemoryFilters())
     distance = _distance(embedding.vector, dimension, exact=exact)
     await _tune_for_search(session, limit)
     statement = _filtered(
@@ -641,10 +643,14 @@ async def search(
     candidates = max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     await _tune_for_search(session, candidates)
     dimension = None if embedding is None else len(embedding.vector)
+    filtered = filters is not None and filters != MemoryFilters()
+    # A filter is applied after an HNSW scan, not in it: a selective one (metadata, dates, an agent) could
+    # exhaust the iterative scan's bound before the few rows that pass it are reached, and the vector leg
+    # would come back short or empty. The user's memories are read exactly instead, through the user's index.
     statement = (
-        _search_statement(dimension, exact)
-        if filters is None or filters == MemoryFilters()
-        else _build_search_statement(dimension, exact, filters)
+        _build_search_statement(dimension, exact or filtered, filters)
+        if filtered
+        else _search_statement(dimension, exact)
     )
     parameters: dict[str, Any] = {
         "user_id": user_id,
@@ -859,7 +865,9 @@ async def link_similar(
     if embedding is None:
         return 0
     linked = 0
-    for other_id, similarity in await nearest(session, user_id=memory.user_id, embedding=embedding, limit=limit + 1):
+    # Exact, as extraction's neighbours are: a link missed by the approximate index is never made later.
+    neighbours = await nearest(session, user_id=memory.user_id, embedding=embedding, limit=limit + 1, exact=True)
+    for other_id, similarity in neighbours:
         if other_id == memory.id or similarity < threshold:
             continue
         strength = min(max(similarity, 0.0), 1.0)
