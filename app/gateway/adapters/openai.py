@@ -167,6 +167,34 @@ def _names_refused_parameter(text: str, name: str) -> bool:
     return any(word in text for word in ("unsupported", "not supported", "unrecognized", "unknown", "not permitted"))
 
 
+async def _post(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], data: Any, timeouts: Timeouts
+) -> tuple[bytes, str]:
+    """POST `data` and read the whole answer and its content type (only printable ASCII, since it may be passed
+    on as a header); a provider's error status or a network failure becomes an UpstreamError the router
+    understands."""
+    try:
+        async with http.post(
+            url,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
+        ) as response:
+            raw = await response.read()
+            if response.status >= 400:
+                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
+            content_type = response.headers.get("Content-Type", "")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise network_error(error) from None
+    if not (content_type.isascii() and content_type.isprintable()) or not content_type:
+        content_type = "application/octet-stream"
+    return raw, content_type
+
+
+def _json_post(headers: dict[str, str]) -> dict[str, str]:
+    return {**headers, "Content-Type": "application/json"}
+
+
 async def post_json(
     http: aiohttp.ClientSession,
     url: str,
@@ -175,18 +203,7 @@ async def post_json(
     timeouts: Timeouts,
 ) -> dict[str, Any]:
     """POST and decode a JSON answer; any failure becomes an UpstreamError the router understands."""
-    try:
-        async with http.post(
-            url,
-            data=msgspec.json.encode(body),
-            headers={**headers, "Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
-        ) as response:
-            raw = await response.read()
-            if response.status >= 400:
-                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
-    except (aiohttp.ClientError, TimeoutError) as error:
-        raise network_error(error) from None
+    raw, _ = await _post(http, url, _json_post(headers), msgspec.json.encode(body), timeouts)
     try:
         decoded = msgspec.json.decode(raw)
     except msgspec.DecodeError:
@@ -204,21 +221,7 @@ async def post_for_bytes(
     timeouts: Timeouts,
 ) -> tuple[bytes, str]:
     """POST JSON, read a binary answer (audio) and its content type; an empty one is a failure of the channel."""
-    try:
-        async with http.post(
-            url,
-            data=msgspec.json.encode(body),
-            headers={**headers, "Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
-        ) as response:
-            raw = await response.read()
-            if response.status >= 400:
-                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
-            content_type = response.headers.get("Content-Type", "")
-            if not (content_type.isascii() and content_type.isprintable()) or not content_type:
-                content_type = "application/octet-stream"  # passed on as a header: nothing else may go out
-    except (aiohttp.ClientError, TimeoutError) as error:
-        raise network_error(error) from None
+    raw, content_type = await _post(http, url, _json_post(headers), msgspec.json.encode(body), timeouts)
     if not raw or content_type.startswith(("application/json", "text/")):
         raise UpstreamError("the provider answered no audio", status=502)
     return raw, content_type
@@ -238,24 +241,10 @@ async def post_form(
         form.add_field(name, value)
     filename, content_type, content = file
     form.add_field("file", content, filename=filename, content_type=content_type)
-    try:
-        async with http.post(
-            url,
-            data=form,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
-        ) as response:
-            raw = await response.read()
-            if response.status >= 400:
-                raise classify_http_error(response.status, raw, response.headers.get("Retry-After"))
-            content_type = response.headers.get("Content-Type", "")
-    except (aiohttp.ClientError, TimeoutError) as error:
-        raise network_error(error) from None
-    if not (content_type.isascii() and content_type.isprintable()) or not content_type:
-        content_type = "application/octet-stream"  # passed on as a header: nothing else may go out
+    raw, answered_type = await _post(http, url, headers, form, timeouts)
     if not raw:
         raise UpstreamError("the provider answered nothing", status=502)
-    return raw, content_type
+    return raw, answered_type
 
 
 async def open_stream(
