@@ -37,6 +37,7 @@ from app.gateway.engine import Answer, Dialect, Gateway, NativeRequest, StreamAn
 from app.gateway.errors import GatewayError
 from app.gateway.response_cache import Observer, ResponseCache
 from app.knowledge import completions as knowledge_completions
+from app.observability.errors import RETRY_AFTER, UNAVAILABLE_DETAIL, unavailable_cause
 from app.observability.logging import get_logger
 from app.observability.maintenance import MaintenanceSwitch
 
@@ -508,6 +509,11 @@ def _too_large(limit: int) -> GatewayError:
 def _as_gateway_error(error: Exception, path: str) -> GatewayError:
     if isinstance(error, GatewayError):
         return error
+    if (cause := unavailable_cause(error)) is not None:
+        logger.warning("dependency unavailable", path=path, error=type(cause).__name__)
+        return GatewayError(
+            503, UNAVAILABLE_DETAIL, error_type="service_unavailable", code="service_unavailable", headers=RETRY_AFTER
+        )
     logger.error("unhandled exception", path=path, exc_info=error)
     return GatewayError(
         500, "Internal error; quote the x-request-id header when reporting it.", error_type="server_error"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
+import asyncpg
+import redis.exceptions
 from advanced_alchemy.exceptions import (
     DuplicateKeyError,
     ForeignKeyError,
@@ -11,9 +15,10 @@ from advanced_alchemy.exceptions import (
 )
 from litestar import MediaType, Request, Response
 from litestar.datastructures import State
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from app.errors import ServiceError
@@ -54,6 +59,42 @@ def database_refusal(exception: Exception) -> tuple[int, str] | None:
     return None
 
 
+# A dependency that did not answer or give a connection in time: the same request may well succeed a moment later.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    PoolTimeout,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+)
+UNAVAILABLE_DETAIL = "The service is temporarily unavailable; retry in a few seconds."
+RETRY_AFTER = {"Retry-After": "5"}
+
+
+def unavailable_cause(exception: BaseException) -> BaseException | None:
+    """What made the request fail if it is PostgreSQL or Redis unreachable or out of connections (also when
+    wrapped by SQLAlchemy or raised while handling another error), else None.
+
+    Such a failure is a 503 with Retry-After, not a bug's 500: a client or load balancer should retry it.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exception]
+    while pending:
+        cause = pending.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, _UNAVAILABLE):
+            return cause
+        original = getattr(cause, "orig", None)
+        pending += [cause.__cause__, cause.__context__, original if isinstance(original, BaseException) else None]
+    return None
+
+
 def _error_response(
     request: Request[object, object, State], status_code: int, detail: str, headers: dict[str, str] | None = None
 ) -> Response[dict[str, object]]:
@@ -74,6 +115,9 @@ def service_error_handler(
 def internal_error_handler(
     request: Request[object, object, State], exception: Exception
 ) -> Response[dict[str, object]]:
+    if (cause := unavailable_cause(exception)) is not None:
+        logger.warning("dependency unavailable", path=request.url.path, error=type(cause).__name__)
+        return _error_response(request, HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE_DETAIL, RETRY_AFTER)
     logger.error("unhandled exception", path=request.url.path, exc_info=exception)
     return _error_response(
         request, HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error; quote the request id when reporting it."

@@ -35,7 +35,7 @@ from app.auth.middleware import SESSION_COOKIE
 from app.auth.services import ADMIN_ROLES, authenticate_portal_session
 from app.auth.tokens import Principal, csrf_token, csrf_token_matches
 from app.errors import ServiceError
-from app.observability.errors import database_refusal
+from app.observability.errors import RETRY_AFTER, UNAVAILABLE_DETAIL, database_refusal, unavailable_cause
 from app.observability.middleware import client_context
 from app.schemas import read_as
 from app.settings import KeyRing, Settings
@@ -435,6 +435,9 @@ def routing_error(request: Request[Any, Any, State], error: HTTPException) -> Re
 def internal_error_page(request: Request[Any, Any, State], error: Exception) -> Template:
     if (refusal := database_refusal(error)) is not None:
         return _error_page(request, *refusal)
+    if (cause := unavailable_cause(error)) is not None:
+        logger.warning("dependency unavailable", path=request.url.path, error=type(cause).__name__)
+        return _error_page(request, 503, UNAVAILABLE_DETAIL, RETRY_AFTER)
     # The stack is in the log under the request id; the page shows only that id.
     logger.error("portal page failed", path=request.url.path, exc_info=error)
     request_id = request.scope.get("state", {}).get("request_id")
