@@ -50,7 +50,7 @@ def count_tokens(text: str) -> int:
 
 
 def chunk(blocks: list[Block], *, chunk_tokens: int, overlap_tokens: int) -> list[Chunk]:
-    """The sections of the document (a heading and the blocks under it, at most SECTION_PASSAGES times chunk_tokens,
+    """The sections of the document (a heading and the blocks under it on one page, at most SECTION_PASSAGES times chunk_tokens,
     cut at block boundaries, a longer block cut like a passage) in order, then their passages (at most
     chunk_tokens, each starting `overlap_tokens` or a little less before the previous one ended, cut after a
     sentence where one is near the limit, never inside a word unless a word is longer than a passage).
@@ -88,18 +88,20 @@ def chunk(blocks: list[Block], *, chunk_tokens: int, overlap_tokens: int) -> lis
 
 
 def _section_groups(blocks: list[Block], starts: list[int], limit: int) -> list[tuple[int, int]]:
-    """Runs of blocks (first and last index): a new one at each heading or change of section, or when the run
-    would pass `limit` characters (a single block may)."""
+    """Runs of blocks (first and last index): a new one at each heading, change of section or page, or when the
+    run would pass `limit` characters (a single block may)."""
     groups: list[tuple[int, int]] = []
     first = 0
     for index in range(1, len(blocks) + 1):
         if index < len(blocks):
             block = blocks[index]
             same_section = block.kind != "heading" and block.section == blocks[first].section
+            # A page ends a run too: a passage then lies on one page, the page its citation names.
+            same_page = block.page == blocks[first].page
             fits = starts[index] + len(block.text) - starts[first] <= limit
             # A heading stays with the block under it, however long: that block is then cut into several sections.
             lone_heading = index - first == 1 and blocks[first].kind == "heading"
-            if same_section and (fits or lone_heading):
+            if same_section and ((same_page and fits) or lone_heading):
                 continue
         groups.append((first, index - 1))
         first = index

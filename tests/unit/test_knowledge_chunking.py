@@ -157,6 +157,41 @@ def test_a_tiny_document_is_one_section_and_one_passage() -> None:
     assert chunks[1].end_offset == len("Lyss\n\nHello.")
 
 
+def test_a_passage_never_spans_two_pages_so_its_page_is_where_its_text_is() -> None:
+    # Short pages of one section: joined, the second page's sentence was cited as page 1.
+    blocks = [
+        Block(text="Facilities", kind="heading", level=1, page=1, section="Facilities"),
+        Block(text="The canteen serves lunch at noon.", kind="paragraph", page=1, section="Facilities"),
+        Block(text="Bicycles are parked in the basement.", kind="paragraph", page=2, section="Facilities"),
+        Block(text="Visitors sign in at the desk.", kind="paragraph", page=3, section="Facilities"),
+    ]
+
+    chunks = chunk(blocks, chunk_tokens=256, overlap_tokens=32)
+
+    assert [(c.level, c.page, c.text) for c in chunks] == [
+        ("section", 1, "Facilities\n\nThe canteen serves lunch at noon."),
+        ("section", 2, "Bicycles are parked in the basement."),
+        ("section", 3, "Visitors sign in at the desk."),
+        ("passage", 1, "Facilities\n\nThe canteen serves lunch at noon."),
+        ("passage", 2, "Bicycles are parked in the basement."),
+        ("passage", 3, "Visitors sign in at the desk."),
+    ]
+
+
+def test_a_heading_at_the_foot_of_a_page_stays_with_the_paragraph_under_it() -> None:
+    blocks = [
+        Block(text="Parking", kind="heading", level=1, page=1, section="Parking"),
+        Block(text="Bicycles are parked in the basement.", kind="paragraph", page=2, section="Parking"),
+    ]
+
+    chunks = chunk(blocks, chunk_tokens=256, overlap_tokens=32)
+
+    assert [(c.level, c.text) for c in chunks] == [
+        ("section", "Parking\n\nBicycles are parked in the basement."),
+        ("passage", "Parking\n\nBicycles are parked in the basement."),
+    ]
+
+
 def test_a_word_longer_than_a_passage_is_the_only_thing_cut_inside() -> None:
     blocks = [Block(text="start " + "x" * 100 + " end.", kind="paragraph")]
 
