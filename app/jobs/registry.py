@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from app.auth.tokens import Principal
     from app.gateway.engine import Gateway
     from app.storage.base import ObjectStore
+    from db.tenant import Job
 
 
 class JobCanceled(Exception):
@@ -77,6 +78,12 @@ Admission = Callable[[AsyncSession, "Principal", dict[str, Any]], Awaitable[None
 # A kind's own waits between attempts, from the settings: (first wait, longest wait) in seconds; each wait
 # doubles the one before, with jitter.
 RetryDelays = Callable[[Settings], tuple[float, float]]
+# What a job's status means for its subject (a document it ingests, say), where the job system writes it rather
+# than the handler: `canceled`, `failed` or `dead` wherever the job ends so (a cancel of a queued job, the
+# worker, the recovery sweep), and `queued` when a retry starts an ended job again. Called with a session under
+# the job's tenant, in the transaction that writes the status, with the job row as written: if it raises, that
+# transaction rolls back and the status is not written either.
+OnEnd = Callable[[AsyncSession, "Job", str], Awaitable[None]]
 
 
 class JobKind(msgspec.Struct, frozen=True):
@@ -90,6 +97,7 @@ class JobKind(msgspec.Struct, frozen=True):
     max_attempts: int | None = None
     admit: Admission | None = None
     retry_delays: RetryDelays | None = None
+    on_end: OnEnd | None = None
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -104,6 +112,7 @@ def job_kind(
     max_attempts: int | None = None,
     admit: Admission | None = None,
     retry_delays: RetryDelays | None = None,
+    on_end: OnEnd | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register a handler for a job kind (a decorator)."""
 
@@ -117,6 +126,7 @@ def job_kind(
             max_attempts=max_attempts,
             admit=admit,
             retry_delays=retry_delays,
+            on_end=on_end,
         )
         return handler
 

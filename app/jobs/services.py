@@ -95,6 +95,13 @@ async def add_event(
     await session.flush()
 
 
+async def job_ended(session: AsyncSession, job: Job, status: str) -> None:
+    """Tell the job's kind what its status now is (its `on_end`), in the transaction that writes it."""
+    kind = JOB_KINDS.get(job.kind)
+    if kind is not None and kind.on_end is not None:
+        await kind.on_end(session, job, status)
+
+
 async def enqueue(queue: RedisQueue, job: Job, settings: Settings) -> None:
     """Hand a job's current attempt series to SAQ; if this fails the job stays queued and is re-sent later."""
     assert job.queue_key is not None
@@ -235,8 +242,11 @@ async def cancel_job(session: AsyncSession, queue: RedisQueue, redis: Redis, job
         raise Conflict(f"The job has already finished ({status}); there is nothing to cancel.")
     event = "canceled" if row.status == "canceled" else "cancel_requested"
     await add_event(session, job.id, event, attempt=job.attempts, message="Canceled by a user.", by=str(actor))
-    await session.commit()
     await session.refresh(job)
+    if job.status == "canceled":
+        # A running job's end is written by its attempt when it stops.
+        await job_ended(session, job, "canceled")
+    await session.commit()
     await redis.set(cancel_flag_key(job.id), 1, ex=CANCEL_FLAG_TTL_SECONDS)
     if job.queue_key is not None:
         queued = await queue.job(job.queue_key)
@@ -272,8 +282,9 @@ async def retry_job(
         await session.rollback()
         raise Conflict(f"Only a failed, canceled or dead job can be retried; this one is {status}.")
     await add_event(session, job.id, "retry_requested", attempt=job.attempts, by=str(actor))
-    await session.commit()
     await session.refresh(job)
+    await job_ended(session, job, "queued")
+    await session.commit()
     await redis.delete(cancel_flag_key(job.id))
     try:
         await enqueue(queue, job, settings)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs.registry import WorkerServices, scheduled
-from app.jobs.services import add_event, create_queue, enqueue, new_queue_key
+from app.jobs.services import add_event, create_queue, enqueue, job_ended, new_queue_key
 from app.tenants.services import all_tenant_ids
 from app.tenants.webhooks import announce_dead_job
 from db.session import tenant_session
@@ -63,6 +63,7 @@ async def recover_tenant_jobs(
             continue
         if job.attempts >= job.max_attempts:
             job.status = "dead"
+            job.last_error = LOST_LAST_ATTEMPT
             job.finished_at = datetime.datetime.now(datetime.UTC)
             await add_event(
                 session,
@@ -71,6 +72,7 @@ async def recover_tenant_jobs(
                 attempt=job.attempts,
                 message=LOST_LAST_ATTEMPT,
             )
+            await job_ended(session, job, "dead")
             buried.append((job.id, job.kind))
         else:
             job.status = "queued"

@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, JobFailed, ScheduledTask, WorkerServices
-from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, load_job_modules
+from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, job_ended, load_job_modules
 from app.observability.logging import get_logger
 from app.observability.maintenance import MaintenanceSwitch
 from app.resources import Resources
@@ -255,12 +255,14 @@ class JobAttempt:
                     finished_at=func.now() if terminal else None,
                     **({"last_error": last_error} if last_error is not None else {}),
                 )
-                .returning(Job.id)
+                .returning(Job)
             )
             if written is None:
                 await session.rollback()
                 return False
             await add_event(session, self.job_id, event, attempt=self.attempt, message=message)
+            if terminal:
+                await job_ended(session, written, status)
             await session.commit()
         if terminal:
             await self.services.redis.delete(cancel_flag_key(self.job_id))

@@ -132,22 +132,7 @@ def base_read(base: KnowledgeBase, *, writable: bool) -> KnowledgeBaseRead:
     return read_as(KnowledgeBaseRead, base, writable=writable)
 
 
-# A document waiting for or in an ingestion whose job ended without running it to the end (canceled while still
-# queued, or given up after its worker was lost): the job's end is the document's.
-_ENDED_JOBS = {"canceled": "canceled", "failed": "failed", "dead": "failed"}
-_ENDED_JOB_ERROR = "The ingestion job ended before the document was ready; re-index the document to try again."
-
-
-def document_read(document: KnowledgeDocument, job_status: str | None = None) -> DocumentRead:
-    """The document as the API shows it; `job_status`, its ingestion job's, where the job ended without it."""
-    if document.status in ("queued", "running") and job_status in _ENDED_JOBS:
-        return read_as(
-            DocumentRead,
-            document,
-            metadata=dict(document.attributes),
-            status=_ENDED_JOBS[job_status],
-            error=document.error or _ENDED_JOB_ERROR,
-        )
+def document_read(document: KnowledgeDocument) -> DocumentRead:
     return read_as(DocumentRead, document, metadata=dict(document.attributes))
 
 
@@ -507,19 +492,16 @@ def parse_metadata(text: str | None) -> dict[str, Any]:
 
 
 async def list_documents(session: AsyncSession, base: KnowledgeBase) -> list[DocumentRead]:
-    rows = await session.execute(
-        select(KnowledgeDocument, Job.status)
-        .outerjoin(Job, Job.id == KnowledgeDocument.job_id)
+    documents = await session.scalars(
+        select(KnowledgeDocument)
         .where(KnowledgeDocument.base_id == base.id)
         .order_by(KnowledgeDocument.created_at.desc(), KnowledgeDocument.id.desc())
     )
-    return [document_read(document, job_status) for document, job_status in rows]
+    return [document_read(document) for document in documents]
 
 
 async def document_view(session: AsyncSession, base: KnowledgeBase, document_id: UUID) -> DocumentRead:
-    document = await base_document(session, base, document_id)
-    job_status = await session.scalar(select(Job.status).where(Job.id == document.job_id)) if document.job_id else None
-    return document_read(document, job_status)
+    return document_read(await base_document(session, base, document_id))
 
 
 async def base_document(session: AsyncSession, base: KnowledgeBase, document_id: UUID) -> KnowledgeDocument:

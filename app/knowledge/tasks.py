@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.gateway.client import EmbeddingRejected, GatewayRefused, chat_token, embed
 from app.jobs.registry import JobCanceled, JobContext, JobFailed, job_kind
-from app.jobs.services import cancel_flag_key
 from app.jobs.worker import describe_error
 from app.knowledge.chunking import Chunk, chunk
 from app.knowledge.extract import ExtractionError, extract
@@ -38,6 +37,7 @@ from db.tenant import Job
 EMBED_BATCH = 64
 # Chunk rows per INSERT statement (PostgreSQL takes at most 32767 parameters in one).
 WRITE_BATCH = 500
+CANCELED_ERROR = "The ingestion job was canceled before it finished; re-index the document to try again."
 
 
 class IngestPayload(Input):
@@ -60,32 +60,42 @@ class _Plan(msgspec.Struct, frozen=True):
     billed_user_id: UUID
 
 
-@job_kind(INGEST_JOB_KIND, payload_type=IngestPayload, timeout_seconds=3600)
+async def document_follows_job(session: AsyncSession, job: Job, status: str) -> None:
+    """The document's status where the job system ends its ingestion (or starts it again), written only while
+    the document is bound to this job (a re-index binds it to a new one) and not already ready."""
+    bound = (KnowledgeDocument.id == UUID(job.payload["document_id"])) & (KnowledgeDocument.job_id == job.id)
+    if status == "queued":
+        statement = update(KnowledgeDocument).where(bound, KnowledgeDocument.status != "ready")
+        await session.execute(statement.values(status="queued", error=None))
+        return
+    if status == "canceled":
+        outcome, error = "canceled", CANCELED_ERROR
+    else:
+        reason = (job.last_error or "no attempt finished").rstrip(".")
+        outcome, error = "failed", f"The ingestion failed ({reason}); re-index the document to try again."
+    # A document the handler already marked (a `JobFailed` with its reason) keeps what it says.
+    statement = update(KnowledgeDocument).where(bound, KnowledgeDocument.status.in_(("queued", "running")))
+    await session.execute(statement.values(status=outcome, error=error))
+
+
+@job_kind(INGEST_JOB_KIND, payload_type=IngestPayload, timeout_seconds=3600, on_end=document_follows_job)
 async def ingest_document(job: JobContext) -> dict[str, Any]:
-    """Ingest one document; its status follows the job's (running, ready, failed with the reason, canceled)."""
+    """Ingest one document: `running` while it runs, `ready` with the job's success, `failed` with the reason
+    the handler knows; every other end of the job is written by `document_follows_job`."""
     document_id = msgspec.convert(job.payload, IngestPayload).document_id
     try:
         return await _ingest(job, document_id)
-    except _Superseded:
-        raise
-    except JobCanceled:
-        await _set_status(job, document_id, "canceled", "Ingestion was canceled.")
+    except JobCanceled:  # _Superseded included: the job's end is written with its status
         raise
     except JobFailed as failure:
         await _set_status(job, document_id, "failed", str(failure))
         raise
-    except asyncio.CancelledError:
-        # A cancel aborts the running task (and the call it waits on); a shutdown puts the job back.
+    except (Exception, asyncio.CancelledError) as error:
+        # The job system runs it again (a retry, or a shutdown that puts it back) or ends it (the last attempt,
+        # a cancel), and then `document_follows_job` says so.
         with contextlib.suppress(Exception):
-            if await job.services.redis.exists(cancel_flag_key(job.job_id)):
-                await _set_status(job, document_id, "canceled", "Ingestion was canceled.")
-            else:
-                await _set_status(job, document_id, "queued", None)
-        raise
-    except Exception as error:
-        # Retried by the job system unless this was the last attempt.
-        last = job.attempt >= await _max_attempts(job)
-        await _set_status(job, document_id, "failed" if last else "queued", describe_error(error))
+            reason = None if isinstance(error, asyncio.CancelledError) else describe_error(error)
+            await _set_status(job, document_id, "queued", reason)
         raise
 
 
@@ -364,13 +374,6 @@ async def _stored(job: JobContext, object_key: str) -> bool:
         return await job.services.objects.exists(job.tenant_id, object_key)
     except StorageError:
         return True  # the store is unreachable: a later attempt may read it
-
-
-async def _max_attempts(job: JobContext) -> int:
-    async with tenant_session(job.services.session_maker, job.tenant_id) as session:
-        attempts = await session.scalar(select(Job.max_attempts).where(Job.id == job.job_id))
-        await session.rollback()
-    return int(attempts or 1)
 
 
 async def _set_status(job: JobContext, document_id: UUID, status: str, error: str | None) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs.registry import JobContext, JobFailed, job_kind
 from app.observability.logging import get_logger
@@ -68,4 +69,26 @@ async def snoop(job: JobContext) -> dict[str, Any]:
 
 @job_kind("test.system_only")
 async def system_only(job: JobContext) -> dict[str, Any]:
+    return {}
+
+
+class EndPayload(msgspec.Struct, forbid_unknown_fields=True):
+    marker: str
+    fail: bool = False
+    refuse_end: bool = False
+
+
+async def record_end(session: AsyncSession, job: Job, status: str) -> None:
+    """The subject of a `test.ends` job: one audit row per status the job system gave it; raises if told to."""
+    payload = msgspec.convert(job.payload, EndPayload)
+    session.add(AuditEvent(actor="job", action=f"test.ended.{status}", target_id=payload.marker))
+    await session.flush()
+    if payload.refuse_end:
+        raise RuntimeError("the subject refused the end")
+
+
+@job_kind("test.ends", startable_by="user", payload_type=EndPayload, max_attempts=1, on_end=record_end)
+async def end_with_subject(job: JobContext) -> dict[str, Any]:
+    if msgspec.convert(job.payload, EndPayload).fail:
+        raise RuntimeError("the work broke")
     return {}
