@@ -50,10 +50,11 @@ def count_tokens(text: str) -> int:
 
 
 def chunk(blocks: list[Block], *, chunk_tokens: int, overlap_tokens: int) -> list[Chunk]:
-    """The sections of the document (a heading and the blocks under it on one page, at most SECTION_PASSAGES times chunk_tokens,
-    cut at block boundaries, a longer block cut like a passage) in order, then their passages (at most
-    chunk_tokens, each starting `overlap_tokens` or a little less before the previous one ended, cut after a
-    sentence where one is near the limit, never inside a word unless a word is longer than a passage).
+    """The sections of the document (a heading and the blocks under it on one page, at most SECTION_PASSAGES
+    times chunk_tokens, cut at block boundaries, a longer block cut like a passage) in order, then their
+    passages (at most chunk_tokens, each starting `overlap_tokens` or a little less before the previous one
+    ended, cut after a sentence where one is near the limit, never inside a word unless a word is longer than
+    a passage).
     The same blocks always give the same chunks."""
     if chunk_tokens < 1:
         raise ValueError("chunk_tokens must be at least 1")

@@ -146,16 +146,20 @@ async def _ingest(job: JobContext, document_id: UUID) -> dict[str, Any]:
 
 
 async def _claim(job: JobContext, document_id: UUID) -> _Plan | None:
-    """Mark the document `running` under this job and read what the ingestion needs; None if it is gone."""
+    """Mark the document `running` and read what the ingestion needs; None if it is gone, _Superseded if a
+    newer job owns it."""
     async with tenant_session(job.services.session_maker, job.tenant_id) as session:
         document = await session.get(KnowledgeDocument, document_id, with_for_update=True)
         if document is None:
             await session.rollback()
             return None
         await _check_job(session, job)
+        if document.job_id != job.job_id:
+            # A newer ingestion owns the document (an old job retried by hand): this one must not take it back.
+            await session.rollback()
+            raise _Superseded
         base = await session.get_one(KnowledgeBase, document.base_id)
         billed = await _billed_user(session, job, base, document)
-        document.job_id = job.job_id
         document.status = "running"
         document.error = None
         plan = _Plan(

@@ -57,7 +57,8 @@ async def add_embeddings_channel(page: Page, url: str, upstream: MockUpstream) -
 
 
 async def ingested(session_maker: async_sessionmaker[AsyncSession], tenant: TenantRows, filename: str) -> UUID:
-    """What the ingestion job will write (it is not built yet): the passages and the document ready."""
+    """What the ingestion job writes (the passages, the document ready), written here so that this test of the
+    pages needs no worker; test_knowledge_journey_browser.py runs the real job."""
     async with tenant_session(session_maker, tenant.id) as session:
         # The user's upload, not the fixture's document of the same name.
         document = await session.scalar(

@@ -138,3 +138,12 @@ async def test_the_end_of_a_document_s_old_job_leaves_the_document_to_its_new_jo
     assert done["status"] == "succeeded"
     row = await row_of(session_maker, tenant_a, document)
     assert (row.status, str(row.job_id)) == ("ready", done["id"])
+
+    # The old job retried by hand: it finds the document bound to the newer job and ends without touching it.
+    retried = await client.post(f"/api/jobs/{document['job_id']}/retry", headers=user)
+    assert retried.status_code == 202, retried.text
+    async with running_worker(settings):
+        ended = await wait_for_status(client, user, document["job_id"], {"succeeded", "failed", "dead", "canceled"})
+    assert ended["status"] == "canceled"
+    row = await row_of(session_maker, tenant_a, document)
+    assert (row.status, str(row.job_id)) == ("ready", done["id"])
