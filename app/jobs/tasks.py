@@ -13,10 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs.registry import WorkerServices, scheduled
 from app.jobs.services import add_event, create_queue, enqueue, job_ended, new_queue_key
+from app.observability.logging import get_logger
 from app.tenants.services import all_tenant_ids
 from app.tenants.webhooks import announce_dead_job
 from db.session import tenant_session
 from db.tenant import Job, Organization
+
+logger = get_logger("lyss.jobs")
 
 LOST_LAST_ATTEMPT = "The job's last attempt was lost with its worker."
 
@@ -29,17 +32,23 @@ async def recover_jobs(services: WorkerServices) -> dict[str, Any]:
     # Quiet for longer than a heartbeat and a sweep: SAQ itself would have acted by now.
     settings = services.settings
     quiet = datetime.timedelta(seconds=2 * settings.job_heartbeat_seconds + settings.job_sweep_seconds)
-    resent = buried = 0
+    resent = buried = failed = 0
     async with services.session_maker() as session:
         tenant_ids = await all_tenant_ids(session)
     for tenant_id in tenant_ids:
-        async with tenant_session(services.session_maker, tenant_id) as session:
-            outcome = await recover_tenant_jobs(session, queue, services, quiet)
+        try:
+            async with tenant_session(services.session_maker, tenant_id) as session:
+                outcome = await recover_tenant_jobs(session, queue, services, quiet)
+        except Exception as error:
+            # One organization's failure (a job kind's end hook, a broken row) must not stop the others' recovery.
+            logger.error("job recovery failed for a tenant", tenant_id=str(tenant_id), exc_info=error)
+            failed += 1
+            continue
         resent += outcome[0]
         buried += len(outcome[1])
         for job_id, kind in outcome[1]:
             await announce_dead_job(services, tenant_id, job_id, kind, LOST_LAST_ATTEMPT)
-    return {"resent": resent, "buried": buried}
+    return {"resent": resent, "buried": buried, "failed_tenants": failed}
 
 
 async def recover_tenant_jobs(

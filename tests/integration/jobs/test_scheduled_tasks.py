@@ -270,7 +270,7 @@ async def test_recovery_resends_a_job_the_queue_lost_and_buries_one_out_of_attem
         )
         await session.commit()
 
-    assert await recover_jobs(worker_services) == {"resent": 1, "buried": 1}
+    assert await recover_jobs(worker_services) == {"resent": 1, "buried": 1, "failed_tenants": 0}
 
     buried = (await client.get(f"/api/jobs/{exhausted['id']}", headers=headers)).json()
     assert (buried["status"], buried["events"][-1]["event"]) == ("dead", "dead")

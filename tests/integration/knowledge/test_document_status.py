@@ -84,7 +84,7 @@ async def test_a_job_the_recovery_sweep_declares_dead_fails_its_document(
     await worker_services.redis.zrem("saq:lyss:incomplete", f"saq:job:lyss:{key}")
     await worker_services.redis.lrem("saq:lyss:queued", 0, f"saq:job:lyss:{key}")
 
-    assert await recover_jobs(worker_services) == {"resent": 0, "buried": 1}
+    assert await recover_jobs(worker_services) == {"resent": 0, "buried": 1, "failed_tenants": 0}
 
     row = await row_of(session_maker, tenant_a, document)
     assert row.status == "failed"
