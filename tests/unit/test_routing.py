@@ -29,6 +29,21 @@ def test_priority_puts_the_highest_tier_first_whatever_the_weights() -> None:
     assert {names(attempt_order([low, high], rng))[0] for _ in range(50)} == {"high"}
 
 
+def test_within_a_tier_each_channel_leads_in_proportion_to_its_weight_and_the_rest_follow() -> None:
+    heavy, middle, light = channel("heavy", weight=5), channel("middle", weight=3), channel("light", weight=2)
+    other_tier = channel("fallback", priority=0, weight=100)
+    rng = random.Random(7)  # noqa: S311 - seeded, for a repeatable test
+    draws = 40_000
+    orders = [attempt_order([light, other_tier, heavy, middle], rng) for _ in range(draws)]
+    first = Counter(order[0].name for order in orders)
+    # Binomial standard deviations here are at most 0.0025: a tolerance of 0.01 is four of them.
+    for name, share in (("heavy", 0.5), ("middle", 0.3), ("light", 0.2)):
+        assert abs(first[name] / draws - share) <= 0.01, first
+    # Every channel of the tier is tried before the lower tier, which comes last.
+    assert all(sorted(names(order[:3])) == ["heavy", "light", "middle"] for order in orders)
+    assert {order[3].name for order in orders} == {"fallback"}
+
+
 def test_latency_tries_an_unmeasured_channel_first_then_the_fastest() -> None:
     fast, slow, new = channel("fast"), channel("slow"), channel("new")
     health = ChannelHealth()

@@ -254,10 +254,12 @@ async def redis_used(settings: Settings, tenant: TenantRows, token: dict[str, An
 
 
 @pytest.mark.slow  # two thousand routed calls: a share within five points needs that many
-async def test_weights_split_traffic_within_five_points(
+async def test_channel_weights_reach_the_router_of_real_calls(
     client: Client, tenant_a: TenantRows, auth_headers: AuthHeaders
 ) -> None:
-    # Echo channels answer in process: 2,000 routed calls stay quick while the routing is the real one.
+    # The exact split is tested on the router itself (tests/unit/test_routing.py); here the weights set through
+    # the API must steer real calls: 400 calls at 3:1 put the heavy channel's share within 0.65 to 0.85 (a tolerance
+    # of over 4.5 standard deviations), where unweighted routing would give 0.5.
     admin = auth_headers(tenant_a.admin)
     for name, weight in (("heavy", 3), ("light", 1)):
         response = await client.post(
@@ -266,11 +268,11 @@ async def test_weights_split_traffic_within_five_points(
         assert response.status_code == 201, response.text
     key, _ = await issue_key(client, auth_headers(tenant_a.user))
     used: Counter[str] = Counter()
-    for _ in range(2000):
+    for _ in range(400):
         response = await client.post("/v1/chat/completions", json=chat_body("m", max_tokens=1), headers=bearer(key))
         used[response.headers["x-lyss-channel"]] += 1
-    assert sum(used.values()) == 2000
-    assert abs(used["heavy"] / 2000 - 0.75) <= 0.05, used
+    assert sum(used.values()) == 400
+    assert abs(used["heavy"] / 400 - 0.75) <= 0.1, used
 
 
 async def test_bad_credentials_upstream_disable_the_channel_and_a_passing_test_enables_it(
