@@ -48,6 +48,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "login_ip_limit_per_minute": "LYSS_LOGIN_IP_LIMIT_PER_MINUTE",
     "max_request_body_bytes": "LYSS_MAX_REQUEST_BODY_BYTES",
     "kb_max_upload_bytes": "LYSS_KB_MAX_UPLOAD_BYTES",
+    "knowledge_url_allow_private": "LYSS_KNOWLEDGE_URL_ALLOW_PRIVATE",
+    "knowledge_url_connect_timeout_seconds": "LYSS_KNOWLEDGE_URL_CONNECT_TIMEOUT",
+    "knowledge_url_timeout_seconds": "LYSS_KNOWLEDGE_URL_TIMEOUT",
     "echo_provider": "LYSS_ECHO_PROVIDER",
     "gateway_max_attempts": "LYSS_GATEWAY_MAX_ATTEMPTS",
     "gateway_default_max_tokens": "LYSS_GATEWAY_DEFAULT_MAX_TOKENS",
@@ -139,6 +142,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
     # The largest file a knowledge base takes (its upload route alone has this body limit, not the one above).
     kb_max_upload_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20 * 1024 * 1024
+    # Documents fetched from a URL a tenant allows (app/knowledge/fetch.py): whether a host may resolve to a
+    # loopback, private or otherwise non-public address (for tests and closed networks only: it opens the
+    # network Lyss runs in to whoever may add documents), and how long connecting and the whole fetch may take.
+    knowledge_url_allow_private: bool = False
+    knowledge_url_connect_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    knowledge_url_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # None: on with the embedded database (a laptop trying Lyss out), off otherwise.
     echo_provider: bool | None = None
     gateway_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3

@@ -23,6 +23,7 @@ from app.gateway.engine import Gateway
 from app.knowledge import search, services
 from app.knowledge.schemas import (
     BaseSearch,
+    DocumentFromUrl,
     DocumentRead,
     DocumentUploaded,
     KnowledgeBaseCreate,
@@ -220,6 +221,44 @@ class KnowledgeDocumentController(Controller):
             data=await upload.read(settings.kb_max_upload_bytes + 1),
             max_bytes=settings.kb_max_upload_bytes,
             metadata=services.parse_metadata(metadata),
+            jobs=services.JobQueue(queue=job_queue, redis=redis, settings=settings),
+            requested_by=request.user.user_id,
+        )
+        return Response(uploaded, status_code=HTTP_200_OK if uploaded.duplicate else HTTP_201_CREATED)
+
+    @post(
+        "/from-url",
+        status_code=HTTP_201_CREATED,
+        summary="Add a document fetched from a URL on a host the organization allows, queued for ingestion",
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                DocumentUploaded,
+                description="The base already has this content: that document, `duplicate: true`",
+                generate_examples=False,
+            )
+        },
+    )
+    async def add_from_url(
+        self,
+        object_store: NamedDependency[ObjectStore],
+        job_queue: NamedDependency[RedisQueue],
+        redis: NamedDependency[Redis],
+        settings: NamedDependency[Settings],
+        base_id: FromPath[UUID],
+        data: JSONBody[DocumentFromUrl],
+        actor: NamedDependency[Actor],
+        request: AuthRequest,
+        db_session: NamedDependency[AsyncSession],
+    ) -> Response[DocumentUploaded]:
+        base = await services.writable_base(db_session, base_id, _caller(request))
+        uploaded = await services.add_document_from_url(
+            db_session,
+            object_store,
+            base,
+            actor,
+            url=data.url,
+            metadata=data.metadata,
+            settings=settings,
             jobs=services.JobQueue(queue=job_queue, redis=redis, settings=settings),
             requested_by=request.user.user_id,
         )

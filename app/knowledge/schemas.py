@@ -48,6 +48,13 @@ class KnowledgeBaseUpdate(Input):
     language: Language | msgspec.UnsetType = msgspec.UNSET
 
 
+class DocumentFromUrl(Input):
+    """A document to fetch from a URL on a host the organization allows; `metadata` as an upload's."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    metadata: dict[str, Any] = {}
+
+
 class KnowledgeBaseRead(msgspec.Struct):
     id: UUID
     name: str

@@ -32,6 +32,7 @@ from uuid_utils.compat import uuid7
 from app.errors import InvalidRequest, NotAllowed, NotFound, ServiceError, ServiceUnavailable
 from app.gateway.adapters import ADAPTERS
 from app.jobs.services import RETRYABLE_STATUSES, cancel_job, retry_job, submit_job
+from app.knowledge.fetch import Fetched, fetch_document
 from app.knowledge.schemas import (
     ChunkRead,
     DocumentRead,
@@ -44,7 +45,7 @@ from app.memory.services import text_search_languages
 from app.schemas import read_as
 from app.settings import Settings
 from app.storage.base import ObjectStore, StorageError
-from app.tenants.services import Actor, audit_change
+from app.tenants.services import Actor, audit_change, own_organization, tenant_policy
 from db.auth import User
 from db.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 from db.provider import Channel, ProviderType
@@ -437,22 +438,22 @@ def key_filename(filename: str, extension: str) -> str:
     return f"{stem[: MAX_KEY_FILENAME - len(extension)] or 'document'}{extension}"
 
 
-def sniffed_type(filename: str, data: bytes) -> str:
+def sniffed_type(filename: str, data: bytes, field: str = "file") -> str:
     """The content type of an upload named `filename`: its extension's, once the content agrees with it.
 
     Only the allowed types pass, and a file whose bytes say otherwise (a PDF named .txt, a zip named .docx
-    that is no Word document) is refused: what the extractors get is what the name says.
+    that is no Word document) is refused: what the extractors get is what the name says. Refusals name `field`.
     """
     extension = Path(filename.lower()).suffix
     content_type = DOCUMENT_TYPES.get(extension)
     if content_type is None:
         allowed = ", ".join(sorted(DOCUMENT_TYPES))
         raise UnsupportedType(
-            f"`file`: files of type '{extension or 'none'}' are not taken; send {allowed}.", field="file"
+            f"`{field}`: files of type '{extension or 'none'}' are not taken; send {allowed}.", field=field
         )
     if not data:
-        raise InvalidRequest("`file` is empty.", field="file")
-    mismatch = UnsupportedType(f"`file`: the content is not that of a {extension} file.", field="file")
+        raise InvalidRequest(f"`{field}` is empty.", field=field)
+    mismatch = UnsupportedType(f"`{field}`: the content is not that of a {extension} file.", field=field)
     if extension == ".pdf":
         if not data[:1024].lstrip().startswith(b"%PDF-"):
             raise mismatch
@@ -470,7 +471,7 @@ def sniffed_type(filename: str, data: bytes) -> str:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
-            raise UnsupportedType(f"`file`: a {extension} file must be UTF-8 text.", field="file") from None
+            raise UnsupportedType(f"`{field}`: a {extension} file must be UTF-8 text.", field=field) from None
         if content_type == "text/html" and not _HTML_TAG.search(data[:65536]):
             raise mismatch
     return content_type
@@ -603,15 +604,18 @@ async def add_document(
     metadata: dict[str, Any],
     jobs: JobQueue,
     requested_by: UUID,
+    source_url: str | None = None,
+    field: str = "file",
 ) -> DocumentUploaded:
     """Store an upload in the base: checked (size, type), the file in the object store, its ingestion job submitted.
 
-    The same content already in the base is that document (`duplicate`), and nothing is stored again.
+    The same content already in the base is that document (`duplicate`), and nothing is stored again. `field`
+    is what refusals name: the request field the bytes came from.
     """
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"`file` is larger than the {max_bytes} bytes an upload may have.", field="file")
+        raise PayloadTooLarge(f"`{field}` is larger than the {max_bytes} bytes an upload may have.", field=field)
     shown_name = display_filename(filename)
-    content_type = sniffed_type(shown_name, data)
+    content_type = sniffed_type(shown_name, data, field)
     content_hash = hashlib.sha256(data).hexdigest()
     existing = await _by_hash(session, base, content_hash)
     if existing is not None:
@@ -626,6 +630,7 @@ async def add_document(
         size_bytes=len(data),
         content_hash=content_hash,
         object_key=object_name,
+        source_url=source_url,
         attributes=metadata,
         created_by=actor.user_id,
     )
@@ -653,6 +658,64 @@ async def add_document(
             raise
         return read_as(DocumentUploaded, existing, metadata=dict(existing.attributes), duplicate=True)
     return read_as(DocumentUploaded, document, metadata=dict(document.attributes))
+
+
+# The extension a fetched document is named with when the name its server gave has none that uploads take.
+_EXTENSION_OF_TYPE = {content_type: extension for extension, content_type in reversed(DOCUMENT_TYPES.items())}
+
+
+def fetched_filename(fetched: Fetched) -> str:
+    """The name of a document fetched from a URL: the one its server gave, with the extension of its Content-Type
+    added where that name has no known one (a page at `/docs/` is `document.html`)."""
+    name = display_filename(fetched.filename)
+    extension = _EXTENSION_OF_TYPE.get(fetched.content_type)
+    if Path(name.lower()).suffix in DOCUMENT_TYPES or extension is None:
+        return name
+    return f"{name or 'document'}{extension}"[-MAX_FILENAME:]
+
+
+def checked_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A JSON body's `metadata` object, at most 16 KiB encoded (what `parse_metadata` allows a form's)."""
+    if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidRequest(f"`metadata` is larger than {MAX_METADATA_BYTES // 1024} KiB.", field="metadata")
+    return metadata
+
+
+async def add_document_from_url(
+    session: AsyncSession,
+    store: ObjectStore,
+    base: KnowledgeBase,
+    actor: Actor,
+    *,
+    url: str,
+    metadata: dict[str, Any],
+    settings: Settings,
+    jobs: JobQueue,
+    requested_by: UUID,
+) -> DocumentUploaded:
+    """The document at `url`, fetched as `app.knowledge.fetch` allows, then added as an upload of its bytes is
+    (`add_document`: one way in for every document); it keeps the URL it was asked for in `source_url`."""
+    metadata = checked_metadata(metadata)
+    fetched = await fetch_document(
+        url,
+        allowed_hosts=tenant_policy(await own_organization(session, base.tenant_id)).knowledge_url_hosts,
+        max_bytes=settings.kb_max_upload_bytes,
+        settings=settings,
+    )
+    return await add_document(
+        session,
+        store,
+        base,
+        actor,
+        filename=fetched_filename(fetched),
+        data=fetched.data,
+        max_bytes=settings.kb_max_upload_bytes,
+        metadata=metadata,
+        jobs=jobs,
+        requested_by=requested_by,
+        source_url=url.strip(),
+        field="url",
+    )
 
 
 async def _put(store: ObjectStore, tenant_id: UUID, name: str, data: bytes, content_type: str) -> None:

@@ -50,12 +50,20 @@ class InvitationRead(msgspec.Struct, frozen=True):
 # Days a stored Responses API answer is kept (`GET /v1/responses/{id}`, `previous_response_id`).
 DEFAULT_RESPONSE_RETENTION_DAYS = 30
 ResponseRetentionDays = Annotated[int, msgspec.Meta(ge=1, le=365)]
+# The hosts knowledge-base documents may be fetched from by URL (app/knowledge/fetch.py); none: no URL is fetched.
+MAX_KNOWLEDGE_URL_HOSTS = 50
+MAX_HOST_LENGTH = 253
+KnowledgeUrlHosts = Annotated[
+    list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HOST_LENGTH)]],
+    msgspec.Meta(max_length=MAX_KNOWLEDGE_URL_HOSTS),
+]
 
 
 class TenantPolicyRead(msgspec.Struct, frozen=True):
     require_mfa_for_admins: bool
     allow_self_signup: bool
     response_retention_days: int
+    knowledge_url_hosts: list[str]
 
 
 class TenantPolicyUpdate(Input):
@@ -65,6 +73,8 @@ class TenantPolicyUpdate(Input):
     allow_self_signup: bool | None = None
     # A new retention applies to responses stored from now on; those stored before keep their expiry.
     response_retention_days: ResponseRetentionDays | None = None
+    # Exact names (docs.example.com) or every name under one (*.example.com); an empty list turns URLs off.
+    knowledge_url_hosts: KnowledgeUrlHosts | None = None
 
 
 class OrganizationUpdate(Input):

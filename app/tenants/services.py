@@ -19,7 +19,12 @@ from app.auth.passwords import WeakPasswordError, hash_password
 from app.errors import InvalidRequest, NotFound
 from app.observability.middleware import ClientContext
 from app.tenants.plans import DEFAULT_PLAN, PlanLimitReached, require_room_for_user
-from app.tenants.schemas import DEFAULT_RESPONSE_RETENTION_DAYS, OrganizationUpdate, TenantPolicyUpdate
+from app.tenants.schemas import (
+    DEFAULT_RESPONSE_RETENTION_DAYS,
+    MAX_HOST_LENGTH,
+    OrganizationUpdate,
+    TenantPolicyUpdate,
+)
 from db.auth import User
 from db.session import tenant_session
 from db.tenant import (
@@ -36,6 +41,7 @@ from db.tenant import (
 DEMO_TENANT_SLUG = "demo"
 DEMO_ADMIN_EMAIL = "admin@demo.example.com"
 _SLUG = re.compile(SLUG_PATTERN)
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
 class ProvisioningError(ValueError):
@@ -53,6 +59,30 @@ class TenantPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     require_mfa_for_admins: bool = False
     allow_self_signup: bool = False
     response_retention_days: int = DEFAULT_RESPONSE_RETENTION_DAYS
+    knowledge_url_hosts: list[str] = []
+
+
+def checked_url_hosts(hosts: list[str]) -> list[str]:
+    """The allowed hosts of knowledge URLs in lower case, once each: DNS names (ASCII; a name in another script in
+    its xn-- form) or `*.` and one, every one checked, the field named in the refusal."""
+    checked: list[str] = []
+    for entry in hosts:
+        host = entry.strip().lower().rstrip(".")
+        name = host.removeprefix("*.")
+        labels = name.split(".")
+        if (
+            len(host) > MAX_HOST_LENGTH
+            or not all(_HOST_LABEL.match(label) for label in labels)
+            or (host.startswith("*.") and len(labels) < 2)
+        ):
+            raise InvalidRequest(
+                f"`knowledge_url_hosts`: '{entry.strip()[:100]}' is not a host name; write one like "
+                "docs.example.com, or *.example.com for every name under example.com.",
+                field="knowledge_url_hosts",
+            )
+        if host not in checked:
+            checked.append(host)
+    return checked
 
 
 def tenant_policy(organization: Organization) -> TenantPolicy:
@@ -118,6 +148,8 @@ async def change_tenant_policy(
 ) -> TenantPolicy:
     """Set the policy fields given (the others keep their value), with an audit event."""
     changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
+    if data.knowledge_url_hosts is not None:
+        changes["knowledge_url_hosts"] = checked_url_hosts(data.knowledge_url_hosts)
     organization.settings = {**(organization.settings or {}), **changes}
     record_audit_event(
         session,

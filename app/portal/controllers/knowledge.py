@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import InvalidRequest
 from app.gateway.engine import Gateway
 from app.knowledge import search, services
-from app.knowledge.schemas import BaseSearch, KnowledgeBaseCreate, KnowledgeBaseRead, KnowledgeBaseUpdate, SearchHit
+from app.knowledge.schemas import (
+    BaseSearch,
+    DocumentFromUrl,
+    KnowledgeBaseCreate,
+    KnowledgeBaseRead,
+    KnowledgeBaseUpdate,
+    SearchHit,
+)
 from app.memory.services import memory_settings, text_search_languages
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
@@ -175,6 +182,7 @@ class KnowledgePages(Controller):
         searched: dict[str, str] | None = None,
         results: list[SearchResult] | None = None,
         search_errors: dict[str, str] | None = None,
+        url: str = "",
     ) -> Template:
         caller = _caller(viewer)
         row = await services.readable_base(db_session, base_id, caller)
@@ -204,6 +212,7 @@ class KnowledgePages(Controller):
             searched=searched or {"q": "", "mode": "hybrid", "rerank": "", "diversity": ""},
             results=results,
             search_errors=search_errors or {},
+            url=url,
         )
 
     @get("/{base_id:uuid}", summary="A knowledge base, its documents and a search of its passages")
@@ -316,6 +325,40 @@ class KnowledgePages(Controller):
         if submission.refused or uploaded is None:
             return await self._base_page(
                 viewer, db_session, settings, base_id, None, submission.errors, submission.status_code
+            )
+        return see_other(f"{KNOWLEDGE}/{base_id}", "document_duplicate" if uploaded.duplicate else "document_uploaded")
+
+    @post("/{base_id:uuid}/documents/from-url", summary="Add a document to a knowledge base from a URL")
+    async def add_document_from_url(
+        self,
+        base_id: FromPath[UUID],
+        job_queue: NamedDependency[RedisQueue],
+        redis: NamedDependency[Redis],
+        object_store: NamedDependency[ObjectStore],
+        viewer: NamedDependency[Viewer],
+        settings: NamedDependency[Settings],
+        db_session: NamedDependency[AsyncSession],
+        request: PortalRequest,
+    ) -> Template | Response[None]:
+        base = await services.writable_base(db_session, base_id, _caller(viewer))
+        url = str((await request.form()).get("url") or "").strip()
+        uploaded = None
+        async with FormSubmission(db_session) as submission:
+            data = parse(DocumentFromUrl, {"url": url})
+            uploaded = await services.add_document_from_url(
+                db_session,
+                object_store,
+                base,
+                viewer_actor(viewer, request),
+                url=data.url,
+                metadata={},
+                settings=settings,
+                jobs=services.JobQueue(queue=job_queue, redis=redis, settings=settings),
+                requested_by=viewer.user.id,
+            )
+        if submission.refused or uploaded is None:
+            return await self._base_page(
+                viewer, db_session, settings, base_id, None, submission.errors, submission.status_code, url=url
             )
         return see_other(f"{KNOWLEDGE}/{base_id}", "document_duplicate" if uploaded.duplicate else "document_uploaded")
 

@@ -1,5 +1,5 @@
 """Portal settings (admins): organization name and currency, security policy, OAuth providers, memory and chat,
-the response cache."""
+the response cache, the hosts knowledge documents may be fetched from."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ SAVED = {
     "defaults": "The memory and chat defaults are saved.",
     "new_user_budget": "The budget and policy of new users are saved.",
     "response_cache": "The response cache settings are saved.",
+    "knowledge_urls": "The hosts knowledge documents may be fetched from are saved.",
 }
 RESPONSE_CACHE_FIELDS = ("ttl_seconds", "max_entry_bytes", "hit_cost_fraction")
 
@@ -177,6 +178,7 @@ class SettingsPages(Controller):
                 "require_mfa_for_admins": policy.require_mfa_for_admins,
                 "allow_self_signup": policy.allow_self_signup,
                 "response_retention_days": str(policy.response_retention_days),
+                "knowledge_url_hosts": "\n".join(policy.knowledge_url_hosts),
                 **stored,
                 **new_user_budget.values,
                 **{f"cache_{name}": value for name, value in msgspec.to_builtins(response_cache).items()},
@@ -332,6 +334,29 @@ class SettingsPages(Controller):
             )
         await db_session.commit()
         return see_other(f"{SETTINGS}?saved=policy#policy")
+
+    @post("/knowledge-urls", summary="Change the hosts knowledge documents may be fetched from by URL")
+    async def change_knowledge_url_hosts(
+        self, viewer: NamedDependency[Viewer], db_session: NamedDependency[AsyncSession], request: PortalRequest
+    ) -> Template | Response[None]:
+        form = await request.form()
+        values = {"knowledge_url_hosts": str(form.get("knowledge_url_hosts") or "")}
+        async with FormSubmission(db_session) as submission:
+            organization = await own_organization(db_session, viewer.organization.id)
+            await change_tenant_policy(
+                db_session,
+                organization,
+                parse(TenantPolicyUpdate, {"knowledge_url_hosts": lines(values["knowledge_url_hosts"])}),
+                actor=viewer.user.email,
+                actor_user_id=viewer.user.id,
+                client=client_context(request),
+            )
+        if submission.refused:
+            return await self._settings_page(
+                viewer, db_session, values=values, errors=submission.errors, status_code=submission.status_code
+            )
+        await db_session.commit()
+        return see_other(f"{SETTINGS}?saved=knowledge_urls#knowledge-urls")
 
     @post("/defaults", summary="Change the memory and chat defaults")
     async def change_defaults(

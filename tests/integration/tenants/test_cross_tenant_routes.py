@@ -111,6 +111,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/memories/{memory_id:uuid}"): {"text": "taken over"},
     ("PATCH", "/api/knowledge-bases/{base_id:uuid}"): {"name": "taken over", "chunk_tokens": 64, "chunk_overlap": 0},
     ("POST", "/api/knowledge-bases/{base_id:uuid}/search"): {"query": "taken over"},
+    ("POST", "/api/knowledge-bases/{base_id:uuid}/documents/from-url"): {"url": "https://taken.example.com/a.md"},
     ("PATCH", "/api/tokens/{token_id:uuid}"): {"name": "taken over", "status": "disabled"},
     ("PUT", "/api/users/{user_id:uuid}/role"): {"role": "end_user"},
     ("PATCH", "/api/webhooks/{webhook_id:uuid}"): {"url": "https://taken.example.com/", "enabled": False},
