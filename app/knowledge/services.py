@@ -696,11 +696,12 @@ async def add_document_from_url(
     """The document at `url`, fetched as `app.knowledge.fetch` allows, then added as an upload of its bytes is
     (`add_document`: one way in for every document); it keeps the URL it was asked for in `source_url`."""
     metadata = checked_metadata(metadata)
+    allowed_hosts = tenant_policy(await own_organization(session, base.tenant_id)).knowledge_url_hosts
+    # Nothing is written yet: the transaction ends before the fetch, which may take the whole fetch timeout,
+    # so that slow URLs never hold pooled database connections (the tenant is set again on the next one).
+    await session.commit()
     fetched = await fetch_document(
-        url,
-        allowed_hosts=tenant_policy(await own_organization(session, base.tenant_id)).knowledge_url_hosts,
-        max_bytes=settings.kb_max_upload_bytes,
-        settings=settings,
+        url, allowed_hosts=allowed_hosts, max_bytes=settings.kb_max_upload_bytes, settings=settings
     )
     return await add_document(
         session,

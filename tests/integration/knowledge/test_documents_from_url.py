@@ -10,6 +10,7 @@ from ipaddress import ip_address
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
@@ -365,3 +366,30 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused_unless_the_o
         with pytest.raises(InvalidRequest, match="private or reserved"):
             await checked_addresses(literal, 80, allow_private=False)
     assert "127.0.0.1" in await checked_addresses("localhost", 80, allow_private=True)
+
+
+async def test_a_slow_url_holds_no_database_transaction_while_it_is_fetched(
+    client: Client,
+    files: str,
+    upstream: MockUpstream,
+    tenant_a: TenantRows,
+    auth_headers: AuthHeaders,
+    postgres_superuser_url: str,
+) -> None:
+    admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
+    base = await setup_base(client, upstream, admin, user)
+    await allow(client, admin, ["localhost"])
+    # As the superuser: only it sees the state of every role's sessions in pg_stat_activity.
+    watcher = await asyncpg.connect(postgres_superuser_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        fetch = asyncio.create_task(from_url(client, user, base["id"], f"{files}/slow.md"))
+        await asyncio.sleep(0.8)  # the fetch waits on the server, which answers after its timeout of 1.5 s
+        assert not fetch.done()
+        open_transactions = await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lyss_app' AND state LIKE 'idle in transaction%'"
+        )
+        response = await fetch
+    finally:
+        await watcher.close()
+    assert response.status_code == 400
+    assert open_transactions == 0
