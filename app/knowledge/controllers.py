@@ -19,6 +19,7 @@ from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.edge import ACCEPTS_FORM
 from app.errors import InvalidRequest
+from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.knowledge import search, services
 from app.knowledge.schemas import (
@@ -81,6 +82,7 @@ class KnowledgeBaseController(Controller):
             caller=_caller(request),
             base_ids=data.base_ids,
             request=data,
+            payer=await chat_token(db_session, request.user.user_id),
         )
 
     @post("/{base_id:uuid}/search", status_code=HTTP_200_OK, summary="Search the passages of a knowledge base")
@@ -99,6 +101,7 @@ class KnowledgeBaseController(Controller):
             caller=_caller(request),
             base_ids=[base_id],
             request=data,
+            payer=await chat_token(db_session, request.user.user_id),
         )
 
     @get("/{base_id:uuid}", summary="A knowledge base")

@@ -18,6 +18,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest
+from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.knowledge import search, services
 from app.knowledge.schemas import BaseSearch, KnowledgeBaseCreate, KnowledgeBaseRead, KnowledgeBaseUpdate, SearchHit
@@ -237,6 +238,7 @@ class KnowledgePages(Controller):
                 caller=_caller(viewer),
                 base_ids=[base_id],
                 request=data,
+                payer=await chat_token(db_session, viewer.user.id),
             )
         return await self._base_page(
             viewer,
