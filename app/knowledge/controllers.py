@@ -166,13 +166,14 @@ class KnowledgeBaseController(Controller):
     async def delete_base(
         self,
         object_store: NamedDependency[ObjectStore],
+        redis: NamedDependency[Redis],
         base_id: FromPath[UUID],
         actor: NamedDependency[Actor],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> None:
         base = await services.writable_base(db_session, base_id, _caller(request))
-        await services.delete_base(db_session, object_store, base, actor)
+        await services.delete_base(db_session, object_store, redis, base, actor)
 
 
 class KnowledgeDocumentController(Controller):
@@ -277,6 +278,7 @@ class KnowledgeDocumentController(Controller):
     async def delete_document(
         self,
         object_store: NamedDependency[ObjectStore],
+        redis: NamedDependency[Redis],
         base_id: FromPath[UUID],
         document_id: FromPath[UUID],
         actor: NamedDependency[Actor],
@@ -285,7 +287,7 @@ class KnowledgeDocumentController(Controller):
     ) -> None:
         base = await services.writable_base(db_session, base_id, _caller(request))
         document = await services.base_document(db_session, base, document_id)
-        await services.delete_document(db_session, object_store, base, document, actor)
+        await services.delete_document(db_session, object_store, redis, base, document, actor)
 
 
 def document_controller(max_upload_bytes: int) -> type[Controller]:

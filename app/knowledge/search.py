@@ -22,6 +22,7 @@ from app.errors import Conflict, InvalidRequest
 from app.gateway.caches import TokenInfo
 from app.gateway.client import cache_query_vector, cached_query_vector, embed, rerank
 from app.gateway.engine import Gateway
+from app.knowledge import search_cache
 from app.knowledge.schemas import BaseSearch, ParentSection, SearchFilters, SearchHit
 from app.knowledge.services import Caller, readable_bases
 from app.memory.services import memory_settings
@@ -78,9 +79,31 @@ async def search(
     The query is embedded (hybrid and vector modes) with the bases' embedding model, and reranked if asked, on
     `payer`: the user's chat key for Lyss's own searches, the API key of a /v1 call. So the calls are billed,
     limited and logged like any other on that key; a refusal of the gateway (budget, model) is raised as is.
+
+    The same search of the same bases in the tenant within RESULTS_TTL_SECONDS, while none of the bases
+    changed, is answered from Redis (`search_cache`): no embedding or rerank call, so nothing to pay.
     """
     bases = await readable_bases(session, list(dict.fromkeys(base_ids)), caller)
     rerank_model = await _rerank_model(session, request)
+    # Looked up only once the caller is known to read every base: the key names them, so an entry serves
+    # only a search of exactly these bases in this tenant, by someone who may read them.
+    key = await search_cache.results_key(gateway.redis, tenant_id, [base.id for base in bases], request, rerank_model)
+    hits = await search_cache.cached(gateway.redis, key)
+    if hits is None:
+        hits = await _searched_now(session, gateway, tenant_id, bases, request, rerank_model, payer)
+        await search_cache.keep(gateway.redis, key, hits)
+    return hits
+
+
+async def _searched_now(
+    session: AsyncSession,
+    gateway: Gateway,
+    tenant_id: UUID,
+    bases: list[KnowledgeBase],
+    request: BaseSearch,
+    rerank_model: str | None,
+    payer: TokenInfo,
+) -> list[SearchHit]:
     candidates = max(request.limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     query_vector: list[float] | None = None
     vector_ranked: list[tuple[UUID, float]] = []

@@ -24,6 +24,7 @@ from app.gateway.client import EmbeddingRejected, GatewayRefused, chat_token, em
 from app.jobs.registry import JobCanceled, JobContext, JobFailed, job_kind
 from app.jobs.services import cancel_flag_key
 from app.jobs.worker import describe_error
+from app.knowledge import search_cache
 from app.knowledge.chunking import Chunk, chunk
 from app.knowledge.extract import ExtractionError, extract
 from app.knowledge.services import INGEST_JOB_KIND
@@ -132,6 +133,7 @@ async def _ingest(job: JobContext, document_id: UUID) -> dict[str, Any]:
             embedding_model=plan.embedding_model,
         )
     )
+    job.after_success(lambda: search_cache.changed(job.services.redis, job.tenant_id, [plan.base_id]))
     return {"chunks": chunk_count or 0, "passages": passages, "embedded": embedded, "pages": extracted.pages}
 
 

@@ -72,9 +72,10 @@ async def test_a_key_that_cannot_pay_the_embedding_is_refused_and_the_chat_key_d
     base_id, _, _ = await chat_with_handbook(client, upstream, session_maker, tenant_a, auth_headers)
     admin, user = auth_headers(tenant_a.admin), auth_headers(tenant_a.user)
     await set_price(client, admin, EMBEDDER, 1_000_000, 0)
-    # The user's chat key has searched (and could pay again): it must not be what pays for the API key.
+    # The user's chat key has embedded the same question within the minute (and could pay again): neither that
+    # vector nor that key may pay for the API keys. Another limit, so those searches' results are not reused.
     warm = await client.post(
-        f"/api/knowledge-bases/{base_id}/search", json={"query": "When does the office open?"}, headers=user
+        f"/api/knowledge-bases/{base_id}/search", json={"query": "When does the office open?", "limit": 3}, headers=user
     )
     assert warm.status_code == 200, warm.text
     rows_before = len(await usage_rows(session_maker, tenant_a, 4))  # the documents' two embeddings, the search's
