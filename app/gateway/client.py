@@ -146,22 +146,23 @@ async def _chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]
             yield chunk
 
 
-def cached_query_vector(gateway: Gateway, tenant_id: UUID, user_id: UUID, model: str, text: str) -> list[float] | None:
-    """A vector this user's key fetched for this text and model in the last minute, if the cache has it.
+def cached_query_vector(gateway: Gateway, tenant_id: UUID, payer: UUID, model: str, text: str) -> list[float] | None:
+    """A vector `payer` paid for this text and model in the last minute, if the cache has it.
 
     Searches repeat (a page re-rendered, the same question asked again): the cache skips the provider, the
-    reservation and the usage record for those. Keyed by the user, not only the tenant, so a vector only
-    ever serves the person whose key paid for it.
+    reservation and the usage record for those. Keyed by who paid, not only the tenant, so a vector only ever
+    serves the one who paid for it: memory names the user (whose one chat key pays), knowledge search the
+    paying key's id (a user's API key and chat key have limits of their own).
     """
-    cached = gateway.query_vectors.get((tenant_id, user_id, model, text))
+    cached = gateway.query_vectors.get((tenant_id, payer, model, text))
     return None if cached is None else cached.tolist()
 
 
 def cache_query_vector(
-    gateway: Gateway, tenant_id: UUID, user_id: UUID, model: str, text: str, vector: list[float]
+    gateway: Gateway, tenant_id: UUID, payer: UUID, model: str, text: str, vector: list[float]
 ) -> None:
     # float32 as pgvector stores them: a quarter of the memory of a list of Python floats.
-    gateway.query_vectors[(tenant_id, user_id, model, text)] = array.array("f", vector)
+    gateway.query_vectors[(tenant_id, payer, model, text)] = array.array("f", vector)
 
 
 async def embed(

@@ -331,7 +331,8 @@ class Gateway:
         )
         self.max_attempts = min(settings.gateway_max_attempts, MAX_ATTEMPTS_CAP)
         self.health = ChannelHealth()
-        # Lyss's own query embeddings (memory search), by (tenant, user, model, text): `client.cached_query_vector`.
+        # Lyss's own query embeddings (memory and knowledge search), by (tenant, payer, model, text):
+        # `client.cached_query_vector`.
         self.query_vectors: TTLCache[tuple[UUID, UUID, str, str], array.array[float]] = TTLCache(
             QUERY_VECTORS_CACHED, QUERY_VECTOR_TTL_SECONDS
         )

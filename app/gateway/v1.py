@@ -247,16 +247,31 @@ class GatewayApi:
         self, token: TokenInfo, request: _Request, body: dict[str, Any], size: int
     ) -> Answer | StreamAnswer:
         """A chat completion with the Lyss `knowledge` field: its sources injected, its answer with their citations.
-        Not from the response cache: the same body gets other sources as the bases change."""
+
+        The response cache sees the request as sent on, its sources injected: the same question with the same
+        retrieved passages is a hit, and a base changed since (other passages) a miss. The citations are added
+        after it, from this call's search: the cached answer is the provider's, theirs are this request's."""
         injected = await knowledge_completions.inject(self.gateway, self.gateway.session_maker, token, body)
-        answer = await self.gateway.chat(
+
+        def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
+            return self.gateway.chat(
+                token,
+                injected.body,
+                # The sources are prompt too: the worst case reserved covers them as it covers the body.
+                raw_size=size + injected.added_bytes,
+                dialect="openai",
+                request_id=request.request_id,
+                defer_settlement=True,
+                observer=observer,
+            )
+
+        answer = await self.response_cache.serve(
             token,
             injected.body,
-            # The sources are prompt too: the worst case reserved covers them as it covers the body.
-            raw_size=size + injected.added_bytes,
-            dialect="openai",
+            endpoint="chat",
+            cache_control_header=request.cache_control,
             request_id=request.request_id,
-            defer_settlement=True,
+            upstream=upstream,
         )
         answer.headers = {**answer.headers, knowledge_completions.CITATIONS_HEADER: str(len(injected.citations))}
         if isinstance(answer, StreamAnswer):

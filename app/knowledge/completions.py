@@ -93,7 +93,8 @@ async def inject(
     """Search the named bases (hybrid) with the last user message and put the best sections into the request.
 
     The key's user must be able to read each base (a 404 naming `knowledge.base_ids`). The query's embedding
-    is billed to that user's chat key, as a knowledge search is. The client asked for knowledge: a failed
+    is paid by the key that made the call, within its own budget, rate and models (the user's chat key is not
+    touched): a refusal there is this call's. The client asked for knowledge: a failed
     search is its error (status and message kept), not an answer without it.
     """
     wanted = _knowledge_request(body[FIELD])
@@ -118,6 +119,7 @@ async def inject(
                 caller=caller,
                 base_ids=wanted.base_ids,
                 request=BaseSearch(query=question, limit=RETRIEVED_PASSAGES),
+                payer=token,
             )
         except ServiceError as error:
             raise _refusal(error) from None

@@ -9,6 +9,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ServiceError
+from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.knowledge import search
 from app.knowledge.chunking import count_tokens
@@ -122,6 +123,7 @@ async def retrieve(
             caller=caller,
             base_ids=base_ids,
             request=BaseSearch(query=question.strip()[:MAX_QUERY_CHARACTERS], limit=RETRIEVED_PASSAGES),
+            payer=await chat_token(session, caller.user_id),
         )
     except ServiceError as error:
         logger.warning("knowledge left out of an answer", error=error.detail)

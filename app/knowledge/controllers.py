@@ -19,6 +19,7 @@ from app.auth.services import is_admin
 from app.auth.tokens import Principal
 from app.edge import ACCEPTS_FORM
 from app.errors import InvalidRequest
+from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.knowledge import search, services
 from app.knowledge.schemas import (
@@ -82,6 +83,7 @@ class KnowledgeBaseController(Controller):
             caller=_caller(request),
             base_ids=data.base_ids,
             request=data,
+            payer=await chat_token(db_session, request.user.user_id),
         )
 
     @post("/{base_id:uuid}/search", status_code=HTTP_200_OK, summary="Search the passages of a knowledge base")
@@ -100,6 +102,7 @@ class KnowledgeBaseController(Controller):
             caller=_caller(request),
             base_ids=[base_id],
             request=data,
+            payer=await chat_token(db_session, request.user.user_id),
         )
 
     @get("/{base_id:uuid}", summary="A knowledge base")
@@ -164,13 +167,14 @@ class KnowledgeBaseController(Controller):
     async def delete_base(
         self,
         object_store: NamedDependency[ObjectStore],
+        redis: NamedDependency[Redis],
         base_id: FromPath[UUID],
         actor: NamedDependency[Actor],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
     ) -> None:
         base = await services.writable_base(db_session, base_id, _caller(request))
-        await services.delete_base(db_session, object_store, base, actor)
+        await services.delete_base(db_session, object_store, redis, base, actor)
 
 
 class KnowledgeDocumentController(Controller):
@@ -313,6 +317,7 @@ class KnowledgeDocumentController(Controller):
     async def delete_document(
         self,
         object_store: NamedDependency[ObjectStore],
+        redis: NamedDependency[Redis],
         base_id: FromPath[UUID],
         document_id: FromPath[UUID],
         actor: NamedDependency[Actor],
@@ -321,7 +326,7 @@ class KnowledgeDocumentController(Controller):
     ) -> None:
         base = await services.writable_base(db_session, base_id, _caller(request))
         document = await services.base_document(db_session, base, document_id)
-        await services.delete_document(db_session, object_store, base, document, actor)
+        await services.delete_document(db_session, object_store, redis, base, document, actor)
 
 
 def document_controller(max_upload_bytes: int) -> type[Controller]:

@@ -19,8 +19,10 @@ from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSQUERY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, InvalidRequest
-from app.gateway.client import cache_query_vector, cached_query_vector, chat_token, embed, rerank
+from app.gateway.caches import TokenInfo
+from app.gateway.client import cache_query_vector, cached_query_vector, embed, rerank
 from app.gateway.engine import Gateway
+from app.knowledge import search_cache
 from app.knowledge.schemas import BaseSearch, ParentSection, SearchFilters, SearchHit
 from app.knowledge.services import Caller, readable_bases
 from app.memory.services import memory_settings
@@ -70,21 +72,45 @@ async def search(
     caller: Caller,
     base_ids: Sequence[UUID],
     request: BaseSearch,
+    payer: TokenInfo,
 ) -> list[SearchHit]:
     """The best passages of `base_ids` for `request`, best first, each with its parent section's text.
 
-    The query is embedded (hybrid and vector modes) with the bases' embedding model on the caller's chat key,
-    so the call is billed and logged like any other; a refusal of the gateway (budget, model) is raised as is.
+    The query is embedded (hybrid and vector modes) with the bases' embedding model, and reranked if asked, on
+    `payer`: the user's chat key for Lyss's own searches, the API key of a /v1 call. So the calls are billed,
+    limited and logged like any other on that key; a refusal of the gateway (budget, model) is raised as is.
+
+    The same search of the same bases in the tenant within RESULTS_TTL_SECONDS, while none of the bases
+    changed, is answered from Redis (`search_cache`): no embedding or rerank call, so nothing to pay.
     """
     bases = await readable_bases(session, list(dict.fromkeys(base_ids)), caller)
     rerank_model = await _rerank_model(session, request)
+    # Looked up only once the caller is known to read every base: the key names them, so an entry serves
+    # only a search of exactly these bases in this tenant, by someone who may read them.
+    key = await search_cache.results_key(gateway.redis, tenant_id, [base.id for base in bases], request, rerank_model)
+    hits = await search_cache.cached(gateway.redis, key)
+    if hits is None:
+        hits = await _searched_now(session, gateway, tenant_id, bases, request, rerank_model, payer)
+        await search_cache.keep(gateway.redis, key, hits)
+    return hits
+
+
+async def _searched_now(
+    session: AsyncSession,
+    gateway: Gateway,
+    tenant_id: UUID,
+    bases: list[KnowledgeBase],
+    request: BaseSearch,
+    rerank_model: str | None,
+    payer: TokenInfo,
+) -> list[SearchHit]:
     candidates = max(request.limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
     query_vector: list[float] | None = None
     vector_ranked: list[tuple[UUID, float]] = []
     text_ranked: list[tuple[UUID, float]] = []
     if request.mode != "text":
         model, dimension = await _shared_model(session, bases)
-        query_vector = await _query_vector(session, gateway, tenant_id, caller.user_id, model, request.query)
+        query_vector = await _query_vector(session, gateway, tenant_id, payer, model, request.query)
         if dimension is not None and dimension != len(query_vector):
             raise Conflict(
                 f"The embedding model '{model}' answered {len(query_vector)} dimensions, but these bases' passages "
@@ -108,7 +134,7 @@ async def search(
                 vector = vectors.get(candidate.chunk_id)
                 candidate.relevance = _cosine(query, vector) if vector is not None else 0.0
     if rerank_model is not None and pool:
-        pool = await _reranked(session, gateway, caller.user_id, rerank_model, request.query, pool[:MAX_RERANKED])
+        pool = await _reranked(session, gateway, payer, rerank_model, request.query, pool[:MAX_RERANKED])
     chosen = _diversified(pool, vectors, request.limit) if request.diversity else pool[: request.limit]
     return await _hits(session, chosen)
 
@@ -163,18 +189,23 @@ async def _shared_model(session: AsyncSession, bases: list[KnowledgeBase]) -> tu
 
 
 async def _query_vector(
-    session: AsyncSession, gateway: Gateway, tenant_id: UUID, user_id: UUID, model: str, text: str
+    session: AsyncSession, gateway: Gateway, tenant_id: UUID, payer: TokenInfo, model: str, text: str
 ) -> list[float]:
-    """The query's vector, billed to the user's chat key; the same text searched again within the minute is not
-    embedded (or billed) again."""
-    vector = cached_query_vector(gateway, tenant_id, user_id, model, text)
+    """The query's vector, billed to `payer`; the same text searched again within the minute on the same key is
+    not embedded (or billed) again.
+
+    Cached by the paying key's id, not by its user: a user's chat key and their API keys each have their own
+    budget, rate and allowed models, and a vector one of them paid for must not spare another that check (a
+    key not allowed the embedding model, or out of budget, would otherwise search by meaning on the user's
+    chat key's earlier payment). The price is one more embedding when the same user asks the same thing
+    through two keys within the minute."""
+    vector = cached_query_vector(gateway, tenant_id, payer.id, model, text)
     if vector is not None:
         return vector
-    token = await chat_token(session, user_id)
-    # The key may have just been created: committed before the gateway, which reads it on its own connection.
+    # A chat key may have just been created: committed before the gateway, which reads it on its own connection.
     await session.commit()
-    vector = (await embed(gateway, token, model, [text]))[0]
-    cache_query_vector(gateway, tenant_id, user_id, model, text, vector)
+    vector = (await embed(gateway, payer, model, [text]))[0]
+    cache_query_vector(gateway, tenant_id, payer.id, model, text, vector)
     return vector
 
 
@@ -335,10 +366,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 async def _reranked(
-    session: AsyncSession, gateway: Gateway, user_id: UUID, model: str, query: str, pool: list[Candidate]
+    session: AsyncSession, gateway: Gateway, payer: TokenInfo, model: str, query: str, pool: list[Candidate]
 ) -> list[Candidate]:
-    """`pool` in the rerank model's order, its relevance as the score, billed to the user's chat key; those it
-    leaves unranked follow in the search's order."""
+    """`pool` in the rerank model's order, its relevance as the score, billed to `payer`; those it leaves
+    unranked follow in the search's order."""
     texts = dict(
         (
             await session.execute(
@@ -346,9 +377,8 @@ async def _reranked(
             )
         ).all()
     )
-    token = await chat_token(session, user_id)
     await session.commit()
-    ranking = await rerank(gateway, token, model, query, [texts.get(candidate.chunk_id, "") for candidate in pool])
+    ranking = await rerank(gateway, payer, model, query, [texts.get(candidate.chunk_id, "") for candidate in pool])
     # The gateway has checked the ranking: indices in range, none twice.
     ranked = [msgspec.structs.replace(pool[index], score=score, relevance=score) for index, score in ranking]
     named = {index for index, _ in ranking}

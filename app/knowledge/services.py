@@ -32,6 +32,7 @@ from uuid_utils.compat import uuid7
 from app.errors import InvalidRequest, NotAllowed, NotFound, ServiceError, ServiceUnavailable
 from app.gateway.adapters import ADAPTERS
 from app.jobs.services import RETRYABLE_STATUSES, cancel_job, retry_job, submit_job
+from app.knowledge import search_cache
 from app.knowledge.fetch import Fetched, fetch_document
 from app.knowledge.schemas import (
     ChunkRead,
@@ -55,6 +56,9 @@ GROUP_MANAGER_ROLE = "admin"
 INGEST_JOB_KIND = "knowledge.ingest"
 # The settings whose change makes every document of the base be ingested again.
 REINDEXING_SETTINGS = {"embedding_model", "chunk_tokens", "chunk_overlap"}
+# The settings whose change changes what a search finds at once: which vectors are searched, how words match
+# (a new chunking changes nothing until the re-index it queues, which marks the base changed itself).
+SEARCH_SETTINGS = {"embedding_model", "language"}
 # What an upload may be: the extension says the type, the content must agree (see `sniffed_type`).
 DOCUMENT_TYPES = {
     ".pdf": "application/pdf",
@@ -396,13 +400,17 @@ async def update_base(
             session, actor, "knowledge.base_updated", "knowledge_base", base.id, name=base.name, fields=sorted(changes)
         )
     await session.commit()
+    if changes.keys() & SEARCH_SETTINGS:
+        await search_cache.changed(jobs.redis, base.tenant_id, [base.id])
     has_documents = select(KnowledgeDocument.id).where(KnowledgeDocument.base_id == base.id).exists().select()
     if changes.keys() & REINDEXING_SETTINGS and await session.scalar(has_documents):
         await reindex_base(session, jobs, base, actor, requested_by=requested_by, reason="settings changed")
     return base_read(base, writable=True)
 
 
-async def delete_base(session: AsyncSession, store: ObjectStore, base: KnowledgeBase, actor: Actor) -> None:
+async def delete_base(
+    session: AsyncSession, store: ObjectStore, redis: Redis, base: KnowledgeBase, actor: Actor
+) -> None:
     """The base with its documents and chunks, then their files. The rows go first (committed), so no document
     ever points at a file that is gone; a file left by a failed removal is under the base's prefix, found again
     by the next removal of that prefix."""
@@ -410,6 +418,7 @@ async def delete_base(session: AsyncSession, store: ObjectStore, base: Knowledge
     await session.delete(base)
     audit_change(session, actor, "knowledge.base_deleted", "knowledge_base", base_id, name=name)
     await session.commit()
+    await search_cache.changed(redis, tenant_id, [base_id])
     await _delete_objects(store, tenant_id, f"kb/{base_id}/")
 
 
@@ -583,6 +592,8 @@ async def queue_ingestion(
         )
     previous_id, document.job_id = document.job_id, job.id
     await session.commit()
+    # A document being (re-)ingested is out of the search until it is ready again.
+    await search_cache.changed(jobs.redis, base.tenant_id, [base.id])
     if previous_id is not None and previous_id != job.id:
         # The document's previous job, if still on its way, stops (it no longer owns the document, so it
         # writes nothing more): its work would mix two settings.
@@ -788,7 +799,12 @@ async def reindex_base(
 
 
 async def delete_document(
-    session: AsyncSession, store: ObjectStore, base: KnowledgeBase, document: KnowledgeDocument, actor: Actor
+    session: AsyncSession,
+    store: ObjectStore,
+    redis: Redis,
+    base: KnowledgeBase,
+    document: KnowledgeDocument,
+    actor: Actor,
 ) -> None:
     """The document with its chunks (committed first), then its file."""
     tenant_id, document_id = document.tenant_id, document.id
@@ -803,4 +819,5 @@ async def delete_document(
         filename=document.filename,
     )
     await session.commit()
+    await search_cache.changed(redis, tenant_id, [base.id])
     await _delete_objects(store, tenant_id, f"kb/{base.id}/{document_id}/")

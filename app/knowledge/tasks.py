@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.gateway.client import EmbeddingRejected, GatewayRefused, chat_token, embed
 from app.jobs.registry import JobCanceled, JobContext, JobFailed, job_kind
 from app.jobs.worker import describe_error
+from app.knowledge import search_cache
 from app.knowledge.chunking import Chunk, chunk
 from app.knowledge.extract import ExtractionError, extract
 from app.knowledge.services import INGEST_JOB_KIND
@@ -142,6 +143,7 @@ async def _ingest(job: JobContext, document_id: UUID) -> dict[str, Any]:
             embedding_model=plan.embedding_model,
         )
     )
+    job.after_success(lambda: search_cache.changed(job.services.redis, job.tenant_id, [plan.base_id]))
     return {"chunks": chunk_count or 0, "passages": passages, "embedded": embedded, "pages": extracted.pages}
 
 

@@ -18,6 +18,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRequest
+from app.gateway.client import chat_token
 from app.gateway.engine import Gateway
 from app.knowledge import search, services
 from app.knowledge.schemas import (
@@ -246,6 +247,7 @@ class KnowledgePages(Controller):
                 caller=_caller(viewer),
                 base_ids=[base_id],
                 request=data,
+                payer=await chat_token(db_session, viewer.user.id),
             )
         return await self._base_page(
             viewer,
@@ -376,12 +378,13 @@ class KnowledgePages(Controller):
         self,
         base_id: FromPath[UUID],
         object_store: NamedDependency[ObjectStore],
+        redis: NamedDependency[Redis],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Response[None]:
         base = await services.writable_base(db_session, base_id, _caller(viewer))
-        await services.delete_base(db_session, object_store, base, viewer_actor(viewer, request))
+        await services.delete_base(db_session, object_store, redis, base, viewer_actor(viewer, request))
         return see_other(KNOWLEDGE, "knowledge_base_deleted")
 
     @get("/{base_id:uuid}/documents/{document_id:uuid}", summary="A document and a preview of its passages")
@@ -433,13 +436,14 @@ class KnowledgePages(Controller):
         base_id: FromPath[UUID],
         document_id: FromPath[UUID],
         object_store: NamedDependency[ObjectStore],
+        redis: NamedDependency[Redis],
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
     ) -> Response[None]:
         base = await services.writable_base(db_session, base_id, _caller(viewer))
         document = await services.base_document(db_session, base, document_id)
-        await services.delete_document(db_session, object_store, base, document, viewer_actor(viewer, request))
+        await services.delete_document(db_session, object_store, redis, base, document, viewer_actor(viewer, request))
         return see_other(f"{KNOWLEDGE}/{base_id}", "document_deleted")
 
 
