@@ -1,0 +1,99 @@
+"""A 2 GB upload to a real server (granian, `lyss serve`): refused with a 413 after reading at most about the
+upload limit, whether it declares its length or streams it chunked; nothing is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.integration.knowledge.test_knowledge_bases import EMBEDDER
+from tests.support.commands import RunningLyss
+from tests.support.mock_upstream import MockUpstream
+from tests.support.tenants import TenantRows
+
+pytestmark = pytest.mark.slow
+
+TWO_GB = 2 * 1024**3
+BOUNDARY = "lyss-boundary"
+
+
+async def _base(lyss: RunningLyss, tenant: TenantRows, upstream: MockUpstream) -> str:
+    async with httpx.AsyncClient(base_url=lyss.url) as api:
+        channel = await api.post(
+            "/api/channels",
+            json={
+                "name": "huge-embed",
+                "type": "openai-compatible",
+                "models": [EMBEDDER],
+                "keys": ["sk-upstream-test"],
+                "base_url": upstream.base_url("huge-embed"),
+            },
+            headers=lyss.headers_for(tenant.admin),
+        )
+        assert channel.status_code == 201, channel.text
+        base = await api.post(
+            "/api/knowledge-bases",
+            json={"name": "Huge", "embedding_model": EMBEDDER},
+            headers=lyss.headers_for(tenant.user),
+        )
+        assert base.status_code == 201, base.text
+        return str(base.json()["id"])
+
+
+async def _send_huge(lyss: RunningLyss, tenant: TenantRows, base_id: str, *, chunked: bool) -> tuple[bytes, int]:
+    """POST a multipart upload announcing (or streaming) 2 GB, 1 MiB at a time, until the server answers or
+    closes; (the status line and headers it answered, the bytes sent)."""
+    address = urlsplit(lyss.url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="huge.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode()
+    headers = {
+        **lyss.headers_for(tenant.user),
+        "Host": f"{address.hostname}:{address.port}",
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        **({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(len(head) + TWO_GB)}),
+    }
+    request = f"POST /api/knowledge-bases/{base_id}/documents HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.items()
+    )
+    writer.write(request.encode() + b"\r\n")
+    piece = b"a" * (1024 * 1024)
+    sent = 0
+    answer = asyncio.create_task(reader.readuntil(b"\r\n\r\n"))
+    try:
+        body = head
+        while sent < TWO_GB and not answer.done():
+            writer.write(f"{len(body):x}\r\n".encode() + body + b"\r\n" if chunked else body)
+            await writer.drain()
+            sent += len(body)
+            body = piece
+        return await asyncio.wait_for(answer, 10), sent
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return (await asyncio.wait_for(answer, 10)) if answer.done() and not answer.exception() else b"", sent
+    finally:
+        answer.cancel()
+        writer.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_2_gb_upload_is_refused_after_at_most_the_limit_is_read(
+    lyss: RunningLyss, tenant_a: TenantRows, upstream: MockUpstream, chunked: bool
+) -> None:
+    base_id = await _base(lyss, tenant_a, upstream)
+    started = time.monotonic()
+    answered, sent = await _send_huge(lyss, tenant_a, base_id, chunked=chunked)
+    elapsed = time.monotonic() - started
+    assert answered.startswith(b"HTTP/1.1 413"), answered[:200]
+    limit = lyss.settings.kb_max_upload_bytes
+    # What the client got to send before the refusal: the limit plus what sockets buffer, far from 2 GB.
+    assert sent <= limit + 16 * 1024 * 1024, sent
+    assert elapsed < 30
+    async with httpx.AsyncClient(base_url=lyss.url) as api:
+        listed = await api.get(f"/api/knowledge-bases/{base_id}/documents", headers=lyss.headers_for(tenant_a.user))
+    assert listed.json() == []
