@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 from redis.asyncio import Redis
-from structlog.testing import capture_logs
 
+from app.gateway import usage
 from app.gateway.usage import HEARTBEAT_KEY, HEARTBEAT_SECONDS, warn_without_usage_writer
 from app.settings import Settings
 from tests.support.clients import app_client
@@ -26,19 +26,34 @@ async def quiet_redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def test_an_api_process_warns_while_no_worker_writes_usage_and_says_when_one_does(quiet_redis: Redis) -> None:
+class Recorder:
+    """Stands in for the module's logger: which levels and events were logged, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str]] = []
+
+    def warning(self, event: str, **_: object) -> None:
+        self.entries.append(("warning", event))
+
+    def info(self, event: str, **_: object) -> None:
+        self.entries.append(("info", event))
+
+
+async def test_an_api_process_warns_while_no_worker_writes_usage_and_says_when_one_does(
+    quiet_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged = Recorder()
+    monkeypatch.setattr(usage, "logger", logged)
     stop = asyncio.Event()
-    with capture_logs() as logs:
-        watch = asyncio.create_task(warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.1))
-        await asyncio.sleep(0.35)  # the first look and two more: one warning, not one per look
-        assert [entry["log_level"] for entry in logs] == ["warning"]
-        assert logs[0]["event"].startswith("usage is not being written: no lyss worker runs the usage flusher")
-        await quiet_redis.set(HEARTBEAT_KEY, "worker-1", ex=HEARTBEAT_SECONDS)
-        await asyncio.sleep(0.2)
-        stop.set()
-        await asyncio.wait_for(watch, 1)
-    assert [entry["log_level"] for entry in logs] == ["warning", "info"]
-    assert logs[1]["event"] == "usage is being written again: a lyss worker runs the usage flusher"
+    watch = asyncio.create_task(warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.1))
+    await asyncio.sleep(0.35)  # the first look and two more: one warning, not one per look
+    assert [level for level, _ in logged.entries] == ["warning"]
+    assert logged.entries[0][1].startswith("usage is not being written: no lyss worker runs the usage flusher")
+    await quiet_redis.set(HEARTBEAT_KEY, "worker-1", ex=HEARTBEAT_SECONDS)
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.wait_for(watch, 1)
+    assert logged.entries[1:] == [("info", "usage is being written again: a lyss worker runs the usage flusher")]
 
 
 async def test_the_job_worker_runs_the_usage_flusher_and_an_api_process_does_not(
