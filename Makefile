@@ -45,6 +45,7 @@ fuzz: $(INSTALLED)
 bench: $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.foundation
 	$(BIN)/python -m bench.gateway
+	$(BIN)/python -m bench.workers
 	$(BIN)/python -m bench.responses
 	$(BIN)/python -m bench.jobs
 	$(BIN)/python -m bench.memory

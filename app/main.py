@@ -32,7 +32,7 @@ from app.gateway.controllers import (
     UsageController,
 )
 from app.gateway.openapi import document_gateway
-from app.gateway.usage import UsageFlusher
+from app.gateway.usage import warn_without_usage_writer
 from app.gateway.v1 import GatewayApi, gateway_mount
 from app.jobs.controllers import JobController
 from app.jobs.services import load_job_modules
@@ -70,7 +70,6 @@ def create_app(settings: Settings) -> Litestar:
     http = httpx2.AsyncClient(follow_redirects=False)
     auth_store = AuthStore(resources.redis)
     catalog = resources.gateway.catalog
-    flusher = UsageFlusher(resources.redis, resources.session_maker)
     # The API checks submitted kinds and payloads against the same registry the workers run.
     load_job_modules(settings)
     background: list[asyncio.Task[None]] = []
@@ -79,12 +78,13 @@ def create_app(settings: Settings) -> Litestar:
     async def start_background_work() -> None:
         await resources.job_queue.connect()
         background.append(asyncio.create_task(catalog.listen_for_changes(resources.redis, stop)))
-        background.append(asyncio.create_task(flusher.run(stop)))
+        # Usage is written by `lyss worker`: this process only appends to the Redis streams, and says so if
+        # no worker is running.
+        background.append(asyncio.create_task(warn_without_usage_writer(resources.redis, stop)))
 
     async def stop_background_work() -> None:
         stop.set()  # both loops notice within half a second and end on their own
         await asyncio.gather(*background, return_exceptions=True)
-        await flusher.drain()  # nothing settled stays behind in Redis when this worker goes
         await http.aclose()
         await resources.close()
 

@@ -228,6 +228,8 @@ def main() -> None:
                 "LYSS_ENCRYPTION_KEYS": encryption_keys,
                 "LYSS_JWT_KEYS": new_key_entry(),
                 "LYSS_WORKERS": "1",
+                # The usage log is written by the job worker (in a deployment, `lyss worker`).
+                "LYSS_EMBEDDED_WORKER": "true",
             }
             port = _free_port()
             base_url = f"http://127.0.0.1:{port}"

@@ -39,6 +39,7 @@ from tests.support.commands import RunningLyss, serve_lyss
 from tests.support.database import delete_tenant_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows, create_tenant_rows
+from tests.support.usage_writer import usage_writer
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +119,17 @@ def clean_redis(redis_url: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def session_settings(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def usage_flusher(database: DatabaseUrls, redis_url: str) -> Iterator[None]:
+    """What a deployment's `lyss worker` does for usage, for this test process: API processes (the shared app,
+    `lyss serve`) only queue usage records in Redis; this writes them to the usage log."""
+    with usage_writer(database.app_url, redis_url):
+        yield
+
+
+@pytest.fixture(scope="session")
+def session_settings(
+    database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory, usage_flusher: None
+) -> Settings:
     """The settings of this test process's app, and of the workers and commands its tests start."""
     return Settings(
         data_dir=tmp_path_factory.mktemp("lyss") / "data",
@@ -212,7 +223,9 @@ def auth_headers(settings: Settings) -> AuthHeaders:
 
 
 @pytest.fixture(scope="session")
-def lyss(database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLyss]:
+def lyss(
+    database: DatabaseUrls, redis_url: str, tmp_path_factory: pytest.TempPathFactory, usage_flusher: None
+) -> Iterator[RunningLyss]:
     """`lyss serve` for the tests of this process that need a real server, started once: each test's rows are
     its own tenants', deleted after it, and the server caches nothing (LYSS_GATEWAY_CACHE_SECONDS=0)."""
     with serve_lyss(database, redis_url, tmp_path_factory.mktemp("lyss")) as running:

@@ -1,10 +1,12 @@
 """The usage log's way from Redis to PostgreSQL: per-tenant streams, read in batches, written idempotently.
 
 The settle script appends each record to its tenant's stream in the same step that moves the counters, so
-a crashed worker loses nothing: what was settled is in Redis (append-only file) until a flusher has
-written it. The flusher reads with a consumer group, writes a batch and the used-quota totals in one
-transaction per tenant (a record already written is skipped by its id), then acknowledges it.
-Records a dead worker had read but not acknowledged are claimed after a minute.
+an API process that stops or crashes loses nothing: what was settled is in Redis (append-only file) until
+a flusher has written it. The flusher runs in `lyss worker` (API processes only append): it reads with a
+consumer group, writes a batch and the used-quota totals in one transaction per tenant (a record already
+written is skipped by its id), then acknowledges it. Records a dead worker had read but not acknowledged
+are claimed after a minute. Each pass refreshes a heartbeat key, by which the API and `lyss doctor` tell
+that usage is being written at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,6 +36,9 @@ from db.tenant import Organization
 GROUP = "flushers"
 BATCH_SIZE = 500
 CLAIM_IDLE_MS = 60_000
+# Set by every flusher pass, expiring after HEARTBEAT_SECONDS: its absence means no worker writes usage.
+HEARTBEAT_KEY = "lyss:gw:usage-flusher"
+HEARTBEAT_SECONDS = 30
 logger = get_logger("lyss.gateway.usage")
 _decode_record = msgspec.json.Decoder(UsageRecord)
 _encode_details = msgspec.json.Encoder().encode
@@ -220,6 +225,7 @@ class UsageFlusher:
         """Flush continuously until `stop` is set."""
         while not stop.is_set():
             try:
+                await self.redis.set(HEARTBEAT_KEY, self.consumer, ex=HEARTBEAT_SECONDS)
                 await self.flush_once()
             except Exception as error:
                 # A failed batch stays in Redis, unacknowledged, and is retried: never lost, never fatal.
@@ -238,3 +244,41 @@ class UsageFlusher:
                 # Redis or PostgreSQL is gone: the records stay in Redis for the next worker to write.
                 logger.warning("usage not drained at shutdown", error=f"{type(error).__name__}: {error}")
                 return
+
+
+async def usage_writer_seen(redis: Redis) -> bool:
+    """Whether a flusher (a `lyss worker`) has run a pass within the last HEARTBEAT_SECONDS."""
+    return bool(await redis.exists(HEARTBEAT_KEY))
+
+
+async def warn_without_usage_writer(
+    redis: Redis,
+    stop: asyncio.Event,
+    grace_seconds: float = HEARTBEAT_SECONDS,
+    every_seconds: float = HEARTBEAT_SECONDS,
+) -> None:
+    """For an API process: log a warning while no worker writes usage (once when it stops, once when it is back).
+
+    The first look waits `grace_seconds`, so that a worker started with the API (the embedded one) has run.
+    Calls are still served and their records kept in Redis: the warning is all an API process can do.
+    """
+    seen = True
+    delay = grace_seconds
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        delay = every_seconds
+        try:
+            now_seen = await usage_writer_seen(redis)
+        except RedisError:
+            continue  # Redis is down: /readyz says so, and calls fail before usage matters
+        if seen and not now_seen:
+            logger.warning(
+                "usage is not being written: no lyss worker runs the usage flusher; calls wait in Redis until one does",
+                heartbeat_seconds=HEARTBEAT_SECONDS,
+            )
+        elif now_seen and not seen:
+            logger.info("usage is being written again: a lyss worker runs the usage flusher")
+        seen = now_seen

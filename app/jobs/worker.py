@@ -28,6 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, JobFailed, ScheduledTask, WorkerServices
 from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, job_ended, load_job_modules
 from app.observability.logging import get_logger
@@ -337,6 +338,8 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
     redis, queue, gateway = resources.redis, resources.job_queue, resources.gateway
 
     stop_listening = asyncio.Event()
+    # The one writer of the usage log: API processes only append to the Redis streams it reads.
+    flusher = UsageFlusher(redis, resources.session_maker)
 
     async def startup(ctx: dict[str, Any]) -> None:
         await queue.connect()
@@ -355,11 +358,15 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
         )
         # Channel and price changes made through the API reach this worker's gateway cache at once.
         ctx["cache_listener"] = asyncio.create_task(gateway.catalog.listen_for_changes(redis, stop_listening))
+        ctx["usage_flusher"] = asyncio.create_task(flusher.run(stop_listening))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         stop_listening.set()
-        if "cache_listener" in ctx:
-            await ctx["cache_listener"]
+        for name in ("cache_listener", "usage_flusher"):
+            if name in ctx:
+                await ctx[name]
+        if "usage_flusher" in ctx:
+            await flusher.drain()  # what the API processes settled until now is written before this worker goes
         services: WorkerServices | None = ctx.get("services")
         if services is not None:
             await services.http.close()

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from app.gateway.usage import HEARTBEAT_SECONDS, usage_writer_seen
 from app.settings import Settings, database_url
 from app.storage import StorageError, create_object_store
 from db.session import create_engine
@@ -101,6 +102,17 @@ async def probe(settings: Settings) -> list[Finding]:
         try:
             await client.ping()
             found.append(Finding("ok", "redis", "Redis reachable"))
+            if await usage_writer_seen(client):
+                found.append(Finding("ok", "usage", "a lyss worker writes the usage log"))
+            else:
+                found.append(
+                    Finding(
+                        "warning",
+                        "usage",
+                        f"usage is not being written: no lyss worker seen in the last {HEARTBEAT_SECONDS} s "
+                        "(calls wait in Redis until one runs)",
+                    )
+                )
         except (RedisError, OSError) as error:
             found.append(Finding("unsafe", "redis", f"Redis unreachable: {type(error).__name__}"))
         finally:

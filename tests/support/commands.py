@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import redis
 
+from app.gateway.usage import HEARTBEAT_KEY
 from app.settings import Settings, new_key_entry
 from db.auth import User
 from db.bootstrap import DatabaseUrls
@@ -54,38 +56,52 @@ class RunningLyss(msgspec.Struct):
     url: str
     settings: Settings
     log: Path
+    # The process group of `lyss serve` and its granian workers (to stop one replica the hard way).
+    pid: int = 0
 
     def headers_for(self, user: User) -> dict[str, str]:
         return access_headers(self.settings.jwt_keyring, user)
 
 
-@contextmanager
-def serve_lyss(
-    database: DatabaseUrls, redis_url: str, log_dir: Path, **environment_overrides: str
-) -> Iterator[RunningLyss]:
-    """`lyss serve` on a free loopback port until the block ends; its output goes to `log_dir/server.log`."""
-    port = free_port()
-    settings = Settings(
-        database_url=database.app_url,
-        redis_url=redis_url,
-        encryption_keys=new_key_entry(),
-        jwt_keys=new_key_entry(),
-        port=port,
-    )
-    environment = lyss_environment(
-        DATABASE_URL=database.app_url,
-        REDIS_URL=redis_url,
+def _server_environment(settings: Settings, **environment_overrides: str) -> dict[str, str]:
+    return lyss_environment(
+        DATABASE_URL=settings.database_url or "",
+        REDIS_URL=settings.redis_url or "",
         LYSS_ENCRYPTION_KEYS=settings.encryption_keys or "",
         LYSS_JWT_KEYS=settings.jwt_keys or "",
-        LYSS_PORT=str(port),
+        LYSS_PORT=str(settings.port),
         LYSS_ECHO_PROVIDER="true",
         LYSS_GATEWAY_CACHE_SECONDS="0",
         LYSS_UPSTREAM_READ_TIMEOUT="5",
         DATABASE_POOL_SIZE="10",
         # Links Lyss hands out (invitations, OAuth callbacks) point at this server, as they would in production.
-        LYSS_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        LYSS_PUBLIC_URL=f"http://127.0.0.1:{settings.port}",
         **environment_overrides,
     )
+
+
+@contextmanager
+def serve_lyss(
+    database: DatabaseUrls,
+    redis_url: str,
+    log_dir: Path,
+    *,
+    replica_of: RunningLyss | None = None,
+    **environment_overrides: str,
+) -> Iterator[RunningLyss]:
+    """`lyss serve` on a free loopback port until the block ends; its output goes to `log_dir/server.log`.
+
+    `replica_of`: another server whose keys this one shares (as the replicas of one deployment do).
+    """
+    port = free_port()
+    settings = Settings(
+        database_url=database.app_url,
+        redis_url=redis_url,
+        encryption_keys=replica_of.settings.encryption_keys if replica_of else new_key_entry(),
+        jwt_keys=replica_of.settings.jwt_keys if replica_of else new_key_entry(),
+        port=port,
+    )
+    environment = _server_environment(settings, **environment_overrides)
     log_path = log_dir / "server.log"
     log = log_path.open("w")
     process = subprocess.Popen(
@@ -105,9 +121,36 @@ def serve_lyss(
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield RunningLyss(url=url, settings=settings, log=log_path)
+        yield RunningLyss(url=url, settings=settings, log=log_path, pid=process.pid)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=30)
+        log.close()
+
+
+@contextmanager
+def lyss_worker(of: RunningLyss, log_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """`lyss worker` for the server `of` (its database, Redis and keys) until the block ends, once its usage
+    flusher has made its first pass; its output goes to `log_dir/worker.log`."""
+    log_path = log_dir / "worker.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [LYSS, "worker"], env=_server_environment(of.settings), start_new_session=True, stdout=log, stderr=log,
+        text=True,
+    )  # fmt: skip
+    flusher = redis.Redis.from_url(of.settings.redis_url or "")
+    deadline = time.monotonic() + 60
+    try:
+        while not flusher.exists(HEARTBEAT_KEY):
+            if process.poll() is not None:
+                raise AssertionError(f"lyss worker exited; see {log_path}")
+            assert time.monotonic() < deadline, f"lyss worker did not flush within 60 s; see {log_path}"
+            time.sleep(0.1)
+        yield process
+    finally:
+        flusher.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
         log.close()

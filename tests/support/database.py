@@ -24,7 +24,7 @@ async def delete_tenant_rows(superuser_connection: Any) -> None:
     """Delete every tenant's rows, once no write is under way.
 
     A test writes a handful of rows: deleting them costs a tenth of what truncating every table does. The
-    lock holds off background writes (the shared app's usage flusher) until the tables are empty; it is
+    lock holds off background writes (the test process's usage flusher) until the tables are empty; it is
     taken without waiting, and tried again, so that it never deadlocks with a write half done.
     """
     for _ in range(500):

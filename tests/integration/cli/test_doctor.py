@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import redis
 from click.testing import CliRunner
 
 from app.cli import main
+from app.gateway.usage import HEARTBEAT_KEY, HEARTBEAT_SECONDS
 from app.settings import new_key_entry
 from db.bootstrap import DatabaseUrls
 
@@ -75,3 +77,22 @@ def test_a_setting_lyss_does_not_read_fails_the_check_naming_the_one_it_does(
     assert unsafe == [
         "unsafe   settings  LYSS_DATABASE_POOL_SIZE is not a setting Lyss reads; did you mean DATABASE_POOL_SIZE?"
     ]
+
+
+def test_doctor_warns_while_no_worker_writes_usage(database: DatabaseUrls, redis_url: str, tmp_path: Path) -> None:
+    # A database of the suite's Redis that no flusher heartbeats in (the suite's own flusher uses database 0).
+    quiet = f"{redis_url}?db=7"
+    client = redis.Redis.from_url(quiet)
+    client.flushdb()
+    try:
+        code, output = doctor(production(database, redis_url, tmp_path) | {"REDIS_URL": quiet})
+        assert code == 0, output  # a warning: the worker may simply not be started yet
+        assert "warning  usage     usage is not being written: no lyss worker seen in the last 30 s" in output
+        client.set(HEARTBEAT_KEY, "worker-1", ex=HEARTBEAT_SECONDS)  # what a worker's flusher pass leaves
+        code, output = doctor(production(database, redis_url, tmp_path) | {"REDIS_URL": quiet})
+        assert code == 0, output
+        assert "ok       usage     a lyss worker writes the usage log" in output
+        assert "not being written" not in output
+    finally:
+        client.flushdb()
+        client.close()
