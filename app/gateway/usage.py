@@ -20,15 +20,18 @@ from collections import Counter
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import bindparam, text, update
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.gateway.engine import UsageRecord
 from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
 from app.observability.logging import get_logger
+from app.observability.metrics import USAGE_SET_ASIDE
 from db.provider import ApiToken, Channel
 from db.session import tenant_session
 from db.tenant import Organization
@@ -41,6 +44,11 @@ HEARTBEAT_KEY = "lyss:gw:usage-flusher"
 HEARTBEAT_SECONDS = 30
 logger = get_logger("lyss.gateway.usage")
 _decode_record = msgspec.json.Decoder(UsageRecord)
+_encode_record = msgspec.json.Encoder().encode
+# The database refusing what a record holds (a constraint, a value): the same record would fail again.
+_REFUSED_BY_DATABASE = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError, IntegrityError, DataError)
+# Records set aside per tenant, at most (the oldest go first): enough to investigate, bounded in Redis.
+SET_ASIDE_LIMIT = 10_000
 _encode_details = msgspec.json.Encoder().encode
 _STAGING = "usage_staging"
 _CREATE_STAGING = "CREATE TEMPORARY TABLE IF NOT EXISTS usage_staging (LIKE provider_usage_logs) ON COMMIT DELETE ROWS"
@@ -112,11 +120,25 @@ class UsageFlusher:
         self._groups_ready.add(key)
 
     async def flush_once(self) -> int:
-        """Write what is waiting, for every tenant with records; returns how many records were written."""
+        """Write what is waiting, for every tenant with records; returns how many records were written.
+
+        A tenant whose records cannot be written now (its database rows locked, a failure) waits for the next
+        pass without holding up the others'; the error is raised once every tenant had its turn."""
         written = 0
+        failure: Exception | None = None
         for member in await self.redis.smembers(USAGE_TENANTS_KEY):
             tenant_id = UUID(hex=member.decode() if isinstance(member, bytes) else str(member))
-            written += await self._flush_tenant(tenant_id)
+            try:
+                written += await self._flush_tenant(tenant_id)
+            except Exception as error:
+                logger.warning(
+                    "usage flush failed for a tenant",
+                    tenant_id=str(tenant_id),
+                    error=f"{type(error).__name__}: {error}",
+                )
+                failure = error
+        if failure is not None:
+            raise failure
         return written
 
     async def _flush_tenant(self, tenant_id: UUID) -> int:
@@ -139,7 +161,13 @@ class UsageFlusher:
             entries = list(claim[1]) + [entry for _, stream_entries in fresh or [] for entry in stream_entries]
             if not entries:
                 break
-            await self._write(tenant_id, [_decode_record.decode(fields[b"record"]) for _, fields in entries])
+            records: list[UsageRecord] = []
+            for entry_id, fields in entries:
+                try:
+                    records.append(_decode_record.decode(fields[b"record"]))
+                except (KeyError, msgspec.DecodeError) as error:
+                    await self._set_aside(key, fields, f"unreadable record {entry_id!r}: {error}")
+            await self._write_or_set_aside(tenant_id, key, records)
             ids = [entry_id for entry_id, _ in entries]
             await self.redis.xack(key, GROUP, *ids)
             await self.redis.xdel(key, *ids)
@@ -149,6 +177,33 @@ class UsageFlusher:
             if await self.redis.xlen(key) > 0:  # a record arrived meanwhile: keep the tenant listed
                 await self.redis.sadd(USAGE_TENANTS_KEY, tenant_id.hex)
         return written
+
+    async def _write_or_set_aside(self, tenant_id: UUID, key: str, records: list[UsageRecord]) -> None:
+        """Write the batch; if the database refuses it (a record it cannot store), write its halves, down to the
+        one record refused, which is set aside: one bad record must not hold up the tenant's usage forever."""
+        if not records:
+            return
+        try:
+            await self._write(tenant_id, records)
+        except _REFUSED_BY_DATABASE as error:
+            if len(records) == 1:
+                await self._set_aside(key, {b"record": _encode_record(records[0])}, f"{type(error).__name__}: {error}")
+                return
+            middle = len(records) // 2
+            await self._write_or_set_aside(tenant_id, key, records[:middle])
+            await self._write_or_set_aside(tenant_id, key, records[middle:])
+
+    async def _set_aside(self, key: str, fields: dict[Any, Any], reason: str) -> None:
+        """Keep a record the database refused in the tenant's dead-letter stream (capped), for an operator."""
+        await self.redis.xadd(
+            f"{key}:set-aside",
+            {**{str(name, "utf-8") if isinstance(name, bytes) else name: value for name, value in fields.items()},
+             "reason": reason[:1000]},
+            maxlen=SET_ASIDE_LIMIT,
+            approximate=True,
+        )  # fmt: skip
+        USAGE_SET_ASIDE.inc()
+        logger.error("usage record set aside", stream=f"{key}:set-aside", reason=reason[:300])
 
     async def _write(self, tenant_id: UUID, records: list[UsageRecord]) -> None:
         rows = [

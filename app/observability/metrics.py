@@ -52,6 +52,10 @@ GATEWAY_OVERSHOT_CALLS = Counter(
     "Calls whose provider-reported usage cost more than their reservation",
     ["endpoint"],
 )
+USAGE_SET_ASIDE = Counter(
+    "lyss_usage_records_set_aside_total",
+    "Usage records the database refused (kept in their tenant's dead-letter stream, not written)",
+)
 
 
 class _Snapshot(Collector):
