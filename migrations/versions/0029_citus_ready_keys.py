@@ -86,7 +86,7 @@ def _foreign_keys_to(table: str) -> list[tuple[str, str, str]]:
     rows = op.get_bind().execute(
         sa.text(
             "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE contype = 'f' AND confrelid = CAST(:table AS regclass) ORDER BY conname"
+            "WHERE contype = 'f' AND conparentid = 0 AND confrelid = CAST(:table AS regclass) ORDER BY conname"
         ),
         {"table": table},
     )
