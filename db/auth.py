@@ -38,7 +38,6 @@ class User(TenantOwned, UpdatedAt, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "email", name="uk_auth_users_tenant_email"),
         UniqueConstraint("tenant_id", "username", name="uk_auth_users_tenant_username"),
-        UniqueConstraint("tenant_id", "id", name="uk_auth_users_tenant_id_id"),
         CheckConstraint(f"role IN {USER_ROLES}", name="role"),
         CheckConstraint(f"status IN {USER_STATUSES}", name="status"),
         CheckConstraint("email = lower(email)", name="email_lowercase"),
@@ -158,7 +157,6 @@ class OAuthProvider(TenantOwned, UpdatedAt, Base):
     __tablename__ = "auth_oauth_providers"
     __table_args__ = (
         UniqueConstraint("tenant_id", "provider_name", name="uk_auth_oauth_tenant_provider"),
-        UniqueConstraint("tenant_id", "id", name="uk_auth_oauth_providers_tenant_id_id"),
         CheckConstraint(f"kind IN {OAUTH_PROVIDER_KINDS}", name="kind"),
         CheckConstraint("kind <> 'oidc' OR discovery_url IS NOT NULL", name="oidc_discovery"),
     )

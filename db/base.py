@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any, ClassVar
 from uuid import UUID
 
 from advanced_alchemy.base import DefaultBase
@@ -37,8 +38,26 @@ class UpdatedAt:
 
 
 class TenantOwned:
-    """Adds `tenant_id`. Row-level security keys every policy on it; the session fills it on insert."""
+    """Adds `tenant_id`. Row-level security keys every policy on it; the session fills it on insert.
+
+    The table's primary key is `(tenant_id, id)`, as Citus requires of a table distributed by tenant
+    (docs/operations.md, "Scaling out with Citus"); the mapper keeps `id` alone as the identity, so
+    `session.get(Model, id)` works unchanged (ids are UUIDs, unique across tenants anyway).
+    """
+
+    # False only for a table whose key is laid out otherwise (provider_usage_logs, keyed by its partitioning).
+    tenant_in_primary_key: ClassVar[bool] = True
 
     @declared_attr
     def tenant_id(cls) -> Mapped[UUID]:
-        return mapped_column(ForeignKey("tenant_organizations.id", ondelete="CASCADE"), nullable=False, sort_order=-99)
+        # sort_order before `id`: the primary key lists its columns in table order, tenant_id first.
+        return mapped_column(
+            ForeignKey("tenant_organizations.id", ondelete="CASCADE"),
+            nullable=False,
+            primary_key=cls.tenant_in_primary_key,
+            sort_order=-101,
+        )
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        return {"primary_key": ["id"]}

@@ -14,7 +14,6 @@ from sqlalchemy import (
     Index,
     String,
     Text,
-    UniqueConstraint,
     Uuid,
     text,
 )
@@ -33,7 +32,6 @@ class Conversation(TenantOwned, UpdatedAt, Base):
 
     __tablename__ = "chat_conversations"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_chat_conversations_tenant_id_id"),
         CheckConstraint(f"status IN {CONVERSATION_STATUSES}", name="status"),
         CheckConstraint("temperature BETWEEN 0 AND 2", name="temperature"),
         CheckConstraint("max_tokens > 0", name="max_tokens"),
@@ -67,7 +65,6 @@ class Message(TenantOwned, Base):
 
     __tablename__ = "chat_messages"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_chat_messages_tenant_id_id"),
         CheckConstraint(f"role IN {MESSAGE_ROLES}", name="role"),
         CheckConstraint(f"status IN {MESSAGE_STATUSES}", name="status"),
         ForeignKeyConstraint(
@@ -117,7 +114,6 @@ class Attachment(TenantOwned, Base):
 
     __tablename__ = "chat_attachments"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_chat_attachments_tenant_id_id"),
         CheckConstraint("size_bytes >= 0", name="size"),
         ForeignKeyConstraint(
             ["tenant_id", "conversation_id"],

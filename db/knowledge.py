@@ -40,7 +40,6 @@ class KnowledgeBase(TenantOwned, UpdatedAt, Base):
 
     __tablename__ = "kb_bases"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_kb_bases_tenant_id_id"),
         # One name per owner: the tenant-wide bases (both owners NULL) share one namespace too.
         UniqueConstraint(
             "tenant_id",
@@ -100,9 +99,8 @@ class KnowledgeDocument(TenantOwned, UpdatedAt, Base):
 
     __tablename__ = "kb_documents"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_kb_documents_tenant_id_id"),
         # The same content in the same base is one document (an upload of it again returns this one).
-        UniqueConstraint("base_id", "content_hash", name="uk_kb_documents_base_hash"),
+        UniqueConstraint("tenant_id", "base_id", "content_hash", name="uk_kb_documents_base_hash"),
         CheckConstraint(f"status IN {DOCUMENT_STATUSES}", name="status"),
         CheckConstraint("size_bytes >= 0 AND chunk_count >= 0", name="counts"),
         CheckConstraint("content_hash ~ '^[0-9a-f]{64}$'", name="content_hash"),
@@ -155,9 +153,8 @@ class KnowledgeChunk(TenantOwned, Base):
 
     __tablename__ = "kb_chunks"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_kb_chunks_tenant_id_id"),
         # A retried ingestion writes the same (document, level, position) again: an upsert, never a duplicate.
-        UniqueConstraint("document_id", "level", "position", name="uk_kb_chunks_document_position"),
+        UniqueConstraint("tenant_id", "document_id", "level", "position", name="uk_kb_chunks_document_position"),
         CheckConstraint(f"level IN {CHUNK_LEVELS}", name="level"),
         CheckConstraint("position >= 0 AND token_count >= 0", name="counts"),
         CheckConstraint("start_offset >= 0 AND end_offset >= start_offset", name="offsets"),

@@ -39,7 +39,6 @@ class Memory(TenantOwned, UpdatedAt, Base):
 
     __tablename__ = "memory_user_memories"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_memory_user_memories_tenant_id_id"),
         CheckConstraint(f"memory_type IN {MEMORY_TYPES}", name="memory_type"),
         CheckConstraint(f"status IN {MEMORY_STATUSES}", name="status"),
         CheckConstraint("importance_score BETWEEN 1 AND 100", name="importance"),

@@ -92,7 +92,6 @@ class UserGroup(TenantOwned, UpdatedAt, Base):
     __tablename__ = "tenant_user_groups"
     __table_args__ = (
         UniqueConstraint("tenant_id", "name", name="uk_tenant_user_groups_tenant_name"),
-        UniqueConstraint("tenant_id", "id", name="uk_tenant_user_groups_tenant_id_id"),
         # Composite keys: a row can only ever point at rows of its own tenant, whatever RLS lets it see.
         ForeignKeyConstraint(
             ["tenant_id", "created_by"],
@@ -229,7 +228,6 @@ class Job(TenantOwned, UpdatedAt, Base):
     __tablename__ = "tenant_jobs"
     __table_args__ = (
         UniqueConstraint("tenant_id", "kind", "idempotency_key", name="uk_tenant_jobs_idempotency"),
-        UniqueConstraint("tenant_id", "id", name="uk_tenant_jobs_tenant_id_id"),
         CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
@@ -290,10 +288,7 @@ class WebhookEndpoint(TenantOwned, UpdatedAt, Base):
     """Where a tenant wants its events posted, signed with a secret only it and Lyss know."""
 
     __tablename__ = "tenant_webhook_endpoints"
-    __table_args__ = (
-        UniqueConstraint("tenant_id", "id", name="uk_tenant_webhook_endpoints_tenant_id_id"),
-        Index("idx_tenant_webhook_endpoints_tenant", "tenant_id"),
-    )
+    __table_args__ = (Index("idx_tenant_webhook_endpoints_tenant", "tenant_id"),)
 
     url: Mapped[str] = mapped_column(Text)
     # The HMAC key of the signature header, encrypted at rest (shown to the admin once).

@@ -446,7 +446,8 @@ async def groups_with_member_counts(session: AsyncSession) -> list[tuple[UserGro
     rows = await session.execute(
         select(UserGroup, func.count(UserGroupMember.id))
         .outerjoin(UserGroupMember, UserGroupMember.group_id == UserGroup.id)
-        .group_by(UserGroup.id)
+        # The whole primary key: PostgreSQL lets the other columns be selected only when grouped by it.
+        .group_by(UserGroup.tenant_id, UserGroup.id)
         .order_by(UserGroup.name)
     )
     return [(group, count) for group, count in rows.all()]
