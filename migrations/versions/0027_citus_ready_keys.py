@@ -5,7 +5,7 @@ foreign keys pointed at are dropped, the primary keys serve them now; the two un
 the knowledge tables that lacked tenant_id gain it. provider_usage_logs keeps its key: its
 partitioning gives it one. docs/operations.md, "Scaling out with Citus", has the rules.
 
-Revision ID: 0029
+Revision ID: 0027
 Revises: 0026
 Create Date: 2026-11-30 16:00:00.000000
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0029"
+revision: str = "0027"
 down_revision: str | None = "0026"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
