@@ -34,9 +34,12 @@ from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from app.redis_client import as_cluster
 
 USAGE_TENANTS_KEY = "lyss:gw:usage-tenants"
 MINUTE_KEY_TTL_SECONDS = 120
@@ -265,7 +268,8 @@ class DirectScripts:
     """
 
     def __init__(self, redis: Redis) -> None:
-        self._pool = redis.connection_pool  # only for its server address and options
+        self._cluster = as_cluster(redis)
+        self._pool = redis.connection_pool if self._cluster is None else None  # for its address and options
         self._idle: list[AbstractConnection] = []
 
     def _connection(self) -> AbstractConnection:
@@ -274,10 +278,13 @@ class DirectScripts:
             reader = connection._reader  # the only way to see an EOF without reading
             if reader is not None and not reader.at_eof():
                 return connection
+        assert self._pool is not None
         new: AbstractConnection = self._pool.connection_class(**self._pool.connection_kwargs)
         return new
 
     async def run(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        if self._cluster is not None:
+            return await self._run_on_cluster(self._cluster, script, keys, args)
         connection = self._connection()
         try:
             try:
@@ -292,6 +299,19 @@ class DirectScripts:
             raise
         self._idle.append(connection)
         return reply
+
+    @staticmethod
+    async def _run_on_cluster(cluster: RedisCluster, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        """On the master of the keys' slot (all of one call's keys share the tenant's hash tag). Naming the node
+        turns off the client's retries, so the script still runs at most once: a MOVED reply (the slot moved,
+        the script did not run) is followed, a lost connection is raised and makes the client learn the
+        cluster's new shape before its next command."""
+        node = cluster.get_node_from_key(keys[0])
+        try:
+            return await cluster.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
+        except NoScriptError:
+            # A new master (after a failover) or a flushed script cache: the source, once.
+            return await cluster.execute_command("EVAL", script.script, len(keys), *keys, *args, target_nodes=node)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

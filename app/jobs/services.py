@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.jobs.registry import JOB_KINDS, JobKind
 from app.observability.logging import get_logger
+from app.redis_client import as_cluster
 from app.settings import Settings
 from db.tenant import Job, JobEvent
 
@@ -51,7 +52,9 @@ def load_job_modules(settings: Settings) -> None:
 
 
 def create_queue(redis: Redis) -> RedisQueue:
-    return RedisQueue(redis, name=QUEUE_NAME)
+    # SAQ's scripts and transactions touch several of its keys at once (`saq:<name>:...`, `saq:job:<name>:...`):
+    # on a cluster the name is a hash tag, so that all of them share one slot.
+    return RedisQueue(redis, name=QUEUE_NAME if as_cluster(redis) is None else "{" + QUEUE_NAME + "}")
 
 
 def cancel_flag_key(job_id: UUID) -> str:

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from app.redis_client import cluster_problem, is_cluster_url, unreachable_nodes
 from app.settings import Settings, database_url
 from app.storage import StorageError, create_object_store
 from db.session import create_engine
@@ -96,7 +97,9 @@ async def probe(settings: Settings) -> list[Finding]:
             found.append(Finding("unsafe", "database", f"PostgreSQL unreachable: {type(error).__name__}"))
         finally:
             await engine.dispose()
-    if settings.redis_url is not None:
+    if settings.redis_url is not None and is_cluster_url(settings.redis_url):
+        found.append(await _probe_cluster(settings.redis_url))
+    elif settings.redis_url is not None:
         client = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
         try:
             await client.ping()
@@ -111,3 +114,15 @@ async def probe(settings: Settings) -> list[Finding]:
     except StorageError as error:
         found.append(Finding("unsafe", "storage", error.detail))
     return found
+
+
+async def _probe_cluster(url: str) -> Finding:
+    """The same check `lyss serve` and `lyss worker` make before they start, and which seed nodes are down."""
+    if problem := await cluster_problem(url):
+        return Finding("unsafe", "redis", f"Redis Cluster: {problem}")
+    if down := await unreachable_nodes(url):
+        # The cluster serves every slot without them (a replica took over), but they are named in REDIS_URL.
+        return Finding(
+            "warning", "redis", f"Redis Cluster serves every slot, but these nodes do not answer: {', '.join(down)}"
+        )
+    return Finding("ok", "redis", "Redis Cluster reachable; every slot is served")
