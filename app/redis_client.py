@@ -6,6 +6,8 @@ import asyncio
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError, ResponseError
@@ -14,6 +16,10 @@ from app.settings import REDIS_CLUSTER_SCHEME as CLUSTER_SCHEME
 from app.settings import cluster_nodes
 
 CLUSTER_SLOTS = 16384
+
+# How handlers and providers take the shared client: on a cluster it is a RedisCluster standing in for `Redis`
+# (see `create_redis`), which Litestar's check of a dependency against its annotation would refuse.
+RedisDependency = NamedDependency[SkipValidation[Redis]]
 CHECK_TIMEOUT_SECONDS = 3.0
 
 

@@ -9,11 +9,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.crc import key_slot as key_slot_of
+
+from app.redis_client import close_redis, create_redis
 
 # Small, so that a replica takes over within seconds of its master's death.
 NODE_TIMEOUT_MS = 1000
@@ -174,3 +178,13 @@ class LocalRedisCluster:
         for server in self.servers:
             server.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def redis_at(url: str) -> AsyncIterator[AsyncRedis]:
+    """A client of REDIS_URL, whichever kind it names (a test looking at or emptying the app's Redis)."""
+    client = create_redis(url, max_connections=10, wait_seconds=5)
+    try:
+        yield client
+    finally:
+        await close_redis(client)
