@@ -44,6 +44,7 @@ from app.observability.maintenance import (
     describe_maintenance,
 )
 from app.operations.smoke import Credentials, passed, run_smoke
+from app.redis_client import cluster_problem, is_cluster_url
 from app.resources import Resources
 from app.settings import (
     ConfigurationError,
@@ -169,6 +170,10 @@ async def _with_resources(settings: Settings, work: Callable[[Resources], Awaita
 
 
 async def _check_redis(url: str) -> None:
+    if is_cluster_url(url):
+        if problem := await cluster_problem(url):
+            raise DependencyUnavailable(f"cannot run on the Redis Cluster (REDIS_URL): {problem}")
+        return
     client = Redis.from_url(url, socket_connect_timeout=5)
     try:
         await client.ping()

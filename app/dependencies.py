@@ -7,7 +7,6 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +20,7 @@ from app.encryption import SecretBox
 from app.gateway.admin import ChannelAdmin, PriceAdmin, ResponseCacheAdmin, RoutingAdmin, TokenAdmin
 from app.gateway.engine import Gateway
 from app.observability.middleware import client_context
+from app.redis_client import RedisDependency
 from app.resources import Resources
 from app.settings import Settings
 from app.tenants.accounts import AccountService
@@ -53,7 +53,7 @@ async def provide_account_service(
     db_session: NamedDependency[AsyncSession],
     auth_store: NamedDependency[AuthStore],
     settings: NamedDependency[Settings],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
     request: Request[Any, Any, State],
 ) -> AccountService:
@@ -61,13 +61,13 @@ async def provide_account_service(
 
 
 async def provide_group_service(
-    db_session: NamedDependency[AsyncSession], redis: NamedDependency[Redis], gateway: NamedDependency[Gateway]
+    db_session: NamedDependency[AsyncSession], redis: RedisDependency, gateway: NamedDependency[Gateway]
 ) -> GroupService:
     return GroupService(db_session, redis, gateway.catalog)
 
 
 async def provide_budget_service(
-    db_session: NamedDependency[AsyncSession], redis: NamedDependency[Redis], gateway: NamedDependency[Gateway]
+    db_session: NamedDependency[AsyncSession], redis: RedisDependency, gateway: NamedDependency[Gateway]
 ) -> BudgetService:
     return BudgetService(db_session, redis, gateway.catalog)
 
@@ -83,7 +83,7 @@ async def provide_oauth_provider_service(
 async def provide_channel_admin(
     request: Request[Principal, Any, State],
     db_session: NamedDependency[AsyncSession],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
     actor: NamedDependency[Actor],
     secret_box: NamedDependency[SecretBox],
@@ -104,7 +104,7 @@ async def provide_channel_admin(
 async def provide_token_admin(
     request: Request[Principal, Any, State],
     db_session: NamedDependency[AsyncSession],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
     actor: NamedDependency[Actor],
 ) -> TokenAdmin:
@@ -114,7 +114,7 @@ async def provide_token_admin(
 async def provide_price_admin(
     request: Request[Principal, Any, State],
     db_session: NamedDependency[AsyncSession],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
 ) -> PriceAdmin:
     return PriceAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
@@ -123,7 +123,7 @@ async def provide_price_admin(
 async def provide_routing_admin(
     request: Request[Principal, Any, State],
     db_session: NamedDependency[AsyncSession],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
 ) -> RoutingAdmin:
     return RoutingAdmin(db_session, tenant_id=request.user.tenant_id, redis=redis, catalog=gateway.catalog)
@@ -132,7 +132,7 @@ async def provide_routing_admin(
 async def provide_response_cache_admin(
     request: Request[Principal, Any, State],
     db_session: NamedDependency[AsyncSession],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
     actor: NamedDependency[Actor],
 ) -> ResponseCacheAdmin:
@@ -147,14 +147,14 @@ async def provide_webhook_service(
     actor: NamedDependency[Actor],
     settings: NamedDependency[Settings],
     session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
 ) -> WebhookService:
     return WebhookService(db_session, secret_box, actor, EventHub(settings, session_maker, redis))
 
 
 async def provide_platform_tenants(
     session_maker: NamedDependency[async_sessionmaker[AsyncSession]],
-    redis: NamedDependency[Redis],
+    redis: RedisDependency,
     gateway: NamedDependency[Gateway],
     job_queue: NamedDependency[RedisQueue],
     settings: NamedDependency[Settings],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -12,6 +12,7 @@ from app.encryption import SecretBox
 from app.gateway.engine import Gateway, create_gateway
 from app.jobs.services import create_queue
 from app.observability.maintenance import MaintenanceSwitch
+from app.redis_client import close_redis, create_redis
 from app.settings import ConfigurationError, Settings, database_url
 from app.storage import create_object_store
 from app.storage.base import ObjectStore
@@ -54,11 +55,7 @@ class Resources:
             pool_size=pool_size or settings.database_pool_size,
         )
         session_maker = create_session_maker(engine)
-        redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_WAIT_SECONDS
-            )
-        )
+        redis = create_redis(settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, wait_seconds=REDIS_WAIT_SECONDS)
         secret_box = SecretBox(settings.encryption_keyring)
         return cls(
             settings=settings,
@@ -74,6 +71,5 @@ class Resources:
 
     async def close(self) -> None:
         await self.gateway.close()
-        await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
+        await close_redis(self.redis)
         await self.engine.dispose()

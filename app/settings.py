@@ -24,6 +24,8 @@ SECRETS_FILE_NAME = "secrets.env"
 MIN_SECRET_KEY_BYTES = 32
 # Where programs reach Lyss unless LYSS_PUBLIC_URL says otherwise: the default LYSS_HOST and LYSS_PORT.
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+# REDIS_URL of a Redis Cluster: redis+cluster://[user:password@]host:port[,host:port...] (any of its nodes).
+REDIS_CLUSTER_SCHEME = "redis+cluster://"
 
 # Field name -> environment variable. The struct is renamed with this map so that msgspec's own
 # validation errors already name the variable the operator has to fix.
@@ -36,6 +38,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "database_owner_url": "DATABASE_OWNER_URL",
     "database_pool_size": "DATABASE_POOL_SIZE",
     "redis_url": "REDIS_URL",
+    "redis_cluster_nodes": "LYSS_REDIS_CLUSTER_NODES",
     "encryption_keys": "LYSS_ENCRYPTION_KEYS",
     "jwt_keys": "LYSS_JWT_KEYS",
     "public_url": "LYSS_PUBLIC_URL",
@@ -129,6 +132,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     database_owner_url: str | None = None
     database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
     redis_url: str | None = None
+    # host:port,host:port: another way of writing REDIS_URL=redis+cluster://host:port,host:port.
+    redis_cluster_nodes: str | None = None
     encryption_keys: str | None = None
     jwt_keys: str | None = None
     public_url: str = DEFAULT_PUBLIC_URL
@@ -331,7 +336,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for name, value in read_environment(environ).items()
         if name in ENVIRONMENT_VARIABLES.values() and (value != "" or name in EMPTY_MEANS_OFF)
     }
-    settings = _convert(values)
+    settings = _with_cluster_nodes(_convert(values))
     if settings.embedded_database:
         secrets = dotenv_values(settings.secrets_file) if settings.secrets_file.is_file() else {}
         for field in ("encryption_keys", "jwt_keys"):
@@ -339,7 +344,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             stored = secrets.get(variable)
             if variable not in values and stored:
                 values[variable] = stored
-        settings = _convert(values)
+        settings = _with_cluster_nodes(_convert(values))
     else:
         for field in ("encryption_keys", "jwt_keys"):
             if getattr(settings, field) is None:
@@ -351,14 +356,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+def _with_cluster_nodes(settings: Settings) -> Settings:
+    """LYSS_REDIS_CLUSTER_NODES folded into REDIS_URL, so that the rest of Lyss reads one setting."""
+    if settings.redis_cluster_nodes is None:
+        return settings
+    if settings.redis_url is not None:
+        raise ConfigurationError("LYSS_REDIS_CLUSTER_NODES and REDIS_URL are both set: give the cluster in one of them")
+    return msgspec.structs.replace(
+        settings, redis_url=REDIS_CLUSTER_SCHEME + settings.redis_cluster_nodes.strip(), redis_cluster_nodes=None
+    )
+
+
 def validate_settings(settings: Settings) -> None:
     """Checks that need more than a type: URL shapes and key formats."""
     if settings.database_url is not None:
         database_url(settings.database_url, "DATABASE_URL")
     if settings.database_owner_url is not None:
         database_url(settings.database_owner_url, "DATABASE_OWNER_URL")
-    if settings.redis_url is not None and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError("REDIS_URL: must start with redis://, rediss:// or unix://")
+    if settings.redis_url is not None and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://", REDIS_CLUSTER_SCHEME)
+    ):
+        raise ConfigurationError(f"REDIS_URL: must start with redis://, rediss://, unix:// or {REDIS_CLUSTER_SCHEME}")
+    if settings.redis_url is not None and settings.redis_url.startswith(REDIS_CLUSTER_SCHEME):
+        cluster_nodes(settings.redis_url)
     for field in ("encryption_keys", "jwt_keys"):
         raw = getattr(settings, field)
         if raw is not None:
@@ -368,6 +388,22 @@ def validate_settings(settings: Settings) -> None:
     parse_networks(settings.trusted_proxies, "LYSS_TRUSTED_PROXIES")
     if settings.backup_cron and not croniter.is_valid(settings.backup_cron):
         raise ConfigurationError("LYSS_BACKUP_CRON: not a cron schedule; expected e.g. '17 3 * * *', or empty for none")
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The seed nodes of `redis+cluster://[user:password@]host:port[,host:port...]`."""
+    rest = url[len(REDIS_CLUSTER_SCHEME) :]
+    hosts = rest.rpartition("@")[2]
+    hosts = hosts.split("/", 1)[0]
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigurationError(
+                f"REDIS_URL: '{item.strip()}' is not host:port in {REDIS_CLUSTER_SCHEME}host:port,..."
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
 
 
 def database_url(raw: str, variable: str) -> URL:

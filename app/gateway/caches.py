@@ -25,6 +25,7 @@ from app.encryption import DecryptionError, SecretBox, secret_context
 from app.gateway.price_list import PriceList, price_list
 from app.gateway.schemas import ResponseCacheSettings
 from app.observability.logging import get_logger
+from app.redis_client import as_cluster
 from app.tenants.money import DEFAULT_CURRENCY
 from app.tenants.services import budgets_by_subject, group_names_of_user
 from db.provider import Channel, ModelAlias, ModelPrice, ModelRouting, ProviderType
@@ -384,6 +385,9 @@ class GatewayCatalog:
         """Drop cached entries as other workers announce changes, until `stop` is set."""
         while not stop.is_set():
             try:
+                if (cluster := as_cluster(redis)) is not None:
+                    # Its pub/sub picks a node from the slot map, which the client learns on its first command.
+                    await cluster.initialize()
                 async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     while not stop.is_set():

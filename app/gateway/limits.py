@@ -28,17 +28,27 @@ reserved by calls in flight: never less than PostgreSQL's. The scheduled budget 
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from typing import Any
 from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterDownError, ConnectionError, NoScriptError, TimeoutError, TryAgainError
+
+from app.redis_client import as_cluster
 
 USAGE_TENANTS_KEY = "lyss:gw:usage-tenants"
+# On a cluster: how long a settlement is sent again while its master fails over (the cluster node timeout plus
+# the election take a few seconds), and how long its marker outlives it.
+SETTLE_RETRY_SECONDS = 30
+SETTLE_RETRY_PAUSE_SECONDS = 0.25
+SETTLED_MARKER_TTL_SECONDS = 600
 MINUTE_KEY_TTL_SECONDS = 120
 
 # KEYS: per scope (used, rpm, tpm), then per channel (cool, rpm, used), then per concurrency slot its lease set.
@@ -107,11 +117,16 @@ end
 return result
 """
 
-# KEYS: per scope (used, tpm of the reservation's minute), channel used, channel rpm, usage stream, then the
-# lease sets the call holds a slot in.
-# ARGV: scopes, reserved, cost, token delta, '1' if a channel answered, record, minute-key TTL, lease id.
+# KEYS: per scope (used, tpm of the reservation's minute), channel used, channel rpm, usage stream, then (on a
+# cluster) the call's settlement marker, then the lease sets the call holds a slot in.
+# ARGV: scopes, reserved, cost, token delta, '1' if a channel answered, record, minute-key TTL, lease id,
+# '1' if a settlement marker is given, its TTL.
+# With a marker a settlement is applied once however often it is sent: it is sent again after a failover.
 _SETTLE = """
 local scopes = tonumber(ARGV[1])
+local base = scopes * 2
+local marked = ARGV[9] == '1'
+if marked and not redis.call('SET', KEYS[base + 4], 1, 'NX', 'EX', ARGV[10]) then return 0 end
 local refund = tonumber(ARGV[2]) - tonumber(ARGV[3])
 local tokens_delta = tonumber(ARGV[4])
 for i = 1, scopes do
@@ -120,13 +135,12 @@ for i = 1, scopes do
         redis.call('INCRBY', KEYS[i * 2], tokens_delta)
     end
 end
-local base = scopes * 2
 if ARGV[5] == '1' then
     redis.call('INCRBY', KEYS[base + 1], tonumber(ARGV[3]))
     redis.call('INCR', KEYS[base + 2])
     redis.call('EXPIRE', KEYS[base + 2], ARGV[7])
 end
-for i = base + 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[8]) end
+for i = base + (marked and 5 or 4), #KEYS do redis.call('ZREM', KEYS[i], ARGV[8]) end
 redis.call('XADD', KEYS[base + 3], '*', 'record', ARGV[6])
 return redis.call('XLEN', KEYS[base + 3])
 """
@@ -265,7 +279,9 @@ class DirectScripts:
     """
 
     def __init__(self, redis: Redis) -> None:
-        self._pool = redis.connection_pool  # only for its server address and options
+        self._cluster = as_cluster(redis)
+        self.on_cluster = self._cluster is not None
+        self._pool = redis.connection_pool if self._cluster is None else None  # for its address and options
         self._idle: list[AbstractConnection] = []
 
     def _connection(self) -> AbstractConnection:
@@ -274,10 +290,13 @@ class DirectScripts:
             reader = connection._reader  # the only way to see an EOF without reading
             if reader is not None and not reader.at_eof():
                 return connection
+        assert self._pool is not None
         new: AbstractConnection = self._pool.connection_class(**self._pool.connection_kwargs)
         return new
 
     async def run(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        if self._cluster is not None:
+            return await self._run_on_cluster(self._cluster, script, keys, args)
         connection = self._connection()
         try:
             try:
@@ -292,6 +311,19 @@ class DirectScripts:
             raise
         self._idle.append(connection)
         return reply
+
+    @staticmethod
+    async def _run_on_cluster(cluster: RedisCluster, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        """On the master of the keys' slot (all of one call's keys share the tenant's hash tag). Naming the node
+        turns off the client's retries, so the script still runs at most once: a MOVED reply (the slot moved,
+        the script did not run) is followed, a lost connection is raised and makes the client learn the
+        cluster's new shape before its next command."""
+        node = cluster.get_node_from_key(keys[0])
+        try:
+            return await cluster.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
+        except NoScriptError:
+            # A new master (after a failover) or a flushed script cache: the source, once.
+            return await cluster.execute_command("EVAL", script.script, len(keys), *keys, *args, target_nodes=node)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -405,6 +437,7 @@ class GatewayLimits:
         """Settle, and give back the reservation's slots and those in `release` (lease sets)."""
         prefix = _prefix(tenant_id)
         channel_key = channel_id or UUID(int=0)
+        marker = [f"{prefix}:settled:{uuid.uuid4().hex}"] if self._direct.on_cluster else []
         keys: list[Any] = []
         for scope in reservation.scopes:
             keys += [f"{prefix}:{scope}:used", f"{prefix}:{scope}:tpm:{reservation.minute}"]
@@ -412,6 +445,7 @@ class GatewayLimits:
             self.channel_used_key(tenant_id, channel_key),
             f"{prefix}:channel:{channel_key}:rpm:{int(time.time() // 60)}",
             usage_stream_key(tenant_id),
+            *marker,
             *reservation.slots,
             *release,
         ]
@@ -424,8 +458,24 @@ class GatewayLimits:
             record,
             MINUTE_KEY_TTL_SECONDS,
             reservation.lease,
+            "1" if marker else "0",
+            SETTLED_MARKER_TTL_SECONDS,
         ]
-        await self._listed(tenant_id, await self._direct.run(self._settle, keys, args))
+        if not marker:
+            await self._listed(tenant_id, await self._direct.run(self._settle, keys, args))
+            return
+        # On a cluster the master of the tenant's slot may die under this settlement: its replica takes over
+        # within seconds. The marker makes sending it again safe, so it is sent until it lands or time is up.
+        deadline = time.monotonic() + SETTLE_RETRY_SECONDS
+        while True:
+            try:
+                waiting = await self._direct.run(self._settle, keys, args)
+                break
+            except (ConnectionError, TimeoutError, ClusterDownError, TryAgainError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+        await self._listed(tenant_id, waiting)
 
     async def record(self, tenant_id: UUID, record: bytes) -> None:
         """Queue the usage record of a call that reserved nothing (refused before any provider was asked)."""

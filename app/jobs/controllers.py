@@ -15,7 +15,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,6 +23,7 @@ from app.auth.tokens import Principal
 from app.errors import Conflict, NotAllowed
 from app.jobs import services
 from app.jobs.schemas import JobDetail, JobRead, JobSubmit, event_read, job_detail, job_read
+from app.redis_client import RedisDependency
 from app.settings import Settings
 from db.session import tenant_session
 from db.tenant import JOB_TERMINAL_STATUSES, Job, JobStatus
@@ -106,7 +106,7 @@ class JobController(Controller):
         job_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
     ) -> JobRead:
         job = await self._visible(db_session, request, job_id)
         job = await services.cancel_job(db_session, job_queue, redis, job, actor=request.user.user_id)
@@ -120,7 +120,7 @@ class JobController(Controller):
         job_id: FromPath[UUID],
         request: AuthRequest,
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
     ) -> JobRead:
         job = await self._visible(db_session, request, job_id)
         job = await services.retry_job(db_session, job_queue, redis, settings, job, actor=request.user.user_id)

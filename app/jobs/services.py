@@ -19,10 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.jobs.registry import JOB_KINDS, JobKind
 from app.observability.logging import get_logger
+from app.redis_client import as_cluster
 from app.settings import Settings
 from db.tenant import Job, JobEvent
 
 QUEUE_NAME = "lyss"
+# Every SAQ key of the queue on a Redis Cluster holds this hash tag: they all share one slot.
+QUEUE_HASH_TAG = "{" + QUEUE_NAME + "}"
 RUN_JOB = "run_job"
 # Domains whose `tasks.py` registers job kinds and scheduled work.
 BUILTIN_JOB_MODULES = (
@@ -51,7 +54,15 @@ def load_job_modules(settings: Settings) -> None:
 
 
 def create_queue(redis: Redis) -> RedisQueue:
-    return RedisQueue(redis, name=QUEUE_NAME)
+    # SAQ's scripts and transactions touch several of its keys at once (`saq:<name>:...`, `saq:job:<name>:...`):
+    # on a cluster the name is a hash tag, so that all of them share one slot.
+    return RedisQueue(redis, name=QUEUE_NAME if as_cluster(redis) is None else QUEUE_HASH_TAG)
+
+
+def cluster_task_name(queue: RedisQueue, name: str) -> str:
+    """What SAQ calls a scheduled task: its cron key (`cron:<name>`) also names the task's abort key, which must
+    share the queue's slot on a cluster."""
+    return f"{QUEUE_HASH_TAG}{name}" if queue.name == QUEUE_HASH_TAG else name
 
 
 def cancel_flag_key(job_id: UUID) -> str:
@@ -59,8 +70,12 @@ def cancel_flag_key(job_id: UUID) -> str:
 
 
 def new_queue_key(job_id: UUID) -> str:
-    """Each series of attempts travels under its own SAQ key, so a stale message never runs a retried job."""
-    return f"{job_id}:{uuid.uuid4().hex[:12]}"
+    """Each series of attempts travels under its own SAQ key, so a stale message never runs a retried job.
+
+    The key starts with the queue's hash tag: SAQ's abort key is `saq:abort:<key>`, with no queue name in it, and
+    on a Redis Cluster it must share the queue's slot (SAQ's enqueue script touches both). One server ignores it.
+    """
+    return f"{QUEUE_HASH_TAG}{job_id}:{uuid.uuid4().hex[:12]}"
 
 
 def kind_for(name: str) -> JobKind:

@@ -30,7 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.gateway.usage import UsageFlusher
 from app.jobs.registry import JOB_KINDS, SCHEDULED_TASKS, Handler, JobCanceled, JobFailed, ScheduledTask, WorkerServices
-from app.jobs.services import RUN_JOB, add_event, cancel_flag_key, job_ended, load_job_modules
+from app.jobs.services import (
+    RUN_JOB,
+    add_event,
+    cancel_flag_key,
+    cluster_task_name,
+    job_ended,
+    load_job_modules,
+)
 from app.observability.logging import get_logger
 from app.observability.maintenance import MaintenanceSwitch
 from app.resources import Resources
@@ -298,14 +305,14 @@ async def run_job(ctx: dict[str, Any], *, job_id: str, tenant_id: str) -> dict[s
         return await JobAttempt(ctx["services"], ctx["job"], UUID(job_id), UUID(tenant_id)).run()
 
 
-def _scheduled_function(task: ScheduledTask) -> Any:
+def _scheduled_function(task: ScheduledTask, name: str) -> Any:
     async def run_scheduled(ctx: dict[str, Any]) -> dict[str, Any]:
         result = await task.function(ctx["services"])
         logger.debug("scheduled task done", task=task.name, **result)
         return result
 
     # SAQ names a cron job's function, and keys its uniqueness, by this.
-    run_scheduled.__qualname__ = task.name
+    run_scheduled.__qualname__ = name
     return run_scheduled
 
 
@@ -375,13 +382,14 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, with_sched
     tasks = list(SCHEDULED_TASKS.values())
     # Every worker can run every scheduled task (another worker may have queued it); only the ones
     # `with_schedule` put them on the queue.
-    scheduled = [_scheduled_function(task) for task in tasks]
+    names = [cluster_task_name(queue, task.name) for task in tasks]
+    scheduled = [_scheduled_function(task, name) for task, name in zip(tasks, names, strict=True)]
     worker = PausingWorker(
         queue,
         maintenance=resources.maintenance,
         functions=[
             (RUN_JOB, run_job),
-            *((task.name, function) for function, task in zip(scheduled, tasks, strict=True)),
+            *zip(names, scheduled, strict=True),
         ],
         cron_jobs=[
             CronJob(function, cron=cron, timeout=task.timeout_seconds)

@@ -11,7 +11,6 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +32,7 @@ from app.knowledge.schemas import (
     KnowledgeSearch,
     SearchHit,
 )
+from app.redis_client import RedisDependency
 from app.settings import Settings
 from app.storage.base import ObjectStore
 from app.tenants.services import Actor
@@ -121,7 +121,7 @@ class KnowledgeBaseController(Controller):
     async def update_base(
         self,
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         data: JSONBody[KnowledgeBaseUpdate],
@@ -147,7 +147,7 @@ class KnowledgeBaseController(Controller):
     async def reindex_base(
         self,
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         actor: NamedDependency[Actor],
@@ -167,7 +167,7 @@ class KnowledgeBaseController(Controller):
     async def delete_base(
         self,
         object_store: NamedDependency[ObjectStore],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         base_id: FromPath[UUID],
         actor: NamedDependency[Actor],
         request: AuthRequest,
@@ -200,7 +200,7 @@ class KnowledgeDocumentController(Controller):
         self,
         object_store: NamedDependency[ObjectStore],
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         actor: NamedDependency[Actor],
@@ -246,7 +246,7 @@ class KnowledgeDocumentController(Controller):
         self,
         object_store: NamedDependency[ObjectStore],
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         data: JSONBody[DocumentFromUrl],
@@ -294,7 +294,7 @@ class KnowledgeDocumentController(Controller):
     async def reindex_document(
         self,
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         settings: NamedDependency[Settings],
         base_id: FromPath[UUID],
         document_id: FromPath[UUID],
@@ -317,7 +317,7 @@ class KnowledgeDocumentController(Controller):
     async def delete_document(
         self,
         object_store: NamedDependency[ObjectStore],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         base_id: FromPath[UUID],
         document_id: FromPath[UUID],
         actor: NamedDependency[Actor],

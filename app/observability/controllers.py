@@ -9,13 +9,13 @@ from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.observability.metrics import CONTENT_TYPE, render_metrics
 from app.observability.schemas import Liveness, Readiness, Version
 from app.observability.services import check_readiness
+from app.redis_client import RedisDependency
 
 PACKAGE_VERSION = version("lyss")
 
@@ -29,9 +29,7 @@ class OperationsController(Controller):
         return Liveness()
 
     @get("/readyz", summary="PostgreSQL and Redis are reachable")
-    async def readyz(
-        self, db_engine: NamedDependency[AsyncEngine], redis: NamedDependency[Redis]
-    ) -> Response[Readiness]:
+    async def readyz(self, db_engine: NamedDependency[AsyncEngine], redis: RedisDependency) -> Response[Readiness]:
         readiness = await check_readiness(db_engine, redis)
         status_code = HTTP_200_OK if readiness.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
         return Response(readiness, status_code=status_code)

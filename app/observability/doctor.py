@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.gateway.usage import HEARTBEAT_SECONDS, usage_writer_seen
+from app.redis_client import close_redis, cluster_problem, create_redis, is_cluster_url, unreachable_nodes
 from app.settings import Settings, database_url
 from app.storage import StorageError, create_object_store
 from db.session import create_engine
@@ -98,28 +99,56 @@ async def probe(settings: Settings) -> list[Finding]:
         finally:
             await engine.dispose()
     if settings.redis_url is not None:
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-        try:
-            await client.ping()
-            found.append(Finding("ok", "redis", "Redis reachable"))
-            if await usage_writer_seen(client):
-                found.append(Finding("ok", "usage", "a lyss worker writes the usage log"))
-            else:
-                found.append(
-                    Finding(
-                        "warning",
-                        "usage",
-                        f"usage is not being written: no lyss worker seen in the last {HEARTBEAT_SECONDS} s "
-                        "(calls wait in Redis until one runs)",
-                    )
-                )
-        except (RedisError, OSError) as error:
-            found.append(Finding("unsafe", "redis", f"Redis unreachable: {type(error).__name__}"))
-        finally:
-            await client.aclose()
+        found += await _probe_redis(settings.redis_url)
     try:
         await create_object_store(settings).check()
         found.append(Finding("ok", "storage", f"{settings.storage_backend} object storage writable"))
     except StorageError as error:
         found.append(Finding("unsafe", "storage", error.detail))
     return found
+
+
+async def _probe_redis(url: str) -> list[Finding]:
+    """Redis (or the Redis Cluster) reachable, and whether a worker writes the usage log through it."""
+    if is_cluster_url(url):
+        reached = await _probe_cluster(url)
+        if reached.level == "unsafe":
+            return [reached]
+        found = [reached]
+    else:
+        found = []
+    client = (
+        create_redis(url, max_connections=2, wait_seconds=3) if found else Redis.from_url(url, socket_connect_timeout=3)
+    )
+    try:
+        if not found:
+            await client.ping()
+            found.append(Finding("ok", "redis", "Redis reachable"))
+        if await usage_writer_seen(client):
+            found.append(Finding("ok", "usage", "a lyss worker writes the usage log"))
+        else:
+            found.append(
+                Finding(
+                    "warning",
+                    "usage",
+                    f"usage is not being written: no lyss worker seen in the last {HEARTBEAT_SECONDS} s "
+                    "(calls wait in Redis until one runs)",
+                )
+            )
+    except (RedisError, OSError) as error:
+        found.append(Finding("unsafe", "redis", f"Redis unreachable: {type(error).__name__}"))
+    finally:
+        await close_redis(client)
+    return found
+
+
+async def _probe_cluster(url: str) -> Finding:
+    """The same check `lyss serve` and `lyss worker` make before they start, and which seed nodes are down."""
+    if problem := await cluster_problem(url):
+        return Finding("unsafe", "redis", f"Redis Cluster: {problem}")
+    if down := await unreachable_nodes(url):
+        # The cluster serves every slot without them (a replica took over), but they are named in REDIS_URL.
+        return Finding(
+            "warning", "redis", f"Redis Cluster serves every slot, but these nodes do not answer: {', '.join(down)}"
+        )
+    return Finding("ok", "redis", "Redis Cluster reachable; every slot is served")

@@ -12,7 +12,6 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from litestar.response import Response, Template
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +32,7 @@ from app.portal.web import (
     provide_viewer,
     see_other,
 )
+from app.redis_client import RedisDependency
 from app.settings import Settings
 from app.tenants.audit import AuditFilter, audit_event_read, audit_page, readable_details
 from app.tenants.schemas import AuditEventRead
@@ -248,7 +248,7 @@ class JobPages(Controller):
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         async with FormSubmission(db_session) as submission:
@@ -270,7 +270,7 @@ class JobPages(Controller):
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
     ) -> Template | Response[None]:
         job = await jobs.visible_job(db_session, job_id, user_id=viewer.user.id, is_admin=viewer.is_admin)
         async with FormSubmission(db_session) as submission:

@@ -13,7 +13,6 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +31,7 @@ from app.knowledge.schemas import (
 from app.memory.services import memory_settings, text_search_languages
 from app.portal.forms import FormSubmission, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_viewer, see_other, viewer_actor
+from app.redis_client import RedisDependency
 from app.settings import Settings
 from app.storage.base import ObjectStore
 from app.tenants.services import names_of_groups, user_emails
@@ -265,7 +265,7 @@ class KnowledgePages(Controller):
         self,
         base_id: FromPath[UUID],
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         viewer: NamedDependency[Viewer],
         settings: NamedDependency[Settings],
         db_session: NamedDependency[AsyncSession],
@@ -298,7 +298,7 @@ class KnowledgePages(Controller):
         self,
         base_id: FromPath[UUID],
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         object_store: NamedDependency[ObjectStore],
         viewer: NamedDependency[Viewer],
         settings: NamedDependency[Settings],
@@ -335,7 +335,7 @@ class KnowledgePages(Controller):
         self,
         base_id: FromPath[UUID],
         job_queue: NamedDependency[RedisQueue],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         object_store: NamedDependency[ObjectStore],
         viewer: NamedDependency[Viewer],
         settings: NamedDependency[Settings],
@@ -378,7 +378,7 @@ class KnowledgePages(Controller):
         self,
         base_id: FromPath[UUID],
         object_store: NamedDependency[ObjectStore],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,
@@ -436,7 +436,7 @@ class KnowledgePages(Controller):
         base_id: FromPath[UUID],
         document_id: FromPath[UUID],
         object_store: NamedDependency[ObjectStore],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
         request: PortalRequest,

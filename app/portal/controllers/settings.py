@@ -12,7 +12,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 from litestar.status_codes import HTTP_400_BAD_REQUEST
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +31,7 @@ from app.observability.middleware import client_context
 from app.portal.budget_forms import budget_form, submit_budget
 from app.portal.forms import FormInvalid, FormSubmission, lines, parse
 from app.portal.web import PORTAL, PortalRequest, Viewer, page, provide_admin_viewer, see_other, viewer_actor
+from app.redis_client import RedisDependency
 from app.schemas import read_as
 from app.settings import Settings
 from app.tenants.budgets import BudgetService
@@ -272,7 +272,7 @@ class SettingsPages(Controller):
         self,
         viewer: NamedDependency[Viewer],
         db_session: NamedDependency[AsyncSession],
-        redis: NamedDependency[Redis],
+        redis: RedisDependency,
         gateway: NamedDependency[Gateway],
         request: PortalRequest,
     ) -> Template | Response[None]:

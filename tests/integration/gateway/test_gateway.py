@@ -25,6 +25,7 @@ from db.tenant import AuditEvent, Organization
 from tests.support.clients import AuthHeaders, Client, app_client, bearer
 from tests.support.gateway import add_channel, chat_body, issue_key, set_price, token_id_of, usage_rows
 from tests.support.mock_upstream import MockUpstream
+from tests.support.redis_cluster import redis_at
 from tests.support.tenants import TenantRows
 
 
@@ -245,11 +246,8 @@ async def test_every_channel_failing_is_a_502_and_costs_nothing(
 
 
 async def redis_used(settings: Settings, tenant: TenantRows, token: dict[str, Any]) -> int:
-    client = Redis.from_url(settings.redis_url or "")
-    try:
+    async with redis_at(settings.redis_url or "") as client:
         value = await client.get(GatewayLimits.token_used_key(tenant.id, UUID(token["id"])))
-    finally:
-        await client.aclose()
     return int(value or 0)
 
 
@@ -455,9 +453,8 @@ async def test_counters_are_rebuilt_from_postgres_when_redis_is_emptied(
     await client.post("/v1/chat/completions", json=chat_body(max_tokens=10), headers=bearer(key))
     await usage_rows(session_maker, tenant_a, 1)
     await asyncio.sleep(0.3)  # the flusher commits the quota totals with the rows
-    redis = Redis.from_url(settings.redis_url or "")
-    await redis.flushdb()
-    await redis.aclose()
+    async with redis_at(settings.redis_url or "") as redis:
+        await redis.flushdb()
     await client.post("/v1/chat/completions", json=chat_body(max_tokens=10), headers=bearer(key))
     assert await redis_used(settings, tenant_a, token) == 10  # 5 from PostgreSQL + 5 settled now
 
