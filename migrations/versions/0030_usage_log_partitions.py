@@ -20,6 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.execute("ALTER TABLE provider_usage_logs RENAME TO provider_usage_logs_unpartitioned")
+    # The owner is under the log's forced RLS too, and no tenant is set here: without this the copy below would
+    # see no row at all.
+    op.execute("ALTER TABLE provider_usage_logs_unpartitioned NO FORCE ROW LEVEL SECURITY")
     op.execute(
         "CREATE TABLE provider_usage_logs (LIKE provider_usage_logs_unpartitioned INCLUDING DEFAULTS "
         "INCLUDING CONSTRAINTS) PARTITION BY RANGE (created_at)"
@@ -69,6 +72,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("ALTER TABLE provider_usage_logs RENAME TO provider_usage_logs_partitioned")
+    op.execute("ALTER TABLE provider_usage_logs_partitioned NO FORCE ROW LEVEL SECURITY")
     op.execute(
         "CREATE TABLE provider_usage_logs (LIKE provider_usage_logs_partitioned INCLUDING DEFAULTS "
         "INCLUDING CONSTRAINTS)"
