@@ -139,7 +139,9 @@ async def _load(superuser_url: str, rows: int, say: Callable[[str], None]) -> tu
             "LIMIT 1",
             tenant_id,
         )
-        size = await connection.fetchval("SELECT pg_size_pretty(pg_total_relation_size('provider_usage_logs'))")
+        size = await connection.fetchval(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) FROM pg_partition_tree('provider_usage_logs')"
+        )
     finally:
         await connection.close()
     total = rows + OTHER_TENANTS * OTHER_ROWS
