@@ -73,7 +73,7 @@ from app.tenants.services import (
     provision_demo_tenant,
     set_tenant_quota,
 )
-from db.migrations import upgrade_to_head
+from db.migrations import drop_expired_usage_partitions, upgrade_to_head
 from db.session import create_engine
 
 logger = get_logger("lyss.cli")
@@ -202,6 +202,9 @@ async def _migrate(settings: Settings) -> None:
     engine = create_engine(url, pool_size=1)
     try:
         await _checked(engine, _describe_postgres(url, "DATABASE_OWNER_URL"), lambda: upgrade_to_head(url))
+        dropped = await drop_expired_usage_partitions(url, settings.usage_retention_months)
+        if dropped:
+            click.echo(f"dropped usage log partitions past LYSS_USAGE_RETENTION_MONTHS: {', '.join(dropped)}")
     finally:
         await engine.dispose()
 

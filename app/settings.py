@@ -77,6 +77,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "chat_summary_every_messages": "LYSS_CHAT_SUMMARY_EVERY_MESSAGES",
     "chat_knowledge_tokens": "LYSS_CHAT_KNOWLEDGE_TOKENS",
     "export_ttl_hours": "LYSS_EXPORT_TTL_HOURS",
+    "usage_retention_months": "LYSS_USAGE_RETENTION_MONTHS",
     "backup_cron": "LYSS_BACKUP_CRON",
     "backup_keep": "LYSS_BACKUP_KEEP",
     "backup_database_url": "LYSS_BACKUP_DATABASE_URL",
@@ -184,6 +185,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename=ENVIRONMENT_VAR
     # How many tokens of a chat turn's context the sources from its knowledge bases may take.
     chat_knowledge_tokens: Annotated[int, msgspec.Meta(ge=100, le=100_000)] = 3000
     export_ttl_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
+    # Whole months of the usage log kept before this one; older monthly partitions are dropped by `lyss migrate`
+    # (0: kept forever).
+    usage_retention_months: Annotated[int, msgspec.Meta(ge=0, le=1200)] = 13
     # The worker's scheduled backup: when (cron, UTC; empty: never), how many of its archives to keep, and the
     # role pg_dump connects as (one that bypasses row-level security; without it nothing is scheduled).
     backup_cron: str = "17 3 * * *"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, ClassVar
+from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.base import DefaultBase
@@ -45,16 +45,13 @@ class TenantOwned:
     `session.get(Model, id)` works unchanged (ids are UUIDs, unique across tenants anyway).
     """
 
-    # False only for a table whose key is laid out otherwise (provider_usage_logs, keyed by its partitioning).
-    tenant_in_primary_key: ClassVar[bool] = True
-
     @declared_attr
     def tenant_id(cls) -> Mapped[UUID]:
         # sort_order before `id`: the primary key lists its columns in table order, tenant_id first.
         return mapped_column(
             ForeignKey("tenant_organizations.id", ondelete="CASCADE"),
             nullable=False,
-            primary_key=cls.tenant_in_primary_key,
+            primary_key=True,
             sort_order=-101,
         )
 

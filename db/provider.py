@@ -16,16 +16,18 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.auth import ENCRYPTED
-from db.base import Base, TenantOwned, UpdatedAt
+from db.base import Base, TenantOwned, UpdatedAt, utc_now
 from db.tenant import BUDGET_PERIODS
 
 API_FORMATS = ("openai", "azure", "anthropic", "echo", "gemini")
@@ -259,14 +261,27 @@ class StoredResponse(TenantOwned, Base):
 
 
 class UsageLog(TenantOwned, Base):
-    """One served (or refused upstream) call. No foreign keys: the record outlives its token and channel."""
+    """One served (or refused upstream) call. No foreign keys: the record outlives its token and channel.
+
+    Partitioned by month on `created_at` (migration 0028): the partition key is in the primary key, so a call
+    is known by (tenant_id, created_at, id); the ORM still identifies it by `id` alone, which is unique."""
 
     __tablename__ = "provider_usage_logs"
-    # Keyed by `id` until its partitioning gives it a key that starts with tenant_id.
-    tenant_in_primary_key = False
     __table_args__ = (
-        Index("idx_usage_logs_tenant_created", "tenant_id", text("created_at DESC")),
+        PrimaryKeyConstraint("tenant_id", "created_at", "id", name="pk_provider_usage_logs"),
         Index("idx_usage_logs_tenant_token_created", "tenant_id", "token_id", text("created_at DESC")),
+        Index("idx_usage_logs_tenant_user_created", "tenant_id", "user_id", "created_at"),
+        # A call's page finds it by id alone, which the primary key (partition key first) cannot serve.
+        Index("idx_usage_logs_tenant_id", "tenant_id", "id"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
+    )
+    __mapper_args__ = {"primary_key": ["id"]}
+
+    tenant_id: Mapped[UUID] = mapped_column(
+        ForeignKey("tenant_organizations.id", ondelete="CASCADE"), primary_key=True, sort_order=-99
+    )
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), primary_key=True, default=utc_now, server_default=func.now(), sort_order=3000
     )
 
     user_id: Mapped[UUID | None]

@@ -33,6 +33,68 @@ CREATE POLICY lookup_usage_totals ON public.provider_usage_logs FOR SELECT TO ly
 REVOKE ALL ON public.provider_usage_logs FROM lyss_lookup;
 GRANT SELECT (tenant_id, created_at, cost) ON public.provider_usage_logs TO lyss_lookup;
 
+-- The usage log is partitioned by month (migration 0030). The policy and the grants above are on the parent,
+-- and every query goes through it: the partitions themselves have no grant, and RLS applies to them as rows
+-- of the parent. The worker (the app role) makes next months' partitions ahead of time with this function,
+-- which can only add empty partitions of fixed names and ranges; owned by the owner role, as DDL on the
+-- table needs. Dropping old months is not the app role's to do: `lyss migrate` calls
+-- drop_usage_log_partitions as the owner.
+CREATE OR REPLACE FUNCTION public.usage_log_partitions_ahead(months_ahead integer)
+    RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    this_month timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    month timestamptz;
+    made integer := 0;
+BEGIN
+    FOR step IN 0 .. least(greatest(months_ahead, 0), 24) LOOP
+        month := this_month + make_interval(months => step);
+        IF to_regclass('public.provider_usage_logs_' || to_char(month AT TIME ZONE 'UTC', 'YYYYMM')) IS NULL THEN
+            EXECUTE format(
+                'CREATE TABLE public.%I PARTITION OF public.provider_usage_logs FOR VALUES FROM (%L) TO (%L)',
+                'provider_usage_logs_' || to_char(month AT TIME ZONE 'UTC', 'YYYYMM'), month,
+                month + interval '1 month');
+            made := made + 1;
+        END IF;
+    END LOOP;
+    RETURN made;
+END
+$$;
+REVOKE ALL ON FUNCTION public.usage_log_partitions_ahead(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.usage_log_partitions_ahead(integer) TO lyss_app;
+
+-- The monthly partitions that ended more than `keep_months` whole months before this one, dropped: the
+-- calls of this month and of the `keep_months` before it stay. Returns the dropped partitions' names.
+CREATE OR REPLACE FUNCTION public.drop_usage_log_partitions(keep_months integer)
+    RETURNS SETOF text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    cutoff timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+        - make_interval(months => keep_months);
+    partition_name text;
+BEGIN
+    IF keep_months < 1 THEN
+        RAISE EXCEPTION 'keep_months must be at least 1, not %', keep_months;
+    END IF;
+    FOR partition_name IN
+        SELECT child.relname FROM pg_inherits
+        JOIN pg_class AS child ON child.oid = pg_inherits.inhrelid
+        WHERE pg_inherits.inhparent = 'public.provider_usage_logs'::regclass
+          AND child.relname ~ '^provider_usage_logs_[0-9]{6}$'
+          AND to_date(right(child.relname, 6), 'YYYYMM')::timestamp AT TIME ZONE 'UTC' < cutoff
+        ORDER BY child.relname
+    LOOP
+        EXECUTE format('DROP TABLE public.%I', partition_name);
+        RETURN NEXT partition_name;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION public.drop_usage_log_partitions(integer) FROM PUBLIC;
+
 -- The gateway knows a call's tenant only from its API key. The lookup role reads just the columns
 -- this function returns.
 DROP POLICY IF EXISTS lookup_token ON public.provider_tokens;

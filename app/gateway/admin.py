@@ -707,8 +707,11 @@ async def usage_rows(
     statement = select(UsageLog).where(*filters.conditions())
     if cursor:
         moment, row_id = _parse_cursor(cursor)
+        # The redundant `created_at <= moment` bounds the index scan: without it the OR is only a filter, and a
+        # page a million rows back read all million before it.
         statement = statement.where(
-            or_(UsageLog.created_at < moment, and_(UsageLog.created_at == moment, UsageLog.id < row_id))
+            UsageLog.created_at <= moment,
+            or_(UsageLog.created_at < moment, and_(UsageLog.created_at == moment, UsageLog.id < row_id)),
         )
     rows = list(
         await session.scalars(statement.order_by(UsageLog.created_at.desc(), UsageLog.id.desc()).limit(limit + 1))

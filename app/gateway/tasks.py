@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
@@ -362,6 +362,21 @@ async def prune_exports(services: WorkerServices) -> dict[str, Any]:
     """Delete exports older than LYSS_EXPORT_TTL_HOURS from the object store."""
     cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=services.settings.export_ttl_hours)
     return {"removed": await services.objects.delete_older_than(cutoff, name_prefix="exports/")}
+
+
+USAGE_PARTITIONS_AHEAD = 3
+
+
+@scheduled("usage.partitions_ahead", cron="23 4 * * *")
+async def make_usage_partitions(services: WorkerServices) -> dict[str, Any]:
+    """Make the usage log's monthly partitions up to USAGE_PARTITIONS_AHEAD months ahead (a no-op on most
+    days), so that calls land in their month rather than in the default partition."""
+    async with services.session_maker() as session:
+        made = await session.scalar(
+            text("SELECT public.usage_log_partitions_ahead(:months)"), {"months": USAGE_PARTITIONS_AHEAD}
+        )
+        await session.commit()
+    return {"made": made or 0}
 
 
 @scheduled("gateway.prune_responses", cron="*/15 * * * *")

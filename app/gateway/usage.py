@@ -60,7 +60,7 @@ SELECT id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model
     upstream_model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, cost, overshoot,
     latency_ms, upstream_latency_ms, status_code, outcome, stream, details, created_at
 FROM usage_staging
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT (tenant_id, created_at, id) DO NOTHING
 RETURNING id, token_id, channel_id, cost
 """
 # A user's or group's spend, on its budget row (made by the first call it pays for). A subject deleted

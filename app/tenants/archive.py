@@ -31,11 +31,12 @@ _BATCH_ROWS = 500
 logger = get_logger("lyss.tenants.archive")
 
 # The catalog of tenant tables, as the row-level security tests read it: the organization row and every
-# table with a tenant_id column. A table added later is exported and erased without a change here.
+# table with a tenant_id column. A table added later is exported and erased without a change here. A
+# partition is read through its parent (the partitions have no grant; RLS is the parent's).
 _TENANT_TABLES = text(
     """
     SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
       AND (c.relname = 'tenant_organizations' OR EXISTS (
             SELECT 1 FROM pg_attribute a
             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))
@@ -48,7 +49,7 @@ _FOREIGN_KEYS = text(
     JOIN pg_class child ON child.oid = k.conrelid
     JOIN pg_class parent ON parent.oid = k.confrelid
     JOIN pg_namespace n ON n.oid = child.relnamespace
-    WHERE k.contype = 'f' AND n.nspname = 'public'
+    WHERE k.contype = 'f' AND n.nspname = 'public' AND NOT child.relispartition
     """
 )
 # Generated columns are computed again on insert; PostgreSQL refuses a value for them.

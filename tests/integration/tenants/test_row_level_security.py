@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from uuid import UUID
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.tenants.services import group_ids_of_user, lookup_tenant_by_slug
 from db.auth import User
-from db.bootstrap import APP_ROLE, LOOKUP_ROLE, DatabaseUrls
+from db.bootstrap import APP_ROLE, LOOKUP_ROLE, OWNER_ROLE, DatabaseUrls
 from db.session import create_engine, create_session_maker, set_session_tenant, tenant_session
 from db.tenant import AuditEvent, UserGroupMember
 from tests.support.rows import ROW_FACTORIES
@@ -28,7 +29,7 @@ _TENANT_TABLES_SQL = text(
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_policy p ON p.polrelid = c.oid AND p.polname = 'tenant_isolation'
-    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
       AND (c.relname = 'tenant_organizations' OR EXISTS (
             SELECT 1 FROM pg_attribute a
             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))
@@ -123,7 +124,8 @@ async def test_only_listed_platform_tables_lack_tenant_id(owner_engine: AsyncEng
                     text(
                         """
                         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT EXISTS (
+                        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+                        AND NOT EXISTS (
                             SELECT 1 FROM pg_attribute a
                             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
                         """
@@ -190,11 +192,36 @@ async def test_security_definer_functions_pin_search_path_and_are_not_public(own
         "gateway_token_lookup",
         "platform_job_stats",
         "platform_tenant_overview",
+        "usage_log_partitions_ahead",
     }
     for function in functions:
         assert any(setting.startswith("search_path=") for setting in function.proconfig or [])
-        assert function.owner == LOOKUP_ROLE
+        # Adding a partition is DDL on the usage log: only its owner may, so only that function is the owner's.
+        assert function.owner == (OWNER_ROLE if function.proname == "usage_log_partitions_ahead" else LOOKUP_ROLE)
         assert function.public_execute is False
+
+
+async def test_usage_log_partitions_are_reached_only_through_the_parent(owner_engine: AsyncEngine) -> None:
+    """RLS is the parent's: a partition read directly would skip it, so no role but the owner may read one."""
+    async with owner_engine.connect() as connection:
+        partitions = (
+            await connection.execute(
+                text(
+                    """
+                    SELECT c.relname, has_table_privilege(:app, c.oid, 'SELECT') AS app_reads,
+                           has_table_privilege(:app, c.oid, 'INSERT') AS app_inserts,
+                           has_table_privilege(:lookup, c.oid, 'SELECT') AS lookup_reads
+                    FROM pg_inherits JOIN pg_class c ON c.oid = pg_inherits.inhrelid
+                    WHERE pg_inherits.inhparent = 'public.provider_usage_logs'::regclass
+                    """
+                ),
+                {"app": APP_ROLE, "lookup": LOOKUP_ROLE},
+            )
+        ).all()
+    assert "provider_usage_logs_default" in {row.relname for row in partitions}
+    this_month = datetime.datetime.now(datetime.UTC).strftime("provider_usage_logs_%Y%m")
+    assert this_month in {row.relname for row in partitions}
+    assert [row.relname for row in partitions if row.app_reads or row.app_inserts or row.lookup_reads] == []
 
 
 # --- the isolation matrix: tenant B against tenant A's rows, for every tenant table ---------------

@@ -1,0 +1,60 @@
+"""Migration 0028 on a database that has calls: every row reaches its month's partition, under the log's RLS."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import asyncpg
+from alembic import command
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+from uuid_utils.compat import uuid7
+
+from db.bootstrap import bootstrap_database, drop_database, plain_url
+from db.migrations import alembic_config, upgrade_to_head
+from db.policies import apply_policies
+
+
+async def test_the_calls_of_an_existing_log_are_all_copied_into_their_months(postgres_superuser_url: str) -> None:
+    name = f"lyss_migration_{os.getpid()}"
+    await drop_database(postgres_superuser_url, name)
+    urls = await bootstrap_database(postgres_superuser_url, name)
+    try:
+        engine = create_async_engine(urls.owner_url, poolclass=NullPool)
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0026"))
+            # As a deployed database at 0026 is: with its policies, the usage log's RLS forced on the owner too.
+            await connection.run_sync(apply_policies)
+        await engine.dispose()
+        now = datetime.datetime.now(datetime.UTC)
+        earlier = now - datetime.timedelta(days=70)
+        tenant_id = uuid7()
+        superuser = await asyncpg.connect(plain_url(postgres_superuser_url, name))
+        try:
+            await superuser.execute(
+                "INSERT INTO tenant_organizations (id, slug, name) VALUES ($1, 'moved', 'Moved')", tenant_id
+            )
+            for moment in (now, earlier, earlier):
+                await superuser.execute(
+                    "INSERT INTO provider_usage_logs (id, tenant_id, endpoint, model, cost, created_at) "
+                    "VALUES ($1, $2, 'chat', 'm', 7, $3)",
+                    uuid7(),
+                    tenant_id,
+                    moment,
+                )
+            await upgrade_to_head(urls.owner_url)
+            placed = await superuser.fetch(
+                "SELECT tableoid::regclass::text AS partition, count(*) FROM provider_usage_logs GROUP BY 1"
+            )
+            kind = await superuser.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'provider_usage_logs'")
+            forced = await superuser.fetchval(
+                "SELECT relforcerowsecurity FROM pg_class WHERE relname = 'provider_usage_logs'"
+            )
+        finally:
+            await superuser.close()
+        assert kind == "p"
+        assert forced is True
+        assert dict(placed) == {f"provider_usage_logs_{now:%Y%m}": 1, f"provider_usage_logs_{earlier:%Y%m}": 2}
+    finally:
+        await drop_database(postgres_superuser_url, name)
