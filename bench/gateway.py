@@ -54,12 +54,15 @@ WARM_UP_SECONDS = 2
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 # The gateways compared with Lyss; `BENCH_PEERS=portkey` skips LiteLLM, which takes a minute to start.
 PEERS = tuple(name for name in os.environ.get("BENCH_PEERS", "portkey,litellm").split(",") if name)
+# Another checkout of Lyss (e.g. `git archive <commit> | tar -x -C <dir>`) served next to this one, as
+# "Lyss before", on the same database and Redis: a change measured side by side in one run.
+BEFORE = os.environ.get("BENCH_LYSS_BEFORE")
 FIRST_EVENT_SAMPLES = int(os.environ.get("BENCH_FIRST_EVENT_SAMPLES", "300"))
 _MESSAGES = [{"role": "user", "content": "Say hello"}]
 BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16})
 STREAM_BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16, "stream": True})
 ANSWERED_METRIC = 'lyss_http_request_duration_seconds_count{{method="POST",route="/v1/chat/completions",status="{}"}}'
-MOCK, LYSS, PORTKEY, LITELLM = "mock provider", "Lyss", "Portkey", "LiteLLM"
+MOCK, LYSS, LYSS_BEFORE, PORTKEY, LITELLM = "mock provider", "Lyss", "Lyss before", "Portkey", "LiteLLM"
 
 
 @dataclass
@@ -279,6 +282,13 @@ def main() -> None:
         served = stack.enter_context(_serve(environment, port))
         backing = (_postgres_pid(postgres.pgdata), int(redis_server.pid_file.read_text()))
         targets.append(Target(LYSS, lyss_url, {"Authorization": f"Bearer {key}"}, served.pid, backing))
+        before_url = None
+        if BEFORE:
+            before_port = _free_port()
+            before_url = f"http://127.0.0.1:{before_port}"
+            before = stack.enter_context(_serve(environment, before_port, Path(BEFORE)))
+            auth = {"Authorization": f"Bearer {key}"}
+            targets.append(Target(LYSS_BEFORE, f"{before_url}/v1/chat/completions", auth, before.pid, backing))
         if "portkey" in PEERS:
             portkey_url, portkey = stack.enter_context(portkey_gateway())
             targets.append(
@@ -293,7 +303,8 @@ def main() -> None:
         runs, first_event, loads = _rounds(targets)
         spent = Target("Lyss, refused (429)", lyss_url, {"Authorization": f"Bearer {spent_key}"}, served.pid, backing)
         refused = _measure(spent, BODY, refused=True)
-        requests = _answered(base_url, 200), _answered(base_url, 429)
+        lyss_urls = [base_url] if before_url is None else [base_url, before_url]
+        requests = sum(_answered(url, 200) for url in lyss_urls), sum(_answered(url, 429) for url in lyss_urls)
         usage_rows = asyncio.run(_usage_rows(superuser_url, sum(requests)))
         if (usage_rows.get("ok", 0), usage_rows.get("refused", 0)) != requests:
             raise SystemExit(
@@ -327,7 +338,7 @@ def _report(
     cpu_lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpu_lines if line.startswith("model name")), "")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    names = [name for name in (MOCK, LYSS, PORTKEY, LITELLM) if (name, False) in runs]
+    names = [name for name in (MOCK, LYSS, LYSS_BEFORE, PORTKEY, LITELLM) if (name, False) in runs]
     print(
         f"{datetime.date.today()} · {os.cpu_count()} CPUs ({cpu}) · Python {platform.python_version()} · "
         f"Lyss {commit} (granian {version('granian')}, one worker) · Portkey {PORTKEY_VERSION} (node "
@@ -375,7 +386,7 @@ def _report(
         f"{refused.rps[64]:,.0f} req/s at 1 / 16 / 64 connections, CPU {_shown(refused.cpu_ms[1])} / "
         f"{_shown(refused.cpu_ms[64])} ms per request at 1 / 64"
     )
-    for peer in (PORTKEY, LITELLM):
+    for peer in (LYSS_BEFORE, PORTKEY, LITELLM):
         if (peer, False) not in runs:
             continue
         for streamed in (False, True):
