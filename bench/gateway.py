@@ -118,6 +118,8 @@ def _measure(target: Target, body: str, *, refused: bool = False) -> Run:
         before, backing_before = _cpu_seconds(own), _cpu_seconds(target.backing)
         figures = _wrk(target.url, connections, target.headers, post_json=body)
         check(figures)
+        if not figures["requests"]:
+            raise SystemExit(f"{target.name}: no call completed in {WRK_SECONDS} s at {connections} connections")
         run.rps[connections], run.p50[connections] = figures["rps"], figures["p50"]
         run.cpu_ms[connections] = (_cpu_seconds(own) - before) * 1000 / figures["requests"] if own else None
         run.backing_ms[connections] = (
@@ -242,6 +244,14 @@ def _rounds(targets: list[Target]) -> tuple[dict[tuple[str, bool], list[Run]], d
     return runs, first_event, loads
 
 
+def _first_call(target: Target) -> None:
+    """One call before the rounds, waited for: LiteLLM's first takes seconds, longer than wrk's timeout."""
+    headers = {**target.headers, "Content-Type": "application/json"}
+    response = httpx.post(target.url, content=BODY, headers=headers, timeout=120)
+    if response.status_code != 200:
+        raise SystemExit(f"{target.name}: the first call answered {response.status_code}: {response.text[:200]}")
+
+
 def _load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -299,6 +309,8 @@ def main() -> None:
             litellm_headers = {"Authorization": f"Bearer {MASTER_KEY}"}
             targets.append(Target(LITELLM, f"{litellm_url}/v1/chat/completions", litellm_headers, proxy.pid))
 
+        for target in targets:
+            _first_call(target)
         overhead = _self_reported_overhead(lyss_url, key)
         runs, first_event, loads = _rounds(targets)
         spent = Target("Lyss, refused (429)", lyss_url, {"Authorization": f"Bearer {spent_key}"}, served.pid, backing)
