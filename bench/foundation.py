@@ -76,11 +76,11 @@ class Served(NamedTuple):
 
 
 @contextmanager
-def _serve(environment: dict[str, str], port: int) -> Iterator[Served]:
+def _serve(environment: dict[str, str], port: int, root: Path = ROOT) -> Iterator[Served]:
     process = subprocess.Popen(
         [LYSS, "serve"],
-        # The venv's `lyss` imports the checkout it was installed from; PYTHONPATH makes it serve this one.
-        env={**environment, "PYTHONPATH": str(ROOT), "LYSS_PORT": str(port), "LYSS_LOG_LEVEL": "warning"},
+        # The venv's `lyss` imports the checkout it was installed from; PYTHONPATH makes it serve `root`.
+        env={**environment, "PYTHONPATH": str(root), "LYSS_PORT": str(port), "LYSS_LOG_LEVEL": "warning"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

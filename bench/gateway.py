@@ -1,18 +1,22 @@
-"""Gateway benchmark: Lyss, the provider alone and the LiteLLM proxy under the same load, in one run.
+"""Gateway benchmark: Lyss, the mock provider alone, the Portkey gateway and the LiteLLM proxy, interleaved.
 
-Run with `make bench` (or `python -m bench.gateway`). Traffic goes to 127.0.0.1 only; every wrk run is
-bounded in time. The provider is `bench.upstream` (a separate, fast process). Lyss runs with one granian
-worker, embedded PostgreSQL and Redis, and everything on: key authentication, rate limits, quota
-reservation and settlement, routing, usage logging. For each target: the highest requests/s at 16 and 64
-connections, latency at a fixed 200 requests/s, CPU per request and resident memory of the serving
-process tree; for streams, the time to the first event. A key whose budget is spent measures refused calls
-(429, each written to the usage log like a served one). After the Lyss runs the usage log must hold exactly
-one row per request Lyss served and one per request it refused.
+Run with `make bench` (or `python -m bench.gateway`; `BENCH_ROUNDS` rounds, 3 by default, of `BENCH_SECONDS`
+per wrk run, 8 by default; `BENCH_PEERS=portkey` leaves LiteLLM out). Traffic goes to 127.0.0.1 only; every
+wrk run is bounded in time. The provider is `bench.upstream` (a separate, fast process). Lyss runs with one
+granian worker, embedded PostgreSQL and Redis, and everything on: key authentication, rate limits, quota
+reservation and settlement, routing, usage logging. Each round measures every target, plain and streamed:
+requests/s at 1, 16 and 64 connections, CPU per request over each (of the serving process tree; for Lyss
+also of the Redis and PostgreSQL it uses), latency at a fixed 200 requests/s, and the time to the first
+streamed event. The report gives medians over the rounds, Lyss's ratios to the others (per round, then the
+median) and the load average, since the machine may be shared. A key whose budget is spent measures refused
+calls (429, each written to the usage log like a served one). At the end the usage log must hold exactly one
+row per request Lyss served and one per request it refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -24,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -38,27 +42,49 @@ from sqlalchemy import make_url
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.gateway.schemas import TokenCreate
 from app.settings import new_key_entry
-from bench.foundation import WRK_SECONDS, _free_port, _serve, _wrk, add_key, prepare_priced_tenant
+from bench.foundation import LYSS as LYSS_COMMAND
+from bench.foundation import ROOT, WRK_SECONDS, _free_port, _serve, _wrk, add_key, prepare_priced_tenant
 from bench.litellm import LITELLM_VERSION, MASTER_KEY, litellm_proxy
+from bench.portkey import HONO_NODE_SERVER_VERSION, PORTKEY_VERSION, portkey_gateway, portkey_headers
 
 DATABASE = "lyss_gateway_bench"
-PEAK_CONNECTIONS = (16, 64)
+CONNECTIONS = (1, 16, 64)
 PACED_RATE = 200
 PACED_CONNECTIONS = 8
 WARM_UP_SECONDS = 2
-FIRST_EVENT_SAMPLES = 300
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# The gateways compared with Lyss; `BENCH_PEERS=portkey` skips LiteLLM, which takes a minute to start.
+PEERS = tuple(name for name in os.environ.get("BENCH_PEERS", "portkey,litellm").split(",") if name)
+# Another checkout of Lyss (e.g. `git archive <commit> | tar -x -C <dir>`) served next to this one, as
+# "Lyss before", on the same database and Redis: a change measured side by side in one run.
+BEFORE = os.environ.get("BENCH_LYSS_BEFORE")
+FIRST_EVENT_SAMPLES = int(os.environ.get("BENCH_FIRST_EVENT_SAMPLES", "300"))
 _MESSAGES = [{"role": "user", "content": "Say hello"}]
 BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16})
 STREAM_BODY = json.dumps({"model": "gpt-bench", "messages": _MESSAGES, "max_tokens": 16, "stream": True})
 ANSWERED_METRIC = 'lyss_http_request_duration_seconds_count{{method="POST",route="/v1/chat/completions",status="{}"}}'
+MOCK, LYSS, LYSS_BEFORE, PORTKEY, LITELLM = "mock provider", "Lyss", "Lyss before", "Portkey", "LiteLLM"
 
 
 @dataclass
-class Row:
-    target: str
-    peak: dict[int, float]
+class Target:
+    name: str
+    url: str
+    headers: dict[str, str]
+    # The serving process (its tree is counted), and for Lyss the Redis and PostgreSQL it waits on.
+    pid: int | None = None
+    backing: tuple[int, ...] = ()
+
+
+@dataclass
+class Run:
+    """One target, streamed or not, in one round."""
+
+    rps: dict[int, float]
+    p50: dict[int, float]
+    cpu_ms: dict[int, float | None]
+    backing_ms: dict[int, float | None]
     paced: dict[str, float]
-    cpu_ms: float | None
     resident_mb: float | None
 
 
@@ -67,45 +93,43 @@ def _tree(pid: int) -> list[psutil.Process]:
     return [process, *process.children(recursive=True)]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children (granian's workers, uvicorn's)."""
-    return sum(item.cpu_times().user + item.cpu_times().system for item in _tree(pid))
+def _cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU of processes and all their children: for Lyss, `lyss serve`, its granian worker and
+    its embedded job worker; for Portkey, node; for LiteLLM, its proxy and uvicorn's worker."""
+    return sum(item.cpu_times().user + item.cpu_times().system for pid in pids for item in _tree(pid))
 
 
 def _resident_mb(pid: int) -> float:
     return sum(item.memory_info().rss for item in _tree(pid)) / 2**20
 
 
-def _measure(
-    target: str, url: str, headers: dict[str, str], body: str, pid: int | None, *, refused: bool = False
-) -> Row:
-    """Peak throughput at each connection count, then latency at a fixed rate; CPU over the peak runs.
+def _measure(target: Target, body: str, *, refused: bool = False) -> Run:
+    """Peak throughput at each connection count (CPU per request over each), then latency at a fixed rate.
     Every answer must be a 2xx, or with `refused`, none."""
 
     def check(figures: dict[str, float]) -> None:
         wrong = figures["requests"] - figures["non_2xx"] if refused else figures["non_2xx"]
         if wrong:
-            raise SystemExit(f"{target}: {wrong:.0f} answers were {'2xx' if refused else 'not 2xx'}")
+            raise SystemExit(f"{target.name}: {wrong:.0f} answers were {'2xx' if refused else 'not 2xx'}")
 
-    check(_wrk(url, PEAK_CONNECTIONS[0], headers, post_json=body, seconds=WARM_UP_SECONDS))
-    peak: dict[int, float] = {}
-    served = cpu = 0.0
-    for connections in PEAK_CONNECTIONS:
-        before = _cpu_seconds(pid) if pid else 0.0
-        figures = _wrk(url, connections, headers, post_json=body)
+    own = (target.pid,) if target.pid else ()
+    check(_wrk(target.url, 16, target.headers, post_json=body, seconds=WARM_UP_SECONDS))
+    run = Run({}, {}, {}, {}, {}, None)
+    for connections in CONNECTIONS:
+        before, backing_before = _cpu_seconds(own), _cpu_seconds(target.backing)
+        figures = _wrk(target.url, connections, target.headers, post_json=body)
         check(figures)
-        cpu += (_cpu_seconds(pid) - before) if pid else 0.0
-        served += figures["requests"]
-        peak[connections] = figures["rps"]
-    paced = _wrk(url, PACED_CONNECTIONS, headers, post_json=body, rate=PACED_RATE)
-    check(paced)
-    return Row(
-        target,
-        peak,
-        paced,
-        cpu * 1000 / served if pid else None,
-        _resident_mb(pid) if pid else None,
-    )
+        if not figures["requests"]:
+            raise SystemExit(f"{target.name}: no call completed in {WRK_SECONDS} s at {connections} connections")
+        run.rps[connections], run.p50[connections] = figures["rps"], figures["p50"]
+        run.cpu_ms[connections] = (_cpu_seconds(own) - before) * 1000 / figures["requests"] if own else None
+        run.backing_ms[connections] = (
+            (_cpu_seconds(target.backing) - backing_before) * 1000 / figures["requests"] if target.backing else None
+        )
+    run.paced = _wrk(target.url, PACED_CONNECTIONS, target.headers, post_json=body, rate=PACED_RATE)
+    check(run.paced)
+    run.resident_mb = _resident_mb(target.pid) if target.pid else None
+    return run
 
 
 def _first_event_ms(url: str, headers: dict[str, str], stream_body: str = STREAM_BODY) -> list[float]:
@@ -199,117 +223,216 @@ def _quantile(samples: list[float], percent: int) -> float:
     return statistics.quantiles(samples, n=100)[percent - 1]
 
 
-def main() -> None:
-    rows: list[Row] = []
+def _postgres_pid(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def _rounds(targets: list[Target]) -> tuple[dict[tuple[str, bool], list[Run]], dict[str, list[float]], list[str]]:
+    """Every target, plain then streamed, in each round; the order turns by one each round so that no
+    target always runs first (or last) in a round. Returns the runs, first-event times and load averages."""
+    runs: dict[tuple[str, bool], list[Run]] = {}
     first_event: dict[str, list[float]] = {}
-    with _upstream() as upstream_base, tempfile.TemporaryDirectory(prefix="lyss-gateway-bench-") as scratch:
+    loads = []
+    for number in range(ROUNDS):
+        shift = number % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            for streamed in (False, True):
+                run = _measure(target, STREAM_BODY if streamed else BODY)
+                runs.setdefault((target.name, streamed), []).append(run)
+            first_event.setdefault(target.name, []).extend(_first_event_ms(target.url, target.headers))
+        loads.append(_load())
+        print(f"round {number + 1} of {ROUNDS} done, load average {loads[-1]}", file=sys.stderr, flush=True)
+    return runs, first_event, loads
+
+
+def _first_call(target: Target) -> None:
+    """One call before the rounds, waited for: LiteLLM's first takes seconds, longer than wrk's timeout."""
+    headers = {**target.headers, "Content-Type": "application/json"}
+    response = httpx.post(target.url, content=BODY, headers=headers, timeout=120)
+    if response.status_code != 200:
+        raise SystemExit(f"{target.name}: the first call answered {response.status_code}: {response.text[:200]}")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def main() -> None:
+    load_before = _load()
+    with contextlib.ExitStack() as stack:
+        upstream_base = stack.enter_context(_upstream())
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lyss-gateway-bench-")))
         upstream_url = f"{upstream_base}/chat/completions"
-        rows.append(_measure("provider alone", upstream_url, {}, BODY, None))
-        rows.append(_measure("provider alone, streamed", upstream_url, {}, STREAM_BODY, None))
-        first_event["provider alone"] = _first_event_ms(upstream_url, {})
+        targets = [Target(MOCK, upstream_url, {})]
 
-        postgres = EmbeddedPostgres(Path(scratch) / "postgres")
-        redis_server = EmbeddedRedis(Path(scratch) / "redis")
+        postgres = EmbeddedPostgres(scratch / "postgres")
+        redis_server = EmbeddedRedis(scratch / "redis")
         superuser_url = postgres.start()
+        stack.callback(postgres.stop)
         redis_url = redis_server.start()
-        try:
-            encryption_keys = new_key_entry()
-            app_url, key, user = asyncio.run(
-                prepare_priced_tenant(
-                    superuser_url, DATABASE, upstream_base, encryption_keys, prices={"gpt-bench": (150_000, 600_000)}
-                )
+        stack.callback(redis_server.stop)
+        encryption_keys = new_key_entry()
+        app_url, key, user = asyncio.run(
+            prepare_priced_tenant(
+                superuser_url, DATABASE, upstream_base, encryption_keys, prices={"gpt-bench": (150_000, 600_000)}
             )
-            # A key whose budget is spent: every call is refused (429) after its plan and reservation script.
-            spent_key = asyncio.run(add_key(app_url, user, TokenCreate(name="spent", quota=0)))
-            environment = {
-                "PATH": os.environ["PATH"],
-                "DATABASE_URL": app_url,
-                "REDIS_URL": redis_url,
-                "LYSS_ENCRYPTION_KEYS": encryption_keys,
-                "LYSS_JWT_KEYS": new_key_entry(),
-                "LYSS_WORKERS": "1",
-                # The usage log is written by the job worker (in a deployment, `lyss worker`).
-                "LYSS_EMBEDDED_WORKER": "true",
-            }
-            port = _free_port()
-            base_url = f"http://127.0.0.1:{port}"
-            lyss_url = f"{base_url}/v1/chat/completions"
+        )
+        # A key whose budget is spent: every call is refused (429) after its plan and reservation script.
+        spent_key = asyncio.run(add_key(app_url, user, TokenCreate(name="spent", quota=0)))
+        environment = {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": app_url,
+            "REDIS_URL": redis_url,
+            "LYSS_ENCRYPTION_KEYS": encryption_keys,
+            "LYSS_JWT_KEYS": new_key_entry(),
+            "LYSS_WORKERS": "1",
+        }
+        port = _free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        lyss_url = f"{base_url}/v1/chat/completions"
+        served = stack.enter_context(_serve(environment, port))
+        # The usage log is written by a `lyss worker` of its own (not a child of the server, whose CPU is
+        # counted), as in a deployment.
+        worker = subprocess.Popen(
+            [LYSS_COMMAND, "worker"],
+            env={**environment, "PYTHONPATH": str(ROOT), "LYSS_LOG_LEVEL": "warning"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        stack.callback(worker.wait, 60)
+        stack.callback(worker.terminate)
+        backing = (_postgres_pid(postgres.pgdata), int(redis_server.pid_file.read_text()))
+        targets.append(Target(LYSS, lyss_url, {"Authorization": f"Bearer {key}"}, served.pid, backing))
+        before_url = None
+        if BEFORE:
+            before_port = _free_port()
+            before_url = f"http://127.0.0.1:{before_port}"
+            before = stack.enter_context(_serve(environment, before_port, Path(BEFORE)))
             auth = {"Authorization": f"Bearer {key}"}
-            with _serve(environment, port) as served:
-                overhead = _self_reported_overhead(lyss_url, key)
-                rows.append(_measure("Lyss", lyss_url, auth, BODY, served.pid))
-                rows.append(_measure("Lyss, streamed", lyss_url, auth, STREAM_BODY, served.pid))
-                first_event["Lyss"] = _first_event_ms(lyss_url, auth)
-                spent = {"Authorization": f"Bearer {spent_key}"}
-                rows.append(_measure("Lyss, refused (429)", lyss_url, spent, BODY, served.pid, refused=True))
-                requests_served, requests_refused = _answered(base_url, 200), _answered(base_url, 429)
-            usage_rows = asyncio.run(_usage_rows(superuser_url, requests_served + requests_refused))
-        finally:
-            redis_server.stop()
-            postgres.stop()
-        if (usage_rows.get("ok", 0), usage_rows.get("refused", 0)) != (requests_served, requests_refused):
-            raise SystemExit(
-                f"the usage log holds {usage_rows} rows for {requests_served} requests served "
-                f"and {requests_refused} refused"
+            targets.append(Target(LYSS_BEFORE, f"{before_url}/v1/chat/completions", auth, before.pid, backing))
+        if "portkey" in PEERS:
+            portkey_url, portkey = stack.enter_context(portkey_gateway())
+            targets.append(
+                Target(PORTKEY, f"{portkey_url}/v1/chat/completions", portkey_headers(upstream_base), portkey.pid)
             )
-
-        with litellm_proxy(upstream_base) as (litellm_url, proxy):
+        if "litellm" in PEERS:
+            litellm_url, proxy = stack.enter_context(litellm_proxy(upstream_base))
             litellm_headers = {"Authorization": f"Bearer {MASTER_KEY}"}
-            litellm_chat = f"{litellm_url}/v1/chat/completions"
-            rows.append(_measure("LiteLLM", litellm_chat, litellm_headers, BODY, proxy.pid))
-            rows.append(_measure("LiteLLM, streamed", litellm_chat, litellm_headers, STREAM_BODY, proxy.pid))
-            first_event["LiteLLM"] = _first_event_ms(litellm_chat, litellm_headers)
+            targets.append(Target(LITELLM, f"{litellm_url}/v1/chat/completions", litellm_headers, proxy.pid))
 
-    _report(rows, first_event, overhead, usage_rows, (requests_served, requests_refused))
+        for target in targets:
+            _first_call(target)
+        overhead = _self_reported_overhead(lyss_url, key)
+        runs, first_event, loads = _rounds(targets)
+        spent = Target("Lyss, refused (429)", lyss_url, {"Authorization": f"Bearer {spent_key}"}, served.pid, backing)
+        refused = _measure(spent, BODY, refused=True)
+        lyss_urls = [base_url] if before_url is None else [base_url, before_url]
+        requests = sum(_answered(url, 200) for url in lyss_urls), sum(_answered(url, 429) for url in lyss_urls)
+        usage_rows = asyncio.run(_usage_rows(superuser_url, sum(requests)))
+        if (usage_rows.get("ok", 0), usage_rows.get("refused", 0)) != requests:
+            raise SystemExit(
+                f"the usage log holds {usage_rows} rows for {requests[0]} requests served and {requests[1]} refused"
+            )
+    _report(runs, refused, first_event, overhead, usage_rows, requests, (load_before, loads, _load()))
+
+
+def _median(runs: list[Run], figure: Callable[[Run], float | None]) -> float | None:
+    values = [value for run in runs if (value := figure(run)) is not None]
+    return statistics.median(values) if values else None
+
+
+def _peak(runs: list[Run], connections: int) -> float:
+    return statistics.median(run.rps[connections] for run in runs)
+
+
+def _shown(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def _report(
-    rows: list[Row],
+    runs: dict[tuple[str, bool], list[Run]],
+    refused: Run,
     first_event: dict[str, list[float]],
     overhead: tuple[float, float],
     usage_rows: dict[str, int],
     requests: tuple[int, int],
+    loads: tuple[str, list[str], str],
 ) -> None:
-    by_target = {row.target: row for row in rows}
     cpu_lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpu_lines if line.startswith("model name")), "")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    names = [name for name in (MOCK, LYSS, LYSS_BEFORE, PORTKEY, LITELLM) if (name, False) in runs]
     print(
         f"{datetime.date.today()} · {os.cpu_count()} CPUs ({cpu}) · Python {platform.python_version()} · "
-        f"Lyss {commit} (granian {version('granian')}, one worker) · LiteLLM {LITELLM_VERSION} (one worker) · "
-        f"wrk -t1, {WRK_SECONDS} s per run, {PACED_RATE} req/s paced over {PACED_CONNECTIONS} connections"
+        f"Lyss {commit} (granian {version('granian')}, one worker) · Portkey {PORTKEY_VERSION} (node "
+        f"{subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}, "
+        f"@hono/node-server {HONO_NODE_SERVER_VERSION}) · LiteLLM {LITELLM_VERSION} (one worker) · "
+        f"wrk -t1, {WRK_SECONDS} s per run, {PACED_RATE} req/s paced over {PACED_CONNECTIONS} connections · "
+        f"medians of {ROUNDS} interleaved rounds"
     )
+    print(f"load average (1, 5, 15 min): before {loads[0]}; after each round {' | '.join(loads[1])}; after {loads[2]}")
     print(
-        "| target | req/s, 16 conns | req/s, 64 conns | at 200 req/s: served | p50 ms | p90 ms | p99 ms "
-        "| added p50 ms | added p99 ms | CPU ms per request | resident MB |"
+        "| target | req/s, 1 conn | 16 conns | 64 conns | p50 ms, 1 conn | added p50 ms, 1 conn "
+        "| at 200 req/s: p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| CPU ms/request, 1 conn | 64 conns | Redis+PostgreSQL CPU ms/request, 1 conn | 64 conns | resident MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        floor = by_target["provider alone, streamed" if "streamed" in row.target else "provider alone"]
-        if "refused" in row.target:
-            floor = row  # no provider is called: nothing to add to
-        added = (
-            ("—", "—")
-            if row is floor
-            else (f"{row.paced['p50'] - floor.paced['p50']:.2f}", f"{row.paced['p99'] - floor.paced['p99']:.2f}")
-        )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for streamed in (False, True):
+        floor = runs[(MOCK, streamed)]
+        for name in names:
+            own = runs[(name, streamed)]
+            p50_1 = _median(own, lambda run: run.p50[1])
+            added_1 = _median(own, lambda run: run.p50[1]) - _median(floor, lambda run: run.p50[1])  # type: ignore[operator]
+            paced_p50 = _median(own, lambda run: run.paced["p50"])
+            paced_p99 = _median(own, lambda run: run.paced["p99"])
+            added = (
+                (None, None)
+                if name == MOCK
+                else (
+                    paced_p50 - _median(floor, lambda run: run.paced["p50"]),  # type: ignore[operator]
+                    paced_p99 - _median(floor, lambda run: run.paced["p99"]),  # type: ignore[operator]
+                )
+            )
+            print(
+                f"| {name}{', streamed' if streamed else ''} "
+                + "".join(f"| {_shown(_peak(own, connections), 0)} " for connections in CONNECTIONS)
+                + f"| {_shown(p50_1)} | {_shown(None if name == MOCK else added_1)} "
+                f"| {_shown(paced_p50)} | {_shown(paced_p99)} | {_shown(added[0])} | {_shown(added[1])} "
+                f"| {_shown(_median(own, lambda run: run.cpu_ms[1]))} "
+                f"| {_shown(_median(own, lambda run: run.cpu_ms[64]))} "
+                f"| {_shown(_median(own, lambda run: run.backing_ms[1]))} "
+                f"| {_shown(_median(own, lambda run: run.backing_ms[64]))} "
+                f"| {_shown(_median(own, lambda run: run.resident_mb), 0)} |"
+            )
+    print(
+        f"Lyss, refused (429: a spent key), one run after the rounds: {refused.rps[1]:,.0f} / {refused.rps[16]:,.0f} / "
+        f"{refused.rps[64]:,.0f} req/s at 1 / 16 / 64 connections, CPU {_shown(refused.cpu_ms[1])} / "
+        f"{_shown(refused.cpu_ms[64])} ms per request at 1 / 64"
+    )
+    for peer in (LYSS_BEFORE, PORTKEY, LITELLM):
+        if (peer, False) not in runs:
+            continue
+        for streamed in (False, True):
+            ratios = []
+            for connections in CONNECTIONS:
+                # The ratio of each round, then their median: both gateways saw the same moment's load.
+                pairs = zip(runs[(LYSS, streamed)], runs[(peer, streamed)], strict=True)
+                ratios.append(
+                    statistics.median(ours.rps[connections] / theirs.rps[connections] for ours, theirs in pairs)
+                )
+            print(
+                f"Lyss / {peer}{', streamed' if streamed else ''}: "
+                + ", ".join(f"{ratio:.2f}x at {c}" for ratio, c in zip(ratios, CONNECTIONS, strict=True))
+                + " connections"
+            )
+    first_floor = statistics.median(first_event[MOCK])
+    for name in names:
+        p50, p99 = statistics.median(first_event[name]), _quantile(first_event[name], 99)
         print(
-            f"| {row.target} | {row.peak[16]:.0f} | {row.peak[64]:.0f} | {row.paced['rps']:.0f} "
-            f"| {row.paced['p50']:.2f} | {row.paced['p90']:.2f} | {row.paced['p99']:.2f} | {added[0]} | {added[1]} "
-            f"| {'—' if row.cpu_ms is None else f'{row.cpu_ms:.2f}'} "
-            f"| {'—' if row.resident_mb is None else f'{row.resident_mb:.0f}'} |"
-        )
-    for connections in PEAK_CONNECTIONS:
-        for suffix in ("", ", streamed"):
-            ratio = by_target[f"Lyss{suffix}"].peak[connections] / by_target[f"LiteLLM{suffix}"].peak[connections]
-            print(f"Lyss{suffix} / LiteLLM{suffix} at {connections} connections: {ratio:.1f}x")
-    first_floor = statistics.median(first_event["provider alone"])
-    for target in ("Lyss", "LiteLLM"):
-        p50, p99 = statistics.median(first_event[target]), _quantile(first_event[target], 99)
-        print(
-            f"time to first streamed event, {target}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-            f"(added p50 {p50 - first_floor:.2f}"
-            f" ms; provider alone p50 {first_floor:.2f} ms), {FIRST_EVENT_SAMPLES} sequential requests"
+            f"time to first streamed event, {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            + ("" if name == MOCK else f" (added p50 {p50 - first_floor:.2f} ms)")
+            + f", {len(first_event[name])} sequential requests on fresh connections"
         )
     print(f"x-lyss-overhead-ms over 300 sequential calls: p50 {overhead[0]:.2f} ms, p99 {overhead[1]:.2f} ms")
     print(

@@ -203,7 +203,9 @@ class GatewayApi:
             if size > self.max_body_bytes:
                 raise _too_large(self.max_body_bytes)
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            # granian sends the body, then an empty last message: a round trip through its threads that a
+            # body of the announced length need not wait for.
+            if not message.get("more_body", False) or size == request.content_length:
                 break
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
