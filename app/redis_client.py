@@ -21,6 +21,10 @@ CLUSTER_SLOTS = 16384
 # (see `create_redis`), which Litestar's check of a dependency against its annotation would refuse.
 RedisDependency = NamedDependency[SkipValidation[Redis]]
 CHECK_TIMEOUT_SECONDS = 3.0
+# redis-py's cluster client has no waiting pool: past its cap a command fails at once (MaxConnectionsError)
+# where the single-server pool waits for a free connection. So its cap, per node and process, is far above
+# the concurrency of a burst (300 concurrent calls of one tenant are 300 scripts on one master at once).
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 2_000
 
 
 def is_cluster_url(url: str) -> bool:
@@ -47,7 +51,7 @@ def create_redis(url: str, *, max_connections: int, wait_seconds: float) -> Redi
         )
     cluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
-        max_connections=max_connections,
+        max_connections=max(max_connections, CLUSTER_MAX_CONNECTIONS_PER_NODE),
         socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
         **_credentials(url),
     )

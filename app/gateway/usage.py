@@ -314,10 +314,13 @@ async def warn_without_usage_writer(
 ) -> None:
     """For an API process: log a warning while no worker writes usage (once when it stops, once when it is back).
 
-    The first look waits `grace_seconds`, so that a worker started with the API (the embedded one) has run.
-    Calls are still served and their records kept in Redis: the warning is all an API process can do.
+    The first look waits `grace_seconds`, so that a worker started with the API (the embedded one) has run; the
+    warning comes after two looks in a row without a heartbeat, so that a worker restarting (or a heartbeat
+    missed once) is no alarm. Calls are still served and their records kept in Redis: the warning is all an
+    API process can do.
     """
     seen = True
+    missed = 0
     delay = grace_seconds
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -329,11 +332,13 @@ async def warn_without_usage_writer(
             now_seen = await usage_writer_seen(redis)
         except RedisError:
             continue  # Redis is down: /readyz says so, and calls fail before usage matters
-        if seen and not now_seen:
+        missed = 0 if now_seen else missed + 1
+        if seen and missed == 2:
             logger.warning(
                 "usage is not being written: no lyss worker runs the usage flusher; calls wait in Redis until one does",
                 heartbeat_seconds=HEARTBEAT_SECONDS,
             )
+            seen = False
         elif now_seen and not seen:
             logger.info("usage is being written again: a lyss worker runs the usage flusher")
-        seen = now_seen
+            seen = True

@@ -7,9 +7,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis.asyncio import Redis
-
 from app.gateway.usage import UsageFlusher
+from app.redis_client import close_redis, create_redis
 from db.session import create_engine, create_session_maker
 
 
@@ -26,12 +25,12 @@ def usage_writer(database_url: str, redis_url: str) -> Iterator[None]:
 
     async def run() -> None:
         engine = create_engine(database_url, pool_size=2)
-        redis = Redis.from_url(redis_url)
+        redis = create_redis(redis_url, max_connections=8, wait_seconds=10)  # a plain Redis or a cluster
         ready.set()
         try:
             await UsageFlusher(redis, create_session_maker(engine)).run(stop)
         finally:
-            await redis.aclose()
+            await close_redis(redis)
             await engine.dispose()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), name="usage-writer", daemon=True)

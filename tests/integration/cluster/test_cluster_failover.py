@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.gateway.limits import GatewayLimits
 from app.main import create_app
 from app.settings import Settings
+from db.bootstrap import DatabaseUrls
 from db.provider import UsageLog
 from tests.integration.gateway.test_budgets import CALL_COST, call, priced_channel
 from tests.support.clients import AuthHeaders, Client
@@ -24,6 +25,7 @@ from tests.support.gateway import issue_key, token_id_of, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.redis_cluster import LocalRedisCluster, redis_at
 from tests.support.tenants import TenantRows
+from tests.support.usage_writer import usage_writer
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +56,13 @@ def clean_redis(dying_cluster: LocalRedisCluster) -> None:
 @pytest.fixture
 def settings(cluster_settings: Settings, clean_database: None, clean_redis: None) -> Settings:
     return cluster_settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_usage_writer(database: DatabaseUrls, dying_cluster: LocalRedisCluster) -> Iterator[None]:
+    """The usage log of the calls made here is written from the cluster's streams, as `lyss worker` would."""
+    with usage_writer(database.app_url, dying_cluster.url):
+        yield
 
 
 @pytest.fixture(scope="module")

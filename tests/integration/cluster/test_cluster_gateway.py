@@ -7,7 +7,7 @@ a clean slate on the cluster instead of the single embedded Redis.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
@@ -17,6 +17,7 @@ from litestar import Litestar
 
 from app.main import create_app
 from app.settings import Settings
+from db.bootstrap import DatabaseUrls
 from tests.integration.gateway.test_backpressure import (
     test_a_channel_limited_to_4_in_flight_never_has_more_at_the_provider_and_its_queue_is_bounded,
     test_a_key_with_max_concurrent_2_runs_2_and_refuses_the_rest_at_once_on_the_record,
@@ -42,6 +43,7 @@ from tests.integration.jobs.test_jobs import (
     test_ten_concurrent_submissions_with_one_key_make_one_job_and_one_effect,
 )
 from tests.support.redis_cluster import LocalRedisCluster
+from tests.support.usage_writer import usage_writer
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +80,13 @@ def clean_redis(redis_cluster: LocalRedisCluster) -> None:
 @pytest.fixture
 def settings(cluster_settings: Settings, clean_database: None, clean_redis: None) -> Settings:
     return cluster_settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_usage_writer(database: DatabaseUrls, redis_cluster: LocalRedisCluster) -> Iterator[None]:
+    """The usage log of the calls made here is written from the cluster's streams, as `lyss worker` would."""
+    with usage_writer(database.app_url, redis_cluster.url):
+        yield
 
 
 @pytest.fixture(scope="module")

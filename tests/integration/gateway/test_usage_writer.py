@@ -56,6 +56,21 @@ async def test_an_api_process_warns_while_no_worker_writes_usage_and_says_when_o
     assert logged.entries[1:] == [("info", "usage is being written again: a lyss worker runs the usage flusher")]
 
 
+async def test_a_heartbeat_missed_at_one_look_only_is_no_alarm(
+    quiet_redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged = Recorder()
+    monkeypatch.setattr(usage, "logger", logged)
+    stop = asyncio.Event()
+    watch = asyncio.create_task(warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.2))
+    await asyncio.sleep(0.15)  # the first look found no heartbeat; a worker (re)starting sets it before the next
+    await quiet_redis.set(HEARTBEAT_KEY, "worker-1", ex=HEARTBEAT_SECONDS)
+    await asyncio.sleep(0.4)
+    stop.set()
+    await asyncio.wait_for(watch, 1)
+    assert logged.entries == []
+
+
 async def test_the_job_worker_runs_the_usage_flusher_and_an_api_process_does_not(
     settings: Settings, quiet_redis: Redis
 ) -> None:
