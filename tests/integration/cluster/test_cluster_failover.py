@@ -27,7 +27,7 @@ from tests.support.redis_cluster import LocalRedisCluster, redis_at
 from tests.support.tenants import TenantRows
 from tests.support.usage_writer import usage_writer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]
 
 QUOTA_CALLS = 40
 
