@@ -18,59 +18,13 @@ from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
 from app.gateway.rollups import DAILY_KINDS, HOURLY_KINDS, sums_since
 from app.gateway.usage import UsageFlusher
 from app.portal.services import _bucket_starts, dashboard
-from db.provider import NO_ID, UsageLog
+from db.provider import UsageLog
 from db.session import tenant_session
 from tests.support.clients import AuthHeaders, Client, bearer
 from tests.support.gateway import add_channel, chat_body, issue_key, set_price, token_id_of, usage_rows
 from tests.support.mock_upstream import MockUpstream
+from tests.support.rollups import expected_rollups, period_start, rollup_rows
 from tests.support.tenants import TenantRows
-
-_SUMMED = (
-    "calls",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cost",
-    "overshoot",
-    "latency_ms_sum",
-)
-_ROLLUP_ROWS = "SELECT kind, start, user_id, token_id, model, {} FROM {{}}".format(", ".join(_SUMMED))
-
-
-def _start(moment: datetime.datetime, unit: str) -> datetime.datetime:
-    moment = moment.astimezone(datetime.UTC).replace(minute=0, second=0, microsecond=0)
-    return moment.replace(hour=0) if unit == "day" else moment
-
-
-def _expected(rows: list[UsageLog], unit: str, kinds: tuple[str, ...]) -> dict[tuple[Any, ...], tuple[int, ...]]:
-    """The rollup rows the calls make, summed here in Python from the log's rows."""
-    found: dict[tuple[Any, ...], list[int]] = {}
-    for row in rows:
-        for kind in kinds:
-            key = (
-                kind,
-                _start(row.created_at, unit),
-                (row.user_id or NO_ID) if kind in ("user", "user_model") else NO_ID,
-                (row.token_id or NO_ID) if kind == "key" else NO_ID,
-                row.model if kind in ("model", "user_model") else "",
-            )
-            sums = found.setdefault(key, [0] * len(_SUMMED))
-            values = (
-                1, int(not 200 <= row.status_code <= 299), row.prompt_tokens, row.completion_tokens,
-                row.cached_tokens, row.cost, row.overshoot, row.latency_ms,
-            )  # fmt: skip
-            for index, value in enumerate(values):
-                sums[index] += value
-    return {key: tuple(sums) for key, sums in found.items()}
-
-
-async def _rollups(session: AsyncSession, table: str) -> dict[tuple[Any, ...], tuple[int, ...]]:
-    rows = (await session.execute(text(_ROLLUP_ROWS.format(table)))).all()
-    return {
-        (kind, start.astimezone(datetime.UTC), user_id, token_id, model): tuple(sums)
-        for kind, start, user_id, token_id, model, *sums in rows
-    }
 
 
 def _record(tenant: TenantRows, user_id: UUID, token_id: UUID, model: str, at: datetime.datetime, **fields: Any) -> Any:
@@ -166,8 +120,8 @@ async def test_the_rollups_and_every_figure_read_from_them_equal_the_calls_of_th
         rows = list((await session.scalars(select(UsageLog))).all())
         assert len(rows) == len(statuses) + 10
         assert {row.status_code for row in rows} >= {200, 502}
-        assert await _rollups(session, "provider_usage_hourly") == _expected(rows, "hour", HOURLY_KINDS)
-        assert await _rollups(session, "provider_usage_daily") == _expected(rows, "day", DAILY_KINDS)
+        assert await rollup_rows(session, "provider_usage_hourly") == expected_rollups(rows, "hour", HOURLY_KINDS)
+        assert await rollup_rows(session, "provider_usage_daily") == expected_rollups(rows, "day", DAILY_KINDS)
 
         for window in ("24h", "7d", "30d"):
             starts = _bucket_starts(now, window)
@@ -175,7 +129,7 @@ async def test_the_rollups_and_every_figure_read_from_them_equal_the_calls_of_th
             for user_id in (None, tenant_a.user.id):
                 mine = [row for row in rows if user_id is None or row.user_id == user_id]
                 figures = await dashboard(session, window, user_id=user_id, with_channels=False, now=now)
-                buckets = _window_figures(mine, starts[0], lambda row, unit=unit: _start(row.created_at, unit))
+                buckets = _window_figures(mine, starts[0], lambda row, unit=unit: period_start(row.created_at, unit))
                 assert {
                     bucket.start: (bucket.requests, bucket.errors, bucket.tokens, bucket.cost)
                     for bucket in figures.buckets
@@ -230,16 +184,16 @@ async def test_a_redelivered_call_is_summed_once_and_another_tenant_sees_no_sums
     first = [_record(tenant_a, tenant_a.user.id, key, "m", now - datetime.timedelta(hours=hours)) for hours in (0, 5)]
     await _flush(redis_url, session_maker, first)
     async with tenant_session(session_maker, tenant_a.id) as session:
-        before = await _rollups(session, "provider_usage_daily")
+        before = await rollup_rows(session, "provider_usage_daily")
     # A flusher that died after its commit, before acknowledging: the same records again, with a new one.
     fresh = _record(tenant_a, tenant_a.user.id, key, "m", now - datetime.timedelta(minutes=1), cost=5)
     await _flush(redis_url, session_maker, [*first, fresh])
     async with tenant_session(session_maker, tenant_a.id) as session:
         rows = list((await session.scalars(select(UsageLog))).all())
         assert len(rows) == 3
-        assert before != await _rollups(session, "provider_usage_daily")
-        assert await _rollups(session, "provider_usage_daily") == _expected(rows, "day", DAILY_KINDS)
-        assert await _rollups(session, "provider_usage_hourly") == _expected(rows, "hour", HOURLY_KINDS)
+        assert before != await rollup_rows(session, "provider_usage_daily")
+        assert await rollup_rows(session, "provider_usage_daily") == expected_rollups(rows, "day", DAILY_KINDS)
+        assert await rollup_rows(session, "provider_usage_hourly") == expected_rollups(rows, "hour", HOURLY_KINDS)
         month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         this_month = [row for row in rows if row.created_at >= month_start]
         assert (await usage_this_month(session, now)).get(tenant_a.user.id) == (
