@@ -968,7 +968,7 @@ class MonthlyUsage(msgspec.Struct, frozen=True):
 async def usage_this_month(
     session: AsyncSession, now: datetime.datetime, *, user_id: UUID | None = None
 ) -> dict[UUID, MonthlyUsage]:
-    """Requests and cost per user since the first of this month (UTC), in one grouped query."""
+    """Requests and cost per user since the first of this month (UTC), from the daily rollups."""
     month = now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return {
         owner: MonthlyUsage(requests=sums.calls, cost=sums.cost)
