@@ -307,3 +307,53 @@ class UsageLog(TenantOwned, Base):
     outcome: Mapped[str] = mapped_column(String(30), default="ok", server_default="ok")
     stream: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+
+
+# What a rollup row sums the calls of: one model's, one user's, one key's, or one user's of one model. One
+# row per (period, kind, value) and not per (period, key, user, model, channel): at a few thousand calls an
+# hour across hundreds of keys, every call is nearly its own combination of all of them, and such a rollup
+# would be as big as the log (docs/performance.md, "Usage log at scale").
+ROLLUP_KINDS = ("model", "user", "key", "user_model")
+# Stands for "none" in a rollup's key columns (a call without a user or key, or a kind not grouped by it):
+# a primary key column cannot be NULL.
+NO_ID = UUID(int=0)
+
+
+class _UsageRollup:
+    """Sums of the usage log per period, written by the flusher in the transaction that writes the calls."""
+
+    __table_args__: Any
+    tenant_id: Mapped[UUID] = mapped_column(ForeignKey("tenant_organizations.id", ondelete="CASCADE"), sort_order=-99)
+    start: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(10))
+    user_id: Mapped[UUID]
+    token_id: Mapped[UUID]
+    model: Mapped[str] = mapped_column(String(100))
+    calls: Mapped[int] = mapped_column(BigInteger)
+    # Calls whose client got anything but a 2xx (CALL_FAILED in app/gateway/admin.py).
+    errors: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    overshoot: Mapped[int] = mapped_column(BigInteger)
+    latency_ms_sum: Mapped[int] = mapped_column(BigInteger)
+
+
+def _rollup_keys(table: str) -> tuple[Any, ...]:
+    return (
+        PrimaryKeyConstraint("tenant_id", "kind", "start", "user_id", "token_id", "model", name=f"pk_{table}"),
+        # One user's figures (their dashboard, their month) without reading every user's.
+        Index(f"idx_{table}_tenant_user", "tenant_id", "user_id", "kind", "start"),
+        CheckConstraint(f"kind IN {ROLLUP_KINDS}", name="kind"),
+    )
+
+
+class UsageHourly(_UsageRollup, DefaultBase):
+    __tablename__ = "provider_usage_hourly"
+    __table_args__ = _rollup_keys(__tablename__)
+
+
+class UsageDaily(_UsageRollup, DefaultBase):
+    __tablename__ = "provider_usage_daily"
+    __table_args__ = _rollup_keys(__tablename__)

@@ -33,6 +33,13 @@ CREATE POLICY lookup_usage_totals ON public.provider_usage_logs FOR SELECT TO ly
 REVOKE ALL ON public.provider_usage_logs FROM lyss_lookup;
 GRANT SELECT (tenant_id, created_at, cost) ON public.provider_usage_logs TO lyss_lookup;
 
+-- The usage rollups (migration 0029): kept by the flusher with the calls it writes (rows added or summed into),
+-- read by the dashboard and the month totals.
+CALL public.isolate_by_tenant('public.provider_usage_hourly');
+GRANT SELECT, INSERT, UPDATE ON public.provider_usage_hourly TO lyss_app;
+CALL public.isolate_by_tenant('public.provider_usage_daily');
+GRANT SELECT, INSERT, UPDATE ON public.provider_usage_daily TO lyss_app;
+
 -- The usage log is partitioned by month (migration 0030). The policy and the grants above are on the parent,
 -- and every query goes through it: the partitions themselves have no grant, and RLS applies to them as rows
 -- of the parent. The worker (the app role) makes next months' partitions ahead of time with this function,

@@ -16,7 +16,7 @@ from uuid import UUID
 import aiohttp
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import Date, Text, and_, cast, func, not_, or_, select, text
+from sqlalchemy import Date, Text, and_, cast, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
@@ -28,6 +28,7 @@ from app.gateway.adapters.anthropic import ANTHROPIC_VERSION
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
 from app.gateway.caches import UNIT_PRICES, GatewayCatalog, announce_change, channel_keys_context
 from app.gateway.price_list import price_list
+from app.gateway.rollups import CALL_FAILED, sums_since
 from app.gateway.schemas import (
     BuiltInPriceList,
     BuiltInPriceRead,
@@ -787,10 +788,6 @@ async def usage_detail(session: AsyncSession, principal: Principal, usage_id: UU
     )
 
 
-# A call counts as failed when its client got anything but a 2xx answer: refused by Lyss, or failed upstream.
-CALL_FAILED = not_(UsageLog.status_code.between(200, 299))
-
-
 class CallCounts(msgspec.Struct, frozen=True):
     calls: int = 0
     failed: int = 0
@@ -798,14 +795,9 @@ class CallCounts(msgspec.Struct, frozen=True):
 
 async def calls_per_key(session: AsyncSession, since: datetime.datetime) -> dict[UUID, CallCounts]:
     """Calls made with each key since `since`, and how many of them failed (refused ones included)."""
-    rows = await session.execute(
-        select(UsageLog.token_id, func.count(), func.count().filter(CALL_FAILED))
-        .where(UsageLog.created_at >= since, UsageLog.token_id.is_not(None))
-        .group_by(UsageLog.token_id)
-    )
     return {
-        token_id: CallCounts(calls=calls, failed=failed)
-        for token_id, calls, failed in rows.all()
+        token_id: CallCounts(calls=sums.calls, failed=sums.errors)
+        for token_id, sums in (await sums_since(session, since, "key")).items()
         if token_id is not None
     }
 
@@ -976,15 +968,12 @@ class MonthlyUsage(msgspec.Struct, frozen=True):
 async def usage_this_month(
     session: AsyncSession, now: datetime.datetime, *, user_id: UUID | None = None
 ) -> dict[UUID, MonthlyUsage]:
-    """Requests and cost per user since the first of this month (UTC), in one grouped query."""
+    """Requests and cost per user since the first of this month (UTC), from the daily rollups."""
     month = now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    rows = await session.execute(
-        select(UsageLog.user_id, func.count(), func.coalesce(func.sum(UsageLog.cost), 0))
-        .where(*UsageFilter(since=month, user_id=user_id).conditions())
-        .group_by(UsageLog.user_id)
-    )
     return {
-        owner: MonthlyUsage(requests=requests, cost=cost) for owner, requests, cost in rows.all() if owner is not None
+        owner: MonthlyUsage(requests=sums.calls, cost=sums.cost)
+        for owner, sums in (await sums_since(session, month, "user", user_id=user_id)).items()
+        if owner is not None
     }
 
 

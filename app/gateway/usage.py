@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.gateway.engine import UsageRecord
 from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
+from app.gateway.rollups import insert_with_rollups
 from app.observability.logging import get_logger
 from app.observability.metrics import USAGE_SET_ASIDE
 from db.provider import ApiToken, Channel
@@ -61,8 +62,10 @@ SELECT id, tenant_id, user_id, token_id, channel_id, request_id, endpoint, model
     latency_ms, upstream_latency_ms, status_code, outcome, stream, details, created_at
 FROM usage_staging
 ON CONFLICT (tenant_id, created_at, id) DO NOTHING
-RETURNING id, token_id, channel_id, cost
+RETURNING *
 """
+# With the hourly and daily sums of the rows inserted, in the same statement.
+_INSERT_WITH_ROLLUPS = insert_with_rollups(_INSERT_FROM_STAGING, "id, token_id, channel_id, cost")
 # A user's or group's spend, on its budget row (made by the first call it pays for). A subject deleted
 # since the call selects nothing, so its spend is dropped rather than failing the batch.
 _ADD_TO_BUDGETS = {
@@ -238,10 +241,11 @@ class UsageFlusher:
             driver = connection.driver_connection
             assert driver is not None
             # COPY into a per-connection scratch table, then one INSERT … ON CONFLICT: a record already
-            # written (redelivered after a crash) is skipped, and RLS checks every row as it goes in.
+            # written (redelivered after a crash) is skipped, and RLS checks every row as it goes in; the
+            # rollups add up only the rows it inserted.
             await driver.execute(_CREATE_STAGING)
             await driver.copy_records_to_table(_STAGING, records=rows, columns=_COLUMNS)
-            inserted = await driver.fetch(_INSERT_FROM_STAGING)
+            inserted = await driver.fetch(_INSERT_WITH_ROLLUPS)
             # Only the rows written now count: a record seen twice is skipped above.
             by_token: Counter[UUID] = Counter()
             by_channel: Counter[UUID] = Counter()

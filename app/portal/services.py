@@ -7,12 +7,12 @@ from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.gateway.admin import CALL_FAILED
+from app.gateway.rollups import Sums, series_since, sums_since
 from db.auth import User
-from db.provider import Channel, UsageLog
+from db.provider import Channel
 
 Window = Literal["24h", "7d", "30d"]
 WINDOWS: dict[str, tuple[datetime.timedelta, str]] = {
@@ -76,54 +76,34 @@ def _bucket_starts(now: datetime.datetime, window: Window) -> list[datetime.date
 async def dashboard(
     session: AsyncSession, window: Window, *, user_id: UUID | None, with_channels: bool, now: datetime.datetime
 ) -> Dashboard:
-    """Usage of the whole organization (RLS), or of one user when `user_id` is given."""
+    """Usage of the whole organization (RLS), or of one user when `user_id` is given, from the rollups: the
+    window starts on a whole hour (24 h) or day, and takes every call after that start."""
     starts = _bucket_starts(now, window)
-    scope = [UsageLog.created_at >= starts[0]]
-    if user_id is not None:
-        scope.append(UsageLog.user_id == user_id)
-    tokens = UsageLog.prompt_tokens + UsageLog.completion_tokens
     unit = WINDOWS[window][1]
-    # Truncated in UTC, like the bucket starts computed above.
-    start = func.date_trunc(unit, UsageLog.created_at, "UTC").label("start")
     buckets = {moment: Bucket(start=moment) for moment in starts}
-    rows = await session.execute(
-        select(
-            start,
-            func.count(),
-            func.count().filter(CALL_FAILED),
-            func.coalesce(func.sum(tokens), 0),
-            func.coalesce(func.sum(UsageLog.cost), 0),
-        )
-        .where(*scope)
-        .group_by(start)
-    )
-    for moment, requests, errors, token_count, cost in rows.all():
-        bucket = buckets.get(moment.replace(tzinfo=datetime.UTC))
+    for moment, sums in (await series_since(session, starts[0], unit, user_id=user_id)).items():
+        bucket = buckets.get(moment)
         if bucket is not None:
-            bucket.requests, bucket.errors, bucket.tokens, bucket.cost = requests, errors, int(token_count), int(cost)
+            bucket.requests, bucket.errors, bucket.tokens, bucket.cost = sums.calls, sums.errors, sums.tokens, sums.cost
     series = list(buckets.values())
 
-    async def leaders(column: Any) -> list[tuple[Any, int, int, int]]:
-        result = await session.execute(
-            select(column, func.count(), func.coalesce(func.sum(tokens), 0), func.coalesce(func.sum(UsageLog.cost), 0))
-            .where(*scope)
-            .group_by(column)
-            .order_by(func.count().desc())
-            .limit(5)
-        )
-        return [(name, n, int(t), int(c)) for name, n, t, c in result.all()]
+    async def leaders(kind: str) -> list[tuple[Any, Sums]]:
+        sums = await sums_since(session, starts[0], kind, user_id=user_id)
+        return sorted(sums.items(), key=lambda entry: -entry[1].calls)[:5]
 
     top_models = [
-        Leader(name=str(name or "—"), requests=n, tokens=t, cost=c) for name, n, t, c in await leaders(UsageLog.model)
+        Leader(name=str(name or "—"), requests=sums.calls, tokens=sums.tokens, cost=sums.cost)
+        for name, sums in await leaders("model" if user_id is None else "user_model")
     ]
     top_users: list[Leader] = []
     if user_id is None:
-        leading = await leaders(UsageLog.user_id)
-        # The five leaders' emails afterwards: a subquery per call (a million lookups for a month) cost more
-        # than the grouping itself.
-        owners = [owner for owner, *_ in leading if owner is not None]
+        leading = await leaders("user")
+        owners = [owner for owner, _ in leading if owner is not None]
         emails = dict((await session.execute(select(User.id, User.email).where(User.id.in_(owners)))).tuples().all())
-        top_users = [Leader(name=emails.get(owner) or "—", requests=n, tokens=t, cost=c) for owner, n, t, c in leading]
+        top_users = [
+            Leader(name=emails.get(owner) or "—", requests=sums.calls, tokens=sums.tokens, cost=sums.cost)
+            for owner, sums in leading
+        ]
     channels: list[ChannelHealth] = []
     if with_channels:
         channels = [

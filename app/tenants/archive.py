@@ -142,8 +142,11 @@ async def export_tenant(
             # One snapshot for every table: rows written meanwhile cannot leave a child without its parent.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             for table in await tenant_tables(session):
-                # Ordered by id (time-ordered uuid7): a parent row comes before the rows that point at it.
-                query = f"SELECT row_to_json(t)::text FROM {table} AS t WHERE {_key_column(table)} = :id ORDER BY id"  # noqa: S608
+                # Ordered by id (time-ordered uuid7): a parent row comes before the rows that point at it. The
+                # usage rollups have no id, and no row points at them.
+                columns = set((await session.execute(_INSERTABLE_COLUMNS, {"table": table})).scalars())
+                order = " ORDER BY id" if "id" in columns else ""
+                query = f"SELECT row_to_json(t)::text FROM {table} AS t WHERE {_key_column(table)} = :id{order}"  # noqa: S608
                 lines = await session.stream_scalars(text(query), {"id": tenant_id})
                 count = 0
                 with archive.open(f"tables/{table}.jsonl", "w") as out:

@@ -7,14 +7,25 @@ import secrets
 from collections.abc import Callable
 from uuid import UUID
 
+from advanced_alchemy.base import DefaultBase
 from uuid_utils.compat import uuid7
 
 from db.auth import Invitation, OAuthConnection, OAuthProvider, PasswordReset, RecoveryCode, User, UserSession
-from db.base import Base
 from db.chat import Attachment, Conversation, Message, Summary
 from db.knowledge import KnowledgeBase, KnowledgeChunk, KnowledgeDocument
 from db.memory import Memory, MemoryAssociation, MemoryHistory
-from db.provider import ApiToken, Channel, ModelAlias, ModelPrice, ModelRouting, StoredResponse, UsageLog
+from db.provider import (
+    NO_ID,
+    ApiToken,
+    Channel,
+    ModelAlias,
+    ModelPrice,
+    ModelRouting,
+    StoredResponse,
+    UsageDaily,
+    UsageHourly,
+    UsageLog,
+)
 from db.tenant import (
     AuditEvent,
     Budget,
@@ -33,13 +44,25 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
+def _rollup() -> dict[str, object]:
+    return {
+        "start": datetime.datetime.now(datetime.UTC).replace(minute=0, second=0, microsecond=0),
+        "kind": "model",
+        "user_id": NO_ID,
+        "token_id": NO_ID,
+        "model": unique("model"),
+        **dict.fromkeys(("calls", "errors", "prompt_tokens", "completion_tokens", "cached_tokens"), 1),
+        **dict.fromkeys(("cost", "overshoot", "latency_ms_sum"), 1),
+    }
+
+
 def expiry() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
 
 
 # One factory per tenant table: a new row for tenant `tenant_id` whose references point at `parents`.
 # Normally both are the same tenant; the tests mix them to attempt cross-tenant writes.
-RowFactory = Callable[[UUID, TenantRows], Base]
+RowFactory = Callable[[UUID, TenantRows], DefaultBase]
 ROW_FACTORIES: dict[str, RowFactory] = {
     # The organization row *is* the tenant: "a row of tenant X" is a new organization that is not X.
     "tenant_organizations": lambda tenant_id, parents: Organization(id=uuid7(), slug=unique("org"), name="Org"),
@@ -129,6 +152,8 @@ ROW_FACTORIES: dict[str, RowFactory] = {
         expires_at=expiry(),
     ),
     "provider_usage_logs": lambda tenant_id, parents: UsageLog(tenant_id=tenant_id, endpoint="chat", model="m"),
+    "provider_usage_hourly": lambda tenant_id, parents: UsageHourly(tenant_id=tenant_id, **_rollup()),
+    "provider_usage_daily": lambda tenant_id, parents: UsageDaily(tenant_id=tenant_id, **_rollup()),
     "tenant_jobs": lambda tenant_id, parents: Job(
         tenant_id=tenant_id, kind="test.kind", idempotency_key=unique("key"), created_by=parents.user.id
     ),

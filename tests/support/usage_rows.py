@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gateway.rollups import insert_with_rollups
 from db.provider import UsageLog
 from db.session import tenant_session
 from tests.support.clients import AuthHeaders, Client
@@ -96,7 +100,20 @@ def one_of_each(tenant: TenantRows, made: Made) -> list[UsageLog]:
     ]
 
 
+# The flusher's own statement, its INSERT replaced by the rows a test has just added.
+_ROLL_UP = text(insert_with_rollups("SELECT * FROM provider_usage_logs WHERE id = ANY(:ids)", "count(*)")).bindparams(
+    bindparam("ids", type_=ARRAY(PG_UUID(as_uuid=True)))
+)
+
+
+async def add_usage(session: AsyncSession, rows: list[UsageLog]) -> None:
+    """Add calls to the log as the flusher writes them: with their hourly and daily sums (not committed)."""
+    session.add_all(rows)
+    await session.flush()
+    await session.execute(_ROLL_UP, {"ids": [row.id for row in rows]})
+
+
 async def store(session_maker: async_sessionmaker[AsyncSession], tenant: TenantRows, rows: list[UsageLog]) -> None:
     async with tenant_session(session_maker, tenant.id) as session:
-        session.add_all(rows)
+        await add_usage(session, rows)
         await session.commit()

@@ -13,7 +13,7 @@ from uuid_utils.compat import uuid7
 
 from db.bootstrap import bootstrap_database, drop_database, plain_url
 from db.migrations import alembic_config, upgrade_to_head
-from db.policies import apply_policies
+from tests.support.policies import apply_policies_of_existing_tables
 
 
 async def test_the_calls_of_an_existing_log_are_all_copied_into_their_months(postgres_superuser_url: str) -> None:
@@ -25,7 +25,7 @@ async def test_the_calls_of_an_existing_log_are_all_copied_into_their_months(pos
         async with engine.begin() as connection:
             await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0026"))
             # As a deployed database at 0026 is: with its policies, the usage log's RLS forced on the owner too.
-            await connection.run_sync(apply_policies)
+            await connection.run_sync(apply_policies_of_existing_tables)
         await engine.dispose()
         now = datetime.datetime.now(datetime.UTC)
         earlier = now - datetime.timedelta(days=70)

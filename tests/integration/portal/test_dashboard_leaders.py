@@ -11,6 +11,7 @@ from app.portal.services import dashboard
 from db.provider import UsageLog
 from db.session import tenant_session
 from tests.support.tenants import TenantRows
+from tests.support.usage_rows import add_usage
 
 
 async def test_top_users_are_ranked_by_calls_and_named_by_email(
@@ -20,11 +21,11 @@ async def test_top_users_are_ranked_by_calls_and_named_by_email(
     gone = uuid7()  # a user deleted since their calls
     callers = [tenant_a.user.id] * 3 + [gone] * 2 + [tenant_a.admin.id] + [None]
     async with tenant_session(session_maker, tenant_a.id) as session:
-        session.add_all(
+        await add_usage(session, [
             UsageLog(endpoint="chat", model="m", user_id=caller, cost=10, prompt_tokens=2, completion_tokens=1,
                      created_at=now - datetime.timedelta(minutes=5))
             for caller in callers
-        )  # fmt: skip
+        ])  # fmt: skip
         await session.commit()
     async with tenant_session(session_maker, tenant_a.id) as session:
         data = await dashboard(session, "24h", user_id=None, with_channels=False, now=now)

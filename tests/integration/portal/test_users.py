@@ -24,6 +24,7 @@ from tests.support.gateway import add_channel, issue_key
 from tests.support.mock_upstream import MockUpstream
 from tests.support.portal import field_error, sign_in
 from tests.support.tenants import TenantRows, audit_actions, audit_events
+from tests.support.usage_rows import add_usage
 
 # The token is the link's last segment.
 INVITATION_TOKEN = re.compile(r'id="invitation-link">[^<]*/portal/join/([^<]+)<')
@@ -111,13 +112,14 @@ async def test_users_list_shows_this_months_usage_per_user_and_links_to_the_log(
     now = datetime.datetime.now(datetime.UTC)
     last_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - datetime.timedelta(days=1)
     async with tenant_session(session_maker, tenant_a.id) as session:
-        session.add_all(
+        await add_usage(
+            session,
             [
                 UsageLog(user_id=tenant_a.user.id, endpoint="chat", model="m", cost=1200, created_at=now),
                 UsageLog(user_id=tenant_a.user.id, endpoint="chat", model="m", cost=34, created_at=now),
                 UsageLog(user_id=tenant_a.user.id, endpoint="chat", model="m", cost=99999, created_at=last_month),
                 UsageLog(user_id=tenant_a.admin.id, endpoint="chat", model="m", cost=7, created_at=now),
-            ]
+            ],
         )
         await session.commit()
     await sign_in(client, tenant_a, tenant_a.admin.email)

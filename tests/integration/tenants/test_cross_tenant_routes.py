@@ -223,6 +223,7 @@ async def rows_of(
     async with tenant_session(session_maker, tenant.id) as session:
         # No API makes a link without a round trip to a provider: the row the isolation matrix uses.
         connection = ROW_FACTORIES["auth_oauth_connections"](tenant.id, tenant)
+        assert isinstance(connection, OAuthConnection)
         # The gateway writes usage rows off the request path; one as it would, without a provider call.
         usage = UsageLog(user_id=tenant.admin.id, endpoint="chat", model="gpt-test", status_code=429, outcome="refused")
         session.add_all([connection, usage])

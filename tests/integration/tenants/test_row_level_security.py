@@ -78,17 +78,27 @@ async def _catalog_rows(owner_engine: AsyncEngine) -> dict[str, dict[str, object
     return {row["name"]: dict(row) for row in rows}
 
 
-async def _insert_row(session: AsyncSession, table: str, tenant_id: UUID, parents: TenantRows) -> UUID:
+# The column that tells the test's row apart, where it is not `id`: the usage rollups are keyed by what they
+# sum (the factory's model name is unique).
+_ROW_KEY = {"provider_usage_hourly": "model", "provider_usage_daily": "model"}
+
+
+def _key(table: str) -> str:
+    return _ROW_KEY.get(table, "id")
+
+
+async def _insert_row(session: AsyncSession, table: str, tenant_id: UUID, parents: TenantRows) -> UUID | str:
     row = ROW_FACTORIES[table](tenant_id, parents)
     session.add(row)
     await session.flush()
-    return row.id
+    return getattr(row, _key(table))  # type: ignore[no-any-return]
 
 
-async def _count(session: AsyncSession, table: str, row_id: UUID | None = None) -> int:
+async def _count(session: AsyncSession, table: str, row_id: UUID | str | None = None) -> int:
     if row_id is None:
         return int(await session.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
-    return int(await session.scalar(text(f"SELECT count(*) FROM {table} WHERE id = :id"), {"id": row_id}) or 0)
+    statement = text(f"SELECT count(*) FROM {table} WHERE {_key(table)} = :id")
+    return int(await session.scalar(statement, {"id": row_id}) or 0)
 
 
 async def _app_may(session: AsyncSession, table: str, privilege: str) -> bool:
@@ -242,8 +252,8 @@ async def test_tenant_b_cannot_see_change_or_delete_tenant_a_rows(
         assert (await session.scalar(text("SELECT current_user"))) == APP_ROLE
         assert await _count(session, table, a_row) == 0
         for statement, privilege in (
-            (f"UPDATE {table} SET created_at = created_at WHERE id = :id", "UPDATE"),
-            (f"DELETE FROM {table} WHERE id = :id", "DELETE"),
+            (f"UPDATE {table} SET {_key(table)} = {_key(table)} WHERE {_key(table)} = :id", "UPDATE"),
+            (f"DELETE FROM {table} WHERE {_key(table)} = :id", "DELETE"),
         ):
             if await _app_may(session, table, privilege):
                 result = await session.execute(text(statement), {"id": a_row})
@@ -275,7 +285,7 @@ async def test_tenant_b_cannot_move_its_rows_into_tenant_a(
         b_row = await _insert_row(session, table, tenant_b.id, tenant_b)
         with pytest.raises(DBAPIError, match=r"row-level security|foreign key"):
             await session.execute(
-                text(f"UPDATE {table} SET tenant_id = :a WHERE id = :id"), {"a": tenant_a.id, "id": b_row}
+                text(f"UPDATE {table} SET tenant_id = :a WHERE {_key(table)} = :id"), {"a": tenant_a.id, "id": b_row}
             )
 
 
