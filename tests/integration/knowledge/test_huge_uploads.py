@@ -1,5 +1,5 @@
-"""A 2 GB upload to a real server (granian, `lyss serve`): refused with a 413 after reading at most about the
-upload limit, whether it declares its length or streams it chunked; nothing is stored."""
+"""A 2 GB upload to a real server (granian, `lyss serve`): refused with a 413 on its announced length before
+any of its body is sent, or, streamed chunked, after at most about the upload limit; nothing is stored."""
 
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ async def _base(lyss: RunningLyss, tenant: TenantRows, upstream: MockUpstream) -
 
 
 async def _send_huge(lyss: RunningLyss, tenant: TenantRows, base_id: str, *, chunked: bool) -> tuple[bytes, int]:
-    """POST a multipart upload announcing (or streaming) 2 GB, 1 MiB at a time, until the server answers or
-    closes; (the status line and headers it answered, the bytes sent)."""
+    """POST a multipart upload of 2 GB: announced by Content-Length (nothing of the body sent before the answer),
+    or streamed chunked, 1 MiB at a time, until the server answers or closes; (its status line and headers,
+    the bytes of body sent)."""
     address = urlsplit(lyss.url)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
     head = (
@@ -66,6 +67,13 @@ async def _send_huge(lyss: RunningLyss, tenant: TenantRows, base_id: str, *, chu
     piece = b"a" * (1024 * 1024)
     sent = 0
     answer = asyncio.create_task(reader.readuntil(b"\r\n\r\n"))
+    if not chunked:
+        # The announced length alone is refused: the answer comes before any of the body is sent.
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), 10), 0
+        finally:
+            answer.cancel()
+            writer.close()
     try:
         body = head
         while sent < TWO_GB and not answer.done():
