@@ -27,16 +27,24 @@ async def quiet_redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 class Recorder:
-    """Stands in for the module's logger: which levels and events were logged, in order."""
+    """Stands in for the module's logger: which levels and events the watcher under test logged, in order.
+
+    The process's shared app runs a watcher of its own, which logs through the same module logger: only what
+    is logged from the task under test counts."""
 
     def __init__(self) -> None:
-        self.entries: list[tuple[str, str]] = []
+        self.logged: list[tuple[asyncio.Task[object] | None, str, str]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def entries(self) -> list[tuple[str, str]]:
+        return [(level, event) for task, level, event in self.logged if task is self.task]
 
     def warning(self, event: str, **_: object) -> None:
-        self.entries.append(("warning", event))
+        self.logged.append((asyncio.current_task(), "warning", event))
 
     def info(self, event: str, **_: object) -> None:
-        self.entries.append(("info", event))
+        self.logged.append((asyncio.current_task(), "info", event))
 
 
 async def test_an_api_process_warns_while_no_worker_writes_usage_and_says_when_one_does(
@@ -45,7 +53,9 @@ async def test_an_api_process_warns_while_no_worker_writes_usage_and_says_when_o
     logged = Recorder()
     monkeypatch.setattr(usage, "logger", logged)
     stop = asyncio.Event()
-    watch = asyncio.create_task(warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.1))
+    watch = logged.task = asyncio.create_task(
+        warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.1)
+    )
     await asyncio.sleep(0.35)  # the first look and two more: one warning, not one per look
     assert [level for level, _ in logged.entries] == ["warning"]
     assert logged.entries[0][1].startswith("usage is not being written: no lyss worker runs the usage flusher")
@@ -62,7 +72,9 @@ async def test_a_heartbeat_missed_at_one_look_only_is_no_alarm(
     logged = Recorder()
     monkeypatch.setattr(usage, "logger", logged)
     stop = asyncio.Event()
-    watch = asyncio.create_task(warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.2))
+    watch = logged.task = asyncio.create_task(
+        warn_without_usage_writer(quiet_redis, stop, grace_seconds=0.05, every_seconds=0.2)
+    )
     await asyncio.sleep(0.15)  # the first look found no heartbeat; a worker (re)starting sets it before the next
     await quiet_redis.set(HEARTBEAT_KEY, "worker-1", ex=HEARTBEAT_SECONDS)
     await asyncio.sleep(0.4)
