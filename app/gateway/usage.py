@@ -169,7 +169,7 @@ class UsageFlusher:
                 try:
                     records.append(_decode_record.decode(fields[b"record"]))
                 except (KeyError, msgspec.DecodeError) as error:
-                    await self._set_aside(key, fields, f"unreadable record {entry_id!r}: {error}")
+                    await self._set_aside(key, fields.get(b"record", b""), f"unreadable record {entry_id!r}: {error}")
             await self._write_or_set_aside(tenant_id, key, records)
             ids = [entry_id for entry_id, _ in entries]
             await self.redis.xack(key, GROUP, *ids)
@@ -190,21 +190,18 @@ class UsageFlusher:
             await self._write(tenant_id, records)
         except _REFUSED_BY_DATABASE as error:
             if len(records) == 1:
-                await self._set_aside(key, {b"record": _encode_record(records[0])}, f"{type(error).__name__}: {error}")
+                await self._set_aside(key, _encode_record(records[0]), f"{type(error).__name__}: {error}")
                 return
             middle = len(records) // 2
             await self._write_or_set_aside(tenant_id, key, records[:middle])
             await self._write_or_set_aside(tenant_id, key, records[middle:])
 
-    async def _set_aside(self, key: str, fields: dict[Any, Any], reason: str) -> None:
-        """Keep a record the database refused in the tenant's dead-letter stream (capped), for an operator."""
+    async def _set_aside(self, key: str, record: bytes, reason: str) -> None:
+        """Keep a record the database refused, or could not be read, in the tenant's dead-letter stream (capped),
+        as it was, with the reason, for an operator."""
         await self.redis.xadd(
-            f"{key}:set-aside",
-            {**{str(name, "utf-8") if isinstance(name, bytes) else name: value for name, value in fields.items()},
-             "reason": reason[:1000]},
-            maxlen=SET_ASIDE_LIMIT,
-            approximate=True,
-        )  # fmt: skip
+            f"{key}:set-aside", {"record": record, "reason": reason[:1000]}, maxlen=SET_ASIDE_LIMIT, approximate=True
+        )
         USAGE_SET_ASIDE.inc()
         logger.error("usage record set aside", stream=f"{key}:set-aside", reason=reason[:300])
 

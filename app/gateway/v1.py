@@ -224,12 +224,18 @@ class GatewayApi:
         body, size = await self._body(request, receive)
         if knowledge_completions.FIELD in body:
             return await self._chat_with_knowledge(token, request, body, size)
+        return await self._openai_chat(token, request, body, size)
+
+    async def _openai_chat(
+        self, token: TokenInfo, request: _Request, body: dict[str, Any], raw_size: int
+    ) -> Answer | StreamAnswer:
+        """An OpenAI chat body, through the response cache (the body as sent on is its key) to the gateway."""
 
         def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
             return self.gateway.chat(
                 token,
                 body,
-                raw_size=size,
+                raw_size=raw_size,
                 dialect="openai",
                 request_id=request.request_id,
                 defer_settlement=True,
@@ -254,27 +260,8 @@ class GatewayApi:
         retrieved passages is a hit, and a base changed since (other passages) a miss. The citations are added
         after it, from this call's search: the cached answer is the provider's, theirs are this request's."""
         injected = await knowledge_completions.inject(self.gateway, self.gateway.session_maker, token, body)
-
-        def upstream(observer: Observer | None) -> Awaitable[Answer | StreamAnswer]:
-            return self.gateway.chat(
-                token,
-                injected.body,
-                # The sources are prompt too: the worst case reserved covers them as it covers the body.
-                raw_size=size + injected.added_bytes,
-                dialect="openai",
-                request_id=request.request_id,
-                defer_settlement=True,
-                observer=observer,
-            )
-
-        answer = await self.response_cache.serve(
-            token,
-            injected.body,
-            endpoint="chat",
-            cache_control_header=request.cache_control,
-            request_id=request.request_id,
-            upstream=upstream,
-        )
+        # The sources are prompt too: the worst case reserved covers them as it covers the body.
+        answer = await self._openai_chat(token, request, injected.body, size + injected.added_bytes)
         answer.headers = {**answer.headers, knowledge_completions.CITATIONS_HEADER: str(len(injected.citations))}
         if isinstance(answer, StreamAnswer):
             answer.chunks = knowledge_completions.cited_stream(answer.chunks, injected.citations)

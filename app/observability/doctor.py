@@ -115,11 +115,10 @@ async def _probe_redis(url: str) -> list[Finding]:
         if reached.level == "unsafe":
             return [reached]
         found = [reached]
+        client = create_redis(url, max_connections=2, wait_seconds=3)
     else:
         found = []
-    client = (
-        create_redis(url, max_connections=2, wait_seconds=3) if found else Redis.from_url(url, socket_connect_timeout=3)
-    )
+        client = Redis.from_url(url, socket_connect_timeout=3)
     try:
         if not found:
             await client.ping()
