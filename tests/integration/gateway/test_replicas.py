@@ -138,6 +138,9 @@ async def test_a_20_rpm_key_serves_exactly_20_of_60_calls_spread_over_two_replic
     assert used == 20 * PRICE
 
 
+CALLERS = 8  # per replica, each with one call in flight at a time
+
+
 async def test_usage_of_replicas_killed_and_stopped_mid_run_is_written_by_the_worker_once(
     database: DatabaseUrls,
     redis_of_deployment: str,
@@ -157,7 +160,7 @@ async def test_usage_of_replicas_killed_and_stopped_mid_run_is_written_by_the_wo
     ):
         upstream.behave("oa", words=10, hang_seconds=0.05)  # calls are in flight when the replicas go
         key = await issue_key(killed, tenant_a, upstream)
-        answered: list[str] = []
+        answered: dict[str, list[str]] = {"killed": [], "stopped": []}
         cut_off: Counter[str] = Counter()
         headers = {"Authorization": f"Bearer {key}"}
 
@@ -169,26 +172,32 @@ async def test_usage_of_replicas_killed_and_stopped_mid_run_is_written_by_the_wo
                     cut_off[name] += 1  # no answer: the replica is gone (the call may or may not have settled)
                     return
                 assert response.status_code < 500, response.text
-                answered.append(response.headers["x-request-id"])
+                answered[name].append(response.headers["x-request-id"])
 
         async with httpx.AsyncClient(timeout=30) as client:
             callers = [
                 asyncio.create_task(keep_calling(client, replica, name))
                 for replica, name in ((killed, "killed"), (stopped, "stopped"))
-                for _ in range(8)
+                for _ in range(CALLERS)
             ]
             await asyncio.sleep(1.5)
-            answered_before = len(answered)
+            answered_before = sum(map(len, answered.values()))
             os.killpg(killed.pid, signal.SIGKILL)
             os.killpg(stopped.pid, signal.SIGTERM)
             await asyncio.wait_for(asyncio.gather(*callers), 30)
     # Both API processes are gone (the block waited for them) before the usage log is read.
     assert answered_before >= 20
-    rows, used = await settled_usage(session_maker, tenant_a, len(answered))
+    all_answered = answered["killed"] + answered["stopped"]
+    rows, used = await settled_usage(session_maker, tenant_a, len(all_answered))
     logged = Counter(row.request_id for row in rows)
-    # Every answered call is in the log once; none is there twice. A call killed between its settlement and its
-    # answer may be logged without having been answered: at most one per call cut off on the killed replica.
-    assert all(logged[request_id] == 1 for request_id in answered)
+    # None is there twice. Every call the stopped replica answered is in the log: it finishes what it began. A
+    # whole answer is settled just after it is sent (the client does not wait for that round trip), so a call
+    # the killed replica answered in the instant before the kill may be missing, its reservation kept (the key
+    # charged its worst case, the safe side): at most one per caller. And a call killed between its settlement
+    # and its answer may be logged without having been answered: at most one per call cut off there.
     assert max(logged.values()) == 1
-    assert len(answered) <= len(rows) <= len(answered) + cut_off["killed"]
+    assert all(logged[request_id] == 1 for request_id in answered["stopped"])
+    missing = [request_id for request_id in answered["killed"] if not logged[request_id]]
+    assert len(missing) <= CALLERS
+    assert len(all_answered) - len(missing) <= len(rows) <= len(all_answered) + cut_off["killed"]
     assert sum(row.cost for row in rows) == used == PRICE * sum(row.outcome == "ok" for row in rows)
