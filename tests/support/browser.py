@@ -75,5 +75,7 @@ async def open_from_menu(page: Page, label: str) -> None:
     if not await link.is_visible():
         # Role queries skip what a closed <details> hides: find its group by the link's text instead.
         group = page.locator("details.menu-group", has=page.locator(f'a:text-is("{label}")'))
-        await group.locator("summary").click()
+        # Only a closed group is opened: a click on an open one's summary would close it.
+        if await group.get_attribute("open") is None:
+            await group.locator("summary").click()
     await link.click()
