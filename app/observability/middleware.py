@@ -97,6 +97,8 @@ class RequestContextMiddleware:
             )
 
     def _trusted(self, address: str) -> bool:
+        if not self.trusted_proxies:
+            return False
         try:
             parsed = ip_address(address)
         except ValueError:
