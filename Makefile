@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: run test test-fast test-scale fuzz lint bench format deploy-check clean
+.PHONY: run test test-fast test-deployment fuzz lint bench format deploy-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,16 +29,18 @@ run: $(INSTALLED)
 TEST_PROCESSES ?= $(shell $(PYTHON) -c "import os; print(min(2 * (os.cpu_count() or 1), 4))")
 
 test: $(INSTALLED)
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not fuzz and not scale"
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not fuzz and not deployment"
 
-# A deployment's topology on this machine: the gateway's money tests on a 3+3 Redis Cluster (a master killed
-# mid-run), two API replicas beside one worker. Minutes of whole processes: left out of `make test`, run by CI.
-test-scale: $(INSTALLED)
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m scale
+# A deployment's life and topology on this machine: a first start on an empty data directory (by the command,
+# and in a browser to a first answer), backup and restore, a tenant's export, delete and import, the gateway's
+# money tests on a 3+3 Redis Cluster (a master killed mid-run), two API replicas beside one worker. Minutes of
+# whole processes: left out of `make test`, run by CI.
+test-deployment: $(INSTALLED)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m deployment
 
 # The inner loop: the same, without the browser, the slow tests (whole processes, thousands of calls) and fuzzing.
 test-fast: $(INSTALLED)
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow and not browser and not fuzz"
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not slow and not browser and not fuzz and not deployment"
 
 # Schemathesis over the whole OpenAPI schema of a running server, as an admin, an end user and anonymously;
 # fixed seed, bounded examples: about 3 minutes on 2 cores. Left out of `make test` (the `fuzz` marker).

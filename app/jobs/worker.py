@@ -327,12 +327,25 @@ class PausingWorker(Worker[Any]):
     def __init__(self, *args: Any, maintenance: MaintenanceSwitch, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.maintenance = maintenance
+        self._upkeep: list[asyncio.Task[None]] = []
 
     async def process(self) -> bool:
         if await self.maintenance.current() is not None:
             await asyncio.sleep(self.maintenance.cache_seconds)
             return False
         return await super().process()
+
+    async def upkeep(self) -> list[asyncio.Task[None]]:
+        self._upkeep = await super().upkeep()
+        return self._upkeep
+
+    async def stop(self) -> None:
+        # SAQ gives the shutdown grace period to every task, its upkeep timers too, and they see the stop only
+        # after sleeping out their interval (up to ten seconds): an idle worker took the whole grace period to
+        # stop. The timers have nothing to finish; they go at once, and running jobs keep their grace.
+        for task in self._upkeep:
+            task.cancel()
+        await super().stop()
 
 
 def create_worker(settings: Settings, *, handle_signals: bool = True, with_schedule: bool = True) -> PausingWorker:

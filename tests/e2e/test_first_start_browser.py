@@ -21,7 +21,7 @@ from playwright.async_api import Browser, expect
 from tests.support.browser import WIDE, shoot_both_widths
 from tests.support.commands import LYSS, free_port, lyss_environment
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.deployment]  # an empty data directory
 
 FIRST_START_SECONDS = 90
 

@@ -15,7 +15,7 @@ from db.bootstrap import DatabaseUrls, drop_database, plain_url
 from tests.support.commands import LYSS, lyss_environment
 from tests.support.tenants import TenantRows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
 
 def with_database(url: str, database: str) -> str:

@@ -129,6 +129,7 @@ async def test_credentials_or_a_key_are_required(lyss: RunningLyss) -> None:
     assert any("--api-key" in line for line in lines)
 
 
+@pytest.mark.deployment  # a server and a Redis of its own
 async def test_redis_stopped_fails_the_readiness_step(
     database: DatabaseUrls, tmp_path: Path, tenant_a: TenantRows, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -79,6 +79,7 @@ def _ctrl_c(process: subprocess.Popen[str]) -> None:
     assert "Killing" not in stderr  # every worker stopped on its own
 
 
+@pytest.mark.deployment
 def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -143,6 +144,7 @@ def test_serve_starts_on_an_empty_data_dir_stops_on_ctrl_c_and_reuses_its_data(t
     assert _processes_using(data_dir) == []  # a one-shot command stops the server it started
 
 
+@pytest.mark.deployment
 def test_a_ctrl_c_while_the_workers_start_stops_at_once_and_quietly(tmp_path: Path) -> None:
     port = free_port()
     environment = lyss_environment(LYSS_DATA_DIR=str(tmp_path / "data"), LYSS_PORT=str(port), LYSS_LOG_LEVEL="info")

@@ -27,7 +27,7 @@ from tests.support.redis_cluster import LocalRedisCluster, redis_at
 from tests.support.tenants import TenantRows
 from tests.support.usage_writer import usage_writer
 
-pytestmark = [pytest.mark.slow, pytest.mark.scale]
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
 QUOTA_CALLS = 40
 

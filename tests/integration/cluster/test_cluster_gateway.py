@@ -45,7 +45,7 @@ from tests.integration.jobs.test_jobs import (
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.usage_writer import usage_writer
 
-pytestmark = [pytest.mark.slow, pytest.mark.scale]
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
 __all__ = [
     "test_a_channel_limited_to_4_in_flight_never_has_more_at_the_provider_and_its_queue_is_bounded",

@@ -30,7 +30,7 @@ from tests.support.gateway import set_price, usage_rows
 from tests.support.mock_upstream import MockUpstream
 from tests.support.tenants import TenantRows
 
-pytestmark = [pytest.mark.slow, pytest.mark.scale]
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
 BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 10}
 PRICE = 10  # credits a call: 10 completion tokens at 1 credit each, the prompt free

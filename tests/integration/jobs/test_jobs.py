@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -14,9 +15,11 @@ from uuid import UUID
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from saq import Worker
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.jobs.worker import create_worker
 from app.observability.logging import configure_logging
 from app.settings import Settings, settings_environment
 from db.session import tenant_session
@@ -310,6 +313,23 @@ async def test_stopping_a_worker_puts_its_running_job_back_and_another_worker_fi
     await redis.aclose()
     assert (done["status"], done["attempts"]) == ("succeeded", 2)
     assert await effect_count(session_maker, tenant_a.id, "handover") == 1
+
+
+async def test_an_idle_worker_stops_at_once_whatever_its_grace_period(settings: Settings) -> None:
+    worker = create_worker(
+        msgspec.structs.replace(settings, worker_shutdown_grace_seconds=30), handle_signals=False, with_schedule=False
+    )
+    task = asyncio.create_task(worker.start())
+    await eventually(lambda: _started(worker), "the worker started its loops")
+    stopping = time.monotonic()
+    worker.event.set()
+    await asyncio.wait_for(task, 60)
+    # It waited out its upkeep timers' interval (ten seconds) before: a Ctrl-C or a deploy waited as long.
+    assert time.monotonic() - stopping < 5
+
+
+async def _started(worker: Worker[Any]) -> bool:
+    return len(worker.tasks) > worker.concurrency
 
 
 async def test_tenant_b_cannot_read_cancel_retry_or_follow_tenant_a_jobs(

@@ -26,7 +26,7 @@ from tests.support.gateway import chat_body, issue_key, usage_rows
 from tests.support.rows import ROW_FACTORIES
 from tests.support.tenants import TenantRows
 
-pytestmark = pytest.mark.slow  # six `lyss` processes
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]  # nine `lyss` processes
 
 
 class Run(msgspec.Struct, frozen=True):
