@@ -66,7 +66,9 @@ async def app(session_settings: Settings) -> AsyncIterator[Litestar]:
 
 
 async def _slow(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(10)
+    # Past the fetch's timeout (1.5 s, counted from before the request was sent), and no longer: the file
+    # server's clean-up waits for this handler.
+    await asyncio.sleep(3)
     return web.Response(text="too late")
 
 

@@ -163,8 +163,9 @@ async def embedding_usage(session_maker: async_sessionmaker[AsyncSession], tenan
 async def settled_usage(
     session_maker: async_sessionmaker[AsyncSession], tenant: TenantRows, expected: int
 ) -> list[UsageLog]:
-    """The embedding usage rows once the flusher wrote `expected` (then a moment more, for any extra)."""
-    deadline = time.monotonic() + 10
+    """The embedding usage rows once the flusher wrote `expected` (then a moment more, for any extra); the
+    flusher passes every half second, but a loaded machine has made it take over ten."""
+    deadline = time.monotonic() + 30
     while len(await embedding_usage(session_maker, tenant)) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
