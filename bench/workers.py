@@ -1,10 +1,13 @@
-"""`LYSS_WORKERS=1` against `LYSS_WORKERS=2`: one `lyss serve` of each, the same key and provider, interleaved.
+"""`LYSS_WORKERS=1` against `LYSS_WORKERS=2` against two replicas on a Redis Cluster, the same key, interleaved.
 
-Run with `python -m bench.workers` (about a minute; loopback only, every wrk run bounded). Both servers run
-side by side over one embedded PostgreSQL and Redis, with one `lyss worker` writing the usage log, against
-`bench.upstream`; three rounds, each measuring both servers at 16 and 64 connections (the order of the servers
-alternating between rounds), and the medians of the three reported. The usage log must hold one row per
-request served when it is over.
+Run with `python -m bench.workers` (about two minutes; loopback only, every wrk run bounded). Three
+setups run side by side over one embedded PostgreSQL, against `bench.upstream`: a `lyss serve` with one granian
+worker and one with two, both on one embedded Redis with one `lyss worker` writing its usage log; and two
+`lyss serve` replicas of one granian worker each on a Redis Cluster of 3 masters and 3 replicas, with a
+`lyss worker` of their own. Three rounds, each measuring every setup at 16 and 64 connections (the order of
+the setups rotating between rounds), and the medians of the three reported; the replicas take two wrk at
+once, one each with half the connections, their requests/s summed and the worse of their latencies kept. The
+usage log must hold one row per request served when it is over.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,22 +26,26 @@ from app.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.settings import new_key_entry
 from bench.foundation import LYSS, ROOT, _free_port, _serve, _wrk, prepare_priced_tenant
 from bench.gateway import BODY, DATABASE, _answered, _upstream, _usage_rows
+from tests.support.redis_cluster import LocalRedisCluster
 
 CONNECTIONS = (16, 64)
-WORKER_COUNTS = (1, 2)
+ONE_WORKER, TWO_WORKERS, REPLICAS = "LYSS_WORKERS=1", "LYSS_WORKERS=2", "2 replicas, Redis Cluster"
+SETUPS = (ONE_WORKER, TWO_WORKERS, REPLICAS)
 ROUNDS = 3
 SECONDS = int(os.environ.get("BENCH_SECONDS", "4"))
 
 
 def main() -> None:
     load_before = os.getloadavg()
-    figures: dict[tuple[int, int], list[dict[str, float]]] = {}
+    figures: dict[tuple[str, int], list[dict[str, float]]] = {}
     with _upstream() as upstream_base, tempfile.TemporaryDirectory(prefix="lyss-workers-bench-") as scratch:
         postgres = EmbeddedPostgres(Path(scratch) / "postgres")
         redis_server = EmbeddedRedis(Path(scratch) / "redis")
+        redis_cluster = LocalRedisCluster(Path(scratch) / "redis-cluster")
         superuser_url = postgres.start()
         redis_url = redis_server.start()
         try:
+            cluster_url = redis_cluster.start()
             encryption_keys = new_key_entry()
             app_url, key, _ = asyncio.run(
                 prepare_priced_tenant(
@@ -47,42 +55,66 @@ def main() -> None:
             environment = {
                 "PATH": os.environ["PATH"],
                 "DATABASE_URL": app_url,
-                "REDIS_URL": redis_url,
                 "LYSS_ENCRYPTION_KEYS": encryption_keys,
                 "LYSS_JWT_KEYS": new_key_entry(),
             }
+            servers = {
+                ONE_WORKER: [(redis_url, 1)],
+                TWO_WORKERS: [(redis_url, 2)],
+                REPLICAS: [(cluster_url, 1), (cluster_url, 1)],
+            }
             auth = {"Authorization": f"Bearer {key}"}
             with ExitStack() as stack:
-                ports = {workers: _free_port() for workers in WORKER_COUNTS}
-                for workers, port in ports.items():
-                    # Each granian worker's counts in files there, summed by /metrics: the usage check reads them.
-                    metrics = Path(scratch) / f"metrics-{workers}"
-                    metrics.mkdir()
-                    served_by = {"LYSS_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-                    stack.enter_context(_serve({**environment, **served_by}, port))
-                worker = subprocess.Popen(
-                    [LYSS, "worker"],
-                    env={**environment, "PYTHONPATH": str(ROOT), "LYSS_LOG_LEVEL": "warning"},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                stack.callback(worker.wait, 60)
-                stack.callback(worker.terminate)
-                urls = {workers: f"http://127.0.0.1:{port}/v1/chat/completions" for workers, port in ports.items()}
-                for workers in WORKER_COUNTS:  # warm-up: every granian worker has loaded its caches
-                    _wrk(urls[workers], CONNECTIONS[-1], auth, post_json=BODY, seconds=1)
+                ports: dict[str, list[int]] = {}
+                for setup, served_by in servers.items():
+                    for server_redis_url, workers in served_by:
+                        port = _free_port()
+                        # Each granian worker's counts in files there, summed by /metrics: the usage check reads them.
+                        metrics = Path(scratch) / f"metrics-{port}"
+                        metrics.mkdir()
+                        server_environment = {
+                            **environment,
+                            "REDIS_URL": server_redis_url,
+                            "LYSS_WORKERS": str(workers),
+                            "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+                        }
+                        stack.enter_context(_serve(server_environment, port))
+                        ports.setdefault(setup, []).append(port)
+                for worker_redis_url in (redis_url, cluster_url):
+                    worker = subprocess.Popen(
+                        [LYSS, "worker"],
+                        env={
+                            **environment,
+                            "REDIS_URL": worker_redis_url,
+                            "PYTHONPATH": str(ROOT),
+                            "LYSS_LOG_LEVEL": "warning",
+                        },
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                    stack.callback(worker.wait, 60)
+                    stack.callback(worker.terminate)
+                urls = {
+                    setup: [f"http://127.0.0.1:{port}/v1/chat/completions" for port in setup_ports]
+                    for setup, setup_ports in ports.items()
+                }
+                for setup in SETUPS:  # warm-up: every granian worker has loaded its caches
+                    _load(urls[setup], CONNECTIONS[-1], auth, seconds=1)
                 for round_number in range(ROUNDS):
-                    order = WORKER_COUNTS if round_number % 2 == 0 else tuple(reversed(WORKER_COUNTS))
-                    for workers in order:
+                    order = SETUPS[round_number:] + SETUPS[:round_number]
+                    for setup in order:
                         for connections in CONNECTIONS:
-                            run = _wrk(urls[workers], connections, auth, post_json=BODY, seconds=SECONDS)
+                            run = _load(urls[setup], connections, auth, seconds=SECONDS)
                             if run["non_2xx"]:
-                                raise SystemExit(f"{run['non_2xx']:.0f} answers were not 2xx ({workers} workers)")
-                            figures.setdefault((workers, connections), []).append(run)
-                served = sum(_answered(f"http://127.0.0.1:{port}", 200) for port in ports.values())
+                                raise SystemExit(f"{run['non_2xx']:.0f} answers were not 2xx ({setup})")
+                            figures.setdefault((setup, connections), []).append(run)
+                served = sum(
+                    _answered(f"http://127.0.0.1:{port}", 200) for setup_ports in ports.values() for port in setup_ports
+                )
                 rows = asyncio.run(_usage_rows(superuser_url, served))
         finally:
+            redis_cluster.stop()
             redis_server.stop()
             postgres.stop()
     if rows.get("ok", 0) != served:
@@ -90,8 +122,22 @@ def main() -> None:
     _report(figures, load_before, os.getloadavg(), served)
 
 
+def _load(urls: list[str], connections: int, headers: dict[str, str], seconds: int) -> dict[str, float]:
+    """`connections` shared out among `urls`, one wrk each, all at once: the sums, and the worst latencies."""
+    with ThreadPoolExecutor(len(urls)) as pool:
+        runs = list(
+            pool.map(lambda url: _wrk(url, connections // len(urls), headers, post_json=BODY, seconds=seconds), urls)
+        )
+    return {
+        "rps": sum(run["rps"] for run in runs),
+        "non_2xx": sum(run["non_2xx"] for run in runs),
+        "p50": max(run["p50"] for run in runs),
+        "p99": max(run["p99"] for run in runs),
+    }
+
+
 def _report(
-    figures: dict[tuple[int, int], list[dict[str, float]]],
+    figures: dict[tuple[str, int], list[dict[str, float]]],
     load_before: tuple[float, float, float],
     load_after: tuple[float, float, float],
     served: int,
@@ -102,18 +148,21 @@ def _report(
     print(
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · Lyss {commit} · {os.cpu_count()} CPUs ({cpu}) · "
         f"load average before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-        f"after {'/'.join(f'{x:.2f}' for x in load_after)} · wrk -t1, {SECONDS} s a run, "
-        f"{ROUNDS} rounds, medians · {served} requests served, one usage row each"
+        f"after {'/'.join(f'{x:.2f}' for x in load_after)} · wrk -t1 (one a replica, half the connections each, "
+        f"requests/s summed, the worse latency), {SECONDS} s a run, {ROUNDS} rounds, medians · "
+        f"{served} requests served, one usage row each"
     )
-    print("| LYSS_WORKERS | connections | req/s | p50 ms | p99 ms | req/s of each round |")
-    print("|---:|---:|---:|---:|---:|---|")
-    for (workers, connections), runs in sorted(figures.items()):
-        rps = [run["rps"] for run in runs]
-        print(
-            f"| {workers} | {connections} | {statistics.median(rps):,.0f} "
-            f"| {statistics.median(run['p50'] for run in runs):.2f} "
-            f"| {statistics.median(run['p99'] for run in runs):.2f} | {', '.join(f'{x:,.0f}' for x in rps)} |"
-        )
+    print("| setup | connections | req/s | p50 ms | p99 ms | req/s of each round |")
+    print("|---|---:|---:|---:|---:|---|")
+    for setup in SETUPS:
+        for connections in CONNECTIONS:
+            runs = figures[setup, connections]
+            rps = [run["rps"] for run in runs]
+            print(
+                f"| {setup} | {connections} | {statistics.median(rps):,.0f} "
+                f"| {statistics.median(run['p50'] for run in runs):.2f} "
+                f"| {statistics.median(run['p99'] for run in runs):.2f} | {', '.join(f'{x:,.0f}' for x in rps)} |"
+            )
 
 
 if __name__ == "__main__":
