@@ -16,7 +16,7 @@ from uuid import UUID
 import aiohttp
 import msgspec
 from redis.asyncio import Redis
-from sqlalchemy import Date, Text, and_, cast, func, or_, select, text
+from sqlalchemy import Text, and_, cast, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.services import ADMIN_ROLES
@@ -28,7 +28,7 @@ from app.gateway.adapters.anthropic import ANTHROPIC_VERSION
 from app.gateway.adapters.base import Target, Timeouts, UpstreamError
 from app.gateway.caches import UNIT_PRICES, GatewayCatalog, announce_change, channel_keys_context
 from app.gateway.price_list import price_list
-from app.gateway.rollups import CALL_FAILED, sums_since
+from app.gateway.rollups import CALL_FAILED, daily_sums, day_start, sums_since
 from app.gateway.schemas import (
     BuiltInPriceList,
     BuiltInPriceRead,
@@ -836,7 +836,48 @@ async def calls_per_channel(session: AsyncSession, since: datetime.datetime) -> 
 
 
 async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[DailyUsage]:
-    day = cast(func.date_trunc("day", UsageLog.created_at), Date).label("day")
+    """Calls per UTC day. The whole days come from the daily sums when the filters are among their breakdowns
+    (none; a user; a key; a model; a user and a model), the part-days at the window's ends from the log; other
+    filters (a channel, an outcome, a status, a user's key) read the log alone."""
+    breakdown = _daily_breakdown(filters)
+    whole_from = day_start(filters.since, ceiling=True) if filters.since is not None else None
+    whole_until = day_start(filters.until) if filters.until is not None else None
+    if breakdown is None or (whole_from is not None and whole_until is not None and whole_from >= whole_until):
+        return _daily_usage(await _log_by_day(session, filters))
+    days: dict[datetime.date, list[int]] = {}
+    if filters.since is not None and whole_from is not None and filters.since < whole_from:
+        _add_days(days, await _log_by_day(session, msgspec.structs.replace(filters, until=whole_from)))
+    if filters.until is not None and whole_until is not None and whole_until < filters.until:
+        _add_days(days, await _log_by_day(session, msgspec.structs.replace(filters, since=whole_until)))
+    sums = await daily_sums(
+        session,
+        breakdown,
+        whole_from,
+        whole_until,
+        user_id=filters.user_id,
+        token_id=filters.token_id,
+        model=filters.model,
+    )
+    _add_days(days, sums)
+    return _daily_usage(list(days.items()))
+
+
+def _daily_breakdown(filters: UsageFilter) -> str | None:
+    """The daily sums' breakdown that answers these filters, or None when only the log can."""
+    if filters.channel_id is not None or filters.outcome is not None or filters.status_code is not None:
+        return None
+    chosen = (filters.user_id is not None, filters.token_id is not None, filters.model is not None)
+    return {
+        (False, False, False): "model",
+        (True, False, False): "user",
+        (False, True, False): "key",
+        (False, False, True): "model",
+        (True, False, True): "user_model",
+    }.get(chosen)
+
+
+async def _log_by_day(session: AsyncSession, filters: UsageFilter) -> list[tuple[datetime.date, list[int]]]:
+    day = func.date_trunc("day", UsageLog.created_at, "UTC").label("day")
     rows = await session.execute(
         select(
             day,
@@ -848,13 +889,23 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
         )
         .where(*filters.conditions())
         .group_by(day)
-        .order_by(day)
     )
+    return [(row[0].astimezone(datetime.UTC).date(), [int(figure) for figure in row[1:]]) for row in rows.all()]
+
+
+def _add_days(days: dict[datetime.date, list[int]], found: list[tuple[datetime.date, list[int]]]) -> None:
+    for day, figures in found:
+        total = days.setdefault(day, [0] * len(figures))
+        for index, figure in enumerate(figures):
+            total[index] += figure
+
+
+def _daily_usage(days: list[tuple[datetime.date, list[int]]]) -> list[DailyUsage]:
     return [
         DailyUsage(
-            day=row[0], requests=row[1], errors=row[2], prompt_tokens=row[3], completion_tokens=row[4], cost=row[5]
+            day=day, requests=requests, errors=errors, prompt_tokens=prompt, completion_tokens=completion, cost=cost
         )
-        for row in rows.all()
+        for day, (requests, errors, prompt, completion, cost) in sorted(days)
     ]
 
 

@@ -199,3 +199,45 @@ async def series_since(
     for moment, calls, errors, tokens, cost in rows.all():
         found.setdefault(moment.astimezone(datetime.UTC), Sums()).add(calls, errors, tokens, cost)
     return found
+
+
+def day_start(moment: datetime.datetime, *, ceiling: bool = False) -> datetime.datetime:
+    """The UTC day `moment` is in (`ceiling`: the first whole one at or after it)."""
+    if ceiling:
+        return _next(moment, "day")
+    return moment.astimezone(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def daily_sums(
+    session: AsyncSession,
+    breakdown: str,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+    *,
+    user_id: UUID | None = None,
+    token_id: UUID | None = None,
+    model: str | None = None,
+) -> list[tuple[datetime.date, list[int]]]:
+    """Calls, errors, prompt and completion tokens and cost per whole UTC day in [since, until) (either open),
+    from the daily sums of `breakdown`, restricted to the user, key and model given."""
+    scope = [UsageDaily.kind == breakdown]
+    if since is not None:
+        scope.append(UsageDaily.start >= since)
+    if until is not None:
+        scope.append(UsageDaily.start < until)
+    for column, value in ((UsageDaily.user_id, user_id), (UsageDaily.token_id, token_id), (UsageDaily.model, model)):
+        if value is not None:
+            scope.append(column == value)
+    rows = await session.execute(
+        select(
+            UsageDaily.start,
+            func.sum(UsageDaily.calls),
+            func.sum(UsageDaily.errors),
+            func.sum(UsageDaily.prompt_tokens),
+            func.sum(UsageDaily.completion_tokens),
+            func.sum(UsageDaily.cost),
+        )
+        .where(*scope)
+        .group_by(UsageDaily.start)
+    )
+    return [(row[0].astimezone(datetime.UTC).date(), [int(figure) for figure in row[1:]]) for row in rows.all()]

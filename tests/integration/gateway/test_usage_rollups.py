@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from uuid_utils.compat import uuid7
 
-from app.gateway.admin import MonthlyUsage, calls_per_key, usage_this_month
+from app.gateway.admin import MonthlyUsage, UsageFilter, calls_per_key, usage_by_day, usage_this_month
 from app.gateway.engine import UsageRecord
 from app.gateway.limits import USAGE_TENANTS_KEY, usage_stream_key
 from app.gateway.rollups import DAILY_KINDS, HOURLY_KINDS, sums_since
@@ -81,6 +81,21 @@ def _window_figures(rows: list[UsageLog], since: datetime.datetime, key: Any) ->
             sums[2] += row.prompt_tokens + row.completion_tokens
             sums[3] += row.cost
     return {name: (calls, errors, tokens, cost) for name, (calls, errors, tokens, cost) in found.items()}
+
+
+def _days(
+    rows: list[UsageLog], since: datetime.datetime | None, until: datetime.datetime | None, kept: Any
+) -> list[tuple[Any, ...]]:
+    """Calls, errors, prompt and completion tokens and cost per UTC day of the rows in the window that `kept`."""
+    found: dict[datetime.date, list[int]] = {}
+    for row in rows:
+        if (since is None or row.created_at >= since) and (until is None or row.created_at < until) and kept(row):
+            sums = found.setdefault(row.created_at.astimezone(datetime.UTC).date(), [0] * 5)
+            for index, figure in enumerate(
+                (1, int(not 200 <= row.status_code <= 299), row.prompt_tokens, row.completion_tokens, row.cost)
+            ):
+                sums[index] += figure
+    return sorted((day, *sums) for day, sums in found.items())
 
 
 async def test_the_rollups_and_every_figure_read_from_them_equal_the_calls_of_the_log(
@@ -171,6 +186,29 @@ async def test_the_rollups_and_every_figure_read_from_them_equal_the_calls_of_th
         assert await usage_this_month(session, now, user_id=tenant_a.user.id) == {
             owner: usage for owner, usage in (await usage_this_month(session, now)).items() if owner == tenant_a.user.id
         }
+
+        # Calls per day for any window and filter: whole days from the daily sums where they answer the filter,
+        # the part-days and the other filters from the log.
+        user_key_id = keys[tenant_a.user.id]
+        user_model = (tenant_a.user.id, "past-0")
+        filters: list[tuple[dict[str, Any], Any]] = [
+            ({}, lambda row: True),
+            ({"user_id": tenant_a.user.id}, lambda row: row.user_id == tenant_a.user.id),
+            ({"token_id": user_key_id}, lambda row: row.token_id == user_key_id),
+            ({"model": "gpt-a"}, lambda row: row.model == "gpt-a"),
+            ({"user_id": tenant_a.user.id, "model": "past-0"}, lambda row: (row.user_id, row.model) == user_model),
+            ({"user_id": tenant_a.user.id, "token_id": user_key_id}, lambda row: row.token_id == user_key_id),
+            ({"outcome": "ok"}, lambda row: row.outcome == "ok"),
+        ]  # fmt: skip
+        edges = [None, now, now - datetime.timedelta(days=2, hours=5), *(row.created_at for row in rows[::3])]
+        for start in edges:
+            for end in (None, now - datetime.timedelta(days=1, hours=3), now + datetime.timedelta(minutes=1)):
+                for given, kept in filters:
+                    found = await usage_by_day(session, UsageFilter(since=start, until=end, **given))
+                    assert [
+                        (day.day, day.requests, day.errors, day.prompt_tokens, day.completion_tokens, day.cost)
+                        for day in found
+                    ] == _days(rows, start, end, kept), (start, end, given)
 
 
 async def test_a_redelivered_call_is_summed_once_and_another_tenant_sees_no_sums(
