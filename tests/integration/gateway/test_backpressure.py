@@ -70,8 +70,9 @@ async def test_a_channel_limited_to_4_in_flight_never_has_more_at_the_provider_a
         (429, "concurrency", "channel", 0)
     }
     assert [row.outcome for row in rows].count("ok") == len(served)
-    # Nobody waited for a slot longer than the bound (and a margin): the gateway's time beside the provider's.
-    assert max(row.latency_ms - (row.upstream_latency_ms or 0) for row in rows) < queue_seconds * 1000 + 1500
+    # Nobody waited for a slot longer than the bound (and a margin for a loaded machine, which has taken 1.7 s):
+    # the gateway's time beside the provider's. Unbounded, the last of forty would wait ~4.5 s.
+    assert max(row.latency_ms - (row.upstream_latency_ms or 0) for row in rows) < queue_seconds * 1000 + 2500
 
 
 async def test_a_queue_long_enough_serves_every_call_four_at_a_time(
