@@ -138,6 +138,9 @@ async def test_an_end_user_builds_a_knowledge_base_by_dropping_files_and_deletes
     # The file input (JavaScript uploads the chosen file at once, with a progress bar).
     handbook = tmp_path / "handbook.md"
     handbook.write_text(HANDBOOK)
+    # The page's script has taken the form over (it hides the button) before a file is chosen: the heading
+    # shows while the page is still loading, and a file chosen then would go nowhere.
+    await expect(page.locator("#upload-button")).to_be_hidden()
     await page.set_input_files("#file", handbook)
     uploads = page.locator("#upload-list li")
     await expect(uploads.nth(0)).to_contain_text("The document is uploaded and queued for ingestion.")

@@ -105,6 +105,7 @@ async def test_files_dropped_on_a_base_are_ingested_found_and_cited_in_a_chat_an
         path = tmp_path / name
         path.write_bytes(content)
         paths.append(path)
+    await expect(page.locator("#upload-button")).to_be_hidden()  # the page's script has taken the form over
     await page.set_input_files("#file", paths)
     await expect(page.locator("#upload-list li")).to_have_count(3)
     for row in await page.locator("#upload-list li").all():
