@@ -20,7 +20,7 @@ from db.session import tenant_session
 from tests.support.commands import LYSS, RunningLyss, lyss_environment, serve_lyss
 from tests.support.tenants import TEST_PASSWORD, TenantRows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deployment]  # `lyss smoke`, the check after a deploy
 
 STEPS = ["health", "readiness", "sign-in", "api key", "chat stream", "embedding", "memory search", "api key removal"]
 
