@@ -56,12 +56,24 @@ async def shoot_both_widths(page: Page, name: str) -> None:
     await shoot(page, name)
     await page.set_viewport_size(PHONE)
     menu = page.locator("details.menu")
+    await _menu_laid_out(page, wide=False)
     if await menu.count() and await menu.get_attribute("open") is not None:
         await menu.locator(":scope > summary").click()
     await shoot(page, f"{name}-phone")
-    if await menu.count():
-        await menu.locator(":scope > summary").click()  # open again, as a wide window has it
     await page.set_viewport_size(WIDE)
+    await _menu_laid_out(page, wide=True)
+
+
+async def _menu_laid_out(page: Page, *, wide: bool) -> None:
+    """Wait for the portal's script to lay the menu out for the new width (it does on the width's change
+    event, after the resize returns): a menu looked at before then is changed under the next click."""
+    if not await page.locator("details.menu").count():
+        return
+    if wide:
+        await expect(page.locator("details.menu")).to_have_attribute("open", "")
+        await expect(page.locator("details.menu-group[open]")).to_have_count(0)
+    else:
+        await expect(page.locator("details.menu-group:not([open])")).to_have_count(0)
 
 
 async def open_from_menu(page: Page, label: str) -> None:
