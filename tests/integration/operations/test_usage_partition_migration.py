@@ -6,27 +6,16 @@ import datetime
 import os
 
 import asyncpg
-from alembic import command
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 from uuid_utils.compat import uuid7
 
-from db.bootstrap import bootstrap_database, drop_database, plain_url
-from db.migrations import alembic_config, upgrade_to_head
-from tests.support.policies import apply_policies_of_existing_tables
+from db.bootstrap import plain_url
+from db.migrations import upgrade_to_head
+from tests.support.policies import database_at_revision
 
 
 async def test_the_calls_of_an_existing_log_are_all_copied_into_their_months(postgres_superuser_url: str) -> None:
     name = f"lyss_migration_{os.getpid()}"
-    await drop_database(postgres_superuser_url, name)
-    urls = await bootstrap_database(postgres_superuser_url, name)
-    try:
-        engine = create_async_engine(urls.owner_url, poolclass=NullPool)
-        async with engine.begin() as connection:
-            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0026"))
-            # As a deployed database at 0026 is: with its policies, the usage log's RLS forced on the owner too.
-            await connection.run_sync(apply_policies_of_existing_tables)
-        await engine.dispose()
+    async with database_at_revision(postgres_superuser_url, name, "0026") as urls:
         now = datetime.datetime.now(datetime.UTC)
         earlier = now - datetime.timedelta(days=70)
         tenant_id = uuid7()
@@ -56,5 +45,3 @@ async def test_the_calls_of_an_existing_log_are_all_copied_into_their_months(pos
         assert kind == "p"
         assert forced is True
         assert dict(placed) == {f"provider_usage_logs_{now:%Y%m}": 1, f"provider_usage_logs_{earlier:%Y%m}": 2}
-    finally:
-        await drop_database(postgres_superuser_url, name)

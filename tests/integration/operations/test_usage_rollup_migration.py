@@ -7,16 +7,13 @@ import os
 from uuid import UUID
 
 import asyncpg
-from alembic import command
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 from uuid_utils.compat import uuid7
 
 from app.gateway.rollups import DAILY_KINDS, HOURLY_KINDS
-from db.bootstrap import bootstrap_database, drop_database, plain_url
-from db.migrations import alembic_config, upgrade_to_head
+from db.bootstrap import plain_url
+from db.migrations import upgrade_to_head
 from db.provider import UsageLog
-from tests.support.policies import apply_policies_of_existing_tables
+from tests.support.policies import database_at_revision
 from tests.support.rollups import expected_rollups
 
 _COLUMNS = (
@@ -27,15 +24,7 @@ _COLUMNS = (
 
 async def test_the_migration_sums_the_calls_already_logged(postgres_superuser_url: str) -> None:
     name = f"lyss_rollup_migration_{os.getpid()}"
-    await drop_database(postgres_superuser_url, name)
-    urls = await bootstrap_database(postgres_superuser_url, name)
-    try:
-        engine = create_async_engine(urls.owner_url, poolclass=NullPool)
-        async with engine.begin() as connection:
-            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0028"))
-            # As a deployed database at 0028 is: with its policies, the usage log's RLS forced on the owner too.
-            await connection.run_sync(apply_policies_of_existing_tables)
-        await engine.dispose()
+    async with database_at_revision(postgres_superuser_url, name, "0028") as urls:
         now = datetime.datetime.now(datetime.UTC)
         tenants, user, key = [uuid7(), uuid7()], uuid7(), uuid7()
         calls = [
@@ -90,5 +79,3 @@ async def test_the_migration_sums_the_calls_already_logged(postgres_superuser_ur
                     expected[(tenant, *key_of)] = sums
             assert found[table] == expected, table
         assert forced is True
-    finally:
-        await drop_database(postgres_superuser_url, name)
