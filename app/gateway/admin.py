@@ -844,12 +844,8 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
     whole_until = day_start(filters.until) if filters.until is not None else None
     if breakdown is None or (whole_from is not None and whole_until is not None and whole_from >= whole_until):
         return _daily_usage(await _log_by_day(session, filters))
-    days: dict[datetime.date, list[int]] = {}
-    if filters.since is not None and whole_from is not None and filters.since < whole_from:
-        _add_days(days, await _log_by_day(session, msgspec.structs.replace(filters, until=whole_from)))
-    if filters.until is not None and whole_until is not None and whole_until < filters.until:
-        _add_days(days, await _log_by_day(session, msgspec.structs.replace(filters, since=whole_until)))
-    sums = await daily_sums(
+    # Three spans that share no day: the since's part-day, the whole days, the until's part-day.
+    found = await daily_sums(
         session,
         breakdown,
         whole_from,
@@ -858,8 +854,11 @@ async def usage_by_day(session: AsyncSession, filters: UsageFilter) -> list[Dail
         token_id=filters.token_id,
         model=filters.model,
     )
-    _add_days(days, sums)
-    return _daily_usage(list(days.items()))
+    if filters.since is not None and whole_from is not None and filters.since < whole_from:
+        found += await _log_by_day(session, msgspec.structs.replace(filters, until=whole_from))
+    if filters.until is not None and whole_until is not None and whole_until < filters.until:
+        found += await _log_by_day(session, msgspec.structs.replace(filters, since=whole_until))
+    return _daily_usage(found)
 
 
 def _daily_breakdown(filters: UsageFilter) -> str | None:
@@ -891,13 +890,6 @@ async def _log_by_day(session: AsyncSession, filters: UsageFilter) -> list[tuple
         .group_by(day)
     )
     return [(row[0].astimezone(datetime.UTC).date(), [int(figure) for figure in row[1:]]) for row in rows.all()]
-
-
-def _add_days(days: dict[datetime.date, list[int]], found: list[tuple[datetime.date, list[int]]]) -> None:
-    for day, figures in found:
-        total = days.setdefault(day, [0] * len(figures))
-        for index, figure in enumerate(figures):
-            total[index] += figure
 
 
 def _daily_usage(days: list[tuple[datetime.date, list[int]]]) -> list[DailyUsage]:
